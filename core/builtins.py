@@ -1,0 +1,40 @@
+"""The core's built-in components, registered through the same hooks as any plugin.
+
+The TransReID / Bag-of-Tricks baseline that the papers compare against. Targets are lazy
+strings so that `core --help` and `core plugins` never import torch.
+"""
+
+from core.hookspecs import hookimpl
+
+
+@hookimpl
+def register_datasets(register):
+    register("synthetic", "core.data.synthetic:SyntheticWorld")
+    register("manifest", "core.data.manifest:ManifestDataset")
+
+
+@hookimpl
+def register_samplers(register):
+    register("pk", "core.samplers.identity:PKSampler")
+    register("random", "core.samplers.identity:RandomSampler")
+
+
+@hookimpl
+def register_backbones(register):
+    register("timm", "core.models.timm_backbone:TimmBackbone")
+
+
+@hookimpl
+def register_heads(register):
+    register("bnneck", "core.models.bnneck:BNNeckHead")
+
+
+@hookimpl
+def register_losses(register):
+    register("ce", "core.losses.cross_entropy:CrossEntropyLoss", aliases=("cross_entropy",))
+    register("triplet", "core.losses.triplet:TripletLoss")
+
+
+@hookimpl
+def register_evaluators(register):
+    register("reid", "core.evaluation.reid:ReIDEvaluator")

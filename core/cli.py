@@ -1,0 +1,203 @@
+"""The `core` command line. Start-up is cheap: this module imports neither torch nor any
+component; `core --help` and `core plugins` run without torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from core import __version__
+
+EPILOG = """\
+examples:
+  core run pipelines/quickstart.yaml                     train and evaluate
+  core run pipelines/quickstart.yaml --set stages.0.epochs=2 --set sampler.k=8
+  core run a.yaml b.yaml                                 several runs, one comparison table
+  core run --resume runs/quickstart-20261121-101500      continue a run exactly where it stopped
+  core run pipelines/quickstart.yaml --print-config      show the resolved pipeline and exit
+  core validate pipelines/quickstart.yaml                build everything, run one step
+  core plugins                                           installed plugins and their components
+
+Pipelines are YAML: `_base_` inherits another file (mappings merge, lists are replaced,
+`_delete_: true` replaces a mapping); `--set key.path=value` overrides any key (list items
+by index: losses.0.weight=0.5). Environment: CORE_LOAD_PLUGINS, CORE_DISABLE_PLUGINS,
+CORE_STRICT_PLUGINS=1, CORE_TRACE_PLUGINS=1 (see README).
+"""
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a pipeline key (value parsed as YAML); repeatable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="core", description="reid-core: train and evaluate object re-identification pipelines "
+                                 "assembled from plugins by a YAML file.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"reid-core {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="train and evaluate one or more pipelines",
+                       description="Train and evaluate pipelines. Each run writes a run folder: the resolved "
+                                   "pipeline with the plugin behind each component, metrics.jsonl, report.md, "
+                                   "environment.json and checkpoints/last.pt. Several pipelines end with one "
+                                   "comparison table.")
+    p.add_argument("pipelines", nargs="*", metavar="PIPELINE", help="pipeline YAML file(s)")
+    _add_set(p)
+    p.add_argument("--run-dir", help="run folder to write (default: <trainer.output_dir>/<name>-<time>); "
+                                     "one pipeline only")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from checkpoints/last.pt "
+                                                       "(model, optimizer, schedule, position, RNG)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved pipeline and exit")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="build a pipeline and run one step without training",
+                       description="Check a pipeline: validate every key, build every component, load the "
+                                   "data, and run one forward and backward pass on one batch (no update).")
+    p.add_argument("pipelines", nargs="+", metavar="PIPELINE")
+    _add_set(p)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plugins", help="list installed plugins and the components they provide",
+                       description="List the plugins (built-in, installed through the `reid_core` entry "
+                                   "point) with their versions and components; plugins that failed to load "
+                                   "are shown with their error.")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_plugins)
+
+    from core.plugins import get_plugin_manager
+
+    get_plugin_manager().hook.register_commands(subparsers=sub)
+    return parser
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from core.plugins import get_plugin_manager
+    from core.registry import KINDS, build_registry
+
+    pm = get_plugin_manager()
+    registry = build_registry(pm)
+    provided: dict[str, dict[str, list[str]]] = {}
+    for kind in KINDS:
+        for entry in registry.entries(kind):
+            provided.setdefault(entry.provider, {}).setdefault(kind, []).append(entry.name)
+    rows = []
+    for name, info in pm.infos.items():
+        rows.append({"name": name, "version": info.version, "source": info.source,
+                     "distribution": info.distribution, "provides": provided.get(name, {}),
+                     "hooks": info.hooks, "error": info.error})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        title = f"{row['name']} {row['version'] or ''}".strip()
+        origin = row["distribution"] or row["source"]
+        print(f"{title}  ({row['source']}: {origin})")
+        if row["error"]:
+            print(f"  FAILED TO LOAD: {row['error'].splitlines()[-1]}")
+        for kind, names in row["provides"].items():
+            print(f"  {kind + ':':<11}{', '.join(names)}")
+        other = [h for h in row["hooks"] if not h.startswith("register_")]
+        if other:
+            print(f"  {'events:':<11}{', '.join(other)}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from core.runner import validate
+
+    for path in args.pipelines:
+        summary = validate(path, args.overrides)
+        if args.json:
+            print(json.dumps(summary, indent=2))
+            continue
+        print(f"{path}: OK")
+        for key, info in summary["components"].items():
+            print(f"  {key:<18}{info['name']}  (plugin {info['plugin']})")
+        t = summary["train"]
+        print(f"  train: {t['images']} images, {t['identities']} identities {t['categories']}, "
+              f"{t['batches_per_epoch']} batches/epoch")
+        for name, sizes in summary["test"].items():
+            print(f"  test {name}: {sizes['query']} query, {sizes['gallery']} gallery")
+        print(f"  model: {summary['parameters']:,} parameters on {summary['device']}; outputs "
+              + ", ".join(f"{k} {v}" for k, v in summary["outputs"].items()))
+        print("  one step: " + ", ".join(f"{k}={v:.4f}" for k, v in summary["losses"].items()))
+        if summary["parameters_without_grad"]:
+            print(f"  note: {len(summary['parameters_without_grad'])} trainable parameters got no gradient, "
+                  f"e.g. {summary['parameters_without_grad'][:3]}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from core.config.loading import dump, load_pipeline
+
+    if args.resume:
+        if args.pipelines:
+            raise SystemExit("core run: give either --resume RUN_DIR or pipeline files, not both")
+    elif not args.pipelines:
+        raise SystemExit("core run: no pipeline given (e.g. core run pipelines/quickstart.yaml)")
+    if args.run_dir and len(args.pipelines) > 1:
+        raise SystemExit("core run: --run-dir names one run folder; it cannot be used with several pipelines")
+    if args.print_config:
+        for path in args.pipelines:
+            print(f"# {path}\n" + dump(load_pipeline(path, args.overrides).data))
+        return 0
+
+    from core.runner import run
+    from core.training.report import format_table, metric_keys
+
+    if args.resume:
+        result = run(None, args.overrides, resume=args.resume)
+        _print_result(result)
+        return 0
+    results = []
+    failed = 0
+    for path in args.pipelines:
+        try:
+            result = run(path, args.overrides, run_dir=args.run_dir)
+        except Exception as exc:  # one failed variant must not stop the others
+            if len(args.pipelines) == 1:
+                raise
+            failed += 1
+            print(f"{path}: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+            results.append((path, None))
+            continue
+        _print_result(result)
+        results.append((path, result))
+    if len(args.pipelines) > 1:
+        rows = [(r.name if r else f"{p} (failed)", (r.metrics or {}) if r else {}) for p, r in results]
+        keys = metric_keys([m for _, m in rows])
+        print("\n" + format_table(rows, keys))
+    return 1 if failed else 0
+
+
+def _print_result(result) -> None:
+    if result.metrics is None:
+        print(f"{result.name}: stopped early; continue with: core run --resume {result.run_dir}")
+        return
+    print((result.run_dir / "report.md").read_text(encoding="utf-8"))
+    print(f"run folder: {result.run_dir}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    from core.config.loading import ConfigError
+    from core.registry import RegistryError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, RegistryError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

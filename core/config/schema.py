@@ -1,0 +1,86 @@
+"""The pipeline's own sections (top level, trainer, stages, optimizer, schedule) as
+dataclasses, validated with the same signature rules as components."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+#: Top-level keys of a pipeline file, with what each holds (for error messages and docs).
+TOP_LEVEL_KEYS: dict[str, str] = {
+    "name": "run name (default: the file name)",
+    "seed": "global seed (int)",
+    "plugins": "local plugin files to load, relative to the pipeline file",
+    "data": "train / test dataset lists and the transform",
+    "sampler": "{name: ..., params}",
+    "backbone": "{name: ..., params}",
+    "head": "{name: ..., params}",
+    "losses": "list of {name: ..., weight: ..., params}",
+    "evaluator": "{name: ..., params}",
+    "stages": "list of training stages",
+    "trainer": "device, amp, evaluation and checkpoint settings",
+}
+
+
+@dataclass
+class OptimizerConfig:
+    """`name`: sgd, adam or adamw. Betas/momentum are used by the optimizers that have them."""
+
+    name: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class ScheduleConfig:
+    """Per-step learning-rate schedule: linear warmup from `warmup_factor` x lr over
+    `warmup_epochs`, then cosine to `min_lr`, step decay by `gamma` at `milestones`
+    (epochs), or constant."""
+
+    name: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = 0.0
+    warmup_factor: float = 0.01
+    min_lr: float = 0.0
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+
+
+@dataclass
+class StageConfig:
+    """One training stage. `trainable` / `frozen` are glob patterns over parameter names
+    (e.g. `backbone.*`, `*.bias`); `losses`, when given, replace the pipeline's losses for
+    this stage."""
+
+    name: str = "main"
+    epochs: int = 1
+    trainable: list[str] | None = None
+    frozen: list[str] = field(default_factory=list)
+    losses: list[dict[str, Any]] | None = None
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    schedule: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainerConfig:
+    """`device`: auto (cuda if available, else cpu), cpu, cuda, cuda:N. `amp`: bf16 autocast
+    on CUDA (ignored on the CPU, where it is slower), or none. `eval_every`: evaluate every
+    N epochs (0: only before and after training). `stop_after_steps`: save a checkpoint and
+    stop after this many optimisation steps (to be continued with --resume)."""
+
+    device: str = "auto"
+    amp: Literal["bf16", "none"] = "bf16"
+    eval_every: int = 0
+    eval_before: bool = True
+    batch_size_eval: int = 128
+    num_workers: int = 2
+    pin_memory: bool = True
+    log_every: int = 10
+    checkpoint_every_steps: int = 0
+    stop_after_steps: int | None = None
+    grad_clip: float | None = None
+    output_dir: str = "runs"
+    progress: bool = True
+

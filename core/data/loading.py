@@ -1,0 +1,124 @@
+"""From a record table to batches: decode + transform one sample, collate a `Batch`.
+
+A sample key may carry a seed, `(index, seed, role)`: the random transform then depends
+on that seed alone, not on the worker that runs it or on how many batches a resumed run
+skipped. Samplers hand out such keys; plain ints keep the global RNG (evaluation).
+"""
+
+from __future__ import annotations
+
+import numbers
+import random
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as F
+
+from core.data.table import RecordTable
+from core.interfaces import Dataset
+from core.records import Batch
+
+#: Extras that serve a dataset's own decoding and never reach a batch (keys starting
+#: with "_" are internal too).
+INTERNAL_EXTRAS = frozenset({"render_key"})
+
+
+class ImageSamples(torch.utils.data.Dataset):
+    """Record i of `table`, decoded by `datasets[table.source_ids[i]]` and transformed."""
+
+    def __init__(self, table: RecordTable, datasets: list[Dataset], transform: Callable | None) -> None:
+        if len(datasets) != len(table.sources):
+            raise ValueError(f"ImageSamples: the table has {len(table.sources)} sources "
+                             f"({', '.join(table.sources)}) but {len(datasets)} datasets were given")
+        self.table = table
+        self.datasets = list(datasets)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, key: int | tuple[int, ...]) -> dict[str, Any]:
+        index, seed, role = _parse_key(key)
+        t = self.table
+        record = t.records[index]
+        image = self.datasets[int(t.source_ids[index])].load_image(record)
+        return {
+            "image": self._apply(image, index, seed),
+            "pid": int(t.pids[index]),
+            "camid": int(t.camids[index]),
+            "category": int(t.category_ids[index]),
+            "domain": int(t.domain_ids[index]),
+            "role": role,
+            "index": index,
+            "extras": {k: v for k, v in record.extras.items() if k not in INTERNAL_EXTRAS and not k.startswith("_")},
+        }
+
+    def _apply(self, image: Any, index: int, seed: int | None) -> torch.Tensor:
+        if self.transform is None:
+            return F.to_dtype(F.to_image(image), torch.float32, scale=True)
+        if seed is None:
+            return self.transform(image)
+        # torchvision v2 draws from torch's generator only; python's `random` is seeded
+        # too (and restored) for user transforms built on it.
+        sample_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+        state = random.getstate()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed)
+                random.seed(sample_seed)
+                return self.transform(image)
+        finally:
+            random.setstate(state)
+
+
+def _parse_key(key: Any) -> tuple[int, int | None, int]:
+    """int -> (index, None, 0); (index, seed) or (index, seed, role)."""
+    if isinstance(key, (tuple, list)):
+        if len(key) not in (2, 3):
+            raise ValueError(f"ImageSamples: a key is an index or (index, seed[, role]); got {key!r}")
+        role = int(key[2]) if len(key) == 3 else 0
+        return int(key[0]), (None if key[1] is None else int(key[1])), role
+    return int(key), None, 0
+
+
+def collate(samples: list[dict[str, Any]]) -> Batch:
+    """Stack samples into a `Batch`; a DataLoader `collate_fn` (top-level, picklable)."""
+    if not samples:
+        raise ValueError("collate: no samples")
+
+    def ints(name: str) -> torch.Tensor:
+        return torch.tensor([s[name] for s in samples], dtype=torch.int64)
+
+    return Batch(
+        images=torch.stack([s["image"] for s in samples]),
+        pids=ints("pid"), camids=ints("camid"), categories=ints("category"),
+        domains=ints("domain"), roles=ints("role"), indices=ints("index"),
+        extras=collate_extras([s.get("extras", {}) for s in samples]),
+    )
+
+
+def collate_extras(extras: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per key: numbers -> a tensor, equal-shape arrays/tensors -> one stacked tensor,
+    anything else (strings, ragged shapes, a key some samples lack) -> a list (None where
+    missing), so per-sample fields stay aligned with the batch."""
+    keys: list[str] = []
+    for e in extras:
+        keys.extend(k for k in e if k not in keys)
+    return {k: _collate_values([e.get(k) for e in extras]) for k in keys}
+
+
+def _collate_values(values: list[Any]) -> Any:
+    if any(v is None for v in values):
+        return values
+    if all(isinstance(v, bool) for v in values):
+        return torch.tensor(values, dtype=torch.bool)
+    if all(isinstance(v, numbers.Integral) for v in values):
+        return torch.tensor([int(v) for v in values], dtype=torch.int64)
+    if all(isinstance(v, numbers.Real) for v in values):
+        return torch.tensor([float(v) for v in values], dtype=torch.float32)
+    if all(isinstance(v, (np.ndarray, torch.Tensor)) for v in values):
+        tensors = [torch.as_tensor(v) for v in values]
+        if all(t.shape == tensors[0].shape and t.dtype == tensors[0].dtype for t in tensors):
+            return torch.stack(tensors)
+    return values

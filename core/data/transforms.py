@@ -1,0 +1,68 @@
+"""Image transforms: the ReID standard (resize, flip, pad + crop, normalise, erasing).
+
+Built on torchvision.transforms.v2, which draws every random choice from torch's
+generator, so `ImageSamples` can make augmentation a function of a per-sample seed.
+The parameters are the YAML keys of `data.transform`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2
+
+#: (mean, std) per normalisation name: ImageNet backbones, CLIP backbones, [-1, 1].
+NORMS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+INTERPOLATIONS: dict[str, InterpolationMode] = {
+    "nearest": InterpolationMode.NEAREST,
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+}
+
+
+def build_transform(
+    train: bool,
+    size: list[int] = [256, 128],  # noqa: B006 - YAML default, never mutated
+    pad: int = 10,
+    flip: float = 0.5,
+    erasing: float = 0.0,
+    norm: str = "imagenet",
+    interpolation: str = "bicubic",
+) -> Callable[..., torch.Tensor]:
+    """PIL image -> float tensor (3, H, W). Train: resize, flip, pad + random crop,
+    normalise, random erasing (after normalisation, so erased pixels are mean-coloured).
+    Test: resize and normalise only."""
+    _check(size, pad, flip, erasing, norm, interpolation)
+    mean, std = NORMS[norm]
+    height, width = int(size[0]), int(size[1])
+    steps: list[Callable] = [v2.Resize((height, width), interpolation=INTERPOLATIONS[interpolation], antialias=True)]
+    if train:
+        if flip > 0:
+            steps.append(v2.RandomHorizontalFlip(flip))
+        if pad > 0:
+            steps += [v2.Pad(pad), v2.RandomCrop((height, width))]
+    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    if train and erasing > 0:
+        steps.append(v2.RandomErasing(p=erasing, value=0))
+    return v2.Compose(steps)
+
+
+def _check(size: list[int], pad: int, flip: float, erasing: float, norm: str, interpolation: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"transform: unknown norm '{norm}'; valid values: {', '.join(NORMS)}")
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"transform: unknown interpolation '{interpolation}'; "
+                         f"valid values: {', '.join(INTERPOLATIONS)}")
+    if len(size) != 2 or any(int(v) < 1 for v in size):
+        raise ValueError(f"transform: 'size' must be [height, width] of positive ints; got {size}")
+    if pad < 0:
+        raise ValueError(f"transform: 'pad' must be >= 0; got {pad}")
+    for key, p in (("flip", flip), ("erasing", erasing)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"transform: '{key}' is a probability in [0, 1]; got {p}")

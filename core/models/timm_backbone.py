@@ -1,0 +1,151 @@
+"""Any timm model as a ReID backbone (YAML name `timm`).
+
+TransReID (He et al. 2021) and the BoT baseline (Luo et al. 2019) start from an
+ImageNet-pretrained ViT or ResNet with the classifier removed; timm provides both. ViTs
+are built at the pipeline's image size (ReID crops are non-square, e.g. 256x128), and
+pretrained weights go through timm's own checkpoint filter, which resamples the
+position embeddings to the new patch grid (TransReID Sec. 3.1).
+
+Nothing is ever downloaded on our machines: `pretrained: true` reads the user's local
+timm / Hugging Face cache, and `pretrained: path/to/file.pth` reads a local file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+
+from core.context import BuildContext
+from core.interfaces import Backbone
+from core.records import Batch
+
+#: Checkpoint file types `pretrained: <path>` accepts.
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+#: model_kwargs keys the backbone sets itself, and where they come from instead.
+_RESERVED = {
+    "num_classes": "the head (e.g. `bnneck`) owns the classifier; the backbone is built with num_classes=0",
+    "img_size": "the image size comes from data.transform.size",
+    "pretrained": "use the backbone key `pretrained`",
+    "drop_path_rate": "use the backbone key `drop_path_rate`",
+}
+
+
+def _create(arch: str, image_size: tuple[int, int], **kwargs: Any) -> torch.nn.Module:
+    """timm.create_model with img_size for models that take it (ViT, Swin, ...); models
+    that do not (ResNet, ...) are built without it."""
+    try:
+        return timm.create_model(arch, img_size=tuple(image_size), **kwargs)
+    except TypeError as exc:
+        if "img_size" not in str(exc):
+            raise
+    return timm.create_model(arch, **kwargs)
+
+
+def _file_keys(path: Path) -> set[str]:
+    """Parameter names in a checkpoint file, read cheaply (no tensor copies)."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return set(f.keys())
+    ckpt = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
+            ckpt = ckpt[key]
+            break
+    return {k[7:] if k.startswith("module.") else k for k in ckpt} if isinstance(ckpt, dict) else set()
+
+
+class TimmBackbone(Backbone):
+    """A timm model without its classifier: "global" = pooled pre-logits features
+    (B, D), plus "tokens" (B, N, D) for token models (ViT: class token first).
+
+    `pretrained`: false -> random init; true -> timm's pretrained weights from the
+    local cache; a path -> a local checkpoint (.pth/.pt/.bin/.safetensors), position
+    embeddings resampled to the image size. `freeze_patch_embed` keeps the patch
+    projection fixed (Chen et al. 2021, MoCo v3, Sec. 5: stabilises ViT training).
+    """
+
+    def __init__(self, ctx: BuildContext, arch: str = "vit_base_patch16_224",
+                 pretrained: bool | str = False, model_kwargs: dict[str, Any] | None = None,
+                 drop_path_rate: float = 0.0, freeze_patch_embed: bool = False) -> None:
+        super().__init__()
+        model_kwargs = dict(model_kwargs or {})
+        for key, why in _RESERVED.items():
+            if key in model_kwargs:
+                raise ValueError(f"backbone 'timm': model_kwargs.{key} is not allowed: {why}")
+        if not arch.startswith(("hf-hub:", "hf_hub:", "local-dir:")) and not timm.is_model(arch):
+            close = timm.list_models(f"*{arch.split('.')[0][:8]}*")[:5]
+            raise ValueError(f"backbone 'timm': unknown arch '{arch}'"
+                             + (f"; similar timm models: {', '.join(close)}" if close else ""))
+        if drop_path_rate:
+            model_kwargs["drop_path_rate"] = drop_path_rate
+        model_kwargs["num_classes"] = 0
+        self.arch = arch
+        image_size = tuple(ctx.image_size)
+
+        if pretrained is False:
+            self.model = _create(arch, image_size, pretrained=False, **model_kwargs)
+        elif pretrained is True:
+            try:
+                self.model = _create(arch, image_size, pretrained=True, **model_kwargs)
+            except OSError as exc:  # hub cache miss, offline mode, no network: all OSErrors
+                raise RuntimeError(
+                    f"backbone 'timm': the pretrained weights for '{arch}' are not in the local "
+                    f"timm / Hugging Face cache and cannot be downloaded here ({type(exc).__name__}: "
+                    f"{exc}). Put a checkpoint file on disk and pass its path instead: "
+                    f"`backbone: {{name: timm, arch: {arch}, pretrained: /path/to/weights.safetensors}}` "
+                    f"(accepted: {', '.join(CHECKPOINT_SUFFIXES)}), or use `pretrained: false`. "
+                    "Offline, set HF_HUB_OFFLINE=1 to skip the hub's network retries."
+                ) from exc
+        elif isinstance(pretrained, (str, Path)):
+            path = Path(pretrained).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"backbone 'timm': pretrained checkpoint not found: {path}")
+            if path.suffix not in CHECKPOINT_SUFFIXES:
+                raise ValueError(f"backbone 'timm': pretrained file {path} has suffix '{path.suffix}'; "
+                                 f"accepted: {', '.join(CHECKPOINT_SUFFIXES)}")
+            self.model = _create(arch, image_size, pretrained=True,
+                                 pretrained_cfg_overlay=dict(file=str(path)), **model_kwargs)
+            self._check_loaded(path)
+        else:
+            raise ValueError(f"backbone 'timm': pretrained must be true, false or a checkpoint path, "
+                             f"got {pretrained!r}")
+
+        # Width of forward_head(pre_logits=True); equals num_features unless the model
+        # has a pre-logits projection.
+        self.feature_dim = int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
+        patch_embed = getattr(self.model, "patch_embed", None)
+        grid = getattr(patch_embed, "grid_size", None)
+        self.patch_grid = (int(grid[0]), int(grid[1])) if grid is not None else None
+        if freeze_patch_embed:
+            if patch_embed is None:
+                raise ValueError(f"backbone 'timm': freeze_patch_embed is true but '{arch}' has no "
+                                 "patch_embed (only token models such as ViT have one)")
+            patch_embed.requires_grad_(False)
+
+    def _check_loaded(self, path: Path) -> None:
+        """timm loads non-strictly once the classifier is dropped, so a file whose keys
+        carry a wrapper prefix would load nothing, silently: warn about it."""
+        try:
+            keys = _file_keys(path)
+        except Exception:  # unreadable cheaply; timm has already read it, so leave it
+            return
+        own = set(self.model.state_dict())
+        if keys and not keys & own:
+            sample = ", ".join(sorted(keys)[:3])
+            warnings.warn(f"backbone 'timm': no parameter name of {path} matches '{self.arch}' "
+                          f"(file keys look like: {sample}); the weights may not have loaded. "
+                          "Strip wrapper prefixes (e.g. 'model.', 'backbone.') before loading.",
+                          stacklevel=3)
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        feats = self.model.forward_features(batch.images)
+        out = {"global": self.model.forward_head(feats, pre_logits=True)}
+        if feats.ndim == 3:
+            out["tokens"] = feats
+        return out

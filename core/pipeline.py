@@ -1,0 +1,285 @@
+"""Assembling a pipeline from its YAML: data -> build context -> sampler -> backbone ->
+head -> losses -> evaluator, each validated against its constructor signature.
+
+Build order matters because later components read what earlier ones decided: the head
+reads the backbone's feature dimension from the build context, the classifier the number
+of identities from the training table.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.config.loading import ConfigError, LoadedConfig
+from core.config.schema import TOP_LEVEL_KEYS, StageConfig, TrainerConfig
+from core.config.validation import build_dataclass, describe, validate_params
+from core.context import BuildContext
+from core.data.table import RecordTable
+from core.data.transforms import build_transform
+from core.interfaces import Dataset, Evaluator, Sampler
+from core.plugins import get_plugin_manager
+from core.registry import Registry, RegistryError, build_registry
+from core.records import Batch
+
+
+class ReIDModel(nn.Module):
+    """Backbone + head. `forward(batch)` returns the backbone's features and the head's
+    outputs in one dict; "embedding" is what evaluation uses."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        features = self.backbone(batch)
+        if "global" not in features:
+            raise KeyError(f"backbone {type(self.backbone).__name__} returned {sorted(features)}; "
+                           "a backbone must return 'global' (B, D)")
+        outputs = self.head(features, batch)
+        if "embedding" not in outputs:
+            raise KeyError(f"head {type(self.head).__name__} returned {sorted(outputs)}; "
+                           "a head must return 'embedding'")
+        return {**features, **outputs}
+
+
+@dataclass
+class LossTerm:
+    name: str
+    weight: float
+    module: nn.Module
+
+
+@dataclass
+class TestSet:
+    name: str
+    query: RecordTable
+    gallery: RecordTable
+    datasets: list[Dataset]
+
+
+@dataclass
+class Pipeline:
+    config: LoadedConfig
+    name: str
+    seed: int
+    registry: Registry
+    ctx: BuildContext
+    train: RecordTable
+    train_datasets: list[Dataset]
+    test_sets: list[TestSet]
+    train_transform: Any
+    test_transform: Any
+    sampler: Sampler
+    model: ReIDModel
+    evaluator: Evaluator
+    stages: list[StageConfig]
+    #: losses per stage (a stage without its own `losses` shares the pipeline's)
+    stage_losses: list[list[LossTerm]]
+    trainer: TrainerConfig
+    #: component key -> {"name", "plugin", "version"}
+    provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def loss_modules(self) -> nn.ModuleList:
+        """Every distinct loss module (some hold parameters or memories)."""
+        seen: dict[int, nn.Module] = {}
+        for terms in self.stage_losses:
+            for term in terms:
+                seen.setdefault(id(term.module), term.module)
+        return nn.ModuleList(seen.values())
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' asked for, but CUDA is not available here; "
+                          "use 'auto' or 'cpu'", key="trainer.device")
+    return device
+
+
+class _Builder:
+    def __init__(self, cfg: LoadedConfig, registry: Registry) -> None:
+        self.cfg = cfg
+        self.registry = registry
+        self.provenance: dict[str, dict[str, Any]] = {}
+        self.pm = get_plugin_manager()
+
+    def spec(self, key: str, value: Any, name_key: str = "name") -> tuple[str, dict[str, Any]]:
+        if isinstance(value, str):
+            value = {name_key: value}
+        if not isinstance(value, dict):
+            raise self.cfg.error(key, f"expected a mapping with '{name_key}', got {describe(value)}")
+        if name_key not in value:
+            raise self.cfg.error(key, f"missing '{name_key}': which component to use")
+        params = {k: v for k, v in value.items() if k != name_key}
+        return value[name_key], params
+
+    def build(self, kind: str, key: str, value: Any, ctx: BuildContext | None,
+              name_key: str = "name", reserved: tuple[str, ...] = ()) -> Any:
+        name, params = self.spec(key, value, name_key)
+        params = {k: v for k, v in params.items() if k not in reserved}
+        try:
+            entry = self.registry.get(kind, name)
+            target = entry.load()
+        except RegistryError as exc:
+            raise self.cfg.error(f"{key}.{name_key}", str(exc)) from None
+        what = f"{kind} '{name}'"
+        params = validate_params(target, params, self.cfg, key, what)
+        if "ctx" in inspect.signature(target).parameters:
+            params["ctx"] = ctx
+        try:
+            component = target(**params)
+        except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise self.cfg.error(key, f"{what} could not be built: {message}") from exc
+        info = self.pm.infos.get(entry.provider)
+        self.provenance[key] = {"name": name, "plugin": entry.provider,
+                                "version": info.version if info else None}
+        return component
+
+
+def _as_list(cfg: LoadedConfig, key: str, value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [value]
+    if not isinstance(value, list):
+        raise cfg.error(key, f"expected a list, got {describe(value)}")
+    return value
+
+
+def _check_top_level(cfg: LoadedConfig) -> None:
+    for key in cfg.data:
+        if key not in TOP_LEVEL_KEYS:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), list(TOP_LEVEL_KEYS), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise cfg.error(str(key), f"unknown top-level key '{key}'.{hint} "
+                                      f"Valid keys: {', '.join(TOP_LEVEL_KEYS)}.")
+    for key in ("backbone", "head", "losses", "evaluator", "stages"):
+        if key not in cfg.data:
+            raise cfg.error(key, f"missing section '{key}' ({TOP_LEVEL_KEYS[key]})")
+
+
+def load_local_plugins(cfg: LoadedConfig) -> None:
+    for i, path in enumerate(_as_list(cfg, "plugins", cfg.data.get("plugins"))):
+        if not isinstance(path, str):
+            raise cfg.error(f"plugins.{i}", f"expected a path to a .py file, got {describe(path)}")
+        base = Path(cfg.origin(f"plugins.{i}")).parent if cfg.origin(f"plugins.{i}") != "--set" else Path.cwd()
+        get_plugin_manager().load_file(path, base_dir=base)
+
+
+def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1) -> Pipeline:
+    """Build every component of a pipeline (no training)."""
+    _check_top_level(cfg)
+    load_local_plugins(cfg)
+    registry = build_registry()
+    b = _Builder(cfg, registry)
+    data = cfg.data.get("data") or {}
+    if not isinstance(data, dict):
+        raise cfg.error("data", f"expected a mapping with 'train', 'test', 'transform', got {describe(data)}")
+    unknown = set(data) - {"train", "test", "transform"}
+    if unknown:
+        raise cfg.error(f"data.{sorted(unknown)[0]}", "unknown key; valid keys: train, test, transform")
+    seed = cfg.data.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise cfg.error("seed", f"expected an int, got {describe(seed)}")
+    name = cfg.data.get("name") or cfg.file.stem
+
+    # data
+    transform_params = validate_params(build_transform, dict(data.get("transform") or {}), cfg,
+                                       "data.transform", "the transform", injected=("train",))
+    train_transform = build_transform(train=True, **transform_params)
+    test_transform = build_transform(train=False, **transform_params)
+    train_specs = _as_list(cfg, "data.train", data.get("train"))
+    if not train_specs:
+        raise cfg.error("data.train", "at least one training dataset is needed, e.g. "
+                                      "[{dataset: synthetic}]")
+    train_datasets = [b.build("dataset", f"data.train.{i}", s, None, name_key="dataset")
+                      for i, s in enumerate(train_specs)]
+    train_names = [b.spec(f"data.train.{i}", s, "dataset")[0] for i, s in enumerate(train_specs)]
+    train = RecordTable.build([(n, d.records("train")) for n, d in zip(train_names, train_datasets)],
+                              relabel=True)
+    if len(train) == 0:
+        raise cfg.error("data.train", "the training datasets list no training records")
+
+    test_specs = data.get("test")
+    test_sets: list[TestSet] = []
+    if test_specs is None:  # default: each train dataset's own query/gallery
+        pairs = list(zip(train_names, train_datasets))
+    else:
+        specs = _as_list(cfg, "data.test", test_specs)
+        pairs = [(b.spec(f"data.test.{i}", s, "dataset")[0],
+                  b.build("dataset", f"data.test.{i}", s, None, name_key="dataset"))
+                 for i, s in enumerate(specs)]
+    names = [n for n, _ in pairs]
+    for i, (set_name, dataset) in enumerate(pairs):
+        label = set_name if names.count(set_name) == 1 else f"{set_name}#{i}"
+        query, gallery = dataset.records("query"), dataset.records("gallery")
+        if not query or not gallery:
+            continue
+        cats = list(train.category_names)
+        test_sets.append(TestSet(
+            name=label,
+            query=RecordTable.build([(set_name, query)], relabel=False, category_names=cats),
+            gallery=RecordTable.build([(set_name, gallery)], relabel=False, category_names=cats),
+            datasets=[dataset],
+        ))
+
+    trainer_cfg = build_dataclass(TrainerConfig, cfg.data.get("trainer"), cfg, "trainer", "the trainer")
+    size = transform_params.get("size", inspect.signature(build_transform).parameters["size"].default)
+    ctx = BuildContext.from_table(train, image_size=(int(size[0]), int(size[1])), seed=seed,
+                                  rank=rank, world_size=world_size,
+                                  device=str(resolve_device(trainer_cfg.device)))
+
+    sampler = b.build("sampler", "sampler", cfg.data.get("sampler") or {"name": "pk"}, ctx)
+    backbone = b.build("backbone", "backbone", cfg.data["backbone"], ctx)
+    ctx.feature_dim = int(backbone.feature_dim)
+    ctx.patch_grid = getattr(backbone, "patch_grid", None)
+    head = b.build("head", "head", cfg.data["head"], ctx)
+    model = ReIDModel(backbone, head)
+
+    def build_losses(key: str, specs: Any) -> list[LossTerm]:
+        terms = []
+        spec_list = _as_list(cfg, key, specs)
+        loss_names = [s if isinstance(s, str) else s.get("name") for s in spec_list]
+        for i, spec in enumerate(spec_list):
+            loss_name, params = b.spec(f"{key}.{i}", spec)
+            weight = params.get("weight", 1.0)
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool):
+                raise cfg.error(f"{key}.{i}.weight", f"expected a number, got {describe(weight)}")
+            module = b.build("loss", f"{key}.{i}", spec, ctx, reserved=("weight",))
+            label = loss_name if loss_names.count(loss_name) == 1 else f"{loss_name}.{i}"
+            terms.append(LossTerm(label, float(weight), module))
+        if not terms:
+            raise cfg.error(key, "at least one loss is needed, e.g. [{name: ce}, {name: triplet}]")
+        return terms
+
+    losses = build_losses("losses", cfg.data["losses"])
+    evaluator = b.build("evaluator", "evaluator", cfg.data["evaluator"], ctx)
+
+    stage_specs = _as_list(cfg, "stages", cfg.data["stages"])
+    if not stage_specs:
+        raise cfg.error("stages", "at least one stage is needed, e.g. [{name: main, epochs: 10}]")
+    stages = [build_dataclass(StageConfig, s, cfg, f"stages.{i}", "a stage") for i, s in enumerate(stage_specs)]
+    stage_losses = [build_losses(f"stages.{i}.losses", s.losses) if s.losses is not None else losses
+                    for i, s in enumerate(stages)]
+    from core.training.optim import check_stage  # validates optimizer/schedule keys
+
+    for i, stage in enumerate(stages):
+        check_stage(stage, cfg, f"stages.{i}")
+    return Pipeline(
+        config=cfg, name=str(name), seed=seed, registry=registry, ctx=ctx, train=train,
+        train_datasets=train_datasets, test_sets=test_sets, train_transform=train_transform,
+        test_transform=test_transform, sampler=sampler, model=model, evaluator=evaluator,
+        stages=stages, stage_losses=stage_losses, trainer=trainer_cfg, provenance=b.provenance,
+    )

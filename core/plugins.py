@@ -1,0 +1,168 @@
+"""Loading plugins: the core's built-ins, installed entry points, and local files.
+
+The built-ins are a default plugin registered through the same hooks as everyone else
+(datasette's model). A plugin that fails to import is reported and skipped, never a crash
+of `core --help` (llm's lesson); `CORE_STRICT_PLUGINS=1` turns that into an error for
+plugin authors and CI. Environment variables:
+
+- `CORE_LOAD_PLUGINS=a,b`  load only these entry-point plugins (empty: none);
+- `CORE_DISABLE_PLUGINS=a,b`  skip these;
+- `CORE_STRICT_PLUGINS=1`  a plugin that fails to load is an error;
+- `CORE_TRACE_PLUGINS=1`  print every hook call and its results to stderr.
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as metadata
+import importlib.util
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pluggy
+
+from core import hookspecs
+
+ENTRY_POINT_GROUP = "reid_core"
+BUILTIN_PLUGIN = "core"
+
+
+class PluginLoadError(RuntimeError):
+    """A plugin failed to load under CORE_STRICT_PLUGINS=1, or a local plugin file is bad."""
+
+
+@dataclass
+class PluginInfo:
+    """What `core plugins` reports about one plugin."""
+
+    name: str
+    source: str  # "builtin", "entry point", "local file"
+    distribution: str | None = None
+    version: str | None = None
+    module: str | None = None
+    hooks: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def _env_list(name: str) -> list[str] | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def strict() -> bool:
+    return os.environ.get("CORE_STRICT_PLUGINS", "") not in ("", "0", "false", "no")
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager plus the record of what was loaded and what failed."""
+
+    def __init__(self) -> None:
+        super().__init__(ENTRY_POINT_GROUP)
+        self.add_hookspecs(hookspecs)
+        self.infos: dict[str, PluginInfo] = {}
+
+    def add(self, module: object, info: PluginInfo) -> None:
+        self.register(module, name=info.name)
+        self.check_pending()  # a misspelt hook implementation is an error, not a silent no-op
+        info.hooks = sorted(h.name for h in self.get_hookcallers(module) or [])
+        self.infos[info.name] = info
+
+    def failed(self, info: PluginInfo) -> None:
+        self.infos[info.name] = info
+        if strict():
+            raise PluginLoadError(f"plugin '{info.name}' failed to load: {info.error}")
+        print(f"warning: plugin '{info.name}' ({info.distribution or info.module}) failed to load "
+              f"and was skipped: {info.error.splitlines()[-1] if info.error else ''} "
+              "(set CORE_STRICT_PLUGINS=1 to make this an error)", file=sys.stderr)
+
+    def load_entry_points(self) -> None:
+        only = _env_list("CORE_LOAD_PLUGINS")
+        disabled = set(_env_list("CORE_DISABLE_PLUGINS") or [])
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            if ep.name in disabled or (only is not None and ep.name not in only):
+                continue
+            if ep.name in self.infos:  # the same distribution seen twice on sys.path
+                continue
+            dist = getattr(ep, "dist", None)
+            info = PluginInfo(
+                name=ep.name, source="entry point", module=ep.value,
+                distribution=dist.metadata["Name"] if dist else None,
+                version=dist.version if dist else None,
+            )
+            try:
+                module = ep.load()
+            except Exception:  # noqa: BLE001 - any import failure of a third-party plugin
+                info.error = traceback.format_exc(limit=3).strip()
+                self.failed(info)
+                continue
+            try:
+                self.add(module, info)
+            except (ValueError, pluggy.PluginValidationError) as exc:
+                self.unregister(module)
+                info.error = f"{type(exc).__name__}: {exc}"
+                self.failed(info)
+
+    def load_file(self, path: str | Path, base_dir: str | Path | None = None) -> str:
+        """Register a one-off local plugin module named in a pipeline (`plugins: [./x.py]`)."""
+        file = Path(path)
+        if not file.is_absolute() and base_dir is not None:
+            file = Path(base_dir) / file
+        file = file.resolve()
+        if not file.is_file():
+            raise PluginLoadError(f"local plugin file not found: {file} (named in `plugins:`; "
+                                  "paths are relative to the pipeline file)")
+        name = f"local:{file}"
+        if name in self.infos:
+            return name
+        spec = importlib.util.spec_from_file_location(f"reid_core_local_{abs(hash(str(file)))}", file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise PluginLoadError(f"local plugin {file} failed to import: {type(exc).__name__}: {exc}") from exc
+        self.add(module, PluginInfo(name=name, source="local file", module=str(file)))
+        return name
+
+
+def _trace(pm: PluginManager) -> None:
+    def before(hook_name, hook_impls, kwargs):
+        print(f"[trace] {hook_name} -> {[i.plugin_name for i in hook_impls]}", file=sys.stderr)
+
+    def after(outcome, hook_name, hook_impls, kwargs):
+        print(f"[trace] {hook_name} done", file=sys.stderr)
+
+    pm.add_hookcall_monitoring(before, after)
+
+
+_manager: PluginManager | None = None
+
+
+def get_plugin_manager(refresh: bool = False) -> PluginManager:
+    """The process-wide plugin manager: built-ins first, then installed entry points."""
+    global _manager
+    if _manager is None or refresh:
+        pm = PluginManager()
+        from core import builtins
+
+        pm.add(builtins, PluginInfo(name=BUILTIN_PLUGIN, source="builtin", distribution="reid-core",
+                                    version=_version("reid-core"), module="core.builtins"))
+        pm.load_entry_points()
+        if os.environ.get("CORE_TRACE_PLUGINS"):
+            _trace(pm)
+        _manager = pm
+    return _manager
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None

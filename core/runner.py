@@ -1,0 +1,116 @@
+"""Running pipelines end to end: what `core run` and `core validate` do, as functions
+(the pytest plugin and user scripts call these too)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from core.config.loading import LoadedConfig, load_pipeline
+
+
+@dataclass
+class RunResult:
+    name: str
+    run_dir: Path
+    #: final metrics; None when the run stopped early (trainer.stop_after_steps)
+    metrics: dict[str, float] | None
+    baseline: dict[str, float] = field(default_factory=dict)
+
+
+def _absolute_plugin_paths(cfg: LoadedConfig) -> dict[str, Any]:
+    data = dict(cfg.data)
+    if data.get("plugins"):
+        data["plugins"] = [str((Path(cfg.origin(f"plugins.{i}")).parent / p).resolve())
+                           if cfg.origin(f"plugins.{i}") != "--set" else str(Path(p).resolve())
+                           for i, p in enumerate(data["plugins"])]
+    return data
+
+
+def _new_run_dir(output_dir: str, name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(output_dir) / f"{name}-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = Path(output_dir) / f"{name}-{stamp}-{n}"
+    return path
+
+
+def run(pipeline: str | Path, overrides: Sequence[str] = (), run_dir: str | Path | None = None,
+        resume: str | Path | None = None) -> RunResult:
+    """Train and evaluate one pipeline; or continue the run in `resume` exactly where it stopped."""
+    from core.pipeline import build_pipeline
+    from core.training.checkpoint import seed_everything
+    from core.training.run_folder import RunFolder
+    from core.training.trainer import Trainer
+
+    if resume is not None:
+        run_path = Path(resume)
+        if not (run_path / "checkpoints" / "last.pt").is_file():
+            raise FileNotFoundError(f"cannot resume {run_path}: no checkpoints/last.pt there "
+                                    "(a run folder written by `core run` is expected)")
+        # a resumed run continues: the stop that ended it no longer applies
+        cfg = load_pipeline(run_path / "pipeline.yaml", ["trainer.stop_after_steps=null", *overrides])
+    else:
+        cfg = load_pipeline(pipeline, overrides)
+    seed_everything(cfg.data.get("seed", 0) if isinstance(cfg.data.get("seed", 0), int) else 0)
+    p = build_pipeline(cfg)
+    if resume is None:
+        run_path = Path(run_dir) if run_dir else _new_run_dir(p.trainer.output_dir, p.name)
+    folder = RunFolder(run_path)
+    trainer = Trainer(p, folder, resume=resume is not None)
+    if resume is None:
+        folder.write_pipeline(_absolute_plugin_paths(cfg), p.provenance)
+    folder.write_environment(str(trainer.device), p.provenance)
+    metrics = trainer.fit()
+    baseline = next((r for r in trainer.history if r["tag"].startswith("baseline")), {})
+    return RunResult(name=p.name, run_dir=run_path, metrics=metrics,
+                     baseline={k: v for k, v in baseline.items() if "/" in k})
+
+
+def validate(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Build every component and run one forward/backward step without updating weights."""
+    import torch
+
+    from core.data.loading import ImageSamples, collate
+    from core.pipeline import build_pipeline, resolve_device
+    from core.training.checkpoint import seed_everything
+
+    cfg = load_pipeline(pipeline, overrides)
+    seed_everything(0)
+    p = build_pipeline(cfg)
+    device = resolve_device(p.trainer.device)
+    model = p.model.to(device).train()
+    losses = p.loss_modules().to(device)
+    plan = next(iter(p.sampler))
+    indices = plan.indices if hasattr(plan, "indices") else plan
+    roles = plan.roles if hasattr(plan, "roles") else [0] * len(indices)
+    samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
+    batch = collate([samples[(i, 0, r)] for i, r in zip(indices, roles)]).to(device)
+    outputs = model(batch)
+    values = {}
+    total = torch.zeros((), device=device)
+    for term in p.stage_losses[0]:
+        out = term.module(outputs, batch)
+        loss = out[0] if isinstance(out, tuple) else out
+        values[term.name] = float(loss.detach())
+        total = total + term.weight * loss
+    total.backward()
+    no_grad = [n for n, q in model.named_parameters() if q.requires_grad and q.grad is None]
+    model.zero_grad(set_to_none=True)
+    losses.zero_grad(set_to_none=True)
+    return {
+        "name": p.name,
+        "components": p.provenance,
+        "train": {"images": len(p.train), "identities": p.ctx.num_identities,
+                  "categories": p.ctx.identities_per_category, "batches_per_epoch": len(p.sampler)},
+        "test": {t.name: {"query": len(t.query), "gallery": len(t.gallery)} for t in p.test_sets},
+        "parameters": sum(q.numel() for q in model.parameters()),
+        "outputs": {k: list(v.shape) for k, v in outputs.items() if hasattr(v, "shape")},
+        "losses": values,
+        "parameters_without_grad": no_grad,
+        "device": str(device),
+    }

@@ -1,0 +1,104 @@
+"""Per-stage parameter selection, optimizer and learning-rate schedule.
+
+A stage trains the parameters whose names match `trainable` (all when null) minus those
+matching `frozen` (glob patterns over `model.named_parameters()` names, e.g. `backbone.*`,
+`*.bias`). The schedule is per optimisation step, so warmup is smooth even over one epoch.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from core.config.loading import LoadedConfig
+from core.config.schema import OptimizerConfig, ScheduleConfig, StageConfig
+from core.config.validation import build_dataclass
+
+
+def check_stage(stage: StageConfig, cfg: LoadedConfig, key: str) -> None:
+    """Validate a stage's optimizer and schedule sections (errors name file and key)."""
+    build_dataclass(OptimizerConfig, stage.optimizer, cfg, f"{key}.optimizer", "the optimizer")
+    build_dataclass(ScheduleConfig, stage.schedule, cfg, f"{key}.schedule", "the schedule")
+    if stage.epochs < 1:
+        raise cfg.error(f"{key}.epochs", f"a stage needs at least 1 epoch, got {stage.epochs}")
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def select_parameters(module: nn.Module, stage: StageConfig) -> list[tuple[str, nn.Parameter]]:
+    """Set requires_grad per the stage's patterns; return the trainable (name, parameter)s.
+
+    Parameters a component froze itself (requires_grad False at build, e.g. BNNeck's bias)
+    stay frozen: stage patterns only narrow what the components allow.
+    """
+    if not hasattr(module, "_core_trainable"):
+        module._core_trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    allowed = module._core_trainable
+    names = [n for n, _ in module.named_parameters()]
+    for key, patterns in (("trainable", stage.trainable or []), ("frozen", stage.frozen)):
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                raise ValueError(f"stage '{stage.name}': {key} pattern '{pattern}' matches no parameter; "
+                                 f"names look like {', '.join(_examples(names))}")
+    selected = []
+    for name, param in module.named_parameters():
+        on = name in allowed
+        if stage.trainable is not None:
+            on = on and _matches(name, stage.trainable)
+        if stage.frozen:
+            on = on and not _matches(name, stage.frozen)
+        param.requires_grad_(on)
+        if on:
+            selected.append((name, param))
+    if not selected:
+        raise ValueError(f"stage '{stage.name}' trains no parameter: trainable={stage.trainable}, "
+                         f"frozen={stage.frozen}; parameter names look like {', '.join(_examples(names))}")
+    return selected
+
+
+def _examples(names: list[str]) -> list[str]:
+    """One name per top-level module prefix, to show users what patterns look like."""
+    seen: dict[str, str] = {}
+    for name in names:
+        seen.setdefault(".".join(name.split(".")[:3]), name)
+    return list(seen.values())[:6] + (["..."] if len(seen) > 6 else [])
+
+
+def build_optimizer(params: list[tuple[str, nn.Parameter]], stage: StageConfig) -> torch.optim.Optimizer:
+    opt = OptimizerConfig(**stage.optimizer)
+    tensors = [p for _, p in params]
+    if opt.name == "sgd":
+        return torch.optim.SGD(tensors, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay,
+                               nesterov=opt.nesterov)
+    cls = torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW
+    return cls(tensors, lr=opt.lr, weight_decay=opt.weight_decay, betas=tuple(opt.betas))
+
+
+def lr_factor(step: int, steps_per_epoch: int, epochs: int, schedule: ScheduleConfig, base_lr: float) -> float:
+    """Multiplier of the base learning rate at optimisation step `step` (0-based)."""
+    epoch = step / max(steps_per_epoch, 1)
+    warmup = schedule.warmup_epochs
+    if warmup > 0 and epoch < warmup:
+        alpha = epoch / warmup
+        return schedule.warmup_factor * (1 - alpha) + alpha
+    if schedule.name == "constant":
+        return 1.0
+    if schedule.name == "step":
+        return schedule.gamma ** sum(1 for m in schedule.milestones if epoch >= m)
+    total = max(epochs - warmup, 1e-8)
+    progress = min(max((epoch - warmup) / total, 0.0), 1.0)
+    floor = schedule.min_lr / base_lr if base_lr > 0 else 0.0
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, stage: StageConfig, steps_per_epoch: int):
+    schedule = ScheduleConfig(**stage.schedule)
+    base_lr = OptimizerConfig(**stage.optimizer).lr
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps_per_epoch, stage.epochs, schedule, base_lr))

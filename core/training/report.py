@@ -1,0 +1,46 @@
+"""The final report: markdown tables of every evaluation of a run, untrained baseline first;
+per-category metrics of the last evaluation in a second table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Metric columns in the order ReID papers print them.
+COLUMNS = ("mAP", "rank-1", "rank-5", "rank-10", "mINP")
+
+
+def _groups(history: list[dict[str, Any]], depth: int) -> list[str]:
+    """Prefixes of `<prefix>/<metric>` keys whose prefix has `depth` parts, in order of appearance."""
+    found: list[str] = []
+    for record in history:
+        for key in record:
+            parts = key.split("/")
+            if len(parts) == depth + 1 and parts[-1] in COLUMNS and "/".join(parts[:-1]) not in found:
+                found.append("/".join(parts[:-1]))
+    return found
+
+
+def metric_keys(history: list[dict[str, Any]]) -> list[str]:
+    """Test-set level keys (`<set>/<metric>`), the `mean` over sets last."""
+    sets = sorted(_groups(history, 1), key=lambda s: s == "mean")
+    return [f"{s}/{c}" for s in sets for c in COLUMNS if any(f"{s}/{c}" in r for r in history)]
+
+
+def format_table(rows: list[tuple[str, dict[str, Any]]], keys: list[str]) -> str:
+    lines = ["| | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
+    for label, record in rows:
+        cells = [f"{record[k]:.2f}" if isinstance(record.get(k), (int, float)) else "-" for k in keys]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_report(name: str, history: list[dict[str, Any]]) -> str:
+    text = [f"# {name}", "", "Metrics in % (CMC rank-k, mAP, mINP) per test set.", "",
+            format_table([(r["tag"], r) for r in history], metric_keys(history))]
+    categories = _groups(history[-1:], 2)
+    if categories:
+        last = history[-1]
+        text += ["", f"Per category ({last['tag']}):", "",
+                 format_table([(c, {m: last.get(f"{c}/{m}") for m in COLUMNS}) for c in categories],
+                              list(COLUMNS))]
+    return "\n".join(text) + "\n"

@@ -1,0 +1,96 @@
+"""The `core` command line: help, run, validate, print-config, errors, several pipelines."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from core.cli import main
+from core.testing import TINY_PIPELINE
+
+
+def core(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "core", *args], capture_output=True, text=True,
+                          timeout=600, cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+@pytest.fixture
+def tiny_yaml(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY_PIPELINE))
+    return path
+
+
+@pytest.mark.parametrize("command", ["run", "validate", "plugins"])
+def test_each_subcommand_has_complete_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert f"usage: core {command}" in out and "options:" in out
+
+
+def test_top_level_help_lists_commands_and_examples(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for text in ("run", "validate", "plugins", "examples:", "--set key.path=value", "_base_"):
+        assert text in out
+
+
+def test_print_config_shows_the_resolved_pipeline(tiny_yaml, capsys):
+    assert main(["run", str(tiny_yaml), "--print-config", "--set", "sampler.k=2"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["sampler"] == {"name": "pk", "batch_size": 16, "k": 2}
+
+
+def test_validate_builds_and_runs_one_step(tiny_yaml, capsys):
+    assert main(["validate", str(tiny_yaml)]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "backbone          timm  (plugin core)" in out
+    assert "train: 64 images, 16 identities" in out and "one step: ce=" in out
+
+
+def test_config_error_exits_2_naming_file_key_and_valid_keys(tiny_yaml, capsys):
+    assert main(["validate", str(tiny_yaml), "--set", "sampler.kk=2"]) == 2
+    err = capsys.readouterr().err
+    assert "--set: sampler.kk: unknown key 'kk' for sampler 'pk'. Did you mean 'k'?" in err
+    assert "Valid keys: batch_size, k, drop_last, seed" in err
+
+
+def test_unknown_component_error_names_the_file_and_key(tiny_yaml, capsys):
+    data = yaml.safe_load(tiny_yaml.read_text())
+    data["losses"][1]["name"] = "tripet"
+    tiny_yaml.write_text(yaml.safe_dump(data))
+    assert main(["validate", str(tiny_yaml)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tiny_yaml}: losses.1.name: unknown loss 'tripet'. Did you mean 'triplet'?" in err
+
+
+def test_wrong_type_in_the_trainer_section(tiny_yaml, capsys):
+    assert main(["validate", str(tiny_yaml), "--set", "trainer.amp=fp8"]) == 2
+    assert "trainer.amp: wrong type for the trainer: expected one of 'bf16', 'none', got 'fp8'" in capsys.readouterr().err
+
+
+def test_unknown_top_level_key(tiny_yaml, capsys):
+    assert main(["validate", str(tiny_yaml), "--set", "sampeler.k=2"]) == 2
+    assert "unknown top-level key 'sampeler'. Did you mean 'sampler'?" in capsys.readouterr().err
+
+
+def test_run_several_pipelines_prints_one_comparison_table(tiny_yaml, tmp_path):
+    data = yaml.safe_load(tiny_yaml.read_text())
+    data.update(name="variant-b")
+    data["trainer"]["output_dir"] = str(tmp_path / "runs")
+    data["trainer"]["eval_before"] = False
+    b = tmp_path / "b.yaml"
+    b.write_text(yaml.safe_dump(data))
+    data.update(name="variant-a")
+    a = tmp_path / "a.yaml"
+    a.write_text(yaml.safe_dump(data))
+    proc = core("run", str(a), str(b))
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout[proc.stdout.rindex("| | synthetic/mAP"):]
+    assert "| variant-a |" in table and "| variant-b |" in table
+    assert len(list((tmp_path / "runs").iterdir())) == 2

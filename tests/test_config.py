@@ -1,0 +1,130 @@
+"""Pipeline YAML: inheritance, overrides, merge rules, and validation errors that name the
+file, the key path and the valid keys."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.config.loading import ConfigError, load_pipeline
+from core.config.validation import check_type, validate_params
+
+
+def write(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data, encoding="utf-8")
+    return path
+
+
+def test_base_inheritance_merges_mappings_and_replaces_lists(tmp_path):
+    write(tmp_path / "base.yaml", {"sampler": {"name": "pk", "batch_size": 64, "k": 4},
+                                   "losses": [{"name": "ce"}, {"name": "triplet"}]})
+    child = write(tmp_path / "child.yaml", {"_base_": "base.yaml", "sampler": {"k": 8},
+                                            "losses": [{"name": "ce"}]})
+    cfg = load_pipeline(child)
+    assert cfg.data["sampler"] == {"name": "pk", "batch_size": 64, "k": 8}
+    assert cfg.data["losses"] == [{"name": "ce"}]
+    assert "_base_" not in cfg.data
+
+
+def test_delete_replaces_a_mapping_instead_of_merging(tmp_path):
+    write(tmp_path / "base.yaml", {"backbone": {"name": "timm", "arch": "vit_base_patch16_224"}})
+    child = write(tmp_path / "child.yaml", {"_base_": "base.yaml", "backbone": {"_delete_": True, "name": "other"}})
+    assert load_pipeline(child).data["backbone"] == {"name": "other"}
+
+
+def test_multiple_bases_merge_in_order(tmp_path):
+    write(tmp_path / "a.yaml", {"trainer": {"amp": "none", "eval_every": 1}})
+    write(tmp_path / "b.yaml", {"trainer": {"eval_every": 5}})
+    child = write(tmp_path / "c.yaml", {"_base_": ["a.yaml", "b.yaml"]})
+    assert load_pipeline(child).data["trainer"] == {"amp": "none", "eval_every": 5}
+
+
+def test_base_cycle_is_an_error(tmp_path):
+    write(tmp_path / "a.yaml", {"_base_": "b.yaml"})
+    write(tmp_path / "b.yaml", {"_base_": "a.yaml"})
+    with pytest.raises(ConfigError, match="cycle"):
+        load_pipeline(tmp_path / "a.yaml")
+
+
+def test_missing_base_names_the_file(tmp_path):
+    child = write(tmp_path / "child.yaml", {"_base_": "nope.yaml"})
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(child)
+    assert "child.yaml" in str(err.value) and "nope.yaml" in str(err.value)
+
+
+def test_set_overrides_parse_yaml_values_and_index_lists(tmp_path):
+    path = write(tmp_path / "p.yaml", {"losses": [{"name": "ce"}, {"name": "triplet", "margin": 0.3}],
+                                       "stages": [{"epochs": 1}]})
+    cfg = load_pipeline(path, ["losses.1.margin=0.5", "stages.0.epochs=3", "trainer.amp=none",
+                               "data.transform.size=[64, 32]"])
+    assert cfg.data["losses"][1]["margin"] == 0.5
+    assert cfg.data["stages"][0]["epochs"] == 3
+    assert cfg.data["trainer"] == {"amp": "none"}
+    assert cfg.data["data"]["transform"]["size"] == [64, 32]
+    assert cfg.origin("losses.1.margin") == "--set"
+
+
+def test_set_with_out_of_range_index_lists_the_valid_range(tmp_path):
+    path = write(tmp_path / "p.yaml", {"losses": [{"name": "ce"}]})
+    with pytest.raises(ConfigError, match=r"has 1 items \(0..0\)"):
+        load_pipeline(path, ["losses.3.weight=1"])
+
+
+def test_origin_names_the_file_that_set_the_key(tmp_path):
+    write(tmp_path / "base.yaml", {"sampler": {"name": "pk", "k": 4}})
+    child = write(tmp_path / "child.yaml", {"_base_": "base.yaml", "sampler": {"batch_size": 32}})
+    cfg = load_pipeline(child)
+    assert cfg.origin("sampler.k") == str((tmp_path / "base.yaml").resolve())
+    assert cfg.origin("sampler.batch_size") == str(child.resolve())
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    path = write(tmp_path / "bad.yaml", "sampler: {name: pk\n")
+    with pytest.raises(ConfigError, match="bad.yaml: invalid YAML"):
+        load_pipeline(path)
+
+
+class Thing:
+    def __init__(self, ctx, margin: float | None = 0.3, k: int = 4, mode: str = "hard",
+                 sizes: list[int] = (1, 2), required: bool = None) -> None:  # noqa: RUF013
+        pass
+
+
+class Needs:
+    def __init__(self, arch: str) -> None:
+        pass
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return load_pipeline(write(tmp_path / "p.yaml", {"loss": {"name": "thing"}}))
+
+
+def test_unknown_key_gets_did_you_mean_and_valid_keys(cfg):
+    with pytest.raises(ConfigError) as err:
+        validate_params(Thing, {"margn": 0.2}, cfg, "losses.0", "loss 'thing'")
+    msg = str(err.value)
+    assert "p.yaml: losses.0.margn" in msg and "Did you mean 'margin'" in msg
+    assert "Valid keys: margin, k, mode, sizes, required" in msg
+
+
+def test_wrong_type_names_expected_and_given(cfg):
+    with pytest.raises(ConfigError, match=r"losses.0.k: wrong type .* expected int, got 'four' \(str\)"):
+        validate_params(Thing, {"k": "four"}, cfg, "losses.0", "loss 'thing'")
+    with pytest.raises(ConfigError, match="expected list\\[int\\]"):
+        validate_params(Thing, {"sizes": [1, "x"]}, cfg, "losses.0", "loss 'thing'")
+
+
+def test_missing_required_value(cfg):
+    with pytest.raises(ConfigError, match=r"backbone.arch: missing value: backbone 'x' needs 'arch' \(str\)"):
+        validate_params(Needs, {}, cfg, "backbone", "backbone 'x'")
+
+
+@pytest.mark.parametrize("value,hint,ok", [
+    (1, float, True), (True, int, False), (True, float, False), (None, float | None, True),
+    ([1, 2], list[int], True), ([1, 2.5], list[int], False), ({"a": 1}, dict[str, int], True),
+    ("x", int | str, True), ([64, 32], tuple[int, int], True), ([64], tuple[int, int], False),
+])
+def test_check_type(value, hint, ok):
+    assert check_type(value, hint) is ok

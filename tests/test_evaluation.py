@@ -1,0 +1,343 @@
+"""The standard ReID evaluation protocol (core.evaluation), specified against a plain
+per-query reference and hand-worked cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import core.evaluation.ranking as ranking
+from core.evaluation import ReIDEvaluator, pairwise_distance, rank_metrics
+from core.evaluation.ranking import resolve_chunk_size
+from core.interfaces import FeatureSet
+
+RANKS = (1, 5, 10)
+
+
+def reference_metrics(distmat, q_pids, g_pids, q_camids, g_camids, ranks=RANKS,
+                      exclude_same_camera=True):
+    """torchreid's / fast-reid's Python eval_market1501, one query at a time, with the
+    tie rule made explicit: a stable argsort, i.e. order by (distance, gallery index)."""
+    distmat = np.asarray(distmat)
+    all_first, all_ap, all_inp = [], [], []
+    for i in range(distmat.shape[0]):
+        order = np.argsort(distmat[i], kind="stable")
+        if exclude_same_camera:
+            remove = (g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i])
+        else:
+            remove = np.zeros(len(order), dtype=bool)
+        raw_cmc = (g_pids[order] == q_pids[i]).astype(np.int32)[~remove]
+        if not np.any(raw_cmc):
+            continue
+        cmc = raw_cmc.cumsum()
+        max_pos_idx = np.max(np.where(raw_cmc == 1))
+        all_inp.append(cmc[max_pos_idx] / (max_pos_idx + 1.0))
+        tmp_cmc = np.asarray([x / (k + 1.0) for k, x in enumerate(cmc)]) * raw_cmc
+        all_ap.append(tmp_cmc.sum() / raw_cmc.sum())
+        all_first.append(np.argmax(raw_cmc) + 1)
+    if not all_ap:
+        raise ValueError("no valid query")
+    first = np.asarray(all_first)
+    out = {f"rank-{k}": 100.0 * np.mean(first <= k) for k in ranks}
+    out.update({"mAP": 100.0 * np.mean(all_ap), "mINP": 100.0 * np.mean(all_inp),
+                "num_valid_queries": len(all_ap)})
+    return out
+
+
+def random_problem(seed, num_q=60, num_g=400, dim=16, num_ids=30, num_cams=4, clustered=False):
+    rng = np.random.default_rng(seed)
+    q_pids, g_pids = rng.integers(0, num_ids, num_q), rng.integers(0, num_ids + 5, num_g)
+    q_cams, g_cams = rng.integers(0, num_cams, num_q), rng.integers(0, num_cams, num_g)
+    if clustered:  # positives rank high, as with a trained model
+        centres = 3 * rng.standard_normal((num_ids + 5, dim))
+        q = centres[q_pids] + rng.standard_normal((num_q, dim))
+        g = centres[g_pids] + rng.standard_normal((num_g, dim))
+    else:
+        q, g = rng.standard_normal((num_q, dim)), rng.standard_normal((num_g, dim))
+    q, g = torch.tensor(q, dtype=torch.float32), torch.tensor(g, dtype=torch.float32)
+    return q, g, q_pids, g_pids, q_cams, g_cams
+
+
+def assert_metrics_equal(ours, expected, tol=1e-6):
+    assert set(ours) == set(expected)
+    for key in expected:
+        assert ours[key] == pytest.approx(expected[key], abs=tol), key
+
+
+# --- agreement with the reference ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("clustered", [False, True])
+def test_matches_reference_on_random_features(seed, metric, clustered):
+    q, g, qp, gp, qc, gc = random_problem(seed, clustered=clustered)
+    d = pairwise_distance(q, g, metric)
+    assert_metrics_equal(rank_metrics(d, qp, gp, qc, gc), reference_metrics(d, qp, gp, qc, gc))
+
+
+@pytest.mark.parametrize("sparse_fraction", [-1.0, 2.0], ids=["whole-row", "closer-than-hardest"])
+@pytest.mark.parametrize("clustered", [False, True])
+def test_both_search_paths_match_reference(monkeypatch, sparse_fraction, clustered):
+    """Counting only the items closer than the hardest positive, and counting whole rows
+    (binned histogram), give the reference's ranks."""
+    monkeypatch.setattr(ranking, "_SPARSE_FRACTION", sparse_fraction)
+    q, g, qp, gp, qc, gc = random_problem(7, clustered=clustered)
+    d = pairwise_distance(q, g, "cosine")
+    assert_metrics_equal(rank_metrics(d, qp, gp, qc, gc), reference_metrics(d, qp, gp, qc, gc))
+
+
+def test_float64_distances_match_reference():
+    q, g, qp, gp, qc, gc = random_problem(4, clustered=True)
+    d = pairwise_distance(q.double(), g.double(), "euclidean")
+    assert d.dtype == torch.float64
+    assert_metrics_equal(rank_metrics(d, qp, gp, qc, gc), reference_metrics(d, qp, gp, qc, gc))
+
+
+# --- ties ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sparse_fraction", [-1.0, 2.0], ids=["whole-row", "closer-than-hardest"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ties_are_ordered_by_gallery_index(monkeypatch, sparse_fraction, seed):
+    """Quantised features make many distances equal; the stable (distance, index) order
+    decides, exactly as np.argsort(kind="stable")."""
+    monkeypatch.setattr(ranking, "_SPARSE_FRACTION", sparse_fraction)
+    q, g, qp, gp, qc, gc = random_problem(seed, dim=3, num_ids=8)
+    q, g = torch.round(q * 2) / 2, torch.round(g * 2) / 2
+    d = pairwise_distance(q, g, "euclidean")
+    assert len(torch.unique(d)) < d.numel() / 20  # heavily tied
+    assert_metrics_equal(rank_metrics(d, qp, gp, qc, gc), reference_metrics(d, qp, gp, qc, gc))
+
+
+def test_ties_in_float64_distances_are_ordered_by_gallery_index():
+    q, g, qp, gp, qc, gc = random_problem(2, dim=3, num_ids=8)
+    d = pairwise_distance(torch.round(q * 2).double() / 2, torch.round(g * 2).double() / 2, "euclidean")
+    assert_metrics_equal(rank_metrics(d, qp, gp, qc, gc), reference_metrics(d, qp, gp, qc, gc))
+
+
+def test_all_equal_distances_rank_by_gallery_index():
+    # Gallery pids 5, 1, 1, 2 at equal distance: the order is the gallery order, so the
+    # positives (indices 1, 2) rank 2 and 3: AP = (1/2 + 2/3) / 2, INP = 2/3.
+    d = torch.zeros(1, 4)
+    out = rank_metrics(d, np.array([1]), np.array([5, 1, 1, 2]), np.array([0]), np.array([1, 1, 1, 1]),
+                       ranks=[1, 2])
+    assert out == pytest.approx({"rank-1": 0.0, "rank-2": 100.0, "mAP": 100 * (1 / 2 + 2 / 3) / 2,
+                                 "mINP": 100 * 2 / 3, "num_valid_queries": 1})
+
+
+@pytest.mark.parametrize("sparse_fraction", [-1.0, 2.0], ids=["whole-row", "closer-than-hardest"])
+def test_negative_and_signed_zero_distances(monkeypatch, sparse_fraction):
+    """Distances may be negative (e.g. negated similarities); -0.0 ties with +0.0."""
+    monkeypatch.setattr(ranking, "_SPARSE_FRACTION", sparse_fraction)
+    rng = np.random.default_rng(0)
+    d = rng.choice(np.array([-2.0, -1.0, -0.0, 0.0, 0.5, 1.0], dtype=np.float32), size=(20, 50))
+    qp, gp = rng.integers(0, 5, 20), rng.integers(0, 5, 50)
+    qc, gc = rng.integers(0, 3, 20), rng.integers(0, 3, 50)
+    assert_metrics_equal(rank_metrics(torch.from_numpy(d), qp, gp, qc, gc),
+                         reference_metrics(d, qp, gp, qc, gc))
+
+
+# --- filtering and skipped queries -------------------------------------------------------------
+
+
+def test_queries_without_a_kept_positive_are_skipped_and_counted():
+    q, g, qp, gp, qc, gc = random_problem(5)
+    qp[:10] = 1000  # identity absent from the gallery
+    qp[10] = 2000
+    gp[0], gc[0] = 2000, qc[10]  # its only gallery image is in its own camera: removed
+    d = pairwise_distance(q, g, "cosine")
+    out = rank_metrics(d, qp, gp, qc, gc)
+    assert out["num_valid_queries"] == len(qp) - 11 == reference_metrics(d, qp, gp, qc, gc)["num_valid_queries"]
+    assert_metrics_equal(out, reference_metrics(d, qp, gp, qc, gc))
+
+
+def test_single_camera_gallery_needs_exclude_same_camera_false():
+    q, g, qp, gp, qc, gc = random_problem(6)
+    qc, gc = np.zeros_like(qc), np.zeros_like(gc)
+    d = pairwise_distance(q, g, "cosine")
+    with pytest.raises(ValueError, match="no valid query.*exclude_same_camera"):
+        rank_metrics(d, qp, gp, qc, gc)
+    assert_metrics_equal(rank_metrics(d, qp, gp, qc, gc, exclude_same_camera=False),
+                         reference_metrics(d, qp, gp, qc, gc, exclude_same_camera=False))
+
+
+@pytest.mark.parametrize("clustered", [False, True])
+def test_exclude_same_camera_false_removes_nothing(clustered):
+    q, g, qp, gp, qc, gc = random_problem(8, clustered=clustered)
+    d = pairwise_distance(q, g, "euclidean")
+    assert_metrics_equal(rank_metrics(d, qp, gp, qc, gc, exclude_same_camera=False),
+                         reference_metrics(d, qp, gp, qc, gc, exclude_same_camera=False))
+
+
+# --- hand-worked ----------------------------------------------------------------------------
+
+
+def test_hand_worked_single_query():
+    # Query: pid 1, camera 0. Gallery (index: distance, pid, camera), listed out of order:
+    #   g0: 0.4 pid 3 cam 0
+    #   g1: 0.2 pid 1 cam 1   positive
+    #   g2: 0.3 pid 1 cam 0   same pid AND camera: removed
+    #   g3: 0.1 pid 2 cam 0
+    #   g4: 0.5 pid 1 cam 1   positive
+    # Kept ranking by distance: g3, g1, g0, g4 -> positives at ranks 2 and 4.
+    #   CMC: rank-1 = 0, rank-2 = 1, rank-5 = 1
+    #   AP  = (1/2 + 2/4) / 2 = 0.5
+    #   INP = 2 positives / rank 4 of the last one = 0.5
+    d = torch.tensor([[0.4, 0.2, 0.3, 0.1, 0.5]])
+    args = (np.array([1]), np.array([3, 1, 1, 2, 1]), np.array([0]), np.array([0, 1, 0, 0, 1]))
+    out = rank_metrics(d, *args, ranks=[1, 2, 5])
+    assert out == pytest.approx({"rank-1": 0.0, "rank-2": 100.0, "rank-5": 100.0, "mAP": 50.0,
+                                 "mINP": 50.0, "num_valid_queries": 1})
+    # Without the camera filter g2 stays: g3, g1, g2, g0, g4 -> positives at 2, 3, 5:
+    #   AP = (1/2 + 2/3 + 3/5) / 3 = 53/90, INP = 3/5
+    out = rank_metrics(d, *args, ranks=[1, 2, 5], exclude_same_camera=False)
+    assert out == pytest.approx({"rank-1": 0.0, "rank-2": 100.0, "rank-5": 100.0,
+                                 "mAP": 100 * 53 / 90, "mINP": 60.0, "num_valid_queries": 1})
+
+
+def test_rank_beyond_the_gallery_size_counts_as_found():
+    d = torch.tensor([[0.3, 0.1, 0.2]])
+    out = rank_metrics(d, np.array([0]), np.array([1, 2, 0]), np.array([0]), np.array([1, 1, 1]),
+                       ranks=[1, 3, 100])
+    assert (out["rank-1"], out["rank-3"], out["rank-100"]) == (0.0, 100.0, 100.0)
+
+
+# --- chunking -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 60])
+def test_chunked_equals_single_chunk(chunk_size):
+    q, g, qp, gp, qc, gc = random_problem(9, clustered=True)
+    d = pairwise_distance(q, g, "cosine")
+    whole = rank_metrics(d, qp, gp, qc, gc, chunk_size=len(qp))
+    assert rank_metrics(d, qp, gp, qc, gc, chunk_size=chunk_size) == whole
+
+
+def test_distances_may_come_row_chunk_by_row_chunk():
+    q, g, qp, gp, qc, gc = random_problem(10)
+    calls = []
+
+    def rows(start, stop):
+        calls.append((start, stop))
+        return pairwise_distance(q[start:stop], g, "cosine")
+
+    out = rank_metrics(rows, qp, gp, qc, gc, chunk_size=25)
+    assert calls == [(0, 25), (25, 50), (50, 60)]
+    assert out == rank_metrics(pairwise_distance(q, g, "cosine"), qp, gp, qc, gc)
+
+
+def test_memory_budget_sets_the_chunk_size():
+    assert resolve_chunk_size(0, 10_000, 1000, memory_budget=ranking._BYTES_PER_ENTRY * 1000 * 50) == 50
+    assert resolve_chunk_size(0, 10, 10**9, memory_budget=1) == 1  # at least one query
+    assert resolve_chunk_size(0, 30, 10, memory_budget=2**30) == 30  # at most all queries
+    assert resolve_chunk_size(17, 100, 10) == 17
+
+
+# --- the evaluator ----------------------------------------------------------------------------
+
+
+def feature_sets(seed=11, categories=False):
+    q, g, qp, gp, qc, gc = random_problem(seed, clustered=True)
+    query, gallery = FeatureSet(q, qp, qc), FeatureSet(g, gp, gc)
+    if categories:
+        query.categories = np.arange(len(qp)) % 3
+        query.category_names = ["person", "vehicle", "animal"]
+    return query, gallery
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_evaluator_matches_reference(metric):
+    query, gallery = feature_sets()
+    out = ReIDEvaluator(metric=metric, chunk_size=13).evaluate(query, gallery)
+    d = pairwise_distance(query.embeddings, gallery.embeddings, metric)
+    assert_metrics_equal(out, reference_metrics(d, query.pids, gallery.pids, query.camids, gallery.camids))
+
+
+def test_per_category_metrics_equal_each_category_evaluated_alone():
+    query, gallery = feature_sets(categories=True)
+    out = ReIDEvaluator().evaluate(query, gallery)
+    for cat, name in enumerate(query.category_names):
+        keep = query.categories == cat
+        alone = ReIDEvaluator().evaluate(
+            FeatureSet(query.embeddings[torch.from_numpy(keep)], query.pids[keep], query.camids[keep]), gallery)
+        assert {key: out[f"{name}/{key}"] for key in alone} == alone
+    overall = ReIDEvaluator(per_category=False).evaluate(query, gallery)
+    assert {key: out[key] for key in overall} == overall
+    assert set(out) == set(overall) | {f"{n}/{k}" for n in query.category_names for k in overall}
+
+
+def test_no_per_category_keys_for_a_single_category():
+    query, gallery = feature_sets()
+    query.categories, query.category_names = np.zeros(len(query), dtype=np.int64), ["person"]
+    assert not any("/" in key for key in ReIDEvaluator().evaluate(query, gallery))
+
+
+def test_half_precision_embeddings_are_ranked_in_float32():
+    query, gallery = feature_sets()
+    half = FeatureSet(query.embeddings.half(), query.pids, query.camids)
+    d = pairwise_distance(query.embeddings.half(), gallery.embeddings, "cosine")
+    assert d.dtype == torch.float32
+    assert_metrics_equal(ReIDEvaluator().evaluate(half, gallery),
+                         reference_metrics(d, query.pids, gallery.pids, query.camids, gallery.camids))
+
+
+def test_string_identities_are_supported():
+    query, gallery = feature_sets()
+    as_str = lambda fs: FeatureSet(fs.embeddings, fs.pids.astype(str), fs.camids)  # noqa: E731
+    assert ReIDEvaluator().evaluate(as_str(query), as_str(gallery)) == ReIDEvaluator().evaluate(query, gallery)
+
+
+# --- distances ------------------------------------------------------------------------------
+
+
+def test_pairwise_distances_match_their_definitions():
+    q, g = torch.randn(5, 8, dtype=torch.float64), torch.randn(7, 8, dtype=torch.float64)
+    cos = 1 - torch.nn.functional.cosine_similarity(q[:, None], g[None], dim=2)
+    assert torch.allclose(pairwise_distance(q, g, "cosine"), cos)
+    assert torch.allclose(pairwise_distance(q, g, "euclidean"), torch.cdist(q, g))
+    assert torch.all(pairwise_distance(q, q, "euclidean") >= 0)
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def test_no_valid_query_is_an_error():
+    d = torch.rand(2, 3)
+    with pytest.raises(ValueError, match="no valid query"):
+        rank_metrics(d, np.array([7, 8]), np.array([1, 2, 3]), np.array([0, 0]), np.array([1, 1, 1]))
+
+
+def test_unknown_metric_names_the_valid_ones():
+    with pytest.raises(ValueError, match="'manhattan'.*cosine, euclidean"):
+        pairwise_distance(torch.randn(2, 3), torch.randn(2, 3), "manhattan")
+    with pytest.raises(ValueError, match="'manhattan'.*cosine, euclidean"):
+        ReIDEvaluator(metric="manhattan")
+
+
+@pytest.mark.parametrize("ranks", [[0, 5], [1, 1], [], [1.5], 5])
+def test_invalid_ranks_are_rejected(ranks):
+    with pytest.raises(ValueError, match="ranks"):
+        ReIDEvaluator(ranks=ranks)
+
+
+def test_invalid_chunk_size_is_rejected():
+    with pytest.raises(ValueError, match="chunk_size"):
+        ReIDEvaluator(chunk_size=-1)
+
+
+def test_shape_mismatches_name_the_inputs():
+    with pytest.raises(ValueError, match=r"distance matrix has shape \(2, 3\).*2 queries and 4 gallery"):
+        rank_metrics(torch.rand(2, 3), np.array([0, 1]), np.arange(4), np.array([0, 0]), np.zeros(4, int))
+    query, gallery = feature_sets()
+    query.camids = query.camids[:-1]
+    with pytest.raises(ValueError, match="query has 60 embeddings but 59 camids"):
+        ReIDEvaluator().evaluate(query, gallery)
+
+
+def test_non_finite_distances_are_rejected():
+    d = torch.rand(2, 3)
+    d[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        rank_metrics(d, np.array([0, 1]), np.array([0, 1, 1]), np.array([0, 0]), np.array([1, 1, 1]))

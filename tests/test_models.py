@@ -1,0 +1,202 @@
+"""Specification of the built-in backbone `timm` and head `bnneck`. Tiny models, random
+init or weights saved by the test itself: nothing is downloaded."""
+
+import pytest
+import torch
+
+from core.context import BuildContext
+from core.data.table import RecordTable
+from core.losses.cross_entropy import CrossEntropyLoss
+from core.losses.triplet import TripletLoss
+from core.models.bnneck import BNNeckHead
+from core.models.timm_backbone import TimmBackbone
+from core.records import Batch, Record
+
+TINY_VIT = dict(arch="vit_tiny_patch16_224",
+                model_kwargs={"patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 2})
+
+
+def make_ctx(image_size=(64, 32), num_ids=4, per_id=2, feature_dim=None):
+    records = [Record(path=None, pid=pid, camid=i) for pid in range(num_ids) for i in range(per_id)]
+    table = RecordTable.build([("src", records)], relabel=True)
+    return BuildContext.from_table(table, image_size=image_size, feature_dim=feature_dim)
+
+
+def make_batch(pids, image_size=(64, 32)):
+    pids = torch.as_tensor(pids)
+    zeros = torch.zeros_like(pids)
+    return Batch(images=torch.randn(len(pids), 3, *image_size), pids=pids, camids=zeros,
+                 categories=zeros, domains=zeros, roles=zeros, indices=torch.arange(len(pids)))
+
+
+# --- timm backbone -----------------------------------------------------------------------
+
+def test_vit_backbone_runs_at_non_square_size_with_global_and_tokens():
+    backbone = TimmBackbone(make_ctx(), **TINY_VIT)
+    out = backbone(make_batch([0, 1]))
+    assert backbone.feature_dim == 48 and backbone.patch_grid == (8, 4)
+    assert out["global"].shape == (2, 48)
+    assert out["tokens"].shape == (2, 1 + 8 * 4, 48)  # class token + 8 x 4 patches
+
+
+def test_cnn_backbone_builds_without_img_size_and_has_no_patch_grid():
+    backbone = TimmBackbone(make_ctx(), arch="resnet18")
+    out = backbone(make_batch([0, 1]))
+    assert backbone.feature_dim == 512 and backbone.patch_grid is None
+    assert out["global"].shape == (2, 512) and "tokens" not in out
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_pretrained_file_loads_weights_and_resamples_pos_embed(tmp_path, suffix):
+    # A square "ImageNet-style" source (32 x 32 -> 4 x 4 patches) loaded at 64 x 32 (8 x 4).
+    source = TimmBackbone(make_ctx(image_size=(32, 32)), **TINY_VIT).model
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+        save_file(source.state_dict(), str(path))
+    else:
+        torch.save(source.state_dict(), path)
+    loaded = TimmBackbone(make_ctx(image_size=(64, 32)), pretrained=str(path), **TINY_VIT).model
+    src, dst = source.state_dict(), loaded.state_dict()
+    assert src.keys() == dst.keys()
+    for key in src:
+        if key != "pos_embed":
+            assert torch.equal(src[key], dst[key]), key
+    assert dst["pos_embed"].shape == (1, 1 + 8 * 4, 48)
+    assert torch.equal(dst["pos_embed"][:, :1], src["pos_embed"][:, :1])  # class token kept
+
+
+def test_pretrained_file_missing_names_the_path(tmp_path):
+    path = tmp_path / "nope.pth"
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        TimmBackbone(make_ctx(), pretrained=str(path), **TINY_VIT)
+
+
+def test_pretrained_file_with_unknown_suffix_names_the_accepted_ones(tmp_path):
+    path = tmp_path / "weights.npz"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"\.pth, \.pt, \.bin, \.safetensors"):
+        TimmBackbone(make_ctx(), pretrained=str(path), **TINY_VIT)
+
+
+def test_pretrained_file_with_wrapped_keys_warns(tmp_path):
+    source = TimmBackbone(make_ctx(image_size=(32, 32)), **TINY_VIT).model
+    path = tmp_path / "wrapped.pth"
+    torch.save({"state_dict": {"model." + k: v for k, v in source.state_dict().items()}}, path)
+    with pytest.warns(UserWarning, match="no parameter name"):
+        TimmBackbone(make_ctx(), pretrained=str(path), **TINY_VIT)
+
+
+def test_pretrained_true_offline_explains_the_cache_and_local_file(monkeypatch):
+    import timm.models._builder as builder
+
+    def offline(*args, **kwargs):
+        raise FileNotFoundError("cannot find the requested files in the local cache")
+
+    monkeypatch.setattr(builder, "load_pretrained", offline)  # never touch the network
+    with pytest.raises(RuntimeError, match="weights for 'resnet18' are not in the local.*pretrained: /path"):
+        TimmBackbone(make_ctx(), arch="resnet18", pretrained=True)
+
+
+def test_freeze_patch_embed_stops_its_gradients():
+    backbone = TimmBackbone(make_ctx(), freeze_patch_embed=True, **TINY_VIT)
+    assert not any(p.requires_grad for p in backbone.model.patch_embed.parameters())
+    assert all(p.requires_grad for p in backbone.model.blocks.parameters())
+
+
+def test_freeze_patch_embed_on_a_cnn_is_an_error():
+    with pytest.raises(ValueError, match="freeze_patch_embed"):
+        TimmBackbone(make_ctx(), arch="resnet18", freeze_patch_embed=True)
+
+
+def test_drop_path_rate_reaches_the_model():
+    backbone = TimmBackbone(make_ctx(), drop_path_rate=0.1, **TINY_VIT)
+    assert backbone.model.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
+
+
+def test_model_kwargs_cannot_set_what_the_pipeline_sets():
+    with pytest.raises(ValueError, match="model_kwargs.img_size"):
+        TimmBackbone(make_ctx(), arch="resnet18", model_kwargs={"img_size": 224})
+
+
+def test_unknown_arch_is_an_error_naming_it():
+    with pytest.raises(ValueError, match="unknown arch 'vit_tiyn_patch16_224'"):
+        TimmBackbone(make_ctx(), arch="vit_tiyn_patch16_224")
+
+
+# --- BNNeck head -------------------------------------------------------------------------
+
+def test_bnneck_training_outputs_pre_and_post_bn_features_and_logits():
+    head = BNNeckHead(make_ctx(feature_dim=6)).train()
+    feats = torch.randn(4, 6) * 3 + 2
+    out = head({"global": feats}, make_batch([0, 1, 2, 3]))
+    assert torch.equal(out["features"], feats)
+    # Training-mode BN with weight 1, bias 0: zero mean, unit (biased) variance per channel.
+    assert torch.allclose(out["bn_features"].mean(0), torch.zeros(6), atol=1e-5)
+    assert torch.allclose(out["bn_features"].var(0, unbiased=False), torch.ones(6), atol=1e-3)
+    assert out["embedding"] is out["bn_features"]
+    assert out["logits"].shape == (4, 4)
+
+
+def test_bnneck_has_no_logits_in_eval_mode():
+    head = BNNeckHead(make_ctx(feature_dim=6)).eval()
+    assert "logits" not in head({"global": torch.randn(2, 6)}, make_batch([0, 1]))
+
+
+def test_bnneck_embedding_pre_uses_the_pre_bn_feature():
+    head = BNNeckHead(make_ctx(feature_dim=6), embedding="pre").eval()
+    feats = torch.randn(2, 6)
+    assert torch.equal(head({"global": feats}, make_batch([0, 1]))["embedding"], feats)
+
+
+def test_bnneck_initialisation_follows_bag_of_tricks():
+    head = BNNeckHead(make_ctx(feature_dim=256, num_ids=50))
+    assert torch.equal(head.bn.weight, torch.ones(256)) and torch.equal(head.bn.bias, torch.zeros(256))
+    assert not head.bn.bias.requires_grad and head.bn.weight.requires_grad
+    assert head.classifier.bias is None
+    assert head.classifier.weight.std().item() == pytest.approx(0.001, rel=0.05)
+
+
+def test_bnneck_bias_can_be_trained_when_not_bias_free():
+    assert BNNeckHead(make_ctx(feature_dim=6), bias_free_bn=False).bn.bias.requires_grad
+
+
+def test_bnneck_without_classifier_builds_with_no_identities():
+    head = BNNeckHead(BuildContext(feature_dim=6), classifier=False).train()
+    assert head.classifier is None
+    assert "logits" not in head({"global": torch.randn(2, 6)}, make_batch([0, 1]))
+
+
+def test_bnneck_classifier_without_identities_is_an_error():
+    with pytest.raises(ValueError, match="num_identities is 0"):
+        BNNeckHead(BuildContext(feature_dim=6))
+
+
+def test_bnneck_missing_feature_names_the_key_and_features_present():
+    head = BNNeckHead(make_ctx(feature_dim=6), feature="parts")
+    with pytest.raises(KeyError, match="'parts'.*global, tokens"):
+        head({"global": torch.randn(2, 6), "tokens": torch.randn(2, 3, 6)}, make_batch([0, 1]))
+
+
+def test_bnneck_unknown_embedding_names_valid_values():
+    with pytest.raises(ValueError, match="bn, pre"):
+        BNNeckHead(make_ctx(feature_dim=6), embedding="post")
+
+
+# --- the baseline end to end ---------------------------------------------------------------
+
+def test_gradients_flow_from_both_losses_into_the_backbone():
+    ctx = make_ctx()
+    backbone = TimmBackbone(ctx, **TINY_VIT)
+    ctx.feature_dim = backbone.feature_dim
+    head = BNNeckHead(ctx).train()
+    batch = make_batch([0, 0, 1, 1, 2, 2])
+    outputs = head(backbone(batch), batch)
+    ce, _ = CrossEntropyLoss()(outputs, batch)
+    tri, _ = TripletLoss()(outputs, batch)
+    (ce + tri).backward()
+    for name, param in list(backbone.named_parameters()) + list(head.named_parameters()):
+        if param.requires_grad:
+            assert param.grad is not None and torch.isfinite(param.grad).all(), name
+    assert backbone.model.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert head.classifier.weight.grad.abs().sum() > 0

@@ -1,0 +1,214 @@
+"""The registry and plugin loading: entry points, duplicates, did-you-mean, install hints,
+broken plugins, strict mode, and a start-up that never imports torch."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import types
+
+import pytest
+import yaml
+
+from core.hookspecs import hookimpl
+from core.plugins import PluginInfo, PluginLoadError, PluginManager, get_plugin_manager
+from core.registry import DuplicateComponentError, KIND_HOOKS, UnknownComponentError, build_registry, catalogue
+
+
+def plugin_module(name: str, **hooks) -> types.ModuleType:
+    module = types.ModuleType(name)
+    for hook_name, fn in hooks.items():
+        setattr(module, hook_name, hookimpl(fn))
+    return module
+
+
+def run_core(args, env=None, cwd=None):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "core", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=120)
+
+
+def test_example_plugin_registers_through_its_entry_point():
+    pm = get_plugin_manager()
+    info = pm.infos["example"]
+    assert info.source == "entry point" and info.distribution == "reid-example-plugin"
+    assert info.version == "0.3.0"
+    entry = build_registry(pm).get("loss", "center")
+    assert entry.provider == "example"
+    assert entry.load().__name__ == "CenterLoss"
+
+
+def test_builtins_are_a_default_plugin_registered_through_the_same_hooks():
+    registry = build_registry()
+    assert {e.provider for e in registry.entries("loss") if e.name in ("ce", "triplet")} == {"core"}
+    assert registry.names("sampler")[:2] == ["pk", "random"]
+
+
+def test_duplicate_names_are_an_error_naming_both_plugins():
+    pm = PluginManager()
+    pm.add(plugin_module("a", register_losses=lambda register: register("arc", "x.y:A")), PluginInfo("plugin-a", "test"))
+    pm.add(plugin_module("b", register_losses=lambda register: register("arc", "x.z:B")), PluginInfo("plugin-b", "test"))
+    with pytest.raises(DuplicateComponentError) as err:
+        build_registry(pm)
+    assert "plugin-a" in str(err.value) and "plugin-b" in str(err.value) and "loss 'arc'" in str(err.value)
+
+
+def test_alias_collision_is_a_duplicate_too():
+    pm = PluginManager()
+    pm.add(plugin_module("a", register_losses=lambda register: register("ce2", "x:A", aliases=("xent",))),
+           PluginInfo("plugin-a", "test"))
+    pm.add(plugin_module("b", register_losses=lambda register: register("xent", "x:B")), PluginInfo("plugin-b", "test"))
+    with pytest.raises(DuplicateComponentError, match="xent"):
+        build_registry(pm)
+
+
+def test_misspelt_name_gets_did_you_mean():
+    with pytest.raises(UnknownComponentError) as err:
+        build_registry().get("loss", "tripplet")
+    assert "Did you mean 'triplet'?" in str(err.value)
+    assert "Installed loss components: ce, center, cross_entropy, triplet" in str(err.value)
+
+
+def test_component_of_an_uninstalled_first_party_plugin_names_the_install_command():
+    with pytest.raises(UnknownComponentError) as err:
+        build_registry().get("sampler", "edps")
+    msg = str(err.value)
+    assert "plugin 'edps'" in msg and "pip install -e plugins/edps" in msg and "pip install reid-edps" in msg
+
+
+def test_misspelt_hook_implementation_is_rejected():
+    pm = PluginManager()
+    bad = plugin_module("bad", register_loses=lambda register: None)
+    with pytest.raises(Exception, match="register_loses"):
+        pm.add(bad, PluginInfo("bad", "test"))
+
+
+def test_lazy_target_that_cannot_be_imported_names_plugin_and_target():
+    pm = PluginManager()
+    pm.add(plugin_module("a", register_heads=lambda register: register("ghost", "no_such_module:Head")),
+           PluginInfo("plugin-a", "test"))
+    with pytest.raises(Exception, match="plugin 'plugin-a'.*no_such_module:Head"):
+        build_registry(pm).get("head", "ghost").load()
+
+
+def test_register_component_fixture_registers_for_one_test(register_component):
+    class MyLoss:
+        pass
+
+    register_component("loss", "my_loss", MyLoss)
+    assert build_registry().get("loss", "my_loss").load() is MyLoss
+
+
+def test_register_component_fixture_cleans_up():
+    assert "my_loss" not in build_registry().names("loss")
+
+
+@pytest.fixture
+def broken_plugin_path(tmp_path):
+    """A real entry point (a dist-info on sys.path) whose module fails to import."""
+    (tmp_path / "broken_plugin.py").write_text("import not_a_real_dependency_xyz\n")
+    dist = tmp_path / "reid_broken-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: reid-broken\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[reid_core]\nbroken = broken_plugin\n")
+    return str(tmp_path)
+
+
+def test_broken_plugin_is_reported_and_skipped(broken_plugin_path):
+    proc = run_core(["plugins"], env={"PYTHONPATH": broken_plugin_path})
+    assert proc.returncode == 0, proc.stderr
+    assert "plugin 'broken' (reid-broken) failed to load and was skipped" in proc.stderr
+    assert "not_a_real_dependency_xyz" in proc.stdout + proc.stderr
+    assert "loss:      ce, triplet" in proc.stdout  # the rest still works
+
+
+def test_broken_plugin_is_an_error_in_strict_mode(broken_plugin_path):
+    proc = run_core(["plugins"], env={"PYTHONPATH": broken_plugin_path, "CORE_STRICT_PLUGINS": "1"})
+    assert proc.returncode != 0
+    assert "PluginLoadError" in proc.stderr and "broken" in proc.stderr
+
+
+def test_load_and_disable_narrow_the_plugin_set():
+    listed = lambda env: {r["name"] for r in json.loads(run_core(["plugins", "--json"], env=env).stdout)}  # noqa: E731
+    assert listed({"CORE_LOAD_PLUGINS": ""}) == {"core"}
+    assert listed({"CORE_LOAD_PLUGINS": "example"}) == {"core", "example"}
+    assert "example" not in listed({"CORE_DISABLE_PLUGINS": "example"})
+
+
+def test_trace_prints_hook_calls():
+    proc = run_core(["plugins"], env={"CORE_TRACE_PLUGINS": "1"})
+    assert "[trace] register_losses" in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["plugins"], ["run", "--help"], ["validate", "--help"]])
+def test_startup_does_not_import_torch(args):
+    code = textwrap.dedent(f"""
+        import sys
+        from core.cli import main
+        try:
+            main({args!r})
+        except SystemExit:
+            pass
+        assert 'torch' not in sys.modules, 'torch was imported'
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_local_plugin_file_named_in_the_pipeline(tmp_path, tiny_pipeline_config, run_tiny_pipeline):
+    (tmp_path / "my_loss.py").write_text(textwrap.dedent("""
+        import torch
+        from core.hookspecs import hookimpl
+        from core.interfaces import Loss
+
+        class Norm(Loss):
+            def forward(self, outputs, batch):
+                return outputs["features"].norm(dim=1).mean() * 0.0
+
+        @hookimpl
+        def register_losses(register):
+            register("local_norm", Norm)
+    """))
+    config = tiny_pipeline_config
+    config["plugins"] = ["./my_loss.py"]
+    config["losses"].append({"name": "local_norm", "weight": 0.1})
+    config["trainer"]["eval_before"] = False
+    result = run_tiny_pipeline(config)
+    lines = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("local_norm" in line for line in lines if line["event"] == "train")
+
+
+def test_catalogue_lists_every_first_party_plugin_with_its_install_path():
+    names = {p["name"] for p in catalogue()}
+    assert names == {"edps", "moil", "hse", "amsa", "vge-labeler", "instruct-editor"}
+    for plugin in catalogue():
+        assert set(plugin["provides"]) <= set(KIND_HOOKS)
+        assert plugin["path"] == f"plugins/{plugin['name']}"
+        assert plugin["distribution"] == f"reid-{plugin['name']}"
+
+
+def test_catalogue_matches_installed_first_party_plugins():
+    """For every catalogued plugin that is installed, what it registers is what the catalogue says."""
+    pm = get_plugin_manager()
+    registry = build_registry(pm)
+    for plugin in catalogue():
+        if plugin["name"] not in pm.infos:
+            continue
+        provided = {}
+        for kind in KIND_HOOKS:
+            names = sorted(e.name for e in registry.entries(kind) if e.provider == plugin["name"])
+            if names:
+                provided[kind] = names
+        assert provided == {k: sorted(v) for k, v in plugin["provides"].items()}, plugin["name"]
+
+
+def test_catalogue_shipped_in_the_package_is_the_top_level_file():
+    from pathlib import Path
+
+    top = Path(__file__).resolve().parents[1] / "registry.yaml"
+    if top.exists():  # running from a checkout
+        from importlib import resources
+
+        shipped = resources.files("core").joinpath("registry.yaml").read_text()
+        assert yaml.safe_load(shipped) == yaml.safe_load(top.read_text())
