@@ -7,6 +7,8 @@ features live on.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -24,17 +26,38 @@ def pairwise_distance(query: torch.Tensor, gallery: torch.Tensor, metric: str) -
     on half-precision distances would create ties the features do not have. float64
     inputs stay float64.
     """
+    return distance_to(gallery, metric)(query)
+
+
+def distance_to(gallery: torch.Tensor, metric: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`pairwise_distance(·, gallery, metric)` with the gallery's side (normalised
+    features, squared norms) computed once, for evaluating queries chunk by chunk."""
     if metric not in METRICS:
         raise ValueError(f"unknown distance metric {metric!r}; valid metrics: {', '.join(METRICS)}")
-    query, gallery = _as_float(query, "query"), _as_float(gallery, "gallery")
+    gallery = _as_float(gallery, "gallery")
+    if metric == "cosine":
+        g_unit_t = F.normalize(gallery, dim=1).T
+
+        def cosine(query: torch.Tensor) -> torch.Tensor:
+            query = _check_dim(_as_float(query, "query"), gallery)
+            return 1.0 - F.normalize(query, dim=1) @ g_unit_t
+
+        return cosine
+    g_t, g_sq = gallery.T, gallery.pow(2).sum(1)[None, :]
+
+    def euclidean(query: torch.Tensor) -> torch.Tensor:
+        query = _check_dim(_as_float(query, "query"), gallery)
+        squared = query.pow(2).sum(1, keepdim=True) + g_sq - 2.0 * (query @ g_t)
+        return squared.clamp_(min=0).sqrt_()
+
+    return euclidean
+
+
+def _check_dim(query: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
     if query.shape[1] != gallery.shape[1]:
         raise ValueError(f"query features have dimension {query.shape[1]} but gallery features "
                          f"have dimension {gallery.shape[1]}")
-    if metric == "cosine":
-        return 1.0 - F.normalize(query, dim=1) @ F.normalize(gallery, dim=1).T
-    squared = (query.pow(2).sum(1, keepdim=True) + gallery.pow(2).sum(1)[None, :]
-               - 2.0 * (query @ gallery.T))
-    return squared.clamp_(min=0).sqrt_()
+    return query
 
 
 def _as_float(features: torch.Tensor, name: str) -> torch.Tensor:

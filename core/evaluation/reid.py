@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from core.evaluation.distances import METRICS, pairwise_distance
+from core.evaluation.distances import METRICS, distance_to
 from core.evaluation.ranking import DEFAULT_MEMORY_BUDGET, rank_metrics, validate_ranks
 from core.interfaces import Evaluator, FeatureSet
 
@@ -57,10 +57,11 @@ class ReIDEvaluator(Evaluator):
         _check_feature_set(query, "query")
         _check_feature_set(gallery, "gallery")
         q_emb = query.embeddings.detach()
-        g_emb = gallery.embeddings.detach().to(q_emb.device)
+        with torch.no_grad():
+            to_gallery = distance_to(gallery.embeddings.detach().to(q_emb.device), self.metric)
 
         def rows(start: int, stop: int) -> torch.Tensor:
-            return pairwise_distance(q_emb[start:stop], g_emb, self.metric)
+            return to_gallery(q_emb[start:stop])
 
         categories, names = None, None
         if self.per_category and len(np.unique(query.categories)) > 1:
