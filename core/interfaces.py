@@ -104,6 +104,15 @@ class Head(nn.Module):
         raise NotImplementedError
 
 
+def read_output(outputs: dict[str, torch.Tensor], key: str, component: str, hint: str = "") -> torch.Tensor:
+    """`outputs[key]`, or a KeyError naming the component, the key and the outputs present,
+    plus `hint` (which component usually produces it)."""
+    if key not in outputs:
+        raise KeyError(f"{component} reads the model output '{key}', which this model does not produce"
+                       f"{' (' + hint + ')' if hint else ''}; outputs present: {', '.join(sorted(outputs)) or 'none'}")
+    return outputs[key]
+
+
 class Loss(nn.Module):
     """Model outputs + batch -> a scalar, or (scalar, dict of logged parts).
 

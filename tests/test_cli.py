@@ -94,3 +94,24 @@ def test_run_several_pipelines_prints_one_comparison_table(tiny_yaml, tmp_path):
     table = proc.stdout[proc.stdout.rindex("| | synthetic/mAP"):]
     assert "| variant-a |" in table and "| variant-b |" in table
     assert len(list((tmp_path / "runs").iterdir())) == 2
+
+
+def test_plugins_can_add_subcommands(capsys):
+    from core.hookspecs import hookimpl
+    from core.plugins import PluginInfo, get_plugin_manager
+
+    class Commands:
+        @staticmethod
+        @hookimpl
+        def register_commands(subparsers):
+            p = subparsers.add_parser("hello", help="say hello")
+            p.set_defaults(func=lambda args: print("hello from a plugin") or 0)
+
+    pm = get_plugin_manager()
+    pm.add(Commands, PluginInfo("test:commands", "test"))
+    try:
+        assert main(["hello"]) == 0
+    finally:
+        pm.unregister(name="test:commands")
+        pm.infos.pop("test:commands")
+    assert "hello from a plugin" in capsys.readouterr().out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from core.interfaces import Loss
+from core.interfaces import Loss, read_output
 from core.records import Batch
 
 
@@ -26,11 +26,8 @@ class CrossEntropyLoss(Loss):
         self.label_smoothing, self.logits = float(label_smoothing), logits
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: Batch):
-        if self.logits not in outputs:
-            raise KeyError(f"loss 'ce' reads the output '{self.logits}' (key `logits`), which the model "
-                           f"does not produce (a head with a classifier, e.g. `bnneck`, does); outputs "
-                           f"present: {', '.join(sorted(outputs)) or 'none'}")
-        logits = outputs[self.logits].float()
+        logits = read_output(outputs, self.logits, "loss 'ce'",
+                             "a head with a classifier, e.g. `bnneck`, produces 'logits'").float()
         targets = batch.pids.to(logits.device, torch.long)
         eps = self.label_smoothing
         log_p = F.log_softmax(logits, dim=1)

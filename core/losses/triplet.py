@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from core.interfaces import Loss
+from core.interfaces import Loss, read_output
 from core.records import Batch
 
 METRICS = ("euclidean", "cosine")
@@ -57,11 +57,8 @@ class TripletLoss(Loss):
         self.features, self.metric, self.normalize = features, metric, normalize
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: Batch):
-        if self.features not in outputs:
-            raise KeyError(f"loss 'triplet' reads the output '{self.features}' (key `features`), which "
-                           f"the model does not produce; outputs present: "
-                           f"{', '.join(sorted(outputs)) or 'none'}")
-        x = outputs[self.features].float()
+        x = read_output(outputs, self.features, "loss 'triplet'",
+                        "set the loss key `features`; `bnneck` produces 'features'").float()
         if self.normalize:
             x = F.normalize(x, dim=1)
         dist = euclidean_distances(x) if self.metric == "euclidean" else cosine_distances(x)
