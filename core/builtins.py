@@ -11,6 +11,12 @@ from core.hookspecs import hookimpl
 def register_datasets(register):
     register("synthetic", "core.data.synthetic:SyntheticWorld")
     register("manifest", "core.data.manifest:ManifestDataset")
+    register("folder", "core.data.layouts.folder:FolderDataset")
+    register("market1501", "core.data.layouts.market1501:Market1501")
+    register("dukemtmc", "core.data.layouts.dukemtmc:DukeMTMC", aliases=("dukemtmc-reid",))
+    register("msmt17", "core.data.layouts.msmt17:MSMT17")
+    register("cuhk03np", "core.data.layouts.cuhk03np:CUHK03NP", aliases=("cuhk03-np",))
+    register("veri776", "core.data.layouts.veri776:VeRi776", aliases=("veri",))
 
 
 @hookimpl
@@ -38,3 +44,4 @@ def register_losses(register):
 @hookimpl
 def register_evaluators(register):
     register("reid", "core.evaluation.reid:ReIDEvaluator")
+
