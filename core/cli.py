@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from core import __version__
@@ -15,6 +16,8 @@ examples:
   core run pipelines/quickstart.yaml                     train and evaluate
   core run pipelines/quickstart.yaml --set stages.0.epochs=2 --set sampler.k=8
   core run a.yaml b.yaml                                 several runs, one comparison table
+  core run a.yaml --grid sampler.k=4,8 --seeds 0,1,2     an ablation grid, mean ± std over seeds
+  core eval runs/quickstart-20261121-101500              evaluate a trained run (or a checkpoint file)
   core run --resume runs/quickstart-20261121-101500      continue a run exactly where it stopped
   core run pipelines/quickstart.yaml --print-config      show the resolved pipeline and exit
   core validate pipelines/quickstart.yaml                build everything, run one step
@@ -52,7 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from checkpoints/last.pt "
                                                        "(model, optimizer, schedule, position, RNG)")
     p.add_argument("--print-config", action="store_true", help="print the resolved pipeline and exit")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY.PATH=V1,V2",
+                   help="run every value (every combination over several --grid); repeatable")
+    p.add_argument("--seeds", metavar="S1,S2", help="run each variant with each seed (mean ± std in the table)")
+    p.add_argument("--sweep-dir", help="folder for a sweep's runs and comparison table "
+                                       "(default: <trainer.output_dir>/sweep-<time>)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("eval", help="evaluate a trained run or checkpoint",
+                       description="Evaluate the model of a run folder (or one of its checkpoints) on the "
+                                   "pipeline's test sets; --set may change the evaluator or the test data "
+                                   "(e.g. --set evaluator.metric=euclidean --set trainer.eval_flip=true).")
+    p.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT")
+    _add_set(p)
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("validate", help="build a pipeline and run one step without training",
                        description="Check a pipeline: validate every key, build every component, load the "
@@ -140,42 +157,47 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise SystemExit("core run: give either --resume RUN_DIR or pipeline files, not both")
     elif not args.pipelines:
         raise SystemExit("core run: no pipeline given (e.g. core run pipelines/quickstart.yaml)")
-    if args.run_dir and len(args.pipelines) > 1:
-        raise SystemExit("core run: --run-dir names one run folder; it cannot be used with several pipelines")
     if args.print_config:
         for path in args.pipelines:
             print(f"# {path}\n" + dump(load_pipeline(path, args.overrides).data))
         return 0
 
     from core.runner import run
-    from core.training.report import format_table, metric_keys
 
     if args.resume:
-        result = run(None, args.overrides, resume=args.resume)
-        _print_result(result)
+        _print_result(run(None, args.overrides, resume=args.resume))
         return 0
-    results = []
-    failed = 0
-    for path in args.pipelines:
-        try:
-            result = run(path, args.overrides, run_dir=args.run_dir)
-        except Exception as exc:  # one failed variant must not stop the others
-            if len(args.pipelines) == 1:
-                raise
-            failed += 1
-            print(f"{path}: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
-            results.append((path, None))
-            continue
-        _print_result(result)
-        results.append((path, result))
-    if len(args.pipelines) > 1:
-        rows = [(r.name if r else f"{p} (failed)", (r.metrics or {}) if r else {}) for p, r in results]
-        keys = metric_keys([m for _, m in rows])
-        print("\n" + format_table(rows, keys))
-    return 1 if failed else 0
+    if len(args.pipelines) == 1 and not args.grid and not args.seeds:
+        _print_result(run(args.pipelines[0], args.overrides, run_dir=args.run_dir))
+        return 0
+    if args.run_dir:
+        raise SystemExit("core run: --run-dir names one run folder; a sweep writes into --sweep-dir")
+    from core import sweep
+
+    variants = sweep.plan(args.pipelines, args.overrides, args.grid, args.seeds)
+    output = (load_pipeline(args.pipelines[0], args.overrides).data.get("trainer") or {}).get("output_dir", "runs")
+    folder = sweep.run_sweep(variants, Path(args.sweep_dir) if args.sweep_dir else sweep.default_sweep_dir(output),
+                             echo=lambda text: print(text, file=sys.stderr))
+    print((folder / "comparison.md").read_text(encoding="utf-8"))
+    print(f"sweep folder: {folder}")
+    return 1 if any(v.errors for v in variants) else 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from core.runner import evaluate_run
+    from core.training.report import format_report
+
+    metrics = evaluate_run(args.target, args.overrides)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(format_report(f"evaluation of {args.target}", [{"tag": "checkpoint", **metrics}]))
+    return 0
 
 
 def _print_result(result) -> None:
+    if result.rank != 0:
+        return
     if result.metrics is None:
         print(f"{result.name}: stopped early; continue with: core run --resume {result.run_dir}")
         return
@@ -197,6 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, RegistryError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except FloatingPointError as exc:  # a NaN/Inf loss stopped the run
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,7 +23,7 @@ from core.context import BuildContext
 from core.data.table import RecordTable
 from core.data.transforms import build_transform
 from core.interfaces import Dataset, Evaluator, Sampler
-from core.plugins import get_plugin_manager
+from core.plugins import get_plugin_manager, local_plugin_name
 from core.registry import Registry, RegistryError, build_registry
 from core.records import Batch
 
@@ -171,11 +171,19 @@ def _check_top_level(cfg: LoadedConfig) -> None:
 
 
 def load_local_plugins(cfg: LoadedConfig) -> None:
+    """Load the pipeline's `plugins:` files (paths relative to the file that names them)
+    and unload those of pipelines built before it in this process."""
+    pm = get_plugin_manager()
+    names = set()
     for i, path in enumerate(_as_list(cfg, "plugins", cfg.data.get("plugins"))):
         if not isinstance(path, str):
             raise cfg.error(f"plugins.{i}", f"expected a path to a .py file, got {describe(path)}")
         base = Path(cfg.origin(f"plugins.{i}")).parent if cfg.origin(f"plugins.{i}") != "--set" else Path.cwd()
-        get_plugin_manager().load_file(path, base_dir=base)
+        names.add(local_plugin_name((base / path).resolve()))
+    pm.drop_local(keep=names)
+    for i, path in enumerate(cfg.data.get("plugins") or []):
+        base = Path(cfg.origin(f"plugins.{i}")).parent if cfg.origin(f"plugins.{i}") != "--set" else Path.cwd()
+        pm.load_file(path, base_dir=base)
 
 
 def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1) -> Pipeline:

@@ -109,6 +109,14 @@ class PluginManager(pluggy.PluginManager):
                 info.error = f"{type(exc).__name__}: {exc}"
                 self.failed(info)
 
+    def drop_local(self, keep: set[str] = frozenset()) -> None:
+        """Unregister local plugin files not in `keep`: a local plugin belongs to the
+        pipeline that names it, not to the pipelines built after it in this process."""
+        for name, info in list(self.infos.items()):
+            if info.source == "local file" and name not in keep:
+                self.unregister(name=name)
+                del self.infos[name]
+
     def load_file(self, path: str | Path, base_dir: str | Path | None = None) -> str:
         """Register a one-off local plugin module named in a pipeline (`plugins: [./x.py]`)."""
         file = Path(path)
@@ -118,7 +126,7 @@ class PluginManager(pluggy.PluginManager):
         if not file.is_file():
             raise PluginLoadError(f"local plugin file not found: {file} (named in `plugins:`; "
                                   "paths are relative to the pipeline file)")
-        name = f"local:{file}"
+        name = local_plugin_name(file)
         if name in self.infos:
             return name
         spec = importlib.util.spec_from_file_location(f"reid_core_local_{abs(hash(str(file)))}", file)
@@ -130,6 +138,10 @@ class PluginManager(pluggy.PluginManager):
             raise PluginLoadError(f"local plugin {file} failed to import: {type(exc).__name__}: {exc}") from exc
         self.add(module, PluginInfo(name=name, source="local file", module=str(file)))
         return name
+
+
+def local_plugin_name(file: Path) -> str:
+    return f"local:{file}"
 
 
 def _trace(pm: PluginManager) -> None:

@@ -18,6 +18,8 @@ class RunResult:
     #: final metrics; None when the run stopped early (trainer.stop_after_steps)
     metrics: dict[str, float] | None
     baseline: dict[str, float] = field(default_factory=dict)
+    #: the process's rank under torchrun (only rank 0 writes and prints)
+    rank: int = 0
 
 
 def _absolute_plugin_paths(cfg: LoadedConfig) -> dict[str, Any]:
@@ -42,7 +44,8 @@ def _new_run_dir(output_dir: str, name: str) -> Path:
 def run(pipeline: str | Path, overrides: Sequence[str] = (), run_dir: str | Path | None = None,
         resume: str | Path | None = None) -> RunResult:
     """Train and evaluate one pipeline; or continue the run in `resume` exactly where it stopped."""
-    from core.pipeline import build_pipeline
+    from core.pipeline import build_pipeline, resolve_device
+    from core.training import distributed as D
     from core.training.checkpoint import seed_everything
     from core.training.run_folder import RunFolder
     from core.training.trainer import Trainer
@@ -57,18 +60,21 @@ def run(pipeline: str | Path, overrides: Sequence[str] = (), run_dir: str | Path
     else:
         cfg = load_pipeline(pipeline, overrides)
     seed_everything(cfg.data.get("seed", 0) if isinstance(cfg.data.get("seed", 0), int) else 0)
-    p = build_pipeline(cfg)
-    if resume is None:
-        run_path = Path(run_dir) if run_dir else _new_run_dir(p.trainer.output_dir, p.name)
-    folder = RunFolder(run_path)
-    trainer = Trainer(p, folder, resume=resume is not None)
+    device = (cfg.data.get("trainer") or {}).get("device", "auto")
+    dist = D.init_from_env(resolve_device(device if isinstance(device, str) else "auto").type)
+    p = build_pipeline(cfg, rank=dist.rank, world_size=dist.world_size)
+    if resume is None:  # rank 0 names the run folder; every rank writes nothing else
+        run_path = D.broadcast_object(Path(run_dir) if run_dir else _new_run_dir(p.trainer.output_dir, p.name))
+    folder = RunFolder(run_path, enabled=dist.is_main)
+    trainer = Trainer(p, folder, resume=resume is not None, dist=dist)
     if resume is None:
         folder.write_pipeline(_absolute_plugin_paths(cfg), p.provenance)
     folder.write_environment(str(trainer.device), p.provenance)
     metrics = trainer.fit()
+    D.barrier()  # the report is written by rank 0
     baseline = next((r for r in trainer.history if r["tag"].startswith("baseline")), {})
     return RunResult(name=p.name, run_dir=run_path, metrics=metrics,
-                     baseline={k: v for k, v in baseline.items() if "/" in k})
+                     baseline={k: v for k, v in baseline.items() if "/" in k}, rank=dist.rank)
 
 
 def validate(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -114,3 +120,32 @@ def validate(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[str, A
         "parameters_without_grad": no_grad,
         "device": str(device),
     }
+
+
+def evaluate_run(target: str | Path, overrides: Sequence[str] = ()) -> dict[str, float]:
+    """Evaluate a run folder's model (or a checkpoint file inside one) on its test sets."""
+    from core.pipeline import build_pipeline, resolve_device
+    from core.training import distributed as D
+    from core.training.checkpoint import load_checkpoint, seed_everything
+    from core.training.run_folder import RunFolder
+    from core.training.trainer import Trainer
+
+    target = Path(target)
+    checkpoint = target / "checkpoints" / "last.pt" if target.is_dir() else target
+    run_dir = target if target.is_dir() else target.parent.parent
+    if not (run_dir / "pipeline.yaml").is_file():
+        raise FileNotFoundError(f"cannot evaluate {target}: no pipeline.yaml in {run_dir} "
+                                "(give a run folder written by `core run`, or a checkpoint inside its checkpoints/)")
+    state = load_checkpoint(checkpoint)
+    cfg = load_pipeline(run_dir / "pipeline.yaml", list(overrides))
+    seed_everything(0)
+    device = (cfg.data.get("trainer") or {}).get("device", "auto")
+    dist = D.init_from_env(resolve_device(device if isinstance(device, str) else "auto").type)
+    p = build_pipeline(cfg, rank=dist.rank, world_size=dist.world_size)
+    trainer = Trainer(p, RunFolder(run_dir, enabled=False), dist=dist)
+    p.model.load_state_dict(state["model"])
+    if trainer.ema is not None and state.get("ema") is not None:
+        trainer.ema.load_state_dict(state["ema"])
+    if not p.test_sets:
+        raise ValueError(f"{run_dir / 'pipeline.yaml'}: the pipeline has no test set with query and gallery")
+    return trainer.evaluate("checkpoint")

@@ -88,21 +88,22 @@ def test_pk_seed_none_uses_the_context_seed():
         batches(PKSampler(make_ctx(SIZES), 16, 4, seed=7))
 
 
-def test_pk_ddp_shards_are_disjoint_and_their_union_is_the_single_rank_plan():
-    sizes = [8] * 12  # 24 groups, P = 4 -> 6 global batches, even
+def test_pk_ddp_ranks_split_each_global_batch_by_whole_identities():
+    """batch_size is the global batch: rank r gets identity groups r, r + W, ... of every
+    batch of the one-process plan, so N processes see exactly the one-process batches."""
+    sizes = [8] * 12
     single = batches(PKSampler(make_ctx(sizes), 16, 4))
     shards = [batches(PKSampler(make_ctx(sizes, rank=r, world_size=2), 16, 4)) for r in range(2)]
-    assert len(shards[0]) == len(shards[1]) == 3 == len(PKSampler(make_ctx(sizes, 1, 2), 16, 4))
-    assert shards[0] == single[0::2] and shards[1] == single[1::2]
-    assert not {tuple(b) for b in shards[0]} & {tuple(b) for b in shards[1]}
+    assert len(shards[0]) == len(shards[1]) == len(single) == len(PKSampler(make_ctx(sizes, 1, 2), 16, 4))
+    for step, batch in enumerate(single):
+        groups = [batch[i:i + 4] for i in range(0, 16, 4)]
+        assert shards[0][step] == groups[0] + groups[2]
+        assert shards[1][step] == groups[1] + groups[3]
 
 
-def test_pk_ddp_ranks_yield_the_same_number_of_batches():
-    for drop_last in (True, False):  # 22 groups, P = 4: 5 or 6 global batches, 3 ranks
-        lens = [len(batches(PKSampler(make_ctx(SIZES, rank=r, world_size=3), 16, 4, drop_last)))
-                for r in range(3)]
-        assert lens == [len(PKSampler(make_ctx(SIZES, 0, 3), 16, 4, drop_last))] * 3
-        assert lens[0] == (1 if drop_last else 2)
+def test_pk_ddp_needs_identities_divisible_by_world_size():
+    with pytest.raises(ValueError, match="cannot be split evenly over 3 processes.*multiple of k \\* world_size = 12"):
+        PKSampler(make_ctx(SIZES, rank=0, world_size=3), 16, 4)
 
 
 def test_pk_batch_size_not_multiple_of_k_names_both_keys():
@@ -134,9 +135,15 @@ def test_random_sampler_is_deterministic_and_differs_between_epochs():
     assert batches(RandomSampler(ctx, 16), 0) != batches(RandomSampler(ctx, 16), 1)
 
 
-def test_random_sampler_ddp_shards_partition_the_single_rank_plan():
-    ctx = make_ctx(SIZES)  # 102 records, batch 17 -> 6 batches
+def test_random_sampler_ddp_ranks_interleave_each_global_batch():
+    ctx = make_ctx(SIZES)  # 102 records, batch 17 -> 6 batches (the last of 17)
     single = batches(RandomSampler(ctx, 17))
     shards = [batches(RandomSampler(make_ctx(SIZES, rank=r, world_size=2), 17)) for r in range(2)]
-    assert shards[0] + shards[1] != single and sorted(shards[0] + shards[1]) == sorted(single)
-    assert len(shards[0]) == len(shards[1]) == 3
+    assert shards[0] == [b[0::2] for b in single] and shards[1] == [b[1::2] for b in single]
+
+
+def test_random_sampler_ddp_drops_a_last_batch_too_small_for_every_rank():
+    ctx = make_ctx(SIZES)  # 102 records, batch 20 -> 5 full batches and one of 2
+    shards = [batches(RandomSampler(make_ctx(SIZES, rank=r, world_size=3), 20)) for r in range(3)]
+    assert [len(s) for s in shards] == [5, 5, 5] == [len(RandomSampler(make_ctx(SIZES, r, 3), 20)) for r in range(3)]
+    assert len(batches(RandomSampler(ctx, 20))) == 6

@@ -136,11 +136,24 @@ def test_step_schedule_and_min_lr():
 def test_planned_batches_resume_at_a_step_and_carry_roles():
     from core.interfaces import Episode
 
-    plan = [[0, 1], Episode([2, 3], [0, 1]), [4, 5]]
-    keys = list(PlannedBatches(plan, seed=7, epoch=2, start=1))
+    planned = PlannedBatches(seed=7)
+    planned.set([[0, 1], Episode([2, 3], [0, 1]), [4, 5]], epoch=2, start=1)
+    keys = list(planned)
     assert [[k[0] for k in batch] for batch in keys] == [[2, 3], [4, 5]]
     assert [k[2] for k in keys[0]] == [0, 1]
-    assert keys[0][0][1] == sample_seed(7, 2, 1, 0)
+    assert keys[0][0][1] == sample_seed(7, 2, 1, 2 * 64)
+
+
+def test_sample_seeds_follow_the_record_not_its_slot():
+    """A record keeps its augmentation wherever it sits in the batch (a rank's slice of a
+    global batch), and a repeated record gets a fresh seed for each occurrence."""
+    planned = PlannedBatches(seed=0)
+    planned.set([[5, 9, 5]], epoch=0)
+    (whole,) = list(planned)
+    planned.set([[9]], epoch=0)
+    (part,) = list(planned)
+    assert part[0][1] == whole[1][1]
+    assert whole[0][1] != whole[2][1]
     assert len({sample_seed(0, e, s, j) for e in range(3) for s in range(50) for j in range(64)}) == 3 * 50 * 64
 
 

@@ -32,6 +32,19 @@ class OptimizerConfig:
     momentum: float = 0.9
     nesterov: bool = False
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    #: glob patterns of parameters trained without weight decay, e.g. ["*.bias", "*norm*"]
+    no_weight_decay: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ParamGroupConfig:
+    """Parameters matching `params` (glob patterns) train at `lr_mult` x the stage's lr and
+    with their own weight decay (null: the optimizer's). The first matching group wins; the
+    rest form the default group. MUVA trains its new modules at 10x the base lr."""
+
+    params: list[str]
+    lr_mult: float = 1.0
+    weight_decay: float | None = None
 
 
 @dataclass
@@ -61,14 +74,20 @@ class StageConfig:
     losses: list[dict[str, Any]] | None = None
     optimizer: dict[str, Any] = field(default_factory=dict)
     schedule: dict[str, Any] = field(default_factory=dict)
+    param_groups: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
 class TrainerConfig:
-    """`device`: auto (cuda if available, else cpu), cpu, cuda, cuda:N. `amp`: bf16 autocast
-    on CUDA (ignored on the CPU, where it is slower), or none. `eval_every`: evaluate every
-    N epochs (0: only before and after training). `stop_after_steps`: save a checkpoint and
-    stop after this many optimisation steps (to be continued with --resume)."""
+    """`device`: auto (cuda if available, else cpu), cpu, cuda, cuda:N (under torchrun each
+    process takes cuda:LOCAL_RANK). `amp`: bf16 autocast on CUDA (ignored on the CPU, where
+    it is slower), or none. `eval_every`: evaluate every N epochs (0: only before and after
+    training). `eval_flip`: average each embedding with that of the mirrored image.
+    `accumulate`: batches per optimisation step (gradient accumulation). `ema`: decay of an
+    exponential moving average of the weights, evaluated instead of the raw weights
+    (e.g. 0.999; null: off). `compile`: torch.compile the training forward.
+    `stop_after_steps`: save a checkpoint and stop after this many optimisation steps (to be
+    continued with --resume). A NaN/Inf loss always stops the run."""
 
     device: str = "auto"
     amp: Literal["bf16", "none"] = "bf16"
@@ -81,6 +100,14 @@ class TrainerConfig:
     checkpoint_every_steps: int = 0
     stop_after_steps: int | None = None
     grad_clip: float | None = None
+    accumulate: int = 1
+    ema: float | None = None
+    compile: bool = False
+    channels_last: bool = False
+    persistent_workers: bool = True
+    sync_bn: bool = False
+    find_unused_parameters: bool = False
+    eval_flip: bool = False
     output_dir: str = "runs"
     progress: bool = True
 

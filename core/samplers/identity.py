@@ -8,9 +8,10 @@ has positives and negatives; `PKSampler` plans such batches the way torchreid's
 seed-independent `__len__` and a plan that depends only on (seed, epoch, rank,
 world_size), so a resumed or distributed run replays it exactly.
 
-Under DDP `batch_size` is per rank: the sampler plans one global sequence of batches
-and rank r yields batches r, r + world_size, r + 2 world_size, ...; the global batch of
-one step is the union of the ranks' batches.
+Under DDP `batch_size` is the global batch, as in fast-reid: every rank plans the same
+global batches and yields its own slice of each (whole identity groups for `pk`), so a
+run on N processes sees exactly the batches of a one-process run and its gradients
+(averaged by DDP) match those of the one-process run for batch-decomposable losses.
 """
 
 from __future__ import annotations
@@ -42,24 +43,21 @@ def _train_table(name: str, ctx: BuildContext):
     return ctx.train
 
 
-def _shard(plan: list[list[int]], rank: int, world_size: int, drop_last: bool) -> list[list[int]]:
-    """Rank `rank`'s batches of the global `plan`: every `world_size`-th one.
+def _shard(plan: list[list[int]], rank: int, world_size: int, unit: int) -> list[list[int]]:
+    """Rank `rank`'s slice of every global batch: its share of the batch's blocks of
+    `unit` consecutive indices (a PK batch's identity groups), blocks r, r + W, ...
 
-    All ranks must run the same number of steps (DDP hangs otherwise): with `drop_last`
-    the plan is cut to a multiple of `world_size`, without it the plan is padded with
-    its own first batches (as torch's DistributedSampler pads with its first samples).
+    A global batch too small to give every rank a block is dropped on all ranks, so all
+    ranks run the same number of steps (DDP hangs otherwise).
     """
-    if world_size > 1 and len(plan) % world_size:
-        if drop_last:
-            plan = plan[: len(plan) - len(plan) % world_size]
-        else:
-            pad = world_size - len(plan) % world_size
-            plan = plan + [plan[i % len(plan)] for i in range(pad)]
-    return plan[rank::world_size]
-
-
-def _shard_len(n: int, world_size: int, drop_last: bool) -> int:
-    return n // world_size if drop_last else -(-n // world_size)
+    if world_size == 1:
+        return plan
+    out = []
+    for batch in plan:
+        blocks = [batch[i:i + unit] for i in range(0, len(batch), unit)]
+        if len(blocks) >= world_size:
+            out.append([i for block in blocks[rank::world_size] for i in block])
+    return out
 
 
 def _check_rank(name: str, ctx: BuildContext) -> tuple[int, int]:
@@ -101,6 +99,10 @@ class PKSampler(Sampler):
         ids, starts = np.unique(pids[order], return_index=True)
         #: Record indices of each identity (identities in sorted label order).
         self.index_of_identity: list[np.ndarray] = np.split(order, starts[1:])
+        if self.p % self.world_size:
+            raise ValueError(f"sampler 'pk': P = batch_size // k = {self.p} identities per batch cannot be "
+                             f"split evenly over {self.world_size} processes; make batch_size a multiple "
+                             f"of k * world_size = {self.k * self.world_size} (batch_size is the global batch)")
         if len(ids) < self.p:
             raise ValueError(f"sampler 'pk': the training table has {len(ids)} identities, fewer than "
                              f"P = batch_size // k = {self.p}; lower batch_size or raise k")
@@ -153,10 +155,10 @@ class PKSampler(Sampler):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from _shard(self.plan(self.epoch), self.rank, self.world_size, self.drop_last)
+        yield from _shard(self.plan(self.epoch), self.rank, self.world_size, self.k)
 
     def __len__(self) -> int:
-        return _shard_len(self.num_global_batches, self.world_size, self.drop_last)
+        return self.num_global_batches
 
 
 class RandomSampler(Sampler):
@@ -185,7 +187,9 @@ class RandomSampler(Sampler):
         return [perm[i * b:(i + 1) * b].tolist() for i in range(self.num_global_batches)]
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from _shard(self.plan(self.epoch), self.rank, self.world_size, self.drop_last)
+        yield from _shard(self.plan(self.epoch), self.rank, self.world_size, 1)
 
     def __len__(self) -> int:
-        return _shard_len(self.num_global_batches, self.world_size, self.drop_last)
+        n, b, w = self.num_records, self.batch_size, self.world_size
+        last = n - (self.num_global_batches - 1) * b  # size of the last global batch
+        return self.num_global_batches - (1 if last < w else 0)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from core.config.loading import LoadedConfig
-from core.config.schema import OptimizerConfig, ScheduleConfig, StageConfig
+from core.config.schema import OptimizerConfig, ParamGroupConfig, ScheduleConfig, StageConfig
 from core.config.validation import build_dataclass
 
 
@@ -23,6 +23,8 @@ def check_stage(stage: StageConfig, cfg: LoadedConfig, key: str) -> None:
     """Validate a stage's optimizer and schedule sections (errors name file and key)."""
     build_dataclass(OptimizerConfig, stage.optimizer, cfg, f"{key}.optimizer", "the optimizer")
     build_dataclass(ScheduleConfig, stage.schedule, cfg, f"{key}.schedule", "the schedule")
+    for i, group in enumerate(stage.param_groups):
+        build_dataclass(ParamGroupConfig, group, cfg, f"{key}.param_groups.{i}", "a parameter group")
     if stage.epochs < 1:
         raise cfg.error(f"{key}.epochs", f"a stage needs at least 1 epoch, got {stage.epochs}")
 
@@ -31,11 +33,13 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def select_parameters(module: nn.Module, stage: StageConfig) -> list[tuple[str, nn.Parameter]]:
+def select_parameters(module: nn.Module, stage: StageConfig,
+                      also_frozen: Iterable[str] = ()) -> list[tuple[str, nn.Parameter]]:
     """Set requires_grad per the stage's patterns; return the trainable (name, parameter)s.
 
     Parameters a component froze itself (requires_grad False at build, e.g. BNNeck's bias)
-    stay frozen: stage patterns only narrow what the components allow.
+    stay frozen: stage patterns only narrow what the components allow. `also_frozen` are
+    patterns the trainer adds (the parameters of losses this stage does not use).
     """
     if not hasattr(module, "_core_trainable"):
         module._core_trainable = {n for n, p in module.named_parameters() if p.requires_grad}
@@ -53,6 +57,7 @@ def select_parameters(module: nn.Module, stage: StageConfig) -> list[tuple[str, 
             on = on and _matches(name, stage.trainable)
         if stage.frozen:
             on = on and not _matches(name, stage.frozen)
+        on = on and not _matches(name, also_frozen)
         param.requires_grad_(on)
         if on:
             selected.append((name, param))
@@ -70,14 +75,41 @@ def _examples(names: list[str]) -> list[str]:
     return list(seen.values())[:6] + (["..."] if len(seen) > 6 else [])
 
 
+def param_groups(params: list[tuple[str, nn.Parameter]], stage: StageConfig) -> list[dict]:
+    """Split the trainable parameters into optimizer groups: the stage's `param_groups`
+    (first match wins) and the default group, each divided again by `no_weight_decay`.
+    Every group records its `name` and `lr_mult` (shown in logs and checkpoints)."""
+    opt = OptimizerConfig(**stage.optimizer)
+    specs = [ParamGroupConfig(**g) for g in stage.param_groups]
+    names = [n for n, _ in params]
+    for i, spec in enumerate(specs):
+        for pattern in spec.params:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                raise ValueError(f"stage '{stage.name}': param_groups.{i} pattern '{pattern}' matches no "
+                                 f"trainable parameter; names look like {', '.join(_examples(names))}")
+    buckets: dict[tuple[int, bool], list[nn.Parameter]] = {}
+    for name, param in params:
+        group = next((i for i, spec in enumerate(specs) if _matches(name, spec.params)), len(specs))
+        no_decay = _matches(name, opt.no_weight_decay)
+        buckets.setdefault((group, no_decay), []).append(param)
+    groups = []
+    for (index, no_decay), tensors in sorted(buckets.items()):
+        spec = specs[index] if index < len(specs) else ParamGroupConfig(params=["*"])
+        decay = opt.weight_decay if spec.weight_decay is None else spec.weight_decay
+        groups.append({"params": tensors, "lr": opt.lr * spec.lr_mult, "lr_mult": spec.lr_mult,
+                       "weight_decay": 0.0 if no_decay else decay,
+                       "name": (f"group{index}" if index < len(specs) else "default") + ("/no_decay" if no_decay else "")})
+    return groups
+
+
 def build_optimizer(params: list[tuple[str, nn.Parameter]], stage: StageConfig) -> torch.optim.Optimizer:
     opt = OptimizerConfig(**stage.optimizer)
-    tensors = [p for _, p in params]
+    groups = param_groups(params, stage)
     if opt.name == "sgd":
-        return torch.optim.SGD(tensors, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay,
+        return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay,
                                nesterov=opt.nesterov)
     cls = torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW
-    return cls(tensors, lr=opt.lr, weight_decay=opt.weight_decay, betas=tuple(opt.betas))
+    return cls(groups, lr=opt.lr, weight_decay=opt.weight_decay, betas=tuple(opt.betas))
 
 
 def lr_factor(step: int, steps_per_epoch: int, epochs: int, schedule: ScheduleConfig, base_lr: float) -> float:

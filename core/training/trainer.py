@@ -1,10 +1,11 @@
 """The trainer: stages of epochs of steps, evaluation before/during/after, atomic
-checkpoints and an exact `--resume`.
+checkpoints, an exact `--resume`, and DDP when started by torchrun.
 
 Exact resume rests on three facts: the sampler's plan depends only on (seed, epoch,
-rank); every sample's augmentation is seeded from (seed, epoch, step, slot), so it does
-not depend on worker count or skipped batches; and the checkpoint holds model, losses,
-optimizer, scheduler, position (stage, epoch, step) and the global RNG states.
+rank); every sample's augmentation is seeded from (seed, epoch, step, record, occurrence),
+so it depends neither on worker count, nor on skipped batches, nor on how a global batch
+is split over processes; and the checkpoint holds model, losses, optimizer, scheduler,
+EMA, position (stage, epoch, step) and the global RNG states.
 """
 
 from __future__ import annotations
@@ -12,19 +13,21 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from core.data.loading import ImageSamples, collate
 from core.interfaces import Episode, FeatureSet
-from core.pipeline import Pipeline, resolve_device
+from core.pipeline import LossTerm, Pipeline, ReIDModel, resolve_device
 from core.plugins import get_plugin_manager
+from core.records import Batch
+from core.training import distributed as D
 from core.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
 from core.training.optim import build_optimizer, build_scheduler, select_parameters
 from core.training.report import format_report
@@ -42,11 +45,19 @@ def sample_seed(seed: int, epoch: int, step: int, slot: int) -> int:
 
 
 class PlannedBatches:
-    """Turns one epoch's sampler plan into DataLoader keys (index, seed, role),
-    starting at step `start` (the steps before it were done before a resume)."""
+    """One epoch's sampler plan as DataLoader keys (index, seed, role), from step `start`.
 
-    def __init__(self, plan: list[list[int] | Episode], seed: int, epoch: int, start: int = 0) -> None:
-        self.plan, self.seed, self.epoch, self.start = plan, seed, epoch, start
+    A sample's seed mixes the record index and its occurrence in the batch (a PK group
+    may repeat an image), not its slot, so a global batch split over ranks is augmented
+    exactly as in one process. The object is reused across epochs (`set`), which lets
+    the DataLoader keep its workers alive.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed, self.plan, self.epoch, self.start = seed, [], 0, 0
+
+    def set(self, plan: list[list[int] | Episode], epoch: int, start: int = 0) -> None:
+        self.plan, self.epoch, self.start = plan, epoch, start
 
     def __len__(self) -> int:
         return max(len(self.plan) - self.start, 0)
@@ -55,13 +66,49 @@ class PlannedBatches:
         for step in range(self.start, len(self.plan)):
             item = self.plan[step]
             indices, roles = (item.indices, item.roles) if isinstance(item, Episode) else (item, [0] * len(item))
-            yield [(int(i), sample_seed(self.seed, self.epoch, step, slot), int(r))
-                   for slot, (i, r) in enumerate(zip(indices, roles))]
+            seen: dict[int, int] = {}
+            keys = []
+            for index, role in zip(indices, roles):
+                occurrence = seen[index] = seen.get(index, -1) + 1
+                keys.append((int(index), sample_seed(self.seed, self.epoch, step, int(index) * 64 + occurrence),
+                             int(role)))
+            yield keys
+
+
+class TrainingModule(ReIDModel):
+    """Backbone, head and losses as one module: DDP then synchronises the gradients of
+    loss parameters too (centres, memories), and parameter names read `backbone.*`,
+    `head.*`, `losses.N.*` — the names stage patterns are written against.
+
+    `forward(batch)` is the model's (embeddings for evaluation); with `train=True` it also
+    returns the weighted loss of the active stage's terms and their logged parts.
+    """
+
+    def __init__(self, model: ReIDModel, losses: nn.ModuleList) -> None:
+        super().__init__(model.backbone, model.head)
+        self.losses = losses
+        self.terms: list[LossTerm] = []
+
+    def forward(self, batch: Batch, train: bool = False):
+        outputs = super().forward(batch)
+        if not train:
+            return outputs
+        total = torch.zeros((), device=batch.pids.device)
+        parts: dict[str, torch.Tensor] = {}
+        for term in self.terms:
+            out = term.module(outputs, batch)
+            loss, logged = out if isinstance(out, tuple) else (out, {})
+            total = total + term.weight * loss.float()
+            parts[term.name] = loss.detach().float()
+            for k, v in (logged or {}).items():
+                parts[f"{term.name}/{k}"] = torch.as_tensor(v).detach().float()
+        return total, parts, outputs
 
 
 @dataclass
 class Position:
-    """Where training stands: the next step to run is `step` of `epoch` of `stage`."""
+    """Where training stands: the next batch to run is `step` of `epoch` of `stage`;
+    `global_step` counts optimisation steps."""
 
     stage: int = 0
     epoch: int = 0
@@ -74,23 +121,44 @@ class StopTraining(Exception):
 
 
 class Trainer:
-    def __init__(self, pipeline: Pipeline, run: RunFolder, resume: bool = False) -> None:
+    def __init__(self, pipeline: Pipeline, run: RunFolder, resume: bool = False,
+                 dist: D.Dist | None = None) -> None:
         self.p = pipeline
         self.cfg = pipeline.trainer
         self.run = run
+        self.dist = dist or D.Dist()
         self.device = resolve_device(self.cfg.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         self.pm = get_plugin_manager()
         seed_everything(pipeline.seed)
-        self.model = pipeline.model.to(self.device)
-        self.losses = pipeline.loss_modules().to(self.device)
-        # names users write patterns against: backbone.*, head.*, losses.N.*
-        self.trainable = nn.ModuleDict({"backbone": self.model.backbone, "head": self.model.head,
-                                        "losses": self.losses})
+        self.net = TrainingModule(pipeline.model, pipeline.loss_modules())
+        if self.cfg.sync_bn and self.dist.enabled:
+            if self.device.type == "cuda":
+                self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+            else:
+                warnings.warn("trainer.sync_bn needs CUDA; BatchNorm stays per process on the CPU", stacklevel=2)
+        self.net.to(self.device)
+        if self.cfg.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self.model = self.net  # what evaluation runs (the EMA copy when enabled)
+        self.ema = None
+        if self.cfg.ema is not None:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema), use_buffers=True)
+            self.model = self.ema.module
         self.train_samples = ImageSamples(pipeline.train, pipeline.train_datasets, pipeline.train_transform)
+        self.plan = PlannedBatches(pipeline.seed)
+        self.loader = DataLoader(self.train_samples, batch_sampler=self.plan, collate_fn=collate,
+                                 num_workers=self.cfg.num_workers, pin_memory=self._pin(),
+                                 persistent_workers=self.cfg.persistent_workers and self.cfg.num_workers > 0,
+                                 generator=torch.Generator().manual_seed(pipeline.seed))
         self.position = Position()
         self.history: list[dict[str, Any]] = []  # evaluations, for the report
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
+        self.forward = self.net
         self._resume_state = load_checkpoint(run.checkpoint) if resume else None
         if self._resume_state is not None:
             self._restore_weights(self._resume_state)
@@ -99,7 +167,7 @@ class Trainer:
     def emit(self, event: str, **kwargs: Any) -> None:
         """Dispatch a trainer event to plugin hooks and to components defining it."""
         getattr(self.pm.hook, event)(trainer=self, **kwargs)
-        for component in (self.p.sampler, self.model.backbone, self.model.head, *self.losses, self.p.evaluator):
+        for component in (self.p.sampler, self.net.backbone, self.net.head, *self.net.losses, self.p.evaluator):
             method = getattr(component, event, None)
             if callable(method):
                 method(trainer=self, **kwargs)
@@ -110,18 +178,37 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _pin(self) -> bool:
+        return self.cfg.pin_memory and self.device.type == "cuda"
+
+    def _to_device(self, batch: Batch) -> Batch:
+        batch = batch.to(self.device, non_blocking=True)
+        if self.cfg.channels_last and batch.images.dim() == 4:
+            batch.images = batch.images.contiguous(memory_format=torch.channels_last)
+        return batch
+
     # ------------------------------------------------------------ evaluation
     def extract(self, table, datasets) -> FeatureSet:
+        """Embeddings of a whole split in table order; under DDP each process embeds a
+        contiguous shard and the shards are gathered, so every rank gets all rows."""
         samples = ImageSamples(table, datasets, self.p.test_transform)
-        loader = DataLoader(samples, batch_size=self.cfg.batch_size_eval, shuffle=False, collate_fn=collate,
-                            num_workers=self.cfg.num_workers, pin_memory=self._pin(),
-                            generator=self._generator(-1))
+        start, stop = D.shard_range(len(table), self.dist.rank, self.dist.world_size)
+        loader = DataLoader(Subset(samples, range(start, stop)), batch_size=self.cfg.batch_size_eval,
+                            shuffle=False, collate_fn=collate, num_workers=self.cfg.num_workers,
+                            pin_memory=self._pin(), generator=torch.Generator().manual_seed(0))
         chunks = []
         self.model.eval()
         with torch.no_grad(), self.autocast():
             for batch in loader:
-                chunks.append(self.model(batch.to(self.device, non_blocking=True))["embedding"].float())
-        return FeatureSet(embeddings=torch.cat(chunks), pids=table.pids.copy(), camids=table.camids.copy(),
+                batch = self._to_device(batch)
+                embedding = self.model(batch)["embedding"].float()
+                if self.cfg.eval_flip:
+                    batch.images = batch.images.flip(-1)
+                    embedding = (embedding + self.model(batch)["embedding"].float()) / 2
+                chunks.append(embedding)
+        local = torch.cat(chunks) if chunks else torch.zeros(0, 0, device=self.device)
+        embeddings = D.gather_rows(local, len(table))
+        return FeatureSet(embeddings=embeddings, pids=table.pids.copy(), camids=table.camids.copy(),
                           categories=table.category_ids.copy(), category_names=list(table.category_names))
 
     def evaluate(self, tag: str) -> dict[str, float]:
@@ -133,13 +220,14 @@ class Trainer:
         for test in self.p.test_sets:
             query = self.extract(test.query, test.datasets)
             gallery = self.extract(test.gallery, test.datasets)
-            result = self.p.evaluator.evaluate(query, gallery)
+            result = self.p.evaluator.evaluate(query, gallery) if self.dist.is_main else None
+            result = D.broadcast_object(result)
             per_set.append(result)
             metrics.update({f"{test.name}/{k}": float(v) for k, v in result.items()})
         if len(per_set) > 1:
             common = set.intersection(*(set(r) for r in per_set))
             metrics.update({f"mean/{k}": float(np.mean([r[k] for r in per_set])) for k in sorted(common)})
-        self.model.train()
+        self.net.train()
         record = {"event": "eval", "tag": tag, "stage": self.position.stage, "epoch": self.position.epoch,
                   "global_step": self.position.global_step, "seconds": round(time.perf_counter() - start, 3),
                   **metrics}
@@ -148,75 +236,65 @@ class Trainer:
         self.emit("on_evaluate_end", metrics=metrics)
         return metrics
 
-    # -------------------------------------------------------------- training
-    def _pin(self) -> bool:
-        return self.cfg.pin_memory and self.device.type == "cuda"
-
-    def _loader(self, plan, epoch: int, start: int) -> DataLoader:
-        return DataLoader(self.train_samples, batch_sampler=PlannedBatches(plan, self.p.seed, epoch, start),
-                          collate_fn=collate, num_workers=self.cfg.num_workers, pin_memory=self._pin(),
-                          generator=self._generator(epoch))
-
-    def _generator(self, epoch: int) -> torch.Generator:
-        """A private generator for the DataLoader: its worker seeding must not draw from
-        the global RNG, or a resumed run would diverge (augmentation is seeded per sample)."""
-        return torch.Generator().manual_seed(sample_seed(self.p.seed, epoch, -1, 0))
-
-    def _global_epoch(self, stage: int, epoch: int) -> int:
-        return sum(s.epochs for s in self.p.stages[:stage]) + epoch
-
-    def step(self, batch, terms) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """One optimisation step: forward, weighted losses, backward, update."""
-        with self.autocast():
-            outputs = self.model(batch)
-            total = torch.zeros((), device=self.device)
-            parts: dict[str, torch.Tensor] = {}
-            for term in terms:
-                out = term.module(outputs, batch)
-                loss, logged = out if isinstance(out, tuple) else (out, {})
-                total = total + term.weight * loss.float()
-                parts[term.name] = loss.detach().float()
-                for k, v in (logged or {}).items():
-                    parts[f"{term.name}/{k}"] = torch.as_tensor(v).detach().float()
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if self.cfg.grad_clip:
-            nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
-                                     self.cfg.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        return total.detach(), parts, outputs
-
+    # ----------------------------------------------------------- checkpoints
     def save(self) -> None:
-        lines = sum(1 for _ in open(self.run.metrics_file)) if self.run.metrics_file.exists() else 0
-        save_checkpoint(self.run.checkpoint, {
-            "model": self.model.state_dict(),
-            "losses": self.losses.state_dict(),
-            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
-            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-            "position": vars(self.position).copy(),
-            "rng": rng_state(),
-            "history": self.history,
-            "metrics_lines": lines,
-            "pipeline": self.p.name,
-        })
+        if self.dist.is_main:
+            lines = sum(1 for _ in open(self.run.metrics_file)) if self.run.metrics_file.exists() else 0
+            save_checkpoint(self.run.checkpoint, {
+                "model": self.p.model.state_dict(),
+                "losses": self.net.losses.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                "position": vars(self.position).copy(),
+                "rng": rng_state(),
+                "history": self.history,
+                "metrics_lines": lines,
+                "pipeline": self.p.name,
+            })
+        D.barrier()
 
     def _restore_weights(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.losses.load_state_dict(state["losses"])
+        self.p.model.load_state_dict(state["model"])
+        self.net.losses.load_state_dict(state["losses"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
         self.position = Position(**state["position"])
         self.history = list(state["history"])
-        if self.run.metrics_file.exists():  # drop lines logged after the checkpoint
+        if self.dist.is_main and self.run.metrics_file.exists():  # drop lines logged after the checkpoint
             with open(self.run.metrics_file, encoding="utf-8") as f:
                 kept = f.readlines()[: state["metrics_lines"]]
             with open(self.run.metrics_file, "w", encoding="utf-8") as f:
                 f.writelines(kept)
 
-    def _progress(self, total: int, desc: str):
-        from tqdm.auto import tqdm
+    # -------------------------------------------------------------- training
+    def _global_epoch(self, stage: int, epoch: int) -> int:
+        return sum(s.epochs for s in self.p.stages[:stage]) + epoch
 
-        return tqdm(total=total, desc=desc, disable=not self.cfg.progress or self.run.enabled is False,
-                    dynamic_ncols=True, leave=False)
+    def _steps_per_epoch(self) -> int:
+        return max(math.ceil(len(self.p.sampler) / max(self.cfg.accumulate, 1)), 1)
+
+    def _prepare_stage(self, index: int) -> None:
+        """Select the stage's parameters, build its optimizer and schedule, and wrap the
+        training module for DDP / compile (the set of trained parameters changes per stage)."""
+        stage = self.p.stages[index]
+        self.net.terms = self.p.stage_losses[index]
+        active = {id(t.module) for t in self.net.terms}
+        inactive = [f"losses.{i}.*" for i, m in enumerate(self.net.losses)
+                    if id(m) not in active and any(True for _ in m.parameters())]
+        params = select_parameters(self.net, stage, also_frozen=inactive)
+        self.optimizer = build_optimizer(params, stage)
+        self.scheduler = build_scheduler(self.optimizer, stage, self._steps_per_epoch())
+        forward: nn.Module = self.net
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            forward = DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.cfg.find_unused_parameters)
+        if self.cfg.compile:
+            forward = torch.compile(forward)
+        self.forward = forward
 
     def fit(self) -> dict[str, float] | None:
         """Train all stages; returns the final metrics, or None when stopped early."""
@@ -234,10 +312,7 @@ class Trainer:
 
     def _run_stage(self, index: int) -> None:
         stage = self.p.stages[index]
-        terms = self.p.stage_losses[index]
-        params = select_parameters(self.trainable, stage)
-        self.optimizer = build_optimizer(params, stage)
-        self.scheduler = build_scheduler(self.optimizer, stage, max(len(self.p.sampler), 1))
+        self._prepare_stage(index)
         resuming = self._resume_state is not None and self._resume_state["position"]["stage"] == index
         if resuming:
             self.optimizer.load_state_dict(self._resume_state["optimizer"])
@@ -248,7 +323,7 @@ class Trainer:
             self.position = Position(stage=index, epoch=0, step=0, global_step=self.position.global_step)
             self.emit("on_stage_start", stage=stage)
         while self.position.epoch < stage.epochs:
-            self._run_epoch(stage, index, terms)
+            self._run_epoch(stage, index)
             self.position.epoch += 1
             self.position.step = 0
             epoch_done = self.position.epoch
@@ -258,37 +333,66 @@ class Trainer:
         self.emit("on_stage_end", stage=stage)
         self.position = Position(stage=index + 1, global_step=self.position.global_step)
 
-    def _run_epoch(self, stage, index: int, terms) -> None:
+    def _optimizer_step(self) -> None:
+        if self.cfg.grad_clip:
+            nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                     self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
+
+    def _stop_on_nonfinite(self, total: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
+        if not D.any_true(~torch.isfinite(total.detach())):
+            return
+        step = self.position.global_step + 1
+        values = {k: float(v) for k, v in parts.items()}
+        last = (f"last good checkpoint: {self.run.checkpoint}" if self.run.checkpoint.exists()
+                else "no checkpoint was written yet")
+        raise FloatingPointError(f"the loss became {float(total.detach())} at optimisation step {step} "
+                                 f"(stage '{self.p.stages[self.position.stage].name}', epoch {self.position.epoch}); "
+                                 f"loss parts: {values}; {last}")
+
+    def _run_epoch(self, stage, index: int) -> None:
         epoch = self._global_epoch(index, self.position.epoch)
         self.p.sampler.set_epoch(epoch)
         if self.position.step == 0:
             self.emit("on_epoch_start", epoch=epoch)
         plan = list(iter(self.p.sampler))
-        loader = self._loader(plan, epoch, self.position.step)
-        self.model.train()
+        self.plan.set(plan, epoch, self.position.step)
+        accumulate = max(self.cfg.accumulate, 1)
+        self.net.train()
         bar = self._progress(len(plan), f"{stage.name} {self.position.epoch + 1}/{stage.epochs}")
         bar.update(self.position.step)
         seen, tick = 0, time.perf_counter()
-        for batch in loader:
-            batch = batch.to(self.device, non_blocking=True)
-            total, parts, outputs = self.step(batch, terms)
+        for batch in self.loader:
+            batch = self._to_device(batch)
             self.position.step += 1
-            self.position.global_step += 1
+            sync = self.position.step % accumulate == 0 or self.position.step == len(plan)
+            no_sync = getattr(self.forward, "no_sync", None) if not sync else None
+            with (no_sync() if no_sync else contextlib.nullcontext()), self.autocast():
+                total, parts, outputs = self.forward(batch, train=True)
+            self._stop_on_nonfinite(total, parts)
+            with no_sync() if no_sync else contextlib.nullcontext():
+                (total / accumulate).backward()
             seen += len(batch)
-            step = self.position.global_step
-            logged = {k: float(v) for k, v in parts.items()} if (
-                step % max(self.cfg.log_every, 1) == 0 or self.position.step == len(plan)) else None
-            if logged is not None:
-                loss = float(total)
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss} at step {step} ({logged}); "
-                                             f"last good checkpoint: {self.run.checkpoint}")
-                rate = seen / max(time.perf_counter() - tick, 1e-9)
-                self.run.log({"event": "train", "stage": stage.name, "epoch": epoch, "global_step": step,
-                              "lr": self.optimizer.param_groups[0]["lr"], "loss": loss,
-                              "images_per_s": round(rate, 2), **logged})
-                bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{rate:.0f}")
             bar.update(1)
+            if not sync:
+                continue
+            self._optimizer_step()
+            self.position.global_step += 1
+            step = self.position.global_step
+            logged = None
+            if step % max(self.cfg.log_every, 1) == 0 or self.position.step == len(plan):
+                names = ["loss", *parts]
+                values = D.all_reduce_mean(torch.stack([total.detach().float(), *parts.values()])).tolist()
+                logged = dict(zip(names, values))
+                rate = seen * self.dist.world_size / max(time.perf_counter() - tick, 1e-9)
+                self.run.log({"event": "train", "stage": stage.name, "epoch": epoch, "global_step": step,
+                              "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": round(rate, 2),
+                              **logged})
+                bar.set_postfix(loss=f"{logged['loss']:.3f}", img_s=f"{rate:.0f}")
             self.emit("on_step_end", step=step, batch=batch, outputs=outputs, losses=logged or {})
             if self.cfg.checkpoint_every_steps and step % self.cfg.checkpoint_every_steps == 0:
                 self.save()
@@ -298,3 +402,9 @@ class Trainer:
                 raise StopTraining
         bar.close()
         self.emit("on_epoch_end", epoch=epoch)
+
+    def _progress(self, total: int, desc: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, disable=not self.cfg.progress or not self.dist.is_main,
+                    dynamic_ncols=True, leave=False)

@@ -1,0 +1,159 @@
+"""What the readers of the standard ReID layouts share (DESIGN.md "Data").
+
+Market-1501, DukeMTMC-reID, CUHK03-NP and VeRi-776 all keep one folder of images per
+split and write identity and camera into each file name; `SplitFolderDataset` reads any
+such layout, so each dataset's module only states its folders, its file-name pattern and
+its conventions. Listing never decodes an image: one `os.scandir` per split folder, and
+file names are parsed once and cached per split.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+from core.interfaces import Dataset
+from core.records import Record
+
+SPLITS = ("train", "query", "gallery")
+#: Files with other extensions (Thumbs.db, .DS_Store, readme.txt, ...) are ignored.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
+
+
+def check_split(dataset: str, split: str, valid: Sequence[str] = SPLITS) -> None:
+    if split not in valid:
+        raise ValueError(f"{dataset}: unknown split '{split}'; valid splits: {', '.join(valid)}")
+
+
+def image_names(folder: Path) -> list[str]:
+    """Sorted names of the image files directly in `folder`, chosen by extension
+    (case-insensitive); hidden files (macOS `._x.jpg` twins) are skipped."""
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries
+                      if not e.name.startswith(".") and e.is_file()
+                      and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
+
+
+def subfolder_names(folder: Path) -> list[str]:
+    """Sorted names of the folders directly in `folder`, hidden ones skipped."""
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
+
+
+def describe_layout(folders: Sequence[str], wrappers: Sequence[str] = ()) -> str:
+    """'a/, b/ (directly under the root or inside W/)', for error messages."""
+    text = ", ".join(f"{f}/" for f in folders)
+    if wrappers:
+        text += f" (directly under the root or inside {' or '.join(f'{w}/' for w in wrappers)})"
+    return text
+
+
+def require_dir(dataset: str, path: Path, layout: str) -> None:
+    """FileNotFoundError naming `path` and the expected layout unless it is a folder."""
+    if not path.is_dir():
+        what = "is not a folder" if path.exists() else "not found"
+        raise FileNotFoundError(f"{dataset}: dataset root {what}: {path}; expected the layout {layout}")
+
+
+def find_root(dataset: str, root: str | Path, folders: Sequence[str], wrappers: Sequence[str] = ()) -> Path:
+    """The folder that holds every one of `folders`: `root` itself, or one of the
+    `wrappers` sub-folders that the official archives unpack into.
+
+    Errors name the path, the missing folders, the expected layout and what was found.
+    """
+    layout = describe_layout(folders, wrappers)
+    base = Path(root)
+    require_dir(dataset, base, layout)
+    candidates = [base] + [base / w for w in wrappers if (base / w).is_dir()]
+    for candidate in candidates:
+        if all((candidate / f).is_dir() for f in folders):
+            return candidate
+    where = candidates[-1]  # the wrapper when there is one: the user unpacked the archive there
+    missing = [str(where / f) for f in folders if not (where / f).is_dir()]
+    found = ", ".join(f"{n}/" for n in subfolder_names(where)) or "no folders"
+    raise FileNotFoundError(f"{dataset}: missing folder(s) {', '.join(missing)}; expected the layout "
+                            f"{layout}; found in {where}: {found}")
+
+
+@dataclass(frozen=True)
+class NamePattern:
+    """A file-name convention: a regex matched against the file's base name, and how to
+    say it to a user whose file does not follow it."""
+
+    regex: re.Pattern[str]
+    #: human form, e.g. "<pid>_c<camera>s<seq>_<frame>_<box>.jpg (e.g. 0002_c1s1_000451_03.jpg)"
+    text: str
+
+    @classmethod
+    def compile(cls, regex: str, text: str) -> "NamePattern":
+        return cls(re.compile(regex), text)
+
+    def parse(self, dataset: str, path: Path | str, where: str = "") -> tuple[str, ...]:
+        """The regex groups for `path`'s base name; a ValueError naming the file (and
+        `where` it was listed, e.g. a list file and line) and the expected pattern."""
+        match = self.regex.match(os.path.basename(str(path)))
+        if match is None:
+            listed = f" (listed at {where})" if where else ""
+            raise ValueError(f"{dataset}: cannot parse the file name of {path}{listed}; expected {self.text}")
+        return match.groups()
+
+
+#: `<pid>_c<camera>...`: the convention of Market-1501 and the layouts that copied it.
+MARKET_STYLE = r"^(-?\d+)_c(\d+)"
+
+
+class SplitFolderDataset(Dataset):
+    """A layout with one image folder per split and (pid, camera) in every file name.
+
+    Subclasses set the class attributes; `parse` may return None to leave an image out
+    (a dataset's junk convention). Records come in sorted file-name order, with the
+    dataset's own pids (training tables relabel them, see `RecordTable.build`) and
+    0-based camera ids (the names count cameras from 1, as torchreid and fast-reid assume).
+    """
+
+    #: the domain of every record; also the YAML name
+    name: ClassVar[str]
+    category: ClassVar[str] = "person"
+    #: split -> folder (relative to the dataset folder); a subclass may set it per instance
+    folders: dict[str, str]
+    #: sub-folders the official archive unpacks into, accepted under `root`
+    wrappers: ClassVar[tuple[str, ...]] = ()
+    pattern: ClassVar[NamePattern]
+
+    def __init__(self, root: str) -> None:
+        self.root = find_root(type(self).__name__, root, self.required_folders(), self.wrappers)
+        self._cache: dict[str, list[Record]] = {}
+
+    def required_folders(self) -> list[str]:
+        return list(dict.fromkeys(self.folders.values()))
+
+    def records(self, split: str) -> list[Record]:
+        check_split(type(self).__name__, split, self.splits)
+        if split not in self._cache:
+            self._cache[split] = self.list_split(split)
+        return list(self._cache[split])
+
+    def list_split(self, split: str) -> list[Record]:
+        return self.list_folder(self.root / self.folders[split], split)
+
+    def list_folder(self, folder: Path, split: str) -> list[Record]:
+        out = []
+        for file_name in image_names(folder):
+            path = os.path.join(folder, file_name)
+            parsed = self.parse(path)
+            if parsed is not None:
+                pid, camid = parsed
+                out.append(Record(path=path, pid=pid, camid=camid, category=self.category,
+                                  domain=self.name, split=split))
+        return out
+
+    def parse(self, path: str) -> tuple[int, int] | None:
+        """(pid, 0-based camid) from the file name; pid -1 (junk, the convention of
+        Market-1501 and its followers) is left out as torchreid and fast-reid do."""
+        pid, camera = self.pattern.parse(type(self).__name__, path)[:2]
+        if int(pid) == -1:
+            return None
+        return int(pid), int(camera) - 1

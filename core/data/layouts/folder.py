@@ -1,0 +1,110 @@
+"""A generic folder tree, for data that comes in no standard layout (DESIGN.md "Data"):
+
+    root/<split>/<category>/<identity>/<image>      split: train, query, gallery
+
+Categories and identities are the folders' names; the domain is the root folder's name.
+The camera is read from a `c<N>` token in the file name (`0001_c3_x.jpg`, `c12.png`,
+`42_c2s1_000151_01.jpg` -> N as written); images without one get camera 0.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from core.data.layouts.common import (
+    SPLITS,
+    check_split,
+    image_names,
+    require_dir,
+    subfolder_names,
+)
+from core.interfaces import Dataset
+from core.records import Record
+
+LAYOUT = "<root>/<split>/<category>/<identity>/<image> with split in train, query, gallery"
+CAMERA_TOKEN = re.compile(r"(?:^|_)c(\d+)")
+
+
+class FolderDataset(Dataset):
+    """Records from a `<split>/<category>/<identity>/<image>` tree.
+
+    `category` reads one category folder only (e.g. train on `person`, test on the
+    unseen `animal` from the same tree); None reads all. A missing split folder lists no
+    records, so a train-only tree works; a folder at the split level that is no split
+    is an error (a typo would otherwise empty a split silently).
+
+    Pids: the identity folder's name as an integer when every identity name in the tree
+    is a number and no number appears under two categories; otherwise the index of
+    (category, name) in the sorted list of all of them. Both are the same for every
+    split, so query and gallery folders of one identity share a pid.
+
+    Cameras: without `c<N>` tokens every image has camera 0, and an evaluator that drops
+    same-camera gallery images would drop every positive: set the evaluator's
+    `exclude_same_camera: false` for such trees.
+    """
+
+    def __init__(self, root: str, category: str | None = None) -> None:
+        self.root = Path(root)
+        self.category = category
+        self.domain = self.root.resolve().name  # like the manifest's file stem; "." names the folder
+        require_dir("FolderDataset", self.root, LAYOUT)
+        present = subfolder_names(self.root)
+        stray = [n for n in present if n not in SPLITS]
+        if stray:
+            raise ValueError(f"FolderDataset: {self.root / stray[0]} is not a split folder; expected "
+                             f"{LAYOUT} (found {', '.join(f'{n}/' for n in present)})")
+        if not present:
+            raise FileNotFoundError(f"FolderDataset: no split folder in {self.root}; expected {LAYOUT}")
+        self._cache: dict[str, list[Record]] = {}
+        self._pids = self._identity_labels()
+
+    def _categories(self, split: str) -> list[str]:
+        folder = self.root / split
+        if not folder.is_dir():
+            return []
+        self._no_images_here(folder, "a split folder holds category folders")
+        names = subfolder_names(folder)
+        return [c for c in names if self.category is None or c == self.category]
+
+    def _identities(self, split: str, category: str) -> list[str]:
+        folder = self.root / split / category
+        self._no_images_here(folder, "a category folder holds identity folders")
+        return subfolder_names(folder)
+
+    def _no_images_here(self, folder: Path, why: str) -> None:
+        images = image_names(folder)
+        if images:
+            raise ValueError(f"FolderDataset: image {folder / images[0]} is at the wrong depth ({why}); "
+                             f"expected {LAYOUT}")
+
+    def _identity_labels(self) -> dict[tuple[str, str], int]:
+        pairs = sorted({(c, i) for s in SPLITS for c in self._categories(s) for i in self._identities(s, c)})
+        if self.category is not None and not pairs:
+            found = sorted({c for s in SPLITS if (self.root / s).is_dir() for c in subfolder_names(self.root / s)})
+            raise ValueError(f"FolderDataset: no identities of category '{self.category}' in {self.root}; "
+                             f"categories found: {', '.join(found) or 'none'}")
+        numbers = {(c, int(i)) for c, i in pairs if i.isascii() and i.isdigit()}
+        if len(numbers) == len(pairs) and len({n for _, n in numbers}) == len(numbers):
+            return {(c, i): int(i) for c, i in pairs}
+        return {pair: index for index, pair in enumerate(pairs)}
+
+    def records(self, split: str) -> list[Record]:
+        check_split("FolderDataset", split, self.splits)
+        if split not in self._cache:
+            out = []
+            for category in self._categories(split):
+                for identity in self._identities(split, category):
+                    folder = self.root / split / category / identity
+                    pid = self._pids[(category, identity)]
+                    out.extend(Record(path=str(folder / name), pid=pid, camid=camera_of(name), category=category,
+                                      domain=self.domain, split=split) for name in image_names(folder))
+            self._cache[split] = out
+        return list(self._cache[split])
+
+
+def camera_of(file_name: str) -> int:
+    """N of the first `c<N>` token (at the start or after `_`) of the name, else 0."""
+    match = CAMERA_TOKEN.search(Path(file_name).stem)
+    return int(match.group(1)) if match else 0
+

@@ -1,0 +1,121 @@
+"""MSMT17 (Wei et al. 2018, "Person Transfer GAN to Bridge Domain Gap for Person
+Re-identification"): 4,101 identities, 15 cameras, morning / noon / afternoon light.
+
+Unlike the Market-style layouts, list files define the splits: `list_train.txt`,
+`list_val.txt`, `list_query.txt`, `list_gallery.txt`, one `<image path> <pid>` per line,
+paths relative to the train folder (train, val) or the test folder (query, gallery).
+v1 keeps images in `train/` and `test/`; v2 (faces masked) in `mask_train_v2/` and
+`mask_test_v2/`. The camera comes from the file name,
+`<pid>_<index>_<camera>_<date+time of day>_<frame>_<box>.jpg`, e.g.
+`0000_000_01_0303morning_0015_0.jpg` (camera 1, camid 0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from core.data.layouts.common import (
+    NamePattern,
+    check_split,
+    require_dir,
+    subfolder_names,
+)
+from core.interfaces import Dataset
+from core.records import Record
+
+#: version -> (train folder, test folder, the folder the official archive unpacks into)
+VERSIONS = {"v1": ("train", "test", "MSMT17_V1"), "v2": ("mask_train_v2", "mask_test_v2", "MSMT17_V2")}
+LISTS = {"train": "list_train.txt", "val": "list_val.txt", "query": "list_query.txt",
+         "gallery": "list_gallery.txt"}
+PATTERN = NamePattern.compile(
+    r"^(\d+)_(\d+)_(\d+)_",
+    "<pid>_<index>_<camera>_<date+time of day>_<frame>_<box>.jpg (e.g. 0000_000_01_0303morning_0015_0.jpg)")
+
+
+def _layout(version: str) -> str:
+    train, test, wrapper = VERSIONS[version]
+    return (f"{train}/, {test}/ and {', '.join(LISTS.values())} (directly under the root "
+            f"or inside {wrapper}/)")
+
+
+class MSMT17(Dataset):
+    """MSMT17 with its own pids (train 0..1040, test 0..3059, numbered apart).
+
+    `combine_train_val=True` (default) trains on list_train + list_val, the 32,621
+    images of 1,041 identities that Wei et al. 2018 (Table 1) report as the training set
+    and that reid-strong-baseline and TransReID train on; torchreid and fast-reid train
+    on list_train alone (30,248 images) unless `combineall`. `version="auto"` reads
+    whichever of v1 / v2 is present and refuses to guess when both are.
+    """
+
+    name = "msmt17"
+    category = "person"
+
+    def __init__(self, root: str, version: Literal["auto", "v1", "v2"] = "auto",
+                 combine_train_val: bool = True) -> None:
+        if version not in ("auto", *VERSIONS):
+            raise ValueError(f"MSMT17: unknown version {version!r}; valid versions: auto, "
+                             f"{', '.join(VERSIONS)}")
+        self.combine_train_val = combine_train_val
+        base = Path(root)
+        layout = " or ".join(f"{v}: {_layout(v)}" for v in VERSIONS) if version == "auto" else _layout(version)
+        require_dir("MSMT17", base, layout)
+        self.version, self.root = self._detect(base, version, layout)
+        self._cache: dict[str, list[Record]] = {}
+        train, test, _ = VERSIONS[self.version]
+        self.train_dir, self.test_dir = self.root / train, self.root / test
+        for key in self._lists_needed():
+            if not (self.root / LISTS[key]).is_file():
+                raise FileNotFoundError(f"MSMT17: list file not found: {self.root / LISTS[key]}; "
+                                        f"expected the {self.version} layout {_layout(self.version)}")
+
+    def _detect(self, base: Path, version: str, layout: str) -> tuple[str, Path]:
+        """(version, folder) holding that version's image folders: `base` or its wrapper."""
+        found: dict[str, Path] = {}
+        for v in VERSIONS if version == "auto" else (version,):
+            train, test, wrapper = VERSIONS[v]
+            for folder in (base, base / wrapper):
+                if (folder / train).is_dir() and (folder / test).is_dir():
+                    found.setdefault(v, folder)
+        if len(found) == 1:
+            return next(iter(found.items()))
+        if found:
+            both = "; ".join(f"{v} in {p}" for v, p in found.items())
+            raise ValueError(f"MSMT17: found both versions under {base} ({both}); set version: v1 or v2")
+        seen = [f"{n}/" for n in subfolder_names(base)]
+        seen += [f"{w}/{n}/" for _, _, w in VERSIONS.values() if (base / w).is_dir()
+                 for n in subfolder_names(base / w)]
+        raise FileNotFoundError(f"MSMT17: no {'MSMT17' if version == 'auto' else version} image folders "
+                                f"in {base}; expected {layout}; found: {', '.join(seen) or 'no folders'}")
+
+    def _lists_needed(self) -> list[str]:
+        return ["train", "query", "gallery"] + (["val"] if self.combine_train_val else [])
+
+    def records(self, split: str) -> list[Record]:
+        check_split("MSMT17", split, self.splits)
+        if split not in self._cache:
+            if split == "train":
+                keys = ["train", "val"] if self.combine_train_val else ["train"]
+                self._cache[split] = [r for k in keys for r in self._read_list(k, self.train_dir, split)]
+            else:
+                self._cache[split] = self._read_list(split, self.test_dir, split)
+        return list(self._cache[split])
+
+    def _read_list(self, key: str, image_dir: Path, split: str) -> list[Record]:
+        """The records of one list file, in its order (the official order)."""
+        list_path = self.root / LISTS[key]
+        out = []
+        with list_path.open(encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                fields = line.split()
+                if not fields:
+                    continue
+                where = f"{list_path}:{number}"
+                if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
+                    raise ValueError(f"{where}: expected '<image path> <pid>', e.g. "
+                                     f"'0000/0000_000_01_0303morning_0015_0.jpg 0', got {line.strip()!r}")
+                camera = PATTERN.parse("MSMT17", fields[0], where)[2]
+                out.append(Record(path=str(image_dir / fields[0]), pid=int(fields[1]), camid=int(camera) - 1,
+                                  category=self.category, domain=self.name, split=split))
+        return out

@@ -1,0 +1,76 @@
+"""DDP started by torchrun: 2 CPU processes (gloo) with the same global batch give the same
+loss curve and weights as one process, and only rank 0 writes the run folder."""
+
+import copy
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import yaml
+
+from core.runner import run
+from core.testing import TINY_PIPELINE
+from core.training.checkpoint import load_checkpoint
+from core.training.run_folder import read_metrics
+
+#: A head without BatchNorm: per-process batch statistics would (rightly) differ from the
+#: one-process batch's, so BN-free is what makes the curves comparable.
+LINEAR_HEAD = textwrap.dedent("""
+    from torch import nn
+    from core.hookspecs import hookimpl
+    from core.interfaces import Head
+
+    class LinearHead(Head):
+        def __init__(self, ctx):
+            super().__init__()
+            self.classifier = nn.Linear(ctx.feature_dim, ctx.num_identities)
+
+        def forward(self, features, batch):
+            x = features["global"]
+            return {"features": x, "embedding": x, "logits": self.classifier(x)}
+
+    @hookimpl
+    def register_heads(register):
+        register("linear_test", LinearHead)
+""")
+
+
+@pytest.fixture
+def ddp_pipeline(tmp_path):
+    (tmp_path / "linear_head.py").write_text(LINEAR_HEAD)
+    config = copy.deepcopy(TINY_PIPELINE)
+    config.update(plugins=["./linear_head.py"], head={"name": "linear_test"}, losses=[{"name": "ce"}])
+    # SGD: Adam divides by sqrt(v) and turns float noise in exactly-zero gradients (the
+    # key bias of attention) into full-size steps, which would hide what DDP computes
+    config["stages"][0].update(epochs=2, optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9})
+    config["trainer"].update(eval_before=False, log_every=1)
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(ddp_pipeline, tmp_path):
+    single = run(ddp_pipeline, run_dir=tmp_path / "single")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "core", "run", str(ddp_pipeline), "--run-dir", str(tmp_path / "ddp")],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    curve = lambda d: [(r["global_step"], r["loss"]) for r in read_metrics(d) if r["event"] == "train"]  # noqa: E731
+    one, two = curve(single.run_dir), curve(tmp_path / "ddp")
+    assert [s for s, _ in one] == [s for s, _ in two] and len(one) == 8  # rank 0 logged each step once
+    assert [loss for _, loss in two] == pytest.approx([loss for _, loss in one], rel=1e-4)
+
+    a = load_checkpoint(single.run_dir / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    evals = lambda d: [r for r in read_metrics(d) if r["event"] == "eval"]  # noqa: E731
+    assert evals(tmp_path / "ddp")[0]["synthetic/mAP"] == pytest.approx(evals(single.run_dir)[0]["synthetic/mAP"], abs=0.5)
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == \
+        ["checkpoints", "environment.json", "metrics.jsonl", "pipeline.yaml", "report.md"]

@@ -1,0 +1,79 @@
+"""Ablation sweeps (--grid, --seeds, one comparison table) and `core eval`."""
+
+import csv
+import copy
+
+import numpy as np
+import pytest
+import yaml
+
+from core import sweep
+from core.cli import main
+from core.runner import evaluate_run, run
+from core.testing import TINY_PIPELINE
+from core.training.run_folder import read_metrics
+
+
+@pytest.fixture
+def tiny_yaml(tmp_path):
+    config = copy.deepcopy(TINY_PIPELINE)
+    config["trainer"]["eval_before"] = False
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def final_map(run_dir):
+    return [r for r in read_metrics(run_dir) if r["event"] == "eval"][-1]["synthetic/mAP"]
+
+
+def test_two_by_two_grid_with_two_seeds_writes_one_table(tiny_yaml, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code = main(["run", str(tiny_yaml), "--grid", "sampler.k=2,4", "--grid", "losses.1.margin=0.1,0.3",
+                 "--seeds", "0,1", "--sweep-dir", str(out)])
+    assert code == 0
+    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    assert [r["variant"] for r in rows] == [
+        "tiny sampler.k=2 losses.1.margin=0.1", "tiny sampler.k=2 losses.1.margin=0.3",
+        "tiny sampler.k=4 losses.1.margin=0.1", "tiny sampler.k=4 losses.1.margin=0.3"]
+    for row in rows:
+        folder = out / sweep._slug(row["variant"])
+        values = [final_map(folder / f"seed-{s}") for s in (0, 1)]
+        assert row["seeds_ok"] == "2" and row["status"] == "ok"
+        assert float(row["synthetic/mAP mean"]) == pytest.approx(np.mean(values), abs=1e-4)
+        assert float(row["synthetic/mAP std"]) == pytest.approx(np.std(values, ddof=1), abs=1e-4)
+    seeds = [yaml.safe_load((out / sweep._slug(rows[0]["variant"]) / f"seed-{s}" / "pipeline.yaml").read_text())["seed"]
+             for s in (0, 1)]
+    assert seeds == [0, 1]
+    table = (out / "comparison.md").read_text()
+    assert "| tiny sampler.k=4 losses.1.margin=0.3 | 2 |" in table and " ± " in table
+    assert table in capsys.readouterr().out
+
+
+def test_a_failing_variant_is_reported_and_the_others_run(tiny_yaml, tmp_path):
+    out = tmp_path / "sweep"
+    code = main(["run", str(tiny_yaml), "--grid", "sampler.k=3,4", "--sweep-dir", str(out)])
+    assert code == 1
+    rows = {r["variant"]: r for r in csv.DictReader((out / "comparison.csv").open())}
+    assert rows["tiny sampler.k=3"]["status"].startswith("failed: seed None: ConfigError")
+    assert "must be a multiple of k (3)" in rows["tiny sampler.k=3"]["status"]
+    assert rows["tiny sampler.k=4"]["status"] == "ok" and rows["tiny sampler.k=4"]["seeds_ok"] == "1"
+
+
+def test_grid_values_keep_commas_inside_brackets():
+    assert sweep.split_values("[64, 32],[128, 64]") == ["[64, 32]", "[128, 64]"]
+    assert sweep.parse_grid(["data.transform.size=[64, 32],[32, 16]"]) == [
+        ["data.transform.size=[64, 32]", "data.transform.size=[32, 16]"]]
+
+
+def test_eval_reproduces_the_final_metrics_of_a_run(tiny_yaml, tmp_path):
+    result = run(tiny_yaml, run_dir=tmp_path / "run")
+    assert evaluate_run(result.run_dir) == pytest.approx(result.metrics)
+    checkpoint = result.run_dir / "checkpoints" / "last.pt"
+    flipped = evaluate_run(checkpoint, ["trainer.eval_flip=true", "evaluator.metric=euclidean"])
+    assert set(flipped) == set(result.metrics) and flipped != pytest.approx(result.metrics)
+
+
+def test_eval_of_a_folder_without_a_run_names_what_it_expects(tmp_path, capsys):
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "no pipeline.yaml" in capsys.readouterr().err
