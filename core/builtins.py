@@ -45,3 +45,9 @@ def register_losses(register):
 def register_evaluators(register):
     register("reid", "core.evaluation.reid:ReIDEvaluator")
 
+
+@hookimpl
+def register_commands(subparsers):
+    from core.data.commands import add_data_command  # torch-free at import
+
+    add_data_command(subparsers)

@@ -91,9 +91,10 @@ def test_run_several_pipelines_prints_one_comparison_table(tiny_yaml, tmp_path):
     a.write_text(yaml.safe_dump(data))
     proc = core("run", str(a), str(b))
     assert proc.returncode == 0, proc.stderr
-    table = proc.stdout[proc.stdout.rindex("| | synthetic/mAP"):]
-    assert "| variant-a |" in table and "| variant-b |" in table
-    assert len(list((tmp_path / "runs").iterdir())) == 2
+    table = proc.stdout[proc.stdout.rindex("| variant | seeds | synthetic/mAP"):]
+    assert "| variant-a | 1 |" in table and "| variant-b | 1 |" in table
+    (sweep,) = (tmp_path / "runs").iterdir()
+    assert sorted(p.name for p in sweep.iterdir()) == ["comparison.csv", "comparison.md", "variant-a", "variant-b"]
 
 
 def test_plugins_can_add_subcommands(capsys):

@@ -89,7 +89,7 @@ class ManifestDataset(Dataset):
         if split not in SPLITS:
             raise ValueError(f"{where}: field 'split' has unknown value '{split}'; valid values: {', '.join(SPLITS)}")
         image = Path(str(row["path"]))
-        extras = {k: v for k, v in row.items() if k not in REQUIRED + OPTIONAL}
+        extras = {k: _scalar(v) for k, v in row.items() if k not in REQUIRED + OPTIONAL}
         return Record(
             path=str(image if image.is_absolute() else self.root / image),
             pid=_integer(row["pid"], "pid", where),
@@ -99,6 +99,19 @@ class ManifestDataset(Dataset):
             split=split,
             extras=extras,
         )
+
+
+def _scalar(value: Any) -> Any:
+    """CSV cells are strings: give numeric extras (clothes ids, modality) back their type
+    so they collate into tensors as they do from JSON lines."""
+    if not isinstance(value, str):
+        return value
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _integer(value: Any, key: str, where: str) -> int:

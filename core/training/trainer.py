@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from core.data.loading import ImageSamples, collate
+from core.data.loading import ImageSamples, collate, mix_seed
 from core.interfaces import Episode, FeatureSet
 from core.pipeline import LossTerm, Pipeline, ReIDModel, resolve_device
 from core.plugins import get_plugin_manager
@@ -33,15 +33,9 @@ from core.training.optim import build_optimizer, build_scheduler, select_paramet
 from core.training.report import format_report
 from core.training.run_folder import RunFolder
 
-_MASK = (1 << 63) - 1
-
-
 def sample_seed(seed: int, epoch: int, step: int, slot: int) -> int:
-    """A per-sample augmentation seed (splitmix-style mixing, stable across runs)."""
-    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + step * 0x94D049BB133111EB + slot) & _MASK
-    x ^= x >> 31
-    x = (x * 0xD6E8FEB86659FD93) & _MASK
-    return x ^ (x >> 29)
+    """The augmentation seed of one sample of one step."""
+    return mix_seed(seed, epoch, step, slot)
 
 
 class PlannedBatches:
