@@ -147,3 +147,13 @@ def test_random_sampler_ddp_drops_a_last_batch_too_small_for_every_rank():
     shards = [batches(RandomSampler(make_ctx(SIZES, rank=r, world_size=3), 20)) for r in range(3)]
     assert [len(s) for s in shards] == [5, 5, 5] == [len(RandomSampler(make_ctx(SIZES, r, 3), 20)) for r in range(3)]
     assert len(batches(RandomSampler(ctx, 20))) == 6
+
+
+def test_episodes_shard_by_blocks_and_keep_their_roles():
+    from core.interfaces import Episode
+    from core.samplers.sharding import shard_batch
+
+    episode = Episode(indices=[0, 1, 2, 3, 4, 5, 6, 7], roles=[0, 0, 0, 0, 1, 1, 1, 1])
+    assert shard_batch(episode, 0, 2, unit=2) == Episode([0, 1, 4, 5], [0, 0, 1, 1])
+    assert shard_batch(episode, 1, 2, unit=2) == Episode([2, 3, 6, 7], [0, 0, 1, 1])
+    assert shard_batch([0, 1], 1, 3) is None  # too small for every rank: skipped by all

@@ -22,6 +22,7 @@ import numpy as np
 
 from core.context import BuildContext
 from core.interfaces import Sampler
+from core.samplers.sharding import shard_plan
 
 
 def _rng(seed: int, epoch: int) -> np.random.Generator:
@@ -41,23 +42,6 @@ def _train_table(name: str, ctx: BuildContext):
         raise ValueError(f"sampler '{name}' needs a non-empty training record table "
                          "(data.train); the build context has none")
     return ctx.train
-
-
-def _shard(plan: list[list[int]], rank: int, world_size: int, unit: int) -> list[list[int]]:
-    """Rank `rank`'s slice of every global batch: its share of the batch's blocks of
-    `unit` consecutive indices (a PK batch's identity groups), blocks r, r + W, ...
-
-    A global batch too small to give every rank a block is dropped on all ranks, so all
-    ranks run the same number of steps (DDP hangs otherwise).
-    """
-    if world_size == 1:
-        return plan
-    out = []
-    for batch in plan:
-        blocks = [batch[i:i + unit] for i in range(0, len(batch), unit)]
-        if len(blocks) >= world_size:
-            out.append([i for block in blocks[rank::world_size] for i in block])
-    return out
 
 
 def _check_rank(name: str, ctx: BuildContext) -> tuple[int, int]:
@@ -155,7 +139,7 @@ class PKSampler(Sampler):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from _shard(self.plan(self.epoch), self.rank, self.world_size, self.k)
+        yield from shard_plan(self.plan(self.epoch), self.rank, self.world_size, self.k)
 
     def __len__(self) -> int:
         return self.num_global_batches
@@ -187,7 +171,7 @@ class RandomSampler(Sampler):
         return [perm[i * b:(i + 1) * b].tolist() for i in range(self.num_global_batches)]
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from _shard(self.plan(self.epoch), self.rank, self.world_size, 1)
+        yield from shard_plan(self.plan(self.epoch), self.rank, self.world_size, 1)
 
     def __len__(self) -> int:
         n, b, w = self.num_records, self.batch_size, self.world_size
