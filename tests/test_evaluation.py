@@ -77,12 +77,24 @@ def test_matches_reference_on_random_features(seed, metric, clustered):
     assert_metrics_equal(rank_metrics(d, qp, gp, qc, gc), reference_metrics(d, qp, gp, qc, gc))
 
 
-@pytest.mark.parametrize("sparse_fraction", [-1.0, 2.0], ids=["whole-row", "closer-than-hardest"])
+#: (most bins per row, fraction of listed items above which the whole chunk is binned):
+#: every way through `ranking._positive_ranks`.
+SEARCH_PATHS = pytest.mark.parametrize("max_bins, list_fraction", [(1, 2.0), (8192, 2.0), (8192, -1.0)],
+                                       ids=["one-bin-listed", "fine-bins-listed", "fine-bins-whole-chunk"])
+
+
+def force_search_path(monkeypatch, max_bins, list_fraction):
+    monkeypatch.setattr(ranking, "_MAX_BINS", max_bins)
+    monkeypatch.setattr(ranking, "_LIST_FRACTION", list_fraction)
+
+
+@SEARCH_PATHS
 @pytest.mark.parametrize("clustered", [False, True])
-def test_both_search_paths_match_reference(monkeypatch, sparse_fraction, clustered):
-    """Counting only the items closer than the hardest positive, and counting whole rows
-    (binned histogram), give the reference's ranks."""
-    monkeypatch.setattr(ranking, "_SPARSE_FRACTION", sparse_fraction)
+def test_every_search_path_matches_reference(monkeypatch, max_bins, list_fraction, clustered):
+    """One bin (every item up to the hardest positive ordered exactly) and fine bins
+    (most items counted by the histogram), over the listed items up to the hardest
+    positive or over the whole chunk, give the reference's ranks."""
+    force_search_path(monkeypatch, max_bins, list_fraction)
     q, g, qp, gp, qc, gc = random_problem(7, clustered=clustered)
     d = pairwise_distance(q, g, "cosine")
     assert_metrics_equal(rank_metrics(d, qp, gp, qc, gc), reference_metrics(d, qp, gp, qc, gc))
@@ -98,12 +110,12 @@ def test_float64_distances_match_reference():
 # --- ties ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sparse_fraction", [-1.0, 2.0], ids=["whole-row", "closer-than-hardest"])
+@SEARCH_PATHS
 @pytest.mark.parametrize("seed", [0, 1])
-def test_ties_are_ordered_by_gallery_index(monkeypatch, sparse_fraction, seed):
+def test_ties_are_ordered_by_gallery_index(monkeypatch, max_bins, list_fraction, seed):
     """Quantised features make many distances equal; the stable (distance, index) order
     decides, exactly as np.argsort(kind="stable")."""
-    monkeypatch.setattr(ranking, "_SPARSE_FRACTION", sparse_fraction)
+    force_search_path(monkeypatch, max_bins, list_fraction)
     q, g, qp, gp, qc, gc = random_problem(seed, dim=3, num_ids=8)
     q, g = torch.round(q * 2) / 2, torch.round(g * 2) / 2
     d = pairwise_distance(q, g, "euclidean")
@@ -127,10 +139,10 @@ def test_all_equal_distances_rank_by_gallery_index():
                                  "mINP": 100 * 2 / 3, "num_valid_queries": 1})
 
 
-@pytest.mark.parametrize("sparse_fraction", [-1.0, 2.0], ids=["whole-row", "closer-than-hardest"])
-def test_negative_and_signed_zero_distances(monkeypatch, sparse_fraction):
+@SEARCH_PATHS
+def test_negative_and_signed_zero_distances(monkeypatch, max_bins, list_fraction):
     """Distances may be negative (e.g. negated similarities); -0.0 ties with +0.0."""
-    monkeypatch.setattr(ranking, "_SPARSE_FRACTION", sparse_fraction)
+    force_search_path(monkeypatch, max_bins, list_fraction)
     rng = np.random.default_rng(0)
     d = rng.choice(np.array([-2.0, -1.0, -0.0, 0.0, 0.5, 1.0], dtype=np.float32), size=(20, 50))
     qp, gp = rng.integers(0, 5, 20), rng.integers(0, 5, 50)
@@ -341,3 +353,58 @@ def test_non_finite_distances_are_rejected():
     d[1, 2] = float("nan")
     with pytest.raises(ValueError, match="NaN or infinite"):
         rank_metrics(d, np.array([0, 1]), np.array([0, 1, 1]), np.array([0, 0]), np.array([1, 1, 1]))
+
+
+# --- faiss search ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_faiss_flat_equals_exact(metric):
+    pytest.importorskip("faiss")
+    query, gallery = feature_sets(categories=True)
+    exact = ReIDEvaluator(metric=metric).evaluate(query, gallery)
+    assert_metrics_equal(ReIDEvaluator(metric=metric, search="faiss_flat").evaluate(query, gallery), exact, tol=1e-4)
+
+
+def test_faiss_ivf_reports_truncated_map_and_finds_clustered_neighbours():
+    """IVF on a clustered set: rank-1 close to exact; mAP is named for its truncation."""
+    pytest.importorskip("faiss")
+    q, g, qp, gp, qc, gc = random_problem(12, num_q=200, num_g=2000, dim=32, num_ids=50, clustered=True)
+    query, gallery = FeatureSet(q, qp, qc), FeatureSet(g, gp, gc)
+    exact = ReIDEvaluator().evaluate(query, gallery)
+    ivf = ReIDEvaluator(search="faiss_ivf", nprobe=8, topk=100).evaluate(query, gallery)
+    assert set(ivf) == {"rank-1", "rank-5", "rank-10", "mAP@100", "num_valid_queries"}
+    assert ivf["num_valid_queries"] == exact["num_valid_queries"]
+    assert ivf["rank-1"] == pytest.approx(exact["rank-1"], abs=3.0)
+
+
+def test_faiss_ivf_with_the_whole_gallery_retrieved_equals_exact():
+    """With every list probed and k = G, mAP@G is the full mAP and CMC is exact."""
+    pytest.importorskip("faiss")
+    query, gallery = feature_sets()
+    exact = ReIDEvaluator().evaluate(query, gallery)
+    ivf = ReIDEvaluator(search="faiss_ivf", nlist=4, nprobe=4, topk=len(gallery)).evaluate(query, gallery)
+    assert ivf[f"mAP@{len(gallery)}"] == pytest.approx(exact["mAP"], abs=1e-4)
+    for k in RANKS:
+        assert ivf[f"rank-{k}"] == pytest.approx(exact[f"rank-{k}"], abs=1e-9)
+
+
+def test_missing_faiss_says_how_to_install(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_faiss(name, *args, **kwargs):
+        if name == "faiss":
+            raise ImportError("No module named 'faiss'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_faiss)
+    query, gallery = feature_sets()
+    with pytest.raises(ImportError, match="pip install faiss-cpu"):
+        ReIDEvaluator(search="faiss_flat").evaluate(query, gallery)
+
+
+def test_unknown_search_names_the_valid_ones():
+    with pytest.raises(ValueError, match="'annoy'.*exact, faiss_flat, faiss_ivf"):
+        ReIDEvaluator(search="annoy")

@@ -18,16 +18,16 @@ Ties. Equal distances are ordered by gallery index: the ranking is a STABLE sort
 default quicksort leaves ties in an unspecified order; ours is reproducible.
 
 Speed. None of the metrics needs the full ranking, only the rank of each positive among
-the kept items: 1 + the number of kept items before it in the (distance, index) order.
-Per chunk of queries we sort the few positive distances of each row and bucket every
-gallery distance between them (`torch.searchsorted`: O(G log P) per row instead of the
-O(G log G) full sort); the bucket histogram, cumulated, counts the items at or below
-each positive. Items at exactly a positive's distance but with a larger index (float32
-distances tie often) are then taken back out, from the short list of such items. When
-the positives rank high (a trained model), only the items no farther than the row's
-hardest positive are bucketed. All operations are torch ops on the device of the
-distances (GPU when the features are there); temporaries stay under `memory_budget`
-bytes by chunking the queries.
+the kept items: 1 + the number of kept items before it in the (distance, index) order,
+and only items no farther than the row's hardest positive can be before one. Per chunk
+of queries (see `_positive_ranks`): a monotone float map puts those items into integer
+bins; one histogram, cumulated, counts the items in lower bins than each positive; the
+few items sharing a bin with a positive are ordered exactly by (distance, index). No
+sort of the gallery and no binary search per item: a handful of passes over the chunk,
+which is kept small enough to stay in cache. With a trained model only a few percent of
+the items are within the hardest positive, and only those are listed and binned. All
+operations are torch ops on the device of the distances (GPU when the features are
+there); temporaries stay under `memory_budget` bytes by chunking the queries.
 """
 
 from __future__ import annotations
@@ -41,14 +41,20 @@ import torch
 #: Default bound on the temporaries of one chunk of queries (bytes).
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 #: Bytes of temporaries per (query, gallery) entry of a chunk, a conservative estimate:
-#: the distances (4; 8 while a euclidean chunk is computed), int64 buckets (8), the tie
-#: check (5), the identity mask (1).
+#: the distances (4; 8 while a euclidean chunk is computed), the shifted distances (4),
+#: the int64 bins (8), the shared-bin mask (1), the histogram (8 per bin, <= 1 per entry).
 _BYTES_PER_ENTRY = 32
-#: Bucket only the items closer than the hardest positive when they are at most this
-#: fraction of a chunk; beyond it the dense batched search is faster.
-_SPARSE_FRACTION = 0.25
-#: Most histogram bins per row of the binned count (memory: 8 bytes per bin and row).
+#: Automatic chunks hold at most this many (query, gallery) entries: the few passes over
+#: a chunk then run in cache (measured fastest on CPU between 2**20 and 2**22).
+_CACHE_ENTRIES = 2**21
+#: Most histogram bins per row (memory: 8 bytes per bin and row of a chunk).
 _MAX_BINS = 8192
+#: Gallery items per histogram bin (fewer: larger histograms; more: more items to order).
+_ITEMS_PER_BIN = 4
+#: List the items up to the hardest positive (instead of binning the whole chunk) when at
+#: most this fraction of a sample of every `_SAMPLE_STRIDE`-th column is among them.
+_LIST_FRACTION = 0.25
+_SAMPLE_STRIDE = 16
 
 #: A (Q, G) distance matrix, or a function returning its rows [start, stop).
 DistanceSource = Union[torch.Tensor, np.ndarray, Callable[[int, int], torch.Tensor]]
@@ -155,13 +161,14 @@ def validate_ranks(ranks: Sequence[int]) -> list[int]:
 
 def resolve_chunk_size(chunk_size: int, num_queries: int, num_gallery: int,
                        memory_budget: int = DEFAULT_MEMORY_BUDGET) -> int:
-    """Queries per chunk: `chunk_size` if positive, else as many as fit the budget."""
+    """Queries per chunk: `chunk_size` if positive, else as many as fit the budget and
+    `_CACHE_ENTRIES` (small chunks keep the passes over a chunk in cache)."""
     if chunk_size < 0:
         raise ValueError(f"chunk_size must be >= 0 (0 = automatic), got {chunk_size}")
     if memory_budget <= 0:
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
     if chunk_size == 0:
-        chunk_size = memory_budget // (_BYTES_PER_ENTRY * max(num_gallery, 1))
+        chunk_size = min(memory_budget // _BYTES_PER_ENTRY, _CACHE_ENTRIES) // max(num_gallery, 1)
     return max(1, min(chunk_size, max(num_queries, 1)))
 
 
@@ -189,20 +196,57 @@ class _GalleryIndex:
 def _positive_ranks(d: torch.Tensor, q_pids: torch.Tensor, q_cams: torch.Tensor,
                     gallery: "_GalleryIndex", exclude_same_camera: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(num_pos (c,), ranks (c, P)): the 1-based ranks among kept items of each row's
-    positives, ascending; entries at and after num_pos[row] are padding."""
-    c = d.shape[0]
+    positives, ascending; entries at and after num_pos[row] are padding.
+
+    A positive's rank is 1 + the kept items before it in the (distance, index) order,
+    and only the items no farther than the row's hardest positive can be before one.
+    (1) A monotone map sends each of those distances to an integer bin (`_BinMap`): an
+    item in a lower bin than the positive is before it, and a histogram, cumulated,
+    counts those. (2) The items sharing a bin with some positive (a few per positive)
+    are listed and ordered exactly by (row, distance, index); the kept ones before the
+    positive in its bin complete its count. Ties, removed items and signed zeros need no
+    special case, and no per-item binary search or sort of the gallery is needed.
+    """
+    c, g = d.shape
     rows, cols = gallery.same_identity(q_pids)
     junk = _is_junk(rows, cols, q_cams, gallery.cams, exclude_same_camera)
-    pos_rows, pos_cols = rows[~junk], cols[~junk]
-    num_pos = torch.bincount(pos_rows, minlength=c)
+    num_pos = torch.bincount(rows[~junk], minlength=c)
     width = int(num_pos.max()) if c else 0
     if width == 0:
         return num_pos, torch.ones((c, 0), dtype=torch.int64, device=d.device)
-    thresholds = _sorted_positive_distances(d, pos_rows, pos_cols, num_pos, width)
-    pos_ranks, tie_rows, tie_cols = _at_or_below(d, thresholds, num_pos)
-    pos_ranks -= _at_or_below_removed(d, thresholds, rows[junk], cols[junk])
-    pos_ranks -= _later_ties(d, tie_rows, tie_cols, q_pids, gallery.pids, q_cams, gallery.cams,
-                             exclude_same_camera, num_pos, width)
+    flat_d = d.view(-1)
+    pos_flat, junk_flat = rows[~junk] * g + cols[~junk], rows[junk] * g + cols[junk]
+    pos_values = flat_d.index_select(0, pos_flat)
+    hardest = torch.full((c,), -float("inf"), dtype=d.dtype, device=d.device)
+    hardest.scatter_reduce_(0, rows[~junk], pos_values, "amax")
+    listed = _items_up_to(d, hardest)
+    to_bin = _BinMap(d, hardest, g if listed is None else len(listed) // max(c, 1))
+    if listed is None:  # most items: bin the whole chunk in place of listing it
+        bins = to_bin(d, torch.arange(c, device=d.device)[:, None]).view(-1)
+    else:
+        bins = to_bin(flat_d.index_select(0, listed), listed // g)
+    counts = torch.bincount(bins, minlength=to_bin.total)
+    junk_bins = to_bin(flat_d.index_select(0, junk_flat), junk_flat // g)
+    counts.index_add_(0, junk_bins, torch.ones_like(junk_bins, dtype=counts.dtype), alpha=-1)
+    kept_below = counts.view(c, -1).cumsum(1).view(-1).sub_(counts)  # kept items in lower bins
+    shared = torch.zeros(to_bin.total, dtype=torch.bool, device=d.device)
+    shared[to_bin(pos_values, pos_flat // g)] = True
+    sharing = _nonzero(lambda out: torch.index_select(shared, 0, bins, out=out), len(bins), d.device)
+    s_bins = bins.index_select(0, sharing)
+    s_flat = sharing if listed is None else listed.index_select(0, sharing)
+    s_flat, s_bins = _sort_by_distance(flat_d, s_flat, s_bins)
+    s_rows, s_cols = s_flat // g, s_flat % g
+    same_pid = q_pids.index_select(0, s_rows) == gallery.pids.index_select(0, s_cols)
+    kept = ~(same_pid & _is_junk(s_rows, s_cols, q_cams, gallery.cams, exclude_same_camera))
+    kept_before = kept.cumsum(0) - kept.long()  # kept listed items before each one
+    group_start = torch.ones_like(kept)
+    group_start[1:] = s_bins[1:] != s_bins[:-1]
+    first = torch.where(group_start, torch.arange(len(kept), device=d.device), 0).cummax(0).values
+    rank = kept_below.index_select(0, s_bins) + kept_before - kept_before.index_select(0, first) + 1
+    is_pos = same_pid & kept
+    out_rows = s_rows[is_pos]
+    pos_ranks = torch.zeros((c, width), dtype=torch.int64, device=d.device)
+    pos_ranks[out_rows, _slots(out_rows, num_pos)] = rank[is_pos]
     return num_pos, pos_ranks
 
 
@@ -210,143 +254,61 @@ def _is_junk(rows, cols, q_cams, g_cams, exclude_same_camera: bool) -> torch.Ten
     """Of same-identity (row, col) pairs, those the protocol removes: same camera."""
     if not exclude_same_camera:
         return torch.zeros_like(rows, dtype=torch.bool)
-    return q_cams[rows] == g_cams[cols]
+    return q_cams.index_select(0, rows) == g_cams.index_select(0, cols)
 
 
-def _sorted_positive_distances(d, pos_rows, pos_cols, num_pos, width) -> torch.Tensor:
-    """(c, width) each row's positive distances, ascending, padded with +inf."""
-    out = torch.full((d.shape[0], width), float("inf"), dtype=d.dtype, device=d.device)
-    out[pos_rows, _slots(pos_rows, num_pos)] = d[pos_rows, pos_cols]
-    return out.sort(dim=1).values
+def _items_up_to(d: torch.Tensor, hardest: torch.Tensor) -> torch.Tensor | None:
+    """Flat indices of the items no farther than their row's hardest positive, or None
+    when they are most of the chunk (random features: listing them would cost more than
+    binning every item). A trained model's positives rank high: a few percent remain."""
+    sample = d[:, ::_SAMPLE_STRIDE] <= hardest[:, None]
+    if float(sample.float().mean()) > _LIST_FRACTION:
+        return None
+    return _nonzero(lambda out: torch.le(d, hardest[:, None], out=out.view(d.shape)), d.numel(), d.device)
 
 
-def _at_or_below(d, thresholds, num_pos) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """at (c, P) with at[r, k] = #{items g: d[r, g] <= thresholds[r, k]} for each real
-    threshold k (padding entries are meaningless), and the (row, col) of every item whose
-    distance equals one of its row's real thresholds (the positives themselves included).
-
-    Three exact ways, picked for speed: only the items no farther than the hardest
-    positive when they are few (a trained model); else a binned histogram (float32);
-    else a batched binary search of every item (other dtypes).
-    """
-    if d.dtype != torch.float32:
-        return _at_or_below_searched(d, thresholds)
-    hardest = thresholds.gather(1, (num_pos - 1).clamp(min=0)[:, None])
-    hardest = torch.where(num_pos[:, None] > 0, hardest, torch.full_like(hardest, -float("inf")))
-    candidates = d <= hardest
-    if int(torch.count_nonzero(candidates)) <= _SPARSE_FRACTION * candidates.numel():
-        rows, cols = candidates.nonzero(as_tuple=True)
-        del candidates
-        return _at_or_below_of_items(d[rows, cols], rows, cols, thresholds)
-    del candidates
-    return _at_or_below_binned(d, thresholds, num_pos, hardest)
+def _nonzero(fill_mask, n: int, device: torch.device) -> torch.Tensor:
+    """Indices of the True entries of a length-n boolean mask, written by `fill_mask(out)`,
+    when few are True. The mask is read 8 entries at a time (as int64 words): only the
+    words holding a True entry are looked at entry by entry."""
+    words = torch.zeros((n + 7) // 8, dtype=torch.int64, device=device)
+    mask = words.view(torch.bool)
+    fill_mask(mask[:n])
+    hit = words.nonzero()[:, 0]
+    candidates = (hit[:, None] * 8 + torch.arange(8, device=hit.device)).view(-1)
+    return candidates[mask.index_select(0, candidates)]
 
 
-def _at_or_below_searched(d, thresholds):
-    """Batched binary search of every distance among its row's thresholds."""
-    c, width = thresholds.shape
-    bucket = torch.searchsorted(thresholds, d)  # number of thresholds < d[r, g]
-    ties = _pad_inf(thresholds).gather(1, bucket) == d
-    tie_rows, tie_cols = ties.nonzero(as_tuple=True)
-    del ties
-    bucket += torch.arange(c, device=d.device)[:, None] * (width + 1)
-    counts = torch.bincount(bucket.view(-1), minlength=c * (width + 1)).view(c, width + 1)
-    return counts[:, :width].cumsum(1), tie_rows, tie_cols
+class _BinMap:
+    """Row r's range [min, hardest positive] cut into equal bins (farther items share the
+    last one); `map(values, rows)` gives each item's bin, offset by row * bins_per_row,
+    as int32. The map x -> (x - min) * scale, clamped, plus the offset, is a chain of
+    correctly rounded float operations, each monotone, so it never inverts two
+    distances of a row (it may merge them into one bin; `_positive_ranks` then orders
+    them exactly), and it gives an item the same bin whatever tensor it is computed in.
+    Rows never share a bin: offsets stay below 2**24 (exact in float32)."""
+
+    def __init__(self, d: torch.Tensor, hardest: torch.Tensor, items_per_row: int):
+        c = d.shape[0]
+        self.per_row = max(3, min(_MAX_BINS + 1, items_per_row // _ITEMS_PER_BIN + 2, 2**24 // max(c, 1)))
+        self.total = c * self.per_row
+        self.lo = d.amin(1)
+        scale = (self.per_row - 2) / (hardest - self.lo).clamp_(min=0)
+        self.scale = torch.where(torch.isfinite(scale), scale, torch.zeros_like(scale))  # one bin if span 0
+        self.offset = torch.arange(c, device=d.device, dtype=d.dtype) * self.per_row
+
+    def __call__(self, values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        binned = (values - self.lo[rows]).mul_(self.scale[rows]).clamp_(max=self.per_row - 1)
+        return binned.add_(self.offset[rows]).to(torch.int32)
 
 
-def _at_or_below_of_items(values, rows, cols, thresholds):
-    """The count over the listed items only (row-major `rows`). All rows are searched at
-    once by giving each (row, distance) an int64 key that sorts by row, then distance."""
-    c, width = thresholds.shape
-    row_thresholds = (torch.arange(c, device=rows.device)[:, None] << 32) | _ordered_bits(thresholds)
-    bucket = torch.searchsorted(row_thresholds.view(-1), (rows << 32) | _ordered_bits(values))
-    bucket -= rows * width
-    ties = _pad_inf(thresholds)[rows, bucket] == values
-    counts = torch.bincount(rows * (width + 1) + bucket, minlength=c * (width + 1)).view(c, width + 1)
-    return counts[:, :width].cumsum(1), rows[ties], cols[ties]
-
-
-def _at_or_below_binned(d, thresholds, num_pos, hardest):
-    """The count without a binary search per item. A monotone map puts each distance of
-    a row into one of `bins` equal bins from the row's minimum to its hardest positive
-    (farther ones into a last bin); a bin without a threshold is counted whole, from a
-    histogram, and only the items sharing a bin with a threshold (a few percent) are
-    searched exactly. Monotone means the same float ops on items and thresholds."""
-    c, width = thresholds.shape
-    bins = max(16, min(_MAX_BINS, d.shape[1] // 2))
-    lo = d.amin(1, keepdim=True)
-    scale = (bins - 1) / (torch.where(num_pos[:, None] > 0, hardest, lo) - lo)
-    scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, torch.ones_like(scale))
-    offsets = torch.arange(c, device=d.device, dtype=torch.int64)[:, None] * (bins + 1)
-    thr_bin = _bin(thresholds, lo, scale, bins)
-    real = torch.arange(width, device=d.device)[None, :] < num_pos[:, None]
-    shared = torch.zeros(c * (bins + 1), dtype=torch.bool, device=d.device)
-    shared[(thr_bin + offsets)[real]] = True
-    item_bin = _bin(d, lo, scale, bins, dtype=torch.int32)
-    item_bin += offsets.to(torch.int32)
-    hist = torch.bincount(item_bin.view(-1), minlength=c * (bins + 1))
-    rows, cols = shared[item_bin.long()].nonzero(as_tuple=True)
-    del item_bin
-    hist[shared] = 0
-    whole = torch.nn.functional.pad(hist.view(c, bins + 1).cumsum(1), (1, 0))  # whole[r, b]: bins < b
-    exact, tie_rows, tie_cols = _at_or_below_of_items(d[rows, cols], rows, cols, thresholds)
-    return whole.gather(1, thr_bin) + exact, tie_rows, tie_cols
-
-
-def _bin(x, lo, scale, bins, dtype=torch.int64):
-    """Monotone map of a row's distances to bins 0..bins (clamped)."""
-    return ((x - lo) * scale).clamp_(0, bins).to(dtype)
-
-
-def _pad_inf(thresholds: torch.Tensor) -> torch.Tensor:
-    """Append a +inf column, so a bucket index (0..P) can index it."""
-    return torch.nn.functional.pad(thresholds, (0, 1), value=float("inf"))
-
-
-def _ordered_bits(x: torch.Tensor) -> torch.Tensor:
-    """float32 -> int64 in [0, 2**32) with the same order (-0.0 and +0.0 equal)."""
-    bits = (x + 0.0).view(torch.int32).to(torch.int64)
-    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-    return bits + 2**31
-
-
-def _at_or_below_removed(d, thresholds, rows, cols) -> torch.Tensor:
-    """(c, P) the share of the removed items (rows, cols) in the counts."""
-    c, width = thresholds.shape
-    if rows.numel() == 0:
-        return torch.zeros((c, width), dtype=torch.int64, device=d.device)
-    values = d[rows, cols][:, None].contiguous()
-    bucket = torch.searchsorted(thresholds[rows].contiguous(), values)[:, 0]
-    counts = torch.bincount(rows * (width + 1) + bucket, minlength=c * (width + 1)).view(c, width + 1)
-    return counts[:, :width].cumsum(1)
-
-
-def _later_ties(d, rows, cols, q_pids, g_pids, q_cams, g_cams, exclude_same_camera: bool,
-                num_pos, width) -> torch.Tensor:
-    """(c, P) per positive, the kept items at the SAME distance but a larger gallery
-    index: the bucket count put them before it, the stable (distance, index) order after.
-
-    `rows, cols` list every item whose distance equals one of its row's positives',
-    in row-major order; ordered by (row, distance, index), each run of equal distances
-    is one tie group, and an item's later ties are the rest of its group. The positives,
-    all in the list, come out in the order of the sorted thresholds.
-    """
-    same_pid = q_pids[rows] == g_pids[cols]
-    keep = ~(same_pid & _is_junk(rows, cols, q_cams, g_cams, exclude_same_camera))
-    rows, cols, same_pid = rows[keep], cols[keep], same_pid[keep]
-    values = d[rows, cols]
-    order = torch.sort(values, stable=True).indices
-    order = order[torch.sort(rows[order], stable=True).indices]
-    rows, values, same_pid = rows[order], values[order], same_pid[order]
-    starts = torch.ones_like(rows, dtype=torch.bool)
-    starts[1:] = (rows[1:] != rows[:-1]) | (values[1:] != values[:-1])
-    group = starts.cumsum(0) - 1
-    group_end = torch.bincount(group).cumsum(0)[group]
-    later = group_end - torch.arange(rows.numel(), device=rows.device) - 1
-    out = torch.zeros((d.shape[0], width), dtype=torch.int64, device=d.device)
-    pos_rows = rows[same_pid]
-    out[pos_rows, _slots(pos_rows, num_pos)] = later[same_pid]
-    return out
+def _sort_by_distance(flat_d, flat, bins) -> tuple[torch.Tensor, torch.Tensor]:
+    """Listed items (flat indices in row-major order) reordered by (row, distance,
+    index): a stable sort by distance, then a stable sort by bin (bins are row-major
+    and monotone in distance)."""
+    order = torch.sort(flat_d.index_select(0, flat), stable=True).indices
+    order = order.index_select(0, torch.sort(bins.index_select(0, order), stable=True).indices)
+    return flat.index_select(0, order), bins.index_select(0, order)
 
 
 def _slots(rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -424,19 +386,26 @@ def _codes(query_ids, gallery_ids, what: str) -> tuple[np.ndarray, np.ndarray]:
 def _per_category(per_query: PerQueryMetrics, ranks: list[int], q_categories,
                   category_names: Sequence[str] | None) -> dict[str, float]:
     """The same metrics over each query category's queries (against the whole gallery)."""
+    def summary(mask):
+        return summarise(per_query, ranks, mask, what="this category")
+    return _per_category_with(summary, per_query.valid, q_categories, category_names)
+
+
+def _per_category_with(summary, valid: np.ndarray, q_categories,
+                       category_names: Sequence[str] | None) -> dict[str, float]:
+    """`summary(mask)` of each query category under "<name>/<metric>" keys; a category
+    without a valid query only reports its `num_valid_queries` of 0."""
     cats = np.asarray(q_categories.cpu() if isinstance(q_categories, torch.Tensor) else q_categories)
-    if cats.shape != per_query.valid.shape:
-        raise ValueError(f"q_categories has shape {cats.shape} but there are "
-                         f"{len(per_query.valid)} queries")
+    if cats.shape != valid.shape:
+        raise ValueError(f"q_categories has shape {cats.shape} but there are {len(valid)} queries")
     out: dict[str, float] = {}
     for cat in np.unique(cats):
         name = _category_name(cat, category_names)
         mask = cats == cat
-        if not (per_query.valid & mask).any():
+        if not (valid & mask).any():
             out[f"{name}/num_valid_queries"] = 0
             continue
-        sub = summarise(per_query, ranks, mask, what=f"category {name!r}")
-        out.update({f"{name}/{key}": value for key, value in sub.items()})
+        out.update({f"{name}/{key}": value for key, value in summary(mask).items()})
     return out
 
 

@@ -1,0 +1,137 @@
+"""faiss-backed search for `ReIDEvaluator` (imported only when a faiss search is chosen).
+
+Two uses, and what each is honestly good for:
+
+* "faiss_flat": faiss computes the exact distances, chunk by chunk, and the standard
+  protocol ranks them (`core.evaluation.ranking`): the metrics are the exact ones (up to
+  float rounding of the distance kernel). A flat top-k search with k = G would be the
+  same ranking at the cost of a full sort per query, so we do not search at all.
+* "faiss_ivf": an inverted-file index (Jegou et al. 2011, "Product Quantization for
+  Nearest Neighbor Search"; faiss, Johnson et al. 2019) returns each query's approximate
+  top k. Nothing is known beyond the retrieved list, so mAP is truncated as large-scale
+  retrieval reports it (e.g. the Google Landmarks benchmarks' mAP@100): with m the
+  query's kept positives in the whole gallery and P(i) the precision at kept rank i,
+
+      AP@k = sum_{i <= k, item i positive} P(i) / min(m, k)
+
+  reported as "mAP@<k>"; CMC counts a query whose first positive is not retrieved as a
+  miss; mINP (which needs the hardest positive's rank) is not reported. Removed items
+  (same identity and camera) are dropped from the list first; the search asks for k plus
+  the most removed items of any query, so k kept items remain. Ties in the list keep
+  faiss's order.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+#: The values of `ReIDEvaluator(search=...)`.
+SEARCHES = ("exact", "faiss_flat", "faiss_ivf")
+
+
+def import_faiss(search: str):
+    """The faiss module, or an ImportError saying how to install it."""
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError(f"evaluator 'reid': search {search!r} needs faiss, which is not installed; "
+                          "pip install faiss-cpu (or faiss-gpu), or use search: exact") from None
+    return faiss
+
+
+def _as_faiss(features: torch.Tensor, metric: str) -> np.ndarray:
+    """float32, C-contiguous numpy; L2-normalised for cosine (inner product = cosine)."""
+    x = features.detach().float().cpu()
+    if metric == "cosine":
+        x = torch.nn.functional.normalize(x, dim=1)
+    return np.ascontiguousarray(x.numpy())
+
+
+def faiss_distance_rows(query: torch.Tensor, gallery: torch.Tensor,
+                        metric: str) -> Callable[[int, int], torch.Tensor]:
+    """rows(start, stop) -> (stop - start, G) exact distances from faiss's kernels:
+    1 - inner product of unit vectors (cosine), sqrt of faiss's squared L2 (euclidean)."""
+    faiss = import_faiss("faiss_flat")
+    q, g = _as_faiss(query, metric), _as_faiss(gallery, metric)
+    kind = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+
+    def rows(start: int, stop: int) -> torch.Tensor:
+        d = torch.from_numpy(faiss.pairwise_distances(q[start:stop], g, metric=kind))
+        return (1.0 - d) if metric == "cosine" else d.clamp_(min=0).sqrt_()
+
+    return rows
+
+
+def ivf_search(query: torch.Tensor, gallery: torch.Tensor, metric: str, k: int,
+               nlist: int = 0, nprobe: int = 16) -> np.ndarray:
+    """(Q, k) gallery indices of each query's approximate top k, nearest first (-1 where
+    fewer were found). `nlist` 0 picks ~4 sqrt(G) lists (faiss's guideline)."""
+    faiss = import_faiss("faiss_ivf")
+    q, g = _as_faiss(query, metric), _as_faiss(gallery, metric)
+    nlist = nlist or max(1, round(4 * math.sqrt(len(g))))
+    nlist = min(nlist, len(g))
+    kind = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+    quantizer = faiss.IndexFlatIP(g.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(g.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, g.shape[1], nlist, kind)
+    index.train(g)
+    index.add(g)
+    index.nprobe = min(nprobe, nlist)
+    return index.search(q, min(k, len(g)))[1]
+
+
+def topk_per_query(retrieved: np.ndarray, q_pids, g_pids, q_cams, g_cams, k: int,
+                   exclude_same_camera: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per query from a retrieved list: (valid, first kept-positive rank or 0, AP@k);
+    see the module doc. `valid` as in the full protocol: a kept positive exists."""
+    q_pids, g_pids, q_cams, g_cams = (np.asarray(a) for a in (q_pids, g_pids, q_cams, g_cams))
+    found = retrieved >= 0
+    idx = np.where(found, retrieved, 0)
+    same_pid = found & (g_pids[idx] == q_pids[:, None])
+    junk = same_pid & (g_cams[idx] == q_cams[:, None]) if exclude_same_camera else np.zeros_like(same_pid)
+    kept = found & ~junk
+    kept_rank = np.cumsum(kept, axis=1)
+    hit = same_pid & kept & (kept_rank <= k)
+    hits_so_far = np.cumsum(hit, axis=1)
+    num_pos = kept_positives(q_pids, g_pids, q_cams, g_cams, exclude_same_camera)
+    ap = np.where(hit, hits_so_far / np.maximum(kept_rank, 1), 0.0).sum(1) / np.maximum(np.minimum(num_pos, k), 1)
+    first = np.where(hit.any(1), kept_rank[np.arange(len(hit)), hit.argmax(1)], 0)
+    return num_pos > 0, first, ap
+
+
+def kept_positives(q_pids, g_pids, q_cams, g_cams, exclude_same_camera: bool) -> np.ndarray:
+    """Per query, the gallery items of its identity that the protocol keeps: those of its
+    identity, less (when excluding) those of its identity and camera."""
+    pids = np.unique(np.concatenate([q_pids, g_pids]), return_inverse=True)[1]
+    cams = np.unique(np.concatenate([q_cams, g_cams]), return_inverse=True)[1]
+    nq = len(q_pids)
+    kept = _occurrences(pids[:nq], pids[nq:])
+    if exclude_same_camera:
+        pairs = pids * (cams.max() + 1) + cams
+        kept -= _occurrences(pairs[:nq], pairs[nq:])
+    return kept
+
+
+def _occurrences(keys: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """How often each of `keys` occurs in `pool`."""
+    values, counts = np.unique(pool, return_counts=True)
+    at = np.clip(np.searchsorted(values, keys), 0, len(values) - 1)
+    return np.where(values[at] == keys, counts[at], 0).astype(np.int64)
+
+
+def summarise_topk(valid: np.ndarray, first: np.ndarray, ap: np.ndarray, ranks: Sequence[int], k: int,
+                   mask: np.ndarray | None = None) -> dict[str, float]:
+    """CMC at `ranks` and mAP@k over the valid queries (of `mask`), as percentages."""
+    keep = valid if mask is None else valid & mask
+    n = int(keep.sum())
+    if n == 0:
+        raise ValueError("no valid query: no query has a gallery item of its identity (left after "
+                         "removing same-identity same-camera items)")
+    out: dict[str, float] = {f"rank-{r}": 100.0 * float(np.mean((first[keep] > 0) & (first[keep] <= r)))
+                             for r in ranks}
+    out[f"mAP@{k}"] = 100.0 * float(np.mean(ap[keep]))
+    out["num_valid_queries"] = n
+    return out
