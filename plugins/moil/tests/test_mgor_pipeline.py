@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from core.runner import run, validate
+from core.runner import run
 
 PIPELINE = Path(__file__).resolve().parents[3] / "pipelines" / "mgor_edps_moil_synthetic.yaml"
 
