@@ -51,3 +51,23 @@ def register_commands(subparsers):
     from core.data.commands import add_data_command  # torch-free at import
 
     add_data_command(subparsers)
+    from core.tools.commands import add_tool_commands  # torch-free at import
+
+    add_tool_commands(subparsers)
+
+
+@hookimpl
+def on_evaluate_end(trainer, metrics):
+    """Redraw `<run>/curves.png` (loss, lr, metrics over steps) after every evaluation of a
+    run that writes a folder; a drawing failure warns and never stops training."""
+    run = getattr(trainer, "run", None)
+    if run is None or not run.enabled or not run.metrics_file.exists():
+        return
+    try:
+        from core.tools.curves import write_curves
+
+        write_curves(run.path)
+    except Exception as exc:  # noqa: BLE001 - a picture must not end a run
+        import warnings
+
+        warnings.warn(f"could not draw {run.path / 'curves.png'}: {exc}", stacklevel=2)

@@ -73,4 +73,4 @@ def test_two_processes_match_one_process_with_the_same_global_batch(ddp_pipeline
     evals = lambda d: [r for r in read_metrics(d) if r["event"] == "eval"]  # noqa: E731
     assert evals(tmp_path / "ddp")[0]["synthetic/mAP"] == pytest.approx(evals(single.run_dir)[0]["synthetic/mAP"], abs=0.5)
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == \
-        ["checkpoints", "environment.json", "metrics.jsonl", "pipeline.yaml", "report.md"]
+        ["checkpoints", "curves.png", "environment.json", "metrics.jsonl", "pipeline.yaml", "report.md"]

@@ -1,0 +1,205 @@
+"""The tools' subcommands of the `core` CLI: extract, search, explain, export, curves,
+new-plugin. Imported when the parser is built, so this module imports neither torch nor
+numpy; each handler imports its tool when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+_RUN = "RUN_OR_CHECKPOINT"
+_IMAGES_HELP = ("a folder of images (searched recursively; pid/camera read from Market-1501 style names "
+                "0002_c1s1_..., or a numeric parent folder), a manifest (.csv/.jsonl), one image file, or "
+                "run:query / run:gallery / run:train (the run's own data; run:query@<test set>)")
+
+
+def _add(subparsers, name: str, help: str, description: str, examples: str) -> argparse.ArgumentParser:
+    return subparsers.add_parser(name, help=help, description=description, epilog="examples:\n" + examples,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:N "
+                                                    "(default auto, whatever the run trained on)")
+
+
+def add_tool_commands(subparsers: "argparse._SubParsersAction") -> None:
+    """Add the tools' subcommands to the `core` CLI."""
+    p = _add(subparsers, "extract", "embed images with a trained model into a .npz file",
+             "Embed images with the model of a run folder (or a checkpoint inside one), as evaluation does "
+             "(test transform, the run's flip averaging), in batches on the GPU when there is one. Writes "
+             "embeddings (N, D) with each image's path, pid, camid, category, domain and split.",
+             "  core extract runs/quickstart-20261121-101500 --images data/market/bounding_box_test --out gallery.npz\n"
+             "  core extract runs/q --images data/manifest.csv --out feats.npz --batch-size 256\n"
+             "  core extract runs/q --images run:gallery --out gallery.npz     the run's own test gallery\n")
+    p.add_argument("target", metavar=_RUN)
+    p.add_argument("--images", required=True, metavar="DIR_OR_MANIFEST", help=_IMAGES_HELP)
+    p.add_argument("--out", required=True, metavar="FEATS.npz")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0, help="data loader workers (default 0)")
+    _device(p)
+    p.set_defaults(func=cmd_extract)
+
+    p = _add(subparsers, "search", "rank a gallery for query images; draw the ranked lists",
+             "Rank the gallery for each query under the run's model and distance; print the ranked lists and, "
+             "with --out, draw a PNG per query (query, then the top-k; green / red borders when identities are "
+             "known, distance under each) and an index.html. With --worst N instead of --query, evaluate the "
+             "run's test sets under its evaluator's protocol and draw the N queries with the lowest average "
+             "precision into the run folder (<run>/worst-queries/, or --out).",
+             "  core search runs/q --query probe.jpg --gallery gallery.npz --top 10 --out search/\n"
+             "  core search runs/q --query data/query --gallery data/bounding_box_test --out search/\n"
+             "  core search runs/q --query run:query --gallery run:gallery --exclude-same-camera --out s/\n"
+             "  core search runs/q --worst 10                  worst queries -> runs/q/worst-queries/\n")
+    p.add_argument("target", metavar=_RUN)
+    p.add_argument("--query", metavar="IMG_OR_DIR", help=_IMAGES_HELP)
+    p.add_argument("--gallery", metavar="DIR_OR_FEATS",
+                   help="a .npz written by `core extract`, or images as for --query")
+    p.add_argument("--top", type=int, default=10, help="results per query (default 10)")
+    p.add_argument("--out", metavar="DIR", help="write a PNG per query and index.html here")
+    p.add_argument("--worst", type=int, metavar="N", help="draw the N lowest-AP queries of the run's test sets")
+    p.add_argument("--metric", choices=["cosine", "euclidean"], help="distance (default: the run's evaluator's)")
+    p.add_argument("--exclude-same-camera", action="store_true",
+                   help="drop gallery items with the query's identity and camera (the ReID protocol)")
+    p.add_argument("--batch-size", type=int, default=64)
+    _device(p)
+    p.set_defaults(func=cmd_search)
+
+    p = _add(subparsers, "explain", "draw part-mask overlays of a model that predicts part masks",
+             "Draw each image with the heat map of each predicted part over it, and the parts' arg-max map. "
+             "Needs a backbone that outputs part masks under the documented contract: the output key "
+             "'part_masks' (B, P, N) with N = the patch grid's rows x cols (backbone.patch_grid), values in "
+             "[0, 1] (e.g. amsa). Backbones without it are an error that says so.",
+             "  core explain runs/amsa-20261121 --images run:query --out explain/ --limit 16\n"
+             "  core explain runs/amsa-20261121 --images data/query --out explain/ --key part_masks\n")
+    p.add_argument("target", metavar=_RUN)
+    p.add_argument("--images", required=True, metavar="DIR_OR_MANIFEST", help=_IMAGES_HELP)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--key", default="part_masks", help="the model output holding the masks (default part_masks)")
+    p.add_argument("--limit", type=int, default=32, help="at most this many images (default 32)")
+    p.add_argument("--batch-size", type=int, default=32)
+    _device(p)
+    p.set_defaults(func=cmd_explain)
+
+    p = _add(subparsers, "export", "export the inference model to TorchScript and ONNX, checked",
+             "Export backbone + head up to the embedding as a model that takes a normalised image tensor "
+             "(B, 3, H, W) and returns the embeddings (B, D); the batch size stays dynamic. Each exported file "
+             "is run on the same images as the PyTorch model and the largest absolute difference of the "
+             "embeddings is reported; above --tolerance the command fails (exit 1). export.json records the "
+             "input size, normalisation and the check. ONNX needs `pip install reid-core[export]`.",
+             "  core export runs/q --out exported/\n"
+             "  core export runs/q --out exported/ --format onnx --opset 18 --tolerance 1e-4\n")
+    p.add_argument("target", metavar=_RUN)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--format", action="append", choices=["torchscript", "onnx"],
+                   help="repeatable (default: both)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed max abs difference (default 1e-4)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch's)")
+    p.add_argument("--images", metavar="DIR_OR_MANIFEST",
+                   help="check on these images (default: the run's query images; random tensors if none)")
+    p.add_argument("--no-flip", action="store_true", help="leave the run's flip averaging out of the export")
+    p.set_defaults(func=cmd_export)
+
+    p = _add(subparsers, "curves", "draw a run's training curves (loss parts, lr, metrics) to a PNG",
+             "Draw loss and its parts, the learning rate and the evaluation metrics over optimisation steps from "
+             "metrics.jsonl. `core run` writes <run>/curves.png itself after every evaluation.",
+             "  core curves runs/quickstart-20261121-101500\n"
+             "  core curves runs/q --out q-curves.png --metrics mAP rank-1\n")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="PNG", help="default <run>/curves.png")
+    p.add_argument("--metrics", nargs="+", metavar="NAME", default=["mAP", "rank-1"],
+                   help="metric names to plot for every test set (default mAP rank-1)")
+    p.set_defaults(func=cmd_curves)
+
+    p = _add(subparsers, "new-plugin", "write the skeleton of an installable plugin",
+             "Write an installable plugin: pyproject.toml with the `reid_core` entry point, a working minimal "
+             "component of each requested kind registered under the plugin's name, a test that trains a tiny "
+             "pipeline with them, and a README. `pip install -e DIR && pytest DIR` passes as generated. "
+             "See docs/writing-plugins.md.",
+             "  core new-plugin circle --kinds loss\n"
+             "  core new-plugin my-method --kinds loss,sampler,head --out plugins/\n")
+    p.add_argument("name", metavar="NAME", help="plugin name: lower case, digits and '-' (e.g. my-method)")
+    p.add_argument("--kinds", default="loss",
+                   help="comma-separated: dataset, sampler, backbone, head, loss, evaluator (default loss)")
+    p.add_argument("--out", default=".", metavar="DIR", help="parent folder (default .); writes DIR/reid-NAME/")
+    p.add_argument("--force", action="store_true", help="overwrite an existing folder")
+    p.set_defaults(func=cmd_new_plugin)
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from core.tools.extract import extract_to_file
+
+    path, features = extract_to_file(args.target, args.images, args.out, device=args.device,
+                                     batch_size=args.batch_size, num_workers=args.workers)
+    n, d = features.embeddings.shape
+    known = int((features.images.table.pids >= 0).sum())
+    print(f"{path}: {n} embeddings of dimension {d} ({known} with a known identity) from {args.images}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from core.tools import search
+
+    if args.worst is not None:
+        if args.query or args.gallery:
+            print("core search: --worst N evaluates the run's own test sets; leave --query and --gallery out",
+                  file=sys.stderr)
+            return 2
+        search.worst_queries(args.target, args.worst, args.top, args.out, device=args.device,
+                             batch_size=args.batch_size)
+        return 0
+    if not args.query or not args.gallery:
+        print("core search: give --query and --gallery (or --worst N)", file=sys.stderr)
+        return 2
+    search.search(args.target, args.query, args.gallery, top=args.top, out=args.out, device=args.device,
+                  metric=args.metric, exclude_same_camera=args.exclude_same_camera, batch_size=args.batch_size)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from core.tools.overlays import MissingMasks, explain
+
+    try:
+        index = explain(args.target, args.images, args.out, key=args.key, limit=args.limit,
+                        device=args.device, batch_size=args.batch_size)
+    except MissingMasks as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"overlays: {index}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from core.tools.export import export
+
+    report = export(args.target, args.out, formats=args.format or ["torchscript", "onnx"],
+                    tolerance=args.tolerance, opset=args.opset, images=args.images, flip=not args.no_flip)
+    for fmt, info in report["formats"].items():
+        status = "OK" if info["ok"] else ("NOT CHECKED" if info["max_abs_diff"] is None else "FAILED")
+        diff = "-" if info["max_abs_diff"] is None else f"{info['max_abs_diff']:.2e}"
+        print(f"{fmt:<12}{info['file']}  max abs diff {diff} (tolerance {args.tolerance:g})  {status}"
+              + (f"  {info['note']}" if info.get("note") else ""))
+    print(f"input: (B, 3, {report['input']['height']}, {report['input']['width']}) normalised with mean "
+          f"{report['input']['mean']} std {report['input']['std']}; output: (B, {report['embedding_dim']})")
+    return 0 if all(i["ok"] or i["max_abs_diff"] is None for i in report["formats"].values()) else 1
+
+
+def cmd_curves(args: argparse.Namespace) -> int:
+    from core.tools.curves import write_curves
+
+    path = write_curves(args.run_dir, args.out, metrics=args.metrics)
+    print(f"curves: {path}")
+    return 0
+
+
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from core.tools.scaffold import ScaffoldError, new_plugin
+
+    try:
+        folder = new_plugin(args.name, [k.strip() for k in args.kinds.split(",") if k.strip()], args.out,
+                            force=args.force)
+    except ScaffoldError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {folder}\nnext: pip install -e {folder} && pytest {folder}")
+    return 0

@@ -1,0 +1,146 @@
+"""`core export`: the inference model (backbone + head up to "embedding") as TorchScript
+and ONNX, each checked against the PyTorch model.
+
+The model's input is a `Batch`, which neither format can carry, so what is exported is
+`EmbeddingModel`: images (B, 3, H, W), normalised as the run's test transform does
+(export.json records size, mean and std) -> embeddings (B, D) float32, the run's flip
+averaging included unless asked otherwise. The batch size stays dynamic. The check runs
+each exported file on real images (the run's query images, or --images) at a batch size
+other than the one used to export, and reports the largest absolute difference from
+the PyTorch embeddings; above the tolerance the export fails.
+
+ONNX goes through `torch.onnx.export` (the dynamo exporter, which needs onnxscript) and
+is checked with onnxruntime: `pip install reid-core[export]`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.pipeline import ReIDModel
+from core.records import Batch
+
+
+class EmbeddingModel(nn.Module):
+    """images (B, 3, H, W) -> "embedding" (B, D) float32, as evaluation computes it."""
+
+    def __init__(self, model: ReIDModel, flip: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.flip = flip
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        zeros = torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
+        batch = Batch(images=images, pids=zeros, camids=zeros, categories=zeros, domains=zeros, roles=zeros,
+                      indices=zeros, extras={})
+        return self.model(batch)["embedding"].float()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        embedding = self._embed(images)
+        if self.flip:
+            embedding = (embedding + self._embed(images.flip(-1))) / 2
+        return embedding
+
+
+def check_images(run, images: str | None, count: int = 8) -> torch.Tensor:
+    """(n, 3, H, W) test-transformed images for the check: `images`, else the run's query
+    images, else random normal tensors."""
+    from core.tools.images import open_images
+
+    spec = images or ("run:query" if run.pipeline.test_sets else None)
+    if spec is None:
+        h, w = run.pipeline.ctx.image_size
+        return torch.randn(count, 3, h, w, generator=torch.Generator().manual_seed(0))
+    image_set = open_images(spec, run)
+    transform = run.pipeline.test_transform
+    return torch.stack([transform(image_set.image(i)) for i in range(min(count, len(image_set)))])
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    if a.shape != b.shape:
+        return float("inf")
+    return float(np.abs(a - b).max())
+
+
+def export_torchscript(wrapper: EmbeddingModel, example: torch.Tensor, path: Path) -> Path:
+    with torch.no_grad():
+        traced = torch.jit.trace(wrapper, example, check_trace=False)
+    traced.save(str(path))
+    return path
+
+
+def run_torchscript(path: Path, images: torch.Tensor) -> np.ndarray:
+    module = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        return module(images).numpy()
+
+
+def export_onnx(wrapper: EmbeddingModel, example: torch.Tensor, path: Path, opset: int | None = None) -> Path:
+    kwargs = {"input_names": ["images"], "output_names": ["embedding"]}
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        torch.onnx.export(wrapper, (example,), str(path), dynamo=True, dynamic_shapes=({0: batch},),
+                          external_data=False, verbose=False, **kwargs)
+    return path
+
+
+def run_onnx(path: Path, images: torch.Tensor) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
+
+
+def export(target: str | Path, out: str | Path, formats: Sequence[str] = ("torchscript", "onnx"),
+           tolerance: float = 1e-4, opset: int | None = None, images: str | None = None,
+           flip: bool = True) -> dict:
+    """Export and check; returns (and writes to export.json) the report. Runs on the CPU:
+    the exported files are device-neutral and the check compares like with like."""
+    from core.data.transforms import NORMS
+    from core.tools.loading import load_run
+
+    run = load_run(target, device="cpu")
+    wrapper = EmbeddingModel(run.model, flip=flip and run.flip).eval()
+    check = check_images(run, images)
+    example = check[:2] if len(check) > 2 else check
+    with torch.no_grad():
+        reference = wrapper(check).numpy()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    transform = (run.pipeline.config.data.get("data") or {}).get("transform") or {}
+    h, w = run.pipeline.ctx.image_size
+    mean, std = NORMS[transform.get("norm", "imagenet")]
+    report = {"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint),
+              "input": {"height": h, "width": w, "mean": list(mean), "std": list(std), "layout": "NCHW float32"},
+              "embedding_dim": int(reference.shape[1]), "flip": wrapper.flip, "metric": run.metric,
+              "tolerance": tolerance, "check_images": int(len(check)), "formats": {}}
+    for fmt in formats:
+        info = {"file": None, "max_abs_diff": None, "ok": False, "note": ""}
+        if fmt == "torchscript":
+            path = export_torchscript(wrapper, example, out / "model.torchscript.pt")
+            info.update(file=str(path), max_abs_diff=_max_diff(run_torchscript(path, check), reference))
+        elif fmt == "onnx":
+            try:
+                path = export_onnx(wrapper, example, out / "model.onnx", opset)
+            except ImportError as exc:
+                raise ImportError(f"ONNX export needs onnx and onnxscript ({exc}); pip install reid-core[export]") \
+                    from None
+            info["file"] = str(path)
+            try:
+                info["max_abs_diff"] = _max_diff(run_onnx(path, check), reference)
+            except ImportError:
+                info["note"] = "not checked: onnxruntime is not installed (pip install reid-core[export])"
+        else:
+            raise ValueError(f"unknown export format {fmt!r}; formats: torchscript, onnx")
+        info["ok"] = info["max_abs_diff"] is not None and info["max_abs_diff"] <= tolerance
+        report["formats"][fmt] = info
+    (out / "export.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report

@@ -1,0 +1,116 @@
+"""`core extract`: the embeddings of a set of images under a trained model, saved with
+their records as one .npz file (the gallery side of `core search`, or input to your own
+analysis).
+
+The file holds `embeddings` (N, D) float32 and, per row, `paths` ("" for images rendered
+in memory), `pids` (-1 unknown), `camids`, `categories`, `domains`, `splits`; plus `meta`,
+a JSON string: the run folder, checkpoint, distance metric and embedding size, which
+`core search` checks before it ranks a query against the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from core.data.loading import ImageSamples, collate
+from core.records import Record
+from core.tools.images import ImageFiles, ImageSet, _table
+from core.tools.loading import LoadedRun
+
+
+def embed(run: LoadedRun, images: ImageSet, batch_size: int = 64, num_workers: int = 0,
+          progress: bool = True) -> np.ndarray:
+    """(N, D) float32 embeddings of `images` in table order, as evaluation computes them
+    (test transform, the run's flip averaging and autocast)."""
+    from tqdm.auto import tqdm
+
+    samples = ImageSamples(images.table, images.datasets, run.pipeline.test_transform)
+    loader = DataLoader(samples, batch_size=batch_size, shuffle=False, collate_fn=collate,
+                        num_workers=num_workers, pin_memory=run.device.type == "cuda")
+    chunks = []
+    with torch.no_grad(), run.autocast(), tqdm(total=len(samples), desc="extract", unit="img",
+                                               disable=not progress, leave=False) as bar:
+        for batch in loader:
+            batch = batch.to(run.device, non_blocking=True)
+            embedding = run.model(batch)["embedding"].float()
+            if run.flip:
+                batch.images = batch.images.flip(-1)
+                embedding = (embedding + run.model(batch)["embedding"].float()) / 2
+            chunks.append(embedding.cpu())
+            bar.update(len(batch))
+    if not chunks:
+        raise ValueError(f"{images.source}: no images to embed")
+    return torch.cat(chunks).numpy().astype(np.float32)
+
+
+@dataclass
+class Features:
+    """Embeddings with the records they belong to (what a .npz from `core extract` holds)."""
+
+    embeddings: np.ndarray
+    images: ImageSet
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def save_features(path: str | Path, features: Features) -> Path:
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = features.images.table
+    np.savez_compressed(
+        path, embeddings=features.embeddings.astype(np.float32),
+        paths=np.asarray([r.path or "" for r in t.records], dtype=str),
+        pids=t.pids.astype(np.int64), camids=t.camids.astype(np.int64),
+        categories=np.asarray([r.category for r in t.records], dtype=str),
+        domains=np.asarray([r.domain for r in t.records], dtype=str),
+        splits=np.asarray([r.split for r in t.records], dtype=str),
+        meta=np.asarray(json.dumps(features.meta)))
+    return path
+
+
+def load_features(path: str | Path) -> Features:
+    """A .npz written by `core extract`; its images decode from their paths when present."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"features file not found: {path}")
+    with np.load(path, allow_pickle=False) as data:
+        missing = [k for k in ("embeddings", "paths", "pids", "camids") if k not in data]
+        if missing:
+            raise ValueError(f"{path}: not a features file written by `core extract` (lacks {', '.join(missing)})")
+        arrays = {k: data[k] for k in data.files}
+    n = len(arrays["embeddings"])
+    column = lambda key, default: arrays[key].tolist() if key in arrays else [default] * n  # noqa: E731
+    records = [Record(path=p or None, pid=int(pid), camid=int(cam), category=c, domain=d, split=s)
+               for p, pid, cam, c, d, s in zip(arrays["paths"].tolist(), arrays["pids"], arrays["camids"],
+                                               column("categories", "object"), column("domains", "default"),
+                                               column("splits", "gallery"))]
+    meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
+    images = ImageSet(_table(records, path.stem), [ImageFiles(records)], str(path))
+    return Features(embeddings=arrays["embeddings"].astype(np.float32), images=images, meta=meta)
+
+
+def features_meta(run: LoadedRun, images: ImageSet, embeddings: np.ndarray) -> dict[str, Any]:
+    return {"run_dir": str(run.run_dir.resolve()), "checkpoint": str(run.checkpoint.resolve()),
+            "metric": run.metric, "dim": int(embeddings.shape[1]), "source": images.source,
+            "flip": run.flip}
+
+
+def extract_to_file(target: str | Path, images: str | Path, out: str | Path, device: str = "auto",
+                    batch_size: int = 64, num_workers: int = 0, progress: bool = True) -> tuple[Path, Features]:
+    """What `core extract` does: load the run, embed the images, write the .npz."""
+    from core.tools.images import open_images
+    from core.tools.loading import load_run
+
+    run = load_run(target, device=device)
+    image_set = open_images(images, run)
+    embeddings = embed(run, image_set, batch_size=batch_size, num_workers=num_workers, progress=progress)
+    features = Features(embeddings, image_set, features_meta(run, image_set, embeddings))
+    return save_features(out, features), features

@@ -1,0 +1,154 @@
+"""Where the tools' images come from: a folder, a manifest, one image file, or a split of
+the run's own data (`run:query`, `run:gallery`, `run:train`; `run:query@<test set>` picks a
+test set by name when the pipeline has several).
+
+Every source becomes an `ImageSet`: a record table (paths, identities, cameras,
+categories, read without decoding) plus the datasets that decode its records, which is
+what `core.data.loading.ImageSamples` batches and what the pictures draw.
+
+A plain folder is searched recursively. Identities are read from the file name as in
+Market-1501 (`0002_c1s1_000451_03.jpg` -> pid 2, camera 1; `-1_...` -> -1, junk) or from
+a numeric parent folder (`gallery/17/a.jpg` -> pid 17); otherwise the pid is -1
+("unknown": the pictures then draw no green / red borders). A folder whose only
+subfolders are train/query/gallery is read as the `folder` dataset layout.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from core.data.layouts.common import IMAGE_EXTENSIONS
+from core.data.table import RecordTable
+from core.interfaces import Dataset
+from core.records import Record
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from core.tools.loading import LoadedRun
+
+MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".json")
+SPLITS = ("train", "query", "gallery")
+#: pid of a record whose identity is not known
+UNKNOWN = -1
+_MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
+
+
+class ImageFiles(Dataset):
+    """Records given directly (image files on disk); `load_image` reads the path."""
+
+    def __init__(self, records: Sequence[Record]) -> None:
+        self._records = list(records)
+
+    def records(self, split: str) -> list[Record]:
+        return list(self._records)
+
+
+@dataclass
+class ImageSet:
+    table: RecordTable
+    datasets: list[Dataset]
+    #: what the user named, for messages
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def image(self, index: int) -> "Image.Image":
+        """Record `index` decoded as RGB (the dataset's own decoder: synthetic records render)."""
+        return self.datasets[int(self.table.source_ids[index])].load_image(self.table.records[index])
+
+    def label(self, index: int) -> str:
+        """A short name for record `index`: its file name, else its position."""
+        path = self.table.records[index].path
+        return Path(path).name if path else f"#{index}"
+
+    @property
+    def knows_identities(self) -> bool:
+        return bool(len(self.table)) and bool((self.table.pids != UNKNOWN).any())
+
+
+def record_for_file(path: Path) -> Record:
+    """A record for one image file; pid and camera from its name or parent folder."""
+    match = _MARKET_NAME.match(path.stem)
+    if match:
+        pid, camid = int(match.group(1)), int(match.group(2))
+    else:
+        pid = int(path.parent.name) if path.parent.name.isdigit() else UNKNOWN
+        camera = re.search(r"(?:^|_)c(\d+)", path.stem)
+        camid = int(camera.group(1)) if camera else 0
+    return Record(path=str(path), pid=pid, camid=camid, category="object", domain=path.parent.name, split="query")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(Path(root) / f for f in sorted(files)
+                     if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
+    return found
+
+
+def _table(records: Sequence[Record], name: str, category_names: Sequence[str] | None = None) -> RecordTable:
+    return RecordTable.build([(name, list(records))], relabel=False, category_names=category_names)
+
+
+def open_images(spec: str | Path, run: "LoadedRun | None" = None) -> ImageSet:
+    """An `ImageSet` from a folder, a manifest file, an image file or `run:<split>`."""
+    text = str(spec)
+    if text.startswith("run:"):
+        if run is None:
+            raise ValueError(f"{text}: `run:<split>` needs a run to read the split from")
+        return run_split(run, text[4:])
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"no such image, folder or manifest: {path}")
+    cats = list(run.pipeline.train.category_names) if run is not None else None
+    if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
+        from core.data.manifest import ManifestDataset
+
+        dataset = ManifestDataset(str(path))
+        records = [r for split in SPLITS for r in dataset.records(split)]
+        if not records:
+            raise ValueError(f"{path}: the manifest lists no images")
+        return ImageSet(_table(records, path.stem, cats), [dataset], text)
+    if path.is_file():
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise ValueError(f"{path}: not an image ({', '.join(sorted(IMAGE_EXTENSIONS))}) nor a manifest "
+                             f"({', '.join(MANIFEST_SUFFIXES)})")
+        records = [record_for_file(path)]
+        return ImageSet(_table(records, path.stem, cats), [ImageFiles(records)], text)
+    subfolders = {p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    if subfolders and subfolders <= set(SPLITS) and not any(p.is_file() for p in path.iterdir()
+                                                            if p.suffix.lower() in IMAGE_EXTENSIONS):
+        from core.data.layouts.folder import FolderDataset
+
+        dataset = FolderDataset(str(path))
+        records = [r for split in SPLITS for r in dataset.records(split)]
+        return ImageSet(_table(records, path.name, cats), [dataset], text)
+    records = [record_for_file(f) for f in _image_files(path)]
+    if not records:
+        raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {path}")
+    return ImageSet(_table(records, path.name, cats), [ImageFiles(records)], text)
+
+
+def run_split(run: "LoadedRun", spec: str) -> ImageSet:
+    """`query`, `gallery` (of the first test set, or `query@<name>`) or `train` of the run's data."""
+    split, _, name = spec.partition("@")
+    p = run.pipeline
+    if split == "train":
+        return ImageSet(p.train, list(p.train_datasets), f"run:{spec}")
+    if split not in ("query", "gallery"):
+        raise ValueError(f"run:{spec}: unknown split '{split}'; valid: run:query, run:gallery, run:train "
+                         "(run:query@<test set> picks a test set)")
+    if not p.test_sets:
+        raise ValueError(f"run:{spec}: the pipeline of {run.run_dir} has no test set with query and gallery")
+    names = [t.name for t in p.test_sets]
+    if name and name not in names:
+        raise ValueError(f"run:{spec}: no test set '{name}'; test sets: {', '.join(names)}")
+    test = p.test_sets[names.index(name) if name else 0]
+    return ImageSet(getattr(test, split), list(test.datasets), f"run:{spec}")

@@ -1,0 +1,349 @@
+"""The files `core new-plugin` writes, with `{{placeholders}}` (see `core.tools.scaffold`).
+
+Kept as Python strings so they ship inside the wheel with no package-data entry.
+"""
+
+TEMPLATES: dict[str, str] = {}
+
+TEMPLATES['README.md'] = r'''# {{dist}}
+
+A plugin for reid-core (object re-identification). It provides:
+
+{{kind_list}}
+
+## Install and test
+
+```bash
+pip install -e .            # registers the entry point `reid_core: {{entry}}`
+core plugins                # lists {{entry}} with its components
+pytest                      # trains the tiny pipeline with the components on the CPU
+```
+
+## Use
+
+Name the components in a pipeline YAML, e.g.:
+
+```yaml
+_base_: quickstart.yaml
+{{yaml}}
+```
+
+Each component's YAML keys are its constructor's parameters; `ctx` (the build context:
+number of identities, feature size, image size, ...) is filled in by reid-core.
+
+## Publish
+
+`python -m build && twine upload dist/*`; users then `pip install {{dist}}` and
+reid-core finds it. Keep the dependency on `reid-core` unpinned or loosely pinned.
+'''
+
+TEMPLATES['__init__.py'] = r'''"""{{dist}}: a reid-core plugin ({{kinds}} '{{name}}'). The components are registered
+in `{{package}}.hooks`; nothing here imports torch, so `core --help` stays fast."""
+
+__version__ = "0.1.0"
+'''
+
+TEMPLATES['backbone.py'] = r'''"""Backbone '{{name}}': a small convolutional network, images -> "global" (B, D).
+
+A backbone returns a dict that always holds "global" (B, D) with D == `feature_dim`; it
+may add "tokens" (B, N, D), part tokens, or "part_masks" (B, P, N) over `patch_grid`
+(what `core explain` draws). Replace the layers with your method's.
+"""
+
+import torch
+from torch import nn
+
+from core.interfaces import Backbone
+
+
+class {{class}}(Backbone):
+    """Args (YAML keys): dim, the feature size."""
+
+    def __init__(self, ctx, dim: int = 64) -> None:
+        super().__init__()
+        self.feature_dim = int(dim)
+        self.patch_grid = None  # a token model sets (rows, cols) of its patches
+        self.layers = nn.Sequential(
+            nn.Conv2d(3, dim // 2, 3, stride=2, padding=1), nn.BatchNorm2d(dim // 2), nn.ReLU(inplace=True),
+            nn.Conv2d(dim // 2, dim, 3, stride=2, padding=1), nn.BatchNorm2d(dim), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, batch) -> dict[str, torch.Tensor]:
+        return {"global": self.layers(batch.images)}
+'''
+
+TEMPLATES['dataset.py'] = r'''"""Dataset '{{name}}': a tiny in-memory world of coloured identities, to show the
+contract. A real reader lists image files: `Record(path=..., pid=..., camid=...)`,
+and the default `load_image` decodes them.
+
+Listing must not decode images: samplers and evaluators read identities and cameras
+from the records alone.
+"""
+
+import colorsys
+
+from PIL import Image, ImageDraw
+
+from core.interfaces import Dataset
+from core.records import Record
+
+
+class {{class}}(Dataset):
+    """Args (YAML keys): identities (train; half as many more for query/gallery),
+    images_per_identity, cameras."""
+
+    def __init__(self, identities: int = 8, images_per_identity: int = 4, cameras: int = 2) -> None:
+        if identities < 2 or cameras < 2:
+            raise ValueError("dataset '{{name}}': needs at least 2 identities and 2 cameras")
+        self.identities, self.images, self.cameras = identities, images_per_identity, cameras
+
+    def records(self, split):
+        if split == "train":
+            pids = range(self.identities)
+        else:  # query and gallery share identities never seen in training
+            pids = range(self.identities, self.identities + max(self.identities // 2, 2))
+        out = []
+        for pid in pids:
+            for n in range(self.images):
+                camid = n % self.cameras
+                if split == "query" and n != 0 or split == "gallery" and n == 0:
+                    continue
+                out.append(Record(path=None, pid=pid, camid=camid, category="blob", domain="{{name}}",
+                                  split=split, extras={"_shot": n}))
+        return out
+
+    def load_image(self, record):
+        hue = (record.pid * 0.618) % 1.0
+        light = 0.35 + 0.25 * record.camid / max(self.cameras - 1, 1)
+        colour = tuple(int(255 * c) for c in colorsys.hls_to_rgb(hue, light, 0.8))
+        image = Image.new("RGB", (16, 32), (90, 90, 90))
+        shift = record.extras.get("_shot", 0) % 3
+        ImageDraw.Draw(image).rectangle([3 + shift, 4, 12, 28], fill=colour)
+        return image
+'''
+
+TEMPLATES['evaluator.py'] = r'''"""Evaluator '{{name}}': rank-1 accuracy of nearest-neighbour retrieval under cosine
+distance, dropping gallery items with the query's identity and camera (the ReID
+protocol). The built-in `reid` evaluator reports CMC, mAP and mINP; an evaluator returns
+a flat dict of floats (percentages where the field reports percentages).
+"""
+
+import torch
+import torch.nn.functional as F
+
+from core.interfaces import Evaluator
+
+
+class {{class}}(Evaluator):
+    def evaluate(self, query, gallery):
+        q = F.normalize(query.embeddings.float(), dim=1)
+        g = F.normalize(gallery.embeddings.float().to(q.device), dim=1)
+        distance = 1.0 - q @ g.T
+        q_pids, g_pids = torch.as_tensor(query.pids), torch.as_tensor(gallery.pids)
+        q_cams, g_cams = torch.as_tensor(query.camids), torch.as_tensor(gallery.camids)
+        junk = (q_pids[:, None] == g_pids[None, :]) & (q_cams[:, None] == g_cams[None, :])
+        distance = distance.cpu().masked_fill(junk, float("inf"))
+        nearest = distance.argmin(dim=1)
+        valid = ((q_pids[:, None] == g_pids[None, :]) & ~junk).any(dim=1)
+        hits = (g_pids[nearest] == q_pids) & valid
+        return {"rank-1": 100.0 * float(hits.sum()) / max(int(valid.sum()), 1),
+                "num_valid_queries": float(valid.sum())}
+'''
+
+TEMPLATES['head.py'] = r'''"""Head '{{name}}': backbone "global" -> a linear projection as the retrieval
+"embedding", plus "features" (for metric losses) and, in training, "logits" over the
+training identities (for `ce`). Evaluation uses "embedding" only.
+"""
+
+import torch
+from torch import nn
+
+from core.interfaces import Head
+
+
+class {{class}}(Head):
+    """Args (YAML keys): dim, the embedding size (0: the backbone's feature size)."""
+
+    def __init__(self, ctx, dim: int = 0) -> None:
+        super().__init__()
+        if not ctx.feature_dim:
+            raise ValueError("head '{{name}}' needs the backbone's feature size (ctx.feature_dim)")
+        dim = dim or ctx.feature_dim
+        self.project = nn.Linear(ctx.feature_dim, dim)
+        self.classifier = nn.Linear(dim, ctx.num_identities, bias=False) if ctx.num_identities else None
+
+    def forward(self, features, batch) -> dict[str, torch.Tensor]:
+        embedding = self.project(features["global"])
+        out = {"features": embedding, "embedding": embedding}
+        if self.training and self.classifier is not None:
+            out["logits"] = self.classifier(embedding)
+        return out
+'''
+
+TEMPLATES['hooks.py'] = r'''"""Hook implementations: reid-core calls these to learn what this plugin provides.
+
+Targets are lazy "module:Class" strings, so `core plugins` and `core --help` never
+import torch or this plugin's modules; a component's module is imported when a pipeline
+builds it.
+"""
+
+from core.hookspecs import hookimpl
+
+
+{{registrations}}
+'''
+
+TEMPLATES['loss.py'] = r'''"""Loss '{{name}}': the contrastive loss of Hadsell et al. 2006 ("Dimensionality Reduction
+by Learning an Invariant Mapping", Eq. 4) on the batch's cosine distances:
+
+    L = mean over pairs i != j of  y_ij d_ij^2 + (1 - y_ij) max(0, m - d_ij)^2
+
+with y_ij = 1 for two images of one identity. Replace the formula with your method's,
+and cite its paper and equation here.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from core.interfaces import Loss, read_output
+
+
+class {{class}}(Loss):
+    """Args (YAML keys): margin m in (0, 2]; features: the model output to read
+    (`bnneck` outputs "features" before its BatchNorm). The loss weight is the YAML
+    `weight` key, handled by reid-core."""
+
+    def __init__(self, margin: float = 0.5, features: str = "features") -> None:
+        super().__init__()
+        if not 0.0 < margin <= 2.0:
+            raise ValueError(f"loss '{{name}}': margin must be in (0, 2] for cosine distances, got {margin}")
+        self.margin, self.features = float(margin), features
+
+    def forward(self, outputs, batch):
+        x = read_output(outputs, self.features, "loss '{{name}}'", "`bnneck` produces 'features'").float()
+        x = F.normalize(x, dim=1)
+        d = (1.0 - x @ x.T).clamp(min=0.0)
+        same = batch.pids[:, None] == batch.pids[None, :]
+        off_diagonal = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
+        positive = same & off_diagonal
+        negative = ~same
+        per_pair = torch.where(positive, d.pow(2), (self.margin - d).clamp(min=0).pow(2))
+        mask = (positive | negative).float()
+        loss = (per_pair * mask).sum() / mask.sum().clamp(min=1.0)
+        # the second value: parts logged to metrics.jsonl next to the loss
+        return loss, {"d_pos": (d * positive).sum() / positive.sum().clamp(min=1),
+                      "d_neg": (d * negative).sum() / negative.sum().clamp(min=1)}
+'''
+
+TEMPLATES['pyproject.toml'] = r'''[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "{{dist}}"
+version = "0.1.0"
+description = "A reid-core plugin: {{kinds}} '{{name}}'."
+readme = "README.md"
+requires-python = ">=3.10"
+dependencies = ["reid-core"]
+
+[project.optional-dependencies]
+test = ["pytest>=8"]
+
+# reid-core finds the plugin through this entry point: the module holding the hooks.
+[project.entry-points.reid_core]
+{{entry}} = "{{package}}.hooks"
+
+[tool.setuptools]
+packages = ["{{package}}"]
+
+[tool.pytest.ini_options]
+testpaths = ["tests"]
+addopts = "-ra --import-mode=importlib"
+'''
+
+TEMPLATES['sampler.py'] = r'''"""Sampler '{{name}}': batches of P identities x K images, the K images of an identity
+drawn from as many different cameras as it has (cross-camera positives make the
+triplet and contrastive losses learn camera invariance).
+
+The plan depends only on (seed, epoch), so a resumed run replays it; under DDP every
+rank plans the same global batches and keeps its own identity groups (`shard_plan`).
+"""
+
+from collections import defaultdict
+
+import numpy as np
+
+from core.interfaces import Sampler
+from core.samplers.sharding import shard_plan
+
+
+class {{class}}(Sampler):
+    """Args (YAML keys): batch_size (global, a multiple of k), k images per identity."""
+
+    def __init__(self, ctx, batch_size: int = 32, k: int = 4) -> None:
+        if k < 1 or batch_size % k:
+            raise ValueError(f"sampler '{{name}}': batch_size ({batch_size}) must be a multiple of k ({k})")
+        if ctx.train is None or len(ctx.train) == 0:
+            raise ValueError("sampler '{{name}}' needs the training record table (data.train)")
+        self.k, self.p = k, batch_size // k
+        self.seed, self.rank, self.world_size = ctx.seed, ctx.rank, ctx.world_size
+        # per identity, per camera: record indices (read from the table, no image decoded)
+        self.by_identity = defaultdict(lambda: defaultdict(list))
+        for index, (pid, cam) in enumerate(zip(ctx.train.pids.tolist(), ctx.train.camids.tolist())):
+            self.by_identity[pid][cam].append(index)
+        self.identities = sorted(self.by_identity)
+        if len(self.identities) < self.p:
+            raise ValueError(f"sampler '{{name}}': a batch needs {self.p} identities, the data has "
+                             f"{len(self.identities)}")
+
+    def _group(self, pid, rng):
+        """K indices of one identity, cycling over its cameras (shuffled) so that the
+        group spans as many cameras as possible."""
+        cameras = [rng.permutation(v).tolist() for v in self.by_identity[pid].values()]
+        rng.shuffle(cameras)
+        group, turn = [], 0
+        while len(group) < self.k:
+            pool = cameras[turn % len(cameras)]
+            group.append(pool[(turn // len(cameras)) % len(pool)])
+            turn += 1
+        return group
+
+    def plan(self, epoch):
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(self.identities).tolist()
+        batches = []
+        for start in range(0, len(order) - self.p + 1, self.p):
+            batches.append([i for pid in order[start:start + self.p] for i in self._group(pid, rng)])
+        return batches
+
+    def __iter__(self):
+        yield from shard_plan(self.plan(self.epoch), self.rank, self.world_size, self.k)
+
+    def __len__(self):
+        return len(self.identities) // self.p
+'''
+
+TEMPLATES['test_plugin.py'] = r'''"""Tests of {{dist}}, using reid-core's pytest fixtures (`tiny_pipeline_config`,
+`run_tiny_pipeline`), which are active wherever reid-core is installed."""
+
+import math
+
+from core.registry import build_registry
+
+
+def test_the_entry_point_registers_every_component():
+    registry = build_registry()
+    for kind in {{kinds_repr}}:
+        entry = registry.get(kind, "{{name}}")
+        assert entry.provider == "{{entry}}", f"{kind} '{{name}}' comes from {entry.provider}"
+
+
+def test_a_tiny_pipeline_trains_and_evaluates_with_the_components(tiny_pipeline_config, run_tiny_pipeline):
+    config = tiny_pipeline_config
+{{configure}}
+    result = run_tiny_pipeline(config)
+    assert result.metrics, "the run produced no metrics"
+    assert all(math.isfinite(v) for v in result.metrics.values())
+    assert (result.run_dir / "checkpoints" / "last.pt").is_file()
+'''

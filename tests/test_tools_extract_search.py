@@ -1,0 +1,119 @@
+"""`core extract` and `core search` (ranked-list pictures, worst queries) on a tiny trained run."""
+
+import copy
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from core.cli import main
+from core.testing import TINY_PIPELINE
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from core.runner import run
+
+    folder = tmp_path_factory.mktemp("tools-run")
+    config = copy.deepcopy(TINY_PIPELINE)
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(config))
+    return run(folder / "tiny.yaml", run_dir=folder / "run").run_dir
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """The tiny world's query and gallery written to disk, Market-1501 names."""
+    from core.data.synthetic import SyntheticWorld
+    from core.data.synthetic.export import export_world
+
+    out = tmp_path_factory.mktemp("images")
+    world = SyntheticWorld(**{k: v for k, v in TINY_PIPELINE["data"]["train"][0].items() if k != "dataset"})
+    export_world(world, out)
+    return out
+
+
+def test_extract_writes_embeddings_with_their_records(trained_run, tmp_path, capsys):
+    out = tmp_path / "gallery.npz"
+    assert main(["extract", str(trained_run), "--images", "run:gallery", "--out", str(out), "--device", "cpu"]) == 0
+    assert "16 embeddings of dimension 32" in capsys.readouterr().out
+    data = np.load(out)
+    assert data["embeddings"].shape == (16, 32) and data["embeddings"].dtype == np.float32
+    for key in ("paths", "pids", "camids", "categories", "domains", "splits"):
+        assert len(data[key]) == 16, key
+    assert set(data["categories"].tolist()) == {"person", "vehicle"}
+
+
+def test_extract_reads_a_folder_and_a_manifest(trained_run, image_folder, tmp_path):
+    from core.tools.extract import load_features
+
+    assert main(["extract", str(trained_run), "--images", str(image_folder / "query"),
+                 "--out", str(tmp_path / "q.npz")]) == 0
+    from_folder = load_features(tmp_path / "q.npz")
+    names = sorted(p.name for p in (image_folder / "query").iterdir())
+    assert len(from_folder.embeddings) == len(names)
+    assert from_folder.images.table.pids.tolist() == [int(n.split("_")[0]) for n in names]
+    assert main(["extract", str(trained_run), "--images", str(image_folder / "manifest.csv"),
+                 "--out", str(tmp_path / "m.npz")]) == 0
+    from_manifest = load_features(tmp_path / "m.npz")
+    assert len(from_manifest.embeddings) == len(from_manifest.images.table) > len(names)
+
+
+def test_search_prints_and_draws_a_ranked_list_per_query(trained_run, image_folder, tmp_path, capsys):
+    gallery = tmp_path / "gallery.npz"
+    assert main(["extract", str(trained_run), "--images", str(image_folder / "bounding_box_test"),
+                 "--out", str(gallery)]) == 0
+    out = tmp_path / "search"
+    assert main(["search", str(trained_run), "--query", str(image_folder / "query"), "--gallery", str(gallery),
+                 "--top", "5", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    queries = sorted((image_folder / "query").iterdir())
+    assert printed.count("query ") == len(queries) and "    5. " in printed
+    pictures = sorted(out.glob("*.png"))
+    assert len(pictures) == len(queries)
+    html = (out / "index.html").read_text()
+    assert all(p.name in html for p in pictures)
+    with Image.open(pictures[0]) as picture:  # query + 5 results, each with a coloured border
+        assert picture.width > 5 * picture.height / 4
+        colours = {tuple(c) for c in np.asarray(picture.convert("RGB")).reshape(-1, 3).tolist()}
+    assert (34, 160, 60) in colours or (214, 40, 40) in colours  # green / red borders: identities known
+
+
+def test_search_never_returns_the_query_file_itself(trained_run, image_folder):
+    from core.tools.search import search
+
+    folder = str(image_folder / "query")
+    results = search(trained_run, folder, folder, top=3, device="cpu", progress=False, echo=lambda text: None)
+    assert all(r.query not in r.gallery.tolist() for r in results)
+
+
+def test_unknown_identities_get_no_verdict(trained_run, tmp_path):
+    from core.tools.search import search
+
+    for i, colour in enumerate(["red", "blue", "green"]):
+        Image.new("RGB", (16, 32), colour).save(tmp_path / f"photo{i}.png")
+    results = search(trained_run, str(tmp_path / "photo0.png"), str(tmp_path), top=2, out=tmp_path / "out",
+                     device="cpu", progress=False, echo=lambda text: None)
+    assert results[0].correct == [None, None]
+    assert len(list((tmp_path / "out").glob("*.png"))) == 1
+
+
+def test_worst_queries_are_drawn_into_the_run_folder(trained_run, capsys):
+    assert main(["search", str(trained_run), "--worst", "3", "--top", "4"]) == 0
+    printed = capsys.readouterr().out
+    folder = trained_run / "worst-queries"
+    assert (folder / "index.html").is_file()
+    pictures = sorted((folder / "synthetic").glob("*.png"))
+    assert len(pictures) == 3 and "AP " in printed
+    aps = [float(line.split("AP ")[1].split("%")[0]) for line in printed.splitlines() if line.startswith("query ")]
+    assert aps == sorted(aps)  # lowest average precision first
+
+
+def test_search_needs_query_and_gallery_or_worst(trained_run, capsys):
+    assert main(["search", str(trained_run), "--query", "x"]) == 2
+    assert "give --query and --gallery" in capsys.readouterr().err
+
+
+def test_a_folder_that_is_no_run_is_named(tmp_path, capsys):
+    assert main(["extract", str(tmp_path), "--images", "run:query", "--out", str(tmp_path / "f.npz")]) == 2
+    assert "is not a run folder: no pipeline.yaml" in capsys.readouterr().err
