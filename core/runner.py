@@ -122,20 +122,30 @@ def validate(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[str, A
     }
 
 
-def evaluate_run(target: str | Path, overrides: Sequence[str] = ()) -> dict[str, float]:
-    """Evaluate a run folder's model (or a checkpoint file inside one) on its test sets."""
+def resolve_run(target: str | Path) -> tuple[Path, Path]:
+    """(run folder, checkpoint file) of a run folder or of a checkpoint inside one."""
+    target = Path(target)
+    checkpoint = target / "checkpoints" / "last.pt" if target.is_dir() else target
+    run_dir = target if target.is_dir() else target.parent.parent
+    if not (run_dir / "pipeline.yaml").is_file():
+        raise FileNotFoundError(f"{target} is not a run folder: no pipeline.yaml in {run_dir} (give a run folder "
+                                "written by `core run`, or a checkpoint inside its checkpoints/)")
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{target}: no checkpoint at {checkpoint} (the run has not saved one yet)")
+    return run_dir, checkpoint
+
+
+def restore_run(target: str | Path, overrides: Sequence[str] = ()):
+    """Rebuild a trained run for inference: its pipeline (with `overrides`), a trainer that
+    writes nothing, and the checkpoint's weights (and EMA, which its evaluations used).
+    `core eval` and the tools (extract, search, explain, export) all start here."""
     from core.pipeline import build_pipeline, resolve_device
     from core.training import distributed as D
     from core.training.checkpoint import load_checkpoint, seed_everything
     from core.training.run_folder import RunFolder
     from core.training.trainer import Trainer
 
-    target = Path(target)
-    checkpoint = target / "checkpoints" / "last.pt" if target.is_dir() else target
-    run_dir = target if target.is_dir() else target.parent.parent
-    if not (run_dir / "pipeline.yaml").is_file():
-        raise FileNotFoundError(f"cannot evaluate {target}: no pipeline.yaml in {run_dir} "
-                                "(give a run folder written by `core run`, or a checkpoint inside its checkpoints/)")
+    run_dir, checkpoint = resolve_run(target)
     state = load_checkpoint(checkpoint)
     cfg = load_pipeline(run_dir / "pipeline.yaml", list(overrides))
     seed_everything(0)
@@ -146,6 +156,12 @@ def evaluate_run(target: str | Path, overrides: Sequence[str] = ()) -> dict[str,
     p.model.load_state_dict(state["model"])
     if trainer.ema is not None and state.get("ema") is not None:
         trainer.ema.load_state_dict(state["ema"])
-    if not p.test_sets:
+    return run_dir, checkpoint, trainer
+
+
+def evaluate_run(target: str | Path, overrides: Sequence[str] = ()) -> dict[str, float]:
+    """Evaluate a run folder's model (or a checkpoint file inside one) on its test sets."""
+    run_dir, _, trainer = restore_run(target, overrides)
+    if not trainer.p.test_sets:
         raise ValueError(f"{run_dir / 'pipeline.yaml'}: the pipeline has no test set with query and gallery")
     return trainer.evaluate("checkpoint")

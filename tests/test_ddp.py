@@ -5,7 +5,6 @@ import copy
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
@@ -16,33 +15,10 @@ from core.testing import TINY_PIPELINE
 from core.training.checkpoint import load_checkpoint
 from core.training.run_folder import read_metrics
 
-#: A head without BatchNorm: per-process batch statistics would (rightly) differ from the
-#: one-process batch's, so BN-free is what makes the curves comparable.
-LINEAR_HEAD = textwrap.dedent("""
-    from torch import nn
-    from core.hookspecs import hookimpl
-    from core.interfaces import Head
-
-    class LinearHead(Head):
-        def __init__(self, ctx):
-            super().__init__()
-            self.classifier = nn.Linear(ctx.feature_dim, ctx.num_identities)
-
-        def forward(self, features, batch):
-            x = features["global"]
-            return {"features": x, "embedding": x, "logits": self.classifier(x)}
-
-    @hookimpl
-    def register_heads(register):
-        register("linear_test", LinearHead)
-""")
-
-
 @pytest.fixture
-def ddp_pipeline(tmp_path):
-    (tmp_path / "linear_head.py").write_text(LINEAR_HEAD)
+def ddp_pipeline(tmp_path, test_components):
     config = copy.deepcopy(TINY_PIPELINE)
-    config.update(plugins=["./linear_head.py"], head={"name": "linear_test"}, losses=[{"name": "ce"}])
+    config.update(plugins=["./test_components.py"], head={"name": "linear_test"}, losses=[{"name": "ce"}])
     # SGD: Adam divides by sqrt(v) and turns float noise in exactly-zero gradients (the
     # key bias of attention) into full-size steps, which would hide what DDP computes
     config["stages"][0].update(epochs=2, optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9})

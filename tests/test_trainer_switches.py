@@ -2,7 +2,6 @@
 flip-averaged extraction, torch.compile, channels_last."""
 
 import copy
-import textwrap
 
 import pytest
 import torch
@@ -19,48 +18,12 @@ from core.training.optim import param_groups
 from core.training.run_folder import RunFolder, read_metrics
 from core.training.trainer import Trainer
 
-LINEAR_HEAD = textwrap.dedent("""
-    import torch
-    from torch import nn
-    from core.hookspecs import hookimpl
-    from core.interfaces import Head, Loss
-
-    class LinearHead(Head):
-        def __init__(self, ctx):
-            super().__init__()
-            self.classifier = nn.Linear(ctx.feature_dim, ctx.num_identities)
-
-        def forward(self, features, batch):
-            x = features["global"]
-            return {"features": x, "embedding": x, "logits": self.classifier(x)}
-
-    class NanAtStep(Loss):
-        def __init__(self, step: int = 3):
-            super().__init__()
-            self.step, self.calls = step, 0
-
-        def forward(self, outputs, batch):
-            self.calls += 1
-            value = outputs["features"].sum() * 0
-            return value + (float("nan") if self.calls == self.step else 0.0)
-
-    @hookimpl
-    def register_heads(register):
-        register("linear_test", LinearHead)
-
-    @hookimpl
-    def register_losses(register):
-        register("nan_at_step", NanAtStep)
-""")
-
-
 @pytest.fixture
-def write_pipeline(tmp_path):
-    (tmp_path / "extra.py").write_text(LINEAR_HEAD)
+def write_pipeline(tmp_path, test_components):
 
     def _write(config, name="p.yaml"):
         config = copy.deepcopy(config)
-        config["plugins"] = ["./extra.py"]
+        config["plugins"] = ["./test_components.py"]
         path = tmp_path / name
         path.write_text(yaml.safe_dump(config))
         return path

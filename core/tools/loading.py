@@ -44,37 +44,13 @@ class LoadedRun:
         return str(getattr(evaluator, "metric", "cosine"))
 
 
-def resolve_target(target: str | Path) -> tuple[Path, Path]:
-    """(run folder, checkpoint file) of a run folder or of a checkpoint inside one."""
-    target = Path(target)
-    checkpoint = target / "checkpoints" / "last.pt" if target.is_dir() else target
-    run_dir = target if target.is_dir() else target.parent.parent
-    if not (run_dir / "pipeline.yaml").is_file():
-        raise FileNotFoundError(f"{target} is not a run folder: no pipeline.yaml in {run_dir} (give a run folder "
-                                "written by `core run`, or a checkpoint inside its checkpoints/)")
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"{target}: no checkpoint at {checkpoint} (the run has not saved one yet)")
-    return run_dir, checkpoint
-
-
 def load_run(target: str | Path, device: str = "auto", overrides: Sequence[str] = ()) -> LoadedRun:
     """Rebuild the model of a run folder or checkpoint for inference."""
-    from core.config.loading import load_pipeline
-    from core.pipeline import build_pipeline
-    from core.training.checkpoint import load_checkpoint, seed_everything
-    from core.training.run_folder import RunFolder
-    from core.training.trainer import Trainer
+    from core.runner import restore_run
 
-    run_dir, checkpoint = resolve_target(target)
-    state = load_checkpoint(checkpoint)
-    cfg = load_pipeline(run_dir / "pipeline.yaml", [f"trainer.device={device}", "trainer.progress=false",
-                                                     *overrides])
-    seed_everything(0)
-    p = build_pipeline(cfg)
-    trainer = Trainer(p, RunFolder(run_dir, enabled=False))
-    p.model.load_state_dict(state["model"])
-    if trainer.ema is not None and state.get("ema") is not None:
-        trainer.ema.load_state_dict(state["ema"])
+    run_dir, checkpoint, trainer = restore_run(
+        target, [f"trainer.device={device}", "trainer.progress=false", *overrides])
+    p = trainer.p
     evaluated = trainer.model  # the EMA copy when the run kept one
     model = ReIDModel(evaluated.backbone, evaluated.head).eval()
     return LoadedRun(run_dir=run_dir, checkpoint=checkpoint, pipeline=p, model=model, device=trainer.device,

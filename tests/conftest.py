@@ -1,0 +1,51 @@
+"""Fixtures shared by the core's tests (plugin authors get theirs from core.testing)."""
+
+import textwrap
+
+import pytest
+
+#: A local plugin file for tests: a head without BatchNorm (per-process batch statistics
+#: would rightly differ from a one-process batch's, so comparisons of DDP or gradient
+#: accumulation against one big batch need a BN-free model) and a loss that turns NaN at
+#: a chosen call.
+TEST_COMPONENTS = textwrap.dedent("""
+    from torch import nn
+    from core.hookspecs import hookimpl
+    from core.interfaces import Head, Loss
+
+    class LinearHead(Head):
+        def __init__(self, ctx):
+            super().__init__()
+            self.classifier = nn.Linear(ctx.feature_dim, ctx.num_identities)
+
+        def forward(self, features, batch):
+            x = features["global"]
+            return {"features": x, "embedding": x, "logits": self.classifier(x)}
+
+    class NanAtStep(Loss):
+        def __init__(self, step: int = 3):
+            super().__init__()
+            self.step, self.calls = step, 0
+
+        def forward(self, outputs, batch):
+            self.calls += 1
+            value = outputs["features"].sum() * 0
+            return value + (float("nan") if self.calls == self.step else 0.0)
+
+    @hookimpl
+    def register_heads(register):
+        register("linear_test", LinearHead)
+
+    @hookimpl
+    def register_losses(register):
+        register("nan_at_step", NanAtStep)
+""")
+
+
+@pytest.fixture
+def test_components(tmp_path):
+    """Write the test-components plugin file into tmp_path; name it `./test_components.py`
+    under `plugins:` in a pipeline written to the same folder."""
+    path = tmp_path / "test_components.py"
+    path.write_text(TEST_COMPONENTS)
+    return path
