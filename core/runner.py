@@ -71,7 +71,12 @@ def run(pipeline: str | Path, overrides: Sequence[str] = (), run_dir: str | Path
         folder.write_pipeline(_absolute_plugin_paths(cfg), p.provenance)
     folder.write_environment(str(trainer.device), p.provenance)
     metrics = trainer.fit()
-    D.barrier()  # the report is written by rank 0
+    if metrics is not None and p.trainer.worst_queries > 0 and dist.is_main and p.test_sets:
+        from core.tools.search import worst_queries
+
+        worst_queries(run_path, count=p.trainer.worst_queries, device=str(trainer.device),
+                      progress=False, echo=lambda *_: None)
+    D.barrier()  # the report (and pictures) are written by rank 0
     baseline = next((r for r in trainer.history if r["tag"].startswith("baseline")), {})
     return RunResult(name=p.name, run_dir=run_path, metrics=metrics,
                      baseline={k: v for k, v in baseline.items() if "/" in k}, rank=dist.rank)

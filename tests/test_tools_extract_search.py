@@ -117,3 +117,12 @@ def test_search_needs_query_and_gallery_or_worst(trained_run, capsys):
 def test_a_folder_that_is_no_run_is_named(tmp_path, capsys):
     assert main(["extract", str(tmp_path), "--images", "run:query", "--out", str(tmp_path / "f.npz")]) == 2
     assert "is not a run folder: no pipeline.yaml" in capsys.readouterr().err
+
+
+def test_trainer_option_draws_the_worst_queries_into_the_run_folder(tiny_pipeline_config, run_tiny_pipeline):
+    config = tiny_pipeline_config
+    config["trainer"].update(worst_queries=3, eval_before=False)
+    result = run_tiny_pipeline(config)
+    folder = result.run_dir / "worst-queries"
+    assert (folder / "index.html").is_file()
+    assert len(list((folder / "synthetic").glob("*.png"))) == 3

@@ -87,7 +87,9 @@ class TrainerConfig:
     exponential moving average of the weights, evaluated instead of the raw weights
     (e.g. 0.999; null: off). `compile`: torch.compile the training forward.
     `stop_after_steps`: save a checkpoint and stop after this many optimisation steps (to be
-    continued with --resume). A NaN/Inf loss always stops the run."""
+    continued with --resume). A NaN/Inf loss always stops the run. `worst_queries`: after
+    the final evaluation, draw the ranked lists of the N lowest-AP queries of each test set
+    into `<run>/worst-queries/` (evaluators see features only, so the trainer does it)."""
 
     device: str = "auto"
     amp: Literal["bf16", "none"] = "bf16"
@@ -108,6 +110,7 @@ class TrainerConfig:
     sync_bn: bool = False
     find_unused_parameters: bool = False
     eval_flip: bool = False
+    worst_queries: int = 0
     output_dir: str = "runs"
     progress: bool = True
 
