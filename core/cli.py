@@ -79,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_validate)
 
+    p = sub.add_parser("label", help="run a pipeline's labelers (its `prepare` steps) over the training images",
+                       description="Run the pipeline's `prepare` labelers over its training images and write "
+                                   "their annotation files (resumable: an interrupted run continues; a file "
+                                   "that is up to date is kept unless --force).")
+    p.add_argument("pipeline", metavar="PIPELINE")
+    _add_set(p)
+    p.add_argument("--force", action="store_true", help="label again even when the files are up to date")
+    p.set_defaults(func=cmd_label)
+
     p = sub.add_parser("plugins", help="list installed plugins and the components they provide",
                        description="List the plugins (built-in, installed through the `reid_core` entry "
                                    "point) with their versions and components; plugins that failed to load "
@@ -146,6 +155,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if summary["parameters_without_grad"]:
             print(f"  note: {len(summary['parameters_without_grad'])} trainable parameters got no gradient, "
                   f"e.g. {summary['parameters_without_grad'][:3]}")
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from core.runner import label
+
+    outs = label(args.pipeline, args.overrides, force=args.force)
+    if not outs:
+        print(f"{args.pipeline}: no `prepare` step; nothing to label")
     return 0
 
 

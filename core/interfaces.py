@@ -46,6 +46,26 @@ class Dataset(abc.ABC):
         except (UnidentifiedImageError, OSError) as exc:
             raise OSError(f"cannot read image {record.path}: {exc}") from None
 
+    def sample_extras(self, record: Record) -> dict[str, Any]:
+        """Per-sample fields decoded with the image, in the loader's workers (e.g. an
+        instruction image): merged into the sample's extras. Default: none."""
+        return {}
+
+    def record_key(self, record: Record) -> str:
+        """A stable name of `record` within this dataset, by which annotation files
+        (core.data.annotations) find it again: the image path relative to the dataset's
+        `root` when it has one, else the path. Datasets without paths override this."""
+        if record.path is None:
+            raise ValueError(f"{type(self).__name__}: record of pid {record.pid} has no path; the dataset "
+                             "must override record_key() to name its records")
+        root = getattr(self, "root", None)
+        if root is not None:
+            try:
+                return Path(record.path).resolve().relative_to(Path(root).resolve()).as_posix()
+            except ValueError:
+                pass
+        return Path(record.path).as_posix()
+
 
 @dataclass
 class Episode:
@@ -125,7 +145,12 @@ class Loss(nn.Module):
 
 @dataclass
 class FeatureSet:
-    """Embeddings of one split with the metadata evaluation needs."""
+    """Embeddings of one split with the metadata evaluation needs.
+
+    `extras` holds the model outputs an evaluator asked for (`Evaluator.outputs`, one row
+    per item, e.g. instruction embeddings for mAP-tau); `records` are the split's records
+    (their extras: task, caption, modality, ...), in embedding order.
+    """
 
     embeddings: torch.Tensor
     pids: np.ndarray
@@ -133,6 +158,7 @@ class FeatureSet:
     categories: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     category_names: list[str] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+    records: list[Record] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
@@ -142,15 +168,46 @@ class Evaluator(abc.ABC):
     """Query and gallery embeddings -> metrics (floats, percentages where the field
     reports percentages: rank-k, mAP, mINP)."""
 
+    #: model outputs besides "embedding" that extraction keeps in `FeatureSet.extras`
+    outputs: tuple[str, ...] = ()
+
     @abc.abstractmethod
     def evaluate(self, query: FeatureSet, gallery: FeatureSet) -> dict[str, float]:
         """Metrics of one test set."""
 
 
+@dataclass
+class Labels:
+    """What a labeler's `finalize` returns: per-record `fields` (arrays with one row per
+    record, in the order given), which of them training attaches to records (`attach`),
+    and a `report` (e.g. the fraction of boxes replaced per part) stored with the file."""
+
+    fields: dict[str, np.ndarray]
+    attach: list[str]
+    report: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
 class Labeler(abc.ABC):
-    """An offline step that writes per-image annotations (e.g. part masks) before
-    training; the pipeline reads them back through a dataset's extras."""
+    """An offline step that annotates a dataset's training images before training (e.g.
+    part masks from a grounding model); the core runs it (`core label`, or a pipeline's
+    `prepare` step), resumably, and writes an annotation file (core.data.annotations)
+    whose attached fields reach the batch through the records' extras.
+
+    Two phases: `label_batch` is the per-image work (a model, slow, resumable: results are
+    saved in chunks as they come); `finalize` sees every image's raw result at once (the
+    dataset-level step: calibration from statistics, voting onto `ctx.patch_grid`).
+    """
+
+    #: images per `label_batch` call
+    batch_size: int = 16
 
     @abc.abstractmethod
-    def label(self, dataset: Dataset, out_dir: Path) -> Path:
-        """Annotate `dataset`, write the result under `out_dir`, return its path."""
+    def label_batch(self, images: list[Any], records: list[Record]) -> dict[str, np.ndarray]:
+        """Raw annotations of decoded RGB images (their records beside them): arrays whose
+        first axis has one row per image."""
+
+    def finalize(self, raw: dict[str, np.ndarray], records: list[Record], ctx: Any) -> Labels:
+        """The fields to store from every image's raw annotations. Default: store and
+        attach the raw fields as they are."""
+        return Labels(fields=dict(raw), attach=list(raw))

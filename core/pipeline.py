@@ -186,8 +186,13 @@ def load_local_plugins(cfg: LoadedConfig) -> None:
         pm.load_file(path, base_dir=base)
 
 
-def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1) -> Pipeline:
-    """Build every component of a pipeline (no training)."""
+def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepare: str = "run",
+                   echo: Any = print) -> Pipeline:
+    """Build every component of a pipeline (no training). `prepare`: "run" runs the
+    pipeline's labelers whose files are missing or stale, "force" runs them all, "skip"
+    neither runs nor attaches them (inference from a trained run)."""
+    if prepare not in ("run", "force", "skip"):
+        raise ValueError(f"build_pipeline: prepare must be 'run', 'force' or 'skip'; got {prepare!r}")
     _check_top_level(cfg)
     load_local_plugins(cfg)
     registry = build_registry()
@@ -212,7 +217,7 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1) -> Pip
     if not train_specs:
         raise cfg.error("data.train", "at least one training dataset is needed, e.g. "
                                       "[{dataset: synthetic}]")
-    train_datasets = [b.build("dataset", f"data.train.{i}", s, None, name_key="dataset")
+    train_datasets = [b.build("dataset", f"data.train.{i}", s, None, name_key="dataset", reserved=("annotations",))
                       for i, s in enumerate(train_specs)]
     train_names = [b.spec(f"data.train.{i}", s, "dataset")[0] for i, s in enumerate(train_specs)]
     train = RecordTable.build([(n, d.records("train")) for n, d in zip(train_names, train_datasets)],
@@ -227,9 +232,10 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1) -> Pip
     else:
         specs = _as_list(cfg, "data.test", test_specs)
         pairs = [(b.spec(f"data.test.{i}", s, "dataset")[0],
-                  b.build("dataset", f"data.test.{i}", s, None, name_key="dataset"))
+                  b.build("dataset", f"data.test.{i}", s, None, name_key="dataset", reserved=("annotations",)))
                  for i, s in enumerate(specs)]
     names = [n for n, _ in pairs]
+    test_tables: list[tuple[int, RecordTable]] = []  # (index into pairs, table), for annotations
     for i, (set_name, dataset) in enumerate(pairs):
         label = set_name if names.count(set_name) == 1 else f"{set_name}#{i}"
         query, gallery = dataset.records("query"), dataset.records("gallery")
@@ -242,6 +248,7 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1) -> Pip
             gallery=RecordTable.build([(set_name, gallery)], relabel=False, category_names=cats),
             datasets=[dataset],
         ))
+        test_tables += [(i, test_sets[-1].query), (i, test_sets[-1].gallery)]
 
     trainer_cfg = build_dataclass(TrainerConfig, cfg.data.get("trainer"), cfg, "trainer", "the trainer")
     size = transform_params.get("size", inspect.signature(build_transform).parameters["size"].default)
@@ -253,6 +260,15 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1) -> Pip
     backbone = b.build("backbone", "backbone", cfg.data["backbone"], ctx)
     ctx.feature_dim = int(backbone.feature_dim)
     ctx.patch_grid = getattr(backbone, "patch_grid", None)
+    if prepare != "skip":
+        from core.prepare import attach_dataset_annotations, run_prepare_steps
+
+        attach_dataset_annotations(cfg, train_specs, train_datasets, train, ctx.patch_grid, "data.train", None)
+        if test_specs is not None:
+            attach_dataset_annotations(cfg, _as_list(cfg, "data.test", test_specs), [d for _, d in pairs], None,
+                                       ctx.patch_grid, "data.test", test_tables)
+        run_prepare_steps(cfg, b, ctx, train_names, train_specs, train_datasets, train,
+                          force=prepare == "force", echo=echo)
     head = b.build("head", "head", cfg.data["head"], ctx)
     model = ReIDModel(backbone, head)
 

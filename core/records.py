@@ -22,7 +22,8 @@ ROLE_META_TEST = 1
 #: Where an optional Batch field usually comes from, for error messages.
 FIELD_PROVIDERS: dict[str, str] = {
     "roles": "an episodic sampler (e.g. `edps`)",
-    "part_masks": "a labeler (e.g. `vge-labeler`) or the synthetic dataset's part boxes",
+    "part_masks": "a labeler (e.g. `vge-labeler`) through a `prepare` step or a dataset's `annotations:` file",
+    "part_boxes": "a dataset with part boxes (the synthetic world; a manifest's part_boxes column)",
     "instruction": "an instruction dataset (e.g. `instruct-editor`)",
     "clothes_ids": "a clothes-changing dataset (e.g. the synthetic world)",
     "modality": "a cross-modality dataset (e.g. the synthetic world's infrared cameras)",

@@ -127,6 +127,17 @@ def validate(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[str, A
     }
 
 
+def label(pipeline: str | Path, overrides: Sequence[str] = (), force: bool = False) -> list[Path]:
+    """Run the pipeline's `prepare` labelers (what `core label` does); the annotation files."""
+    from core.pipeline import build_pipeline
+
+    cfg = load_pipeline(pipeline, overrides)
+    steps = cfg.data.get("prepare") or []
+    build_pipeline(cfg, prepare="force" if force else "run")
+    steps = [steps] if isinstance(steps, dict) else steps
+    return [Path(s["out"]) for s in steps if isinstance(s, dict) and s.get("out")]
+
+
 def resolve_run(target: str | Path) -> tuple[Path, Path]:
     """(run folder, checkpoint file) of a run folder or of a checkpoint inside one."""
     target = Path(target)
@@ -156,7 +167,8 @@ def restore_run(target: str | Path, overrides: Sequence[str] = ()):
     seed_everything(0)
     device = (cfg.data.get("trainer") or {}).get("device", "auto")
     dist = D.init_from_env(resolve_device(device if isinstance(device, str) else "auto").type)
-    p = build_pipeline(cfg, rank=dist.rank, world_size=dist.world_size)
+    # inference needs no labels: a run's annotation files may be gone or stale
+    p = build_pipeline(cfg, rank=dist.rank, world_size=dist.world_size, prepare="skip")
     trainer = Trainer(p, RunFolder(run_dir, enabled=False), dist=dist)
     p.model.load_state_dict(state["model"])
     if trainer.ema is not None and state.get("ema") is not None:

@@ -86,7 +86,7 @@ def test_sample_carries_the_table_metadata_and_public_extras(samples):
     assert (s["pid"], s["camid"], s["category"], s["domain"]) == (
         t.pids[5], t.camids[5], t.category_ids[5], t.domain_ids[5])
     assert s["role"] == 0 and s["index"] == 5
-    assert set(s["extras"]) == {"parts"}  # render_key is internal
+    assert set(s["extras"]) == {"part_boxes"}  # render_key is internal
 
 
 def test_mismatched_datasets_are_an_error(world):
@@ -104,7 +104,7 @@ def test_collate_builds_a_batch_of_int64_metadata(samples):
     for name in ("pids", "camids", "categories", "domains", "roles", "indices"):
         value = getattr(batch, name)
         assert value.dtype == torch.int64 and value.shape == (4,)
-    assert batch.extras["parts"].shape == (4, 3, 4) and batch.extras["parts"].dtype == torch.float32
+    assert batch.extras["part_boxes"].shape == (4, 3, 4) and batch.extras["part_boxes"].dtype == torch.float32
 
 
 def test_collate_extras_by_kind_of_value():

@@ -51,7 +51,7 @@ def test_manifest_reads_back_with_the_same_counts_and_annotations(exported):
     assert {r.domain for r in records} == {"synthetic", "sketch"}
     assert all(r.path and (exported / r.path).is_file() for r in records)
     r = records[0]
-    assert {"caption", "attributes", "clothes_id", "modality", "parts", "market_pid"} <= set(r.extras)
+    assert {"caption", "attributes", "clothes_id", "modality", "part_boxes", "market_pid"} <= set(r.extras)
     assert {rec.extras["modality"] for rec in records if rec.camid == 2} == {1}  # typed again from CSV
 
 

@@ -107,7 +107,7 @@ def test_identity_attributes_do_not_depend_on_the_category_list():
 def test_part_boxes_lie_inside_the_image_with_head_above_legs():
     world = SyntheticWorld(categories=["person", "vehicle", "animal"], **SMALL)
     for r in world.records("train") + world.records("gallery"):
-        parts = r.extras["parts"]
+        parts = r.extras["part_boxes"]
         assert parts.shape == (3, 4) and parts.dtype == np.float32
         assert (parts >= 0).all() and (parts <= 1).all()
         assert (parts[:, 0] <= parts[:, 2]).all() and (parts[:, 1] <= parts[:, 3]).all()
@@ -167,16 +167,16 @@ def test_every_record_of_a_world_has_the_same_extras_and_a_batch_collates(full):
 
     records = [r for s in ("train", "query", "gallery") for r in full.records(s)]
     keys = {frozenset(r.extras) for r in records}
-    assert keys == {frozenset({"render_key", "parts", "clothes_id", "modality", "caption", "attributes"})}
+    assert keys == {frozenset({"render_key", "part_boxes", "clothes_id", "modality", "caption", "attributes"})}
     mixed = [full.records("train")[i].extras for i in (0, 40, 80, 130, 200)]
     batch = collate_extras([{k: v for k, v in e.items() if k != "render_key"} for e in mixed])
     assert batch["clothes_id"].dtype.is_floating_point is False and batch["modality"].shape == (5,)
-    assert batch["parts"].shape == (5, 3, 4)
+    assert batch["part_boxes"].shape == (5, 3, 4)
     assert isinstance(batch["caption"], list) and isinstance(batch["attributes"], list)
 
 
 def test_default_world_has_only_part_boxes_as_public_extras():
-    assert set(SyntheticWorld(**SMALL).records("train")[0].extras) == {"render_key", "parts"}
+    assert set(SyntheticWorld(**SMALL).records("train")[0].extras) == {"render_key", "part_boxes"}
 
 
 def test_images_do_not_change_when_unrelated_parameters_change():
@@ -196,7 +196,7 @@ def test_person_part_boxes_are_head_over_upper_body_over_legs_under_any_camera(f
     rotated = SyntheticWorld(categories=["person"], perspective=1.0, **SMALL)
     for world in (full, rotated):
         for r in world.records("train") + world.records("gallery"):
-            parts = r.extras["parts"]
+            parts = r.extras["part_boxes"]
             assert (parts >= 0).all() and (parts <= 1).all()
             if r.category == "person":
                 cy = (parts[:, 1] + parts[:, 3]) / 2
@@ -210,7 +210,7 @@ def test_part_boxes_cover_the_drawn_person():
     for r in world.records("train")[:10]:
         image = np.asarray(world.load_image(r), np.float32)
         h, w = image.shape[:2]
-        x0, y0, x1, y1 = r.extras["parts"][0] * [w, h, w, h]
+        x0, y0, x1, y1 = r.extras["part_boxes"][0] * [w, h, w, h]
         head = image[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))]
         above = image[: max(int(y0) - 2, 1)]
         assert head.size and np.abs(head.mean(axis=(0, 1)) - above.mean(axis=(0, 1))).sum() > 10

@@ -12,6 +12,7 @@ TOP_LEVEL_KEYS: dict[str, str] = {
     "seed": "global seed (int)",
     "plugins": "local plugin files to load, relative to the pipeline file",
     "data": "train / test dataset lists and the transform",
+    "prepare": "offline labelers run once before training, e.g. [{name: vge, out: labels/parts.npz, ...}]",
     "sampler": "{name: ..., params}",
     "backbone": "{name: ..., params}",
     "head": "{name: ..., params}",

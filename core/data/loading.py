@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as F
 
+from core.data.spatial import SPATIAL_FIELDS, patch_masks_as_batch_field, transform_with_parts
 from core.data.table import RecordTable
 from core.interfaces import Dataset
 from core.records import Batch
@@ -42,23 +43,41 @@ class ImageSamples(torch.utils.data.Dataset):
         index, seed, role = _parse_key(key)
         t = self.table
         record = t.records[index]
-        image = self.datasets[int(t.source_ids[index])].load_image(record)
+        dataset = self.datasets[int(t.source_ids[index])]
+        image = dataset.load_image(record)
+        extras = {k: v for k, v in record.extras.items() if k not in INTERNAL_EXTRAS and not k.startswith("_")}
+        extras.update(dataset.sample_extras(record))
+        image, spatial = self._apply(image, extras, index, seed)
+        extras.update(spatial)
         return {
-            "image": self._apply(image, index, seed),
+            "image": image,
             "pid": int(t.pids[index]),
             "camid": int(t.camids[index]),
             "category": int(t.category_ids[index]),
             "domain": int(t.domain_ids[index]),
             "role": role,
             "index": index,
-            "extras": {k: v for k, v in record.extras.items() if k not in INTERNAL_EXTRAS and not k.startswith("_")},
+            "extras": extras,
         }
 
-    def _apply(self, image: Any, index: int, seed: int | None) -> torch.Tensor:
+    def _apply(self, image: Any, extras: dict[str, Any], index: int,
+               seed: int | None) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The transformed image and the spatial extras moved with it (core.data.spatial)."""
         if self.transform is None:
-            return F.to_dtype(F.to_image(image), torch.float32, scale=True)
+            spatial = {}
+            if "part_masks" in extras:
+                spatial["part_masks"] = patch_masks_as_batch_field(extras["part_masks"])
+            if "part_boxes" in extras:
+                spatial["part_boxes"] = torch.as_tensor(np.asarray(extras["part_boxes"], dtype=np.float32))
+            return F.to_dtype(F.to_image(image), torch.float32, scale=True), spatial
+        if not any(k in extras for k in SPATIAL_FIELDS):
+            def run() -> tuple[torch.Tensor, dict[str, Any]]:
+                return self.transform(image), {}
+        else:
+            def run() -> tuple[torch.Tensor, dict[str, Any]]:
+                return transform_with_parts(self.transform, image, extras)
         if seed is None:
-            return self.transform(image)
+            return run()
         # torchvision v2 draws from torch's CPU generator only; python's `random` is
         # seeded too for user transforms built on it. Seeding the CPU generator alone
         # costs microseconds (torch.manual_seed touches every device: ~75 us). In the
@@ -70,7 +89,7 @@ class ImageSamples(torch.utils.data.Dataset):
         generator.manual_seed(sample)
         random.seed(sample)
         try:
-            return self.transform(image)
+            return run()
         finally:
             if states is not None:
                 generator.set_state(states[0])

@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from core.interfaces import Dataset
 from core.records import Record
 
@@ -90,6 +92,8 @@ class ManifestDataset(Dataset):
             raise ValueError(f"{where}: field 'split' has unknown value '{split}'; valid values: {', '.join(SPLITS)}")
         image = Path(str(row["path"]))
         extras = {k: _scalar(v) for k, v in row.items() if k not in REQUIRED + OPTIONAL}
+        if extras.get("part_boxes") not in (None, ""):
+            extras["part_boxes"] = _part_boxes(extras["part_boxes"], where)
         return Record(
             path=str(image if image.is_absolute() else self.root / image),
             pid=_integer(row["pid"], "pid", where),
@@ -112,6 +116,19 @@ def _scalar(value: Any) -> Any:
         except ValueError:
             pass
     return value
+
+
+def _part_boxes(value: Any, where: str) -> np.ndarray:
+    """'part_boxes': 4 numbers per part [x0 y0 x1 y1] as fractions of the image, space
+    separated in CSV (as `core data synth` writes them) or a list in JSON lines."""
+    try:
+        flat = np.asarray(value.split() if isinstance(value, str) else value, dtype=np.float32).ravel()
+    except ValueError:
+        flat = np.zeros(0, dtype=np.float32)
+    if flat.size == 0 or flat.size % 4:
+        raise ValueError(f"{where}: field 'part_boxes' must hold 4 numbers per part (x0 y0 x1 y1, fractions "
+                         f"of the image); got {value!r}")
+    return flat.reshape(-1, 4)
 
 
 def _integer(value: Any, key: str, where: str) -> int:

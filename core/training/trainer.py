@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from core.data.loading import ImageSamples, collate, mix_seed
-from core.interfaces import Episode, FeatureSet
+from core.interfaces import Episode, FeatureSet, read_output
 from core.pipeline import LossTerm, Pipeline, ReIDModel, resolve_device
 from core.plugins import get_plugin_manager
 from core.records import Batch
@@ -190,20 +190,28 @@ class Trainer:
         loader = DataLoader(Subset(samples, range(start, stop)), batch_size=self.cfg.batch_size_eval,
                             shuffle=False, collate_fn=collate, num_workers=self.cfg.num_workers,
                             pin_memory=self._pin(), generator=torch.Generator().manual_seed(0))
-        chunks = []
+        wanted = tuple(getattr(self.p.evaluator, "outputs", ()) or ())
+        chunks: dict[str, list[torch.Tensor]] = {k: [] for k in ("embedding", *wanted)}
+        who = f"evaluator {type(self.p.evaluator).__name__}"
         self.model.eval()
         with torch.no_grad(), self.autocast():
             for batch in loader:
                 batch = self._to_device(batch)
-                embedding = self.model(batch)["embedding"].float()
+                out = self.model(batch)
+                rows = {k: read_output(out, k, who).float() for k in chunks}
                 if self.cfg.eval_flip:
                     batch.images = batch.images.flip(-1)
-                    embedding = (embedding + self.model(batch)["embedding"].float()) / 2
-                chunks.append(embedding)
-        local = torch.cat(chunks) if chunks else torch.zeros(0, 0, device=self.device)
-        embeddings = D.gather_rows(local, len(table))
-        return FeatureSet(embeddings=embeddings, pids=table.pids.copy(), camids=table.camids.copy(),
-                          categories=table.category_ids.copy(), category_names=list(table.category_names))
+                    flipped = self.model(batch)
+                    rows = {k: (v + flipped[k].float()) / 2 for k, v in rows.items()}
+                for k, v in rows.items():
+                    chunks[k].append(v)
+        gathered = {}
+        for k, parts in chunks.items():
+            local = torch.cat(parts) if parts else torch.zeros(0, 0, device=self.device)
+            gathered[k] = D.gather_rows(local, len(table))
+        return FeatureSet(embeddings=gathered.pop("embedding"), pids=table.pids.copy(), camids=table.camids.copy(),
+                          categories=table.category_ids.copy(), category_names=list(table.category_names),
+                          extras=gathered, records=list(table.records))
 
     def evaluate(self, tag: str) -> dict[str, float]:
         """Evaluate every test set; keys `<set>/<metric>`, plus `mean/<metric>` over sets."""

@@ -17,7 +17,7 @@ from core.data.synthetic.world import SyntheticWorld
 
 MARKET_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 #: Extras written as manifest columns, in this order, when the world has them.
-EXTRA_COLUMNS = ("clothes_id", "modality", "caption", "attributes", "parts")
+EXTRA_COLUMNS = ("clothes_id", "modality", "caption", "attributes", "part_boxes")
 
 
 def market_ids(world: SyntheticWorld) -> dict[str, dict[int, int]]:
@@ -62,7 +62,7 @@ def export_world(world: SyntheticWorld, out: str | Path, quality: int = 95,
                        "domain": r.domain, "split": split, "market_pid": group[r.pid]}
                 for k in columns[7:]:
                     v = r.extras[k]
-                    row[k] = " ".join(f"{x:.4f}" for x in v.ravel()) if k == "parts" else v
+                    row[k] = " ".join(f"{x:.4f}" for x in v.ravel()) if k == "part_boxes" else v
                 writer.writerow(row)
                 done += 1
                 if progress is not None:

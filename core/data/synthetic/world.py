@@ -51,7 +51,7 @@ class SyntheticWorld(Dataset):
     occlusion), never on the category or domain lists: adding a category keeps the rest.
 
     extras (every record of one world has the same keys):
-      "parts": float32 (3, 4) part boxes [x0, y0, x1, y1], fractions of the image, after
+      "part_boxes": float32 (3, 4) part boxes [x0, y0, x1, y1], fractions of the image, after
         the camera's warp (bounding boxes of the warped boxes, clipped to [0, 1]), in the
         order of `CATEGORIES[category].part_names` (person: head, upper, legs);
       "clothes_id" (when clothes_changes > 0): int, unique per (person, outfit) in the
@@ -137,7 +137,7 @@ class SyntheticWorld(Dataset):
         pid = cat * PID_STRIDE + identity
         camid = image % self.num_cameras
         extras: dict[str, Any] = {"render_key": (cat, identity, image, domain),
-                                  "parts": warp_boxes(spec.parts(layout), matrix, self.width, self.height)}
+                                  "part_boxes": warp_boxes(spec.parts(layout), matrix, self.width, self.height)}
         if self.clothes_changes:
             extras["clothes_id"] = pid * (self.clothes_changes + 1) + self.outfit(image) if name == "person" else -1
         if self.infrared_cameras:
@@ -156,6 +156,16 @@ class SyntheticWorld(Dataset):
             raise ValueError(f"SyntheticWorld: record of pid {record.pid} has no extras['render_key']; "
                              "it was not listed by a SyntheticWorld")
         return self.render(*key)
+
+    def record_key(self, record: Record) -> str:
+        """"<category>/<identity>/<image>/<domain>": the render key names the image (the
+        world's options, which decide the pixels, are checked by the annotation file's
+        fingerprint)."""
+        key = record.extras.get("render_key")
+        if key is None:
+            raise ValueError(f"SyntheticWorld: record of pid {record.pid} has no extras['render_key']")
+        _, identity, image, domain = key
+        return f"{record.category}/{identity}/{image}/{domain}"
 
     def render(self, category_index: int, identity: int, image: int, domain: str | None = None) -> Image.Image:
         """Image `image` of `identity` in `domain` (default: the first); its camera is image % cameras."""

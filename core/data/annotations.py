@@ -1,0 +1,127 @@
+"""Annotation files: per-image fields a labeler wrote (part masks, boxes, ...) that
+training reads back through the records' extras (DESIGN.md: plugins meet through a file
+format and a Batch field, not through each other's code).
+
+One `.npz` file (numpy, no pickle) holds:
+  - `keys`: (N,) str, "<dataset name>:<record key>" (`Dataset.record_key`);
+  - one array per field with N rows (e.g. `part_masks` (N, P, rows, cols) uint8 on the
+    backbone's patch grid, `part_boxes` (N, P, 4) float fractions of the image);
+  - `__meta__`: a JSON string: the format version, which fields are attached to records
+    (`attach`), the labeler and plugin version, the `fingerprint` of what decided the
+    content (labeler parameters, dataset specs, patch grid), a `report` (e.g. the
+    fraction of boxes the calibration replaced per part), and free facts such as
+    `part_names` and `grid`.
+The spatial fields follow `core.data.spatial`'s contract once attached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from core.records import Record
+
+FORMAT = "reid-core-annotations/1"
+
+
+@dataclass
+class Annotations:
+    keys: list[str]
+    fields: dict[str, np.ndarray]
+    #: the fields copied into records' extras (the rest are kept for inspection)
+    attach: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.keys)
+        for name, values in self.fields.items():
+            if name in ("keys", "__meta__"):
+                raise ValueError(f"annotations: '{name}' is reserved and cannot name a field")
+            if len(values) != n:
+                raise ValueError(f"annotations: field '{name}' has {len(values)} rows for {n} keys")
+        missing = [a for a in self.attach if a not in self.fields]
+        if missing:
+            raise ValueError(f"annotations: attach names {missing}, which are not fields ({sorted(self.fields)})")
+        if len(set(self.keys)) != n:
+            raise ValueError("annotations: duplicate keys")
+
+    @property
+    def grid(self) -> tuple[int, int] | None:
+        masks = self.fields.get("part_masks")
+        return (int(masks.shape[-2]), int(masks.shape[-1])) if masks is not None and masks.ndim == 4 else None
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (a temporary file in the same folder, then a rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {**self.meta, "format": FORMAT, "attach": list(self.attach)}
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+        os.close(fd)
+        try:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, keys=np.asarray(self.keys, dtype=str),
+                                    __meta__=np.asarray(json.dumps(meta, sort_keys=True)), **self.fields)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Annotations":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"annotation file not found: {path} (a labeler writes it: `core label "
+                                    "pipeline.yaml`, or a `prepare` step of the pipeline)")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: not a readable annotation file (.npz): {exc}") from None
+        if "keys" not in arrays or "__meta__" not in arrays:
+            raise ValueError(f"{path}: not an annotation file: it lacks 'keys' or '__meta__' "
+                             f"(has {sorted(arrays)}); format {FORMAT} is expected")
+        meta = json.loads(str(arrays.pop("__meta__")))
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: annotation format {meta.get('format')!r}; this core reads {FORMAT}")
+        keys = [str(k) for k in arrays.pop("keys")]
+        try:
+            return cls(keys=keys, fields=arrays, attach=list(meta.get("attach", [])), meta=meta)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+
+def qualified_key(source: str, key: str) -> str:
+    return f"{source}:{key}"
+
+
+def attach(annotations: Annotations, records: Sequence[Record], keys: Sequence[str], *,
+           where: str, required: bool, grid: tuple[int, int] | None = None) -> int:
+    """Copy the attached fields of `annotations` into the extras of `records` (whose
+    qualified keys are `keys`). With `required`, every record must be annotated; the
+    error names the file (`where`) and the first missing keys. A patch grid other than
+    the backbone's is an error. Returns how many records got fields."""
+    if grid is not None and annotations.grid is not None and tuple(grid) != annotations.grid:
+        raise ValueError(f"{where}: part masks are on a {annotations.grid[0]}x{annotations.grid[1]} patch grid, "
+                         f"the backbone's is {grid[0]}x{grid[1]}; label again for this backbone and image size "
+                         "(delete the file or run `core label --force`)")
+    index = {k: i for i, k in enumerate(annotations.keys)}
+    missing = [k for k in keys if k not in index]
+    if required and missing:
+        raise ValueError(f"{where}: {len(missing)} of {len(keys)} records have no annotation, e.g. "
+                         f"{', '.join(missing[:3])}; label these images again (`core label --force`)")
+    count = 0
+    for record, key in zip(records, keys):
+        i = index.get(key)
+        if i is None:
+            continue
+        for name in annotations.attach:
+            record.extras[name] = annotations.fields[name][i]
+        count += 1
+    return count

@@ -1,0 +1,111 @@
+"""The `prepare` section of a pipeline and the `annotations` key of a dataset spec:
+labelers run before training, and annotation files attached to the records.
+
+```yaml
+prepare:                                  # run once; skipped while the file is up to date
+  - {name: vge, out: labels/people_parts.npz, grounder: {name: stripes}}
+data:
+  train: [{dataset: market1501, root: data/market1501}]
+  test:  [{dataset: msmt17, root: data/MSMT17, annotations: labels/msmt_parts.npz}]
+```
+
+A prepare step labels the training images of every train dataset and attaches its file
+to them; `annotations: FILE` on a dataset spec attaches a file made earlier (by `core
+label`, or by any tool that writes the format of core.data.annotations). Paths are
+relative to the working directory, like dataset roots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from core.config.loading import ConfigError, LoadedConfig
+from core.config.validation import describe
+from core.data.annotations import Annotations, attach, qualified_key
+from core.data.table import RecordTable
+from core.interfaces import Dataset, Labeler
+
+
+def table_keys(table: RecordTable, datasets: Sequence[Dataset]) -> list[str]:
+    """Qualified record keys of a table's records ("<dataset name>:<record key>")."""
+    return [qualified_key(table.sources[sid], datasets[sid].record_key(r))
+            for sid, r in zip(table.source_ids.tolist(), table.records)]
+
+
+def attach_dataset_annotations(cfg: LoadedConfig, specs: list, datasets: list[Dataset], train: RecordTable | None,
+                               grid: tuple[int, int] | None, key: str,
+                               test_tables: list[tuple[int, RecordTable]] | None) -> None:
+    """Attach `annotations: FILE` of dataset specs: to the train table's records of that
+    dataset (all of them must be annotated) or to the test tables built from it."""
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or spec.get("annotations") is None:
+            continue
+        file = spec["annotations"]
+        if not isinstance(file, str):
+            raise cfg.error(f"{key}.{i}.annotations", f"expected the path of an annotation file, got {describe(file)}")
+        where = f"{cfg.origin(f'{key}.{i}.annotations')}: {key}.{i}.annotations ({file})"
+        try:
+            annotations = Annotations.load(file)
+        except (ValueError, FileNotFoundError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        try:
+            if train is not None:
+                rows = [j for j, sid in enumerate(train.source_ids.tolist()) if sid == i]
+                records = [train.records[j] for j in rows]
+                name = train.sources[i]
+                attach(annotations, records, [qualified_key(name, datasets[i].record_key(r)) for r in records],
+                       where=where, required=True, grid=grid)
+            for index, table in test_tables or []:
+                if index == i:
+                    attach(annotations, table.records, table_keys(table, [datasets[i]]), where=where,
+                           required=False, grid=grid)
+        except (ValueError, FileNotFoundError) as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def run_prepare_steps(cfg: LoadedConfig, builder: Any, ctx: Any, train_names: list[str], train_specs: list,
+                      train_datasets: list[Dataset], train: RecordTable, force: bool = False,
+                      echo: Callable[[str], None] = print) -> list[Path]:
+    """Run (or reuse) each `prepare` labeler over the training images, attach its file."""
+    from core.labeling import LabelItem, run_labeler
+    from core.training import distributed as D
+
+    steps = cfg.data.get("prepare") or []
+    if isinstance(steps, dict):
+        steps = [steps]
+    if not isinstance(steps, list):
+        raise cfg.error("prepare", f"expected a list of labelers [{{name: ..., out: ...}}], got {describe(steps)}")
+    if not steps:
+        return []
+    outs = []
+    keys = table_keys(train, train_datasets)
+    items = [LabelItem(train_datasets[sid], r, k)
+             for sid, r, k in zip(train.source_ids.tolist(), train.records, keys)]
+    data_specs = [{"dataset": n, **builder.spec(f"data.train.{i}", s, "dataset")[1]}
+                  for i, (n, s) in enumerate(zip(train_names, train_specs))]
+    for i, spec in enumerate(steps):
+        key = f"prepare.{i}"
+        name, params = builder.spec(key, spec)
+        out = params.get("out")
+        if not isinstance(out, str) or not out:
+            raise cfg.error(f"{key}.out", "each prepare step needs 'out': the annotation file to write, "
+                                          "e.g. labels/parts.npz")
+        labeler = builder.build("labeler", key, spec, ctx, reserved=("out",))
+        if not isinstance(labeler, Labeler):
+            raise cfg.error(f"{key}.name", f"labeler '{name}' is a {type(labeler).__name__}, not a core Labeler")
+        fingerprint = {"labeler": name, "params": {k: v for k, v in params.items() if k != "out"},
+                       "data": data_specs, "patch_grid": list(ctx.patch_grid) if ctx.patch_grid else None}
+        provenance = builder.provenance.get(key, {})
+        where = f"{cfg.origin(key)}: {key} ({out})"
+        try:
+            if ctx.rank == 0:  # one process labels; the others wait and read the file
+                run_labeler(labeler, items, out, fingerprint=fingerprint, ctx=ctx, name=name,
+                            provider=provenance.get("plugin"), version=provenance.get("version"),
+                            force=force, echo=echo)
+            D.barrier()
+            attach(Annotations.load(out), train.records, keys, where=where, required=True, grid=ctx.patch_grid)
+        except (ValueError, FileNotFoundError) as exc:
+            raise ConfigError(str(exc)) from None
+        outs.append(Path(out))
+    return outs

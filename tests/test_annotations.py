@@ -1,0 +1,223 @@
+"""Annotation files, the labeler runner and a pipeline's `prepare` step: the contract by
+which a labeler plugin's output (e.g. part masks) reaches the batch."""
+
+import textwrap
+
+import numpy as np
+import pytest
+import yaml
+
+from core.config.loading import ConfigError, load_pipeline
+from core.data.annotations import Annotations, attach
+from core.data.loading import ImageSamples, collate
+from core.data.spatial import boxes_to_patch_masks
+from core.data.synthetic import SyntheticWorld
+from core.labeling import LabelItem, run_labeler
+from core.interfaces import Labeler, Labels
+from core.pipeline import build_pipeline
+from core.records import Record
+
+
+def test_the_file_round_trips_and_names_what_is_attached(tmp_path):
+    masks = np.random.default_rng(0).integers(0, 2, (3, 3, 4, 2)).astype(np.uint8)
+    boxes = np.random.default_rng(1).random((3, 3, 4)).astype(np.float32)
+    made = Annotations(keys=["a:1", "a:2", "b:1"], fields={"part_masks": masks, "part_boxes": boxes},
+                       attach=["part_masks"], meta={"report": {"replaced": 0.25}})
+    path = made.save(tmp_path / "sub" / "parts.npz")
+    back = Annotations.load(path)
+    assert back.keys == made.keys and back.attach == ["part_masks"] and back.grid == (4, 2)
+    assert np.array_equal(back.fields["part_masks"], masks) and np.array_equal(back.fields["part_boxes"], boxes)
+    assert back.meta["report"] == {"replaced": 0.25}
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["parts.npz"]  # no temporary left
+
+
+def test_bad_files_and_bad_contents_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="core label"):
+        Annotations.load(tmp_path / "none.npz")
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(ValueError, match=r"other.npz: not an annotation file.*'keys'"):
+        Annotations.load(tmp_path / "other.npz")
+    with pytest.raises(ValueError, match="3 rows for 2 keys"):
+        Annotations(keys=["a", "b"], fields={"m": np.zeros(3)}, attach=[])
+    with pytest.raises(ValueError, match="not fields"):
+        Annotations(keys=["a"], fields={"m": np.zeros(1)}, attach=["part_masks"])
+
+
+def test_attach_requires_every_record_and_the_backbone_grid():
+    made = Annotations(keys=["s:a", "s:b"], fields={"part_masks": np.ones((2, 3, 4, 2), np.uint8)},
+                       attach=["part_masks"])
+    records = [Record(None, 0, 0), Record(None, 1, 0), Record(None, 2, 0)]
+    with pytest.raises(ValueError, match=r"labels.npz: 1 of 3 records have no annotation, e.g. s:c"):
+        attach(made, records, ["s:a", "s:b", "s:c"], where="labels.npz", required=True)
+    with pytest.raises(ValueError, match="4x2 patch grid, the backbone's is 8x4"):
+        attach(made, records[:2], ["s:a", "s:b"], where="labels.npz", required=True, grid=(8, 4))
+    assert attach(made, records, ["s:a", "s:b", "s:c"], where="x", required=False, grid=(4, 2)) == 2
+    assert records[0].extras["part_masks"].shape == (3, 4, 2) and "part_masks" not in records[2].extras
+
+
+class BoxLabeler(Labeler):
+    """Labels with the world's own part boxes and counts the images it is shown."""
+
+    batch_size = 8
+
+    def __init__(self, fail_after: int | None = None):
+        self.seen = 0
+        self.fail_after = fail_after
+
+    def label_batch(self, images, records):
+        if self.fail_after is not None and self.seen >= self.fail_after:
+            raise KeyboardInterrupt
+        self.seen += len(images)
+        assert all(im.size == (16, 32) for im in images)  # decoded at the dataset's size
+        return {"boxes": np.stack([r.extras["part_boxes"] for r in records])}
+
+    def finalize(self, raw, records, ctx):
+        masks = boxes_to_patch_masks(raw["boxes"], ctx.patch_grid).astype(np.uint8)
+        return Labels(fields={"part_masks": masks, "boxes": raw["boxes"]}, attach=["part_masks"],
+                      report={"images": len(records)})
+
+
+class Ctx:
+    patch_grid = (4, 2)
+
+
+def items():
+    world = SyntheticWorld(categories=["person"], identities=6, test_identities=2, images_per_identity=4,
+                           render_size=[32, 16])
+    return [LabelItem(world, r, f"synthetic:{world.record_key(r)}") for r in world.records("train")]
+
+
+def test_an_interrupted_labelling_resumes_without_labelling_done_images_again(tmp_path):
+    out, todo = tmp_path / "parts.npz", items()
+    fingerprint = {"labeler": "box", "params": {}}
+    with pytest.raises(KeyboardInterrupt):
+        run_labeler(BoxLabeler(fail_after=16), todo, out, fingerprint=fingerprint, ctx=Ctx(), name="box",
+                    progress=False, save_every=8, echo=lambda *_: None)
+    assert not out.exists() and len(list((tmp_path / "parts.npz.partial").glob("chunk-*.npz"))) == 2
+    second = BoxLabeler()
+    done = run_labeler(second, todo, out, fingerprint=fingerprint, ctx=Ctx(), name="box", progress=False,
+                       echo=lambda *_: None)
+    assert second.seen == len(todo) - 16
+    assert not (tmp_path / "parts.npz.partial").exists()
+    truth = boxes_to_patch_masks(np.stack([i.record.extras["part_boxes"] for i in todo]), (4, 2))
+    assert np.array_equal(done.fields["part_masks"], truth.astype(np.uint8))
+    assert done.keys == [i.key for i in todo] and done.meta["report"] == {"images": len(todo)}
+    # up to date: nothing is labelled; another fingerprint or force labels everything again
+    third = BoxLabeler()
+    run_labeler(third, todo, out, fingerprint=fingerprint, ctx=Ctx(), name="box", progress=False, echo=lambda *_: None)
+    assert third.seen == 0
+    fourth = BoxLabeler()
+    run_labeler(fourth, todo, out, fingerprint={**fingerprint, "params": {"x": 1}}, ctx=Ctx(), name="box",
+                progress=False, echo=lambda *_: None)
+    assert fourth.seen == len(todo)
+
+
+def test_a_labeler_that_returns_the_wrong_number_of_rows_is_named(tmp_path):
+    class Short(BoxLabeler):
+        def label_batch(self, images, records):
+            return {"boxes": np.zeros((1, 3, 4))}
+
+    with pytest.raises(ValueError, match="labeler 'short': label_batch returned 1 rows of 'boxes' for 8 images"):
+        run_labeler(Short(), items(), tmp_path / "x.npz", fingerprint={}, ctx=Ctx(), name="short", progress=False,
+                    echo=lambda *_: None)
+
+
+LABELER_PLUGIN = textwrap.dedent("""
+    import numpy as np
+    from core.hookspecs import hookimpl
+    from core.interfaces import Labeler, Labels
+    from core.data.spatial import boxes_to_patch_masks
+
+    CALLS = []
+
+    class TruthLabeler(Labeler):
+        def __init__(self, coverage: float = 0.5):
+            self.coverage = coverage
+
+        def label_batch(self, images, records):
+            CALLS.append(len(images))
+            return {"boxes": np.stack([r.extras["part_boxes"] for r in records])}
+
+        def finalize(self, raw, records, ctx):
+            masks = boxes_to_patch_masks(raw["boxes"], ctx.patch_grid, self.coverage).astype(np.uint8)
+            return Labels(fields={"part_masks": masks}, attach=["part_masks"])
+
+    @hookimpl
+    def register_labelers(register):
+        register("truth_test", TruthLabeler)
+""")
+
+
+def write_pipeline(tmp_path, tiny_pipeline_config, **extra):
+    (tmp_path / "labelers.py").write_text(LABELER_PLUGIN)
+    config = {**tiny_pipeline_config, "plugins": ["./labelers.py"], **extra}
+    config["data"]["train"][0]["categories"] = ["person"]
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_a_prepare_step_labels_once_and_its_masks_reach_the_batch(tmp_path, tiny_pipeline_config, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write_pipeline(tmp_path, tiny_pipeline_config,
+                          prepare=[{"name": "truth_test", "out": "labels/parts.npz", "coverage": 0.5}])
+    p = build_pipeline(load_pipeline(path), echo=lambda *_: None)
+    assert (tmp_path / "labels" / "parts.npz").is_file()
+    grid = p.ctx.patch_grid
+    samples = ImageSamples(p.train, p.train_datasets, p.test_transform)
+    batch = collate([samples[i] for i in range(6)])
+    truth = boxes_to_patch_masks(np.stack([r.extras["part_boxes"] for r in p.train.records[:6]]), grid)
+    assert np.array_equal(batch.extras["part_masks"].numpy(), truth.reshape(6, 3, -1).astype(np.float32))
+    annotations = Annotations.load(tmp_path / "labels" / "parts.npz")
+    assert annotations.meta["fingerprint"]["params"] == {"coverage": 0.5}
+    assert annotations.meta["labeler"] == "truth_test"
+
+    from core.plugins import get_plugin_manager
+
+    module = next(m for m in get_plugin_manager().get_plugins() if hasattr(m, "CALLS"))
+    calls = len(module.CALLS)
+    build_pipeline(load_pipeline(path), echo=lambda *_: None)  # up to date: not labelled again
+    assert len(module.CALLS) == calls
+    build_pipeline(load_pipeline(path, ["prepare.0.coverage=0.25"]), echo=lambda *_: None)
+    assert len(module.CALLS) > calls  # another parameter: labelled again
+
+
+def test_a_dataset_spec_attaches_a_file_and_a_wrong_grid_is_a_config_error(tmp_path, tiny_pipeline_config,
+                                                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write_pipeline(tmp_path, tiny_pipeline_config,
+                          prepare=[{"name": "truth_test", "out": "parts.npz"}])
+    build_pipeline(load_pipeline(path), echo=lambda *_: None)
+    # the file made by the prepare step, attached by a dataset spec of another pipeline
+    config = yaml.safe_load(path.read_text())
+    del config["prepare"]
+    config["data"]["train"][0]["annotations"] = "parts.npz"
+    path.write_text(yaml.safe_dump(config))
+    p = build_pipeline(load_pipeline(path), echo=lambda *_: None)
+    assert all("part_masks" in r.extras for r in p.train.records)
+    with pytest.raises(ConfigError, match="patch grid"):
+        build_pipeline(load_pipeline(path, ["data.transform.size=[64,32]"]), echo=lambda *_: None)
+    with pytest.raises(ConfigError, match=r"--set: data.train.0.annotations \(missing.npz\): annotation file not found"):
+        build_pipeline(load_pipeline(path, ["data.train.0.annotations=missing.npz"]), echo=lambda *_: None)
+
+
+def test_a_prepare_step_without_out_or_with_an_unknown_labeler_is_named(tmp_path, tiny_pipeline_config):
+    path = write_pipeline(tmp_path, tiny_pipeline_config, prepare=[{"name": "truth_test"}])
+    with pytest.raises(ConfigError, match=r"prepare.0.out: each prepare step needs 'out'"):
+        build_pipeline(load_pipeline(path))
+    path = write_pipeline(tmp_path, tiny_pipeline_config, prepare=[{"name": "truth_tset", "out": "x.npz"}])
+    with pytest.raises(ConfigError, match="truth_test"):
+        build_pipeline(load_pipeline(path))
+
+
+def test_core_label_runs_the_prepare_steps(tmp_path, tiny_pipeline_config, monkeypatch, capsys):
+    from core.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    path = write_pipeline(tmp_path, tiny_pipeline_config, prepare=[{"name": "truth_test", "out": "parts.npz"}])
+    assert main(["label", str(path)]) == 0
+    assert "wrote parts.npz" in capsys.readouterr().out
+    assert main(["label", str(path)]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert main(["label", str(path), "--force"]) == 0
+    assert "wrote parts.npz" in capsys.readouterr().out
