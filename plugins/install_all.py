@@ -1,5 +1,7 @@
 """Install every first-party plugin under plugins/ into the current environment (after the
-core): what tox's `all` environment and CI use. `python plugins/install_all.py [-e]`."""
+core), each with its `test` extra (what its tests need, e.g. transformers for
+vge-labeler's tiny OWL-ViT): what tox's `all` environment and CI use.
+`python plugins/install_all.py [-e]`."""
 
 import subprocess
 import sys
@@ -18,7 +20,7 @@ def main() -> int:
     if not dirs:
         print("no plugin under plugins/ yet")
         return 0
-    args = [a for d in dirs for a in (*editable, str(d))]
+    args = [a for d in dirs for a in (*editable, f"{d}[test]")]
     return subprocess.call([sys.executable, "-m", "pip", "install", "-q", *args])
 
 
