@@ -156,6 +156,23 @@ def _as_list(cfg: LoadedConfig, key: str, value: Any) -> list:
     return value
 
 
+#: Keys of a data.train / data.test entry that the pipeline reads, not the dataset:
+#: `name` (what the set is called in metric keys and annotation files; default the
+#: dataset's YAML name) and `annotations` (core.prepare).
+DATASET_KEYS = ("annotations", "name")
+
+
+def _set_name(cfg: LoadedConfig, b: "_Builder", key: str, spec: Any) -> str:
+    dataset = b.spec(key, spec, "dataset")[0]
+    name = spec.get("name") if isinstance(spec, dict) else None
+    if name is None:
+        return dataset
+    if not isinstance(name, str) or not name or "/" in name or ":" in name:
+        raise cfg.error(f"{key}.name", f"a set's name is a non-empty string without '/' or ':' (it prefixes "
+                                       f"metric keys like '<name>/mAP'); got {describe(name)}")
+    return name
+
+
 def _check_top_level(cfg: LoadedConfig) -> None:
     for key in cfg.data:
         if key not in TOP_LEVEL_KEYS:
@@ -217,9 +234,9 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
     if not train_specs:
         raise cfg.error("data.train", "at least one training dataset is needed, e.g. "
                                       "[{dataset: synthetic}]")
-    train_datasets = [b.build("dataset", f"data.train.{i}", s, None, name_key="dataset", reserved=("annotations",))
+    train_datasets = [b.build("dataset", f"data.train.{i}", s, None, name_key="dataset", reserved=DATASET_KEYS)
                       for i, s in enumerate(train_specs)]
-    train_names = [b.spec(f"data.train.{i}", s, "dataset")[0] for i, s in enumerate(train_specs)]
+    train_names = [_set_name(cfg, b, f"data.train.{i}", s) for i, s in enumerate(train_specs)]
     train = RecordTable.build([(n, d.records("train")) for n, d in zip(train_names, train_datasets)],
                               relabel=True)
     if len(train) == 0:
@@ -231,8 +248,8 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
         pairs = list(zip(train_names, train_datasets))
     else:
         specs = _as_list(cfg, "data.test", test_specs)
-        pairs = [(b.spec(f"data.test.{i}", s, "dataset")[0],
-                  b.build("dataset", f"data.test.{i}", s, None, name_key="dataset", reserved=("annotations",)))
+        pairs = [(_set_name(cfg, b, f"data.test.{i}", s),
+                  b.build("dataset", f"data.test.{i}", s, None, name_key="dataset", reserved=DATASET_KEYS))
                  for i, s in enumerate(specs)]
     names = [n for n, _ in pairs]
     test_tables: list[tuple[int, RecordTable]] = []  # (index into pairs, table), for annotations

@@ -128,3 +128,16 @@ def test_missing_required_value(cfg):
 ])
 def test_check_type(value, hint, ok):
     assert check_type(value, hint) is ok
+
+
+def test_a_test_set_is_named_by_its_name_key_and_a_bad_name_is_refused(tmp_path, tiny_pipeline_config):
+    from core.pipeline import build_pipeline
+
+    world = dict(tiny_pipeline_config["data"]["train"][0])
+    tiny_pipeline_config["data"]["test"] = [{**world, "name": "people"}, {**world, "seed": 1}, {**world, "seed": 2}]
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(tiny_pipeline_config))
+    p = build_pipeline(load_pipeline(path))
+    assert [t.name for t in p.test_sets] == ["people", "synthetic#1", "synthetic#2"]
+    with pytest.raises(ConfigError, match=r"data.test.0.name: a set's name is a non-empty string without '/'"):
+        build_pipeline(load_pipeline(path, ["data.test.0.name=a/b"]))
