@@ -66,7 +66,9 @@ class ScheduleConfig:
 class StageConfig:
     """One training stage. `trainable` / `frozen` are glob patterns over parameter names
     (e.g. `backbone.*`, `*.bias`); `losses`, when given, replace the pipeline's losses for
-    this stage."""
+    this stage. `forward: false` skips the model's forward in training steps: the losses
+    get empty outputs and the batch (a stage that trains prompts against a memory, e.g.
+    MUVA's stage 1, needs no image forward)."""
 
     name: str = "main"
     epochs: int = 1
@@ -76,6 +78,7 @@ class StageConfig:
     optimizer: dict[str, Any] = field(default_factory=dict)
     schedule: dict[str, Any] = field(default_factory=dict)
     param_groups: list[dict[str, Any]] = field(default_factory=list)
+    forward: bool = True
 
 
 @dataclass

@@ -15,7 +15,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -82,9 +82,11 @@ class TrainingModule(ReIDModel):
         super().__init__(model.backbone, model.head)
         self.losses = losses
         self.terms: list[LossTerm] = []
+        #: False in a stage whose losses read no model output (StageConfig.forward)
+        self.model_forward = True
 
     def forward(self, batch: Batch, train: bool = False):
-        outputs = super().forward(batch)
+        outputs = super().forward(batch) if self.model_forward or not train else {}
         if not train:
             return outputs
         total = torch.zeros((), device=batch.pids.device)
@@ -182,26 +184,33 @@ class Trainer:
         return batch
 
     # ------------------------------------------------------------ evaluation
-    def extract(self, table, datasets) -> FeatureSet:
+    def extract(self, table, datasets, outputs: Sequence[str] | None = None,
+                forward: Callable[[Batch], dict[str, torch.Tensor]] | None = None) -> FeatureSet:
         """Embeddings of a whole split in table order; under DDP each process embeds a
-        contiguous shard and the shards are gathered, so every rank gets all rows."""
+        contiguous shard and the shards are gathered, so every rank gets all rows.
+
+        `outputs`: model outputs kept in `FeatureSet.extras` (default: what the evaluator
+        names in `Evaluator.outputs`); `forward`: replaces the model's forward (a plugin
+        building a memory from another pass, e.g. with pseudo-label masks). Test transform,
+        eval mode, no gradients."""
         samples = ImageSamples(table, datasets, self.p.test_transform)
         start, stop = D.shard_range(len(table), self.dist.rank, self.dist.world_size)
         loader = DataLoader(Subset(samples, range(start, stop)), batch_size=self.cfg.batch_size_eval,
                             shuffle=False, collate_fn=collate, num_workers=self.cfg.num_workers,
                             pin_memory=self._pin(), generator=torch.Generator().manual_seed(0))
-        wanted = tuple(getattr(self.p.evaluator, "outputs", ()) or ())
+        run = forward or self.model
+        wanted = tuple(getattr(self.p.evaluator, "outputs", ()) or ()) if outputs is None else tuple(outputs)
         chunks: dict[str, list[torch.Tensor]] = {k: [] for k in ("embedding", *wanted)}
         who = f"evaluator {type(self.p.evaluator).__name__}"
         self.model.eval()
         with torch.no_grad(), self.autocast():
             for batch in loader:
                 batch = self._to_device(batch)
-                out = self.model(batch)
+                out = run(batch)
                 rows = {k: read_output(out, k, who).float() for k in chunks}
                 if self.cfg.eval_flip:
                     batch.images = batch.images.flip(-1)
-                    flipped = self.model(batch)
+                    flipped = run(batch)
                     rows = {k: (v + flipped[k].float()) / 2 for k, v in rows.items()}
                 for k, v in rows.items():
                     chunks[k].append(v)
@@ -281,6 +290,7 @@ class Trainer:
         training module for DDP / compile (the set of trained parameters changes per stage)."""
         stage = self.p.stages[index]
         self.net.terms = self.p.stage_losses[index]
+        self.net.model_forward = stage.forward
         active = {id(t.module) for t in self.net.terms}
         inactive = [f"losses.{i}.*" for i, m in enumerate(self.net.losses)
                     if id(m) not in active and any(True for _ in m.parameters())]
