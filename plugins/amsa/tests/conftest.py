@@ -1,0 +1,73 @@
+"""Tiny open_clip CLIPs, build contexts and batches for the amsa tests (CPU, random init)."""
+
+import copy
+
+import pytest
+import torch
+
+from core.context import BuildContext
+from core.data.table import RecordTable
+from core.records import Batch, Record
+
+IMAGE_SIZE = (32, 16)  # 8x8 patches -> a 4 x 2 grid of 8 patches
+
+#: An open_clip config small enough for unit tests: 2 blocks of width 32 (2 heads of 16).
+TINY_CLIP = {"embed_dim": 16,
+             "vision_cfg": {"layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+             "text_cfg": {"context_length": 20, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+
+
+def build_ctx(identities: int = 3, images: int = 2, image_size=IMAGE_SIZE) -> BuildContext:
+    records = [Record(path=None, pid=i, camid=j, category="person") for i in range(identities) for j in range(images)]
+    table = RecordTable.build([("src", records)], relabel=True)
+    return BuildContext.from_table(table, image_size=tuple(image_size))
+
+
+def make_batch(pids, image_size=IMAGE_SIZE, seed: int = 0, extras=None) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    pids = torch.as_tensor(pids, dtype=torch.long)
+    n = len(pids)
+    zeros = torch.zeros(n, dtype=torch.long)
+    return Batch(images=torch.randn(n, 3, *image_size, generator=g), pids=pids, camids=zeros, categories=zeros,
+                 domains=zeros, roles=zeros, indices=torch.arange(n), extras=dict(extras or {}))
+
+
+def tiny_backbone(ctx=None, seed: int = 0, **kwargs):
+    from reid_amsa.backbone import AMSAClip
+
+    torch.manual_seed(seed)
+    ctx = ctx if ctx is not None else build_ctx()
+    kwargs.setdefault("model_cfg", copy.deepcopy(TINY_CLIP))
+    backbone = AMSAClip(ctx, **kwargs)
+    ctx.feature_dim, ctx.patch_grid = backbone.feature_dim, backbone.patch_grid
+    return backbone
+
+
+@pytest.fixture(name="build_ctx")
+def build_ctx_fixture():
+    return build_ctx
+
+
+@pytest.fixture(name="make_batch")
+def make_batch_fixture():
+    return make_batch
+
+
+@pytest.fixture(name="tiny_backbone")
+def tiny_backbone_fixture():
+    return tiny_backbone
+
+
+@pytest.fixture(name="tiny_clip")
+def tiny_clip_fixture():
+    return copy.deepcopy(TINY_CLIP)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """These small models run fastest on one thread; on a busy shared machine more threads
+    only wait for each other (a 10x slowdown measured on 2 shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
