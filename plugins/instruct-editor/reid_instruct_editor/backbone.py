@@ -1,0 +1,207 @@
+"""IRM's image encoder, instruction encoder and editing transformer (YAML backbone name
+`instruct_editor`): Instruct-ReID++ Sec. "Method", Fig. 5; METHODS.md "Instruct-ReID".
+
+    image x        -> ViT (timm)                 -> [x_cls ; x_patches]          (D wide)
+    instruction i  -> CLIP text / image encoder  -> [i_cls ; i_tokens] -> linear (D wide)
+    seq_bio = [x_cls ; i_tokens]     seq_clo = [i_cls ; x_patches]
+    both through the same two editing blocks (plain self-attention over each sequence;
+    the instruction's padding is masked out as keys) and a LayerNorm:
+    "bio" = seq_bio's first token, "clo" = seq_clo's first token.
+
+The editing blocks are copies of the ViT's last blocks (the authors' code meant to and,
+with `blocks[-i]` for i = 0, 1, copied the first and the last): `editing_init: last`;
+`random` re-initialises them. i_cls is CLIP's joint-space embedding of the instruction
+through a linear map (the same map for text and image instructions), the tokens are the
+encoder's token states through one linear map per modality.
+
+Text-only samples (batch extra `text_query`: text-to-image queries and their training
+twins) have no image: the backbone encodes their instruction only; the head maps it into
+the retrieval space. Their "global", "bio" and "clo" rows are zeros and `has_image` is
+False; losses on image features skip them.
+
+Outputs: "global" (B, D) the ViT's class token (as the core's `timm` backbone), "bio",
+"clo" (B, D), "instruction_cls" (B, D), "instruction_embedding" (B, E) CLIP's normalised
+embedding (instruction similarity), "has_image" (B,) bool.
+
+Instructions come from the batch: extras "instruction" (a text, or a tuple of phrasings:
+one drawn per sample in training, the first in evaluation) and "instruction_image"
+(a (3, h, w) tensor in [0, 1]; a row with one uses it instead of the text).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from core.context import BuildContext
+from core.interfaces import Backbone
+from core.models.timm_backbone import TimmBackbone
+from core.records import Batch
+from reid_instruct_editor.instruction_encoder import InstructionEncoder
+
+NAME = "backbone 'instruct_editor'"
+EDITING_INIT = ("last", "random")
+
+
+class InstructEditor(Backbone):
+    """Keys: the image ViT as the core's `timm` backbone (`arch`, `pretrained`,
+    `model_kwargs`, `drop_path_rate`); the instruction encoder (`clip_model`, an open_clip
+    model name; `clip_pretrained`, an open_clip tag read from the local cache or a
+    checkpoint file, null for random weights; `clip_config`, an open_clip model config
+    that builds a random model instead, e.g. a tiny one; `clip_cache_dir`;
+    `freeze_text_encoder`, `freeze_image_encoder`); the editing transformer
+    (`editing_blocks`: 2, `editing_init`: last | random, `mask_padding`: true).
+    """
+
+    def __init__(self, ctx: BuildContext, arch: str = "vit_base_patch16_224", pretrained: bool | str = False,
+                 model_kwargs: dict[str, Any] | None = None, drop_path_rate: float = 0.0,
+                 clip_model: str = "ViT-B-16", clip_pretrained: str | None = None,
+                 clip_config: dict[str, Any] | None = None, clip_cache_dir: str | None = None,
+                 freeze_text_encoder: bool = True, freeze_image_encoder: bool = True,
+                 editing_blocks: int = 2, editing_init: Literal["last", "random"] = "last",
+                 mask_padding: bool = True) -> None:
+        super().__init__()
+        if editing_init not in EDITING_INIT:
+            raise ValueError(f"{NAME}: editing_init must be one of {', '.join(EDITING_INIT)}, got {editing_init!r}")
+        try:
+            self.image_encoder = TimmBackbone(ctx, arch=arch, pretrained=pretrained, model_kwargs=model_kwargs,
+                                              drop_path_rate=drop_path_rate)
+        except (ValueError, FileNotFoundError, RuntimeError) as exc:  # the core names 'timm': rename
+            raise type(exc)(str(exc).replace("backbone 'timm'", NAME)) from exc
+        vit = self.image_encoder.model
+        blocks = getattr(vit, "blocks", None)
+        if blocks is None or getattr(vit, "cls_token", None) is None:
+            raise ValueError(f"{NAME}: arch '{arch}' is not a ViT with a class token (timm VisionTransformer); "
+                             "the editing transformer reuses its blocks and class token")
+        if not 1 <= editing_blocks <= len(blocks):
+            raise ValueError(f"{NAME}: editing_blocks must be in 1..{len(blocks)} (the ViT's depth), "
+                             f"got {editing_blocks}")
+        self.feature_dim = int(vit.embed_dim)
+        self.patch_grid = self.image_encoder.patch_grid
+        self.num_prefix_tokens = int(getattr(vit, "num_prefix_tokens", 1))
+        dim = self.feature_dim
+        # the paper's editing blocks: copies of the backbone's last blocks (and its final norm)
+        self.editing = nn.ModuleList(copy.deepcopy(blocks[-editing_blocks:]))
+        self.editing_norm = copy.deepcopy(vit.norm)
+        if editing_init == "random":
+            for block in self.editing:
+                block.apply(_reset)
+        self.instruction = InstructionEncoder(clip_model, clip_pretrained, clip_config, freeze_text_encoder,
+                                              freeze_image_encoder, clip_cache_dir)
+        enc = self.instruction
+        self.text_tokens = nn.Linear(enc.text_width, dim)
+        self.image_tokens = nn.Linear(enc.image_width, dim)
+        self.instruction_cls = nn.Linear(enc.embed_dim, dim)
+        self.mask_padding = bool(mask_padding)
+        self.embedding_dim = enc.embed_dim
+
+    # ---------------------------------------------------------------- instructions
+    def encode_instructions(self, batch: Batch, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Encode the batch's instructions (rows `rows`, default all): {"embedding" (n, E),
+        "cls" (n, D), "tokens" (n, L, D), "valid" (n, L)}; text and image instructions
+        are padded to one length L (padding invalid)."""
+        device = batch.pids.device
+        n_all = len(batch)
+        rows = torch.arange(n_all, device=device) if rows is None else rows
+        texts = batch.require("instruction", NAME)
+        images = batch.extras.get("instruction_image")
+        picked = rows.tolist()
+        image_rows = [i for i, r in enumerate(picked) if _row_image(images, r) is not None]
+        text_rows = [i for i, r in enumerate(picked) if _row_image(images, r) is None]
+        parts: list[tuple[list[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor], nn.Linear]] = []
+        if text_rows:
+            chosen = [self._phrase(texts[picked[i]], picked[i]) for i in text_rows]
+            tokens = self.instruction.tokenize(chosen, device)
+            parts.append((text_rows, self.instruction.encode_text(tokens), self.text_tokens))
+        if image_rows:
+            stack = torch.stack([_row_image(images, picked[i]) for i in image_rows]).to(device)
+            parts.append((image_rows, self.instruction.encode_image(stack), self.image_tokens))
+        n = len(picked)
+        length = max(p[1][1].shape[1] for p in parts) if parts else 1
+        embedding = torch.zeros(n, self.embedding_dim, device=device)
+        tokens = torch.zeros(n, length, self.feature_dim, device=device)
+        valid = torch.zeros(n, length, dtype=torch.bool, device=device)
+        for index, (emb, states, ok), project in parts:
+            at = torch.as_tensor(index, device=device)
+            embedding = embedding.index_copy(0, at, emb)
+            projected = project(states)
+            tokens = tokens.index_copy(0, at, nn.functional.pad(projected, (0, 0, 0, length - projected.shape[1])))
+            valid = valid.index_copy(0, at, nn.functional.pad(ok, (0, length - ok.shape[1])))
+        return {"embedding": embedding, "cls": self.instruction_cls(embedding), "tokens": tokens, "valid": valid}
+
+    def _phrase(self, value: Any, row: int) -> str:
+        """One text of a row: a tuple of phrasings gives a random one in training (torch's
+        generator: a resumed run draws the same), the first in evaluation."""
+        if isinstance(value, (tuple, list)):
+            if not value:
+                raise ValueError(f"{NAME}: sample {row} has an empty list of instruction phrasings")
+            if self.training and len(value) > 1:
+                return str(value[int(torch.randint(len(value), ()))])
+            return str(value[0])
+        if value is None:
+            raise ValueError(f"{NAME}: sample {row} has neither a text instruction nor an instruction_image; "
+                             "an instruction dataset (`instruct`) gives every record one")
+        return str(value)
+
+    # ---------------------------------------------------------------- editing
+    def edit(self, image_tokens: torch.Tensor, instruction_tokens: torch.Tensor, instruction_valid: torch.Tensor,
+             instruction_cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bio, clo) (n, D): the two streams through the shared editing blocks.
+
+        image_tokens (n, P + N, D) after the ViT's final norm (P prefix tokens, class
+        token first); instruction_tokens (n, L, D) with instruction_valid (n, L);
+        instruction_cls (n, D)."""
+        n = image_tokens.shape[0]
+        bio = torch.cat([image_tokens[:, :1], instruction_tokens], dim=1)
+        clo = torch.cat([instruction_cls[:, None], image_tokens[:, self.num_prefix_tokens:]], dim=1)
+        mask = None
+        if self.mask_padding:
+            keys = torch.cat([torch.ones(n, 1, dtype=torch.bool, device=bio.device), instruction_valid], dim=1)
+            mask = keys[:, None, None, :]  # (n, 1, 1, 1 + L): every query row may read the valid keys
+        for block in self.editing:
+            bio = block(bio, attn_mask=mask)
+            clo = block(clo)
+        return self.editing_norm(bio[:, 0]), self.editing_norm(clo[:, 0])
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        device = batch.images.device
+        n = len(batch)
+        text_only = batch.extras.get("text_query")
+        has_image = torch.ones(n, dtype=torch.bool, device=device) if text_only is None else \
+            ~torch.as_tensor(text_only, dtype=torch.bool, device=device)
+        instr = self.encode_instructions(batch)
+        dim = self.feature_dim
+        out = {"instruction_cls": instr["cls"], "instruction_embedding": instr["embedding"], "has_image": has_image}
+        zeros = instr["cls"].new_zeros(n, dim)
+        rows = has_image.nonzero().squeeze(1)
+        if len(rows) == 0:
+            return {**out, "global": zeros, "bio": zeros, "clo": zeros}
+        vit = self.image_encoder.model
+        feats = vit.forward_features(batch.images.index_select(0, rows))
+        global_ = vit.forward_head(feats, pre_logits=True)
+        bio, clo = self.edit(feats, instr["tokens"].index_select(0, rows), instr["valid"].index_select(0, rows),
+                             instr["cls"].index_select(0, rows))
+        if len(rows) == n:
+            return {**out, "global": global_, "bio": bio, "clo": clo}
+        return {**out, "global": zeros.index_copy(0, rows, global_.to(zeros.dtype)),
+                "bio": zeros.index_copy(0, rows, bio.to(zeros.dtype)),
+                "clo": zeros.index_copy(0, rows, clo.to(zeros.dtype))}
+
+
+def _row_image(images: Any, row: int) -> torch.Tensor | None:
+    """The instruction image of batch row `row` (a stacked tensor, or a list with None
+    where a row has a text instruction), or None."""
+    return None if images is None else images[row]
+
+
+def _reset(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

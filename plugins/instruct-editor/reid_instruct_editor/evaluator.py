@@ -1,0 +1,138 @@
+"""The `instruct_reid` evaluator: Instruct-ReID++'s two evaluation settings (Fig. 2) and
+mAP-tau (Fig. 4), beside the ordinary metrics.
+
+- task-specific: each query is ranked against the gallery items of its own task (a
+  gallery per task); keys "<task>/<metric>", and "<metric>" = mean over tasks;
+- task-free: each query is ranked against the whole gallery (every task's items, each
+  with its own instruction); keys "free/<task>/<metric>" and "free/<metric>".
+
+Metrics per setting and task: CMC rank-k, mAP, mINP (the core's protocol and ranking
+code, `core.evaluation.ranking`) and the same with mAP-tau's positives, "<metric>_tau"
+(`map_tau.py`): an item of the query's identity whose instruction similarity to the
+query's is below `tau` counts as a negative. The instruction similarity is the cosine of
+the model output `instruction_embedding` (CLIP's joint space, so text and image
+instructions compare). A task without a valid query under tau (e.g. text-to-image in the
+task-specific setting, whose gallery instruction is a fixed phrase unlike any caption)
+reports no "_tau" metrics, and the means over tasks skip it.
+
+The task of a query or gallery item is its record's extras "task" (the `instruct`
+dataset sets it); records without one form the task "all". A test set holding one task
+gives equal task-specific and task-free numbers; several `instruct` test sets, one per
+task, are the paper's task-specific setting too (the trainer then averages them under
+"mean/").
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.evaluation.distances import METRICS, distance_to
+from core.evaluation.ranking import DEFAULT_MEMORY_BUDGET, PerQueryMetrics, per_query_metrics, summarise, \
+    validate_ranks
+from core.interfaces import Evaluator, FeatureSet
+from reid_instruct_editor.map_tau import per_query_metrics_tau
+
+NAME = "evaluator 'instruct_reid'"
+SETTINGS = ("both", "task-specific", "task-free")
+
+
+class InstructReIDEvaluator(Evaluator):
+    """Keys: `setting` (both, task-specific, task-free), `tau` (0.5, the paper's Fig. 4),
+    `metric` (cosine, euclidean), `ranks`, `exclude_same_camera`, `instruction` (the
+    model output of instruction embeddings), `chunk_size`, `memory_budget_mb`."""
+
+    def __init__(self, setting: Literal["both", "task-specific", "task-free"] = "both", tau: float = 0.5,
+                 metric: str = "cosine", ranks: list[int] = [1, 5, 10],  # noqa: B006 - YAML default
+                 exclude_same_camera: bool = True, instruction: str = "instruction_embedding",
+                 chunk_size: int = 0, memory_budget_mb: int = DEFAULT_MEMORY_BUDGET // 2**20) -> None:
+        if setting not in SETTINGS:
+            raise ValueError(f"{NAME}: setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
+        if metric not in METRICS:
+            raise ValueError(f"{NAME}: unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
+        if not -1.0 <= float(tau) <= 1.0:
+            raise ValueError(f"{NAME}: tau is a cosine similarity threshold in [-1, 1], got {tau}")
+        try:
+            self.ranks = validate_ranks(ranks)
+        except ValueError as exc:
+            raise ValueError(f"{NAME}: {exc}") from None
+        self.setting, self.tau, self.metric = setting, float(tau), metric
+        self.exclude_same_camera = bool(exclude_same_camera)
+        self.instruction = instruction
+        self.outputs = (instruction,)  # extraction keeps them in FeatureSet.extras
+        self.chunk_size, self.memory_budget = int(chunk_size), int(memory_budget_mb) * 2**20
+
+    def evaluate(self, query: FeatureSet, gallery: FeatureSet) -> dict[str, float]:
+        q_tasks, g_tasks = _tasks(query), _tasks(gallery)
+        q_instr = F.normalize(self._instructions(query, "query").float(), dim=1)
+        g_instr = F.normalize(self._instructions(gallery, "gallery").float(), dim=1).to(q_instr.device)
+        out: dict[str, float] = {}
+        settings = [s for s in ("task-specific", "task-free") if self.setting in (s, "both")]
+        with torch.no_grad():
+            for setting in settings:
+                prefix = "free/" if setting == "task-free" else ""
+                per_task: dict[str, dict[str, float]] = {}
+                for task in sorted(set(q_tasks)):
+                    q_rows = np.flatnonzero(q_tasks == task)
+                    g_rows = np.flatnonzero(g_tasks == task) if setting == "task-specific" else np.arange(len(gallery))
+                    per_task[task] = self._evaluate_rows(query, gallery, q_rows, g_rows, q_instr, g_instr)
+                for task, metrics in per_task.items():
+                    if len(per_task) > 1 or task != "all":
+                        out.update({f"{prefix}{task}/{k}": v for k, v in metrics.items()})
+                keys = set().union(*(m.keys() for m in per_task.values()))
+                for key in sorted(keys):
+                    values = [m[key] for m in per_task.values() if key in m]
+                    out[f"{prefix}{key}"] = float(np.sum(values) if key.startswith("num_valid") else np.mean(values))
+        return out
+
+    def _instructions(self, features: FeatureSet, which: str) -> torch.Tensor:
+        value = features.extras.get(self.instruction)
+        if value is None:
+            raise KeyError(f"{NAME}: the {which} features lack the model output '{self.instruction}' (instruction "
+                           "embeddings); the `instruct_editor` backbone produces it")
+        if value.shape[0] != len(features):
+            raise ValueError(f"{NAME}: {which} has {len(features)} embeddings but {value.shape[0]} instruction rows")
+        return value
+
+    def _evaluate_rows(self, query: FeatureSet, gallery: FeatureSet, q_rows: np.ndarray, g_rows: np.ndarray,
+                       q_instr: torch.Tensor, g_instr: torch.Tensor) -> dict[str, float]:
+        """Ordinary and tau metrics of queries `q_rows` against gallery items `g_rows`."""
+        q_emb = query.embeddings.detach()[torch.as_tensor(q_rows, device=query.embeddings.device)]
+        g_emb = gallery.embeddings.detach()[torch.as_tensor(g_rows, device=gallery.embeddings.device)].to(q_emb.device)
+        to_gallery = distance_to(g_emb, self.metric)
+        q_pids, g_pids = query.pids[q_rows], gallery.pids[g_rows]
+        q_cams, g_cams = query.camids[q_rows], gallery.camids[g_rows]
+        qi_all, gi_all = q_instr[torch.as_tensor(q_rows)], g_instr[torch.as_tensor(g_rows)]
+
+        def rows_of(indices: np.ndarray):
+            picked = q_emb[torch.as_tensor(indices, device=q_emb.device)]
+            return lambda start, stop: to_gallery(picked[start:stop])
+
+        def similarity(qi: np.ndarray, gi: np.ndarray) -> np.ndarray:
+            return (qi_all[torch.as_tensor(qi)] * gi_all[torch.as_tensor(gi)]).sum(1).cpu().numpy()
+
+        common = dict(exclude_same_camera=self.exclude_same_camera, chunk_size=self.chunk_size,
+                      memory_budget=self.memory_budget)
+        metrics: dict[str, float] = {}
+        plain = per_query_metrics(rows_of(np.arange(len(q_rows))), q_pids, g_pids, q_cams, g_cams, **common)
+        metrics.update(_summary(plain, self.ranks, ""))
+        tau = per_query_metrics_tau(rows_of, q_pids, g_pids, q_cams, g_cams, similarity, self.tau, **common)
+        metrics.update(_summary(tau, self.ranks, "_tau"))
+        return metrics
+
+
+def _summary(per_query: PerQueryMetrics, ranks: list[int], suffix: str) -> dict[str, float]:
+    """The core's summary with `suffix` on each key; {} when no query is valid (only the
+    count, for the ordinary metrics, so a set without positives is visible)."""
+    if not per_query.valid.any():
+        return {} if suffix else {"num_valid_queries": 0}
+    return {f"{k}{suffix}": float(v) for k, v in summarise(per_query, ranks).items()}
+
+
+def _tasks(features: FeatureSet) -> np.ndarray:
+    if not features.records:
+        return np.full(len(features), "all", dtype=object)
+    return np.asarray([str(r.extras.get("task", "all")) for r in features.records], dtype=object)

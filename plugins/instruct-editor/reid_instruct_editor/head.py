@@ -1,0 +1,99 @@
+"""IRM's heads (YAML head name `instruct_editor`): METHODS.md "Instruct-ReID", paper Fig. 5.
+
+    bio_bn, clo_bn = BN_fusion(bio), BN_fusion(clo)     one BatchNorm shared by the two
+                                                        streams (one call on both: one
+                                                        batch statistic, as at test time)
+    global_bn      = BN_global(global)
+    logits         = W_bio bio_bn, W_clo clo_bn, W_global global_bn   (bias-free classifiers)
+    embedding      = [bio_bn ; clo_bn]                  (the retrieval feature, 2D)
+
+Text-only samples (text-to-image queries) have no image: their embedding is a projection
+of the instruction into the retrieval space (ours; the authors' code retrieves with a
+separate 256-d image-text space and an ITM re-ranking):
+
+    [bio_bn ; clo_bn] = BN_text(P t),   t = the instruction's class token (D), P: D -> 2D
+
+so the text rows pass through the same classifiers (W_bio on the first half, W_clo on
+the second) and the same metric losses as the image rows of their identity, and one
+cosine ranking compares text queries with gallery images. Their "global" rows are
+zeros and are skipped by the losses (`has_image`).
+
+BatchNorm biases are frozen (bias-free BN, the BNNeck of Luo et al. 2019); a BatchNorm
+that sees a single row in training normalises it with its running statistics.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.context import BuildContext
+from core.interfaces import Head, read_output
+from core.records import Batch
+
+NAME = "head 'instruct_editor'"
+
+
+class InstructHead(Head):
+    """Outputs "bio_bn", "clo_bn", "global_bn" (B, D), "embedding" (B, 2D) and, in
+    training with `classifier: true`, "bio_logits", "clo_logits", "global_logits"
+    (B, num_identities). Sets ctx.extras["embedding_dim"] = 2D for losses built after it
+    (the memory bank). Keys: `bias_free_bn`, `classifier`."""
+
+    def __init__(self, ctx: BuildContext, bias_free_bn: bool = True, classifier: bool = True) -> None:
+        super().__init__()
+        if not ctx.feature_dim:
+            raise ValueError(f"{NAME} needs the backbone's feature dimension (ctx.feature_dim), set once the "
+                             "backbone (`instruct_editor`) is built")
+        if classifier and ctx.num_identities <= 0:
+            raise ValueError(f"{NAME}: classifier is true but the training table has no identities; set "
+                             "classifier: false to build the head for evaluation only")
+        dim = int(ctx.feature_dim)
+        self.dim = dim
+        self.fusion_bn, self.global_bn, self.text_bn = nn.BatchNorm1d(dim), nn.BatchNorm1d(dim), nn.BatchNorm1d(2 * dim)
+        for bn in (self.fusion_bn, self.global_bn, self.text_bn):
+            if bias_free_bn:
+                bn.bias.requires_grad_(False)
+        self.text_projection = nn.Linear(dim, 2 * dim)
+        self.classifiers = nn.ModuleDict({k: nn.Linear(dim, ctx.num_identities, bias=False)
+                                          for k in ("bio", "clo", "global")}) if classifier else None
+        if self.classifiers is not None:
+            for layer in self.classifiers.values():
+                nn.init.normal_(layer.weight, std=0.001)
+        ctx.extras["embedding_dim"] = 2 * dim
+
+    def forward(self, features: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
+        hint = "the `instruct_editor` backbone produces it"
+        bio, clo = read_output(features, "bio", NAME, hint), read_output(features, "clo", NAME, hint)
+        glob = read_output(features, "global", NAME, hint)
+        has_image = features.get("has_image")
+        n, dim = bio.shape
+        has_image = torch.ones(n, dtype=torch.bool, device=bio.device) if has_image is None else has_image
+        images, texts = has_image.nonzero().squeeze(1), (~has_image).nonzero().squeeze(1)
+        bio_bn, clo_bn, global_bn = (bio.new_zeros(n, dim) for _ in range(3))
+        if len(images):
+            both = _batch_norm(self.fusion_bn, torch.cat([bio.index_select(0, images), clo.index_select(0, images)]))
+            bio_bn = bio_bn.index_copy(0, images, both[: len(images)].to(bio_bn.dtype))
+            clo_bn = clo_bn.index_copy(0, images, both[len(images):].to(clo_bn.dtype))
+            global_bn = global_bn.index_copy(0, images, _batch_norm(self.global_bn, glob.index_select(0, images))
+                                             .to(global_bn.dtype))
+        if len(texts):
+            cls = read_output(features, "instruction_cls", NAME, hint).index_select(0, texts)
+            projected = _batch_norm(self.text_bn, self.text_projection(cls))
+            bio_bn = bio_bn.index_copy(0, texts, projected[:, :dim].to(bio_bn.dtype))
+            clo_bn = clo_bn.index_copy(0, texts, projected[:, dim:].to(clo_bn.dtype))
+        out = {"bio_bn": bio_bn, "clo_bn": clo_bn, "global_bn": global_bn,
+               "embedding": torch.cat([bio_bn, clo_bn], dim=1)}
+        if self.training and self.classifiers is not None:
+            out.update({"bio_logits": self.classifiers["bio"](bio_bn), "clo_logits": self.classifiers["clo"](clo_bn),
+                        "global_logits": self.classifiers["global"](global_bn)})
+        return out
+
+
+def _batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+    """`bn(x)`, with the running statistics when a training batch has one row (batch
+    statistics of one row are undefined)."""
+    if bn.training and x.shape[0] < 2:
+        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    return bn(x)

@@ -1,0 +1,55 @@
+"""IRM's identification losses (YAML loss name `instruct_id`): label-smoothed
+cross-entropy on each classifier's logits, weighted (METHODS.md "Instruct-ReID", total):
+
+    L_id = 0.5 (CE_bio + CE_clo) + CE_global
+
+Label smoothing: Szegedy et al. 2016 Sec. 7 (eps 0.1, as the core's `ce`). Rows without
+an image (text-to-image queries) have no "global" logits: `row_masks` maps a logits key
+to the bool output that selects its rows (default: global_logits on `has_image`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from core.interfaces import Loss
+from core.records import Batch
+from reid_instruct_editor.rows import check_weights, read_rows
+
+NAME = "loss 'instruct_id'"
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, eps: float) -> torch.Tensor:
+    """mean of -sum_k q_k log p_k with q = (1 - eps) one_hot(y) + eps / N."""
+    log_p = F.log_softmax(logits.float(), dim=1)
+    return (1.0 - eps) * F.nll_loss(log_p, targets) - eps * log_p.mean(dim=1).mean()
+
+
+class InstructIdentityLoss(Loss):
+    """sum_k weights[k] CE(logits[k]) over each key's rows; logs each CE and the top-1
+    accuracy of the first logits. Keys: `logits`, `weights`, `label_smoothing`,
+    `row_masks`."""
+
+    def __init__(self, logits: list[str] = ["bio_logits", "clo_logits", "global_logits"],  # noqa: B006
+                 weights: list[float] = [0.5, 0.5, 1.0], label_smoothing: float = 0.1,  # noqa: B006
+                 row_masks: dict[str, str] = {"global_logits": "has_image"}) -> None:  # noqa: B006
+        super().__init__()
+        self.weights = check_weights(logits, weights, "logits", NAME)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"{NAME}: label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.keys, self.eps, self.row_masks = list(logits), float(label_smoothing), dict(row_masks)
+
+    def forward(self, outputs: dict[str, torch.Tensor], batch: Batch):
+        total, parts = None, {}
+        for key, weight in zip(self.keys, self.weights):
+            logits, rows = read_rows(outputs, key, self.row_masks, NAME, "the `instruct_editor` head in training")
+            targets = batch.pids.to(logits.device, torch.long)
+            if rows is not None:
+                logits, targets = logits[rows], targets[rows]
+            loss = smoothed_cross_entropy(logits, targets, self.eps) if len(targets) else logits.sum() * 0.0
+            total = weight * loss if total is None else total + weight * loss
+            parts[key.removesuffix("_logits")] = loss.detach()
+            if "acc" not in parts and len(targets):
+                parts["acc"] = (logits.argmax(1) == targets).float().mean().detach()
+        return total, parts

@@ -1,0 +1,149 @@
+"""IRM++'s memory-bank assisted learning (YAML loss name `irm_memory`). The paper gives
+its purpose — a memory of identity features that supplies many negatives, with soft and
+hard supervision — but not its equations; the exact form below is ours (METHODS.md
+"IRM++ memory bank"):
+
+    M (N x d): one slot per training identity, unit norm; f_i = f_i / |f_i| the sample's
+    retrieval embedding; z_i = M f_i / T (T = 0.05), over the identities seen so far.
+
+    hard:  L_hard = mean_i  -log softmax(z_i)[y_i]              (own identity's slot is
+                                                                 the positive, all others
+                                                                 negatives)
+    soft:  P_i = {j in batch : y_j = y_i and s(i, j) >= tau}     (instruction-consistent
+                                                                 positives, i included)
+           q_i = mean_{j in P_i} softmax(M f_j / T)  (detached)
+           L_soft = mean_i -sum_k q_ik log softmax(z_i)_k
+    L = (1 - lambda) L_hard + lambda L_soft,     lambda = 0.4, tau = 0.5
+
+    update (after the loss, every training step, all processes' samples): for each
+    identity y in the batch, with f_y the normalised mean of its samples' embeddings,
+        M_y <- normalise(mu M_y + (1 - mu) f_y),   mu = 0.2
+    (a slot not seen before is set to f_y, before the loss reads it).
+
+The soft term is the memory-side counterpart of the authors' momentum distillation
+(soft targets mixed 0.4 : 0.6 with the hard ones): the distribution over identities of
+the anchor is pulled towards that of its instruction-consistent positives; with no
+other consistent positive, q_i = softmax(z_i) and the term has zero gradient.
+s(i, j) is the cosine similarity of instruction embeddings, as in the adaptive triplet.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from core.context import BuildContext
+from core.interfaces import Loss, read_output
+from core.records import Batch
+
+NAME = "loss 'irm_memory'"
+
+
+def memory_loss(f: torch.Tensor, pids: torch.Tensor, s: torch.Tensor, memory: torch.Tensor,
+                filled: torch.Tensor, temperature: float, tau: float,
+                soft_weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L of normalised features f (n, d), identities `pids`, instruction similarities s
+    (n, n), slots `memory` (N, d) of which `filled` (N,) are in use."""
+    logits = (f @ memory.t()) / temperature
+    logits = logits.masked_fill(~filled[None, :], float("-inf"))
+    log_p = F.log_softmax(logits, dim=1)
+    hard = F.nll_loss(log_p, pids)
+    with torch.no_grad():
+        consistent = ((pids[:, None] == pids[None, :]) & (s >= tau)).float()
+        consistent.fill_diagonal_(1.0)
+        q = (consistent @ F.softmax(logits, dim=1)) / consistent.sum(1, keepdim=True)
+    soft = -(q * log_p.masked_fill(~filled[None, :], 0.0)).sum(1).mean()
+    return (1.0 - soft_weight) * hard + soft_weight * soft, {"hard": hard.detach(), "soft": soft.detach()}
+
+
+class IRMMemoryLoss(Loss):
+    """Module docstring. Keys: `features` (the output read, default the retrieval
+    "embedding"), `temperature` (T), `momentum` (mu), `soft_weight` (lambda), `tau`,
+    `instruction` (output of instruction embeddings), `dim` (slot width; null: the
+    head's embedding width, ctx.extras["embedding_dim"], else ctx.feature_dim).
+    Logs "hard", "soft" and "filled" (share of slots in use)."""
+
+    def __init__(self, ctx: BuildContext, features: str = "embedding", temperature: float = 0.05,
+                 momentum: float = 0.2, soft_weight: float = 0.4, tau: float = 0.5,
+                 instruction: str = "instruction_embedding", dim: int | None = None) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"{NAME}: temperature must be > 0, got {temperature}")
+        for key, value in (("momentum", momentum), ("soft_weight", soft_weight)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{NAME}: {key} must be in [0, 1], got {value}")
+        if ctx.num_identities <= 0:
+            raise ValueError(f"{NAME} needs the training identities (ctx.num_identities is 0)")
+        dim = dim or ctx.extras.get("embedding_dim") or ctx.feature_dim
+        if not dim:
+            raise ValueError(f"{NAME}: the slot width is unknown; set `dim` (the width of '{features}')")
+        self.features, self.instruction = features, instruction
+        self.temperature, self.momentum, self.soft_weight, self.tau = (float(temperature), float(momentum),
+                                                                        float(soft_weight), float(tau))
+        self.register_buffer("memory", torch.zeros(ctx.num_identities, int(dim)))
+        self.register_buffer("filled", torch.zeros(ctx.num_identities, dtype=torch.bool))
+
+    def forward(self, outputs: dict[str, torch.Tensor], batch: Batch):
+        x = read_output(outputs, self.features, NAME, "the `instruct_editor` head produces 'embedding'")
+        if x.shape[1] != self.memory.shape[1]:
+            raise ValueError(f"{NAME}: '{self.features}' has width {x.shape[1]} but the memory slots have "
+                             f"{self.memory.shape[1]} (set `dim`)")
+        f = F.normalize(x.float(), dim=1)
+        pids = batch.pids.to(f.device, torch.long)
+        emb = F.normalize(read_output(outputs, self.instruction, NAME).detach().float(), dim=1)
+        s = emb @ emb.t()
+        if self.training:
+            self._fill_new(f.detach(), pids)
+        # a copy: the update below changes the slots in place, and backward needs the ones read
+        loss, parts = memory_loss(f, pids, s, self.memory.clone(), self.filled.clone(), self.temperature,
+                                  self.tau, self.soft_weight)
+        if self.training:
+            self.update(f.detach(), pids)
+        parts["filled"] = self.filled.float().mean()
+        return loss, parts
+
+    @torch.no_grad()
+    def _fill_new(self, f: torch.Tensor, pids: torch.Tensor) -> None:
+        f, pids = _gather(f, pids)
+        ids, means = _identity_means(f, pids)
+        new = ~self.filled[ids]
+        self.memory[ids[new]] = means[new]
+        self.filled[ids[new]] = True
+
+    @torch.no_grad()
+    def update(self, f: torch.Tensor, pids: torch.Tensor) -> None:
+        """M_y <- normalise(mu M_y + (1 - mu) f_y) for the batch's identities (all ranks')."""
+        f, pids = _gather(f, pids)
+        ids, means = _identity_means(f, pids)
+        self.memory[ids] = F.normalize(self.momentum * self.memory[ids] + (1.0 - self.momentum) * means, dim=1)
+        self.filled[ids] = True
+
+
+def _identity_means(f: torch.Tensor, pids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(identities, the normalised mean of each one's features)."""
+    ids, inverse = torch.unique(pids, return_inverse=True)
+    sums = torch.zeros(len(ids), f.shape[1], device=f.device, dtype=f.dtype).index_add_(0, inverse, f)
+    return ids, F.normalize(sums, dim=1)
+
+
+def _gather(f: torch.Tensor, pids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every process's (features, pids) under DDP, so all memories stay equal."""
+    from core.training import distributed as D
+
+    if not D.active():
+        return f, pids
+    import torch.distributed as dist
+
+    sizes = [torch.zeros(1, dtype=torch.long, device=f.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([len(pids)], device=f.device))
+    longest = int(max(int(s) for s in sizes))
+    pad_f = torch.zeros(longest, f.shape[1], device=f.device, dtype=f.dtype)
+    pad_p = torch.full((longest,), -1, device=f.device, dtype=pids.dtype)
+    pad_f[: len(f)], pad_p[: len(pids)] = f, pids
+    all_f = [torch.empty_like(pad_f) for _ in sizes]
+    all_p = [torch.empty_like(pad_p) for _ in sizes]
+    dist.all_gather(all_f, pad_f)
+    dist.all_gather(all_p, pad_p)
+    f, pids = torch.cat(all_f), torch.cat(all_p)
+    keep = pids >= 0
+    return f[keep], pids[keep]

@@ -1,0 +1,79 @@
+"""Tiny models, worlds and batches for the instruct-editor tests: a 2-block ViT on 32x16
+images and a one-layer CLIP (text and image towers) with random weights."""
+
+import pytest
+import torch
+
+from core.context import BuildContext
+from core.data.table import RecordTable
+from core.records import Batch, Record
+
+IMAGE_SIZE = (32, 16)
+TINY_VIT = {"arch": "vit_tiny_patch16_224",
+            "model_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}}
+TINY_CLIP = {"embed_dim": 32,
+             "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+             "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+TINY_WORLD = {"identities": 4, "test_identities": 3, "render_size": [32, 16]}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices on a shared 2-core machine: one thread is much faster than two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def build_ctx(num_identities: int = 4, images: int = 2) -> BuildContext:
+    records = [Record(path=None, pid=i, camid=j, category="person") for i in range(num_identities)
+               for j in range(images)]
+    return BuildContext.from_table(RecordTable.build([("src", records)], relabel=True), image_size=IMAGE_SIZE)
+
+
+def make_batch(instructions, pids=None, images=None, text_query=None, instruction_images=None, seed=0) -> Batch:
+    """A batch of len(instructions) samples (random images unless given)."""
+    n = len(instructions)
+    g = torch.Generator().manual_seed(seed)
+    pids = torch.as_tensor(pids if pids is not None else list(range(n)))
+    extras = {"instruction": list(instructions)}
+    if text_query is not None:
+        extras["text_query"] = torch.as_tensor(text_query, dtype=torch.bool)
+    if instruction_images is not None:
+        extras["instruction_image"] = instruction_images
+    zeros = torch.zeros(n, dtype=torch.long)
+    return Batch(images=images if images is not None else torch.rand(n, 3, *IMAGE_SIZE, generator=g),
+                 pids=pids, camids=zeros.clone(), categories=zeros.clone(), domains=zeros.clone(), roles=zeros.clone(),
+                 indices=torch.arange(n), extras=extras)
+
+
+@pytest.fixture
+def editor():
+    """A tiny `instruct_editor` backbone (eval mode) and its build context."""
+    from reid_instruct_editor.backbone import InstructEditor
+
+    torch.manual_seed(0)
+    ctx = build_ctx()
+    backbone = InstructEditor(ctx, **TINY_VIT, clip_config=TINY_CLIP, freeze_text_encoder=False,
+                              freeze_image_encoder=False)
+    ctx.feature_dim = backbone.feature_dim
+    return backbone.eval(), ctx
+
+
+@pytest.fixture(name="make_batch")
+def make_batch_fixture():
+    return make_batch
+
+
+@pytest.fixture(name="build_ctx")
+def build_ctx_fixture():
+    return build_ctx
+
+
+@pytest.fixture
+def tiny():
+    """The tiny settings: {"world", "vit", "clip"} (fresh copies)."""
+    import copy
+
+    return copy.deepcopy({"world": TINY_WORLD, "vit": TINY_VIT, "clip": TINY_CLIP})

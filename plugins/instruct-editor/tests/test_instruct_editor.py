@@ -1,0 +1,161 @@
+"""The editing transformer (`instruct_editor` backbone) and its head: the embedding follows
+the instruction and nothing else, the instruction's padding is masked, the editing blocks
+start as the ViT's last blocks, text-only queries live in the same retrieval space."""
+
+import pytest
+import torch
+
+from reid_instruct_editor.backbone import InstructEditor
+from reid_instruct_editor.head import InstructHead
+
+
+def embed(backbone, head, batch):
+    with torch.no_grad():
+        return head(backbone(batch), batch)["embedding"]
+
+
+@pytest.fixture
+def model(editor):
+    backbone, ctx = editor
+    return backbone, InstructHead(ctx).eval()
+
+
+def test_the_embedding_changes_with_the_instruction_and_only_with_it(model, make_batch):
+    backbone, head = model
+    texts = ["do not change clothes", "ignore clothes", "cross modality"]
+    batch = make_batch(texts, seed=1)
+    first, again = embed(backbone, head, batch), embed(backbone, head, batch)
+    assert torch.equal(first, again)
+    changed = make_batch(["do not change clothes", "cross modality", "cross modality"], seed=1)
+    edited = embed(backbone, head, changed)
+    assert torch.allclose(edited[0], first[0])  # same image, same instruction: same embedding
+    assert not torch.allclose(edited[1], first[1], atol=1e-4)  # same image, new instruction
+    assert torch.allclose(edited[2], first[2])
+    # a row's embedding does not depend on the other rows' instructions (eval mode)
+    alone = embed(backbone, head, make_batch(["do not change clothes"], images=batch.images[:1]))
+    assert torch.allclose(alone[0], first[0], atol=1e-6)
+
+
+def test_both_streams_read_the_instruction(editor, make_batch):
+    backbone, _ = editor
+    a = backbone(make_batch(["ignore clothes"], seed=2))
+    b = backbone(make_batch(["cross modality"], seed=2))
+    assert torch.equal(a["global"], b["global"])  # the image's own class token ignores instructions
+    assert not torch.allclose(a["bio"], b["bio"], atol=1e-5)  # [x_cls ; instruction tokens]
+    assert not torch.allclose(a["clo"], b["clo"], atol=1e-5)  # [instruction cls ; x_patches]
+
+
+def test_padding_tokens_change_nothing(editor):
+    backbone, _ = editor
+    torch.manual_seed(3)
+    n, d = 2, backbone.feature_dim
+    image_tokens = torch.randn(n, 1 + 8, d)
+    tokens, cls = torch.randn(n, 5, d), torch.randn(n, d)
+    valid = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    with torch.no_grad():
+        bio, clo = backbone.edit(image_tokens, tokens, valid, cls)
+        # different values at the padded positions, and more padding appended
+        noisy = tokens.clone()
+        noisy[1, 3:] = torch.randn(2, d) * 10
+        longer = torch.cat([noisy, torch.randn(n, 4, d)], dim=1)
+        longer_valid = torch.cat([valid, torch.zeros(n, 4, dtype=torch.bool)], dim=1)
+        bio2, clo2 = backbone.edit(image_tokens, longer, longer_valid, cls)
+        assert torch.allclose(bio, bio2, atol=1e-5) and torch.allclose(clo, clo2, atol=1e-5)
+        backbone.mask_padding = False  # the authors' code: padding attended to
+        bio3, _ = backbone.edit(image_tokens, longer, longer_valid, cls)
+        assert not torch.allclose(bio, bio3, atol=1e-3)
+
+
+def test_text_padding_in_the_tokenizer_output_is_invalid(editor, make_batch):
+    backbone, _ = editor
+    out = backbone.encode_instructions(make_batch(["ignore clothes", "a person in a long red coat and boots"]))
+    lengths = out["valid"].sum(1).tolist()
+    assert lengths[0] == 2 + 2 and lengths[1] == 2 + 9  # start + words + end
+    assert not out["valid"][:, 12:].any()
+
+
+def test_editing_blocks_start_as_the_backbones_last_blocks(build_ctx, tiny):
+    torch.manual_seed(0)
+    ctx = build_ctx()
+    backbone = InstructEditor(ctx, **tiny["vit"], clip_config=tiny["clip"], editing_blocks=2)
+    vit_blocks = backbone.image_encoder.model.blocks
+    for editing, original in zip(backbone.editing, vit_blocks[-2:]):
+        for (name, p), q in zip(editing.state_dict().items(), original.state_dict().values()):
+            assert torch.equal(p, q), name
+        assert editing is not original  # copies: trained on their own
+    random = InstructEditor(ctx, **tiny["vit"], clip_config=tiny["clip"], editing_init="random")
+    assert not torch.equal(random.editing[0].attn.qkv.weight, random.image_encoder.model.blocks[-2].attn.qkv.weight)
+
+
+def test_an_instruction_image_is_read_by_the_image_tower(model, make_batch):
+    backbone, head = model
+    g = torch.Generator().manual_seed(4)
+    templates = torch.rand(2, 3, 24, 24, generator=g)  # resized to the tower's 16 x 16
+    batch = make_batch(["", ""], instruction_images=templates, seed=4)
+    other = make_batch(["", ""], instruction_images=torch.stack([templates[0], templates[0]]), seed=4)
+    a, b = embed(backbone, head, batch), embed(backbone, head, other)
+    assert torch.allclose(a[0], b[0]) and not torch.allclose(a[1], b[1], atol=1e-4)
+    # mixed batch: a list with None where a row has a text instruction
+    mixed = make_batch(["ignore clothes", ""], instruction_images=[None, templates[1]], seed=4)
+    out = backbone(mixed)
+    assert out["instruction_embedding"].shape == (2, backbone.instruction.embed_dim)
+    text_only = backbone(make_batch(["ignore clothes"], images=mixed.images[:1]))
+    assert torch.allclose(out["bio"][0], text_only["bio"][0], atol=1e-5)
+
+
+def test_a_text_query_is_embedded_from_its_instruction_alone(model, make_batch):
+    backbone, head = model
+    caption = "a person with short red hair wearing a blue top"
+    batch = make_batch([caption, "retrieve the person described by the text"], text_query=[True, False], seed=5)
+    other_image = make_batch([caption, "retrieve the person described by the text"], text_query=[True, False], seed=6)
+    out = backbone(batch)
+    assert out["has_image"].tolist() == [False, True]
+    assert torch.count_nonzero(out["global"][0]) == 0
+    a, b = embed(backbone, head, batch), embed(backbone, head, other_image)
+    assert torch.equal(a[0], b[0])  # the placeholder image is never read
+    assert not torch.allclose(a[1], b[1])
+    changed = embed(backbone, head, make_batch(["a person in green", "x"], text_query=[True, False], seed=5))
+    assert not torch.allclose(changed[0], a[0])
+    assert a.shape == (2, 2 * backbone.feature_dim)
+
+
+def test_training_draws_one_phrasing_per_sample_evaluation_the_first(editor, make_batch):
+    backbone, _ = editor
+    phrasings = ("do not change clothes", "the person wears the same clothes", "same clothes")
+    backbone.train()
+    torch.manual_seed(0)
+    drawn = {backbone._phrase(phrasings, 0) for _ in range(40)}
+    assert drawn == set(phrasings)
+    backbone.eval()
+    assert {backbone._phrase(phrasings, 0) for _ in range(5)} == {phrasings[0]}
+
+
+def test_the_head_shares_one_bn_between_the_streams_and_concatenates_them(model, make_batch):
+    backbone, head = model
+    batch = make_batch(["ignore clothes", "cross modality"], seed=7)
+    with torch.no_grad():
+        features = backbone(batch)
+        out = head(features, batch)
+    bn = head.fusion_bn
+    manual = (features["bio"] - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+    assert torch.allclose(out["bio_bn"], manual, atol=1e-5)
+    assert torch.equal(out["embedding"], torch.cat([out["bio_bn"], out["clo_bn"]], dim=1))
+    head.train()
+    logits = head(backbone(batch), batch)
+    assert {"bio_logits", "clo_logits", "global_logits"} <= set(logits)
+
+
+def test_missing_weights_and_bad_keys_are_clear_errors(build_ctx, tiny, tmp_path):
+    ctx = build_ctx()
+    with pytest.raises(FileNotFoundError, match="clip_pretrained file not found"):
+        InstructEditor(ctx, **tiny["vit"], clip_model="ViT-B-16", clip_pretrained=str(tmp_path / "none.bin"))
+    broken = tmp_path / "broken.bin"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="could not load the open_clip weights .*Nothing is downloaded here"):
+        InstructEditor(ctx, **tiny["vit"], clip_model="ViT-B-16", clip_pretrained=str(broken))
+    with pytest.raises(ValueError, match="unknown open_clip model"):
+        InstructEditor(ctx, **tiny["vit"], clip_model="ViT-Q-99")
+    with pytest.raises(ValueError, match="clip_config lacks"):
+        InstructEditor(ctx, **tiny["vit"], clip_config={"embed_dim": 8})
+    with pytest.raises(ValueError, match="editing_blocks"):
+        InstructEditor(ctx, **tiny["vit"], clip_config=tiny["clip"], editing_blocks=5)
