@@ -85,6 +85,8 @@ class Pipeline:
     trainer: TrainerConfig
     #: component key -> {"name", "plugin", "version"}
     provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the annotation files of the `prepare` steps (written or found up to date)
+    prepared: list[Path] = field(default_factory=list)
 
     def loss_modules(self) -> nn.ModuleList:
         """Every distinct loss module (some hold parameters or memories)."""
@@ -277,6 +279,7 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
     backbone = b.build("backbone", "backbone", cfg.data["backbone"], ctx)
     ctx.feature_dim = int(backbone.feature_dim)
     ctx.patch_grid = getattr(backbone, "patch_grid", None)
+    prepared: list[Path] = []
     if prepare != "skip":
         from core.prepare import attach_dataset_annotations, run_prepare_steps
 
@@ -284,8 +287,8 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
         if test_specs is not None:
             attach_dataset_annotations(cfg, _as_list(cfg, "data.test", test_specs), [d for _, d in pairs], None,
                                        ctx.patch_grid, "data.test", test_tables)
-        run_prepare_steps(cfg, b, ctx, train_names, train_specs, train_datasets, train,
-                          force=prepare == "force", echo=echo)
+        prepared = run_prepare_steps(cfg, b, ctx, train_names, train_specs, train_datasets, train,
+                                     force=prepare == "force", echo=echo)
     head = b.build("head", "head", cfg.data["head"], ctx)
     model = ReIDModel(backbone, head)
 
@@ -323,4 +326,5 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
         train_datasets=train_datasets, test_sets=test_sets, train_transform=train_transform,
         test_transform=test_transform, sampler=sampler, model=model, evaluator=evaluator,
         stages=stages, stage_losses=stage_losses, trainer=trainer_cfg, provenance=b.provenance,
+        prepared=prepared,
     )

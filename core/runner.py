@@ -131,11 +131,7 @@ def label(pipeline: str | Path, overrides: Sequence[str] = (), force: bool = Fal
     """Run the pipeline's `prepare` labelers (what `core label` does); the annotation files."""
     from core.pipeline import build_pipeline
 
-    cfg = load_pipeline(pipeline, overrides)
-    steps = cfg.data.get("prepare") or []
-    build_pipeline(cfg, prepare="force" if force else "run")
-    steps = [steps] if isinstance(steps, dict) else steps
-    return [Path(s["out"]) for s in steps if isinstance(s, dict) and s.get("out")]
+    return build_pipeline(load_pipeline(pipeline, overrides), prepare="force" if force else "run").prepared
 
 
 def resolve_run(target: str | Path) -> tuple[Path, Path]:

@@ -221,3 +221,14 @@ def test_core_label_runs_the_prepare_steps(tmp_path, tiny_pipeline_config, monke
     assert "up to date" in capsys.readouterr().out
     assert main(["label", str(path), "--force"]) == 0
     assert "wrote parts.npz" in capsys.readouterr().out
+
+
+def test_label_returns_the_files_of_the_prepare_steps(tmp_path, tiny_pipeline_config, monkeypatch):
+    from pathlib import Path
+
+    from core.runner import label
+
+    monkeypatch.chdir(tmp_path)
+    path = write_pipeline(tmp_path, tiny_pipeline_config, prepare=[{"name": "truth_test", "out": "a/parts.npz"}])
+    assert label(path) == [Path("a/parts.npz")] and Path("a/parts.npz").is_file()
+    assert label(write_pipeline(tmp_path, tiny_pipeline_config)) == []
