@@ -7,6 +7,9 @@ installed). Importing this module is cheap; fixtures import torch only when used
   evaluate it, return a `core.runner.RunResult`.
 - `tiny_world`: a small `SyntheticWorld` dataset.
 - `register_component(kind, name, target)`: register a component for one test only.
+- `one_torch_thread`: run the test with one torch thread (tiny models on a busy shared
+  CPU: more threads only wait for each other; request it, or make it autouse in a
+  conftest).
 """
 
 from __future__ import annotations
@@ -92,3 +95,14 @@ def register_component():
     for plugin_name in added:
         pm.unregister(name=plugin_name)
         pm.infos.pop(plugin_name, None)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test, the previous count restored after it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

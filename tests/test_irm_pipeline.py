@@ -5,7 +5,6 @@ evaluation settings with mAP-tau; the real-data pipelines resolve against the pl
 from pathlib import Path
 
 import pytest
-import torch
 
 from core.config.loading import load_pipeline
 from core.runner import run
@@ -26,12 +25,7 @@ TASKS = ("traditional", "clothes-changing", "clothes-template", "visible-infrare
          "language-instructed")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is fastest
 
 
 def test_irm_plus_plus_synthetic_runs_end_to_end_on_all_six_tasks(tmp_path):

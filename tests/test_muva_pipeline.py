@@ -5,7 +5,6 @@ through the annotation file and the batch field `part_masks`; the `all` environm
 from pathlib import Path
 
 import pytest
-import torch
 
 from core.runner import run, validate
 
@@ -20,12 +19,7 @@ TINY = ["data.train.0.identities=16", "data.train.0.test_identities=4", "data.tr
         "trainer.eval_every=0", "trainer.progress=false", "trainer.num_workers=0", "trainer.device=cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: more threads only wait for each other on a busy CPU
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is fastest
 
 
 def test_synthetic_muva_labels_then_trains_both_stages_end_to_end(tmp_path):

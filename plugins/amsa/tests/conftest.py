@@ -64,10 +64,6 @@ def tiny_clip_fixture():
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These small models run fastest on one thread; on a busy shared machine more threads
-    only wait for each other (a 10x slowdown measured on 2 shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Tiny models on a shared CPU run fastest on one thread (a 10x slowdown measured with
+    two on 2 busy cores); the fixture is the core's (core.testing)."""

@@ -18,12 +18,9 @@ TINY_WORLD = {"identities": 4, "test_identities": 3, "render_size": [32, 16]}
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices on a shared 2-core machine: one thread is much faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Tiny models on a shared CPU run fastest on one thread (a 10x slowdown measured with
+    two on 2 busy cores); the fixture is the core's (core.testing)."""
 
 
 def build_ctx(num_identities: int = 4, images: int = 2) -> BuildContext:
