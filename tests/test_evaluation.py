@@ -16,7 +16,7 @@ RANKS = (1, 5, 10)
 
 
 def reference_metrics(distmat, q_pids, g_pids, q_camids, g_camids, ranks=RANKS,
-                      exclude_same_camera=True):
+                      exclude_same_camera=True, q_groups=None, g_groups=None):
     """torchreid's / fast-reid's Python eval_market1501, one query at a time, with the
     tie rule made explicit: a stable argsort, i.e. order by (distance, gallery index)."""
     distmat = np.asarray(distmat)
@@ -27,6 +27,8 @@ def reference_metrics(distmat, q_pids, g_pids, q_camids, g_camids, ranks=RANKS,
             remove = (g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i])
         else:
             remove = np.zeros(len(order), dtype=bool)
+        if q_groups is not None:  # clothes-changing: the query's identity in its own clothes is removed too
+            remove |= (g_pids[order] == q_pids[i]) & (g_groups[order] == q_groups[i])
         raw_cmc = (g_pids[order] == q_pids[i]).astype(np.int32)[~remove]
         if not np.any(raw_cmc):
             continue
@@ -183,6 +185,27 @@ def test_exclude_same_camera_false_removes_nothing(clustered):
                          reference_metrics(d, qp, gp, qc, gc, exclude_same_camera=False))
 
 
+@pytest.mark.parametrize("exclude_same_camera", [True, False])
+@pytest.mark.parametrize("clustered", [False, True])
+def test_clothes_groups_remove_same_clothes_positives_like_the_reference(exclude_same_camera, clustered):
+    """The clothes-changing protocol: a gallery image of the query's identity in the
+    query's clothes is removed (as one from its camera)."""
+    q, g, qp, gp, qc, gc = random_problem(14, clustered=clustered)
+    rng = np.random.default_rng(14)
+    q_clothes, g_clothes = qp * 3 + rng.integers(0, 3, len(qp)), gp * 3 + rng.integers(0, 3, len(gp))
+    d = pairwise_distance(q, g, "cosine")
+    expected = reference_metrics(d, qp, gp, qc, gc, exclude_same_camera=exclude_same_camera,
+                                 q_groups=q_clothes, g_groups=g_clothes)
+    ours = rank_metrics(d, qp, gp, qc, gc, exclude_same_camera=exclude_same_camera, q_groups=q_clothes,
+                        g_groups=g_clothes)
+    assert_metrics_equal(ours, expected)
+    assert ours != rank_metrics(d, qp, gp, qc, gc, exclude_same_camera=exclude_same_camera)  # it removes some
+    with pytest.raises(ValueError, match="q_groups and g_groups go together"):
+        rank_metrics(d, qp, gp, qc, gc, q_groups=q_clothes)
+    with pytest.raises(ValueError, match="q_groups has 59 entries but there are 60 queries"):
+        rank_metrics(d, qp, gp, qc, gc, q_groups=q_clothes[:-1], g_groups=g_clothes)
+
+
 # --- hand-worked ----------------------------------------------------------------------------
 
 
@@ -238,6 +261,43 @@ def test_distances_may_come_row_chunk_by_row_chunk():
     out = rank_metrics(rows, qp, gp, qc, gc, chunk_size=25)
     assert calls == [(0, 25), (25, 50), (50, 60)]
     assert out == rank_metrics(pairwise_distance(q, g, "cosine"), qp, gp, qc, gc)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_ranking_threads_give_the_single_thread_results(threads):
+    """Chunks ranked by several threads: the same per-query results, and the row source
+    is still called one chunk at a time, in order."""
+    q, g, qp, gp, qc, gc = random_problem(12, num_q=90)
+    calls, inside = [], [0]
+
+    def rows(start, stop):
+        inside[0] += 1
+        assert inside[0] == 1, "row source called by two threads at once"
+        calls.append(start)
+        d = pairwise_distance(q[start:stop], g, "cosine")
+        inside[0] -= 1
+        return d
+
+    one = ranking.per_query_metrics(pairwise_distance(q, g, "cosine"), qp, gp, qc, gc, chunk_size=7, threads=1)
+    many = ranking.per_query_metrics(rows, qp, gp, qc, gc, chunk_size=7, threads=threads)
+    assert calls == list(range(0, 90, 7))
+    for field in ("valid", "num_positives", "first_rank", "average_precision", "inverse_negative_penalty"):
+        np.testing.assert_array_equal(getattr(many, field), getattr(one, field), err_msg=field)
+
+
+def test_an_error_in_a_ranking_thread_reaches_the_caller():
+    q, g, qp, gp, qc, gc = random_problem(13)
+
+    def rows(start, stop):
+        d = pairwise_distance(q[start:stop], g, "cosine")
+        if start >= 20:
+            d[0, 0] = float("nan")
+        return d
+
+    with pytest.raises(ValueError, match=r"distance rows \[2\d, \d+\) contain NaN"):
+        rank_metrics(rows, qp, gp, qc, gc, chunk_size=10, threads=2)
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        rank_metrics(rows, qp, gp, qc, gc, threads=-1)
 
 
 def test_memory_budget_sets_the_chunk_size():
@@ -334,9 +394,11 @@ def test_invalid_ranks_are_rejected(ranks):
         ReIDEvaluator(ranks=ranks)
 
 
-def test_invalid_chunk_size_is_rejected():
+def test_invalid_chunk_size_and_threads_are_rejected():
     with pytest.raises(ValueError, match="chunk_size"):
         ReIDEvaluator(chunk_size=-1)
+    with pytest.raises(ValueError, match="ranking_threads must be an integer >= 0"):
+        ReIDEvaluator(ranking_threads=-2)
 
 
 def test_shape_mismatches_name_the_inputs():
@@ -408,3 +470,25 @@ def test_missing_faiss_says_how_to_install(monkeypatch):
 def test_unknown_search_names_the_valid_ones():
     with pytest.raises(ValueError, match="'annoy'.*exact, faiss_flat, faiss_ivf"):
         ReIDEvaluator(search="annoy")
+
+
+def test_the_evaluator_excludes_same_clothes_from_the_records():
+    from core.records import Record
+
+    query, gallery = feature_sets(15)
+    rng = np.random.default_rng(15)
+    q_clothes = query.pids * 2 + rng.integers(0, 2, len(query))
+    g_clothes = gallery.pids * 2 + rng.integers(0, 2, len(gallery))
+    query.records = [Record(path=None, pid=int(p), camid=int(c), extras={"clothes_id": int(k)})
+                     for p, c, k in zip(query.pids, query.camids, q_clothes)]
+    gallery.records = [Record(path=None, pid=int(p), camid=int(c), extras={"clothes_id": int(k)})
+                       for p, c, k in zip(gallery.pids, gallery.camids, g_clothes)]
+    d = pairwise_distance(query.embeddings, gallery.embeddings, "cosine")
+    expected = reference_metrics(d, query.pids, gallery.pids, query.camids, gallery.camids,
+                                 q_groups=q_clothes, g_groups=g_clothes)
+    assert_metrics_equal(ReIDEvaluator(exclude_same_clothes=True).evaluate(query, gallery), expected)
+    gallery.records[3] = Record(path="g/3.jpg", pid=int(gallery.pids[3]), camid=0)
+    with pytest.raises(ValueError, match=r"gallery record 3 \(pid \d+, g/3.jpg\) has no extras 'clothes_id'"):
+        ReIDEvaluator(exclude_same_clothes=True).evaluate(query, gallery)
+    with pytest.raises(ValueError, match="exclude_same_clothes needs an exact search"):
+        ReIDEvaluator(exclude_same_clothes=True, search="faiss_ivf")

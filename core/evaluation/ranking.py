@@ -22,27 +22,33 @@ the kept items: 1 + the number of kept items before it in the (distance, index) 
 and only items no farther than the row's hardest positive can be before one. Per chunk
 of queries (see `_positive_ranks`): a monotone float map puts those items into integer
 bins; one histogram, cumulated, counts the items in lower bins than each positive; the
-few items sharing a bin with a positive are ordered exactly by (distance, index). No
-sort of the gallery and no binary search per item: a handful of passes over the chunk,
-which is kept small enough to stay in cache. With a trained model only a few percent of
-the items are within the hardest positive, and only those are listed and binned. All
-operations are torch ops on the device of the distances (GPU when the features are
-there); temporaries stay under `memory_budget` bytes by chunking the queries.
+few items sharing a bin with a positive are ordered exactly by one sort of integer keys
+(bin, distance bits). No sort of the gallery and no binary search per item: a handful
+of passes over the chunk, which is kept small enough to stay in cache, into buffers
+reused from chunk to chunk. With a trained model only a few percent of the items are
+within the hardest positive, and only those are listed and binned. All operations are
+torch ops on the device of the distances (GPU when the features are there); two chunks
+are ranked at once by two threads (the histogram and gather ops use one core each);
+temporaries stay under `memory_budget` bytes by chunking the queries. `bench/eval.py`
+measures it against the per-query loop (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence, Union
 
 import numpy as np
 import torch
 
-#: Default bound on the temporaries of one chunk of queries (bytes).
+#: Default bound on the temporaries of the chunks of queries ranked at once (bytes).
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 #: Bytes of temporaries per (query, gallery) entry of a chunk, a conservative estimate:
-#: the distances (4; 8 while a euclidean chunk is computed), the shifted distances (4),
-#: the int64 bins (8), the shared-bin mask (1), the histogram (8 per bin, <= 1 per entry).
+#: the distances (4; 8 while a euclidean chunk is computed), the scaled distances (4),
+#: the int32 bins (4), the mask (1), the histogram and its cumulative sums (16 per bin,
+#: <= 1 bin per entry).
 _BYTES_PER_ENTRY = 32
 #: Automatic chunks hold at most this many (query, gallery) entries: the few passes over
 #: a chunk then run in cache (measured fastest on CPU between 2**20 and 2**22).
@@ -77,7 +83,8 @@ class PerQueryMetrics:
 def rank_metrics(distances: DistanceSource, q_pids, g_pids, q_camids, g_camids,
                  ranks: Sequence[int] = (1, 5, 10), exclude_same_camera: bool = True,
                  chunk_size: int = 0, memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                 q_categories=None, category_names: Sequence[str] | None = None) -> dict[str, float]:
+                 q_categories=None, category_names: Sequence[str] | None = None,
+                 threads: int = 0, q_groups=None, g_groups=None) -> dict[str, float]:
     """CMC at `ranks`, mAP and mINP (percentages) and `num_valid_queries`.
 
     `distances` is a (Q, G) matrix or a callable `rows(start, stop) -> (stop-start, G)`
@@ -85,12 +92,15 @@ def rank_metrics(distances: DistanceSource, q_pids, g_pids, q_camids, g_camids,
     `memory_budget` bytes). With `q_categories` (one id per query), the same metrics are
     added per query category under "<name>/<metric>" keys, `<name>` taken from
     `category_names[id]` (else the id); a category without a valid query only reports
-    its `num_valid_queries` of 0.
+    its `num_valid_queries` of 0. `threads`: chunks ranked at once; `q_groups` /
+    `g_groups`: a second label whose sharing also removes a same-identity item, e.g.
+    clothes ids (see `per_query_metrics`).
     """
     ranks = validate_ranks(ranks)
     per_query = per_query_metrics(distances, q_pids, g_pids, q_camids, g_camids,
                                   exclude_same_camera=exclude_same_camera,
-                                  chunk_size=chunk_size, memory_budget=memory_budget)
+                                  chunk_size=chunk_size, memory_budget=memory_budget, threads=threads,
+                                  q_groups=q_groups, g_groups=g_groups)
     metrics = summarise(per_query, ranks)
     if q_categories is not None:
         metrics.update(_per_category(per_query, ranks, q_categories, category_names))
@@ -99,33 +109,90 @@ def rank_metrics(distances: DistanceSource, q_pids, g_pids, q_camids, g_camids,
 
 def per_query_metrics(distances: DistanceSource, q_pids, g_pids, q_camids, g_camids,
                       exclude_same_camera: bool = True, chunk_size: int = 0,
-                      memory_budget: int = DEFAULT_MEMORY_BUDGET) -> PerQueryMetrics:
-    """Each query's first-positive rank, AP and INP under the protocol (see module doc)."""
+                      memory_budget: int = DEFAULT_MEMORY_BUDGET, threads: int = 0,
+                      q_groups=None, g_groups=None) -> PerQueryMetrics:
+    """Each query's first-positive rank, AP and INP under the protocol (see module doc).
+
+    With `q_groups` and `g_groups` (one label per query / gallery item, e.g. clothes
+    ids), a gallery item of the query's identity that shares its group is removed too,
+    like one from its camera: the clothes-changing protocol of LTCC / PRCC, where only
+    images of the person in other clothes count.
+
+    Chunks are ranked by `threads` threads (0: `default_threads()`): most of the work is
+    in torch ops that run on one core and release the GIL (histograms, gathers), so two
+    chunks at a time use two cores. `distances` is still called one chunk at a time, in
+    order. The memory budget is shared by the chunks ranked at once.
+    """
     q_pids, g_pids = _codes(q_pids, g_pids, "pids")
     q_camids, g_camids = _codes(q_camids, g_camids, "camids")
+    if (q_groups is None) != (g_groups is None):
+        raise ValueError("q_groups and g_groups go together: give both (e.g. the clothes ids of queries and "
+                         "gallery) or neither")
+    if q_groups is not None:
+        q_groups, g_groups = _codes(q_groups, g_groups, "groups")
     num_q, num_g = len(q_pids), len(g_pids)
-    for name, arr, n in (("q_camids", q_camids, num_q), ("g_camids", g_camids, num_g)):
+    checks = [("q_camids", q_camids, num_q), ("g_camids", g_camids, num_g)]
+    if q_groups is not None:
+        checks += [("q_groups", q_groups, num_q), ("g_groups", g_groups, num_g)]
+    for name, arr, n in checks:
         if len(arr) != n:
             raise ValueError(f"{name} has {len(arr)} entries but there are {n} "
                              f"{'queries' if name[0] == 'q' else 'gallery items'}")
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0 = automatic), got {threads}")
+    threads = threads or default_threads()
     rows = _row_source(distances, num_q, num_g)
-    step = resolve_chunk_size(chunk_size, num_q, num_g, memory_budget)
-    parts = []
+    step = resolve_chunk_size(chunk_size, num_q, num_g, memory_budget // threads)
+    starts = iter(range(0, num_q, step))
+    parts: dict[int, tuple] = {}
     on_device: dict[torch.device, tuple] = {}
-    for start in range(0, num_q, step):
-        stop = min(start + step, num_q)
-        d = rows(start, stop)
-        meta = on_device.get(d.device)
-        if meta is None:
-            meta = on_device[d.device] = (torch.as_tensor(q_pids, device=d.device),
-                                          torch.as_tensor(q_camids, device=d.device),
-                                          _GalleryIndex(g_pids, g_camids, d.device))
-        qp, qc, gallery = meta
-        num_pos, pos_ranks = _positive_ranks(d, qp[start:stop], qc[start:stop], gallery,
-                                             exclude_same_camera)
-        parts.append(_from_ranks(num_pos, pos_ranks))
-    return PerQueryMetrics(*(np.concatenate(cols) for cols in zip(*parts))) if parts else \
-        PerQueryMetrics(*(np.zeros(0, dt) for dt in (bool, np.int64, np.int64, np.float64, np.float64)))
+    lock = threading.Lock()
+    failed = threading.Event()
+
+    def rank_chunks() -> None:
+        """Take the next chunk (fetching its rows under the lock) until none is left."""
+        workspaces: dict[torch.device, _Workspace] = {}
+        while not failed.is_set():
+            with lock:
+                start = next(starts, None)
+                if start is None:
+                    return
+                stop = min(start + step, num_q)
+                d = rows(start, stop)
+                meta = on_device.get(d.device)
+                if meta is None:
+                    meta = on_device[d.device] = (
+                        torch.as_tensor(q_pids, device=d.device), torch.as_tensor(q_camids, device=d.device),
+                        None if q_groups is None else torch.as_tensor(q_groups, device=d.device),
+                        _GalleryIndex(g_pids, g_camids, d.device, g_groups))
+            qp, qc, qg, gallery = meta
+            work = workspaces.setdefault(d.device, _Workspace(d.device))
+            removal = _Removal(qc[start:stop], None if qg is None else qg[start:stop], gallery, exclude_same_camera)
+            num_pos, pos_ranks = _positive_ranks(d, qp[start:stop], gallery, removal, work)
+            parts[start] = _from_ranks(num_pos, pos_ranks)
+
+    def rank_chunks_or_stop() -> None:
+        try:
+            rank_chunks()
+        except BaseException:
+            failed.set()  # the other threads stop after their current chunk
+            raise
+
+    if threads == 1 or step >= num_q:
+        rank_chunks()
+    else:
+        with ThreadPoolExecutor(threads, thread_name_prefix="reid-ranking") as pool:
+            for future in [pool.submit(rank_chunks_or_stop) for _ in range(threads)]:
+                future.result()
+    if not parts:
+        return PerQueryMetrics(*(np.zeros(0, dt) for dt in (bool, np.int64, np.int64, np.float64, np.float64)))
+    return PerQueryMetrics(*(np.concatenate(cols) for cols in zip(*(parts[k] for k in sorted(parts)))))
+
+
+def default_threads() -> int:
+    """Ranking threads when none are asked for: two when torch may use two or more cores
+    (the histogram and gather ops each use one), else one."""
+    return 2 if torch.get_num_threads() >= 2 else 1
 
 
 def summarise(per_query: PerQueryMetrics, ranks: Sequence[int],
@@ -179,9 +246,10 @@ class _GalleryIndex:
     """Gallery pids and camids on one device, with the gallery sorted by pid so that a
     query's same-identity items are found by binary search, not by a (c, G) mask."""
 
-    def __init__(self, pids: np.ndarray, cams: np.ndarray, device: torch.device):
+    def __init__(self, pids: np.ndarray, cams: np.ndarray, device: torch.device, groups: np.ndarray | None = None):
         self.pids = torch.as_tensor(pids, device=device)
         self.cams = torch.as_tensor(cams, device=device)
+        self.groups = None if groups is None else torch.as_tensor(groups, device=device)
         self.order = torch.sort(self.pids, stable=True).indices
         self.sorted_pids = self.pids[self.order].contiguous()
 
@@ -190,11 +258,11 @@ class _GalleryIndex:
         lo = torch.searchsorted(self.sorted_pids, q_pids)
         counts = torch.searchsorted(self.sorted_pids, q_pids, right=True) - lo
         rows = torch.repeat_interleave(torch.arange(len(q_pids), device=q_pids.device), counts)
-        return rows, self.order[lo[rows] + _slots(rows, counts)]
+        return rows, self.order.index_select(0, lo.index_select(0, rows) + _slots(rows, counts))
 
 
-def _positive_ranks(d: torch.Tensor, q_pids: torch.Tensor, q_cams: torch.Tensor,
-                    gallery: "_GalleryIndex", exclude_same_camera: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _positive_ranks(d: torch.Tensor, q_pids: torch.Tensor, gallery: "_GalleryIndex", removal: "_Removal",
+                    work: "_Workspace") -> tuple[torch.Tensor, torch.Tensor]:
     """(num_pos (c,), ranks (c, P)): the 1-based ranks among kept items of each row's
     positives, ascending; entries at and after num_pos[row] are padding.
 
@@ -209,35 +277,39 @@ def _positive_ranks(d: torch.Tensor, q_pids: torch.Tensor, q_cams: torch.Tensor,
     """
     c, g = d.shape
     rows, cols = gallery.same_identity(q_pids)
-    junk = _is_junk(rows, cols, q_cams, gallery.cams, exclude_same_camera)
-    num_pos = torch.bincount(rows[~junk], minlength=c)
+    junk = removal(rows, cols)
+    pos_rows = rows[~junk]
+    num_pos = torch.bincount(pos_rows, minlength=c)
     width = int(num_pos.max()) if c else 0
     if width == 0:
         return num_pos, torch.ones((c, 0), dtype=torch.int64, device=d.device)
     flat_d = d.view(-1)
-    pos_flat, junk_flat = rows[~junk] * g + cols[~junk], rows[junk] * g + cols[junk]
+    pos_flat, junk_flat = pos_rows * g + cols[~junk], rows[junk] * g + cols[junk]
     pos_values = flat_d.index_select(0, pos_flat)
     hardest = torch.full((c,), -float("inf"), dtype=d.dtype, device=d.device)
-    hardest.scatter_reduce_(0, rows[~junk], pos_values, "amax")
-    listed = _items_up_to(d, hardest)
-    to_bin = _BinMap(d, hardest, g if listed is None else len(listed) // max(c, 1))
+    hardest.scatter_reduce_(0, pos_rows, pos_values, "amax")
+    listed = _items_up_to(d, hardest, work)
+    to_bin = _BinMap(d, hardest, g if listed is None else len(listed) // c)
     if listed is None:  # most items: bin the whole chunk in place of listing it
-        bins = to_bin(d, torch.arange(c, device=d.device)[:, None]).view(-1)
+        bins = to_bin.whole(d, work)
     else:
         bins = to_bin(flat_d.index_select(0, listed), listed // g)
     counts = torch.bincount(bins, minlength=to_bin.total)
     junk_bins = to_bin(flat_d.index_select(0, junk_flat), junk_flat // g)
     counts.index_add_(0, junk_bins, torch.ones_like(junk_bins, dtype=counts.dtype), alpha=-1)
-    kept_below = counts.view(c, -1).cumsum(1).view(-1).sub_(counts)  # kept items in lower bins
+    kept_below = torch.cumsum(counts.view(c, -1), 1, out=work("cumulative", to_bin.total, counts.dtype).view(c, -1))
+    kept_below = kept_below.view(-1).sub_(counts)  # kept items in lower bins of the row
     shared = torch.zeros(to_bin.total, dtype=torch.bool, device=d.device)
-    shared[to_bin(pos_values, pos_flat // g)] = True
-    sharing = _nonzero(lambda out: torch.index_select(shared, 0, bins, out=out), len(bins), d.device)
+    shared[to_bin(pos_values, pos_rows)] = True
+    sharing = _nonzero(lambda out: torch.index_select(shared, 0, bins, out=out), len(bins), work)
     s_bins = bins.index_select(0, sharing)
     s_flat = sharing if listed is None else listed.index_select(0, sharing)
-    s_flat, s_bins = _sort_by_distance(flat_d, s_flat, s_bins)
-    s_rows, s_cols = s_flat // g, s_flat % g
+    order = _bin_value_order(flat_d.index_select(0, s_flat), s_bins)
+    s_flat, s_bins = s_flat.index_select(0, order), s_bins.index_select(0, order)
+    s_rows = s_flat // g
+    s_cols = s_flat - s_rows * g
     same_pid = q_pids.index_select(0, s_rows) == gallery.pids.index_select(0, s_cols)
-    kept = ~(same_pid & _is_junk(s_rows, s_cols, q_cams, gallery.cams, exclude_same_camera))
+    kept = ~(same_pid & removal(s_rows, s_cols))
     kept_before = kept.cumsum(0) - kept.long()  # kept listed items before each one
     group_start = torch.ones_like(kept)
     group_start[1:] = s_bins[1:] != s_bins[:-1]
@@ -250,33 +322,60 @@ def _positive_ranks(d: torch.Tensor, q_pids: torch.Tensor, q_cams: torch.Tensor,
     return num_pos, pos_ranks
 
 
-def _is_junk(rows, cols, q_cams, g_cams, exclude_same_camera: bool) -> torch.Tensor:
-    """Of same-identity (row, col) pairs, those the protocol removes: same camera."""
-    if not exclude_same_camera:
-        return torch.zeros_like(rows, dtype=torch.bool)
-    return q_cams.index_select(0, rows) == g_cams.index_select(0, cols)
+class _Removal:
+    """Which same-identity (row, col) pairs of a chunk the protocol removes: those from
+    the query's camera (when `exclude_same_camera`) and those sharing its group (clothes
+    id), when groups are given."""
+
+    def __init__(self, q_cams: torch.Tensor, q_groups: torch.Tensor | None, gallery: "_GalleryIndex",
+                 exclude_same_camera: bool):
+        self.q_cams, self.q_groups, self.gallery = q_cams, q_groups, gallery
+        self.exclude_same_camera = exclude_same_camera
+
+    def __call__(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        removed = torch.zeros_like(rows, dtype=torch.bool)
+        if self.exclude_same_camera:
+            removed |= self.q_cams.index_select(0, rows) == self.gallery.cams.index_select(0, cols)
+        if self.q_groups is not None:
+            removed |= self.q_groups.index_select(0, rows) == self.gallery.groups.index_select(0, cols)
+        return removed
 
 
-def _items_up_to(d: torch.Tensor, hardest: torch.Tensor) -> torch.Tensor | None:
+class _Workspace:
+    """Chunk-sized buffers reused from chunk to chunk: allocating (and faulting in) fresh
+    ones for every chunk costs as much as the passes over them."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def __call__(self, name: str, n: int, dtype: torch.dtype) -> torch.Tensor:
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < n or buffer.dtype != dtype:
+            buffer = self._buffers[name] = torch.empty(n, dtype=dtype, device=self.device)
+        return buffer[:n]
+
+
+def _items_up_to(d: torch.Tensor, hardest: torch.Tensor, work: _Workspace) -> torch.Tensor | None:
     """Flat indices of the items no farther than their row's hardest positive, or None
     when they are most of the chunk (random features: listing them would cost more than
     binning every item). A trained model's positives rank high: a few percent remain."""
     sample = d[:, ::_SAMPLE_STRIDE] <= hardest[:, None]
     if float(sample.float().mean()) > _LIST_FRACTION:
         return None
-    return _nonzero(lambda out: torch.le(d, hardest[:, None], out=out.view(d.shape)), d.numel(), d.device)
+    return _nonzero(lambda out: torch.le(d, hardest[:, None], out=out.view(d.shape)), d.numel(), work)
 
 
-def _nonzero(fill_mask, n: int, device: torch.device) -> torch.Tensor:
+def _nonzero(fill_mask, n: int, work: _Workspace) -> torch.Tensor:
     """Indices of the True entries of a length-n boolean mask, written by `fill_mask(out)`,
     when few are True. The mask is read 8 entries at a time (as int64 words): only the
     words holding a True entry are looked at entry by entry."""
-    words = torch.zeros((n + 7) // 8, dtype=torch.int64, device=device)
-    mask = words.view(torch.bool)
-    fill_mask(mask[:n])
+    words = work("mask words", (n + 7) // 8, torch.int64)
+    words[-1:] = 0  # fill_mask writes the first n entries; the rest of the last word must be False
+    fill_mask(words.view(torch.bool)[:n])
     hit = words.nonzero()[:, 0]
-    candidates = (hit[:, None] * 8 + torch.arange(8, device=hit.device)).view(-1)
-    return candidates[mask.index_select(0, candidates)]
+    entries = words.index_select(0, hit).view(torch.bool).nonzero()[:, 0]  # 8 per hit word
+    return hit.index_select(0, entries >> 3).mul_(8).add_(entries & 7)
 
 
 class _BinMap:
@@ -298,23 +397,36 @@ class _BinMap:
         self.offset = torch.arange(c, device=d.device, dtype=d.dtype) * self.per_row
 
     def __call__(self, values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        binned = (values - self.lo[rows]).mul_(self.scale[rows]).clamp_(max=self.per_row - 1)
-        return binned.add_(self.offset[rows]).to(torch.int32)
+        def at(t):
+            return t.index_select(0, rows)
+        binned = (values - at(self.lo)).mul_(at(self.scale)).clamp_(max=self.per_row - 1)
+        return binned.add_(at(self.offset)).to(torch.int32)
+
+    def whole(self, d: torch.Tensor, work: _Workspace) -> torch.Tensor:
+        """The bins of every item of the chunk, flat (the same operations as `__call__`)."""
+        scaled = work("scaled", d.numel(), d.dtype).view(d.shape)
+        torch.sub(d, self.lo[:, None], out=scaled).mul_(self.scale[:, None]).clamp_(max=self.per_row - 1)
+        scaled.add_(self.offset[:, None])
+        return work("bins", d.numel(), torch.int32).copy_(scaled.view(-1))
 
 
-def _sort_by_distance(flat_d, flat, bins) -> tuple[torch.Tensor, torch.Tensor]:
-    """Listed items (flat indices in row-major order) reordered by (row, distance,
-    index): a stable sort by distance, then a stable sort by bin (bins are row-major
-    and monotone in distance)."""
-    order = torch.sort(flat_d.index_select(0, flat), stable=True).indices
-    order = order.index_select(0, torch.sort(bins.index_select(0, order), stable=True).indices)
-    return flat.index_select(0, order), bins.index_select(0, order)
+def _bin_value_order(values: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """The permutation ordering items by (bin, value), ties kept in their given order:
+    one stable sort of int64 keys, the bin in the high 32 bits and the value's order in
+    the low 32 (for float32, its bits made monotone; otherwise its dense rank). Integer
+    keys sort several times faster than a float sort and a second sort by bin."""
+    if values.dtype == torch.float32:
+        bits = (values + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0: they tie
+        low = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).long() + 2**31  # negatives: order reversed
+    else:
+        low = torch.unique(values, return_inverse=True)[1]
+    return torch.sort((bins.long() << 32) | low, stable=True).indices
 
 
 def _slots(rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Ordinal of each entry within its row, for row-major sorted `rows`."""
     starts = counts.cumsum(0) - counts
-    return torch.arange(rows.numel(), device=rows.device) - starts[rows]
+    return torch.arange(rows.numel(), device=rows.device) - starts.index_select(0, rows)
 
 
 def _from_ranks(num_pos: torch.Tensor, pos_ranks: torch.Tensor) -> tuple[np.ndarray, ...]:

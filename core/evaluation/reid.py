@@ -27,9 +27,14 @@ class ReIDEvaluator(Evaluator):
         exclude_same_camera: drop gallery items with the query's identity and camera
             (the standard protocol); false for single-camera or cross-modality sets
             where that filter would drop every positive.
+        exclude_same_clothes: also drop gallery items with the query's identity and
+            clothes (records' extras "clothes_id"): the clothes-changing setting of LTCC /
+            PRCC, where only the person in other clothes counts.
         per_category: also report the metrics per query category.
         chunk_size: queries per chunk; 0 picks it from `memory_budget_mb` (and cache).
-        memory_budget_mb: bound on one chunk's temporaries, in MiB.
+        memory_budget_mb: bound on the temporaries of the chunks ranked at once, in MiB.
+        ranking_threads: chunks ranked at once (0: two when torch has two or more
+            threads); the next chunk's distances are computed while one is ranked.
         search: "exact" (torch), "faiss_flat" (the same exact protocol on faiss's
             distance kernels) or "faiss_ivf" (approximate top-`topk` search for large
             galleries; reports "mAP@<topk>" and CMC, no mINP; see
@@ -44,25 +49,29 @@ class ReIDEvaluator(Evaluator):
     """
 
     def __init__(self, metric: str = "cosine", ranks: list[int] = [1, 5, 10],  # noqa: B006 - YAML default, never mutated
-                 exclude_same_camera: bool = True, per_category: bool = True,
+                 exclude_same_camera: bool = True, per_category: bool = True, exclude_same_clothes: bool = False,
                  chunk_size: int = 0, memory_budget_mb: int = DEFAULT_MEMORY_BUDGET // 2**20,
                  search: str = "exact", nlist: int = 0, nprobe: int = 16, topk: int = 1000,
-                 rerank: bool = False, k1: int = 20, k2: int = 6, lambda_value: float = 0.3):
+                 rerank: bool = False, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+                 ranking_threads: int = 0):
         if metric not in METRICS:
             raise ValueError(f"evaluator 'reid': unknown metric {metric!r}; valid metrics: "
                              f"{', '.join(METRICS)}")
         if search not in SEARCHES:
             raise ValueError(f"evaluator 'reid': unknown search {search!r}; valid searches: "
                              f"{', '.join(SEARCHES)}")
+        if exclude_same_clothes and search == "faiss_ivf":
+            raise ValueError("evaluator 'reid': exclude_same_clothes needs an exact search (exact or faiss_flat), "
+                             "not faiss_ivf")
         if rerank and search != "exact":
             raise ValueError(f"evaluator 'reid': rerank: true needs search: exact (re-ranking builds its "
                              f"own exact neighbour lists), got search {search!r}")
         for key, value, least in (("chunk_size", chunk_size, 0), ("memory_budget_mb", memory_budget_mb, 1),
                                   ("nlist", nlist, 0), ("nprobe", nprobe, 1), ("topk", topk, 1),
-                                  ("k1", k1, 1), ("k2", k2, 1)):
+                                  ("k1", k1, 1), ("k2", k2, 1), ("ranking_threads", ranking_threads, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"evaluator 'reid': {key} must be an integer >= {least}"
-                                 f"{' (0 = automatic)' if key in ('chunk_size', 'nlist') else ''}, got {value!r}")
+                                 f"{' (0 = automatic)' if key in ('chunk_size', 'nlist', 'ranking_threads') else ''}, got {value!r}")
         if not 0.0 <= float(lambda_value) <= 1.0:
             raise ValueError(f"evaluator 'reid': lambda_value must be in [0, 1], got {lambda_value!r}")
         try:
@@ -71,8 +80,10 @@ class ReIDEvaluator(Evaluator):
             raise ValueError(f"evaluator 'reid': {exc}") from None
         self.metric = metric
         self.exclude_same_camera = bool(exclude_same_camera)
+        self.exclude_same_clothes = bool(exclude_same_clothes)
         self.per_category = bool(per_category)
         self.chunk_size = chunk_size
+        self.ranking_threads = ranking_threads
         self.memory_budget = memory_budget_mb * 2**20
         self.search, self.nlist, self.nprobe, self.topk = search, nlist, nprobe, topk
         self.rerank, self.k1, self.k2, self.lambda_value = bool(rerank), k1, k2, float(lambda_value)
@@ -84,6 +95,9 @@ class ReIDEvaluator(Evaluator):
         categories, names = None, None
         if self.per_category and len(np.unique(query.categories)) > 1:
             categories, names = query.categories, query.category_names
+        groups = {}
+        if self.exclude_same_clothes:
+            groups = dict(q_groups=clothes_ids(query, "query"), g_groups=clothes_ids(gallery, "gallery"))
         with torch.no_grad():
             if self.search == "faiss_ivf":
                 return self._evaluate_top_k(query, gallery, categories, names)
@@ -91,7 +105,7 @@ class ReIDEvaluator(Evaluator):
                                 query.camids, gallery.camids, ranks=self.ranks,
                                 exclude_same_camera=self.exclude_same_camera, chunk_size=self.chunk_size,
                                 memory_budget=self.memory_budget, q_categories=categories,
-                                category_names=names)
+                                category_names=names, threads=self.ranking_threads, **groups)
 
     def _distance_rows(self, query: FeatureSet, gallery: FeatureSet):
         """The (Q, G) distances, as a matrix (re-ranking) or chunk by chunk."""
@@ -137,3 +151,21 @@ def _check_feature_set(features: FeatureSet, which: str) -> None:
             raise ValueError(f"{which} has {n} embeddings but {len(getattr(features, field))} {field}")
     if len(features.categories) not in (0, n):
         raise ValueError(f"{which} has {n} embeddings but {len(features.categories)} categories")
+
+
+def clothes_ids(features: FeatureSet, which: str) -> np.ndarray:
+    """The records' extras "clothes_id" of a feature set, one per embedding; the error
+    names the first record without one."""
+    if len(features.records) != len(features):
+        raise ValueError(f"exclude_same_clothes needs the {which} records (extras 'clothes_id'); the {which} "
+                         f"features carry {len(features.records)} records for {len(features)} embeddings")
+    ids = []
+    for i, record in enumerate(features.records):
+        value = record.extras.get("clothes_id")
+        if value is None:
+            raise ValueError(f"exclude_same_clothes: {which} record {i} (pid {record.pid}, {record.path or 'no path'}) "
+                             "has no extras 'clothes_id'; use a clothes-changing dataset (the synthetic world with "
+                             "clothes_changes > 0, a manifest with a clothes_id column) or set exclude_same_clothes: "
+                             "false")
+        ids.append(int(value))
+    return np.asarray(ids, dtype=np.int64)
