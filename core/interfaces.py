@@ -205,7 +205,9 @@ class Labeler(abc.ABC):
     @abc.abstractmethod
     def label_batch(self, images: list[Any], records: list[Record]) -> dict[str, np.ndarray]:
         """Raw annotations of decoded RGB images (their records beside them): arrays whose
-        first axis has one row per image."""
+        first axis has one row per image. A labeler that declares a third parameter
+        `keys` also gets each image's key in the annotation file, "<dataset>:<record
+        key>" (`Dataset.record_key`), e.g. to match another tool's output by key."""
 
     def finalize(self, raw: dict[str, np.ndarray], records: list[Record], ctx: Any) -> Labels:
         """The fields to store from every image's raw annotations. Default: store and

@@ -10,6 +10,8 @@ atomically; the partial folder is removed once it is.
 
 from __future__ import annotations
 
+import inspect
+
 import json
 import shutil
 import time
@@ -73,11 +75,16 @@ def run_labeler(labeler: Labeler, items: Sequence[LabelItem], out: str | Path, *
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"label {name}", unit="img",
                disable=not progress, dynamic_ncols=True)
     step = max(1, int(getattr(labeler, "batch_size", 16)))
+    wants_keys = "keys" in inspect.signature(labeler.label_batch).parameters
     try:
         for start in range(0, len(todo), step):
             chunk = todo[start:start + step]
             images = [item.dataset.load_image(item.record) for item in chunk]
-            raw = labeler.label_batch(images, [item.record for item in chunk])
+            records = [item.record for item in chunk]
+            if wants_keys:  # a labeler matching another tool's output by the file's keys
+                raw = labeler.label_batch(images, records, keys=[item.key for item in chunk])
+            else:
+                raw = labeler.label_batch(images, records)
             for field_name, values in raw.items():
                 if len(values) != len(chunk):
                     raise ValueError(f"labeler '{name}': label_batch returned {len(values)} rows of "

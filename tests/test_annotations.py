@@ -122,6 +122,27 @@ def test_a_labeler_that_returns_the_wrong_number_of_rows_is_named(tmp_path):
                     echo=lambda *_: None)
 
 
+def test_a_labeler_that_declares_keys_gets_the_file_keys_of_its_images(tmp_path):
+    class ByKey(BoxLabeler):
+        """Looks its boxes up by key, as a grounder reading another tool's output would."""
+
+        def __init__(self, table):
+            super().__init__()
+            self.table, self.asked = table, []
+
+        def label_batch(self, images, records, keys):
+            self.asked += keys
+            return {"boxes": np.stack([self.table[k] for k in keys])}
+
+    todo = items()
+    labeler = ByKey({item.key: item.record.extras["part_boxes"] for item in todo})
+    done = run_labeler(labeler, todo, tmp_path / "k.npz", fingerprint={}, ctx=Ctx(), name="bykey", progress=False,
+                       echo=lambda *_: None)
+    assert labeler.asked == done.keys == [item.key for item in todo]
+    truth = boxes_to_patch_masks(np.stack([i.record.extras["part_boxes"] for i in todo]), (4, 2))
+    assert np.array_equal(done.fields["part_masks"], truth.astype(np.uint8))
+
+
 LABELER_PLUGIN = textwrap.dedent("""
     import numpy as np
     from core.hookspecs import hookimpl

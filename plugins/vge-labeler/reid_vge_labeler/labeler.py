@@ -21,6 +21,7 @@ File fields, one row per training image:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -97,10 +98,16 @@ class VGELabeler(Labeler):
                              "none (ctx.patch_grid is None: not a token backbone); give `grid: [rows, cols]`")
         return backbone
 
-    def label_batch(self, images: list[Any], records: list[Record]) -> dict[str, np.ndarray]:
-        """b^p = E_VGE(I, Q^p): the grounder's raw boxes and found flags, plus its extras."""
+    def label_batch(self, images: list[Any], records: list[Record], keys: list[str] | None = None) -> dict[str, np.ndarray]:
+        """b^p = E_VGE(I, Q^p): the grounder's raw boxes and found flags, plus its extras.
+        `keys` (the images' annotation-file keys, from the core) reach a grounder whose
+        `ground` takes them (the box-file grounder matches by key, then by path)."""
         name = getattr(self.grounder, "name", type(self.grounder).__name__)
-        result = check_grounding(self.grounder.ground(images, records), len(images), len(self.parts), name)
+        if keys is not None and "keys" in inspect.signature(self.grounder.ground).parameters:
+            grounding = self.grounder.ground(images, records, keys=keys)
+        else:
+            grounding = self.grounder.ground(images, records)
+        result = check_grounding(grounding, len(images), len(self.parts), name)
         clash = [k for k in result.extras if k in OWN_FIELDS]
         if clash:
             raise ValueError(f"grounder '{name}' returned an extra field '{clash[0]}', a name the labeler writes "

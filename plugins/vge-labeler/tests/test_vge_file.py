@@ -61,3 +61,25 @@ def test_attaching_the_file_puts_the_masks_and_only_them_on_the_records(tmp_path
         np.testing.assert_array_equal(record.extras["part_masks"], annotations.fields["part_masks"][i])
         np.testing.assert_array_equal(record.extras["part_boxes"], truth[i])  # the world's boxes untouched
         assert "part_boxes_raw" not in record.extras and "part_calibration" not in record.extras
+
+
+def test_an_earlier_file_is_revoted_for_rendered_images_matched_by_key(tmp_path, person_world, label_items):
+    """Records without image paths (the synthetic world renders them): the core passes the
+    annotation keys to `label_batch`, so the box-file grounder re-votes an earlier run's
+    raw boxes onto another grid by key, without grounding again."""
+    from core.labeling import run_labeler
+
+    world = person_world(identities=4, images=3)
+    items = label_items(world)
+    assert all(item.record.path is None for item in items)
+    earlier = run_labeler(labeler(), items, tmp_path / "earlier.npz", fingerprint={}, ctx=None, name="vge",
+                          progress=False, echo=lambda *_: None)
+    again = VGELabeler(grounder={"name": "boxes", "file": str(tmp_path / "earlier.npz")},
+                       parts=["head", "upper", "legs"], grid=[4, 2], batch_size=5)
+    revoted = run_labeler(again, items, tmp_path / "revoted.npz", fingerprint={}, ctx=None, name="vge",
+                          progress=False, echo=lambda *_: None)
+    found = earlier.fields["part_found"].astype(bool)
+    np.testing.assert_array_equal(revoted.fields["part_found"], earlier.fields["part_found"])
+    np.testing.assert_array_equal(revoted.fields["part_boxes_raw"][found], earlier.fields["part_boxes_raw"][found])
+    np.testing.assert_array_equal(revoted.fields["part_boxes"], earlier.fields["part_boxes"])  # same calibration
+    assert revoted.fields["part_masks"].shape == (12, 3, 4, 2)

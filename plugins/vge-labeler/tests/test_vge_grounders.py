@@ -140,7 +140,7 @@ def test_box_file_errors(tmp_path):
         build_grounder({"name": "boxes", "file": str(bad)}, PARTS).ground(images, records)
     with pytest.raises(FileNotFoundError, match="box file not found"):
         build_grounder({"name": "boxes", "file": str(tmp_path / "nope.json")}, PARTS).ground(images, records)
-    with pytest.raises(ValueError, match="has none .*export the images"):
+    with pytest.raises(ValueError, match="no keys, and the record of pid 3 has no path .*export the images"):
         g.ground(images[:1], [Record(path=None, pid=3, camid=0)])
 
 

@@ -25,11 +25,13 @@ grounder again, e.g. after changing the backbone or the image size.
 Coordinates are in `units`: fractions of the image, pixels, or per mille (CogVLM's
 0-1000 scale). Several boxes of one part: one is chosen by `pick` (answers.pick_box).
 
-Images are matched by path: a file key names the record whose image path equals it or
-ends with it ("/"-separated components), so keys may be absolute paths or paths
-relative to the dataset root (what `Dataset.record_key` gives for file datasets). The
-longest matching key wins. An image absent from the file is an error unless
-`on_missing: not_found`; a part absent from an image's entry is not found.
+Images are matched by key, then by path: a file key names the image whose annotation
+key "<dataset>:<record key>" or record key (`Dataset.record_key`: the path under the
+dataset root for file datasets, the render key for the synthetic world) equals it, or
+whose image path equals it or ends with it ("/"-separated components; the longest
+matching key wins), so keys may be record keys, absolute paths or paths relative to the
+dataset root. An image absent from the file is an error unless `on_missing:
+not_found`; a part absent from an image's entry is not found.
 """
 
 from __future__ import annotations
@@ -69,14 +71,15 @@ class BoxFileGrounder(Grounder):
             self._table = read_box_file(self.file, self.parts)
         return self._table
 
-    def ground(self, images: list[Any], records: list[Record]) -> Grounding:
+    def ground(self, images: list[Any], records: list[Record], keys: Sequence[str] | None = None) -> Grounding:
         out = self.empty(len(records))
         counts = np.zeros((len(records), len(self.parts)), dtype=np.int16)
         missing = []
         for i, (image, record) in enumerate(zip(images, records)):
-            entry = self._lookup(record)
+            key = None if keys is None else keys[i]
+            entry = self._lookup(record, key)
             if entry is None:
-                missing.append(record.path)
+                missing.append(record.path if record.path is not None else key)
                 continue
             width, height = image_size(image)
             for p, part in enumerate(self.parts):
@@ -87,8 +90,9 @@ class BoxFileGrounder(Grounder):
                     out.boxes[i, p], out.found[i, p] = box, True
         if missing and self.on_missing == "error":
             raise ValueError(f"grounder 'boxes': {self.file} has no entry for {len(missing)} of {len(records)} images "
-                             f"in this batch, e.g. {', '.join(map(str, missing[:3]))}; keys are image paths (absolute "
-                             "or relative to the dataset root). Set `on_missing: not_found` to treat them as not found")
+                             f"in this batch, e.g. {', '.join(map(str, missing[:3]))}; keys are record keys or image paths "
+                             "(absolute or relative to the dataset root). Set `on_missing: not_found` to treat them as "
+                             "not found")
         out.extras["part_box_count"] = counts
         return out
 
@@ -99,11 +103,18 @@ class BoxFileGrounder(Grounder):
             return boxes / 1000.0
         return boxes
 
-    def _lookup(self, record: Record) -> dict[str, np.ndarray] | None:
+    def _lookup(self, record: Record, key: str | None) -> dict[str, np.ndarray] | None:
+        if key is not None:
+            for name in (key, key.split(":", 1)[-1]):
+                if name in self.table:
+                    return self.table[name]
         if record.path is None:
-            raise ValueError(f"grounder 'boxes' matches images by path, and the record of pid {record.pid} has none "
-                             "(a dataset that renders its images); export the images (`core data synth`) or use "
-                             "another grounder")
+            if key is not None:
+                return None
+            raise ValueError(f"grounder 'boxes' matches images by key or path, was given no keys, and the record of "
+                             f"pid {record.pid} has no path (a dataset that renders its images); run it through the "
+                             "labeler (which passes the keys), export the images (`core data synth`) or use another "
+                             "grounder")
         parts = PurePosixPath(Path(record.path).as_posix()).parts
         for start in range(len(parts)):
             key = str(PurePosixPath(*parts[start:]))
