@@ -15,6 +15,11 @@ instructions compare). A task without a valid query under tau (e.g. text-to-imag
 task-specific setting, whose gallery instruction is a fixed phrase unlike any caption)
 reports no "_tau" metrics, and the means over tasks skip it.
 
+Clothes-changing: a gallery item of the query's identity in the query's clothes (records'
+extras "clothes_id") is removed as well, LTCC / PRCC's clothes-changing setting
+(`exclude_same_clothes`: auto = when every record of the task has a clothes id; true =
+required; false = never).
+
 The task of a query or gallery item is its record's extras "task" (the `instruct`
 dataset sets it); records without one form the task "all". A test set holding one task
 gives equal task-specific and task-free numbers; several `instruct` test sets, one per
@@ -35,6 +40,7 @@ from core.evaluation.ranking import DEFAULT_MEMORY_BUDGET, PerQueryMetrics, per_
     validate_ranks
 from core.interfaces import Evaluator, FeatureSet
 from reid_instruct_editor.map_tau import per_query_metrics_tau
+from reid_instruct_editor.tasks import CLOTHES_CHANGING
 
 NAME = "evaluator 'instruct_reid'"
 SETTINGS = ("both", "task-specific", "task-free")
@@ -43,12 +49,14 @@ SETTINGS = ("both", "task-specific", "task-free")
 class InstructReIDEvaluator(Evaluator):
     """Keys: `setting` (both, task-specific, task-free), `tau` (0.5, the paper's Fig. 4),
     `metric` (cosine, euclidean), `ranks`, `exclude_same_camera`, `instruction` (the
-    model output of instruction embeddings), `chunk_size`, `memory_budget_mb`."""
+    model output of instruction embeddings), `exclude_same_clothes` (auto, true, false: the
+    clothes-changing task's protocol, see the module doc), `chunk_size`, `memory_budget_mb`."""
 
     def __init__(self, setting: Literal["both", "task-specific", "task-free"] = "both", tau: float = 0.5,
                  metric: str = "cosine", ranks: list[int] = [1, 5, 10],  # noqa: B006 - YAML default
                  exclude_same_camera: bool = True, instruction: str = "instruction_embedding",
-                 chunk_size: int = 0, memory_budget_mb: int = DEFAULT_MEMORY_BUDGET // 2**20) -> None:
+                 chunk_size: int = 0, memory_budget_mb: int = DEFAULT_MEMORY_BUDGET // 2**20,
+                 exclude_same_clothes: Literal["auto", True, False] = "auto") -> None:
         if setting not in SETTINGS:
             raise ValueError(f"{NAME}: setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
         if metric not in METRICS:
@@ -61,6 +69,9 @@ class InstructReIDEvaluator(Evaluator):
             raise ValueError(f"{NAME}: {exc}") from None
         self.setting, self.tau, self.metric = setting, float(tau), metric
         self.exclude_same_camera = bool(exclude_same_camera)
+        if exclude_same_clothes not in ("auto", True, False):
+            raise ValueError(f"{NAME}: exclude_same_clothes must be auto, true or false, got {exclude_same_clothes!r}")
+        self.exclude_same_clothes = exclude_same_clothes
         self.instruction = instruction
         self.outputs = (instruction,)  # extraction keeps them in FeatureSet.extras
         self.chunk_size, self.memory_budget = int(chunk_size), int(memory_budget_mb) * 2**20
@@ -78,7 +89,8 @@ class InstructReIDEvaluator(Evaluator):
                 for task in sorted(set(q_tasks)):
                     q_rows = np.flatnonzero(q_tasks == task)
                     g_rows = np.flatnonzero(g_tasks == task) if setting == "task-specific" else np.arange(len(gallery))
-                    per_task[task] = self._evaluate_rows(query, gallery, q_rows, g_rows, q_instr, g_instr)
+                    groups = self._clothes(query, gallery, q_rows, g_rows) if task == CLOTHES_CHANGING else {}
+                    per_task[task] = self._evaluate_rows(query, gallery, q_rows, g_rows, q_instr, g_instr, groups)
                 for task, metrics in per_task.items():
                     if len(per_task) > 1 or task != "all":
                         out.update({f"{prefix}{task}/{k}": v for k, v in metrics.items()})
@@ -97,8 +109,27 @@ class InstructReIDEvaluator(Evaluator):
             raise ValueError(f"{NAME}: {which} has {len(features)} embeddings but {value.shape[0]} instruction rows")
         return value
 
+    def _clothes(self, query: FeatureSet, gallery: FeatureSet, q_rows: np.ndarray,
+                 g_rows: np.ndarray) -> dict[str, np.ndarray]:
+        """q_groups / g_groups (clothes ids) for the clothes-changing task's ranking, or {}."""
+        if self.exclude_same_clothes is False:
+            return {}
+        ids = {}
+        for which, features, rows in (("query", query, q_rows), ("gallery", gallery, g_rows)):
+            values = [features.records[i].extras.get("clothes_id") if features.records else None for i in rows]
+            missing = [i for i, v in zip(rows, values) if v is None]
+            if missing:
+                if self.exclude_same_clothes == "auto":
+                    return {}
+                raise ValueError(f"{NAME}: exclude_same_clothes: true, but {which} record {missing[0]} of the "
+                                 "clothes-changing task has no extras 'clothes_id'; give clothes ids (a manifest "
+                                 "column clothes_id) or set exclude_same_clothes: auto / false")
+            ids[which] = np.asarray(values, dtype=np.int64)
+        return {"q_groups": ids["query"], "g_groups": ids["gallery"]}
+
     def _evaluate_rows(self, query: FeatureSet, gallery: FeatureSet, q_rows: np.ndarray, g_rows: np.ndarray,
-                       q_instr: torch.Tensor, g_instr: torch.Tensor) -> dict[str, float]:
+                       q_instr: torch.Tensor, g_instr: torch.Tensor,
+                       groups: dict[str, np.ndarray]) -> dict[str, float]:
         """Ordinary and tau metrics of queries `q_rows` against gallery items `g_rows`."""
         q_emb = query.embeddings.detach()[torch.as_tensor(q_rows, device=query.embeddings.device)]
         g_emb = gallery.embeddings.detach()[torch.as_tensor(g_rows, device=gallery.embeddings.device)].to(q_emb.device)
@@ -115,7 +146,7 @@ class InstructReIDEvaluator(Evaluator):
             return (qi_all[torch.as_tensor(qi)] * gi_all[torch.as_tensor(gi)]).sum(1).cpu().numpy()
 
         common = dict(exclude_same_camera=self.exclude_same_camera, chunk_size=self.chunk_size,
-                      memory_budget=self.memory_budget)
+                      memory_budget=self.memory_budget, **groups)
         metrics: dict[str, float] = {}
         plain = per_query_metrics(rows_of(np.arange(len(q_rows))), q_pids, g_pids, q_cams, g_cams, **common)
         metrics.update(_summary(plain, self.ranks, ""))

@@ -9,6 +9,7 @@ import torch
 from core.interfaces import FeatureSet
 from core.records import Record
 from reid_instruct_editor.evaluator import InstructReIDEvaluator
+from reid_instruct_editor.tasks import CLOTHES_CHANGING
 from reid_instruct_editor.map_tau import per_query_metrics_tau
 
 
@@ -75,13 +76,16 @@ def test_tau_below_every_similarity_gives_plain_map():
     assert strict["free/num_valid_queries_tau"] < strict["free/num_valid_queries"]
 
 
-def reference(d, q_pids, g_pids, q_cams, g_cams, sim, tau):
-    """A straightforward per-query loop: stable sort, drop same identity + camera, the
-    positives are the remaining same-identity items with similarity >= tau."""
+def reference(d, q_pids, g_pids, q_cams, g_cams, sim, tau, q_clothes=None, g_clothes=None):
+    """A straightforward per-query loop: stable sort, drop same identity + camera (and +
+    clothes, when given), the positives are the remaining same-identity items with
+    similarity >= tau."""
     out = []
     for i in range(len(q_pids)):
         order = np.argsort(d[i], kind="stable")
         keep = ~((g_pids[order] == q_pids[i]) & (g_cams[order] == q_cams[i]))
+        if q_clothes is not None:
+            keep &= ~((g_pids[order] == q_pids[i]) & (g_clothes[order] == q_clothes[i]))
         order = order[keep]
         hits = (g_pids[order] == q_pids[i]) & (sim[i, order] >= tau)
         if not hits.any():
@@ -93,7 +97,8 @@ def reference(d, q_pids, g_pids, q_cams, g_cams, sim, tau):
     return out
 
 
-def test_matches_a_per_query_reference_loop_on_random_data():
+@pytest.mark.parametrize("clothes", [False, True])
+def test_matches_a_per_query_reference_loop_on_random_data(clothes):
     rng = np.random.default_rng(1)
     n_q, n_g = 40, 150
     q_pids, g_pids = rng.integers(0, 8, n_q), rng.integers(0, 8, n_g)
@@ -103,10 +108,13 @@ def test_matches_a_per_query_reference_loop_on_random_data():
     gi = torch.nn.functional.normalize(torch.as_tensor(rng.normal(size=(n_g, 3))), dim=1)
     sim = (qi @ gi.t()).numpy()
     tau = 0.1
+    groups = {}
+    if clothes:  # the clothes-changing protocol: the query's identity in its own clothes is removed
+        groups = {"q_groups": q_pids * 2 + rng.integers(0, 2, n_q), "g_groups": g_pids * 2 + rng.integers(0, 2, n_g)}
     got = per_query_metrics_tau(lambda rows: (lambda a, b: torch.as_tensor(d[rows][a:b])), q_pids, g_pids,
-                                q_cams, g_cams, lambda a, b: sim[a, b], tau)
-    want = reference(d, q_pids, g_pids, q_cams, g_cams, sim, tau)
-    assert sum(w is not None for w in want) > 20
+                                q_cams, g_cams, lambda a, b: sim[a, b], tau, **groups)
+    want = reference(d, q_pids, g_pids, q_cams, g_cams, sim, tau, groups.get("q_groups"), groups.get("g_groups"))
+    assert sum(w is not None for w in want) > 15
     for i, w in enumerate(want):
         assert bool(got.valid[i]) == (w is not None), i
         if w is not None:
@@ -141,3 +149,32 @@ def test_means_over_tasks_and_missing_instruction_output():
     assert InstructReIDEvaluator(instruction="instr").outputs == ("instr",)
     with pytest.raises(ValueError, match="setting"):
         InstructReIDEvaluator(setting="free")
+
+
+def test_clothes_changing_queries_do_not_count_the_person_in_the_same_clothes():
+    """The clothes-changing task's protocol (LTCC / PRCC): the query's identity in the
+    query's clothes is removed from its ranking; other tasks keep it."""
+    same = unit(1, 0)
+
+    def sets(task, with_clothes=True):
+        q = features([[0.0]], [1], [0], [same], tasks=[task])
+        g = features([[1.0], [2.0], [3.0]], [1, 2, 1], [1, 1, 1], [same] * 3, tasks=[task] * 3)
+        if with_clothes:
+            q.records[0].extras["clothes_id"] = 10
+            for record, clothes in zip(g.records, [10, 20, 11]):
+                record.extras["clothes_id"] = clothes
+        return q, g
+
+    evaluator = InstructReIDEvaluator(setting="task-specific", metric="euclidean", ranks=[1])
+    # item 0 (same clothes, nearest) is removed: the other-clothes positive is at rank 2
+    assert evaluator.evaluate(*sets(CLOTHES_CHANGING))["mAP"] == pytest.approx(50.0)
+    assert evaluator.evaluate(*sets(CLOTHES_CHANGING))["mAP_tau"] == pytest.approx(50.0)
+    # another task, no clothes ids (auto), or exclude_same_clothes false: both positives count
+    both = 100 * (1 + 2 / 3) / 2
+    assert evaluator.evaluate(*sets("traditional"))["mAP"] == pytest.approx(both)
+    assert evaluator.evaluate(*sets(CLOTHES_CHANGING, with_clothes=False))["mAP"] == pytest.approx(both)
+    never = InstructReIDEvaluator(setting="task-specific", metric="euclidean", ranks=[1], exclude_same_clothes=False)
+    assert never.evaluate(*sets(CLOTHES_CHANGING))["mAP"] == pytest.approx(both)
+    required = InstructReIDEvaluator(setting="task-specific", metric="euclidean", exclude_same_clothes=True)
+    with pytest.raises(ValueError, match="query record 0 of the clothes-changing task has no extras 'clothes_id'"):
+        required.evaluate(*sets(CLOTHES_CHANGING, with_clothes=False))
