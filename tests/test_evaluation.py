@@ -285,6 +285,26 @@ def test_ranking_threads_give_the_single_thread_results(threads):
         np.testing.assert_array_equal(getattr(many, field), getattr(one, field), err_msg=field)
 
 
+@pytest.mark.parametrize("clustered", [False, True])
+def test_chunks_grow_after_listed_chunks_and_cover_every_query_once(monkeypatch, clustered):
+    """Automatic chunks: larger after a chunk whose few items were listed (a trained
+    model); the rows fetched still tile the queries, and the metrics do not change."""
+    monkeypatch.setattr(ranking, "_CACHE_ENTRIES", 400 * 5)
+    monkeypatch.setattr(ranking, "_LISTED_CACHE_ENTRIES", 400 * 12)
+    q, g, qp, gp, qc, gc = random_problem(16, num_q=70, clustered=clustered)
+    calls = []
+
+    def rows(start, stop):
+        calls.append((start, stop))
+        return pairwise_distance(q[start:stop], g, "cosine")
+
+    out = rank_metrics(rows, qp, gp, qc, gc, threads=1)
+    assert [a for a, _ in calls] == [0] + [b for _, b in calls[:-1]] and calls[-1][1] == 70
+    sizes = {b - a for a, b in calls[:-1]}
+    assert sizes == ({5, 12} if clustered else {5})
+    assert_metrics_equal(out, reference_metrics(pairwise_distance(q, g, "cosine"), qp, gp, qc, gc))
+
+
 def test_an_error_in_a_ranking_thread_reaches_the_caller():
     q, g, qp, gp, qc, gc = random_problem(13)
 
