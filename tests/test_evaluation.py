@@ -320,6 +320,24 @@ def test_an_error_in_a_ranking_thread_reaches_the_caller():
         rank_metrics(rows, qp, gp, qc, gc, threads=-1)
 
 
+def test_blocked_rows_serve_consecutive_chunks_from_few_products():
+    from core.evaluation.distances import blocked_rows, distance_to
+
+    q, g, *_ = random_problem(17, num_q=50)
+    products = []
+
+    def rows_of(block):
+        products.append(len(block))
+        return distance_to(g, "cosine")(block)
+
+    rows = blocked_rows(rows_of, q, len(g), block_entries=20 * len(g))
+    got = torch.cat([rows(a, min(a + 7, 50)) for a in range(0, 50, 7)])
+    assert products == [20, 20, 20, 8]  # 7-row chunks; one crossing a block end starts the next block
+    assert torch.equal(got, pairwise_distance(q, g, "cosine"))
+    assert torch.equal(rows(3, 5), pairwise_distance(q[3:23], g, "cosine")[:2])  # going back: a new block
+    assert products[-1] == 20
+
+
 def test_memory_budget_sets_the_chunk_size():
     assert resolve_chunk_size(0, 10_000, 1000, memory_budget=ranking._BYTES_PER_ENTRY * 1000 * 50) == 50
     assert resolve_chunk_size(0, 10, 10**9, memory_budget=1) == 1  # at least one query

@@ -69,3 +69,27 @@ def _as_float(features: torch.Tensor, name: str) -> torch.Tensor:
     if features.dtype in (torch.float16, torch.bfloat16):
         return features.float()
     return features
+
+
+#: Distance entries computed by one matrix product when the ranking asks for rows in
+#: smaller chunks (a 512-row product is ~20% faster per entry than a 131-row one on CPU).
+BLOCK_ENTRIES = 2**23
+
+
+def blocked_rows(rows_of: Callable[[torch.Tensor], torch.Tensor], query: torch.Tensor, num_gallery: int,
+                 block_entries: int = BLOCK_ENTRIES) -> Callable[[int, int], torch.Tensor]:
+    """`rows(start, stop)` of the (Q, G) distances `rows_of(query[a:b])`, computed a block
+    of about `block_entries` entries at a time and served as views of it, for a ranking
+    that asks for consecutive row ranges in order (`core.evaluation.ranking`)."""
+    block_rows = max(1, block_entries // max(num_gallery, 1))
+    cache: dict[str, object] = {"start": 0, "block": None}
+
+    def rows(start: int, stop: int) -> torch.Tensor:
+        block = cache["block"]
+        first = cache["start"]
+        if block is None or start < first or stop > first + block.shape[0]:
+            first, block = start, rows_of(query[start:max(stop, start + block_rows)])
+            cache["start"], cache["block"] = first, block
+        return block[start - first:stop - first]
+
+    return rows

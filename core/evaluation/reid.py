@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from core.evaluation.distances import METRICS, distance_to
+from core.evaluation.distances import METRICS, blocked_rows, distance_to
 from core.evaluation.ranking import DEFAULT_MEMORY_BUDGET, _codes, _per_category_with, rank_metrics, validate_ranks
 from core.evaluation.search import SEARCHES
 from core.interfaces import Evaluator, FeatureSet
@@ -17,9 +17,10 @@ class ReIDEvaluator(Evaluator):
     torchreid / fast-reid), plus the same per query category when the query set has
     more than one ("person/mAP", ...).
 
-    Distances are computed chunk by chunk on the device the embeddings live on, so the
-    (Q, G) matrix never exists whole; see `core.evaluation.ranking` for the protocol,
-    the tie rule (stable by gallery index) and the memory bound.
+    Distances are computed block by block (2^23 entries per matrix product) on the device
+    the embeddings live on and ranked chunk by chunk, so the (Q, G) matrix never exists
+    whole; see `core.evaluation.ranking` for the protocol, the tie rule (stable by
+    gallery index) and the memory bound.
 
     Args:
         metric: "cosine" (1 - cosine similarity) or "euclidean".
@@ -119,8 +120,7 @@ class ReIDEvaluator(Evaluator):
             from core.evaluation.search import faiss_distance_rows
 
             return faiss_distance_rows(q_emb, g_emb, self.metric)
-        to_gallery = distance_to(g_emb, self.metric)
-        return lambda start, stop: to_gallery(q_emb[start:stop])
+        return blocked_rows(distance_to(g_emb, self.metric), q_emb, len(g_emb))
 
     def _evaluate_top_k(self, query: FeatureSet, gallery: FeatureSet, categories, names) -> dict[str, float]:
         """CMC and mAP@topk from faiss IVF's retrieved lists (`core.evaluation.search`)."""

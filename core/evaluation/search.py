@@ -29,6 +29,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from core.evaluation.distances import blocked_rows
+
 #: The values of `ReIDEvaluator(search=...)`.
 SEARCHES = ("exact", "faiss_flat", "faiss_ivf")
 
@@ -59,11 +61,11 @@ def faiss_distance_rows(query: torch.Tensor, gallery: torch.Tensor,
     q, g = _as_faiss(query, metric), _as_faiss(gallery, metric)
     kind = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
 
-    def rows(start: int, stop: int) -> torch.Tensor:
-        d = torch.from_numpy(faiss.pairwise_distances(q[start:stop], g, metric=kind))
+    def rows_of(block: np.ndarray) -> torch.Tensor:
+        d = torch.from_numpy(faiss.pairwise_distances(block, g, metric=kind))
         return (1.0 - d) if metric == "cosine" else d.clamp_(min=0).sqrt_()
 
-    return rows
+    return blocked_rows(rows_of, q, len(g))
 
 
 def ivf_search(query: torch.Tensor, gallery: torch.Tensor, metric: str, k: int,
