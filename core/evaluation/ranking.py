@@ -190,8 +190,12 @@ def per_query_metrics(distances: DistanceSource, q_pids, g_pids, q_camids, g_cam
         rank_chunks()
     else:
         with ThreadPoolExecutor(threads, thread_name_prefix="reid-ranking") as pool:
-            for future in [pool.submit(rank_chunks_or_stop) for _ in range(threads)]:
-                future.result()
+            try:
+                for future in [pool.submit(rank_chunks_or_stop) for _ in range(threads)]:
+                    future.result()
+            except BaseException:  # e.g. Ctrl-C in the caller: the threads stop after their chunk
+                failed.set()
+                raise
     if not parts:
         return PerQueryMetrics(*(np.zeros(0, dt) for dt in (bool, np.int64, np.int64, np.float64, np.float64)))
     return PerQueryMetrics(*(np.concatenate(cols) for cols in zip(*(parts[k] for k in sorted(parts)))))
