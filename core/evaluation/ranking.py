@@ -144,61 +144,87 @@ def per_query_metrics(distances: DistanceSource, q_pids, g_pids, q_camids, g_cam
     if threads < 0:
         raise ValueError(f"threads must be >= 0 (0 = automatic), got {threads}")
     threads = threads or default_threads()
-    rows = _row_source(distances, num_q, num_g)
+    labels = _Labels(q_pids, q_camids, q_groups, g_pids, g_camids, g_groups, exclude_same_camera)
     step = resolve_chunk_size(chunk_size, num_q, num_g, memory_budget // threads)
     # chunks whose items up to the hardest positive are few (a trained model) are listed,
     # not binned whole: fewer passes per entry, so larger chunks pay (fewer small ops)
     listed_step = resolve_chunk_size(chunk_size, num_q, num_g, memory_budget // threads, _LISTED_CACHE_ENTRIES)
-    cursor = {"next": 0, "listed": False}
-    parts: dict[int, tuple] = {}
-    on_device: dict[torch.device, tuple] = {}
-    lock = threading.Lock()
-    failed = threading.Event()
-
-    def rank_chunks() -> None:
-        """Take the next chunk (fetching its rows under the lock) until none is left."""
-        workspaces: dict[torch.device, _Workspace] = {}
-        while not failed.is_set():
-            with lock:
-                start = cursor["next"]
-                if start >= num_q:
-                    return
-                stop = cursor["next"] = min(start + (listed_step if cursor["listed"] else step), num_q)
-                d = rows(start, stop)
-                meta = on_device.get(d.device)
-                if meta is None:
-                    meta = on_device[d.device] = (
-                        torch.as_tensor(q_pids, device=d.device), torch.as_tensor(q_camids, device=d.device),
-                        None if q_groups is None else torch.as_tensor(q_groups, device=d.device),
-                        _GalleryIndex(g_pids, g_camids, d.device, g_groups))
-            qp, qc, qg, gallery = meta
-            work = workspaces.setdefault(d.device, _Workspace(d.device))
-            removal = _Removal(qc[start:stop], None if qg is None else qg[start:stop], gallery, exclude_same_camera)
-            num_pos, pos_ranks, listed = _positive_ranks(d, qp[start:stop], gallery, removal, work)
-            parts[start] = _from_ranks(num_pos, pos_ranks)
-            if listed is not None:
-                cursor["listed"] = listed
-
-    def rank_chunks_or_stop() -> None:
-        try:
-            rank_chunks()
-        except BaseException:
-            failed.set()  # the other threads stop after their current chunk
-            raise
-
+    chunks = _Chunks(_row_source(distances, num_q, num_g), num_q, step, listed_step, labels)
     if threads == 1 or max(step, listed_step) >= num_q:
-        rank_chunks()
+        chunks.rank_all()
     else:
         with ThreadPoolExecutor(threads, thread_name_prefix="reid-ranking") as pool:
             try:
-                for future in [pool.submit(rank_chunks_or_stop) for _ in range(threads)]:
+                for future in [pool.submit(chunks.rank_all) for _ in range(threads)]:
                     future.result()
-            except BaseException:  # e.g. Ctrl-C in the caller: the threads stop after their chunk
-                failed.set()
+            except BaseException:  # a thread failed, or Ctrl-C in the caller
+                chunks.failed.set()  # the other threads stop after their current chunk
                 raise
-    if not parts:
-        return PerQueryMetrics(*(np.zeros(0, dt) for dt in (bool, np.int64, np.int64, np.float64, np.float64)))
-    return PerQueryMetrics(*(np.concatenate(cols) for cols in zip(*(parts[k] for k in sorted(parts)))))
+    return chunks.results()
+
+
+class _Labels:
+    """The identity, camera and group labels of queries and gallery, on each device the
+    distances come on (built once per device)."""
+
+    def __init__(self, q_pids, q_cams, q_groups, g_pids, g_cams, g_groups, exclude_same_camera: bool):
+        self.host = (q_pids, q_cams, q_groups, g_pids, g_cams, g_groups)
+        self.exclude_same_camera = exclude_same_camera
+        self._on: dict[torch.device, tuple] = {}
+
+    def on(self, device: torch.device) -> tuple:
+        """(q_pids, q_cams, q_groups or None, _GalleryIndex) as tensors on `device`."""
+        if device not in self._on:
+            q_pids, q_cams, q_groups, g_pids, g_cams, g_groups = self.host
+            self._on[device] = (torch.as_tensor(q_pids, device=device), torch.as_tensor(q_cams, device=device),
+                                None if q_groups is None else torch.as_tensor(q_groups, device=device),
+                                _GalleryIndex(g_pids, g_cams, device, g_groups))
+        return self._on[device]
+
+
+class _Chunks:
+    """Hands out consecutive chunks of queries to the ranking threads: the row source is
+    called under a lock, one chunk at a time and in order; chunks grow to `listed_step`
+    queries after a chunk whose items were listed. Results are kept by chunk start."""
+
+    def __init__(self, rows: Callable[[int, int], torch.Tensor], num_q: int, step: int, listed_step: int,
+                 labels: _Labels):
+        self.rows, self.num_q, self.step, self.listed_step, self.labels = rows, num_q, step, listed_step, labels
+        self.next, self.listed = 0, False
+        self.lock, self.failed = threading.Lock(), threading.Event()
+        self.parts: dict[int, tuple] = {}
+
+    def rank_all(self) -> None:
+        """Rank chunks until none is left (or another thread failed)."""
+        try:
+            workspaces: dict[torch.device, _Workspace] = {}
+            while not self.failed.is_set():
+                with self.lock:
+                    start = self.next
+                    if start >= self.num_q or self.failed.is_set():
+                        return
+                    stop = self.next = min(start + (self.listed_step if self.listed else self.step), self.num_q)
+                    try:
+                        d = self.rows(start, stop)
+                        q_pids, q_cams, q_groups, gallery = self.labels.on(d.device)
+                    except BaseException:
+                        self.failed.set()  # before the lock is released: no later chunk is fetched
+                        raise
+                work = workspaces.setdefault(d.device, _Workspace(d.device))
+                removal = _Removal(q_cams[start:stop], None if q_groups is None else q_groups[start:stop], gallery,
+                                   self.labels.exclude_same_camera)
+                num_pos, pos_ranks, listed = _positive_ranks(d, q_pids[start:stop], gallery, removal, work)
+                self.parts[start] = _from_ranks(num_pos, pos_ranks)
+                if listed is not None:
+                    self.listed = listed
+        except BaseException:
+            self.failed.set()
+            raise
+
+    def results(self) -> PerQueryMetrics:
+        if not self.parts:
+            return PerQueryMetrics(*(np.zeros(0, dt) for dt in (bool, np.int64, np.int64, np.float64, np.float64)))
+        return PerQueryMetrics(*(np.concatenate(cols) for cols in zip(*(self.parts[k] for k in sorted(self.parts)))))
 
 
 def default_threads() -> int:
