@@ -50,3 +50,40 @@ def test_two_processes_match_one_process_with_the_same_global_batch(ddp_pipeline
     assert evals(tmp_path / "ddp")[0]["synthetic/mAP"] == pytest.approx(evals(single.run_dir)[0]["synthetic/mAP"], abs=0.5)
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == \
         ["checkpoints", "curves.png", "environment.json", "metrics.jsonl", "pipeline.yaml", "report.md"]
+
+
+GATHER_SCRIPT = """
+import sys
+import torch
+import torch.distributed as dist
+from core.training import distributed as D
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+rows = torch.arange(2 + 3 * rank, dtype=torch.float32)[:, None] * torch.tensor([1.0, -1.0]) + 100 * rank
+ids = torch.arange(2 + 3 * rank) + 10 * rank
+empty = torch.zeros(0, 2) if rank == 0 else torch.ones(1, 2)  # a process may hold no row
+torch.save({"rows": D.gather_uneven(rows), "ids": D.gather_uneven(ids), "empty": D.gather_uneven(empty)},
+           f"{sys.argv[1]}/rank{rank}.pt")
+dist.destroy_process_group()
+"""
+
+
+def test_gather_uneven_concatenates_every_process_rows_in_rank_order(tmp_path):
+    script = tmp_path / "gather.py"
+    script.write_text(GATHER_SCRIPT)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected_rows = torch.cat([torch.arange(2.0)[:, None] * torch.tensor([1.0, -1.0]),
+                               torch.arange(5.0)[:, None] * torch.tensor([1.0, -1.0]) + 100])
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert torch.equal(got["rows"], expected_rows)
+        assert got["ids"].tolist() == [0, 1, 10, 11, 12, 13, 14]
+        assert torch.equal(got["empty"], torch.ones(1, 2))
+    # outside DDP it is the tensor itself
+    from core.training.distributed import gather_uneven
+    x = torch.rand(3, 2)
+    assert gather_uneven(x) is x

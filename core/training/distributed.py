@@ -91,6 +91,25 @@ def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return start, start + base + (1 if rank < extra else 0)
 
 
+def gather_uneven(local: torch.Tensor) -> torch.Tensor:
+    """Every process's rows concatenated in rank order, when processes hold different
+    numbers of rows (e.g. a loss's batch features for a memory that must stay equal on
+    every process); the tensor itself outside DDP. One all_gather of the sizes, one of
+    the rows padded to the longest."""
+    if not active():
+        return local
+    world = dist.get_world_size()
+    size = torch.tensor([local.shape[0]], device=local.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    counts = [int(s.item()) for s in sizes]
+    padded = torch.zeros((max(counts), *local.shape[1:]), dtype=local.dtype, device=local.device)
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([part[:count] for part, count in zip(parts, counts)])
+
+
 def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
     """Concatenate every rank's contiguous shard (see `shard_range`) in rank order, so
     the result is in dataset order: all ranks get the full (n, ...) tensor."""

@@ -48,25 +48,3 @@ def momentum_update(memory: torch.Tensor, features: torch.Tensor, labels: torch.
         return
     mixed = momentum * memory[identities].float() + (1.0 - momentum) * hardest
     memory[identities] = F.normalize(mixed, dim=1).to(memory.dtype)
-
-
-def gather_across_processes(tensor: torch.Tensor) -> torch.Tensor:
-    """Every process's rows concatenated (rank order), for tensors whose first dimension
-    differs between processes; the tensor itself outside DDP. Memories updated from the
-    gathered batch stay identical on every process."""
-    import torch.distributed as dist
-
-    from core.training import distributed as D
-
-    if not D.active():
-        return tensor
-    world = dist.get_world_size()
-    size = torch.tensor([tensor.shape[0]], device=tensor.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-    padded[: tensor.shape[0]] = tensor
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    return torch.cat([part[: int(s.item())] for part, s in zip(parts, sizes)])

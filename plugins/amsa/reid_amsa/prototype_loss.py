@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from core.context import BuildContext
 from core.interfaces import Loss, read_output
 from core.records import Batch
+from core.training.distributed import gather_uneven
 from reid_amsa.extraction import active_in_stage, check_gating, training_features
-from reid_amsa.memory import class_centroids, gather_across_processes, momentum_update
+from reid_amsa.memory import class_centroids, momentum_update
 
 NAME = "loss 'muva_prototype'"
 
@@ -63,7 +64,7 @@ class PrototypeContrastLoss(Loss):
     def on_step_end(self, trainer, step, batch, outputs, losses) -> None:
         if active_in_stage(self, trainer):
             features = read_output(outputs, self.features, NAME).detach().float()
-            self.update(gather_across_processes(features), gather_across_processes(batch.pids.to(features.device)))
+            self.update(gather_uneven(features), gather_uneven(batch.pids.to(features.device)))
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, pids: torch.Tensor) -> None:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from core.context import BuildContext
 from core.interfaces import Loss, read_output
 from core.records import Batch
+from core.training import distributed as D
 
 NAME = "loss 'irm_memory'"
 
@@ -128,22 +129,4 @@ def _identity_means(f: torch.Tensor, pids: torch.Tensor) -> tuple[torch.Tensor, 
 
 def _gather(f: torch.Tensor, pids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Every process's (features, pids) under DDP, so all memories stay equal."""
-    from core.training import distributed as D
-
-    if not D.active():
-        return f, pids
-    import torch.distributed as dist
-
-    sizes = [torch.zeros(1, dtype=torch.long, device=f.device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([len(pids)], device=f.device))
-    longest = int(max(int(s) for s in sizes))
-    pad_f = torch.zeros(longest, f.shape[1], device=f.device, dtype=f.dtype)
-    pad_p = torch.full((longest,), -1, device=f.device, dtype=pids.dtype)
-    pad_f[: len(f)], pad_p[: len(pids)] = f, pids
-    all_f = [torch.empty_like(pad_f) for _ in sizes]
-    all_p = [torch.empty_like(pad_p) for _ in sizes]
-    dist.all_gather(all_f, pad_f)
-    dist.all_gather(all_p, pad_p)
-    f, pids = torch.cat(all_f), torch.cat(all_p)
-    keep = pids >= 0
-    return f[keep], pids[keep]
+    return D.gather_uneven(f), D.gather_uneven(pids)
