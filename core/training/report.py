@@ -1,5 +1,6 @@
 """The final report: markdown tables of every evaluation of a run, untrained baseline first;
-per-category metrics of the last evaluation in a second table."""
+the metrics of the groups within a test set (query categories, an evaluator's tasks or
+settings: `<set>/<group>/<metric>` keys) of the last evaluation in a second table."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def format_report(name: str, history: list[dict[str, Any]]) -> str:
     categories = _groups(history[-1:], 2)
     if categories:
         last = history[-1]
-        text += ["", f"Per category ({last['tag']}):", "",
+        text += ["", f"Within each test set: per query category, task or setting ({last['tag']}):", "",
                  format_table([(c, {m: last.get(f"{c}/{m}") for m in COLUMNS}) for c in categories],
                               list(COLUMNS))]
     return "\n".join(text) + "\n"
