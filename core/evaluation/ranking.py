@@ -283,8 +283,9 @@ def resolve_chunk_size(chunk_size: int, num_queries: int, num_gallery: int,
 
 
 class _GalleryIndex:
-    """Gallery pids and camids on one device, with the gallery sorted by pid so that a
-    query's same-identity items are found by binary search, not by a (c, G) mask."""
+    """Gallery pids, camids (and groups, e.g. clothes ids) on one device, with the gallery
+    sorted by pid so that a query's same-identity items are found by binary search, not
+    by a (c, G) mask."""
 
     def __init__(self, pids: np.ndarray, cams: np.ndarray, device: torch.device, groups: np.ndarray | None = None):
         self.pids = torch.as_tensor(pids, device=device)
