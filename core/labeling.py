@@ -11,7 +11,6 @@ atomically; the partial folder is removed once it is.
 from __future__ import annotations
 
 import inspect
-
 import json
 import shutil
 import time

@@ -98,16 +98,10 @@ def gather_uneven(local: torch.Tensor) -> torch.Tensor:
     the rows padded to the longest."""
     if not active():
         return local
-    world = dist.get_world_size()
     size = torch.tensor([local.shape[0]], device=local.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, size)
-    counts = [int(s.item()) for s in sizes]
-    padded = torch.zeros((max(counts), *local.shape[1:]), dtype=local.dtype, device=local.device)
-    padded[: local.shape[0]] = local
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat([part[:count] for part, count in zip(parts, counts)])
+    return _gather_padded(local, [int(s.item()) for s in sizes])
 
 
 def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
@@ -116,10 +110,14 @@ def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
     if not active():
         return local
     world = dist.get_world_size()
-    sizes = [shard_range(n, r, world) for r in range(world)]
-    longest = max(stop - start for start, stop in sizes)
-    padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    return _gather_padded(local, [stop - start for start, stop in (shard_range(n, r, world) for r in range(world))])
+
+
+def _gather_padded(local: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """all_gather of `local` padded to the longest of every rank's row `counts`, the
+    padding cut off again."""
+    padded = torch.zeros((max(counts), *local.shape[1:]), dtype=local.dtype, device=local.device)
     padded[: local.shape[0]] = local
-    parts = [torch.empty_like(padded) for _ in range(world)]
+    parts = [torch.empty_like(padded) for _ in counts]
     dist.all_gather(parts, padded)
-    return torch.cat([part[: stop - start] for part, (start, stop) in zip(parts, sizes)])
+    return torch.cat([part[:count] for part, count in zip(parts, counts)])
