@@ -3,6 +3,8 @@ with faiss, optionally after k-reciprocal re-ranking."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
@@ -10,6 +12,7 @@ from core.evaluation.distances import METRICS, blocked_rows, distance_to
 from core.evaluation.ranking import DEFAULT_MEMORY_BUDGET, _codes, _per_category_with, rank_metrics, validate_ranks
 from core.evaluation.search import SEARCHES
 from core.interfaces import Evaluator, FeatureSet
+from core.records import Record
 
 
 class ReIDEvaluator(Evaluator):
@@ -98,7 +101,8 @@ class ReIDEvaluator(Evaluator):
             categories, names = query.categories, query.category_names
         groups = {}
         if self.exclude_same_clothes:
-            groups = dict(q_groups=clothes_ids(query, "query"), g_groups=clothes_ids(gallery, "gallery"))
+            groups = dict(q_groups=clothes_ids(_records(query, "query"), "query"),
+                          g_groups=clothes_ids(_records(gallery, "gallery"), "gallery"))
         with torch.no_grad():
             if self.search == "faiss_ivf":
                 return self._evaluate_top_k(query, gallery, categories, names)
@@ -153,14 +157,11 @@ def _check_feature_set(features: FeatureSet, which: str) -> None:
         raise ValueError(f"{which} has {n} embeddings but {len(features.categories)} categories")
 
 
-def clothes_ids(features: FeatureSet, which: str) -> np.ndarray:
-    """The records' extras "clothes_id" of a feature set, one per embedding; the error
-    names the first record without one."""
-    if len(features.records) != len(features):
-        raise ValueError(f"exclude_same_clothes needs the {which} records (extras 'clothes_id'); the {which} "
-                         f"features carry {len(features.records)} records for {len(features)} embeddings")
+def clothes_ids(records: Sequence[Record], which: str) -> np.ndarray:
+    """The extras "clothes_id" of `records` (the query or gallery records of a feature
+    set, in embedding order); the error names the first record without one."""
     ids = []
-    for i, record in enumerate(features.records):
+    for i, record in enumerate(records):
         value = record.extras.get("clothes_id")
         if value is None:
             raise ValueError(f"exclude_same_clothes: {which} record {i} (pid {record.pid}, {record.path or 'no path'}) "
@@ -169,3 +170,10 @@ def clothes_ids(features: FeatureSet, which: str) -> np.ndarray:
                              "false")
         ids.append(int(value))
     return np.asarray(ids, dtype=np.int64)
+
+
+def _records(features: FeatureSet, which: str) -> list[Record]:
+    if len(features.records) != len(features):
+        raise ValueError(f"exclude_same_clothes needs the {which} records (extras 'clothes_id'); the {which} "
+                         f"features carry {len(features.records)} records for {len(features)} embeddings")
+    return features.records

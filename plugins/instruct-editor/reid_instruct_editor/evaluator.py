@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from core.evaluation.distances import METRICS, distance_to
 from core.evaluation.ranking import DEFAULT_MEMORY_BUDGET, PerQueryMetrics, per_query_metrics, summarise, \
     validate_ranks
+from core.evaluation.reid import clothes_ids
 from core.interfaces import Evaluator, FeatureSet
 from reid_instruct_editor.map_tau import per_query_metrics_tau
 from reid_instruct_editor.tasks import CLOTHES_CHANGING
@@ -114,18 +115,15 @@ class InstructReIDEvaluator(Evaluator):
         """q_groups / g_groups (clothes ids) for the clothes-changing task's ranking, or {}."""
         if self.exclude_same_clothes is False:
             return {}
-        ids = {}
-        for which, features, rows in (("query", query, q_rows), ("gallery", gallery, g_rows)):
-            values = [features.records[i].extras.get("clothes_id") if features.records else None for i in rows]
-            missing = [i for i, v in zip(rows, values) if v is None]
-            if missing:
-                if self.exclude_same_clothes == "auto":
-                    return {}
-                raise ValueError(f"{NAME}: exclude_same_clothes: true, but {which} record {missing[0]} of the "
-                                 "clothes-changing task has no extras 'clothes_id'; give clothes ids (a manifest "
-                                 "column clothes_id) or set exclude_same_clothes: auto / false")
-            ids[which] = np.asarray(values, dtype=np.int64)
-        return {"q_groups": ids["query"], "g_groups": ids["gallery"]}
+        try:
+            if not query.records or not gallery.records:
+                raise ValueError(f"{NAME}: exclude_same_clothes: the features carry no records (extras 'clothes_id')")
+            return {"q_groups": clothes_ids([query.records[i] for i in q_rows], "clothes-changing query"),
+                    "g_groups": clothes_ids([gallery.records[i] for i in g_rows], "clothes-changing gallery")}
+        except ValueError:
+            if self.exclude_same_clothes == "auto":  # not every record has a clothes id: no removal
+                return {}
+            raise
 
     def _evaluate_rows(self, query: FeatureSet, gallery: FeatureSet, q_rows: np.ndarray, g_rows: np.ndarray,
                        q_instr: torch.Tensor, g_instr: torch.Tensor,
