@@ -25,7 +25,7 @@ from core.interfaces import Loss
 from core.records import Batch
 from reid_amsa.backbone import text_side
 from reid_amsa.extraction import active_in_stage, check_gating, training_features
-from reid_amsa.memory import class_centroids
+from reid_amsa.memory import fill_with_centroids
 
 NAME = "loss 'muva_cmp'"
 
@@ -56,12 +56,9 @@ class MultiGrainedCMPLoss(Loss):
         if active_in_stage(self, trainer):
             self.build_memory(*training_features(trainer, self.features, self.gating, NAME))
 
-    @torch.no_grad()
     def build_memory(self, features: torch.Tensor, pids: torch.Tensor) -> None:
-        if features.shape[1] != self.memory.shape[1]:
-            raise ValueError(f"{NAME}: model output '{self.features}' has {features.shape[1]} dimensions, the "
-                             f"textual token {self.memory.shape[1]}")
-        self.memory.copy_(class_centroids(features, pids, self.memory.shape[0]))
+        fill_with_centroids(self.memory, features, pids, f"{NAME}: model output '{self.features}' has "
+                            f"{features.shape[1]} dimensions, the textual token {self.memory.shape[1]}")
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: Batch):
         identities = batch.pids.unique().to(self.memory.device)

@@ -25,6 +25,17 @@ def class_centroids(features: torch.Tensor, labels: torch.Tensor, num_classes: i
     return F.normalize(sums / counts[:, None], dim=1)
 
 
+
+@torch.no_grad()
+def fill_with_centroids(memory: torch.Tensor, features: torch.Tensor, pids: torch.Tensor,
+                        width_error: str) -> None:
+    """memory <- the class centroids of `features` (a memory rebuilt at a stage or epoch
+    start); `width_error` is raised (ValueError) when the widths differ."""
+    if features.shape[1] != memory.shape[1]:
+        raise ValueError(width_error)
+    memory.copy_(class_centroids(features, pids, memory.shape[0]))
+
+
 def hardest_per_identity(features: torch.Tensor, labels: torch.Tensor,
                          memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(identities (k,), their hardest normalised features (k, D)) of a batch: per

@@ -25,7 +25,7 @@ from core.interfaces import Loss, read_output
 from core.records import Batch
 from core.training.distributed import gather_uneven
 from reid_amsa.extraction import active_in_stage, check_gating, training_features
-from reid_amsa.memory import class_centroids, momentum_update
+from reid_amsa.memory import fill_with_centroids, momentum_update
 
 NAME = "loss 'muva_prototype'"
 
@@ -54,12 +54,9 @@ class PrototypeContrastLoss(Loss):
             features, pids = training_features(trainer, self.features, self.gating, NAME)
             self.build_memory(features, pids)
 
-    @torch.no_grad()
     def build_memory(self, features: torch.Tensor, pids: torch.Tensor) -> None:
-        if features.shape[1] != self.memory.shape[1]:
-            raise ValueError(f"{NAME}: model output '{self.features}' has {features.shape[1]} dimensions, the "
-                             f"memory {self.memory.shape[1]}")
-        self.memory.copy_(class_centroids(features, pids, self.memory.shape[0]))
+        fill_with_centroids(self.memory, features, pids, f"{NAME}: model output '{self.features}' has "
+                            f"{features.shape[1]} dimensions, the memory {self.memory.shape[1]}")
 
     def on_step_end(self, trainer, step, batch, outputs, losses) -> None:
         if active_in_stage(self, trainer):
