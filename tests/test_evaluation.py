@@ -153,6 +153,45 @@ def test_negative_and_signed_zero_distances(monkeypatch, max_bins, list_fraction
                          reference_metrics(d, qp, gp, qc, gc))
 
 
+def spy_on_bit_bins(monkeypatch) -> list:
+    """Record each chunk binned from its distances' bits (`ranking._BitBinMap`)."""
+    used, original = [], ranking._BitBinMap
+    monkeypatch.setattr(ranking, "_BitBinMap", lambda *args: used.append(args) or original(*args))
+    return used
+
+
+@pytest.mark.parametrize("max_bins", [1, 8192])
+@pytest.mark.parametrize("clustered", [False, True])
+def test_whole_chunks_of_non_negative_float32_are_binned_from_bits(monkeypatch, max_bins, clustered):
+    """Non-negative float32 distances of a whole-chunk search are binned by their bits
+    (one bin for all, or fine bins): the reference's ranks, ties included."""
+    force_search_path(monkeypatch, max_bins, -1.0)
+    used = spy_on_bit_bins(monkeypatch)
+    q, g, qp, gp, qc, gc = random_problem(3, dim=4, clustered=clustered)
+    q, g = torch.round(q * 4) / 4, torch.round(g * 4) / 4  # ties too
+    d = pairwise_distance(q, g, "euclidean")
+    out = rank_metrics(d, qp, gp, qc, gc)
+    assert used and float(d.min()) >= 0
+    assert_metrics_equal(out, reference_metrics(d, qp, gp, qc, gc))
+
+
+def test_bit_bins_put_negative_and_signed_zero_items_first(monkeypatch):
+    """The columns sampled for a chunk's minimum are >= -0.0, others also hold negative
+    values: those clamp into the first bin, where they are compared exactly."""
+    force_search_path(monkeypatch, 8192, -1.0)
+    used = spy_on_bit_bins(monkeypatch)
+    rng = np.random.default_rng(1)
+    d = rng.choice(np.array([-0.0, 0.0, 0.25, 0.5, 1.0, 2.0], dtype=np.float32), size=(20, 64))
+    unsampled = np.arange(64) % ranking._SAMPLE_STRIDE != 0
+    hidden = rng.choice(np.array([-1.0, -0.0, 0.0], dtype=np.float32), size=(20, int(unsampled.sum())))
+    d[:, unsampled] = np.where(rng.random(hidden.shape) < 0.3, hidden, d[:, unsampled])
+    qp, gp = rng.integers(0, 4, 20), rng.integers(0, 4, 64)
+    qc, gc = rng.integers(0, 3, 20), rng.integers(0, 3, 64)
+    out = rank_metrics(torch.from_numpy(d), qp, gp, qc, gc)
+    assert used and (d < 0).any() and np.signbit(d[d == 0]).any()
+    assert_metrics_equal(out, reference_metrics(d, qp, gp, qc, gc))
+
+
 # --- filtering and skipped queries -------------------------------------------------------------
 
 

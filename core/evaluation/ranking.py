@@ -20,16 +20,17 @@ default quicksort leaves ties in an unspecified order; ours is reproducible.
 Speed. None of the metrics needs the full ranking, only the rank of each positive among
 the kept items: 1 + the number of kept items before it in the (distance, index) order,
 and only items no farther than the row's hardest positive can be before one. Per chunk
-of queries (see `_positive_ranks`): a monotone float map puts those items into integer
-bins; one histogram, cumulated, counts the items in lower bins than each positive; the
-few items sharing a bin with a positive are ordered exactly by one sort of integer keys
-(bin, distance bits). No sort of the gallery and no binary search per item: a handful
-of passes over the chunk, which is kept small enough to stay in cache, into buffers
-reused from chunk to chunk. With a trained model only a few percent of the items are
-within the hardest positive, and only those are listed and binned. All operations are
-torch ops on the device of the distances (GPU when the features are there); two chunks
-are ranked at once by two threads (the histogram and gather ops use one core each);
-temporaries stay under `memory_budget` bytes by chunking the queries. `bench/eval.py`
+of queries (see `_positive_ranks`): a monotone map puts those items into integer bins
+(for non-negative float32 distances, from their bits: three integer passes); one
+histogram, cumulated, counts the items in lower bins than each positive; the few items
+sharing a bin with a positive are compared with it exactly. No sort of the gallery and
+no binary search per item: a handful of passes over the chunk, which is kept small
+enough to stay in cache, into buffers reused from chunk to chunk. With a trained model
+only a few percent of the items are within the hardest positive, and only those are
+listed and binned. All operations are torch ops on the device of the distances (GPU
+when the features are there); two chunks are ranked at once by two threads (the
+histogram and gather ops use one core each); temporaries stay under `memory_budget`
+bytes by chunking the queries. `bench/eval.py`
 measures it against the per-query loop (BENCHMARKS.md).
 """
 
@@ -310,12 +311,13 @@ def _positive_ranks(d: torch.Tensor, q_pids: torch.Tensor, gallery: "_GalleryInd
 
     A positive's rank is 1 + the kept items before it in the (distance, index) order,
     and only the items no farther than the row's hardest positive can be before one.
-    (1) A monotone map sends each of those distances to an integer bin (`_BinMap`): an
-    item in a lower bin than the positive is before it, and a histogram, cumulated,
-    counts those. (2) The items sharing a bin with some positive (a few per positive)
-    are listed and ordered exactly by (row, distance, index); the kept ones before the
-    positive in its bin complete its count. Ties, removed items and signed zeros need no
-    special case, and no per-item binary search or sort of the gallery is needed.
+    (1) A monotone map sends each of those distances to an integer bin (`_BinMap`,
+    `_BitBinMap`): an item in a lower bin than the positive is before it, and a
+    histogram, cumulated, counts those. (2) The items sharing a bin with some positive
+    (a few per positive) are listed and compared with each positive of their bin in the
+    (distance, index) order; the kept ones before it complete its count. Ties, removed
+    items and signed zeros need no special case (-0.0 == +0.0 compares equal), and no
+    per-item binary search or sort of the gallery is needed.
     """
     c, g = d.shape
     rows, cols = gallery.same_identity(q_pids)
@@ -330,37 +332,42 @@ def _positive_ranks(d: torch.Tensor, q_pids: torch.Tensor, gallery: "_GalleryInd
     pos_values = flat_d.index_select(0, pos_flat)
     hardest = torch.full((c,), -float("inf"), dtype=d.dtype, device=d.device)
     hardest.scatter_reduce_(0, pos_rows, pos_values, "amax")
-    listed = _items_up_to(d, hardest, work)
-    to_bin = _BinMap(d, hardest, g if listed is None else len(listed) // c)
+    listed, sample_min = _items_up_to(d, hardest, work)
     if listed is None:  # most items: bin the whole chunk in place of listing it
+        to_bin = _bin_map_for_chunk(sample_min, hardest, g)
         bins = to_bin.whole(d, work)
-    else:
-        bins = to_bin(flat_d.index_select(0, listed), listed // g)
+    else:  # the row's minimum is among its listed items (it is no farther than the hardest positive)
+        listed_rows, listed_values = listed // g, flat_d.index_select(0, listed)
+        lo = torch.full((c,), float("inf"), dtype=d.dtype, device=d.device)
+        lo.scatter_reduce_(0, listed_rows, listed_values, "amin")
+        to_bin = _BinMap(lo, hardest, len(listed) // c)
+        bins = to_bin(listed_values, listed_rows)
     counts = torch.bincount(bins, minlength=to_bin.total)
     junk_bins = to_bin(flat_d.index_select(0, junk_flat), junk_flat // g)
-    counts.index_add_(0, junk_bins, torch.ones_like(junk_bins, dtype=counts.dtype), alpha=-1)
-    kept_below = torch.cumsum(counts.view(c, -1), 1, out=work("cumulative", to_bin.total, counts.dtype).view(c, -1))
-    kept_below = kept_below.view(-1).sub_(counts)  # kept items in lower bins of the row
-    shared = torch.zeros(to_bin.total, dtype=torch.bool, device=d.device)
-    shared[to_bin(pos_values, pos_rows)] = True
-    sharing = _nonzero(lambda out: torch.index_select(shared, 0, bins, out=out), len(bins), work)
-    s_bins = bins.index_select(0, sharing)
+    counts.index_add_(0, junk_bins, torch.ones_like(junk_bins, dtype=counts.dtype), alpha=-1)  # kept items per bin
+    through = torch.cumsum(counts.view(c, -1), 1, out=work("cumulative", to_bin.total, counts.dtype).view(c, -1))
+    pos_bins = to_bin(pos_values, pos_rows)
+    table = _PositiveBins(pos_bins, to_bin.total, work)
+    try:
+        sharing = _nonzero(lambda out: torch.index_select(table.shared, 0, bins, out=out), len(bins), work)
+        item, pos = table.pairs(bins.index_select(0, sharing))
+    finally:
+        table.clear()
     s_flat = sharing if listed is None else listed.index_select(0, sharing)
-    order = _bin_value_order(flat_d.index_select(0, s_flat), s_bins)
-    s_flat, s_bins = s_flat.index_select(0, order), s_bins.index_select(0, order)
+    if item is not None:  # an item shares its bin with several positives: one pair each
+        s_flat = s_flat.index_select(0, item)
+    s_values = flat_d.index_select(0, s_flat)
+    p_values, p_flat = pos_values.index_select(0, pos), pos_flat.index_select(0, pos)
+    before = (s_values < p_values) | ((s_values == p_values) & (s_flat < p_flat))  # the stable order
     s_rows = s_flat // g
     s_cols = s_flat - s_rows * g
-    same_pid = q_pids.index_select(0, s_rows) == gallery.pids.index_select(0, s_cols)
-    kept = ~(same_pid & removal(s_rows, s_cols))
-    kept_before = kept.cumsum(0) - kept.long()  # kept listed items before each one
-    group_start = torch.ones_like(kept)
-    group_start[1:] = s_bins[1:] != s_bins[:-1]
-    first = torch.where(group_start, torch.arange(len(kept), device=d.device), 0).cummax(0).values
-    rank = kept_below.index_select(0, s_bins) + kept_before - kept_before.index_select(0, first) + 1
-    is_pos = same_pid & kept
-    out_rows = s_rows[is_pos]
-    pos_ranks = torch.zeros((c, width), dtype=torch.int64, device=d.device)
-    pos_ranks[out_rows, _slots(out_rows, num_pos)] = rank[is_pos]
+    removed = (q_pids.index_select(0, s_rows) == gallery.pids.index_select(0, s_cols)) & removal(s_rows, s_cols)
+    in_bin_before = torch.bincount(pos[before & ~removed], minlength=len(pos_values))
+    kept_below = through.view(-1).index_select(0, pos_bins) - counts.index_select(0, pos_bins)
+    rank = kept_below + in_bin_before + 1
+    pos_ranks = torch.full((c, width), torch.iinfo(torch.int64).max, dtype=torch.int64, device=d.device)
+    pos_ranks[pos_rows, _slots(pos_rows, num_pos)] = rank
+    pos_ranks = torch.sort(pos_ranks, 1).values  # each row's ranks ascending, padding last
     return num_pos, pos_ranks, listed is not None
 
 
@@ -383,6 +390,45 @@ class _Removal:
         return removed
 
 
+class _PositiveBins:
+    """Which bins of a chunk hold positives, as tables over all its bins: `shared[b]` for
+    the pass over every item, and the positives of bin b for the few items listed from
+    those bins (`pairs`). The tables are workspace buffers kept all zero between chunks:
+    only the positives' entries are written, and `clear()` zeroes them again, instead of
+    filling a table per chunk."""
+
+    def __init__(self, pos_bins: torch.Tensor, total: int, work: "_Workspace"):
+        sorted_bins, self.by_bin = torch.sort(pos_bins)
+        n = len(sorted_bins)
+        starts = torch.ones(n, dtype=torch.bool, device=pos_bins.device)
+        starts[1:] = sorted_bins[1:] != sorted_bins[:-1]
+        starts = starts.nonzero()[:, 0]
+        self.bins = sorted_bins.index_select(0, starts)
+        lengths = torch.diff(starts, append=starts.new_full((1,), n))
+        self.shared = work.zeroed("shared bins", total, torch.bool)
+        self.first = work.zeroed("first positive", total, torch.int32)
+        self.count = work.zeroed("positives", total, torch.int32)
+        self.shared[self.bins] = True
+        self.first[self.bins] = starts.to(torch.int32)
+        self.count[self.bins] = lengths.to(torch.int32)
+
+    def pairs(self, item_bins: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(item, positive) for each item in a shared bin and each positive of its bin:
+        `item` indexes `item_bins` (None: one pair per item, in order), `positive` the
+        positives as given."""
+        first = self.first.index_select(0, item_bins).long()
+        count = self.count.index_select(0, item_bins)
+        if len(count) == 0 or int(count.max()) == 1:
+            return None, self.by_bin.index_select(0, first)
+        item = torch.repeat_interleave(torch.arange(len(item_bins), device=item_bins.device), count)
+        return item, self.by_bin.index_select(0, first.index_select(0, item) + _slots(item, count.long()))
+
+    def clear(self) -> None:
+        self.shared[self.bins] = False
+        self.first[self.bins] = 0
+        self.count[self.bins] = 0
+
+
 class _Workspace:
     """Chunk-sized buffers reused from chunk to chunk: allocating (and faulting in) fresh
     ones for every chunk costs as much as the passes over them."""
@@ -397,15 +443,27 @@ class _Workspace:
             buffer = self._buffers[name] = torch.empty(n, dtype=dtype, device=self.device)
         return buffer[:n]
 
+    def zeroed(self, name: str, n: int, dtype: torch.dtype) -> torch.Tensor:
+        """A buffer of n zeros, which the caller must leave all zero after use."""
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < n or buffer.dtype != dtype:
+            buffer = self._buffers[name] = torch.zeros(n, dtype=dtype, device=self.device)
+        return buffer[:n]
 
-def _items_up_to(d: torch.Tensor, hardest: torch.Tensor, work: _Workspace) -> torch.Tensor | None:
-    """Flat indices of the items no farther than their row's hardest positive, or None
-    when they are most of the chunk (random features: listing them would cost more than
-    binning every item). A trained model's positives rank high: a few percent remain."""
-    sample = d[:, ::_SAMPLE_STRIDE] <= hardest[:, None]
-    if float(sample.float().mean()) > _LIST_FRACTION:
-        return None
-    return _nonzero(lambda out: torch.le(d, hardest[:, None], out=out.view(d.shape)), d.numel(), work)
+
+def _items_up_to(d: torch.Tensor, hardest: torch.Tensor,
+                 work: _Workspace) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(flat indices of the items no farther than their row's hardest positive, None),
+    or (None, each row's minimum over a sample of its columns) when those items are most
+    of the chunk.
+    Random features leave most items up to the hardest positive: listing them would cost
+    more than binning every item. A trained model's positives rank high: a few percent
+    remain. The sample is copied once (its strided reads touch every cache line)."""
+    sample = d[:, ::_SAMPLE_STRIDE]
+    sample = work("sample", sample.numel(), d.dtype).view(sample.shape).copy_(sample)
+    if float((sample <= hardest[:, None]).sum()) > _LIST_FRACTION * sample.numel():
+        return None, sample.amin(1)
+    return _nonzero(lambda out: torch.le(d, hardest[:, None], out=out.view(d.shape)), d.numel(), work), None
 
 
 def _nonzero(fill_mask, n: int, work: _Workspace) -> torch.Tensor:
@@ -421,48 +479,77 @@ def _nonzero(fill_mask, n: int, work: _Workspace) -> torch.Tensor:
 
 
 class _BinMap:
-    """Row r's range [min, hardest positive] cut into equal bins (farther items share the
-    last one); `map(values, rows)` gives each item's bin, offset by row * bins_per_row,
-    as int32. The map x -> (x - min) * scale, clamped, plus the offset, is a chain of
-    correctly rounded float operations, each monotone, so it never inverts two
-    distances of a row (it may merge them into one bin; `_positive_ranks` then orders
+    """Row r's range [lo[r], hardest positive] cut into equal bins (nearer items share the
+    first bin, farther ones the last); `map(values, rows)` gives each item's bin, offset by
+    row * bins_per_row, as int32. The map x -> (x - lo) * scale, clamped, plus the offset,
+    is a chain of correctly rounded float operations, each monotone, so it never inverts
+    two distances of a row (it may merge them into one bin; `_positive_ranks` then orders
     them exactly), and it gives an item the same bin whatever tensor it is computed in.
-    Rows never share a bin: offsets stay below 2**24 (exact in float32)."""
+    Rows never share a bin: offsets stay below 2**24 (exact in float32). A row without
+    positive (lo inf, hardest -inf) puts every item in its first bin."""
 
-    def __init__(self, d: torch.Tensor, hardest: torch.Tensor, items_per_row: int):
-        c = d.shape[0]
+    def __init__(self, lo: torch.Tensor, hardest: torch.Tensor, items_per_row: int):
+        c = lo.shape[0]
         self.per_row = max(3, min(_MAX_BINS + 1, items_per_row // _ITEMS_PER_BIN + 2, 2**24 // max(c, 1)))
         self.total = c * self.per_row
-        self.lo = d.amin(1)
+        self.lo = torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))
         scale = (self.per_row - 2) / (hardest - self.lo).clamp_(min=0)
         self.scale = torch.where(torch.isfinite(scale), scale, torch.zeros_like(scale))  # one bin if span 0
-        self.offset = torch.arange(c, device=d.device, dtype=d.dtype) * self.per_row
+        self.offset = torch.arange(c, device=lo.device, dtype=lo.dtype) * self.per_row
 
     def __call__(self, values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         def at(t):
             return t.index_select(0, rows)
-        binned = (values - at(self.lo)).mul_(at(self.scale)).clamp_(max=self.per_row - 1)
+        binned = (values - at(self.lo)).mul_(at(self.scale)).clamp_(0, self.per_row - 1)
         return binned.add_(at(self.offset)).to(torch.int32)
 
     def whole(self, d: torch.Tensor, work: _Workspace) -> torch.Tensor:
         """The bins of every item of the chunk, flat (the same operations as `__call__`)."""
         scaled = work("scaled", d.numel(), d.dtype).view(d.shape)
-        torch.sub(d, self.lo[:, None], out=scaled).mul_(self.scale[:, None]).clamp_(max=self.per_row - 1)
+        torch.sub(d, self.lo[:, None], out=scaled).mul_(self.scale[:, None]).clamp_(0, self.per_row - 1)
         scaled.add_(self.offset[:, None])
         return work("bins", d.numel(), torch.int32).copy_(scaled.view(-1))
 
 
-def _bin_value_order(values: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """The permutation ordering items by (bin, value), ties kept in their given order:
-    one stable sort of int64 keys, the bin in the high 32 bits and the value's order in
-    the low 32 (for float32, its bits made monotone; otherwise its dense rank). Integer
-    keys sort several times faster than a float sort and a second sort by bin."""
-    if values.dtype == torch.float32:
-        bits = (values + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0: they tie
-        low = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).long() + 2**31  # negatives: order reversed
-    else:
-        low = torch.unique(values, return_inverse=True)[1]
-    return torch.sort((bins.long() << 32) | low, stable=True).indices
+def _bin_map_for_chunk(sample_min: torch.Tensor, hardest: torch.Tensor, items_per_row: int):
+    """The bin map for a whole chunk: `_BitBinMap` for non-negative float32 distances (three
+    integer passes), else `_BinMap` (five float passes). Items below the sample's minimum
+    share the first bin."""
+    if sample_min.dtype == torch.float32 and float(sample_min.amin()) >= 0:
+        return _BitBinMap(sample_min, hardest, items_per_row)
+    return _BinMap(sample_min, hardest, items_per_row)
+
+
+class _BitBinMap:
+    """Bins of non-negative float32 distances from their bits: for x >= +0.0 the float's
+    bits, read as an int32, grow with x, so (bits clamped to [lo, cap]) >> shift, plus the
+    row's offset, is monotone (negative values, -0.0 included, clamp to the first bin) and
+    exact integer arithmetic. Bins are equal in bits, i.e. about equal relative widths;
+    one range [lo, cap] serves the whole chunk (lo: the least row minimum, cap: just past
+    the hardest positive of the chunk), so a row's bins also cover that range."""
+
+    def __init__(self, lo: torch.Tensor, hardest: torch.Tensor, items_per_row: int):
+        c = lo.shape[0]
+        top = hardest.amax() if c else hardest.new_zeros(())
+        lo_bits = max(int(lo.amin().view(torch.int32)), 0) if c else 0  # -0.0's bits are negative
+        hi_bits = max(int(top.view(torch.int32)), lo_bits) if bool(torch.isfinite(top)) else lo_bits
+        want = max(1, min(_MAX_BINS, items_per_row // _ITEMS_PER_BIN, 2**24 // max(c, 1) - 2))
+        self.shift = max(0, (max(hi_bits - lo_bits, 1) // want).bit_length())  # (hi - lo) >> shift < want
+        self.lo, self.cap = lo_bits, min(hi_bits + (1 << self.shift), 2**31 - 1)  # past hi: a bin of its own
+        self.per_row = (self.cap >> self.shift) - (lo_bits >> self.shift) + 1
+        self.total = c * self.per_row
+        self.offset = (torch.arange(c, device=lo.device, dtype=torch.int32) * self.per_row
+                       - (lo_bits >> self.shift))
+
+    def __call__(self, values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        bits = values.contiguous().view(torch.int32).clamp(self.lo, self.cap).bitwise_right_shift_(self.shift)
+        return bits.add_(self.offset.index_select(0, rows))
+
+    def whole(self, d: torch.Tensor, work: _Workspace) -> torch.Tensor:
+        """The bins of every item of the chunk, flat (the same operations as `__call__`)."""
+        bins = work("bins", d.numel(), torch.int32).view(d.shape)
+        torch.clamp(d.view(torch.int32), self.lo, self.cap, out=bins).bitwise_right_shift_(self.shift)
+        return bins.add_(self.offset[:, None]).view(-1)
 
 
 def _slots(rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
