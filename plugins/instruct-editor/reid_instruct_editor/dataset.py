@@ -27,7 +27,8 @@ different datasets, the world has them all):
   clothes-template     visible images of people; the instruction is the template of
                        the image's own outfit (training, gallery) or, for a query, of
                        the person's next outfit: retrieve the person wearing it;
-  visible-infrared     training: every image; query: visible; gallery: infrared;
+  visible-infrared     training: every image; query: visible, gallery: infrared
+                       (`infrared_queries`: the other way, SYSU-MM01's protocol);
   text-to-image        training: each visible image twice, as an image (fixed
                        instruction) and as its caption alone; query: captions alone;
                        gallery: visible images;
@@ -70,15 +71,18 @@ class InstructDataset(Dataset):
     Keys: `tasks` (subset of the six, in any order); `world` (keys of the `synthetic`
     dataset, merged over DEFAULT_WORLD) or `manifest` (+ `root`) for real data;
     `variants` ({task: [phrasings]}) replaces the fixed-text tasks' phrasings;
-    `target_instructions` (see the module docstring); `instruction_size` [h, w] of
-    instruction images (paper: 128 x 128); `max_words` of normalised texts (50);
-    `blank_size` [h, w] of the placeholder image of text-only manifest records.
+    `target_instructions` (see the module docstring); `infrared_queries`: the world's
+    visible-infrared queries are its infrared images and the gallery its visible ones
+    (SYSU-MM01's protocol; default false: visible queries, infrared gallery; a manifest
+    says it per record); `instruction_size` [h, w] of instruction images (paper:
+    128 x 128); `max_words` of normalised texts (50); `blank_size` [h, w] of the
+    placeholder image of text-only manifest records.
     """
 
     def __init__(self, tasks: list[str] = list(TASKS), world: dict[str, Any] | None = None,  # noqa: B006, B008
                  manifest: str | None = None, root: str | None = None,
                  variants: dict[str, list[str]] | None = None, target_instructions: bool = True,
-                 instruction_size: list[int] = [128, 128], max_words: int = 50,  # noqa: B006
+                 infrared_queries: bool = False, instruction_size: list[int] = [128, 128], max_words: int = 50,  # noqa: B006
                  blank_size: list[int] = [256, 128]) -> None:  # noqa: B006
         self.tasks = check_tasks(tasks, NAME)
         if world is not None and manifest is not None:
@@ -95,6 +99,12 @@ class InstructDataset(Dataset):
         self.max_words = int(max_words)
         self.variants = {t: task_variants(t, variants, self.max_words) for t in fixed}
         self.target_instructions = bool(target_instructions)
+        if not isinstance(infrared_queries, bool):
+            raise ValueError(f"{NAME}: infrared_queries must be true or false, got {infrared_queries!r}")
+        if infrared_queries and manifest is not None:
+            raise ValueError(f"{NAME}: infrared_queries applies to the synthetic world; a manifest's split "
+                             "column says which images are queries")
+        self.infrared_queries = infrared_queries
         self.instruction_size = (int(instruction_size[0]), int(instruction_size[1]))
         self.blank_size = (int(blank_size[0]), int(blank_size[1]))
         self.world: SyntheticWorld | None = None
@@ -136,9 +146,18 @@ class InstructDataset(Dataset):
     def _synthetic(self, split: str) -> list[Record]:
         out: list[Record] = []
         for task in self.tasks:
-            for r in self.world.records(split):
+            for r in self._world_records(task, split):
                 out.extend(self._task_records(task, r, split))
         return out
+
+    def _world_records(self, task: str, split: str) -> list[Record]:
+        """The world records a task's split is drawn from: its own split, except infrared
+        visible-infrared queries, which are the test images of the infrared cameras (the
+        world's query images are visible, cameras 0 and 1), searched among all the
+        visible test images."""
+        if task == VISIBLE_INFRARED and self.infrared_queries and split != "train":
+            return [r for test_split in ("query", "gallery") for r in self.world.records(test_split)]
+        return self.world.records(split)
 
     def _task_records(self, task: str, r: Record, split: str) -> list[Record]:
         """The records of world record `r` in `task` (none, one, or two)."""
@@ -148,9 +167,9 @@ class InstructDataset(Dataset):
         person = r.category == "person"
         outfit = w.outfit(image) if person else 0
         if task == VISIBLE_INFRARED:
-            if (split == "query" and infrared) or (split == "gallery" and not infrared):
-                return []
-            return [self._make(r, task, self._fixed(task, split))]
+            if split != "train" and infrared != ((split == "query") == self.infrared_queries):
+                return []  # queries in one modality, gallery in the other
+            return [self._make(r, task, self._fixed(task, split), split=split)]
         if infrared or (task in (CLOTHES_CHANGING, CLOTHES_TEMPLATE) and not person):
             return []
         if task == TRADITIONAL:
@@ -191,12 +210,12 @@ class InstructDataset(Dataset):
 
     @staticmethod
     def _make(r: Record, task: str, instruction: Any, text_query: bool = False,
-              extra: dict[str, Any] | None = None, target: bool = False) -> Record:
+              extra: dict[str, Any] | None = None, target: bool = False, split: str | None = None) -> Record:
         extras = {**r.extras, "task": task, "instruction": instruction, "text_query": bool(text_query),
                   "_role": ("text" if text_query else "image") + ("/target" if target else "")}
         extras.update(extra or {})
-        return Record(path=r.path, pid=r.pid, camid=r.camid, category=r.category, domain=r.domain, split=r.split,
-                      extras=extras)
+        return Record(path=r.path, pid=r.pid, camid=r.camid, category=r.category, domain=r.domain,
+                      split=split or r.split, extras=extras)
 
     def _manifest(self, split: str) -> list[Record]:
         out = []

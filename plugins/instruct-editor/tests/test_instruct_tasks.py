@@ -71,6 +71,23 @@ def test_visible_infrared_queries_are_visible_and_its_gallery_infrared(dataset):
     assert {r.extras["modality"] for r in by_task(dataset.records("train"), "visible-infrared")} == {0, 1}
 
 
+def test_infrared_queries_search_the_visible_gallery():
+    """SYSU-MM01's direction: infrared queries, visible gallery; training unchanged."""
+    reverse = InstructDataset(world=TINY_WORLD, tasks=["visible-infrared"], infrared_queries=True)
+    assert {r.extras["modality"] for r in reverse.records("query")} == {1}
+    assert {r.extras["modality"] for r in reverse.records("gallery")} == {0}
+    assert {r.extras["modality"] for r in reverse.records("train")} == {0, 1}
+    forward = InstructDataset(world=TINY_WORLD, tasks=["visible-infrared"])
+    assert {r.split for split in ("query", "gallery") for r in reverse.records(split)} == {"query", "gallery"}
+    assert all(r.split == "gallery" for r in reverse.records("gallery"))
+    assert sorted(r.path or str(r.extras["render_key"]) for r in reverse.records("query")) == \
+        sorted(r.path or str(r.extras["render_key"]) for r in forward.records("gallery"))
+    every_test_image = len(forward.world.records("query")) + len(forward.world.records("gallery"))
+    assert len(reverse.records("query")) + len(reverse.records("gallery")) == every_test_image
+    with pytest.raises(ValueError, match="infrared_queries must be true or false"):
+        InstructDataset(world=TINY_WORLD, tasks=["visible-infrared"], infrared_queries="yes")
+
+
 def test_text_to_image_queries_are_captions_without_an_image(dataset):
     queries = by_task(dataset.records("query"), "text-to-image")
     for r in queries:
