@@ -43,7 +43,7 @@ class ReIDEvaluator(Evaluator):
             distance kernels) or "faiss_ivf" (approximate top-`topk` search for large
             galleries; reports "mAP@<topk>" and CMC, no mINP; see
             `core.evaluation.search`). faiss is imported only for the faiss searches.
-        nlist: inverted lists of "faiss_ivf"; 0 = about 4 sqrt(G).
+        nlist: inverted lists of "faiss_ivf"; 0 = about 4 sqrt(G) (see `search.ivf_search`).
         nprobe: lists visited per query by "faiss_ivf".
         topk: length of the retrieved list of "faiss_ivf".
         rerank: k-reciprocal re-ranking (Zhong et al. 2017) before ranking; needs the

@@ -33,6 +33,12 @@ from core.evaluation.distances import blocked_rows
 
 #: The values of `ReIDEvaluator(search=...)`.
 SEARCHES = ("exact", "faiss_flat", "faiss_ivf")
+#: Points per inverted list the IVF k-means trains on at most (faiss samples them,
+#: seeded; 256 is faiss's own default). Fewer train faster but worse lists: at 516k
+#: gallery items, sqrt(G) lists on 64 points each built 11x faster than 4 sqrt(G) on
+#: 256, and kept rank-1 but lost 45 points of mAP@1000 on tightly clustered features
+#: (BENCHMARKS.md).
+IVF_TRAIN_POINTS_PER_LIST = 256
 
 
 def import_faiss(search: str):
@@ -71,7 +77,10 @@ def faiss_distance_rows(query: torch.Tensor, gallery: torch.Tensor,
 def ivf_search(query: torch.Tensor, gallery: torch.Tensor, metric: str, k: int,
                nlist: int = 0, nprobe: int = 16) -> np.ndarray:
     """(Q, k) gallery indices of each query's approximate top k, nearest first (-1 where
-    fewer were found). `nlist` 0 picks ~4 sqrt(G) lists (faiss's guideline)."""
+    fewer were found). `nlist` 0 picks ~4 sqrt(G) lists (faiss's guideline). Building
+    the index (k-means, then assigning all G items) is most of the time of a one-off
+    evaluation: on a CPU, exact search is faster up to at least half a million gallery
+    items (BENCHMARKS.md); IVF is for larger galleries, or faiss on a GPU."""
     faiss = import_faiss("faiss_ivf")
     q, g = _as_faiss(query, metric), _as_faiss(gallery, metric)
     nlist = nlist or max(1, round(4 * math.sqrt(len(g))))
@@ -79,6 +88,7 @@ def ivf_search(query: torch.Tensor, gallery: torch.Tensor, metric: str, k: int,
     kind = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
     quantizer = faiss.IndexFlatIP(g.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(g.shape[1])
     index = faiss.IndexIVFFlat(quantizer, g.shape[1], nlist, kind)
+    index.cp.max_points_per_centroid = IVF_TRAIN_POINTS_PER_LIST
     index.train(g)
     index.add(g)
     index.nprobe = min(nprobe, nlist)
