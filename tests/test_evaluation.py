@@ -359,7 +359,8 @@ def test_an_error_in_a_ranking_thread_reaches_the_caller():
         rank_metrics(rows, qp, gp, qc, gc, threads=-1)
 
 
-def test_blocked_rows_serve_consecutive_chunks_from_few_products():
+def test_blocked_rows_serve_consecutive_chunks_from_few_products(monkeypatch):
+    from core.evaluation import distances
     from core.evaluation.distances import blocked_rows, distance_to
 
     q, g, *_ = random_problem(17, num_q=50)
@@ -369,12 +370,25 @@ def test_blocked_rows_serve_consecutive_chunks_from_few_products():
         products.append(len(block))
         return distance_to(g, "cosine")(block)
 
+    monkeypatch.setattr(distances, "MIN_BLOCK_ROWS", 1)  # blocks of 20 rows, as block_entries asks
     rows = blocked_rows(rows_of, q, len(g), block_entries=20 * len(g))
     got = torch.cat([rows(a, min(a + 7, 50)) for a in range(0, 50, 7)])
     assert products == [20, 20, 20, 8]  # 7-row chunks; one crossing a block end starts the next block
     assert torch.equal(got, pairwise_distance(q, g, "cosine"))
     assert torch.equal(rows(3, 5), pairwise_distance(q[3:23], g, "cosine")[:2])  # going back: a new block
     assert products[-1] == 20
+
+
+def test_distance_blocks_keep_enough_rows_for_an_efficient_product():
+    """Small galleries: BLOCK_ENTRIES worth of rows; large ones: at least MIN_BLOCK_ROWS
+    rows (few rows against a large gallery are memory-bound), unless that block would
+    exceed MAX_BLOCK_ENTRIES; always at least one row."""
+    from core.evaluation.distances import BLOCK_ENTRIES, MAX_BLOCK_ENTRIES, MIN_BLOCK_ROWS, block_rows_for
+
+    assert block_rows_for(15_913) == BLOCK_ENTRIES // 15_913 == 527  # Market-1501
+    assert block_rows_for(515_913) == MIN_BLOCK_ROWS  # Market-1501+500k: 16 rows by entries alone
+    assert block_rows_for(5_000_000) == MAX_BLOCK_ENTRIES // 5_000_000 == 13
+    assert block_rows_for(10**9) == 1 and block_rows_for(0) == BLOCK_ENTRIES
 
 
 def test_memory_budget_sets_the_chunk_size():
