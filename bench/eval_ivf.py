@@ -5,7 +5,7 @@ distractors, 751 identities, 6 cameras), 768-d "trained" features: identity cent
 plus `--noise` times Gaussian noise (2.5 is `bench/eval.py`'s ~72% mAP at Market: a
 positive's cosine ~0.14, weak neighbourhoods; 1.0: ~0.5, the tight clusters of a
 well-trained model); every distractor is its own unqueried identity. Each
-row is one `ReIDEvaluator.evaluate` in a fresh process (its own peak RSS):
+row is the work of one `ReIDEvaluator.evaluate` in a fresh process (its own peak RSS):
 
 - exact: chunked matrix products and the full protocol (mAP, mINP);
 - faiss_ivf: the evaluator's defaults, faiss's guideline: 4 sqrt(G) lists, k-means on
@@ -55,9 +55,11 @@ def make_data(distractors: int, dim: int, noise: float, seed: int = 0):
 
 
 def worker(part: str, distractors: int, dim: int, noise: float) -> dict:
-    """One timed evaluation: the steps of `ReIDEvaluator.evaluate`, called one by one so
-    the per-query first ranks come out too (for the R1 agreement)."""
-    from core.evaluation import ReIDEvaluator, search
+    """One timed evaluation: the steps of `ReIDEvaluator.evaluate` (exact: distances in
+    blocks, then the protocol; IVF: `search.ivf_per_query`), called one by one so the
+    per-query first ranks come out too (for the R1 agreement; 0 = no positive found)."""
+    from core.evaluation import search
+    from core.evaluation.distances import blocked_rows, distance_to
     from core.evaluation.ranking import per_query_metrics, summarise
 
     q, g, q_pids, g_pids, q_cams, g_cams = make_data(distractors, dim, noise)
@@ -66,19 +68,13 @@ def worker(part: str, distractors: int, dim: int, noise: float) -> dict:
         search.IVF_TRAIN_POINTS_PER_LIST = 64
     start = time.perf_counter()
     if part == "exact":
-        from core.interfaces import FeatureSet
-
-        evaluator = ReIDEvaluator(metric="cosine", ranks=ranks)
-        rows = evaluator._distance_rows(FeatureSet(q, q_pids, q_cams), FeatureSet(g, g_pids, g_cams))
+        rows = blocked_rows(distance_to(g, "cosine"), q, len(g))
         per_query = per_query_metrics(rows, q_pids, g_pids, q_cams, g_cams)
-        metrics, first = summarise(per_query, ranks), per_query.first_rank * per_query.valid
+        metrics, first = summarise(per_query, ranks), per_query.first_rank
     else:
         topk, nlist = 1000, round(math.sqrt(len(g))) if part == "faiss_ivf_fast" else 0
-        removed = (search.kept_positives(q_pids, g_pids, q_cams, g_cams, False)
-                   - search.kept_positives(q_pids, g_pids, q_cams, g_cams, True))
-        retrieved = search.ivf_search(q, g, "cosine", topk + int(removed.max(initial=0)), nlist, 16)
-        valid, first, ap = search.topk_per_query(retrieved, q_pids, g_pids, q_cams, g_cams, topk)
-        metrics, first = search.summarise_topk(valid, first, ap, ranks, topk), first * valid
+        valid, first, ap = search.ivf_per_query(q, g, "cosine", q_pids, g_pids, q_cams, g_cams, topk, nlist)
+        metrics = search.summarise_topk(valid, first, ap, ranks, topk)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "metrics": metrics, "rank1_hits": (first == 1).tolist()}

@@ -437,28 +437,25 @@ class _Workspace:
         self.device = device
         self._buffers: dict[str, torch.Tensor] = {}
 
-    def __call__(self, name: str, n: int, dtype: torch.dtype) -> torch.Tensor:
+    def __call__(self, name: str, n: int, dtype: torch.dtype, allocate=torch.empty) -> torch.Tensor:
         buffer = self._buffers.get(name)
         if buffer is None or buffer.numel() < n or buffer.dtype != dtype:
-            buffer = self._buffers[name] = torch.empty(n, dtype=dtype, device=self.device)
+            buffer = self._buffers[name] = allocate(n, dtype=dtype, device=self.device)
         return buffer[:n]
 
     def zeroed(self, name: str, n: int, dtype: torch.dtype) -> torch.Tensor:
         """A buffer of n zeros, which the caller must leave all zero after use."""
-        buffer = self._buffers.get(name)
-        if buffer is None or buffer.numel() < n or buffer.dtype != dtype:
-            buffer = self._buffers[name] = torch.zeros(n, dtype=dtype, device=self.device)
-        return buffer[:n]
+        return self(name, n, dtype, allocate=torch.zeros)
 
 
 def _items_up_to(d: torch.Tensor, hardest: torch.Tensor,
                  work: _Workspace) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(flat indices of the items no farther than their row's hardest positive, None),
     or (None, each row's minimum over a sample of its columns) when those items are most
-    of the chunk.
-    Random features leave most items up to the hardest positive: listing them would cost
-    more than binning every item. A trained model's positives rank high: a few percent
-    remain. The sample is copied once (its strided reads touch every cache line)."""
+    of the chunk. Random features leave most items up to the hardest positive: listing
+    them would cost more than binning every item. A trained model's positives rank high:
+    a few percent remain. The sample is copied once (its strided reads touch every cache
+    line)."""
     sample = d[:, ::_SAMPLE_STRIDE]
     sample = work("sample", sample.numel(), d.dtype).view(sample.shape).copy_(sample)
     if float((sample <= hardest[:, None]).sum()) > _LIST_FRACTION * sample.numel():
@@ -525,8 +522,8 @@ class _BitBinMap:
     bits, read as an int32, grow with x, so (bits clamped to [lo, cap]) >> shift, plus the
     row's offset, is monotone (negative values, -0.0 included, clamp to the first bin) and
     exact integer arithmetic. Bins are equal in bits, i.e. about equal relative widths;
-    one range [lo, cap] serves the whole chunk (lo: the least row minimum, cap: just past
-    the hardest positive of the chunk), so a row's bins also cover that range."""
+    one range [lo, cap] serves the whole chunk (lo: the least sampled row minimum, cap:
+    just past the hardest positive of the chunk), so a row's bins also cover that range."""
 
     def __init__(self, lo: torch.Tensor, hardest: torch.Tensor, items_per_row: int):
         c = lo.shape[0]

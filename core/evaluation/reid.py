@@ -128,15 +128,12 @@ class ReIDEvaluator(Evaluator):
 
     def _evaluate_top_k(self, query: FeatureSet, gallery: FeatureSet, categories, names) -> dict[str, float]:
         """CMC and mAP@topk from faiss IVF's retrieved lists (`core.evaluation.search`)."""
-        from core.evaluation.search import ivf_search, kept_positives, summarise_topk, topk_per_query
+        from core.evaluation.search import ivf_per_query, summarise_topk
 
         q_pids, g_pids = _codes(query.pids, gallery.pids, "pids")
         q_cams, g_cams = _codes(query.camids, gallery.camids, "camids")
-        same_pid = kept_positives(q_pids, g_pids, q_cams, g_cams, exclude_same_camera=False)
-        removed = same_pid - kept_positives(q_pids, g_pids, q_cams, g_cams, self.exclude_same_camera)
-        retrieved = ivf_search(query.embeddings, gallery.embeddings, self.metric,
-                               self.topk + int(removed.max(initial=0)), self.nlist, self.nprobe)
-        per_query = topk_per_query(retrieved, q_pids, g_pids, q_cams, g_cams, self.topk, self.exclude_same_camera)
+        per_query = ivf_per_query(query.embeddings, gallery.embeddings, self.metric, q_pids, g_pids, q_cams, g_cams,
+                                  self.topk, self.nlist, self.nprobe, self.exclude_same_camera)
         summary = lambda mask=None: summarise_topk(*per_query, self.ranks, self.topk, mask)  # noqa: E731
         metrics = summary()
         if categories is not None:

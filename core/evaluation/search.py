@@ -95,6 +95,17 @@ def ivf_search(query: torch.Tensor, gallery: torch.Tensor, metric: str, k: int,
     return index.search(q, min(k, len(g)))[1]
 
 
+def ivf_per_query(query: torch.Tensor, gallery: torch.Tensor, metric: str, q_pids, g_pids, q_cams, g_cams,
+                  topk: int, nlist: int = 0, nprobe: int = 16,
+                  exclude_same_camera: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`topk_per_query` of IVF's retrieved lists: the search asks for `topk` plus the most
+    items any query has removed (same identity and camera), so `topk` kept items remain."""
+    same_pid = kept_positives(q_pids, g_pids, q_cams, g_cams, exclude_same_camera=False)
+    removed = same_pid - kept_positives(q_pids, g_pids, q_cams, g_cams, exclude_same_camera)
+    retrieved = ivf_search(query, gallery, metric, topk + int(removed.max(initial=0)), nlist, nprobe)
+    return topk_per_query(retrieved, q_pids, g_pids, q_cams, g_cams, topk, exclude_same_camera)
+
+
 def topk_per_query(retrieved: np.ndarray, q_pids, g_pids, q_cams, g_cams, k: int,
                    exclude_same_camera: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per query from a retrieved list: (valid, first kept-positive rank or 0, AP@k);
