@@ -82,7 +82,8 @@ class InstructDataset(Dataset):
     def __init__(self, tasks: list[str] = list(TASKS), world: dict[str, Any] | None = None,  # noqa: B006, B008
                  manifest: str | None = None, root: str | None = None,
                  variants: dict[str, list[str]] | None = None, target_instructions: bool = True,
-                 infrared_queries: bool = False, instruction_size: list[int] = [128, 128], max_words: int = 50,  # noqa: B006
+                 infrared_queries: bool = False,
+                 instruction_size: list[int] = [128, 128], max_words: int = 50,  # noqa: B006
                  blank_size: list[int] = [256, 128]) -> None:  # noqa: B006
         self.tasks = check_tasks(tasks, NAME)
         if world is not None and manifest is not None:
@@ -167,8 +168,10 @@ class InstructDataset(Dataset):
         person = r.category == "person"
         outfit = w.outfit(image) if person else 0
         if task == VISIBLE_INFRARED:
-            if split != "train" and infrared != ((split == "query") == self.infrared_queries):
-                return []  # queries in one modality, gallery in the other
+            if split != "train":  # queries in one modality, gallery in the other
+                wanted = self.infrared_queries if split == "query" else not self.infrared_queries
+                if infrared != wanted:
+                    return []
             return [self._make(r, task, self._fixed(task, split), split=split)]
         if infrared or (task in (CLOTHES_CHANGING, CLOTHES_TEMPLATE) and not person):
             return []
