@@ -45,12 +45,19 @@ def check_components(path: Path) -> None:
 
 def test_mgor_yaml_is_the_papers_setting():
     data = load_pipeline(PIPELINES / "mgor.yaml").data
-    assert [s["dataset"] for s in data["data"]["train"]] == ["market1501", "veri776", "manifest", "manifest", "manifest"]
-    assert data["data"]["test"][0] == {"dataset": "msmt17", "root": "data/MSMT17"}
-    assert len(data["data"]["test"]) == 6
-    assert data["data"]["transform"] == {"size": [256, 256], "pad": 10, "flip": 0.5, "erasing": 0.0, "norm": "imagenet"}
-    assert data["sampler"] == {"name": "edps", "batch_size": 64, "k": 4, "disjoint_p": 0.5}
-    assert data["backbone"]["name"] == "hse_vit" and data["backbone"]["arch"] == "vit_base_patch16_224"
+    train = data["data"]["train"]
+    # 5 training sets, 5 categories: Market-1501, VeRi, VesselReID, iPanda-50, ATRW
+    assert [s["dataset"] for s in train] == ["market1501", "veri776", "manifest", "ipanda50", "atrw"]
+    assert "VesselReID" in train[2]["path"]
+    tests = data["data"]["test"]
+    assert [s["dataset"] for s in tests] == ["msmt17", "manifest", "manifest", "manifest", "university1652",
+                                             "petface", "elpephants"]
+    assert [s.get("path", "").split("/")[1] for s in tests[1:4]] == ["UAV-VeID", "Wildlife71", "CUTE"]
+    assert tests[4]["query"] == "satellite" and tests[4]["gallery"] == "drone"  # satellite -> UAV
+    assert data["data"]["transform"] == {"size": [256, 256], "pad": 10, "flip": 0.5, "erasing": 0.0, "norm": "half"}
+    assert data["sampler"] == {"name": "edps", "batch_size": 64, "k": 4, "disjoint_p": 0.5, "categories_per_batch": 4}
+    assert data["backbone"]["name"] == "hse_vit"
+    assert data["backbone"]["arch"] == "vit_base_patch16_224.augreg_in1k"  # ImageNet-1k only, explicit tag
     assert data["backbone"]["pretrained"] is True
     assert data["head"] == {"name": "hse"}
     assert [loss["name"] for loss in data["losses"]] == ["moil", "hse"]
@@ -58,6 +65,16 @@ def test_mgor_yaml_is_the_papers_setting():
     (stage,) = data["stages"]
     assert stage["epochs"] == 60
     assert stage["optimizer"] == {"name": "sgd", "lr": 1.0e-3, "weight_decay": 1.0e-4, "momentum": 0.9}
+
+
+def test_mgor_yaml_normalisation_matches_the_pretrained_tag():
+    from timm.models import get_pretrained_cfg
+
+    from core.data.transforms import NORMS
+
+    data = load_pipeline(PIPELINES / "mgor.yaml").data
+    cfg = get_pretrained_cfg(data["backbone"]["arch"])
+    assert NORMS[data["data"]["transform"]["norm"]] == (tuple(cfg.mean), tuple(cfg.std))
 
 
 def test_mgor_yaml_components_validate_up_to_the_data():
@@ -115,6 +132,26 @@ def test_ablation_pipelines_share_one_base_and_differ_only_in_the_method():
     assert test_sets[1]["categories"] == rows["baseline"]["data"]["train"][0]["held_out_categories"]
 
 
+ROWS = ("baseline", "pk_ce2", "edps_plain", "edps_moil_nopair", "edps_moil_p0", "edps_moil", "edps_moil_p1", "full")
+
+
 def test_ablation_pipelines_validate():
-    for name in ("baseline", "edps_moil", "full"):
+    for name in ROWS:
         check_components(ABLATION / f"{name}.yaml")
+
+
+def test_ablation_controls_differ_from_their_row_in_one_thing_only():
+    rows = {name: load_pipeline(ABLATION / f"{name}.yaml").data for name in ROWS}
+    for name, data in rows.items():
+        for key in ("data", "evaluator", "stages", "trainer", "seed"):
+            assert data[key] == rows["baseline"][key], (name, key)
+    ce2 = rows["pk_ce2"]["losses"]
+    assert ce2[0]["name"] == "ce" and ce2[0]["weight"] == 2.0 and ce2[1] == rows["baseline"]["losses"][1]
+    assert rows["edps_plain"]["sampler"] == rows["edps_moil"]["sampler"]
+    assert rows["edps_plain"]["losses"] == rows["baseline"]["losses"]
+    assert rows["edps_moil_nopair"]["losses"][0]["pair_weight"] == 0.0
+    for p, name in ((0.0, "edps_moil_p0"), (0.5, "edps_moil"), (1.0, "edps_moil_p1")):
+        assert rows[name]["sampler"] == {**rows["edps_moil"]["sampler"], "disjoint_p": p}
+        assert rows[name]["losses"] == rows["edps_moil"]["losses"]
+    for name in ROWS[2:]:  # the same budget as the PK rows: 20 batches per epoch
+        assert rows[name]["sampler"]["batches_per_epoch"] == 20

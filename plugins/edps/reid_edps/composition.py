@@ -2,16 +2,26 @@
 Perturbation Sampling"): which categories a batch draws (the subset S_b) and how many
 identities each category gives to the meta-train and the meta-test half.
 
-Every episode has two halves of `half` identities each (|B_train| = |B_test| = |B| / 2).
-With probability `disjoint_p` the halves get disjoint category sets: the c drawn
-categories are split into a meta-train set of a and a meta-test set of c - a categories
-(a = c / 2, or a random one of floor / ceil for odd c), and each half spreads its `half`
-identities over its own categories. Otherwise the categories are shared: every drawn
-category gives identities to both halves. Within a half the identities are spread as
-evenly as possible (counts differ by at most one; which category gets the extra one is
-random, since the drawn categories come in random order), so the batch is
-category-balanced up to rounding. With c = 1 (a single category) both halves take
-`half` identities of it: an identity-balanced split.
+Paper, step 1: draw S_b from S and at least two identities per category, K images each,
+"a category-balanced, identity-paired batch B"; step 2: split B into two non-overlapping
+halves of |B| / 2, so that "each batch becomes a controlled perturbation of category
+distribution", the category-disjoint probability being the knob. Our reading (README,
+"Perturbation semantics"): B itself is category-balanced (its c categories give
+2 * half identities as evenly as possible) in every episode, and **every** episode's
+split perturbs the category proportions of the halves:
+
+- disjoint (probability `disjoint_p`): the c drawn categories are split into a
+  meta-train set of a and a meta-test set of c - a categories (a = c / 2, or a random
+  one of floor / ceil for odd c), each half spreading its `half` identities evenly over
+  its own categories;
+- shared (otherwise): every drawn category puts one identity in each half, and the rest
+  of B is split at random — a uniformly random `half - c` of the remaining identity
+  slots go to meta-train (a multivariate hypergeometric draw over the categories), the
+  others to meta-test. Both halves hold every category, in proportions that differ from
+  episode to episode and between the halves, while B stays balanced.
+
+With c = 1 (a single category) both halves take `half` identities of it: an
+identity-balanced split.
 """
 
 from __future__ import annotations
@@ -26,33 +36,41 @@ def spread(total: int, parts: np.ndarray, slot: np.ndarray) -> np.ndarray:
     return np.where(slot < parts, total // parts + (slot < total % parts), 0)
 
 
-def quotas(c: int, half: int, disjoint: np.ndarray, train_categories: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Identities per drawn category (slot 0..c-1) in the meta-train and meta-test half.
-
-    `disjoint` (n,) bool and `train_categories` (n,) int (a, used for disjoint episodes)
-    describe n episodes; returns two (n, c) int arrays whose rows sum to `half`.
-    """
+def totals(c: int, half: int, disjoint: np.ndarray, train_categories: np.ndarray) -> np.ndarray:
+    """Identities per drawn category (slot 0..c-1) in the whole episode, (n, c), rows
+    summing to 2 * half: disjoint episodes spread each half over its own categories
+    (slots 0..a-1 meta-train, a..c-1 meta-test), shared ones spread B over all c."""
     n = len(disjoint)
     slot = np.arange(c)[None, :]
     if c == 1:
-        full = np.full((n, 1), half, dtype=np.int64)
-        return full, full.copy()
+        return np.full((n, 1), 2 * half, dtype=np.int64)
     a = train_categories[:, None]
-    # Disjoint: slots 0..a-1 are meta-train categories, a..c-1 meta-test ones.
-    dis_train = spread(half, a, slot)
-    dis_test = np.where(slot >= a, spread(half, c - a, slot - a), 0)
-    # Shared: every slot in both halves; the test half hands its extras out from the last
-    # slot backwards, so a category's total stays within one of the others'.
-    shared_train = spread(half, np.full((n, 1), c), slot)
-    shared_test = spread(half, np.full((n, 1), c), c - 1 - slot)
-    d = disjoint[:, None]
-    return (np.where(d, dis_train, shared_train).astype(np.int64),
-            np.where(d, dis_test, shared_test).astype(np.int64))
+    dis = np.where(slot < a, spread(half, a, slot), spread(half, c - a, slot - a))
+    shared = np.broadcast_to(spread(2 * half, np.full((1, 1), c), slot), (n, c))
+    return np.where(disjoint[:, None], dis, shared).astype(np.int64)
+
+
+def quotas(rng: np.random.Generator, c: int, half: int, disjoint: np.ndarray,
+           train_categories: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Identities per drawn category in the meta-train and the meta-test half, two (n, c)
+    int arrays whose rows sum to `half` (module docstring: disjoint vs shared)."""
+    total = totals(c, half, disjoint, train_categories)
+    if c == 1:
+        return total // 2, total - total // 2
+    slot = np.arange(c)[None, :]
+    train = np.where(slot < train_categories[:, None], total, 0)
+    shared = ~disjoint
+    if shared.any():
+        # one identity of every category in each half, the rest of B split at random
+        rest = total[shared][0] - 2  # the same for every shared episode (slot order)
+        extra = rng.multivariate_hypergeometric(rest, half - c, size=int(shared.sum()))
+        train[shared] = 1 + extra
+    return train.astype(np.int64), (total - train).astype(np.int64)
 
 
 def possible_quotas(c: int, half: int, disjoint_p: float) -> np.ndarray:
-    """Every (meta-train + meta-test) identity count one category can get in one episode,
-    over every episode shape that `disjoint_p` allows; used to check and plan."""
+    """Every total (meta-train + meta-test) identity count one category can get in one
+    episode, over every episode shape that `disjoint_p` allows; used to check and plan."""
     shapes: list[tuple[bool, int]] = []
     if disjoint_p > 0 and c >= 2:
         shapes += [(True, c // 2), (True, (c + 1) // 2)]
@@ -60,8 +78,7 @@ def possible_quotas(c: int, half: int, disjoint_p: float) -> np.ndarray:
         shapes.append((False, c // 2))
     dis = np.array([s[0] for s in shapes])
     a = np.array([s[1] for s in shapes], dtype=np.int64)
-    train, test = quotas(c, half, dis, a)
-    total = train + test
+    total = totals(c, half, dis, a)
     return total[total > 0]
 
 
@@ -81,5 +98,5 @@ def draw(rng: np.random.Generator, episodes: int, units: int, c: int, half: int,
     a = np.full(episodes, c // 2, dtype=np.int64)
     if c % 2:
         a += rng.random(episodes) < 0.5
-    train, test = quotas(c, half, disjoint, a)
+    train, test = quotas(rng, c, half, disjoint, a)
     return (np.concatenate([chosen, chosen], axis=1), np.concatenate([train, test], axis=1), disjoint)

@@ -5,8 +5,9 @@ Each batch is an episode: (1) draw a subset S_b of the categories; (2) draw iden
 of each drawn category (at least two per category), K images each, category-balanced;
 (3) split the batch into a meta-train and a meta-test half of equal size, never splitting
 an identity's K images, with disjoint category sets with probability `disjoint_p` and
-shared categories otherwise. Episodes reach the losses as `batch.roles` (0 meta-train,
-1 meta-test; core.records), so any loss can read them (MGOR's MOIL: the `moil` plugin).
+shared categories in randomly split proportions otherwise (composition.py). Episodes
+reach the losses as `batch.roles` (0 meta-train, 1 meta-test; core.records), so any loss
+can read them (MGOR's MOIL: the `moil` plugin).
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ class EDPSSampler(Sampler):
 
     Every episode's layout is [meta-train groups, meta-test groups], each group the k
     images of one identity, groups of one category next to each other. An epoch has
-    `batches_per_epoch` episodes, by default (identities that can be sampled) // P, so on
+    the core's epoch length in a pipeline (`ctx.epoch_batches`: as many as the PK sampler
+    makes on the table, core.samplers.epoch); built directly, `batches_per_epoch`
+    episodes, by default (identities that can be sampled) // P, so on
     average every identity is drawn about once. Identities are drawn without replacement
     within a pass over their category (small categories start a new pass sooner, since
     the batches are category-balanced). The plan depends only on (seed, epoch); under
@@ -65,7 +68,14 @@ class EDPSSampler(Sampler):
         if batches_per_epoch is not None and (not isinstance(batches_per_epoch, int) or batches_per_epoch < 1):
             raise ValueError(f"{NAME}: batches_per_epoch must be a positive integer or null "
                              f"(null: identities // (batch_size // k)), got {batches_per_epoch!r}")
-        self.num_batches = batches_per_epoch or max(usable // self.p, 1)
+        # the core's epoch length (core.samplers.epoch: as many batches as the PK sampler makes
+        # on this table, or the sampler key `epoch_batches`) wins, so sampler rows of an
+        # ablation train the same number of steps; batches_per_epoch serves direct use
+        self.num_batches = ctx.epoch_batches or batches_per_epoch or max(usable // self.p, 1)
+        if batches_per_epoch is not None and ctx.epoch_batches and batches_per_epoch != ctx.epoch_batches:
+            warnings.warn(f"{NAME}: batches_per_epoch={batches_per_epoch} is ignored in a pipeline: every sampler "
+                          f"plans the core's epoch length, here {ctx.epoch_batches} batches; set the sampler key "
+                          "epoch_batches to change it for any sampler", stacklevel=3)
 
     def _warn(self) -> None:
         u = self.units

@@ -48,10 +48,22 @@ def valid_category_counts(units: int, half: int, disjoint_p: float) -> list[int]
     return [c for c in range(1, units + 1) if possible_quotas(c, half, disjoint_p).min() >= 2]
 
 
+def default_c(units: int, valid: list[int]) -> int:
+    """|S_b| when `categories_per_batch` is null (our choice; the paper gives no value):
+    the largest even count below the number of units, so that (1) S_b is a proper subset
+    of S and the category mix changes from episode to episode (the paper's step 1), and
+    (2) a category-disjoint split gives both halves c / 2 categories with B still
+    category-balanced (with odd c one half's categories would give more identities).
+    With 1 or 2 units (no proper even subset) every unit is drawn. For the paper's five
+    training categories at batch 64: 4 categories x 4 identities."""
+    even = [c for c in valid if c % 2 == 0 and c < units]
+    return max(even) if even else max(valid)
+
+
 def choose_c(units: int, half: int, disjoint_p: float, requested: int | None) -> int:
     valid = valid_category_counts(units, half, disjoint_p)
     if requested is None:
-        return max(valid)
+        return default_c(units, valid)
     if requested not in valid:
         raise ValueError(
             f"{NAME}: categories_per_batch = {requested} is not possible here; valid values: "

@@ -58,15 +58,16 @@ def test_every_drawn_category_has_at_least_two_identities(world_ctx, disjoint_p)
 
 @pytest.mark.parametrize("disjoint_p", [0.0, 0.5, 1.0])
 def test_batch_is_category_balanced(world_ctx, disjoint_p):
-    """Four categories, 16 identities per batch: exactly 4 identities of each category."""
+    """Four categories all drawn, 16 identities per batch: exactly 4 identities of each."""
     t = world_ctx.train
-    for episode in episodes(EDPSSampler(world_ctx, batch_size=64, k=4, disjoint_p=disjoint_p)):
+    sampler = EDPSSampler(world_ctx, batch_size=64, k=4, disjoint_p=disjoint_p, categories_per_batch=4)
+    for episode in episodes(sampler):
         assert Counter(t.category_ids[episode.indices].tolist()) == {c: 16 for c in range(4)}
 
 
 def test_shared_episode_gives_every_category_to_both_halves(world_ctx):
     t = world_ctx.train
-    for episode in episodes(EDPSSampler(world_ctx, disjoint_p=0.0)):
+    for episode in episodes(EDPSSampler(world_ctx, disjoint_p=0.0, categories_per_batch=4)):
         train, test = halves(world_ctx, episode)
         assert set(t.category_ids[train].tolist()) == set(t.category_ids[test].tolist()) == {0, 1, 2, 3}
 
@@ -87,7 +88,7 @@ def test_identities_are_drawn_without_replacement_within_a_pass(make_ctx):
     """Equal categories of 20 identities, 4 per category per episode, 5 episodes: one pass,
     so every identity appears exactly once per epoch."""
     ctx = make_ctx({name: [4] * 20 for name in ["a", "b", "c", "d"]})
-    sampler = EDPSSampler(ctx, batch_size=64, k=4)
+    sampler = EDPSSampler(ctx, batch_size=64, k=4, categories_per_batch=4)
     assert len(sampler) == 5
     for epoch in range(5):
         sampler.set_epoch(epoch)

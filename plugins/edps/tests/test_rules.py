@@ -19,7 +19,7 @@ def all_episodes(sampler, epochs=10):
 def test_categories_with_too_few_identities_are_pooled_and_listed_in_a_warning(make_ctx):
     sizes = {"person": [5] * 20, "vehicle": [5] * 20, "animal": [5] * 20, "ship": [4, 4], "building": [6, 6, 6]}
     with pytest.warns(UserWarning, match="pooled.*building, ship|pooled.*ship, building"):
-        sampler = EDPSSampler(make_ctx(sizes), batch_size=64, k=4)
+        sampler = EDPSSampler(make_ctx(sizes), batch_size=64, k=4, categories_per_batch=4)
     assert sampler.categories_per_batch == 4
     assert any("pool(" in name for name in sampler.units.names)
     ctx = make_ctx(sizes)

@@ -28,6 +28,7 @@ from core.context import BuildContext
 from core.interfaces import Head, read_output
 from core.models.bnneck import BNNeckHead
 from core.records import ROLE_TRAIN, Batch
+from core.training import distributed as D
 from reid_hse.labels import labels_from_context
 
 NAME = "head 'hse'"
@@ -93,8 +94,11 @@ class HSEHead(Head):
     def local_norm(self, z_local: torch.Tensor, roles: torch.Tensor) -> torch.Tensor:
         """BatchNorm of z_L with the statistics of the meta-train rows (all rows when there
         are none), applied to every row: meta-train rows never depend on meta-test ones."""
-        train = roles.to(z_local.device) == ROLE_TRAIN
-        reference = z_local[train] if bool(train.any()) else z_local
+        # under DDP the statistics are those of every process's meta-train rows (gathered
+        # with their gradient), as on one process
+        every, roles = D.gather_with_grad(z_local), D.gather_uneven(roles.to(z_local.device))
+        train = roles == ROLE_TRAIN
+        reference = every[train] if bool(train.any()) else every
         mean = reference.mean(0)
         var = reference.var(0, unbiased=False) if reference.shape[0] > 1 else torch.ones_like(mean)
         normed = (z_local - mean) * torch.rsqrt(var + self.local_bn.eps)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from core.context import BuildContext
 from core.interfaces import Loss, read_output
 from core.records import ROLE_META_TEST, ROLE_TRAIN, Batch
+from core.training import distributed as D
 from reid_hse.labels import labels_from_context
 
 NAME = "loss 'hse'"
@@ -86,6 +87,9 @@ class HSELoss(Loss):
         return pids, self.id_local[pids]
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: Batch):
+        # under DDP: each term is a mean over a half of the whole episode (gathered)
+        keys = [k for k in (self.logits, self.local_logits_key) if k in outputs]
+        outputs, batch = D.gather_for_loss(outputs, batch, keys)
         logits = read_output(outputs, self.logits, NAME, "the `hse` head produces 'logits' in training")
         local = read_output(outputs, self.local_logits_key, NAME,
                             "the `hse` head produces 'local_logits' in training, from the `hse_vit` backbone")

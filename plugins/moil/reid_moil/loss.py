@@ -24,6 +24,7 @@ from core.interfaces import Loss, read_output
 from core.losses.cross_entropy import CrossEntropyLoss
 from core.losses.triplet import TripletLoss
 from core.records import ROLE_META_TEST, ROLE_TRAIN, Batch
+from core.training import distributed as D
 from reid_moil.alignment import pairwise_alignment
 
 NAME = "loss 'moil'"
@@ -71,7 +72,8 @@ class MOILLoss(Loss):
         self.features, self.no_episodes = features, no_episodes
         try:
             self.ce = CrossEntropyLoss(label_smoothing=label_smoothing, logits=logits)
-            self.triplet = TripletLoss(margin=margin, features=features, metric=metric)
+            # gather=False: the whole episode is gathered once, in forward
+            self.triplet = TripletLoss(margin=margin, features=features, metric=metric, gather=False)
         except ValueError as exc:  # the core's messages name 'ce' / 'triplet': rename
             raise ValueError(str(exc).replace("loss 'ce'", NAME).replace("loss 'triplet'", NAME)) from None
 
@@ -91,6 +93,10 @@ class MOILLoss(Loss):
                          f"sample (batch.roles; all 0 outside episodic sampling): {NO_EPISODES_HELP}")
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: Batch):
+        # under DDP every term is defined on the whole episode (triplet mining, prototypes,
+        # both halves' distributions, per-half means): gather it from every process first
+        keys = [k for k in (self.features, self.ce.logits) if k in outputs]
+        outputs, batch = D.gather_for_loss(outputs, batch, keys)
         z = read_output(outputs, self.features, NAME,
                         "set the loss key `features`; `bnneck` produces 'features'").float()
         masks = self._masks(batch)
