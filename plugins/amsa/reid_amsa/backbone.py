@@ -55,7 +55,8 @@ class AMSAClip(Backbone):
       quick_gelu: null (from the weights' tag; OpenAI's use QuickGELU) | true | false;
       parts: local tokens P (3); variant: adaptive (AM-MSA) | stripes;
       mask_heads: cross-attention heads of the mask predictors (2; 8 for MSMT17 / multi-source);
-      mask_hidden: hidden width of their MLP (128); threshold: t of eq. 6 (0.5);
+      mask_hidden: hidden width of their MLP (null: the number of patches, as the
+        authors' code has it — 128 at 256x128); threshold: t of eq. 6 (0.5);
       freeze_patch_embed: keep the patch projection fixed (true, Sec. 4.2);
       token_std: init std of the local tokens (0.02);
       text: build the frozen text encoder and the prompts (true; false for an image-only model);
@@ -66,7 +67,7 @@ class AMSAClip(Backbone):
     def __init__(self, ctx: BuildContext, model: str = "ViT-B-16", model_cfg: dict[str, Any] | None = None,
                  pretrained: bool | str = False, quick_gelu: bool | None = None, parts: int = 3,
                  variant: Literal["adaptive", "stripes"] = "adaptive", mask_heads: int = 2,
-                 mask_hidden: int = 128, threshold: float = 0.5, freeze_patch_embed: bool = True,
+                 mask_hidden: int | None = None, threshold: float = 0.5, freeze_patch_embed: bool = True,
                  token_std: float = 0.02, text: bool = True, prompt_tokens: int = 4, prompt_std: float = 0.002,
                  templates: list[str] | None = None) -> None:
         super().__init__()

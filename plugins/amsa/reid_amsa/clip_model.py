@@ -160,6 +160,9 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     from open_clip.model import resize_pos_embed, resize_text_pos_embed
 
     state = read_state_dict(path)
+    # OpenAI's released archives hold fp16 weights; CPU interpolation has no Half kernel
+    # ("not implemented for 'Half'") and the model is float32 anyway: widen first.
+    state = {k: (v.float() if torch.is_floating_point(v) else v) for k, v in state.items()}
     if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
         state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
     resize_pos_embed(state, model)

@@ -35,6 +35,9 @@ class MultiGrainedCMPLoss(Loss):
     gate the local tokens while VPM-1 is built), `features` (the output VPM-1 is built
     from: "global", the multi-grained visual token). Logs "acc" (top-1 text -> prototype)."""
 
+    #: built from every process's gathered features: equal on all ranks
+    shared_buffers = ("memory",)
+
     def __init__(self, ctx: BuildContext, temperature: float = 1.0, gating: str = "labels",
                  features: str = "global") -> None:
         super().__init__()

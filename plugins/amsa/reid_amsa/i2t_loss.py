@@ -3,17 +3,23 @@ visual token classified against the textual prototypes of every identity, with
 smoothed labels — the language knowledge squeezed into the prompts in stage 1 flows
 into the image encoder in stage 2.
 
-    L_i2tce = -sum_c q_c log softmax_c(f . TPM^T / T),  q = (1 - eps) 1[c = y] + eps / C
+    L_i2tce = -sum_c q_c log softmax_c(s(f, TPM[c]) / T),  q = (1 - eps) 1[c = y] + eps / C
 
-TPM (C, 2048): the normalised textual tokens of the learned prompts, computed once when
-the stage that uses this loss starts. f: the pre-BN multi-grained visual token
-("features" of the `muva` head). Eq. 4 writes a cosine similarity; METHODS.md (after
-CLIP-ReID's code) multiplies the unnormalised f with the normalised TPM, which keeps the
-logits' scale learnable by the encoder: that is the default (`normalize_features: false`);
-`normalize_features: true` gives eq. 4's cosine as written.
+f: the pre-BN multi-grained visual token ("features" of the `muva` head); TPM (C, 2048):
+the textual tokens of the learned prompts, computed once when the stage that uses this
+loss starts; T = 1. The similarity s, key `form`:
+  - "cosine" (default): eq. 4 as the paper writes it, sim = cosine similarity, TPM
+    "initialized with normalized textual token" (Sec. 3.1.2): s = f.t / (|f| |t|);
+  - "raw": what the authors' released code computes (RikoLi/MUVA,
+    engine/coop_trainers.py, with its default `MODEL.NORM_I2TCE: False`): the raw
+    feature times the raw, unnormalised textual token, s = f . t.
+The two differ in scale: the cosine logits lie in [-1, 1] (a soft target at T = 1), the
+raw ones grow with the feature norms.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,20 +40,29 @@ def smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, eps: flo
     return ((1.0 - eps) * nll - eps * log_p.mean(dim=1)).mean()
 
 
+FORMS = ("cosine", "raw")
+
+
 class ImageToTextCELoss(Loss):
     """Keys: `label_smoothing` eps (0.1), `features` (the head output read, "features" =
-    pre-BN v^mg), `normalize_features` (false, see the module docstring), `temperature`
-    (1.0). Logs "acc" (top-1 image -> text)."""
+    pre-BN v^mg), `form` (cosine: eq. 4 | raw: the authors' code; see the module
+    docstring), `temperature` T (1.0). Logs "acc" (top-1 image -> text)."""
+
+    #: text features computed alike on every rank: no DDP broadcast
+    shared_buffers = ("memory",)
 
     def __init__(self, ctx: BuildContext, label_smoothing: float = 0.1, features: str = "features",
-                 normalize_features: bool = False, temperature: float = 1.0) -> None:
+                 form: Literal["cosine", "raw"] = "cosine", temperature: float = 1.0) -> None:
         super().__init__()
+        if form not in FORMS:
+            raise ValueError(f"{NAME}: form must be one of {', '.join(FORMS)} (cosine: eq. 4; raw: the authors' "
+                             f"code), got {form!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"{NAME}: label_smoothing must be in [0, 1), got {label_smoothing}")
         if temperature <= 0:
             raise ValueError(f"{NAME}: temperature must be > 0, got {temperature}")
         self.eps, self.features = float(label_smoothing), features
-        self.normalize_features, self.temperature = bool(normalize_features), float(temperature)
+        self.form, self.temperature = form, float(temperature)
         text = text_side(ctx, NAME)
         self._text = (text,)
         self.register_buffer("memory", torch.zeros(text.num_identities, text.output_dim))  # TPM
@@ -58,14 +73,16 @@ class ImageToTextCELoss(Loss):
 
     @torch.no_grad()
     def build_memory(self) -> None:
-        self.memory.copy_(F.normalize(self._text[0].all_identities(), dim=1))
+        """TPM: the textual tokens of every identity, normalised for the cosine form."""
+        tokens = self._text[0].all_identities().float()
+        self.memory.copy_(F.normalize(tokens, dim=1) if self.form == "cosine" else tokens)
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: Batch):
         f = read_output(outputs, self.features, NAME, "the `muva` head outputs the pre-BN 'features'").float()
         if f.shape[1] != self.memory.shape[1]:
             raise ValueError(f"{NAME}: '{self.features}' has {f.shape[1]} dimensions, the textual prototypes "
                              f"{self.memory.shape[1]}")
-        if self.normalize_features:
+        if self.form == "cosine":
             f = F.normalize(f, dim=1)
         logits = f @ self.memory.t() / self.temperature
         targets = batch.pids.to(logits.device, torch.long)

@@ -2,10 +2,13 @@
 
 Per identity c, N learnable vectors in each of four templates
 
-    "A photo of a [X]_1..[X]_N person."               (global)
-    "A photo of a [H]_1..[H]_N head of a person."
-    "A photo of a [U]_1..[U]_N upper body of a person."
-    "A photo of [L]_1..[L]_N legs of a person."
+    "A photo of a [X]_1..[X]_N person"               (global)
+    "A photo of a [H]_1..[H]_N head of a person"
+    "A photo of a [U]_1..[U]_N upper body of a person"
+    "A photo of [L]_1..[L]_N legs of a person"
+
+as Sec. 3.1.1 prints them: no closing full stop (the authors' code has none either; it
+writes "A photo of a ... legs" for the last one, the paper "A photo of ... legs")
 
 (N = 4, 512-d, init N(0, 0.002); Sec. 4.2) replace the word embeddings of N placeholder
 words. Each sequence goes through CLIP's text transformer (causal mask), is read at its
@@ -28,10 +31,10 @@ from torch import nn
 
 #: The paper's four templates; `{prompt}` stands for the N learnable vectors.
 PAPER_TEMPLATES = (
-    "A photo of a {prompt} person.",
-    "A photo of a {prompt} head of a person.",
-    "A photo of a {prompt} upper body of a person.",
-    "A photo of {prompt} legs of a person.",
+    "A photo of a {prompt} person",
+    "A photo of a {prompt} head of a person",
+    "A photo of a {prompt} upper body of a person",
+    "A photo of {prompt} legs of a person",
 )
 PLACEHOLDER = "{prompt}"
 

@@ -35,6 +35,9 @@ class PrototypeContrastLoss(Loss):
     contrasted and stored: "bn_features"), `gating` (labels | stripes | predicted, while
     the memory is rebuilt). Logs "acc" (top-1 against the memory)."""
 
+    #: built and updated from every process's gathered features: equal on all ranks
+    shared_buffers = ("memory",)
+
     def __init__(self, ctx: BuildContext, temperature: float = 0.01, momentum: float = 0.2,
                  features: str = "bn_features", gating: str = "labels") -> None:
         super().__init__()
@@ -59,9 +62,16 @@ class PrototypeContrastLoss(Loss):
                             f"{features.shape[1]} dimensions, the memory {self.memory.shape[1]}")
 
     def on_step_end(self, trainer, step, batch, outputs, losses) -> None:
+        """Eq. 3 after the optimisation step, with every micro-batch of the step (gradient
+        accumulation: the step's batch is all of them, not the last one's `outputs`)."""
+        pending, self._pending = getattr(self, "_pending", []), []
         if active_in_stage(self, trainer):
-            features = read_output(outputs, self.features, NAME).detach().float()
-            self.update(gather_uneven(features), gather_uneven(batch.pids.to(features.device)))
+            if pending:
+                features, pids = torch.cat([f for f, _ in pending]), torch.cat([p for _, p in pending])
+            else:
+                features = read_output(outputs, self.features, NAME).detach().float()
+                pids = batch.pids.to(features.device)
+            self.update(gather_uneven(features), gather_uneven(pids))
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, pids: torch.Tensor) -> None:
@@ -72,6 +82,8 @@ class PrototypeContrastLoss(Loss):
         x = read_output(outputs, self.features, NAME, "the `muva` head outputs 'bn_features'").float()
         logits = F.normalize(x, dim=1) @ self.memory.t() / self.temperature
         targets = batch.pids.to(logits.device, torch.long)
+        if self.training and torch.is_grad_enabled():  # for the update at the step's end
+            self._pending = [*getattr(self, "_pending", []), (x.detach(), targets)]
         loss = F.cross_entropy(logits, targets)
         with torch.no_grad():
             acc = (logits.argmax(dim=1) == targets).float().mean()

@@ -2,6 +2,8 @@
 Prediction accumulated layer to layer (eq. 5), the gate each block uses (eq. 6),
 the stripes variant, frozen parts, and loading open_clip weights."""
 
+import math
+
 import pytest
 import torch
 
@@ -44,13 +46,78 @@ def _block_inputs(backbone, batch, gate_masks=None):
     return out, seen
 
 
+def eq5_reference(predictor, r, patches, previous=None):
+    """Eq. 5 of MUVA written out from the predictor's weights, loop by loop:
+    r' = CrossAttn(LN(r), LN(F)) + r;  M_l = MLP(LN(r')) + M_{l-1}; the cross-attention
+    as softmax(q k^T / sqrt(d)) v per head with bias-free q/k/v and a biased output
+    projection; the MLP Linear -> QuickGELU -> Linear."""
+
+    def layer_norm(x, norm):
+        mean = x.mean(-1, keepdim=True)
+        var = ((x - mean) ** 2).mean(-1, keepdim=True)
+        return (x - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
+
+    attn = predictor.cross_attn
+    queries = layer_norm(r, predictor.norm_local) @ attn.q.weight.t()
+    context = layer_norm(patches, predictor.norm_patches)
+    keys, values = context @ attn.k.weight.t(), context @ attn.v.weight.t()
+    width, heads = r.shape[-1], attn.heads
+    d = width // heads
+    out = torch.zeros_like(queries)
+    for b in range(r.shape[0]):
+        for h in range(heads):
+            cols = slice(h * d, (h + 1) * d)
+            weights = torch.softmax(queries[b, :, cols] @ keys[b, :, cols].t() / math.sqrt(d), dim=-1)
+            out[b, :, cols] = weights @ values[b, :, cols]
+    r_prime = out @ attn.out.weight.t() + attn.out.bias + r  # the residual inside the RMP
+    first, second = predictor.mlp[0], predictor.mlp[2]
+    hidden = layer_norm(r_prime, predictor.norm_mlp) @ first.weight.t() + first.bias
+    hidden = hidden * torch.sigmoid(1.702 * hidden)  # QuickGELU
+    scores = hidden @ second.weight.t() + second.bias
+    return scores if previous is None else scores + previous
+
+
+def test_the_mask_predictor_is_eq5_written_out(tiny_backbone):
+    from reid_amsa.mask_predictor import ResidualMaskPredictor
+
+    torch.manual_seed(2)
+    predictor = ResidualMaskPredictor(width=32, num_patches=8, heads=4)
+    with torch.no_grad():  # non-trivial LayerNorm affine and output bias, so that each term shows
+        for norm in (predictor.norm_local, predictor.norm_patches, predictor.norm_mlp):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_(0, 0.1)
+        predictor.mlp[0].bias.normal_(0, 0.1)
+        predictor.cross_attn.q.weight.mul_(30)  # peaked attention: the queries' side shows too
+        predictor.cross_attn.k.weight.mul_(30)
+    r, patches, previous = torch.randn(2, 3, 32), torch.randn(2, 8, 32), torch.randn(2, 3, 8)
+    with torch.no_grad():
+        assert torch.allclose(predictor(r, patches, previous), eq5_reference(predictor, r, patches, previous),
+                              atol=1e-5)
+        assert torch.allclose(predictor(r, patches), eq5_reference(predictor, r, patches), atol=1e-5)
+
+
+def test_mask_predictor_layers_and_init_follow_the_authors(tiny_backbone):
+    from reid_amsa.mask_predictor import ResidualMaskPredictor
+
+    torch.manual_seed(0)
+    predictor = ResidualMaskPredictor(width=64, num_patches=128, heads=8)
+    attn = predictor.cross_attn
+    assert attn.q.bias is None and attn.k.bias is None and attn.v.bias is None
+    assert attn.out.bias is not None and attn.out.bias.shape == (64,)
+    for weight in (attn.q.weight, attn.k.weight, attn.v.weight, attn.out.weight, predictor.mlp[0].weight,
+                   predictor.mlp[2].weight):  # trunc-normal std 0.02 (PyTorch's default here: std 0.072)
+        assert abs(float(weight.std()) - 0.02) < 0.003 and abs(float(weight.mean())) < 0.003
+    assert predictor.mlp[0].out_features == 128  # hidden width = the number of patches
+    assert (predictor.mlp[0].bias == 0).all() and (predictor.mlp[2].bias == 0).all()
+
+
 def test_mask_scores_accumulate_residually_from_the_tokens_entering_each_block(tiny_backbone, make_batch):
     backbone = tiny_backbone().eval()
     with torch.no_grad():
         out, seen = _block_inputs(backbone, make_batch([0, 1]))
         logits = out["part_mask_logits"]
         for layer, (x, _) in enumerate(seen):
-            own = backbone.mask_predictors[layer](x[:, 1:4], x[:, 4:], None)  # MLP(LN(r')) alone
+            own = eq5_reference(backbone.mask_predictors[layer], x[:, 1:4], x[:, 4:])  # MLP(LN(r')) alone
             previous = logits[:, layer - 1] if layer else torch.zeros_like(own)
             assert torch.allclose(logits[:, layer], own + previous, atol=1e-5)  # M_l = MLP(...) + M_{l-1}
             assert not torch.allclose(own, torch.zeros_like(own))

@@ -134,25 +134,53 @@ def test_vpm2_is_rebuilt_each_epoch_of_its_stage_and_updated_after_each_step(mak
 
 
 # ----------------------------------------------------------------- L_i2tce (eq. 4)
-def test_i2t_is_label_smoothed_cross_entropy_of_the_pre_bn_feature_against_tpm(make_batch):
+def _smoothed_ce(logits, target, eps):
+    """-sum_c q_c log softmax(logits)_c, q = (1 - eps) 1[c = target] + eps / C, from the equation."""
+    log_z = math.log(sum(math.exp(v) for v in logits))
+    q = [(1 - eps) * (c == target) + eps / len(logits) for c in range(len(logits))]
+    return -sum(qc * (v - log_z) for qc, v in zip(q, logits))
+
+
+def test_i2t_default_is_eq4s_cosine_with_smoothed_labels(make_batch):
     from reid_amsa.i2t_loss import ImageToTextCELoss
 
-    loss = ImageToTextCELoss(ctx_with([[2.0, 0.0], [0.0, 5.0]]), label_smoothing=0.1)
+    loss = ImageToTextCELoss(ctx_with([[2.0, 0.0], [0.0, 5.0]]))  # defaults: cosine, eps 0.1, T 1
     loss.on_stage_start(fake_trainer(loss), stage=None)  # TPM = the normalised textual tokens
     assert torch.equal(loss.memory, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
-    value, _ = loss({"features": torch.tensor([[2.0, 0.0]])}, make_batch([0]))  # logits (2, 0)
-    log_p = [-math.log(1 + math.exp(-2.0)), -2.0 - math.log(1 + math.exp(-2.0))]
-    expected = -(0.9 + 0.05) * log_p[0] - 0.05 * log_p[1]  # q = (0.95, 0.05)
-    assert math.isclose(float(value), expected, rel_tol=1e-6)
+    value, _ = loss({"features": torch.tensor([[3.0, 4.0], [0.0, -2.0]])}, make_batch([0, 1]))
+    first = _smoothed_ce([0.6, 0.8], 0, 0.1)  # cos((3, 4), e_c) = (0.6, 0.8)
+    second = _smoothed_ce([0.0, -1.0], 1, 0.1)
+    assert math.isclose(float(value), (first + second) / 2, rel_tol=1e-6)
 
 
-def test_i2t_with_normalised_features_is_eq4s_cosine(make_batch):
+def test_i2t_raw_form_is_the_authors_raw_feature_times_raw_text_token(make_batch):
     from reid_amsa.i2t_loss import ImageToTextCELoss
 
-    loss = ImageToTextCELoss(ctx_with([[1.0, 0.0], [0.0, 1.0]]), label_smoothing=0.0, normalize_features=True)
+    loss = ImageToTextCELoss(ctx_with([[2.0, 0.0], [1.0, 5.0]]), form="raw", label_smoothing=0.1)
     loss.build_memory()
-    value, _ = loss({"features": torch.tensor([[2.0, 0.0]])}, make_batch([1]))  # cosines (1, 0), target 1
-    assert math.isclose(float(value), math.log(1 + math.e), rel_tol=1e-6)
+    assert torch.equal(loss.memory, torch.tensor([[2.0, 0.0], [1.0, 5.0]]))  # not normalised
+    value, _ = loss({"features": torch.tensor([[0.5, 0.25]])}, make_batch([0]))  # f . t = (1.0, 1.75)
+    assert math.isclose(float(value), _smoothed_ce([1.0, 1.75], 0, 0.1), rel_tol=1e-6)
+
+
+def test_i2t_cosine_gradient_reaches_the_feature_orthogonally_and_never_the_prototypes(make_batch):
+    from reid_amsa.i2t_loss import ImageToTextCELoss
+
+    loss = ImageToTextCELoss(ctx_with([[2.0, 1.0], [-1.0, 3.0]]))
+    loss.build_memory()
+    f = torch.tensor([[3.0, 4.0]], requires_grad=True)
+    value, _ = loss({"features": f}, make_batch([1]))
+    value.backward()
+    assert f.grad is not None and float(f.grad.norm()) > 1e-3
+    assert abs(float((f.grad * f.detach()).sum())) < 1e-6  # a cosine does not depend on |f|
+    assert not loss.memory.requires_grad and loss.memory.grad is None
+
+
+def test_i2t_unknown_form_is_a_clear_error():
+    from reid_amsa.i2t_loss import ImageToTextCELoss
+
+    with pytest.raises(ValueError, match="form must be one of cosine, raw"):
+        ImageToTextCELoss(ctx_with([[1.0, 0.0]], identities=1), form="dot")
 
 
 # ----------------------------------------------------------------- L_mask (eqs. 8-9)

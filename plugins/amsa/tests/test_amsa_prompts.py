@@ -32,9 +32,19 @@ def test_placeholders_sit_where_the_templates_say(clip_and_text):
     marker = int(tokenizer(["X"])[0][1])
     for t in range(4):
         assert (text.template_ids[t, text.slots[t]] == marker).all()
-    # "A photo of a X X X X person." -> [SOT, a, photo, of, a, X, X, X, X, person, ., EOT]
-    assert text.slots[0].tolist() == [5, 6, 7, 8] and int(text.eot[0]) == 11
-    assert text.slots[3].tolist() == [4, 5, 6, 7]  # "A photo of X X X X legs of a person."
+    # "A photo of a X X X X person" -> [SOT, a, photo, of, a, X, X, X, X, person, EOT]
+    assert text.slots[0].tolist() == [5, 6, 7, 8] and int(text.eot[0]) == 10
+    assert text.slots[3].tolist() == [4, 5, 6, 7]  # "A photo of X X X X legs of a person"
+
+
+def test_the_templates_are_the_papers_words_without_a_closing_full_stop(clip_and_text):
+    _, tokenizer, text = clip_and_text
+    assert PAPER_TEMPLATES == ("A photo of a {prompt} person", "A photo of a {prompt} head of a person",
+                               "A photo of a {prompt} upper body of a person", "A photo of {prompt} legs of a person")
+    full_stop = int(tokenizer(["."])[0][1])
+    assert not (text.template_ids == full_stop).any()
+    words = [len(t.replace("{prompt}", "X X X X").split()) for t in PAPER_TEMPLATES]
+    assert text.eot.tolist() == [n + 1 for n in words]  # SOT, one token per word, then EOT
 
 
 def test_an_identitys_token_depends_on_its_own_prompts_only_and_only_prompts_get_gradients(clip_and_text):

@@ -34,6 +34,8 @@ from reid_vge_labeler.grounders.base import check_grounding
 from reid_vge_labeler.grounders.registry import build_grounder
 from reid_vge_labeler.parts import DEFAULT_PARTS, check_parts, default_max_h, per_part, stripe_boxes
 
+#: how the calibration's box statistics are grouped
+CALIBRATE_PER = ("dataset", "all")
 #: the fields the labeler itself writes (a grounder's extras may not take these names)
 OWN_FIELDS = ("part_boxes_raw", "part_found", "part_boxes", "part_calibration", "part_masks")
 
@@ -44,7 +46,9 @@ class VGELabeler(Labeler):
     grounder: `name` or {name: cogvlm | owlvit | boxes | record_boxes | stripes, ...keys};
     parts: part names, the rows of G (the words of the query "the <part> of the person");
     calibrate: replace implausible and missing boxes by stripes (False: keep raw boxes,
-    a missing part gets an empty mask); max_h / min_h: a fraction of the image height for
+    a missing part gets an empty mask); calibrate_per: "dataset" (the height statistics
+    of each training set apart, as the paper calibrates each source set; several sources
+    in one prepare step stay apart) or "all" (pooled); max_h / min_h: a fraction of the image height for
     every part, or {part: fraction} (min_h: null = the percentile rule); stripes: {part:
     [y0, y1] or [x0, y0, x1, y1]}; coverage: the share of a patch a box must cover;
     grid: [rows, cols] for backbones without a patch grid (else the backbone's is used);
@@ -53,13 +57,17 @@ class VGELabeler(Labeler):
 
     def __init__(self, grounder: str | dict[str, Any] = "cogvlm",
                  parts: list[str] = list(DEFAULT_PARTS),  # noqa: B006 - YAML default, never mutated
-                 calibrate: bool = True, max_h: float | dict[str, float] | None = None,
+                 calibrate: bool = True, calibrate_per: str = "dataset", max_h: float | dict[str, float] | None = None,
                  min_h: float | dict[str, float] | None = None, min_h_percentile: float = 2.0,
                  min_h_floor: float = 0.05, stripes: dict[str, list[float]] | None = None,
                  coverage: float = 0.5, grid: list[int] | None = None, batch_size: int = 16,
                  ctx: Any = None) -> None:
         self.parts = check_parts(parts)
         self.calibrate = bool(calibrate)
+        if calibrate_per not in CALIBRATE_PER:
+            raise ValueError(f"calibrate_per must be one of {', '.join(CALIBRATE_PER)} (each training set's box "
+                             f"statistics apart, or pooled); got {calibrate_per!r}")
+        self.calibrate_per = calibrate_per
         self.max_h = per_part(max_h, self.parts, "max_h", default_max_h(self.parts))
         self.min_h = per_part(min_h, self.parts, "min_h", None)
         if not 0.0 <= min_h_percentile <= 100.0:
@@ -114,6 +122,27 @@ class VGELabeler(Labeler):
                              f"itself ({', '.join(OWN_FIELDS)})")
         return {"part_boxes_raw": result.boxes, "part_found": result.found.astype(np.uint8), **result.extras}
 
+    def calibrated(self, boxes: np.ndarray, found: np.ndarray,
+                   records: list[Record]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """(boxes, codes, report) calibrated per dataset (records' `domain`) or pooled.
+        One group reports as before; several report per dataset, plus "replaced" overall."""
+        domains = [r.domain for r in records] if self.calibrate_per == "dataset" else [""] * len(records)
+        groups: dict[str, list[int]] = {}
+        for index, domain in enumerate(domains):
+            groups.setdefault(domain, []).append(index)
+        final, codes = boxes.copy(), np.zeros(found.shape, np.uint8)
+        reports: dict[str, Any] = {}
+        for domain, rows in groups.items():
+            cal = calibrate(boxes[rows], found[rows], self.stripes, self.max_h, self.min_h, self.min_h_percentile,
+                            self.min_h_floor)
+            final[rows], codes[rows] = cal.boxes, cal.codes
+            reports[domain] = cal.report(self.parts)
+        if len(groups) <= 1:
+            report = next(iter(reports.values()), {"replaced": 0.0})
+        else:
+            report = {**reports, "replaced": float((codes != 0).mean())}
+        return final, codes, report
+
     def finalize(self, raw: dict[str, np.ndarray], records: list[Record], ctx: Any) -> Labels:
         """Calibrate over the whole dataset, vote onto the patch grid."""
         grid = self.patch_grid(ctx)
@@ -122,9 +151,7 @@ class VGELabeler(Labeler):
         boxes = np.asarray(raw.get("part_boxes_raw", np.zeros((n, p, 4))), dtype=np.float32).reshape(n, p, 4)
         found = np.asarray(raw.get("part_found", np.zeros((n, p))), dtype=bool).reshape(n, p)
         if self.calibrate:
-            cal = calibrate(boxes, found, self.stripes, self.max_h, self.min_h, self.min_h_percentile,
-                            self.min_h_floor)
-            final, codes, report = cal.boxes, cal.codes, cal.report(self.parts)
+            final, codes, report = self.calibrated(boxes, found, records)
         else:
             final, codes = np.where(found[..., None], boxes, 0.0).astype(np.float32), np.zeros((n, p), np.uint8)
             report = {part: {"replaced": 0.0, "missing": float((~found[:, i]).sum() / max(n, 1))}
@@ -139,4 +166,5 @@ class VGELabeler(Labeler):
                 "stripes": {part: [round(float(v), 6) for v in self.stripes[i]] for i, part in enumerate(self.parts)},
                 "grounder": getattr(self.grounder, "name", type(self.grounder).__name__)}
         report["images"] = n
+        meta["calibrate_per"] = self.calibrate_per
         return Labels(fields=fields, attach=["part_masks"], report=report, meta=meta)

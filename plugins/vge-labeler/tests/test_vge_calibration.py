@@ -123,3 +123,28 @@ def test_bad_thresholds_and_windows_are_errors_naming_the_key():
         VGELabeler(grounder="stripes", parts=PARTS, grid=[4, 2], stripes={"legs": [0.9, 0.5]})
     with pytest.raises(ValueError, match=r"part 'tail' has no default stripe window"):
         VGELabeler(grounder="stripes", parts=["head", "tail"], grid=[4, 2])
+
+
+def test_each_training_set_is_calibrated_from_its_own_box_heights():
+    """Set A: 49 head boxes 0.3 high and one 0.1 high; set B: 50 boxes 0.1 high. Apart,
+    A's min_h is its 2nd percentile, 0.1 + 0.98 * (0.3 - 0.1) = 0.296, so its short box is
+    replaced, and B's is 0.1 (strict <: all kept); pooled, the 2nd percentile is 0.1 and
+    nothing is short."""
+    heights = [0.3] * 49 + [0.1] + [0.1] * 50
+    boxes = np.zeros((100, 3, 4), np.float32)
+    boxes[:, :, 2] = 1.0
+    boxes[:, 0, 3] = heights
+    boxes[:, 1, 1], boxes[:, 1, 3] = 0.2, 0.6
+    boxes[:, 2, 1], boxes[:, 2, 3] = 0.5, 1.0
+    found = np.ones((100, 3), np.uint8)
+    records = [Record(path=None, pid=i, camid=0, domain="a" if i < 50 else "b") for i in range(100)]
+    raw = {"part_boxes_raw": boxes, "part_found": found}
+    apart = VGELabeler(grounder="stripes", grid=[4, 2]).finalize(raw, records, None)
+    codes = apart.fields["part_calibration"][:, 0]
+    assert codes[49] == 2 and (np.delete(codes, 49) == 0).all()  # 2 = too short
+    assert abs(apart.report["a"]["head"]["min_h"] - 0.296) < 1e-4 and apart.report["b"]["head"]["min_h"] == 0.1
+    assert apart.meta["calibrate_per"] == "dataset"
+    pooled = VGELabeler(grounder="stripes", grid=[4, 2], calibrate_per="all").finalize(raw, records, None)
+    assert (pooled.fields["part_calibration"][:, 0] == 0).all() and pooled.report["head"]["min_h"] == 0.1
+    with pytest.raises(ValueError, match="calibrate_per must be one of dataset, all"):
+        VGELabeler(grounder="stripes", grid=[4, 2], calibrate_per="domain")

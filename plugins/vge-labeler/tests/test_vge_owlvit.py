@@ -15,6 +15,12 @@ from reid_vge_labeler.labeler import VGELabeler
 PARTS = ["head", "upper body", "legs"]
 
 
+@pytest.fixture
+def transformers():
+    """Skip where Hugging Face transformers is absent (the `owlvit` extra)."""
+    return pytest.importorskip("transformers")
+
+
 def test_best_box_per_query_converted_to_xyxy_fractions_and_thresholded():
     logits = np.asarray([[[2.0, -3.0], [0.5, -2.0], [-1.0, -2.5]]])  # 3 boxes, 2 queries
     pred = np.asarray([[[0.5, 0.25, 0.4, 0.3], [0.2, 0.2, 0.2, 0.2], [0.5, 0.5, 1.0, 1.0]]])
@@ -55,7 +61,7 @@ def tiny_owlvit():
     return OwlViTForObjectDetection(config).eval(), tokenizer, OwlViTImageProcessor(size={"height": 32, "width": 32})
 
 
-def test_a_batch_through_a_tiny_owlvit_gives_the_best_box_of_each_part_query():
+def test_a_batch_through_a_tiny_owlvit_gives_the_best_box_of_each_part_query(transformers):
     model, tokenizer, processor = tiny_owlvit()
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)) for _ in range(4)]
@@ -88,7 +94,7 @@ def test_a_batch_through_a_tiny_owlvit_gives_the_best_box_of_each_part_query():
     assert not raw["part_boxes_raw"][~found].any()
 
 
-def test_missing_weights_are_a_clear_error(tmp_path):
+def test_missing_weights_are_a_clear_error(transformers, tmp_path):
     grounder = OwlViTGrounder(PARTS, model=str(tmp_path / "owlv2"), local_files_only=True, device="cpu")
     with pytest.raises(FileNotFoundError, match=r"grounder 'owlvit': cannot load the processor .*local folder"):
         grounder.ground([Image.new("RGB", (32, 64))], [None])
@@ -104,7 +110,7 @@ def test_without_transformers_the_grounder_says_which_extra_to_install(monkeypat
         VGELabeler(grounder="cogvlm", grid=[4, 2])
 
 
-def test_bad_keys_are_errors():
+def test_bad_keys_are_errors(transformers):
     with pytest.raises(ValueError, match=r"grounder.query: a template must contain '\{part\}'"):
         OwlViTGrounder(PARTS, query="a person")
     with pytest.raises(ValueError, match=r"grounder.threshold is a score in \[0, 1\]"):

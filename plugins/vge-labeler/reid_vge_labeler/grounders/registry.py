@@ -28,6 +28,10 @@ class _Where:
     """Stands for the core's LoadedConfig in `validate_params`: errors name the key path
     under `grounder`; the core adds the pipeline file and the labeler's key."""
 
+    #: where each key came from (the core's LoadedConfig has it); a grounder's keys come
+    #: from its labeler's mapping, never from `--set`
+    origins: dict[str, str] = {}
+
     def error(self, key: str, message: str) -> ValueError:
         return ValueError(f"{key}: {message}")
 
