@@ -10,7 +10,7 @@ from core.config.loading import load_pipeline
 from core.runner import run
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
-WORLD = "{identities: 8, test_identities: 3, images_per_identity: 8, render_size: [32, 16]}"
+WORLD = "{identities: 8, test_identities: 6, images_per_identity: 8, render_size: [32, 16]}"
 #: 8 people, a 2-block ViT and a one-layer CLIP, one short epoch: seconds on a CPU.
 TINY = [f"data.train.0.world={WORLD}", f"data.test.0.world={WORLD}",
         "data.train.0.instruction_size=[16, 16]", "data.test.0.instruction_size=[16, 16]",
@@ -54,3 +54,40 @@ def test_pipelines_use_the_papers_losses_and_settings(name):
         assert cfg["trainer"]["accumulate"] == 6  # one batch per task per step: 1 / 6 each
         assert cfg["stages"][0]["optimizer"] == {"name": "adamw", "lr": 4.0e-5, "weight_decay": 5.0e-4}
         assert cfg["backbone"]["clip_model"] == "ViT-B-16" and cfg["data"]["transform"]["size"] == [256, 128]
+
+
+def _sets(entries):
+    """(task, root name, which lists) of each `instruct` entry, or of each of its `sources`."""
+    out = []
+    for entry in entries:
+        for part in entry.get("sources", [entry]):
+            src = part["source"]
+            out.append((part["task"], src["root"].rsplit("/", 1)[-1],
+                        tuple(k for k in ("train", "query", "gallery") if k in src)))
+    return out
+
+
+def test_irm_trains_and_tests_on_the_papers_sets_per_task():
+    """The authors' scripts/config_joint.yaml (train) and test.sh (test): COCAS+ Real2 is
+    test-only, clothes-template tests on Real2, CUHK03, VC-Clothes and the text-image
+    pre-training set (PLIP) train, 10 test sets."""
+    cfg = load_pipeline(PIPELINES / "irm.yaml").data
+    train, test = _sets(cfg["data"]["train"]), _sets(cfg["data"]["test"])
+    assert sorted((t, r) for t, r, _ in train) == sorted([
+        ("traditional", "market"), ("traditional", "msmt"), ("traditional", "cuhk"),
+        ("clothes-changing", "ltcc"), ("clothes-changing", "prcc"), ("clothes-changing", "vc_clothes"),
+        ("clothes-template", "real1"), ("visible-infrared", "llcm"), ("text-to-image", "CUHK-Pedes"),
+        ("text-to-image", "PLIP"), ("language-instructed", "real1")])
+    assert all(lists == ("train",) for _, _, lists in train)
+    assert sorted((t, r) for t, r, _ in test) == sorted([
+        ("traditional", "market"), ("traditional", "msmt"), ("traditional", "cuhk"),
+        ("clothes-changing", "ltcc"), ("clothes-changing", "prcc"), ("clothes-changing", "vc_clothes"),
+        ("clothes-template", "real2"), ("visible-infrared", "llcm"), ("text-to-image", "CUHK-Pedes"),
+        ("language-instructed", "real2")])
+    assert all(lists == ("query", "gallery") for _, _, lists in test)
+    free = load_pipeline(PIPELINES / "irm++.yaml").data
+    assert sorted(_sets(free["data"]["test"])) == sorted(test)  # one task-free gallery of the same 10 sets
+    assert free["evaluator"]["setting"] == "both"
+    for c in (cfg, free):
+        losses = {loss["name"]: loss for loss in c["losses"]}
+        assert losses["instruct_id"]["label_smoothing"] == 0.0 and "t2i_contrastive" in losses

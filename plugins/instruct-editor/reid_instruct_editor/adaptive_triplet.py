@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from core.interfaces import Loss, read_output
 from core.losses.triplet import cosine_distances, euclidean_distances
 from core.records import Batch
+from core.training import distributed as D
 from reid_instruct_editor.rows import check_weights, read_rows
 
 NAME = "loss 'adaptive_triplet'"
@@ -89,6 +90,9 @@ class AdaptiveTripletLoss(Loss):
         self.instruction, self.row_masks = instruction, dict(row_masks)
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: Batch):
+        # under DDP: mined over every process's rows, as on one process (core's triplet)
+        keys = [k for k in {*self.features, self.instruction, *self.row_masks.values()} if k in outputs]
+        outputs, batch = D.gather_for_loss(outputs, batch, sorted(keys))
         emb = read_output(outputs, self.instruction, NAME, "the `instruct_editor` backbone produces "
                           "'instruction_embedding'").detach().float()
         emb = F.normalize(emb, dim=1)

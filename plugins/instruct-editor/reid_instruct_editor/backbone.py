@@ -8,9 +8,13 @@
     the instruction's padding is masked out as keys) and a LayerNorm:
     "bio" = seq_bio's first token, "clo" = seq_clo's first token.
 
-The editing blocks are copies of the ViT's last blocks (the authors' code meant to and,
-with `blocks[-i]` for i = 0, 1, copied the first and the last): `editing_init: last`;
-`random` re-initialises them. i_cls is CLIP's joint-space embedding of the instruction
+The editing blocks are copies of the ViT's last blocks, taken after its weights are
+loaded (`editing_init: last`, ours); `random` re-initialises them. The authors' code
+deep-copies `blocks[-i]` for i = 0, 1 (the first and the last block) in the model's
+constructor, before the pretrained ViT weights are loaded into the encoder (and its ALBEF
+checkpoint has no editing-block keys): their blocks are copies of a randomly initialised
+ViT, i.e. effectively random — `editing_init: random` is the closer reproduction.
+i_cls is CLIP's joint-space embedding of the instruction
 through a linear map (the same map for text and image instructions), the tokens are the
 encoder's token states through one linear map per modality.
 
@@ -21,7 +25,9 @@ False; losses on image features skip them.
 
 Outputs: "global" (B, D) the ViT's class token (as the core's `timm` backbone), "bio",
 "clo" (B, D), "instruction_cls" (B, D), "instruction_embedding" (B, E) CLIP's normalised
-embedding (instruction similarity), "has_image" (B,) bool.
+embedding (the s of the adaptive triplet), "has_image" (B,) bool; in evaluation also
+"reference_instruction_embedding" (B, E): the same instructions through the frozen
+reference encoder (mAP-tau's positives, never the trainable towers: see `reference_encoder`).
 
 Instructions come from the batch: extras "instruction" (a text, or a tuple of phrasings:
 one drawn per sample in training, the first in evaluation) and "instruction_image"
@@ -53,8 +59,16 @@ class InstructEditor(Backbone):
     checkpoint file, null for random weights; `clip_config`, an open_clip model config
     that builds a random model instead, e.g. a tiny one; `clip_cache_dir`;
     `freeze_text_encoder`, `freeze_image_encoder`); the editing transformer
-    (`editing_blocks`: 2, `editing_init`: last | random, `mask_padding`: true).
+    (`editing_blocks`: 2, `editing_init`: last | random, `mask_padding`: true);
+    `reference_encoder` (true): keep a frozen copy of the instruction encoder as built (the
+    pretrained CLIP towers of `clip_pretrained`) whose embeddings, output in evaluation as
+    "reference_instruction_embedding", decide mAP-tau's positives; frozen towers are their
+    own reference (no copy).
     """
+
+    #: by batch content a step may skip the text or the image instruction tower, and the
+    #: image path for text-only rows (DDP: unused parameters, no SyncBN there)
+    conditional_modules = ("instruction", "text_tokens", "image_tokens", "image_encoder", "editing", "editing_norm")
 
     def __init__(self, ctx: BuildContext, arch: str = "vit_base_patch16_224", pretrained: bool | str = False,
                  model_kwargs: dict[str, Any] | None = None, drop_path_rate: float = 0.0,
@@ -62,7 +76,7 @@ class InstructEditor(Backbone):
                  clip_config: dict[str, Any] | None = None, clip_cache_dir: str | None = None,
                  freeze_text_encoder: bool = True, freeze_image_encoder: bool = True,
                  editing_blocks: int = 2, editing_init: Literal["last", "random"] = "last",
-                 mask_padding: bool = True) -> None:
+                 mask_padding: bool = True, reference_encoder: bool = True) -> None:
         super().__init__()
         if editing_init not in EDITING_INIT:
             raise ValueError(f"{NAME}: editing_init must be one of {', '.join(EDITING_INIT)}, got {editing_init!r}")
@@ -97,6 +111,10 @@ class InstructEditor(Backbone):
         self.instruction_cls = nn.Linear(enc.embed_dim, dim)
         self.mask_padding = bool(mask_padding)
         self.embedding_dim = enc.embed_dim
+        self.reference: InstructionEncoder | None = None
+        if reference_encoder and not (enc.freeze_text and enc.freeze_image):
+            self.reference = copy.deepcopy(enc).requires_grad_(False)  # taken before any training step
+            self.reference.freeze_text = self.reference.freeze_image = True
 
     # ---------------------------------------------------------------- instructions
     def encode_instructions(self, batch: Batch, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -126,11 +144,32 @@ class InstructEditor(Backbone):
         valid = torch.zeros(n, length, dtype=torch.bool, device=device)
         for index, (emb, states, ok), project in parts:
             at = torch.as_tensor(index, device=device)
-            embedding = embedding.index_copy(0, at, emb)
-            projected = project(states)
+            # under autocast the encoders and projections return bf16/fp16: CUDA's index_copy
+            # does not promote a source of another dtype (CPU autocast does), so cast it
+            embedding = embedding.index_copy(0, at, emb.to(embedding.dtype))
+            projected = project(states).to(tokens.dtype)
             tokens = tokens.index_copy(0, at, nn.functional.pad(projected, (0, 0, 0, length - projected.shape[1])))
             valid = valid.index_copy(0, at, nn.functional.pad(ok, (0, length - ok.shape[1])))
         return {"embedding": embedding, "cls": self.instruction_cls(embedding), "tokens": tokens, "valid": valid}
+
+    @torch.no_grad()
+    def reference_embeddings(self, batch: Batch) -> torch.Tensor:
+        """(B, E) normalised embeddings of the batch's instructions (first phrasing) by the
+        frozen reference encoder (the towers themselves when both are frozen)."""
+        encoder = self.reference if self.reference is not None else self.instruction
+        encoder.eval()
+        device = batch.pids.device
+        texts, images = batch.require("instruction", NAME), batch.extras.get("instruction_image")
+        out = torch.zeros(len(batch), self.embedding_dim, device=device)
+        image_rows = [r for r in range(len(batch)) if _row_image(images, r) is not None]
+        text_rows = [r for r in range(len(batch)) if _row_image(images, r) is None]
+        if text_rows:
+            chosen = [_first(texts[r], r) for r in text_rows]
+            out[text_rows] = encoder.encode_text(encoder.tokenize(chosen, device))[0]
+        if image_rows:
+            out[image_rows] = encoder.encode_image(torch.stack([_row_image(images, r) for r in image_rows])
+                                                   .to(device))[0]
+        return out
 
     def _phrase(self, value: Any, row: int) -> str:
         """One text of a row: a tuple of phrasings gives a random one in training (torch's
@@ -175,6 +214,8 @@ class InstructEditor(Backbone):
         instr = self.encode_instructions(batch)
         dim = self.feature_dim
         out = {"instruction_cls": instr["cls"], "instruction_embedding": instr["embedding"], "has_image": has_image}
+        if not self.training:
+            out["reference_instruction_embedding"] = self.reference_embeddings(batch)
         zeros = instr["cls"].new_zeros(n, dim)
         rows = has_image.nonzero().squeeze(1)
         if len(rows) == 0:
@@ -189,6 +230,15 @@ class InstructEditor(Backbone):
         return {**out, "global": zeros.index_copy(0, rows, global_.to(zeros.dtype)),
                 "bio": zeros.index_copy(0, rows, bio.to(zeros.dtype)),
                 "clo": zeros.index_copy(0, rows, clo.to(zeros.dtype))}
+
+
+def _first(value: Any, row: int) -> str:
+    """The canonical (first) phrasing of a row's text instruction."""
+    if isinstance(value, (tuple, list)):
+        value = value[0] if value else None
+    if value is None:
+        raise ValueError(f"{NAME}: sample {row} has neither a text instruction nor an instruction_image")
+    return str(value)
 
 
 def _row_image(images: Any, row: int) -> torch.Tensor | None:

@@ -17,7 +17,12 @@ Record extras (what reaches the batch):
   "text_query": True for text-to-image queries (and their training twins): the
      instruction is the sample, the image is a blank placeholder;
   "instruction_image": float (3, h, w) in [0, 1], decoded per sample in the loader's
-     workers (`sample_extras`) for clothes-template records.
+     workers (`sample_extras`) for clothes-template records;
+  "instruction_id": the ground-truth identity of the instruction's content, mAP-tau's
+     reference (`reference: labels`): "outfit:<category index>/<identity>/<outfit>" for a
+     clothes template or attribute sentences of a person's outfit, "text:<text>" for a
+     text (a fixed phrase: its canonical phrasing), "image:<path>" for a manifest's
+     clothes image; a manifest's `instruction_id` column overrides it.
 
 Which images each task lists from the world (ours; the paper's tasks come from
 different datasets, the world has them all):
@@ -41,7 +46,7 @@ situation (an image in one outfit, the instruction of another).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -69,25 +74,48 @@ class InstructDataset(Dataset):
     """Records of `tasks` with their instructions (module docstring).
 
     Keys: `tasks` (subset of the six, in any order); `world` (keys of the `synthetic`
-    dataset, merged over DEFAULT_WORLD) or `manifest` (+ `root`) for real data;
+    dataset, merged over DEFAULT_WORLD) or `manifest` (+ `root`) for real data, or
+    `source` (a dataset spec, e.g. {dataset: omnireid, root: ..., train: ...}) with `task`
+    (the task of all its records; `sourced.py`);
     `variants` ({task: [phrasings]}) replaces the fixed-text tasks' phrasings;
     `target_instructions` (see the module docstring); `infrared_queries`: the world's
     visible-infrared queries are its infrared images and the gallery its visible ones
     (SYSU-MM01's protocol; default false: visible queries, infrared gallery; a manifest
-    says it per record); `instruction_size` [h, w] of instruction images (paper:
+    says it per record); `test_people` (world only): `per_task` (default) gives each test
+    identity to one task, as the paper's test sets are different datasets, so the
+    task-free gallery holds every image once; `shared`: every task tests every test
+    identity (one image then sits in several tasks' galleries); `instruction_size` [h, w] of instruction images (paper:
     128 x 128); `max_words` of normalised texts (50); `blank_size` [h, w] of the
     placeholder image of text-only manifest records.
     """
 
     def __init__(self, tasks: list[str] = list(TASKS), world: dict[str, Any] | None = None,  # noqa: B006, B008
                  manifest: str | None = None, root: str | None = None,
+                 source: dict[str, Any] | None = None, task: str | None = None,
+                 sources: list[dict[str, Any]] | None = None,
                  variants: dict[str, list[str]] | None = None, target_instructions: bool = True,
-                 infrared_queries: bool = False,
+                 infrared_queries: bool = False, test_people: Literal["per_task", "shared"] = "per_task",
                  instruction_size: list[int] = [128, 128], max_words: int = 50,  # noqa: B006
                  blank_size: list[int] = [256, 128]) -> None:  # noqa: B006
         self.tasks = check_tasks(tasks, NAME)
-        if world is not None and manifest is not None:
-            raise ValueError(f"{NAME}: give either `world` (the synthetic world) or `manifest` (real data), not both")
+        if sum(v is not None for v in (world, manifest, source, sources)) > 1:
+            raise ValueError(f"{NAME}: give one of `world` (the synthetic world), `manifest`, `source` or `sources` "
+                             "(real data)")
+        self.parts: list[InstructDataset] = []
+        if sources is not None:  # one test set of several (task-free): each {task, source}
+            from reid_instruct_editor.sourced import check_sources
+
+            for entry in check_sources(sources, NAME):
+                self.parts.append(InstructDataset(task=entry["task"], source=entry["source"], variants=variants,
+                                                  instruction_size=instruction_size, max_words=max_words,
+                                                  blank_size=blank_size))
+            self.tasks = list(dict.fromkeys(t for p in self.parts for t in p.tasks))
+        if source is not None:
+            if task is None:
+                raise ValueError(f"{NAME}: `source` needs `task`, the task of its records (one of {', '.join(TASKS)})")
+            self.tasks = check_tasks([task], NAME)
+        elif task is not None:
+            raise ValueError(f"{NAME}: `task` applies to a `source` dataset; the world and manifests list their tasks")
         if len(instruction_size) != 2 or min(instruction_size) < 8:
             raise ValueError(f"{NAME}: instruction_size must be [height, width], each >= 8; got {instruction_size}")
         if max_words < 1:
@@ -106,11 +134,20 @@ class InstructDataset(Dataset):
             raise ValueError(f"{NAME}: infrared_queries applies to the synthetic world; a manifest's split "
                              "column says which images are queries")
         self.infrared_queries = infrared_queries
+        if test_people not in ("per_task", "shared"):
+            raise ValueError(f"{NAME}: test_people must be per_task or shared, got {test_people!r}")
+        self.test_people = test_people
         self.instruction_size = (int(instruction_size[0]), int(instruction_size[1]))
         self.blank_size = (int(blank_size[0]), int(blank_size[1]))
         self.world: SyntheticWorld | None = None
         self.source = None
-        if manifest is not None:
+        self.from_source = source is not None
+        if source is not None:
+            from reid_instruct_editor.sourced import build_source
+
+            self.source = build_source(source, NAME)
+            self.root = getattr(self.source, "root", None)
+        elif manifest is not None:
             from core.data.manifest import ManifestDataset
 
             self.source = ManifestDataset(manifest, root)
@@ -125,7 +162,16 @@ class InstructDataset(Dataset):
         if split not in self.splits:
             raise ValueError(f"{NAME}: unknown split '{split}'; valid splits: {', '.join(self.splits)}")
         if split not in self._records:
-            self._records[split] = self._synthetic(split) if self.world is not None else self._manifest(split)
+            if self.parts:
+                from reid_instruct_editor.sourced import joined_records
+
+                self._records[split] = joined_records(self.parts, split)
+            elif self.from_source:
+                from reid_instruct_editor.sourced import source_records
+
+                self._records[split] = source_records(self, split)
+            else:
+                self._records[split] = self._synthetic(split) if self.world is not None else self._manifest(split)
         return self._records[split]
 
     def _check_world(self) -> None:
@@ -146,10 +192,20 @@ class InstructDataset(Dataset):
 
     def _synthetic(self, split: str) -> list[Record]:
         out: list[Record] = []
-        for task in self.tasks:
+        owner = self._test_owner() if split != "train" and self.test_people == "per_task" else None
+        for k, task in enumerate(self.tasks):
             for r in self._world_records(task, split):
-                out.extend(self._task_records(task, r, split))
+                if owner is None or owner[r.pid] == k:
+                    out.extend(self._task_records(task, r, split))
         return out
+
+    def _test_owner(self) -> dict[int, int]:
+        """Test identity -> the index of the one task whose query and gallery list it
+        (`test_people: per_task`): sorted identities dealt to the tasks in turn, as the
+        paper's test sets are different datasets of different people. No image then
+        sits in two tasks' galleries (the task-free gallery holds each image once)."""
+        pids = sorted({r.pid for s in ("query", "gallery") for r in self.world.records(s)})
+        return {p: i % len(self.tasks) for i, p in enumerate(pids)}
 
     def _world_records(self, task: str, split: str) -> list[Record]:
         """The world records a task's split is drawn from: its own split, except infrared
@@ -194,11 +250,14 @@ class InstructDataset(Dataset):
     def _described(self, task: str, r: Record, key: tuple, target: bool) -> Record:
         """A clothes-template or language-instructed record whose instruction shows the
         outfit of render key `key` (its template, or sentences about it)."""
-        if task == CLOTHES_TEMPLATE:
-            return self._make(r, task, "", extra={"_instruction_key": key}, target=target)
         cat, identity, image, _ = key
+        outfit = {"instruction_id": f"outfit:{cat}/{identity}/{self.world.outfit(image)}"} \
+            if r.category == "person" else {}
+        if task == CLOTHES_TEMPLATE:
+            return self._make(r, task, "", extra={"_instruction_key": key, **outfit}, target=target)
         words = CATEGORIES[r.category].describe(self.world.image_attributes(cat, identity, image))
-        return self._make(r, task, attribute_sentences(words, r.category, self.max_words), target=target)
+        return self._make(r, task, attribute_sentences(words, r.category, self.max_words), target=target,
+                          extra=outfit)
 
     def _next_outfit_image(self, r: Record, outfit: int) -> int:
         """An image index of the same person in the next outfit (outfits cycle through
@@ -216,7 +275,12 @@ class InstructDataset(Dataset):
               extra: dict[str, Any] | None = None, target: bool = False, split: str | None = None) -> Record:
         extras = {**r.extras, "task": task, "instruction": instruction, "text_query": bool(text_query),
                   "_role": ("text" if text_query else "image") + ("/target" if target else "")}
+        extras.pop("instruction_id", None)  # a world record's own never stands for this instruction
         extras.update(extra or {})
+        if "instruction_id" not in extras:
+            text = instruction[0] if isinstance(instruction, (tuple, list)) else instruction
+            path = extras.get("_instruction_path")
+            extras["instruction_id"] = f"image:{path}" if path else f"text:{text}"
         return Record(path=r.path, pid=r.pid, camid=r.camid, category=r.category, domain=r.domain,
                       split=split or r.split, extras=extras)
 
@@ -255,6 +319,9 @@ class InstructDataset(Dataset):
             instruction = phrasings if split == "train" else phrasings[0]
         else:
             instruction = self._fixed(task, split)
+        given = r.extras.get("instruction_id")
+        if given not in (None, ""):
+            extra["instruction_id"] = str(given)
         return self._make(r, task, instruction, text_query=text_query, extra=extra)
 
     # ------------------------------------------------------------------ decoding
@@ -262,6 +329,8 @@ class InstructDataset(Dataset):
         if record.extras.get("text_query"):
             h, w = self._blank_size()
             return Image.new("RGB", (w, h), BLANK)
+        if self.parts:
+            return Dataset.load_image(self, record)
         if self.world is not None:
             return self.world.load_image(record)
         return self.source.load_image(record)

@@ -9,10 +9,22 @@ mAP-tau (Fig. 4), beside the ordinary metrics.
 Metrics per setting and task: CMC rank-k, mAP, mINP (the core's protocol and ranking
 code, `core.evaluation.ranking`) and the same with mAP-tau's positives, "<metric>_tau"
 (`map_tau.py`): an item of the query's identity whose instruction similarity to the
-query's is below `tau` counts as a negative. The instruction similarity is the cosine of
-the model output `instruction_embedding` (CLIP's joint space, so text and image
-instructions compare). A task without a valid query under tau (e.g. text-to-image in the
-task-specific setting, whose gallery instruction is a fixed phrase unlike any caption)
+query's is below `tau` counts as a negative. The similarity never comes from the model
+being evaluated (its own, trainable instruction encoder could move its own positives):
+
+- `reference: labels`: ground truth — the records' extras "instruction_id" (the outfit a
+  clothes template or attribute sentences show, the text of a fixed instruction, the
+  caption): similarity 1 for equal ids, 0 otherwise;
+- `reference: encoder`: the cosine of the model output `reference_output`
+  ("reference_instruction_embedding"), which the `instruct_editor` backbone computes with
+  a frozen copy of its instruction encoder as built (pretrained CLIP in the paper's
+  setting), never trained;
+- `auto` (default): labels when every query and gallery record has an instruction id
+  (the `instruct` dataset gives every record one), the encoder otherwise.
+
+The reference used is returned as the key "tau_reference_labels" (1 for labels, 0 for the
+frozen encoder). A task without a valid query under tau (e.g. text-to-image in the
+task-specific setting, whose gallery instruction is a fixed phrase, never a caption)
 reports no "_tau" metrics, and the means over tasks skip it.
 
 Clothes-changing: a gallery item of the query's identity in the query's clothes (records'
@@ -45,17 +57,23 @@ from reid_instruct_editor.tasks import CLOTHES_CHANGING
 
 NAME = "evaluator 'instruct_reid'"
 SETTINGS = ("both", "task-specific", "task-free")
+REFERENCES = ("auto", "labels", "encoder")
+#: The record extra holding the ground-truth identity of an instruction's content.
+INSTRUCTION_ID = "instruction_id"
 
 
 class InstructReIDEvaluator(Evaluator):
     """Keys: `setting` (both, task-specific, task-free), `tau` (0.5, the paper's Fig. 4),
-    `metric` (cosine, euclidean), `ranks`, `exclude_same_camera`, `instruction` (the
-    model output of instruction embeddings), `exclude_same_clothes` (auto, true, false: the
+    `metric` (cosine, euclidean), `ranks`, `exclude_same_camera`, `reference` (auto,
+    labels, encoder: where mAP-tau's instruction similarity comes from, module doc),
+    `reference_output` (the frozen reference encoder's output), `exclude_same_clothes` (auto, true, false: the
     clothes-changing task's protocol, see the module doc), `chunk_size`, `memory_budget_mb`."""
 
     def __init__(self, setting: Literal["both", "task-specific", "task-free"] = "both", tau: float = 0.5,
                  metric: str = "cosine", ranks: list[int] = [1, 5, 10],  # noqa: B006 - YAML default
-                 exclude_same_camera: bool = True, instruction: str = "instruction_embedding",
+                 exclude_same_camera: bool = True,
+                 reference: Literal["auto", "labels", "encoder"] = "auto",
+                 reference_output: str = "reference_instruction_embedding",
                  chunk_size: int = 0, memory_budget_mb: int = DEFAULT_MEMORY_BUDGET // 2**20,
                  exclude_same_clothes: Literal["auto", True, False] = "auto") -> None:
         if setting not in SETTINGS:
@@ -73,15 +91,20 @@ class InstructReIDEvaluator(Evaluator):
         if exclude_same_clothes not in ("auto", True, False):
             raise ValueError(f"{NAME}: exclude_same_clothes must be auto, true or false, got {exclude_same_clothes!r}")
         self.exclude_same_clothes = exclude_same_clothes
-        self.instruction = instruction
-        self.outputs = (instruction,)  # extraction keeps them in FeatureSet.extras
+        if reference not in REFERENCES:
+            raise ValueError(f"{NAME}: reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
+        if reference_output == "instruction_embedding":
+            raise ValueError(f"{NAME}: reference_output 'instruction_embedding' is the evaluated model's own "
+                             "(trainable) instruction encoder; use 'reference_instruction_embedding' (a frozen copy) "
+                             "or reference: labels")
+        self.reference, self.reference_output = reference, reference_output
+        self.outputs = (reference_output,)  # extraction keeps them in FeatureSet.extras
         self.chunk_size, self.memory_budget = int(chunk_size), int(memory_budget_mb) * 2**20
 
     def evaluate(self, query: FeatureSet, gallery: FeatureSet) -> dict[str, float]:
         q_tasks, g_tasks = _tasks(query), _tasks(gallery)
-        q_instr = F.normalize(self._instructions(query, "query").float(), dim=1)
-        g_instr = F.normalize(self._instructions(gallery, "gallery").float(), dim=1).to(q_instr.device)
-        out: dict[str, float] = {}
+        q_instr, g_instr, by_labels = self._references(query, gallery)
+        out: dict[str, float] = {"tau_reference_labels": float(by_labels)}
         settings = [s for s in ("task-specific", "task-free") if self.setting in (s, "both")]
         with torch.no_grad():
             for setting in settings:
@@ -91,7 +114,8 @@ class InstructReIDEvaluator(Evaluator):
                     q_rows = np.flatnonzero(q_tasks == task)
                     g_rows = np.flatnonzero(g_tasks == task) if setting == "task-specific" else np.arange(len(gallery))
                     groups = self._clothes(query, gallery, q_rows, g_rows) if task == CLOTHES_CHANGING else {}
-                    per_task[task] = self._evaluate_rows(query, gallery, q_rows, g_rows, q_instr, g_instr, groups)
+                    per_task[task] = self._evaluate_rows(query, gallery, q_rows, g_rows, q_instr, g_instr, groups,
+                                                         by_labels)
                 for task, metrics in per_task.items():
                     if len(per_task) > 1 or task != "all":
                         out.update({f"{prefix}{task}/{k}": v for k, v in metrics.items()})
@@ -101,11 +125,30 @@ class InstructReIDEvaluator(Evaluator):
                     out[f"{prefix}{key}"] = float(np.sum(values) if key.startswith("num_valid") else np.mean(values))
         return out
 
-    def _instructions(self, features: FeatureSet, which: str) -> torch.Tensor:
-        value = features.extras.get(self.instruction)
+    def _references(self, query: FeatureSet, gallery: FeatureSet) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(query rows, gallery rows, by labels): integer codes of the instruction ids
+        (labels: similarity 1 where codes are equal) or the frozen reference encoder's
+        normalised embeddings (similarity: their dot product)."""
+        q_ids, g_ids = _instruction_ids(query), _instruction_ids(gallery)
+        labels = q_ids is not None and g_ids is not None
+        if self.reference == "labels" and not labels:
+            which = "query" if q_ids is None else "gallery"
+            raise ValueError(f"{NAME}: reference: labels, but a {which} record has no extras '{INSTRUCTION_ID}' "
+                             "(the `instruct` dataset sets it; a manifest's `instruction_id` column)")
+        if labels and self.reference != "encoder":
+            codes: dict[str, int] = {}
+            q_codes = torch.as_tensor([codes.setdefault(i, len(codes)) for i in q_ids], dtype=torch.long)
+            g_codes = torch.as_tensor([codes.setdefault(i, len(codes)) for i in g_ids], dtype=torch.long)
+            return q_codes, g_codes, True
+        q = F.normalize(self._encoded(query, "query").float(), dim=1)
+        return q, F.normalize(self._encoded(gallery, "gallery").float(), dim=1).to(q.device), False
+
+    def _encoded(self, features: FeatureSet, which: str) -> torch.Tensor:
+        value = features.extras.get(self.reference_output)
         if value is None:
-            raise KeyError(f"{NAME}: the {which} features lack the model output '{self.instruction}' (instruction "
-                           "embeddings); the `instruct_editor` backbone produces it")
+            raise KeyError(f"{NAME}: the {which} features lack the model output '{self.reference_output}' (the frozen "
+                           f"reference encoder's instruction embeddings; the `instruct_editor` backbone produces it) "
+                           f"and not every record has an '{INSTRUCTION_ID}' for reference: labels")
         if value.shape[0] != len(features):
             raise ValueError(f"{NAME}: {which} has {len(features)} embeddings but {value.shape[0]} instruction rows")
         return value
@@ -127,7 +170,7 @@ class InstructReIDEvaluator(Evaluator):
 
     def _evaluate_rows(self, query: FeatureSet, gallery: FeatureSet, q_rows: np.ndarray, g_rows: np.ndarray,
                        q_instr: torch.Tensor, g_instr: torch.Tensor,
-                       groups: dict[str, np.ndarray]) -> dict[str, float]:
+                       groups: dict[str, np.ndarray], by_labels: bool = False) -> dict[str, float]:
         """Ordinary and tau metrics of queries `q_rows` against gallery items `g_rows`."""
         q_emb = query.embeddings.detach()[torch.as_tensor(q_rows, device=query.embeddings.device)]
         g_emb = gallery.embeddings.detach()[torch.as_tensor(g_rows, device=gallery.embeddings.device)].to(q_emb.device)
@@ -141,7 +184,8 @@ class InstructReIDEvaluator(Evaluator):
             return lambda start, stop: to_gallery(picked[start:stop])
 
         def similarity(qi: np.ndarray, gi: np.ndarray) -> np.ndarray:
-            return (qi_all[torch.as_tensor(qi)] * gi_all[torch.as_tensor(gi)]).sum(1).cpu().numpy()
+            a, b = qi_all[torch.as_tensor(qi)], gi_all[torch.as_tensor(gi)]
+            return (a == b).double().cpu().numpy() if by_labels else (a * b).sum(1).cpu().numpy()
 
         common = dict(exclude_same_camera=self.exclude_same_camera, chunk_size=self.chunk_size,
                       memory_budget=self.memory_budget, **groups)
@@ -159,6 +203,14 @@ def _summary(per_query: PerQueryMetrics, ranks: list[int], suffix: str) -> dict[
     if not per_query.valid.any():
         return {} if suffix else {"num_valid_queries": 0}
     return {f"{k}{suffix}": float(v) for k, v in summarise(per_query, ranks).items()}
+
+
+def _instruction_ids(features: FeatureSet) -> list[str] | None:
+    """The records' instruction ids (as strings), or None when a record lacks one."""
+    if not features.records or len(features.records) != len(features):
+        return None
+    ids = [r.extras.get(INSTRUCTION_ID) for r in features.records]
+    return None if any(i is None for i in ids) else [str(i) for i in ids]
 
 
 def _tasks(features: FeatureSet) -> np.ndarray:

@@ -31,6 +31,7 @@ from torch import nn
 from core.context import BuildContext
 from core.interfaces import Head, read_output
 from core.records import Batch
+from reid_instruct_editor.task_classifier import TaskClassifiers
 
 NAME = "head 'instruct_editor'"
 
@@ -38,10 +39,17 @@ NAME = "head 'instruct_editor'"
 class InstructHead(Head):
     """Outputs "bio_bn", "clo_bn", "global_bn" (B, D), "embedding" (B, 2D) and, in
     training with `classifier: true`, "bio_logits", "clo_logits", "global_logits"
-    (B, num_identities). Sets ctx.extras["embedding_dim"] = 2D for losses built after it
-    (the memory bank). Keys: `bias_free_bn`, `classifier`."""
+    and "id_targets" (the targets of those logits). Sets ctx.extras["embedding_dim"] = 2D
+    for losses built after it (the memory bank). Keys: `bias_free_bn`, `classifier`,
+    `classifier_per_task` (true: one classifier per task over its training identities, as
+    the authors' code; false: one over every identity, `task_classifier.py`)."""
 
-    def __init__(self, ctx: BuildContext, bias_free_bn: bool = True, classifier: bool = True) -> None:
+    #: image rows and text-only rows take different BatchNorms: a rank's shard may hold
+    #: only one kind (DDP: unused parameters; no SyncBN there, it would deadlock)
+    conditional_modules = ("fusion_bn", "global_bn", "text_bn", "text_projection")
+
+    def __init__(self, ctx: BuildContext, bias_free_bn: bool = True, classifier: bool = True,
+                 classifier_per_task: bool = True) -> None:
         super().__init__()
         if not ctx.feature_dim:
             raise ValueError(f"{NAME} needs the backbone's feature dimension (ctx.feature_dim), set once the "
@@ -56,11 +64,8 @@ class InstructHead(Head):
             if bias_free_bn:
                 bn.bias.requires_grad_(False)
         self.text_projection = nn.Linear(dim, 2 * dim)
-        self.classifiers = nn.ModuleDict({k: nn.Linear(dim, ctx.num_identities, bias=False)
-                                          for k in ("bio", "clo", "global")}) if classifier else None
-        if self.classifiers is not None:
-            for layer in self.classifiers.values():
-                nn.init.normal_(layer.weight, std=0.001)
+        self.classifiers = TaskClassifiers(ctx, dim, ("bio", "clo", "global"), classifier_per_task) \
+            if classifier else None
         ctx.extras["embedding_dim"] = 2 * dim
 
     def forward(self, features: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
@@ -86,8 +91,7 @@ class InstructHead(Head):
         out = {"bio_bn": bio_bn, "clo_bn": clo_bn, "global_bn": global_bn,
                "embedding": torch.cat([bio_bn, clo_bn], dim=1)}
         if self.training and self.classifiers is not None:
-            out.update({"bio_logits": self.classifiers["bio"](bio_bn), "clo_logits": self.classifiers["clo"](clo_bn),
-                        "global_logits": self.classifiers["global"](global_bn)})
+            out.update(self.classifiers({"bio": bio_bn, "clo": clo_bn, "global": global_bn}, batch))
         return out
 
 

@@ -28,6 +28,7 @@ def register_losses(register):
     register("instruct_id", "reid_instruct_editor.identity_loss:InstructIdentityLoss")
     register("adaptive_triplet", "reid_instruct_editor.adaptive_triplet:AdaptiveTripletLoss")
     register("irm_memory", "reid_instruct_editor.memory:IRMMemoryLoss")
+    register("t2i_contrastive", "reid_instruct_editor.t2i_contrastive:T2IContrastiveLoss")
 
 
 @hookimpl

@@ -1,11 +1,15 @@
-"""IRM's identification losses (YAML loss name `instruct_id`): label-smoothed
-cross-entropy on each classifier's logits, weighted (METHODS.md "Instruct-ReID", total):
+"""IRM's identification losses (YAML loss name `instruct_id`): cross-entropy on each
+classifier's logits, weighted (METHODS.md "Instruct-ReID", total):
 
     L_id = 0.5 (CE_bio + CE_clo) + CE_global
 
-Label smoothing: Szegedy et al. 2016 Sec. 7 (eps 0.1, as the core's `ce`). Rows without
-an image (text-to-image queries) have no "global" logits: `row_masks` maps a logits key
-to the bool output that selects its rows (default: global_logits on `has_image`).
+Plain cross-entropy by default, as the authors' code (`CrossEntropyLoss()`); label
+smoothing (Szegedy et al. 2016 Sec. 7) is our option, `label_smoothing: 0.1`, spread over
+the classes a row can take (its task's block: -inf logits are no class). Targets are the
+head's "id_targets" (the identity's column in its task's classifier) when it outputs
+them, the batch's identities otherwise. Rows without an image (text-to-image queries)
+have no "global" logits: `row_masks` maps a logits key to the bool output that selects
+its rows (default: global_logits on `has_image`).
 """
 
 from __future__ import annotations
@@ -21,30 +25,39 @@ NAME = "loss 'instruct_id'"
 
 
 def smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, eps: float) -> torch.Tensor:
-    """mean of -sum_k q_k log p_k with q = (1 - eps) one_hot(y) + eps / N."""
+    """mean of -sum_k q_k log p_k with q = (1 - eps) one_hot(y) + eps / N_row, N_row the
+    row's classes (its finite logits); plain CE for eps = 0."""
     log_p = F.log_softmax(logits.float(), dim=1)
-    return (1.0 - eps) * F.nll_loss(log_p, targets) - eps * log_p.mean(dim=1).mean()
+    nll = F.nll_loss(log_p, targets)
+    if eps == 0.0:
+        return nll
+    valid = torch.isfinite(logits)
+    uniform = log_p.masked_fill(~valid, 0.0).sum(dim=1) / valid.sum(dim=1)
+    return (1.0 - eps) * nll - eps * uniform.mean()
 
 
 class InstructIdentityLoss(Loss):
     """sum_k weights[k] CE(logits[k]) over each key's rows; logs each CE and the top-1
-    accuracy of the first logits. Keys: `logits`, `weights`, `label_smoothing`,
-    `row_masks`."""
+    accuracy of the first logits. Keys: `logits`, `weights`, `label_smoothing` (0: plain
+    CE, the authors'), `row_masks`, `targets` (the output holding the targets)."""
 
     def __init__(self, logits: list[str] = ["bio_logits", "clo_logits", "global_logits"],  # noqa: B006
-                 weights: list[float] = [0.5, 0.5, 1.0], label_smoothing: float = 0.1,  # noqa: B006
-                 row_masks: dict[str, str] = {"global_logits": "has_image"}) -> None:  # noqa: B006
+                 weights: list[float] = [0.5, 0.5, 1.0], label_smoothing: float = 0.0,  # noqa: B006
+                 row_masks: dict[str, str] = {"global_logits": "has_image"},  # noqa: B006
+                 targets: str = "id_targets") -> None:
         super().__init__()
         self.weights = check_weights(logits, weights, "logits", NAME)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"{NAME}: label_smoothing must be in [0, 1), got {label_smoothing}")
         self.keys, self.eps, self.row_masks = list(logits), float(label_smoothing), dict(row_masks)
+        self.targets = targets
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: Batch):
         total, parts = None, {}
         for key, weight in zip(self.keys, self.weights):
             logits, rows = read_rows(outputs, key, self.row_masks, NAME, "the `instruct_editor` head in training")
-            targets = batch.pids.to(logits.device, torch.long)
+            given = outputs.get(self.targets)
+            targets = (given if given is not None else batch.pids).to(logits.device, torch.long)
             if rows is not None:
                 logits, targets = logits[rows], targets[rows]
             loss = smoothed_cross_entropy(logits, targets, self.eps) if len(targets) else logits.sum() * 0.0

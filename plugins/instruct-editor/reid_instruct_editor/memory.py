@@ -64,6 +64,9 @@ class IRMMemoryLoss(Loss):
     head's embedding width, ctx.extras["embedding_dim"], else ctx.feature_dim).
     Logs "hard", "soft" and "filled" (share of slots in use)."""
 
+    #: updated from every process's gathered batch: equal on all ranks (no DDP broadcast)
+    shared_buffers = ("memory", "filled")
+
     def __init__(self, ctx: BuildContext, features: str = "embedding", temperature: float = 0.05,
                  momentum: float = 0.2, soft_weight: float = 0.4, tau: float = 0.5,
                  instruction: str = "instruction_embedding", dim: int | None = None) -> None:

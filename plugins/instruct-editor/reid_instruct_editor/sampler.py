@@ -7,8 +7,10 @@ the core's `pk` sampler on that task's records, so batch-hard mining and the ada
 triplet compare samples under one kind of instruction. Batches cycle through the tasks
 in a fixed order, t_0, t_1, ..., t_{T-1}, t_0, ...; with `trainer.accumulate: T` every
 optimisation step then sums exactly one batch of each task divided by T: the paper's
-1 / T weighting. An epoch has T x B batches, B the most batches any task has; a task with
-fewer is re-planned (a fresh P x K plan) until it has B.
+1 / T weighting. In a pipeline an epoch has the core's epoch length (core.samplers.epoch:
+as many batches as `pk` makes on the whole table; a multiple of T keeps every step whole),
+built directly T x B batches, B the most batches any task has; a task with fewer is
+re-planned (a fresh P x K plan) until it has its share.
 
 The plan depends only on (seed, epoch); under DDP each process keeps whole identity
 groups of every batch (`shard_plan`, unit K), as the core's `pk` does.
@@ -65,7 +67,9 @@ class TaskPKSampler(Sampler):
                 raise ValueError(f"{NAME}: task '{task}': {exc}") from None
             self.rows.append(rows)
             self.samplers.append(sampler)
-        self.per_task = max(len(s) for s in self.samplers)
+        # the core's epoch length (core.samplers.epoch) in a pipeline, else T x the most any task has
+        self.num_batches = ctx.epoch_batches or max(len(s) for s in self.samplers) * len(self.tasks)
+        self.per_task = -(-self.num_batches // len(self.tasks))
 
     def _task_batches(self, i: int, epoch: int) -> list[list[int]]:
         """B global batches of task i (table indices), re-planning as needed."""
@@ -80,10 +84,11 @@ class TaskPKSampler(Sampler):
     def plan(self, epoch: int) -> list[list[int]]:
         """The global batches of `epoch`, tasks interleaved."""
         per_task = [self._task_batches(i, epoch) for i in range(len(self.tasks))]
-        return [per_task[t][b] for b in range(self.per_task) for t in range(len(self.tasks))]
+        cycled = [per_task[t][b] for b in range(self.per_task) for t in range(len(self.tasks))]
+        return cycled[: self.num_batches]
 
     def __iter__(self) -> Iterator[list[int]]:
         yield from shard_plan(self.plan(self.epoch), self.rank, self.world_size, self.k)
 
     def __len__(self) -> int:
-        return self.per_task * len(self.tasks)
+        return self.num_batches

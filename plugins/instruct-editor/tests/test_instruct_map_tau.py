@@ -23,7 +23,7 @@ def features(embeddings, pids, cams, instructions, tasks=None):
     records = [Record(path=None, pid=p, camid=c, extras={"task": t} if tasks else {})
                for p, c, t in zip(pids, cams, tasks or [None] * n)]
     return FeatureSet(embeddings=torch.as_tensor(embeddings, dtype=torch.float32), pids=np.asarray(pids),
-                      camids=np.asarray(cams), extras={"instruction_embedding": torch.stack(instructions)},
+                      camids=np.asarray(cams), extras={"reference_instruction_embedding": torch.stack(instructions)},
                       records=records)
 
 
@@ -57,7 +57,7 @@ def test_figure4_hand_worked_ranked_list(figure4):
 
 def test_a_first_hit_with_another_instruction_is_a_miss_under_tau(figure4):
     q, g = figure4
-    g.extras["instruction_embedding"][0] = unit(0.2, math.sqrt(1 - 0.04))  # the rank-1 item now disagrees
+    g.extras["reference_instruction_embedding"][0] = unit(0.2, math.sqrt(1 - 0.04))  # the rank-1 item now disagrees
     m = InstructReIDEvaluator(setting="task-free", tau=0.5, metric="euclidean", ranks=[1, 5]).evaluate(q, g)
     assert m["free/rank-1"] == 100.0 and m["free/rank-1_tau"] == 0.0
     assert math.isclose(m["free/mAP_tau"], 100 * (1 / 4), rel_tol=1e-9)  # one positive left, at rank 4
@@ -144,9 +144,11 @@ def test_means_over_tasks_and_missing_instruction_output():
     assert m["A/mAP"] == 100.0 and m["B/mAP"] == 100.0 and m["mAP"] == 100.0
     assert m["num_valid_queries"] == 2
     g.extras.clear()
-    with pytest.raises(KeyError, match="instruction_embedding"):
+    with pytest.raises(KeyError, match="reference_instruction_embedding"):
         InstructReIDEvaluator().evaluate(q, g)
-    assert InstructReIDEvaluator(instruction="instr").outputs == ("instr",)
+    assert InstructReIDEvaluator(reference_output="instr").outputs == ("instr",)
+    with pytest.raises(ValueError, match="trainable"):
+        InstructReIDEvaluator(reference_output="instruction_embedding")
     with pytest.raises(ValueError, match="setting"):
         InstructReIDEvaluator(setting="free")
 

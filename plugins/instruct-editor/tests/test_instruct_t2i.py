@@ -1,11 +1,11 @@
-"""Text-to-image retrieval with the editing model: after a short training on the
-text-to-image task (images with the task's fixed instruction, captions alone), captions
-retrieve unseen images of their person far above chance.
+"""Text-to-image retrieval on captions never seen in training: the world's held-out split
+(test people, whose captions and images no training step saw), after a short training on
+the text-to-image task with IRM's losses plus the image-text contrastive branch.
 
-The people are the training ones, the gallery images are renderings the model never saw
-(the same world with more images per person): a from-scratch text encoder does not learn
-to generalise to unseen people in seconds; the CPU pipeline's README table reports the
-open-set numbers."""
+Measured (README "Text-to-image on held-out captions"): mAP 27.2 after training against
+9.6 untrained (seed 0); the assertion asks for clearly more than the untrained model of
+the same initialisation on the same queries. The heaviest test of the plugin (~2 min on
+one free core): a from-scratch text tower needs a few hundred people to generalise."""
 
 import numpy as np
 import torch
@@ -23,68 +23,67 @@ from reid_instruct_editor.evaluator import InstructReIDEvaluator
 from reid_instruct_editor.head import InstructHead
 from reid_instruct_editor.identity_loss import InstructIdentityLoss
 from reid_instruct_editor.sampler import TaskPKSampler
+from reid_instruct_editor.t2i_contrastive import T2IContrastiveLoss
 
-PEOPLE = 12
-WORLD = {"identities": PEOPLE, "test_identities": 1, "cameras": 2, "render_size": [32, 16], "clothes_changes": 0,
-         "infrared_cameras": []}
-
-
-def embed(model, table, dataset):
-    samples = ImageSamples(table, [dataset], build_transform(train=False, size=[32, 16]))
-    rows, instructions = [], []
-    with torch.no_grad():
-        for start in range(0, len(table), 64):
-            batch = collate([samples[i] for i in range(start, min(start + 64, len(table)))])
-            out = model(batch)
-            rows.append(out["embedding"])
-            instructions.append(out["instruction_embedding"])
-    return FeatureSet(embeddings=torch.cat(rows), pids=table.pids.copy(), camids=table.camids.copy(),
-                      extras={"instruction_embedding": torch.cat(instructions)}, records=list(table.records))
+WORLD = {"seed": 0, "identities": 512, "test_identities": 16, "cameras": 2, "images_per_identity": 4,
+         "render_size": [32, 16], "clothes_changes": 0, "infrared_cameras": []}
+VIT = {"arch": "vit_tiny_patch16_224", "model_kwargs": {"patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}}
+CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+        "text_cfg": {"context_length": 48, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1}}
+EPOCHS = 6
 
 
-def test_captions_retrieve_their_person_among_unseen_images(tiny):
+def evaluate(model, data):
+    model.eval()
+
+    def embed(records):
+        table = RecordTable.build([("instruct", records)], relabel=False)
+        samples = ImageSamples(table, [data], build_transform(train=False, size=[32, 16]))
+        rows, reference = [], []
+        with torch.no_grad():
+            for start in range(0, len(table), 64):
+                out = model(collate([samples[i] for i in range(start, min(start + 64, len(table)))]))
+                rows.append(out["embedding"])
+                reference.append(out["reference_instruction_embedding"])
+        return FeatureSet(embeddings=torch.cat(rows), pids=table.pids.copy(), camids=table.camids.copy(),
+                          extras={"reference_instruction_embedding": torch.cat(reference)}, records=list(table.records))
+
+    q, g = embed(data.records("query")), embed(data.records("gallery"))
+    assert all(r.extras["text_query"] for r in q.records) and not any(r.extras["text_query"] for r in g.records)
+    return InstructReIDEvaluator(setting="task-specific", ranks=[1]).evaluate(q, g)
+
+
+def test_captions_of_people_never_seen_in_training_retrieve_their_images():
     torch.manual_seed(0)
-    train_data = InstructDataset(world={**WORLD, "images_per_identity": 4}, tasks=["text-to-image"])
-    table = RecordTable.build([("instruct", train_data.records("train"))], relabel=False)
+    data = InstructDataset(world=WORLD, tasks=["text-to-image"])
+    train = data.records("train")
+    seen = {r.extras["instruction"] for r in train if r.extras["text_query"]}
+    held_out = [r for r in data.records("query")]
+    assert held_out and not ({r.pid for r in held_out} & {r.pid for r in train})
+    assert not any(r.extras["instruction"] in seen for r in held_out)  # every query caption is new
+    table = RecordTable.build([("instruct", train)], relabel=True)
     ctx = BuildContext.from_table(table, image_size=(32, 16))
-    backbone = InstructEditor(ctx, **{**tiny["vit"], "model_kwargs": {"patch_size": 8, "embed_dim": 64, "depth": 2,
-                                                                       "num_heads": 2}},
-                              clip_config={**tiny["clip"], "text_cfg": {**tiny["clip"]["text_cfg"], "width": 64}},
-                              freeze_text_encoder=False, freeze_image_encoder=False)
+    backbone = InstructEditor(ctx, **VIT, clip_config=CLIP, freeze_text_encoder=False, freeze_image_encoder=False)
     ctx.feature_dim = backbone.feature_dim
-    head = InstructHead(ctx)
-    relabel = {int(p): i for i, p in enumerate(sorted(set(table.pids.tolist())))}
+    model = ReIDModel(backbone, InstructHead(ctx))
+    itc = T2IContrastiveLoss(ctx, queue_size=512)
+    untrained = evaluate(model, data)
 
-    model = ReIDModel(backbone, head)  # backbone features and head outputs in one dict
-
-    losses = [(1.0, InstructIdentityLoss()), (3.0, AdaptiveTripletLoss())]
-    params = [p for p in model.parameters() if p.requires_grad]
+    losses = [(1.0, InstructIdentityLoss()), (3.0, AdaptiveTripletLoss()), (1.0, itc)]
+    params = [p for p in model.parameters() if p.requires_grad] + [itc.temp]
     optimizer = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.05)
-    samples = ImageSamples(table, [train_data], build_transform(train=True, size=[32, 16], pad=2))
-    sampler = TaskPKSampler(ctx, batch_size=24, k=4)
+    samples = ImageSamples(table, [data], build_transform(train=True, size=[32, 16], pad=2))
+    sampler = TaskPKSampler(ctx, batch_size=32, k=4, seed=0)
     model.train()
-    for epoch in range(40):
+    for epoch in range(EPOCHS):
         for step, indices in enumerate(sampler.plan(epoch)):
             batch = collate([samples[(i, epoch * 1000 + step)] for i in indices])
-            batch.pids = torch.as_tensor([relabel[int(p)] for p in batch.pids])
+            batch.pids = torch.as_tensor(table.pids[np.asarray(indices)])
             outputs = model(batch)
             loss = sum(w * term(outputs, batch)[0] for w, term in losses)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    model.eval()
-
-    # queries: each person's caption alone; gallery: images 4..7, never seen in training
-    test_data = InstructDataset(world={**WORLD, "images_per_identity": 8}, tasks=["text-to-image"])
-    records = test_data.records("train")
-    queries = [r for r in records if r.extras["text_query"] and r.extras["render_key"][2] == 4]
-    gallery = [r for r in records if not r.extras["text_query"] and r.extras["render_key"][2] >= 4]
-    assert len(queries) == PEOPLE and len(gallery) == 4 * PEOPLE
-    q = embed(model, RecordTable.build([("instruct", queries)], relabel=False), test_data)
-    g = embed(model, RecordTable.build([("instruct", gallery)], relabel=False), test_data)
-    metrics = InstructReIDEvaluator(setting="task-free", exclude_same_camera=False, ranks=[1]).evaluate(q, g)
-    chance = 1.0 / PEOPLE
-    assert metrics["free/num_valid_queries"] == PEOPLE
-    assert metrics["free/rank-1"] >= 100 * 5 * chance, metrics  # chance: 8.3 %
-    assert metrics["free/mAP"] >= 100 * 4 * chance, metrics
-    assert np.isfinite(list(metrics.values())).all()
+    trained = evaluate(model, data)
+    assert trained["num_valid_queries"] == untrained["num_valid_queries"] == len(held_out)
+    assert trained["mAP"] >= untrained["mAP"] + 8.0 and trained["mAP"] >= 1.6 * untrained["mAP"], (untrained, trained)

@@ -16,7 +16,7 @@ TINY_WORLD = {"identities": 4, "test_identities": 3, "render_size": [32, 16]}
 
 @pytest.fixture(scope="module")
 def dataset():
-    return InstructDataset(world=TINY_WORLD, instruction_size=[16, 16])
+    return InstructDataset(world=TINY_WORLD, instruction_size=[16, 16], test_people="shared")
 
 
 def by_task(records, task):

@@ -1,0 +1,105 @@
+"""Instruct-ReID's CPU twins over several training seeds: per task and setting, mean and
+95% t interval of mAP, mAP-tau and rank-1 (and the untrained model, evaluated before
+training in the same runs), the numbers of plugins/instruct-editor/README.md.
+
+    OMP_NUM_THREADS=1 python bench/irm_seeds.py --pipeline pipelines/irm_synthetic.yaml \
+        --seeds 0 1 2 3 4 --out runs/irm-seeds            # one run after another
+    python bench/irm_seeds.py --summarise runs/irm-seeds    # the table again from the runs
+
+The world (its seed) stays fixed; `seed` (initialisation, sampling, augmentation) varies.
+Each run's final metrics are appended to <out>/metrics.jsonl as {"seed", "metrics"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+TASKS = ("traditional", "clothes-changing", "clothes-template", "visible-infrared", "text-to-image",
+         "language-instructed")
+METRICS = ("mAP", "mAP_tau", "rank-1")
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """(mean, half-width of the 95% Student t interval)."""
+    from scipy import stats
+
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+
+
+def find(metrics: dict[str, float], key: str) -> float | None:
+    """The metric `key` of the test set (keys are prefixed by the test set's name)."""
+    hits = [v for k, v in metrics.items() if k.split("/", 1)[-1] == key]
+    return hits[0] if hits else None
+
+
+def summarise(out: Path) -> str:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    seeds = [r["seed"] for r in rows]
+    lines = [f"seeds {seeds} (n = {len(rows)}); mean ± 95% t half-width, in %", ""]
+    for prefix, title in (("", "task-specific"), ("free/", "task-free")):
+        lines.append(f"{title}:")
+        lines.append("| task | " + " | ".join(f"untrained {m}" for m in METRICS[:1]) + " | " +
+                     " | ".join(METRICS) + " |")
+        lines.append("|---" * (2 + len(METRICS)) + "|")
+        for task in TASKS + ("mean",):
+            cells = []
+            for stage, metric in [("before", "mAP")] + [("after", m) for m in METRICS]:
+                key = f"{prefix}{task}/{metric}" if task != "mean" else f"{prefix}{metric}"
+                values = [find(r[stage], key) for r in rows]
+                values = [v for v in values if v is not None]
+                if not values:
+                    cells.append("—")
+                    continue
+                mean, half = t_interval(values)
+                cells.append(f"{mean:.1f} ± {half:.1f}")
+            lines.append(f"| {task} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pipeline", default="pipelines/irm_synthetic.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--out", default="runs/irm-seeds")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--summarise", metavar="OUT", help="only print the table of an earlier --out")
+    args = parser.parse_args()
+    if args.summarise:
+        print(summarise(Path(args.summarise)))
+        return
+    from core.runner import run
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        result = run(args.pipeline, [f"seed={seed}", "trainer.eval_before=true", "trainer.progress=false",
+                                     *args.overrides], run_dir=out / f"seed{seed}")
+        before, after = _before_and_after(result.run_dir)
+        with (out / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps({"seed": seed, "before": before, "after": after or result.metrics}) + "\n")
+        print(f"seed {seed} done: {result.run_dir}", flush=True)
+    print(summarise(out))
+
+
+def _before_and_after(run_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """The first (before training) and last evaluation records of a run's metrics.jsonl."""
+    evals = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        values = {k: v for k, v in record.items() if isinstance(v, (int, float)) and ("mAP" in k or "rank-" in k)}
+        if values:
+            evals.append(values)
+    return (evals[0] if evals else {}), (evals[-1] if evals else {})
+
+
+if __name__ == "__main__":
+    main()

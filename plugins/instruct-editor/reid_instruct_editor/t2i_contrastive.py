@@ -1,0 +1,136 @@
+"""IRM's text-to-image branch (YAML loss name `t2i_contrastive`): identity-aware
+image-text contrastive learning against queues of past features, as the authors' code
+trains the text-to-image task (its `loss_cl`, from RaSa / ALBEF).
+
+For the batch's image rows (features v, unit norm) and text rows (captions alone, t), with
+queues V_q, T_q of past image and text features and their identities:
+
+    keys_img = [v ; V_q],   keys_txt = [t ; T_q]                  (no gradient)
+    target_i(j) = [y_i = y_j] / #{j : y_i = y_j}                   (identity-aware)
+    L_x2y = mean_i -sum_j target_i(j) log softmax_j(x_i . keys_y_j / temp)
+    L_cl  = (L_i2t + L_t2i + L_i2i + L_t2t) / 4
+
+`temp` is learnt (initial 0.07, clamped to [0.001, 0.5]); after the loss, the batch's
+features (of every process) enter the queues (first in, first out; `queue_size` 65,536
+in the authors' code). Features: the retrieval embedding ("embedding"), so the space the
+loss shapes is the one a caption query is ranked in (the authors' code uses a separate
+256-d image-text space; ours: one space for every task, the task-free setting's).
+
+Not built (README "Our choices"): the authors' momentum text encoder (queue features and
+0.4 momentum-distilled targets come from it; ours enqueue the current features and use
+the identity targets alone), the image-text matching head with hard negatives (p-ITM),
+masked language modelling and replaced-token detection. Their total for the task is
+0.5 L_cl + L_pitm + L_mlm + 0.5 L_mrtd: `weight: 0.5` gives the first term.
+
+Rows of other tasks are ignored (`task`); a batch without both image and text rows of
+the task gives 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.context import BuildContext
+from core.interfaces import Loss, read_output
+from core.records import Batch
+from core.training import distributed as D
+from reid_instruct_editor.tasks import TEXT_TO_IMAGE
+
+NAME = "loss 't2i_contrastive'"
+
+
+def contrastive(queries: torch.Tensor, q_ids: torch.Tensor, keys: torch.Tensor, k_ids: torch.Tensor,
+                temp: torch.Tensor) -> torch.Tensor:
+    """mean over queries of the cross-entropy between identity-aware targets and
+    softmax(queries . keys / temp); every query must have a key of its identity."""
+    logits = queries @ keys.t() / temp
+    positive = (q_ids[:, None] == k_ids[None, :]).float()
+    targets = positive / positive.sum(dim=1, keepdim=True)
+    return -(F.log_softmax(logits, dim=1) * targets).sum(dim=1).mean()
+
+
+class T2IContrastiveLoss(Loss):
+    """L_cl of the module docstring. Keys: `features` (embedding), `queue_size` (65536),
+    `temperature` (0.07, learnt; `learn_temperature`), `task` (text-to-image), `dim` (null:
+    the head's embedding width)."""
+
+    #: updated from every process's gathered rows: equal on all ranks (no DDP broadcast)
+    shared_buffers = ("image_*", "text_*")
+
+    def __init__(self, ctx: BuildContext, features: str = "embedding", queue_size: int = 65536,
+                 temperature: float = 0.07, learn_temperature: bool = True, task: str = TEXT_TO_IMAGE,
+                 dim: int | None = None) -> None:
+        super().__init__()
+        if queue_size < 0:
+            raise ValueError(f"{NAME}: queue_size must be >= 0, got {queue_size}")
+        if not 0.001 <= temperature <= 0.5:
+            raise ValueError(f"{NAME}: temperature must be in [0.001, 0.5], got {temperature}")
+        dim = dim or ctx.extras.get("embedding_dim") or ctx.feature_dim
+        if not dim:
+            raise ValueError(f"{NAME}: the queue width is unknown; set `dim` (the width of '{features}')")
+        self.features, self.task, self.queue_size = features, task, int(queue_size)
+        self.temp = nn.Parameter(torch.tensor(float(temperature)), requires_grad=bool(learn_temperature))
+        for name in ("image", "text"):
+            self.register_buffer(f"{name}_queue", torch.zeros(self.queue_size, int(dim)))
+            self.register_buffer(f"{name}_ids", torch.full((self.queue_size,), -1, dtype=torch.long))
+            self.register_buffer(f"{name}_ptr", torch.zeros((), dtype=torch.long))
+
+    def _rows(self, outputs: dict[str, torch.Tensor], batch: Batch, n: int,
+              device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bool masks of the task's image rows and text rows."""
+        has_image = outputs.get("has_image")
+        has_image = torch.ones(n, dtype=torch.bool, device=device) if has_image is None else has_image.bool()
+        tasks = batch.extras.get("task")
+        mine = torch.ones(n, dtype=torch.bool, device=device) if tasks is None else \
+            torch.as_tensor([str(t) == self.task for t in tasks], device=device)
+        return mine & has_image, mine & ~has_image
+
+    def forward(self, outputs: dict[str, torch.Tensor], batch: Batch):
+        x = read_output(outputs, self.features, NAME, "the `instruct_editor` head produces it")
+        images, texts = self._rows(outputs, batch, len(x), x.device)
+        # under DDP: every process's rows (with their gradient), as one process's batch
+        local = {"x": x, "images": images, "texts": texts}
+        gathered, batch = D.gather_for_loss(local, batch, ["x", "images", "texts"])
+        x, images, texts = gathered["x"].float(), gathered["images"].bool(), gathered["texts"].bool()
+        zero = x.sum() * 0.0
+        if not bool(images.any()) or not bool(texts.any()):
+            return zero, {"temp": self.temp.detach()}
+        pids = batch.pids.to(x.device, torch.long)
+        v, t = F.normalize(x[images], dim=1), F.normalize(x[texts], dim=1)
+        v_ids, t_ids = pids[images], pids[texts]
+        if x.shape[1] != self.image_queue.shape[1]:
+            raise ValueError(f"{NAME}: '{self.features}' has width {x.shape[1]}, the queues "
+                             f"{self.image_queue.shape[1]}; set `dim`")
+        temp = self.temp.clamp(0.001, 0.5)
+        with torch.no_grad():
+            img_keys, img_ids = self._keys("image", v, v_ids)
+            txt_keys, txt_ids = self._keys("text", t, t_ids)
+        # queries whose identity has no key on the other side (an unpaired row) leave that term
+        parts = {}
+        for name, q, q_ids, keys, k_ids in (("i2t", v, v_ids, txt_keys, txt_ids), ("t2i", t, t_ids, img_keys, img_ids),
+                                            ("i2i", v, v_ids, img_keys, img_ids), ("t2t", t, t_ids, txt_keys, txt_ids)):
+            paired = (q_ids[:, None] == k_ids[None, :]).any(dim=1)
+            parts[name] = contrastive(q[paired], q_ids[paired], keys, k_ids, temp) if bool(paired.any()) else zero
+        loss = sum(parts.values()) / 4
+        if self.training:
+            self._enqueue("image", v.detach(), v_ids)
+            self._enqueue("text", t.detach(), t_ids)
+        return loss, {**{k: p.detach() for k, p in parts.items()}, "temp": temp.detach()}
+
+    def _keys(self, name: str, current: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[current ; the filled part of the queue] and their identities."""
+        queue, q_ids = getattr(self, f"{name}_queue"), getattr(self, f"{name}_ids")
+        filled = q_ids >= 0
+        return torch.cat([current, queue[filled]]), torch.cat([ids, q_ids[filled]])
+
+    def _enqueue(self, name: str, feats: torch.Tensor, ids: torch.Tensor) -> None:
+        if self.queue_size == 0:
+            return
+        feats, ids = feats[-self.queue_size:], ids[-self.queue_size:]  # already every process's rows
+        queue, q_ids, ptr = getattr(self, f"{name}_queue"), getattr(self, f"{name}_ids"), getattr(self, f"{name}_ptr")
+        at = (int(ptr) + torch.arange(len(ids), device=queue.device)) % self.queue_size
+        queue[at] = feats.to(queue.dtype)
+        q_ids[at] = ids
+        ptr.fill_((int(ptr) + len(ids)) % self.queue_size)
