@@ -1,4 +1,6 @@
-"""Image transforms: the ReID standard (resize, flip, pad + crop, normalise, erasing).
+"""Image transforms: the ReID standard (resize, flip, pad + crop, normalise, erasing), and
+AutoAugment (Cubuk et al. 2019, ImageNet policy) applied to a share of the training images,
+as fast-reid's SBS does (probability 0.1).
 
 Built on torchvision.transforms.v2, which draws every random choice from torch's
 generator, so `ImageSamples` can make augmentation a function of a per-sample seed.
@@ -34,22 +36,35 @@ def build_transform(
     erasing: float = 0.0,
     norm: str = "imagenet",
     interpolation: str = "bicubic",
+    erasing_scale: list[float] = [0.02, 0.33],  # noqa: B006 - YAML default, never mutated
+    autoaugment: float = 0.0,
 ) -> Callable[..., torch.Tensor]:
     """PIL image -> float tensor (3, H, W). Train: resize, flip, pad + random crop,
     normalise, random erasing (after normalisation, so erased pixels are mean-coloured).
+    `erasing_scale`: the erased area's range, as a share of the image (Zhong et al. 2020,
+    Random Erasing: [0.02, 0.4] in BoT). `autoaugment`: probability of applying torchvision's
+    AutoAugment (ImageNet policy) to a training image, after the resize (core.data.autoaugment).
     Test: resize and normalise only."""
     _check(size, pad, flip, erasing, norm, interpolation)
+    if not 0.0 <= autoaugment <= 1.0:
+        raise ValueError(f"transform: 'autoaugment' is a probability in [0, 1]; got {autoaugment}")
+    if len(erasing_scale) != 2 or not 0.0 < float(erasing_scale[0]) <= float(erasing_scale[1]) <= 1.0:
+        raise ValueError(f"transform: 'erasing_scale' must be [low, high] with 0 < low <= high <= 1; got {erasing_scale}")
     mean, std = NORMS[norm]
     height, width = int(size[0]), int(size[1])
     steps: list[Callable] = [v2.Resize((height, width), interpolation=INTERPOLATIONS[interpolation], antialias=True)]
     if train:
+        if autoaugment > 0:
+            from core.data.autoaugment import RandomAutoAugment
+
+            steps.append(RandomAutoAugment(autoaugment))
         if flip > 0:
             steps.append(v2.RandomHorizontalFlip(flip))
         if pad > 0:
             steps += [v2.Pad(pad), v2.RandomCrop((height, width))]
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     if train and erasing > 0:
-        steps.append(v2.RandomErasing(p=erasing, value=0))
+        steps.append(v2.RandomErasing(p=erasing, scale=tuple(float(v) for v in erasing_scale), value=0))
     return v2.Compose(steps)
 
 

@@ -13,9 +13,10 @@ from core.data.layouts.common import NamePattern, SplitFolderDataset
 
 
 class VeRi776(SplitFolderDataset):
-    """VeRi-776 as torchreid and fast-reid read it (576 train / 200 test vehicles,
-    20 cameras; 37,778 train, 1,678 query, 11,579 gallery images). Evaluation drops
-    same-camera gallery images per query, as the benchmark's protocol does."""
+    """VeRi-776 as fast-reid and TransReID read it (torchreid has no VeRi reader): 576
+    train / 200 test vehicles, 20 cameras; 37,778 train, 1,678 query, 11,579 gallery
+    images. Evaluation drops same-camera gallery images per query, as the benchmark's
+    protocol does."""
 
     name = "veri776"
     category = "vehicle"

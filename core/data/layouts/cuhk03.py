@@ -1,0 +1,102 @@
+"""CUHK03 (Li et al. 2014, "DeepReID") under the new protocol of Zhong et al. 2017
+("Re-ranking Person Re-identification with k-reciprocal Encoding"): 767 train / 700 test
+identities, labeled (hand-drawn) or detected (DPM) boxes, read from the layout torchreid
+prepares from the official `cuhk-03.mat`:
+
+  cuhk03/                                   (directly under the root, or the root itself)
+    images_labeled/, images_detected/       PNGs `<pair>_<pid>_<view>_<index>.png`,
+                                            e.g. 1_001_1_01.png (camera pair 1, person 1, view 1)
+    splits_new_labeled.json, splits_new_detected.json            (torchreid's split files)
+    cuhk03_new_protocol_config_labeled.mat, ..._detected.mat     (Zhong et al.'s files)
+
+The split comes from torchreid's JSON when present (a list holding one split with
+`train` / `query` / `gallery` lists of [image path, pid, camid]; the paths are those of
+the machine that prepared it, so images are found by file name in `images_<subset>/`),
+else from the new-protocol .mat (`filelist`, `labels`, `train_idx`, `query_idx`,
+`gallery_idx`, 1-based), as torchreid builds its JSON. The camera is the view (0 or 1).
+The images are extracted from `cuhk-03.mat` once (torchreid's `CUHK03` does it, with h5py);
+for the protocol as released in folders (cuhk03-np/) use the `cuhk03np` reader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from core.data.layouts.common import NamePattern, check_split, require_dir
+from core.interfaces import Dataset
+from core.records import Record
+
+SUBSETS = ("detected", "labeled")
+PATTERN = NamePattern.compile(r"^(\d+)_(\d+)_([12])_(\d+)\.png$",
+                              "<pair>_<pid>_<view>_<index>.png (e.g. 1_001_1_01.png)")
+LAYOUT = ("images_<subset>/ with splits_new_<subset>.json (torchreid) or "
+          "cuhk03_new_protocol_config_<subset>.mat (Zhong et al.), directly under the root or inside cuhk03/")
+
+
+class CUHK03(Dataset):
+    """CUHK03, new protocol; detected boxes by default, `labeled: true` for the hand-drawn ones."""
+
+    name = "cuhk03"
+    category = "person"
+
+    def __init__(self, root: str, labeled: bool = False) -> None:
+        self.subset = SUBSETS[int(labeled)]
+        base = Path(root)
+        require_dir("CUHK03", base, LAYOUT)
+        self.root = base / "cuhk03" if (base / "cuhk03").is_dir() else base
+        self.images = self.root / f"images_{self.subset}"
+        self.json_file = self.root / f"splits_new_{self.subset}.json"
+        self.mat_file = self.root / f"cuhk03_new_protocol_config_{self.subset}.mat"
+        if not self.images.is_dir():
+            raise FileNotFoundError(f"CUHK03: missing folder {self.images}; expected {LAYOUT}. Extract the "
+                                    "images from cuhk-03.mat once (e.g. with torchreid's CUHK03 dataset)")
+        if not self.json_file.is_file() and not self.mat_file.is_file():
+            raise FileNotFoundError(f"CUHK03: neither {self.json_file.name} nor {self.mat_file.name} in "
+                                    f"{self.root}; expected {LAYOUT}")
+        self._splits: dict[str, list[Record]] | None = None
+
+    def records(self, split: str) -> list[Record]:
+        check_split("CUHK03", split, self.splits)
+        if self._splits is None:
+            self._splits = self._read_json() if self.json_file.is_file() else self._read_mat()
+        return list(self._splits[split])
+
+    def _record(self, name: str, pid: int, split: str, where: str) -> Record:
+        PATTERN.parse("CUHK03", name, where)
+        view = int(PATTERN.parse("CUHK03", name, where)[2])
+        return Record(path=os.path.join(self.images, name), pid=int(pid), camid=view - 1,
+                      category=self.category, domain=self.name, split=split)
+
+    def _read_json(self) -> dict[str, list[Record]]:
+        try:
+            data = json.loads(self.json_file.read_text(encoding="utf-8"))
+            split = data[0]
+            out = {}
+            for key in self.splits:
+                out[key] = [self._record(os.path.basename(str(path).replace("\\", "/")), pid, key,
+                                         f"{self.json_file}:{key}[{i}]")
+                            for i, (path, pid, _camid) in enumerate(split[key])]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            if isinstance(exc, ValueError) and "cannot parse" in str(exc):
+                raise
+            raise ValueError(f"CUHK03: {self.json_file} is not a torchreid split file (a list with one "
+                             "{train, query, gallery} mapping of [path, pid, camid] lists): "
+                             f"{type(exc).__name__}: {exc}") from None
+        return out
+
+    def _read_mat(self) -> dict[str, list[Record]]:
+        from scipy.io import loadmat
+
+        try:
+            mat = loadmat(str(self.mat_file))
+            files = mat["filelist"].flatten()
+            labels = mat["labels"].flatten()
+            index = {key: mat[f"{key}_idx"].flatten().astype(int) - 1 for key in self.splits}
+        except KeyError as exc:
+            raise ValueError(f"CUHK03: {self.mat_file} lacks the field {exc}; a new-protocol config holds "
+                             "filelist, labels, train_idx, query_idx, gallery_idx") from None
+        return {key: [self._record(str(files[i][0]) if not isinstance(files[i], str) else files[i],
+                                   int(labels[i]), key, f"{self.mat_file}:{key}_idx[{n}]")
+                      for n, i in enumerate(idx)] for key, idx in index.items()}

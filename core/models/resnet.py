@@ -1,0 +1,150 @@
+"""The ReID ResNet backbone (YAML name `resnet`): the CNN of BoT, AGW and SBS.
+
+- last stride 1 (Luo et al. 2019, "Bag of Tricks", Sec. 4.4): conv5_x keeps the stride-16
+  map (16x8 at 256x128 instead of 8x4), a larger feature map at no parameter cost;
+- IBN-a units (`ibn: true`, core.models.ibn; Pan et al. 2018), as in fast-reid's SBS;
+- non-local blocks after the last units of each stage (`non_local: [0, 2, 3, 0]` is AGW's
+  setting, Ye et al. 2021 Sec. 4.1; core.models.non_local);
+- the pooling of the final map (core.models.pooling: avg, max, gem, attention).
+
+The ResNet itself is timm's (resnet50, resnet101, ...: torchvision's parameter names).
+Nothing is downloaded: `pretrained: true` reads timm's local cache; a path reads a local
+state dict in timm/torchvision or IBN-Net key format (the IBN-Net authors' files, with or
+without a `state_dict` wrapper or `module.` prefixes); the classifier (`fc.*`) is dropped,
+and any other missing or unexpected key is an error naming a few of them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from core.context import BuildContext
+from core.interfaces import Backbone
+from core.models.ibn import add_ibn_a
+from core.models.non_local import NonLocalBlock
+from core.models.pooling import build_pooling
+from core.records import Batch
+
+NAME = "backbone 'resnet'"
+LAYERS = ("layer1", "layer2", "layer3", "layer4")
+
+
+def read_state_dict(path: Path, owner: str) -> dict[str, torch.Tensor]:
+    """A checkpoint file's tensors: unwraps `state_dict` / `model`, strips `module.`."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{owner}: pretrained checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{owner}: {path} holds a {type(state).__name__}, not a state dict")
+    return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+class ReIDResNet(Backbone):
+    """Outputs "global" (B, C) (the pooled conv5_x map) and "map" (B, C, H, W).
+
+    Keys: `arch` (a timm ResNet: resnet18/34/50/101/152, ...), `pretrained` (false, true,
+    or a local file), `last_stride` (1 or 2), `ibn` (IBN-a in layer1-3), `non_local`
+    (blocks per stage, after its last units), `pooling` (name or mapping),
+    `model_kwargs` (passed to timm.create_model, e.g. a tiny width for tests).
+    """
+
+    def __init__(self, ctx: BuildContext, arch: str = "resnet50", pretrained: bool | str = False,
+                 last_stride: int = 1, ibn: bool = False, non_local: list[int] | None = None,
+                 pooling: str | dict[str, Any] = "avg", model_kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if not arch.startswith("resnet") or not timm.is_model(arch):
+            raise ValueError(f"{NAME}: arch must be a timm ResNet (resnet18, resnet34, resnet50, resnet101, "
+                             f"resnet152, ...), got {arch!r}")
+        if last_stride not in (1, 2):
+            raise ValueError(f"{NAME}: last_stride must be 1 or 2, got {last_stride}")
+        non_local = list(non_local or [0, 0, 0, 0])
+        if len(non_local) != 4 or any(int(n) < 0 for n in non_local):
+            raise ValueError(f"{NAME}: non_local must list 4 non-negative block counts (one per stage, "
+                             f"e.g. AGW's [0, 2, 3, 0]), got {non_local}")
+        if pretrained is True and ibn:
+            raise ValueError(f"{NAME}: IBN-a weights are not in timm; pass the IBN-Net authors' file as "
+                             "`pretrained: /path/to/resnet50_ibn_a-d9d0bb7b.pth`, or `pretrained: false`")
+        kwargs = dict(model_kwargs or {})
+        kwargs["num_classes"] = 0
+        try:
+            self.model = timm.create_model(arch, pretrained=pretrained is True, **kwargs)
+        except OSError as exc:
+            raise RuntimeError(f"{NAME}: the pretrained weights of '{arch}' are not in the local timm cache "
+                               f"and cannot be downloaded here ({exc}); pass a local file as "
+                               "`pretrained: /path/to/weights.pth` or use `pretrained: false`") from exc
+        if ibn:
+            add_ibn_a(self.model)
+        if last_stride == 1:
+            self._set_last_stride_1()
+        if isinstance(pretrained, (str, Path)) and not isinstance(pretrained, bool):
+            self.load_file(Path(pretrained).expanduser())
+        elif pretrained is not True and pretrained is not False:
+            raise ValueError(f"{NAME}: pretrained must be true, false or a checkpoint path, got {pretrained!r}")
+
+        channels = [getattr(self.model, n)[-1].conv3.out_channels if hasattr(getattr(self.model, n)[-1], "conv3")
+                    else getattr(self.model, n)[-1].conv2.out_channels for n in LAYERS]
+        #: stage name -> {unit index after which a block runs: block}
+        self.non_local = nn.ModuleDict()
+        self._after: dict[str, list[int]] = {}
+        for name, count, width in zip(LAYERS, non_local, channels):
+            units = len(getattr(self.model, name))
+            if count > units:
+                raise ValueError(f"{NAME}: non_local asks for {count} blocks in {name}, which has {units} units")
+            if count:
+                self._after[name] = list(range(units - count, units))
+                self.non_local[name] = nn.ModuleList(NonLocalBlock(width) for _ in range(count))
+        self.feature_dim = int(channels[-1])
+        self.pool = build_pooling(pooling, self.feature_dim, NAME)
+
+    def _set_last_stride_1(self) -> None:
+        unit = self.model.layer4[0]
+        strided = unit.conv2 if hasattr(unit, "conv3") else unit.conv1
+        strided.stride = (1, 1)
+        if unit.downsample is not None:
+            first = unit.downsample[0]
+            if not isinstance(first, nn.Conv2d):
+                raise ValueError(f"{NAME}: last_stride 1 needs a strided 1x1 conv shortcut; this arch's "
+                                 f"shortcut starts with {type(first).__name__}")
+            first.stride = (1, 1)
+
+    def load_file(self, path: Path) -> None:
+        state = {k: v for k, v in read_state_dict(path, NAME).items() if not k.startswith("fc.")}
+        own = self.model.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"{NAME}: {path} does not fit this ResNet: {len(missing)} missing keys "
+                             f"(e.g. {', '.join(missing[:3]) or '-'}), {len(unexpected)} unexpected keys "
+                             f"(e.g. {', '.join(unexpected[:3]) or '-'}); IBN-a files need `ibn: true`, "
+                             "plain ResNet files `ibn: false`")
+        self.model.load_state_dict(state, strict=True)
+
+    def forward_map(self, images: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = m.maxpool(m.act1(m.bn1(m.conv1(images))))
+        for name in LAYERS:
+            layer = getattr(m, name)
+            blocks = self.non_local[name] if name in self.non_local else None
+            after = self._after.get(name, [])
+            for i, unit in enumerate(layer):
+                x = unit(x)
+                if blocks is not None and i in after:
+                    x = blocks[after.index(i)](x)
+        return x
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        fmap = self.forward_map(batch.images)
+        return {"global": self.pool(fmap), "map": fmap}

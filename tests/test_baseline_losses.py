@@ -1,0 +1,196 @@
+"""The losses of the BoT / AGW / SBS / TransReID baselines against their papers' formulas
+on hand-worked cases: CosFace, ArcFace, class-level circle loss, centre loss, weighted
+regularised triplet, supervised contrastive; plus gradients (what must and must not get one)."""
+
+import math
+
+import pytest
+import torch
+
+from core.context import BuildContext
+from core.losses.center import CenterLoss
+from core.losses.margin_softmax import ArcFaceLoss, CircleSoftmaxLoss, CosFaceLoss
+from core.losses.supcon import SupConLoss
+from core.losses.weighted_triplet import WeightedRegularizedTriplet
+from core.records import Batch
+
+
+def make_batch(pids):
+    pids = torch.as_tensor(pids)
+    zeros = torch.zeros_like(pids)
+    return Batch(images=torch.zeros(len(pids), 3, 4, 4), pids=pids, camids=zeros, categories=zeros,
+                 domains=zeros, roles=zeros, indices=torch.arange(len(pids)))
+
+
+def with_proxies(cls, proxies, **kwargs):
+    proxies = torch.as_tensor(proxies, dtype=torch.float32)
+    loss = cls(BuildContext(num_identities=proxies.shape[0], feature_dim=proxies.shape[1]), **kwargs)
+    with torch.no_grad():
+        loss.proxies.copy_(proxies)
+    return loss
+
+
+def softmax_nll(logits, target):
+    return -logits[target] + math.log(sum(math.exp(v) for v in logits))
+
+
+# --- CosFace / ArcFace / circle ---------------------------------------------------------
+
+def test_cosface_subtracts_the_margin_from_the_target_cosine_only():
+    # x = (3, 0) -> cosines (1, 0) with proxies e1, e2 (scaled: only directions count);
+    # s = 2, m = 0.5: logits (2 (1 - 0.5), 2 * 0) = (1, 0)
+    loss = with_proxies(CosFaceLoss, [[5.0, 0.0], [0.0, 0.3]], scale=2.0, margin=0.5)
+    value, _ = loss({"bn_features": torch.tensor([[3.0, 0.0]])}, make_batch([0]))
+    assert value.item() == pytest.approx(softmax_nll([1.0, 0.0], 0), rel=1e-6)
+
+
+def test_arcface_adds_the_angular_margin_to_the_target_angle():
+    # x at 60 degrees from proxy 0 and 30 from proxy 1; s = 1, m = 0.5 rad:
+    # logits (cos(pi/3 + 0.5), cos(pi/6))
+    x = torch.tensor([[math.cos(math.pi / 3), math.sin(math.pi / 3)]])
+    loss = with_proxies(ArcFaceLoss, [[1.0, 0.0], [0.0, 1.0]], scale=1.0, margin=0.5)
+    value, _ = loss({"bn_features": x}, make_batch([0]))
+    assert value.item() == pytest.approx(softmax_nll([math.cos(math.pi / 3 + 0.5), math.cos(math.pi / 6)], 0),
+                                         rel=1e-5)
+
+
+def test_arcface_beyond_pi_minus_m_uses_the_monotone_fallback():
+    # target angle 170 degrees, m = 0.5: t + m > pi, so logit_y = cos t - m sin m
+    t = math.radians(170)
+    x = torch.tensor([[math.cos(t), math.sin(t)]])
+    loss = with_proxies(ArcFaceLoss, [[1.0, 0.0], [0.0, 1.0]], scale=1.0, margin=0.5)
+    value, _ = loss({"bn_features": x}, make_batch([0]))
+    expected = softmax_nll([math.cos(t) - 0.5 * math.sin(0.5), math.sin(t)], 0)
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+
+
+def circle_reference(s_p, s_n, scale, m):
+    """Circle loss with one positive (Sun et al. 2020): log(1 + sum_j exp(g a_n (s_n - m)) exp(-g a_p (s_p - 1 + m)))."""
+    a_p, a_n = max(1 + m - s_p, 0.0), [max(v + m, 0.0) for v in s_n]
+    inner = sum(math.exp(scale * a * (v - m)) for a, v in zip(a_n, s_n))
+    return math.log(1 + inner * math.exp(-scale * a_p * (s_p - (1 - m))))
+
+
+def test_circle_matches_the_papers_formula_with_one_positive():
+    x = torch.tensor([[math.cos(math.pi / 3), math.sin(math.pi / 3)]])  # cosines 0.5, 0.866
+    loss = with_proxies(CircleSoftmaxLoss, [[1.0, 0.0], [0.0, 1.0]], scale=2.0, margin=0.25, label_smoothing=0.0)
+    value, _ = loss({"bn_features": x}, make_batch([0]))
+    assert value.item() == pytest.approx(circle_reference(0.5, [math.sin(math.pi / 3)], 2.0, 0.25), rel=1e-5)
+
+
+def test_circle_weights_are_constants_for_the_gradient():
+    # d loss / d s_y with a_p held constant is -g a_p (1 - softmax_y); with a_p differentiated it is not
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, requires_grad=True)
+    loss = with_proxies(CircleSoftmaxLoss, torch.randn(5, 4), scale=4.0, margin=0.25, label_smoothing=0.0)
+    pids = torch.tensor([0, 2, 4])
+    value, _ = loss({"bn_features": x}, make_batch(pids))
+    (grad,) = torch.autograd.grad(value, x)
+    cos = torch.nn.functional.normalize(x, dim=1) @ torch.nn.functional.normalize(loss.proxies, dim=1).t()
+    c = cos.detach()
+    logits = torch.where(torch.nn.functional.one_hot(pids, 5).bool(),
+                         4.0 * (1.25 - c).clamp(min=0) * (cos - 0.75), 4.0 * (c + 0.25).clamp(min=0) * (cos - 0.25))
+    (expected,) = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, pids), x)
+    assert torch.allclose(grad, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [CosFaceLoss, ArcFaceLoss, CircleSoftmaxLoss])
+def test_margin_losses_train_their_proxies_and_the_features(cls):
+    loss = cls(BuildContext(num_identities=6, feature_dim=8))
+    x = torch.randn(4, 8, requires_grad=True)
+    value, logs = loss({"bn_features": x}, make_batch([0, 1, 5, 5]))
+    value.backward()
+    assert x.grad.abs().sum() > 0 and loss.proxies.grad.abs().sum() > 0
+    assert 0.0 <= logs["acc"].item() <= 1.0
+
+
+def test_margin_loss_names_the_missing_output():
+    loss = CosFaceLoss(BuildContext(num_identities=3, feature_dim=2))
+    with pytest.raises(KeyError, match="bn_features"):
+        loss({"features": torch.zeros(1, 2)}, make_batch([0]))
+
+
+# --- centre loss --------------------------------------------------------------------------
+
+def test_center_loss_is_the_mean_squared_distance_to_the_identity_centre():
+    loss = CenterLoss(BuildContext(num_identities=3, feature_dim=2))
+    with torch.no_grad():
+        loss.centers.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0], [9.0, 9.0]]))
+    x = torch.tensor([[1.0, 0.0], [1.0, 3.0]], requires_grad=True)
+    value, logs = loss({"features": x}, make_batch([0, 1]))
+    assert value.item() == pytest.approx((1.0 + 4.0) / 2)
+    value.backward()
+    # dL/dc_y = -2 (x - c_y) / B; the unused centre gets nothing
+    assert torch.allclose(loss.centers.grad, torch.tensor([[-1.0, 0.0], [0.0, -2.0], [0.0, 0.0]]))
+    assert torch.allclose(x.grad, torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+    assert logs["dist"].item() == pytest.approx(1.5)
+
+
+# --- weighted regularised triplet --------------------------------------------------------
+
+def wrt_reference(x, pids):
+    """AGW's Eq. with softmax weights over each anchor's positives (others of its identity)
+    and negatives, written out with plain loops over 1-D features."""
+    total, count = 0.0, 0
+    for i, (xi, pi) in enumerate(zip(x, pids)):
+        pos = [abs(xi - xj) for j, (xj, pj) in enumerate(zip(x, pids)) if pj == pi and j != i]
+        neg = [abs(xi - xj) for xj, pj in zip(x, pids) if pj != pi]
+        wp = [math.exp(d) for d in pos]
+        wn = [math.exp(-d) for d in neg]
+        d_ap = sum(w * d for w, d in zip(wp, pos)) / sum(wp)
+        d_an = sum(w * d for w, d in zip(wn, neg)) / sum(wn)
+        total += math.log(1 + math.exp(d_ap - d_an))
+        count += 1
+    return total / count
+
+
+def test_wrt_matches_the_softmax_weighted_formula():
+    x = [0.0, 1.0, 1.5, 3.0, 4.0, 2.0]
+    pids = [0, 0, 0, 1, 1, 1]
+    loss = WeightedRegularizedTriplet()
+    value, _ = loss({"features": torch.tensor(x)[:, None]}, make_batch(pids))
+    assert value.item() == pytest.approx(wrt_reference(x, pids), rel=1e-5)
+
+
+def test_wrt_gradient_reaches_every_feature_of_a_valid_batch():
+    x = torch.randn(8, 5, requires_grad=True)
+    value, _ = WeightedRegularizedTriplet()({"features": x}, make_batch([0, 0, 1, 1, 2, 2, 3, 3]))
+    value.backward()
+    assert torch.isfinite(x.grad).all() and (x.grad.abs().sum(dim=1) > 0).all()
+
+
+def test_wrt_without_positives_is_a_connected_zero():
+    x = torch.randn(3, 4, requires_grad=True)
+    value, _ = WeightedRegularizedTriplet()({"features": x}, make_batch([0, 1, 2]))
+    value.backward()
+    assert value.item() == 0.0 and x.grad is not None
+
+
+# --- supervised contrastive ----------------------------------------------------------------
+
+def test_supcon_matches_eq2_on_a_hand_case():
+    # z0 = e1, z1 = e2, z2 = -e1 (scale does not matter: features are normalised); tau = 1.
+    # anchor 0: P = {1}: -log(e^0 / (e^0 + e^-1)); anchor 1: P = {0}: -log(e^0 / (e^0 + e^0));
+    # anchor 2 has no positive and is left out.
+    z = torch.tensor([[2.0, 0.0], [0.0, 5.0], [-1.0, 0.0]])
+    value, _ = SupConLoss(temperature=1.0)({"features": z}, make_batch([0, 0, 1]))
+    expected = (math.log(1 + math.exp(-1)) + math.log(2)) / 2
+    assert value.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_supcon_temperature_divides_the_similarities():
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.6, 0.8]])
+    value, _ = SupConLoss(temperature=0.5)({"features": z}, make_batch([0, 0, 1, 1]))
+    sims = z @ z.t() / 0.5
+    expected = 0.0
+    for i, p in ((0, 1), (1, 0), (2, 3), (3, 2)):
+        others = [j for j in range(4) if j != i]
+        expected += -(sims[i, p] - torch.logsumexp(sims[i, others], dim=0)).item()
+    assert value.item() == pytest.approx(expected / 4, rel=1e-6)
+
+
+def test_supcon_gradient_reaches_the_features():
+    x = torch.randn(6, 4, requires_grad=True)
+    value, _ = SupConLoss()({"features": x}, make_batch([0, 0, 1, 1, 2, 2]))
+    value.backward()
+    assert (x.grad.abs().sum(dim=1) > 0).all()
