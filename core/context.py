@@ -35,11 +35,24 @@ class BuildContext:
     world_size: int = 1
     seed: int = 0
     run_dir: Path | None = None
+    #: Batches per epoch every sampler plans (global batches under DDP): the core's
+    #: epoch-length rule (core.samplers.epoch), set by the pipeline before the sampler is
+    #: built; None outside a pipeline (a sampler then plans its own number).
+    epoch_batches: int | None = None
     #: Free-form facts a plugin may add for the components built after it.
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_table(cls, table: "RecordTable", **kwargs: Any) -> "BuildContext":
+    def from_table(cls, table: "RecordTable", backbone: Any = None, feature_dim: int | None = None,
+                   patch_grid: tuple[int, int] | None = None, **kwargs: Any) -> "BuildContext":
+        """The context a pipeline with training table `table` gives its components: what
+        the table decides, and what the backbone decides — from `backbone` (its
+        `feature_dim` and `patch_grid`, as the pipeline sets them after building it) or
+        given directly (`feature_dim=32`), so a unit test can build a head or a loss
+        that reads `ctx.feature_dim`. Other fields as keywords (`image_size`, `seed`, ...)."""
+        if backbone is not None:
+            feature_dim = int(backbone.feature_dim) if feature_dim is None else feature_dim
+            patch_grid = getattr(backbone, "patch_grid", None) if patch_grid is None else patch_grid
         return cls(
             train=table,
             num_identities=table.num_identities,
@@ -47,5 +60,7 @@ class BuildContext:
             category_names=list(table.category_names),
             domain_names=list(table.domain_names),
             num_cameras=int(len(set(table.camids.tolist()))),
+            feature_dim=feature_dim,
+            patch_grid=patch_grid,
             **kwargs,
         )

@@ -1,9 +1,16 @@
 """Ablations: several pipelines and/or a grid of overrides, each run with several seeds,
-ending in one comparison table (markdown and CSV) in a sweep folder.
+ending in one comparison in a sweep folder: comparison.md (the table), comparison.csv (every
+number) and comparison.png (each metric per row with its interval).
 
-    core run base.yaml --grid sampler.name=pk,random --grid losses.0.weight=0.5,1.0 --seeds 0,1,2
+    core run base.yaml --grid losses.1.margin=0.3,0.1 --seeds 0,1,2,3,4,5
 
-A variant that fails is reported in the table and does not stop the others.
+The first row is the baseline. Each row shows n, mean, sample std and the 95% t interval
+of every final metric, and the training budget (optimisation steps, images seen) of its
+runs, flagged when rows differ; every other row is compared with the baseline over the
+seeds both ran (paired: mean difference with its interval, paired t-test, exact
+sign-flip test for n <= 10; core/statistics.py), and the differences that are not
+significant at `alpha` are marked. A variant that fails is reported in the table and
+does not stop the others.
 """
 
 from __future__ import annotations
@@ -20,9 +27,16 @@ from typing import Sequence
 
 import numpy as np
 
+from core import statistics as stats
 from core.config.loading import ConfigError, load_pipeline
 from core.training.checkpoint import atomic_write_text
 from core.training.report import COLUMNS
+
+#: Significance level of the verdicts; power and effect sizes (metric points) of the
+#: seeds-needed estimate.
+ALPHA = 0.05
+POWER = 0.8
+EFFECTS = (0.5, 1.0, 2.0)
 
 
 @dataclass
@@ -34,6 +48,10 @@ class Variant:
     runs: list[Path] = field(default_factory=list)
     metrics: list[dict[str, float]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: the seed of each entry of `metrics` (what pairs two rows)
+    metric_seeds: list[int | None] = field(default_factory=list)
+    #: (optimisation steps, training images seen) of each entry of `metrics`
+    budgets: list[tuple[int | None, int | None]] = field(default_factory=list)
 
 
 def split_values(text: str) -> list[str]:
@@ -88,8 +106,10 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")[:120]
 
 
-def run_sweep(variants: list[Variant], sweep_dir: Path, echo=print) -> Path:
-    """Run every variant x seed into `sweep_dir`, then write comparison.md / .csv."""
+def run_sweep(variants: list[Variant], sweep_dir: Path, echo=print, alpha: float = ALPHA,
+              image_check: str = "error") -> Path:
+    """Run every variant x seed into `sweep_dir`, then write comparison.md / .csv / .png.
+    `image_check`: what each run does with unreadable images (core.runner.run)."""
     from core.runner import run
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +118,8 @@ def run_sweep(variants: list[Variant], sweep_dir: Path, echo=print) -> Path:
             extra = [f"seed={seed}"] if seed is not None else []
             run_dir = sweep_dir / _slug(variant.name) / (f"seed-{seed}" if seed is not None else "run")
             try:
-                result = run(variant.pipeline, [*variant.overrides, *extra], run_dir=run_dir)
+                result = run(variant.pipeline, [*variant.overrides, *extra], run_dir=run_dir,
+                             image_check=image_check)
             except Exception as exc:  # noqa: BLE001 - one failed variant must not stop the sweep
                 variant.errors.append(f"seed {seed}: {type(exc).__name__}: {exc}")
                 echo(f"{variant.name} (seed {seed}): FAILED: {type(exc).__name__}: {exc}\n"
@@ -107,10 +128,33 @@ def run_sweep(variants: list[Variant], sweep_dir: Path, echo=print) -> Path:
             variant.runs.append(run_dir)
             if result.metrics is not None:
                 variant.metrics.append(result.metrics)
-    markdown, table_csv = comparison(variants)
+                variant.metric_seeds.append(seed)
+                variant.budgets.append(run_budget(run_dir))
+    write_comparison(variants, sweep_dir, alpha=alpha, echo=echo)
+    return sweep_dir
+
+
+def run_budget(run_dir: Path) -> tuple[int | None, int | None]:
+    """(optimisation steps, training images seen) at a run's last evaluation."""
+    from core.training.run_folder import read_metrics
+
+    try:
+        evals = [r for r in read_metrics(run_dir) if r.get("event") == "eval"]
+    except OSError:
+        return None, None
+    last = evals[-1] if evals else {}
+    return last.get("global_step"), last.get("images_seen")
+
+
+def write_comparison(variants: list[Variant], sweep_dir: Path, alpha: float = ALPHA, echo=print) -> None:
+    """comparison.md, comparison.csv and comparison.png of `variants` in `sweep_dir`."""
+    markdown, table_csv = comparison(variants, alpha=alpha)
     atomic_write_text(sweep_dir / "comparison.md", markdown)
     atomic_write_text(sweep_dir / "comparison.csv", table_csv)
-    return sweep_dir
+    try:
+        plot_comparison(variants, sweep_dir / "comparison.png")
+    except Exception as exc:  # noqa: BLE001 - a picture must not lose the table
+        echo(f"comparison.png not drawn: {type(exc).__name__}: {exc}")
 
 
 def _metric_keys(variants: list[Variant]) -> list[str]:
@@ -125,30 +169,230 @@ def _metric_keys(variants: list[Variant]) -> list[str]:
     return sorted(keys, key=lambda k: (k.startswith("mean/"), k.split("/")[0], order[k.split("/")[1]]))
 
 
-def comparison(variants: list[Variant]) -> tuple[str, str]:
-    """The table: one row per variant, each metric as mean +- std over its seeds."""
+def primary_key(keys: list[str]) -> str | None:
+    """The metric the seeds-needed estimate is about: mean/mAP, else the first mAP, else the first."""
+    if "mean/mAP" in keys:
+        return "mean/mAP"
+    return next((k for k in keys if k.endswith("/mAP")), keys[0] if keys else None)
+
+
+def by_seed(variant: Variant, key: str) -> dict:
+    """seed -> final value of `key` (runs without the key left out)."""
+    return {seed: m[key] for seed, m in zip(variant.metric_seeds, variant.metrics) if key in m}
+
+
+def _values(variant: Variant, key: str) -> list[float]:
+    return [m[key] for m in variant.metrics if key in m]
+
+
+def _cell(summary: stats.Summary) -> str:
+    if summary.n == 0:
+        return "-"
+    if summary.n == 1:
+        return f"{summary.mean:.2f} (n = 1: no interval)"
+    return f"{summary.mean:.2f} ± {summary.half_width:.2f} (sd {summary.std:.2f})"
+
+
+def _span(values: list) -> str:
+    known = sorted({v for v in values if v is not None})
+    if not known:
+        return "-"
+    return f"{known[0]:,}" if len(known) == 1 else f"{known[0]:,}–{known[-1]:,}"
+
+
+def budgets_differ(variants: list[Variant]) -> list[str]:
+    """What differs in training budget between the runs that finished (empty: all equal)."""
+    notes = []
+    for i, what in ((0, "optimisation steps"), (1, "training images seen")):
+        seen = {b[i] for v in variants for b in v.budgets if b[i] is not None}
+        if len(seen) > 1:
+            rows = "; ".join(f"{v.name}: {_span([b[i] for b in v.budgets])}" for v in variants if v.budgets)
+            notes.append(f"{what} differ ({rows})")
+    return notes
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
+def _verdict(paired: stats.Paired, alpha: float) -> str:
+    if paired.p_t is None:
+        return f"no test (n = {paired.n} shared seed{'s' if paired.n != 1 else ''})"
+    if not paired.significant(alpha):
+        return f"not significant (p ≥ {alpha:g})"
+    text = f"significant (p < {alpha:g})"
+    if paired.p_sign_flip is not None and paired.p_sign_flip >= alpha:
+        floor = 2 / 2 ** paired.n
+        text += (f"; sign-flip p ≥ {alpha:g}" + (f" (its floor is {floor:.3g} with n = {paired.n})"
+                                                   if floor >= alpha else ""))
+    return text
+
+
+def comparison(variants: list[Variant], alpha: float = ALPHA) -> tuple[str, str]:
+    """The comparison as markdown and CSV: one row per variant, each final metric as mean,
+    95% t interval and sample std over its seeds; every row against the first (paired)."""
     keys = _metric_keys(variants)
-    lines = ["| variant | seeds | " + " | ".join(keys) + " | status |", "|" + "---|" * (len(keys) + 3)]
+    base = variants[0] if variants else None
+    summaries = {(v.name, k): stats.summarize(_values(v, k)) for v in variants for k in keys}
+    pairs = {(v.name, k): stats.compare_paired(by_seed(base, k), by_seed(v, k))
+             for v in variants[1:] for k in keys}
+    differ = budgets_differ(variants)
+
+    header = ["variant", "n", "steps", "images seen", *keys, "status"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for v in variants:
+        status = _status(v)
+        cells = []
+        for key in keys:
+            cell = _cell(summaries[(v.name, key)])
+            pair = pairs.get((v.name, key))
+            if pair is not None and pair.p_t is not None and cell != "-":
+                cell += " *" if pair.significant(alpha) else " †"
+            cells.append(cell)
+        short = status if len(status) < 200 else status[:197] + "..."
+        row = [_md(v.name), str(len(v.metrics)), _span([b[0] for b in v.budgets]),
+               _span([b[1] for b in v.budgets]), *cells, _md(short)]
+        lines.append("| " + " | ".join(row) + " |")
+
+    text = ["# Comparison", "",
+            f"Final metrics in % per variant over its seeds: mean ± half-width of the 95% confidence "
+            f"interval (Student's t), sample standard deviation in brackets; n = seeds that finished. "
+            f"Baseline: the first row{f' ({base.name})' if base else ''}. Against it, "
+            f"* = the paired difference is significant at α = {alpha:g} (paired t-test), "
+            f"† = it is not (a difference that small is within the seed noise).", ""]
+    if differ:
+        text += [f"**Training budgets differ**: {'; '.join(differ)}. Rows that train different budgets "
+                 "are not a fair comparison (core/samplers/epoch.py: one epoch length for every sampler).", ""]
+    elif any(v.budgets for v in variants):
+        text += ["Every run trained the same budget (steps and images seen).", ""]
+    text += lines
+    text += _paired_section(variants, keys, pairs, alpha)
+    text += _seeds_section(variants, keys, pairs, alpha)
+    return "\n".join(text) + "\n", _csv(variants, keys, summaries, pairs, alpha)
+
+
+def _status(v: Variant) -> str:
+    return "ok" if not v.errors else ("failed: " if not v.metrics else "partly failed: ") + "; ".join(v.errors)
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "/").replace("\n", " ")
+
+
+def _paired_section(variants, keys, pairs, alpha) -> list[str]:
+    if len(variants) < 2 or not keys:
+        return []
+    base = variants[0]
+    out = ["", f"## Against the baseline ({_md(base.name)}), paired over shared seeds", "",
+           "Δ = row − baseline on each seed both ran; mean Δ with its 95% t interval; two-sided p "
+           "from the paired t-test and from the exact sign-flip permutation test (all 2^n sign "
+           f"patterns of the n differences, n ≤ {stats.EXACT_MAX_N}; free of the normality "
+           "assumption, but never below 2/2^n). The verdict is the t-test's at "
+           f"α = {alpha:g}.", "",
+           "| variant | metric | shared seeds | Δ mean [95% CI] | p (paired t) | p (sign-flip, exact) | verdict |",
+           "|---|---|---|---|---|---|---|"]
+    for v in variants[1:]:
+        for key in keys:
+            pair = pairs[(v.name, key)]
+            if pair.n == 0:
+                out.append(f"| {_md(v.name)} | {key} | 0 | - | - | - | no shared seed |")
+                continue
+            interval = f" [{pair.low:+.2f}, {pair.high:+.2f}]" if pair.low is not None else ""
+            out.append(f"| {_md(v.name)} | {key} | {pair.n} | {pair.mean:+.2f}{interval} | {_p(pair.p_t)} | "
+                       f"{_p(pair.p_sign_flip)} | {_verdict(pair, alpha)} |")
+    return out
+
+
+def _seeds_section(variants, keys, pairs, alpha) -> list[str]:
+    key = primary_key(keys)
+    rows = [(v, pairs[(v.name, key)]) for v in variants[1:] if key and pairs[(v.name, key)].std]
+    if not rows:
+        return []
+    out = ["", f"## Seeds needed ({key})", "",
+           f"Paired seeds a two-sided paired t-test at α = {alpha:g} needs to detect a true difference "
+           f"of the given size with power {POWER:g}, from the observed standard deviation of the "
+           "paired differences (a rough guide: that sd is itself estimated from few seeds).", "",
+           "| variant | sd of Δ | " + " | ".join(f"Δ = {e:g}" for e in EFFECTS) + " |",
+           "|" + "---|" * (len(EFFECTS) + 2)]
+    for v, pair in rows:
+        needed = [stats.seeds_needed(pair.std, e, alpha, POWER) for e in EFFECTS]
+        out.append(f"| {_md(v.name)} | {pair.std:.2f} | "
+                   + " | ".join(str(n) if n is not None else "> 1000" for n in needed) + " |")
+    return out
+
+
+def _csv(variants, keys, summaries, pairs, alpha) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["variant", "seeds_ok", *[f"{k} {s}" for k in keys for s in ("mean", "std")], "status"])
+    stat_cols = ("mean", "std", "ci_low", "ci_high")
+    pair_cols = ("shared_seeds", "diff_mean", "diff_ci_low", "diff_ci_high", "p_paired_t", "p_sign_flip",
+                 "significant")
+    writer.writerow(["variant", "seeds_ok", "seeds", "steps", "images_seen",
+                     *[f"{k} {c}" for k in keys for c in (*stat_cols, *pair_cols)], "status"])
+
+    def num(x):
+        return "" if x is None else f"{x:.6g}" if isinstance(x, float) else str(x)
+
     for v in variants:
-        status = "ok" if not v.errors else ("failed: " if not v.metrics else "partly failed: ") + "; ".join(v.errors)
-        cells, row = [], []
+        row = []
         for key in keys:
-            values = [m[key] for m in v.metrics if key in m]
-            if values:
-                mean, std = float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-                cells.append(f"{mean:.2f} ± {std:.2f}")
-                row += [f"{mean:.4f}", f"{std:.4f}"]
+            s = summaries[(v.name, key)]
+            row += [num(s.mean), num(s.std), num(s.low), num(s.high)]
+            pair = pairs.get((v.name, key))
+            if pair is None:
+                row += [""] * len(pair_cols)
             else:
-                cells.append("-")
-                row += ["", ""]
-        short = status if len(status) < 200 else status[:197] + "..."
-        lines.append(f"| {v.name} | {len(v.metrics)} | " + " | ".join(cells) + f" | {short.replace('|', '/')} |")
-        writer.writerow([v.name, len(v.metrics), *row, status])
-    header = ("Final metrics in % per variant: mean ± sample standard deviation over seeds.\n\n")
-    return header + "\n".join(lines) + "\n", buffer.getvalue()
+                row += [str(pair.n), num(pair.mean), num(pair.low), num(pair.high), num(pair.p_t),
+                        num(pair.p_sign_flip), "" if pair.p_t is None else str(pair.significant(alpha)).lower()]
+        steps = sorted({b[0] for b in v.budgets if b[0] is not None})
+        images = sorted({b[1] for b in v.budgets if b[1] is not None})
+        writer.writerow([v.name, len(v.metrics), " ".join(str(s) for s in v.metric_seeds),
+                         " ".join(map(str, steps)), " ".join(map(str, images)), *row, _status(v)])
+    return buffer.getvalue()
+
+
+def plot_comparison(variants: list[Variant], path: Path) -> None:
+    """comparison.png: per metric, each row's seeds (dots) and mean with its 95% t interval."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    keys = _metric_keys(variants)
+    if not keys:
+        return
+    cols = min(len(keys), 3)
+    rows = -(-len(keys) // cols)
+    height = 0.45 * len(variants) + 1.2
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, height * rows), squeeze=False)
+    names = [v.name for v in variants]
+    for ax, key in zip(axes.ravel(), keys):
+        for y, v in enumerate(variants):
+            values = _values(v, key)
+            if not values:
+                continue
+            s = stats.summarize(values)
+            ax.plot(values, [y] * len(values), "o", ms=3, alpha=0.45, color="grey")
+            if s.low is not None:
+                ax.errorbar(s.mean, y, xerr=[[s.mean - s.low], [s.high - s.mean]], fmt="o", color="C0" if y else "C3",
+                            capsize=3)
+            else:
+                ax.plot(s.mean, y, "o", color="C0" if y else "C3")
+        base = stats.summarize(_values(variants[0], key))
+        if base.mean is not None:
+            ax.axvline(base.mean, color="C3", lw=0.8, ls="--")
+        ax.set_yticks(range(len(variants)), names if ax in axes[:, 0] else [""] * len(names), fontsize=7)
+        ax.set_ylim(len(variants) - 0.5, -0.5)
+        ax.set_title(key, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in axes.ravel()[len(keys):]:
+        ax.set_visible(False)
+    fig.suptitle("mean and 95% t interval per row (dots: seeds; dashed: baseline)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def default_sweep_dir(output_dir: str = "runs") -> Path:

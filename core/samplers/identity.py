@@ -63,7 +63,9 @@ class PKSampler(Sampler):
     and few groups are left over). When fewer than P identities still have groups, the
     batch is completed with fresh groups of other identities, so every batch is a full
     P x K batch and the number of batches is fixed: floor(G / P) with `drop_last`,
-    ceil(G / P) without, where G is the total number of groups.
+    ceil(G / P) without, where G is the total number of groups; in a pipeline, the core's
+    epoch length `ctx.epoch_batches` (core.samplers.epoch; floor(G / P) for K = 4 unless
+    `epoch_batches` is set). Batches beyond the groups are made of fresh groups.
     """
 
     def __init__(self, ctx: BuildContext, batch_size: int = 64, k: int = 4,
@@ -93,7 +95,8 @@ class PKSampler(Sampler):
         counts = np.array([len(ix) for ix in self.index_of_identity])
         self.groups_per_identity = np.maximum(counts // k, 1)
         total = int(self.groups_per_identity.sum())
-        self.num_global_batches = total // self.p if drop_last else -(-total // self.p)
+        # the core's epoch length (core.samplers.epoch) when built in a pipeline
+        self.num_global_batches = ctx.epoch_batches or (total // self.p if drop_last else -(-total // self.p))
 
     def _group(self, rng: np.random.Generator, identity: int) -> np.ndarray:
         """K random images of one identity: distinct when it has K, else all + repeats."""
@@ -160,14 +163,23 @@ class RandomSampler(Sampler):
         self.rank, self.world_size = _check_rank("random", ctx)
         n, b = self.num_records, batch_size
         self.num_global_batches = n // b if drop_last else -(-n // b)
+        #: the core's epoch length (core.samplers.epoch) when built in a pipeline: that many
+        #: full batches, from as many passes (permutations) as needed
+        self.fixed = ctx.epoch_batches
+        if self.fixed:
+            self.num_global_batches = self.fixed
         if self.num_global_batches == 0:
             raise ValueError(f"sampler 'random': batch_size ({b}) exceeds the {n} training records "
                              "and drop_last is true, so an epoch would have no batch")
 
     def plan(self, epoch: int) -> list[list[int]]:
         """The global (all-rank) batches of `epoch`."""
-        perm = _rng(self.seed, epoch).permutation(self.num_records)
+        rng = _rng(self.seed, epoch)
         b = self.batch_size
+        perm = rng.permutation(self.num_records)
+        if self.fixed:
+            passes = -(-self.fixed * b // self.num_records)
+            perm = np.concatenate([perm, *(rng.permutation(self.num_records) for _ in range(passes - 1))])
         return [perm[i * b:(i + 1) * b].tolist() for i in range(self.num_global_batches)]
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -175,5 +187,5 @@ class RandomSampler(Sampler):
 
     def __len__(self) -> int:
         n, b, w = self.num_records, self.batch_size, self.world_size
-        last = n - (self.num_global_batches - 1) * b  # size of the last global batch
+        last = b if self.fixed else n - (self.num_global_batches - 1) * b  # size of the last global batch
         return self.num_global_batches - (1 if last < w else 0)

@@ -35,8 +35,20 @@ def format_table(rows: list[tuple[str, dict[str, Any]]], keys: list[str]) -> str
     return "\n".join(lines)
 
 
+def budget_line(record: dict[str, Any]) -> str:
+    """The training budget behind `record` (an evaluation): optimisation steps and images
+    seen, what must match across the rows of a comparison (issue 20)."""
+    steps, images = record.get("global_step"), record.get("images_seen")
+    if steps is None:
+        return ""
+    seen = f", {images:,} training images seen" if isinstance(images, int) else ""
+    return f"Training budget: {steps:,} optimisation steps{seen}."
+
+
 def format_report(name: str, history: list[dict[str, Any]]) -> str:
-    text = [f"# {name}", "", "Metrics in % (CMC rank-k, mAP, mINP) per test set.", "",
+    budget = budget_line(history[-1]) if history else ""
+    text = [f"# {name}", "", "Metrics in % (CMC rank-k, mAP, mINP) per test set."
+            + (f" {budget}" if budget else ""), "",
             format_table([(r["tag"], r) for r in history], metric_keys(history))]
     categories = _groups(history[-1:], 2)
     if categories:

@@ -24,6 +24,7 @@ class CameraPKSampler(Sampler):
             raise ValueError("sampler 'camera-pk' needs the training record table (data.train)")
         self.k, self.p = k, batch_size // k
         self.seed, self.rank, self.world_size = ctx.seed, ctx.rank, ctx.world_size
+        self.epoch_batches = getattr(ctx, "epoch_batches", None)
         # per identity, per camera: record indices (read from the table, no image decoded)
         self.by_identity = defaultdict(lambda: defaultdict(list))
         for index, (pid, cam) in enumerate(zip(ctx.train.pids.tolist(), ctx.train.camids.tolist())):
@@ -47,14 +48,17 @@ class CameraPKSampler(Sampler):
 
     def plan(self, epoch):
         rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(self.identities).tolist()
         batches = []
-        for start in range(0, len(order) - self.p + 1, self.p):
-            batches.append([i for pid in order[start:start + self.p] for i in self._group(pid, rng)])
-        return batches
+        while len(batches) < len(self):  # passes over the shuffled identities
+            order = rng.permutation(self.identities).tolist()
+            for start in range(0, len(order) - self.p + 1, self.p):
+                batches.append([i for pid in order[start:start + self.p] for i in self._group(pid, rng)])
+        return batches[: len(self)]
 
     def __iter__(self):
         yield from shard_plan(self.plan(self.epoch), self.rank, self.world_size, self.k)
 
     def __len__(self):
-        return len(self.identities) // self.p
+        # the core's epoch length (ctx.epoch_batches, the same for every sampler) when in a
+        # pipeline, so that this sampler's rows of an ablation train as many steps as `pk`'s
+        return self.epoch_batches or len(self.identities) // self.p

@@ -1,0 +1,151 @@
+"""The statistics of comparison tables (core/statistics.py, core/sweep.py; issue 20),
+against hand-worked examples and scipy."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as sp
+
+from core import statistics as st
+from core import sweep
+from core.sweep import Variant
+
+# t_{0.975, 4} from a printed t table; with s = sqrt(2.5) and n = 5:
+T_975_4 = 2.7764
+
+
+def test_summary_of_one_to_five_is_the_hand_worked_t_interval():
+    s = st.summarize([1, 2, 3, 4, 5])
+    half = T_975_4 * np.sqrt(2.5) / np.sqrt(5)  # 1.9632
+    assert (s.n, s.mean) == (5, 3.0)
+    assert s.std == pytest.approx(np.sqrt(2.5))  # sample std (ddof = 1), not 1.414 (ddof = 0)
+    assert (s.low, s.high) == pytest.approx((3 - half, 3 + half), abs=2e-4)
+
+
+def test_summary_interval_matches_scipy_on_random_data():
+    x = np.random.default_rng(0).normal(30, 2, size=7)
+    low, high = sp.t.interval(0.95, 6, loc=x.mean(), scale=sp.sem(x))
+    s = st.summarize(x)
+    assert (s.low, s.high) == pytest.approx((low, high), rel=1e-12)
+
+
+def test_one_value_has_no_spread_and_no_interval():
+    s = st.summarize([32.37])
+    assert (s.n, s.mean, s.std, s.low, s.high) == (1, 32.37, None, None, None)
+    assert st.summarize([]).n == 0 and st.summarize([]).mean is None
+
+
+def test_paired_difference_is_hand_worked_and_matches_scipy():
+    base = {0: 10.0, 1: 11.0, 2: 12.0, 3: 13.0, 9: 50.0}  # seed 9: the row lacks it
+    row = {0: 11.0, 1: 13.0, 2: 12.5, 3: 14.5, 7: 0.0}
+    pair = st.compare_paired(base, row)
+    # d = 1, 2, 0.5, 1.5: mean 1.25, sd sqrt(1.25 / 3), t = 1.25 / (sd / 2) = 3.873 (df 3)
+    assert pair.seeds == [0, 1, 2, 3] and pair.n == 4
+    assert pair.mean == pytest.approx(1.25)
+    assert pair.std == pytest.approx(np.sqrt(1.25 / 3))
+    t = 1.25 / (np.sqrt(1.25 / 3) / 2)
+    assert t == pytest.approx(3.873, abs=1e-3)
+    assert pair.p_t == pytest.approx(2 * sp.t.sf(t, 3), rel=1e-9)
+    assert pair.p_t == pytest.approx(sp.ttest_rel([11, 13, 12.5, 14.5], [10, 11, 12, 13]).pvalue, rel=1e-9)
+    # every sign flip lowers |sum| = 5 except flipping all: 2 of 16 patterns
+    assert pair.p_sign_flip == pytest.approx(2 / 16)
+
+
+def test_sign_flip_enumerates_every_pattern_by_hand():
+    # d = 1, -1, 2: the 8 signed sums are 2, -2, 4, 0, 0, -4, 2, -2; |sum| >= 2 in 6
+    assert st.sign_flip_p([1, -1, 2]) == pytest.approx(6 / 8)
+    assert st.sign_flip_p([3.0] * 5) == pytest.approx(2 / 32)  # the floor of n = 5
+    assert st.sign_flip_p(list(range(11))) is None  # beyond exact enumeration
+    assert st.sign_flip_p([]) is None
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sign_flip_matches_scipy_exact_permutation_test(seed):
+    d = np.random.default_rng(seed).normal(0.3, 1.0, size=6 + seed)
+    reference = sp.permutation_test((d,), np.mean, permutation_type="samples", n_resamples=np.inf,
+                                    alternative="two-sided").pvalue
+    assert st.sign_flip_p(d) == pytest.approx(reference, rel=1e-9)
+
+
+def test_one_shared_seed_gives_a_difference_but_no_test():
+    pair = st.compare_paired({0: 30.0, 1: 31.0}, {1: 33.0})
+    assert (pair.n, pair.mean, pair.p_t, pair.low) == (1, 2.0, None, None)
+    assert not pair.significant(0.05)
+    assert st.compare_paired({0: 1.0}, {1: 2.0}).n == 0
+
+
+def test_seeds_needed_matches_the_standard_matched_pairs_power_table():
+    # G*Power, t tests - means: matched pairs, two-tailed, alpha 0.05, power 0.8:
+    # effect size dz = 1.0 -> 10 pairs, dz = 0.5 -> 34 pairs
+    assert st.seeds_needed(1.0, 1.0) == 10
+    assert st.seeds_needed(2.0, 1.0) == 34
+    assert st.seeds_needed(1.0, -1.0) == 10
+
+
+def variant(name, values: dict, budget=(40, 2560), errors=()):
+    v = Variant(name, Path("p.yaml"), [], list(values))
+    for seed, value in values.items():
+        v.metrics.append({"synthetic/mAP": value, "synthetic/rank-1": value + 10})
+        v.metric_seeds.append(seed)
+        v.budgets.append(budget)
+    v.errors = list(errors)
+    return v
+
+
+BASE = {0: 30.0, 1: 31.0, 2: 29.5, 3: 30.5, 4: 30.2}
+
+
+def test_comparison_marks_noise_and_real_differences():
+    far = {s: v + 3.0 + 0.1 * s for s, v in BASE.items()}  # +3 points on every seed
+    near = {0: 30.4, 1: 30.6, 2: 29.9, 3: 30.1, 4: 30.6}  # within the noise
+    markdown, table = sweep.comparison([variant("base", BASE), variant("far", far), variant("near", near)])
+    rows: dict[str, str] = {}
+    for line in markdown.splitlines():  # the first table: one line per variant
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0][2:], line)
+    assert " *" in rows["far"].split(" | ")[4] and " †" in rows["near"].split(" | ")[4]
+    d = np.array([far[s] - BASE[s] for s in BASE])
+    p = sp.ttest_1samp(d, 0).pvalue
+    assert f"| far | synthetic/mAP | 5 | +{d.mean():.2f} [" in markdown
+    assert f"{p:.1e}" in markdown or f"{p:.3f}" in markdown
+    assert "| near | synthetic/mAP | 5 |" in markdown and "not significant (p ≥ 0.05)" in markdown
+    # the sign-flip test of 5 seeds cannot reach 0.05: said where the t-test is significant
+    assert "its floor is 0.0625 with n = 5" in markdown
+    assert "Every run trained the same budget" in markdown
+    assert "## Seeds needed (synthetic/mAP)" in markdown
+    header = table.splitlines()[0].split(",")
+    assert {"synthetic/mAP mean", "synthetic/mAP std", "synthetic/mAP ci_low", "synthetic/mAP p_paired_t",
+            "synthetic/mAP p_sign_flip", "steps", "images_seen"} <= set(header)
+
+
+def test_one_seed_and_an_empty_row_keep_the_table_whole():
+    variants = [variant("base", {0: 30.0}), variant("broken", {}, errors=["seed 0: ValueError: no"]),
+                variant("other", {0: 31.0})]
+    markdown, _ = sweep.comparison(variants)
+    assert "30.00 (n = 1: no interval)" in markdown and "± 0.00" not in markdown
+    lines = markdown.splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("| variant | n |")))
+    main = lines[start:lines.index("", start)]
+    widths = {line.count("|") for line in main}
+    assert len(widths) == 1, main  # the empty row has as many cells as the header
+    assert "| broken | 0 | - | - | - | - | failed: seed 0: ValueError: no |" in markdown
+    assert "no test (n = 1 shared seed)" in markdown
+    assert "| broken | synthetic/mAP | 0 | - | - | - | no shared seed |" in markdown
+
+
+def test_rows_with_different_budgets_are_flagged():
+    markdown, _ = sweep.comparison([variant("base", BASE), variant("short", BASE, budget=(20, 1280))])
+    assert "**Training budgets differ**: optimisation steps differ (base: 40; short: 20)" in markdown
+
+
+def test_no_metric_at_all_still_gives_a_table():
+    markdown, table = sweep.comparison([variant("a", {}, errors=["seed 0: boom"])])
+    assert "| a | 0 | - | - | failed: seed 0: boom |" in markdown
+    assert table.splitlines()[0].startswith("variant,seeds_ok")
+
+
+def test_the_plot_is_written(tmp_path):
+    variants = [variant("base", BASE), variant("one", {0: 33.0}), variant("none", {})]
+    sweep.plot_comparison(variants, tmp_path / "comparison.png")
+    assert (tmp_path / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
