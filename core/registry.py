@@ -1,8 +1,9 @@
 """The registry: one table of named components per kind, filled by the plugins' hooks.
 
 This file is the one place that lists the kinds (mmengine's lesson). The core owns the
-names: two plugins registering one name in one kind is an error naming both; a name
-nobody registered gets a did-you-mean and, when the first-party catalogue
+names: two plugins may register one name in one kind, and asking for it bare is then an
+error naming both, while `plugin:name` picks one (a plugin registering one name twice is
+an error at once); a name nobody registered gets a did-you-mean and, when the first-party catalogue
 (registry.yaml) knows a plugin that provides it, the command that installs it.
 Entries are lazy ("module:attribute"), so listing them never imports torch.
 """
@@ -29,6 +30,8 @@ KIND_HOOKS: dict[str, str] = {
     "labeler": "register_labelers",
 }
 KINDS = tuple(KIND_HOOKS)
+#: separates a plugin and a component name: `example:center` is plugin example's `center`
+SEPARATOR = ":"
 
 
 class RegistryError(Exception):
@@ -69,41 +72,91 @@ class Entry:
 
 @dataclass
 class Registry:
-    tables: dict[str, dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    """kind -> name -> the entries registered under that name (one per plugin).
+
+    A name registered by one plugin is found by its bare name; a name registered by two
+    plugins is ambiguous: asking for it bare is an error naming both, and
+    `plugin:name` (e.g. `example:center`) picks one. The names stay installable side by
+    side, so `core plugins` and every pipeline that does not use the name keep working.
+    """
+
+    tables: dict[str, dict[str, list[Entry]]] = field(default_factory=lambda: {k: {} for k in KINDS})
 
     def add(self, kind: str, name: str, target: Any, provider: str, aliases=()) -> None:
         if kind not in self.tables:
             raise RegistryError(f"unknown kind '{kind}'; kinds are: {', '.join(KINDS)}")
-        if not isinstance(name, str) or not name:
-            raise RegistryError(f"plugin '{provider}' registered a {kind} with an invalid name {name!r}")
+        for key in (name, *aliases):
+            if not isinstance(key, str) or not key or SEPARATOR in key:
+                raise RegistryError(f"plugin '{provider}' registered a {kind} with an invalid name {key!r} "
+                                    f"(a non-empty string without '{SEPARATOR}', which separates "
+                                    "plugin and name in `plugin:name`)")
         if isinstance(target, str) and ":" not in target:
             raise RegistryError(f"plugin '{provider}' registered {kind} '{name}' with target "
                                 f"'{target}'; a lazy target is 'module:attribute'")
         entry = Entry(kind, name, target, provider, tuple(aliases))
         for key in (name, *aliases):
-            other = self.tables[kind].get(key)
-            if other is not None:
+            same = [e for e in self.tables[kind].get(key, []) if e.provider == provider]
+            if same:
                 raise DuplicateComponentError(
-                    f"{kind} '{key}' is registered twice: by plugin '{other.provider}' and by "
-                    f"plugin '{provider}'. Uninstall or disable one (CORE_DISABLE_PLUGINS={provider})."
-                )
-            self.tables[kind][key] = entry
+                    f"plugin '{provider}' registers {kind} '{key}' twice ({same[0].target} and {target}); "
+                    "give each component its own name")
+            self.tables[kind].setdefault(key, []).append(entry)
 
     def names(self, kind: str) -> list[str]:
+        """The bare names (and aliases) of a kind."""
         return sorted(self.tables[kind])
 
     def entries(self, kind: str) -> list[Entry]:
-        """Unique entries of a kind (aliases folded)."""
+        """Unique entries of a kind (aliases folded), by name then plugin."""
         seen: dict[int, Entry] = {}
-        for entry in self.tables[kind].values():
-            seen.setdefault(id(entry), entry)
-        return sorted(seen.values(), key=lambda e: e.name)
+        for found in self.tables[kind].values():
+            for entry in found:
+                seen.setdefault(id(entry), entry)
+        return sorted(seen.values(), key=lambda e: (e.name, e.provider))
+
+    def ambiguous(self, kind: str) -> dict[str, list[str]]:
+        """Names of a kind registered by more than one plugin -> those plugins."""
+        return {name: [e.provider for e in found] for name, found in sorted(self.tables[kind].items())
+                if len(found) > 1}
 
     def get(self, kind: str, name: str) -> Entry:
-        try:
-            return self.tables[kind][name]
-        except KeyError:
-            raise UnknownComponentError(self.explain_unknown(kind, name)) from None
+        """The entry named `name` (bare, or `plugin:name` to pick one of several)."""
+        provider, sep, bare = name.rpartition(SEPARATOR) if isinstance(name, str) else ("", "", name)
+        found = self.tables[kind].get(bare, []) if isinstance(bare, str) else []
+        if sep:
+            chosen = [e for e in found if e.provider == provider]
+            if chosen:
+                return chosen[0]
+            raise UnknownComponentError(self.explain_unknown_qualified(kind, provider, bare))
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise DuplicateComponentError(self.explain_ambiguous(kind, bare, found))
+        raise UnknownComponentError(self.explain_unknown(kind, name))
+
+    @staticmethod
+    def explain_ambiguous(kind: str, name: str, found: list[Entry]) -> str:
+        plugins = " and ".join(f"plugin '{e.provider}' ({e.target if isinstance(e.target, str) else e.target.__name__})"
+                               for e in found)
+        choices = " or ".join(f"'{e.provider}{SEPARATOR}{name}'" for e in found)
+        return (f"{kind} '{name}' is registered by {len(found)} plugins: {plugins}. Name the one you mean as "
+                f"{choices} (or disable one: CORE_DISABLE_PLUGINS={found[-1].provider}).")
+
+    def explain_unknown_qualified(self, kind: str, provider: str, name: str) -> str:
+        providers = sorted({e.provider for entries in self.tables[kind].values() for e in entries})
+        if provider not in providers:
+            owners = [e.provider for e in self.tables[kind].get(name, [])] or providers
+            close = difflib.get_close_matches(provider, owners, n=1, cutoff=0.6)
+            hint = f" Did you mean '{close[0]}{SEPARATOR}{name}'?" if close else ""
+            return (f"unknown {kind} '{provider}{SEPARATOR}{name}': no installed plugin '{provider}' provides a "
+                    f"{kind}.{hint} Plugins providing a {kind}: {', '.join(providers) or 'none'}.")
+        own = sorted({e.name for entries in self.tables[kind].values() for e in entries if e.provider == provider})
+        close = difflib.get_close_matches(name, own, n=1, cutoff=0.6)
+        hint = f" Did you mean '{provider}{SEPARATOR}{close[0]}'?" if close else ""
+        others = [e.provider for e in self.tables[kind].get(name, [])]
+        elsewhere = f" '{name}' is provided by plugin {', '.join(others)}." if others else ""
+        return (f"unknown {kind} '{provider}{SEPARATOR}{name}': plugin '{provider}' provides no {kind} '{name}'."
+                f"{hint}{elsewhere} Its {kind} components: {', '.join(own)}.")
 
     def explain_unknown(self, kind: str, name: str) -> str:
         known = self.names(kind)

@@ -34,18 +34,53 @@ def install_and_test(plugin: Path, tmp_path: Path) -> subprocess.CompletedProces
                           capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
 
 
-def test_a_generated_plugin_of_every_kind_installs_and_passes_its_test(tmp_path, capsys):
-    assert main(["new-plugin", "circle", "--kinds", "dataset,sampler,backbone,head,loss,evaluator",
+def test_a_generated_plugin_with_named_components_of_every_kind_installs_and_passes_its_tests(tmp_path, capsys):
+    assert main(["new-plugin", "my-method", "--loss", "circle", "--loss", "ring", "--sampler", "cam_pk",
+                 "--dataset", "blobs", "--backbone", "small_cnn", "--head", "lin", "--evaluator", "r1",
                  "--out", str(tmp_path / "src")]) == 0
-    plugin = tmp_path / "src" / "reid-circle"
-    assert "pip install -e" in capsys.readouterr().out
+    plugin = tmp_path / "src" / "reid-my-method"
+    captured = capsys.readouterr()
+    assert f'pip install -e "{plugin}[test]"' in captured.out
+    assert "loss 'circle' (plugin core)" in captured.err  # the name is shared with the core's circle loss
     files = {p.relative_to(plugin).as_posix() for p in plugin.rglob("*") if p.is_file()}
-    assert {"pyproject.toml", "README.md", "reid_circle/hooks.py", "reid_circle/loss.py",
-            "reid_circle/sampler.py", "tests/test_reid_circle.py"} <= files
-    assert 'circle = "reid_circle.hooks"' in (plugin / "pyproject.toml").read_text()
+    components = ["circle_loss", "ring_loss", "cam_pk_sampler", "blobs_dataset", "small_cnn_backbone", "lin_head",
+                  "r1_evaluator"]
+    assert {f"reid_my_method/{c}.py" for c in components} <= files
+    assert {f"tests/test_{c}.py" for c in components} | {"tests/test_pipeline.py"} <= files  # a test each
+    hooks = (plugin / "reid_my_method" / "hooks.py").read_text()
+    assert 'register("cam_pk", "reid_my_method.cam_pk_sampler:CamPkSampler")' in hooks
+    assert 'register("ring", "reid_my_method.ring_loss:RingLoss")' in hooks
+    assert 'my_method = "reid_my_method.hooks"' in (plugin / "pyproject.toml").read_text()
     result = install_and_test(plugin, tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "2 passed" in result.stdout
+    # 7 components x (registration + contract tests) and the pipeline test, none skipped
+    assert "20 passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
+
+
+def test_the_documented_install_installs_the_test_runner(tmp_path):
+    """The README's install line installs the `test` extra, and the extra holds pytest
+    (read from the installed distribution's metadata, as pip resolves it)."""
+    plugin = new_plugin("my-method", {"loss": ["ring"]}, tmp_path / "src")
+    readme = (plugin / "README.md").read_text()
+    assert 'pip install -e ".[test]"' in readme
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--disable-pip-version-check", "--target", str(target), str(plugin)],
+                   check=True, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    from importlib.metadata import PathDistribution
+
+    dist = PathDistribution(next(target.glob("reid_my_method-*.dist-info")))
+    assert "test" in dist.metadata.get_all("Provides-Extra")
+    assert any(r.startswith("pytest") and 'extra == "test"' in r for r in dist.requires)
+    guide = (DOCS_EXAMPLE.parents[1] / "writing-plugins.md").read_text()
+    assert "[test]" in guide.split("## 1.")[0]  # the guide's first install line too
+
+
+def test_kinds_name_their_components_after_the_plugin(tmp_path):
+    plugin = new_plugin("circle-x", ["loss", "sampler"], tmp_path)
+    hooks = (plugin / "reid_circle_x" / "hooks.py").read_text()
+    assert 'register("circle-x", "reid_circle_x.circle_x_loss:CircleXLoss")' in hooks
+    assert 'register("circle-x", "reid_circle_x.circle_x_sampler:CircleXSampler")' in hooks
 
 
 def test_the_worked_example_of_the_guide_installs_and_passes_its_tests(tmp_path):
@@ -57,14 +92,22 @@ def test_the_worked_example_of_the_guide_installs_and_passes_its_tests(tmp_path)
     assert "4 passed" in result.stdout
 
 
-def test_a_name_that_is_taken_is_refused(tmp_path):
-    with pytest.raises(ScaffoldError, match="the name 'triplet' is taken: loss 'triplet' \\(plugin core\\)"):
-        new_plugin("triplet", ["loss"], tmp_path)
+def test_a_name_that_is_taken_is_said_and_the_plugin_names_its_own_qualified(tmp_path):
+    notes = []
+    plugin = new_plugin("my-method", {"loss": ["triplet"]}, tmp_path, echo=notes.append)
+    assert "loss 'triplet' (plugin core)" in notes[0] and "my_method:NAME" in notes[0]
+    assert "{name: my_method:triplet, weight: 1.0}" in (plugin / "README.md").read_text()
+    assert '"my_method:triplet"' in (plugin / "tests" / "test_pipeline.py").read_text()
+    with pytest.raises(ScaffoldError, match="the name is taken: loss 'triplet' \\(plugin core\\)"):
+        new_plugin("my-method", {"loss": ["triplet"]}, tmp_path, force=True, taken_names="error")
 
 
 @pytest.mark.parametrize("name, kinds, message", [
     ("My_Loss", ["loss"], "use lower-case letters"),
     ("circle", ["optimizer"], "unknown kind\\(s\\) optimizer; kinds: dataset, sampler"),
+    ("my-method", {"loss": ["Circle"]}, "loss name 'Circle': use lower-case"),
+    ("my-method", {"loss": ["ring", "ring"]}, "loss 'ring' is asked for twice"),
+    ("my-method", {"loss": []}, "no kind given"),
 ])
 def test_bad_names_and_kinds_are_errors(name, kinds, message, tmp_path):
     with pytest.raises(ScaffoldError, match=message):

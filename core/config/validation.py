@@ -111,7 +111,8 @@ def validate_params(target: Callable[..., Any], params: dict[str, Any], cfg: Loa
                 close = difflib.get_close_matches(str(name), list(accepted), n=1)
                 hint = f" Did you mean '{close[0]}'?" if close else ""
                 raise cfg.error(f"{key}.{name}" if key else str(name),
-                                f"unknown key '{name}' for {what}.{hint} Valid keys: {valid}.")
+                                f"unknown key '{name}' for {what}.{hint} Valid keys: {valid}."
+                                + swap_hint(cfg, key, params, accepted, what))
     for name, param in accepted.items():
         path = f"{key}.{name}" if key else name
         if name not in params:
@@ -127,6 +128,43 @@ def validate_params(target: Callable[..., Any], params: dict[str, Any], cfg: Loa
     return dict(params)
 
 
+def _lookup(data: Any, key: str) -> Any:
+    for part in key.split("."):
+        if isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        elif isinstance(data, dict):
+            data = data.get(part)
+        else:
+            return None
+    return data
+
+
+def swap_hint(cfg: LoadedConfig, key: str, params: dict[str, Any], accepted: dict[str, inspect.Parameter],
+              what: str) -> str:
+    """When `--set`/`--grid key.name=...` swapped a component but the other keys of its
+    mapping still come from the file (written for the component it replaced): which of
+    them the new one does not accept, which it needs, and the whole mapping to give
+    instead (a mapping given by --set / --grid replaces the file's rather than merging)."""
+    if not key or cfg.origins.get(f"{key}.name") != "--set":
+        return ""
+    stale = [k for k in params if k not in accepted and cfg.origin(f"{key}.{k}") != "--set"]
+    if not stale:
+        return ""
+    import yaml
+
+    name = _lookup(cfg.data, f"{key}.name")
+    needs = [n for n, p in accepted.items() if p.default is inspect.Parameter.empty and n not in params]
+    kept = {k: v for k, v in params.items() if k in accepted}
+    mapping = yaml.safe_dump({"name": name, **kept}, default_flow_style=True, sort_keys=False, width=10**6).strip()
+    return (f" '{key}.name' was set to {name!r} by --set/--grid, but {', '.join(repr(k) for k in stale)} "
+            f"{'comes' if len(stale) == 1 else 'come'} from {cfg.origin(f'{key}.{stale[0]}')}, written for the "
+            f"component it replaced: {what} does not accept {', '.join(stale)}"
+            + (f" and needs {', '.join(needs)}" if needs else "")
+            + f". Give the whole mapping instead (a mapping given by --set or --grid replaces the file's): "
+            f"--set '{key}={mapping}', or in a grid one mapping per variant: "
+            f"--grid '{key}={{name: a, ...}},{{name: b, ...}}'.")
+
+
 def build_dataclass(cls: type, params: Any, cfg: LoadedConfig, key: str, what: str):
     """Validate a mapping against a config dataclass and instantiate it."""
     if params is None:
@@ -135,3 +173,43 @@ def build_dataclass(cls: type, params: Any, cfg: LoadedConfig, key: str, what: s
         raise cfg.error(key, f"{what} must be a mapping, got {describe(params)}")
     assert dataclasses.is_dataclass(cls)
     return cls(**validate_params(cls, params, cfg, key, what))
+
+
+# --- parameter-name patterns (stages' trainable / frozen / param_groups) ---------------
+
+def _pattern_candidates(names: list[str]) -> list[str]:
+    """What a pattern could have meant: every name and every dotted prefix as `prefix.*`."""
+    out: dict[str, None] = {}
+    for name in names:
+        parts = name.split(".")
+        for n in range(1, len(parts)):
+            out.setdefault(".".join(parts[:n]) + ".*", None)
+        out.setdefault(name, None)
+    return list(out)
+
+
+def close_patterns(pattern: str, names: list[str], n: int = 3) -> list[str]:
+    """Patterns close to a pattern that matched nothing (did-you-mean)."""
+    return difflib.get_close_matches(pattern, _pattern_candidates(names), n=n, cutoff=0.6)
+
+
+def name_examples(names: list[str]) -> list[str]:
+    """What parameter names look like: one per module prefix (three segments), and every
+    trainable loss parameter (`losses.<i>.<param>`, e.g. a center loss's table), which
+    come last in the model and would otherwise be cut off."""
+    seen: dict[str, str] = {}
+    for name in names:
+        if not name.startswith("losses."):
+            seen.setdefault(".".join(name.split(".")[:3]), name)
+    examples = list(seen.values())[:6] + (["..."] if len(seen) > 6 else [])
+    losses = [n for n in names if n.startswith("losses.")]
+    return examples + losses[:8] + (["..."] if len(losses) > 8 else [])
+
+
+def pattern_miss(pattern: str, names: list[str], among: str = "parameter") -> str:
+    """`pattern '...' matches no <among>` with a did-you-mean and what names look like."""
+    close = close_patterns(pattern, names)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return (f"pattern '{pattern}' matches no {among}; names look like {', '.join(name_examples(names))}.{hint} "
+            "(A loss's own parameters are `losses.<i>.<param>`, <i> counting the pipeline's losses, then "
+            "those only a stage lists.)")

@@ -14,9 +14,9 @@ A plugin for reid-core (object re-identification). It provides:
 ## Install and test
 
 ```bash
-pip install -e .            # registers the entry point `reid_core: {{entry}}`
+pip install -e ".[test]"    # the plugin, its entry point `reid_core: {{entry}}`, and pytest
 core plugins                # lists {{entry}} with its components
-pytest                      # trains the tiny pipeline with the components on the CPU
+pytest                      # each component's test, then the tiny pipeline trained with all of them (CPU)
 ```
 
 ## Use
@@ -28,8 +28,15 @@ _base_: quickstart.yaml
 {{yaml}}
 ```
 
+or swap them into a grid next to reid-core's own (one comparison table):
+
+```bash
+{{grid}}
+```
+
 Each component's YAML keys are its constructor's parameters; `ctx` (the build context:
-number of identities, feature size, image size, ...) is filled in by reid-core.
+number of identities, feature size, image size, ...) is filled in by reid-core. If
+another installed plugin registers one of these names too, write `{{entry}}:NAME`.
 
 ## Publish
 
@@ -37,7 +44,7 @@ number of identities, feature size, image size, ...) is filled in by reid-core.
 reid-core finds it. Keep the dependency on `reid-core` unpinned or loosely pinned.
 '''
 
-TEMPLATES['__init__.py'] = r'''"""{{dist}}: a reid-core plugin ({{kinds}} '{{name}}'). The components are registered
+TEMPLATES['__init__.py'] = r'''"""{{dist}}: a reid-core plugin ({{summary}}). The components are registered
 in `{{package}}.hooks`; nothing here imports torch, so `core --help` stays fast."""
 
 __version__ = "0.1.0"
@@ -151,8 +158,9 @@ class {{class}}(Evaluator):
 '''
 
 TEMPLATES['head.py'] = r'''"""Head '{{name}}': backbone "global" -> a linear projection as the retrieval
-"embedding", plus "features" (for metric losses) and, in training, "logits" over the
-training identities (for `ce`). Evaluation uses "embedding" only.
+"embedding", plus "features" (the output losses read unless they declare another,
+`Loss.features`) and, in training, "logits" over the training identities (for `ce`).
+Evaluation uses "embedding" only.
 """
 
 import torch
@@ -205,13 +213,16 @@ and cite its paper and equation here.
 import torch
 import torch.nn.functional as F
 
-from core.interfaces import Loss, read_output
+from core.interfaces import Loss
 
 
 class {{class}}(Loss):
-    """Args (YAML keys): margin m in (0, 2]; features: the model output to read
-    (`bnneck` outputs "features" before its BatchNorm). The loss weight is the YAML
-    `weight` key, handled by reid-core."""
+    """Args (YAML keys): margin m in (0, 2]; features: the model output the loss reads
+    (`Loss.features`): "features" (`bnneck`'s pre-BN feature, the default) or
+    "bn_features" (post-BN) — compare both with
+    `--grid losses.1.features=features,bn_features`. The loss weight is the YAML `weight`
+    key, handled by reid-core. A parameter held here (`nn.Parameter`, e.g. a table of
+    class centres) trains with the model, named `losses.<i>.<param>` in stage patterns."""
 
     def __init__(self, margin: float = 0.5, features: str = "features") -> None:
         super().__init__()
@@ -220,7 +231,7 @@ class {{class}}(Loss):
         self.margin, self.features = float(margin), features
 
     def forward(self, outputs, batch):
-        x = read_output(outputs, self.features, "loss '{{name}}'", "`bnneck` produces 'features'").float()
+        x = self.read_features(outputs).float()
         x = F.normalize(x, dim=1)
         d = (1.0 - x @ x.T).clamp(min=0.0)
         same = batch.pids[:, None] == batch.pids[None, :]
@@ -242,11 +253,12 @@ build-backend = "setuptools.build_meta"
 [project]
 name = "{{dist}}"
 version = "0.1.0"
-description = "A reid-core plugin: {{kinds}} '{{name}}'."
+description = "A reid-core plugin: {{summary}}."
 readme = "README.md"
 requires-python = ">=3.10"
 dependencies = ["reid-core"]
 
+# `pip install -e ".[test]"` installs the test runner with the plugin
 [project.optional-dependencies]
 test = ["pytest>=8"]
 
@@ -288,6 +300,7 @@ class {{class}}(Sampler):
             raise ValueError("sampler '{{name}}' needs the training record table (data.train)")
         self.k, self.p = k, batch_size // k
         self.seed, self.rank, self.world_size = ctx.seed, ctx.rank, ctx.world_size
+        self.epoch_batches = getattr(ctx, "epoch_batches", None)
         # per identity, per camera: record indices (read from the table, no image decoded)
         self.by_identity = defaultdict(lambda: defaultdict(list))
         for index, (pid, cam) in enumerate(zip(ctx.train.pids.tolist(), ctx.train.camids.tolist())):
@@ -311,32 +324,30 @@ class {{class}}(Sampler):
 
     def plan(self, epoch):
         rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(self.identities).tolist()
         batches = []
-        for start in range(0, len(order) - self.p + 1, self.p):
-            batches.append([i for pid in order[start:start + self.p] for i in self._group(pid, rng)])
-        return batches
+        while len(batches) < len(self):  # passes over the shuffled identities
+            order = rng.permutation(self.identities).tolist()
+            for start in range(0, len(order) - self.p + 1, self.p):
+                batches.append([i for pid in order[start:start + self.p] for i in self._group(pid, rng)])
+        return batches[: len(self)]
 
     def __iter__(self):
         yield from shard_plan(self.plan(self.epoch), self.rank, self.world_size, self.k)
 
     def __len__(self):
-        return len(self.identities) // self.p
+        # the core's epoch length (ctx.epoch_batches, the same for every sampler) when in a
+        # pipeline, so that this sampler's rows of an ablation train as many steps as `pk`'s
+        return self.epoch_batches or len(self.identities) // self.p
 '''
 
-TEMPLATES['test_plugin.py'] = r'''"""Tests of {{dist}}, using reid-core's pytest fixtures (`tiny_pipeline_config`,
-`run_tiny_pipeline`), which are active wherever reid-core is installed."""
+
+# --- tests: one file per component, and one that trains the tiny pipeline with all ---------
+
+TEMPLATES['test_pipeline.py'] = r'''"""{{dist}} in a pipeline: reid-core's pytest fixtures (`tiny_pipeline_config`,
+`run_tiny_pipeline`, active wherever reid-core is installed) train and evaluate the tiny
+synthetic-world pipeline with this plugin's components in it."""
 
 import math
-
-from core.registry import build_registry
-
-
-def test_the_entry_point_registers_every_component():
-    registry = build_registry()
-    for kind in {{kinds_repr}}:
-        entry = registry.get(kind, "{{name}}")
-        assert entry.provider == "{{entry}}", f"{kind} '{{name}}' comes from {entry.provider}"
 
 
 def test_a_tiny_pipeline_trains_and_evaluates_with_the_components(tiny_pipeline_config, run_tiny_pipeline):
@@ -346,4 +357,185 @@ def test_a_tiny_pipeline_trains_and_evaluates_with_the_components(tiny_pipeline_
     assert result.metrics, "the run produced no metrics"
     assert all(math.isfinite(v) for v in result.metrics.values())
     assert (result.run_dir / "checkpoints" / "last.pt").is_file()
+'''
+
+TEMPLATES['test_loss.py'] = r'''"""Loss '{{name}}' against its formula (Hadsell et al. 2006, Eq. 4, until you replace it:
+then test your paper's equation on a hand-computed case)."""
+
+import pytest
+import torch
+
+from core.records import Batch
+from core.registry import build_registry
+from {{package}}.{{module}} import {{class}}
+
+
+def batch_of(pids):
+    pids = torch.tensor(pids)
+    zeros = torch.zeros_like(pids)
+    return Batch(images=torch.zeros(len(pids), 3, 2, 2), pids=pids, camids=zeros, categories=zeros,
+                 domains=zeros, roles=zeros, indices=torch.arange(len(pids)))
+
+
+def test_the_plugin_registers_the_loss():
+    assert build_registry().get("loss", "{{entry}}:{{name}}").load() is {{class}}
+
+
+def test_the_loss_is_zero_for_perfect_embeddings():
+    features = torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [-1.0, 0.0]])  # cosine distance 0 or 2
+    loss, parts = {{class}}(margin=0.5)({"features": features}, batch_of([0, 0, 1, 1]))
+    assert float(loss) == 0.0 and float(parts["d_neg"]) == 2.0
+
+
+def test_the_loss_is_the_formula_on_a_hand_computed_case_and_trains_the_features():
+    # cosine distances: d01 = 1 (positive pair), d02 = 0 and d12 = 1 (negative pairs);
+    # ordered pairs: 2 x 1^2 + 2 x max(0, 0.5 - 0)^2 + 2 x max(0, 0.5 - 1)^2 = 2.5 over 6 pairs
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], requires_grad=True)
+    loss, _ = {{class}}(margin=0.5)({"features": features}, batch_of([0, 0, 1]))
+    assert float(loss) == pytest.approx(2.5 / 6)
+    loss.backward()
+    assert features.grad is not None and features.grad.abs().sum() > 0
+
+
+def test_the_loss_reads_the_feature_it_declares():
+    loss = {{class}}(features="bn_features")
+    assert loss.features == "bn_features"
+    with pytest.raises(KeyError, match="bn_features"):
+        loss({"features": torch.zeros(4, 2)}, batch_of([0, 0, 1, 1]))
+'''
+
+TEMPLATES['test_sampler.py'] = r'''"""Sampler '{{name}}': P identities x K images per batch, each identity spread over its
+cameras, and a plan that depends only on (seed, epoch)."""
+
+from core.context import BuildContext
+from core.data.table import RecordTable
+from core.registry import build_registry
+from {{package}}.{{module}} import {{class}}
+
+
+def table_of(world):
+    return RecordTable.build([("world", world.records("train"))], relabel=True)
+
+
+def test_the_plugin_registers_the_sampler():
+    assert build_registry().get("sampler", "{{entry}}:{{name}}").load() is {{class}}
+
+
+def test_each_batch_is_p_identities_of_k_images_over_both_cameras(tiny_world):
+    table = table_of(tiny_world)
+    sampler = {{class}}(BuildContext.from_table(table), batch_size=8, k=4)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) > 0
+    for batch in batches:
+        assert len(batch) == 8
+        for group in (batch[:4], batch[4:]):
+            assert len(set(table.pids[group])) == 1  # one identity per group of K
+            assert len(set(table.camids[group])) == 2  # both cameras of the tiny world
+
+
+def test_the_plan_depends_only_on_seed_and_epoch(tiny_world):
+    table = table_of(tiny_world)
+    make = lambda seed: {{class}}(BuildContext.from_table(table, seed=seed), batch_size=8, k=4)  # noqa: E731
+    assert make(0).plan(3) == make(0).plan(3)
+    assert make(0).plan(3) != make(0).plan(4) or make(0).plan(3) != make(1).plan(3)
+'''
+
+TEMPLATES['test_backbone.py'] = r'''"""Backbone '{{name}}': images -> "global" (B, feature_dim)."""
+
+import torch
+
+from core.context import BuildContext
+from core.records import Batch
+from core.registry import build_registry
+from {{package}}.{{module}} import {{class}}
+
+
+def test_the_plugin_registers_the_backbone():
+    assert build_registry().get("backbone", "{{entry}}:{{name}}").load() is {{class}}
+
+
+def test_it_returns_global_features_of_its_declared_size():
+    backbone = {{class}}(BuildContext(image_size=(32, 16)), dim=16)
+    zeros = torch.zeros(4, dtype=torch.long)
+    batch = Batch(images=torch.randn(4, 3, 32, 16), pids=zeros, camids=zeros, categories=zeros, domains=zeros,
+                  roles=zeros, indices=torch.arange(4))
+    out = backbone(batch)
+    assert backbone.feature_dim == 16 and out["global"].shape == (4, 16)
+    out["global"].sum().backward()
+    assert all(p.grad is not None for p in backbone.parameters() if p.requires_grad)
+'''
+
+TEMPLATES['test_head.py'] = r'''"""Head '{{name}}': "global" -> "embedding" (+ "logits" over the training identities in
+training). `BuildContext.from_table(table, feature_dim=...)` stands in for the backbone."""
+
+import torch
+
+from core.context import BuildContext
+from core.data.table import RecordTable
+from core.records import Batch
+from core.registry import build_registry
+from {{package}}.{{module}} import {{class}}
+
+
+def test_the_plugin_registers_the_head():
+    assert build_registry().get("head", "{{entry}}:{{name}}").load() is {{class}}
+
+
+def test_it_embeds_and_classifies_in_training_only(tiny_world):
+    table = RecordTable.build([("world", tiny_world.records("train"))], relabel=True)
+    ctx = BuildContext.from_table(table, feature_dim=8)
+    head = {{class}}(ctx)
+    zeros = torch.zeros(4, dtype=torch.long)
+    batch = Batch(images=torch.zeros(4, 3, 2, 2), pids=zeros, camids=zeros, categories=zeros, domains=zeros,
+                  roles=zeros, indices=torch.arange(4))
+    out = head.train()({"global": torch.randn(4, 8)}, batch)
+    assert out["embedding"].shape == (4, 8) and out["logits"].shape == (4, ctx.num_identities)
+    assert "logits" not in head.eval()({"global": torch.randn(4, 8)}, batch)
+'''
+
+TEMPLATES['test_dataset.py'] = r'''"""Dataset '{{name}}': records per split without decoding images; query and gallery share
+identities never seen in training; every query has a gallery match on another camera."""
+
+from core.registry import build_registry
+from {{package}}.{{module}} import {{class}}
+
+
+def test_the_plugin_registers_the_dataset():
+    assert build_registry().get("dataset", "{{entry}}:{{name}}").load() is {{class}}
+
+
+def test_the_splits_follow_the_reid_protocol():
+    data = {{class}}(identities=4, images_per_identity=4, cameras=2)
+    train = {r.pid for r in data.records("train")}
+    query, gallery = data.records("query"), data.records("gallery")
+    assert train and not train & {r.pid for r in query + gallery}
+    for q in query:
+        assert any(g.pid == q.pid and g.camid != q.camid for g in gallery)
+    image = data.load_image(query[0])
+    assert image.mode == "RGB" and image.size == (16, 32)
+'''
+
+TEMPLATES['test_evaluator.py'] = r'''"""Evaluator '{{name}}': rank-1 under the ReID protocol (same identity and camera dropped)."""
+
+import numpy as np
+import pytest
+import torch
+
+from core.interfaces import FeatureSet
+from core.registry import build_registry
+from {{package}}.{{module}} import {{class}}
+
+
+def test_the_plugin_registers_the_evaluator():
+    assert build_registry().get("evaluator", "{{entry}}:{{name}}").load() is {{class}}
+
+
+def test_rank1_on_a_hand_made_gallery():
+    query = FeatureSet(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), pids=np.array([0, 1]), camids=np.array([0, 0]))
+    # query 0's nearest gallery item is its own identity on its own camera (dropped), then identity 1;
+    # query 1's nearest is its identity on camera 1: rank-1 = 50%
+    gallery = FeatureSet(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]]),
+                         pids=np.array([0, 1, 1, 0]), camids=np.array([0, 1, 1, 1]))
+    metrics = {{class}}().evaluate(query, gallery)
+    assert metrics["rank-1"] == pytest.approx(50.0) and metrics["num_valid_queries"] == 2
 '''

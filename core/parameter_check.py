@@ -1,0 +1,80 @@
+"""Checking a pipeline's parameter patterns before anything trains: every stage's
+`trainable`, `frozen` and `param_groups` pattern against the model's parameter names
+(`core validate`, and `core run` before its first step).
+
+Apart from core/config/validation.py (which the pipeline's builder imports) because it
+builds the pipeline and its training module itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.config.loading import LoadedConfig
+from core.config.validation import pattern_miss
+
+
+def check_parameter_patterns(cfg: LoadedConfig, stages: list[Any], stage_losses: list[list[Any]],
+                             module: Any) -> None:
+    """Check every stage's `trainable`, `frozen` and `param_groups` pattern against the
+    parameter names of `module` (backbone.*, head.*, losses.<i>.*: the trainer's
+    `TrainingModule`) before anything trains, so that a typo in stage 2 does not wait for
+    stage 1 to finish. A `param_groups` pattern must match a parameter that stage trains.
+    Errors name the file, the key path, a did-you-mean and what names look like."""
+    names = [n for n, _ in module.named_parameters()]
+    loss_modules = list(module.losses)
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    try:
+        _check_stages(cfg, stages, stage_losses, module, names, loss_modules)
+    finally:  # select_parameters sets requires_grad: leave the module as it was
+        for param, flag in flags:
+            param.requires_grad_(flag)
+
+
+def _check_stages(cfg: LoadedConfig, stages: list[Any], stage_losses: list[list[Any]], module: Any,
+                  names: list[str], loss_modules: list[Any]) -> None:
+    import fnmatch
+
+    from core.training.optim import select_parameters
+
+    for i, stage in enumerate(stages):
+        key = f"stages.{i}"
+        for field in ("trainable", "frozen"):
+            for j, pattern in enumerate(getattr(stage, field) or []):
+                if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                    raise cfg.error(f"{key}.{field}.{j}", f"stage '{stage.name}': {field} " + pattern_miss(pattern, names))
+        active = {id(t.module) for t in stage_losses[i]}
+        inactive = [f"losses.{m}.*" for m, loss in enumerate(loss_modules)
+                    if id(loss) not in active and any(True for _ in loss.parameters())]
+        try:
+            trained = [n for n, _ in select_parameters(module, stage, also_frozen=inactive)]
+        except ValueError as exc:
+            raise cfg.error(key, str(exc)) from None
+        for g, group in enumerate(stage.param_groups):
+            for j, pattern in enumerate(group.get("params") or []):
+                if any(fnmatch.fnmatchcase(n, pattern) for n in trained):
+                    continue
+                untrained = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+                where = f"{key}.param_groups.{g}.params.{j}"
+                if untrained:
+                    raise cfg.error(where, f"stage '{stage.name}': param_groups pattern '{pattern}' matches only "
+                                           f"parameters this stage does not train (e.g. {untrained[0]}: frozen by "
+                                           "the stage, by its component, or a loss the stage does not use).")
+                raise cfg.error(where, f"stage '{stage.name}': param_groups " + pattern_miss(pattern, names))
+
+
+def check_patterns_on_meta(cfg: LoadedConfig) -> bool:
+    """Build the pipeline's model on the meta device (names and shapes, no memory, no
+    initialisation: fast even for a ViT-B) and check every stage's patterns on it.
+    Returns False, having checked nothing, when a component cannot be built on the meta
+    device (it computes with its tensors at build): the caller then checks the real model."""
+    from core.pipeline import build_pipeline
+    from core.training.trainer import TrainingModule
+
+    # the real build that follows checks the images; this one needs only names and shapes
+    try:
+        p = build_pipeline(cfg, meta=True, echo=lambda *_: None, image_check="off")
+    except Exception:  # noqa: BLE001 - a real config error is raised again by the real build
+        return False
+    check_parameter_patterns(cfg, p.stages, p.stage_losses, TrainingModule(p.model, p.loss_modules()))
+    return True
