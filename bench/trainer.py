@@ -1,11 +1,15 @@
 """Framework overhead: images/s of the reid-core trainer against a hand-written PyTorch
 training loop with the same model, batches, losses and optimizer, measured in one run.
 
-    python bench/trainer.py [--repeats 2] [--workers 1] [--threads N] [--cpu-time]
+    python bench/trainer.py [--repeats 2] [--workers 1] [--threads N] [--cpu-time] [--guard-cost]
 
 Both sides train the quickstart model (ViT, 64x32) on the same PK batches of the
 synthetic world with CE (label smoothing 0.1) + batch-hard triplet and AdamW; they
 alternate (ours, hand, ours, hand, ...) and the best epoch time of each is reported.
+
+`--guard-cost` instead times the trainer with its NaN/Inf guard (a device-side check of
+the loss and the gradient norm before every optimizer step) against the same trainer with
+the guard switched off, alternating, and prints the ratio.
 """
 
 from __future__ import annotations
@@ -68,10 +72,14 @@ def hand_epoch(pipeline, plans, workers, clock):
 
 
 def ours_epoch(trainer, epoch, clock):
+    """Images per second of one epoch: the images the epoch's plan holds (as the hand
+    loop counts them), not the table's size (an epoch's plan may hold fewer or more)."""
     trainer.position.epoch, trainer.position.step = epoch, 0
     start = clock()
     trainer._run_epoch(trainer.p.stages[0], 0)
-    return len(trainer.p.train) / (clock() - start)
+    seconds = clock() - start
+    images = sum(len(getattr(item, "indices", item)) for item in trainer.plan.plan)
+    return images / seconds
 
 
 def main() -> None:
@@ -82,6 +90,8 @@ def main() -> None:
     parser.add_argument("--cpu-time", action="store_true",
                         help="measure process CPU time instead of wall time (use with --workers 0 "
                              "--threads 1 on a shared machine: other jobs then barely matter)")
+    parser.add_argument("--guard-cost", action="store_true",
+                        help="time the trainer with and without its NaN/Inf guard (alternating)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,6 +101,9 @@ def main() -> None:
     p = build_pipeline(load_pipeline(QUICKSTART, overrides))
     trainer = Trainer(p, RunFolder(Path("/tmp/bench-trainer-run")))
     trainer._prepare_stage(0)
+    if args.guard_cost:
+        guard_cost(trainer, overrides, args.repeats, clock)
+        return
     hand_pipeline = build_pipeline(load_pipeline(QUICKSTART, overrides))
     ours, hand = [], []
     for r in range(args.repeats):
@@ -107,6 +120,28 @@ def main() -> None:
     print(f"| reid-core trainer | {', '.join(f'{x:.0f}' for x in ours)} | {best_ours:.0f} |")
     print(f"| hand-written loop | {', '.join(f'{x:.0f}' for x in hand)} | {best_hand:.0f} |")
     print(f"\nframework overhead: {100 * (best_hand / best_ours - 1):+.1f}% time per image (best vs best)")
+
+
+def guard_cost(trainer, overrides, repeats, clock) -> None:
+    """The NaN/Inf guard's share of a training epoch: the same trainer twice, one with
+    the guard's per-step work (gradient norm, device-side flag update, and on the CPU the
+    flag read) switched off, alternating epochs."""
+    bare = Trainer(build_pipeline(load_pipeline(QUICKSTART, overrides)), RunFolder(Path("/tmp/bench-trainer-bare")))
+    bare._prepare_stage(0)
+    bare.guard.update = lambda *args, **kwargs: None
+    bare._check_finite = lambda *args, **kwargs: None
+    bare._grad_norm = lambda: None
+    on, off = [], []
+    for r in range(repeats):
+        on.append(ours_epoch(trainer, r, clock))
+        off.append(ours_epoch(bare, r, clock))
+    print(f"| machine | {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__} |")
+    print("| trainer | images per second, per epoch (each repeat) | best |")
+    print("|---|---|---|")
+    print(f"| with the NaN/Inf guard | {', '.join(f'{x:.0f}' for x in on)} | {max(on):.0f} |")
+    print(f"| guard switched off | {', '.join(f'{x:.0f}' for x in off)} | {max(off):.0f} |")
+    print(f"\nguard cost: {100 * (max(off) / max(on) - 1):+.1f}% time per image (best vs best)")
 
 
 if __name__ == "__main__":

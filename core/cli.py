@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", metavar="S1,S2", help="run each variant with each seed (mean ± std in the table)")
     p.add_argument("--sweep-dir", help="folder for a sweep's runs and comparison table "
                                        "(default: <trainer.output_dir>/sweep-<time>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --run-dir replace the run already in that folder (its outputs only)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="drop unreadable images found before training (with a warning) instead of stopping")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("eval", help="evaluate a trained run or checkpoint",
@@ -77,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pipelines", nargs="+", metavar="PIPELINE")
     _add_set(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--data", action="store_true",
+                   help="check only the data, as `core run` does before training: every image file's header "
+                        "and tail, every test set's query and gallery (no model is built)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("label", help="run a pipeline's labelers (its `prepare` steps) over the training images",
@@ -97,8 +104,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     from core.plugins import get_plugin_manager
 
+    # the core's own tools are the CLI's, not a plugin's: added here, so the plugin layer
+    # (core.builtins) never imports the CLI's modules
+    from core.data.commands import add_data_command  # torch-free at import
+    from core.tools.commands import add_tool_commands  # torch-free at import
+
+    add_data_command(sub)
+    add_tool_commands(sub)
     get_plugin_manager().hook.register_commands(subparsers=sub)
+    _add_global_flags(parser, sub)
     return parser
+
+
+#: commands that read a run folder or checkpoint someone else may have made
+READS_RUN_FOLDERS = ("run", "eval", "extract", "search", "explain", "export")
+
+
+def _add_global_flags(parser: argparse.ArgumentParser, sub) -> None:
+    """--debug everywhere; the trust flags on the commands that load run folders."""
+    from core import trust
+
+    for name, command in sub.choices.items():
+        command.add_argument("--debug", action="store_true",
+                             help="on failure, print the full traceback (it also goes to the run's log.txt)")
+        if name in READS_RUN_FOLDERS:
+            command.add_argument(trust.CHECKPOINT_FLAG, dest="trust_checkpoint", action="store_true",
+                                 help="load a checkpoint that needs pickle (it can run code: only for files "
+                                      "you trust; reid-core's own checkpoints never need it)")
+            command.add_argument(trust.PLUGIN_FILES_FLAG, dest="allow_plugin_files", action="store_true",
+                                 help="import the local plugin files (plugins: [./x.py]) a run folder's "
+                                      "pipeline names (Python code: read them first)")
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -130,10 +165,18 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         other = [h for h in row["hooks"] if not h.startswith("register_")]
         if other:
             print(f"  {'events:':<11}{', '.join(other)}")
+    for kind in KINDS:  # a name two plugins register is usable only as plugin:name
+        for name, providers in registry.ambiguous(kind).items():
+            print(f"note: {kind} '{name}' is registered by plugins {', '.join(providers)}; name it as "
+                  + " or ".join(f"{p}:{name}" for p in providers))
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    if args.data:
+        from core.data.validate import validate_data_command
+
+        return validate_data_command(args.pipelines, args.overrides, as_json=args.json)
     from core.runner import validate
 
     for path in args.pipelines:
@@ -152,6 +195,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"  model: {summary['parameters']:,} parameters on {summary['device']}; outputs "
               + ", ".join(f"{k} {v}" for k, v in summary["outputs"].items()))
         print("  one step: " + ", ".join(f"{k}={v:.4f}" for k, v in summary["losses"].items()))
+        print("  losses read: " + ", ".join(f"{k} <- {v}" for k, v in summary["loss_inputs"].items())
+              + f"; stage parameter patterns checked (on {summary['patterns_checked_on']})")
         if summary["parameters_without_grad"]:
             print(f"  note: {len(summary['parameters_without_grad'])} trainable parameters got no gradient, "
                   f"e.g. {summary['parameters_without_grad'][:3]}")
@@ -176,17 +221,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif not args.pipelines:
         raise SystemExit("core run: no pipeline given (e.g. core run pipelines/quickstart.yaml)")
     if args.print_config:
+        if args.grid or args.seeds:  # every grid point, resolved as it will run
+            from core import sweep
+
+            variants = sweep.plan(args.pipelines, args.overrides, args.grid, args.seeds)
+            for n, variant in enumerate(variants, 1):
+                seeds = ",".join(str(s) for s in variant.seeds if s is not None)
+                print(f"# variant {n}/{len(variants)}: {variant.name}" + (f" (seeds {seeds})" if seeds else "")
+                      + "\n" + dump(load_pipeline(variant.pipeline, variant.overrides).data))
+            return 0
         for path in args.pipelines:
             print(f"# {path}\n" + dump(load_pipeline(path, args.overrides).data))
         return 0
 
     from core.runner import run
 
+    image_check = "skip" if args.skip_bad_images else "error"
     if args.resume:
-        _print_result(run(None, args.overrides, resume=args.resume))
+        _print_result(run(None, args.overrides, resume=args.resume, image_check=image_check))
         return 0
     if len(args.pipelines) == 1 and not args.grid and not args.seeds:
-        _print_result(run(args.pipelines[0], args.overrides, run_dir=args.run_dir))
+        _print_result(run(args.pipelines[0], args.overrides, run_dir=args.run_dir, overwrite=args.overwrite,
+                          image_check=image_check))
         return 0
     if args.run_dir:
         raise SystemExit("core run: --run-dir names one run folder; a sweep writes into --sweep-dir")
@@ -195,7 +251,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     variants = sweep.plan(args.pipelines, args.overrides, args.grid, args.seeds)
     output = (load_pipeline(args.pipelines[0], args.overrides).data.get("trainer") or {}).get("output_dir", "runs")
     folder = sweep.run_sweep(variants, Path(args.sweep_dir) if args.sweep_dir else sweep.default_sweep_dir(output),
-                             echo=lambda text: print(text, file=sys.stderr))
+                             echo=lambda text: print(text, file=sys.stderr), image_check=image_check)
     print((folder / "comparison.md").read_text(encoding="utf-8"))
     print(f"sweep folder: {folder}")
     return 1 if any(v.errors for v in variants) else 0
@@ -229,17 +285,60 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    from core.config.loading import ConfigError
-    from core.registry import RegistryError
+    from core import trust
+
+    with trust.trusting(checkpoint=getattr(args, "trust_checkpoint", False),
+                        plugin_files=getattr(args, "allow_plugin_files", False)):
+        return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Run the command; every failure ends in one line on stderr (the traceback with
+    --debug) and an exit code: 2 bad input, 3 NaN/Inf, 130/143 SIGINT/SIGTERM, 1 other."""
+    from core.training.interrupt import Interrupted
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, RegistryError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except FloatingPointError as exc:  # a NaN/Inf loss stopped the run
-        print(f"error: {exc}", file=sys.stderr)
+    except Interrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns failures into a line
+        if getattr(args, "debug", False):
+            import traceback
+
+            traceback.print_exc()
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return _exit_code(exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    from core.config.loading import ConfigError
+    from core.registry import RegistryError
+    from core.training.blame import ComponentError, last_line
+
+    if isinstance(exc, (ConfigError, RegistryError, ComponentError, FloatingPointError, OSError)) \
+            or type(exc).__module__.startswith("core"):
+        text = str(exc).strip()
+        return text if "\n" not in text else text.splitlines()[0] + " ..."
+    return last_line(exc) + " (run with --debug for the traceback)"
+
+
+def _exit_code(exc: BaseException) -> int:
+    from core.config.loading import ConfigError
+    from core.registry import RegistryError
+    from core.trust import UntrustedContent
+
+    if isinstance(exc, FloatingPointError):  # a NaN/Inf loss stopped the run
         return 3
+    if isinstance(exc, (ConfigError, RegistryError, FileNotFoundError, UntrustedContent)):
+        return 2
+    from core.training.checkpoint import CheckpointError
+    from core.training.run_folder import RunFolderError
+
+    return 2 if isinstance(exc, (CheckpointError, RunFolderError)) else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

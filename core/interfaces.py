@@ -112,6 +112,17 @@ class Backbone(nn.Module):
     #: (rows, cols) of patches for token backbones, else None.
     patch_grid: tuple[int, int] | None = None
 
+    #: DDP (issue 19): submodules (names relative to this component, fnmatch patterns) that
+    #: a training step may leave uncalled depending on the batch (an instruction encoder
+    #: for one kind of instruction, a BatchNorm for text-only rows). The trainer then lets
+    #: DDP look for unused parameters, and `trainer.sync_bn` leaves their BatchNorms per
+    #: process (a synchronised BatchNorm that one process skips would wait forever).
+    conditional_modules: tuple[str, ...] = ()
+    #: buffers (names relative to this component, fnmatch patterns) that stay equal on
+    #: every process by construction (a memory bank updated from gathered features):
+    #: DDP does not broadcast them from rank 0 every step.
+    shared_buffers: tuple[str, ...] = ()
+
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -119,6 +130,17 @@ class Backbone(nn.Module):
 class Head(nn.Module):
     """Backbone features -> the retrieval embedding ("embedding", what evaluation uses)
     plus training outputs (logits, pre-BN features, ...)."""
+
+    #: DDP (issue 19): submodules (names relative to this component, fnmatch patterns) that
+    #: a training step may leave uncalled depending on the batch (an instruction encoder
+    #: for one kind of instruction, a BatchNorm for text-only rows). The trainer then lets
+    #: DDP look for unused parameters, and `trainer.sync_bn` leaves their BatchNorms per
+    #: process (a synchronised BatchNorm that one process skips would wait forever).
+    conditional_modules: tuple[str, ...] = ()
+    #: buffers (names relative to this component, fnmatch patterns) that stay equal on
+    #: every process by construction (a memory bank updated from gathered features):
+    #: DDP does not broadcast them from rank 0 every step.
+    shared_buffers: tuple[str, ...] = ()
 
     def forward(self, features: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
@@ -137,7 +159,37 @@ class Loss(nn.Module):
     """Model outputs + batch -> a scalar, or (scalar, dict of logged parts).
 
     The loss's weight is set in YAML (`losses: [{name: ..., weight: ...}]`), not here.
+
+    `features` declares which model output the loss reads; the default, "features", is
+    the `bnneck` head's pre-BN feature, where Bag of Tricks (Luo et al. 2019, Sec. 4.5)
+    puts the triplet loss. A loss that wants another output says so: a class attribute
+    (`features = "bn_features"`, the post-BN feature), or better a constructor parameter
+    of that name, so that a grid can compare the two
+    (`--grid losses.1.features=features,bn_features`). `read_features` reads it with an
+    error naming the loss and the outputs present; `core validate` prints what each loss
+    reads. Parameters a loss holds (a center loss's table) train with the model, named
+    `losses.<i>.<param>` in stage patterns.
     """
+
+    #: the model output this loss reads (see the class docstring)
+    features: str = "features"
+
+    #: DDP (issue 19): submodules (names relative to this component, fnmatch patterns) that
+    #: a training step may leave uncalled depending on the batch (an instruction encoder
+    #: for one kind of instruction, a BatchNorm for text-only rows). The trainer then lets
+    #: DDP look for unused parameters, and `trainer.sync_bn` leaves their BatchNorms per
+    #: process (a synchronised BatchNorm that one process skips would wait forever).
+    conditional_modules: tuple[str, ...] = ()
+    #: buffers (names relative to this component, fnmatch patterns) that stay equal on
+    #: every process by construction (a memory bank updated from gathered features):
+    #: DDP does not broadcast them from rank 0 every step.
+    shared_buffers: tuple[str, ...] = ()
+
+    def read_features(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`outputs[self.features]`, or a KeyError naming this loss and the outputs present."""
+        return read_output(outputs, self.features, f"loss {type(self).__name__}",
+                           "set the loss key `features`; `bnneck` produces 'features' (pre-BN) and "
+                           "'bn_features' (post-BN)")
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: Batch):  # pragma: no cover
         raise NotImplementedError

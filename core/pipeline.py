@@ -8,6 +8,8 @@ of identities from the training table.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,10 @@ from core.interfaces import Dataset, Evaluator, Sampler
 from core.plugins import get_plugin_manager, local_plugin_name
 from core.registry import Registry, RegistryError, build_registry
 from core.records import Batch
+
+
+#: the kinds whose parameters form the trained model (built on the meta device by `meta=True`)
+MODEL_KINDS = ("backbone", "head", "loss")
 
 
 class ReIDModel(nn.Module):
@@ -54,6 +60,8 @@ class LossTerm:
     name: str
     weight: float
     module: nn.Module
+    #: the key path it was built from (`losses.1`, `stages.0.losses.0`): its provenance
+    key: str = ""
 
 
 @dataclass
@@ -113,6 +121,9 @@ class _Builder:
         self.registry = registry
         self.provenance: dict[str, dict[str, Any]] = {}
         self.pm = get_plugin_manager()
+        #: build the model's parts (backbone, head, losses) on the meta device: names and
+        #: shapes without memory or initialisation (`core validate` checks patterns on it)
+        self.meta = False
 
     def spec(self, key: str, value: Any, name_key: str = "name") -> tuple[str, dict[str, Any]]:
         if isinstance(value, str):
@@ -138,14 +149,42 @@ class _Builder:
         if "ctx" in inspect.signature(target).parameters:
             params["ctx"] = ctx
         try:
-            component = target(**params)
+            with torch.device("meta") if self.meta and kind in MODEL_KINDS else contextlib.nullcontext():
+                component = target(**params)
         except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             raise self.cfg.error(key, f"{what} could not be built: {message}") from exc
         info = self.pm.infos.get(entry.provider)
-        self.provenance[key] = {"name": name, "plugin": entry.provider,
+        self.provenance[key] = {"name": entry.name, "plugin": entry.provider,
                                 "version": info.version if info else None}
         return component
+
+
+def _build_sampler(cfg: LoadedConfig, b: "_Builder", ctx: BuildContext) -> Sampler:
+    """The pipeline's sampler, planning `ctx.epoch_batches` batches per epoch: the core's
+    epoch-length rule (core.samplers.epoch), or the sampler key `epoch_batches`."""
+    from core.samplers.epoch import OVERRIDE_KEY, check_override, honour_epoch_length, pk_epoch_batches
+
+    spec = cfg.data.get("sampler") or {"name": "pk"}
+    name, params = b.spec("sampler", spec)
+    try:
+        override = check_override(params.get(OVERRIDE_KEY))
+    except ValueError as exc:
+        raise cfg.error(f"sampler.{OVERRIDE_KEY}", str(exc)) from None
+    batch_size = params.get("batch_size")
+    if batch_size is None:  # the sampler's own default
+        try:
+            default = inspect.signature(b.registry.get("sampler", name).load()).parameters.get("batch_size")
+            batch_size = None if default is None else default.default
+        except RegistryError:
+            batch_size = None  # b.build names the error
+    usable = isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0
+    ctx.epoch_batches = override or (pk_epoch_batches(ctx.train.pids, batch_size) if usable else None)
+    sampler = b.build("sampler", "sampler", spec, ctx, reserved=(OVERRIDE_KEY,))
+    if ctx.epoch_batches is None:  # a sampler without a batch size: its own number
+        ctx.epoch_batches = len(sampler)
+    return honour_epoch_length(sampler, ctx.epoch_batches,
+                               f"sampler '{name}' (plugin {b.provenance['sampler']['plugin']})")
 
 
 def _as_list(cfg: LoadedConfig, key: str, value: Any) -> list:
@@ -205,23 +244,119 @@ def load_local_plugins(cfg: LoadedConfig) -> None:
         pm.load_file(path, base_dir=base)
 
 
-def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepare: str = "run",
-                   echo: Any = print) -> Pipeline:
-    """Build every component of a pipeline (no training). `prepare`: "run" runs the
-    pipeline's labelers whose files are missing or stale, "force" runs them all, "skip"
-    neither runs nor attaches them (inference from a trained run)."""
-    if prepare not in ("run", "force", "skip"):
-        raise ValueError(f"build_pipeline: prepare must be 'run', 'force' or 'skip'; got {prepare!r}")
-    _check_top_level(cfg)
-    load_local_plugins(cfg)
-    registry = build_registry()
-    b = _Builder(cfg, registry)
+@dataclass
+class DataSources:
+    """The datasets of `data.train` and `data.test`, built, with their set names."""
+
+    train_specs: list
+    train_names: list[str]
+    train_datasets: list[Dataset]
+    #: `data.test` as written; None: each train dataset's own query/gallery is its test set
+    test_specs: Any
+    test_pairs: list[tuple[str, Dataset]]
+    #: the spec each test set was built from (`data.test.i`, or `data.train.i` by default)
+    test_pair_specs: list = field(default_factory=list)
+
+
+def _data_section(cfg: LoadedConfig) -> dict:
     data = cfg.data.get("data") or {}
     if not isinstance(data, dict):
         raise cfg.error("data", f"expected a mapping with 'train', 'test', 'transform', got {describe(data)}")
     unknown = set(data) - {"train", "test", "transform"}
     if unknown:
         raise cfg.error(f"data.{sorted(unknown)[0]}", "unknown key; valid keys: train, test, transform")
+    return data
+
+
+def _data_sources(cfg: LoadedConfig, b: "_Builder", data: dict, train: bool = True) -> DataSources:
+    """The datasets; `train=False` (a model rebuilt from a weights file) builds only
+    those of `data.test`."""
+    train_specs = _as_list(cfg, "data.train", data.get("train"))
+    if not train_specs and train:
+        raise cfg.error("data.train", "at least one training dataset is needed, e.g. "
+                                      "[{dataset: synthetic}]")
+    if not train:
+        specs = _as_list(cfg, "data.test", data.get("test"))
+        pairs = [(_set_name(cfg, b, f"data.test.{i}", s),
+                  b.build("dataset", f"data.test.{i}", s, None, name_key="dataset", reserved=DATASET_KEYS))
+                 for i, s in enumerate(specs)]
+        return DataSources([], [], [], specs, pairs, list(specs))
+    train_datasets = [b.build("dataset", f"data.train.{i}", s, None, name_key="dataset", reserved=DATASET_KEYS)
+                      for i, s in enumerate(train_specs)]
+    train_names = [_set_name(cfg, b, f"data.train.{i}", s) for i, s in enumerate(train_specs)]
+    test_specs = data.get("test")
+    if test_specs is None:  # default: each train dataset's own query/gallery
+        specs = train_specs
+        pairs = list(zip(train_names, train_datasets))
+    else:
+        specs = _as_list(cfg, "data.test", test_specs)
+        pairs = [(_set_name(cfg, b, f"data.test.{i}", s),
+                  b.build("dataset", f"data.test.{i}", s, None, name_key="dataset", reserved=DATASET_KEYS))
+                 for i, s in enumerate(specs)]
+    return DataSources(train_specs, train_names, train_datasets, test_specs, pairs, list(specs))
+
+
+def build_data_sources(cfg: LoadedConfig) -> DataSources:
+    """Only the datasets of a pipeline (`core validate --data`): no model, no labelers."""
+    load_local_plugins(cfg)
+    return _data_sources(cfg, _Builder(cfg, build_registry()), _data_section(cfg))
+
+
+def _test_key(sources: DataSources, i: int) -> str:
+    """The key that declares test set i: `data.test.i`, or the train dataset it defaults to."""
+    return f"data.{'train' if sources.test_specs is None else 'test'}.{i}"
+
+
+def empty_split_fault(cfg: LoadedConfig, sources: DataSources, i: int, query: list, gallery: list,
+                     before: tuple[int, int]) -> ConfigError | None:
+    """The error for test set i with no queries or no gallery (naming the dataset and the
+    split), or None. An explicit `data.test` entry needs both; a train dataset standing in
+    as its own test set needs both or neither (neither: a train-only dataset, no test set).
+    `before`: the (query, gallery) sizes before unreadable images were left out."""
+    if (query and gallery) or (sources.test_specs is None and not query and not gallery):
+        return None
+    key = _test_key(sources, i)
+    spec = sources.test_pair_specs[i]
+    dataset = spec.get("dataset") if isinstance(spec, dict) else spec
+    empty = [s for s, recs in (("query", query), ("gallery", gallery)) if not recs]
+    counts = ", ".join(f"{len(recs)} {s}" for s, recs in (("query", query), ("gallery", gallery)) if recs)
+    dropped = [f"its {n} {s} images are all unreadable (left out)" for s, n, recs
+               in (("query", before[0], query), ("gallery", before[1], gallery)) if n and not recs]
+    why = f" ({'; '.join(dropped)})" if dropped else ""
+    role = ("a test set" if sources.test_specs is not None
+            else "a training dataset whose query/gallery splits are its test set (data.test is not given)")
+    return cfg.error(key, f"dataset '{dataset}' (set '{sources.test_pairs[i][0]}'), {role}, has no "
+                          f"{' and no '.join(empty)} records{why}{'; it has ' + counts if counts else ''}. "
+                          "Evaluation needs both: check the dataset's root and split files"
+                          + (", or name a test set in data.test" if sources.test_specs is None else ""))
+
+
+def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepare: str = "run",
+                   echo: Any = print, meta: bool = False, image_check: str = "error",
+                   context: BuildContext | None = None) -> Pipeline:
+    """Build every component of a pipeline (no training). `prepare`: "run" runs the
+    pipeline's labelers whose files are missing or stale, "force" runs them all, "skip"
+    neither runs nor attaches them (inference from a trained run). `meta`: build the
+    backbone, head and losses on the meta device (parameter names and shapes only, fast;
+    the labelers are skipped) — for checks, never for training. `image_check`: unreadable
+    image files of the train and test sets (core.data.image_check) stop the build
+    ("error"), are left out with a warning ("skip"), or are not looked for ("off"); builds
+    for inference or checks (prepare "skip", `meta`) do not look. `context`: the build
+    context saved with a model's weights (core.tools.weights_file): the training data is
+    not read — no training table, sampler or losses; test sets come from `data.test` only."""
+    if prepare not in ("run", "force", "skip"):
+        raise ValueError(f"build_pipeline: prepare must be 'run', 'force' or 'skip'; got {prepare!r}")
+    from core.data.image_check import MODES, screen_pipeline_records
+
+    if image_check not in MODES:
+        raise ValueError(f"build_pipeline: image_check must be one of {', '.join(MODES)}; got {image_check!r}")
+    _check_top_level(cfg)
+    load_local_plugins(cfg)
+    registry = build_registry()
+    b = _Builder(cfg, registry)
+    b.meta = meta
+    prepare = "skip" if meta else prepare
+    data = _data_section(cfg)
     seed = cfg.data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise cfg.error("seed", f"expected an int, got {describe(seed)}")
@@ -232,35 +367,33 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
                                        "data.transform", "the transform", injected=("train",))
     train_transform = build_transform(train=True, **transform_params)
     test_transform = build_transform(train=False, **transform_params)
-    train_specs = _as_list(cfg, "data.train", data.get("train"))
-    if not train_specs:
-        raise cfg.error("data.train", "at least one training dataset is needed, e.g. "
-                                      "[{dataset: synthetic}]")
-    train_datasets = [b.build("dataset", f"data.train.{i}", s, None, name_key="dataset", reserved=DATASET_KEYS)
-                      for i, s in enumerate(train_specs)]
-    train_names = [_set_name(cfg, b, f"data.train.{i}", s) for i, s in enumerate(train_specs)]
-    train = RecordTable.build([(n, d.records("train")) for n, d in zip(train_names, train_datasets)],
-                              relabel=True)
-    if len(train) == 0:
+    if context is not None:
+        prepare = "skip"
+    sources = _data_sources(cfg, b, data, train=context is None)
+    train_specs, train_names, train_datasets = sources.train_specs, sources.train_names, sources.train_datasets
+    test_specs, pairs = sources.test_specs, sources.test_pairs
+    train_records = [list(d.records("train")) for d in train_datasets]
+    test_records = [(list(d.records("query")), list(d.records("gallery"))) for _, d in pairs]
+    before = [(len(q), len(g)) for q, g in test_records]
+    if prepare != "skip" and image_check != "off":  # every file, before the first step (not in epoch 3)
+        train_records, test_records = screen_pipeline_records(
+            sources, train_records, test_records, mode=image_check, echo=echo)
+    train = RecordTable.build(list(zip(train_names, train_records)), relabel=True)
+    if len(train) == 0 and context is None:
         raise cfg.error("data.train", "the training datasets list no training records")
 
-    test_specs = data.get("test")
     test_sets: list[TestSet] = []
-    if test_specs is None:  # default: each train dataset's own query/gallery
-        pairs = list(zip(train_names, train_datasets))
-    else:
-        specs = _as_list(cfg, "data.test", test_specs)
-        pairs = [(_set_name(cfg, b, f"data.test.{i}", s),
-                  b.build("dataset", f"data.test.{i}", s, None, name_key="dataset", reserved=DATASET_KEYS))
-                 for i, s in enumerate(specs)]
     names = [n for n, _ in pairs]
     test_tables: list[tuple[int, RecordTable]] = []  # (index into pairs, table), for annotations
     for i, (set_name, dataset) in enumerate(pairs):
         label = set_name if names.count(set_name) == 1 else f"{set_name}#{i}"
-        query, gallery = dataset.records("query"), dataset.records("gallery")
+        query, gallery = test_records[i]
         if not query or not gallery:
-            continue
-        cats = list(train.category_names)
+            fault = empty_split_fault(cfg, sources, i, query, gallery, before[i])
+            if fault is not None:
+                raise fault
+            continue  # a train-only dataset
+        cats = list(train.category_names) if context is None else list(context.category_names)
         test_sets.append(TestSet(
             name=label,
             query=RecordTable.build([(set_name, query)], relabel=False, category_names=cats),
@@ -268,14 +401,23 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
             datasets=[dataset],
         ))
         test_tables += [(i, test_sets[-1].query), (i, test_sets[-1].gallery)]
+    if not test_sets and context is None:  # said once, not silently an empty report
+        echo("warning: this pipeline has no test set (" + (
+            "data.test is empty" if test_specs is not None else
+            f"data.test is not given and the training datasets ({', '.join(train_names)}) have no query/gallery "
+            "records") + "): it trains without evaluation; name one in data.test to evaluate")
 
     trainer_cfg = build_dataclass(TrainerConfig, cfg.data.get("trainer"), cfg, "trainer", "the trainer")
     size = transform_params.get("size", inspect.signature(build_transform).parameters["size"].default)
-    ctx = BuildContext.from_table(train, image_size=(int(size[0]), int(size[1])), seed=seed,
-                                  rank=rank, world_size=world_size,
+    if context is None:
+        ctx = BuildContext.from_table(train, image_size=(int(size[0]), int(size[1])), seed=seed,
+                                      rank=rank, world_size=world_size,
+                                      device=str(resolve_device(trainer_cfg.device)))
+        sampler = _build_sampler(cfg, b, ctx)
+    else:  # a model from a weights file: what its training data decided, no sampler
+        ctx = dataclasses.replace(context, rank=rank, world_size=world_size,
                                   device=str(resolve_device(trainer_cfg.device)))
-
-    sampler = b.build("sampler", "sampler", cfg.data.get("sampler") or {"name": "pk"}, ctx)
+        sampler = None
     backbone = b.build("backbone", "backbone", cfg.data["backbone"], ctx)
     ctx.feature_dim = int(backbone.feature_dim)
     ctx.patch_grid = getattr(backbone, "patch_grid", None)
@@ -295,28 +437,30 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
     def build_losses(key: str, specs: Any) -> list[LossTerm]:
         terms = []
         spec_list = _as_list(cfg, key, specs)
-        loss_names = [s if isinstance(s, str) else s.get("name") for s in spec_list]
+        # metric keys carry the component's own name: `example:center` logs as `center`
+        loss_names = [str(s if isinstance(s, str) else s.get("name")).rpartition(":")[2] for s in spec_list]
         for i, spec in enumerate(spec_list):
             loss_name, params = b.spec(f"{key}.{i}", spec)
+            loss_name = loss_names[i]
             weight = params.get("weight", 1.0)
             if not isinstance(weight, (int, float)) or isinstance(weight, bool):
                 raise cfg.error(f"{key}.{i}.weight", f"expected a number, got {describe(weight)}")
             module = b.build("loss", f"{key}.{i}", spec, ctx, reserved=("weight",))
             label = loss_name if loss_names.count(loss_name) == 1 else f"{loss_name}.{i}"
-            terms.append(LossTerm(label, float(weight), module))
+            terms.append(LossTerm(label, float(weight), module, key=f"{key}.{i}"))
         if not terms:
             raise cfg.error(key, "at least one loss is needed, e.g. [{name: ce}, {name: triplet}]")
         return terms
 
-    losses = build_losses("losses", cfg.data["losses"])
+    losses = build_losses("losses", cfg.data["losses"]) if context is None else []
     evaluator = b.build("evaluator", "evaluator", cfg.data["evaluator"], ctx)
 
     stage_specs = _as_list(cfg, "stages", cfg.data["stages"])
     if not stage_specs:
         raise cfg.error("stages", "at least one stage is needed, e.g. [{name: main, epochs: 10}]")
     stages = [build_dataclass(StageConfig, s, cfg, f"stages.{i}", "a stage") for i, s in enumerate(stage_specs)]
-    stage_losses = [build_losses(f"stages.{i}.losses", s.losses) if s.losses is not None else losses
-                    for i, s in enumerate(stages)]
+    stage_losses = [build_losses(f"stages.{i}.losses", s.losses) if s.losses is not None and context is None
+                    else losses for i, s in enumerate(stages)]
     from core.training.optim import check_stage  # validates optimizer/schedule keys
 
     for i, stage in enumerate(stages):

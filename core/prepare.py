@@ -68,7 +68,7 @@ def run_prepare_steps(cfg: LoadedConfig, builder: Any, ctx: Any, train_names: li
                       train_datasets: list[Dataset], train: RecordTable, force: bool = False,
                       echo: Callable[[str], None] = print) -> list[Path]:
     """Run (or reuse) each `prepare` labeler over the training images, attach its file."""
-    from core.labeling import LabelItem, run_labeler
+    from core.labeling import LabelItem, is_up_to_date, run_labeler
     from core.training import distributed as D
 
     steps = cfg.data.get("prepare") or []
@@ -98,6 +98,11 @@ def run_prepare_steps(cfg: LoadedConfig, builder: Any, ctx: Any, train_names: li
                        "data": data_specs, "patch_grid": list(ctx.patch_grid) if ctx.patch_grid else None}
         provenance = builder.provenance.get(key, {})
         where = f"{cfg.origin(key)}: {key} ({out})"
+        if ctx.world_size > 1 and (force or not is_up_to_date(Path(out), fingerprint, keys)):
+            # one rank labelling for hours while the others hit the collective timeout
+            raise cfg.error(key, f"labeler '{name}' would have to label {len(keys)} images first, and labelling "
+                                 f"does not run under torchrun (the other processes would time out waiting). "
+                                 f"Run `core label {cfg.file}` in one process first, then start torchrun again")
         try:
             if ctx.rank == 0:  # one process labels; the others wait and read the file
                 run_labeler(labeler, items, out, fingerprint=fingerprint, ctx=ctx, name=name,

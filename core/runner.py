@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.config.loading import LoadedConfig, load_pipeline
+from core.config.loading import ConfigError, LoadedConfig, load_pipeline
+from core.restore import refuse_plugin_files, resolve_run, restore_run  # noqa: F401 - public here too
 
 
 @dataclass
@@ -42,12 +43,17 @@ def _new_run_dir(output_dir: str, name: str) -> Path:
 
 
 def run(pipeline: str | Path, overrides: Sequence[str] = (), run_dir: str | Path | None = None,
-        resume: str | Path | None = None) -> RunResult:
-    """Train and evaluate one pipeline; or continue the run in `resume` exactly where it stopped."""
+        resume: str | Path | None = None, overwrite: bool = False, image_check: str = "error") -> RunResult:
+    """Train and evaluate one pipeline; or continue the run in `resume` exactly where it stopped.
+
+    A new run refuses a `run_dir` that already holds a run unless `overwrite`; one process
+    at a time writes a run folder (`<run>/.lock` names it). `image_check`: what to do with
+    unreadable images found before training (error | skip | off)."""
+    from core import trust
     from core.pipeline import build_pipeline, resolve_device
     from core.training import distributed as D
     from core.training.checkpoint import seed_everything
-    from core.training.run_folder import RunFolder
+    from core.training.run_folder import RunFolder, RunLock, claim_new
     from core.training.trainer import Trainer
 
     if resume is not None:
@@ -62,15 +68,36 @@ def run(pipeline: str | Path, overrides: Sequence[str] = (), run_dir: str | Path
     seed_everything(cfg.data.get("seed", 0) if isinstance(cfg.data.get("seed", 0), int) else 0)
     device = (cfg.data.get("trainer") or {}).get("device", "auto")
     dist = D.init_from_env(resolve_device(device if isinstance(device, str) else "auto").type)
-    p = build_pipeline(cfg, rank=dist.rank, world_size=dist.world_size)
+    if resume is None and run_dir is not None and dist.is_main:
+        claim_new(Path(run_dir), overwrite)  # before any work: a refused run costs nothing
+    p = build_pipeline(cfg, rank=dist.rank, world_size=dist.world_size, image_check=image_check)
     if resume is None:  # rank 0 names the run folder; every rank writes nothing else
         run_path = D.broadcast_object(Path(run_dir) if run_dir else _new_run_dir(p.trainer.output_dir, p.name))
-    folder = RunFolder(run_path, enabled=dist.is_main)
-    trainer = Trainer(p, folder, resume=resume is not None, dist=dist)
-    if resume is None:
-        folder.write_pipeline(_absolute_plugin_paths(cfg), p.provenance)
-    folder.write_environment(str(trainer.device), p.provenance)
-    metrics = trainer.fit()
+    lock = RunLock(run_path)
+    if dist.is_main:
+        lock.acquire()
+    try:
+        folder = RunFolder(run_path, enabled=dist.is_main)
+        trainer = Trainer(p, folder, resume=resume is not None, dist=dist,
+                          trust_checkpoint=trust.current().checkpoint)
+        if resume is None:
+            folder.write_pipeline(_absolute_plugin_paths(cfg), p.provenance)
+        folder.write_environment(str(trainer.device), p.provenance, _plugin_versions())
+        metrics = trainer.fit()
+        return _finish(p, trainer, run_path, metrics, dist)
+    finally:
+        lock.release()
+
+
+def _plugin_versions() -> dict[str, str | None]:
+    from core.plugins import get_plugin_manager
+
+    return {n: i.version for n, i in get_plugin_manager().infos.items() if not i.error}
+
+
+def _finish(p, trainer, run_path: Path, metrics, dist) -> "RunResult":
+    from core.training import distributed as D
+
     if metrics is not None and p.trainer.worst_queries > 0 and dist.is_main and p.test_sets:
         from core.tools.search import worst_queries
 
@@ -86,16 +113,22 @@ def validate(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[str, A
     """Build every component and run one forward/backward step without updating weights."""
     import torch
 
+    from core.parameter_check import check_parameter_patterns, check_patterns_on_meta
     from core.data.loading import ImageSamples, collate
     from core.pipeline import build_pipeline, resolve_device
     from core.training.checkpoint import seed_everything
+    from core.training.trainer import TrainingModule
 
     cfg = load_pipeline(pipeline, overrides)
+    # every stage's trainable / frozen / param_groups pattern, on the meta device (fast)
+    checked_on_meta = check_patterns_on_meta(cfg)
     seed_everything(0)
     p = build_pipeline(cfg)
     device = resolve_device(p.trainer.device)
     model = p.model.to(device).train()
     losses = p.loss_modules().to(device)
+    if not checked_on_meta:
+        check_parameter_patterns(cfg, p.stages, p.stage_losses, TrainingModule(model, losses))
     plan = next(iter(p.sampler))
     indices = plan.indices if hasattr(plan, "indices") else plan
     roles = plan.roles if hasattr(plan, "roles") else [0] * len(indices)
@@ -124,6 +157,10 @@ def validate(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[str, A
         "losses": values,
         "parameters_without_grad": no_grad,
         "device": str(device),
+        #: where the stages' parameter patterns were checked: "meta", or the real model
+        "patterns_checked_on": "meta" if checked_on_meta else str(device),
+        #: the model output each loss reads (`Loss.features`, see docs/writing-plugins.md)
+        "loss_inputs": {t.name: getattr(t.module, "features", None) for t in p.stage_losses[0]},
     }
 
 
@@ -134,47 +171,12 @@ def label(pipeline: str | Path, overrides: Sequence[str] = (), force: bool = Fal
     return build_pipeline(load_pipeline(pipeline, overrides), prepare="force" if force else "run").prepared
 
 
-def resolve_run(target: str | Path) -> tuple[Path, Path]:
-    """(run folder, checkpoint file) of a run folder or of a checkpoint inside one."""
-    target = Path(target)
-    checkpoint = target / "checkpoints" / "last.pt" if target.is_dir() else target
-    run_dir = target if target.is_dir() else target.parent.parent
-    if not (run_dir / "pipeline.yaml").is_file():
-        raise FileNotFoundError(f"{target} is not a run folder: no pipeline.yaml in {run_dir} (give a run folder "
-                                "written by `core run`, or a checkpoint inside its checkpoints/)")
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"{target}: no checkpoint at {checkpoint} (the run has not saved one yet)")
-    return run_dir, checkpoint
-
-
-def restore_run(target: str | Path, overrides: Sequence[str] = ()):
-    """Rebuild a trained run for inference: its pipeline (with `overrides`), a trainer that
-    writes nothing, and the checkpoint's weights (and EMA, which its evaluations used).
-    `core eval` and the tools (extract, search, explain, export) all start here."""
-    from core.pipeline import build_pipeline, resolve_device
-    from core.training import distributed as D
-    from core.training.checkpoint import load_checkpoint, seed_everything
-    from core.training.run_folder import RunFolder
-    from core.training.trainer import Trainer
-
-    run_dir, checkpoint = resolve_run(target)
-    state = load_checkpoint(checkpoint)
-    cfg = load_pipeline(run_dir / "pipeline.yaml", list(overrides))
-    seed_everything(0)
-    device = (cfg.data.get("trainer") or {}).get("device", "auto")
-    dist = D.init_from_env(resolve_device(device if isinstance(device, str) else "auto").type)
-    # inference needs no labels: a run's annotation files may be gone or stale
-    p = build_pipeline(cfg, rank=dist.rank, world_size=dist.world_size, prepare="skip")
-    trainer = Trainer(p, RunFolder(run_dir, enabled=False), dist=dist)
-    p.model.load_state_dict(state["model"])
-    if trainer.ema is not None and state.get("ema") is not None:
-        trainer.ema.load_state_dict(state["ema"])
-    return run_dir, checkpoint, trainer
-
-
 def evaluate_run(target: str | Path, overrides: Sequence[str] = ()) -> dict[str, float]:
     """Evaluate a run folder's model (or a checkpoint file inside one) on its test sets."""
     run_dir, _, trainer = restore_run(target, overrides)
     if not trainer.p.test_sets:
-        raise ValueError(f"{run_dir / 'pipeline.yaml'}: the pipeline has no test set with query and gallery")
+        hint = (" (a weights file carries no data: name test sets, e.g. --set 'data.test=[{dataset: market1501, "
+                "root: data/market1501}]')" if str(target).endswith(".safetensors") else "")
+        raise ConfigError(f"the pipeline has no test set with query and gallery{hint}",
+                          file=str(target if str(target).endswith(".safetensors") else run_dir / "pipeline.yaml"))
     return trainer.evaluate("checkpoint")

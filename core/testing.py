@@ -7,9 +7,14 @@ installed). Importing this module is cheap; fixtures import torch only when used
   evaluate it, return a `core.runner.RunResult`.
 - `tiny_world`: a small `SyntheticWorld` dataset.
 - `register_component(kind, name, target)`: register a component for one test only.
+- `cuda_autocast`: `with cuda_autocast(torch.bfloat16): ...` applies CUDA autocast's rules
+  to CPU tensors (`core.cuda_autocast`): a component that would fail its first CUDA
+  mixed-precision step (an `index_copy` of a bf16 source into fp32, ...) fails here.
 - `one_torch_thread`: run the test with one torch thread (tiny models on a busy shared
   CPU: more threads only wait for each other; request it, or make it autouse in a
   conftest).
+- `private_core_cache` (automatic): `$CORE_CACHE_DIR` points to a temporary folder, so
+  tests never write reid-core's caches into the user's home.
 """
 
 from __future__ import annotations
@@ -98,6 +103,15 @@ def register_component():
 
 
 @pytest.fixture
+def cuda_autocast():
+    """`emulate_cuda_autocast(dtype)`: CUDA autocast's op lists on the CPU, no promotion of
+    mixed-dtype ops (CPU autocast promotes them); `mode.disabled()` leaves it for a region."""
+    from core.cuda_autocast import emulate_cuda_autocast
+
+    return emulate_cuda_autocast
+
+
+@pytest.fixture
 def one_torch_thread():
     """One torch thread for the test, the previous count restored after it."""
     import torch
@@ -106,3 +120,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_core_cache(tmp_path_factory):
+    """reid-core's caches (the image check's verdicts, core.data.image_check) go to a
+    temporary folder during tests, never into the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CORE_CACHE_DIR", str(tmp_path_factory.mktemp("core-cache")))
+        yield

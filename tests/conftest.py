@@ -32,6 +32,22 @@ TEST_COMPONENTS = textwrap.dedent("""
             value = outputs["features"].sum() * 0
             return value + (float("nan") if self.calls == self.step else 0.0)
 
+    class InfGradAtStep(Loss):
+        # finite (zero) loss whose gradient is NaN at a chosen call: sqrt at 0
+        def __init__(self, step: int = 3):
+            super().__init__()
+            self.step, self.calls = step, 0
+
+        def forward(self, outputs, batch):
+            self.calls += 1
+            x = outputs["features"]
+            return (x * 0).sqrt().sum() if self.calls == self.step else x.sum() * 0
+
+    class BrokenLoss(Loss):
+        # fails at its first call with a shape error, as a plugin's bug would
+        def forward(self, outputs, batch):
+            return (outputs["features"] @ outputs["features"]).sum()
+
     @hookimpl
     def register_heads(register):
         register("linear_test", LinearHead)
@@ -39,6 +55,8 @@ TEST_COMPONENTS = textwrap.dedent("""
     @hookimpl
     def register_losses(register):
         register("nan_at_step", NanAtStep)
+        register("inf_grad_at_step", InfGradAtStep)
+        register("broken_test", BrokenLoss)
 """)
 
 

@@ -70,8 +70,9 @@ def test_unknown_component_error_names_the_file_and_key(tiny_yaml, capsys):
 
 
 def test_wrong_type_in_the_trainer_section(tiny_yaml, capsys):
-    assert main(["validate", str(tiny_yaml), "--set", "trainer.amp=fp8"]) == 2
-    assert "trainer.amp: wrong type for the trainer: expected one of 'bf16', 'none', got 'fp8'" in capsys.readouterr().err
+    assert main(["validate", str(tiny_yaml), "--set", "trainer.precision=fp8"]) == 2
+    assert ("trainer.precision: wrong type for the trainer: expected one of 'fp32', 'bf16', 'fp16' or null, "
+            "got 'fp8'") in capsys.readouterr().err
 
 
 def test_unknown_top_level_key(tiny_yaml, capsys):
@@ -91,10 +92,11 @@ def test_run_several_pipelines_prints_one_comparison_table(tiny_yaml, tmp_path):
     a.write_text(yaml.safe_dump(data))
     proc = core("run", str(a), str(b))
     assert proc.returncode == 0, proc.stderr
-    table = proc.stdout[proc.stdout.rindex("| variant | seeds | synthetic/mAP"):]
-    assert "| variant-a | 1 |" in table and "| variant-b | 1 |" in table
+    table = proc.stdout[proc.stdout.rindex("| variant | n | steps | images seen | synthetic/mAP"):]
+    assert "| variant-a | 1 | 4 | 64 |" in table and "| variant-b | 1 | 4 | 64 |" in table
     (sweep,) = (tmp_path / "runs").iterdir()
-    assert sorted(p.name for p in sweep.iterdir()) == ["comparison.csv", "comparison.md", "variant-a", "variant-b"]
+    assert sorted(p.name for p in sweep.iterdir()) == ["comparison.csv", "comparison.md", "comparison.png", "variant-a",
+                                                       "variant-b"]
 
 
 def test_plugins_can_add_subcommands(capsys):

@@ -41,3 +41,31 @@ def test_to_moves_every_tensor_including_extras():
     batch = make_batch().to("meta")
     assert batch.extras["parts"].device.type == "meta" and batch.images.device.type == "meta"
     assert batch.extras["caption"] == ["a", "b", "c", "d"]
+
+
+def test_batch_pin_memory_pins_every_tensor_and_keeps_the_rest(monkeypatch):
+    """The DataLoader's pin_memory=True calls Batch.pin_memory(); without it a custom batch
+    type stays in pageable memory and non_blocking copies are synchronous (issue 19).
+    Pinning needs a CUDA runtime: here Tensor.pin_memory records what it is called on."""
+    import torch
+
+    from core.records import Batch
+
+    pinned_ids = set()
+
+    def fake_pin(self):
+        out = self.clone()
+        pinned_ids.add(id(out))
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    n = 2
+    zeros = torch.zeros(n, dtype=torch.long)
+    batch = Batch(images=torch.rand(n, 3, 4, 4), pids=zeros, camids=zeros, categories=zeros, domains=zeros,
+                  roles=zeros, indices=torch.arange(n), extras={"masks": torch.ones(n, 3), "caption": ["a", "b"]})
+    pinned = batch.pin_memory()
+    tensors = [pinned.images, pinned.pids, pinned.camids, pinned.categories, pinned.domains, pinned.roles,
+               pinned.indices, pinned.extras["masks"]]
+    assert all(id(t) in pinned_ids for t in tensors)
+    assert pinned.extras["caption"] == ["a", "b"]
+    assert torch.equal(pinned.images, batch.images)

@@ -62,9 +62,9 @@ def test_a_nan_loss_stops_the_run_naming_step_parts_and_checkpoint(write_pipelin
     with pytest.raises(FloatingPointError) as err:
         run(write_pipeline(config), run_dir=tmp_path / "run")
     msg = str(err.value)
-    assert "the loss became nan at optimisation step 3" in msg
+    assert "the loss or its gradients became NaN/Inf at optimisation step 3" in msg
     assert "'nan_at_step': nan" in msg and "'ce':" in msg
-    assert f"last good checkpoint: {tmp_path / 'run' / 'checkpoints' / 'last.pt'}" in msg
+    assert f"last good checkpoint (from before the divergence): {tmp_path / 'run' / 'checkpoints' / 'last.pt'}" in msg
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["position"]["global_step"] == 2
 
 

@@ -13,11 +13,36 @@ remembers its origin (a file or `--set`) so errors name the file that set the ke
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+class PipelineLoader(yaml.SafeLoader):
+    """yaml's safe loader with YAML 1.2's numbers: `1e6`, `1e-4` and `.5` are floats.
+
+    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent, so
+    `lr: 1e-4` was the string '1e-4' and `--set stages.0.optimizer.lr=1e6` was refused
+    as a string. Everything else (tags, no Python objects) is the safe loader's.
+    """
+
+
+PipelineLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+PipelineLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?
+                |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def safe_load(text: str) -> Any:
+    """Parse YAML text as pipeline files and `--set` values are parsed (`PipelineLoader`)."""
+    return yaml.load(text, Loader=PipelineLoader)
 
 
 class ConfigError(ValueError):
@@ -53,7 +78,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError("pipeline file not found", file=str(path))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", file=str(path)) from None
     if data is None:
@@ -126,7 +151,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key.path=value, got '{text}'", file="--set")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"value of '{key}' is not valid YAML: {exc}", file="--set", key=key) from None
     return key.strip().split("."), value

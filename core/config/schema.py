@@ -84,8 +84,11 @@ class StageConfig:
 @dataclass
 class TrainerConfig:
     """`device`: auto (cuda if available, else cpu), cpu, cuda, cuda:N (under torchrun each
-    process takes cuda:LOCAL_RANK). `amp`: bf16 autocast on CUDA (ignored on the CPU, where
-    it is slower), or none. `eval_every`: evaluate every N epochs (0: only before and after
+    process takes cuda:LOCAL_RANK). `precision`: the model's forward under bf16 or fp16
+    autocast on CUDA (fp16 with a gradient scaler), or fp32; losses always run in fp32
+    outside autocast, and on the CPU training is fp32 whatever is set (autocast is slower
+    there). `amp` is the older spelling (bf16 | none). `eval_precision`: the precision of
+    evaluation embeddings (fp32 unless asked). `eval_every`: evaluate every N epochs (0: only before and after
     training). `eval_flip`: average each embedding with that of the mirrored image.
     `accumulate`: batches per optimisation step (gradient accumulation). `ema`: decay of an
     exponential moving average of the weights, evaluated instead of the raw weights
@@ -96,7 +99,9 @@ class TrainerConfig:
     into `<run>/worst-queries/` (evaluators see features only, so the trainer does it)."""
 
     device: str = "auto"
-    amp: Literal["bf16", "none"] = "bf16"
+    precision: Literal["fp32", "bf16", "fp16"] | None = None
+    amp: Literal["bf16", "none"] | None = None
+    eval_precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     eval_every: int = 0
     eval_before: bool = True
     batch_size_eval: int = 128
@@ -115,6 +120,18 @@ class TrainerConfig:
     find_unused_parameters: bool = False
     eval_flip: bool = False
     worst_queries: int = 0
+    #: torch.use_deterministic_algorithms on (bit-identical GPU runs, slower kernels;
+    #: core/training/determinism.py). CPU runs are bit-identical without it.
+    deterministic: bool = False
     output_dir: str = "runs"
     progress: bool = True
+
+    def training_precision(self) -> str:
+        """`precision`, or what the older `amp` key says (bf16 when neither is set)."""
+        if self.precision is not None:
+            if self.amp is not None and (self.amp == "none") != (self.precision == "fp32"):
+                raise ValueError(f"trainer.amp={self.amp} contradicts trainer.precision={self.precision}; "
+                                 "set precision only (fp32, bf16 or fp16)")
+            return self.precision
+        return "fp32" if self.amp == "none" else "bf16"
 

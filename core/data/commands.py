@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 EXAMPLES = """\
 examples:
@@ -54,6 +55,10 @@ def add_data_command(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--occlusion", type=float, help="probability of an extra occluder per image")
     p.add_argument("--no-captions", action="store_true", help="leave the caption and attributes columns out")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out: replace an earlier export in DIR (only the files its manifest.csv lists; every "
+                        "other file is kept); --preview: replace an existing PNG. Without it, a non-empty DIR "
+                        "or an existing PNG is refused")
     p.set_defaults(func=cmd_synth)
 
 
@@ -71,14 +76,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     kwargs = {k: getattr(args, k) for k in _WORLD_KEYS if getattr(args, k) is not None}
     try:
+        if args.preview and Path(args.preview).exists() and not args.overwrite:
+            raise ValueError(f"{args.preview} exists; pass --overwrite to replace it")
         world = SyntheticWorld(captions=not args.no_captions, **kwargs)
+        if args.out:  # first: a refused folder costs no preview either
+            counts = export_world(world, args.out, quality=args.quality, overwrite=args.overwrite)
+            print(f"{args.out}: " + ", ".join(f"{n} {split}" for split, n in counts.items())
+                  + " images; manifest.csv, mapping.csv")
         if args.preview:
             preview_grid(world, n_identities=args.preview_identities, labels=True).save(args.preview)
             print(f"preview: {args.preview}")
-        if args.out:
-            counts = export_world(world, args.out, quality=args.quality)
-            print(f"{args.out}: " + ", ".join(f"{n} {split}" for split, n in counts.items())
-                  + " images; manifest.csv, mapping.csv")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -25,6 +25,11 @@ class CrossEntropyLoss(Loss):
             raise ValueError(f"loss 'ce': label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing, self.logits = float(label_smoothing), logits
 
+    @property
+    def features(self) -> str:
+        """The model output this loss reads (`Loss.features`): the logits."""
+        return self.logits
+
     def forward(self, outputs: dict[str, torch.Tensor], batch: Batch):
         logits = read_output(outputs, self.logits, "loss 'ce'",
                              "a head with a classifier, e.g. `bnneck`, produces 'logits'").float()

@@ -5,6 +5,14 @@ Eq. 5 (batch hard) with the hinge [m + d_ap - d_an]_+, or Sec. 3.3's soft margin
 log(1 + exp(d_ap - d_an)): for each anchor in a P x K batch, its farthest positive and
 its nearest negative. Used with the BNNeck's pre-BN feature in the Bag of Tricks
 baseline (Luo et al. 2019).
+
+Distances come from coordinate differences in fp32 outside autocast (`euclidean_distances`).
+Under DDP (`gather: true`, the default) every process's features and identities are
+gathered with their gradient before mining (core.training.distributed), and each process
+computes the loss of the whole global batch: hardest positives and negatives are mined
+across processes, as on one process. (DDP averages the processes' gradients and the
+gather's backward sums them, so the update equals one process's.) A loss that gathers
+itself and calls this one sets `gather: false`.
 """
 
 from __future__ import annotations
@@ -16,21 +24,43 @@ import torch.nn.functional as F
 
 from core.interfaces import Loss, read_output
 from core.records import Batch
+from core.training import distributed as D
 
 METRICS = ("euclidean", "cosine")
 
 
-def euclidean_distances(x: torch.Tensor) -> torch.Tensor:
-    """Pairwise Euclidean distances; the squared distance is clamped before the sqrt so
-    identical vectors give a zero (not NaN) gradient."""
-    sq = (x * x).sum(dim=1)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.t())
-    return d2.clamp(min=1e-12).sqrt()
+def euclidean_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Pairwise Euclidean distances between the rows of `x` and of `y` (default `x`), in
+    fp32 outside autocast and from the coordinate differences, never as
+    sqrt(|a|^2 + |b|^2 - 2 a.b): that form cancels catastrophically for features of large
+    norm in low precision (bf16 under autocast, TF32 matmuls) — for norms ~26 it errs by
+    up to 2.0 against a 0.3 margin. Identical rows give distance 0 and a zero gradient."""
+    x = x.float()
+    y = x if y is None else y.float()
+    with torch.autocast(x.device.type, enabled=False):
+        return torch.cdist(x[None], y[None], compute_mode="donot_use_mm_for_euclid_dist")[0]
 
 
-def cosine_distances(x: torch.Tensor) -> torch.Tensor:
-    x = F.normalize(x, dim=1)
-    return 1.0 - x @ x.t()
+def cosine_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Pairwise 1 - cos between the rows of `x` and `y` (default `x`), in fp32 outside autocast."""
+    with torch.autocast(x.device.type, enabled=False):
+        a = F.normalize(x.float(), dim=1)
+        b = a if y is None else F.normalize(y.float(), dim=1)
+        return 1.0 - a @ b.t()
+
+
+def row_distances(a: torch.Tensor, b: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
+    """d(a_i, b_i) for each row i, in fp32 outside autocast (Euclidean from the difference;
+    the square clamped so equal rows have a finite gradient)."""
+    with torch.autocast(a.device.type, enabled=False):
+        a, b = a.float(), b.float()
+        if metric == "cosine":
+            return 1.0 - (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1)
+        return (a - b).pow(2).sum(1).clamp(min=1e-12).sqrt()
+
+
+def pairwise_distances(x: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
+    return euclidean_distances(x) if metric == "euclidean" else cosine_distances(x)
 
 
 class TripletLoss(Loss):
@@ -46,7 +76,7 @@ class TripletLoss(Loss):
 
     def __init__(self, margin: float | None = 0.3, soft_margin: bool = False,
                  features: str = "features", metric: Literal["euclidean", "cosine"] = "euclidean",
-                 normalize: bool = False) -> None:
+                 normalize: bool = False, gather: bool = True) -> None:
         super().__init__()
         if metric not in METRICS:
             raise ValueError(f"loss 'triplet': metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -54,28 +84,36 @@ class TripletLoss(Loss):
             raise ValueError(f"loss 'triplet': margin must be >= 0 or null (soft margin), got {margin}")
         self.soft_margin = bool(soft_margin) or margin is None
         self.margin = 0.0 if self.soft_margin else float(margin)
-        self.features, self.metric, self.normalize = features, metric, normalize
+        self.features, self.metric, self.normalize, self.gather = features, metric, normalize, bool(gather)
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: Batch):
         x = read_output(outputs, self.features, "loss 'triplet'",
                         "set the loss key `features`; `bnneck` produces 'features'").float()
+        pids = batch.pids.to(x.device)
+        if self.gather:  # under DDP: the one-process loss of the global batch (module docstring)
+            x, pids = D.gather_with_grad(x), D.gather_uneven(pids)
         if self.normalize:
             x = F.normalize(x, dim=1)
-        dist = euclidean_distances(x) if self.metric == "euclidean" else cosine_distances(x)
-        pids = batch.pids.to(x.device)
         same = pids[:, None] == pids[None, :]
         eye = torch.eye(len(pids), dtype=torch.bool, device=x.device)
         pos, neg = same & ~eye, ~same
-        valid = pos.any(dim=1) & neg.any(dim=1)
-        if not bool(valid.any()):
-            zero = x.sum() * 0.0
-            return zero, {"d_ap": zero.detach(), "d_an": zero.detach(), "frac_active": zero.detach()}
-        d_ap = torch.where(pos, dist, torch.full_like(dist, float("-inf"))).max(dim=1).values[valid]
-        d_an = torch.where(neg, dist, torch.full_like(dist, float("inf"))).min(dim=1).values[valid]
+        # anchors without a positive or a negative leave the means; masks, not boolean
+        # indexing or a branch on the data: no host sync on CUDA (issue 19)
+        valid = (pos.any(dim=1) & neg.any(dim=1)).float()
+        count = valid.sum().clamp(min=1.0)
+        # mine on the detached matrix, then recompute the chosen pairs' distances from their
+        # differences: the gradient is batch-hard's (max/min pass it to the chosen pair only)
+        with torch.no_grad():
+            dist = pairwise_distances(x.detach(), self.metric)
+            hardest_pos = torch.where(pos, dist, torch.full_like(dist, float("-inf"))).argmax(dim=1)
+            hardest_neg = torch.where(neg, dist, torch.full_like(dist, float("inf"))).argmin(dim=1)
+        d_ap = row_distances(x, x[hardest_pos], self.metric)
+        d_an = row_distances(x, x[hardest_neg], self.metric)
         gap = d_ap - d_an
         losses = F.softplus(gap) if self.soft_margin else F.relu(gap + self.margin)
-        return losses.mean(), {
-            "d_ap": d_ap.detach().mean(),
-            "d_an": d_an.detach().mean(),
-            "frac_active": (gap.detach() + self.margin > 0).float().mean(),
+        mean = lambda v: (v * valid).sum() / count  # noqa: E731 - the mean over valid anchors
+        return mean(losses), {
+            "d_ap": mean(d_ap.detach()),
+            "d_an": mean(d_an.detach()),
+            "frac_active": mean((gap.detach() + self.margin > 0).float()),
         }

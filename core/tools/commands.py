@@ -88,11 +88,13 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction") -> None:
              "embeddings is reported; above --tolerance the command fails (exit 1). export.json records the "
              "input size, normalisation and the check. ONNX needs `pip install reid-core[export]`.",
              "  core export runs/q --out exported/\n"
-             "  core export runs/q --out exported/ --format onnx --opset 18 --tolerance 1e-4\n")
+             "  core export runs/q --out exported/ --format onnx --opset 18 --tolerance 1e-4\n"
+             "  core export runs/q --out shared/ --format safetensors   then: core eval shared/model.safetensors\n")
     p.add_argument("target", metavar=_RUN)
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--format", action="append", choices=["torchscript", "onnx"],
-                   help="repeatable (default: both)")
+    p.add_argument("--format", action="append", choices=["torchscript", "onnx", "safetensors"],
+                   help="repeatable (default: torchscript and onnx); safetensors: the weights with the "
+                        "pipeline, the shareable file that core eval / extract / search accept")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed max abs difference (default 1e-4)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch's)")
     p.add_argument("--images", metavar="DIR_OR_MANIFEST",
@@ -112,15 +114,21 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=cmd_curves)
 
     p = _add(subparsers, "new-plugin", "write the skeleton of an installable plugin",
-             "Write an installable plugin: pyproject.toml with the `reid_core` entry point, a working minimal "
-             "component of each requested kind registered under the plugin's name, a test that trains a tiny "
-             "pipeline with them, and a README. `pip install -e DIR && pytest DIR` passes as generated. "
+             "Write an installable plugin: pyproject.toml with the `reid_core` entry point and a `test` extra, "
+             "a working minimal component for each name asked for (--loss circle -> loss 'circle', class "
+             "CircleLoss), each with its own test, a test that trains a tiny pipeline with all of them, and a "
+             "README. `pip install -e \"DIR[test]\" && pytest DIR` passes as generated. "
              "See docs/writing-plugins.md.",
-             "  core new-plugin circle --kinds loss\n"
-             "  core new-plugin my-method --kinds loss,sampler,head --out plugins/\n")
+             "  core new-plugin my-method --loss circle --loss center --sampler cam_pk\n"
+             "  core new-plugin my-method --loss circle,center --head my_neck --out plugins/\n"
+             "  core new-plugin circle --kinds loss        each kind's component named after the plugin\n")
     p.add_argument("name", metavar="NAME", help="plugin name: lower case, digits and '-' (e.g. my-method)")
-    p.add_argument("--kinds", default="loss",
-                   help="comma-separated: dataset, sampler, backbone, head, loss, evaluator (default loss)")
+    for kind in ("dataset", "sampler", "backbone", "head", "loss", "evaluator"):
+        p.add_argument(f"--{kind}", action="append", default=[], metavar="NAME",
+                       help=f"a {kind} component named NAME (repeatable, or comma-separated)")
+    p.add_argument("--kinds", default=None,
+                   help="comma-separated kinds whose component takes the plugin's name (default: loss, when no "
+                        "component is named)")
     p.add_argument("--out", default=".", metavar="DIR", help="parent folder (default .); writes DIR/reid-NAME/")
     p.add_argument("--force", action="store_true", help="overwrite an existing folder")
     p.set_defaults(func=cmd_new_plugin)
@@ -195,11 +203,23 @@ def cmd_curves(args: argparse.Namespace) -> int:
 def cmd_new_plugin(args: argparse.Namespace) -> int:
     from core.tools.scaffold import ScaffoldError, new_plugin
 
+    from core.tools.scaffold import KINDS, names
+
     try:
-        folder = new_plugin(args.name, [k.strip() for k in args.kinds.split(",") if k.strip()], args.out,
-                            force=args.force)
+        plugin = names(args.name)["name"]
+        requested: dict[str, list[str]] = {}
+        for kind in KINDS:
+            requested[kind] = [n.strip() for v in getattr(args, kind) for n in v.split(",") if n.strip()]
+        kinds = [k.strip() for k in (args.kinds or "").split(",") if k.strip()]
+        if not kinds and not any(requested.values()):
+            kinds = ["loss"]
+        for kind in kinds:
+            if kind not in KINDS:
+                raise ScaffoldError(f"unknown kind(s) {kind}; kinds: {', '.join(KINDS)}")
+            requested[kind].append(plugin)
+        folder = new_plugin(args.name, requested, args.out, force=args.force)
     except ScaffoldError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {folder}\nnext: pip install -e {folder} && pytest {folder}")
+    print(f"wrote {folder}\nnext: pip install -e \"{folder}[test]\" && pytest {folder}")
     return 0

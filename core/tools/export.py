@@ -11,6 +11,11 @@ the PyTorch embeddings; above the tolerance the export fails.
 
 ONNX goes through `torch.onnx.export` (the dynamo exporter, which needs onnxscript) and
 is checked with onnxruntime: `pip install reid-core[export]`.
+
+`safetensors` writes `model.safetensors`: the weights with the resolved pipeline and build
+context as metadata (core/tools/weights_file.py), the format to publish a model in —
+`core eval`, `extract` and `search` take it in place of a run folder, and loading it runs
+no code. Its check rebuilds the model from the file alone and compares the embeddings.
 """
 
 from __future__ import annotations
@@ -99,6 +104,21 @@ def run_onnx(path: Path, images: torch.Tensor) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
 
 
+def export_safetensors(run, path: Path) -> Path:
+    from core.tools.weights_file import write_weights
+
+    return write_weights(path, run.model, run.pipeline.config.data, run.pipeline.ctx)
+
+
+def run_safetensors(path: Path, images: torch.Tensor, flip: bool) -> np.ndarray:
+    """Embeddings of the model rebuilt from the weights file alone (as `core eval` does)."""
+    from core.tools.loading import load_run
+
+    rebuilt = load_run(path, device="cpu")
+    with torch.no_grad():
+        return EmbeddingModel(rebuilt.model, flip=flip).eval()(images).numpy()
+
+
 def export(target: str | Path, out: str | Path, formats: Sequence[str] = ("torchscript", "onnx"),
            tolerance: float = 1e-4, opset: int | None = None, images: str | None = None,
            flip: bool = True) -> dict:
@@ -138,8 +158,11 @@ def export(target: str | Path, out: str | Path, formats: Sequence[str] = ("torch
                 info["max_abs_diff"] = _max_diff(run_onnx(path, check), reference)
             except ImportError:
                 info["note"] = "not checked: onnxruntime is not installed (pip install reid-core[export])"
+        elif fmt == "safetensors":
+            path = export_safetensors(run, out / "model.safetensors")
+            info.update(file=str(path), max_abs_diff=_max_diff(run_safetensors(path, check, wrapper.flip), reference))
         else:
-            raise ValueError(f"unknown export format {fmt!r}; formats: torchscript, onnx")
+            raise ValueError(f"unknown export format {fmt!r}; formats: torchscript, onnx, safetensors")
         info["ok"] = info["max_abs_diff"] is not None and info["max_abs_diff"] <= tolerance
         report["formats"][fmt] = info
     (out / "export.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -9,7 +9,6 @@ whatever device the run was trained on).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -29,13 +28,13 @@ class LoadedRun:
     device: torch.device
     #: the run's trainer.eval_flip: average each embedding with the mirrored image's
     flip: bool
-    #: bf16 autocast on CUDA when the run trained with it
-    amp: bool
+    #: the run's `trainer.eval_precision` (fp32 unless the run asked otherwise)
+    precision: str = "fp32"
 
     def autocast(self):
-        if self.amp and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        from core.training.precision import autocast
+
+        return autocast(self.device, self.precision)
 
     @property
     def metric(self) -> str:
@@ -46,7 +45,7 @@ class LoadedRun:
 
 def load_run(target: str | Path, device: str = "auto", overrides: Sequence[str] = ()) -> LoadedRun:
     """Rebuild the model of a run folder or checkpoint for inference."""
-    from core.runner import restore_run
+    from core.restore import restore_run
 
     run_dir, checkpoint, trainer = restore_run(
         target, [f"trainer.device={device}", "trainer.progress=false", *overrides])
@@ -54,4 +53,4 @@ def load_run(target: str | Path, device: str = "auto", overrides: Sequence[str] 
     evaluated = trainer.model  # the EMA copy when the run kept one
     model = ReIDModel(evaluated.backbone, evaluated.head).eval()
     return LoadedRun(run_dir=run_dir, checkpoint=checkpoint, pipeline=p, model=model, device=trainer.device,
-                     flip=bool(p.trainer.eval_flip), amp=p.trainer.amp == "bf16")
+                     flip=bool(p.trainer.eval_flip), precision=p.trainer.eval_precision)

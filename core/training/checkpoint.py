@@ -1,12 +1,20 @@
 """Atomic checkpoints and the random-number state a resumed run needs.
 
 A checkpoint is written to a temporary file in the same folder, flushed to disk, then
-renamed over the old one: a crash mid-write never leaves a truncated `last.pt`.
+renamed over the old one: a crash mid-write never leaves a truncated `last.pt`, and a
+failed write (disk full, I/O error) leaves the previous file as it was.
+
+Checkpoints hold only what `torch.load(weights_only=True)` accepts — tensors and plain
+Python containers of numbers and strings (numpy's RNG state is stored as a tensor) — so
+loading one can never run code. A file that needs pickle (an old checkpoint, or one made
+by another tool) is refused unless the user says they trust it (`--trust-checkpoint`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -16,21 +24,66 @@ import numpy as np
 import torch
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded safely or at all; the message names the file."""
+
+
+class WriteError(OSError):
+    """Writing a file failed (disk full, I/O error, permissions): one line naming the path
+    and the cause. The file that was there before is untouched."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, write) -> None:
-    """Call `write(file_object)` on a temp file beside `path`, fsync, then rename it into place."""
+    """Call `write(file_object)` on a temp file beside `path`, fsync, then rename it into
+    place with the user's umask (mkstemp's files are 0600). Any failure removes the temp
+    file and leaves the old `path` as it was; an OSError becomes a `WriteError` naming
+    `path` and the cause."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        if isinstance(exc, WriteError):
+            raise
+        raise WriteError(exc.errno, f"cannot write {path}: {exc.strerror or exc}"
+                         + ("; the previous file is kept" if path.exists() else "")) from exc
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _remove(tmp)
         raise
+
+
+def _remove(tmp: str | None) -> None:
+    if tmp and os.path.exists(tmp):
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete `.<name>.*.tmp` files that an earlier process killed mid-write left behind
+    (a SIGKILL runs no clean-up); called when a run folder is opened."""
+    removed = []
+    for tmp in Path(folder).rglob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -41,24 +94,53 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+TRUST_FLAG = "--trust-checkpoint"
+
+
+def load_checkpoint(path: Path, trust: bool = False) -> dict[str, Any]:
+    """Load a checkpoint with `weights_only=True`. A file that needs pickle is refused with
+    a message naming it; `trust=True` (the CLI's --trust-checkpoint) loads it anyway."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    # our own checkpoints hold numpy/python RNG states next to tensors
-    return torch.load(path, map_location="cpu", weights_only=False)
+    if trust:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()
+        detail = next((line for line in reason if "Unsupported" in line or "GLOBAL" in line), reason[0] if reason else "")
+        raise CheckpointError(
+            f"{path}: refused: this file needs pickle to load, and unpickling can run code from the file "
+            f"({detail.strip()}). Checkpoints written by reid-core load without it. If you trust where the "
+            f"file came from, load it anyway with {TRUST_FLAG}.") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    """This process's RNG states in types `weights_only` loading accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(_as_tuple(state["python"]))
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = (numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                       numpy_state["has_gauss"], numpy_state["gauss"])
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -9,12 +9,14 @@ Outside torchrun every helper here is a no-op for one process.
 from __future__ import annotations
 
 import datetime
+import fnmatch
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -68,12 +70,37 @@ def broadcast_object(value: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+def all_reduce_mean(values: torch.Tensor | dict[str, Any]) -> torch.Tensor | dict[str, float]:
+    """The mean over processes of a tensor (same shape on every rank), or of a dict of
+    scalars whose keys may differ between ranks (a loss that logs a part only when its
+    batch holds some sample kind): each key is averaged over the ranks that have it, and
+    every rank gets the union of the keys, sorted as rank 0's first. Values may be Python
+    numbers or tensors on any device (a loss logging a float gives a CPU scalar)."""
+    if isinstance(values, dict):
+        return _all_reduce_mean_dict(values)
     if not active():
-        return tensor
-    out = tensor.detach().clone()
+        return values
+    out = values.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / dist.get_world_size()
+
+
+def _all_reduce_mean_dict(values: dict[str, Any]) -> dict[str, float]:
+    device = next((v.device for v in values.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
+    if active() and dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    local = {k: torch.as_tensor(v).detach().to(device=device, dtype=torch.float64).reshape(())
+             for k, v in values.items()}
+    if not active():
+        return {k: float(v) for k, v in local.items()}
+    key_lists: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(key_lists, list(local))
+    keys = list(dict.fromkeys(k for keys in key_lists for k in keys))
+    sums = torch.stack([local.get(k, torch.zeros((), dtype=torch.float64, device=device)) for k in keys])
+    counts = torch.tensor([float(k in local) for k in keys], dtype=torch.float64, device=device)
+    both = torch.stack([sums, counts])
+    dist.all_reduce(both, op=dist.ReduceOp.SUM)
+    return dict(zip(keys, (both[0] / both[1].clamp(min=1)).tolist()))
 
 
 def any_true(flag: torch.Tensor) -> bool:
@@ -98,10 +125,7 @@ def gather_uneven(local: torch.Tensor) -> torch.Tensor:
     the rows padded to the longest."""
     if not active():
         return local
-    size = torch.tensor([local.shape[0]], device=local.device)
-    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, size)
-    return _gather_padded(local, [int(s.item()) for s in sizes])
+    return _gather_padded(local, _row_counts(local))
 
 
 def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
@@ -113,11 +137,209 @@ def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
     return _gather_padded(local, [stop - start for start, stop in (shard_range(n, r, world) for r in range(world))])
 
 
+def gather_with_grad(local: torch.Tensor) -> torch.Tensor:
+    """Every process's rows concatenated in rank order, differentiable: the backward of
+    the all_gather (`_AllGather`) sums every process's gradient of each row into the
+    process that owns it. For losses defined on the whole batch (mining, alignment, batch
+    statistics): each process computes the global batch's loss, DDP averages the equal
+    gradients, and the update is the one-process update. Rows may differ in number
+    between processes (padded; one all_gather of the counts); `local` itself outside DDP."""
+    if not active():
+        return local
+    counts = _row_counts(local)
+    padded = local
+    if local.shape[0] < max(counts):
+        padded = torch.cat([local, local.new_zeros((max(counts) - local.shape[0], *local.shape[1:]))])
+    parts = all_gather_with_grad(padded.contiguous())
+    return torch.cat([part[:count] for part, count in zip(parts, counts)])
+
+
+class _AllGather(torch.autograd.Function):
+    """all_gather whose backward sums every process's gradient of each piece into the
+    process that owns it (an all_reduce of the stacked gradients, then this rank's piece).
+
+    Written on `dist.all_gather` / `dist.all_reduce` rather than
+    torch.distributed.nn.functional.all_gather: that one is deprecated in torch 2.14 and,
+    on gloo, made 3 of 8 two-process runs abort at exit ("terminate called without an
+    active exception")."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor)
+        return tuple(parts)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor) -> torch.Tensor:
+        every = torch.stack([g.contiguous() for g in grads])
+        dist.all_reduce(every, op=dist.ReduceOp.SUM)
+        return every[dist.get_rank()]
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every process's `tensor` (equal shapes), differentiable (see `_AllGather`)."""
+    return _AllGather.apply(tensor)
+
+
+def _row_counts(local: torch.Tensor) -> list[int]:
+    size = torch.tensor([local.shape[0]], device=local.device)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    return [int(s) for s in torch.cat(sizes).tolist()]
+
+
 def _gather_padded(local: torch.Tensor, counts: list[int]) -> torch.Tensor:
     """all_gather of `local` padded to the longest of every rank's row `counts`, the
-    padding cut off again."""
+    padding cut off again. A rank with no rows may not know the rows' shape and dtype
+    (an empty evaluation shard gives a (0, 0) tensor): when a count is 0, the first
+    rank holding rows tells the others."""
+    if min(counts) == 0 and max(counts) > 0:
+        box = [(tuple(local.shape[1:]), local.dtype)]
+        dist.broadcast_object_list(box, src=counts.index(max(counts)))
+        shape, dtype = box[0]
+        if local.shape[0] == 0:
+            local = torch.zeros((0, *shape), dtype=dtype, device=local.device)
     padded = torch.zeros((max(counts), *local.shape[1:]), dtype=local.dtype, device=local.device)
     padded[: local.shape[0]] = local
     parts = [torch.empty_like(padded) for _ in counts]
     dist.all_gather(parts, padded)
     return torch.cat([part[:count] for part, count in zip(parts, counts)])
+
+
+def all_gather_objects(value: Any) -> list[Any]:
+    """Every rank's `value`, in rank order (a one-item list outside DDP): per-rank RNG
+    states for the checkpoint."""
+    if not active():
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def all_reduce_max(value: int, device: torch.device) -> int:
+    """The largest of every rank's `value` (all ranks decide alike: e.g. which signal
+    stops training)."""
+    if not active():
+        return int(value)
+    box = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return int(box.item())
+
+
+# ----------------------------------------------------------------- whole-batch methods
+_BATCH_FIELDS = ("pids", "camids", "categories", "domains", "roles", "indices")
+
+
+def gather_for_loss(outputs: dict[str, torch.Tensor], batch: Any,
+                    keys: Sequence[str]) -> tuple[dict[str, torch.Tensor], Any]:
+    """The model outputs `keys` and the batch's per-sample label fields of every process,
+    concatenated in rank order: floating outputs with their gradient (`gather_with_grad`),
+    the rest without. For a loss defined on the whole batch (mining, prototypes,
+    alignment, per-half means): computed on the result it is the one-process loss of the
+    global batch. The returned Batch has no images and no extras. Outside DDP: the
+    arguments themselves."""
+    if not active():
+        return outputs, batch
+    from core.records import Batch
+
+    out = {}
+    for key in keys:
+        value = outputs[key]
+        out[key] = gather_with_grad(value) if value.is_floating_point() else gather_uneven(value)
+    fields = {name: gather_uneven(getattr(batch, name).to(batch.pids.device)) for name in _BATCH_FIELDS}
+    return out, Batch(images=batch.images.new_zeros((0,)), extras={}, **fields)
+
+
+class GatheredBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm (any input (N, C, ...)) whose training statistics are those of every
+    process's batch together, for any backend (nn.SyncBatchNorm needs CUDA): each process
+    shares its count, mean and sum of squared deviations, differentiably (the gradient
+    through the statistics reaches every process, as in one process), and combines them
+    (Chan et al.'s parallel variance). Outside training or DDP: a plain BatchNorm."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected an input of at least 2 dimensions (N, C, ...), got {input.dim()}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and active()):
+            return super().forward(x)
+
+        channels = x.shape[1]
+        dims = [0, *range(2, x.dim())]
+        shape = [1, channels] + [1] * (x.dim() - 2)
+        xf = x.float()
+        n = x.numel() // max(channels, 1)
+        mean = xf.mean(dims) if n else xf.new_zeros(channels)
+        m2 = ((xf - mean.view(shape)) ** 2).sum(dims)
+        stats = torch.cat([xf.new_full((1,), float(n)), mean, m2])
+        every = torch.stack(all_gather_with_grad(stats))
+        counts, means, m2s = every[:, :1], every[:, 1:1 + channels], every[:, 1 + channels:]
+        total = counts.sum()
+        g_mean = (counts * means).sum(0) / total
+        g_var = (m2s + counts * (means - g_mean) ** 2).sum(0) / total
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                unbiased = g_var * total / (total - 1).clamp(min=1)
+                self.running_mean.mul_(1 - momentum).add_(momentum * g_mean.to(self.running_mean.dtype))
+                self.running_var.mul_(1 - momentum).add_(momentum * unbiased.to(self.running_var.dtype))
+        out = (xf - g_mean.view(shape)) * torch.rsqrt(g_var.view(shape) + self.eps)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out.to(x.dtype)
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    """`name` or one of its parent modules matches an fnmatch pattern."""
+    parts = name.split(".")
+    prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(fnmatch.fnmatchcase(prefix, pattern) for prefix in prefixes for pattern in patterns)
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device, skip: Sequence[str] = ()) -> nn.Module:
+    """Every BatchNorm of `module` made to take its statistics from all processes —
+    nn.SyncBatchNorm on CUDA, `GatheredBatchNorm` elsewhere — except inside the submodules
+    named by `skip` (qualified names, fnmatch patterns): those that a step may leave
+    uncalled on some processes (a synchronised BatchNorm that one process skips waits
+    for it forever). Parameters and buffers are kept (the same tensors)."""
+    kind = nn.SyncBatchNorm if device.type == "cuda" else GatheredBatchNorm
+
+    def convert(child: nn.Module, name: str) -> nn.Module:
+        if name and _matches(name, skip):
+            return child
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, (nn.SyncBatchNorm,
+                                                                                       GatheredBatchNorm)):
+            new = kind(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            if child.affine:
+                new.weight, new.bias = child.weight, child.bias
+            new.running_mean, new.running_var = child.running_mean, child.running_var
+            new.num_batches_tracked = child.num_batches_tracked
+            new.train(child.training)
+            return new
+        for sub_name, sub in list(child.named_children()):
+            setattr(child, sub_name, convert(sub, f"{name}.{sub_name}" if name else sub_name))
+        return child
+
+    return convert(module, "")
+
+
+def component_declarations(net: nn.Module, attribute: str) -> list[str]:
+    """The qualified names of what the components of a TrainingModule (`backbone`, `head`,
+    `losses.N`) declare in `attribute` (`conditional_modules` or `shared_buffers`,
+    core.interfaces), each prefixed with its component's name."""
+    named: list[tuple[str, nn.Module]] = [("backbone", net.backbone), ("head", net.head)]
+    named += [(f"losses.{i}", m) for i, m in enumerate(getattr(net, "losses", ()))]
+    out = []
+    for prefix, component in named:
+        for entry in getattr(component, attribute, ()) or ():
+            out.append(f"{prefix}.{entry}")
+    return out
+
+
+def shared_buffer_names(net: nn.Module) -> list[str]:
+    """The buffers of `net` its components declare equal on every process (memory banks
+    updated from gathered features): DDP need not broadcast them from rank 0 each step."""
+    patterns = component_declarations(net, "shared_buffers")
+    return [name for name, _ in net.named_buffers() if patterns and any(fnmatch.fnmatchcase(name, p) for p in patterns)]

@@ -16,7 +16,7 @@ from torch import nn
 
 from core.config.loading import LoadedConfig
 from core.config.schema import OptimizerConfig, ParamGroupConfig, ScheduleConfig, StageConfig
-from core.config.validation import build_dataclass
+from core.config.validation import build_dataclass, name_examples, pattern_miss
 
 
 def check_stage(stage: StageConfig, cfg: LoadedConfig, key: str) -> None:
@@ -48,8 +48,7 @@ def select_parameters(module: nn.Module, stage: StageConfig,
     for key, patterns in (("trainable", stage.trainable or []), ("frozen", stage.frozen)):
         for pattern in patterns:
             if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-                raise ValueError(f"stage '{stage.name}': {key} pattern '{pattern}' matches no parameter; "
-                                 f"names look like {', '.join(_examples(names))}")
+                raise ValueError(f"stage '{stage.name}': {key} " + pattern_miss(pattern, names))
     selected = []
     for name, param in module.named_parameters():
         on = name in allowed
@@ -68,11 +67,8 @@ def select_parameters(module: nn.Module, stage: StageConfig,
 
 
 def _examples(names: list[str]) -> list[str]:
-    """One name per top-level module prefix, to show users what patterns look like."""
-    seen: dict[str, str] = {}
-    for name in names:
-        seen.setdefault(".".join(name.split(".")[:3]), name)
-    return list(seen.values())[:6] + (["..."] if len(seen) > 6 else [])
+    """What parameter names look like, loss parameters included (see `name_examples`)."""
+    return name_examples(names)
 
 
 def param_groups(params: list[tuple[str, nn.Parameter]], stage: StageConfig) -> list[dict]:
@@ -85,8 +81,8 @@ def param_groups(params: list[tuple[str, nn.Parameter]], stage: StageConfig) -> 
     for i, spec in enumerate(specs):
         for pattern in spec.params:
             if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
-                raise ValueError(f"stage '{stage.name}': param_groups.{i} pattern '{pattern}' matches no "
-                                 f"trainable parameter; names look like {', '.join(_examples(names))}")
+                raise ValueError(f"stage '{stage.name}': param_groups.{i} "
+                                 + pattern_miss(pattern, names, among="trainable parameter"))
     buckets: dict[tuple[int, bool], list[nn.Parameter]] = {}
     for name, param in params:
         group = next((i for i, spec in enumerate(specs) if _matches(name, spec.params)), len(specs))
@@ -109,7 +105,9 @@ def build_optimizer(params: list[tuple[str, nn.Parameter]], stage: StageConfig) 
         return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay,
                                nesterov=opt.nesterov)
     cls = torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW
-    return cls(groups, lr=opt.lr, weight_decay=opt.weight_decay, betas=tuple(opt.betas))
+    # the fused CUDA kernel: one launch for all parameters instead of a loop (GPU only)
+    fused = all(p.is_cuda and p.is_floating_point() for g in groups for p in g["params"])
+    return cls(groups, lr=opt.lr, weight_decay=opt.weight_decay, betas=tuple(opt.betas), fused=fused or None)
 
 
 def lr_factor(step: int, steps_per_epoch: int, epochs: int, schedule: ScheduleConfig, base_lr: float) -> float:

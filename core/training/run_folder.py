@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
 import sys
 import time
@@ -17,7 +19,99 @@ from pathlib import Path
 from typing import Any
 
 from core.config.loading import dump
-from core.training.checkpoint import atomic_write_text
+from core.training.checkpoint import WriteError, atomic_write_text, remove_stale_temp_files
+
+
+#: what `core run` writes into a run folder (what --overwrite removes; nothing else is)
+RUN_OUTPUTS = ("pipeline.yaml", "environment.json", "metrics.jsonl", "report.md", "log.txt", "curves.png",
+               "checkpoints", "worst-queries")
+LOCK_NAME = ".lock"
+
+
+class RunFolderError(RuntimeError):
+    """A run folder that cannot be written: it holds another run, or a process uses it."""
+
+
+def claim_new(path: Path, overwrite: bool) -> None:
+    """Check that `path` may receive a new run: absent or empty, or `overwrite` (which
+    removes the previous run's outputs, `RUN_OUTPUTS`, and nothing else)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise RunFolderError(f"{path} exists and is not a folder; give another --run-dir")
+    present = [p for p in path.iterdir() if p.name != LOCK_NAME]
+    if not present:
+        return
+    if not overwrite:
+        raise RunFolderError(f"{path} already holds a run ({', '.join(sorted(p.name for p in present)[:4])}); "
+                             f"continue it with `core run --resume {path}`, or replace it with --overwrite")
+    import shutil
+
+    for name in RUN_OUTPUTS:
+        target = path / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+class RunLock:
+    """One process per run folder: `<run>/.lock` holds the owner's pid, created with
+    O_EXCL. A lock whose process is gone (killed) is taken over; a live one is an error
+    naming its pid."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = Path(path) / LOCK_NAME
+        self.held = False
+
+    def acquire(self) -> "RunLock":
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = _read_pid(self.file)
+                if owner is not None and owner != os.getpid() and _alive(owner):
+                    raise RunFolderError(f"{self.file.parent} is in use by process {owner} (another `core run`); "
+                                         f"wait for it to finish, or stop it (kill {owner})") from None
+                with contextlib.suppress(FileNotFoundError):
+                    self.file.unlink()  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            self.held = True
+            return self
+        raise RunFolderError(f"could not lock {self.file.parent}: {self.file} keeps reappearing")
+
+    def release(self) -> None:
+        if self.held:
+            with contextlib.suppress(FileNotFoundError):
+                self.file.unlink()
+            self.held = False
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_pid(file: Path) -> int | None:
+    try:
+        return int(file.read_text().strip() or "0") or None
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class RunFolder:
@@ -26,6 +120,7 @@ class RunFolder:
         self.enabled = enabled  # False on DDP ranks other than 0
         if enabled:
             (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(self.path)  # a killed process's half-written files
 
     @property
     def checkpoint(self) -> Path:
@@ -43,13 +138,13 @@ class RunFolder:
             header.append(f"#   {key}: {info['name']} (plugin {info['plugin']} {info['version'] or ''})".rstrip())
         atomic_write_text(self.path / "pipeline.yaml", "\n".join(header) + "\n" + dump(data))
 
-    def write_environment(self, device: str, provenance: dict[str, dict[str, Any]]) -> None:
+    def write_environment(self, device: str, provenance: dict[str, dict[str, Any]],
+                          plugins: dict[str, str | None] | None = None) -> None:
+        """environment.json; `plugins`: the loaded plugins' versions (name -> version)."""
         if not self.enabled:
             return
         import numpy
         import torch
-
-        from core.plugins import get_plugin_manager
 
         env = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -64,7 +159,7 @@ class RunFolder:
             "numpy": numpy.__version__,
             "timm": _version("timm"),
             "torchvision": _version("torchvision"),
-            "plugins": {n: i.version for n, i in get_plugin_manager().infos.items() if not i.error},
+            "plugins": dict(plugins or {}),
             "components": provenance,
         }
         atomic_write_text(self.path / "environment.json", json.dumps(env, indent=2, default=str) + "\n")
@@ -72,8 +167,23 @@ class RunFolder:
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.metrics_file, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=float) + "\n")
+        try:
+            with open(self.metrics_file, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, default=float) + "\n")
+        except OSError as exc:  # disk full, I/O error: one line naming the file
+            raise WriteError(exc.errno, f"cannot write {self.metrics_file}: {exc.strerror or exc}") from exc
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / "log.txt"
+
+    def log_text(self, text: str) -> None:
+        """Append `text` to log.txt (full tracebacks of failures, with a time stamp)."""
+        if not self.enabled:
+            return
+        with contextlib.suppress(OSError):  # the log is a courtesy: never the reason a run fails
+            with open(self.log_file, "a", encoding="utf-8") as f:
+                f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}\n{text.rstrip()}\n")
 
     def write_report(self, text: str) -> None:
         if self.enabled:

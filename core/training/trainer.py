@@ -28,7 +28,11 @@ from core.pipeline import LossTerm, Pipeline, ReIDModel, resolve_device
 from core.plugins import get_plugin_manager
 from core.records import Batch
 from core.training import distributed as D
+from core.training import precision as P
+from core.training.blame import blame
+from core.training.determinism import set_deterministic
 from core.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from core.training.interrupt import Interrupted, deferred_signals, ignore_in_worker
 from core.training.optim import build_optimizer, build_scheduler, select_parameters
 from core.training.report import format_report
 from core.training.run_folder import RunFolder
@@ -76,6 +80,10 @@ class TrainingModule(ReIDModel):
 
     `forward(batch)` is the model's (embeddings for evaluation); with `train=True` it also
     returns the weighted loss of the active stage's terms and their logged parts.
+
+    Precision contract: the model's forward runs under `autocast` (bf16/fp16 on CUDA when
+    asked); the losses get its outputs as fp32 and run with autocast disabled
+    (core/training/precision.py says why).
     """
 
     def __init__(self, model: ReIDModel, losses: nn.ModuleList) -> None:
@@ -84,41 +92,89 @@ class TrainingModule(ReIDModel):
         self.terms: list[LossTerm] = []
         #: False in a stage whose losses read no model output (StageConfig.forward)
         self.model_forward = True
+        #: (device, precision) of the model forward's autocast (set by the trainer)
+        self.amp: tuple[torch.device, str] = (torch.device("cpu"), "fp32")
 
     def forward(self, batch: Batch, train: bool = False):
-        outputs = super().forward(batch) if self.model_forward or not train else {}
-        if not train:
-            return outputs
-        total = torch.zeros((), device=batch.pids.device)
+        if not train:  # evaluation: the caller chose the precision (Trainer.eval_autocast)
+            return super().forward(batch)
+        with P.autocast(*self.amp):
+            outputs = super().forward(batch) if self.model_forward else {}
+        outputs = P.to_fp32(outputs)
+        device = batch.pids.device
+        total = torch.zeros((), device=device)
         parts: dict[str, torch.Tensor] = {}
-        for term in self.terms:
-            out = term.module(outputs, batch)
-            loss, logged = out if isinstance(out, tuple) else (out, {})
-            total = total + term.weight * loss.float()
-            parts[term.name] = loss.detach().float()
-            for k, v in (logged or {}).items():
-                parts[f"{term.name}/{k}"] = torch.as_tensor(v).detach().float()
+        with P.loss_region(device):
+            for term in self.terms:
+                out = term.module(outputs, batch)
+                loss, logged = out if isinstance(out, tuple) else (out, {})
+                total = total + term.weight * loss.float()
+                parts[term.name] = loss.detach().float()
+                for k, v in (logged or {}).items():
+                    # a Python number logged by a loss becomes a tensor on the loss's device
+                    parts[f"{term.name}/{k}"] = torch.as_tensor(v, device=device).detach().float()
         return total, parts, outputs
 
 
 @dataclass
 class Position:
     """Where training stands: the next batch to run is `step` of `epoch` of `stage`;
-    `global_step` counts optimisation steps."""
+    `global_step` counts optimisation steps, `images` the training images seen (all
+    processes: what a comparison of budgets reads)."""
 
     stage: int = 0
     epoch: int = 0
     step: int = 0
     global_step: int = 0
+    images: int = 0
 
 
 class StopTraining(Exception):
     """Raised internally when `stop_after_steps` is reached."""
 
 
+class NonFiniteGuard:
+    """Whether a loss or gradient became NaN/Inf, kept on the device.
+
+    Checked before every optimizer step without a host sync: the flag, the first bad
+    step and that step's loss parts are device tensors, updated with `torch.where`.
+    The trainer reads the flag (one sync) at logging steps, before every checkpoint and
+    evaluation, and at every step on the CPU where a read costs nothing. A checkpoint is
+    only written after a read that found the run finite, so the checkpoint the stop
+    message names holds weights from before the divergence.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.flag = torch.zeros((), dtype=torch.bool, device=device)
+        self.step = torch.zeros((), dtype=torch.long, device=device)
+        self.parts: torch.Tensor | None = None
+        self.names: list[str] = []
+
+    def update(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor | None,
+               parts: dict[str, torch.Tensor]) -> None:
+        bad = ~torch.isfinite(loss.detach().float())
+        if grad_norm is not None:
+            bad = bad | ~torch.isfinite(grad_norm.float())
+        first = bad & ~self.flag
+        values = torch.stack([loss.detach().float(), *(v.reshape(()) for v in parts.values())])
+        if self.parts is None or self.parts.shape != values.shape:
+            self.parts, self.names = torch.zeros_like(values), ["loss", *parts]
+        self.parts = torch.where(first, values, self.parts)
+        self.step = torch.where(first, torch.as_tensor(step, device=self.device), self.step)
+        self.flag = self.flag | bad
+
+    def tripped(self) -> bool:
+        return bool(D.any_true(self.flag))
+
+    def report(self) -> tuple[int, dict[str, float]]:
+        values = self.parts.tolist() if self.parts is not None else []
+        return int(self.step), dict(zip(self.names, values))
+
+
 class Trainer:
     def __init__(self, pipeline: Pipeline, run: RunFolder, resume: bool = False,
-                 dist: D.Dist | None = None) -> None:
+                 dist: D.Dist | None = None, trust_checkpoint: bool = False) -> None:
         self.p = pipeline
         self.cfg = pipeline.trainer
         self.run = run
@@ -128,12 +184,13 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.pm = get_plugin_manager()
         seed_everything(pipeline.seed)
+        set_deterministic(self.cfg.deterministic)  # issue 20: off by default (costs speed on the GPU)
         self.net = TrainingModule(pipeline.model, pipeline.loss_modules())
-        if self.cfg.sync_bn and self.dist.enabled:
-            if self.device.type == "cuda":
-                self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
-            else:
-                warnings.warn("trainer.sync_bn needs CUDA; BatchNorm stays per process on the CPU", stacklevel=2)
+        self.precision = self.cfg.training_precision()
+        self.net.amp = (self.device, self.precision)
+        if self.cfg.sync_bn and self.dist.enabled:  # not inside modules a step may skip on some ranks
+            self.net = D.convert_sync_batchnorm(self.net, self.device,
+                                                skip=D.component_declarations(self.net, "conditional_modules"))
         self.net.to(self.device)
         if self.cfg.channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -149,15 +206,22 @@ class Trainer:
         self.loader = DataLoader(self.train_samples, batch_sampler=self.plan, collate_fn=collate,
                                  num_workers=self.cfg.num_workers, pin_memory=self._pin(),
                                  persistent_workers=self.cfg.persistent_workers and self.cfg.num_workers > 0,
+                                 worker_init_fn=ignore_in_worker if self.cfg.num_workers > 0 else None,
                                  generator=torch.Generator().manual_seed(pipeline.seed))
+        self.scaler = P.grad_scaler(self.device, self.precision)
+        self.skipped_steps = 0  # fp16 steps the scaler skipped (inf/NaN gradients)
+        self.guard = NonFiniteGuard(self.device)
+        self.signals = None  # the SignalFlag while fit() runs
         self.position = Position()
         self.history: list[dict[str, Any]] = []  # evaluations, for the report
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self.forward = self.net
-        self._resume_state = load_checkpoint(run.checkpoint) if resume else None
+        self._resume_state = load_checkpoint(run.checkpoint, trust=trust_checkpoint) if resume else None
         if self._resume_state is not None:
             self._restore_weights(self._resume_state)
+        if self.dist.enabled:  # same initial weights on every rank; different dropout, etc. after
+            seed_everything(pipeline.seed + 1_000_003 * self.dist.rank)
 
     # ----------------------------------------------------------------- events
     def emit(self, event: str, **kwargs: Any) -> None:
@@ -170,9 +234,12 @@ class Trainer:
 
     # ------------------------------------------------------------- precision
     def autocast(self):
-        if self.cfg.amp == "bf16" and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """The model forward's autocast region (training)."""
+        return P.autocast(self.device, self.precision)
+
+    def eval_autocast(self):
+        """Evaluation embeddings: fp32 unless `eval_precision` asks otherwise."""
+        return P.autocast(self.device, self.cfg.eval_precision)
 
     def _pin(self) -> bool:
         return self.cfg.pin_memory and self.device.type == "cuda"
@@ -203,7 +270,7 @@ class Trainer:
         chunks: dict[str, list[torch.Tensor]] = {k: [] for k in ("embedding", *wanted)}
         who = f"evaluator {type(self.p.evaluator).__name__}"
         self.model.eval()
-        with torch.no_grad(), self.autocast():
+        with torch.no_grad(), self.eval_autocast():
             for batch in loader:
                 batch = self._to_device(batch)
                 out = run(batch)
@@ -240,8 +307,8 @@ class Trainer:
             metrics.update({f"mean/{k}": float(np.mean([r[k] for r in per_set])) for k in sorted(common)})
         self.net.train()
         record = {"event": "eval", "tag": tag, "stage": self.position.stage, "epoch": self.position.epoch,
-                  "global_step": self.position.global_step, "seconds": round(time.perf_counter() - start, 3),
-                  **metrics}
+                  "global_step": self.position.global_step, "images_seen": self.position.images,
+                  "seconds": round(time.perf_counter() - start, 3), **metrics}
         self.history.append(record)
         self.run.log(record)
         self.emit("on_evaluate_end", metrics=metrics)
@@ -249,6 +316,10 @@ class Trainer:
 
     # ----------------------------------------------------------- checkpoints
     def save(self) -> None:
+        """Write checkpoints/last.pt, only after checking the run is still finite (the
+        guard's flag and the weights), so the last checkpoint is always a good one."""
+        self._check_finite(weights=True)
+        rngs = D.all_gather_objects(rng_state())  # every rank's RNG: exact resume on N processes
         if self.dist.is_main:
             lines = sum(1 for _ in open(self.run.metrics_file)) if self.run.metrics_file.exists() else 0
             save_checkpoint(self.run.checkpoint, {
@@ -258,7 +329,10 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict() if self.optimizer else None,
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
                 "position": vars(self.position).copy(),
-                "rng": rng_state(),
+                "rng": rngs[0],
+                "rng_per_rank": rngs,
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                "skipped_steps": self.skipped_steps,
                 "history": self.history,
                 "metrics_lines": lines,
                 "pipeline": self.p.name,
@@ -272,6 +346,9 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.position = Position(**state["position"])
         self.history = list(state["history"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
         if self.dist.is_main and self.run.metrics_file.exists():  # drop lines logged after the checkpoint
             with open(self.run.metrics_file, encoding="utf-8") as f:
                 kept = f.readlines()[: state["metrics_lines"]]
@@ -301,22 +378,35 @@ class Trainer:
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
+            # unused parameters: declared by the components (Backbone/Head/Loss.conditional_modules);
+            # buffers every rank already holds alike (memory banks) are not broadcast each step
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.net, D.shared_buffer_names(self.net))
             forward = DistributedDataParallel(
                 self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=self.cfg.find_unused_parameters)
+                find_unused_parameters=self.cfg.find_unused_parameters
+                or bool(D.component_declarations(self.net, "conditional_modules")))
         if self.cfg.compile:
             forward = torch.compile(forward)
         self.forward = forward
 
     def fit(self) -> dict[str, float] | None:
-        """Train all stages; returns the final metrics, or None when stopped early."""
+        """Train all stages; returns the final metrics, or None when stopped early.
+        SIGINT/SIGTERM save a checkpoint at the next step boundary and raise `Interrupted`."""
         if self._resume_state is None and self.cfg.eval_before and self.p.test_sets:
             self.evaluate("baseline (untrained)")
         try:
-            for stage_index in range(self.position.stage, len(self.p.stages)):
-                self._run_stage(stage_index)
+            with deferred_signals() as self.signals:
+                for stage_index in range(self.position.stage, len(self.p.stages)):
+                    self._run_stage(stage_index)
         except StopTraining:
             return None
+        except Exception as exc:  # the full story goes to the run's log.txt; the CLI prints one line
+            import traceback
+
+            self.run.log_text("".join(traceback.format_exception(exc)))
+            raise
+        finally:
+            self.signals = None
         final = self.evaluate("final") if self.p.test_sets else {}
         self.save()
         self.run.write_report(format_report(self.p.name, self.history))
@@ -329,10 +419,15 @@ class Trainer:
         if resuming:
             self.optimizer.load_state_dict(self._resume_state["optimizer"])
             self.scheduler.load_state_dict(self._resume_state["scheduler"])
-            set_rng_state(self._resume_state["rng"])
+            per_rank = self._resume_state.get("rng_per_rank") or []
+            if len(per_rank) == self.dist.world_size:
+                set_rng_state(per_rank[self.dist.rank])
+            else:  # another number of processes: rank 0's state (resume not bit-exact then)
+                set_rng_state(self._resume_state["rng"])
             self._resume_state = None
         else:
-            self.position = Position(stage=index, epoch=0, step=0, global_step=self.position.global_step)
+            self.position = Position(stage=index, epoch=0, step=0, global_step=self.position.global_step,
+                                     images=self.position.images)
             self.emit("on_stage_start", stage=stage)
         while self.position.epoch < stage.epochs:
             self._run_epoch(stage, index)
@@ -340,38 +435,105 @@ class Trainer:
             self.position.step = 0
             epoch_done = self.position.epoch
             if self.cfg.eval_every and epoch_done % self.cfg.eval_every == 0 and epoch_done < stage.epochs:
+                self._check_finite()
                 self.evaluate(f"{stage.name} epoch {epoch_done}")
             self.save()
         self.emit("on_stage_end", stage=stage)
-        self.position = Position(stage=index + 1, global_step=self.position.global_step)
+        self.position = Position(stage=index + 1, global_step=self.position.global_step, images=self.position.images)
 
-    def _optimizer_step(self) -> None:
+    def _grad_norm(self) -> torch.Tensor | None:
+        """The total gradient norm (clipping to `grad_clip` when set): one device scalar."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not params:
+            return None
         if self.cfg.grad_clip:
-            nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
-                                     self.cfg.grad_clip)
-        self.optimizer.step()
+            return nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        norms = torch._foreach_norm([p.grad for p in params])
+        return torch.linalg.vector_norm(torch.stack([n.to(params[0].grad.device) for n in norms]))
+
+    def _optimizer_step(self, total: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
+        """Unscale (fp16), check loss and gradients for NaN/Inf (device-side), clip, step."""
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+        norm = self._grad_norm()
+        # with fp16, inf gradients are the scaler's business (it skips the step and lowers
+        # the scale); the guard then watches the loss only
+        self.guard.update(self.position.global_step + 1, total, None if self.scaler.is_enabled() else norm, parts)
+        if self.device.type != "cuda":
+            self._check_finite()
+        if self.scaler.is_enabled():
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.skipped_steps += int(self.scaler.get_scale() < scale)
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update_parameters(self.net)
 
-    def _stop_on_nonfinite(self, total: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
-        if not D.any_true(~torch.isfinite(total.detach())):
+    def _check_finite(self, weights: bool = False) -> None:
+        """Stop with the first bad step, its loss parts and the last good checkpoint named
+        when the guard tripped (or, with `weights`, when a trained weight is not finite)."""
+        tripped = self.guard.tripped()
+        if not tripped and weights:
+            params = [p.detach() for p in self.net.parameters() if p.is_floating_point()]
+            finite = torch.stack([torch.isfinite(p).all() for p in params]).all() if params else torch.tensor(True)
+            tripped = bool(D.any_true(~finite))
+            if tripped:
+                self.guard.flag = torch.ones_like(self.guard.flag)
+                self.guard.step = torch.as_tensor(self.position.global_step, device=self.device)
+        if not tripped:
             return
-        step = self.position.global_step + 1
-        values = {k: float(v) for k, v in parts.items()}
-        last = (f"last good checkpoint: {self.run.checkpoint}" if self.run.checkpoint.exists()
-                else "no checkpoint was written yet")
-        raise FloatingPointError(f"the loss became {float(total.detach())} at optimisation step {step} "
-                                 f"(stage '{self.p.stages[self.position.stage].name}', epoch {self.position.epoch}); "
-                                 f"loss parts: {values}; {last}")
+        step, values = self.guard.report()
+        last = (f"last good checkpoint (from before the divergence): {self.run.checkpoint}; resume from it with "
+                f"a lower learning rate: core run --resume {self.run.path} --set stages.{self.position.stage}"
+                f".optimizer.lr=..." if self.run.checkpoint.exists() else "no checkpoint was written yet")
+        loss = values.pop("loss", float("nan"))
+        raise FloatingPointError(f"the loss or its gradients became NaN/Inf at optimisation step {step} "
+                                 f"(stage '{self.p.stages[self.position.stage].name}', epoch {self.position.epoch + 1}); "
+                                 f"loss {loss}, parts {values}; {last}")
+
+    def _component_error(self, exc: Exception) -> Exception:
+        """`exc` as one line naming the component it came from (or `exc` itself)."""
+        p = self.p
+        components = [(p.sampler, "sampler", *self._who("sampler")),
+                      (self.net.backbone, "backbone", *self._who("backbone")),
+                      (self.net.head, "head", *self._who("head"))]
+        for term in self.net.terms:
+            components.append((term.module, "loss", term.name,
+                               str(self.p.provenance.get(term.key, {}).get("plugin", "?"))))
+        found = blame(exc, components)
+        if found is None:
+            return exc
+        if self.run.enabled:
+            found.args = (f"{found.args[0]} (traceback in {self.run.log_file})",)
+        return found
+
+    def _who(self, key: str) -> tuple[str, str]:
+        info = self.p.provenance.get(key, {})
+        return str(info.get("name", key)), str(info.get("plugin", "?"))
+
+    def _who_loss(self, module: nn.Module) -> str:
+        for key, info in self.p.provenance.items():
+            if ".losses." in f".{key}" or key.startswith("losses."):
+                if key.startswith("losses.") and key.count(".") == 1:
+                    index = int(key.split(".")[1])
+                    main = self.p.stage_losses[0] if self.p.stage_losses else []
+                    if index < len(main) and main[index].module is module:
+                        return str(info.get("plugin", "?"))
+        return next((str(i.get("plugin", "?")) for k, i in self.p.provenance.items() if "losses." in k), "?")
 
     def _run_epoch(self, stage, index: int) -> None:
         epoch = self._global_epoch(index, self.position.epoch)
         self.p.sampler.set_epoch(epoch)
         if self.position.step == 0:
             self.emit("on_epoch_start", epoch=epoch)
-        plan = list(iter(self.p.sampler))
+        try:
+            plan = list(iter(self.p.sampler))
+        except Exception as exc:
+            raise self._component_error(exc) from exc
         self.plan.set(plan, epoch, self.position.step)
         accumulate = max(self.cfg.accumulate, 1)
         self.net.train()
@@ -383,25 +545,29 @@ class Trainer:
             self.position.step += 1
             sync = self.position.step % accumulate == 0 or self.position.step == len(plan)
             no_sync = getattr(self.forward, "no_sync", None) if not sync else None
-            with (no_sync() if no_sync else contextlib.nullcontext()), self.autocast():
-                total, parts, outputs = self.forward(batch, train=True)
-            self._stop_on_nonfinite(total, parts)
-            with no_sync() if no_sync else contextlib.nullcontext():
-                (total / accumulate).backward()
+            try:
+                with no_sync() if no_sync else contextlib.nullcontext():
+                    total, parts, outputs = self.forward(batch, train=True)
+                    self.scaler.scale(total / accumulate).backward()
+            except (FloatingPointError, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                raise self._component_error(exc) from exc
             seen += len(batch)
+            self.position.images += len(batch) * self.dist.world_size  # shards are equal (the samplers' rule)
             bar.update(1)
             if not sync:
                 continue
-            self._optimizer_step()
+            self._optimizer_step(total, parts)
             self.position.global_step += 1
             step = self.position.global_step
             logged = None
             if step % max(self.cfg.log_every, 1) == 0 or self.position.step == len(plan):
-                names = ["loss", *parts]
-                values = D.all_reduce_mean(torch.stack([total.detach().float(), *parts.values()])).tolist()
-                logged = dict(zip(names, values))
+                self._check_finite()
+                logged = D.all_reduce_mean({"loss": total.detach().float(), **parts})  # keys may differ by rank
                 rate = seen * self.dist.world_size / max(time.perf_counter() - tick, 1e-9)
                 self.run.log({"event": "train", "stage": stage.name, "epoch": epoch, "global_step": step,
+                              "images_seen": self.position.images,
                               "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": round(rate, 2),
                               **logged})
                 bar.set_postfix(loss=f"{logged['loss']:.3f}", img_s=f"{rate:.0f}")
@@ -412,8 +578,28 @@ class Trainer:
                 bar.close()
                 self.save()
                 raise StopTraining
+            if self._interrupted(step):
+                bar.close()
+                self.save()
+                raise Interrupted(self.signals.signum or self._agreed_signal, self.position.epoch + 1,
+                                  self.position.step, self.run.path)
         bar.close()
         self.emit("on_epoch_end", epoch=epoch)
+
+    _agreed_signal = 0
+
+    def _interrupted(self, step: int) -> bool:
+        """A signal arrived: on one process, stop at this step boundary; under DDP the
+        ranks agree (one all-reduce) at logging steps, so all stop at the same step."""
+        if self.signals is None:
+            return False
+        if not self.dist.enabled:
+            return bool(self.signals)
+        if step % max(self.cfg.log_every, 1) != 0:
+            return False
+        signum = D.all_reduce_max(self.signals.signum, self.device)
+        self._agreed_signal = signum
+        return signum != 0
 
     def _progress(self, total: int, desc: str):
         from tqdm.auto import tqdm

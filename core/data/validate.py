@@ -1,0 +1,67 @@
+"""`core validate --data PIPELINE`: the data checks `core run` makes before training, alone
+(no model, no labelers): every image file's header and tail (core.data.image_check) and
+every test set's query and gallery."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from core.data.image_check import SKIP_FLAG, files_used_in, find_bad_images, pipeline_sets, write_bad_list
+
+
+def validate_data(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """A summary: the sets and their sizes, every unreadable file with its reason and the
+    sets using it, the file holding that list, and the empty-split faults."""
+    from core.config.loading import load_pipeline
+    from core.pipeline import build_data_sources, empty_split_fault
+
+    cfg = load_pipeline(pipeline, list(overrides))
+    sources = build_data_sources(cfg)
+    train = [list(d.records("train")) for d in sources.train_datasets]
+    test = [(list(d.records("query")), list(d.records("gallery"))) for _, d in sources.test_pairs]
+    sets = pipeline_sets(sources, train, test)
+    used_in = files_used_in(sets)
+    bad = find_bad_images(used_in)
+    list_file = write_bad_list(bad, used_in)[0] if bad else None
+    faults = [str(fault) for i, (q, g) in enumerate(test)
+              if (fault := empty_split_fault(cfg, sources, i, q, g, (len(q), len(g)))) is not None]
+    return {
+        "pipeline": str(pipeline),
+        "sets": {s.label: {"records": len(s.records), "files": sum(r.path is not None for r in s.records),
+                           "unreadable": sum(r.path is not None and str(r.path) in bad for r in s.records)}
+                 for s in sets},
+        "files_checked": len(used_in),
+        "unreadable": [{"path": p, "reason": why, "used_in": used_in[p]} for p, why in bad.items()],
+        "list_file": str(list_file) if list_file else None,
+        "split_faults": faults,
+        "ok": not bad and not faults,
+    }
+
+
+def validate_data_command(pipelines: Sequence[str], overrides: Sequence[str] = (), as_json: bool = False) -> int:
+    """Print each pipeline's data summary; 0 when every one is sound, 2 otherwise."""
+    rc = 0
+    for path in pipelines:
+        summary = validate_data(path, overrides)
+        rc = rc if summary["ok"] else 2
+        if as_json:
+            print(json.dumps(summary, indent=2))
+            continue
+        bad = summary["unreadable"]
+        head = "data OK" if summary["ok"] else "data NOT OK"
+        print(f"{path}: {head}: {summary['files_checked']:,} image files checked (header and tail), "
+              f"{len(bad)} unreadable")
+        for label, n in summary["sets"].items():
+            memory = n["records"] - n["files"]
+            print(f"  {label}: {n['records']:,} images" + (f" ({memory:,} rendered in memory)" if memory else "")
+                  + (f", {n['unreadable']} unreadable" if n["unreadable"] else ""))
+        for item in bad:
+            print(f"  unreadable: {item['path']}: {item['reason']}")
+        if bad:
+            print(f"  the full list: {summary['list_file'] or '(could not be written)'}; `core run` stops on "
+                  f"these files, `core run {SKIP_FLAG}` leaves them out (with a warning)")
+        for fault in summary["split_faults"]:
+            print(f"  error: {fault}")
+    return rc

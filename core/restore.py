@@ -1,0 +1,84 @@
+"""Rebuilding a trained model for inference: `core eval` and the tools (extract, search,
+explain, export) start here, from a run folder, a checkpoint inside one, or a weights
+file written by `core export --format safetensors`.
+
+Everything read here may come from someone else: checkpoints load with
+`weights_only=True` (pickle only with --trust-checkpoint) and a pipeline naming local
+plugin files is refused unless --allow-plugin-files (core/trust.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from core.config.loading import LoadedConfig, load_pipeline
+
+
+def resolve_run(target: str | Path) -> tuple[Path, Path]:
+    """(run folder, checkpoint file) of a run folder or of a checkpoint inside one."""
+    target = Path(target)
+    checkpoint = target / "checkpoints" / "last.pt" if target.is_dir() else target
+    run_dir = target if target.is_dir() else target.parent.parent
+    if not (run_dir / "pipeline.yaml").is_file():
+        raise FileNotFoundError(f"{target} is not a run folder: no pipeline.yaml in {run_dir} (give a run folder "
+                                "written by `core run`, a checkpoint inside its checkpoints/, or a .safetensors "
+                                "file written by `core export --format safetensors`)")
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{target}: no checkpoint at {checkpoint} (the run has not saved one yet)")
+    return run_dir, checkpoint
+
+
+def refuse_plugin_files(cfg: LoadedConfig) -> None:
+    """A run folder's pipeline naming local plugin files (Python code) is refused unless
+    the user allowed it: the folder may come from someone else."""
+    from core import trust
+
+    files = cfg.data.get("plugins") or []
+    if files and not trust.current().plugin_files:
+        listed = ", ".join(str(f) for f in (files if isinstance(files, list) else [files]))
+        raise trust.UntrustedContent(
+            f"{cfg.file}: refused: this run's pipeline imports local plugin files ({listed}), Python code that "
+            f"would run now. Read them first; if you trust them, pass {trust.PLUGIN_FILES_FLAG}.")
+
+
+def restore_run(target: str | Path, overrides: Sequence[str] = ()):
+    """(run folder, checkpoint or weights file, trainer that writes nothing) with the
+    trained weights loaded (the EMA copy too, which the run's evaluations used)."""
+    from core import trust
+    from core.tools import weights_file
+    from core.training.checkpoint import load_checkpoint
+
+    if weights_file.is_weights_file(target):
+        path = Path(target)
+        cfg, facts, state = weights_file.read_weights(path, overrides)
+        trainer = _inference_trainer(cfg, path.parent, context=weights_file.context_from_facts(facts))
+        trainer.p.model.load_state_dict(state)
+        return path.parent, path, trainer
+    run_dir, checkpoint = resolve_run(target)
+    cfg = load_pipeline(run_dir / "pipeline.yaml", list(overrides))
+    refuse_plugin_files(cfg)  # before the checkpoint: nothing of the folder is read first
+    state = load_checkpoint(checkpoint, trust=trust.current().checkpoint)
+    trainer = _inference_trainer(cfg, run_dir)
+    trainer.p.model.load_state_dict(state["model"])
+    if trainer.ema is not None and state.get("ema") is not None:
+        trainer.ema.load_state_dict(state["ema"])
+    return run_dir, checkpoint, trainer
+
+
+def _inference_trainer(cfg: LoadedConfig, folder: Path, context: Any = None):
+    """The pipeline built for inference (no labelers; `context`: without training data)
+    and a trainer around it that writes nothing."""
+    from core.pipeline import build_pipeline, resolve_device
+    from core.training import distributed as D
+    from core.training.checkpoint import seed_everything
+    from core.training.run_folder import RunFolder
+    from core.training.trainer import Trainer
+
+    refuse_plugin_files(cfg)
+    seed_everything(0)
+    device = (cfg.data.get("trainer") or {}).get("device", "auto")
+    dist = D.init_from_env(resolve_device(device if isinstance(device, str) else "auto").type)
+    # inference needs no labels: a run's annotation files may be gone or stale
+    p = build_pipeline(cfg, rank=dist.rank, world_size=dist.world_size, prepare="skip", context=context)
+    return Trainer(p, RunFolder(folder, enabled=False), dist=dist)

@@ -1,0 +1,58 @@
+"""Every first-party synthetic pipeline (pipelines/quickstart.yaml, pipelines/*_synthetic.yaml)
+shrunk to a few identities and a one-block model, for tests that must cover each method's
+components (CUDA autocast emulation, DDP against one process) in seconds.
+
+`twin_config(name, tmp_path)` resolves the pipeline file with its `_base_` and the
+overrides below and writes it to `tmp_path`: the written file is self-contained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.config.loading import dump, load_pipeline
+
+PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+
+TINY_VIT = "{patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}"
+TRAINER = ["trainer.device=cpu", "trainer.num_workers=0", "trainer.progress=false", "trainer.eval_before=false",
+           "trainer.log_every=1", "trainer.eval_every=0"]
+
+TWINS: dict[str, list[str]] = {
+    "quickstart": [
+        "data.train.0.identities=4", "data.train.0.test_identities=2", "data.train.0.render_size=[32, 16]",
+        "data.transform.size=[32, 16]", "sampler.batch_size=16", f"backbone.model_kwargs={TINY_VIT}"],
+    "mgor_edps_moil_synthetic": [
+        "data.train.0.identities=4", "data.train.0.test_identities=2", "data.train.0.render_size=[32, 32]",
+        "data.transform.size=[32, 32]", "sampler.batch_size=32", f"backbone.model_kwargs={TINY_VIT}"],
+    "mgor_synthetic": [
+        "data.train.0.identities=4", "data.train.0.test_identities=2", "data.train.0.render_size=[32, 16]",
+        "data.test.0.identities=4", "data.test.0.test_identities=2", "data.test.0.render_size=[32, 16]",
+        "data.test.1.identities=4", "data.test.1.test_identities=2", "data.test.1.render_size=[32, 16]",
+        "data.transform.size=[32, 16]", "sampler.batch_size=32", f"backbone.model_kwargs={TINY_VIT}"],
+    "muva_synthetic": [
+        "data.train.0.identities=8", "data.train.0.test_identities=2", "data.train.0.images_per_identity=4",
+        "sampler.batch_size=16",
+        "backbone.model_cfg.vision_cfg={layers: 2, width: 32, patch_size: 8, head_width: 16}",
+        "backbone.model_cfg.text_cfg={context_length: 20, vocab_size: 49408, width: 32, heads: 2, layers: 1}"],
+    "irm_synthetic": [
+        "data.train.0.world.identities=8", "data.train.0.world.test_identities=4",
+        "data.train.0.world.images_per_identity=8", "data.test=[]", "sampler.batch_size=16",
+        f"backbone.model_kwargs={TINY_VIT}",
+        "backbone.clip_config={embed_dim: 32, vision_cfg: {image_size: 32, patch_size: 8, width: 32, layers: 1, "
+        "head_width: 16}, text_cfg: {context_length: 64, vocab_size: 49408, width: 32, heads: 2, layers: 1}}"],
+}
+TWINS["irm++_synthetic"] = TWINS["irm_synthetic"]
+
+
+def twin_config(name: str, folder: Path, extra: list[str] | tuple[str, ...] = ()) -> Path:
+    """Write the tiny twin of pipelines/<name>.yaml into `folder`; returns its path."""
+    overrides = [*TWINS[name], *TRAINER, *extra]
+    cfg = load_pipeline(PIPELINES / f"{name}.yaml", overrides)
+    data = dict(cfg.data)
+    data.pop("_base_", None)
+    for step in data.get("prepare") or []:  # labels written beside the tiny pipeline
+        step["out"] = str(Path(folder) / Path(step["out"]).name)
+    path = Path(folder) / f"{name}.yaml"
+    path.write_text(dump(data), encoding="utf-8")
+    return path

@@ -1,0 +1,132 @@
+"""core.training.distributed under 2 gloo processes (torchrun): the helpers DDP training
+rests on (issue 19) — the gather with gradient, the BatchNorm over every process's batch,
+the mean of logged values whose keys differ by rank, an empty evaluation shard."""
+
+import os
+import subprocess
+import sys
+
+import torch
+
+SCRIPT = r'''
+import sys
+import torch
+import torch.distributed as dist
+from core.training import distributed as D
+
+dist.init_process_group("gloo")
+rank, out = dist.get_rank(), {}
+g = torch.Generator().manual_seed(0)
+full = torch.randn(7, 3, generator=g)             # the global batch; rank 0 holds 4 rows, rank 1 holds 3
+lo, hi = (0, 4) if rank == 0 else (4, 7)
+weights = torch.randn(7, 3, generator=g)
+
+# gather with gradient: every process computes the global loss
+x = full[lo:hi].clone().requires_grad_(True)
+every = D.gather_with_grad(x)
+(every.pow(2) * weights).sum().backward()
+out["gathered"], out["gather_grad"] = every.detach(), x.grad
+
+# BatchNorm over every process's rows (unequal counts), loss local to each process
+bn = D.GatheredBatchNorm(3).train()
+with torch.no_grad():
+    bn.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+x = full[lo:hi].clone().requires_grad_(True)
+y = bn(x)
+(y * weights[lo:hi]).sum().backward()
+out["bn_out"], out["bn_grad"], out["bn_weight_grad"] = y.detach(), x.grad, bn.weight.grad
+out["running"] = (bn.running_mean.clone(), bn.running_var.clone())
+
+# logged values: keys differ by rank, Python numbers and tensors mixed
+logged = {"loss": torch.tensor(1.0 + rank), "only0": 3.0} if rank == 0 else {"loss": torch.tensor(2.0), "only1": 5}
+out["reduced"] = D.all_reduce_mean(logged)
+
+# an evaluation shard without rows: (0, 0) on rank 1
+local = torch.ones(1, 3) * 7 if rank == 0 else torch.zeros(0, 0)
+out["rows"] = D.gather_rows(local, 1)
+torch.save(out, f"{sys.argv[1]}/rank{rank}.pt")
+dist.destroy_process_group()
+'''
+
+
+def test_distributed_helpers_under_two_processes(tmp_path):
+    script = tmp_path / "helpers.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    g = torch.Generator().manual_seed(0)
+    full = torch.randn(7, 3, generator=g)
+    weights = torch.randn(7, 3, generator=g)
+    # one-process references
+    x = full.clone().requires_grad_(True)
+    (x.pow(2) * weights).sum().backward()
+    gather_grad = x.grad
+    bn = torch.nn.BatchNorm1d(3).train()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+    x = full.clone().requires_grad_(True)
+    y = bn(x)
+    (y * weights).sum().backward()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    for r, (lo, hi) in zip(ranks, ((0, 4), (4, 7))):
+        torch.testing.assert_close(r["gathered"], full)
+        # every process computed the same global loss: the gather's backward sums them
+        # (DDP then averages over the 2 processes: the one-process gradient)
+        torch.testing.assert_close(r["gather_grad"], 2 * gather_grad[lo:hi])
+        torch.testing.assert_close(r["bn_out"], y[lo:hi].detach(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(r["bn_grad"], x.grad[lo:hi], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(r["running"][0], bn.running_mean)
+        torch.testing.assert_close(r["running"][1], bn.running_var)
+        assert r["reduced"] == {"loss": 1.5, "only0": 3.0, "only1": 5.0}
+        torch.testing.assert_close(r["rows"], torch.ones(1, 3) * 7)
+    torch.testing.assert_close(ranks[0]["bn_weight_grad"] + ranks[1]["bn_weight_grad"], bn.weight.grad,
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_helpers_are_the_identity_outside_ddp():
+    from core.training import distributed as D
+
+    x = torch.rand(3, 2)
+    assert D.gather_with_grad(x) is x
+    assert D.all_reduce_mean({"a": 1, "b": torch.tensor(2.0)}) == {"a": 1.0, "b": 2.0}
+    bn, plain = D.GatheredBatchNorm(2).train(), torch.nn.BatchNorm1d(2).train()
+    torch.testing.assert_close(bn(x), plain(x))
+
+
+def test_sync_batchnorm_leaves_the_batchnorms_of_declared_conditional_modules():
+    """`trainer.sync_bn` converts every BatchNorm except inside the modules a component
+    declares conditional (called on some ranks only: a synchronised one would deadlock)."""
+    from torch import nn
+
+    from core.interfaces import Head, Loss
+    from core.training import distributed as D
+
+    class TwoPathHead(Head):
+        conditional_modules = ("text_bn",)
+
+        def __init__(self):
+            super().__init__()
+            self.bn, self.text_bn = nn.BatchNorm1d(4), nn.BatchNorm1d(4)
+
+    class Memory(Loss):
+        shared_buffers = ("memory",)
+
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("memory", torch.zeros(3, 4))
+            self.register_buffer("other", torch.zeros(1))
+
+    net = nn.Module()
+    net.backbone = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    net.head = TwoPathHead()
+    net.losses = nn.ModuleList([Memory()])
+    weight = net.head.bn.weight
+    skip = D.component_declarations(net, "conditional_modules")
+    assert skip == ["head.text_bn"]
+    net = D.convert_sync_batchnorm(net, torch.device("cpu"), skip=skip)
+    assert isinstance(net.backbone[1], D.GatheredBatchNorm) and isinstance(net.head.bn, D.GatheredBatchNorm)
+    assert type(net.head.text_bn) is nn.BatchNorm1d
+    assert net.head.bn.weight is weight  # the same parameters: optimizer and checkpoints unchanged
+    assert D.shared_buffer_names(net) == ["losses.0.memory"]

@@ -1,0 +1,77 @@
+"""Host syncs in a training step (issue 19, item 9), counted on the CPU by
+core.host_syncs: the core's components make none; the first-party plugins' counts are held
+at or under today's (a regression guard while they are brought down: see
+/work/notes/issue-19.md)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.config.loading import load_pipeline
+from core.data.loading import ImageSamples, collate
+from core.host_syncs import count_host_syncs
+from core.interfaces import Episode
+from core.pipeline import build_pipeline
+
+
+def _twins():
+    if "pipeline_twins" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("pipeline_twins", Path(__file__).with_name("pipeline_twins.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["pipeline_twins"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["pipeline_twins"]
+
+
+TWINS, twin_config = _twins().TWINS, _twins().twin_config
+
+#: syncs of one step (forward, every stage's losses, backward; summed over stages), today.
+#: quickstart is the core alone (timm backbone, bnneck, ce, triplet): none allowed.
+BUDGET = {"quickstart": 0, "mgor_edps_moil_synthetic": 52, "mgor_synthetic": 85, "muva_synthetic": 1,
+          "irm_synthetic": 73, "irm++_synthetic": 78}
+
+
+def test_counter_sees_value_reads_and_data_dependent_shapes():
+    x = torch.arange(6.0)
+    with count_host_syncs() as syncs:
+        x.sum().item()
+        bool(x.any())
+        x[x > 2]
+        x.nonzero()
+        x.tolist()
+        y = x * 2 + 1  # no sync
+        y[torch.tensor([0, 2])]  # integer indexing: no sync
+    assert syncs.by_op["_local_scalar_dense"] == 2
+    assert syncs.by_op["index (boolean mask)"] == 1 and syncs.by_op["nonzero"] == 1 and syncs.by_op["tolist"] == 1
+    assert syncs.total == 5
+
+
+def _first_batch(p):
+    plan = next(iter(p.sampler))
+    indices, roles = (plan.indices, plan.roles) if isinstance(plan, Episode) else (plan, [0] * len(plan))
+    samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
+    return collate([samples[(i, 0, r)] for i, r in zip(indices, roles)])
+
+
+@pytest.mark.parametrize("name", sorted(TWINS))
+def test_training_step_host_syncs_within_budget(name, tmp_path, one_torch_thread):
+    p = build_pipeline(load_pipeline(twin_config(name, tmp_path)), echo=lambda *a, **k: None)
+    model = p.model.train()
+    p.loss_modules().train()
+    batch = _first_batch(p)
+    seen = {}
+    for terms in p.stage_losses:
+        with count_host_syncs() as syncs:
+            outputs = model(batch)
+            total = torch.zeros(())
+            for term in terms:
+                out = term.module(outputs, batch)
+                total = total + term.weight * (out[0] if isinstance(out, tuple) else out)
+            total.backward()
+        model.zero_grad(set_to_none=True)
+        for op, n in syncs.by_op.items():
+            seen[op] = seen.get(op, 0) + n
+    assert sum(seen.values()) <= BUDGET[name], seen

@@ -1,0 +1,344 @@
+"""Issue #18: nothing runs that the user did not ask for, nothing is lost, every fault
+ends in one clear line. Each test provokes the fault the way a user would meet it."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from core.cli import main
+from core.config.loading import load_pipeline, parse_override
+from core.runner import run
+from core.testing import TINY_PIPELINE
+from core.training.checkpoint import (CheckpointError, WriteError, atomic_write_bytes, load_checkpoint,
+                                      save_checkpoint)
+from core.training.run_folder import RunFolderError, RunLock
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def pipeline_file(tmp_path, test_components):
+    """A tiny pipeline beside the test-components plugin file (losses that fail on cue)."""
+
+    def _write(extra_losses=(), name="p.yaml", **trainer):
+        config = copy.deepcopy(TINY_PIPELINE)
+        config["plugins"] = ["./test_components.py"]
+        config["losses"] += list(extra_losses)
+        config["trainer"].update(eval_before=False, **trainer)
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return _write
+
+
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------ foreign code
+
+
+class _Marker:
+    """Unpickling this calls os.system: what a malicious checkpoint does."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_a_checkpoint_that_needs_pickle_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {}, "payload": _Marker(marker)}, evil)
+    with pytest.raises(CheckpointError, match=r"evil.pt: refused: this file needs pickle.*--trust-checkpoint"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+    load_checkpoint(evil, trust=True)  # the explicit flag: the user's decision
+    assert marker.exists()
+
+
+def test_core_eval_refuses_a_pickled_checkpoint_in_a_run_folder(tmp_path, run_tiny_pipeline, capsys):
+    result = run_tiny_pipeline(copy.deepcopy(TINY_PIPELINE))
+    marker = tmp_path / "PWNED"
+    state = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=True)
+    state["payload"] = _Marker(marker)
+    torch.save(state, result.run_dir / "checkpoints" / "last.pt")
+    for command in (["eval", str(result.run_dir)],
+                    ["extract", str(result.run_dir), "--images", "run:query", "--out", str(tmp_path / "f.npz")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "refused" in err and "--trust-checkpoint" in err and len(err.strip().splitlines()) == 1
+        assert not marker.exists()
+
+
+def test_our_checkpoints_load_with_weights_only_and_resume_exactly(run_tiny_pipeline):
+    config = copy.deepcopy(TINY_PIPELINE)
+    config["trainer"]["eval_before"] = False
+    result = run_tiny_pipeline(config)
+    state = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=True)  # raises if pickle needed
+    assert set(state["rng"]) >= {"python", "numpy", "torch"} and len(state["rng_per_rank"]) == 1
+
+
+def test_eval_refuses_a_run_folder_whose_pipeline_imports_local_plugin_files(tmp_path, pipeline_file, capsys):
+    path = pipeline_file()
+    result = run(path, run_dir=tmp_path / "run")
+    marker = tmp_path / "IMPORTED"
+    (tmp_path / "test_components.py").write_text(f"open({str(marker)!r}, 'w').close()\n"
+                                                 + (tmp_path / "test_components.py").read_text())
+    for command in ("eval", "export"):
+        extra = ["--out", str(tmp_path / "exp")] if command == "export" else []
+        assert main([command, str(result.run_dir), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "imports local plugin files" in err and "test_components.py" in err and "--allow-plugin-files" in err
+        assert not marker.exists()
+    # allowed: imported (in a fresh process; this one has the module cached already)
+    done = subprocess.run([sys.executable, "-m", "core", "eval", str(result.run_dir), "--allow-plugin-files",
+                           "--json"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert marker.exists()
+
+
+# ------------------------------------------------------------------ nothing lost
+
+
+def test_a_second_run_into_the_same_folder_is_refused_and_leaves_the_first_intact(tmp_path, pipeline_file, capsys):
+    path = pipeline_file()
+    run(path, run_dir=tmp_path / "run")
+    before = _tree_bytes(tmp_path / "run")
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert _tree_bytes(tmp_path / "run") == before
+
+
+def test_overwrite_replaces_the_run_outputs_and_keeps_other_files(tmp_path, pipeline_file):
+    path = pipeline_file()
+    run(path, run_dir=tmp_path / "run")
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    run(path, run_dir=tmp_path / "run", overwrite=True)
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_run_folder_in_use_by_a_live_process_is_refused_naming_its_pid(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / ".lock").write_text(f"{sleeper.pid}\n")
+        with pytest.raises(RunFolderError, match=f"in use by process {sleeper.pid}"):
+            RunLock(tmp_path / "run").acquire()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    lock = RunLock(tmp_path / "run").acquire()  # the owner is gone: a stale lock is taken over
+    assert (tmp_path / "run" / ".lock").read_text().strip() == str(os.getpid())
+    lock.release()
+    assert not (tmp_path / "run" / ".lock").exists()
+
+
+def test_a_diverging_run_names_a_checkpoint_with_finite_weights_from_before(tmp_path, pipeline_file):
+    """The loss stays finite but its gradient is NaN at step 3: the update would make every
+    weight NaN. The guard stops before that update; the checkpoint it names is step 2's."""
+    path = pipeline_file([{"name": "inf_grad_at_step", "step": 3}], checkpoint_every_steps=1)
+    with pytest.raises(FloatingPointError, match="at optimisation step 3") as err:
+        run(path, run_dir=tmp_path / "run")
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert str(checkpoint) in str(err.value)
+    state = load_checkpoint(checkpoint)
+    assert state["position"]["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_a_failed_write_names_the_path_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    target = tmp_path / "last.pt"
+    save_checkpoint(target, {"x": torch.ones(2)})
+    before = target.read_bytes()
+
+    def disk_full(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(WriteError, match=r"cannot write .*last.pt: No space left on device; the previous file is kept"):
+        save_checkpoint(target, {"x": torch.zeros(2)})
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_disk_full_during_training_is_one_line_naming_the_checkpoint(tmp_path, pipeline_file, monkeypatch, capsys):
+    import core.training.checkpoint as C
+
+    path = pipeline_file()
+    real = torch.save
+
+    def disk_full(obj, f, *args, **kwargs):  # the checkpoint's write fails as on a full disk
+        if isinstance(obj, dict) and "position" in obj:
+            raise OSError(28, "No space left on device")
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: cannot write {tmp_path / 'run' / 'checkpoints' / 'last.pt'}: No space left on device"
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.txt", lambda f: f.write(b"x"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_killed_writers_temp_files_are_removed_when_the_run_folder_opens(tmp_path):
+    from core.training.run_folder import RunFolder
+
+    (tmp_path / "checkpoints").mkdir()
+    orphan = tmp_path / "checkpoints" / ".last.pt.abc123.tmp"
+    orphan.write_bytes(b"half")
+    RunFolder(tmp_path)
+    assert not orphan.exists()
+
+
+# ------------------------------------------------------------------ one clear line
+
+
+@pytest.mark.parametrize("value,expected", [("1e6", 1e6), ("1e-4", 1e-4), ("-2.5E3", -2500.0), (".5", 0.5),
+                                            ("3", 3), ("1e", "1e"), ("0x10", 16)])
+def test_set_and_pipeline_files_read_exponents_as_numbers(tmp_path, value, expected):
+    assert parse_override(f"stages.0.optimizer.lr={value}")[1] == expected
+    (tmp_path / "p.yaml").write_text(f"lr: {value}\n")
+    assert load_pipeline(tmp_path / "p.yaml").data["lr"] == expected
+
+
+def test_a_failing_plugin_loss_is_one_line_naming_it_its_plugin_and_shapes(tmp_path, pipeline_file, capsys):
+    path = pipeline_file([{"name": "broken_test"}])
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    line = err[0]
+    assert line.startswith("error: loss 'broken_test' (plugin local:") and "test_components.py)" in line
+    assert "outputs {" in line and "features (16, 32) float32" in line and "images (16, 3, 32, 16)" in line
+    assert "RuntimeError: mat1 and mat2 shapes cannot be multiplied (16x32 and 16x32)" in line
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "Traceback (most recent call last)" in log and "outputs[\"features\"] @ outputs[\"features\"]" in log
+
+
+def test_debug_prints_the_traceback(tmp_path, pipeline_file, capsys):
+    path = pipeline_file([{"name": "broken_test"}])
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "run"), "--debug"]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def _start_run(tmp_path: Path, pipeline: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "core", "run", str(pipeline), "--run-dir", str(tmp_path / "run")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_saves_at_the_next_step_and_says_how_to_resume(tmp_path, test_components, signum, code):
+    config = copy.deepcopy(TINY_PIPELINE)
+    config["plugins"] = ["./test_components.py"]
+    config["stages"][0]["epochs"] = 200  # long enough to be interrupted
+    config["trainer"].update(eval_before=False, num_workers=1, log_every=1)
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = _start_run(tmp_path, path)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted at epoch ") and last.endswith(f"; resume with: core run --resume {tmp_path / 'run'}")
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["position"]["global_step"] >= 3
+    assert not list((tmp_path / "run").rglob("*.tmp")) and not (tmp_path / "run" / ".lock").exists()
+
+
+# ------------------------------------------------------------------ shareable weights
+
+
+def test_a_safetensors_export_evaluates_and_extracts_like_the_run(tmp_path, run_tiny_pipeline, capsys):
+    import json
+
+    from safetensors import safe_open
+
+    config = copy.deepcopy(TINY_PIPELINE)
+    config["trainer"]["eval_before"] = False
+    result = run_tiny_pipeline(config)
+    assert main(["export", str(result.run_dir), "--out", str(tmp_path / "shared"), "--format", "safetensors"]) == 0
+    capsys.readouterr()
+    weights = tmp_path / "shared" / "model.safetensors"
+    with safe_open(str(weights), framework="pt") as f:  # only tensors and strings inside
+        meta = f.metadata()
+        assert all(k.startswith(("backbone.", "head.")) for k in f.keys())
+        classes = f.get_tensor("head.classifier.weight").shape[0]
+    assert json.loads(meta["reid_core.context"])["num_identities"] == classes == 16  # 8 per category
+    # the training data is not needed: the file alone rebuilds the model
+    test = "data.test=[{dataset: synthetic, identities: 8, test_identities: 4, images_per_identity: 4, " \
+           "cameras: 2, render_size: [32, 16]}]"
+    assert main(["eval", str(weights), "--json", "--set", test, "--set", "data.train=[]"]) == 0
+    from_file = json.loads(capsys.readouterr().out)
+    assert main(["eval", str(result.run_dir), "--json"]) == 0
+    from_run = json.loads(capsys.readouterr().out)
+    for key, value in from_run.items():
+        assert from_file[key] == pytest.approx(value, abs=1e-6), key
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 16, 3), dtype=np.uint8)).save(
+            folder / f"000{i + 1}_c1s1_000000_00.jpg")
+    assert main(["extract", str(weights), "--images", str(folder), "--out", str(tmp_path / "q.npz")]) == 0
+    assert np.load(tmp_path / "q.npz")["embeddings"].shape[0] == 3
+
+
+def test_a_safetensors_file_naming_plugin_files_is_refused(tmp_path, pipeline_file, capsys):
+    path = pipeline_file()
+    result = run(path, run_dir=tmp_path / "run")
+    assert main(["export", str(result.run_dir), "--out", str(tmp_path / "shared"), "--format", "safetensors",
+                 "--allow-plugin-files"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "shared" / "model.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "imports local plugin files" in err and "--allow-plugin-files" in err
+
+
+def test_labelling_is_refused_under_torchrun_with_a_pointer_to_core_label(tmp_path, tiny_pipeline_config):
+    import importlib.util
+
+    from core.config.loading import ConfigError
+
+    spec = importlib.util.spec_from_file_location("annotation_tests", Path(__file__).with_name("test_annotations.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    LABELER_PLUGIN = module.LABELER_PLUGIN
+    from core.pipeline import build_pipeline
+
+    (tmp_path / "labelers.py").write_text(LABELER_PLUGIN)
+    config = {**tiny_pipeline_config, "plugins": ["./labelers.py"],
+              "prepare": [{"name": "truth_test", "out": str(tmp_path / "parts.npz")}]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"does not run under torchrun.*core label .*p.yaml"):
+        build_pipeline(load_pipeline(tmp_path / "p.yaml"), rank=0, world_size=2, echo=lambda *_: None)
+    assert not (tmp_path / "parts.npz").exists()
