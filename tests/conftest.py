@@ -1,8 +1,18 @@
 """Fixtures shared by the core's tests (plugin authors get theirs from core.testing)."""
 
+import importlib.util
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+
+# tests/pipeline_twins.py, importable by the test modules as `pipeline_twins` (pytest's
+# importlib mode does not put tests/ on sys.path; conftest is imported before them)
+if "pipeline_twins" not in sys.modules:
+    _spec = importlib.util.spec_from_file_location("pipeline_twins", Path(__file__).with_name("pipeline_twins.py"))
+    sys.modules["pipeline_twins"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["pipeline_twins"])
 
 #: A local plugin file for tests: a head without BatchNorm (per-process batch statistics
 #: would rightly differ from a one-process batch's, so comparisons of DDP or gradient

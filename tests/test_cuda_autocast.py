@@ -2,9 +2,7 @@
 training step of every first-party synthetic pipeline under it (issue 19: instruct-editor
 crashed on its first CUDA bf16 forward with an index_copy that CPU autocast promotes)."""
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,18 +14,7 @@ from core.cuda_autocast import emulate_cuda_autocast
 from core.data.loading import ImageSamples, collate
 from core.interfaces import Episode
 from core.pipeline import build_pipeline
-
-def _twins():
-    """tests/pipeline_twins.py (pytest's importlib mode does not put tests/ on sys.path)."""
-    if "pipeline_twins" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("pipeline_twins", Path(__file__).with_name("pipeline_twins.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["pipeline_twins"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["pipeline_twins"]
-
-
-TWINS, twin_config = _twins().TWINS, _twins().twin_config
+from pipeline_twins import TWINS, twin_config  # noqa: E402 - registered by conftest.py
 
 
 def test_matrix_products_run_in_bf16_and_normalisations_in_fp32(cuda_autocast):

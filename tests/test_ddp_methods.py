@@ -5,7 +5,6 @@ prototypes and alignment, HSE's meta-train statistics and the BatchNorm statisti
 (`trainer.sync_bn`) are taken over the whole batch, and the updated weights follow, so
 later steps agree too."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -16,17 +15,7 @@ import pytest
 from core.runner import run
 from core.training.run_folder import read_metrics
 
-
-def _twins():
-    if "pipeline_twins" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("pipeline_twins", Path(__file__).with_name("pipeline_twins.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["pipeline_twins"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["pipeline_twins"]
-
-
-TWINS, twin_config = _twins().TWINS, _twins().twin_config
+from pipeline_twins import TWINS, twin_config  # noqa: E402 - registered by conftest.py
 
 #: steps compared per pipeline; muva's first stage has 2 steps per epoch: step 3 is stage 2's first
 STEPS = {"muva_synthetic": (3, ["stages.0.epochs=1"])}

@@ -1,10 +1,8 @@
 """Host syncs in a training step (issue 19, item 9), counted on the CPU by
 core.host_syncs: the core's components make none; the first-party plugins' counts are held
-at or under today's (a regression guard while they are brought down: see
-/work/notes/issue-19.md)."""
+at or under today's (a regression guard while they are brought down; lower a budget when
+a plugin's count drops)."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,18 +13,7 @@ from core.data.loading import ImageSamples, collate
 from core.host_syncs import count_host_syncs
 from core.interfaces import Episode
 from core.pipeline import build_pipeline
-
-
-def _twins():
-    if "pipeline_twins" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("pipeline_twins", Path(__file__).with_name("pipeline_twins.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["pipeline_twins"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["pipeline_twins"]
-
-
-TWINS, twin_config = _twins().TWINS, _twins().twin_config
+from pipeline_twins import TWINS, twin_config  # noqa: E402 - registered by conftest.py
 
 #: syncs of one step (forward, every stage's losses, backward; summed over stages), today.
 #: quickstart is the core alone (timm backbone, bnneck, ce, triplet): none allowed.

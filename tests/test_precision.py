@@ -117,37 +117,17 @@ def test_precision_and_the_older_amp_key_must_agree(tmp_path):
         TrainerConfig(amp="none", precision="bf16").training_precision()
 
 
-INF_GRAD = '''
-from core.hookspecs import hookimpl
-from core.interfaces import Loss
-
-class InfGradAt(Loss):
-    def __init__(self, step: int = 2):
-        super().__init__()
-        self.step, self.calls = step, 0
-
-    def forward(self, outputs, batch):
-        self.calls += 1
-        x = outputs["features"]
-        return (x * 0).sqrt().sum() if self.calls == self.step else x.sum() * 0
-
-@hookimpl
-def register_losses(register):
-    register("inf_grad_fp16_test", InfGradAt)
-'''
-
-
-def test_fp16_skips_steps_with_inf_gradients_counts_them_and_checkpoints_the_scaler(tmp_path, monkeypatch):
+def test_fp16_skips_steps_with_inf_gradients_counts_them_and_checkpoints_the_scaler(tmp_path, monkeypatch,
+                                                                                     test_components):
     """fp16 with a gradient scaler (emulated on the CPU): an inf gradient is the scaler's
     business — the step is skipped, the scale halves, training goes on (the NaN guard does
     not stop the run), and the scaler's state and the skipped count are in the checkpoint."""
     monkeypatch.setattr(P, "autocast", _cpu_autocast(torch.float16))
     monkeypatch.setattr(P, "grad_scaler", lambda device, precision: torch.amp.GradScaler(
         "cpu", init_scale=2.0 ** 8, enabled=precision == "fp16"))
-    (tmp_path / "inf.py").write_text(INF_GRAD)
     config = copy.deepcopy(TINY_PIPELINE)
-    config["plugins"] = ["./inf.py"]
-    config["losses"] = [{"name": "ce"}, {"name": "inf_grad_fp16_test", "step": 2}]
+    config["plugins"] = ["./test_components.py"]  # its loss's gradient is NaN at the 2nd call
+    config["losses"] = [{"name": "ce"}, {"name": "inf_grad_at_step", "step": 2}]
     config["trainer"].update(eval_before=False, precision="fp16")
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
     result = run(tmp_path / "p.yaml", run_dir=tmp_path / "run")

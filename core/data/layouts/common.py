@@ -157,3 +157,21 @@ class SplitFolderDataset(Dataset):
         if int(pid) == -1:
             return None
         return int(pid), int(camera) - 1
+
+
+class ClothesSplitFolderDataset(SplitFolderDataset):
+    """A split-folder layout whose file names carry the pid, the camera (1-based) and a
+    clothes id, in the order `fields` names the pattern's groups (LTCC, VC-Clothes):
+    records get extras "clothes_id" for the clothes-changing protocol."""
+
+    fields: ClassVar[tuple[str, str, str]] = ("pid", "clothes", "camera")
+
+    def list_folder(self, folder, split: str) -> list[Record]:
+        out = []
+        for file_name in image_names(folder):
+            path = os.path.join(folder, file_name)
+            values = dict(zip(self.fields, self.pattern.parse(type(self).__name__, path)))
+            out.append(Record(path=path, pid=int(values["pid"]), camid=int(values["camera"]) - 1,
+                              category=self.category, domain=self.name, split=split,
+                              extras={"clothes_id": int(values["clothes"])}))
+        return out

@@ -11,13 +11,10 @@ the clothes-changing evaluation removes the query's identity in the query's clot
 
 from __future__ import annotations
 
-import os
-
-from core.data.layouts.common import NamePattern, SplitFolderDataset, image_names
-from core.records import Record
+from core.data.layouts.common import ClothesSplitFolderDataset, NamePattern
 
 
-class LTCC(SplitFolderDataset):
+class LTCC(ClothesSplitFolderDataset):
     """LTCC with its own pids; cameras 0-based; extras "clothes_id"."""
 
     name = "ltcc"
@@ -25,12 +22,3 @@ class LTCC(SplitFolderDataset):
     wrappers = ("LTCC_ReID",)
     pattern = NamePattern.compile(r"^(\d+)_(\d+)_c(\d+)_", "<pid>_<clothes>_c<camera>_<frame>.png "
                                                            "(e.g. 094_1_c9_015923.png)")
-
-    def list_folder(self, folder, split: str) -> list[Record]:
-        out = []
-        for file_name in image_names(folder):
-            path = os.path.join(folder, file_name)
-            pid, clothes, camera = self.pattern.parse("LTCC", path)
-            out.append(Record(path=path, pid=int(pid), camid=int(camera) - 1, category=self.category,
-                              domain=self.name, split=split, extras={"clothes_id": int(clothes)}))
-        return out

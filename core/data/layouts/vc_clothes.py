@@ -8,13 +8,10 @@ Layout (`VC-Clothes/` as released): `train/`, `query/`, `gallery/`; file names
 
 from __future__ import annotations
 
-import os
-
-from core.data.layouts.common import NamePattern, SplitFolderDataset, image_names
-from core.records import Record
+from core.data.layouts.common import ClothesSplitFolderDataset, NamePattern
 
 
-class VCClothes(SplitFolderDataset):
+class VCClothes(ClothesSplitFolderDataset):
     """VC-Clothes with its own pids; cameras 0-based; extras "clothes_id"."""
 
     name = "vc_clothes"
@@ -22,12 +19,4 @@ class VCClothes(SplitFolderDataset):
     wrappers = ("VC-Clothes",)
     pattern = NamePattern.compile(r"^(\d+)-(\d+)-(\d+)-", "<pid>-<camera>-<clothes>-<index>.jpg "
                                                           "(e.g. 0001-01-01-01.jpg)")
-
-    def list_folder(self, folder, split: str) -> list[Record]:
-        out = []
-        for file_name in image_names(folder):
-            path = os.path.join(folder, file_name)
-            pid, camera, clothes = self.pattern.parse("VCClothes", path)
-            out.append(Record(path=path, pid=int(pid), camid=int(camera) - 1, category=self.category,
-                              domain=self.name, split=split, extras={"clothes_id": int(clothes)}))
-        return out
+    fields = ("pid", "camera", "clothes")
