@@ -52,6 +52,7 @@ def restore_run(target: str | Path, overrides: Sequence[str] = ()):
     if weights_file.is_weights_file(target):
         path = Path(target)
         cfg, facts, state = weights_file.read_weights(path, overrides)
+        refuse_plugin_files(cfg)
         trainer = _inference_trainer(cfg, path.parent, context=weights_file.context_from_facts(facts))
         trainer.p.model.load_state_dict(state)
         return path.parent, path, trainer
@@ -75,7 +76,6 @@ def _inference_trainer(cfg: LoadedConfig, folder: Path, context: Any = None):
     from core.training.run_folder import RunFolder
     from core.training.trainer import Trainer
 
-    refuse_plugin_files(cfg)
     seed_everything(0)
     device = (cfg.data.get("trainer") or {}).get("device", "auto")
     dist = D.init_from_env(resolve_device(device if isinstance(device, str) else "auto").type)
