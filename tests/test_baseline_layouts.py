@@ -60,6 +60,7 @@ def test_cuhk03_without_a_split_file_names_both(tmp_path):
 
 def test_cuhk03_without_images_says_how_to_extract_them(tmp_path):
     (tmp_path / "cuhk03").mkdir()
+    (tmp_path / "cuhk03" / "splits_new_labeled.json").write_text("[]")
     with pytest.raises(FileNotFoundError, match="images_labeled.*cuhk-03.mat"):
         CUHK03(str(tmp_path), labeled=True)
 

@@ -14,8 +14,9 @@ The split comes from torchreid's JSON when present (a list holding one split wit
 the machine that prepared it, so images are found by file name in `images_<subset>/`),
 else from the new-protocol .mat (`filelist`, `labels`, `train_idx`, `query_idx`,
 `gallery_idx`, 1-based), as torchreid builds its JSON. The camera is the view (0 or 1).
-The images are extracted from `cuhk-03.mat` once (torchreid's `CUHK03` does it, with h5py);
-for the protocol as released in folders (cuhk03-np/) use the `cuhk03np` reader.
+When `images_<subset>/` is missing and the official `cuhk-03.mat` lies in the root (or
+its `cuhk03_release/`), the images are extracted from it on first use
+(core/data/layouts/cuhk03_extract.py, needs h5py: the `cuhk03` extra). For the protocol as released in folders (cuhk03-np/) use the `cuhk03np` reader.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 from pathlib import Path
 
 from core.data.layouts.common import NamePattern, check_split, require_dir
+from core.data.layouts.cuhk03_extract import extract_images, find_raw_mat
 from core.interfaces import Dataset
 from core.records import Record
 
@@ -49,12 +51,20 @@ class CUHK03(Dataset):
         self.images = self.root / f"images_{self.subset}"
         self.json_file = self.root / f"splits_new_{self.subset}.json"
         self.mat_file = self.root / f"cuhk03_new_protocol_config_{self.subset}.mat"
-        if not self.images.is_dir():
-            raise FileNotFoundError(f"CUHK03: missing folder {self.images}; expected {LAYOUT}. Extract the "
-                                    "images from cuhk-03.mat once (e.g. with torchreid's CUHK03 dataset)")
         if not self.json_file.is_file() and not self.mat_file.is_file():
             raise FileNotFoundError(f"CUHK03: neither {self.json_file.name} nor {self.mat_file.name} in "
                                     f"{self.root}; expected {LAYOUT}")
+        if not self.images.is_dir():
+            raw = find_raw_mat(self.root)
+            if raw is None:
+                raise FileNotFoundError(f"CUHK03: missing folder {self.images}; expected {LAYOUT}. Put the "
+                                        f"official cuhk-03.mat in {self.root} (or its cuhk03_release/) and "
+                                        "the images are extracted from it on first use")
+            try:
+                extract_images(raw, self.images, self.subset)
+            except PermissionError as exc:
+                raise PermissionError(f"CUHK03: cannot write the extracted images to {self.images} "
+                                      f"({exc.strerror}); extract once where the dataset is writable") from None
         self._splits: dict[str, list[Record]] | None = None
 
     def records(self, split: str) -> list[Record]:
