@@ -71,6 +71,13 @@ def register_evaluators(register):
 
 
 @hookimpl
+def register_loggers(register):
+    register("tensorboard", "core.trackers.tensorboard_logger:TensorBoardLogger")
+    register("wandb", "core.trackers.wandb_logger:WandbLogger")
+    register("mlflow", "core.trackers.mlflow_logger:MLflowLogger")
+
+
+@hookimpl
 def on_evaluate_end(trainer, metrics):
     """Redraw `<run>/curves.png` (loss, lr, metrics over steps) after every evaluation of a
     run that writes a folder; a drawing failure warns and never stops training."""

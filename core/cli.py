@@ -120,13 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
 READS_RUN_FOLDERS = ("run", "eval", "extract", "search", "explain", "export")
 
 
+VERBOSITY_FLAGS = (
+    ("quiet", ("-q", "--quiet"), "show only warnings and errors on the console (the run's log.txt keeps "
+                                 "everything; results still print)"),
+    ("verbose", ("-v", "--verbose"), "show debug messages too (on the console and in the run's log.txt)"),
+)
+
+
 def _add_global_flags(parser: argparse.ArgumentParser, sub) -> None:
-    """--debug everywhere; the trust flags on the commands that load run folders."""
+    """--debug, --quiet and --verbose everywhere; the trust flags on the commands that load run folders."""
     from core import trust
 
     for name, command in sub.choices.items():
         command.add_argument("--debug", action="store_true",
                              help="on failure, print the full traceback (it also goes to the run's log.txt)")
+        for dest, flags, text in VERBOSITY_FLAGS:  # a plugin's command may already use -q or -v
+            flags = [f for f in flags if f not in command._option_string_actions]
+            if flags:
+                command.add_argument(*flags, dest=dest, action="store_true", help=text)
         if name in READS_RUN_FOLDERS:
             command.add_argument(trust.CHECKPOINT_FLAG, dest="trust_checkpoint", action="store_true",
                                  help="load a checkpoint that needs pickle (it can run code: only for files "
@@ -251,7 +262,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     variants = sweep.plan(args.pipelines, args.overrides, args.grid, args.seeds)
     output = (load_pipeline(args.pipelines[0], args.overrides).data.get("trainer") or {}).get("output_dir", "runs")
     folder = sweep.run_sweep(variants, Path(args.sweep_dir) if args.sweep_dir else sweep.default_sweep_dir(output),
-                             echo=lambda text: print(text, file=sys.stderr), image_check=image_check)
+                             image_check=image_check)  # failures are logged (stderr, warnings)
     print((folder / "comparison.md").read_text(encoding="utf-8"))
     print(f"sweep folder: {folder}")
     return 1 if any(v.errors for v in variants) else 0
@@ -280,16 +291,23 @@ def _print_result(result) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    from core import trust
+    from core import log_setup
 
-    with trust.trusting(checkpoint=getattr(args, "trust_checkpoint", False),
-                        plugin_files=getattr(args, "allow_plugin_files", False)):
-        return _run_command(args)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # the console is set up before the parser (building it loads the plugins, whose failures
+    # are logged), so the verbosity flags are read from argv first
+    level = log_setup.verbosity(bool({"-q", "--quiet"} & set(argv)), bool({"-v", "--verbose"} & set(argv)))
+    with log_setup.console(level):
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
+        from core import trust
+
+        with trust.trusting(checkpoint=getattr(args, "trust_checkpoint", False),
+                            plugin_files=getattr(args, "allow_plugin_files", False)):
+            return _run_command(args)
 
 
 def _run_command(args: argparse.Namespace) -> int:

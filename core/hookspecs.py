@@ -65,6 +65,11 @@ def register_labelers(register: Register) -> None:
 
 
 @hookspec
+def register_loggers(register: Register) -> None:
+    """Register experiment trackers for the pipeline's `loggers:` list (kind `logger`)."""
+
+
+@hookspec
 def register_commands(subparsers: "argparse._SubParsersAction") -> None:
     """Add subcommands to the `core` CLI (set `func` with `parser.set_defaults`)."""
 

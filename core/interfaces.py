@@ -210,7 +210,8 @@ class FeatureSet:
     categories: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     category_names: list[str] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
-    records: list[Record] = field(default_factory=list)
+    #: a list, or the columnar table's lazy `Sequence[Record]` (core.data.columns)
+    records: Sequence[Record] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -22,7 +23,10 @@ import numpy as np
 
 from core.data.annotations import Annotations
 from core.interfaces import Dataset, Labeler, Labels
+from core.log_setup import echo_to
 from core.records import Record
+
+_echo = echo_to(logging.getLogger(__name__))
 
 
 @dataclass
@@ -50,7 +54,7 @@ def is_up_to_date(out: Path, fingerprint: dict[str, Any], keys: Sequence[str]) -
 def run_labeler(labeler: Labeler, items: Sequence[LabelItem], out: str | Path, *, fingerprint: dict[str, Any],
                 ctx: Any, name: str, provider: str | None = None, version: str | None = None,
                 force: bool = False, progress: bool = True, save_every: int = 512,
-                echo: Callable[[str], None] = print) -> Annotations:
+                echo: Callable[[str], None] = _echo) -> Annotations:
     """Label `items` with `labeler` into the annotation file `out` (or reuse it when it
     is up to date and `force` is off). Returns the annotations."""
     out = Path(out)

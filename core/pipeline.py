@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from core.context import BuildContext
 from core.data.table import RecordTable
 from core.data.transforms import build_transform
 from core.interfaces import Dataset, Evaluator, Sampler
+from core.log_setup import echo_to
 from core.plugins import get_plugin_manager, local_plugin_name
 from core.registry import Registry, RegistryError, build_registry
 from core.records import Batch
@@ -53,6 +55,16 @@ class ReIDModel(nn.Module):
             raise KeyError(f"head {type(self.head).__name__} returned {sorted(outputs)}; "
                            "a head must return 'embedding'")
         return {**features, **outputs}
+
+
+def bind_losses(model: ReIDModel, losses) -> None:
+    """Call `bind(model)` on every loss that has one: a loss that keeps its own copy of the
+    encoders (a momentum model) gets the model it follows. The trainer does this before
+    the first training step; code that runs loss modules itself calls it too."""
+    for loss in losses:
+        bind = getattr(loss, "bind", None)
+        if callable(bind):
+            bind(model)
 
 
 @dataclass
@@ -95,6 +107,8 @@ class Pipeline:
     provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the annotation files of the `prepare` steps (written or found up to date)
     prepared: list[Path] = field(default_factory=list)
+    #: the `loggers:` list's experiment trackers (core.trackers; rank 0 calls them)
+    loggers: list[Any] = field(default_factory=list)
 
     def loss_modules(self) -> nn.ModuleList:
         """Every distinct loss module (some hold parameters or memories)."""
@@ -332,7 +346,7 @@ def empty_split_fault(cfg: LoadedConfig, sources: DataSources, i: int, query: li
 
 
 def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepare: str = "run",
-                   echo: Any = print, meta: bool = False, image_check: str = "error",
+                   echo: Any = None, meta: bool = False, image_check: str = "error",
                    context: BuildContext | None = None) -> Pipeline:
     """Build every component of a pipeline (no training). `prepare`: "run" runs the
     pipeline's labelers whose files are missing or stale, "force" runs them all, "skip"
@@ -343,7 +357,9 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
     ("error"), are left out with a warning ("skip"), or are not looked for ("off"); builds
     for inference or checks (prepare "skip", `meta`) do not look. `context`: the build
     context saved with a model's weights (core.tools.weights_file): the training data is
-    not read — no training table, sampler or losses; test sets come from `data.test` only."""
+    not read — no training table, sampler or losses; test sets come from `data.test` only.
+    `echo`: where its messages go (default: the `core.pipeline` logger, "warning: ..." as warnings)."""
+    echo = echo or echo_to(logging.getLogger(__name__))
     if prepare not in ("run", "force", "skip"):
         raise ValueError(f"build_pipeline: prepare must be 'run', 'force' or 'skip'; got {prepare!r}")
     from core.data.image_check import MODES, screen_pipeline_records
@@ -372,8 +388,9 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
     sources = _data_sources(cfg, b, data, train=context is None)
     train_specs, train_names, train_datasets = sources.train_specs, sources.train_names, sources.train_datasets
     test_specs, pairs = sources.test_specs, sources.test_pairs
-    train_records = [list(d.records("train")) for d in train_datasets]
-    test_records = [(list(d.records("query")), list(d.records("gallery"))) for _, d in pairs]
+    # Sequences as the readers give them (columnar tables stay columns, core.data.columns)
+    train_records = [d.records("train") for d in train_datasets]
+    test_records = [(d.records("query"), d.records("gallery")) for _, d in pairs]
     before = [(len(q), len(g)) for q, g in test_records]
     if prepare != "skip" and image_check != "off":  # every file, before the first step (not in epoch 3)
         train_records, test_records = screen_pipeline_records(
@@ -465,10 +482,13 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
 
     for i, stage in enumerate(stages):
         check_stage(stage, cfg, f"stages.{i}")
+    from core.trackers.config import build_loggers
     return Pipeline(
         config=cfg, name=str(name), seed=seed, registry=registry, ctx=ctx, train=train,
         train_datasets=train_datasets, test_sets=test_sets, train_transform=train_transform,
         test_transform=test_transform, sampler=sampler, model=model, evaluator=evaluator,
         stages=stages, stage_losses=stage_losses, trainer=trainer_cfg, provenance=b.provenance,
         prepared=prepared,
+        # trackers only for training builds: evaluating a run needs no wandb installed
+        loggers=build_loggers(cfg, registry) if prepare != "skip" else [],
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as metadata
 import importlib.util
+import logging
 import os
 import sys
 import traceback
@@ -27,6 +28,8 @@ from pathlib import Path
 import pluggy
 
 from core import hookspecs
+
+log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "reid_core"
 BUILTIN_PLUGIN = "core"
@@ -78,9 +81,9 @@ class PluginManager(pluggy.PluginManager):
         self.infos[info.name] = info
         if strict():
             raise PluginLoadError(f"plugin '{info.name}' failed to load: {info.error}")
-        print(f"warning: plugin '{info.name}' ({info.distribution or info.module}) failed to load "
-              f"and was skipped: {info.error.splitlines()[-1] if info.error else ''} "
-              "(set CORE_STRICT_PLUGINS=1 to make this an error)", file=sys.stderr)
+        log.warning(f"plugin '{info.name}' ({info.distribution or info.module}) failed to load "
+                    f"and was skipped: {info.error.splitlines()[-1] if info.error else ''} "
+                    "(set CORE_STRICT_PLUGINS=1 to make this an error)")
 
     def load_entry_points(self) -> None:
         only = _env_list("CORE_LOAD_PLUGINS")
@@ -146,10 +149,10 @@ def local_plugin_name(file: Path) -> str:
 
 def _trace(pm: PluginManager) -> None:
     def before(hook_name, hook_impls, kwargs):
-        print(f"[trace] {hook_name} -> {[i.plugin_name for i in hook_impls]}", file=sys.stderr)
+        log.info(f"[trace] {hook_name} -> {[i.plugin_name for i in hook_impls]}")
 
     def after(outcome, hook_name, hook_impls, kwargs):
-        print(f"[trace] {hook_name} done", file=sys.stderr)
+        log.info(f"[trace] {hook_name} done")
 
     pm.add_hookcall_monitoring(before, after)
 

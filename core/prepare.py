@@ -17,6 +17,7 @@ relative to the working directory, like dataset roots.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -25,6 +26,9 @@ from core.config.validation import describe
 from core.data.annotations import Annotations, attach, qualified_key
 from core.data.table import RecordTable
 from core.interfaces import Dataset, Labeler
+from core.log_setup import echo_to
+
+_echo = echo_to(logging.getLogger(__name__))
 
 
 def table_keys(table: RecordTable, datasets: Sequence[Dataset]) -> list[str]:
@@ -52,10 +56,9 @@ def attach_dataset_annotations(cfg: LoadedConfig, specs: list, datasets: list[Da
         try:
             if train is not None:
                 rows = [j for j, sid in enumerate(train.source_ids.tolist()) if sid == i]
-                records = [train.records[j] for j in rows]
                 name = train.sources[i]
-                attach(annotations, records, [qualified_key(name, datasets[i].record_key(r)) for r in records],
-                       where=where, required=True, grid=grid)
+                keys = [qualified_key(name, datasets[i].record_key(train.records[j])) for j in rows]
+                attach(annotations, train.records, keys, where=where, required=True, grid=grid, rows=rows)
             for index, table in test_tables or []:
                 if index == i:
                     attach(annotations, table.records, table_keys(table, [datasets[i]]), where=where,
@@ -66,7 +69,7 @@ def attach_dataset_annotations(cfg: LoadedConfig, specs: list, datasets: list[Da
 
 def run_prepare_steps(cfg: LoadedConfig, builder: Any, ctx: Any, train_names: list[str], train_specs: list,
                       train_datasets: list[Dataset], train: RecordTable, force: bool = False,
-                      echo: Callable[[str], None] = print) -> list[Path]:
+                      echo: Callable[[str], None] = _echo) -> list[Path]:
     """Run (or reuse) each `prepare` labeler over the training images, attach its file."""
     from core.labeling import LabelItem, is_up_to_date, run_labeler
     from core.training import distributed as D

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -28,6 +28,7 @@ KIND_HOOKS: dict[str, str] = {
     "loss": "register_losses",
     "evaluator": "register_evaluators",
     "labeler": "register_labelers",
+    "logger": "register_loggers",
 }
 KINDS = tuple(KIND_HOOKS)
 #: separates a plugin and a component name: `example:center` is plugin example's `center`
@@ -200,8 +201,8 @@ def build_registry(pm=None) -> Registry:
             def register(name, target, aliases=(), _kind=kind, _provider=impl.plugin_name):
                 registry.add(_kind, name, target, _provider, aliases)
                 if trace:
-                    print(f"[trace] {hook_name}: plugin '{_provider}' registered {_kind} '{name}' -> {target}",
-                          file=sys.stderr)
+                    logging.getLogger("core.plugins").info(
+                        f"[trace] {hook_name}: plugin '{_provider}' registered {_kind} '{name}' -> {target}")
 
             impl.function(register)
     return registry

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from core import log_setup
 from core.config.loading import ConfigError, LoadedConfig, load_pipeline
 from core.restore import refuse_plugin_files, resolve_run, restore_run  # noqa: F401 - public here too
 
@@ -48,12 +50,19 @@ def run(pipeline: str | Path, overrides: Sequence[str] = (), run_dir: str | Path
 
     A new run refuses a `run_dir` that already holds a run unless `overwrite`; one process
     at a time writes a run folder (`<run>/.lock` names it). `image_check`: what to do with
-    unreadable images found before training (error | skip | off)."""
+    unreadable images found before training (error | skip | off). The run's log records
+    (from the start, the pipeline's build included) go to `<run>/log.txt`."""
+    with log_setup.run_log(log_setup.env_rank(), int(os.environ.get("WORLD_SIZE") or 1)) as log_file:
+        return _run(pipeline, overrides, run_dir, resume, overwrite, image_check, log_file)
+
+
+def _run(pipeline, overrides, run_dir, resume, overwrite, image_check, log_file) -> RunResult:
     from core import trust
     from core.pipeline import build_pipeline, resolve_device
     from core.training import distributed as D
     from core.training.checkpoint import seed_everything
     from core.training.run_folder import RunFolder, RunLock, claim_new
+    from core.tools.search import ranked_list_image
     from core.training.trainer import Trainer
 
     if resume is not None:
@@ -78,8 +87,10 @@ def run(pipeline: str | Path, overrides: Sequence[str] = (), run_dir: str | Path
         lock.acquire()
     try:
         folder = RunFolder(run_path, enabled=dist.is_main)
+        log_file.attach(folder.log_file)  # rank 0: everything; other ranks: their warnings
         trainer = Trainer(p, folder, resume=resume is not None, dist=dist,
                           trust_checkpoint=trust.current().checkpoint)
+        trainer.final_picture = ranked_list_image  # for the trackers (`loggers:`)
         if resume is None:
             folder.write_pipeline(_absolute_plugin_paths(cfg), p.provenance)
         folder.write_environment(str(trainer.device), p.provenance, _plugin_versions())
@@ -114,6 +125,7 @@ def validate(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[str, A
     import torch
 
     from core.parameter_check import check_parameter_patterns, check_patterns_on_meta
+    from core.data.device_normalise import finish_on_device
     from core.data.loading import ImageSamples, collate
     from core.pipeline import build_pipeline, resolve_device
     from core.training.checkpoint import seed_everything
@@ -134,6 +146,7 @@ def validate(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[str, A
     roles = plan.roles if hasattr(plan, "roles") else [0] * len(indices)
     samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
     batch = collate([samples[(i, 0, r)] for i, r in zip(indices, roles)]).to(device)
+    batch = finish_on_device(batch, p.train_transform)  # uint8 training images: normalised here
     outputs = model(batch)
     values = {}
     total = torch.zeros((), device=device)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import logging
 import re
 import time
 import traceback
@@ -29,8 +30,11 @@ import numpy as np
 
 from core import statistics as stats
 from core.config.loading import ConfigError, load_pipeline
+from core.log_setup import echo_to
 from core.training.checkpoint import atomic_write_text
 from core.training.report import COLUMNS
+
+log = logging.getLogger(__name__)
 
 #: Significance level of the verdicts; power and effect sizes (metric points) of the
 #: seeds-needed estimate.
@@ -106,12 +110,14 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")[:120]
 
 
-def run_sweep(variants: list[Variant], sweep_dir: Path, echo=print, alpha: float = ALPHA,
+def run_sweep(variants: list[Variant], sweep_dir: Path, echo=None, alpha: float = ALPHA,
               image_check: str = "error") -> Path:
     """Run every variant x seed into `sweep_dir`, then write comparison.md / .csv / .png.
     `image_check`: what each run does with unreadable images (core.runner.run)."""
     from core.runner import run
+    from core.training.interrupt import Interrupted
 
+    echo = echo or echo_to(log)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     for variant in variants:
         for seed in variant.seeds:
@@ -120,9 +126,15 @@ def run_sweep(variants: list[Variant], sweep_dir: Path, echo=print, alpha: float
             try:
                 result = run(variant.pipeline, [*variant.overrides, *extra], run_dir=run_dir,
                              image_check=image_check)
+            except Interrupted as exc:  # the user stopped the sweep, not one run: table so far, then stop
+                variant.errors.append(f"seed {seed}: interrupted")
+                echo(f"warning: sweep interrupted during {variant.name} (seed {seed}); the table covers the "
+                     f"runs that finished. {exc}")
+                write_comparison(variants, sweep_dir, alpha=alpha, echo=echo)
+                raise
             except Exception as exc:  # noqa: BLE001 - one failed variant must not stop the sweep
                 variant.errors.append(f"seed {seed}: {type(exc).__name__}: {exc}")
-                echo(f"{variant.name} (seed {seed}): FAILED: {type(exc).__name__}: {exc}\n"
+                echo(f"warning: {variant.name} (seed {seed}): FAILED: {type(exc).__name__}: {exc}\n"
                      + "".join(traceback.format_exception(exc)[-3:]))
                 continue
             variant.runs.append(run_dir)
@@ -146,7 +158,7 @@ def run_budget(run_dir: Path) -> tuple[int | None, int | None]:
     return last.get("global_step"), last.get("images_seen")
 
 
-def write_comparison(variants: list[Variant], sweep_dir: Path, alpha: float = ALPHA, echo=print) -> None:
+def write_comparison(variants: list[Variant], sweep_dir: Path, alpha: float = ALPHA, echo=None) -> None:
     """comparison.md, comparison.csv and comparison.png of `variants` in `sweep_dir`."""
     markdown, table_csv = comparison(variants, alpha=alpha)
     atomic_write_text(sweep_dir / "comparison.md", markdown)
@@ -154,7 +166,7 @@ def write_comparison(variants: list[Variant], sweep_dir: Path, alpha: float = AL
     try:
         plot_comparison(variants, sweep_dir / "comparison.png")
     except Exception as exc:  # noqa: BLE001 - a picture must not lose the table
-        echo(f"comparison.png not drawn: {type(exc).__name__}: {exc}")
+        (echo or echo_to(log))(f"warning: comparison.png not drawn: {type(exc).__name__}: {exc}")
 
 
 def _metric_keys(variants: list[Variant]) -> list[str]:
@@ -353,20 +365,22 @@ def _csv(variants, keys, summaries, pairs, alpha) -> str:
     return buffer.getvalue()
 
 
-def plot_comparison(variants: list[Variant], path: Path) -> None:
-    """comparison.png: per metric, each row's seeds (dots) and mean with its 95% t interval."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+def plot_comparison(variants: list[Variant], path: Path):
+    """comparison.png: per metric, each row's seeds (dots) and mean with its 95% t interval.
+    Drawn on matplotlib's Agg canvas without pyplot (no display, no global backend);
+    returns the Figure (None when no row has a metric)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     keys = _metric_keys(variants)
     if not keys:
-        return
+        return None
     cols = min(len(keys), 3)
     rows = -(-len(keys) // cols)
     height = 0.45 * len(variants) + 1.2
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, height * rows), squeeze=False)
+    fig = Figure(figsize=(4.2 * cols, height * rows), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
     names = [v.name for v in variants]
     for ax, key in zip(axes.ravel(), keys):
         for y, v in enumerate(variants):
@@ -392,7 +406,7 @@ def plot_comparison(variants: list[Variant], path: Path) -> None:
     fig.suptitle("mean and 95% t interval per row (dots: seeds; dashed: baseline)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def default_sweep_dir(output_dir: str = "runs") -> Path:

@@ -13,7 +13,7 @@ from core.config.loading import load_pipeline
 from core.cuda_autocast import emulate_cuda_autocast
 from core.data.loading import ImageSamples, collate
 from core.interfaces import Episode
-from core.pipeline import build_pipeline
+from core.pipeline import bind_losses, build_pipeline
 from pipeline_twins import TWINS, twin_config  # noqa: E402 - registered by conftest.py
 
 
@@ -69,6 +69,7 @@ def test_every_pipeline_step_runs_under_cuda_bf16_autocast(name, losses_in_autoc
     p = build_pipeline(load_pipeline(twin_config(name, tmp_path)), echo=lambda *a, **k: None)
     model = p.model.train()
     p.loss_modules().train()
+    bind_losses(model, p.loss_modules())  # as the trainer does before the first step
     for batch in _batches(p, 6 if name.startswith("irm") else 1):
         with emulate_cuda_autocast(torch.bfloat16) as mode:
             outputs = model(batch)

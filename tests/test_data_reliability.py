@@ -282,7 +282,8 @@ def test_core_run_stops_before_training_and_skip_bad_images_trains(tmp_path, cap
     assert "1 unreadable image file" in err and "1_2.jpg: truncated JPEG" in err and "--skip-bad-images" in err
     assert not (tmp_path / "run" / "checkpoints").exists()
     assert main(["run", str(path), "--run-dir", str(tmp_path / "run2"), "--skip-bad-images"]) == 0
-    assert "warning: left out 1 unreadable image file" in capsys.readouterr().out
+    assert "warning: left out 1 unreadable image file" in capsys.readouterr().err  # a logged warning (#26)
+    assert "left out 1 unreadable image file" in (tmp_path / "run2" / "log.txt").read_text()
 
 
 def test_validate_data_reports_every_bad_file(tmp_path, capsys):

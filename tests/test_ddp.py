@@ -49,7 +49,11 @@ def test_two_processes_match_one_process_with_the_same_global_batch(ddp_pipeline
     evals = lambda d: [r for r in read_metrics(d) if r["event"] == "eval"]  # noqa: E731
     assert evals(tmp_path / "ddp")[0]["synthetic/mAP"] == pytest.approx(evals(single.run_dir)[0]["synthetic/mAP"], abs=0.5)
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == \
-        ["checkpoints", "curves.png", "environment.json", "metrics.jsonl", "pipeline.yaml", "report.md"]
+        ["checkpoints", "curves.png", "environment.json", "log.txt", "metrics.jsonl", "pipeline.yaml", "report.md"]
+    # one log (#26): rank 0's messages, marked with the rank; other ranks add warnings only
+    log = (tmp_path / "ddp" / "log.txt").read_text().splitlines()
+    assert any("INFO    [rank 0] core.training.trainer: tiny: training on cpu (2 processes)" in line for line in log)
+    assert all(" INFO " not in line and " DEBUG " not in line for line in log if "[rank 1]" in line)
 
 
 GATHER_SCRIPT = """

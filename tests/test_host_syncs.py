@@ -12,13 +12,16 @@ from core.config.loading import load_pipeline
 from core.data.loading import ImageSamples, collate
 from core.host_syncs import count_host_syncs
 from core.interfaces import Episode
-from core.pipeline import build_pipeline
+from core.pipeline import bind_losses, build_pipeline
 from pipeline_twins import TWINS, twin_config  # noqa: E402 - registered by conftest.py
 
 #: syncs of one step (forward, every stage's losses, backward; summed over stages), today.
 #: quickstart is the core alone (timm backbone, bnneck, ce, triplet): none allowed.
 BUDGET = {"quickstart": 0, "mgor_edps_moil_synthetic": 52, "mgor_synthetic": 85, "muva_synthetic": 1,
-          "irm_synthetic": 73, "irm++_synthetic": 78}
+          "irm_synthetic": 79, "irm++_synthetic": 79}
+# irm 73 -> 79, irm++ 78 -> 79 (2026-12-06): the T2I branch's momentum text features and
+# matching loss select the caption rows of the batch (boolean masks); the memory loss lost
+# its syncs in the same change. Lower these when those selections become masks.
 
 
 def test_counter_sees_value_reads_and_data_dependent_shapes():
@@ -48,6 +51,7 @@ def test_training_step_host_syncs_within_budget(name, tmp_path, one_torch_thread
     p = build_pipeline(load_pipeline(twin_config(name, tmp_path)), echo=lambda *a, **k: None)
     model = p.model.train()
     p.loss_modules().train()
+    bind_losses(model, p.loss_modules())  # as the trainer does before the first step
     batch = _first_batch(p)
     seen = {}
     for terms in p.stage_losses:

@@ -146,6 +146,21 @@ def test_no_metric_at_all_still_gives_a_table():
 
 
 def test_the_plot_is_written(tmp_path):
+    from PIL import Image
+
     variants = [variant("base", BASE), variant("one", {0: 33.0}), variant("none", {})]
-    sweep.plot_comparison(variants, tmp_path / "comparison.png")
-    assert (tmp_path / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = sweep.plot_comparison(variants, tmp_path / "comparison.png")
+    with Image.open(tmp_path / "comparison.png") as picture:
+        assert picture.format == "PNG" and picture.size == tuple(round(v) for v in fig.get_size_inches() * fig.dpi)
+    axes = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+    assert set(axes) == {"synthetic/mAP", "synthetic/rank-1"}
+    ax = axes["synthetic/mAP"]
+    seeds = [ln for ln in ax.get_lines() if ln.get_color() == "grey"]
+    assert sorted(x for ln in seeds for x in ln.get_xdata()) == sorted([*BASE.values(), 33.0])
+    base_mean = np.mean(list(BASE.values()))  # the dashed baseline line sits at the base row's mean
+    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(dashed) == 1 and dashed[0].get_xdata()[0] == pytest.approx(base_mean)
+    bars = ax.containers[0]  # the base row's 95% t interval, from scipy's t quantile
+    (segment,) = bars.lines[2][0].get_segments()
+    half = sp.t.ppf(0.975, len(BASE) - 1) * np.std(list(BASE.values()), ddof=1) / np.sqrt(len(BASE))
+    assert segment[0][0] == pytest.approx(base_mean - half) and segment[1][0] == pytest.approx(base_mean + half)

@@ -77,3 +77,28 @@ def test_eval_reproduces_the_final_metrics_of_a_run(tiny_yaml, tmp_path):
 def test_eval_of_a_folder_without_a_run_names_what_it_expects(tmp_path, capsys):
     assert main(["eval", str(tmp_path)]) == 2
     assert "no pipeline.yaml" in capsys.readouterr().err
+
+
+def test_a_signal_stops_the_whole_sweep_after_writing_the_table_so_far(tmp_path, monkeypatch):
+    """SIGINT/SIGTERM in one run (the trainer raises Interrupted after saving) ends the
+    sweep: the next seeds are not started, the table of what finished is written, and the
+    exception reaches the CLI (exit 130/143)."""
+    import core.runner
+    from core.training.interrupt import Interrupted
+
+    calls = []
+
+    def fake_run(pipeline, overrides, run_dir, image_check):
+        calls.append(overrides[-1])
+        if len(calls) == 2:
+            raise Interrupted(15, 0, 3, run_dir)
+        run_dir.mkdir(parents=True)
+        return type("Result", (), {"metrics": None})()
+
+    monkeypatch.setattr(core.runner, "run", fake_run)
+    variants = [sweep.Variant("a", tmp_path / "p.yaml", [], [0, 1, 2]), sweep.Variant("b", tmp_path / "p.yaml", [], [0])]
+    with pytest.raises(Interrupted):
+        sweep.run_sweep(variants, tmp_path / "sweep")
+    assert calls == ["seed=0", "seed=1"]
+    assert variants[0].errors == ["seed 1: interrupted"]
+    assert (tmp_path / "sweep" / "comparison.md").is_file()

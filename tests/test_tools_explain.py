@@ -38,7 +38,7 @@ def masked_run(tiny_pipeline_config, run_tiny_pipeline, register_component):
 
 
 def test_explain_draws_image_and_a_heat_map_per_part(masked_run, tmp_path, capsys):
-    out = tmp_path / "explain"
+    out = tmp_path / "explain"  # --method auto: the model outputs part masks, so parts
     assert main(["explain", str(masked_run), "--images", "run:query", "--out", str(out), "--limit", "4"]) == 0
     assert "overlays:" in capsys.readouterr().out
     pictures = sorted(out.glob("*.png"))
@@ -62,9 +62,10 @@ def test_masks_that_do_not_fit_the_patch_grid_are_an_error():
         read_masks({"part_masks": torch.rand(1, 2, 8)}, "part_masks", (3, 3), "x")
 
 
-def test_a_backbone_without_masks_is_a_clear_error(tiny_pipeline_config, run_tiny_pipeline, tmp_path, capsys):
+def test_parts_on_a_backbone_without_masks_is_a_clear_error(tiny_pipeline_config, run_tiny_pipeline, tmp_path, capsys):
     tiny_pipeline_config["trainer"]["eval_before"] = False
     run_dir = run_tiny_pipeline(tiny_pipeline_config).run_dir
-    assert main(["explain", str(run_dir), "--images", "run:query", "--out", str(tmp_path / "x")]) == 2
+    assert main(["explain", str(run_dir), "--images", "run:query", "--out", str(tmp_path / "x"),
+                 "--method", "parts"]) == 2
     err = capsys.readouterr().err
     assert "backbone 'timm' does not output part masks" in err and "'part_masks': (B, P, N)" in err

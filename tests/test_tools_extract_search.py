@@ -126,3 +126,45 @@ def test_trainer_option_draws_the_worst_queries_into_the_run_folder(tiny_pipelin
     folder = result.run_dir / "worst-queries"
     assert (folder / "index.html").is_file()
     assert len(list((folder / "synthetic").glob("*.png"))) == 3
+
+
+def test_extract_half_writes_a_float16_memory_map_equal_to_the_rounded_embeddings(trained_run, image_folder,
+                                                                                     tmp_path):
+    """`--half` (issue 24): the embeddings go batch by batch into FEATS.f16.npy (float16,
+    memory-mapped on load), the .npz keeps the records; values are the float32 extraction
+    rounded to float16, the last partial batch included."""
+    from core.tools.extract import load_features
+
+    folder = str(image_folder / "bounding_box_test")
+    assert main(["extract", str(trained_run), "--images", folder, "--out", str(tmp_path / "f32.npz"),
+                 "--batch-size", "5"]) == 0
+    assert main(["extract", str(trained_run), "--images", folder, "--out", str(tmp_path / "f16.npz"),
+                 "--batch-size", "5", "--half"]) == 0
+    with np.load(tmp_path / "f16.npz") as data:
+        assert "embeddings" not in data and str(data["embeddings_file"]) == "f16.f16.npy"
+    full, half = load_features(tmp_path / "f32.npz"), load_features(tmp_path / "f16.npz")
+    assert isinstance(half.embeddings, np.memmap) and half.embeddings.dtype == np.float16
+    assert len(half.embeddings) % 5 != 0  # a partial last batch is written too
+    assert np.array_equal(np.asarray(half.embeddings), full.embeddings.astype(np.float16))
+    assert half.images.table.pids.tolist() == full.images.table.pids.tolist()
+
+
+@pytest.mark.parametrize("exclude_same_camera", [False, True])
+def test_search_on_a_memory_mapped_gallery_gives_the_in_memory_lists(trained_run, image_folder, tmp_path,
+                                                                     exclude_same_camera):
+    """A `--half` gallery is ranked block by block (`_rank_blocked`), with the same
+    exclusions (the query's own file, its identity and camera) and the same lists as the
+    in-memory ranking of the float16-rounded embeddings; the gallery holds the queries."""
+    from core.tools import search
+    from core.tools.extract import load_features
+
+    folder = str(image_folder / "bounding_box_test")
+    main(["extract", str(trained_run), "--images", folder, "--out", str(tmp_path / "g.npz"), "--half"])
+    gallery = load_features(tmp_path / "g.npz")
+    rounded = np.asarray(gallery.embeddings, dtype=np.float32)
+    a = search.rank(rounded, gallery.embeddings, "cosine", 6, gallery.images, gallery.images, exclude_same_camera)
+    b = search.rank(rounded, rounded, "cosine", 6, gallery.images, gallery.images, exclude_same_camera)
+    assert [r.gallery.tolist() for r in a] == [r.gallery.tolist() for r in b]
+    assert all(len(r.gallery) == 6 and r.query not in r.gallery.tolist() for r in a)  # its own file excluded
+    assert all(np.array_equal(x.distances, y.distances) for x, y in zip(a, b))
+    assert [r.correct for r in a] == [r.correct for r in b]

@@ -20,6 +20,7 @@ TOP_LEVEL_KEYS: dict[str, str] = {
     "evaluator": "{name: ..., params}",
     "stages": "list of training stages",
     "trainer": "device, amp, evaluation and checkpoint settings",
+    "loggers": "experiment trackers, e.g. [tensorboard, wandb, mlflow] (docs/trackers.md)",
 }
 
 

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from core.data.columns import RecordColumns
 from core.records import Record
 
 FORMAT = "reid-core-annotations/1"
@@ -102,9 +103,11 @@ def qualified_key(source: str, key: str) -> str:
 
 
 def attach(annotations: Annotations, records: Sequence[Record], keys: Sequence[str], *,
-           where: str, required: bool, grid: tuple[int, int] | None = None) -> int:
+           where: str, required: bool, grid: tuple[int, int] | None = None,
+           rows: Sequence[int] | None = None) -> int:
     """Copy the attached fields of `annotations` into the extras of `records` (whose
-    qualified keys are `keys`). With `required`, every record must be annotated; the
+    qualified keys are `keys`; with `rows`, of records[rows], keys aligned with rows).
+    A columnar table (core.data.columns) gets one column per field. With `required`, every record must be annotated; the
     error names the file (`where`) and the first missing keys. A patch grid other than
     the backbone's is an error. Returns how many records got fields."""
     if grid is not None and annotations.grid is not None and tuple(grid) != annotations.grid:
@@ -116,6 +119,15 @@ def attach(annotations: Annotations, records: Sequence[Record], keys: Sequence[s
     if required and missing:
         raise ValueError(f"{where}: {len(missing)} of {len(keys)} records have no annotation, e.g. "
                          f"{', '.join(missing[:3])}; label these images again (`core label --force`)")
+    if isinstance(records, RecordColumns):  # columns: one array per field, no per-record write
+        found = np.asarray([index.get(k, -1) for k in keys], dtype=np.int64)
+        hit = found >= 0
+        targets = (np.arange(len(records)) if rows is None else np.asarray(rows, dtype=np.int64))[hit]
+        for name in annotations.attach:
+            records.set_extra(name, targets, np.asarray(annotations.fields[name])[found[hit]])
+        return int(hit.sum())
+    if rows is not None:
+        records = [records[j] for j in rows]
     count = 0
     for record, key in zip(records, keys):
         i = index.get(key)

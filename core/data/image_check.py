@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,7 +27,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from core.config.loading import ConfigError
+from core.log_setup import echo_to
 from core.records import Record
+
+_echo = echo_to(logging.getLogger(__name__))  # "warning: ..." lines are warnings
 
 #: what build_pipeline does with unreadable images: stop, leave them out (with a
 #: warning), or not look
@@ -250,8 +254,17 @@ def files_used_in(sets: Sequence[CheckedSet]) -> dict[str, list[str]]:
     return used_in
 
 
+def _without(records: Sequence[Record], bad: dict[str, str]) -> Sequence[Record]:
+    """`records` less those whose file is in `bad` (columns stay columns)."""
+    from core.data.columns import RecordColumns
+
+    if isinstance(records, RecordColumns):
+        return records.take([i for i, r in enumerate(records) if r.path is None or str(r.path) not in bad])
+    return [r for r in records if r.path is None or str(r.path) not in bad]
+
+
 def screen_records(sets: Sequence[CheckedSet], mode: str = "error",
-                   echo: Callable[[str], Any] = print, workers: int | None = None,
+                   echo: Callable[[str], Any] = _echo, workers: int | None = None,
                    cache: bool = True) -> list[list[Record]]:
     """The records of each set with a file path checked (records without one, rendered in
     memory, pass). "error": raise `UnreadableImagesError` naming every bad file; "skip":
@@ -259,24 +272,24 @@ def screen_records(sets: Sequence[CheckedSet], mode: str = "error",
     if mode not in MODES:
         raise ValueError(f"image_check must be one of {', '.join(MODES)}; got {mode!r}")
     if mode == "off":
-        return [list(s.records) for s in sets]
+        return [s.records for s in sets]  # as given: columnar tables stay columns
     used_in = files_used_in(sets)
     bad = find_bad_images(used_in, workers=workers, cache=cache)
     if not bad:
-        return [list(s.records) for s in sets]
+        return [s.records for s in sets]  # as given: columnar tables stay columns
     message, list_file = _summary(bad, len(used_in), used_in)
     if mode == "error":
         raise UnreadableImagesError(
             f"{message}. Nothing was trained. Replace or delete them, or pass {SKIP_FLAG} to leave them out "
             f"(with a warning)", bad, list_file)
-    kept = [[r for r in s.records if r.path is None or str(r.path) not in bad] for s in sets]
+    kept = [_without(s.records, bad) for s in sets]
     per_set = ", ".join(f"{s.label}: {len(s.records) - len(k)}" for s, k in zip(sets, kept) if len(k) < len(s.records))
     echo(f"warning: left out {message} ({per_set})")
     return kept
 
 
 def screen_pipeline_records(sources: Any, train: list[list[Record]], test: list[tuple[list[Record], list[Record]]],
-                            mode: str = "error", echo: Callable[[str], Any] = print
+                            mode: str = "error", echo: Callable[[str], Any] = _echo
                             ) -> tuple[list[list[Record]], list[tuple[list[Record], list[Record]]]]:
     """`screen_records` over a pipeline's train records (per train dataset) and test records
     ((query, gallery) per test set) in one pass, so that one error lists every bad file.

@@ -76,6 +76,13 @@ class ImageSamples(torch.utils.data.Dataset):
         else:
             def run() -> tuple[torch.Tensor, dict[str, Any]]:
                 return transform_with_parts(self.transform, image, extras)
+        finish = getattr(self.transform, "device_normalise", None)
+        if finish is not None and finish.erasing is not None:  # uint8 out: draw the box erased on the device
+            inner = run
+
+            def run() -> tuple[torch.Tensor, dict[str, Any]]:
+                out, spatial = inner()
+                return out, {**spatial, "erase_box": finish.draw(out)}
         if seed is None:
             return run()
         # torchvision v2 draws from torch's CPU generator only; python's `random` is

@@ -9,16 +9,21 @@ and domain are kept per record (MGOR and the DG protocols need both).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from core.data.columns import RecordColumns, as_columns
 from core.records import Record
 
 
 @dataclass
 class RecordTable:
-    records: list[Record]
+    """`records` is a `RecordColumns` (columns, a Sequence of Record views built on
+    access) for tables made by `build`; a plain list still works where code builds a
+    small table by hand."""
+
+    records: "RecordColumns | list[Record]"
     #: Source dataset of each record (index into `sources`).
     source_ids: np.ndarray
     sources: list[str]
@@ -49,6 +54,15 @@ class RecordTable:
             counts[name] = int(np.unique(self.pids[self.category_ids == cid]).size)
         return counts
 
+    def column(self, name: str) -> Any:
+        """A field of every record as an array (core.data.columns.RecordColumns.column);
+        the relabelled `pids` and the ids of this table for "pid"/"category_id"/...."""
+        own = {"pid": self.pids, "camid": self.camids, "source_id": self.source_ids,
+               "category_id": self.category_ids, "domain_id": self.domain_ids}
+        if name in own:
+            return own[name]
+        return as_columns(self.records).column(name)
+
     @classmethod
     def build(
         cls,
@@ -57,39 +71,52 @@ class RecordTable:
         category_names: Sequence[str] | None = None,
         domain_names: Sequence[str] | None = None,
     ) -> "RecordTable":
-        """Concatenate the records of several sources.
+        """Concatenate the records of several sources into one columnar table.
 
         With `relabel`, identities become 0..N-1 in order of first appearance of
         (source, pid). Category and domain names get ids in sorted order unless given
-        (test tables reuse the training table's names so ids agree).
+        (test tables reuse the training table's names so ids agree); names not given
+        are appended in order of first appearance. Lists of Records are converted to
+        columns (core.data.columns), so the table holds no Python object per image.
         """
-        records: list[Record] = []
-        source_ids: list[int] = []
-        for sid, (_, recs) in enumerate(sources):
-            records.extend(recs)
-            source_ids.extend([sid] * len(recs))
-        cats = list(category_names) if category_names is not None else sorted({r.category for r in records})
-        doms = list(domain_names) if domain_names is not None else sorted({r.domain for r in records})
-        cat_index = {c: i for i, c in enumerate(cats)}
-        dom_index = {d: i for i, d in enumerate(doms)}
-        for name, index in (("category", cat_index), ("domain", dom_index)):
-            for r in records:
-                if getattr(r, name) not in index:
-                    index[getattr(r, name)] = len(index)
-                    (cats if name == "category" else doms).append(getattr(r, name))
-        if relabel:
-            labels: dict[tuple[int, int], int] = {}
-            pids = [labels.setdefault((s, r.pid), len(labels)) for s, r in zip(source_ids, records)]
-        else:
-            pids = [r.pid for r in records]
+        parts = [as_columns(recs) for _, recs in sources]
+        columns = RecordColumns.concat(parts) if parts else RecordColumns.empty()
+        sizes = [len(p) for p in parts]
+        source_ids = np.repeat(np.arange(len(parts), dtype=np.int64), sizes)
+
+        def ids(field: str, given: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
+            codes, names = columns.codes(field)
+            if given is not None:
+                out = list(given)
+            else:
+                out = sorted(names[c] for c in np.unique(codes).tolist())
+            index = {n: i for i, n in enumerate(out)}
+            # names the given list lacks: appended in order of first appearance
+            used, first = np.unique(codes, return_index=True)
+            for code in used[np.argsort(first)].tolist():
+                if names[code] not in index:
+                    index[names[code]] = len(out)
+                    out.append(names[code])
+            remap = np.asarray([index.get(n, -1) for n in names] or [0], dtype=np.int64)
+            return remap[codes], out
+
+        category_ids, cats = ids("category", category_names)
+        domain_ids, doms = ids("domain", domain_names)
+        pids = columns.pid.astype(np.int64, copy=True)
+        if relabel and len(pids):
+            key = source_ids * (int(pids.max()) - int(pids.min()) + 1) + (pids - int(pids.min()))
+            _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+            rank = np.empty(first.size, dtype=np.int64)
+            rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+            pids = rank[inverse.reshape(-1)]
         return cls(
-            records=records,
-            source_ids=np.asarray(source_ids, dtype=np.int64),
+            records=columns,
+            source_ids=source_ids,
             sources=[name for name, _ in sources],
-            pids=np.asarray(pids, dtype=np.int64),
-            camids=np.asarray([r.camid for r in records], dtype=np.int64),
-            category_ids=np.asarray([cat_index[r.category] for r in records], dtype=np.int64),
+            pids=pids,
+            camids=columns.camid,  # int64 already; shared with the columns (no copy per table)
+            category_ids=category_ids,
             category_names=cats,
-            domain_ids=np.asarray([dom_index[r.domain] for r in records], dtype=np.int64),
+            domain_ids=domain_ids,
             domain_names=doms,
         )

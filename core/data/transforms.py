@@ -38,13 +38,16 @@ def build_transform(
     interpolation: str = "bicubic",
     erasing_scale: list[float] = [0.02, 0.33],  # noqa: B006 - YAML default, never mutated
     autoaugment: float = 0.0,
+    device_normalise: bool = False,
 ) -> Callable[..., torch.Tensor]:
     """PIL image -> float tensor (3, H, W). Train: resize, flip, pad + random crop,
     normalise, random erasing (after normalisation, so erased pixels are mean-coloured).
     `erasing_scale`: the erased area's range, as a share of the image (Zhong et al. 2020,
     Random Erasing: [0.02, 0.4] in BoT). `autoaugment`: probability of applying torchvision's
     AutoAugment (ImageNet policy) to a training image, after the resize (core.data.autoaugment).
-    Test: resize and normalise only."""
+    Test: resize and normalise only. `device_normalise` (training only): the transform
+    stops at the uint8 image and the trainer converts, normalises and erases on the device
+    (core.data.device_normalise; the same batches, a quarter of the bytes to copy)."""
     _check(size, pad, flip, erasing, norm, interpolation)
     if not 0.0 <= autoaugment <= 1.0:
         raise ValueError(f"transform: 'autoaugment' is a probability in [0, 1]; got {autoaugment}")
@@ -62,9 +65,17 @@ def build_transform(
             steps.append(v2.RandomHorizontalFlip(flip))
         if pad > 0:
             steps += [v2.Pad(pad), v2.RandomCrop((height, width))]
+    erase = v2.RandomErasing(p=erasing, scale=tuple(float(v) for v in erasing_scale), value=0) \
+        if train and erasing > 0 else None
+    if train and device_normalise:
+        from core.data.device_normalise import DeviceNormalise
+
+        compose = v2.Compose([*steps, v2.ToImage()])
+        compose.device_normalise = DeviceNormalise(mean, std, erase)
+        return compose
     steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    if train and erasing > 0:
-        steps.append(v2.RandomErasing(p=erasing, scale=tuple(float(v) for v in erasing_scale), value=0))
+    if erase is not None:
+        steps.append(erase)
     return v2.Compose(steps)
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from core.evaluation.distances import METRICS, blocked_rows, distance_to
-from core.evaluation.ranking import DEFAULT_MEMORY_BUDGET, _codes, _per_category_with, rank_metrics, validate_ranks
+from core.evaluation.ranking import (DEFAULT_MEMORY_BUDGET, _codes, _per_category, _per_category_with, rank_metrics,
+                                    summarise, validate_ranks)
 from core.evaluation.search import SEARCHES
 from core.interfaces import Evaluator, FeatureSet
 from core.records import Record
@@ -46,6 +47,17 @@ class ReIDEvaluator(Evaluator):
         nlist: inverted lists of "faiss_ivf"; 0 = about 4 sqrt(G) (see `search.ivf_search`).
         nprobe: lists visited per query by "faiss_ivf".
         topk: length of the retrieved list of "faiss_ivf".
+            "blocked" (issue 24): the exact protocol out of core, query blocks of
+            `chunk_size` (0: 1024) x gallery blocks of `gallery_block` rows, for galleries
+            of millions, e.g. memory-mapped float16 (`core.evaluation.blocked`); the same
+            metrics as "exact". "faiss_ivfpq": IVF with product-quantised codes (`nlist`,
+            `nprobe`, `pq_m`, `pq_bits`) filled block by block; like "faiss_ivf" it
+            reports CMC and mAP@<topk>, plus "recall@<topk>" against the exact top k.
+        gallery_block: gallery rows per block of "blocked" (and per add of "faiss_ivfpq").
+        pq_m, pq_bits: sub-quantisers (0: the largest divisor of D <= D / 4) and bits each.
+        recall_queries: queries (a seeded sample) whose approximate top-k lists are checked
+            against exact search for "recall@<topk>"; null: 1000 for faiss_ivfpq, none for
+            faiss_ivf (0: none).
         rerank: k-reciprocal re-ranking (Zhong et al. 2017) before ranking; needs the
             (Q + G)^2 neighbour search, so at most 40,000 items; search "exact" only.
         k1, k2, lambda_value: the re-ranking's parameters (paper defaults 20, 6, 0.3;
@@ -57,22 +69,25 @@ class ReIDEvaluator(Evaluator):
                  chunk_size: int = 0, memory_budget_mb: int = DEFAULT_MEMORY_BUDGET // 2**20,
                  search: str = "exact", nlist: int = 0, nprobe: int = 16, topk: int = 1000,
                  rerank: bool = False, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-                 ranking_threads: int = 0):
+                 ranking_threads: int = 0, gallery_block: int = 65536, pq_m: int = 0, pq_bits: int = 8,
+                 recall_queries: int | None = None):
         if metric not in METRICS:
             raise ValueError(f"evaluator 'reid': unknown metric {metric!r}; valid metrics: "
                              f"{', '.join(METRICS)}")
         if search not in SEARCHES:
             raise ValueError(f"evaluator 'reid': unknown search {search!r}; valid searches: "
                              f"{', '.join(SEARCHES)}")
-        if exclude_same_clothes and search == "faiss_ivf":
+        if exclude_same_clothes and search in ("faiss_ivf", "faiss_ivfpq", "blocked"):
             raise ValueError("evaluator 'reid': exclude_same_clothes needs an exact search (exact or faiss_flat), "
-                             "not faiss_ivf")
+                             f"not {search}")
         if rerank and search != "exact":
             raise ValueError(f"evaluator 'reid': rerank: true needs search: exact (re-ranking builds its "
                              f"own exact neighbour lists), got search {search!r}")
         for key, value, least in (("chunk_size", chunk_size, 0), ("memory_budget_mb", memory_budget_mb, 1),
                                   ("nlist", nlist, 0), ("nprobe", nprobe, 1), ("topk", topk, 1),
-                                  ("k1", k1, 1), ("k2", k2, 1), ("ranking_threads", ranking_threads, 0)):
+                                  ("k1", k1, 1), ("k2", k2, 1), ("ranking_threads", ranking_threads, 0),
+                                  ("gallery_block", gallery_block, 1), ("pq_m", pq_m, 0), ("pq_bits", pq_bits, 1),
+                                  ("recall_queries", 0 if recall_queries is None else recall_queries, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"evaluator 'reid': {key} must be an integer >= {least}"
                                  f"{' (0 = automatic)' if key in ('chunk_size', 'nlist', 'ranking_threads') else ''}, got {value!r}")
@@ -91,6 +106,8 @@ class ReIDEvaluator(Evaluator):
         self.memory_budget = memory_budget_mb * 2**20
         self.search, self.nlist, self.nprobe, self.topk = search, nlist, nprobe, topk
         self.rerank, self.k1, self.k2, self.lambda_value = bool(rerank), k1, k2, float(lambda_value)
+        self.gallery_block, self.pq_m, self.pq_bits = gallery_block, pq_m, pq_bits
+        self.recall_queries = (1000 if search == "faiss_ivfpq" else 0) if recall_queries is None else recall_queries
 
     def evaluate(self, query: FeatureSet, gallery: FeatureSet) -> dict[str, float]:
         """Metrics of `query` against `gallery` (percentages, plus num_valid_queries)."""
@@ -104,8 +121,10 @@ class ReIDEvaluator(Evaluator):
             groups = dict(q_groups=clothes_ids(_records(query, "query"), "query"),
                           g_groups=clothes_ids(_records(gallery, "gallery"), "gallery"))
         with torch.no_grad():
-            if self.search == "faiss_ivf":
+            if self.search in ("faiss_ivf", "faiss_ivfpq"):
                 return self._evaluate_top_k(query, gallery, categories, names)
+            if self.search == "blocked":
+                return self._evaluate_blocked(query, gallery, categories, names)
             return rank_metrics(self._distance_rows(query, gallery), query.pids, gallery.pids,
                                 query.camids, gallery.camids, ranks=self.ranks,
                                 exclude_same_camera=self.exclude_same_camera, chunk_size=self.chunk_size,
@@ -126,19 +145,54 @@ class ReIDEvaluator(Evaluator):
             return faiss_distance_rows(q_emb, g_emb, self.metric)
         return blocked_rows(distance_to(g_emb, self.metric), q_emb, len(g_emb))
 
+    def _evaluate_blocked(self, query: FeatureSet, gallery: FeatureSet, categories, names) -> dict[str, float]:
+        """The exact protocol, query blocks x gallery blocks (`core.evaluation.blocked`)."""
+        from core.evaluation.blocked import DEFAULT_QUERY_BLOCK, blocked_per_query_metrics
+
+        per_query = blocked_per_query_metrics(
+            query.embeddings.detach(), gallery.embeddings.detach(), self.metric, query.pids, gallery.pids,
+            query.camids, gallery.camids, self.exclude_same_camera, self.chunk_size or DEFAULT_QUERY_BLOCK,
+            self.gallery_block, query.embeddings.device)
+        metrics = summarise(per_query, self.ranks)
+        if categories is not None:
+            metrics.update(_per_category(per_query, self.ranks, categories, names))
+        return metrics
+
     def _evaluate_top_k(self, query: FeatureSet, gallery: FeatureSet, categories, names) -> dict[str, float]:
-        """CMC and mAP@topk from faiss IVF's retrieved lists (`core.evaluation.search`)."""
-        from core.evaluation.search import ivf_per_query, summarise_topk
+        """CMC and mAP@topk from faiss IVF's (or IVF-PQ's) retrieved lists, and recall@topk
+        against exact search (`core.evaluation.search`)."""
+        from core.evaluation.search import ivf_search, ivfpq_search, kept_positives, summarise_topk, topk_per_query
 
         q_pids, g_pids = _codes(query.pids, gallery.pids, "pids")
         q_cams, g_cams = _codes(query.camids, gallery.camids, "camids")
-        per_query = ivf_per_query(query.embeddings, gallery.embeddings, self.metric, q_pids, g_pids, q_cams, g_cams,
-                                  self.topk, self.nlist, self.nprobe, self.exclude_same_camera)
+        removed = (kept_positives(q_pids, g_pids, q_cams, g_cams, exclude_same_camera=False)
+                   - kept_positives(q_pids, g_pids, q_cams, g_cams, self.exclude_same_camera))
+        k = self.topk + int(removed.max(initial=0))  # so that topk kept items remain
+        if self.search == "faiss_ivf":
+            retrieved = ivf_search(query.embeddings, gallery.embeddings, self.metric, k, self.nlist, self.nprobe)
+        else:
+            retrieved = ivfpq_search(query.embeddings, gallery.embeddings, self.metric, k, self.nlist, self.nprobe,
+                                     self.pq_m, self.pq_bits, self.gallery_block)
+        per_query = topk_per_query(retrieved, q_pids, g_pids, q_cams, g_cams, self.topk, self.exclude_same_camera)
         summary = lambda mask=None: summarise_topk(*per_query, self.ranks, self.topk, mask)  # noqa: E731
         metrics = summary()
+        if self.recall_queries:
+            metrics[f"recall@{self.topk}"] = self._recall(query, gallery, retrieved)
         if categories is not None:
             metrics.update(_per_category_with(summary, per_query[0], categories, names))
         return metrics
+
+
+    def _recall(self, query: FeatureSet, gallery: FeatureSet, retrieved: np.ndarray) -> float:
+        """recall@topk of the retrieved lists on a seeded sample of queries (search module doc)."""
+        from core.evaluation.blocked import blocked_topk
+        from core.evaluation.search import recall_at_k
+
+        n = len(query)
+        sample = np.sort(np.random.default_rng(0).choice(n, min(self.recall_queries, n), replace=False))
+        exact = blocked_topk(query.embeddings.detach()[torch.from_numpy(sample)], gallery.embeddings.detach(),
+                             self.metric, self.topk, gallery_block=self.gallery_block)[1]
+        return recall_at_k(retrieved[sample], exact)
 
 
 def _check_feature_set(features: FeatureSet, which: str) -> None:

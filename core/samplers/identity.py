@@ -29,6 +29,17 @@ def _rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, epoch]))
 
 
+def stable_order(labels: np.ndarray) -> np.ndarray:
+    """`np.argsort(labels, kind="stable")`; for labels in 0..2^32-1 as two stable passes
+    over 16-bit digits (numpy radix-sorts 16-bit keys; ~3x faster than its timsort of
+    int64 at 5M labels)."""
+    labels = np.asarray(labels)
+    if len(labels) == 0 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= 2**32:
+        return np.argsort(labels, kind="stable")
+    low = np.argsort((labels & 0xFFFF).astype(np.uint16), kind="stable")
+    return low[np.argsort((labels[low] >> 16).astype(np.uint16), kind="stable")]
+
+
 def _check_seed(name: str, seed: int | None, ctx: BuildContext) -> int:
     seed = ctx.seed if seed is None else seed
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
@@ -38,7 +49,7 @@ def _check_seed(name: str, seed: int | None, ctx: BuildContext) -> int:
 
 
 def _train_table(name: str, ctx: BuildContext):
-    if ctx.train is None or len(ctx.train) == 0:
+    if ctx.train is None or len(ctx.train.pids) == 0:
         raise ValueError(f"sampler '{name}' needs a non-empty training record table "
                          "(data.train); the build context has none")
     return ctx.train
@@ -56,16 +67,26 @@ class PKSampler(Sampler):
     (Hermans et al. 2017, Sec. 2; Luo et al. 2019 "Bag of Tricks", Sec. 3).
 
     Per epoch each identity with n >= K images is cut into floor(n/K) groups of K
-    distinct images (its other n mod K images rest this epoch); an identity with n < K
-    images gives one group: all its images, topped up to K by drawing from them again.
-    Batches take one group from each of P distinct identities, drawn at random with
-    weight proportional to the identity's remaining groups (so identities drain evenly
-    and few groups are left over). When fewer than P identities still have groups, the
-    batch is completed with fresh groups of other identities, so every batch is a full
-    P x K batch and the number of batches is fixed: floor(G / P) with `drop_last`,
-    ceil(G / P) without, where G is the total number of groups; in a pipeline, the core's
-    epoch length `ctx.epoch_batches` (core.samplers.epoch; floor(G / P) for K = 4 unless
-    `epoch_batches` is set). Batches beyond the groups are made of fresh groups.
+    distinct images (a random permutation of its images; its other n mod K images rest
+    this epoch); an identity with n < K images gives one group: all its images, topped
+    up to K by drawing from them again. Batches take one group from each of P distinct
+    identities. The groups are spread evenly over the epoch, so identities drain evenly
+    and a large identity does not crowd the last batches: group j of identity i (G_i
+    groups) is placed at time (j + U_i) / G_i, U_i ~ U(0, 1) per identity (systematic
+    sampling), and the epoch's groups taken in time order, P per batch; the rare batch
+    that would hold one identity twice swaps the second group with the nearest later
+    group whose identity fits both batches (else it takes a fresh group of an identity
+    not in the batch). Every batch is a full P x K batch and the number of batches is
+    fixed: floor(G / P) with `drop_last`, ceil(G / P) without, where G is the total
+    number of groups; in a pipeline, the core's epoch length `ctx.epoch_batches`
+    (core.samplers.epoch; floor(G / P) for K = 4 unless `epoch_batches` is set). Batches
+    beyond the groups take the groups of further passes (fresh permutations).
+
+    The plan is vectorised numpy (one sort of the records, one of the groups): an epoch
+    over 5M records / 500k identities plans in about a second (bench/sampler_plan.py).
+    Issue 24 replaced the earlier per-batch weighted draw (O(batches x identities)),
+    so a seed gives other batches than before that change, with the same contract
+    (tests/test_samplers_scale.py checks both against it).
     """
 
     def __init__(self, ctx: BuildContext, batch_size: int = 64, k: int = 4,
@@ -81,71 +102,123 @@ class PKSampler(Sampler):
         self.seed = _check_seed("pk", seed, ctx)
         self.rank, self.world_size = _check_rank("pk", ctx)
         pids = np.asarray(table.pids)
-        order = np.argsort(pids, kind="stable")
-        ids, starts = np.unique(pids[order], return_index=True)
-        #: Record indices of each identity (identities in sorted label order).
-        self.index_of_identity: list[np.ndarray] = np.split(order, starts[1:])
+        #: Record indices sorted by identity (stable), and each identity's slice of it.
+        self.order = stable_order(pids)
+        sorted_pids = pids[self.order]
+        bounds = np.flatnonzero(sorted_pids[1:] != sorted_pids[:-1]) + 1
+        self.starts = np.concatenate([[0], bounds]).astype(np.int64)
+        self.counts = np.diff(np.concatenate([self.starts, [len(pids)]])).astype(np.int64)
+        #: identity (0..num_ids-1, sorted label order) of each position of `order`
+        self._identity_at = np.repeat(np.arange(len(self.counts), dtype=np.int64), self.counts)
+        num_ids = len(self.counts)
         if self.p % self.world_size:
             raise ValueError(f"sampler 'pk': P = batch_size // k = {self.p} identities per batch cannot be "
                              f"split evenly over {self.world_size} processes; make batch_size a multiple "
                              f"of k * world_size = {self.k * self.world_size} (batch_size is the global batch)")
-        if len(ids) < self.p:
-            raise ValueError(f"sampler 'pk': the training table has {len(ids)} identities, fewer than "
+        if num_ids < self.p:
+            raise ValueError(f"sampler 'pk': the training table has {num_ids} identities, fewer than "
                              f"P = batch_size // k = {self.p}; lower batch_size or raise k")
-        counts = np.array([len(ix) for ix in self.index_of_identity])
-        self.groups_per_identity = np.maximum(counts // k, 1)
+        self.groups_per_identity = np.maximum(self.counts // k, 1)
         total = int(self.groups_per_identity.sum())
         # the core's epoch length (core.samplers.epoch) when built in a pipeline
         self.num_global_batches = ctx.epoch_batches or (total // self.p if drop_last else -(-total // self.p))
 
-    def _group(self, rng: np.random.Generator, identity: int) -> np.ndarray:
+    @property
+    def index_of_identity(self) -> list[np.ndarray]:
+        """Record indices of each identity (identities in sorted label order)."""
+        return np.split(self.order, self.starts[1:])
+
+    def _pass(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One pass over the identities: (identity of each group, (G, K) record indices),
+        groups in time order (class doc)."""
+        k, counts, starts, gpi = self.k, self.counts, self.starts, self.groups_per_identity
+        # a random permutation of each identity's images: sort by (identity, random key)
+        keys = self._identity_at.astype(np.float64) + rng.random(len(self.order))
+        shuffled = self.order[np.argsort(keys, kind="stable")]  # keys nearly sorted: timsort runs
+        ident = np.repeat(np.arange(len(counts), dtype=np.int64), gpi)
+        first = np.cumsum(gpi) - gpi
+        ordinal = np.arange(len(ident), dtype=np.int64) - first[ident]
+        col = np.arange(k, dtype=np.int64)[None, :]
+        c = counts[ident][:, None]
+        topped = (rng.random((len(ident), k)) * c).astype(np.int64)  # draws again from an identity with < K
+        pos = starts[ident][:, None] + np.where(c >= k, ordinal[:, None] * k + col, np.where(col < c, col, topped))
+        time = (ordinal + rng.random(len(counts))[ident]) / gpi[ident]
+        by_time = np.argsort(time, kind="stable")
+        return ident[by_time], shuffled[pos[by_time]]
+
+    def _fresh_group(self, rng: np.random.Generator, identity: int) -> np.ndarray:
         """K random images of one identity: distinct when it has K, else all + repeats."""
-        ix = self.index_of_identity[identity]
+        ix = self.order[self.starts[identity]:self.starts[identity] + self.counts[identity]]
         if len(ix) >= self.k:
             return rng.choice(ix, self.k, replace=False)
         return np.concatenate([rng.permutation(ix), rng.choice(ix, self.k - len(ix), replace=True)])
 
+    def plan_array(self, epoch: int) -> np.ndarray:
+        """The global (all-rank) batches of `epoch`, (batches, batch_size) record indices."""
+        rng = _rng(self.seed, epoch)
+        need = self.num_global_batches * self.p
+        idents, groups = [], []
+        while sum(len(i) for i in idents) < need:  # further passes only when the epoch outruns the groups
+            ident, group = self._pass(rng)
+            idents.append(ident)
+            groups.append(group)
+        ident = np.concatenate(idents) if len(idents) > 1 else idents[0]
+        group = np.concatenate(groups) if len(groups) > 1 else groups[0]
+        _separate(ident, group, self.p, need, rng, self._fresh_group)
+        b = self.num_global_batches
+        within = np.argsort(rng.random((b, self.p)), axis=1)  # identities in random order within a batch
+        batches = np.take_along_axis(group[:need].reshape(b, self.p, self.k), within[:, :, None], axis=1)
+        return batches.reshape(b, self.p * self.k)
+
     def plan(self, epoch: int) -> list[list[int]]:
         """The global (all-rank) batches of `epoch`."""
-        rng = _rng(self.seed, epoch)
-        groups: list[list[np.ndarray]] = []
-        for identity, ix in enumerate(self.index_of_identity):
-            if len(ix) >= self.k:
-                perm = rng.permutation(ix)
-                n = self.groups_per_identity[identity]
-                groups.append([perm[g * self.k:(g + 1) * self.k] for g in range(n)])
-            else:
-                groups.append([self._group(rng, identity)])
-        remaining = self.groups_per_identity.astype(np.float64).copy()
-        num_ids = len(groups)
-        batches: list[list[int]] = []
-        for _ in range(self.num_global_batches):
-            avail = np.flatnonzero(remaining > 0)
-            if len(avail) >= self.p:
-                # Weighted sampling without replacement (Efraimidis & Spirakis 2006):
-                # the P largest keys log(u) / w.
-                keys = np.log(rng.random(len(avail))) / remaining[avail]
-                chosen = avail[np.argpartition(-keys, self.p - 1)[: self.p]]
-                chosen = chosen[rng.permutation(self.p)]
-                extra = np.empty(0, dtype=np.int64)
-            else:
-                chosen = rng.permutation(avail)
-                others = np.setdiff1d(np.arange(num_ids), chosen)
-                extra = rng.choice(others, self.p - len(chosen), replace=False)
-            batch: list[int] = []
-            for identity in chosen:
-                remaining[identity] -= 1
-                batch.extend(groups[identity].pop().tolist())
-            for identity in extra:
-                batch.extend(self._group(rng, int(identity)).tolist())
-            batches.append(batch)
-        return batches
+        return self.plan_array(epoch).tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from shard_plan(self.plan(self.epoch), self.rank, self.world_size, self.k)
+        batches = self.plan_array(self.epoch)
+        if self.world_size > 1:  # rank r keeps identity groups r, r + W, ... (= shard_plan with unit k)
+            b = len(batches)
+            batches = batches.reshape(b, self.p, self.k)[:, self.rank::self.world_size].reshape(b, -1)
+        for row in batches:
+            yield row.tolist()
 
     def __len__(self) -> int:
         return self.num_global_batches
+
+
+def _separate(ident: np.ndarray, group: np.ndarray, p: int, need: int, rng: np.random.Generator,
+              fresh) -> None:
+    """Make the first `need` slots (batches of `p`) hold distinct identities per batch, in
+    place: a repeated identity's group is swapped with the nearest later group (in a later
+    batch, or among the unused groups after `need`) whose identity is not in this batch
+    and whose batch does not hold the repeated identity; failing that it is replaced by a
+    fresh group of an identity not in the batch. Vectorised check; the loop runs over the
+    (rare) batches with a repeat only."""
+    rows = np.sort(ident[:need].reshape(-1, p), axis=1)
+    for b in np.flatnonzero((rows[:, 1:] == rows[:, :-1]).any(1)):
+        lo, hi = b * p, (b + 1) * p
+        for slot in range(lo, hi):
+            here = ident[lo:hi]
+            if (here == ident[slot]).sum() < 2 or slot == lo + int(np.argmax(here == ident[slot])):
+                continue  # the first occurrence of an identity stays
+            repeated = ident[slot]
+            for q in range(hi, len(ident)):
+                if ident[q] in here:
+                    continue
+                if q < need:
+                    qb = q // p
+                    if repeated in ident[qb * p:(qb + 1) * p]:
+                        continue
+                ident[slot], ident[q] = ident[q], ident[slot]
+                group[[slot, q]] = group[[q, slot]]
+                break
+            else:
+                others = np.setdiff1d(np.unique(ident), here)
+                if len(others) == 0:  # cannot happen: the table has >= p identities
+                    raise RuntimeError("sampler 'pk': no identity left to complete a batch")
+                # any identity of the table not in the batch (ident holds all identities)
+                ident[slot] = rng.choice(others)
+                group[slot] = fresh(rng, int(ident[slot]))
 
 
 class RandomSampler(Sampler):
@@ -157,7 +230,7 @@ class RandomSampler(Sampler):
                  seed: int | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"sampler 'random': batch_size must be positive, got {batch_size}")
-        self.num_records = len(_train_table("random", ctx))
+        self.num_records = len(_train_table("random", ctx).pids)
         self.batch_size, self.drop_last = batch_size, drop_last
         self.seed = _check_seed("random", seed, ctx)
         self.rank, self.world_size = _check_rank("random", ctx)

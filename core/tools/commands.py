@@ -36,6 +36,9 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("target", metavar=_RUN)
     p.add_argument("--images", required=True, metavar="DIR_OR_MANIFEST", help=_IMAGES_HELP)
     p.add_argument("--out", required=True, metavar="FEATS.npz")
+    p.add_argument("--half", action="store_true",
+                   help="write the embeddings batch by batch to a float16 memory map FEATS.f16.npy beside the .npz "
+                        "(galleries of millions: never all in RAM as float32)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0, help="data loader workers (default 0)")
     _device(p)
@@ -65,16 +68,42 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction") -> None:
     _device(p)
     p.set_defaults(func=cmd_search)
 
-    p = _add(subparsers, "explain", "draw part-mask overlays of a model that predicts part masks",
-             "Draw each image with the heat map of each predicted part over it, and the parts' arg-max map. "
-             "Needs a backbone that outputs part masks under the documented contract: the output key "
-             "'part_masks' (B, P, N) with N = the patch grid's rows x cols (backbone.patch_grid), values in "
-             "[0, 1] (e.g. amsa). Backbones without it are an error that says so.",
+    p = _add(subparsers, "explain", "draw heat maps of what a model looks at: part masks, Grad-CAM, rollout",
+             "Draw heat maps over images. --method parts: each image with the heat map of each predicted part "
+             "and the parts' arg-max map; needs a backbone that outputs part masks under the documented "
+             "contract: the output key 'part_masks' (B, P, N) with N = the patch grid's rows x cols "
+             "(backbone.patch_grid), values in [0, 1] (e.g. amsa). --method gradcam (CNN backbones) and "
+             "--method rollout (ViT backbones): each query ranked against --gallery (default: the run's "
+             "gallery) and drawn with its top matches; gradcam shows the regions that make the query and a "
+             "match similar (Grad-CAM of their cosine similarity at the last conv stage), rollout the "
+             "attention flowing into the class token (Abnar & Zuidema 2020). auto (default): parts when the "
+             "model outputs part masks, rollout for ViTs, gradcam otherwise.",
              "  core explain runs/amsa-20261121 --images run:query --out explain/ --limit 16\n"
-             "  core explain runs/amsa-20261121 --images data/query --out explain/ --key part_masks\n")
+             "  core explain runs/amsa-20261121 --images data/query --out explain/ --key part_masks\n"
+             "  core explain runs/r50 --images run:query --out cams/ --method gradcam --top 5\n"
+             "  core explain runs/r50 --images q/ --gallery g/ --out cams/ --layer backbone.model.layer3\n"
+             "  core explain runs/vit --images run:query --out rollout/ --method rollout --discard-ratio 0.9\n")
     p.add_argument("target", metavar=_RUN)
     p.add_argument("--images", required=True, metavar="DIR_OR_MANIFEST", help=_IMAGES_HELP)
     p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--method", choices=["auto", "parts", "gradcam", "rollout"], default="auto",
+                   help="auto (default): parts when the model outputs part masks, rollout for ViTs, else gradcam")
+    p.add_argument("--gallery", metavar="DIR_OR_MANIFEST",
+                   help="gradcam/rollout: images to rank against, as for --images (default run:gallery)")
+    p.add_argument("--top", type=int, default=5, help="gradcam/rollout: matches drawn per query (default 5)")
+    p.add_argument("--exclude-same-camera", action="store_true",
+                   help="gradcam/rollout: drop gallery items with the query's identity and camera")
+    p.add_argument("--layer", metavar="MODULE",
+                   help="gradcam: the module explained, a dotted name in the model (default: the backbone's "
+                        "last spatial feature map, e.g. backbone.model.layer4)")
+    p.add_argument("--cam", default="gradcam", metavar="NAME",
+                   help="gradcam: gradcam (built in, default) or a pytorch-grad-cam method with the same "
+                        "similarity target (pip install 'reid-core[explain]'): gradcam++, xgradcam, hirescam, "
+                        "layercam, eigencam, eigengradcam, scorecam, ablationcam")
+    p.add_argument("--discard-ratio", type=float, default=0.0,
+                   help="rollout: zero this fraction of the weakest attention weights per layer (default 0)")
+    p.add_argument("--head-fusion", choices=["mean", "max", "min"], default="mean",
+                   help="rollout: how the heads' attention maps are fused (default mean, as in the paper)")
     p.add_argument("--key", default="part_masks", help="the model output holding the masks (default part_masks)")
     p.add_argument("--limit", type=int, default=32, help="at most this many images (default 32)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -138,7 +167,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from core.tools.extract import extract_to_file
 
     path, features = extract_to_file(args.target, args.images, args.out, device=args.device,
-                                     batch_size=args.batch_size, num_workers=args.workers)
+                                     batch_size=args.batch_size, num_workers=args.workers, half=args.half)
     n, d = features.embeddings.shape
     known = int((features.images.table.pids >= 0).sum())
     print(f"{path}: {n} embeddings of dimension {d} ({known} with a known identity) from {args.images}")
@@ -169,8 +198,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     try:
         index = explain(args.target, args.images, args.out, key=args.key, limit=args.limit,
-                        device=args.device, batch_size=args.batch_size)
-    except MissingMasks as exc:
+                        device=args.device, batch_size=args.batch_size, method=args.method, gallery=args.gallery,
+                        top=args.top, layer=args.layer, discard_ratio=args.discard_ratio,
+                        head_fusion=args.head_fusion, exclude_same_camera=args.exclude_same_camera,
+                        cam=args.cam)
+    except (MissingMasks, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"overlays: {index}")

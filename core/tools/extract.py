@@ -6,6 +6,13 @@ The file holds `embeddings` (N, D) float32 and, per row, `paths` ("" for images 
 in memory), `pids` (-1 unknown), `camids`, `categories`, `domains`, `splits`; plus `meta`,
 a JSON string: the run folder, checkpoint, distance metric and embedding size, which
 `core search` checks before it ranks a query against the file.
+
+For galleries of millions (`--half`, issue 24) the embeddings are written batch by batch
+into a memory-mapped float16 .npy beside the .npz (`<out>.f16.npy`,
+`core.evaluation.features`): the whole gallery is never in RAM as float32, and the .npz
+holds the records and `embeddings_file` (the .npy's name) in place of `embeddings`;
+`load_features` maps it back read-only (the evaluator's `search: blocked` reads it block
+by block).
 """
 
 from __future__ import annotations
@@ -26,15 +33,18 @@ from core.tools.loading import LoadedRun
 
 
 def embed(run: LoadedRun, images: ImageSet, batch_size: int = 64, num_workers: int = 0,
-          progress: bool = True) -> np.ndarray:
+          progress: bool = True, half_file: str | Path | None = None) -> np.ndarray:
     """(N, D) float32 embeddings of `images` in table order, as evaluation computes them
-    (test transform, the run's flip averaging and autocast)."""
+    (test transform, the run's flip averaging and autocast); with `half_file`, written
+    batch by batch into that float16 memory map instead, which is returned."""
+    from core.evaluation.features import FeatureWriter
+
     from tqdm.auto import tqdm
 
     samples = ImageSamples(images.table, images.datasets, run.pipeline.test_transform)
     loader = DataLoader(samples, batch_size=batch_size, shuffle=False, collate_fn=collate,
                         num_workers=num_workers, pin_memory=run.device.type == "cuda")
-    chunks = []
+    chunks, writer = [], None
     with torch.no_grad(), run.autocast(), tqdm(total=len(samples), desc="extract", unit="img",
                                                disable=not progress, leave=False) as bar:
         for batch in loader:
@@ -43,10 +53,17 @@ def embed(run: LoadedRun, images: ImageSet, batch_size: int = 64, num_workers: i
             if run.flip:
                 batch.images = batch.images.flip(-1)
                 embedding = (embedding + run.model(batch)["embedding"].float()) / 2
-            chunks.append(embedding.cpu())
+            if half_file is None:
+                chunks.append(embedding.cpu())
+            else:
+                if writer is None:
+                    writer = FeatureWriter(half_file, len(samples), embedding.shape[1])
+                writer.write(embedding.cpu().numpy())
             bar.update(len(batch))
-    if not chunks:
+    if not chunks and writer is None:
         raise ValueError(f"{images.source}: no images to embed")
+    if writer is not None:
+        return writer.close()
     return torch.cat(chunks).numpy().astype(np.float32)
 
 
@@ -65,13 +82,16 @@ def save_features(path: str | Path, features: Features) -> Path:
         path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
     path.parent.mkdir(parents=True, exist_ok=True)
     t = features.images.table
+    e = features.embeddings
+    on_disk = isinstance(e, np.memmap) and e.filename and Path(e.filename).parent.resolve() == path.parent.resolve()
+    stored = dict(embeddings_file=np.asarray(Path(e.filename).name)) if on_disk else \
+        dict(embeddings=e.astype(np.float32))
     np.savez_compressed(
-        path, embeddings=features.embeddings.astype(np.float32),
-        paths=np.asarray([r.path or "" for r in t.records], dtype=str),
+        path, **stored,
+        paths=np.asarray(t.column("path").to_list(), dtype=str),  # "" where an image has no file
         pids=t.pids.astype(np.int64), camids=t.camids.astype(np.int64),
-        categories=np.asarray([r.category for r in t.records], dtype=str),
-        domains=np.asarray([r.domain for r in t.records], dtype=str),
-        splits=np.asarray([r.split for r in t.records], dtype=str),
+        categories=t.column("category").astype(str), domains=t.column("domain").astype(str),
+        splits=t.column("split").astype(str),
         meta=np.asarray(json.dumps(features.meta)))
     return path
 
@@ -82,10 +102,16 @@ def load_features(path: str | Path) -> Features:
     if not path.is_file():
         raise FileNotFoundError(f"features file not found: {path}")
     with np.load(path, allow_pickle=False) as data:
-        missing = [k for k in ("embeddings", "paths", "pids", "camids") if k not in data]
+        missing = [k for k in ("paths", "pids", "camids") if k not in data]
+        if "embeddings" not in data and "embeddings_file" not in data:
+            missing.insert(0, "embeddings")
         if missing:
             raise ValueError(f"{path}: not a features file written by `core extract` (lacks {', '.join(missing)})")
         arrays = {k: data[k] for k in data.files}
+    if "embeddings_file" in arrays:  # float16 memory map beside the .npz (`--half`)
+        from core.evaluation.features import open_features
+
+        arrays["embeddings"] = open_features(path.parent / str(arrays["embeddings_file"]))
     n = len(arrays["embeddings"])
     column = lambda key, default: arrays[key].tolist() if key in arrays else [default] * n  # noqa: E731
     records = [Record(path=p or None, pid=int(pid), camid=int(cam), category=c, domain=d, split=s)
@@ -94,7 +120,8 @@ def load_features(path: str | Path) -> Features:
                                                column("splits", "gallery"))]
     meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
     images = ImageSet(_table(records, path.stem), [ImageFiles(records)], str(path))
-    return Features(embeddings=arrays["embeddings"].astype(np.float32), images=images, meta=meta)
+    e = arrays["embeddings"]
+    return Features(embeddings=e if isinstance(e, np.memmap) else e.astype(np.float32), images=images, meta=meta)
 
 
 def features_meta(run: LoadedRun, images: ImageSet, embeddings: np.ndarray) -> dict[str, Any]:
@@ -104,13 +131,21 @@ def features_meta(run: LoadedRun, images: ImageSet, embeddings: np.ndarray) -> d
 
 
 def extract_to_file(target: str | Path, images: str | Path, out: str | Path, device: str = "auto",
-                    batch_size: int = 64, num_workers: int = 0, progress: bool = True) -> tuple[Path, Features]:
-    """What `core extract` does: load the run, embed the images, write the .npz."""
+                    batch_size: int = 64, num_workers: int = 0, progress: bool = True,
+                    half: bool = False) -> tuple[Path, Features]:
+    """What `core extract` does: load the run, embed the images, write the .npz (with
+    `half`, the embeddings into a float16 memory map beside it; module doc)."""
     from core.tools.images import open_images
     from core.tools.loading import load_run
 
     run = load_run(target, device=device)
     image_set = open_images(images, run)
-    embeddings = embed(run, image_set, batch_size=batch_size, num_workers=num_workers, progress=progress)
+    out = Path(out)
+    half_file = None
+    if half:
+        npz = out if out.suffix == ".npz" else Path(f"{out}.npz")
+        half_file = npz.with_suffix(".f16.npy")
+    embeddings = embed(run, image_set, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                       half_file=half_file)
     features = Features(embeddings, image_set, features_meta(run, image_set, embeddings))
     return save_features(out, features), features

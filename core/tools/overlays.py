@@ -1,4 +1,5 @@
-"""`core explain`: part-mask overlays for backbones that predict part masks (amsa).
+"""`core explain`: part-mask overlays for backbones that predict part masks (amsa); the
+other methods (Grad-CAM, attention rollout) are in `core.tools.explain_maps`.
 
 The contract (DESIGN.md "backbone": "may add ... masks per layer"): the model's output
 dict holds "part_masks", shape (B, P, N) with N = rows x cols of the backbone's
@@ -13,6 +14,7 @@ that part's minimum to its maximum, both written under it), and the arg-max part
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from core.tools.pictures import INK, WHITE, font, write_index
+from core.tools.pictures import INK, WHITE, font, jet, write_index
+
+log = logging.getLogger(__name__)
 
 CONTRACT = ("'part_masks': (B, P, N) probabilities over the backbone's patch grid (N = rows x cols of "
             "backbone.patch_grid), or (B, P, rows, cols)")
@@ -28,13 +32,6 @@ CONTRACT = ("'part_masks': (B, P, N) probabilities over the backbone's patch gri
 
 class MissingMasks(ValueError):
     """The model does not output part masks under the contract."""
-
-
-def jet(values: np.ndarray) -> np.ndarray:
-    """(H, W) in [0, 1] -> (H, W, 3) uint8, the classic blue-cyan-yellow-red map."""
-    v = np.clip(values, 0.0, 1.0)[..., None]
-    rgb = np.clip(1.5 - np.abs(4.0 * v - np.array([3.0, 2.0, 1.0])), 0.0, 1.0)
-    return (255 * rgb).astype(np.uint8)
 
 
 def part_colours(count: int) -> np.ndarray:
@@ -93,13 +90,25 @@ def overlay_picture(image: Image.Image, masks: torch.Tensor, size: tuple[int, in
     return canvas
 
 
+METHODS = ("auto", "parts", "gradcam", "rollout")
+
+
 def explain(target: str | Path, images: str, out: str | Path, key: str = "part_masks", limit: int = 32,
-            device: str = "auto", batch_size: int = 32) -> Path:
-    """What `core explain` does; returns the index.html path."""
+            device: str = "auto", batch_size: int = 32, method: str = "auto", gallery: str | None = None,
+            top: int = 5, layer: str | None = None, discard_ratio: float = 0.0, head_fusion: str = "mean",
+            exclude_same_camera: bool = False, cam: str = "gradcam") -> Path:
+    """What `core explain` does; returns the index.html path.
+
+    `method`: parts (the model's part masks, this module), gradcam (CNNs) or rollout
+    (ViTs) on each query and its top matches (`core.tools.explain_maps`); auto picks
+    parts when the model outputs `key`, else rollout for a ViT backbone, else gradcam.
+    """
     from core.data.loading import ImageSamples, collate
     from core.tools.images import open_images
     from core.tools.loading import load_run
 
+    if method not in METHODS:
+        raise ValueError(f"explain: method must be one of {', '.join(METHODS)}, got {method!r}")
     run = load_run(target, device=device)
     image_set = open_images(images, run)
     count = min(limit, len(image_set))
@@ -107,6 +116,19 @@ def explain(target: str | Path, images: str, out: str | Path, key: str = "part_m
     backbone = run.pipeline.provenance.get("backbone", {}).get("name", type(run.model.backbone).__name__)
     grid = getattr(run.model.backbone, "patch_grid", None) or run.pipeline.ctx.patch_grid
     out = Path(out)
+    if method == "auto":
+        method = _auto_method(run, collate([samples[0]]).to(run.device), key) if count else "parts"
+        log.info("explain: method %s (auto)", method)
+    if method != "parts":
+        from core.tools.explain_maps import Settings, explain_matches
+
+        if gallery is None:
+            at = str(images).partition("@")[2] if str(images).startswith("run:") else ""
+            gallery = "run:gallery" + (f"@{at}" if at else "")
+        return explain_matches(run, image_set, open_images(gallery, run), out,
+                               Settings(method, top=top, layer=layer, discard_ratio=discard_ratio,
+                                        head_fusion=head_fusion, cam=cam),
+                               limit=limit, exclude_same_camera=exclude_same_camera, batch_size=batch_size)
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for start in range(0, count, batch_size):
@@ -122,3 +144,13 @@ def explain(target: str | Path, images: str, out: str | Path, key: str = "part_m
             entries.append((name, title))
     return write_index(out, entries, f"part masks of {run.run_dir.name}",
                        f"{CONTRACT}; each heat map stretched from its part's minimum to its maximum", legend=False)
+
+
+def _auto_method(run, batch, key: str) -> str:
+    """parts when the model outputs `key`, rollout for a timm ViT backbone, else gradcam."""
+    from core.tools.rollout import attention_modules
+
+    with torch.no_grad():
+        if key in run.model(batch):
+            return "parts"
+    return "rollout" if attention_modules(run.model.backbone) else "gradcam"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 GREEN = (34, 160, 60)
@@ -21,6 +22,13 @@ GREY = (160, 160, 160)
 BLUE = (40, 90, 200)
 WHITE = (255, 255, 255)
 INK = (30, 30, 30)
+
+
+def jet(values: np.ndarray) -> np.ndarray:
+    """(H, W) in [0, 1] -> (H, W, 3) uint8, the classic blue-cyan-yellow-red map."""
+    v = np.clip(values, 0.0, 1.0)[..., None]
+    rgb = np.clip(1.5 - np.abs(4.0 * v - np.array([3.0, 2.0, 1.0])), 0.0, 1.0)
+    return (255 * rgb).astype(np.uint8)
 
 
 def font(size: int = 12) -> ImageFont.ImageFont:

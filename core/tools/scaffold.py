@@ -16,14 +16,17 @@ The templates are strings with `{{placeholders}}` in `core.tools.scaffold_templa
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from core.log_setup import echo_to
 from core.tools.scaffold_templates import TEMPLATES
+
+_echo = echo_to(logging.getLogger(__name__))
 
 #: kind -> (template name, class suffix, hook name), in the pipeline's build order
 KINDS: dict[str, tuple[str, str, str]] = {
@@ -124,7 +127,7 @@ def taken(components: Sequence[Component]) -> list[str]:
 
 def new_plugin(name: str, kinds: Mapping[str, Sequence[str]] | Sequence[str], out: str | Path = ".",
                force: bool = False, check_installed: bool = True, taken_names: str = "warn",
-               echo: Callable[[str], None] = lambda text: print(text, file=sys.stderr)) -> Path:
+               echo: Callable[[str], None] = _echo) -> Path:
     """Write the plugin; returns its folder. `kinds`: kind -> component names, or a list of
     kinds whose components take the plugin's name. A name an installed plugin registers
     too (`taken_names`): "warn" says that pipelines must then name this one `plugin:name`

@@ -14,7 +14,7 @@ path is never returned (searching a folder against itself), and with
 
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,8 @@ import torch
 from core.evaluation.distances import pairwise_distance
 from core.tools.images import UNKNOWN, ImageSet
 from core.tools.pictures import BLUE, GREEN, GREY, RED, RankedList, Tile, draw_ranked_list, write_index
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,7 +42,11 @@ class QueryResult:
 def rank(query: np.ndarray | torch.Tensor, gallery: np.ndarray | torch.Tensor, metric: str, top: int,
          query_set: ImageSet, gallery_set: ImageSet, exclude_same_camera: bool = False,
          chunk: int = 512) -> list[QueryResult]:
-    """Top `top` gallery items of every query (see the module doc for what is excluded)."""
+    """Top `top` gallery items of every query (see the module doc for what is excluded).
+    A memory-mapped gallery (`core extract --half`) is searched block by block
+    (`_rank_blocked`), never converted to float32 whole."""
+    if isinstance(gallery, np.memmap):
+        return _rank_blocked(query, gallery, metric, top, query_set, gallery_set, exclude_same_camera, chunk)
     q = torch.as_tensor(query, dtype=torch.float32)
     g = torch.as_tensor(gallery, dtype=torch.float32).to(q.device)
     if q.shape[1] != g.shape[1]:
@@ -69,6 +75,44 @@ def rank(query: np.ndarray | torch.Tensor, gallery: np.ndarray | torch.Tensor, m
             correct = [None if pid == UNKNOWN or int(gt.pids[j]) == UNKNOWN else bool(int(gt.pids[j]) == pid)
                        for j in idx]
             results.append(QueryResult(qi, idx, values[row, :top][keep].numpy(), correct))
+    return results
+
+
+def _rank_blocked(query, gallery: np.memmap, metric: str, top: int, query_set: ImageSet, gallery_set: ImageSet,
+                  exclude_same_camera: bool, chunk: int) -> list[QueryResult]:
+    """`rank` out of core: each query's exact top (top + the most items any query has
+    excluded) in the (distance, index) order (`core.evaluation.blocked.blocked_topk`),
+    then the excluded items dropped, leaving the same lists as `rank`."""
+    from core.evaluation.blocked import blocked_topk
+
+    if query.shape[1] != gallery.shape[1]:
+        raise ValueError(f"query embeddings have dimension {query.shape[1]} but the gallery's have "
+                         f"{gallery.shape[1]} (were they extracted with another model?)")
+    qt, gt = query_set.table, gallery_set.table
+    g_paths = np.asarray([r.path or "" for r in gt.records])
+    q_paths = np.asarray([r.path or "" for r in qt.records])
+    path_count = dict(zip(*np.unique(g_paths[g_paths != ""], return_counts=True)))
+    excluded = np.asarray([path_count.get(p, 0) if p else 0 for p in q_paths], dtype=np.int64)
+    if exclude_same_camera:
+        pairs, counts = np.unique(np.stack([gt.pids, gt.camids], 1), axis=0, return_counts=True)
+        pair = {(int(p), int(c)): int(n) for (p, c), n in zip(pairs, counts)}
+        excluded += np.asarray([0 if pid == UNKNOWN else pair.get((int(pid), int(cam)), 0)
+                                for pid, cam in zip(qt.pids, qt.camids)], dtype=np.int64)
+    top = min(top, len(gt))
+    values, order = blocked_topk(query, gallery, metric, top + int(excluded.max(initial=0)), query_block=chunk)
+    results = []
+    for qi in range(len(qt)):
+        idx, d = order[qi], values[qi]
+        keep = np.ones(len(idx), dtype=bool)
+        if q_paths[qi]:
+            keep &= g_paths[idx] != q_paths[qi]
+        pid, cam = int(qt.pids[qi]), int(qt.camids[qi])
+        if exclude_same_camera and pid != UNKNOWN:
+            keep &= ~((gt.pids[idx] == pid) & (gt.camids[idx] == cam))
+        idx, d = idx[keep][:top], d[keep][:top]
+        correct = [None if pid == UNKNOWN or int(gt.pids[j]) == UNKNOWN else bool(int(gt.pids[j]) == pid)
+                   for j in idx]
+        results.append(QueryResult(qi, idx, d, correct))
     return results
 
 
@@ -142,8 +186,8 @@ def search(target: str | Path, query: str, gallery: str, top: int = 10, out: str
         features = load_features(gallery)
         gallery_set, g_emb = features.images, features.embeddings
         if features.meta.get("run_dir") and Path(features.meta["run_dir"]) != run.run_dir.resolve():
-            print(f"warning: {gallery} was extracted with the run {features.meta['run_dir']}, not {run.run_dir}; "
-                  "distances across models mean nothing", file=sys.stderr)
+            log.warning(f"{gallery} was extracted with the run {features.meta['run_dir']}, not {run.run_dir}; "
+                        "distances across models mean nothing")
     else:
         gallery_set = open_images(gallery, run)
         g_emb = embed(run, gallery_set, batch_size=batch_size, progress=progress)
@@ -206,6 +250,35 @@ def worst_queries(target: str | Path, count: int = 10, top: int = 10, out: str |
     _write_sets_index(out_dir, entries, run.run_dir)
     echo(f"pictures: {out_dir / 'index.html'}")
     return found
+
+
+def ranked_list_image(trainer, queries: int = 4, top: int = 8):
+    """The ranked lists of the first `queries` queries of the trainer's first test set
+    (features kept from its last evaluation), stacked into one PIL image; None without."""
+    kept = getattr(trainer, "tracked_features", None)
+    if kept is None:
+        return None
+    from PIL import Image
+
+    test, query, gallery = kept
+    q_set = ImageSet(test.query, test.datasets, f"query@{test.name}")
+    g_set = ImageSet(test.gallery, test.datasets, f"gallery@{test.name}")
+    count = min(queries, len(test.query))
+    metric = str(getattr(trainer.p.evaluator, "metric", "cosine"))
+    exclude = bool(getattr(trainer.p.evaluator, "exclude_same_camera", True))
+    view = _subset(q_set, np.arange(count))
+    results = rank(query.embeddings[:count].float().cpu(), gallery.embeddings.float().cpu(), metric, top,
+                   view, g_set, exclude_same_camera=exclude)
+    pictures = [ranked_picture(r, view, g_set, height=96) for r in results]
+    if not pictures:
+        return None
+    width = max(p.width for p in pictures)
+    sheet = Image.new("RGB", (width, sum(p.height for p in pictures)), (255, 255, 255))
+    y = 0
+    for p in pictures:
+        sheet.paste(p, (0, y))
+        y += p.height
+    return sheet
 
 
 def _subset(images: ImageSet, rows: np.ndarray) -> ImageSet:

@@ -146,7 +146,23 @@ def gather_with_grad(local: torch.Tensor) -> torch.Tensor:
     between processes (padded; one all_gather of the counts); `local` itself outside DDP."""
     if not active():
         return local
-    counts = _row_counts(local)
+    return _gather_with_grad(local, _row_counts(local))
+
+
+def gather_with_grad_and_slice(local: torch.Tensor) -> tuple[torch.Tensor, slice]:
+    """`gather_with_grad(local)` and the slice of it that holds this process's rows: for a
+    computation on the whole batch whose result each process takes back for its own rows
+    (a BatchNorm over every process's rows, called on every process, maybe with no rows)."""
+    if not active():
+        return local, slice(0, local.shape[0])
+    counts, rank = _row_counts(local), dist.get_rank()
+    start = sum(counts[:rank])
+    return _gather_with_grad(local, counts), slice(start, start + counts[rank])
+
+
+def _gather_with_grad(local: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    if max(counts) == 0:  # no process has rows (every process knows: the counts are shared)
+        return local
     padded = local
     if local.shape[0] < max(counts):
         padded = torch.cat([local, local.new_zeros((max(counts) - local.shape[0], *local.shape[1:]))])
@@ -224,6 +240,16 @@ def all_reduce_max(value: int, device: torch.device) -> int:
     box = torch.tensor([int(value)], dtype=torch.int64, device=device)
     dist.all_reduce(box, op=dist.ReduceOp.MAX)
     return int(box.item())
+
+
+def all_reduce_sum(values: Sequence[int], device: torch.device) -> list[int]:
+    """Each of `values` summed over every rank (one all_reduce): e.g. how many rows of a
+    kind the whole batch holds, so that every rank takes the same branch."""
+    if not active():
+        return [int(v) for v in values]
+    box = torch.tensor([int(v) for v in values], dtype=torch.int64, device=device)
+    dist.all_reduce(box)
+    return [int(v) for v in box.tolist()]
 
 
 # ----------------------------------------------------------------- whole-batch methods

@@ -24,7 +24,7 @@ from core.training.checkpoint import WriteError, atomic_write_text, remove_stale
 
 #: what `core run` writes into a run folder (what --overwrite removes; nothing else is)
 RUN_OUTPUTS = ("pipeline.yaml", "environment.json", "metrics.jsonl", "report.md", "log.txt", "curves.png",
-               "checkpoints", "worst-queries")
+               "checkpoints", "worst-queries", "tensorboard", "wandb")  # the last two: `loggers:`
 LOCK_NAME = ".lock"
 
 

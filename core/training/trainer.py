@@ -11,6 +11,7 @@ EMA, position (stage, epoch, step) and the global RNG states.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -21,9 +22,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from core.data.device_normalise import finish_on_device
 from core.data.loading import ImageSamples, collate, mix_seed
 from core.interfaces import Episode, FeatureSet, read_output
-from core.pipeline import LossTerm, Pipeline, ReIDModel, resolve_device
+from core.pipeline import LossTerm, Pipeline, ReIDModel, bind_losses, resolve_device
 from core.plugins import get_plugin_manager
 from core.records import Batch
 from core.training import distributed as D
@@ -35,6 +37,10 @@ from core.training.interrupt import Interrupted, deferred_signals, ignore_in_wor
 from core.training.optim import build_optimizer, build_scheduler, select_parameters
 from core.training.report import format_report
 from core.training.run_folder import RunFolder
+from core.trackers import Trackers
+
+log = logging.getLogger(__name__)
+
 
 def sample_seed(seed: int, epoch: int, step: int, slot: int) -> int:
     """The augmentation seed of one sample of one step."""
@@ -94,9 +100,19 @@ class TrainingModule(ReIDModel):
         #: (device, precision) of the model forward's autocast (set by the trainer)
         self.amp: tuple[torch.device, str] = (torch.device("cpu"), "fp32")
 
+    def bind_losses(self) -> None:
+        """Hand the model (backbone + head, not the losses) to every loss with a
+        `bind(model)` method, e.g. one that keeps a momentum copy of the encoders. Done
+        before the first training step, after weights are loaded or restored, so a copy
+        starts from the weights that train; binding the same model again is a no-op."""
+        bind_losses(ReIDModel(self.backbone, self.head), self.losses)
+        self._losses_bound = True
+
     def forward(self, batch: Batch, train: bool = False):
         if not train:  # evaluation: the caller chose the precision (Trainer.eval_autocast)
             return super().forward(batch)
+        if not getattr(self, "_losses_bound", False):
+            self.bind_losses()
         with P.autocast(*self.amp):
             outputs = super().forward(batch) if self.model_forward else {}
         outputs = P.to_fp32(outputs)
@@ -130,6 +146,12 @@ class Position:
 
 class StopTraining(Exception):
     """Raised internally when `stop_after_steps` is reached."""
+
+
+def _headline(metrics: dict[str, float]) -> str:
+    """mAP and rank-1 of each set for a log line (every metric is in metrics.jsonl)."""
+    keys = [k for k in metrics if k.count("/") == 1 and k.endswith(("/mAP", "/rank-1"))] or list(metrics)[:6]
+    return ", ".join(f"{k} {metrics[k]:.2f}" for k in keys) or "no metrics"
 
 
 class NonFiniteGuard:
@@ -213,6 +235,12 @@ class Trainer:
         self.signals = None  # the SignalFlag while fit() runs
         self.position = Position()
         self.history: list[dict[str, Any]] = []  # evaluations, for the report
+        # experiment trackers (`loggers:`), rank 0 only; they get every metrics.jsonl record
+        self.trackers = Trackers(getattr(pipeline, "loggers", []) if self.dist.is_main and run.enabled else [])
+        #: draws a picture for the trackers after the final evaluation, `(trainer) -> PIL
+        #: image or None`; the runner sets the ranked-list picture (the trainer draws nothing)
+        self.final_picture = None
+        self.tracked_features = None  # (test set, query, gallery) of the last evaluation, for the trackers
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
         self.forward = self.net
@@ -245,6 +273,7 @@ class Trainer:
 
     def _to_device(self, batch: Batch) -> Batch:
         batch = batch.to(self.device, non_blocking=True)
+        batch = finish_on_device(batch, self.p.train_transform)  # uint8 images: normalised here
         if self.cfg.channels_last and batch.images.dim() == 4:
             batch.images = batch.images.contiguous(memory_format=torch.channels_last)
         return batch
@@ -286,7 +315,7 @@ class Trainer:
             gathered[k] = D.gather_rows(local, len(table))
         return FeatureSet(embeddings=gathered.pop("embedding"), pids=table.pids.copy(), camids=table.camids.copy(),
                           categories=table.category_ids.copy(), category_names=list(table.category_names),
-                          extras=gathered, records=list(table.records))
+                          extras=gathered, records=table.records)  # columnar: no object per image
 
     def evaluate(self, tag: str) -> dict[str, float]:
         """Evaluate every test set; keys `<set>/<metric>`, plus `mean/<metric>` over sets."""
@@ -300,6 +329,8 @@ class Trainer:
             result = self.p.evaluator.evaluate(query, gallery) if self.dist.is_main else None
             result = D.broadcast_object(result)
             per_set.append(result)
+            if self.trackers and len(per_set) == 1:
+                self.tracked_features = (test, query, gallery)
             metrics.update({f"{test.name}/{k}": float(v) for k, v in result.items()})
         if len(per_set) > 1:
             common = set.intersection(*(set(r) for r in per_set))
@@ -310,6 +341,8 @@ class Trainer:
                   "seconds": round(time.perf_counter() - start, 3), **metrics}
         self.history.append(record)
         self.run.log(record)
+        self.trackers.record(record)
+        log.info(f"evaluation '{tag}' at step {self.position.global_step}: " + _headline(metrics))
         self.emit("on_evaluate_end", metrics=metrics)
         return metrics
 
@@ -336,6 +369,7 @@ class Trainer:
                 "metrics_lines": lines,
                 "pipeline": self.p.name,
             })
+            log.debug(f"checkpoint written: {self.run.checkpoint} (step {self.position.global_step})")
         D.barrier()
 
     def _restore_weights(self, state: dict[str, Any]) -> None:
@@ -390,7 +424,25 @@ class Trainer:
 
     def fit(self) -> dict[str, float] | None:
         """Train all stages; returns the final metrics, or None when stopped early.
-        SIGINT/SIGTERM save a checkpoint at the next step boundary and raise `Interrupted`."""
+        SIGINT/SIGTERM save a checkpoint at the next step boundary and raise `Interrupted`.
+        The experiment trackers (`loggers:`) see the whole run: start, records, final, finish."""
+        from core.trackers.fanout import track_final
+
+        self.trackers.start(self.p.config.data, self.run.path)
+        ok = False
+        try:
+            final = self._fit()
+            if final is not None:
+                track_final(self, final)
+            ok = True
+            return final
+        finally:
+            self.trackers.finish(ok)
+
+    def _fit(self) -> dict[str, float] | None:
+        log.info(f"{self.p.name}: {'resuming' if self._resume_state is not None else 'training'} on {self.device}"
+                 + (f" ({self.dist.world_size} processes)" if self.dist.world_size > 1 else "")
+                 + f", {len(self.p.stages)} stage(s); run folder {self.run.path}")
         if self._resume_state is None and self.cfg.eval_before and self.p.test_sets:
             self.evaluate("baseline (untrained)")
         try:
@@ -398,6 +450,8 @@ class Trainer:
                 for stage_index in range(self.position.stage, len(self.p.stages)):
                     self._run_stage(stage_index)
         except StopTraining:
+            log.info(f"stopped at step {self.position.global_step} (trainer.stop_after_steps); "
+                     f"checkpoint saved: continue with `core run --resume {self.run.path}`")
             return None
         except Exception as exc:  # the full story goes to the run's log.txt; the CLI prints one line
             import traceback
@@ -424,9 +478,12 @@ class Trainer:
             else:  # another number of processes: rank 0's state (resume not bit-exact then)
                 set_rng_state(self._resume_state["rng"])
             self._resume_state = None
+            log.info(f"stage {stage.name}: resumed at epoch {self.position.epoch + 1}/{stage.epochs}, "
+                     f"step {self.position.step}")
         else:
             self.position = Position(stage=index, epoch=0, step=0, global_step=self.position.global_step,
                                      images=self.position.images)
+            log.info(f"stage {stage.name}: {stage.epochs} epoch(s)")
             self.emit("on_stage_start", stage=stage)
         while self.position.epoch < stage.epochs:
             self._run_epoch(stage, index)
@@ -565,11 +622,16 @@ class Trainer:
                 self._check_finite()
                 logged = D.all_reduce_mean({"loss": total.detach().float(), **parts})  # keys may differ by rank
                 rate = seen * self.dist.world_size / max(time.perf_counter() - tick, 1e-9)
-                self.run.log({"event": "train", "stage": stage.name, "epoch": epoch, "global_step": step,
-                              "images_seen": self.position.images,
-                              "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": round(rate, 2),
-                              **logged})
+                record = {"event": "train", "stage": stage.name, "epoch": epoch, "global_step": step,
+                          "images_seen": self.position.images,
+                          "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": round(rate, 2), **logged}
+                self.run.log(record)
+                self.trackers.record(record)
                 bar.set_postfix(loss=f"{logged['loss']:.3f}", img_s=f"{rate:.0f}")
+                parts_text = ", ".join(f"{k} {float(v):.4f}" for k, v in logged.items() if k != "loss")
+                log.info(f"{stage.name} epoch {self.position.epoch + 1}/{stage.epochs} step {self.position.step}/"
+                         f"{len(plan)}: loss {float(logged['loss']):.4f}" + (f" ({parts_text})" if parts_text else "")
+                         + f", lr {self.optimizer.param_groups[0]['lr']:.3g}, {rate:.0f} img/s")
             self.emit("on_step_end", step=step, batch=batch, outputs=outputs, losses=logged or {})
             if self.cfg.checkpoint_every_steps and step % self.cfg.checkpoint_every_steps == 0:
                 self.save()

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
 
+from core.data.cache import cached
+from core.data.columns import RecordColumns, as_columns
 from core.interfaces import Dataset
 from core.records import Record
 
@@ -125,16 +127,25 @@ class SplitFolderDataset(Dataset):
 
     def __init__(self, root: str) -> None:
         self.root = find_root(type(self).__name__, root, self.required_folders(), self.wrappers)
-        self._cache: dict[str, list[Record]] = {}
+        self._cache: dict[str, RecordColumns] = {}
 
     def required_folders(self) -> list[str]:
         return list(dict.fromkeys(self.folders.values()))
 
-    def records(self, split: str) -> list[Record]:
+    def records(self, split: str) -> RecordColumns:
+        """The split's records as columns (core.data.columns). Large listings are cached
+        (core.data.cache) by the path, size and mtime of the scanned folders -- adding,
+        removing or renaming an image changes its folder's mtime -- so the second start
+        of a large dataset does not scan it again."""
         check_split(type(self).__name__, split, self.splits)
         if split not in self._cache:
-            self._cache[split] = self.list_split(split)
-        return list(self._cache[split])
+            folders = [self.root / f for f in self.required_folders()]
+            params = {"class": f"{type(self).__module__}.{type(self).__qualname__}", "split": split,
+                      "folders": sorted(self.folders.items()),
+                      "options": sorted((k, v) for k, v in vars(self).items()
+                                        if isinstance(v, (str, int, float, bool, type(None))))}
+            self._cache[split] = cached("layout", folders, params, lambda: as_columns(self.list_split(split)))
+        return self._cache[split]
 
     def list_split(self, split: str) -> list[Record]:
         return self.list_folder(self.root / self.folders[split], split)

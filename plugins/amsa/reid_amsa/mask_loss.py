@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from core.context import BuildContext
 from core.interfaces import Loss, read_output
 from core.records import Batch
+from reid_amsa.backbone import PARTS_KEY
 from reid_amsa.masking import stripe_masks
 
 NAME = "loss 'muva_mask'"
@@ -64,6 +65,9 @@ class PartMaskLoss(Loss):
             raise ValueError(f"{NAME}: smooth must be > 0, got {smooth}")
         self.target, self.logits = target, logits
         self.bce_weight, self.dice_weight, self.smooth = float(bce_weight), float(dice_weight), float(smooth)
+        if ctx.extras.get(PARTS_KEY) == 0:
+            raise ValueError(f"{NAME}: the backbone has no local tokens (amsa_clip `parts: 0`, the single-grained "
+                             "model), so no part scores to supervise; leave muva_mask out or set parts >= 1")
         self.grid = tuple(ctx.patch_grid) if ctx.patch_grid else None
         if target == "stripes" and self.grid is None:
             raise ValueError(f"{NAME}: target 'stripes' needs the backbone's patch grid (ctx.patch_grid), "

@@ -28,6 +28,9 @@ Outputs: "global" (B, D) the ViT's class token (as the core's `timm` backbone), 
 embedding (the s of the adaptive triplet), "has_image" (B,) bool; in evaluation also
 "reference_instruction_embedding" (B, E): the same instructions through the frozen
 reference encoder (mAP-tau's positives, never the trainable towers: see `reference_encoder`).
+In training also "image_tokens" (B, P + N, D) the ViT's token states (zeros for text-only
+rows), "instruction_tokens" (B, L, D) and "instruction_valid" (B, L): the inputs of the
+text-to-image matching branch (`t2i_matching.py`).
 
 Instructions come from the batch: extras "instruction" (a text, or a tuple of phrasings:
 one drawn per sample in training, the first in evaluation) and "instruction_image"
@@ -225,6 +228,10 @@ class InstructEditor(Backbone):
         global_ = vit.forward_head(feats, pre_logits=True)
         bio, clo = self.edit(feats, instr["tokens"].index_select(0, rows), instr["valid"].index_select(0, rows),
                              instr["cls"].index_select(0, rows))
+        if self.training:  # the text-to-image matching branch's inputs (t2i_matching.py)
+            out["instruction_tokens"], out["instruction_valid"] = instr["tokens"], instr["valid"]
+            out["image_tokens"] = feats if len(rows) == n else \
+                feats.new_zeros(n, *feats.shape[1:]).index_copy(0, rows, feats)
         if len(rows) == n:
             return {**out, "global": global_, "bio": bio, "clo": clo}
         return {**out, "global": zeros.index_copy(0, rows, global_.to(zeros.dtype)),

@@ -20,6 +20,12 @@ zeros and are skipped by the losses (`has_image`).
 
 BatchNorm biases are frozen (bias-free BN, the BNNeck of Luo et al. 2019); a BatchNorm
 that sees a single row in training normalises it with its running statistics.
+
+Under DDP the image and text branches run when the whole batch (every process's rows)
+holds rows of their kind — on every process, with no row on a process that holds none,
+so a synchronised BatchNorm is called by all processes or none; with `trainer.sync_bn`
+each one normalises every process's rows together (gathered with gradient): the
+one-process statistics, the single-row rule on the whole batch's count.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from torch import nn
 from core.context import BuildContext
 from core.interfaces import Head, read_output
 from core.records import Batch
+from core.training import distributed as D
 from reid_instruct_editor.task_classifier import TaskClassifiers
 
 NAME = "head 'instruct_editor'"
@@ -44,9 +51,6 @@ class InstructHead(Head):
     `classifier_per_task` (true: one classifier per task over its training identities, as
     the authors' code; false: one over every identity, `task_classifier.py`)."""
 
-    #: image rows and text-only rows take different BatchNorms: a rank's shard may hold
-    #: only one kind (DDP: unused parameters; no SyncBN there, it would deadlock)
-    conditional_modules = ("fusion_bn", "global_bn", "text_bn", "text_projection")
 
     def __init__(self, ctx: BuildContext, bias_free_bn: bool = True, classifier: bool = True,
                  classifier_per_task: bool = True) -> None:
@@ -77,15 +81,18 @@ class InstructHead(Head):
         has_image = torch.ones(n, dtype=torch.bool, device=bio.device) if has_image is None else has_image
         images, texts = has_image.nonzero().squeeze(1), (~has_image).nonzero().squeeze(1)
         bio_bn, clo_bn, global_bn = (bio.new_zeros(n, dim) for _ in range(3))
-        if len(images):
-            both = _batch_norm(self.fusion_bn, torch.cat([bio.index_select(0, images), clo.index_select(0, images)]))
-            bio_bn = bio_bn.index_copy(0, images, both[: len(images)].to(bio_bn.dtype))
-            clo_bn = clo_bn.index_copy(0, images, both[len(images):].to(clo_bn.dtype))
-            global_bn = global_bn.index_copy(0, images, _batch_norm(self.global_bn, glob.index_select(0, images))
-                                             .to(global_bn.dtype))
-        if len(texts):
+        # whole-batch counts: every process takes the same branches (module docstring)
+        n_images, n_texts = D.all_reduce_sum([len(images), len(texts)], bio.device) if self.training \
+            else (len(images), len(texts))
+        if n_images:
+            bio_i, clo_i = _batch_norm(self.fusion_bn, bio.index_select(0, images), clo.index_select(0, images))
+            bio_bn = bio_bn.index_copy(0, images, bio_i.to(bio_bn.dtype))
+            clo_bn = clo_bn.index_copy(0, images, clo_i.to(clo_bn.dtype))
+            (glob_i,) = _batch_norm(self.global_bn, glob.index_select(0, images))
+            global_bn = global_bn.index_copy(0, images, glob_i.to(global_bn.dtype))
+        if n_texts:
             cls = read_output(features, "instruction_cls", NAME, hint).index_select(0, texts)
-            projected = _batch_norm(self.text_bn, self.text_projection(cls))
+            (projected,) = _batch_norm(self.text_bn, self.text_projection(cls))
             bio_bn = bio_bn.index_copy(0, texts, projected[:, :dim].to(bio_bn.dtype))
             clo_bn = clo_bn.index_copy(0, texts, projected[:, dim:].to(clo_bn.dtype))
         out = {"bio_bn": bio_bn, "clo_bn": clo_bn, "global_bn": global_bn,
@@ -95,9 +102,26 @@ class InstructHead(Head):
         return out
 
 
-def _batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
-    """`bn(x)`, with the running statistics when a training batch has one row (batch
-    statistics of one row are undefined)."""
+def _batch_norm(bn: nn.BatchNorm1d, *parts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`bn` on the rows of `parts` together (one batch statistic; the fusion BN normalises
+    the bio and clo rows as one batch), returned split as given. Under DDP with a
+    synchronised `bn` (`trainer.sync_bn` converted it), every process's rows are gathered
+    with gradient and normalised as one process would, then each process keeps its own:
+    the statistics, the running statistics (equal on every process) and the single-row
+    rule below are those of the whole batch, whatever rows a process holds."""
+    x = torch.cat(parts) if len(parts) > 1 else parts[0]
+    if bn.training and D.active() and isinstance(bn, (nn.SyncBatchNorm, D.GatheredBatchNorm)):
+        rows, mine = D.gather_with_grad_and_slice(x)
+        x = _rows_batch_norm(bn, rows, plain=True)[mine]
+    else:
+        x = _rows_batch_norm(bn, x)
+    return tuple(x.split([p.shape[0] for p in parts]))
+
+
+def _rows_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, plain: bool = False) -> torch.Tensor:
+    """`bn(x)`, with the running statistics when a training batch has fewer than two rows
+    (batch statistics of one row are undefined; none: nothing to normalise). `plain`: as
+    a one-process BatchNorm, whatever subclass `bn` is (its synchronised forward skipped)."""
     if bn.training and x.shape[0] < 2:
         return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
-    return bn(x)
+    return nn.modules.batchnorm._BatchNorm.forward(bn, x) if plain else bn(x)

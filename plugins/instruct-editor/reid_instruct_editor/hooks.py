@@ -29,6 +29,7 @@ def register_losses(register):
     register("adaptive_triplet", "reid_instruct_editor.adaptive_triplet:AdaptiveTripletLoss")
     register("irm_memory", "reid_instruct_editor.memory:IRMMemoryLoss")
     register("t2i_contrastive", "reid_instruct_editor.t2i_contrastive:T2IContrastiveLoss")
+    register("t2i_matching", "reid_instruct_editor.t2i_matching:T2IMatchingLoss")
 
 
 @hookimpl

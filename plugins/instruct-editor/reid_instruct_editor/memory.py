@@ -15,10 +15,17 @@ hard supervision — but not its equations; the exact form below is ours (METHOD
            L_soft = mean_i -sum_k q_ik log softmax(z_i)_k
     L = (1 - lambda) L_hard + lambda L_soft,     lambda = 0.4, tau = 0.5
 
-    update (after the loss, every training step, all processes' samples): for each
-    identity y in the batch, with f_y the normalised mean of its samples' embeddings,
+    update (after the optimisation step, every training step, all processes' samples):
+    for each identity y in the batch, with f_y the normalised mean of its samples' embeddings,
         M_y <- normalise(mu M_y + (1 - mu) f_y),   mu = 0.2
     (a slot not seen before is set to f_y, before the loss reads it).
+
+With gradient accumulation the step's batch is all its micro-batches: every micro-batch's
+loss reads the memory as it was at the step's start (slots first seen in this step: the
+mean over the step's micro-batches so far), and the update runs once, at `on_step_end`,
+with all of them — one step of an accumulated batch of n x b equals one batch of n x b
+except that an identity first seen in a later micro-batch is not yet a slot for the
+earlier ones. The update works on all N slots with masks (no host synchronisation).
 
 The soft term is the memory-side counterpart of the authors' momentum distillation
 (soft targets mixed 0.4 : 0.6 with the hard ones): the distribution over identities of
@@ -96,38 +103,52 @@ class IRMMemoryLoss(Loss):
         pids = batch.pids.to(f.device, torch.long)
         emb = F.normalize(read_output(outputs, self.instruction, NAME).detach().float(), dim=1)
         s = emb @ emb.t()
-        if self.training:
-            self._fill_new(f.detach(), pids)
-        # a copy: the update below changes the slots in place, and backward needs the ones read
+        if self.training and torch.is_grad_enabled():  # the step's update runs at on_step_end
+            self._pending = [*getattr(self, "_pending", []), _gather(f.detach(), pids)]
+            self._fill_new()
+        # a copy: the next micro-batch's fill and the step's update change the slots in place
         loss, parts = memory_loss(f, pids, s, self.memory.clone(), self.filled.clone(), self.temperature,
                                   self.tau, self.soft_weight)
-        if self.training:
-            self.update(f.detach(), pids)
         parts["filled"] = self.filled.float().mean()
         return loss, parts
 
-    @torch.no_grad()
-    def _fill_new(self, f: torch.Tensor, pids: torch.Tensor) -> None:
-        f, pids = _gather(f, pids)
-        ids, means = _identity_means(f, pids)
-        new = ~self.filled[ids]
-        self.memory[ids[new]] = means[new]
-        self.filled[ids[new]] = True
+    def on_step_end(self, trainer=None, **_) -> None:
+        """The step's update, with every micro-batch since the last one (accumulation)."""
+        pending, self._pending, self._fresh = getattr(self, "_pending", []), [], None
+        if pending:
+            self.update(torch.cat([f for f, _ in pending]), torch.cat([p for _, p in pending]), gathered=True)
 
     @torch.no_grad()
-    def update(self, f: torch.Tensor, pids: torch.Tensor) -> None:
-        """M_y <- normalise(mu M_y + (1 - mu) f_y) for the batch's identities (all ranks')."""
-        f, pids = _gather(f, pids)
-        ids, means = _identity_means(f, pids)
-        self.memory[ids] = F.normalize(self.momentum * self.memory[ids] + (1.0 - self.momentum) * means, dim=1)
-        self.filled[ids] = True
+    def _fill_new(self) -> None:
+        """Slots not seen before the step are set to the mean of the step's samples so far."""
+        f, pids = torch.cat([f for f, _ in self._pending]), torch.cat([p for _, p in self._pending])
+        present, means = _slot_means(f, pids, self.memory.shape[0])
+        fresh = getattr(self, "_fresh", None)
+        fresh = present & ~self.filled if fresh is None else fresh | (present & ~self.filled)
+        self._fresh = fresh
+        self.memory.copy_(torch.where(fresh[:, None], means, self.memory))
+        self.filled.logical_or_(fresh)
+
+    @torch.no_grad()
+    def update(self, f: torch.Tensor, pids: torch.Tensor, gathered: bool = False) -> None:
+        """M_y <- normalise(mu M_y + (1 - mu) f_y) for the batch's identities (all ranks');
+        a slot not yet filled is set to f_y."""
+        if not gathered:
+            f, pids = _gather(f, pids)
+        present, means = _slot_means(f, pids, self.memory.shape[0])
+        new = present & ~self.filled
+        moved = F.normalize(self.momentum * self.memory + (1.0 - self.momentum) * means, dim=1)
+        self.memory.copy_(torch.where(new[:, None], means, torch.where(present[:, None], moved, self.memory)))
+        self.filled.logical_or_(present)
 
 
-def _identity_means(f: torch.Tensor, pids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(identities, the normalised mean of each one's features)."""
-    ids, inverse = torch.unique(pids, return_inverse=True)
-    sums = torch.zeros(len(ids), f.shape[1], device=f.device, dtype=f.dtype).index_add_(0, inverse, f)
-    return ids, F.normalize(sums, dim=1)
+def _slot_means(f: torch.Tensor, pids: torch.Tensor, slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(which of the `slots` identities occur, the normalised mean of each one's features;
+    zero for those absent) — fixed shapes, no host synchronisation."""
+    sums = torch.zeros(slots, f.shape[1], device=f.device, dtype=f.dtype).index_add_(0, pids, f)
+    ones = torch.ones_like(pids, dtype=f.dtype)
+    counts = torch.zeros(slots, device=f.device, dtype=f.dtype).index_add_(0, pids, ones)
+    return counts > 0, F.normalize(sums, dim=1)
 
 
 def _gather(f: torch.Tensor, pids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,26 +1,37 @@
 """IRM's text-to-image branch (YAML loss name `t2i_contrastive`): identity-aware
-image-text contrastive learning against queues of past features, as the authors' code
-trains the text-to-image task (its `loss_cl`, from RaSa / ALBEF).
+image-text contrastive learning against queues of past features, with a momentum text
+encoder and momentum distillation, as the authors' code trains the text-to-image task
+(its `loss_cl`, from RaSa / ALBEF).
 
-For the batch's image rows (features v, unit norm) and text rows (captions alone, t), with
-queues V_q, T_q of past image and text features and their identities:
+For the batch's image rows (features v, unit norm) and text rows (captions alone, t), the
+momentum model's features of the same captions t_m (EMA of the model, m = 0.995, updated
+before each step; `momentum.py`), and queues V_q, T_q of past image features and past
+momentum text features with their identities:
 
-    keys_img = [v ; V_q],   keys_txt = [t ; T_q]                  (no gradient)
-    target_i(j) = [y_i = y_j] / #{j : y_i = y_j}                   (identity-aware)
-    L_x2y = mean_i -sum_j target_i(j) log softmax_j(x_i . keys_y_j / temp)
-    L_cl  = (L_i2t + L_t2i + L_i2i + L_t2t) / 4
+    keys_img = [v ; V_q],   keys_txt = [t_m ; T_q]                 (no gradient)
+    y_i(j)   = [id_i = id_j] / #{j : id_i = id_j}                  (identity-aware)
+    target_i = alpha softmax(q_m,i . keys / temp) + (1 - alpha) y_i   (alpha = 0.4)
+    L_x2y    = mean_i -sum_j target_i(j) log softmax_j(x_i . keys_y_j / temp)
+    L_cl     = (L_i2t + L_t2i + L_i2i + L_t2t) / 4
 
-`temp` is learnt (initial 0.07, clamped to [0.001, 0.5]); after the loss, the batch's
-features (of every process) enter the queues (first in, first out; `queue_size` 65,536
-in the authors' code). Features: the retrieval embedding ("embedding"), so the space the
-loss shapes is the one a caption query is ranked in (the authors' code uses a separate
-256-d image-text space; ours: one space for every task, the task-free setting's).
+q_m is the query's momentum feature: v itself for image queries (the authors keep no
+momentum image encoder: their `model_pairs` are the text encoder and its projection),
+t_m for caption queries. `temp` is learnt (initial 0.07, clamped to [0.001, 0.5]); after
+the loss v and t_m (of every process) enter the queues (first in, first out;
+`queue_size` 65,536 in the authors' code). `momentum: null` drops the momentum model:
+keys and queue hold t, targets are y alone (the earlier variant).
 
-Not built (README "Our choices"): the authors' momentum text encoder (queue features and
-0.4 momentum-distilled targets come from it; ours enqueue the current features and use
-the identity targets alone), the image-text matching head with hard negatives (p-ITM),
-masked language modelling and replaced-token detection. Their total for the task is
-0.5 L_cl + L_pitm + L_mlm + 0.5 L_mrtd: `weight: 0.5` gives the first term.
+The momentum model is a copy of the whole model (backbone and head) run on the caption
+rows only: their features come from the instruction encoder, its projection and the
+head's text path (the authors' text encoder and text projection). The trainer binds it at
+stage start (`on_stage_start`); outside a trainer call `bind(model)`.
+
+Features: the retrieval embedding ("embedding"), so the space the loss shapes is the
+one a caption query is ranked in (the authors' code uses a separate 256-d image-text
+space; ours: one space for every task, the task-free setting's). The matching (p-ITM)
+and masked-language terms are `t2i_matching.py`; replaced-token detection is not built.
+Their total for the task is 0.5 L_cl + L_pitm + L_mlm + 0.5 L_mrtd: `weight: 0.5` gives
+the first term.
 
 Rows of other tasks are ignored (`task`); a batch without both image and text rows of
 the task gives 0.
@@ -34,35 +45,48 @@ from torch import nn
 
 from core.context import BuildContext
 from core.interfaces import Loss, read_output
+from core.pipeline import ReIDModel
 from core.records import Batch
 from core.training import distributed as D
+from reid_instruct_editor.momentum import MomentumCopy
 from reid_instruct_editor.tasks import TEXT_TO_IMAGE
 
 NAME = "loss 't2i_contrastive'"
 
 
 def contrastive(queries: torch.Tensor, q_ids: torch.Tensor, keys: torch.Tensor, k_ids: torch.Tensor,
-                temp: torch.Tensor) -> torch.Tensor:
-    """mean over queries of the cross-entropy between identity-aware targets and
-    softmax(queries . keys / temp); every query must have a key of its identity."""
+                temp: torch.Tensor, soft_queries: torch.Tensor | None = None, alpha: float = 0.0) -> torch.Tensor:
+    """mean over queries of the cross-entropy between the targets and
+    softmax(queries . keys / temp); targets: identity-aware (every query must have a key
+    of its identity), mixed with weight `alpha` with softmax(soft_queries . keys / temp)
+    (momentum distillation; no gradient) when `soft_queries` is given."""
     logits = queries @ keys.t() / temp
     positive = (q_ids[:, None] == k_ids[None, :]).float()
     targets = positive / positive.sum(dim=1, keepdim=True)
+    if soft_queries is not None and alpha > 0:
+        with torch.no_grad():
+            soft = F.softmax(soft_queries @ keys.t() / temp, dim=1)
+        targets = alpha * soft + (1.0 - alpha) * targets
     return -(F.log_softmax(logits, dim=1) * targets).sum(dim=1).mean()
 
 
 class T2IContrastiveLoss(Loss):
     """L_cl of the module docstring. Keys: `features` (embedding), `queue_size` (65536),
     `temperature` (0.07, learnt; `learn_temperature`), `task` (text-to-image), `dim` (null:
-    the head's embedding width)."""
+    the head's embedding width), `momentum` (0.995; null: no momentum model),
+    `distill` (0.4: the weight of the momentum model's soft targets)."""
 
     #: updated from every process's gathered rows: equal on all ranks (no DDP broadcast)
     shared_buffers = ("image_*", "text_*")
 
     def __init__(self, ctx: BuildContext, features: str = "embedding", queue_size: int = 65536,
                  temperature: float = 0.07, learn_temperature: bool = True, task: str = TEXT_TO_IMAGE,
-                 dim: int | None = None) -> None:
+                 dim: int | None = None, momentum: float | None = 0.995, distill: float = 0.4) -> None:
         super().__init__()
+        if momentum is not None and not 0.0 <= momentum < 1.0:
+            raise ValueError(f"{NAME}: momentum must be in [0, 1) or null, got {momentum}")
+        if not 0.0 <= distill <= 1.0:
+            raise ValueError(f"{NAME}: distill must be in [0, 1], got {distill}")
         if queue_size < 0:
             raise ValueError(f"{NAME}: queue_size must be >= 0, got {queue_size}")
         if not 0.001 <= temperature <= 0.5:
@@ -71,11 +95,44 @@ class T2IContrastiveLoss(Loss):
         if not dim:
             raise ValueError(f"{NAME}: the queue width is unknown; set `dim` (the width of '{features}')")
         self.features, self.task, self.queue_size = features, task, int(queue_size)
+        self.momentum = None if momentum is None else float(momentum)
+        self.distill = float(distill) if momentum is not None else 0.0
+        self._momentum_model: MomentumCopy | None = None  # not a submodule (momentum.py)
         self.temp = nn.Parameter(torch.tensor(float(temperature)), requires_grad=bool(learn_temperature))
         for name in ("image", "text"):
             self.register_buffer(f"{name}_queue", torch.zeros(self.queue_size, int(dim)))
             self.register_buffer(f"{name}_ids", torch.full((self.queue_size,), -1, dtype=torch.long))
             self.register_buffer(f"{name}_ptr", torch.zeros((), dtype=torch.long))
+
+    # ---------------------------------------------------------------- momentum model
+    def bind(self, model: nn.Module) -> None:
+        """Keep a momentum copy of `model` (a ReIDModel: backbone + head); binding the same
+        backbone and head again keeps the copy."""
+        if self.momentum is None:
+            return
+        bound = self._momentum_model.live if self._momentum_model is not None else None
+        if bound is None or not (bound.backbone is model.backbone and bound.head is model.head):
+            self._momentum_model = MomentumCopy(model, self.momentum)
+
+    def on_stage_start(self, trainer, stage) -> None:  # trainer event
+        """Bind the trainer's model (its backbone and head, without the losses)."""
+        self.bind(ReIDModel(trainer.net.backbone, trainer.net.head))
+
+    @property
+    def momentum_model(self) -> MomentumCopy | None:
+        return self._momentum_model
+
+    def _momentum_features(self, batch: Batch, texts: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """(B, d) momentum features of the text rows (zeros elsewhere), after the update."""
+        if self._momentum_model is None:
+            raise RuntimeError(f"{NAME}: momentum is {self.momentum} but no model is bound; the trainer binds "
+                               "it at stage start, elsewhere call loss.bind(model) (or set momentum: null)")
+        self._momentum_model.update()
+        out = like.new_zeros(like.shape)
+        if bool(texts.any()):
+            feats = self._momentum_model(batch.select(texts))[self.features].float()
+            out[texts] = feats.to(out.dtype)
+        return out
 
     def _rows(self, outputs: dict[str, torch.Tensor], batch: Batch, n: int,
               device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,9 +147,11 @@ class T2IContrastiveLoss(Loss):
     def forward(self, outputs: dict[str, torch.Tensor], batch: Batch):
         x = read_output(outputs, self.features, NAME, "the `instruct_editor` head produces it")
         images, texts = self._rows(outputs, batch, len(x), x.device)
-        # under DDP: every process's rows (with their gradient), as one process's batch
         local = {"x": x, "images": images, "texts": texts}
-        gathered, batch = D.gather_for_loss(local, batch, ["x", "images", "texts"])
+        if self.momentum is not None and self.training:
+            local["m"] = self._momentum_features(batch, texts, x.detach())
+        # under DDP: every process's rows (with their gradient), as one process's batch
+        gathered, batch = D.gather_for_loss(local, batch, list(local))
         x, images, texts = gathered["x"].float(), gathered["images"].bool(), gathered["texts"].bool()
         zero = x.sum() * 0.0
         if not bool(images.any()) or not bool(texts.any()):
@@ -104,19 +163,26 @@ class T2IContrastiveLoss(Loss):
             raise ValueError(f"{NAME}: '{self.features}' has width {x.shape[1]}, the queues "
                              f"{self.image_queue.shape[1]}; set `dim`")
         temp = self.temp.clamp(0.001, 0.5)
+        # the momentum model's caption features (keys, queue and soft targets); without it, t
+        t_m = F.normalize(gathered["m"].float()[texts], dim=1) if "m" in gathered else t.detach()
         with torch.no_grad():
-            img_keys, img_ids = self._keys("image", v, v_ids)
-            txt_keys, txt_ids = self._keys("text", t, t_ids)
+            img_keys, img_ids = self._keys("image", v.detach(), v_ids)
+            txt_keys, txt_ids = self._keys("text", t_m, t_ids)
+        soft = "m" in gathered and self.distill > 0
         # queries whose identity has no key on the other side (an unpaired row) leave that term
         parts = {}
-        for name, q, q_ids, keys, k_ids in (("i2t", v, v_ids, txt_keys, txt_ids), ("t2i", t, t_ids, img_keys, img_ids),
-                                            ("i2i", v, v_ids, img_keys, img_ids), ("t2t", t, t_ids, txt_keys, txt_ids)):
+        for name, q, q_m, q_ids, keys, k_ids in (("i2t", v, v, v_ids, txt_keys, txt_ids),
+                                                 ("t2i", t, t_m, t_ids, img_keys, img_ids),
+                                                 ("i2i", v, v, v_ids, img_keys, img_ids),
+                                                 ("t2t", t, t_m, t_ids, txt_keys, txt_ids)):
             paired = (q_ids[:, None] == k_ids[None, :]).any(dim=1)
-            parts[name] = contrastive(q[paired], q_ids[paired], keys, k_ids, temp) if bool(paired.any()) else zero
+            parts[name] = contrastive(q[paired], q_ids[paired], keys, k_ids, temp,
+                                      q_m[paired].detach() if soft else None, self.distill) \
+                if bool(paired.any()) else zero
         loss = sum(parts.values()) / 4
         if self.training:
             self._enqueue("image", v.detach(), v_ids)
-            self._enqueue("text", t.detach(), t_ids)
+            self._enqueue("text", t_m, t_ids)
         return loss, {**{k: p.detach() for k, p in parts.items()}, "temp": temp.detach()}
 
     def _keys(self, name: str, current: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -129,6 +129,7 @@ def test_memory_slots_are_filled_then_momentum_updated(make_batch, build_ctx):
     emb = torch.tensor([[3.0, 0.0], [0.0, 3.0], [0.0, -1.0]])
     outputs = {"embedding": emb, "instruction_embedding": torch.ones(3, 4)}
     value, parts = loss(outputs, batch)
+    loss.on_step_end()  # the trainer's call after the optimisation step: the update
     assert torch.isfinite(value)
     first = F.normalize(torch.tensor([1.0, 1.0]), dim=0)  # identity 0: mean of its unit features
     # filled at first sight, then updated with the same mean: unchanged
@@ -137,11 +138,13 @@ def test_memory_slots_are_filled_then_momentum_updated(make_batch, build_ctx):
     assert loss.filled.tolist() == [True, False, True] and math.isclose(float(parts["filled"]), 2 / 3, rel_tol=1e-6)
     emb2 = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, -1.0]])
     loss({"embedding": emb2, "instruction_embedding": torch.ones(3, 4)}, batch)
+    loss.on_step_end()
     expect = F.normalize(0.2 * first + 0.8 * torch.tensor([1.0, 0.0]), dim=0)
     assert torch.allclose(loss.memory[0], expect, atol=1e-6)
     loss.eval()
     before = loss.memory.clone()
     loss({"embedding": emb, "instruction_embedding": torch.ones(3, 4)}, batch)
+    loss.on_step_end()
     assert torch.equal(loss.memory, before)  # evaluation never writes the memory
 
 

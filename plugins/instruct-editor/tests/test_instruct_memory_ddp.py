@@ -43,6 +43,7 @@ def run_steps(build_ctx, make_batch, rows: slice) -> IRMMemoryLoss:
     for step in range(3):
         outputs = {"embedding": emb[rows] * (step + 1) + step, "instruction_embedding": instructions[rows]}
         loss(outputs, make_batch(["x"] * len(pids[rows]), pids=pids[rows]))
+        loss.on_step_end()
     return loss
 
 

@@ -1,0 +1,245 @@
+"""IRM's text-to-image matching branch (YAML loss name `t2i_matching`): a BERT-style
+fusion encoder over a caption's tokens with cross-attention to an image's tokens, trained
+with proximity-sensitive image-text matching on hard negatives (p-ITM) and masked
+language modelling (MLM), as the authors' code trains the text-to-image task (RaSa's
+L_pitm and L_mlm; their total 0.5 L_cl + L_pitm + L_mlm + 0.5 L_mrtd).
+
+Fusion layer (BERT, post-norm): h <- LN(h + SelfAttn(h)); h <- LN(h + CrossAttn(h, image));
+h <- LN(h + FFN(h)); text padding is masked as keys. Inputs: the caption's token states
+projected to the image width ("instruction_tokens", the text encoder of the authors'
+BERT split into text and fusion layers) and the ViT's token states ("image_tokens").
+
+p-ITM (Eq. of RaSa / the authors' forward): each caption row i is paired with an image row
+of its identity (the first in the batch); one hard negative image per caption is drawn
+with probability softmax(t_i . v_j / temp) over the batch's image rows of *other*
+identities, one hard negative caption per paired image likewise from softmax(v . t / temp);
+the matching head (Linear(D, 2) on the fused first token) is trained with cross-entropy,
+labels 1 for the n positive pairs and 0 for the (up to) 2n negative ones.
+
+MLM (BERT): 15 % of each caption's tokens (not start-, end-of-text or padding) are
+chosen; of those 80 % become the mask token, 10 % a random token, 10 % stay; the caption
+is re-encoded by the live text encoder, fused with its paired image, and a BERT prediction
+head (Linear, GELU, LayerNorm, Linear to the vocabulary) is trained with cross-entropy on
+the chosen positions. CLIP's vocabulary has no [MASK]: the mask token is start-of-text,
+which never occurs inside a caption.
+
+Not built (README "Our choices"): the authors' momentum-distilled MLM targets (0.4 of the
+momentum text encoder's prediction), replaced-token detection (MRTD), and ITM re-ranking
+of the top-k at test time. Sizes: the authors' fusion is BERT-base's last 6 layers
+(width 768, 12 heads); `layers`, `heads` set ours (the backbone's width).
+
+Needs the bound model's text encoder for MLM (`bind(model)`; the trainer binds it at
+stage start), the backbone's training outputs "instruction_tokens", "instruction_valid",
+"image_tokens", and the retrieval "embedding" for hard-negative sampling.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.context import BuildContext
+from core.interfaces import Loss, read_output
+from core.pipeline import ReIDModel
+from core.records import Batch
+from reid_instruct_editor.tasks import TEXT_TO_IMAGE
+
+NAME = "loss 't2i_matching'"
+HINT = "the `instruct_editor` backbone produces it in training"
+
+
+class FusionLayer(nn.Module):
+    """One BERT layer with cross-attention (post-norm, GELU feed-forward of 4 D)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, text: torch.Tensor, valid: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        pad = ~valid
+        h = self.norms[0](text + self.dropout(self.self_attn(text, text, text, key_padding_mask=pad,
+                                                              need_weights=False)[0]))
+        h = self.norms[1](h + self.dropout(self.cross_attn(h, image, image, need_weights=False)[0]))
+        return self.norms[2](h + self.dropout(self.ffn(h)))
+
+
+class FusionEncoder(nn.Module):
+    """`layers` FusionLayers: caption tokens (n, L, D) attend to image tokens (n, T, D)."""
+
+    def __init__(self, dim: int, layers: int, heads: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(FusionLayer(dim, heads, dropout) for _ in range(layers))
+
+    def forward(self, text: torch.Tensor, valid: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            text = layer(text, valid, image)
+        return text
+
+
+def mask_tokens(tokens: torch.Tensor, maskable: torch.Tensor, mask_id: int, vocab: tuple[int, int],
+                probability: float = 0.15, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking: (masked tokens, chosen (bool)). Each maskable position is chosen with
+    `probability`; a chosen one becomes `mask_id` (80 %), a random id in [vocab) (10 %) or
+    stays (10 %)."""
+    def draw(p: float) -> torch.Tensor:
+        return torch.rand(tokens.shape, generator=generator, device="cpu").to(tokens.device) < p
+
+    chosen = draw(probability) & maskable
+    replaced = draw(0.8) & chosen
+    randomised = draw(0.5) & chosen & ~replaced
+    out = tokens.clone()
+    out[replaced] = mask_id
+    random_ids = torch.randint(vocab[0], vocab[1], tokens.shape, generator=generator).to(tokens.device)
+    out[randomised] = random_ids[randomised]
+    return out, chosen
+
+
+def hard_negatives(sim: torch.Tensor, same: torch.Tensor, generator: torch.Generator | None = None
+                   ) -> torch.Tensor:
+    """For each row of `sim` (n, m) an index drawn with probability softmax(sim) over the
+    columns where `same` is False; -1 for a row without such a column."""
+    weights = F.softmax(sim.float(), dim=1).masked_fill(same, 0.0)
+    ok = weights.sum(dim=1) > 0
+    picks = torch.full((sim.shape[0],), -1, dtype=torch.long, device=sim.device)
+    if bool(ok.any()):
+        drawn = torch.multinomial(weights[ok].cpu(), 1, generator=generator).squeeze(1)
+        picks[ok] = drawn.to(sim.device)
+    return picks
+
+
+class T2IMatchingLoss(Loss):
+    """L_pitm + L_mlm of the module docstring (logged separately). Keys: `layers` (fusion
+    depth; authors 6), `heads` (authors 12), `dropout` (0.1), `mlm_probability` (0.15),
+    `itm_weight`, `mlm_weight` (1, 1), `temperature` (0.07: hard-negative sampling),
+    `features` (embedding: the similarities of the sampling), `task` (text-to-image),
+    `vocab_size` (49408: CLIP's; the MLM decoder's width)."""
+
+    def __init__(self, ctx: BuildContext, layers: int = 6, heads: int = 12, dropout: float = 0.1,
+                 mlm_probability: float = 0.15, itm_weight: float = 1.0, mlm_weight: float = 1.0,
+                 temperature: float = 0.07, features: str = "embedding", task: str = TEXT_TO_IMAGE,
+                 vocab_size: int = 49408) -> None:
+        super().__init__()
+        dim = int(ctx.feature_dim or 0)
+        if not dim:
+            raise ValueError(f"{NAME} needs the backbone's width (ctx.feature_dim); build the backbone first")
+        if layers < 1 or heads < 1 or dim % heads:
+            raise ValueError(f"{NAME}: layers >= 1 and heads dividing the width {dim} required, "
+                             f"got layers={layers}, heads={heads}")
+        if not 0.0 < mlm_probability < 1.0:
+            raise ValueError(f"{NAME}: mlm_probability must be in (0, 1), got {mlm_probability}")
+        self.fusion = FusionEncoder(dim, layers, heads, dropout)
+        self.itm_head = nn.Linear(dim, 2)
+        self.mlm_transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
+        self.mlm_probability, self.itm_weight, self.mlm_weight = float(mlm_probability), float(itm_weight), \
+            float(mlm_weight)
+        self.temperature, self.features, self.task = float(temperature), features, task
+        self.mlm_decoder = nn.Linear(dim, int(vocab_size))
+        self._model: list[ReIDModel] = []  # not a submodule: the live model, for re-encoding masked captions
+
+    # ---------------------------------------------------------------- binding
+    def bind(self, model: nn.Module) -> None:
+        """The model whose text encoder re-encodes masked captions (MLM)."""
+        clip = model.backbone.instruction.clip
+        embedding = getattr(clip, "token_embedding", None)
+        vocab = getattr(embedding, "num_embeddings", None)
+        if vocab is not None and vocab != self.mlm_decoder.out_features:
+            raise ValueError(f"{NAME}: vocab_size is {self.mlm_decoder.out_features} but the text encoder's "
+                             f"vocabulary has {vocab} tokens; set vocab_size: {vocab}")
+        self._model[:] = [model]
+
+    def on_stage_start(self, trainer, stage) -> None:  # trainer event
+        self.bind(ReIDModel(trainer.net.backbone, trainer.net.head))
+
+    # ---------------------------------------------------------------- pieces
+    def pairs(self, outputs: dict[str, torch.Tensor], batch: Batch):
+        """(caption rows, their paired image rows, image rows, text rows) of the task."""
+        n = len(batch)
+        device = batch.pids.device
+        has_image = outputs.get("has_image")
+        has_image = torch.ones(n, dtype=torch.bool, device=device) if has_image is None else has_image.bool()
+        tasks = batch.extras.get("task")
+        mine = torch.ones(n, dtype=torch.bool, device=device) if tasks is None else \
+            torch.as_tensor([str(t) == self.task for t in tasks], device=device)
+        images, texts = (mine & has_image).nonzero().squeeze(1), (mine & ~has_image).nonzero().squeeze(1)
+        if len(images) == 0 or len(texts) == 0:
+            return texts[:0], images[:0], images, texts
+        pids = batch.pids.to(device)
+        same = pids[texts][:, None] == pids[images][None, :]
+        has_pair = same.any(dim=1)
+        return texts[has_pair], images[same[has_pair].float().argmax(dim=1)], images, texts
+
+    def match_logits(self, text: torch.Tensor, valid: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """(n, 2) matching logits of caption tokens with image tokens."""
+        return self.itm_head(self.fusion(text, valid, image)[:, 0])
+
+    def forward(self, outputs: dict[str, torch.Tensor], batch: Batch):
+        x = read_output(outputs, self.features, NAME, HINT)
+        zero = x.sum() * 0.0
+        if not self.training:
+            return zero, {}
+        text_tok = read_output(outputs, "instruction_tokens", NAME, HINT)
+        valid = read_output(outputs, "instruction_valid", NAME, HINT).bool()
+        image_tok = read_output(outputs, "image_tokens", NAME, HINT)
+        caps, imgs, image_rows, text_rows = self.pairs(outputs, batch)
+        if len(caps) == 0:
+            return zero + sum(p.sum() * 0.0 for p in self.parameters()), {}
+        itm = self.itm_loss(x, text_tok, valid, image_tok, caps, imgs, image_rows, text_rows, batch.pids.to(x.device))
+        mlm = self.mlm_loss(batch, caps, imgs, image_tok)
+        return self.itm_weight * itm + self.mlm_weight * mlm, {"pitm": itm.detach(), "mlm": mlm.detach()}
+
+    def itm_loss(self, x, text_tok, valid, image_tok, caps, imgs, image_rows, text_rows, pids) -> torch.Tensor:
+        """p-ITM: positives (caption, paired image); one hard negative image per caption and
+        one hard negative caption per paired image, never of the same identity."""
+        f = F.normalize(x.float(), dim=1)
+        with torch.no_grad():
+            neg_img = hard_negatives(f[caps] @ f[image_rows].t() / self.temperature,
+                                     pids[caps][:, None] == pids[image_rows][None, :])
+            neg_txt = hard_negatives(f[imgs] @ f[text_rows].t() / self.temperature,
+                                     pids[imgs][:, None] == pids[text_rows][None, :])
+        t_rows = [caps]
+        i_rows = [imgs]
+        ok = neg_img >= 0
+        t_rows.append(caps[ok])
+        i_rows.append(image_rows[neg_img[ok]])
+        ok = neg_txt >= 0
+        t_rows.append(text_rows[neg_txt[ok]])
+        i_rows.append(imgs[ok])
+        t_all, i_all = torch.cat(t_rows), torch.cat(i_rows)
+        labels = torch.zeros(len(t_all), dtype=torch.long, device=x.device)
+        labels[: len(caps)] = 1
+        logits = self.match_logits(text_tok[t_all], valid[t_all], image_tok[i_all])
+        return F.cross_entropy(logits.float(), labels)
+
+    def mlm_loss(self, batch: Batch, caps: torch.Tensor, imgs: torch.Tensor, image_tok: torch.Tensor) -> torch.Tensor:
+        """MLM: the chosen tokens of each caption, predicted through the fusion encoder from
+        the masked caption (re-encoded by the live text encoder) and its paired image."""
+        if not self._model:
+            raise RuntimeError(f"{NAME}: no model is bound for masked language modelling; the trainer binds it "
+                               "at stage start, elsewhere call loss.bind(model)")
+        backbone = self._model[0].backbone
+        encoder = backbone.instruction
+        texts = batch.require("instruction", NAME)
+        captions = [_first(texts[int(r)]) for r in caps.tolist()]
+        tokens = encoder.tokenize(captions, image_tok.device)
+        eot = tokens.argmax(dim=1)
+        positions = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
+        maskable = (positions > 0) & (positions < eot[:, None])  # not start-, end-of-text, padding
+        sot = int(tokens[0, 0])
+        masked, chosen = mask_tokens(tokens, maskable, mask_id=sot, vocab=(1, sot), probability=self.mlm_probability)
+        if not bool(chosen.any()):  # every parameter in the graph (DDP: no unused parameter)
+            return image_tok.sum() * 0.0 + sum(p.sum() * 0.0 for p in self.mlm_decoder.parameters()) + \
+                sum(p.sum() * 0.0 for p in self.mlm_transform.parameters())
+        _, states, valid = encoder.encode_text(masked)
+        fused = self.fusion(backbone.text_tokens(states), valid, image_tok[imgs])
+        logits = self.mlm_decoder(self.mlm_transform(fused[chosen]))
+        return F.cross_entropy(logits.float(), tokens[chosen])
+
+
+def _first(value) -> str:
+    return str(value[0] if isinstance(value, (tuple, list)) else value)
