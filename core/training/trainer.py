@@ -99,6 +99,7 @@ class TrainingModule(ReIDModel):
         self.model_forward = True
         #: (device, precision) of the model forward's autocast (set by the trainer)
         self.amp: tuple[torch.device, str] = (torch.device("cpu"), "fp32")
+        self._losses_bound = False
 
     def bind_losses(self) -> None:
         """Hand the model (backbone + head, not the losses) to every loss with a
@@ -111,7 +112,7 @@ class TrainingModule(ReIDModel):
     def forward(self, batch: Batch, train: bool = False):
         if not train:  # evaluation: the caller chose the precision (Trainer.eval_autocast)
             return super().forward(batch)
-        if not getattr(self, "_losses_bound", False):
+        if not self._losses_bound:
             self.bind_losses()
         with P.autocast(*self.amp):
             outputs = super().forward(batch) if self.model_forward else {}

@@ -24,7 +24,7 @@ keys and queue hold t, targets are y alone (the earlier variant).
 The momentum model is a copy of the whole model (backbone and head) run on the caption
 rows only: their features come from the instruction encoder, its projection and the
 head's text path (the authors' text encoder and text projection). The trainer binds it at
-stage start (`on_stage_start`); outside a trainer call `bind(model)`.
+the first training step (core.pipeline.bind_losses); outside a trainer call `bind(model)`.
 
 Features: the retrieval embedding ("embedding"), so the space the loss shapes is the
 one a caption query is ranked in (the authors' code uses a separate 256-d image-text
@@ -45,7 +45,6 @@ from torch import nn
 
 from core.context import BuildContext
 from core.interfaces import Loss, read_output
-from core.pipeline import ReIDModel
 from core.records import Batch
 from core.training import distributed as D
 from reid_instruct_editor.momentum import MomentumCopy
@@ -114,10 +113,6 @@ class T2IContrastiveLoss(Loss):
         if bound is None or not (bound.backbone is model.backbone and bound.head is model.head):
             self._momentum_model = MomentumCopy(model, self.momentum)
 
-    def on_stage_start(self, trainer, stage) -> None:  # trainer event
-        """Bind the trainer's model (its backbone and head, without the losses)."""
-        self.bind(ReIDModel(trainer.net.backbone, trainer.net.head))
-
     @property
     def momentum_model(self) -> MomentumCopy | None:
         return self._momentum_model
@@ -126,7 +121,7 @@ class T2IContrastiveLoss(Loss):
         """(B, d) momentum features of the text rows (zeros elsewhere), after the update."""
         if self._momentum_model is None:
             raise RuntimeError(f"{NAME}: momentum is {self.momentum} but no model is bound; the trainer binds "
-                               "it at stage start, elsewhere call loss.bind(model) (or set momentum: null)")
+                               "it before the first training step, elsewhere call loss.bind(model) (or set momentum: null)")
         self._momentum_model.update()
         out = like.new_zeros(like.shape)
         if bool(texts.any()):

@@ -28,8 +28,8 @@ momentum text encoder's prediction), replaced-token detection (MRTD), and ITM re
 of the top-k at test time. Sizes: the authors' fusion is BERT-base's last 6 layers
 (width 768, 12 heads); `layers`, `heads` set ours (the backbone's width).
 
-Needs the bound model's text encoder for MLM (`bind(model)`; the trainer binds it at
-stage start), the backbone's training outputs "instruction_tokens", "instruction_valid",
+Needs the bound model's text encoder for MLM (`bind(model)`; the trainer binds it before
+the first training step), the backbone's training outputs "instruction_tokens", "instruction_valid",
 "image_tokens", and the retrieval "embedding" for hard-negative sampling.
 """
 
@@ -153,9 +153,6 @@ class T2IMatchingLoss(Loss):
                              f"vocabulary has {vocab} tokens; set vocab_size: {vocab}")
         self._model[:] = [model]
 
-    def on_stage_start(self, trainer, stage) -> None:  # trainer event
-        self.bind(ReIDModel(trainer.net.backbone, trainer.net.head))
-
     # ---------------------------------------------------------------- pieces
     def pairs(self, outputs: dict[str, torch.Tensor], batch: Batch):
         """(caption rows, their paired image rows, image rows, text rows) of the task."""
@@ -221,7 +218,7 @@ class T2IMatchingLoss(Loss):
         the masked caption (re-encoded by the live text encoder) and its paired image."""
         if not self._model:
             raise RuntimeError(f"{NAME}: no model is bound for masked language modelling; the trainer binds it "
-                               "at stage start, elsewhere call loss.bind(model)")
+                               "before the first training step, elsewhere call loss.bind(model)")
         backbone = self._model[0].backbone
         encoder = backbone.instruction
         texts = batch.require("instruction", NAME)
