@@ -15,7 +15,10 @@ query per identity and camera), then measures, each phase in a fresh process:
   among them, so a worker's PSS includes a fifth of the table it reads but does not
   copy; worker_added_mb is what each worker adds to the machine: (PSS of the main
   process and the 4 workers after) - (PSS of the main process, table touched, before)
-  divided by 4, and worker_private_mb its private pages,
+  divided by 4 (PSS sums to the group's real memory; each worker reads every page of
+  the table when it starts, so this is after the workers touched all of it; the raw
+  main_pss_before/after_workers_mb and group_pss_after_mb are in the JSON), and
+  worker_private_mb its private pages,
 - loader_images_per_s: throughput of those 4 workers (batches of 64 from PK batches),
 - plan_s: the PK sampler (core.samplers.identity.PKSampler) building one epoch's plan,
 - legacy_*: today's path at min(N, 1M) rows: csv module -> Record objects -> arrays.
@@ -146,7 +149,7 @@ def phase_workers(manifest: str, batches: int) -> dict:
     ds, train, _ = _load(manifest)
     # every page of the table in the main process first, so that what the workers add
     # below is their own cost, not the table's first read from disk
-    touched = sum(int(np.asarray(a).view(np.uint8)[::4096].sum()) for a in _buffers(ds.columns))
+    touched = _touch(ds.columns)
     ctx = BuildContext.from_table(train, feature_dim=8)
     start = time.perf_counter()
     sampler = PKSampler(ctx, batch_size=64, k=4, seed=0)
@@ -156,7 +159,8 @@ def phase_workers(manifest: str, batches: int) -> dict:
     main_before = _pss_mb(os.getpid())[0]  # after the plan: its lists are the main process's own
     batch_list = (plan * (1 + (batches + 20) // max(len(plan), 1)))[: batches + 20]
     loader = torch.utils.data.DataLoader(samples, batch_sampler=batch_list, num_workers=4,
-                                         collate_fn=collate, persistent_workers=False)
+                                         collate_fn=collate, persistent_workers=False,
+                                         worker_init_fn=lambda _: _touch(ds.columns))
     it = iter(loader)
     for _ in range(20):  # warm-up: workers started, their first pages touched
         next(it)
@@ -173,9 +177,18 @@ def phase_workers(manifest: str, batches: int) -> dict:
     # all five processes, are split five ways. What the workers add to the machine is the
     # sum of all five PSS after minus the main process's PSS before they started.
     added = (main_after + sum(p for p, _ in pss) - main_before) / len(pss)
-    return {"touched": touched, "worker_added_mb": added, "main_pss_before_mb": main_before, "plan_s": plan_s, "plan_batches": len(plan), "images_per_s": images / seconds,
+    return {"touched": touched, "worker_added_mb": added, "main_pss_before_mb": main_before,
+            "main_pss_after_mb": main_after, "group_pss_after_mb": main_after + sum(p for p, _ in pss),
+            "plan_s": plan_s, "plan_batches": len(plan), "images_per_s": images / seconds,
             "worker_pss_mb": [p for p, _ in pss], "worker_private_mb": [q for _, q in pss],
             "main_pss_mb": _pss_mb(os.getpid())[0]}
+
+
+def _touch(columns) -> int:
+    """Read one byte of every page of the table's columns (every page mapped and read in
+    the calling process; a loader worker calls it at start, so that its PSS is measured
+    after it has touched the whole table, the worst case of a long epoch)."""
+    return sum(int(np.asarray(a).view(np.uint8)[::4096].sum()) for a in _buffers(columns))
 
 
 def _buffers(columns):
@@ -260,6 +273,9 @@ def main() -> int:
         "worker_pss_tiny_table_mb": base["worker_pss_mb"],
         "worker_pss_added_mb": [a - b for a, b in zip(workers["worker_pss_mb"], base["worker_pss_mb"])],
         "worker_added_mb": workers["worker_added_mb"], "worker_added_tiny_table_mb": base["worker_added_mb"],
+        "main_pss_before_workers_mb": workers["main_pss_before_mb"],
+        "main_pss_after_workers_mb": workers["main_pss_after_mb"],
+        "group_pss_after_mb": workers["group_pss_after_mb"],
         "main_pss_mb": workers["main_pss_mb"],
         "loader_images_per_s": workers["images_per_s"], "plan_s": workers["plan_s"],
         "plan_batches": workers["plan_batches"],

@@ -7,7 +7,9 @@ on held-out captions"). Needs the plugin instruct-editor.
 
 MODE: "untrained" (EPOCHS 0), or names joined by "_": id (identification), at
 (adaptive triplet, weight 3), itc (L_cl without momentum), itcm (L_cl with the momentum
-model 0.995 and distillation 0.4), itm (t2i_matching: p-ITM + MLM, one fusion layer).
+model 0.995 and distillation 0.4), itm (t2i_matching: p-ITM + MLM with momentum
+distillation + m-RTD, one fusion layer; also prints the numbers with ITM re-ranking of
+the top RERANK_K = 10, `rr_mAP`, `rr_R1`).
 The README's rows: id_at, id_at_itc, id_at_itcm, id_at_itcm_itm; PEOPLE 512, EPOCHS 6.
 """
 import sys, time
@@ -69,14 +71,23 @@ model.eval()
 def embed(records):
     t = RecordTable.build([("instruct", records)], relabel=False)
     s = ImageSamples(t, [data], build_transform(train=False, size=[32, 16]))
-    rows, ref = [], []
+    rows, ref, tok = [], [], []
     with torch.no_grad():
         for a in range(0, len(t), 64):
             b = collate([s[i] for i in range(a, min(a + 64, len(t)))])
             o = model(b); rows.append(o["embedding"]); ref.append(o["reference_instruction_embedding"])
+            tok.append(o["image_tokens"])
     return FeatureSet(embeddings=torch.cat(rows), pids=t.pids.copy(), camids=t.camids.copy(),
-                      extras={"reference_instruction_embedding": torch.cat(ref)}, records=list(t.records))
+                      extras={"reference_instruction_embedding": torch.cat(ref), "image_tokens": torch.cat(tok)},
+                      records=list(t.records))
 q, g = embed(data.records("query")), embed(data.records("gallery"))
 m = InstructReIDEvaluator(setting="task-specific", ranks=[1]).evaluate(q, g)
 n_ids = len(set(g.pids.tolist()))
-print(f"seed={seed} mode={mode} epochs={epochs} q={len(q)} g={len(g)} ids={n_ids} mAP={m['mAP']:.1f} R1={m['rank-1']:.1f} time={time.time()-t0:.0f}s", flush=True)
+rr = ""
+if "itm" in mode:
+    RERANK_K = 10
+    ev = InstructReIDEvaluator(setting="task-specific", ranks=[1], itm_rerank=RERANK_K)
+    ev.bind(model, itm)
+    r = ev.evaluate(q, g)
+    rr = f" rr_k={RERANK_K} rr_mAP={r['mAP']:.1f} rr_R1={r['rank-1']:.1f}"
+print(f"seed={seed} mode={mode} epochs={epochs} q={len(q)} g={len(g)} ids={n_ids} mAP={m['mAP']:.1f} R1={m['rank-1']:.1f}{rr} time={time.time()-t0:.0f}s", flush=True)

@@ -32,6 +32,7 @@ def register_datasets(register):
     register("university1652", "core.data.layouts.university1652:University1652", aliases=("university-1652",))
     register("petface", "core.data.layouts.petface:PetFace")
     register("elpephants", "core.data.layouts.elpephants:ELPephants")
+    register("wildlife71", "core.data.layouts.wildlife71:Wildlife71", aliases=("wildlife-71",))
 
 
 @hookimpl

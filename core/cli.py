@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(default: <trainer.output_dir>/sweep-<time>)")
     p.add_argument("--overwrite", action="store_true",
                    help="let --run-dir replace the run already in that folder (its outputs only)")
+    p.add_argument("--continue", dest="continue_sweep", action="store_true",
+                   help="with --sweep-dir: go on with a sweep that stopped part-way; finished runs are read "
+                        "back (metrics.jsonl), stopped ones resumed, the others run")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="drop unreadable images found before training (with a warning) instead of stopping")
     p.set_defaults(func=cmd_run)
@@ -251,7 +254,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         _print_result(run(None, args.overrides, resume=args.resume, image_check=image_check))
         return 0
+    if args.continue_sweep and not args.sweep_dir:
+        raise SystemExit("core run: --continue goes on with the sweep in --sweep-dir DIR; give that folder")
     if len(args.pipelines) == 1 and not args.grid and not args.seeds:
+        if args.continue_sweep:
+            raise SystemExit("core run: --continue is for sweeps (--seeds, --grid or several pipelines); "
+                             "a single run continues with --resume RUN_DIR")
         _print_result(run(args.pipelines[0], args.overrides, run_dir=args.run_dir, overwrite=args.overwrite,
                           image_check=image_check))
         return 0
@@ -262,7 +270,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     variants = sweep.plan(args.pipelines, args.overrides, args.grid, args.seeds)
     output = (load_pipeline(args.pipelines[0], args.overrides).data.get("trainer") or {}).get("output_dir", "runs")
     folder = sweep.run_sweep(variants, Path(args.sweep_dir) if args.sweep_dir else sweep.default_sweep_dir(output),
-                             image_check=image_check)  # failures are logged (stderr, warnings)
+                             image_check=image_check, continue_sweep=args.continue_sweep)  # failures are logged
     print((folder / "comparison.md").read_text(encoding="utf-8"))
     print(f"sweep folder: {folder}")
     return 1 if any(v.errors for v in variants) else 0

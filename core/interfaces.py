@@ -212,6 +212,10 @@ class FeatureSet:
     extras: dict[str, Any] = field(default_factory=dict)
     #: a list, or the columnar table's lazy `Sequence[Record]` (core.data.columns)
     records: Sequence[Record] = field(default_factory=list)
+    #: set when `embeddings` is a memory map of this .npy file (the trainer's on-disk
+    #: evaluation features, issue 24): an evaluator should read it block by block, never
+    #: whole (the reid evaluator then searches with `search: blocked`)
+    embeddings_file: Path | None = None
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
@@ -223,6 +227,9 @@ class Evaluator(abc.ABC):
 
     #: model outputs besides "embedding" that extraction keeps in `FeatureSet.extras`
     outputs: tuple[str, ...] = ()
+    #: whether `evaluate` reads memory-mapped embeddings (`FeatureSet.embeddings_file`)
+    #: block by block; `trainer.eval_features: auto` writes large sets to disk only then
+    out_of_core: bool = False
 
     @abc.abstractmethod
     def evaluate(self, query: FeatureSet, gallery: FeatureSet) -> dict[str, float]:

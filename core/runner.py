@@ -25,6 +25,11 @@ class RunResult:
     rank: int = 0
 
 
+def resolved_pipeline_data(cfg: LoadedConfig) -> dict[str, Any]:
+    """The pipeline as a run folder's pipeline.yaml records it (plugin files made absolute)."""
+    return _absolute_plugin_paths(cfg)
+
+
 def _absolute_plugin_paths(cfg: LoadedConfig) -> dict[str, Any]:
     data = dict(cfg.data)
     if data.get("plugins"):

@@ -110,10 +110,50 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")[:120]
 
 
+def finished_metrics(run_dir: Path) -> dict[str, float] | None:
+    """The final metrics of the run in `run_dir` (its `final` evaluation in metrics.jsonl),
+    or None when it has none. Reads only metrics.jsonl: a finished run needs no checkpoint."""
+    from core.training.run_folder import read_metrics
+
+    try:
+        finals = [r for r in read_metrics(run_dir) if r.get("event") == "eval" and r.get("tag") == "final"]
+    except (OSError, ValueError):
+        return None
+    return {k: v for k, v in finals[-1].items() if "/" in k} if finals else None
+
+
+def _check_same_pipeline(run_dir: Path, pipeline: Path, overrides: list[str]) -> None:
+    """Refuse to continue into `run_dir` when the run there was made from another pipeline
+    (a changed YAML or a --set the earlier sweep did not have): its numbers would be mixed
+    into the row without notice."""
+    from core.runner import resolved_pipeline_data
+
+    stored_file = run_dir / "pipeline.yaml"
+    try:
+        stored = load_pipeline(stored_file).data
+    except (OSError, ConfigError) as exc:
+        raise ConfigError(f"{stored_file}: cannot read the run's pipeline to continue the sweep ({exc}); "
+                          f"remove {run_dir} to run it again") from None
+    wanted = resolved_pipeline_data(load_pipeline(pipeline, overrides))
+    for data in (stored, wanted):  # a stop_after_steps stop is continued as --resume does: ignored
+        if isinstance(data.get("trainer"), dict):
+            data["trainer"] = {k: v for k, v in data["trainer"].items() if k != "stop_after_steps"}
+    if stored != wanted:
+        keys = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+        raise ConfigError(f"{run_dir} holds a run of a different pipeline (differs in: {', '.join(keys)}); "
+                          "--continue only reuses runs of the same resolved pipeline: remove that folder "
+                          "or give another --sweep-dir", file=str(stored_file))
+
+
 def run_sweep(variants: list[Variant], sweep_dir: Path, echo=None, alpha: float = ALPHA,
-              image_check: str = "error") -> Path:
+              image_check: str = "error", continue_sweep: bool = False) -> Path:
     """Run every variant x seed into `sweep_dir`, then write comparison.md / .csv / .png.
-    `image_check`: what each run does with unreadable images (core.runner.run)."""
+    `image_check`: what each run does with unreadable images (core.runner.run).
+    `continue_sweep` (`core run --continue`): a sweep stopped part-way (a signal, a crash,
+    a time limit) goes on where it stopped: a run folder whose run finished is read back
+    from its metrics.jsonl, not run again; one that stopped with checkpoints/last.pt is
+    resumed exactly; one without is started again. Every run folder reused must hold the
+    same resolved pipeline as its variant and seed, or the sweep is refused."""
     from core.runner import run
     from core.training.interrupt import Interrupted
 
@@ -123,9 +163,21 @@ def run_sweep(variants: list[Variant], sweep_dir: Path, echo=None, alpha: float 
         for seed in variant.seeds:
             extra = [f"seed={seed}"] if seed is not None else []
             run_dir = sweep_dir / _slug(variant.name) / (f"seed-{seed}" if seed is not None else "run")
+            overrides = [*variant.overrides, *extra]
             try:
-                result = run(variant.pipeline, [*variant.overrides, *extra], run_dir=run_dir,
-                             image_check=image_check)
+                started = continue_sweep and (run_dir / "pipeline.yaml").is_file()
+                if started:
+                    _check_same_pipeline(run_dir, variant.pipeline, overrides)
+                done = finished_metrics(run_dir) if started else None
+                if done is not None:
+                    echo(f"{variant.name} (seed {seed}): finished earlier, read back from {run_dir}")
+                    result = type("Finished", (), {"metrics": done})()
+                elif started and (run_dir / "checkpoints" / "last.pt").is_file():
+                    echo(f"{variant.name} (seed {seed}): resuming {run_dir}")
+                    result = run(None, [], resume=run_dir, image_check=image_check)
+                else:
+                    result = run(variant.pipeline, overrides, run_dir=run_dir, overwrite=started,
+                                 image_check=image_check)
             except Interrupted as exc:  # the user stopped the sweep, not one run: table so far, then stop
                 variant.errors.append(f"seed {seed}: interrupted")
                 echo(f"warning: sweep interrupted during {variant.name} (seed {seed}); the table covers the "

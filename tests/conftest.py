@@ -1,18 +1,24 @@
 """Fixtures shared by the core's tests (plugin authors get theirs from core.testing)."""
 
+import copy
 import importlib.util
+import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
-# tests/pipeline_twins.py, importable by the test modules as `pipeline_twins` (pytest's
-# importlib mode does not put tests/ on sys.path; conftest is imported before them)
-if "pipeline_twins" not in sys.modules:
-    _spec = importlib.util.spec_from_file_location("pipeline_twins", Path(__file__).with_name("pipeline_twins.py"))
-    sys.modules["pipeline_twins"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["pipeline_twins"])
+# tests/pipeline_twins.py and tests/layout_fixtures.py, importable by the test modules as
+# `pipeline_twins` and `layout_fixtures` (pytest's importlib mode does not put tests/ on
+# sys.path; conftest is imported before them)
+for _name in ("pipeline_twins", "layout_fixtures"):
+    if _name not in sys.modules:
+        _spec = importlib.util.spec_from_file_location(_name, Path(__file__).with_name(f"{_name}.py"))
+        sys.modules[_name] = importlib.util.module_from_spec(_spec)
+        _spec.loader.exec_module(sys.modules[_name])
 
 #: A local plugin file for tests: a head without BatchNorm (per-process batch statistics
 #: would rightly differ from a one-process batch's, so comparisons of DDP or gradient
@@ -77,3 +83,45 @@ def test_components(tmp_path):
     path = tmp_path / "test_components.py"
     path.write_text(TEST_COMPONENTS)
     return path
+
+
+@pytest.fixture
+def ddp_pipeline_file(tmp_path, test_components):
+    """`write(name, epochs, train=None)`: the pipeline file (in tmp_path, next to
+    test_components.py) that the multi-process tests compare with one process: the tiny
+    pipeline with the BatchNorm-free `linear_test` head, cross-entropy, SGD (Adam divides
+    by sqrt(v) and turns float noise in exactly-zero gradients, the key bias of attention,
+    into full-size steps, which would hide what DDP computes), every step logged, no
+    evaluation before training; `train` replaces the training data list."""
+    from core.testing import TINY_PIPELINE
+
+    def write(name: str, epochs: int, train: list | None = None) -> Path:
+        config = copy.deepcopy(TINY_PIPELINE)
+        config.update(plugins=["./test_components.py"], head={"name": "linear_test"}, losses=[{"name": "ce"}])
+        config["stages"][0].update(epochs=epochs, optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9})
+        config["trainer"].update(eval_before=False, log_every=1)
+        if train is not None:
+            config["data"]["train"] = train
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return write
+
+
+def _torchrun(*args, rendezvous=("--standalone",), nproc: int = 2, cwd=None, timeout: float = 600):
+    """`python -m torch.distributed.run <rendezvous> --nproc-per-node <nproc> <args>` on the
+    CPU (gloo, one OpenMP thread a process: the machine is shared); asserts it exited 0
+    and shows the end of its stderr if not. `args`: what follows torchrun's own flags
+    (a script and its arguments, or "-m", "core", "run", ...)."""
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", *rendezvous, "--nproc-per-node", str(nproc),
+                           *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture
+def torchrun():
+    """The launcher of the multi-process tests: see _torchrun."""
+    return _torchrun

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from core.data.layouts import CUHK03, OccludedDuke, VehicleID, VeRiWild
-from tests.test_data_layouts import images
+from layout_fixtures import image_folders, images  # registered by conftest.py
 
 
 def ids(records):
@@ -155,10 +155,9 @@ def test_veriwild_image_without_info_line_names_list_and_line(tmp_path):
 # --- Occluded-Duke ------------------------------------------------------------------------------
 
 def test_occluded_duke_reads_duke_naming_inside_its_folder(tmp_path):
-    base = tmp_path / "Occluded_Duke"
-    images(base / "bounding_box_train", "0001_c2_f0046182.jpg", "0001_c5_f0051341.jpg")
-    images(base / "query", "0005_c2_f0046985.jpg")
-    images(base / "bounding_box_test", "0005_c5_f0051781.jpg", "0019_c1_f0056133.jpg")
+    image_folders(tmp_path / "Occluded_Duke", {"bounding_box_train": ["0001_c2_f0046182.jpg", "0001_c5_f0051341.jpg"],
+                                               "query": ["0005_c2_f0046985.jpg"],
+                                               "bounding_box_test": ["0005_c5_f0051781.jpg", "0019_c1_f0056133.jpg"]})
     data = OccludedDuke(str(tmp_path))
     assert ids(data.records("train")) == [("0001_c2_f0046182.jpg", 1, 1), ("0001_c5_f0051341.jpg", 1, 4)]
     assert ids(data.records("query")) == [("0005_c2_f0046985.jpg", 5, 1)]

@@ -94,6 +94,25 @@ def test_circle_weights_are_constants_for_the_gradient():
     assert torch.allclose(grad, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("cls, defaults", [
+    (CosFaceLoss, {"scale": 64.0, "margin": 0.35, "label_smoothing": 0.0}),  # CosFace Sec. 4: s 64, m 0.35
+    (ArcFaceLoss, {"scale": 64.0, "margin": 0.5, "label_smoothing": 0.0}),  # ArcFace Sec. 4: s 64, m 0.5
+    (CircleSoftmaxLoss, {"scale": 64.0, "margin": 0.35, "label_smoothing": 0.1}),  # fast-reid Base-SBS.yml
+])
+def test_margin_losses_keep_their_own_defaults_and_typed_yaml_schema(cls, defaults, tmp_path):
+    """Each loss's constructor signature is its YAML schema (core.config.validation): the
+    defaults are the loss's own, built with them, and a wrong type is still refused."""
+    from core.config.loading import ConfigError, LoadedConfig
+    from core.config.validation import validate_params
+
+    loss = cls(BuildContext(num_identities=3, feature_dim=4))
+    assert {k: getattr(loss, k) for k in defaults} == defaults and loss.features == "bn_features"
+    cfg = LoadedConfig(data={}, file=tmp_path / "p.yaml")
+    assert validate_params(cls, {"margin": 0.2}, cfg, "losses.0", cls.yaml_name, injected=("ctx",)) == {"margin": 0.2}
+    with pytest.raises(ConfigError, match="losses.0.margin.*expected float"):
+        validate_params(cls, {"margin": "wide"}, cfg, "losses.0", cls.yaml_name, injected=("ctx",))
+
+
 @pytest.mark.parametrize("cls", [CosFaceLoss, ArcFaceLoss, CircleSoftmaxLoss])
 def test_margin_losses_train_their_proxies_and_the_features(cls):
     loss = cls(BuildContext(num_identities=6, feature_dim=8))

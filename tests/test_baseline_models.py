@@ -4,6 +4,7 @@ ResNet (and the IBN-Net authors' weight-file format), TransReID's overlapping pa
 and JPM, and the multi-branch BNNeck."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -211,6 +212,17 @@ def test_sie_camera_outside_the_table_names_num_cameras():
     model = TransReIDViT(BuildContext(image_size=(32, 32), num_cameras=2), **TINY_VIT, stride=16, jpm=False)
     with pytest.raises(ValueError, match="num_cameras"):
         model(make_batch(torch.randn(1, 3, 32, 32), camids=[5]))
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"arch": "vit_nonesuch_patch16"}, ValueError, "unknown arch 'vit_nonesuch_patch16'"),
+    ({"pretrained": "/nowhere/vit.pth"}, FileNotFoundError, "pretrained checkpoint not found"),
+    ({"model_kwargs": {"num_classes": 5}}, ValueError, "model_kwargs.num_classes is not allowed"),
+])
+def test_errors_of_the_timm_build_name_transreid(kwargs, error, message):
+    """The user wrote `transreid`: the core timm backbone's checks speak of it."""
+    with pytest.raises(error, match=r"^backbone 'transreid': " + re.escape(message)):
+        TransReIDViT(BuildContext(image_size=(32, 32), num_cameras=2), **{**TINY_VIT, **kwargs})
 
 
 def test_jigsaw_shifts_then_interleaves_the_patches():

@@ -3,34 +3,16 @@ naming and conventions, and errors that name the path, the file and what was exp
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 from core.data.layouts import CUHK03NP, MSMT17, DukeMTMC, FolderDataset, Market1501, VeRi776
 from core.data.table import RecordTable
-
-
-def _encoded(fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 16), (200, 30, 30)).save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-IMAGE_BYTES = {".jpg": _encoded("JPEG"), ".png": _encoded("PNG")}
-
-
-def images(folder: Path, *names: str) -> Path:
-    """Write small real images (PIL-encoded once, copied) under their real names."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        (folder / name).write_bytes(IMAGE_BYTES[Path(name).suffix])
-    return folder
+from layout_fixtures import image_folders, images  # registered by conftest.py
 
 
 def market_tree(root: Path) -> Path:
@@ -185,10 +167,9 @@ def test_unknown_split_lists_the_valid_splits(tmp_path):
 # --- DukeMTMC-reID -----------------------------------------------------------------------
 
 def test_duke_reads_market_naming_inside_its_archive_folder(tmp_path):
-    root = tmp_path / "DukeMTMC-reID"
-    images(root / "bounding_box_train", "0001_c2_f0046182.jpg", "0001_c5_f0051341.jpg")
-    images(root / "query", "0005_c2_f0046985.jpg")
-    images(root / "bounding_box_test", "0005_c8_f0058478.jpg", "0019_c1_f0056212.jpg")
+    image_folders(tmp_path / "DukeMTMC-reID", {"bounding_box_train": ["0001_c2_f0046182.jpg", "0001_c5_f0051341.jpg"],
+                                               "query": ["0005_c2_f0046985.jpg"],
+                                               "bounding_box_test": ["0005_c8_f0058478.jpg", "0019_c1_f0056212.jpg"]})
     ds = DukeMTMC(str(tmp_path))
     assert ids(ds.records("train")) == [(1, 1), (1, 4)]
     assert ids(ds.records("gallery")) == [(5, 7), (19, 0)]

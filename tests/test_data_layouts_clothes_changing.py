@@ -6,39 +6,31 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from core.data.layouts.ltcc import LTCC
 from core.data.layouts.prcc import PRCC
 from core.data.layouts.vc_clothes import VCClothes
-
-
-def images(folder: Path, *names: str, fmt: str = "JPEG") -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        Image.new("RGB", (8, 16), (30, 60, 90)).save(folder / name, format=fmt)
+from layout_fixtures import image_folders, images  # registered by conftest.py
 
 
 def test_ltcc_reads_pid_clothes_and_camera(tmp_path):
     root = tmp_path / "LTCC_ReID"
-    images(root / "train", "094_1_c9_015923.png", "094_2_c3_000111.png", fmt="PNG")
-    images(root / "query", "001_1_c1_000001.png", fmt="PNG")
-    images(root / "test", "001_1_c2_000002.png", "001_3_c4_000003.png", fmt="PNG")
+    image_folders(root, {"train": ["094_1_c9_015923.png", "094_2_c3_000111.png"], "query": ["001_1_c1_000001.png"],
+                         "test": ["001_1_c2_000002.png", "001_3_c4_000003.png"]})
     data = LTCC(str(tmp_path))  # the archive's folder is found inside the root
     train = data.records("train")
     assert [(r.pid, r.camid, r.extras["clothes_id"]) for r in train] == [(94, 8, 1), (94, 2, 2)]
     assert [r.extras["clothes_id"] for r in data.records("gallery")] == [1, 3]
     assert data.records("query")[0].domain == "ltcc"
-    images(root / "test", "bad.png", fmt="PNG")
+    images(root / "test", "bad.png")
     with pytest.raises(ValueError, match=r"bad\.png.*<pid>_<clothes>_c<camera>_<frame>\.png"):
         LTCC(str(root)).records("gallery")
 
 
 def test_vc_clothes_reads_pid_camera_and_clothes(tmp_path):
     root = tmp_path / "VC-Clothes"
-    images(root / "train", "0001-01-01-01.jpg", "0001-03-02-04.jpg")
-    images(root / "query", "0002-02-01-01.jpg")
-    images(root / "gallery", "0002-03-02-01.jpg")
+    image_folders(root, {"train": ["0001-01-01-01.jpg", "0001-03-02-04.jpg"], "query": ["0002-02-01-01.jpg"],
+                         "gallery": ["0002-03-02-01.jpg"]})
     data = VCClothes(str(root))
     assert [(r.pid, r.camid, r.extras["clothes_id"]) for r in data.records("train")] == [(1, 0, 1), (1, 2, 2)]
     assert data.records("gallery")[0].extras["clothes_id"] == 2

@@ -5,11 +5,9 @@ expected."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from core.data.layouts.atrw import ATRW
 from core.data.layouts.elpephants import ELPephants
@@ -17,22 +15,7 @@ from core.data.layouts.ipanda50 import IPanda50
 from core.data.layouts.petface import PetFace
 from core.data.layouts.university1652 import University1652
 from core.data.table import RecordTable
-
-
-def _encoded(fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), (30, 200, 30)).save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-BYTES = {".jpg": _encoded("JPEG"), ".png": _encoded("PNG")}
-
-
-def images(folder: Path, *names: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        (folder / name).write_bytes(BYTES[Path(name).suffix])
-    return folder
+from layout_fixtures import images  # registered by conftest.py
 
 
 def summary(records):

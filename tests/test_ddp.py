@@ -1,41 +1,23 @@
 """DDP started by torchrun: 2 CPU processes (gloo) with the same global batch give the same
 loss curve and weights as one process, and only rank 0 writes the run folder."""
 
-import copy
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import yaml
 
 from core.runner import run
-from core.testing import TINY_PIPELINE
 from core.training.checkpoint import load_checkpoint
 from core.training.run_folder import read_metrics
 
+
 @pytest.fixture
-def ddp_pipeline(tmp_path, test_components):
-    config = copy.deepcopy(TINY_PIPELINE)
-    config.update(plugins=["./test_components.py"], head={"name": "linear_test"}, losses=[{"name": "ce"}])
-    # SGD: Adam divides by sqrt(v) and turns float noise in exactly-zero gradients (the
-    # key bias of attention) into full-size steps, which would hide what DDP computes
-    config["stages"][0].update(epochs=2, optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9})
-    config["trainer"].update(eval_before=False, log_every=1)
-    path = tmp_path / "ddp.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+def ddp_pipeline(ddp_pipeline_file):
+    return ddp_pipeline_file("ddp.yaml", epochs=2)
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(ddp_pipeline, tmp_path):
+def test_two_processes_match_one_process_with_the_same_global_batch(ddp_pipeline, tmp_path, torchrun):
     single = run(ddp_pipeline, run_dir=tmp_path / "single")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "core", "run", str(ddp_pipeline), "--run-dir", str(tmp_path / "ddp")],
-        capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun("-m", "core", "run", ddp_pipeline, "--run-dir", tmp_path / "ddp")
 
     curve = lambda d: [(r["global_step"], r["loss"]) for r in read_metrics(d) if r["event"] == "train"]  # noqa: E731
     one, two = curve(single.run_dir), curve(tmp_path / "ddp")
@@ -73,13 +55,10 @@ dist.destroy_process_group()
 """
 
 
-def test_gather_uneven_concatenates_every_process_rows_in_rank_order(tmp_path):
+def test_gather_uneven_concatenates_every_process_rows_in_rank_order(tmp_path, torchrun):
     script = tmp_path / "gather.py"
     script.write_text(GATHER_SCRIPT)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(script, tmp_path, timeout=300)
     expected_rows = torch.cat([torch.arange(2.0)[:, None] * torch.tensor([1.0, -1.0]),
                                torch.arange(5.0)[:, None] * torch.tensor([1.0, -1.0]) + 100])
     for rank in (0, 1):
@@ -93,28 +72,19 @@ def test_gather_uneven_concatenates_every_process_rows_in_rank_order(tmp_path):
     assert gather_uneven(x) is x
 
 
-def _torchrun(args, tmp_path):
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "core", "run", *args], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
-
-
-def test_resume_at_world_size_two_is_exact_with_per_rank_rng(ddp_pipeline, tmp_path):
+def test_resume_at_world_size_two_is_exact_with_per_rank_rng(ddp_pipeline, tmp_path, torchrun):
     """Dropout draws from each process's own RNG: the checkpoint holds every rank's RNG
     state and each rank restores its own, so a run stopped and resumed on two processes
     ends bit-identical to one that never stopped; the ranks' dropout masks differ."""
     config = yaml.safe_load(ddp_pipeline.read_text())
     config["backbone"]["model_kwargs"].update(drop_rate=0.3, proj_drop_rate=0.3)
     ddp_pipeline.write_text(yaml.safe_dump(config))
-    whole = _torchrun([str(ddp_pipeline), "--run-dir", str(tmp_path / "whole")], tmp_path)
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    stopped = _torchrun([str(ddp_pipeline), "--run-dir", str(tmp_path / "split"), "--set",
-                         "trainer.stop_after_steps=3"], tmp_path)
-    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    core_run = ("-m", "core", "run")
+    torchrun(*core_run, ddp_pipeline, "--run-dir", tmp_path / "whole", cwd=tmp_path)
+    torchrun(*core_run, ddp_pipeline, "--run-dir", tmp_path / "split", "--set", "trainer.stop_after_steps=3", cwd=tmp_path)
     rngs = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["rng_per_rank"]
     assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"])
-    resumed = _torchrun(["--resume", str(tmp_path / "split")], tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    torchrun(*core_run, "--resume", tmp_path / "split", cwd=tmp_path)
     a = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["model"]
     for key in a:

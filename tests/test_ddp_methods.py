@@ -22,17 +22,6 @@ STEPS = {"muva_synthetic": (3, ["stages.0.epochs=1"])}
 #: pipelines whose losses are not yet the one-process losses under DDP: only that the
 #: steps run is checked (none today; instruct-editor's head BatchNorms were, issue 19)
 PER_PROCESS_BN: set[str] = set()
-#: instruct-editor draws one of a text instruction's phrasings per row from the process's
-#: RNG (seeded per rank): a random choice, not a per-sample one, so DDP draws other
-#: phrasings than one process; the comparison pins the first phrasing in both runs
-FIRST_PHRASING = {"irm_synthetic", "irm++_synthetic"}
-PIN_PHRASING = ("import reid_instruct_editor.backbone as b\n"
-                "b.InstructEditor._phrase = lambda self, value, row: "
-                "str(value[0] if isinstance(value, (tuple, list)) else value)\n")
-
-
-def _first_phrasing(self, value, row):
-    return str(value[0] if isinstance(value, (tuple, list)) else value)
 
 
 def _train_records(run_dir):
@@ -40,17 +29,10 @@ def _train_records(run_dir):
 
 
 @pytest.mark.parametrize("name", sorted(TWINS))
-def test_two_processes_compute_the_one_process_losses(name, tmp_path, monkeypatch):
+def test_two_processes_compute_the_one_process_losses(name, tmp_path):
     steps, extra = STEPS.get(name, (2, []))
     config = twin_config(name, tmp_path, [f"trainer.stop_after_steps={steps}", "trainer.sync_bn=true", *extra])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if name in FIRST_PHRASING:
-        (tmp_path / "pin").mkdir()
-        (tmp_path / "pin" / "sitecustomize.py").write_text(PIN_PHRASING)
-        env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "pin"), env.get("PYTHONPATH", "")])
-        from reid_instruct_editor.backbone import InstructEditor
-
-        monkeypatch.setattr(InstructEditor, "_phrase", _first_phrasing)
     single = run(config, run_dir=tmp_path / "single")  # labels (muva's prepare step) are written here
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

@@ -2,10 +2,6 @@
 rests on (issue 19) — the gather with gradient, the BatchNorm over every process's batch,
 the mean of logged values whose keys differ by rank, an empty evaluation shard."""
 
-import os
-import subprocess
-import sys
-
 import torch
 
 SCRIPT = r'''
@@ -49,13 +45,10 @@ dist.destroy_process_group()
 '''
 
 
-def test_distributed_helpers_under_two_processes(tmp_path):
+def test_distributed_helpers_under_two_processes(tmp_path, torchrun):
     script = tmp_path / "helpers.py"
     script.write_text(SCRIPT)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(script, tmp_path, timeout=300)
     g = torch.Generator().manual_seed(0)
     full = torch.randn(7, 3, generator=g)
     weights = torch.randn(7, 3, generator=g)

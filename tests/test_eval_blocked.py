@@ -17,7 +17,7 @@ from core.evaluation.features import FeatureWriter, open_features
 from core.evaluation.ranking import summarise
 from core.evaluation.search import recall_at_k
 from core.interfaces import FeatureSet
-from tests.test_evaluation import assert_metrics_equal, random_problem, reference_metrics
+from tests.evaluation_helpers import assert_metrics_equal, feature_sets, random_problem, reference_metrics
 
 RANKS = [1, 5, 10]
 
@@ -98,18 +98,9 @@ def test_gallery_blocks_cover_every_row_once_and_merge_a_narrow_tail():
     assert gallery_blocks(100 + MIN_TAIL, 100) == [(0, 100), (100, 100 + MIN_TAIL)]
 
 
-def feature_sets(seed=11, categories=True):
-    q, g, qp, gp, qc, gc = random_problem(seed, num_q=60, num_g=500, clustered=True)
-    query, gallery = FeatureSet(q, qp, qc), FeatureSet(g, gp, gc)
-    if categories:
-        query.categories = np.arange(len(qp)) % 3
-        query.category_names = ["person", "vehicle", "animal"]
-    return query, gallery
-
-
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 def test_evaluator_blocked_equals_exact_with_categories(metric):
-    query, gallery = feature_sets()
+    query, gallery = feature_sets(categories=True, num_g=500)
     exact = ReIDEvaluator(metric=metric).evaluate(query, gallery)
     assert ReIDEvaluator(metric=metric, search="blocked", chunk_size=16, gallery_block=96).evaluate(
         query, gallery) == exact
@@ -119,7 +110,7 @@ def test_evaluator_blocked_equals_exact_with_categories(metric):
 def test_evaluator_blocked_on_a_memory_mapped_float16_gallery(tmp_path):
     """Features written in chunks to a float16 memmap rank like the float16-rounded
     features in memory (the exact path), and the file reads back the rounded values."""
-    query, gallery = feature_sets()
+    query, gallery = feature_sets(categories=True, num_g=500)
     writer = FeatureWriter(tmp_path / "g.npy", len(gallery), gallery.embeddings.shape[1])
     for start in range(0, len(gallery), 64):  # the last chunk is partial
         writer.write(gallery.embeddings[start:start + 64].numpy())
@@ -164,7 +155,7 @@ def test_evaluator_ivfpq_reports_recall_and_truncated_metrics():
 def test_recall_of_ivf_over_every_list_with_the_whole_gallery_is_complete():
     """faiss_ivf probing every list returns the exact neighbours: recall@k is 100."""
     pytest.importorskip("faiss")
-    query, gallery = feature_sets(categories=False)
+    query, gallery = feature_sets(categories=False, num_g=500)
     out = ReIDEvaluator(search="faiss_ivf", nlist=4, nprobe=4, topk=20, recall_queries=30).evaluate(query, gallery)
     assert out["recall@20"] == pytest.approx(100.0)
 
@@ -175,6 +166,144 @@ def test_recall_at_k_against_a_plain_count():
     assert recall_at_k(retrieved, exact) == pytest.approx(100.0 * (2 / 4 + 4 / 4) / 2)
 
 
-def test_blocked_search_refuses_clothes_filtering():
-    with pytest.raises(ValueError, match=r"needs an exact search \(exact or faiss_flat\), not blocked"):
-        ReIDEvaluator(search="blocked", exclude_same_clothes=True)
+def clothes_problem(seed, num_q=50, num_g=400, clustered=True):
+    """A random problem with clothes ids: 3 outfits per identity, so each query has
+    same-identity items in its own clothes (removed) and in others (kept)."""
+    q, g, qp, gp, qc, gc = random_problem(seed, num_q=num_q, num_g=num_g, clustered=clustered)
+    rng = np.random.default_rng(seed + 100)
+    return q, g, qp, gp, qc, gc, qp * 3 + rng.integers(0, 3, num_q), gp * 3 + rng.integers(0, 3, num_g)
+
+
+@COUNTING
+@pytest.mark.parametrize("exclude_camera", [True, False])
+@pytest.mark.parametrize("seed, clustered, metric", [(20, True, "cosine"), (21, False, "euclidean"),
+                                                     (22, True, "euclidean")])
+def test_blocked_clothes_exclusion_equals_the_reference_loop_and_the_dense_path(seed, clustered, metric,
+                                                                                exclude_camera, compare_width,
+                                                                                monkeypatch):
+    """Clothes-changing protocol (LTCC / PRCC): a same-identity item in the query's clothes
+    is removed, like one from its camera; the blocked search equals the plain loop and the
+    dense path's exclusion, across block boundaries (query blocks 7, gallery blocks 96)."""
+    monkeypatch.setattr(blocked, "COMPARE_WIDTH", compare_width)
+    q, g, qp, gp, qc, gc, qk, gk = clothes_problem(seed, clustered=clustered)
+    d = pairwise_distance(q, g, metric)
+    ours = summarise(blocked_per_query_metrics(q, g, metric, qp, gp, qc, gc, exclude_camera, 7, 96,
+                                               q_groups=qk, g_groups=gk), RANKS)
+    expected = reference_metrics(d.numpy(), qp, gp, qc, gc, RANKS, exclude_same_camera=exclude_camera,
+                                 q_groups=qk, g_groups=gk)
+    assert_metrics_equal(ours, expected)
+    assert ours == rank_metrics(d, qp, gp, qc, gc, RANKS, exclude_same_camera=exclude_camera,
+                                q_groups=qk, g_groups=gk)
+    plain = reference_metrics(d.numpy(), qp, gp, qc, gc, RANKS, exclude_same_camera=exclude_camera)
+    assert ours != plain  # the clothes filter changed the result: the case exercises it
+
+
+def test_blocked_clothes_exclusion_on_tied_distances():
+    """Ties across the removed same-clothes items: the removed item before a positive in
+    the (distance, index) order must not be counted."""
+    for seed in range(3):
+        q, g, qp, gp, qc, gc = tied_problem(seed)
+        rng = np.random.default_rng(seed)
+        qk, gk = rng.integers(0, 2, len(qp)), rng.integers(0, 2, len(gp))
+        d = pairwise_distance(q, g, "euclidean")
+        ours = summarise(blocked_per_query_metrics(q, g, "euclidean", qp, gp, qc, gc, False, 9, 64,
+                                                   q_groups=qk, g_groups=gk), RANKS)
+        assert_metrics_equal(ours, reference_metrics(d.numpy(), qp, gp, qc, gc, RANKS, exclude_same_camera=False,
+                                                     q_groups=qk, g_groups=gk))
+
+
+def test_evaluator_blocked_excludes_same_clothes_from_the_records():
+    from core.records import Record
+
+    q, g, qp, gp, qc, gc, qk, gk = clothes_problem(23, num_q=60, num_g=500)
+    query, gallery = FeatureSet(q, qp, qc), FeatureSet(g, gp, gc)
+    query.records = [Record(path=None, pid=int(p), camid=int(c), extras={"clothes_id": int(k)})
+                     for p, c, k in zip(qp, qc, qk)]
+    gallery.records = [Record(path=None, pid=int(p), camid=int(c), extras={"clothes_id": int(k)})
+                       for p, c, k in zip(gp, gc, gk)]
+    dense = ReIDEvaluator(exclude_same_clothes=True).evaluate(query, gallery)
+    assert ReIDEvaluator(exclude_same_clothes=True, search="blocked", chunk_size=16,
+                         gallery_block=100).evaluate(query, gallery) == dense
+    assert dense != ReIDEvaluator().evaluate(query, gallery)
+
+
+def test_blocked_groups_go_together_and_match_the_lengths():
+    q, g, qp, gp, qc, gc, qk, gk = clothes_problem(24)
+    with pytest.raises(ValueError, match="q_groups and g_groups go together"):
+        blocked_per_query_metrics(q, g, "cosine", qp, gp, qc, gc, q_groups=qk)
+    with pytest.raises(ValueError, match="g_groups has 399 entries but there are 400 gallery items"):
+        blocked_per_query_metrics(q, g, "cosine", qp, gp, qc, gc, q_groups=qk, g_groups=gk[:-1])
+
+
+def test_approximate_searches_refuse_clothes_filtering():
+    with pytest.raises(ValueError, match=r"needs an exact search \(exact, faiss_flat or blocked\), not faiss_ivfpq"):
+        ReIDEvaluator(search="faiss_ivfpq", exclude_same_clothes=True)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_refine_exact_is_the_stable_order_of_the_candidates_exact_distances(metric):
+    """Re-ranking keeps, of each query's candidates (-1: none), the k nearest by exact
+    distance, ties by gallery index: a plain sort of (float64 distance, index) per query."""
+    from core.evaluation.search import refine_exact
+
+    q, g, *_ = random_problem(30, num_q=25, num_g=300, dim=12, clustered=True)
+    rng = np.random.default_rng(30)
+    candidates = np.stack([rng.choice(300, 40, replace=False) for _ in range(25)])
+    candidates[::3, -7:] = -1  # fewer found for some queries
+    candidates[5, :] = -1  # none
+    d = pairwise_distance(q.double(), g.double(), metric).numpy()
+    for k in (1, 10, 40):
+        from_tensor = refine_exact(q, g, candidates, metric, k)
+        from_array = refine_exact(q.numpy(), g.numpy(), candidates, metric, k)
+        expected = np.full((25, k), -1)
+        for i, row in enumerate(candidates):
+            best = sorted((d[i, c], c) for c in row if c >= 0)[:k]
+            expected[i, :len(best)] = [c for _, c in best]
+        assert (from_tensor == expected).all() and (from_array == expected).all()
+
+
+def test_refine_exact_over_the_whole_gallery_is_the_exact_top_k():
+    from core.evaluation.search import refine_exact
+
+    q, g, *_ = random_problem(31, num_q=30, num_g=200, dim=8)
+    everything = np.tile(np.random.default_rng(31).permutation(200), (30, 1))
+    assert (refine_exact(q, g, everything, "cosine", 15) == blocked_topk(q, g, "cosine", 15)[1]).all()
+
+
+def test_ivfpq_with_refinement_over_every_candidate_is_exact():
+    """One list probed and refine x k >= G: every item is a candidate, re-ranked exactly,
+    so the lists are the exact top k (recall 100) and CMC is the exact one."""
+    pytest.importorskip("faiss")
+    q, g, qp, gp, qc, gc = random_problem(32, num_q=40, num_g=600, dim=16, num_ids=40, clustered=True)
+    query, gallery = FeatureSet(q, qp, qc), FeatureSet(g, gp, gc)
+    exact = ReIDEvaluator().evaluate(query, gallery)
+    pq = ReIDEvaluator(search="faiss_ivfpq", nlist=1, nprobe=1, pq_m=4, topk=30, refine=20,
+                       recall_queries=40).evaluate(query, gallery)
+    assert pq["recall@30"] == 100.0
+    for r in RANKS:
+        assert pq[f"rank-{r}"] == pytest.approx(exact[f"rank-{r}"], abs=1e-9)
+    coarse = ReIDEvaluator(search="faiss_ivfpq", nlist=1, nprobe=1, pq_m=4, topk=30, refine=0,
+                           recall_queries=40).evaluate(query, gallery)
+    assert coarse["recall@30"] < 100.0  # 4-byte codes alone do not find the exact lists
+    with pytest.raises(ValueError, match="refine must be an integer >= 0"):
+        ReIDEvaluator(search="faiss_ivfpq", refine=-1)
+
+
+def test_refine_exact_breaks_ties_by_gallery_index():
+    """Integer features: most candidate distances tie, and the re-ranked list must follow
+    the exact search's tie rule (gallery index), whatever order the index returned."""
+    from core.evaluation.search import refine_exact
+
+    q, g, *_ = tied_problem(33, num_q=20, num_g=200)
+    rng = np.random.default_rng(33)
+    candidates = np.stack([rng.choice(200, 50, replace=False) for _ in range(20)])  # unsorted
+    d = pairwise_distance(q.double(), g.double(), "euclidean").numpy()
+    expected = np.array([[c for _, c in sorted((d[i, c], c) for c in row)[:12]] for i, row in enumerate(candidates)])
+    assert (refine_exact(q, g, candidates, "euclidean", 12) == expected).all()
+
+
+def test_refine_exact_with_no_candidate_found_returns_none():
+    from core.evaluation.search import refine_exact
+
+    q, g, *_ = random_problem(34, num_q=3, num_g=50, dim=4)
+    assert (refine_exact(q, g, np.full((3, 8), -1), "cosine", 5) == -1).all()

@@ -11,60 +11,7 @@ import core.evaluation.ranking as ranking
 from core.evaluation import ReIDEvaluator, pairwise_distance, rank_metrics
 from core.evaluation.ranking import resolve_chunk_size
 from core.interfaces import FeatureSet
-
-RANKS = (1, 5, 10)
-
-
-def reference_metrics(distmat, q_pids, g_pids, q_camids, g_camids, ranks=RANKS,
-                      exclude_same_camera=True, q_groups=None, g_groups=None):
-    """torchreid's / fast-reid's Python eval_market1501, one query at a time, with the
-    tie rule made explicit: a stable argsort, i.e. order by (distance, gallery index)."""
-    distmat = np.asarray(distmat)
-    all_first, all_ap, all_inp = [], [], []
-    for i in range(distmat.shape[0]):
-        order = np.argsort(distmat[i], kind="stable")
-        if exclude_same_camera:
-            remove = (g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i])
-        else:
-            remove = np.zeros(len(order), dtype=bool)
-        if q_groups is not None:  # clothes-changing: the query's identity in its own clothes is removed too
-            remove |= (g_pids[order] == q_pids[i]) & (g_groups[order] == q_groups[i])
-        raw_cmc = (g_pids[order] == q_pids[i]).astype(np.int32)[~remove]
-        if not np.any(raw_cmc):
-            continue
-        cmc = raw_cmc.cumsum()
-        max_pos_idx = np.max(np.where(raw_cmc == 1))
-        all_inp.append(cmc[max_pos_idx] / (max_pos_idx + 1.0))
-        tmp_cmc = np.asarray([x / (k + 1.0) for k, x in enumerate(cmc)]) * raw_cmc
-        all_ap.append(tmp_cmc.sum() / raw_cmc.sum())
-        all_first.append(np.argmax(raw_cmc) + 1)
-    if not all_ap:
-        raise ValueError("no valid query")
-    first = np.asarray(all_first)
-    out = {f"rank-{k}": 100.0 * np.mean(first <= k) for k in ranks}
-    out.update({"mAP": 100.0 * np.mean(all_ap), "mINP": 100.0 * np.mean(all_inp),
-                "num_valid_queries": len(all_ap)})
-    return out
-
-
-def random_problem(seed, num_q=60, num_g=400, dim=16, num_ids=30, num_cams=4, clustered=False):
-    rng = np.random.default_rng(seed)
-    q_pids, g_pids = rng.integers(0, num_ids, num_q), rng.integers(0, num_ids + 5, num_g)
-    q_cams, g_cams = rng.integers(0, num_cams, num_q), rng.integers(0, num_cams, num_g)
-    if clustered:  # positives rank high, as with a trained model
-        centres = 3 * rng.standard_normal((num_ids + 5, dim))
-        q = centres[q_pids] + rng.standard_normal((num_q, dim))
-        g = centres[g_pids] + rng.standard_normal((num_g, dim))
-    else:
-        q, g = rng.standard_normal((num_q, dim)), rng.standard_normal((num_g, dim))
-    q, g = torch.tensor(q, dtype=torch.float32), torch.tensor(g, dtype=torch.float32)
-    return q, g, q_pids, g_pids, q_cams, g_cams
-
-
-def assert_metrics_equal(ours, expected, tol=1e-6):
-    assert set(ours) == set(expected)
-    for key in expected:
-        assert ours[key] == pytest.approx(expected[key], abs=tol), key
+from tests.evaluation_helpers import RANKS, assert_metrics_equal, feature_sets, random_problem, reference_metrics
 
 
 # --- agreement with the reference ---------------------------------------------------------
@@ -399,15 +346,6 @@ def test_memory_budget_sets_the_chunk_size():
 
 
 # --- the evaluator ----------------------------------------------------------------------------
-
-
-def feature_sets(seed=11, categories=False):
-    q, g, qp, gp, qc, gc = random_problem(seed, clustered=True)
-    query, gallery = FeatureSet(q, qp, qc), FeatureSet(g, gp, gc)
-    if categories:
-        query.categories = np.arange(len(qp)) % 3
-        query.category_names = ["person", "vehicle", "animal"]
-    return query, gallery
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])

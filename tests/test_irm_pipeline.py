@@ -37,7 +37,7 @@ def test_irm_plus_plus_synthetic_runs_end_to_end_on_all_six_tasks(tmp_path):
     assert "instruct/mAP_tau" in m and "instruct/free/mAP_tau" in m
     logged = (result.run_dir / "metrics.jsonl").read_text()
     for term in ("instruct_id/bio", "adaptive_triplet/bio_bn/l11", "irm_memory/hard", "irm_memory/soft",
-                 "t2i_contrastive/t2i", "t2i_matching/pitm", "t2i_matching/mlm"):  # the momentum model bound
+                 "t2i_contrastive/t2i", "t2i_matching/pitm", "t2i_matching/mlm", "t2i_matching/mrtd"):  # momentum bound
         assert f'"{term}"' in logged, term
     resolved = (result.run_dir / "pipeline.yaml").read_text()
     assert "instruct_editor" in resolved and "task_pk" in resolved
@@ -55,10 +55,12 @@ def test_pipelines_use_the_papers_losses_and_settings(name):
         assert cfg["trainer"]["accumulate"] == 6  # one batch per task per step: 1 / 6 each
         assert cfg["stages"][0]["optimizer"] == {"name": "adamw", "lr": 4.0e-5, "weight_decay": 5.0e-4}
         assert cfg["backbone"]["clip_model"] == "ViT-B-16" and cfg["data"]["transform"]["size"] == [256, 128]
-        # the authors' text-to-image total: 0.5 L_cl (momentum 0.995, distillation 0.4) + L_pitm + L_mlm
+        # the authors' text-to-image total: 0.5 L_cl (momentum 0.995, distillation 0.4) + L_pitm ...
         assert losses["t2i_contrastive"]["weight"] == 0.5 and losses["t2i_contrastive"]["momentum"] == 0.995
         assert losses["t2i_contrastive"]["distill"] == 0.4
         assert losses["t2i_matching"]["weight"] == 1.0 and losses["t2i_matching"]["layers"] == 6
+        # ... + L_mlm (momentum distillation 0.4) + 0.5 L_mrtd
+        assert losses["t2i_matching"]["mlm_distill"] == 0.4 and losses["t2i_matching"]["mrtd_weight"] == 0.5
 
 
 def _sets(entries):

@@ -88,7 +88,7 @@ def test_a_signal_stops_the_whole_sweep_after_writing_the_table_so_far(tmp_path,
 
     calls = []
 
-    def fake_run(pipeline, overrides, run_dir, image_check):
+    def fake_run(pipeline, overrides, run_dir, image_check, **_):
         calls.append(overrides[-1])
         if len(calls) == 2:
             raise Interrupted(15, 0, 3, run_dir)
@@ -102,3 +102,53 @@ def test_a_signal_stops_the_whole_sweep_after_writing_the_table_so_far(tmp_path,
     assert calls == ["seed=0", "seed=1"]
     assert variants[0].errors == ["seed 1: interrupted"]
     assert (tmp_path / "sweep" / "comparison.md").is_file()
+
+
+def _row(out, variant):
+    return next(r for r in csv.DictReader((out / "comparison.csv").open()) if r["variant"] == variant)
+
+
+def test_continue_reads_finished_runs_back_resumes_a_stopped_one_and_runs_the_rest(tiny_yaml, tmp_path):
+    """`core run --continue`: a sweep stopped part-way goes on. Seed 0 finished (its folder
+    must stay byte-identical: not run again), seed 1 stopped after 2 steps with a checkpoint
+    (resumed: it must end where an uninterrupted seed-1 run ends), seed 2 never started
+    (run). The row's mean is the mean of the three runs' own final mAP."""
+    out = tmp_path / "sweep"
+    assert main(["run", str(tiny_yaml), "--seeds", "0", "--sweep-dir", str(out)]) == 0
+    row_dir = out / "tiny"
+    before = {p.name: p.read_bytes() for p in (row_dir / "seed-0").iterdir() if p.is_file()}
+    run(tiny_yaml, ["seed=1", "trainer.stop_after_steps=2"], run_dir=row_dir / "seed-1")
+    assert sweep.finished_metrics(row_dir / "seed-1") is None
+    assert (row_dir / "seed-1" / "checkpoints" / "last.pt").is_file()
+    reference = run(tiny_yaml, ["seed=1"], run_dir=tmp_path / "uninterrupted")
+
+    assert main(["run", str(tiny_yaml), "--seeds", "0,1,2", "--sweep-dir", str(out), "--continue"]) == 0
+    after = {p.name: p.read_bytes() for p in (row_dir / "seed-0").iterdir() if p.is_file()}
+    assert after == before
+    assert "resumed at epoch 1/1, step 2" in (row_dir / "seed-1" / "log.txt").read_text()  # not rerun
+    assert final_map(row_dir / "seed-1") == pytest.approx(reference.metrics["synthetic/mAP"], abs=1e-9)
+    finals = [final_map(row_dir / f"seed-{s}") for s in (0, 1, 2)]
+    row = _row(out, "tiny")
+    assert int(row["seeds_ok"]) == 3
+    assert float(row["synthetic/mAP mean"]) == pytest.approx(np.mean(finals), rel=1e-5)  # the csv keeps 6 digits
+
+
+def test_continue_refuses_a_folder_holding_another_pipelines_run(tiny_yaml, tmp_path):
+    """A run made from a different resolved pipeline (here another margin) is never mixed
+    into the row: the sweep refuses with the folder and the differing key, and the folder
+    is left as it was."""
+    out = tmp_path / "sweep"
+    assert main(["run", str(tiny_yaml), "--seeds", "0", "--sweep-dir", str(out)]) == 0
+    before = (out / "tiny" / "seed-0" / "metrics.jsonl").read_bytes()
+    variants = sweep.plan([tiny_yaml], ["losses.1.margin=0.7"], [], "0")
+    sweep.run_sweep(variants, out, continue_sweep=True)
+    assert len(variants[0].errors) == 1
+    assert "different pipeline" in variants[0].errors[0] and "losses" in variants[0].errors[0]
+    assert (out / "tiny" / "seed-0" / "metrics.jsonl").read_bytes() == before
+
+
+def test_continue_needs_a_sweep(tiny_yaml, tmp_path):
+    with pytest.raises(SystemExit, match="--sweep-dir"):
+        main(["run", str(tiny_yaml), "--seeds", "0,1", "--continue"])
+    with pytest.raises(SystemExit, match="--resume"):
+        main(["run", str(tiny_yaml), "--continue", "--sweep-dir", str(tmp_path / "s")])

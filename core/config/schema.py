@@ -97,7 +97,13 @@ class TrainerConfig:
     `stop_after_steps`: save a checkpoint and stop after this many optimisation steps (to be
     continued with --resume). A NaN/Inf loss always stops the run. `worst_queries`: after
     the final evaluation, draw the ranked lists of the N lowest-AP queries of each test set
-    into `<run>/worst-queries/` (evaluators see features only, so the trainer does it)."""
+    into `<run>/worst-queries/` (evaluators see features only, so the trainer does it).
+    `eval_features`: where evaluation embeddings are kept (issue 24): `memory` (float32
+    tensors), `disk` (written batch by batch to a memory-mapped .npy under
+    `<run>/eval-features/`, as `eval_features_dtype`, so a gallery of millions is never
+    whole in RAM; the reid evaluator then searches it out of core, `search: blocked`, the
+    same metrics), or `auto` (disk for a split of more than `eval_features_disk_above`
+    items when the evaluator reads features out of core, else memory)."""
 
     device: str = "auto"
     precision: Literal["fp32", "bf16", "fp16"] | None = None
@@ -121,6 +127,9 @@ class TrainerConfig:
     find_unused_parameters: bool = False
     eval_flip: bool = False
     worst_queries: int = 0
+    eval_features: Literal["auto", "memory", "disk"] = "auto"
+    eval_features_dtype: Literal["float16", "float32"] = "float16"
+    eval_features_disk_above: int = 1_000_000
     #: torch.use_deterministic_algorithms on (bit-identical GPU runs, slower kernels;
     #: core/training/determinism.py). CPU runs are bit-identical without it.
     deterministic: bool = False

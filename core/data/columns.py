@@ -374,6 +374,17 @@ class RecordColumns(Sequence):
         for i in range(len(self)):
             yield self[i]
 
+    def __add__(self, other: object) -> "RecordColumns":
+        """`a + b` as for the lists readers returned: the rows of both, as columns."""
+        if isinstance(other, (RecordColumns, list, tuple)):
+            return RecordColumns.concat([self, as_columns(list(other) if isinstance(other, tuple) else other)])
+        return NotImplemented
+
+    def __radd__(self, other: object) -> "RecordColumns":
+        if isinstance(other, (list, tuple)):
+            return RecordColumns.concat([as_columns(list(other)), self])
+        return NotImplemented
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (RecordColumns, list, tuple)):
             return len(self) == len(other) and all(a == b for a, b in zip(self, other))

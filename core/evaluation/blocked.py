@@ -17,9 +17,10 @@ Two products, both exact:
   gallery); pass 2 counts, block by block, the items before each positive: one comparison
   pass per positive when queries have few (`COMPARE_WIDTH`), else from the sorted block
   (one `searchsorted` per positive); equal distances are resolved by gallery index
-  exactly. Removed items (same identity and camera) are few and subtracted
-  directly. So mAP here is the exact full-ranking mAP, computed with per-query positive
-  counts, at the cost of two distance products per (query, gallery) pair.
+  exactly. Removed items (same identity and camera; under the clothes-changing protocol
+  also same identity and clothes) are few and subtracted directly. So mAP here is the
+  exact full-ranking mAP, computed with per-query positive counts, at the cost of two
+  distance products per (query, gallery) pair.
 
 Distances are `core.evaluation.distances.distance_to` of each gallery block: the same
 formula as the dense path. Whether every entry is bit-for-bit the dense product's depends
@@ -30,13 +31,14 @@ last gallery block narrower than `MIN_TAIL` is merged into the one before it.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
 from core.evaluation.distances import distance_to
-from core.evaluation.ranking import PerQueryMetrics, _codes, _from_ranks, _GalleryIndex
+from core.evaluation.ranking import PerQueryMetrics, _codes, _from_ranks, _GalleryIndex, _Removal
 
 #: Gallery rows per block when none is given (64k x 768-d float32 = 192 MiB).
 DEFAULT_GALLERY_BLOCK = 65536
@@ -65,7 +67,12 @@ def rows_as_float(features: Any, start: int, stop: int, device: torch.device | s
     """Rows [start, stop) of a (N, D) tensor, array or memory-mapped array, as float32 (or
     float64 when stored so) on `device`; only those rows are read."""
     block = features[start:stop]
-    t = block if isinstance(block, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(block))
+    if isinstance(block, torch.Tensor):
+        t = block
+    else:
+        with warnings.catch_warnings():  # a read-only memmap's rows: only read (upcast or used as is)
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            t = torch.from_numpy(np.ascontiguousarray(block))
     if t.dtype != torch.float64:
         t = t.float()
     return t.to(device)
@@ -108,26 +115,40 @@ def blocked_topk(query: Any, gallery: Any, metric: str, k: int, query_block: int
 def blocked_per_query_metrics(query: Any, gallery: Any, metric: str, q_pids, g_pids, q_camids, g_camids,
                               exclude_same_camera: bool = True, query_block: int = DEFAULT_QUERY_BLOCK,
                               gallery_block: int = DEFAULT_GALLERY_BLOCK,
-                              device: torch.device | str = "cpu") -> PerQueryMetrics:
+                              device: torch.device | str = "cpu", q_groups=None, g_groups=None) -> PerQueryMetrics:
     """`core.evaluation.ranking.per_query_metrics` of the exact distances, computed out of
-    core (module doc): the same per-query first rank, AP and INP."""
+    core (module doc): the same per-query first rank, AP and INP. `q_groups` / `g_groups`
+    (e.g. clothes ids): a same-identity item sharing the query's group is removed too, the
+    clothes-changing protocol of LTCC / PRCC (`per_query_metrics`); removed items are
+    same-identity items only, so they stay few and are subtracted directly."""
     q_pids, g_pids = _codes(q_pids, g_pids, "pids")
     q_camids, g_camids = _codes(q_camids, g_camids, "camids")
+    if (q_groups is None) != (g_groups is None):
+        raise ValueError("q_groups and g_groups go together: give both (e.g. the clothes ids of queries and "
+                         "gallery) or neither")
+    if q_groups is not None:
+        q_groups, g_groups = _codes(q_groups, g_groups, "groups")
     num_q, num_g = len(query), len(gallery)
-    for name, arr, n in (("q_pids", q_pids, num_q), ("q_camids", q_camids, num_q),
-                         ("g_pids", g_pids, num_g), ("g_camids", g_camids, num_g)):
+    checks = [("q_pids", q_pids, num_q), ("q_camids", q_camids, num_q), ("g_pids", g_pids, num_g),
+              ("g_camids", g_camids, num_g)]
+    if q_groups is not None:
+        checks += [("q_groups", q_groups, num_q), ("g_groups", g_groups, num_g)]
+    for name, arr, n in checks:
         if len(arr) != n:
             raise ValueError(f"{name} has {len(arr)} entries but there are {n} "
                              f"{'queries' if name[0] == 'q' else 'gallery items'}")
-    index = _GalleryIndex(g_pids, g_camids, torch.device("cpu"))
+    index = _GalleryIndex(g_pids, g_camids, torch.device("cpu"), g_groups)
+    q_cams_all = torch.as_tensor(q_camids)
+    q_groups_all = None if q_groups is None else torch.as_tensor(q_groups)
     g_ranges = gallery_blocks(num_g, gallery_block)
     parts = []
     for q0 in range(0, num_q, query_block):
         q1 = min(q0 + query_block, num_q)
         q = rows_as_float(query, q0, q1, device)
         rows, cols = index.same_identity(torch.as_tensor(q_pids[q0:q1]))
-        junk = (torch.as_tensor(q_camids[q0:q1])[rows] == index.cams[cols]) if exclude_same_camera \
-            else torch.zeros_like(rows, dtype=torch.bool)
+        removal = _Removal(q_cams_all[q0:q1], None if q_groups_all is None else q_groups_all[q0:q1], index,
+                           exclude_same_camera)
+        junk = removal(rows, cols)
         values = _pair_distances(q, gallery, metric, rows, cols, g_ranges, device)
         parts.append(_query_block_ranks(q, gallery, metric, rows, cols, junk, values, g_ranges, device))
     if not parts:

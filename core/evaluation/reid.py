@@ -44,8 +44,10 @@ class ReIDEvaluator(Evaluator):
             distance kernels) or "faiss_ivf" (approximate top-`topk` search for large
             galleries; reports "mAP@<topk>" and CMC, no mINP; see
             `core.evaluation.search`). faiss is imported only for the faiss searches.
-        nlist: inverted lists of "faiss_ivf"; 0 = about 4 sqrt(G) (see `search.ivf_search`).
-        nprobe: lists visited per query by "faiss_ivf".
+        nlist: inverted lists of "faiss_ivf" / "faiss_ivfpq"; 0 = about 4 sqrt(G) for
+            faiss_ivf (`search.ivf_search`), sqrt(G) for faiss_ivfpq (`search.build_ivfpq`).
+        nprobe: lists visited per query by "faiss_ivf" / "faiss_ivfpq"; null: 16 for
+            faiss_ivf, half the lists for faiss_ivfpq (`search.IVFPQ_PROBE_FRACTION`).
         topk: length of the retrieved list of "faiss_ivf".
             "blocked" (issue 24): the exact protocol out of core, query blocks of
             `chunk_size` (0: 1024) x gallery blocks of `gallery_block` rows, for galleries
@@ -54,7 +56,12 @@ class ReIDEvaluator(Evaluator):
             `nprobe`, `pq_m`, `pq_bits`) filled block by block; like "faiss_ivf" it
             reports CMC and mAP@<topk>, plus "recall@<topk>" against the exact top k.
         gallery_block: gallery rows per block of "blocked" (and per add of "faiss_ivfpq").
-        pq_m, pq_bits: sub-quantisers (0: the largest divisor of D <= D / 4) and bits each.
+            Features the trainer keeps on disk (`trainer.eval_features`) are searched as
+            "blocked" under search "exact" or "faiss_flat" (the same metrics).
+        pq_m, pq_bits: sub-quantisers (0: the largest divisor of D <= D / 2) and bits each.
+        refine: "faiss_ivfpq" asks the index for `refine` x topk candidates and re-ranks
+            them by exact distances read from the gallery (`search.refine_exact`); 0: off;
+            null: 4 (`search.IVFPQ_REFINE`).
         recall_queries: queries (a seeded sample) whose approximate top-k lists are checked
             against exact search for "recall@<topk>"; null: 1000 for faiss_ivfpq, none for
             faiss_ivf (0: none).
@@ -64,29 +71,33 @@ class ReIDEvaluator(Evaluator):
             MUVA reports 50, 15, 0.3).
     """
 
+    out_of_core = True  # memory-mapped features are searched block by block (`_on_disk`)
+
     def __init__(self, metric: str = "cosine", ranks: list[int] = [1, 5, 10],  # noqa: B006 - YAML default, never mutated
                  exclude_same_camera: bool = True, per_category: bool = True, exclude_same_clothes: bool = False,
                  chunk_size: int = 0, memory_budget_mb: int = DEFAULT_MEMORY_BUDGET // 2**20,
-                 search: str = "exact", nlist: int = 0, nprobe: int = 16, topk: int = 1000,
+                 search: str = "exact", nlist: int = 0, nprobe: int | None = None, topk: int = 1000,
                  rerank: bool = False, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
                  ranking_threads: int = 0, gallery_block: int = 65536, pq_m: int = 0, pq_bits: int = 8,
-                 recall_queries: int | None = None):
+                 recall_queries: int | None = None, refine: int | None = None):
         if metric not in METRICS:
             raise ValueError(f"evaluator 'reid': unknown metric {metric!r}; valid metrics: "
                              f"{', '.join(METRICS)}")
         if search not in SEARCHES:
             raise ValueError(f"evaluator 'reid': unknown search {search!r}; valid searches: "
                              f"{', '.join(SEARCHES)}")
-        if exclude_same_clothes and search in ("faiss_ivf", "faiss_ivfpq", "blocked"):
-            raise ValueError("evaluator 'reid': exclude_same_clothes needs an exact search (exact or faiss_flat), "
-                             f"not {search}")
+        if exclude_same_clothes and search in ("faiss_ivf", "faiss_ivfpq"):
+            raise ValueError("evaluator 'reid': exclude_same_clothes needs an exact search (exact, faiss_flat or "
+                             f"blocked), not {search}")
         if rerank and search != "exact":
             raise ValueError(f"evaluator 'reid': rerank: true needs search: exact (re-ranking builds its "
                              f"own exact neighbour lists), got search {search!r}")
         for key, value, least in (("chunk_size", chunk_size, 0), ("memory_budget_mb", memory_budget_mb, 1),
-                                  ("nlist", nlist, 0), ("nprobe", nprobe, 1), ("topk", topk, 1),
+                                  ("nlist", nlist, 0), ("nprobe", 1 if nprobe is None else nprobe, 1),
+                                  ("topk", topk, 1),
                                   ("k1", k1, 1), ("k2", k2, 1), ("ranking_threads", ranking_threads, 0),
                                   ("gallery_block", gallery_block, 1), ("pq_m", pq_m, 0), ("pq_bits", pq_bits, 1),
+                                  ("refine", 0 if refine is None else refine, 0),
                                   ("recall_queries", 0 if recall_queries is None else recall_queries, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"evaluator 'reid': {key} must be an integer >= {least}"
@@ -107,6 +118,7 @@ class ReIDEvaluator(Evaluator):
         self.search, self.nlist, self.nprobe, self.topk = search, nlist, nprobe, topk
         self.rerank, self.k1, self.k2, self.lambda_value = bool(rerank), k1, k2, float(lambda_value)
         self.gallery_block, self.pq_m, self.pq_bits = gallery_block, pq_m, pq_bits
+        self.refine = refine
         self.recall_queries = (1000 if search == "faiss_ivfpq" else 0) if recall_queries is None else recall_queries
 
     def evaluate(self, query: FeatureSet, gallery: FeatureSet) -> dict[str, float]:
@@ -123,13 +135,24 @@ class ReIDEvaluator(Evaluator):
         with torch.no_grad():
             if self.search in ("faiss_ivf", "faiss_ivfpq"):
                 return self._evaluate_top_k(query, gallery, categories, names)
-            if self.search == "blocked":
-                return self._evaluate_blocked(query, gallery, categories, names)
+            if self.search == "blocked" or self._on_disk(query, gallery):
+                return self._evaluate_blocked(query, gallery, categories, names, groups)
             return rank_metrics(self._distance_rows(query, gallery), query.pids, gallery.pids,
                                 query.camids, gallery.camids, ranks=self.ranks,
                                 exclude_same_camera=self.exclude_same_camera, chunk_size=self.chunk_size,
                                 memory_budget=self.memory_budget, q_categories=categories,
                                 category_names=names, threads=self.ranking_threads, **groups)
+
+    def _on_disk(self, query: FeatureSet, gallery: FeatureSet) -> bool:
+        """Whether a set is memory-mapped (`FeatureSet.embeddings_file`, the trainer's
+        `eval_features`): the exact searches then run out of core, as `search: blocked`
+        (the same metrics) instead of reading the features whole."""
+        if query.embeddings_file is None and gallery.embeddings_file is None:
+            return False
+        if self.rerank:
+            raise ValueError("evaluator 'reid': rerank: true needs every distance in memory, but the features are "
+                             "on disk (trainer.eval_features); set trainer.eval_features: memory or rerank: false")
+        return True
 
     def _distance_rows(self, query: FeatureSet, gallery: FeatureSet):
         """The (Q, G) distances, as a matrix (re-ranking) or chunk by chunk."""
@@ -145,14 +168,16 @@ class ReIDEvaluator(Evaluator):
             return faiss_distance_rows(q_emb, g_emb, self.metric)
         return blocked_rows(distance_to(g_emb, self.metric), q_emb, len(g_emb))
 
-    def _evaluate_blocked(self, query: FeatureSet, gallery: FeatureSet, categories, names) -> dict[str, float]:
-        """The exact protocol, query blocks x gallery blocks (`core.evaluation.blocked`)."""
+    def _evaluate_blocked(self, query: FeatureSet, gallery: FeatureSet, categories, names,
+                          groups: dict) -> dict[str, float]:
+        """The exact protocol, query blocks x gallery blocks (`core.evaluation.blocked`);
+        `groups`: the clothes ids when excluding same clothes."""
         from core.evaluation.blocked import DEFAULT_QUERY_BLOCK, blocked_per_query_metrics
 
         per_query = blocked_per_query_metrics(
             query.embeddings.detach(), gallery.embeddings.detach(), self.metric, query.pids, gallery.pids,
             query.camids, gallery.camids, self.exclude_same_camera, self.chunk_size or DEFAULT_QUERY_BLOCK,
-            self.gallery_block, query.embeddings.device)
+            self.gallery_block, query.embeddings.device, **groups)
         metrics = summarise(per_query, self.ranks)
         if categories is not None:
             metrics.update(_per_category(per_query, self.ranks, categories, names))
@@ -169,10 +194,14 @@ class ReIDEvaluator(Evaluator):
                    - kept_positives(q_pids, g_pids, q_cams, g_cams, self.exclude_same_camera))
         k = self.topk + int(removed.max(initial=0))  # so that topk kept items remain
         if self.search == "faiss_ivf":
-            retrieved = ivf_search(query.embeddings, gallery.embeddings, self.metric, k, self.nlist, self.nprobe)
+            retrieved = ivf_search(query.embeddings, gallery.embeddings, self.metric, k, self.nlist,
+                                   16 if self.nprobe is None else self.nprobe)
         else:
-            retrieved = ivfpq_search(query.embeddings, gallery.embeddings, self.metric, k, self.nlist, self.nprobe,
-                                     self.pq_m, self.pq_bits, self.gallery_block)
+            from core.evaluation.search import IVFPQ_REFINE
+
+            retrieved = ivfpq_search(query.embeddings, gallery.embeddings, self.metric, k, self.nlist,
+                                     self.nprobe or 0, self.pq_m, self.pq_bits, self.gallery_block,
+                                     refine=IVFPQ_REFINE if self.refine is None else self.refine)
         per_query = topk_per_query(retrieved, q_pids, g_pids, q_cams, g_cams, self.topk, self.exclude_same_camera)
         summary = lambda mask=None: summarise_topk(*per_query, self.ranks, self.topk, mask)  # noqa: E731
         metrics = summary()

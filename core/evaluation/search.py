@@ -21,7 +21,9 @@ Two uses, and what each is honestly good for:
   faiss's order.
 * "faiss_ivfpq": the same with product-quantised codes (Jegou et al. 2011, Sec. IV;
   `pq_m` sub-quantisers of `pq_bits` bits: m bytes per item at 8 bits instead of 4 D),
-  for galleries whose float32 copy does not fit in memory. The index is trained on a
+  for galleries whose float32 copy does not fit in memory; the best `refine` x k
+  candidates of each query are re-ranked by exact distances read from the gallery
+  (`refine_exact`, as faiss's IndexRefineFlat does from a float32 copy). The index is trained on a
   seeded sample and filled block by block from the (memory-mapped) gallery, the queries
   searched block by block. Distances are PQ approximations, so its lists are measured:
   recall@k, the mean fraction of each query's exact top k (`blocked.blocked_topk`, the
@@ -36,6 +38,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from core.evaluation.distances import blocked_rows
 
@@ -49,6 +52,19 @@ SEARCHES = ("exact", "faiss_flat", "faiss_ivf", "blocked", "faiss_ivfpq")
 #: 256, and kept rank-1 but lost 45 points of mAP@1000 on tightly clustered features
 #: (BENCHMARKS.md).
 IVF_TRAIN_POINTS_PER_LIST = 256
+#: faiss_ivfpq defaults (bench/eval_blocked.py at 1M gallery items, 128-d clustered
+#: features, BENCHMARKS.md): about sqrt(G) lists (4 sqrt(G) trains its k-means on 4x the
+#: points for 4x the lists, ~16x the time: extrapolated, half an hour on a CPU at 1M),
+#: half of them probed (a quarter lost 1 point of rank-1 and 8 of mAP@100 against half;
+#: 16 of 1,024 lost 40 points of rank-1), and the best `IVFPQ_REFINE` x k candidates
+#: re-ranked with exact distances (recall@100 78 -> 90 at half the lists probed, no
+#: measurable extra time).
+IVFPQ_PROBE_FRACTION = 0.5
+IVFPQ_REFINE = 4
+#: Dimensions per sub-quantiser when `pq_m` is 0 (D / 2 bytes per item at 8 bits): 2
+#: gave recall@100 70 against 62 with 4 (same lists probed, both re-ranked), as fast;
+#: 768-d codes are then 384 bytes, 1.9 GB at 5M items (the float16 file: 7.7 GB).
+IVFPQ_DIMS_PER_CODE = 2
 
 
 def import_faiss(search: str):
@@ -175,27 +191,37 @@ def _as_float32(rows) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def ivfpq_search(query, gallery, metric: str, k: int, nlist: int = 0, nprobe: int = 16, m: int = 0,
-                 bits: int = 8, block: int = 65536, seed: int = 0) -> np.ndarray:
+def ivfpq_search(query, gallery, metric: str, k: int, nlist: int = 0, nprobe: int = 0, m: int = 0,
+                 bits: int = 8, block: int = 65536, seed: int = 0, refine: int = IVFPQ_REFINE) -> np.ndarray:
     """(Q, k) gallery indices of each query's approximate top k from an IVF-PQ index
     (module doc); `query` / `gallery` are tensors or (memory-mapped) arrays, read `block`
-    rows at a time. `m` 0 picks the largest divisor of D that is <= D / 4 (4 dimensions
-    per byte at 8 bits); `nlist` 0 about 4 sqrt(G). Cosine: rows are L2-normalised and the
-    index ranks by inner product."""
+    rows at a time. `m` 0 picks the largest divisor of D that is <= D / 2 (2 dimensions
+    per byte at 8 bits, `IVFPQ_DIMS_PER_CODE`); `nlist` 0 about sqrt(G); `nprobe` 0 `IVFPQ_PROBE_FRACTION` of
+    the lists. Cosine: rows are L2-normalised and the index ranks by inner product.
+    `refine` > 0: the index returns `refine` x k candidates, re-ranked by their exact
+    distances (`refine_exact`)."""
+    index = build_ivfpq(gallery, metric, nlist, m, bits, block, seed)
+    return search_ivfpq(index, query, gallery, metric, k, nprobe, refine)
+
+
+def _unit_rows(x, start: int, stop: int, metric: str) -> np.ndarray:
+    r = _as_float32(x[start:stop])
+    if metric == "cosine":
+        r /= np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)
+    return r
+
+
+def build_ivfpq(gallery, metric: str, nlist: int = 0, m: int = 0, bits: int = 8, block: int = 65536,
+                seed: int = 0):
+    """The IVF-PQ index of `gallery` (see `ivfpq_search`): trained on a seeded sample,
+    filled `block` rows at a time."""
     faiss = import_faiss("faiss_ivfpq")
     num_g, dim = len(gallery), int(gallery.shape[1])
-    m = m or max(d for d in range(1, max(dim // 4, 1) + 1) if dim % d == 0)
+    m = m or max(d for d in range(1, max(dim // IVFPQ_DIMS_PER_CODE, 1) + 1) if dim % d == 0)
     if dim % m:
         raise ValueError(f"evaluator 'reid': pq_m = {m} must divide the embedding dimension {dim}")
-    nlist = min(nlist or max(1, round(4 * math.sqrt(num_g))), num_g)
+    nlist = min(nlist or max(1, round(math.sqrt(num_g))), num_g)
     kind = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
-
-    def rows(x, start, stop):
-        r = _as_float32(x[start:stop])
-        if metric == "cosine":
-            r /= np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)
-        return r
-
     quantizer = faiss.IndexFlatIP(dim) if metric == "cosine" else faiss.IndexFlatL2(dim)
     index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, bits, kind)
     index.cp.max_points_per_centroid = IVF_TRAIN_POINTS_PER_LIST
@@ -206,11 +232,61 @@ def ivfpq_search(query, gallery, metric: str, k: int, nlist: int = 0, nprobe: in
         train /= np.maximum(np.linalg.norm(train, axis=1, keepdims=True), 1e-12)
     index.train(train)
     for start in range(0, num_g, block):
-        index.add(rows(gallery, start, min(start + block, num_g)))
-    index.nprobe = min(nprobe, nlist)
+        index.add(_unit_rows(gallery, start, min(start + block, num_g), metric))
+    return index
+
+
+def search_ivfpq(index, query, gallery, metric: str, k: int, nprobe: int = 0, refine: int = IVFPQ_REFINE,
+                 block: int = 4096) -> np.ndarray:
+    """(Q, k) indices from a `build_ivfpq` index, `block` queries at a time, visiting
+    `nprobe` lists (0: `IVFPQ_PROBE_FRACTION` of them); `refine` > 0 re-ranks `refine` x k
+    candidates exactly (`refine_exact`)."""
+    if refine < 0:
+        raise ValueError(f"evaluator 'reid': refine must be an integer >= 0 (0 = off), got {refine!r}")
+    index.nprobe = min(nprobe or max(1, round(IVFPQ_PROBE_FRACTION * index.nlist)), index.nlist)
+    num_g = len(gallery)
     k = min(k, num_g)
-    return np.concatenate([index.search(rows(query, s, min(s + block, len(query))), k)[1]
-                           for s in range(0, len(query), block)])
+    wanted = min(k * refine, num_g) if refine else k
+    parts = []
+    for s in range(0, len(query), block):
+        found = index.search(_unit_rows(query, s, min(s + block, len(query)), metric), wanted)[1]
+        if refine:
+            found = refine_exact(query[s:s + len(found)], gallery, found, metric, k)
+        parts.append(found)
+    return np.concatenate(parts) if parts else np.zeros((0, k), np.int64)
+
+
+def refine_exact(query, gallery, candidates: np.ndarray, metric: str, k: int) -> np.ndarray:
+    """The k nearest of each query's `candidates` (-1: none) by their exact distances, in
+    the (distance, gallery index) order of the exact search: the re-ranking step that
+    faiss's IndexRefineFlat (k_factor) performs from a float32 copy of the gallery; we
+    read the candidates' rows from the gallery itself, e.g. its memory map, so no copy
+    is held. Distances as `core.evaluation.distances`: 1 - cosine of the normalised
+    rows, or the L2 norm of the difference, from the stored rows upcast to float32."""
+    step = max(1, 2**24 // max(1, candidates.shape[1] * int(gallery.shape[1])))  # <= 64 MiB of candidate rows
+    if len(candidates) > step:
+        return np.concatenate([refine_exact(query[s:s + step], gallery, candidates[s:s + step], metric, k)
+                               for s in range(0, len(candidates), step)])
+    found = candidates >= 0
+    if not found.any():
+        return np.full((len(candidates), min(k, candidates.shape[1])), -1, dtype=np.int64)
+    wanted = np.unique(candidates[found])
+    if isinstance(gallery, torch.Tensor):
+        rows = gallery[torch.from_numpy(wanted)].float()
+    else:
+        rows = torch.from_numpy(_as_float32(gallery[wanted]))  # sorted: reads in file order
+    q = torch.as_tensor(_as_float32(query))
+    filler = wanted[0]  # stands in for -1 (masked to inf below)
+    cand = rows[torch.from_numpy(np.searchsorted(wanted, np.where(found, candidates, filler)))]
+    if metric == "cosine":
+        d = 1.0 - torch.einsum("qd,qcd->qc", F.normalize(q, dim=1), F.normalize(cand, dim=2))
+    else:
+        d = (q[:, None, :] - cand).pow(2).sum(2).sqrt()
+    d = d.masked_fill(torch.from_numpy(~found), float("inf")).numpy()
+    by_index = np.argsort(np.where(found, candidates, np.iinfo(np.int64).max), axis=1, kind="stable")
+    d_sorted = np.take_along_axis(d, by_index, 1)
+    order = np.take_along_axis(by_index, np.argsort(d_sorted, axis=1, kind="stable"), 1)[:, :k]
+    return np.where(np.take_along_axis(found, order, 1), np.take_along_axis(candidates, order, 1), -1)
 
 
 def recall_at_k(retrieved: np.ndarray, exact: np.ndarray) -> float:

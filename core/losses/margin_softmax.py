@@ -20,6 +20,7 @@ feature by default, where fast-reid applies these layers.
 from __future__ import annotations
 
 import math
+import types
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +32,33 @@ from core.records import Batch
 
 
 class _ProxySoftmax(Loss):
+    """The part the three losses share: proxies, cosines, (label-smoothed) cross-entropy.
+    A subclass gives `margin_logits` and, in its class line, its defaults, e.g.
+    `class ArcFaceLoss(_ProxySoftmax, margin=0.5)` (see __init_subclass__)."""
+
     yaml_name = ""
 
-    def __init__(self, ctx: BuildContext, scale: float, margin: float, features: str = "bn_features",
+    def __init_subclass__(cls, **defaults) -> None:
+        """Give the subclass this constructor with its own `defaults`, as a real function
+        (not a wrapper): its signature and type hints are the loss's YAML schema
+        (core.config.validation), so the defaults and the type checks stay exact."""
+        super().__init_subclass__()
+        if not defaults:  # a further subclass keeps its parent's defaults (or its own __init__)
+            return
+        if "__init__" in cls.__dict__:
+            raise TypeError(f"{cls.__name__}: give defaults in the class line or an __init__, not both")
+        base = cls.__init__  # the parent's: a subclass of ArcFaceLoss starts from margin 0.5
+        names = base.__code__.co_varnames[base.__code__.co_argcount - len(base.__defaults__):base.__code__.co_argcount]
+        unknown = sorted(set(defaults) - set(names))
+        if unknown:
+            raise TypeError(f"{cls.__name__}: no parameter {unknown} to default; valid: {list(names)}")
+        init = types.FunctionType(base.__code__, base.__globals__, "__init__",
+                                  tuple(defaults.get(n, d) for n, d in zip(names, base.__defaults__)), base.__closure__)
+        init.__annotations__, init.__doc__ = dict(base.__annotations__), base.__doc__
+        init.__qualname__, init.__module__ = f"{cls.__qualname__}.__init__", cls.__module__
+        cls.__init__ = init
+
+    def __init__(self, ctx: BuildContext, scale: float = 64.0, margin: float = 0.35, features: str = "bn_features",
                  label_smoothing: float = 0.0) -> None:
         super().__init__()
         name = f"loss '{self.yaml_name}'"
@@ -67,24 +92,16 @@ class _ProxySoftmax(Loss):
         return loss, {"acc": acc}
 
 
-class CosFaceLoss(_ProxySoftmax):
+class CosFaceLoss(_ProxySoftmax, scale=64.0, margin=0.35, label_smoothing=0.0):
     yaml_name = "cosface"
 
-    def __init__(self, ctx: BuildContext, scale: float = 64.0, margin: float = 0.35,
-                 features: str = "bn_features", label_smoothing: float = 0.0) -> None:
-        super().__init__(ctx, scale, margin, features, label_smoothing)
-
     def margin_logits(self, cos: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        one_hot = F.one_hot(targets, cos.shape[1]).to(cos.dtype)
+        one_hot = _one_hot(targets, cos.shape[1]).to(cos.dtype)
         return self.scale * (cos - self.margin * one_hot)
 
 
-class ArcFaceLoss(_ProxySoftmax):
+class ArcFaceLoss(_ProxySoftmax, scale=64.0, margin=0.5, label_smoothing=0.0):
     yaml_name = "arcface"
-
-    def __init__(self, ctx: BuildContext, scale: float = 64.0, margin: float = 0.5,
-                 features: str = "bn_features", label_smoothing: float = 0.0) -> None:
-        super().__init__(ctx, scale, margin, features, label_smoothing)
 
     def margin_logits(self, cos: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         m = self.margin
@@ -95,12 +112,8 @@ class ArcFaceLoss(_ProxySoftmax):
         return self.scale * cos.scatter(1, targets[:, None], shifted)
 
 
-class CircleSoftmaxLoss(_ProxySoftmax):
+class CircleSoftmaxLoss(_ProxySoftmax, scale=64.0, margin=0.35, label_smoothing=0.1):
     yaml_name = "circle"
-
-    def __init__(self, ctx: BuildContext, scale: float = 64.0, margin: float = 0.35,
-                 features: str = "bn_features", label_smoothing: float = 0.1) -> None:
-        super().__init__(ctx, scale, margin, features, label_smoothing)
 
     def margin_logits(self, cos: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         m = self.margin
@@ -108,5 +121,12 @@ class CircleSoftmaxLoss(_ProxySoftmax):
         alpha_n = (cos.detach() + m).clamp(min=0.0)
         positive = self.scale * alpha_p * (cos - (1.0 - m))
         negative = self.scale * alpha_n * (cos - m)
-        one_hot = F.one_hot(targets, cos.shape[1]).bool()
+        one_hot = _one_hot(targets, cos.shape[1])
         return torch.where(one_hot, positive, negative)
+
+
+def _one_hot(targets: torch.Tensor, classes: int) -> torch.Tensor:
+    """(n, classes) bool, True at each row's target: F.one_hot's values without its range
+    check, which reads the targets' min and max (two host syncs per call on a GPU)."""
+    return torch.arange(classes, device=targets.device)[None, :] == targets[:, None]
+

@@ -63,6 +63,29 @@ def pairwise_distances(x: torch.Tensor, metric: str = "euclidean") -> torch.Tens
     return euclidean_distances(x) if metric == "euclidean" else cosine_distances(x)
 
 
+def batch_hard_pairs(x: torch.Tensor, pids: torch.Tensor, metric: str,
+                     rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(d_ap, d_an, valid) per anchor of batch-hard mining (Hermans et al. 2017): the
+    farthest positive and the nearest negative, among `rows` only when given (a bool mask:
+    anchors, positives and negatives are its rows). An anchor without a positive or a
+    negative is not `valid`. Masks, not boolean indexing or a branch on the data: no host
+    sync on CUDA (issue 19). Mining uses the detached matrix; the chosen pairs' distances
+    are recomputed from their differences, so the gradient is batch-hard's (max/min pass it
+    to the chosen pair only) and exact in any precision."""
+    same = pids[:, None] == pids[None, :]
+    eye = torch.eye(len(pids), dtype=torch.bool, device=x.device)
+    pos, neg = same & ~eye, ~same
+    if rows is not None:
+        member = rows[:, None] & rows[None, :]
+        pos, neg = pos & member, neg & member
+    valid = pos.any(dim=1) & neg.any(dim=1)
+    with torch.no_grad():
+        dist = pairwise_distances(x.detach(), metric)
+        hardest_pos = torch.where(pos, dist, torch.full_like(dist, float("-inf"))).argmax(dim=1)
+        hardest_neg = torch.where(neg, dist, torch.full_like(dist, float("inf"))).argmin(dim=1)
+    return row_distances(x, x[hardest_pos], metric), row_distances(x, x[hardest_neg], metric), valid
+
+
 class TripletLoss(Loss):
     """Mean over anchors of [m + max_p d(a, p) - min_n d(a, n)]_+ (or the soft margin).
 
@@ -94,21 +117,9 @@ class TripletLoss(Loss):
             x, pids = D.gather_with_grad(x), D.gather_uneven(pids)
         if self.normalize:
             x = F.normalize(x, dim=1)
-        same = pids[:, None] == pids[None, :]
-        eye = torch.eye(len(pids), dtype=torch.bool, device=x.device)
-        pos, neg = same & ~eye, ~same
-        # anchors without a positive or a negative leave the means; masks, not boolean
-        # indexing or a branch on the data: no host sync on CUDA (issue 19)
-        valid = (pos.any(dim=1) & neg.any(dim=1)).float()
+        d_ap, d_an, valid = batch_hard_pairs(x, pids, self.metric)
+        valid = valid.float()
         count = valid.sum().clamp(min=1.0)
-        # mine on the detached matrix, then recompute the chosen pairs' distances from their
-        # differences: the gradient is batch-hard's (max/min pass it to the chosen pair only)
-        with torch.no_grad():
-            dist = pairwise_distances(x.detach(), self.metric)
-            hardest_pos = torch.where(pos, dist, torch.full_like(dist, float("-inf"))).argmax(dim=1)
-            hardest_neg = torch.where(neg, dist, torch.full_like(dist, float("inf"))).argmin(dim=1)
-        d_ap = row_distances(x, x[hardest_pos], self.metric)
-        d_an = row_distances(x, x[hardest_neg], self.metric)
         gap = d_ap - d_an
         losses = F.softplus(gap) if self.soft_margin else F.relu(gap + self.margin)
         mean = lambda v: (v * valid).sum() / count  # noqa: E731 - the mean over valid anchors

@@ -12,7 +12,9 @@ timm / Hugging Face cache, and `pretrained: path/to/file.pth` reads a local file
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,22 @@ _RESERVED = {
     "pretrained": "use the backbone key `pretrained`",
     "drop_path_rate": "use the backbone key `drop_path_rate`",
 }
+
+
+#: How the messages of TimmBackbone name it.
+TIMM_NAME = "backbone 'timm'"
+
+
+@contextlib.contextmanager
+def errors_named(name: str) -> Iterator[None]:
+    """Re-raise the errors of a TimmBackbone built inside (bad `arch`, `pretrained`,
+    `model_kwargs`...) naming `name` (e.g. "backbone 'transreid'"), for a backbone under
+    another YAML name that builds on it (a subclass or a member), so the user reads the
+    name they wrote."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise type(exc)(str(exc).replace(TIMM_NAME, name)) from exc
 
 
 def _create(arch: str, image_size: tuple[int, int], **kwargs: Any) -> torch.nn.Module:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from core.context import BuildContext
-from core.models.timm_backbone import TimmBackbone
+from core.models.timm_backbone import TimmBackbone, errors_named
 from core.records import Batch
 
 NAME = "backbone 'transreid'"
@@ -65,11 +65,9 @@ class TransReIDViT(TimmBackbone):
                  sie: list[Literal["camera", "view"]] | None = None, sie_coefficient: float = 3.0,
                  num_cameras: int | None = None, num_views: int = 0, jpm: bool = True,
                  jpm_groups: int = 4, shift: int = 5, shuffle_groups: int = 2) -> None:
-        try:
+        with errors_named(NAME):
             super().__init__(ctx, arch=arch, pretrained=pretrained, model_kwargs=model_kwargs,
                              drop_path_rate=drop_path_rate, freeze_patch_embed=freeze_patch_embed)
-        except (ValueError, FileNotFoundError, RuntimeError) as exc:  # the core names 'timm': rename
-            raise type(exc)(str(exc).replace("backbone 'timm'", NAME)) from exc
         self._check_model(arch)
         self._set_stride(int(stride))
         self._build_sie(ctx, ["camera"] if sie is None else list(sie), sie_coefficient, num_cameras, num_views)
@@ -145,7 +143,9 @@ class TransReIDViT(TimmBackbone):
         else:
             views = torch.zeros(n, dtype=torch.long)
         cams, views = cams.to(self.sie_embed.device), views.to(self.sie_embed.device)
-        if int(cams.max()) >= self.num_cameras or int(views.max()) >= self.num_views or int(cams.min()) < 0:
+        # the input check reads the data (one host sync; compiled, a graph break): eager only
+        if not torch.compiler.is_compiling() and bool(
+                ((cams >= self.num_cameras) | (cams < 0) | (views >= self.num_views)).any()):
             raise ValueError(f"{NAME}: a camera id ({int(cams.max())}) or view ({int(views.max())}) is outside "
                              f"the SIE table ({self.num_cameras} cameras x {self.num_views} views); set "
                              "`num_cameras` / `num_views` to cover every split")

@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -24,6 +26,7 @@ from torch.utils.data import DataLoader, Subset
 
 from core.data.device_normalise import finish_on_device
 from core.data.loading import ImageSamples, collate, mix_seed
+from core.evaluation.features import FeatureWriter, features_tensor, open_features
 from core.interfaces import Episode, FeatureSet, read_output
 from core.pipeline import LossTerm, Pipeline, ReIDModel, bind_losses, resolve_device
 from core.plugins import get_plugin_manager
@@ -281,14 +284,19 @@ class Trainer:
 
     # ------------------------------------------------------------ evaluation
     def extract(self, table, datasets, outputs: Sequence[str] | None = None,
-                forward: Callable[[Batch], dict[str, torch.Tensor]] | None = None) -> FeatureSet:
+                forward: Callable[[Batch], dict[str, torch.Tensor]] | None = None,
+                to_file: str | Path | None = None) -> FeatureSet:
         """Embeddings of a whole split in table order; under DDP each process embeds a
         contiguous shard and the shards are gathered, so every rank gets all rows.
 
         `outputs`: model outputs kept in `FeatureSet.extras` (default: what the evaluator
         names in `Evaluator.outputs`); `forward`: replaces the model's forward (a plugin
         building a memory from another pass, e.g. with pseudo-label masks). Test transform,
-        eval mode, no gradients."""
+        eval mode, no gradients. `to_file`: the embeddings are written batch by batch to
+        this memory-mapped .npy (`trainer.eval_features_dtype`) instead of being held in
+        RAM, and returned as a tensor over the map (`FeatureSet.embeddings_file`); the
+        extras stay in memory. Under DDP each rank writes its shard beside it and the main
+        process joins them in rank order (the run folder must be shared by the ranks)."""
         samples = ImageSamples(table, datasets, self.p.test_transform)
         start, stop = D.shard_range(len(table), self.dist.rank, self.dist.world_size)
         loader = DataLoader(Subset(samples, range(start, stop)), batch_size=self.cfg.batch_size_eval,
@@ -298,6 +306,11 @@ class Trainer:
         wanted = tuple(getattr(self.p.evaluator, "outputs", ()) or ()) if outputs is None else tuple(outputs)
         chunks: dict[str, list[torch.Tensor]] = {k: [] for k in ("embedding", *wanted)}
         who = f"evaluator {type(self.p.evaluator).__name__}"
+        to_file = None if to_file is None else Path(to_file)
+        shard_file = None if to_file is None else (_shard_path(to_file, self.dist.rank) if D.active() else to_file)
+        if shard_file is not None:
+            shard_file.unlink(missing_ok=True)  # a stale shard (a killed run) must not be joined
+        writer = None
         self.model.eval()
         with torch.no_grad(), self.eval_autocast():
             for batch in loader:
@@ -308,15 +321,63 @@ class Trainer:
                     batch.images = batch.images.flip(-1)
                     flipped = run(batch)
                     rows = {k: (v + flipped[k].float()) / 2 for k, v in rows.items()}
+                if shard_file is not None:
+                    embedding = rows.pop("embedding")
+                    if writer is None:
+                        writer = FeatureWriter(shard_file, stop - start, embedding.shape[1],
+                                               self.cfg.eval_features_dtype)
+                    writer.write(embedding.cpu().numpy())
                 for k, v in rows.items():
                     chunks[k].append(v)
         gathered = {}
         for k, parts in chunks.items():
+            if k == "embedding" and to_file is not None:
+                continue
             local = torch.cat(parts) if parts else torch.zeros(0, 0, device=self.device)
             gathered[k] = D.gather_rows(local, len(table))
+        if to_file is not None:
+            if writer is not None:
+                writer.close()
+            if D.active():
+                self._join_shards(to_file, len(table))
+            gathered["embedding"] = features_tensor(to_file)
         return FeatureSet(embeddings=gathered.pop("embedding"), pids=table.pids.copy(), camids=table.camids.copy(),
                           categories=table.category_ids.copy(), category_names=list(table.category_names),
-                          extras=gathered, records=table.records)  # columnar: no object per image
+                          extras=gathered, records=table.records,  # columnar: no object per image
+                          embeddings_file=to_file)
+
+    def _join_shards(self, to_file: Path, num: int) -> None:
+        """Every rank's shard file, joined in rank order into `to_file` by the main process
+        (copied in blocks, never whole in RAM); the other ranks wait until it is there."""
+        D.barrier()
+        if self.dist.is_main:
+            shards = [path for path in (_shard_path(to_file, r) for r in range(self.dist.world_size))
+                      if path.is_file()]  # a rank with an empty shard wrote none
+            writer = None
+            for path in shards:
+                rows = open_features(path)
+                writer = writer or FeatureWriter(to_file, num, rows.shape[1], self.cfg.eval_features_dtype)
+                for s in range(0, len(rows), 65536):
+                    writer.write(np.asarray(rows[s:s + 65536]))
+                del rows
+                path.unlink()
+            writer.close()
+        D.barrier()
+
+    def _features_file(self, test_name: str, split: str, rows: int) -> Path | None:
+        """Where `trainer.eval_features` puts a split's embeddings: None (memory) or a
+        file under `<run>/eval-features/` (see TrainerConfig)."""
+        mode, above = self.cfg.eval_features, self.cfg.eval_features_disk_above
+        if mode not in ("auto", "memory", "disk"):
+            raise ValueError(f"trainer.eval_features must be auto, memory or disk, got {mode!r}")
+        if isinstance(above, bool) or not isinstance(above, int) or above < 0:
+            raise ValueError(f"trainer.eval_features_disk_above must be an integer >= 0 (items), got {above!r}")
+        if rows == 0 or mode == "memory":
+            return None
+        if mode == "auto" and (rows <= above or not getattr(self.p.evaluator, "out_of_core", False)):
+            return None
+        safe = re.sub(r"[^\w.-]+", "_", test_name)
+        return self.run.path / "eval-features" / f"{safe}-{split}.npy"
 
     def evaluate(self, tag: str) -> dict[str, float]:
         """Evaluate every test set; keys `<set>/<metric>`, plus `mean/<metric>` over sets."""
@@ -325,10 +386,15 @@ class Trainer:
         metrics: dict[str, float] = {}
         per_set: list[dict[str, float]] = []
         for test in self.p.test_sets:
-            query = self.extract(test.query, test.datasets)
-            gallery = self.extract(test.gallery, test.datasets)
+            files = [self._features_file(test.name, split, len(getattr(test, split))) for split in ("query", "gallery")]
+            query = self.extract(test.query, test.datasets, to_file=files[0])
+            gallery = self.extract(test.gallery, test.datasets, to_file=files[1])
             result = self.p.evaluator.evaluate(query, gallery) if self.dist.is_main else None
             result = D.broadcast_object(result)
+            if self.dist.is_main:  # every rank has mapped them (broadcast waits for all): the maps stay valid
+                for file in files:
+                    if file is not None:
+                        file.unlink(missing_ok=True)
             per_set.append(result)
             if self.trackers and len(per_set) == 1:
                 self.tracked_features = (test, query, gallery)
@@ -668,3 +734,8 @@ class Trainer:
 
         return tqdm(total=total, desc=desc, disable=not self.cfg.progress or not self.dist.is_main,
                     dynamic_ncols=True, leave=False)
+
+
+def _shard_path(to_file: Path, rank: int) -> Path:
+    """A rank's shard of a feature file under DDP (`Trainer.extract`)."""
+    return to_file.with_name(f"{to_file.stem}.rank{rank}{to_file.suffix}")

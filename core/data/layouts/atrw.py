@@ -12,7 +12,8 @@ the data, so the reader offers `train` only (MGOR trains on ATRW and does not te
 
 from __future__ import annotations
 
-from core.data.layouts.common import check_split, find_root
+from core.data.columns import RecordColumns
+from core.data.layouts.common import cached_records, check_split, find_root
 from core.interfaces import Dataset
 from core.records import Record
 
@@ -37,25 +38,30 @@ class ATRW(Dataset):
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"ATRW: image folder not found: {self.image_dir}; expected "
                                     f"{IMAGES}/train/ from atrw_reid_train.tar.gz")
-        self._cache: list[Record] | None = None
+        self._cache: RecordColumns | None = None
 
-    def records(self, split: str) -> list[Record]:
+    def records(self, split: str) -> RecordColumns:
+        """Columns, cached by the list file's and the image folder's path, size and mtime
+        (every listed image must exist)."""
         check_split("ATRW", split, self.splits)
         if self._cache is None:
-            out = []
-            with self.list_path.open(encoding="utf-8") as f:
-                for number, line in enumerate(f, start=1):
-                    fields = [x.strip() for x in line.strip().split(",")]
-                    if fields == [""]:
-                        continue
-                    if len(fields) != 2 or not fields[0].isdigit():
-                        raise ValueError(f"ATRW: {self.list_path}:{number}: expected '<entity id>,<file name>' "
-                                         f"(e.g. '0,003004.jpg'), got {line.strip()!r}")
-                    path = self.image_dir / fields[1]
-                    if not path.is_file():
-                        raise FileNotFoundError(f"ATRW: {self.list_path}:{number} lists {fields[1]}, which is "
-                                                f"not in {self.image_dir}")
-                    out.append(Record(path=str(path), pid=int(fields[0]), camid=0, category=self.category,
-                                      domain=self.name, split="train"))
-            self._cache = out
-        return list(self._cache)
+            self._cache = cached_records(self, split, [self.list_path, self.image_dir], self._list)
+        return self._cache
+
+    def _list(self) -> list[Record]:
+        out = []
+        with self.list_path.open(encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                fields = [x.strip() for x in line.strip().split(",")]
+                if fields == [""]:
+                    continue
+                if len(fields) != 2 or not fields[0].isdigit():
+                    raise ValueError(f"ATRW: {self.list_path}:{number}: expected '<entity id>,<file name>' "
+                                     f"(e.g. '0,003004.jpg'), got {line.strip()!r}")
+                path = self.image_dir / fields[1]
+                if not path.is_file():
+                    raise FileNotFoundError(f"ATRW: {self.list_path}:{number} lists {fields[1]}, which is "
+                                            f"not in {self.image_dir}")
+                out.append(Record(path=str(path), pid=int(fields[0]), camid=0, category=self.category,
+                                  domain=self.name, split="train"))
+        return out

@@ -25,7 +25,8 @@ import json
 import os
 from pathlib import Path
 
-from core.data.layouts.common import NamePattern, check_split, require_dir
+from core.data.columns import RecordColumns
+from core.data.layouts.common import NamePattern, cached_records, check_split, require_dir
 from core.data.layouts.cuhk03_extract import extract_images, find_raw_mat
 from core.interfaces import Dataset
 from core.records import Record
@@ -66,12 +67,20 @@ class CUHK03(Dataset):
                 raise PermissionError(f"CUHK03: cannot write the extracted images to {self.images} "
                                       f"({exc.strerror}); extract once where the dataset is writable") from None
         self._splits: dict[str, list[Record]] | None = None
+        self._cache: dict[str, RecordColumns] = {}
 
-    def records(self, split: str) -> list[Record]:
+    def records(self, split: str) -> RecordColumns:
+        """The split's records as columns, cached by the split file's path, size and mtime."""
         check_split("CUHK03", split, self.splits)
+        if split not in self._cache:
+            source = self.json_file if self.json_file.is_file() else self.mat_file
+            self._cache[split] = cached_records(self, split, [source], lambda: self._read()[split])
+        return self._cache[split]
+
+    def _read(self) -> dict[str, list[Record]]:
         if self._splits is None:
             self._splits = self._read_json() if self.json_file.is_file() else self._read_mat()
-        return list(self._splits[split])
+        return self._splits
 
     def _record(self, name: str, pid: int, split: str, where: str) -> Record:
         PATTERN.parse("CUHK03", name, where)

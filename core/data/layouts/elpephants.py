@@ -19,7 +19,8 @@ import os
 import re
 from pathlib import Path
 
-from core.data.layouts.common import IMAGE_EXTENSIONS, check_split, require_dir
+from core.data.columns import RecordColumns
+from core.data.layouts.common import IMAGE_EXTENSIONS, cached_records, check_split, require_dir
 from core.interfaces import Dataset
 from core.records import Record
 
@@ -39,7 +40,9 @@ class ELPephants(Dataset):
         self.root = base
         self._images: dict[str, str] = {}
         self._lists: dict[str, Path] = {}
+        self._folders: list[str] = []
         for folder, _, files in os.walk(base):
+            self._folders.append(folder)
             for name in files:
                 if name.startswith("."):
                     continue
@@ -54,7 +57,7 @@ class ELPephants(Dataset):
             if name not in self._lists:
                 raise FileNotFoundError(f"ELPephants: {name} not found under {base}; expected the official "
                                         "split files train.txt and val.txt (tab-separated, file name in column 2)")
-        self._cache: dict[str, list[Record]] = {}
+        self._cache: dict[str, RecordColumns] = {}
 
     def _read(self, split: str) -> list[Record]:
         path = self._lists[LISTS[split]]
@@ -80,8 +83,10 @@ class ELPephants(Dataset):
                                   category=self.category, domain=self.name, split=split))
         return out
 
-    def records(self, split: str) -> list[Record]:
+    def records(self, split: str) -> RecordColumns:
+        """Columns, cached by the split file and every folder of the tree (path, size, mtime)."""
         check_split("ELPephants", split, self.splits)
         if split not in self._cache:
-            self._cache[split] = self._read(split)
-        return list(self._cache[split])
+            inputs = [self._lists[LISTS[split]], *self._folders]
+            self._cache[split] = cached_records(self, split, inputs, lambda: self._read(split))
+        return self._cache[split]

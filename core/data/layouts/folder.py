@@ -12,9 +12,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from core.data.columns import RecordColumns
 from core.data.layouts.common import (
     SPLITS,
+    cached_records,
     check_split,
+    folder_tree,
     image_names,
     require_dir,
     subfolder_names,
@@ -56,7 +59,7 @@ class FolderDataset(Dataset):
                              f"{LAYOUT} (found {', '.join(f'{n}/' for n in present)})")
         if not present:
             raise FileNotFoundError(f"FolderDataset: no split folder in {self.root}; expected {LAYOUT}")
-        self._cache: dict[str, list[Record]] = {}
+        self._cache: dict[str, RecordColumns] = {}
         self._pids = self._identity_labels()
 
     def _categories(self, split: str) -> list[str]:
@@ -89,18 +92,23 @@ class FolderDataset(Dataset):
             return {(c, i): int(i) for c, i in pairs}
         return {pair: index for index, pair in enumerate(pairs)}
 
-    def records(self, split: str) -> list[Record]:
+    def records(self, split: str) -> RecordColumns:
+        """The split's records as columns, cached by the path, size and mtime of every
+        folder of the tree down to the identity folders (pids depend on all splits)."""
         check_split("FolderDataset", split, self.splits)
         if split not in self._cache:
-            out = []
-            for category in self._categories(split):
-                for identity in self._identities(split, category):
-                    folder = self.root / split / category / identity
-                    pid = self._pids[(category, identity)]
-                    out.extend(Record(path=str(folder / name), pid=pid, camid=camera_of(name), category=category,
-                                      domain=self.domain, split=split) for name in image_names(folder))
-            self._cache[split] = out
-        return list(self._cache[split])
+            self._cache[split] = cached_records(self, split, folder_tree(self.root, 3), lambda: self._list(split))
+        return self._cache[split]
+
+    def _list(self, split: str) -> list[Record]:
+        out = []
+        for category in self._categories(split):
+            for identity in self._identities(split, category):
+                folder = self.root / split / category / identity
+                pid = self._pids[(category, identity)]
+                out.extend(Record(path=str(folder / name), pid=pid, camid=camera_of(name), category=category,
+                                  domain=self.domain, split=split) for name in image_names(folder))
+        return out
 
 
 def camera_of(file_name: str) -> int:

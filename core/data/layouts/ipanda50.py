@@ -19,7 +19,8 @@ import os
 import re
 from pathlib import Path
 
-from core.data.layouts.common import check_split, find_root, image_names, subfolder_names
+from core.data.columns import RecordColumns
+from core.data.layouts.common import cached_records, check_split, find_root, folder_tree, image_names, subfolder_names
 from core.interfaces import Dataset
 from core.records import Record
 
@@ -42,7 +43,7 @@ class IPanda50(Dataset):
         folders = [IMAGES] if split == "all" else [IMAGES, SPLITS_DIR]
         self.root = find_root("IPanda50", root, folders, wrappers=("iPanda-50",))
         self.split = split
-        self._cache: list[Record] | None = None
+        self._cache: RecordColumns | None = None
 
     def _all_images(self) -> dict[str, tuple[str, int]]:
         """`<folder>/<file>` -> (path, pid) for every image of the release."""
@@ -80,11 +81,18 @@ class IPanda50(Dataset):
                 out.append(found)
         return out
 
-    def records(self, split: str) -> list[Record]:
+    def records(self, split: str) -> RecordColumns:
+        """Columns, cached by every panda folder (and the split list) -- path, size, mtime."""
         check_split("IPanda50", split, self.splits)
         if self._cache is None:
-            every = self._all_images()
-            chosen = list(every.values()) if self.split == "all" else self._listed(every)
-            self._cache = [Record(path=path, pid=pid, camid=0, category=self.category, domain=self.name,
-                                  split="train") for path, pid in chosen]
-        return list(self._cache)
+            inputs = folder_tree(self.root / IMAGES, 1)
+            if self.split != "all":
+                inputs.append(self.root / SPLITS_DIR / f"{self.split}_train.txt")
+            self._cache = cached_records(self, split, inputs, self._list)
+        return self._cache
+
+    def _list(self) -> list[Record]:
+        every = self._all_images()
+        chosen = list(every.values()) if self.split == "all" else self._listed(every)
+        return [Record(path=path, pid=pid, camid=0, category=self.category, domain=self.name, split="train")
+                for path, pid in chosen]

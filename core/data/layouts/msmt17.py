@@ -15,14 +15,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from core.data.columns import RecordColumns
 from core.data.layouts.common import (
     NamePattern,
+    cached_records,
     check_split,
+    columns_of,
+    join_paths,
+    read_list_file,
     require_dir,
     subfolder_names,
 )
 from core.interfaces import Dataset
-from core.records import Record
 
 #: version -> (train folder, test folder, the folder the official archive unpacks into)
 VERSIONS = {"v1": ("train", "test", "MSMT17_V1"), "v2": ("mask_train_v2", "mask_test_v2", "MSMT17_V2")}
@@ -62,7 +66,7 @@ class MSMT17(Dataset):
         layout = " or ".join(f"{v}: {_layout(v)}" for v in VERSIONS) if version == "auto" else _layout(version)
         require_dir("MSMT17", base, layout)
         self.version, self.root = self._detect(base, version, layout)
-        self._cache: dict[str, list[Record]] = {}
+        self._cache: dict[str, RecordColumns] = {}
         train, test, _ = VERSIONS[self.version]
         self.train_dir, self.test_dir = self.root / train, self.root / test
         for key in self._lists_needed():
@@ -92,30 +96,26 @@ class MSMT17(Dataset):
     def _lists_needed(self) -> list[str]:
         return ["train", "query", "gallery"] + (["val"] if self.combine_train_val else [])
 
-    def records(self, split: str) -> list[Record]:
+    def records(self, split: str) -> RecordColumns:
+        """The split's records as columns, cached by the list files' path, size and mtime."""
         check_split("MSMT17", split, self.splits)
         if split not in self._cache:
-            if split == "train":
-                keys = ["train", "val"] if self.combine_train_val else ["train"]
-                self._cache[split] = [r for k in keys for r in self._read_list(k, self.train_dir, split)]
-            else:
-                self._cache[split] = self._read_list(split, self.test_dir, split)
-        return list(self._cache[split])
+            keys = (["train", "val"] if self.combine_train_val else ["train"]) if split == "train" else [split]
+            image_dir = self.train_dir if split == "train" else self.test_dir
+            self._cache[split] = cached_records(
+                self, split, [self.root / LISTS[k] for k in keys],
+                lambda: RecordColumns.concat([self._read_list(k, image_dir, split) for k in keys]))
+        return self._cache[split]
 
-    def _read_list(self, key: str, image_dir: Path, split: str) -> list[Record]:
+    def _read_list(self, key: str, image_dir: Path, split: str) -> RecordColumns:
         """The records of one list file, in its order (the official order)."""
         list_path = self.root / LISTS[key]
-        out = []
-        with list_path.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                fields = line.split()
-                if not fields:
-                    continue
-                where = f"{list_path}:{number}"
-                if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
-                    raise ValueError(f"{where}: expected '<image path> <pid>', e.g. "
-                                     f"'0000/0000_000_01_0303morning_0015_0.jpg 0', got {line.strip()!r}")
-                camera = PATTERN.parse("MSMT17", fields[0], where)[2]
-                out.append(Record(path=str(image_dir / fields[0]), pid=int(fields[1]), camid=int(camera) - 1,
-                                  category=self.category, domain=self.name, split=split))
-        return out
+        rows = read_list_file(list_path, (2,), 1, "'<image path> <pid>', e.g. "
+                                                  "'0000/0000_000_01_0303morning_0015_0.jpg 0'")
+        cameras = []
+        for number, fields in rows:
+            match = PATTERN.regex.match(fields[0].rsplit("/", 1)[-1])
+            groups = match.groups() if match else PATTERN.parse("MSMT17", fields[0], f"{list_path}:{number}")
+            cameras.append(int(groups[2]) - 1)
+        return columns_of(join_paths(image_dir, [fields[0] for _, fields in rows]), [int(f[1]) for _, f in rows],
+                          cameras, self.category, self.name, split)

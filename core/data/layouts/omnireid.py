@@ -29,9 +29,17 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from core.data.layouts.common import SPLITS, check_split, require_dir
+from core.data.columns import RecordColumns
+from core.data.layouts.common import (
+    SPLITS,
+    cached_records,
+    check_split,
+    columns_of,
+    join_paths,
+    read_list_file,
+    require_dir,
+)
 from core.interfaces import Dataset
-from core.records import Record
 
 NAME = "omnireid"
 FORMAT = "<image> <instruction> <pid> <clothes id> [<camera>]"
@@ -70,8 +78,8 @@ class OmniReIDList(Dataset):
             if not isinstance(data, dict):
                 raise ValueError(f"{path}: expected a JSON object {{instruction key: text}}, got {type(data).__name__}")
             self.texts = {str(k): str(v) for k, v in data.items()}
-            self.texts_path = path
-        self._cache: dict[str, list[Record]] = {}
+        self.texts_path = self._file(texts, "texts") if texts is not None else None
+        self._cache: dict[str, RecordColumns] = {}
 
     def _file(self, value: str, key: str) -> Path:
         path = Path(value) if Path(value).is_absolute() else self.root / value
@@ -79,34 +87,31 @@ class OmniReIDList(Dataset):
             raise FileNotFoundError(f"{NAME}: {key} file not found: {path}")
         return path
 
-    def records(self, split: str) -> list[Record]:
+    def records(self, split: str) -> RecordColumns:
+        """The split's records as columns, cached by the list's (and the texts') path,
+        size and mtime; a split without a list has none."""
         check_split(NAME, split, SPLITS)
         if split not in self._cache:
-            self._cache[split] = self._read(split) if split in self.lists else []
-        return list(self._cache[split])
+            if split not in self.lists:
+                self._cache[split] = columns_of([], [], [], self.category, self.name, split)
+            else:
+                inputs = [self.lists[split]] + ([self.texts_path] if self.texts_path is not None else [])
+                self._cache[split] = cached_records(self, split, inputs, lambda: self._read(split))
+        return self._cache[split]
 
-    def _read(self, split: str) -> list[Record]:
+    def _read(self, split: str) -> RecordColumns:
         path = self.lists[split]
+        rows = read_list_file(path, (4, 5), 2, f"'{FORMAT}' (integers after the two paths)")
+        refs = [fields[1] for _, fields in rows]
+        extras: dict = {"instruction_ref": refs, "clothes_id": [int(fields[3]) for _, fields in rows]}
+        if self.instruction == "text":
+            for number, fields in rows:
+                if fields[1] not in self.texts:
+                    raise ValueError(f"{path}:{number}: instruction key {fields[1]!r} is not in {self.texts_path}")
+            extras["caption"] = [self.texts[ref] for ref in refs]
+        elif self.instruction == "image":
+            extras["instruction_image"] = refs
         default_cam = 1 if split == "gallery" else 0
-        out = []
-        with path.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                fields = line.split()
-                if not fields:
-                    continue
-                where = f"{path}:{number}"
-                if len(fields) not in (4, 5) or not all(v.lstrip("-").isdigit() for v in fields[2:]):
-                    raise ValueError(f"{where}: expected '{FORMAT}' (integers after the two paths), "
-                                     f"got {line.strip()!r}")
-                image, ref = fields[0], fields[1]
-                extras: dict = {"instruction_ref": ref, "clothes_id": int(fields[3])}
-                if self.instruction == "text":
-                    if ref not in self.texts:
-                        raise ValueError(f"{where}: instruction key {ref!r} is not in {self.texts_path}")
-                    extras["caption"] = self.texts[ref]
-                elif self.instruction == "image":
-                    extras["instruction_image"] = ref
-                camid = int(fields[4]) if len(fields) == 5 else default_cam
-                out.append(Record(path=str(self.root / image), pid=int(fields[2]), camid=camid, category=self.category,
-                                  domain=self.name, split=split, extras=extras))
-        return out
+        return columns_of(join_paths(self.root, [fields[0] for _, fields in rows]), [int(f[2]) for _, f in rows],
+                          [int(f[4]) if len(f) == 5 else default_cam for _, f in rows], self.category,
+                          self.name, split, extras)

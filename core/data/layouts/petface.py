@@ -23,9 +23,9 @@ import csv
 import os
 from typing import Sequence
 
-from core.data.layouts.common import check_split, find_root, subfolder_names
+from core.data.columns import RecordColumns
+from core.data.layouts.common import cached_records, check_split, columns_of, find_root, subfolder_names
 from core.interfaces import Dataset
-from core.records import Record
 
 FILES = {"train": "train.csv", "query": "reidentification.csv", "gallery": "train.csv"}
 
@@ -44,7 +44,7 @@ class PetFace(Dataset):
             raise ValueError(f"PetFace: species {', '.join(missing) or '(none)'} not under {self.root / 'split'}; "
                              f"present: {', '.join(present) or 'none'}")
         self.species = sorted(chosen)
-        self._cache: dict[str, list[Record]] = {}
+        self._cache: dict[str, RecordColumns] = {}
         self._offsets: dict[str, int] | None = None
 
     def _read(self, species: str, file_name: str) -> list[tuple[str, int]]:
@@ -75,15 +75,21 @@ class PetFace(Dataset):
             self._offsets = offsets
         return self._offsets
 
-    def records(self, split: str) -> list[Record]:
+    def records(self, split: str) -> RecordColumns:
+        """Columns, cached by the split files read (every species' train.csv gives the pid
+        offsets) -- path, size, mtime."""
         check_split("PetFace", split, self.splits)
         if split not in self._cache:
-            offsets = self.offsets()
-            out = []
-            for species in self.species:
-                for file_name, label in self._read(species, FILES[split]):
-                    out.append(Record(path=os.path.join(self.root, "images", file_name), pid=offsets[species] + label,
-                                      camid=0 if split == "query" else 1, category=species, domain=self.name,
-                                      split=split))
-            self._cache[split] = out
-        return list(self._cache[split])
+            inputs = [self.root / "split" / s / name for s in self.species for name in {FILES["train"], FILES[split]}]
+            self._cache[split] = cached_records(self, split, sorted(inputs), lambda: self._list(split))
+        return self._cache[split]
+
+    def _list(self, split: str) -> RecordColumns:
+        offsets = self.offsets()
+        paths, pids, categories = [], [], []
+        for species in self.species:
+            for file_name, label in self._read(species, FILES[split]):
+                paths.append(os.path.join(self.root, "images", file_name))
+                pids.append(offsets[species] + label)
+                categories.append(species)
+        return columns_of(paths, pids, [0 if split == "query" else 1] * len(paths), categories, self.name, split)

@@ -16,7 +16,8 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from core.data.layouts.common import check_split, find_root, image_names, subfolder_names
+from core.data.columns import RecordColumns
+from core.data.layouts.common import cached_records, check_split, find_root, folder_tree, image_names, subfolder_names
 from core.interfaces import Dataset
 from core.records import Record
 
@@ -35,19 +36,28 @@ class PRCC(Dataset):
             raise ValueError(f"PRCC: setting must be clothes-changing or same-clothes, got {setting!r}")
         self.root = find_root("PRCC", root, ["rgb/train", "rgb/test/A", "rgb/test/B", "rgb/test/C"], ("prcc",))
         self.setting, self.combine_train_val = setting, combine_train_val
-        self._cache: dict[str, list[Record]] = {}
+        self._cache: dict[str, RecordColumns] = {}
 
-    def records(self, split: str) -> list[Record]:
+    def records(self, split: str) -> RecordColumns:
+        """Columns, cached by the split's folder and its identity folders (path, size, mtime)."""
         check_split("PRCC", split, self.splits)
         if split not in self._cache:
-            rgb = self.root / "rgb"
-            if split == "train":
-                folders = ["train"] + (["val"] if self.combine_train_val else [])
-                self._cache[split] = [r for f in folders for r in self._by_letter(rgb / f, split)]
-            else:
-                camera = "A" if split == "gallery" else ("C" if self.setting == "clothes-changing" else "B")
-                self._cache[split] = self._camera(rgb / "test" / camera, camera, split)
-        return list(self._cache[split])
+            folders = self._folders(split)
+            inputs = [p for f, _ in folders if f.is_dir() for p in folder_tree(f, 1)]
+            self._cache[split] = cached_records(self, split, inputs, lambda: self._list(folders, split))
+        return self._cache[split]
+
+    def _folders(self, split: str) -> list[tuple[Path, str | None]]:
+        """(folder, camera letter; None: read from each file name) that make up `split`."""
+        rgb = self.root / "rgb"
+        if split == "train":
+            return [(rgb / f, None) for f in ["train"] + (["val"] if self.combine_train_val else [])]
+        camera = "A" if split == "gallery" else ("C" if self.setting == "clothes-changing" else "B")
+        return [(rgb / "test" / camera, camera)]
+
+    def _list(self, folders: list[tuple[Path, str | None]], split: str) -> list[Record]:
+        return [r for folder, camera in folders
+                for r in (self._by_letter(folder, split) if camera is None else self._camera(folder, camera, split))]
 
     def _people(self, folder: Path) -> list[tuple[int, Path]]:
         out = []

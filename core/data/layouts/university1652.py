@@ -21,7 +21,8 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from core.data.layouts.common import check_split, find_root, image_names, subfolder_names
+from core.data.columns import RecordColumns
+from core.data.layouts.common import cached_records, check_split, find_root, folder_tree, image_names, subfolder_names
 from core.interfaces import Dataset
 from core.records import Record
 
@@ -46,7 +47,7 @@ class University1652(Dataset):
                              f"got {list(train_views)!r}")
         self.root = find_root("University1652", root, ["train", "test"], wrappers=("University-Release",))
         self.query, self.gallery, self.train_views = query, gallery, tuple(train_views)
-        self._cache: dict[str, list[Record]] = {}
+        self._cache: dict[str, RecordColumns] = {}
 
     def _folder(self, split: str) -> list[tuple[str, str]]:
         """(folder, view) pairs that make up `split`."""
@@ -55,22 +56,28 @@ class University1652(Dataset):
         view = self.query if split == "query" else self.gallery
         return [(os.path.join(self.root, "test", f"{split}_{view}"), view)]
 
-    def records(self, split: str) -> list[Record]:
+    def records(self, split: str) -> RecordColumns:
+        """Columns, cached by the split's view folders and their building folders (path,
+        size, mtime)."""
         check_split("University1652", split, self.splits)
         if split not in self._cache:
-            out = []
-            for folder, view in self._folder(split):
-                if not os.path.isdir(folder):
-                    raise FileNotFoundError(f"University1652: folder not found: {folder}; expected "
-                                            "train/<view>/<building id>/ and test/<query|gallery>_<view>/"
-                                            "<building id>/")
-                for building in subfolder_names(folder):
-                    if not building.isdigit():
-                        raise ValueError(f"University1652: {os.path.join(folder, building)} is not a building "
-                                         "id folder (expected digits, e.g. 0839)")
-                    for file_name in image_names(os.path.join(folder, building)):
-                        out.append(Record(path=os.path.join(folder, building, file_name), pid=int(building),
-                                          camid=VIEWS.index(view), category=self.category, domain=self.name,
-                                          split=split))
-            self._cache[split] = out
-        return list(self._cache[split])
+            inputs = [p for folder, _ in self._folder(split) if os.path.isdir(folder) for p in folder_tree(folder, 1)]
+            self._cache[split] = cached_records(self, split, inputs, lambda: self._list(split))
+        return self._cache[split]
+
+    def _list(self, split: str) -> list[Record]:
+        out = []
+        for folder, view in self._folder(split):
+            if not os.path.isdir(folder):
+                raise FileNotFoundError(f"University1652: folder not found: {folder}; expected "
+                                        "train/<view>/<building id>/ and test/<query|gallery>_<view>/"
+                                        "<building id>/")
+            for building in subfolder_names(folder):
+                if not building.isdigit():
+                    raise ValueError(f"University1652: {os.path.join(folder, building)} is not a building "
+                                     "id folder (expected digits, e.g. 0839)")
+                for file_name in image_names(os.path.join(folder, building)):
+                    out.append(Record(path=os.path.join(folder, building, file_name), pid=int(building),
+                                      camid=VIEWS.index(view), category=self.category, domain=self.name,
+                                      split=split))
+        return out

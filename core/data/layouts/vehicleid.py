@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.data.layouts.common import check_split, find_root
+from core.data.columns import RecordColumns
+from core.data.layouts.common import cached_records, check_split, columns_of, find_root
 from core.interfaces import Dataset
-from core.records import Record
 
 TEST_SIZES = (800, 1600, 2400)
 
@@ -52,27 +52,32 @@ class VehicleID(Dataset):
             raise ValueError(f"VehicleID: test_size must be one of {', '.join(map(str, TEST_SIZES))}, got {test_size}")
         self.root = find_root("VehicleID", root, ["image", "train_test_split"], ("VehicleID_V1.0",))
         self.test_size, self.seed = test_size, int(seed)
-        self._splits: dict[str, list[Record]] | None = None
+        self._cache: dict[str, RecordColumns] = {}
 
-    def _record(self, image: str, vid: int, camid: int, split: str) -> Record:
-        return Record(path=os.path.join(self.root, "image", image + ".jpg"), pid=vid, camid=camid,
-                      category=self.category, domain=self.name, split=split)
+    def _columns(self, pairs: list[tuple[str, int]], camid: int, split: str) -> RecordColumns:
+        return columns_of([os.path.join(self.root, "image", image + ".jpg") for image, _ in pairs],
+                          [vid for _, vid in pairs], [camid] * len(pairs), self.category, self.name, split)
 
-    def records(self, split: str) -> list[Record]:
+    def records(self, split: str) -> RecordColumns:
+        """Columns, cached by the list file read (path, size, mtime), the test size and the seed."""
         check_split("VehicleID", split, self.splits)
-        if self._splits is None:
+        if split not in self._cache:
             lists = self.root / "train_test_split"
-            train = read_list(lists / "train_list.txt", "VehicleID")
-            test = read_list(lists / f"test_list_{self.test_size}.txt", "VehicleID")
-            by_vid: dict[int, list[str]] = {}
-            for image, vid in test:
-                by_vid.setdefault(vid, []).append(image)
-            rng = np.random.default_rng(self.seed)
-            query, gallery = [], []
-            for vid, images in by_vid.items():
-                pick = int(rng.integers(len(images)))
-                gallery.append(self._record(images[pick], vid, 1, "gallery"))
-                query += [self._record(im, vid, 0, "query") for i, im in enumerate(images) if i != pick]
-            self._splits = {"train": [self._record(im, vid, 0, "train") for im, vid in train],
-                            "query": query, "gallery": gallery}
-        return list(self._splits[split])
+            source = lists / ("train_list.txt" if split == "train" else f"test_list_{self.test_size}.txt")
+            self._cache[split] = cached_records(self, split, [source], lambda: self._list(source, split))
+        return self._cache[split]
+
+    def _list(self, source: Path, split: str) -> RecordColumns:
+        pairs = read_list(source, "VehicleID")
+        if split == "train":
+            return self._columns(pairs, 0, split)
+        by_vid: dict[int, list[str]] = {}
+        for image, vid in pairs:
+            by_vid.setdefault(vid, []).append(image)
+        rng = np.random.default_rng(self.seed)
+        query, gallery = [], []
+        for vid, images in by_vid.items():
+            pick = int(rng.integers(len(images)))
+            gallery.append((images[pick], vid))
+            query += [(im, vid) for i, im in enumerate(images) if i != pick]
+        return self._columns(query, 0, split) if split == "query" else self._columns(gallery, 1, split)

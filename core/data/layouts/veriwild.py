@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from core.data.layouts.common import check_split, find_root
+from core.data.columns import RecordColumns
+from core.data.layouts.common import cached_records, check_split, columns_of, find_root
 from core.interfaces import Dataset
-from core.records import Record
 
 TEST_SIZES = (3000, 5000, 10000)
 
@@ -33,7 +33,7 @@ class VeRiWild(Dataset):
         self.root = find_root("VERI-Wild", root, ["images", "train_test_split"], ("VERI-Wild",))
         self.test_size = test_size
         self._cameras: dict[str, int] | None = None
-        self._cache: dict[str, list[Record]] = {}
+        self._cache: dict[str, RecordColumns] = {}
 
     def _split_file(self, split: str) -> Path:
         name = {"train": "train_list.txt", "query": f"test_{self.test_size}_query.txt",
@@ -59,23 +59,29 @@ class VeRiWild(Dataset):
             self._cameras = cams
         return self._cameras
 
-    def records(self, split: str) -> list[Record]:
+    def records(self, split: str) -> RecordColumns:
+        """Columns, cached by the split's list and vehicle_info.txt (path, size, mtime)."""
         check_split("VERI-Wild", split, self.splits)
         if split not in self._cache:
             path = self._split_file(split)
             if not path.is_file():
                 raise FileNotFoundError(f"VERI-Wild: list file not found: {path}")
-            cams, out = self.cameras(), []
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-                key = line.strip()
-                if not key:
-                    continue
-                vid, _, image = key.partition("/")
-                if not vid.isdigit() or not image:
-                    raise ValueError(f"VERI-Wild: {path}:{number}: expected '<vid>/<image id>', got {line!r}")
-                if key not in cams:
-                    raise ValueError(f"VERI-Wild: {path}:{number}: image {key} has no line in vehicle_info.txt")
-                out.append(Record(path=os.path.join(self.root, "images", vid, image + ".jpg"), pid=int(vid),
-                                  camid=cams[key], category=self.category, domain=self.name, split=split))
-            self._cache[split] = out
-        return list(self._cache[split])
+            inputs = [path, self.root / "train_test_split" / "vehicle_info.txt"]
+            self._cache[split] = cached_records(self, split, inputs, lambda: self._list(path, split))
+        return self._cache[split]
+
+    def _list(self, path: Path, split: str) -> RecordColumns:
+        cams, paths, pids, camids = self.cameras(), [], [], []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            key = line.strip()
+            if not key:
+                continue
+            vid, _, image = key.partition("/")
+            if not vid.isdigit() or not image:
+                raise ValueError(f"VERI-Wild: {path}:{number}: expected '<vid>/<image id>', got {line!r}")
+            if key not in cams:
+                raise ValueError(f"VERI-Wild: {path}:{number}: image {key} has no line in vehicle_info.txt")
+            paths.append(os.path.join(self.root, "images", vid, image + ".jpg"))
+            pids.append(int(vid))
+            camids.append(cams[key])
+        return columns_of(paths, pids, camids, self.category, self.name, split)

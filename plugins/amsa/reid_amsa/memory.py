@@ -53,9 +53,24 @@ def hardest_per_identity(features: torch.Tensor, labels: torch.Tensor,
 
 @torch.no_grad()
 def momentum_update(memory: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, momentum: float) -> None:
-    """Eq. 3 in place on `memory` (C, D), with the hardest sample of each identity."""
-    identities, hardest = hardest_per_identity(features, labels, memory)
-    if identities.numel() == 0:
+    """Eq. 3 in place on `memory` (C, D), with the hardest sample of each identity
+    (`hardest_per_identity`'s choice: the first row of the lowest similarity), computed
+    for every memory row at once with scatter-min reductions: no per-identity loop and no
+    data-dependent shape, so no host sync on a GPU (issue 19); rows of identities absent
+    from the batch are left as they are."""
+    n, classes = labels.shape[0], memory.shape[0]
+    if n == 0:
         return
-    mixed = momentum * memory[identities].float() + (1.0 - momentum) * hardest
-    memory[identities] = F.normalize(mixed, dim=1).to(memory.dtype)
+    x = F.normalize(features.float(), dim=1)
+    labels = labels.to(x.device, torch.long)
+    similarity = (x * memory[labels].to(x.dtype)).sum(dim=1)
+    lowest = torch.full((classes,), float("inf"), device=x.device).scatter_reduce(
+        0, labels, similarity, reduce="amin")
+    rows = torch.arange(n, device=x.device)
+    candidate = torch.where(similarity == lowest[labels], rows, torch.full_like(rows, n))
+    pick = torch.full((classes,), n, dtype=torch.long, device=x.device).scatter_reduce(
+        0, labels, candidate, reduce="amin")
+    present = pick < n
+    hardest = x[pick.clamp(max=n - 1)]
+    mixed = F.normalize(momentum * memory.float() + (1.0 - momentum) * hardest, dim=1)
+    memory.copy_(torch.where(present[:, None], mixed.to(memory.dtype), memory))

@@ -1,6 +1,9 @@
 """Tiny open_clip CLIPs, build contexts and batches for the amsa tests (CPU, random init)."""
 
 import copy
+import importlib.util
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +11,13 @@ import torch
 from core.context import BuildContext
 from core.data.table import RecordTable
 from core.records import Batch, Record
+
+# amsa_stubs.py (Net, StubTrainer), importable by the test modules as `amsa_stubs`:
+# importlib mode does not put this folder on sys.path; conftest is imported before them
+if "amsa_stubs" not in sys.modules:
+    _spec = importlib.util.spec_from_file_location("amsa_stubs", Path(__file__).with_name("amsa_stubs.py"))
+    sys.modules["amsa_stubs"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["amsa_stubs"])
 
 IMAGE_SIZE = (32, 16)  # 8x8 patches -> a 4 x 2 grid of 8 patches
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from torch import nn
 
+from amsa_stubs import Net, StubTrainer  # registered by conftest.py
 from core.data.annotations import Annotations, qualified_key
 
 GRID = (4, 2)  # tiny backbone at 32x16: 8 patches
@@ -45,37 +45,6 @@ def centroids(features: torch.Tensor, pids: torch.Tensor, classes: int) -> torch
         x = F.normalize(features[pids == c], dim=1)
         rows.append(F.normalize(x.mean(0), dim=0))
     return torch.stack(rows)
-
-
-class Net(nn.Module):
-    def __init__(self, backbone, head, terms=()):
-        super().__init__()
-        self.backbone, self.head = backbone, head
-        self.terms = [SimpleNamespace(module=m) for m in terms]
-
-
-class StubTrainer:
-    """The parts of the core Trainer the memories use; `extract` flips images only, as the
-    core's does with eval_flip."""
-
-    def __init__(self, net, batches, pids, eval_flip=False):
-        self.net, self.batches = net, batches
-        self.cfg = SimpleNamespace(eval_flip=eval_flip)
-        self.p = SimpleNamespace(train=SimpleNamespace(pids=np.asarray(pids)), train_datasets=[])
-
-    def extract(self, table, datasets, outputs, forward):
-        rows = {k: [] for k in ("embedding", *outputs)}
-        for batch in self.batches:
-            out = forward(batch)
-            got = {k: out[k].float() for k in rows}
-            if self.cfg.eval_flip:
-                batch = copy.copy(batch)
-                batch.images = batch.images.flip(-1)
-                flipped = forward(batch)
-                got = {k: (v + flipped[k].float()) / 2 for k, v in got.items()}
-            for k, v in got.items():
-                rows[k].append(v)
-        return SimpleNamespace(extras={k: torch.cat(v) for k, v in rows.items() if k != "embedding"})
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from torch import nn
+
+from amsa_stubs import Net, StubTrainer  # registered by conftest.py
 
 D = 16  # TINY_CLIP's embed_dim
 REPO = Path(__file__).resolve().parents[3]
@@ -29,26 +29,6 @@ def reference_clip(backbone, tiny_clip):
     clip = open_clip.CLIP(**cfg)
     clip.visual.load_state_dict(backbone.visual.state_dict())
     return clip.eval()
-
-
-class Net(nn.Module):
-    def __init__(self, backbone, head, terms=()):
-        super().__init__()
-        self.backbone, self.head = backbone, head
-        self.terms = [SimpleNamespace(module=m) for m in terms]
-
-
-class StubTrainer:
-    """What the memories read from the core Trainer: extract = the given forward over batches."""
-
-    def __init__(self, net, batch, pids):
-        self.net, self.batch = net, batch
-        self.cfg = SimpleNamespace(eval_flip=False)
-        self.p = SimpleNamespace(train=SimpleNamespace(pids=np.asarray(pids)), train_datasets=[])
-
-    def extract(self, table, datasets, outputs, forward):
-        out = forward(self.batch)
-        return SimpleNamespace(extras={k: out[k].float() for k in outputs})
 
 
 @pytest.fixture
@@ -150,7 +130,7 @@ def test_cmp_with_vpm1_of_clips_image_features(single):
     from reid_amsa.cmp_loss import MultiGrainedCMPLoss
 
     loss = MultiGrainedCMPLoss(single.ctx)  # default gating labels: nothing to gate
-    loss.on_stage_start(StubTrainer(Net(single.backbone, single.head, [loss]), single.batch, single.pids), None)
+    loss.on_stage_start(StubTrainer(Net(single.backbone, single.head, [loss]), [single.batch], single.pids), None)
     memory = by_hand_centroids(single.reference, single.pids, 3)
     assert torch.allclose(loss.memory, memory, atol=1e-5)
     value, _ = loss({}, single.batch)
@@ -181,7 +161,7 @@ def test_imp_i2tce_and_id_on_the_global_token(single):
 
     proto = PrototypeContrastLoss(single.ctx)
     net = Net(backbone, head, [proto]).eval()
-    proto.on_epoch_start(StubTrainer(net, single.batch, single.pids), 0)
+    proto.on_epoch_start(StubTrainer(net, [single.batch], single.pids), 0)
     memory = by_hand_centroids(bn_x, single.pids, 3)
     assert torch.allclose(proto.memory, memory, atol=1e-5)
     with torch.no_grad():

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from core.context import BuildContext
-from core.models.timm_backbone import TimmBackbone
+from core.models.timm_backbone import TimmBackbone, errors_named
 from core.records import Batch
 
 NAME = "backbone 'hse_vit'"
@@ -60,11 +60,9 @@ class DualTokenViT(TimmBackbone):
             raise ValueError(f"{NAME}: attention must be one of {', '.join(ATTENTION)}, got {attention!r}")
         if local_init not in LOCAL_INIT:
             raise ValueError(f"{NAME}: local_init must be one of {', '.join(LOCAL_INIT)}, got {local_init!r}")
-        try:
+        with errors_named(NAME):
             super().__init__(ctx, arch=arch, pretrained=pretrained, model_kwargs=model_kwargs,
                              drop_path_rate=drop_path_rate, freeze_patch_embed=freeze_patch_embed)
-        except (ValueError, FileNotFoundError, RuntimeError) as exc:  # the core names 'timm': rename
-            raise type(exc)(str(exc).replace("backbone 'timm'", NAME)) from exc
         self._check_model(arch)
         self.attention = attention
         vit = self.model

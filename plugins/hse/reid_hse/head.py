@@ -79,8 +79,10 @@ class HSEHead(Head):
     def local_logits(self, z_local: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
         """(B, max |Y_s|): g^(s_b)(z_L[b]) per row, -inf past |Y_{s_b}| columns."""
         categories = categories.to(z_local.device, torch.long)
-        if categories.numel() and (categories.min() < 0 or categories.max() >= len(self.local_classifiers)):
-            bad = int(categories.max() if categories.max() >= len(self.local_classifiers) else categories.min())
+        outside = (categories < 0) | (categories >= len(self.local_classifiers))
+        # the input check reads the data (a host sync and, compiled, a graph break): eager only
+        if not torch.compiler.is_compiling() and bool(outside.any()):
+            bad = int(categories[outside][0])
             raise ValueError(f"{NAME}: batch.categories holds category id {bad}, but the per-category "
                              f"classifiers cover the training categories 0..{len(self.local_classifiers) - 1} "
                              f"({', '.join(self.category_names)})")
@@ -98,9 +100,13 @@ class HSEHead(Head):
         # with their gradient), as on one process
         every, roles = D.gather_with_grad(z_local), D.gather_uneven(roles.to(z_local.device))
         train = roles == ROLE_TRAIN
-        reference = every[train] if bool(train.any()) else every
-        mean = reference.mean(0)
-        var = reference.var(0, unbiased=False) if reference.shape[0] > 1 else torch.ones_like(mean)
+        # the reference rows as weights, not a selection (whose size only the data knows:
+        # a host sync on a GPU): meta-train rows, every row when there are none
+        use = torch.where(train.any(), train, torch.ones_like(train))[:, None]
+        count = use.sum().clamp(min=1).to(every.dtype)
+        mean = torch.where(use, every, torch.zeros_like(every)).sum(0) / count
+        var = torch.where(use, (every - mean) ** 2, torch.zeros_like(every)).sum(0) / count
+        var = torch.where(count > 1, var, torch.ones_like(var))  # one reference row: no statistics
         normed = (z_local - mean) * torch.rsqrt(var + self.local_bn.eps)
         return normed * self.local_bn.weight + self.local_bn.bias
 

@@ -33,15 +33,25 @@ from reid_hse.labels import labels_from_context
 NAME = "loss 'hse'"
 
 
-def smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, eps: float) -> torch.Tensor:
+def smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, eps: float,
+                           rows: torch.Tensor | None = None) -> torch.Tensor:
     """Label-smoothed CE (Szegedy et al. 2016, Sec. 7) over each row's finite logits only:
     q = (1 - eps) 1[i = y] + eps / n_row, n_row the row's number of classes (a category's
-    |Y_s| for the padded local logits, where the other columns are -inf)."""
+    |Y_s| for the padded local logits, where the other columns are -inf). `rows` (bool):
+    the mean over these rows only, 0 when none — masks, not a selected sub-batch, whose
+    size only the data knows (a host sync on a GPU, issue 19)."""
     log_p = F.log_softmax(logits.float(), dim=1)
     valid = torch.isfinite(logits)
     nll = -log_p.gather(1, targets[:, None]).squeeze(1)
     uniform = -torch.where(valid, log_p, torch.zeros_like(log_p)).sum(1) / valid.sum(1).clamp(min=1)
-    return ((1.0 - eps) * nll + eps * uniform).mean()
+    per_row = (1.0 - eps) * nll + eps * uniform
+    return per_row.mean() if rows is None else masked_mean(per_row, rows)
+
+
+def masked_mean(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """mean of values[rows], 0 when no row is set, with no host sync (torch.where: an
+    excluded row's inf or nan never reaches the sum)."""
+    return torch.where(rows, values, torch.zeros_like(values)).sum() / rows.sum().clamp(min=1)
 
 
 class HSELoss(Loss):
@@ -71,19 +81,32 @@ class HSELoss(Loss):
         self.register_buffer("id_local", torch.as_tensor(labels.local), persistent=False)
 
     def targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(y, y~) of the batch; checks that every sample's category is pi(y)."""
+        """(y, y~) of the batch; checks that every sample's category is pi(y) and that its
+        role is 0 or 1 (the checks' flags read in one host sync)."""
         pids = batch.pids.to(self.id_local.device, torch.long)
-        if pids.numel() and (pids.min() < 0 or pids.max() >= self.id_local.numel()):
-            raise ValueError(f"{NAME}: batch.pids holds labels outside 0..{self.id_local.numel() - 1}, the "
-                             "training identities the classifiers were built for")
         categories = batch.categories.to(pids.device, torch.long)
-        wrong = self.id_category[pids] != categories
-        if bool(wrong.any()):
+        roles = batch.roles.to(pids.device)
+        n_ids = self.id_local.numel()
+        outside = ((pids < 0) | (pids >= n_ids)).any()
+        safe = pids.clamp(0, max(n_ids - 1, 0))
+        wrong = self.id_category[safe] != categories
+        unknown = (roles != ROLE_TRAIN) & (roles != ROLE_META_TEST)
+        # the checks read the data (a host sync and, compiled, a graph break): eager only
+        bad_pid, bad_category, bad_role = (False, False, False) if torch.compiler.is_compiling() else \
+            torch.stack([outside, wrong.any(), unknown.any()]).tolist()
+        if bad_pid:
+            raise ValueError(f"{NAME}: batch.pids holds labels outside 0..{n_ids - 1}, the "
+                             "training identities the classifiers were built for")
+        if bad_category:
             i = int(wrong.nonzero()[0])
             y, s = int(pids[i]), int(categories[i])
             raise ValueError(f"{NAME}: sample {i} has identity {y} of category "
                              f"'{self.category_names[int(self.id_category[y])]}' but batch.categories says {s}; "
                              "the batch must carry the training table's category ids")
+        if bad_role:
+            found = sorted(set(roles[unknown].tolist()))
+            raise ValueError(f"{NAME}: batch.roles holds {found}; episode roles are 0 (meta-train) and "
+                             "1 (meta-test)")
         return pids, self.id_local[pids]
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: Batch):
@@ -96,22 +119,15 @@ class HSELoss(Loss):
         y, y_local = self.targets(batch)
         y, y_local = y.to(logits.device), y_local.to(logits.device)
         roles = batch.roles.to(logits.device)
-        unknown = sorted(set(roles.unique().tolist()) - {ROLE_TRAIN, ROLE_META_TEST})
-        if unknown:
-            raise ValueError(f"{NAME}: batch.roles holds {unknown}; episode roles are 0 (meta-train) and "
-                             "1 (meta-test)")
         train, test = roles == ROLE_TRAIN, roles == ROLE_META_TEST
-        zero = logits.float().sum() * 0.0
-
-        def ce(rows: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            return smoothed_cross_entropy(rows[mask], targets[mask], self.eps) if bool(mask.any()) else zero
-
-        glob_train, glob_test = ce(logits, train, y), ce(logits, test, y)
-        spec_train = ce(local, train, y_local)
+        # each half's mean as a mask over the whole batch (0 for an empty half): no host sync
+        glob_train = smoothed_cross_entropy(logits, y, self.eps, train)
+        glob_test = smoothed_cross_entropy(logits, y, self.eps, test)
+        spec_train = smoothed_cross_entropy(local, y_local, self.eps, train)
         total = self.global_weight * (glob_train + glob_test) + self.local_weight * spec_train
         with torch.no_grad():
             acc_glob = (logits.argmax(1) == y).float().mean()
-            acc_spec = (local[train].argmax(1) == y_local[train]).float().mean() if bool(train.any()) else zero
+            acc_spec = masked_mean((local.argmax(1) == y_local).float(), train)
         parts = {"glob_train": glob_train, "glob_test": glob_test, "spec_train": spec_train,
                  "acc_glob": acc_glob, "acc_spec": acc_spec}
         return total, {k: v.detach() for k, v in parts.items()}

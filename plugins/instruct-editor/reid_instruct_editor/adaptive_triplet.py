@@ -41,13 +41,21 @@ NAME = "loss 'adaptive_triplet'"
 
 
 def adaptive_triplet(x: torch.Tensor, pids: torch.Tensor, s: torch.Tensor, margin: float = 0.3, l11_weight: float = 0.1,
-                     metric: str = "euclidean") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """AT of features x (n, d) with identities `pids` (n,) and instruction similarities s (n, n)."""
+                     metric: str = "euclidean", rows: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """AT of features x (n, d) with identities `pids` (n,) and instruction similarities s (n, n).
+
+    `rows` (bool (n,)): only these rows are anchors, positives and negatives — the loss of
+    x[rows], computed as masks on the whole batch (a selected sub-batch has a size only the
+    data knows: a host sync per selection on a GPU)."""
     dist = euclidean_distances(x) if metric == "euclidean" else cosine_distances(x)
     n = len(pids)
     same = pids[:, None] == pids[None, :]
     eye = torch.eye(n, dtype=torch.bool, device=x.device)
     pos, neg = same & ~eye, ~same
+    if rows is not None:
+        pair = rows[:, None] & rows[None, :]
+        pos, neg = pos & pair, neg & pair
     num_pos = pos.sum(1)
     zero = x.sum() * 0.0
     if n < 2:
@@ -58,15 +66,21 @@ def adaptive_triplet(x: torch.Tensor, pids: torch.Tensor, s: torch.Tensor, margi
     d1 = torch.where(num_pos >= 1, hardest.values[:, 0], none)
     d2 = torch.where(num_pos >= 2, hardest.values[:, 1], none)
     p1, p2 = hardest.indices[:, 0], hardest.indices[:, 1]
-    rows = torch.arange(n, device=x.device)
-    s1, s2 = s[rows, p1], s[rows, p2]
+    index = torch.arange(n, device=x.device)
+    s1, s2 = s[index, p1], s[index, p2]
     d_an = torch.where(neg, dist, torch.full_like(dist, float("inf"))).min(dim=1).values
-    valid13 = (num_pos >= 1) & neg.any(dim=1)
+    valid13 = (num_pos >= 1) & neg.any(dim=1)  # an anchor outside `rows` has neither
     valid11 = num_pos >= 2
-    l13 = F.relu(d1 - d_an + margin * s1)[valid13].mean() if bool(valid13.any()) else zero
+    l13 = _masked_mean(F.relu(d1 - d_an + margin * s1), valid13) + zero
     gap = s1 - s2
-    l11 = F.relu(torch.sign(gap) * (d1 - d2) + margin * gap.abs())[valid11].mean() if bool(valid11.any()) else zero
+    l11 = _masked_mean(F.relu(torch.sign(gap) * (d1 - d2) + margin * gap.abs()), valid11) + zero
     return l11_weight * l11 + l13, {"l11": l11.detach(), "l13": l13.detach()}
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mean of values[mask], 0 when the mask is empty; no host sync (torch.where, not a
+    product: an excluded row's inf never reaches the sum)."""
+    return torch.where(mask, values, torch.zeros_like(values)).sum() / mask.sum().clamp(min=1)
 
 
 class AdaptiveTripletLoss(Loss):
@@ -101,9 +115,7 @@ class AdaptiveTripletLoss(Loss):
         for key, weight in zip(self.features, self.weights):
             x, rows = read_rows(outputs, key, self.row_masks, NAME, "the `instruct_editor` backbone and head")
             pids, s = batch.pids.to(x.device), sim.to(x.device)
-            if rows is not None:
-                x, pids, s = x[rows], pids[rows], s[rows][:, rows]
-            loss, logged = adaptive_triplet(x.float(), pids, s, self.margin, self.l11_weight, self.metric)
+            loss, logged = adaptive_triplet(x.float(), pids, s, self.margin, self.l11_weight, self.metric, rows)
             total = weight * loss if total is None else total + weight * loss
             parts[key] = loss.detach()
             parts.update({f"{key}/{k}": v for k, v in logged.items()})

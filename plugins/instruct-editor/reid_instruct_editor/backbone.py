@@ -28,13 +28,15 @@ Outputs: "global" (B, D) the ViT's class token (as the core's `timm` backbone), 
 embedding (the s of the adaptive triplet), "has_image" (B,) bool; in evaluation also
 "reference_instruction_embedding" (B, E): the same instructions through the frozen
 reference encoder (mAP-tau's positives, never the trainable towers: see `reference_encoder`).
-In training also "image_tokens" (B, P + N, D) the ViT's token states (zeros for text-only
-rows), "instruction_tokens" (B, L, D) and "instruction_valid" (B, L): the inputs of the
-text-to-image matching branch (`t2i_matching.py`).
+"image_tokens" (B, P + N, D) the ViT's token states (zeros for text-only rows) and, in
+training, "instruction_tokens" (B, L, D) and "instruction_valid" (B, L): the inputs of the
+text-to-image matching branch (`t2i_matching.py`; in evaluation its ITM re-ranking).
 
 Instructions come from the batch: extras "instruction" (a text, or a tuple of phrasings:
-one drawn per sample in training, the first in evaluation) and "instruction_image"
-(a (3, h, w) tensor in [0, 1]; a row with one uses it instead of the text).
+one drawn per sample in training, by a hash of the run seed, the count of training forwards
+and the sample's table index, so DDP draws what one process draws; the first in evaluation)
+and "instruction_image" (a (3, h, w) tensor in [0, 1]; a row with one uses it instead of the
+text).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import torch
 from torch import nn
 
 from core.context import BuildContext
+from core.data.loading import mix_seed
 from core.interfaces import Backbone
 from core.models.timm_backbone import TimmBackbone
 from core.records import Batch
@@ -118,6 +121,16 @@ class InstructEditor(Backbone):
         if reference_encoder and not (enc.freeze_text and enc.freeze_image):
             self.reference = copy.deepcopy(enc).requires_grad_(False)  # taken before any training step
             self.reference.freeze_text = self.reference.freeze_image = True
+        # the phrasing draw (`_draw_phrasings`): keyed by the run's seed (torch's seed when the
+        # model is built: the pipeline's `seed` under `core run`, on every rank) and this
+        # count of training forwards (a buffer: checkpointed, so a resumed run draws on)
+        self.phrase_seed = torch.initial_seed()
+        self.register_buffer("phrase_draws", torch.zeros((), dtype=torch.int64))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        # checkpoints written before the draw counter existed load with the counter at 0
+        state_dict.setdefault(prefix + "phrase_draws", torch.zeros((), dtype=torch.int64))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ---------------------------------------------------------------- instructions
     def encode_instructions(self, batch: Batch, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -125,18 +138,22 @@ class InstructEditor(Backbone):
         "cls" (n, D), "tokens" (n, L, D), "valid" (n, L)}; text and image instructions
         are padded to one length L (padding invalid)."""
         device = batch.pids.device
-        n_all = len(batch)
-        rows = torch.arange(n_all, device=device) if rows is None else rows
+        # the default (every row) reads no device tensor: no host sync
+        picked = list(range(len(batch))) if rows is None else rows.tolist()
         texts = batch.require("instruction", NAME)
         images = batch.extras.get("instruction_image")
-        picked = rows.tolist()
         image_rows = [i for i, r in enumerate(picked) if _row_image(images, r) is not None]
         text_rows = [i for i, r in enumerate(picked) if _row_image(images, r) is None]
         parts: list[tuple[list[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor], nn.Linear]] = []
         if text_rows:
-            chosen = [self._phrase(texts[picked[i]], picked[i]) for i in text_rows]
-            tokens = self.instruction.tokenize(chosen, device)
+            if self.training:
+                tokens = self._draw_phrasings(batch, [picked[i] for i in text_rows])
+            else:
+                tokens = self.instruction.tokenize([_first(texts[picked[i]], picked[i]) for i in text_rows], device)
             parts.append((text_rows, self.instruction.encode_text(tokens), self.text_tokens))
+        if self.training:
+            with torch.no_grad():
+                self.phrase_draws += 1
         if image_rows:
             stack = torch.stack([_row_image(images, picked[i]) for i in image_rows]).to(device)
             parts.append((image_rows, self.instruction.encode_image(stack), self.image_tokens))
@@ -174,19 +191,44 @@ class InstructEditor(Backbone):
                                                    .to(device))[0]
         return out
 
-    def _phrase(self, value: Any, row: int) -> str:
-        """One text of a row: a tuple of phrasings gives a random one in training (torch's
-        generator: a resumed run draws the same), the first in evaluation."""
-        if isinstance(value, (tuple, list)):
-            if not value:
-                raise ValueError(f"{NAME}: sample {row} has an empty list of instruction phrasings")
-            if self.training and len(value) > 1:
-                return str(value[int(torch.randint(len(value), ()))])
-            return str(value[0])
-        if value is None:
-            raise ValueError(f"{NAME}: sample {row} has neither a text instruction nor an instruction_image; "
-                             "an instruction dataset (`instruct`) gives every record one")
-        return str(value)
+    def drawn_texts(self, batch: Batch, rows: list[int]) -> list[str]:
+        """The phrasing each of `rows` read in this step's training forward (the draw of
+        `_draw_phrasings`, made again with the counter before that forward's increment):
+        what a momentum text model must read to give targets for the same caption."""
+        texts = batch.require("instruction", NAME)
+        options = [_phrasings(texts[r], r) for r in rows]
+        if not rows or max(len(o) for o in options) == 1:
+            return [o[0] for o in options]
+        at = torch.as_tensor(rows, dtype=torch.long, device=batch.indices.device)
+        choice = _phrasing_choice(batch.indices.index_select(0, at), self.phrase_draws.to(at.device) - 1,
+                                  self.phrase_seed)
+        return [o[c % len(o)] for o, c in zip(options, choice.tolist())]
+
+    def _draw_phrasings(self, batch: Batch, rows: list[int]) -> torch.Tensor:
+        """(len(rows), L) tokens of one phrasing per row (training): a row whose instruction
+        is a tuple of phrasings gets phrasing `_phrasing_choice(index, draws, seed) % k` of
+        its k, index the sample's position in the record table. The draw is a function of
+        the sample, not of the process's RNG or of the row: under DDP a sample gets the
+        phrasing it gets in one process whichever rank holds it (a sample repeated within
+        a step gets one phrasing). All phrasings are tokenized and the chosen rows are
+        picked on the device, so the choice needs no host sync."""
+        texts = batch.require("instruction", NAME)
+        flat: list[str] = []
+        starts: list[int] = []
+        counts: list[int] = []
+        for r in rows:
+            options = _phrasings(texts[r], r)
+            starts.append(len(flat))
+            counts.append(len(options))
+            flat.extend(options)
+        device = batch.pids.device
+        tokens = self.instruction.tokenize(flat, device)
+        if max(counts) == 1:
+            return tokens
+        at = torch.as_tensor(rows, dtype=torch.long, device=device)
+        choice = _phrasing_choice(batch.indices.to(device).index_select(0, at), self.phrase_draws, self.phrase_seed)
+        pick = torch.as_tensor(starts, device=device) + choice % torch.as_tensor(counts, device=device)
+        return tokens.index_select(0, pick)
 
     # ---------------------------------------------------------------- editing
     def edit(self, image_tokens: torch.Tensor, instruction_tokens: torch.Tensor, instruction_valid: torch.Tensor,
@@ -220,18 +262,23 @@ class InstructEditor(Backbone):
         if not self.training:
             out["reference_instruction_embedding"] = self.reference_embeddings(batch)
         zeros = instr["cls"].new_zeros(n, dim)
+        # text-only rows skip the image path: selecting the others reads their count (one
+        # host sync per forward, kept: running the placeholder images would cost more)
         rows = has_image.nonzero().squeeze(1)
-        if len(rows) == 0:
+        if len(rows) == 0:  # no image: zero token states (T = prefix + patches)
+            tokens = self.num_prefix_tokens + int(self.image_encoder.model.patch_embed.num_patches)
+            out["image_tokens"] = zeros.new_zeros(n, tokens, dim)
             return {**out, "global": zeros, "bio": zeros, "clo": zeros}
         vit = self.image_encoder.model
         feats = vit.forward_features(batch.images.index_select(0, rows))
         global_ = vit.forward_head(feats, pre_logits=True)
         bio, clo = self.edit(feats, instr["tokens"].index_select(0, rows), instr["valid"].index_select(0, rows),
                              instr["cls"].index_select(0, rows))
-        if self.training:  # the text-to-image matching branch's inputs (t2i_matching.py)
+        # the text-to-image matching branch's inputs (t2i_matching.py; in evaluation its ITM re-ranking)
+        out["image_tokens"] = feats if len(rows) == n else \
+            feats.new_zeros(n, *feats.shape[1:]).index_copy(0, rows, feats)
+        if self.training:
             out["instruction_tokens"], out["instruction_valid"] = instr["tokens"], instr["valid"]
-            out["image_tokens"] = feats if len(rows) == n else \
-                feats.new_zeros(n, *feats.shape[1:]).index_copy(0, rows, feats)
         if len(rows) == n:
             return {**out, "global": global_, "bio": bio, "clo": clo}
         return {**out, "global": zeros.index_copy(0, rows, global_.to(zeros.dtype)),
@@ -246,6 +293,35 @@ def _first(value: Any, row: int) -> str:
     if value is None:
         raise ValueError(f"{NAME}: sample {row} has neither a text instruction nor an instruction_image")
     return str(value)
+
+
+def _phrasings(value: Any, row: int) -> list[str]:
+    """The phrasings of a row's text instruction (a text, or a tuple of phrasings)."""
+    if isinstance(value, (tuple, list)):
+        if not value:
+            raise ValueError(f"{NAME}: sample {row} has an empty list of instruction phrasings")
+        return [str(v) for v in value]
+    if value is None:
+        raise ValueError(f"{NAME}: sample {row} has neither a text instruction nor an instruction_image; "
+                         "an instruction dataset (`instruct`) gives every record one")
+    return [str(value)]
+
+
+_P = 2_147_483_647  # 2^31 - 1: products of two residues stay below 2^62 in int64
+
+
+def _phrasing_choice(index: torch.Tensor, draws: torch.Tensor | int, seed: int) -> torch.Tensor:
+    """A uniform 31-bit integer per sample (int64, on `index`'s device) from (seed, draws,
+    sample index): an integer hash (multiply mod 2^31 - 1, xor-shift rounds) computed
+    with exact integer ops, so every device and rank gets the same numbers."""
+    key = mix_seed(seed)
+    x = (index.long() ^ (key & 0x7FFFFFFF)) % _P
+    x = (x * 1_103_515_245 + torch.as_tensor(draws, device=index.device).long() % _P) % _P
+    x = x ^ (x >> 16)
+    x = (x * 747_796_405 + ((key >> 31) & 0x7FFFFFFF)) % _P
+    x = x ^ (x >> 13)
+    x = (x * 1_597_334_677) % _P
+    return x ^ (x >> 16)
 
 
 def _row_image(images: Any, row: int) -> torch.Tensor | None:

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core.data.columns import RecordColumns, as_columns
 from core.data.synthetic import CATEGORIES, SyntheticWorld
 from core.interfaces import Dataset
 from core.records import Record
@@ -155,23 +156,27 @@ class InstructDataset(Dataset):
         else:
             self.world = _build_world(world)
             self._check_world()
-        self._records: dict[str, list[Record]] = {}
+        self._records: dict[str, RecordColumns] = {}
 
     # ------------------------------------------------------------------ listing
-    def records(self, split: str) -> list[Record]:
+    def records(self, split: str) -> RecordColumns:
+        """The split's task records as columns (core.data.columns). They are derived per
+        record from the world or the source (whose reader caches its own listing); the
+        instruction column holds tuples of phrasings, which stay in memory (not cached)."""
         if split not in self.splits:
             raise ValueError(f"{NAME}: unknown split '{split}'; valid splits: {', '.join(self.splits)}")
         if split not in self._records:
             if self.parts:
                 from reid_instruct_editor.sourced import joined_records
 
-                self._records[split] = joined_records(self.parts, split)
+                listed = joined_records(self.parts, split)
             elif self.from_source:
                 from reid_instruct_editor.sourced import source_records
 
-                self._records[split] = source_records(self, split)
+                listed = source_records(self, split)
             else:
-                self._records[split] = self._synthetic(split) if self.world is not None else self._manifest(split)
+                listed = self._synthetic(split) if self.world is not None else self._manifest(split)
+            self._records[split] = as_columns(listed)
         return self._records[split]
 
     def _check_world(self) -> None:

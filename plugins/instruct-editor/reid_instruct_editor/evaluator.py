@@ -32,6 +32,16 @@ extras "clothes_id") is removed as well, LTCC / PRCC's clothes-changing setting
 (`exclude_same_clothes`: auto = when every record of the task has a clothes id; true =
 required; false = never).
 
+ITM re-ranking (`itm_rerank: k`, 0 = off, the default; `itm_rerank.py`): each text-to-image
+query (records' extras "text_query") ranks its k nearest gallery items by the ITM score of
+the `t2i_matching` loss's fusion encoder and head (the authors' evaluation, k = 128)
+ahead of the rest. The trainer binds the evaluated model and its matching loss at each
+evaluation (`on_evaluate_start`; elsewhere `bind(model, matching)`): a matching head
+that has not trained (the baseline evaluation, or losses not restored) re-ranks nothing,
+with a warning, and the key "itm_reranked" says which (1 / 0). The gallery's ViT
+token states come from extraction (model output "image_tokens"): N x T x D floats per
+split while evaluating.
+
 The task of a query or gallery item is its record's extras "task" (the `instruct`
 dataset sets it); records without one form the task "all". A test set holding one task
 gives equal task-specific and task-free numbers; several `instruct` test sets, one per
@@ -41,6 +51,7 @@ task, are the paper's task-specific setting too (the trainer then averages them 
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import numpy as np
@@ -52,9 +63,11 @@ from core.evaluation.ranking import DEFAULT_MEMORY_BUDGET, PerQueryMetrics, per_
     validate_ranks
 from core.evaluation.reid import clothes_ids
 from core.interfaces import Evaluator, FeatureSet
+from reid_instruct_editor.itm_rerank import SCORES, ITMScorer, rerank_top_k
 from reid_instruct_editor.map_tau import per_query_metrics_tau
 from reid_instruct_editor.tasks import CLOTHES_CHANGING
 
+log = logging.getLogger(__name__)
 NAME = "evaluator 'instruct_reid'"
 SETTINGS = ("both", "task-specific", "task-free")
 REFERENCES = ("auto", "labels", "encoder")
@@ -67,7 +80,9 @@ class InstructReIDEvaluator(Evaluator):
     `metric` (cosine, euclidean), `ranks`, `exclude_same_camera`, `reference` (auto,
     labels, encoder: where mAP-tau's instruction similarity comes from, module doc),
     `reference_output` (the frozen reference encoder's output), `exclude_same_clothes` (auto, true, false: the
-    clothes-changing task's protocol, see the module doc), `chunk_size`, `memory_budget_mb`."""
+    clothes-changing task's protocol, see the module doc), `chunk_size`, `memory_budget_mb`,
+    `itm_rerank` (k of the text-to-image ITM re-ranking; 0: off), `itm_score` (logit, the
+    authors'; probability), `itm_batch` (pairs per fusion forward)."""
 
     def __init__(self, setting: Literal["both", "task-specific", "task-free"] = "both", tau: float = 0.5,
                  metric: str = "cosine", ranks: list[int] = [1, 5, 10],  # noqa: B006 - YAML default
@@ -75,7 +90,8 @@ class InstructReIDEvaluator(Evaluator):
                  reference: Literal["auto", "labels", "encoder"] = "auto",
                  reference_output: str = "reference_instruction_embedding",
                  chunk_size: int = 0, memory_budget_mb: int = DEFAULT_MEMORY_BUDGET // 2**20,
-                 exclude_same_clothes: Literal["auto", True, False] = "auto") -> None:
+                 exclude_same_clothes: Literal["auto", True, False] = "auto", itm_rerank: int = 0,
+                 itm_score: Literal["logit", "probability"] = "logit", itm_batch: int = 256) -> None:
         if setting not in SETTINGS:
             raise ValueError(f"{NAME}: setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
         if metric not in METRICS:
@@ -100,11 +116,56 @@ class InstructReIDEvaluator(Evaluator):
         self.reference, self.reference_output = reference, reference_output
         self.outputs = (reference_output,)  # extraction keeps them in FeatureSet.extras
         self.chunk_size, self.memory_budget = int(chunk_size), int(memory_budget_mb) * 2**20
+        if itm_rerank is None or isinstance(itm_rerank, bool) or int(itm_rerank) < 0:
+            raise ValueError(f"{NAME}: itm_rerank is the number of top items re-scored by the ITM head "
+                             f"(0: off; the authors' 128), got {itm_rerank!r}")
+        if itm_score not in SCORES:
+            raise ValueError(f"{NAME}: itm_score must be one of {', '.join(SCORES)}, got {itm_score!r}")
+        self.itm_rerank, self.itm_score, self.itm_batch = int(itm_rerank), itm_score, int(itm_batch)
+        self._scorer: ITMScorer | None = None
+        self._skipped = False  # bound by the trainer to a matching head that never trained
+        if self.itm_rerank:
+            self.outputs = (reference_output, "image_tokens")
+
+    # ------------------------------------------------------------- ITM re-ranking
+    def bind(self, model, matching) -> None:
+        """The model whose text encoder reads the caption queries and the `t2i_matching`
+        loss whose fusion encoder and ITM head score (caption, image) pairs."""
+        self._skipped = False
+        if not hasattr(matching, "match_logits"):
+            raise ValueError(f"{NAME}: itm_rerank needs a `t2i_matching` loss (its fusion encoder and ITM head); "
+                             f"got {type(matching).__name__}")
+        self._scorer = ITMScorer(model, matching, self.itm_score, self.itm_batch)
+
+    def on_evaluate_start(self, trainer, **_) -> None:
+        """Bind the evaluated model (the EMA copy when enabled) and its matching loss."""
+        if not self.itm_rerank:
+            return
+        model = trainer.model
+
+        def matching_of(net):
+            return [m for m in getattr(net, "losses", []) if hasattr(m, "match_logits")]
+
+        matching = matching_of(model)
+        if not matching:
+            raise ValueError(f"{NAME}: itm_rerank is {self.itm_rerank} but the pipeline has no `t2i_matching` loss "
+                             "(whose ITM head re-scores the top-k); add it or set itm_rerank: 0")
+        trained = (matching_of(getattr(trainer, "net", None)) or matching)[0]  # the training copy counts steps
+        self.bind(model, matching[0])
+        if int(getattr(trained, "trained_steps", 1)) == 0:
+            # the baseline evaluation before training, or losses never restored (a weights
+            # file holds the model only): an untrained ITM head would only shuffle the top-k
+            log.warning(f"{NAME}: the `t2i_matching` loss has not trained (no step yet, or its weights were not "
+                        "restored): this evaluation is not re-ranked (itm_reranked: 0)")
+            self._scorer = None
+            self._skipped = True
 
     def evaluate(self, query: FeatureSet, gallery: FeatureSet) -> dict[str, float]:
         q_tasks, g_tasks = _tasks(query), _tasks(gallery)
         q_instr, g_instr, by_labels = self._references(query, gallery)
         out: dict[str, float] = {"tau_reference_labels": float(by_labels)}
+        if self.itm_rerank:  # 1: text-to-image queries re-ranked by the ITM head; 0: not (head untrained)
+            out["itm_reranked"] = 0.0 if self._skipped else 1.0
         settings = [s for s in ("task-specific", "task-free") if self.setting in (s, "both")]
         with torch.no_grad():
             for setting in settings:
@@ -179,9 +240,13 @@ class InstructReIDEvaluator(Evaluator):
         q_cams, g_cams = query.camids[q_rows], gallery.camids[g_rows]
         qi_all, gi_all = q_instr[torch.as_tensor(q_rows)], g_instr[torch.as_tensor(g_rows)]
 
+        rerank = self._reranker(query, gallery, q_rows, g_rows)
+
         def rows_of(indices: np.ndarray):
             picked = q_emb[torch.as_tensor(indices, device=q_emb.device)]
-            return lambda start, stop: to_gallery(picked[start:stop])
+            if rerank is None:
+                return lambda start, stop: to_gallery(picked[start:stop])
+            return lambda start, stop: rerank(to_gallery(picked[start:stop]), np.asarray(indices)[start:stop])
 
         def similarity(qi: np.ndarray, gi: np.ndarray) -> np.ndarray:
             a, b = qi_all[torch.as_tensor(qi)], gi_all[torch.as_tensor(gi)]
@@ -195,6 +260,60 @@ class InstructReIDEvaluator(Evaluator):
         tau = per_query_metrics_tau(rows_of, q_pids, g_pids, q_cams, g_cams, similarity, self.tau, **common)
         metrics.update(_summary(tau, self.ranks, "_tau"))
         return metrics
+
+
+    def _reranker(self, query: FeatureSet, gallery: FeatureSet, q_rows: np.ndarray, g_rows: np.ndarray):
+        """None without re-ranking; else (distances (c, m), positions in q_rows (c,)) ->
+        distances with each text query's top-k re-ranked by the ITM score (itm_rerank.py).
+        Scores are kept per query: the ordinary and the tau metrics rank the same rows."""
+        if not self.itm_rerank or self._skipped or not query.records:
+            return None
+        texts = np.asarray([bool(query.records[int(i)].extras.get("text_query", False)) for i in q_rows])
+        if not texts.any():
+            return None
+        if self._scorer is None:
+            raise ValueError(f"{NAME}: itm_rerank is {self.itm_rerank} but no matching head is bound; the trainer "
+                             "binds it at each evaluation, elsewhere call evaluator.bind(model, matching_loss)")
+        tokens = gallery.extras.get("image_tokens")
+        if tokens is None or tokens.dim() != 3 or tokens.shape[0] != len(gallery):
+            raise KeyError(f"{NAME}: itm_rerank needs the gallery's model output 'image_tokens' (N, T, D), one row "
+                           "per item (the `instruct_editor` backbone gives it)")
+        g_tokens = tokens[torch.as_tensor(g_rows, device=tokens.device)]
+        scorer, cache = self._scorer, {}
+
+        def score(positions: np.ndarray, top: torch.Tensor) -> torch.Tensor:
+            todo = [j for j, p in enumerate(positions) if int(p) not in cache or
+                    not torch.equal(cache[int(p)][0], top[j])]
+            if todo:
+                device = next(scorer.matching.parameters()).device
+                captions = [_caption(query.records[int(q_rows[positions[j]])]) for j in todo]
+                text, valid = scorer.text_tokens(captions, device)
+                s = scorer(text, valid, g_tokens, top[todo].to(device)).to(top.device)
+                for j, row in zip(todo, s):
+                    cache[int(positions[j])] = (top[j].clone(), row)
+            return torch.stack([cache[int(p)][1] for p in positions])
+
+        def apply(distances: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
+            mine = texts[positions]
+            if not mine.any():
+                return distances
+            at = torch.as_tensor(np.flatnonzero(mine), device=distances.device)
+            sub = rerank_top_k(distances[at], self.itm_rerank,
+                               lambda rows, top: score(positions[mine][rows.cpu().numpy()], top))
+            out = distances.clone()
+            out[at] = sub
+            return out
+
+        return apply
+
+
+def _caption(record) -> str:
+    value = record.extras.get("instruction")
+    value = value[0] if isinstance(value, (tuple, list)) and value else value
+    if not isinstance(value, str):
+        raise ValueError(f"{NAME}: text-to-image query {record.path or ''} (pid {record.pid}) has no caption in "
+                         "extras 'instruction'")
+    return value
 
 
 def _summary(per_query: PerQueryMetrics, ranks: list[int], suffix: str) -> dict[str, float]:

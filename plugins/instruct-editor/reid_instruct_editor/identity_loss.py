@@ -24,16 +24,20 @@ from reid_instruct_editor.rows import check_weights, read_rows
 NAME = "loss 'instruct_id'"
 
 
-def smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, eps: float) -> torch.Tensor:
+def smoothed_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, eps: float,
+                           rows: torch.Tensor | None = None) -> torch.Tensor:
     """mean of -sum_k q_k log p_k with q = (1 - eps) one_hot(y) + eps / N_row, N_row the
-    row's classes (its finite logits); plain CE for eps = 0."""
+    row's classes (its finite logits); plain CE for eps = 0. `rows` (bool (n,)): the mean
+    over these rows only (0 if none), as masks: no host sync."""
     log_p = F.log_softmax(logits.float(), dim=1)
-    nll = F.nll_loss(log_p, targets)
-    if eps == 0.0:
-        return nll
-    valid = torch.isfinite(logits)
-    uniform = log_p.masked_fill(~valid, 0.0).sum(dim=1) / valid.sum(dim=1)
-    return (1.0 - eps) * nll - eps * uniform.mean()
+    per_row = -log_p.gather(1, targets[:, None]).squeeze(1)
+    if eps != 0.0:
+        valid = torch.isfinite(logits)
+        uniform = log_p.masked_fill(~valid, 0.0).sum(dim=1) / valid.sum(dim=1)
+        per_row = (1.0 - eps) * per_row - eps * uniform
+    if rows is None:
+        return per_row.mean()
+    return torch.where(rows, per_row, torch.zeros_like(per_row)).sum() / rows.sum().clamp(min=1)
 
 
 class InstructIdentityLoss(Loss):
@@ -58,11 +62,12 @@ class InstructIdentityLoss(Loss):
             logits, rows = read_rows(outputs, key, self.row_masks, NAME, "the `instruct_editor` head in training")
             given = outputs.get(self.targets)
             targets = (given if given is not None else batch.pids).to(logits.device, torch.long)
-            if rows is not None:
-                logits, targets = logits[rows], targets[rows]
-            loss = smoothed_cross_entropy(logits, targets, self.eps) if len(targets) else logits.sum() * 0.0
+            # masks, not selected rows (no host sync); an empty mask gives 0 (and acc 0)
+            loss = smoothed_cross_entropy(logits, targets, self.eps, rows)
             total = weight * loss if total is None else total + weight * loss
             parts[key.removesuffix("_logits")] = loss.detach()
-            if "acc" not in parts and len(targets):
-                parts["acc"] = (logits.argmax(1) == targets).float().mean().detach()
+            if "acc" not in parts:
+                hit = (logits.argmax(1) == targets).float()
+                parts["acc"] = (hit.mean() if rows is None else
+                                (hit * rows).sum() / rows.sum().clamp(min=1)).detach()
         return total, parts

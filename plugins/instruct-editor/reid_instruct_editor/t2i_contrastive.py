@@ -21,15 +21,20 @@ the loss v and t_m (of every process) enter the queues (first in, first out;
 `queue_size` 65,536 in the authors' code). `momentum: null` drops the momentum model:
 keys and queue hold t, targets are y alone (the earlier variant).
 
-The momentum model is a copy of the whole model (backbone and head) run on the caption
-rows only: their features come from the instruction encoder, its projection and the
-head's text path (the authors' text encoder and text projection). The trainer binds it at
-the first training step (core.pipeline.bind_losses); outside a trainer call `bind(model)`.
+The momentum model is a copy of the text side only (`TextSide`: the instruction encoder's
+text tower, its class-token projection and the head's text projection and BatchNorm: the
+authors' text encoder and text projection), never the image side (ViT, editing blocks,
+CLIP image tower). The trainer binds it at the first training step, after weights are
+restored (core.pipeline.bind_losses); outside a trainer call `bind(model)`. It is saved
+with the loss's state (`momentum.MomentumState`): a resumed run continues the same
+average. Captions with several phrasings: the momentum model reads the phrasing the live
+model drew in the same step (backbone.py `drawn_texts`).
 
 Features: the retrieval embedding ("embedding"), so the space the loss shapes is the
 one a caption query is ranked in (the authors' code uses a separate 256-d image-text
-space; ours: one space for every task, the task-free setting's). The matching (p-ITM)
-and masked-language terms are `t2i_matching.py`; replaced-token detection is not built.
+space; ours: one space for every task, the task-free setting's). The matching (p-ITM),
+masked-language (momentum-distilled) and replaced-token detection (m-RTD) terms are
+`t2i_matching.py`; the ITM re-ranking at test `itm_rerank.py`.
 Their total for the task is 0.5 L_cl + L_pitm + L_mlm + 0.5 L_mrtd: `weight: 0.5` gives
 the first term.
 
@@ -47,10 +52,56 @@ from core.context import BuildContext
 from core.interfaces import Loss, read_output
 from core.records import Batch
 from core.training import distributed as D
-from reid_instruct_editor.momentum import MomentumCopy
+from reid_instruct_editor.head import _rows_batch_norm
+from reid_instruct_editor.momentum import MomentumCopy, MomentumState
 from reid_instruct_editor.tasks import TEXT_TO_IMAGE
 
 NAME = "loss 't2i_contrastive'"
+
+
+class TextSide(nn.Module):
+    """The text path of a text-only row (backbone.py, head.py), on the live modules it is
+    built from: caption -> CLIP text embedding e -> instruction_cls -> text_projection ->
+    text_bn = the row's [bio_bn ; clo_bn] ("embedding"). `image_side` lists the
+    submodules a momentum copy leaves out (the CLIP image tower)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        backbone, head = model.backbone, model.head
+        missing = [n for n, o, a in (("backbone.instruction", backbone, "instruction"),
+                                     ("backbone.instruction_cls", backbone, "instruction_cls"),
+                                     ("head.text_projection", head, "text_projection"),
+                                     ("head.text_bn", head, "text_bn")) if not hasattr(o, a)]
+        if missing:
+            raise ValueError(f"{NAME}: the momentum model follows the `instruct_editor` backbone and head's "
+                             f"text path; this model lacks {', '.join(missing)}")
+        self.encoder, self.cls = backbone.instruction, backbone.instruction_cls
+        self.projection, self.bn = head.text_projection, head.text_bn
+
+    @property
+    def image_side(self) -> list[nn.Module]:
+        return [self.encoder.clip.visual]
+
+    def forward(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        device = self.cls.weight.device
+        embedding = self.encoder.encode_text(self.encoder.tokenize(captions, device))[0]
+        # one process's statistics (a copy of a synchronised BN must not wait for other ranks)
+        x = _rows_batch_norm(self.bn, self.projection(self.cls(embedding)), plain=True)
+        half = x.shape[1] // 2
+        return {"embedding": x, "bio_bn": x[:, :half], "clo_bn": x[:, half:]}
+
+
+def captions_of(batch: Batch, rows: torch.Tensor) -> list[str]:
+    """The text of each row in `rows` (the first of a tuple of phrasings)."""
+    texts = batch.require("instruction", NAME)
+    out = []
+    for r in rows.tolist():
+        value = texts[r]
+        value = value[0] if isinstance(value, (tuple, list)) and value else value
+        if value is None or isinstance(value, (tuple, list)):
+            raise ValueError(f"{NAME}: caption row {r} has no text instruction")
+        out.append(str(value))
+    return out
 
 
 def contrastive(queries: torch.Tensor, q_ids: torch.Tensor, keys: torch.Tensor, k_ids: torch.Tensor,
@@ -69,7 +120,7 @@ def contrastive(queries: torch.Tensor, q_ids: torch.Tensor, keys: torch.Tensor, 
     return -(F.log_softmax(logits, dim=1) * targets).sum(dim=1).mean()
 
 
-class T2IContrastiveLoss(Loss):
+class T2IContrastiveLoss(MomentumState, Loss):
     """L_cl of the module docstring. Keys: `features` (embedding), `queue_size` (65536),
     `temperature` (0.07, learnt; `learn_temperature`), `task` (text-to-image), `dim` (null:
     the head's embedding width), `momentum` (0.995; null: no momentum model),
@@ -77,6 +128,7 @@ class T2IContrastiveLoss(Loss):
 
     #: updated from every process's gathered rows: equal on all ranks (no DDP broadcast)
     shared_buffers = ("image_*", "text_*")
+    momentum_owner = NAME
 
     def __init__(self, ctx: BuildContext, features: str = "embedding", queue_size: int = 65536,
                  temperature: float = 0.07, learn_temperature: bool = True, task: str = TEXT_TO_IMAGE,
@@ -97,6 +149,7 @@ class T2IContrastiveLoss(Loss):
         self.momentum = None if momentum is None else float(momentum)
         self.distill = float(distill) if momentum is not None else 0.0
         self._momentum_model: MomentumCopy | None = None  # not a submodule (momentum.py)
+        self._backbone: list[nn.Module] = []
         self.temp = nn.Parameter(torch.tensor(float(temperature)), requires_grad=bool(learn_temperature))
         for name in ("image", "text"):
             self.register_buffer(f"{name}_queue", torch.zeros(self.queue_size, int(dim)))
@@ -105,13 +158,19 @@ class T2IContrastiveLoss(Loss):
 
     # ---------------------------------------------------------------- momentum model
     def bind(self, model: nn.Module) -> None:
-        """Keep a momentum copy of `model` (a ReIDModel: backbone + head); binding the same
-        backbone and head again keeps the copy."""
+        """Keep a momentum copy of `model`'s text side (a ReIDModel: backbone + head of
+        `instruct_editor`); binding the same backbone and head again keeps the copy. A
+        momentum state restored from a checkpoint replaces the fresh copy's weights."""
         if self.momentum is None:
             return
-        bound = self._momentum_model.live if self._momentum_model is not None else None
-        if bound is None or not (bound.backbone is model.backbone and bound.head is model.head):
-            self._momentum_model = MomentumCopy(model, self.momentum)
+        self._backbone = [model.backbone]  # a list: not a submodule; its phrasing draw (drawn_texts)
+        live = self._momentum_model.live if self._momentum_model is not None else None
+        parts = (getattr(model.backbone, "instruction", None), getattr(model.backbone, "instruction_cls", None),
+                 getattr(model.head, "text_projection", None), getattr(model.head, "text_bn", None))
+        if live is None or any(a is not b for a, b in zip((live.encoder, live.cls, live.projection, live.bn), parts)):
+            side = TextSide(model)
+            self._momentum_model = MomentumCopy(side, self.momentum, skip=side.image_side)
+        self._adopt_pending_momentum()
 
     @property
     def momentum_model(self) -> MomentumCopy | None:
@@ -125,8 +184,15 @@ class T2IContrastiveLoss(Loss):
         self._momentum_model.update()
         out = like.new_zeros(like.shape)
         if bool(texts.any()):
-            feats = self._momentum_model(batch.select(texts))[self.features].float()
-            out[texts] = feats.to(out.dtype)
+            rows = texts.nonzero().squeeze(1)
+            drawn = getattr(self._backbone[0], "drawn_texts", None) if self._backbone else None
+            # the phrasing the live model read this step (backbone.py's draw), else the first
+            captions = drawn(batch, rows.tolist()) if drawn is not None else captions_of(batch, rows)
+            feats = self._momentum_model(captions)
+            if self.features not in feats:
+                raise ValueError(f"{NAME}: with a momentum model `features` must be one of {', '.join(feats)} "
+                                 f"(a text row's outputs), got '{self.features}'")
+            out[texts] = feats[self.features].float().to(out.dtype)
         return out
 
     def _rows(self, outputs: dict[str, torch.Tensor], batch: Batch, n: int,

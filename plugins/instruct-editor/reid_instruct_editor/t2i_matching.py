@@ -1,8 +1,9 @@
 """IRM's text-to-image matching branch (YAML loss name `t2i_matching`): a BERT-style
 fusion encoder over a caption's tokens with cross-attention to an image's tokens, trained
-with proximity-sensitive image-text matching on hard negatives (p-ITM) and masked
-language modelling (MLM), as the authors' code trains the text-to-image task (RaSa's
-L_pitm and L_mlm; their total 0.5 L_cl + L_pitm + L_mlm + 0.5 L_mrtd).
+with proximity-sensitive image-text matching on hard negatives (p-ITM), masked language
+modelling with momentum distillation (MLM) and momentum-based replaced token detection
+(m-RTD), as the authors' code trains the text-to-image task (RaSa's L_pitm, L_mlm and
+L_mrtd; their total 0.5 L_cl + L_pitm + L_mlm + 0.5 L_mrtd).
 
 Fusion layer (BERT, post-norm): h <- LN(h + SelfAttn(h)); h <- LN(h + CrossAttn(h, image));
 h <- LN(h + FFN(h)); text padding is masked as keys. Inputs: the caption's token states
@@ -19,14 +20,42 @@ labels 1 for the n positive pairs and 0 for the (up to) 2n negative ones.
 MLM (BERT): 15 % of each caption's tokens (not start-, end-of-text or padding) are
 chosen; of those 80 % become the mask token, 10 % a random token, 10 % stay; the caption
 is re-encoded by the live text encoder, fused with its paired image, and a BERT prediction
-head (Linear, GELU, LayerNorm, Linear to the vocabulary) is trained with cross-entropy on
-the chosen positions. CLIP's vocabulary has no [MASK]: the mask token is start-of-text,
-which never occurs inside a caption.
+head (Linear, GELU, LayerNorm, Linear to the vocabulary) predicts the chosen tokens, with
+momentum distillation (ALBEF; the authors' `soft_labels`, alpha = 0.4):
 
-Not built (README "Our choices"): the authors' momentum-distilled MLM targets (0.4 of the
-momentum text encoder's prediction), replaced-token detection (MRTD), and ITM re-ranking
-of the top-k at test time. Sizes: the authors' fusion is BERT-base's last 6 layers
-(width 768, 12 heads); `layers`, `heads` set ours (the backbone's width).
+    L_mlm = (1 - a) CE(p, y) + a mean_chosen( -sum_v q_m(v) log p(v) )
+
+p the live prediction, y the original token, q_m the momentum model's prediction for the
+same masked caption and image (softmax over the vocabulary; the authors' code takes it
+over the sequence axis, `dim=1` of (B, L, V), which we take to be an oversight).
+
+m-RTD (RaSa's momentum-based replaced token detection, the authors' `loss_mrtd`): 30 % of
+the caption's tokens are masked (80/10/10 as above), the momentum model (generator)
+predicts them and one token per masked position is sampled from its prediction (over
+ordinary tokens: never start-, end-of-text or padding, which delimit a CLIP caption); the
+live text encoder and fusion read the corrupted caption with the paired image and a
+detection head (Linear(D, 2)) classifies every caption position after the start token,
+end-of-text included, as replaced (the token differs from the original) or not:
+
+    L_mrtd = CE(head(fused(corrupt, image)), [corrupt != original])
+
+`mrtd_resample: all` samples every position between start and end of text (the authors'
+code resamples every position; ours keeps the two delimiters), `masked` (default) only
+the masked ones (RaSa's and ELECTRA's definition).
+
+The momentum model (`momentum`, 0.995; EMA updated once per step before use, never by
+gradient) copies the text side the MLM head reads: the CLIP text tower, its token
+projection, the fusion encoder and the MLM head (the authors' `text_encoder_m`, a BERT
+with its fusion layers and MLM head), never an image encoder; it is saved with the loss's
+state (`momentum.MomentumState`). `momentum: null` drops it and both terms that need it
+(MLM without distillation, no m-RTD). It is a copy of its own: with `t2i_contrastive`
+the CLIP text tower is averaged twice (memory), as the two losses may be used apart.
+
+Total of the authors for the task: 0.5 L_cl + L_pitm + L_mlm + 0.5 L_mrtd (`itm_weight`,
+`mlm_weight`, `mrtd_weight`: 1, 1, 0.5 here; `weight: 0.5` of `t2i_contrastive`). The ITM
+head re-ranks the top-k at test time (`itm_rerank.py`, evaluator key `itm_rerank`).
+Sizes: the authors' fusion is BERT-base's last 6 layers (width 768, 12 heads); `layers`,
+`heads` set ours (the backbone's width).
 
 Needs the bound model's text encoder for MLM (`bind(model)`; the trainer binds it before
 the first training step), the backbone's training outputs "instruction_tokens", "instruction_valid",
@@ -43,10 +72,12 @@ from core.context import BuildContext
 from core.interfaces import Loss, read_output
 from core.pipeline import ReIDModel
 from core.records import Batch
+from reid_instruct_editor.momentum import MomentumCopy, MomentumState
 from reid_instruct_editor.tasks import TEXT_TO_IMAGE
 
 NAME = "loss 't2i_matching'"
 HINT = "the `instruct_editor` backbone produces it in training"
+RESAMPLE = ("masked", "all")
 
 
 class FusionLayer(nn.Module):
@@ -113,17 +144,47 @@ def hard_negatives(sim: torch.Tensor, same: torch.Tensor, generator: torch.Gener
     return picks
 
 
-class T2IMatchingLoss(Loss):
-    """L_pitm + L_mlm of the module docstring (logged separately). Keys: `layers` (fusion
+class MatchingSide(nn.Module):
+    """The text side the MLM and m-RTD read, on the live modules it is built from: the
+    model's CLIP text tower and token projection, the loss's fusion encoder and MLM head
+    (the authors' `text_encoder`, which their momentum model copies). `image_side`: what
+    a momentum copy leaves out (the CLIP image tower)."""
+
+    def __init__(self, model: nn.Module, loss: "T2IMatchingLoss") -> None:
+        super().__init__()
+        self.encoder, self.text_tokens = model.backbone.instruction, model.backbone.text_tokens
+        self.fusion, self.mlm_transform, self.mlm_decoder = loss.fusion, loss.mlm_transform, loss.mlm_decoder
+
+    @property
+    def image_side(self) -> list[nn.Module]:
+        return [self.encoder.clip.visual]
+
+    def fused(self, tokens: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """(n, L, D) fused states of caption tokens (n, L) with image tokens (n, T, D)."""
+        _, states, valid = self.encoder.encode_text(tokens)
+        return self.fusion(self.text_tokens(states), valid, image)
+
+    def forward(self, tokens: torch.Tensor, image: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """(k, V) MLM logits at the positions `at` (n, L) bool."""
+        return self.mlm_decoder(self.mlm_transform(self.fused(tokens, image)[at]))
+
+
+class T2IMatchingLoss(MomentumState, Loss):
+    """L_pitm + L_mlm + L_mrtd of the module docstring (logged separately). Keys: `layers` (fusion
     depth; authors 6), `heads` (authors 12), `dropout` (0.1), `mlm_probability` (0.15),
     `itm_weight`, `mlm_weight` (1, 1), `temperature` (0.07: hard-negative sampling),
     `features` (embedding: the similarities of the sampling), `task` (text-to-image),
-    `vocab_size` (49408: CLIP's; the MLM decoder's width)."""
+    `vocab_size` (49408: CLIP's; the MLM decoder's width), `momentum` (0.995; null: no
+    momentum model, no distillation, no m-RTD), `mlm_distill` (0.4), `mrtd_weight` (0.5),
+    `mrtd_probability` (0.3), `mrtd_resample` (masked | all)."""
+
+    momentum_owner = NAME
 
     def __init__(self, ctx: BuildContext, layers: int = 6, heads: int = 12, dropout: float = 0.1,
                  mlm_probability: float = 0.15, itm_weight: float = 1.0, mlm_weight: float = 1.0,
                  temperature: float = 0.07, features: str = "embedding", task: str = TEXT_TO_IMAGE,
-                 vocab_size: int = 49408) -> None:
+                 vocab_size: int = 49408, momentum: float | None = 0.995, mlm_distill: float = 0.4,
+                 mrtd_weight: float = 0.5, mrtd_probability: float = 0.3, mrtd_resample: str = "masked") -> None:
         super().__init__()
         dim = int(ctx.feature_dim or 0)
         if not dim:
@@ -133,6 +194,19 @@ class T2IMatchingLoss(Loss):
                              f"got layers={layers}, heads={heads}")
         if not 0.0 < mlm_probability < 1.0:
             raise ValueError(f"{NAME}: mlm_probability must be in (0, 1), got {mlm_probability}")
+        if momentum is not None and not 0.0 <= momentum < 1.0:
+            raise ValueError(f"{NAME}: momentum must be in [0, 1) or null, got {momentum}")
+        if not 0.0 <= mlm_distill <= 1.0:
+            raise ValueError(f"{NAME}: mlm_distill must be in [0, 1], got {mlm_distill}")
+        if not 0.0 < mrtd_probability < 1.0:
+            raise ValueError(f"{NAME}: mrtd_probability must be in (0, 1), got {mrtd_probability}")
+        if mrtd_resample not in RESAMPLE:
+            raise ValueError(f"{NAME}: mrtd_resample must be one of {', '.join(RESAMPLE)}, got {mrtd_resample!r}")
+        self.momentum = None if momentum is None else float(momentum)
+        self.mlm_distill = float(mlm_distill) if momentum is not None else 0.0
+        self.mrtd_weight = float(mrtd_weight) if momentum is not None else 0.0
+        self.mrtd_probability, self.mrtd_resample = float(mrtd_probability), mrtd_resample
+        self._momentum_model: MomentumCopy | None = None  # not a submodule (momentum.py)
         self.fusion = FusionEncoder(dim, layers, heads, dropout)
         self.itm_head = nn.Linear(dim, 2)
         self.mlm_transform = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
@@ -140,7 +214,20 @@ class T2IMatchingLoss(Loss):
             float(mlm_weight)
         self.temperature, self.features, self.task = float(temperature), features, task
         self.mlm_decoder = nn.Linear(dim, int(vocab_size))
+        # m-RTD's detection head; none without it (DDP: no parameter that never trains)
+        self.mrtd_head = nn.Linear(dim, 2) if self.mrtd_weight > 0 else None
+        self._side: list[MatchingSide] = []  # set by bind: the live text side (MLM, m-RTD)
         self._model: list[ReIDModel] = []  # not a submodule: the live model, for re-encoding masked captions
+        # training forwards so far (checkpointed): ITM re-ranking refuses a head that never trained
+        self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        # checkpoints written before the counter existed: their head trained (count unknown)
+        state_dict.setdefault(prefix + "trained_steps", torch.ones((), dtype=torch.long))
+        if self.mrtd_head is not None:  # written before m-RTD existed: its head starts as initialised
+            for name, value in self.mrtd_head.state_dict().items():
+                state_dict.setdefault(prefix + "mrtd_head." + name, value.clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ---------------------------------------------------------------- binding
     def bind(self, model: nn.Module) -> None:
@@ -152,6 +239,18 @@ class T2IMatchingLoss(Loss):
             raise ValueError(f"{NAME}: vocab_size is {self.mlm_decoder.out_features} but the text encoder's "
                              f"vocabulary has {vocab} tokens; set vocab_size: {vocab}")
         self._model[:] = [model]
+        side = MatchingSide(model, self)
+        self._side = [side]  # a list: not a submodule (its parts are the model's and ours)
+        if self.momentum is None:
+            return
+        live = self._momentum_model.live if self._momentum_model is not None else None
+        if live is None or any(getattr(live, n) is not getattr(side, n) for n in ("encoder", "text_tokens")):
+            self._momentum_model = MomentumCopy(side, self.momentum, skip=side.image_side)
+        self._adopt_pending_momentum()
+
+    @property
+    def momentum_model(self) -> MomentumCopy | None:
+        return self._momentum_model
 
     # ---------------------------------------------------------------- pieces
     def pairs(self, outputs: dict[str, torch.Tensor], batch: Batch):
@@ -183,12 +282,22 @@ class T2IMatchingLoss(Loss):
         text_tok = read_output(outputs, "instruction_tokens", NAME, HINT)
         valid = read_output(outputs, "instruction_valid", NAME, HINT).bool()
         image_tok = read_output(outputs, "image_tokens", NAME, HINT)
+        with torch.no_grad():
+            self.trained_steps += 1
         caps, imgs, image_rows, text_rows = self.pairs(outputs, batch)
         if len(caps) == 0:
             return zero + sum(p.sum() * 0.0 for p in self.parameters()), {}
         itm = self.itm_loss(x, text_tok, valid, image_tok, caps, imgs, image_rows, text_rows, batch.pids.to(x.device))
+        if self._momentum_model is not None:
+            self._momentum_model.update()  # once per step, before use (the authors' _momentum_update)
         mlm = self.mlm_loss(batch, caps, imgs, image_tok)
-        return self.itm_weight * itm + self.mlm_weight * mlm, {"pitm": itm.detach(), "mlm": mlm.detach()}
+        total = self.itm_weight * itm + self.mlm_weight * mlm
+        parts = {"pitm": itm.detach(), "mlm": mlm.detach()}
+        if self.mrtd_head is not None:
+            mrtd = self.mrtd_loss(batch, caps, imgs, image_tok)
+            total = total + self.mrtd_weight * mrtd
+            parts["mrtd"] = mrtd.detach()
+        return total, parts
 
     def itm_loss(self, x, text_tok, valid, image_tok, caps, imgs, image_rows, text_rows, pids) -> torch.Tensor:
         """p-ITM: positives (caption, paired image); one hard negative image per caption and
@@ -213,29 +322,67 @@ class T2IMatchingLoss(Loss):
         logits = self.match_logits(text_tok[t_all], valid[t_all], image_tok[i_all])
         return F.cross_entropy(logits.float(), labels)
 
-    def mlm_loss(self, batch: Batch, caps: torch.Tensor, imgs: torch.Tensor, image_tok: torch.Tensor) -> torch.Tensor:
-        """MLM: the chosen tokens of each caption, predicted through the fusion encoder from
-        the masked caption (re-encoded by the live text encoder) and its paired image."""
+    def _captions(self, batch: Batch, caps: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens (n, L), maskable (n, L): not start-, end-of-text or padding) of the captions."""
         if not self._model:
             raise RuntimeError(f"{NAME}: no model is bound for masked language modelling; the trainer binds it "
                                "before the first training step, elsewhere call loss.bind(model)")
-        backbone = self._model[0].backbone
-        encoder = backbone.instruction
+        encoder = self._model[0].backbone.instruction
         texts = batch.require("instruction", NAME)
-        captions = [_first(texts[int(r)]) for r in caps.tolist()]
-        tokens = encoder.tokenize(captions, image_tok.device)
+        tokens = encoder.tokenize([_first(texts[int(r)]) for r in caps.tolist()], device)
         eot = tokens.argmax(dim=1)
         positions = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
-        maskable = (positions > 0) & (positions < eot[:, None])  # not start-, end-of-text, padding
+        return tokens, (positions > 0) & (positions < eot[:, None])
+
+    def _momentum(self) -> MomentumCopy:
+        if self._momentum_model is None:
+            raise RuntimeError(f"{NAME}: momentum is {self.momentum} but no model is bound; the trainer binds it "
+                               "before the first training step, elsewhere call loss.bind(model) (or momentum: null)")
+        return self._momentum_model
+
+    def _unused(self, image_tok: torch.Tensor, *modules: nn.Module) -> torch.Tensor:
+        # every parameter in the graph (DDP: no unused parameter)
+        return image_tok.sum() * 0.0 + sum(p.sum() * 0.0 for m in modules for p in m.parameters())
+
+    def mlm_loss(self, batch: Batch, caps: torch.Tensor, imgs: torch.Tensor, image_tok: torch.Tensor) -> torch.Tensor:
+        """MLM: the chosen tokens of each caption, predicted through the fusion encoder from
+        the masked caption (re-encoded by the live text encoder) and its paired image; with
+        a momentum model, 0.4 of the target is its prediction (module docstring)."""
+        tokens, maskable = self._captions(batch, caps, image_tok.device)
         sot = int(tokens[0, 0])
         masked, chosen = mask_tokens(tokens, maskable, mask_id=sot, vocab=(1, sot), probability=self.mlm_probability)
-        if not bool(chosen.any()):  # every parameter in the graph (DDP: no unused parameter)
-            return image_tok.sum() * 0.0 + sum(p.sum() * 0.0 for p in self.mlm_decoder.parameters()) + \
-                sum(p.sum() * 0.0 for p in self.mlm_transform.parameters())
-        _, states, valid = encoder.encode_text(masked)
-        fused = self.fusion(backbone.text_tokens(states), valid, image_tok[imgs])
-        logits = self.mlm_decoder(self.mlm_transform(fused[chosen]))
-        return F.cross_entropy(logits.float(), tokens[chosen])
+        if not bool(chosen.any()):
+            return self._unused(image_tok, self.mlm_decoder, self.mlm_transform)
+        image = image_tok[imgs]
+        logits = self._side[0](masked, image, chosen).float()
+        loss = F.cross_entropy(logits, tokens[chosen])
+        if self.mlm_distill > 0:
+            soft = F.softmax(self._momentum()(masked, image.detach(), chosen).float(), dim=-1)  # no gradient
+            distill = -(soft * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
+            loss = (1.0 - self.mlm_distill) * loss + self.mlm_distill * distill
+        return loss
+
+    def mrtd_loss(self, batch: Batch, caps: torch.Tensor, imgs: torch.Tensor, image_tok: torch.Tensor) -> torch.Tensor:
+        """m-RTD (module docstring): mask, let the momentum model fill the masked positions
+        (or every position, `mrtd_resample: all`) by sampling, detect the replaced tokens."""
+        tokens, maskable = self._captions(batch, caps, image_tok.device)
+        sot = int(tokens[0, 0])
+        masked, chosen = mask_tokens(tokens, maskable, mask_id=sot, vocab=(1, sot), probability=self.mrtd_probability)
+        image = image_tok[imgs]
+        fill = maskable if self.mrtd_resample == "all" else chosen
+        corrupt = tokens.clone()
+        if bool(fill.any()):
+            with torch.no_grad():
+                logits = self._momentum()(masked, image.detach(), fill).float()
+                logits[:, sot:] = float("-inf")  # ordinary tokens only: start-, end-of-text delimit a caption
+                logits[:, 0] = float("-inf")  # padding
+                corrupt[fill] = torch.multinomial(F.softmax(logits, dim=-1), 1).squeeze(1)
+        eot = tokens.argmax(dim=1)
+        positions = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
+        detect = (positions > 0) & (positions <= eot[:, None])  # after the start token, end-of-text included
+        fused = self._side[0].fused(corrupt, image)
+        logits = self.mrtd_head(fused[detect]).float()
+        return F.cross_entropy(logits, (corrupt != tokens)[detect].long())
 
 
 def _first(value) -> str:

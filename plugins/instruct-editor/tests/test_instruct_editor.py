@@ -119,15 +119,65 @@ def test_a_text_query_is_embedded_from_its_instruction_alone(model, make_batch):
     assert a.shape == (2, 2 * backbone.feature_dim)
 
 
+def _drawn(backbone, batch):
+    """The phrasing each row's tokens are (by tokenizing every candidate: an independent check)."""
+    backbone.train()
+    tokens = backbone._draw_phrasings(batch, list(range(len(batch))))
+    out = []
+    for row, value in enumerate(batch.extras["instruction"]):
+        options = list(value) if isinstance(value, tuple) else [value]
+        hits = [o for o in options if torch.equal(backbone.instruction.tokenize([o], tokens.device)[0], tokens[row])]
+        assert len(hits) == 1, (row, hits)
+        out.append(hits[0])
+    return out
+
+
 def test_training_draws_one_phrasing_per_sample_evaluation_the_first(editor, make_batch):
     backbone, _ = editor
     phrasings = ("do not change clothes", "the person wears the same clothes", "same clothes")
-    backbone.train()
-    torch.manual_seed(0)
-    drawn = {backbone._phrase(phrasings, 0) for _ in range(40)}
-    assert drawn == set(phrasings)
+    batch = make_batch([phrasings] * 64, seed=0)
+    batch.indices = torch.arange(1000, 1064)
+    first = _drawn(backbone, batch)
+    assert set(first) == set(phrasings)  # all reachable, roughly uniform over 64 samples
+    assert all(first.count(p) >= 10 for p in phrasings), [first.count(p) for p in phrasings]
+    assert _drawn(backbone, batch) == first  # a function of (seed, draws, sample): repeatable
+    backbone.phrase_draws += 1  # the next training forward draws anew
+    assert _drawn(backbone, batch) != first
+    before = int(backbone.phrase_draws)
+    with torch.no_grad():
+        backbone.train()(make_batch([phrasings] * 2, seed=0))
+        assert int(backbone.phrase_draws) == before + 1  # each training forward counts
+        backbone.eval()(make_batch([phrasings] * 2, seed=0))
+        assert int(backbone.phrase_draws) == before + 1
     backbone.eval()
-    assert {backbone._phrase(phrasings, 0) for _ in range(5)} == {phrasings[0]}
+    out = backbone.encode_instructions(make_batch([phrasings], seed=0))
+    first_only = backbone.encode_instructions(make_batch([phrasings[0]], seed=0))
+    assert torch.equal(out["embedding"], first_only["embedding"])
+
+
+def test_a_samples_phrasing_does_not_depend_on_its_row_or_batch(editor, make_batch):
+    """DDP (issue 19): the global batch split over two ranks, in any order, draws what one
+    process draws for each sample; another run seed draws other phrasings."""
+    backbone, _ = editor
+    phrasings = tuple(f"phrasing number {k}" for k in range(5))
+    batch = make_batch([phrasings] * 32, seed=0)
+    batch.indices = torch.randperm(10_000, generator=torch.Generator().manual_seed(0))[:32]
+    whole = _drawn(backbone, batch)
+    for half in (torch.arange(0, 32, 2), torch.arange(1, 32, 2).flip(0)):
+        shard = make_batch([phrasings] * 16, seed=0)
+        shard.indices = batch.indices[half]
+        assert _drawn(backbone, shard) == [whole[i] for i in half.tolist()]
+    seed = backbone.phrase_seed
+    backbone.phrase_seed = seed + 1
+    assert _drawn(backbone, batch) != whole
+    backbone.phrase_seed = seed
+    # a checkpoint keeps the count of draws; one written before the counter loads with 0
+    backbone.phrase_draws.fill_(7)
+    state = backbone.state_dict()
+    assert int(state["phrase_draws"]) == 7
+    del state["phrase_draws"]
+    backbone.load_state_dict(state)
+    assert int(backbone.phrase_draws) == 0
 
 
 def test_the_head_shares_one_bn_between_the_streams_and_concatenates_them(model, make_batch):

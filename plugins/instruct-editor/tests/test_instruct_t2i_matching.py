@@ -79,7 +79,7 @@ def matched(editor):
     backbone, ctx = editor
     torch.manual_seed(3)
     model = ReIDModel(backbone, InstructHead(ctx, classifier=False)).train()
-    loss = T2IMatchingLoss(ctx, layers=1, heads=2, dropout=0.0).train()
+    loss = T2IMatchingLoss(ctx, layers=1, heads=2, dropout=0.0, momentum=None).train()  # plain MLM, no m-RTD
     loss.bind(model)
     return model, loss, ctx
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from reid_moil.wasserstein import wasserstein_1d
+from reid_moil.wasserstein import wasserstein_1d, weighted_wasserstein_1d
 
 
 def norms(x: torch.Tensor) -> torch.Tensor:
@@ -46,4 +46,36 @@ def pairwise_alignment(z_train: torch.Tensor, pids_train: torch.Tensor, z_test: 
         negative = wasserstein_1d(neg_train, neg_test)
     else:
         negative = (z_train.sum() + z_test.sum()) * 0.0
+    return positive, negative
+
+
+def masked_pair_distances(z: torch.Tensor, pids: torch.Tensor, half: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`pair_distances(z[half], pids[half])` as (values, mask) pairs over the whole batch,
+    with no data-dependent shape (no host sync): D+ (n,) with mask `half`; D- (n, n), the
+    distance between the prototypes of rows i < j that are the first rows of two
+    identities of the half."""
+    n = z.shape[0]
+    member = half[:, None] & half[None, :]
+    same = (pids[:, None] == pids[None, :]) & member
+    counts = same.sum(1).clamp(min=1).to(z.dtype)
+    prototypes = (same.to(z.dtype) @ z) / counts[:, None]  # row i: mu_{y_i} of the half
+    positive = norms(z - prototypes)
+    earlier = torch.ones(n, n, dtype=torch.bool, device=z.device).tril(-1)
+    first = half & ~(same & earlier).any(1)  # the identity's first row in the half
+    upper = torch.ones(n, n, dtype=torch.bool, device=z.device).triu(1)
+    pairs = first[:, None] & first[None, :] & upper
+    negative = norms(prototypes[:, None, :] - prototypes[None, :, :])
+    return positive, half, negative, pairs
+
+
+def masked_pairwise_alignment(z: torch.Tensor, pids: torch.Tensor, train: torch.Tensor,
+                              test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pairwise_alignment(z[train], pids[train], z[test], pids[test])` on masks (no host
+    sync); a half without two identities gives a zero negative term connected to the
+    graph, a half without rows a zero positive term."""
+    pos_train, pos_train_mask, neg_train, neg_train_mask = masked_pair_distances(z, pids, train)
+    pos_test, pos_test_mask, neg_test, neg_test_mask = masked_pair_distances(z, pids, test)
+    positive = weighted_wasserstein_1d(pos_train, pos_train_mask, pos_test, pos_test_mask)
+    negative = weighted_wasserstein_1d(neg_train, neg_train_mask, neg_test, neg_test_mask)
     return positive, negative

@@ -19,13 +19,14 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from core.interfaces import Loss, read_output
 from core.losses.cross_entropy import CrossEntropyLoss
-from core.losses.triplet import TripletLoss
+from core.losses.triplet import TripletLoss, batch_hard_pairs
 from core.records import ROLE_META_TEST, ROLE_TRAIN, Batch
 from core.training import distributed as D
-from reid_moil.alignment import pairwise_alignment
+from reid_moil.alignment import masked_pairwise_alignment
 
 NAME = "loss 'moil'"
 NO_EPISODES = ("error", "train_only")
@@ -35,12 +36,6 @@ NO_EPISODES_HELP = (
     "plugin reid-edps: pip install -e plugins/edps), which splits every batch into a meta-train half "
     "(role 0) and a meta-test half (role 1), or any sampler that yields core Episodes with both roles; "
     "or set the loss key `no_episodes: train_only` to treat such batches as meta-train only")
-
-
-def select_outputs(outputs: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The per-sample model outputs (first dimension = batch size) of the masked samples."""
-    n = mask.shape[0]
-    return {k: v[mask] for k, v in outputs.items() if hasattr(v, "shape") and v.dim() > 0 and v.shape[0] == n}
 
 
 class MOILLoss(Loss):
@@ -77,18 +72,25 @@ class MOILLoss(Loss):
         except ValueError as exc:  # the core's messages name 'ce' / 'triplet': rename
             raise ValueError(str(exc).replace("loss 'ce'", NAME).replace("loss 'triplet'", NAME)) from None
 
-    def _masks(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _masks(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(meta-train, meta-test) row masks; checks the roles with one host sync (the
+        flags read together; every term below is computed on masks). Under torch.compile
+        the check is skipped (it would break the graph): a batch without meta-test rows
+        is then treated as `train_only`."""
         roles = batch.roles
-        unknown = sorted(set(roles.unique().tolist()) - {ROLE_TRAIN, ROLE_META_TEST})
-        if unknown:
-            raise ValueError(f"{NAME}: batch.roles holds {unknown}; episode roles are 0 (meta-train) "
-                             "and 1 (meta-test)")
         train, test = roles == ROLE_TRAIN, roles == ROLE_META_TEST
-        if bool(train.any()) and bool(test.any()):
+        if torch.compiler.is_compiling():
             return train, test
-        if self.no_episodes == "train_only":
-            return None
-        missing = "meta-test (role 1)" if not bool(test.any()) else "meta-train (role 0)"
+        unknown, has_train, has_test = torch.stack([(~(train | test)).any(), train.any(), test.any()]).tolist()
+        if unknown:
+            found = sorted(set(roles.tolist()) - {ROLE_TRAIN, ROLE_META_TEST})
+            raise ValueError(f"{NAME}: batch.roles holds {found}; episode roles are 0 (meta-train) "
+                             "and 1 (meta-test)")
+        if has_train and has_test:
+            return train, test
+        if self.no_episodes == "train_only":  # the whole batch is meta-train
+            return torch.ones_like(train), torch.zeros_like(test)
+        missing = "meta-test (role 1)" if not has_test else "meta-train (role 0)"
         raise ValueError(f"{NAME} needs episodes, but this batch of {len(batch)} samples has no {missing} "
                          f"sample (batch.roles; all 0 outside episodic sampling): {NO_EPISODES_HELP}")
 
@@ -99,25 +101,48 @@ class MOILLoss(Loss):
         outputs, batch = D.gather_for_loss(outputs, batch, keys)
         z = read_output(outputs, self.features, NAME,
                         "set the loss key `features`; `bnneck` produces 'features'").float()
-        masks = self._masks(batch)
-        if masks is None:
-            id_train, ce_log = self.ce(outputs, batch)
-            met, tri_log = self.triplet(outputs, batch)
-            zero = z.sum() * 0.0
-            id_test, ce_test_log, pos, neg = zero, {"acc": zero.detach()}, zero, zero
-        else:
-            train, test = masks
-            out_train, out_test = select_outputs(outputs, train), select_outputs(outputs, test)
-            b_train, b_test = batch.select(train), batch.select(test)
-            id_train, ce_log = self.ce(out_train, b_train)
-            met, tri_log = self.triplet(out_train, b_train)
-            id_test, ce_test_log = self.ce(out_test, b_test)
-            pids = batch.pids.to(z.device)
-            pos, neg = pairwise_alignment(z[train], pids[train], z[test], pids[test])
+        logits = read_output(outputs, self.ce.logits, NAME,
+                             "a head with a classifier, e.g. `bnneck`, produces 'logits'").float()
+        train, test = self._masks(batch)
+        # each term on its half as masks over the whole episode, not selected sub-batches
+        # (whose sizes only the data knows: a host sync each on a GPU, issue 19)
+        pids = batch.pids.to(z.device)
+        id_train, acc_train = half_cross_entropy(logits, pids, train, self.ce.label_smoothing)
+        id_test, acc_test = half_cross_entropy(logits, pids, test, self.ce.label_smoothing)
+        met, d_ap, d_an = half_triplet(z, pids, train, self.triplet)
+        pos, neg = masked_pairwise_alignment(z, pids, train, test)
         pair = pos + neg
         w = self.weights
         total = w["id_train"] * id_train + w["metric"] * met + w["id_test"] * id_test + w["pair"] * pair
         parts = {"id_train": id_train, "met_train": met, "id_test": id_test, "pair": pair, "pair_pos": pos,
-                 "pair_neg": neg, "acc_train": ce_log["acc"], "acc_test": ce_test_log["acc"],
-                 "d_ap": tri_log["d_ap"], "d_an": tri_log["d_an"]}
+                 "pair_neg": neg, "acc_train": acc_train, "acc_test": acc_test, "d_ap": d_ap, "d_an": d_an}
         return total, {k: v.detach() for k, v in parts.items()}
+
+
+def _masked_mean(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """mean of values[rows] (0 if none), without selecting: torch.where keeps an excluded
+    row's inf out of the sum."""
+    return torch.where(rows, values, torch.zeros_like(values)).sum() / rows.sum().clamp(min=1)
+
+
+def half_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor,
+                       eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the core `ce` loss of the rows `rows`, their top-1 accuracy): label-smoothed CE
+    (1 - eps) nll + eps mean_i(-log p_i), averaged over the rows (0 if none)."""
+    log_p = F.log_softmax(logits, dim=1)
+    per_row = -(1.0 - eps) * log_p.gather(1, targets[:, None]).squeeze(1) - eps * log_p.mean(dim=1)
+    with torch.no_grad():
+        acc = _masked_mean((logits.argmax(dim=1) == targets).float(), rows)
+    return _masked_mean(per_row, rows), acc
+
+
+def half_triplet(x: torch.Tensor, pids: torch.Tensor, rows: torch.Tensor,
+                 triplet: TripletLoss) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, mean d_ap, mean d_an) of the core batch-hard `triplet` on the rows `rows`:
+    anchors, positives and negatives are taken among them only (masks, no selection)."""
+    if triplet.normalize:
+        x = F.normalize(x, dim=1)
+    d_ap, d_an, valid = batch_hard_pairs(x, pids, triplet.metric, rows)
+    gap = d_ap - d_an
+    losses = F.softplus(gap) if triplet.soft_margin else F.relu(gap + triplet.margin)
+    return _masked_mean(losses, valid), _masked_mean(d_ap.detach(), valid), _masked_mean(d_an.detach(), valid)

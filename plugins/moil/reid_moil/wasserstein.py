@@ -34,3 +34,24 @@ def wasserstein_1d(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     a = torch.div(levels + m - 1, m, rounding_mode="floor") - 1
     b = torch.div(levels + n - 1, n, rounding_mode="floor") - 1
     return (widths * (us[a] - vs[b]).abs()).sum()
+
+
+def weighted_wasserstein_1d(u: torch.Tensor, u_mask: torch.Tensor, v: torch.Tensor,
+                            v_mask: torch.Tensor) -> torch.Tensor:
+    """W1 between the uniform empirical distributions of u[u_mask] and v[v_mask] (any
+    shapes, flattened), 0 when either is empty — `wasserstein_1d` of the selected values,
+    computed on the whole tensors: a selection's size is known only to the data (a host
+    sync on a GPU, issue 19). Through the CDF form W1 = integral |F(t) - G(t)| dt: on the
+    merged sorted values, sum_k |F_k - G_k| (x_(k+1) - x_k), where an excluded value has
+    weight 0 (it splits a segment, the sum is unchanged)."""
+    u, v = u.reshape(-1), v.reshape(-1)
+    u_mask, v_mask = u_mask.reshape(-1), v_mask.reshape(-1)
+    n, m = u_mask.sum(), v_mask.sum()
+    # excluded values read as 0: finite (an excluded inf never makes inf - inf), no gradient
+    values = torch.cat([torch.where(u_mask, u, torch.zeros_like(u)), torch.where(v_mask, v, torch.zeros_like(v))])
+    wu = torch.cat([u_mask.to(u.dtype) / n.clamp(min=1), v.new_zeros(v.shape)])
+    wv = torch.cat([u.new_zeros(u.shape), v_mask.to(v.dtype) / m.clamp(min=1)])
+    xs, order = torch.sort(values)
+    gap = (wu[order].cumsum(0) - wv[order].cumsum(0)).abs()[:-1]
+    w1 = (gap * torch.diff(xs)).sum()
+    return torch.where((n > 0) & (m > 0), w1, torch.zeros_like(w1))

@@ -1,0 +1,38 @@
+"""Writers of the tiny dataset fixtures the layout tests build in each release's real
+layout: small real images (PIL-encoded once, then copied) under their real names.
+Importable by the test modules as `layout_fixtures` (registered by conftest.py)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import Image
+
+#: Width x height of every fixture image (PIL's order: `load_image(...).size`).
+IMAGE_SIZE = (8, 16)
+
+
+def _encoded(fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", IMAGE_SIZE, (200, 30, 30)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+IMAGE_BYTES = {".jpg": _encoded("JPEG"), ".png": _encoded("PNG")}
+
+
+def images(folder: Path, *names: str) -> Path:
+    """Write a small real image (JPEG or PNG, by the name's suffix) per name into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(IMAGE_BYTES[Path(name).suffix])
+    return folder
+
+
+def image_folders(root: Path, folders: dict[str, list[str]]) -> Path:
+    """`images(root / folder, *names)` for each folder: a release's split folders in one
+    call, e.g. {"bounding_box_train": [...], "query": [...], "bounding_box_test": [...]}."""
+    for folder, names in folders.items():
+        images(root / folder, *names)
+    return root
