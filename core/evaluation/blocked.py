@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from core.evaluation.distances import distance_to
-from core.evaluation.ranking import PerQueryMetrics, _codes, _from_ranks, _GalleryIndex, _Removal
+from core.evaluation.ranking import PerQueryMetrics, _from_ranks, query_gallery_labels, _GalleryIndex, _Removal
 
 #: Gallery rows per block when none is given (64k x 768-d float32 = 192 MiB).
 DEFAULT_GALLERY_BLOCK = 65536
@@ -121,22 +121,9 @@ def blocked_per_query_metrics(query: Any, gallery: Any, metric: str, q_pids, g_p
     (e.g. clothes ids): a same-identity item sharing the query's group is removed too, the
     clothes-changing protocol of LTCC / PRCC (`per_query_metrics`); removed items are
     same-identity items only, so they stay few and are subtracted directly."""
-    q_pids, g_pids = _codes(q_pids, g_pids, "pids")
-    q_camids, g_camids = _codes(q_camids, g_camids, "camids")
-    if (q_groups is None) != (g_groups is None):
-        raise ValueError("q_groups and g_groups go together: give both (e.g. the clothes ids of queries and "
-                         "gallery) or neither")
-    if q_groups is not None:
-        q_groups, g_groups = _codes(q_groups, g_groups, "groups")
     num_q, num_g = len(query), len(gallery)
-    checks = [("q_pids", q_pids, num_q), ("q_camids", q_camids, num_q), ("g_pids", g_pids, num_g),
-              ("g_camids", g_camids, num_g)]
-    if q_groups is not None:
-        checks += [("q_groups", q_groups, num_q), ("g_groups", g_groups, num_g)]
-    for name, arr, n in checks:
-        if len(arr) != n:
-            raise ValueError(f"{name} has {len(arr)} entries but there are {n} "
-                             f"{'queries' if name[0] == 'q' else 'gallery items'}")
+    q_pids, g_pids, q_camids, g_camids, q_groups, g_groups = query_gallery_labels(
+        q_pids, g_pids, q_camids, g_camids, q_groups, g_groups, num_q, num_g)
     index = _GalleryIndex(g_pids, g_camids, torch.device("cpu"), g_groups)
     q_cams_all = torch.as_tensor(q_camids)
     q_groups_all = None if q_groups is None else torch.as_tensor(q_groups)

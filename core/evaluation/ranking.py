@@ -111,6 +111,31 @@ def rank_metrics(distances: DistanceSource, q_pids, g_pids, q_camids, g_camids,
     return metrics
 
 
+def query_gallery_labels(q_pids, g_pids, q_camids, g_camids, q_groups=None, g_groups=None,
+                         num_q: int | None = None, num_g: int | None = None):
+    """The labels as codes (`_codes`), checked: groups given for both sides or neither, and
+    one label per query (`num_q`, default len(q_pids)) and gallery item (`num_g`); a
+    ValueError names the array. Shared by the dense and the blocked (out-of-core) search."""
+    q_pids, g_pids = _codes(q_pids, g_pids, "pids")
+    q_camids, g_camids = _codes(q_camids, g_camids, "camids")
+    if (q_groups is None) != (g_groups is None):
+        raise ValueError("q_groups and g_groups go together: give both (e.g. the clothes ids of queries and "
+                         "gallery) or neither")
+    if q_groups is not None:
+        q_groups, g_groups = _codes(q_groups, g_groups, "groups")
+    num_q = len(q_pids) if num_q is None else num_q
+    num_g = len(g_pids) if num_g is None else num_g
+    checks = [("q_pids", q_pids, num_q), ("q_camids", q_camids, num_q), ("g_pids", g_pids, num_g),
+              ("g_camids", g_camids, num_g)]
+    if q_groups is not None:
+        checks += [("q_groups", q_groups, num_q), ("g_groups", g_groups, num_g)]
+    for name, arr, n in checks:
+        if len(arr) != n:
+            raise ValueError(f"{name} has {len(arr)} entries but there are {n} "
+                             f"{'queries' if name[0] == 'q' else 'gallery items'}")
+    return q_pids, g_pids, q_camids, g_camids, q_groups, g_groups
+
+
 def per_query_metrics(distances: DistanceSource, q_pids, g_pids, q_camids, g_camids,
                       exclude_same_camera: bool = True, chunk_size: int = 0,
                       memory_budget: int = DEFAULT_MEMORY_BUDGET, threads: int = 0,
@@ -127,21 +152,9 @@ def per_query_metrics(distances: DistanceSource, q_pids, g_pids, q_camids, g_cam
     chunks at a time use two cores. `distances` is still called one chunk at a time, in
     order. The memory budget is shared by the chunks ranked at once.
     """
-    q_pids, g_pids = _codes(q_pids, g_pids, "pids")
-    q_camids, g_camids = _codes(q_camids, g_camids, "camids")
-    if (q_groups is None) != (g_groups is None):
-        raise ValueError("q_groups and g_groups go together: give both (e.g. the clothes ids of queries and "
-                         "gallery) or neither")
-    if q_groups is not None:
-        q_groups, g_groups = _codes(q_groups, g_groups, "groups")
+    q_pids, g_pids, q_camids, g_camids, q_groups, g_groups = query_gallery_labels(
+        q_pids, g_pids, q_camids, g_camids, q_groups, g_groups)
     num_q, num_g = len(q_pids), len(g_pids)
-    checks = [("q_camids", q_camids, num_q), ("g_camids", g_camids, num_g)]
-    if q_groups is not None:
-        checks += [("q_groups", q_groups, num_q), ("g_groups", g_groups, num_g)]
-    for name, arr, n in checks:
-        if len(arr) != n:
-            raise ValueError(f"{name} has {len(arr)} entries but there are {n} "
-                             f"{'queries' if name[0] == 'q' else 'gallery items'}")
     if threads < 0:
         raise ValueError(f"threads must be >= 0 (0 = automatic), got {threads}")
     threads = threads or default_threads()
