@@ -1,6 +1,7 @@
 """core.training.distributed under 2 gloo processes (torchrun): the helpers DDP training
 rests on (issue 19) — the gather with gradient, the BatchNorm over every process's batch,
-the mean of logged values whose keys differ by rank, an empty evaluation shard."""
+the mean of logged values whose keys differ by rank, an empty evaluation shard, a loss's
+gather of outputs and labels (with the global batch's host copies)."""
 
 import torch
 
@@ -40,6 +41,22 @@ out["reduced"] = D.all_reduce_mean(logged)
 # an evaluation shard without rows: (0, 0) on rank 1
 local = torch.ones(1, 3) * 7 if rank == 0 else torch.zeros(0, 0)
 out["rows"] = D.gather_rows(local, 1)
+
+# a loss's gather: per-sample outputs (floating ones with gradient) and the labels, whose
+# host copies are those of the global batch (the input checks read them)
+from core.records import Batch
+pids, roles = torch.arange(7) * 3, torch.tensor([0, 1, 0, 1, 1, 0, 0])
+z = torch.zeros(hi - lo, dtype=torch.long)
+batch = Batch(images=torch.zeros(hi - lo, 3, 2, 2), pids=pids[lo:hi], camids=z, categories=z + 1, domains=z,
+              roles=roles[lo:hi], indices=torch.arange(lo, hi)).keep_host_copies()
+x = full[lo:hi].clone().requires_grad_(True)
+outs, gathered = D.gather_for_loss({"x": x, "flag": roles[lo:hi] == 1}, batch, ["x", "flag"])
+(outs["x"].pow(2) * weights).sum().backward()
+out["loss_x"], out["loss_flag"], out["loss_grad"] = outs["x"].detach(), outs["flag"], x.grad
+out["loss_labels"] = {name: (getattr(gathered, name), torch.from_numpy(gathered.host(name).copy()),
+                             gathered.host_copies[name][0] is getattr(gathered, name))
+                      for name in ("pids", "categories", "roles", "indices")}
+out["host_rows"] = D.gather_host({"texts": (roles[lo:hi] == 1).numpy()})["texts"].tolist()
 torch.save(out, f"{sys.argv[1]}/rank{rank}.pt")
 dist.destroy_process_group()
 '''
@@ -74,6 +91,14 @@ def test_distributed_helpers_under_two_processes(tmp_path, torchrun):
         torch.testing.assert_close(r["running"][1], bn.running_var)
         assert r["reduced"] == {"loss": 1.5, "only0": 3.0, "only1": 5.0}
         torch.testing.assert_close(r["rows"], torch.ones(1, 3) * 7)
+        torch.testing.assert_close(r["loss_x"], full)
+        torch.testing.assert_close(r["loss_grad"], 2 * gather_grad[lo:hi])
+        assert r["loss_flag"].tolist() == [False, True, False, True, True, False, False]
+        want = {"pids": torch.arange(7) * 3, "categories": torch.ones(7, dtype=torch.long),
+                "roles": torch.tensor([0, 1, 0, 1, 1, 0, 0]), "indices": torch.arange(7)}
+        for name, (tensor, host, tied) in r["loss_labels"].items():
+            assert torch.equal(tensor, want[name]) and torch.equal(host, want[name]) and tied, name
+        assert r["host_rows"] == [False, True, False, True, True, False, False]
     torch.testing.assert_close(ranks[0]["bn_weight_grad"] + ranks[1]["bn_weight_grad"], bn.weight.grad,
                                atol=1e-5, rtol=1e-5)
 

@@ -69,3 +69,67 @@ def test_batch_pin_memory_pins_every_tensor_and_keeps_the_rest(monkeypatch):
     assert all(id(t) in pinned_ids for t in tensors)
     assert pinned.extras["caption"] == ["a", "b"]
     assert torch.equal(pinned.images, batch.images)
+
+
+def _collated(n=4):
+    """A batch as `collate` makes it: host copies of the labels and per-sample flags."""
+    batch = make_batch(n)
+    batch.extras["text_query"] = torch.tensor([False, True, False, True])
+    return batch.keep_host_copies()
+
+
+def test_host_copies_hold_the_labels_and_per_sample_flags_and_outlive_the_move():
+    """The metadata is on the host before the batch goes to the device (issue 19, item 9):
+    after `to`, `host` reads the copy, not the device tensor (on the meta device a read
+    of the tensor would fail)."""
+    batch = _collated().to("meta")
+    assert batch.pids.device.type == "meta"
+    assert batch.host("pids").tolist() == [0, 1, 2, 3] and batch.host("roles").tolist() == [0, 1, 0, 1]
+    assert batch.host("text_query").tolist() == [False, True, False, True]
+    assert batch.host("caption").tolist() == ["a", "b", "c", "d"]  # a list extra is on the host already
+    assert "parts" not in batch.host_copies and "scale" not in batch.host_copies  # not per-sample labels
+
+
+def test_an_in_place_change_of_a_cpu_field_shows_in_its_host_copy():
+    batch = _collated()
+    batch.roles[0] = 2
+    batch.extras["text_query"][0] = True
+    assert batch.host("roles").tolist() == [2, 1, 0, 1] and batch.host("text_query").tolist() == [True, True, False, True]
+
+
+def test_host_copies_follow_select_and_pin_memory(monkeypatch):
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: self.clone())
+    batch = _collated().pin_memory()
+    assert batch.host("roles").tolist() == [0, 1, 0, 1]
+    meta_test = batch.select(batch.host("roles") == 1)  # a host mask: rows taken by index
+    assert meta_test.pids.tolist() == [1, 3] and meta_test.extras["caption"] == ["b", "d"]
+    assert meta_test.host("pids").tolist() == [1, 3] and meta_test.host("text_query").tolist() == [True, True]
+    assert meta_test.to("meta").host("indices").tolist() == [1, 3]
+    assert batch.select(batch.roles == 0).host("pids").tolist() == [0, 2]  # a device mask too
+
+
+def test_a_replaced_field_is_read_from_its_new_value_not_a_stale_copy():
+    batch = _collated()
+    batch.roles = torch.ones(4, dtype=torch.long)
+    batch.extras["text_query"] = torch.zeros(4, dtype=torch.bool)
+    assert batch.host("roles").tolist() == [1, 1, 1, 1]
+    assert batch.host("text_query").tolist() == [False] * 4
+    assert batch.to("cpu").host("roles").tolist() == [1, 1, 1, 1]
+
+
+def test_host_of_a_hand_built_batch_reads_the_tensor_and_a_missing_field_is_named():
+    batch = make_batch()
+    assert batch.host_copies == {} and batch.host("camids").tolist() == [0, 0, 0, 0]
+    with pytest.raises(KeyError, match="Batch.host needs the batch field 'text_query'"):
+        batch.host("text_query")
+
+
+def test_collate_keeps_host_copies():
+    from core.data.loading import collate
+
+    samples = [{"image": torch.zeros(3, 2, 2), "pid": p, "camid": 1, "category": 0, "domain": 0, "role": p % 2,
+                "index": 10 + p, "extras": {"text_query": p == 2, "task": "t2i"}} for p in range(3)]
+    batch = collate(samples)
+    assert batch.host("pids").tolist() == [0, 1, 2] and batch.host("indices").tolist() == [10, 11, 12]
+    assert batch.host_copies["roles"][0] is batch.roles
+    assert batch.host("text_query").tolist() == [False, False, True]

@@ -129,7 +129,8 @@ def _parse_key(key: Any) -> tuple[int, int | None, int]:
 
 
 def collate(samples: list[dict[str, Any]]) -> Batch:
-    """Stack samples into a `Batch`; a DataLoader `collate_fn` (top-level, picklable)."""
+    """Stack samples into a `Batch`; a DataLoader `collate_fn` (top-level, picklable). The
+    batch keeps host copies of its labels and per-sample integer/bool extras (`Batch.host`)."""
     if not samples:
         raise ValueError("collate: no samples")
 
@@ -141,7 +142,7 @@ def collate(samples: list[dict[str, Any]]) -> Batch:
         pids=ints("pid"), camids=ints("camid"), categories=ints("category"),
         domains=ints("domain"), roles=ints("role"), indices=ints("index"),
         extras=collate_extras([s.get("extras", {}) for s in samples]),
-    )
+    ).keep_host_copies()
 
 
 def collate_extras(extras: Sequence[dict[str, Any]]) -> dict[str, Any]:

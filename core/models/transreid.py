@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -143,13 +144,21 @@ class TransReIDViT(TimmBackbone):
         else:
             views = torch.zeros(n, dtype=torch.long)
         cams, views = cams.to(self.sie_embed.device), views.to(self.sie_embed.device)
-        # the input check reads the data (one host sync; compiled, a graph break): eager only
-        if not torch.compiler.is_compiling() and bool(
-                ((cams >= self.num_cameras) | (cams < 0) | (views >= self.num_views)).any()):
+        # the input check reads the data (compiled, a graph break): eager only
+        if not torch.compiler.is_compiling():
+            self._check_side(batch, n)
+        return cams * self.num_views + views
+
+    def _check_side(self, batch: Batch, n: int) -> None:
+        """Every camera and view inside the SIE table, read on the batch's host copies
+        (`Batch.host`: no host sync)."""
+        zeros = np.zeros(n, dtype=np.int64)
+        cams = batch.host("camids").astype(np.int64) if "camera" in self.sie_kinds else zeros
+        views = np.asarray(batch.host("view"), dtype=np.int64).reshape(-1) if "view" in self.sie_kinds else zeros
+        if ((cams >= self.num_cameras) | (cams < 0) | (views >= self.num_views)).any():
             raise ValueError(f"{NAME}: a camera id ({int(cams.max())}) or view ({int(views.max())}) is outside "
                              f"the SIE table ({self.num_cameras} cameras x {self.num_views} views); set "
                              "`num_cameras` / `num_views` to cover every split")
-        return cams * self.num_views + views
 
     def forward_tokens(self, batch: Batch) -> torch.Tensor:
         """The sequence entering the last layer (B, 1 + N, D)."""

@@ -258,22 +258,50 @@ _BATCH_FIELDS = ("pids", "camids", "categories", "domains", "roles", "indices")
 
 def gather_for_loss(outputs: dict[str, torch.Tensor], batch: Any,
                     keys: Sequence[str]) -> tuple[dict[str, torch.Tensor], Any]:
-    """The model outputs `keys` and the batch's per-sample label fields of every process,
-    concatenated in rank order: floating outputs with their gradient (`gather_with_grad`),
-    the rest without. For a loss defined on the whole batch (mining, prototypes,
-    alignment, per-half means): computed on the result it is the one-process loss of the
-    global batch. The returned Batch has no images and no extras. Outside DDP: the
-    arguments themselves."""
+    """The model outputs `keys` (per-sample: one row per batch sample) and the batch's
+    per-sample label fields of every process, concatenated in rank order: floating outputs
+    with their gradient (`gather_with_grad`), the rest without. For a loss defined on the
+    whole batch (mining, prototypes, alignment, per-half means): computed on the result it
+    is the one-process loss of the global batch. The returned Batch has no images and no
+    extras; its label fields have host copies (`Batch.host`) of the global batch: the
+    labels travel as the processes' host copies (one all_gather_object, which also gives
+    every process's row count), so the loss's input checks read them without a device
+    read. Outside DDP: the arguments themselves."""
     if not active():
         return outputs, batch
-    from core.records import Batch
+    import numpy as np
 
+    from core.records import Batch, host_to_device
+
+    n = len(batch)
+    every = all_gather_objects({name: np.asarray(batch.host(name)) for name in _BATCH_FIELDS})
+    counts = [len(labels["pids"]) for labels in every]
     out = {}
     for key in keys:
         value = outputs[key]
-        out[key] = gather_with_grad(value) if value.is_floating_point() else gather_uneven(value)
-    fields = {name: gather_uneven(getattr(batch, name).to(batch.pids.device)) for name in _BATCH_FIELDS}
-    return out, Batch(images=batch.images.new_zeros((0,)), extras={}, **fields)
+        if value.shape[0] != n:
+            raise ValueError(f"gather_for_loss: output '{key}' has {value.shape[0]} rows but the batch has {n} "
+                             "samples; only per-sample outputs are gathered with the batch")
+        out[key] = _gather_with_grad(value, counts) if value.is_floating_point() else _gather_padded(value, counts)
+    device = batch.pids.device
+    host = {name: np.concatenate([labels[name] for labels in every]) for name in _BATCH_FIELDS}
+    fields = {name: host_to_device(array, device) for name, array in host.items()}
+    gathered = Batch(images=batch.images.new_zeros((0,)), extras={}, **fields)
+    for name, array in host.items():
+        gathered.host_copies[name] = (fields[name], array)
+    return out, gathered
+
+
+def gather_host(arrays: dict[str, Any]) -> dict[str, Any]:
+    """Per-sample host arrays (numpy, one row per local sample) of every process,
+    concatenated in rank order (one all_gather_object; the arrays themselves outside DDP):
+    a loss's row flags for the batch `gather_for_loss` gathers, read without a device sync."""
+    if not active():
+        return arrays
+    import numpy as np
+
+    every = all_gather_objects({k: np.asarray(v) for k, v in arrays.items()})
+    return {k: np.concatenate([part[k] for part in every]) for k in arrays}
 
 
 class GatheredBatchNorm(nn.modules.batchnorm._BatchNorm):

@@ -1,0 +1,99 @@
+"""One training step of each first-party pipeline (its tiny twin, as tests/test_host_syncs.py
+runs it: forward, every stage's losses, backward), written as the exact values of every
+loss term, logged part and gradient, to compare two commits bit for bit: a refactor that
+must not change the numerics (issue 19, item 9: host copies of the batch metadata) gives
+identical files.
+
+    python bench/step_fingerprint.py --out before.pt [--twins irm_synthetic mgor_synthetic]
+    python bench/step_fingerprint.py --out after.pt
+    python bench/step_fingerprint.py --compare before.pt after.pt
+
+To fingerprint an older commit with this venv: `git worktree add /tmp/base <commit>` and
+run this script with PYTHONPATH=/tmp/base:/tmp/base/plugins/<each plugin> (ahead of the
+editable installs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from core.config.loading import load_pipeline  # noqa: E402
+from core.data.loading import ImageSamples, collate  # noqa: E402
+from core.interfaces import Episode  # noqa: E402
+from core.pipeline import bind_losses, build_pipeline  # noqa: E402
+from pipeline_twins import PIPELINES, TRAINER, TWINS, twin_config  # noqa: E402
+
+BASELINES = {name: ["data.train.0.identities=8", "data.train.0.test_identities=4", "sampler.batch_size=16"]
+             for name in ("agw_synthetic", "bot_synthetic", "sbs_synthetic", "transreid_synthetic")}
+
+
+def fingerprint(name: str, folder: Path) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    cfg = load_pipeline(PIPELINES / f"{name}.yaml", [*BASELINES[name], *TRAINER]) if name in BASELINES \
+        else load_pipeline(twin_config(name, folder))
+    p = build_pipeline(cfg, echo=lambda *a, **k: None)
+    model = p.model.train()
+    p.loss_modules().train()
+    bind_losses(model, p.loss_modules())
+    plan = next(iter(p.sampler))
+    indices, roles = (plan.indices, plan.roles) if isinstance(plan, Episode) else (plan, [0] * len(plan))
+    samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
+    batch = collate([samples[(i, 0, r)] for i, r in zip(indices, roles)])
+    out: dict[str, torch.Tensor] = {}
+    for s, terms in enumerate(p.stage_losses):
+        torch.manual_seed(1 + s)
+        outputs = model(batch)
+        total = torch.zeros(())
+        for t, term in enumerate(terms):
+            value = term.module(outputs, batch)
+            loss, parts = value if isinstance(value, tuple) else (value, {})
+            out[f"{s}/{t}/loss"] = loss.detach().clone()
+            for k, v in parts.items():
+                out[f"{s}/{t}/{k}"] = torch.as_tensor(v).detach().clone()
+            total = total + term.weight * loss
+        total.backward()
+        modules = {"model": model, "losses": p.loss_modules()}
+        for prefix, module in modules.items():
+            for k, param in module.named_parameters():
+                if param.grad is not None:
+                    out[f"{s}/grad/{prefix}.{k}"] = param.grad.detach().clone()
+            module.zero_grad(set_to_none=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--twins", nargs="*", default=sorted(TWINS) + sorted(BASELINES))
+    parser.add_argument("--out")
+    parser.add_argument("--compare", nargs=2)
+    args = parser.parse_args()
+    if args.compare:
+        a, b = (torch.load(f, weights_only=True) for f in args.compare)
+        bad = 0
+        for name in sorted(set(a) | set(b)):
+            if set(a.get(name, {})) != set(b.get(name, {})):
+                print(f"{name}: different keys: {sorted(set(a.get(name, {})) ^ set(b.get(name, {})))}")
+                bad += 1
+                continue
+            diff = [k for k in a[name] if not torch.equal(a[name][k], b[name][k])]
+            print(f"{name}: {len(a[name])} tensors, {'identical' if not diff else f'{len(diff)} differ: {diff[:5]}'}")
+            bad += bool(diff)
+        sys.exit(1 if bad else 0)
+    result = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.twins:
+            result[name] = fingerprint(name, Path(folder))
+            print(f"{name}: {len(result[name])} tensors")
+    torch.save(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
