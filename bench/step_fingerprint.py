@@ -35,7 +35,7 @@ BASELINES = {name: ["data.train.0.identities=8", "data.train.0.test_identities=4
              for name in ("agw_synthetic", "bot_synthetic", "sbs_synthetic", "transreid_synthetic")}
 
 
-def fingerprint(name: str, folder: Path) -> dict[str, torch.Tensor]:
+def fingerprint(name: str, folder: Path, batches: int = 1) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     cfg = load_pipeline(PIPELINES / f"{name}.yaml", [*BASELINES[name], *TRAINER]) if name in BASELINES \
         else load_pipeline(twin_config(name, folder))
@@ -43,10 +43,18 @@ def fingerprint(name: str, folder: Path) -> dict[str, torch.Tensor]:
     model = p.model.train()
     p.loss_modules().train()
     bind_losses(model, p.loss_modules())
-    plan = next(iter(p.sampler))
-    indices, roles = (plan.indices, plan.roles) if isinstance(plan, Episode) else (plan, [0] * len(plan))
     samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
-    batch = collate([samples[(i, 0, r)] for i, r in zip(indices, roles)])
+    out: dict[str, torch.Tensor] = {}
+    plans = iter(p.sampler)
+    for b in range(batches):  # the step of each of the first `batches` batches (no optimizer step between)
+        plan = next(plans)
+        indices, roles = (plan.indices, plan.roles) if isinstance(plan, Episode) else (plan, [0] * len(plan))
+        batch = collate([samples[(i, 0, r)] for i, r in zip(indices, roles)])
+        out.update({f"batch{b}/{k}": v for k, v in _step(p, model, batch).items()})
+    return out
+
+
+def _step(p, model, batch) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for s, terms in enumerate(p.stage_losses):
         torch.manual_seed(1 + s)
@@ -72,6 +80,7 @@ def fingerprint(name: str, folder: Path) -> dict[str, torch.Tensor]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--twins", nargs="*", default=sorted(TWINS) + sorted(BASELINES))
+    parser.add_argument("--batches", type=int, default=1, help="the first N batches (irm: one per task)")
     parser.add_argument("--out")
     parser.add_argument("--compare", nargs=2)
     args = parser.parse_args()
@@ -90,7 +99,7 @@ def main() -> None:
     result = {}
     with tempfile.TemporaryDirectory() as folder:
         for name in args.twins:
-            result[name] = fingerprint(name, Path(folder))
+            result[name] = fingerprint(name, Path(folder), args.batches)
             print(f"{name}: {len(result[name])} tensors")
     torch.save(result, args.out)
 

@@ -17,12 +17,13 @@ per step and every identity once per epoch; the paper draws batches of 64 identi
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from core.context import BuildContext
 from core.interfaces import Loss
-from core.records import Batch
+from core.records import Batch, device_index
 from reid_amsa.backbone import text_side
 from reid_amsa.extraction import active_in_stage, check_gating, training_features
 from reid_amsa.memory import fill_with_centroids
@@ -64,7 +65,8 @@ class MultiGrainedCMPLoss(Loss):
                             f"{features.shape[1]} dimensions, the textual token {self.memory.shape[1]}")
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: Batch):
-        identities = batch.pids.unique().to(self.memory.device)
+        # the batch's identities (sorted), read from its host copy: no host sync
+        identities = device_index(np.unique(batch.host("pids")), self.memory.device)
         text = F.normalize(self.text(identities).float(), dim=1)
         logits = text @ self.memory.t() / self.temperature
         loss = F.cross_entropy(logits, identities)

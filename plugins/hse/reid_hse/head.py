@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -76,22 +77,29 @@ class HSEHead(Head):
         self.register_buffer("offsets", torch.as_tensor(labels.offsets, dtype=torch.long), persistent=False)
         self.width = int(sizes.max()) if sizes.numel() else 0
 
-    def local_logits(self, z_local: torch.Tensor, categories: torch.Tensor) -> torch.Tensor:
-        """(B, max |Y_s|): g^(s_b)(z_L[b]) per row, -inf past |Y_{s_b}| columns."""
+    def local_logits(self, z_local: torch.Tensor, categories: torch.Tensor,
+                     host_categories: np.ndarray | None = None) -> torch.Tensor:
+        """(B, max |Y_s|): g^(s_b)(z_L[b]) per row, -inf past |Y_{s_b}| columns.
+        `host_categories`: the categories' host copy (`Batch.host`), which the input check
+        reads without a host sync; without it the check reads `categories`."""
         categories = categories.to(z_local.device, torch.long)
-        outside = (categories < 0) | (categories >= len(self.local_classifiers))
-        # the input check reads the data (a host sync and, compiled, a graph break): eager only
-        if not torch.compiler.is_compiling() and bool(outside.any()):
-            bad = int(categories[outside][0])
-            raise ValueError(f"{NAME}: batch.categories holds category id {bad}, but the per-category "
-                             f"classifiers cover the training categories 0..{len(self.local_classifiers) - 1} "
-                             f"({', '.join(self.category_names)})")
+        # the input check reads the data (compiled, a graph break): eager only
+        if not torch.compiler.is_compiling():
+            check = host_categories if host_categories is not None else categories
+            outside = (check < 0) | (check >= len(self.local_classifiers))
+            if bool(outside.any()):
+                self._outside_categories(int(check[outside][0]))
         weight = torch.cat([c.weight for c in self.local_classifiers], dim=0)  # (N, D), category blocks
         every = z_local @ weight.t().to(z_local.dtype)  # (B, N)
         columns = torch.arange(self.width, device=z_local.device)
         valid = columns[None, :] < self.sizes[categories][:, None]
         index = (self.offsets[categories][:, None] + columns[None, :]).clamp(max=weight.shape[0] - 1)
         return every.gather(1, index).masked_fill(~valid, float("-inf"))
+
+    def _outside_categories(self, bad: int) -> None:
+        raise ValueError(f"{NAME}: batch.categories holds category id {bad}, but the per-category "
+                         f"classifiers cover the training categories 0..{len(self.local_classifiers) - 1} "
+                         f"({', '.join(self.category_names)})")
 
     def local_norm(self, z_local: torch.Tensor, roles: torch.Tensor) -> torch.Tensor:
         """BatchNorm of z_L with the statistics of the meta-train rows (all rows when there
@@ -117,5 +125,6 @@ class HSEHead(Head):
                                   "the `hse_vit` backbone outputs the local token's 'local' in training")
             out["local_features"] = z_local
             out["local_bn_features"] = self.local_norm(z_local, batch.roles)
-            out["local_logits"] = self.local_logits(out["local_bn_features"], batch.categories)
+            host = None if torch.compiler.is_compiling() else batch.host("categories")  # (checks: eager only)
+            out["local_logits"] = self.local_logits(out["local_bn_features"], batch.categories, host)
         return out

@@ -21,6 +21,7 @@ l_glob on both halves: set `global_weight: 0` there so l_glob is not counted twi
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -78,36 +79,38 @@ class HSELoss(Loss):
         labels = labels_from_context(ctx, NAME)
         self.category_names = labels.names
         self.register_buffer("id_category", torch.as_tensor(labels.category), persistent=False)
+        self.id_category_host = np.asarray(labels.category, dtype=np.int64)  # the input checks' copy
         self.register_buffer("id_local", torch.as_tensor(labels.local), persistent=False)
 
     def targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(y, y~) of the batch; checks that every sample's category is pi(y) and that its
-        role is 0 or 1 (the checks' flags read in one host sync)."""
+        role is 0 or 1, on the batch's host copy (`Batch.host`: no host sync)."""
+        # the checks read the data (compiled, a graph break): eager only
+        if not torch.compiler.is_compiling():
+            self.check(batch)
         pids = batch.pids.to(self.id_local.device, torch.long)
-        categories = batch.categories.to(pids.device, torch.long)
-        roles = batch.roles.to(pids.device)
-        n_ids = self.id_local.numel()
-        outside = ((pids < 0) | (pids >= n_ids)).any()
-        safe = pids.clamp(0, max(n_ids - 1, 0))
-        wrong = self.id_category[safe] != categories
-        unknown = (roles != ROLE_TRAIN) & (roles != ROLE_META_TEST)
-        # the checks read the data (a host sync and, compiled, a graph break): eager only
-        bad_pid, bad_category, bad_role = (False, False, False) if torch.compiler.is_compiling() else \
-            torch.stack([outside, wrong.any(), unknown.any()]).tolist()
-        if bad_pid:
+        return pids, self.id_local[pids]
+
+    def check(self, batch: Batch) -> None:
+        """The input checks of `targets`, on the host copies of pids, categories, roles."""
+        pids, categories, roles = (batch.host(name) for name in ("pids", "categories", "roles"))
+        id_category = self.id_category_host
+        n_ids = len(id_category)
+        if ((pids < 0) | (pids >= n_ids)).any():
             raise ValueError(f"{NAME}: batch.pids holds labels outside 0..{n_ids - 1}, the "
                              "training identities the classifiers were built for")
-        if bad_category:
-            i = int(wrong.nonzero()[0])
+        wrong = id_category[pids] != categories
+        if wrong.any():
+            i = int(np.flatnonzero(wrong)[0])
             y, s = int(pids[i]), int(categories[i])
             raise ValueError(f"{NAME}: sample {i} has identity {y} of category "
-                             f"'{self.category_names[int(self.id_category[y])]}' but batch.categories says {s}; "
+                             f"'{self.category_names[int(id_category[y])]}' but batch.categories says {s}; "
                              "the batch must carry the training table's category ids")
-        if bad_role:
+        unknown = (roles != ROLE_TRAIN) & (roles != ROLE_META_TEST)
+        if unknown.any():
             found = sorted(set(roles[unknown].tolist()))
             raise ValueError(f"{NAME}: batch.roles holds {found}; episode roles are 0 (meta-train) and "
                              "1 (meta-test)")
-        return pids, self.id_local[pids]
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: Batch):
         # under DDP: each term is a mean over a half of the whole episode (gathered)

@@ -44,6 +44,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -51,8 +52,9 @@ from core.context import BuildContext
 from core.data.loading import mix_seed
 from core.interfaces import Backbone
 from core.models.timm_backbone import TimmBackbone
-from core.records import Batch
+from core.records import Batch, device_index, host_to_device
 from reid_instruct_editor.instruction_encoder import InstructionEncoder
+from reid_instruct_editor.rows import host_has_image
 
 NAME = "backbone 'instruct_editor'"
 EDITING_INIT = ("last", "random")
@@ -253,33 +255,33 @@ class InstructEditor(Backbone):
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         device = batch.images.device
         n = len(batch)
-        text_only = batch.extras.get("text_query")
-        has_image = torch.ones(n, dtype=torch.bool, device=device) if text_only is None else \
-            ~torch.as_tensor(text_only, dtype=torch.bool, device=device)
+        host_image = host_has_image(batch)  # on the host: no sync
+        image_rows = np.flatnonzero(host_image)
+        has_image = host_to_device(host_image, device)
+        batch.keep_host_output("has_image", has_image, host_image)  # for the head and the losses
         instr = self.encode_instructions(batch)
         dim = self.feature_dim
         out = {"instruction_cls": instr["cls"], "instruction_embedding": instr["embedding"], "has_image": has_image}
         if not self.training:
             out["reference_instruction_embedding"] = self.reference_embeddings(batch)
         zeros = instr["cls"].new_zeros(n, dim)
-        # text-only rows skip the image path: selecting the others reads their count (one
-        # host sync per forward, kept: running the placeholder images would cost more)
-        rows = has_image.nonzero().squeeze(1)
-        if len(rows) == 0:  # no image: zero token states (T = prefix + patches)
+        # text-only rows skip the image path (the rows chosen on the host: no sync)
+        if len(image_rows) == 0:  # no image: zero token states (T = prefix + patches)
             tokens = self.num_prefix_tokens + int(self.image_encoder.model.patch_embed.num_patches)
             out["image_tokens"] = zeros.new_zeros(n, tokens, dim)
             return {**out, "global": zeros, "bio": zeros, "clo": zeros}
+        rows = device_index(image_rows, device)
         vit = self.image_encoder.model
         feats = vit.forward_features(batch.images.index_select(0, rows))
         global_ = vit.forward_head(feats, pre_logits=True)
         bio, clo = self.edit(feats, instr["tokens"].index_select(0, rows), instr["valid"].index_select(0, rows),
                              instr["cls"].index_select(0, rows))
         # the text-to-image matching branch's inputs (t2i_matching.py; in evaluation its ITM re-ranking)
-        out["image_tokens"] = feats if len(rows) == n else \
+        out["image_tokens"] = feats if len(image_rows) == n else \
             feats.new_zeros(n, *feats.shape[1:]).index_copy(0, rows, feats)
         if self.training:
             out["instruction_tokens"], out["instruction_valid"] = instr["tokens"], instr["valid"]
-        if len(rows) == n:
+        if len(image_rows) == n:
             return {**out, "global": global_, "bio": bio, "clo": clo}
         return {**out, "global": zeros.index_copy(0, rows, global_.to(zeros.dtype)),
                 "bio": zeros.index_copy(0, rows, bio.to(zeros.dtype)),

@@ -30,14 +30,16 @@ one-process statistics, the single-row rule on the whole batch's count.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from core.context import BuildContext
 from core.interfaces import Head, read_output
-from core.records import Batch
+from core.records import Batch, device_index
 from core.training import distributed as D
+from reid_instruct_editor.rows import host_image_rows
 from reid_instruct_editor.task_classifier import TaskClassifiers
 
 NAME = "head 'instruct_editor'"
@@ -76,10 +78,11 @@ class InstructHead(Head):
         hint = "the `instruct_editor` backbone produces it"
         bio, clo = read_output(features, "bio", NAME, hint), read_output(features, "clo", NAME, hint)
         glob = read_output(features, "global", NAME, hint)
-        has_image = features.get("has_image")
         n, dim = bio.shape
-        has_image = torch.ones(n, dtype=torch.bool, device=bio.device) if has_image is None else has_image
-        images, texts = has_image.nonzero().squeeze(1), (~has_image).nonzero().squeeze(1)
+        # the image and text rows, chosen on the host (the host copy of `has_image` the
+        # backbone recorded): no host sync
+        host_image = host_image_rows(features, batch, n)
+        images, texts = (device_index(np.flatnonzero(rows), bio.device) for rows in (host_image, ~host_image))
         bio_bn, clo_bn, global_bn = (bio.new_zeros(n, dim) for _ in range(3))
         # whole-batch counts: every process takes the same branches (module docstring)
         n_images, n_texts = D.all_reduce_sum([len(images), len(texts)], bio.device) if self.training \

@@ -1,12 +1,34 @@
 """Reading model outputs row-selected: some outputs exist for image samples only (the
 "global" branch has nothing to say about a text-only query), so the losses read them
-through a mask output (`has_image`) named in their `row_masks` key."""
+through a mask output (`has_image`) named in their `row_masks` key. Which rows have an
+image is known on the host (the batch extra `text_query`, kept by `collate`): the backbone
+records its `has_image` output's host copy on the batch, and selections of those rows (the
+image path, the head's branches, the text-to-image losses' rows) read it there
+(`host_image_rows`), so they make no host sync (issue 19, item 9)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from core.interfaces import read_output
+from core.records import Batch
+
+
+def host_has_image(batch: Batch) -> np.ndarray:
+    """(B,) bool on the host: the rows with an image (not a text-only query, batch extra
+    `text_query`), read from the batch's host copy (`Batch.host`): what the backbone's
+    `has_image` output holds."""
+    if batch.extras.get("text_query") is None:
+        return np.ones(len(batch), dtype=bool)
+    return ~np.asarray(batch.host("text_query"), dtype=bool)
+
+
+def host_image_rows(outputs: dict[str, torch.Tensor], batch: Batch, n: int) -> np.ndarray:
+    """(n,) bool on the host: the `has_image` output (all rows without one), read from the
+    copy the backbone recorded (`Batch.host_output`): no host sync."""
+    rows = batch.host_output(outputs, "has_image")
+    return np.ones(n, dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
 
 
 def read_rows(outputs: dict[str, torch.Tensor], key: str, row_masks: dict[str, str], component: str,

@@ -44,16 +44,18 @@ the task gives 0.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from core.context import BuildContext
 from core.interfaces import Loss, read_output
-from core.records import Batch
+from core.records import Batch, device_index
 from core.training import distributed as D
 from reid_instruct_editor.head import _rows_batch_norm
 from reid_instruct_editor.momentum import MomentumCopy, MomentumState
+from reid_instruct_editor.rows import host_image_rows
 from reid_instruct_editor.tasks import TEXT_TO_IMAGE
 
 NAME = "loss 't2i_contrastive'"
@@ -155,6 +157,22 @@ class T2IContrastiveLoss(MomentumState, Loss):
             self.register_buffer(f"{name}_queue", torch.zeros(self.queue_size, int(dim)))
             self.register_buffer(f"{name}_ids", torch.full((self.queue_size,), -1, dtype=torch.long))
             self.register_buffer(f"{name}_ptr", torch.zeros((), dtype=torch.long))
+        self._host_queues: dict[str, list] = {}
+        self._mirror_queues()
+
+    def _mirror_queues(self) -> None:
+        """Keep on the host each queue's identities and pointer (`_host_queues[name]` =
+        [ids, ptr]), which `_enqueue` updates with the buffers: which queue slots are
+        filled and which queries have a key of their identity are then chosen on the host,
+        with no host sync in a step. Read from the buffers when built and after a state
+        is loaded (once, outside the step)."""
+        for name in ("image", "text"):
+            ids, ptr = getattr(self, f"{name}_ids"), getattr(self, f"{name}_ptr")
+            self._host_queues[name] = [ids.detach().cpu().numpy().copy(), int(ptr)]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._mirror_queues()
 
     # ---------------------------------------------------------------- momentum model
     def bind(self, model: nn.Module) -> None:
@@ -176,15 +194,16 @@ class T2IContrastiveLoss(MomentumState, Loss):
     def momentum_model(self) -> MomentumCopy | None:
         return self._momentum_model
 
-    def _momentum_features(self, batch: Batch, texts: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """(B, d) momentum features of the text rows (zeros elsewhere), after the update."""
+    def _momentum_features(self, batch: Batch, texts: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+        """(B, d) momentum features of the text rows (`texts`: a host mask; zeros
+        elsewhere), after the update."""
         if self._momentum_model is None:
             raise RuntimeError(f"{NAME}: momentum is {self.momentum} but no model is bound; the trainer binds "
                                "it before the first training step, elsewhere call loss.bind(model) (or set momentum: null)")
         self._momentum_model.update()
         out = like.new_zeros(like.shape)
-        if bool(texts.any()):
-            rows = texts.nonzero().squeeze(1)
+        if texts.any():
+            rows = np.flatnonzero(texts)
             drawn = getattr(self._backbone[0], "drawn_texts", None) if self._backbone else None
             # the phrasing the live model read this step (backbone.py's draw), else the first
             captions = drawn(batch, rows.tolist()) if drawn is not None else captions_of(batch, rows)
@@ -192,72 +211,91 @@ class T2IContrastiveLoss(MomentumState, Loss):
             if self.features not in feats:
                 raise ValueError(f"{NAME}: with a momentum model `features` must be one of {', '.join(feats)} "
                                  f"(a text row's outputs), got '{self.features}'")
-            out[texts] = feats[self.features].float().to(out.dtype)
+            out[device_index(rows, out.device)] = feats[self.features].float().to(out.dtype)
         return out
 
-    def _rows(self, outputs: dict[str, torch.Tensor], batch: Batch, n: int,
-              device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Bool masks of the task's image rows and text rows."""
-        has_image = outputs.get("has_image")
-        has_image = torch.ones(n, dtype=torch.bool, device=device) if has_image is None else has_image.bool()
+    def _rows(self, outputs: dict[str, torch.Tensor], batch: Batch, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Host bool masks of the task's image rows and text rows: the batch's
+        `has_image` output (its host copy, `rows.host_image_rows`) and task names: no host sync."""
+        has_image = host_image_rows(outputs, batch, n)
         tasks = batch.extras.get("task")
-        mine = torch.ones(n, dtype=torch.bool, device=device) if tasks is None else \
-            torch.as_tensor([str(t) == self.task for t in tasks], device=device)
+        mine = np.ones(n, dtype=bool) if tasks is None else np.asarray([str(t) == self.task for t in tasks], dtype=bool)
         return mine & has_image, mine & ~has_image
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: Batch):
         x = read_output(outputs, self.features, NAME, "the `instruct_editor` head produces it")
-        images, texts = self._rows(outputs, batch, len(x), x.device)
-        local = {"x": x, "images": images, "texts": texts}
+        images, texts = self._rows(outputs, batch, len(x))
+        local = {"x": x}
         if self.momentum is not None and self.training:
             local["m"] = self._momentum_features(batch, texts, x.detach())
         # under DDP: every process's rows (with their gradient), as one process's batch
         gathered, batch = D.gather_for_loss(local, batch, list(local))
-        x, images, texts = gathered["x"].float(), gathered["images"].bool(), gathered["texts"].bool()
+        rows = D.gather_host({"images": images, "texts": texts})
+        x = gathered["x"].float()
         zero = x.sum() * 0.0
-        if not bool(images.any()) or not bool(texts.any()):
+        if not rows["images"].any() or not rows["texts"].any():
             return zero, {"temp": self.temp.detach()}
+        # the rows chosen on the host, taken by index on the device: no host sync
+        images, texts = (device_index(np.flatnonzero(rows[k]), x.device) for k in ("images", "texts"))
         pids = batch.pids.to(x.device, torch.long)
-        v, t = F.normalize(x[images], dim=1), F.normalize(x[texts], dim=1)
-        v_ids, t_ids = pids[images], pids[texts]
+        v, t = F.normalize(x.index_select(0, images), dim=1), F.normalize(x.index_select(0, texts), dim=1)
+        v_ids, t_ids = pids.index_select(0, images), pids.index_select(0, texts)
         if x.shape[1] != self.image_queue.shape[1]:
             raise ValueError(f"{NAME}: '{self.features}' has width {x.shape[1]}, the queues "
                              f"{self.image_queue.shape[1]}; set `dim`")
         temp = self.temp.clamp(0.001, 0.5)
         # the momentum model's caption features (keys, queue and soft targets); without it, t
-        t_m = F.normalize(gathered["m"].float()[texts], dim=1) if "m" in gathered else t.detach()
+        t_m = F.normalize(gathered["m"].float().index_select(0, texts), dim=1) if "m" in gathered else t.detach()
+        # the identities of the rows on the host (the gathered batch's host copy): which
+        # queue slots are keys and which queries have a key of their identity are chosen
+        # there, the rows taken by index on the device (no host sync)
+        host_pids = batch.host("pids")
+        v_host, t_host = host_pids[rows["images"]], host_pids[rows["texts"]]
         with torch.no_grad():
-            img_keys, img_ids = self._keys("image", v.detach(), v_ids)
-            txt_keys, txt_ids = self._keys("text", t_m, t_ids)
+            img_keys, img_ids, img_host = self._keys("image", v.detach(), v_ids, v_host)
+            txt_keys, txt_ids, txt_host = self._keys("text", t_m, t_ids, t_host)
         soft = "m" in gathered and self.distill > 0
         # queries whose identity has no key on the other side (an unpaired row) leave that term
         parts = {}
-        for name, q, q_m, q_ids, keys, k_ids in (("i2t", v, v, v_ids, txt_keys, txt_ids),
-                                                 ("t2i", t, t_m, t_ids, img_keys, img_ids),
-                                                 ("i2i", v, v, v_ids, img_keys, img_ids),
-                                                 ("t2t", t, t_m, t_ids, txt_keys, txt_ids)):
-            paired = (q_ids[:, None] == k_ids[None, :]).any(dim=1)
-            parts[name] = contrastive(q[paired], q_ids[paired], keys, k_ids, temp,
-                                      q_m[paired].detach() if soft else None, self.distill) \
-                if bool(paired.any()) else zero
+        for name, q, q_m, q_ids, q_host, keys, k_ids, k_host in (
+                ("i2t", v, v, v_ids, v_host, txt_keys, txt_ids, txt_host),
+                ("t2i", t, t_m, t_ids, t_host, img_keys, img_ids, img_host),
+                ("i2i", v, v, v_ids, v_host, img_keys, img_ids, img_host),
+                ("t2t", t, t_m, t_ids, t_host, txt_keys, txt_ids, txt_host)):
+            paired = np.isin(q_host, k_host)
+            if not paired.any():
+                parts[name] = zero
+                continue
+            at = device_index(np.flatnonzero(paired), q.device)
+            parts[name] = contrastive(q.index_select(0, at), q_ids.index_select(0, at), keys, k_ids, temp,
+                                      q_m.index_select(0, at).detach() if soft else None, self.distill)
         loss = sum(parts.values()) / 4
         if self.training:
-            self._enqueue("image", v.detach(), v_ids)
-            self._enqueue("text", t_m, t_ids)
+            self._enqueue("image", v.detach(), v_ids, v_host)
+            self._enqueue("text", t_m, t_ids, t_host)
         return loss, {**{k: p.detach() for k, p in parts.items()}, "temp": temp.detach()}
 
-    def _keys(self, name: str, current: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[current ; the filled part of the queue] and their identities."""
+    def _keys(self, name: str, current: torch.Tensor, ids: torch.Tensor,
+              host_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """[current ; the filled part of the queue], their identities, and those on the host."""
         queue, q_ids = getattr(self, f"{name}_queue"), getattr(self, f"{name}_ids")
-        filled = q_ids >= 0
-        return torch.cat([current, queue[filled]]), torch.cat([ids, q_ids[filled]])
+        mirror = self._host_queues[name][0]
+        filled = np.flatnonzero(mirror >= 0)
+        at = device_index(filled, queue.device)
+        return (torch.cat([current, queue.index_select(0, at)]), torch.cat([ids, q_ids.index_select(0, at)]),
+                np.concatenate([host_ids, mirror[filled]]))
 
-    def _enqueue(self, name: str, feats: torch.Tensor, ids: torch.Tensor) -> None:
+    def _enqueue(self, name: str, feats: torch.Tensor, ids: torch.Tensor, host_ids: np.ndarray) -> None:
         if self.queue_size == 0:
             return
-        feats, ids = feats[-self.queue_size:], ids[-self.queue_size:]  # already every process's rows
+        # already every process's rows
+        feats, ids, host_ids = feats[-self.queue_size:], ids[-self.queue_size:], host_ids[-self.queue_size:]
         queue, q_ids, ptr = getattr(self, f"{name}_queue"), getattr(self, f"{name}_ids"), getattr(self, f"{name}_ptr")
-        at = (int(ptr) + torch.arange(len(ids), device=queue.device)) % self.queue_size
+        mirror = self._host_queues[name]
+        slots = (mirror[1] + np.arange(len(host_ids))) % self.queue_size
+        at = device_index(slots, queue.device)
         queue[at] = feats.to(queue.dtype)
         q_ids[at] = ids
-        ptr.fill_((int(ptr) + len(ids)) % self.queue_size)
+        mirror[0][slots] = host_ids
+        mirror[1] = int((mirror[1] + len(host_ids)) % self.queue_size)
+        ptr.fill_(mirror[1])

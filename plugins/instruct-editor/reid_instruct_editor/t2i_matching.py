@@ -64,6 +64,7 @@ the first training step), the backbone's training outputs "instruction_tokens", 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,8 +72,9 @@ from torch import nn
 from core.context import BuildContext
 from core.interfaces import Loss, read_output
 from core.pipeline import ReIDModel
-from core.records import Batch
+from core.records import Batch, device_index
 from reid_instruct_editor.momentum import MomentumCopy, MomentumState
+from reid_instruct_editor.rows import host_image_rows
 from reid_instruct_editor.tasks import TEXT_TO_IMAGE
 
 NAME = "loss 't2i_matching'"
@@ -254,21 +256,24 @@ class T2IMatchingLoss(MomentumState, Loss):
 
     # ---------------------------------------------------------------- pieces
     def pairs(self, outputs: dict[str, torch.Tensor], batch: Batch):
-        """(caption rows, their paired image rows, image rows, text rows) of the task."""
+        """(caption rows, their paired image rows, image rows, text rows) of the task, as
+        index tensors on the batch's device (`host_pairs` moved: no host sync)."""
+        return tuple(device_index(rows, batch.pids.device) for rows in self.host_pairs(outputs, batch))
+
+    def host_pairs(self, outputs: dict[str, torch.Tensor], batch: Batch) -> tuple[np.ndarray, ...]:
+        """`pairs` on the host: chosen from the batch's `text_query` flags, task names and
+        identities kept by collate (`Batch.host`), with no device read."""
         n = len(batch)
-        device = batch.pids.device
-        has_image = outputs.get("has_image")
-        has_image = torch.ones(n, dtype=torch.bool, device=device) if has_image is None else has_image.bool()
+        has_image = host_image_rows(outputs, batch, n)
         tasks = batch.extras.get("task")
-        mine = torch.ones(n, dtype=torch.bool, device=device) if tasks is None else \
-            torch.as_tensor([str(t) == self.task for t in tasks], device=device)
-        images, texts = (mine & has_image).nonzero().squeeze(1), (mine & ~has_image).nonzero().squeeze(1)
+        mine = np.ones(n, dtype=bool) if tasks is None else np.asarray([str(t) == self.task for t in tasks], dtype=bool)
+        images, texts = np.flatnonzero(mine & has_image), np.flatnonzero(mine & ~has_image)
         if len(images) == 0 or len(texts) == 0:
             return texts[:0], images[:0], images, texts
-        pids = batch.pids.to(device)
+        pids = batch.host("pids")
         same = pids[texts][:, None] == pids[images][None, :]
-        has_pair = same.any(dim=1)
-        return texts[has_pair], images[same[has_pair].float().argmax(dim=1)], images, texts
+        has_pair = same.any(axis=1)
+        return texts[has_pair], images[same[has_pair].argmax(axis=1)], images, texts  # first image of the identity
 
     def match_logits(self, text: torch.Tensor, valid: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """(n, 2) matching logits of caption tokens with image tokens."""
@@ -284,17 +289,18 @@ class T2IMatchingLoss(MomentumState, Loss):
         image_tok = read_output(outputs, "image_tokens", NAME, HINT)
         with torch.no_grad():
             self.trained_steps += 1
-        caps, imgs, image_rows, text_rows = self.pairs(outputs, batch)
+        host_caps, *_ = rows = self.host_pairs(outputs, batch)
+        caps, imgs, image_rows, text_rows = (device_index(r, batch.pids.device) for r in rows)
         if len(caps) == 0:
             return zero + sum(p.sum() * 0.0 for p in self.parameters()), {}
         itm = self.itm_loss(x, text_tok, valid, image_tok, caps, imgs, image_rows, text_rows, batch.pids.to(x.device))
         if self._momentum_model is not None:
             self._momentum_model.update()  # once per step, before use (the authors' _momentum_update)
-        mlm = self.mlm_loss(batch, caps, imgs, image_tok)
+        mlm = self.mlm_loss(batch, host_caps, imgs, image_tok)  # the captions read on the host
         total = self.itm_weight * itm + self.mlm_weight * mlm
         parts = {"pitm": itm.detach(), "mlm": mlm.detach()}
         if self.mrtd_head is not None:
-            mrtd = self.mrtd_loss(batch, caps, imgs, image_tok)
+            mrtd = self.mrtd_loss(batch, host_caps, imgs, image_tok)
             total = total + self.mrtd_weight * mrtd
             parts["mrtd"] = mrtd.detach()
         return total, parts
@@ -322,8 +328,9 @@ class T2IMatchingLoss(MomentumState, Loss):
         logits = self.match_logits(text_tok[t_all], valid[t_all], image_tok[i_all])
         return F.cross_entropy(logits.float(), labels)
 
-    def _captions(self, batch: Batch, caps: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tokens (n, L), maskable (n, L): not start-, end-of-text or padding) of the captions."""
+    def _captions(self, batch: Batch, caps: torch.Tensor | np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens (n, L), maskable (n, L): not start-, end-of-text or padding) of the captions
+        (rows `caps`: a host array reads no device value)."""
         if not self._model:
             raise RuntimeError(f"{NAME}: no model is bound for masked language modelling; the trainer binds it "
                                "before the first training step, elsewhere call loss.bind(model)")

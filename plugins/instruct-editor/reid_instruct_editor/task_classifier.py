@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from core.context import BuildContext
-from core.records import Batch
+from core.records import Batch, device_index
 
 NAME = "head 'instruct_editor'"
 #: Task name of records without one (a table that is not an `instruct` dataset).
@@ -58,6 +58,7 @@ class TaskClassifiers(nn.Module):
         self.index = {name: i for i, name in enumerate(self.tasks)}
         columns = int(targets.max()) + 1
         self.register_buffer("targets", torch.as_tensor(targets), persistent=False)
+        self.host_targets = np.asarray(targets, dtype=np.int64)  # the input check's copy
         owner = torch.full((columns,), -1, dtype=torch.long)
         for t in range(len(self.tasks)):
             owner[self.targets[t][self.targets[t] >= 0]] = t
@@ -66,16 +67,27 @@ class TaskClassifiers(nn.Module):
         for layer in self.layers.values():
             nn.init.normal_(layer.weight, std=0.001)
 
-    def row_tasks(self, batch: Batch, n: int) -> torch.Tensor:
-        """(n,) task index of each row (batch extras "task")."""
+    def _check_targets(self, batch: Batch, tasks: np.ndarray) -> None:
+        """Every row's identity is one of its task's training identities."""
+        pids = batch.host("pids")
+        table = self.host_targets
+        known = (pids >= 0) & (pids < table.shape[1])
+        targets = np.where(known, table[tasks, np.where(known, pids, 0)], -1)
+        if (targets < 0).any():
+            row = int(np.flatnonzero(targets < 0)[0])
+            raise ValueError(f"{NAME}: batch row {row} (identity {int(pids[row])}) is not an identity of its "
+                             f"task {self.tasks[int(tasks[row])]!r} in the training table")
+
+    def host_row_tasks(self, batch: Batch, n: int) -> np.ndarray:
+        """(n,) task index of each row (batch extras "task", a list: no device read)."""
         if not self.per_task or self.tasks == [NO_TASK]:
-            return torch.zeros(n, dtype=torch.long, device=self.owner.device)
+            return np.zeros(n, dtype=np.int64)
         names = batch.extras.get("task")
         if names is None:
             raise KeyError(f"{NAME}: per-task classifiers need the batch field extras 'task' (the `instruct` dataset "
                            "sets it); or set classifier_per_task: false")
         try:
-            return torch.as_tensor([self.index[str(t)] for t in names], device=self.owner.device)
+            return np.asarray([self.index[str(t)] for t in names], dtype=np.int64)
         except KeyError as exc:
             raise ValueError(f"{NAME}: a batch row has task {exc.args[0]!r}, which no training record has; "
                              f"training tasks: {', '.join(self.tasks)}") from None
@@ -83,13 +95,13 @@ class TaskClassifiers(nn.Module):
     def forward(self, x: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
         """{"<stream>_logits": (n, columns), "id_targets": (n,)} for features x[stream]."""
         n = len(batch)
-        tasks = self.row_tasks(batch, n)
+        host_tasks = self.host_row_tasks(batch, n)
+        # the input check reads the data (compiled, a graph break): eager only; on the host
+        # copies of the labels (`Batch.host`), no host sync
+        if not torch.compiler.is_compiling():
+            self._check_targets(batch, host_tasks)
+        tasks = device_index(host_tasks, self.owner.device)
         targets = self.targets[tasks, batch.pids.to(self.targets.device)]
-        # the input check reads the data (a host sync and, compiled, a graph break): eager only
-        if not torch.compiler.is_compiling() and bool((targets < 0).any()):
-            row = int((targets < 0).nonzero()[0, 0])
-            raise ValueError(f"{NAME}: batch row {row} (identity {int(batch.pids[row])}) is not an identity of its "
-                             f"task {self.tasks[int(tasks[row])]!r} in the training table")
         out = {"id_targets": targets}
         outside = self.owner[None, :] != tasks[:, None] if self.per_task else None
         for stream, layer in self.layers.items():

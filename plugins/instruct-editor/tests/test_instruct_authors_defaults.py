@@ -98,3 +98,26 @@ def test_label_smoothing_spreads_over_the_rows_task_only(make_batch):
     loss, _ = InstructIdentityLoss(logits=["bio_logits"], weights=[1.0], label_smoothing=0.1)(outputs, batch)
     expect = F.cross_entropy(block, torch.tensor([2, 0]), label_smoothing=0.1)
     assert np.isclose(float(loss), float(expect), rtol=1e-6)
+
+
+def test_a_row_whose_identity_is_not_of_its_task_is_an_error_read_without_a_host_sync(make_batch):
+    """Identity 3 (label 2) belongs to task B only: a task-A row of it has no column in A's
+    classifier. The check reads the batch's host copies (issue 19, item 9)."""
+    import pytest
+
+    from core.host_syncs import count_host_syncs
+
+    table = table_of([("A", 0), ("A", 1), ("B", 1), ("B", 3)])
+    ctx = BuildContext.from_table(table)
+    ctx.feature_dim = 4
+    head = InstructHead(ctx).train()
+    feats = {k: torch.randn(2, 4) for k in ("bio", "clo", "global")}
+    good = make_batch(["x"] * 2, pids=[1, 2]).keep_host_copies()
+    good.extras["task"] = ["A", "B"]
+    with count_host_syncs() as syncs:
+        head(feats, good)
+    assert syncs.total == 0, syncs.by_op
+    bad = make_batch(["x"] * 2, pids=[1, 2]).keep_host_copies()
+    bad.extras["task"] = ["A", "A"]
+    with pytest.raises(ValueError, match="batch row 1 \\(identity 2\\) is not an identity of its task 'A'"):
+        head(feats, bad)

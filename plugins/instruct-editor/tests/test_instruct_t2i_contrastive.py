@@ -103,3 +103,23 @@ def test_other_tasks_and_batches_without_captions_give_zero(build_ctx, make_batc
 
 
 # the momentum text model (copy, average, distillation, checkpoints): test_instruct_t2i_momentum.py
+
+
+def test_the_queues_host_mirror_follows_the_buffers_and_a_loaded_state(build_ctx, make_batch):
+    """Which queue slots are keys, and which queries have a key of their identity, are
+    chosen on the host (issue 19, item 9): the host mirror of the queues' identities and
+    pointers equals the buffers after each step, wrapped around, and after a state is
+    loaded (a resumed run)."""
+    torch.manual_seed(2)
+    loss = T2IContrastiveLoss(build_ctx(), queue_size=3, dim=2, momentum=None).train()
+    for pids in ([0, 1, 0, 1], [5, 6, 5, 6]):
+        loss(outputs_of(torch.randn(4, 2), [2, 3]), batch_with(make_batch, pids, [2, 3]))
+        for name in ("image", "text"):
+            ids, ptr = loss._host_queues[name]
+            assert ids.tolist() == getattr(loss, f"{name}_ids").tolist() and ptr == int(getattr(loss, f"{name}_ptr"))
+    fresh = T2IContrastiveLoss(build_ctx(), queue_size=3, dim=2, momentum=None).train()
+    fresh.load_state_dict(loss.state_dict())
+    assert fresh._host_queues["image"][0].tolist() == [6, 1, 5] and fresh._host_queues["image"][1] == 1
+    # the restored loss continues as the original: the same keys, the same loss
+    x, batch = torch.randn(4, 2), batch_with(make_batch, [6, 1, 6, 1], [2, 3])
+    assert torch.equal(fresh(outputs_of(x, [2, 3]), batch)[0], loss(outputs_of(x, [2, 3]), batch)[0])

@@ -73,19 +73,20 @@ class MOILLoss(Loss):
             raise ValueError(str(exc).replace("loss 'ce'", NAME).replace("loss 'triplet'", NAME)) from None
 
     def _masks(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(meta-train, meta-test) row masks; checks the roles with one host sync (the
-        flags read together; every term below is computed on masks). Under torch.compile
-        the check is skipped (it would break the graph): a batch without meta-test rows
-        is then treated as `train_only`."""
+        """(meta-train, meta-test) row masks; checks the roles on the batch's host copy
+        (`Batch.host`: no host sync; every term below is computed on masks). Under
+        torch.compile the check is skipped (it would break the graph): a batch without
+        meta-test rows is then treated as `train_only`."""
         roles = batch.roles
         train, test = roles == ROLE_TRAIN, roles == ROLE_META_TEST
         if torch.compiler.is_compiling():
             return train, test
-        unknown, has_train, has_test = torch.stack([(~(train | test)).any(), train.any(), test.any()]).tolist()
-        if unknown:
-            found = sorted(set(roles.tolist()) - {ROLE_TRAIN, ROLE_META_TEST})
+        host = batch.host("roles")
+        found = sorted(set(host.tolist()) - {ROLE_TRAIN, ROLE_META_TEST})
+        if found:
             raise ValueError(f"{NAME}: batch.roles holds {found}; episode roles are 0 (meta-train) "
                              "and 1 (meta-test)")
+        has_train, has_test = bool((host == ROLE_TRAIN).any()), bool((host == ROLE_META_TEST).any())
         if has_train and has_test:
             return train, test
         if self.no_episodes == "train_only":  # the whole batch is meta-train
