@@ -90,8 +90,9 @@ def _load_losses(losses, state: Any, checkpoint: Path) -> bool:
         losses.load_state_dict(state)
     except (RuntimeError, ValueError) as exc:
         losses.load_state_dict(built)  # nothing half-loaded
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        log.warning(f"{checkpoint}: the losses' state does not fit this pipeline's losses ({first}); they are "
+        detail = " ".join(str(exc).split()) or type(exc).__name__  # torch's message spans lines
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        log.warning(f"{checkpoint}: the losses' state does not fit this pipeline's losses ({detail}); they are "
                     "left as built (what reads them, e.g. ITM re-ranking, is skipped)")
         return False
     return True
