@@ -2,6 +2,10 @@
 explain, export) start here, from a run folder, a checkpoint inside one, or a weights
 file written by `core export --format safetensors`.
 
+The losses' state (memories, queues, a matching head: what an evaluator may read, e.g. the
+instruct-editor evaluator's ITM re-ranking) is loaded from a checkpoint as well; a weights
+file holds the model only, and `trainer.losses_restored` says which (False: none loaded).
+
 Everything read here may come from someone else: checkpoints load with
 `weights_only=True` (pickle only with --trust-checkpoint) and a pipeline naming local
 plugin files is refused unless --allow-plugin-files (core/trust.py).
@@ -9,10 +13,13 @@ plugin files is refused unless --allow-plugin-files (core/trust.py).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 from core.config.loading import LoadedConfig, load_pipeline
+
+log = logging.getLogger(__name__)
 
 
 def resolve_run(target: str | Path) -> tuple[Path, Path]:
@@ -44,7 +51,8 @@ def refuse_plugin_files(cfg: LoadedConfig) -> None:
 
 def restore_run(target: str | Path, overrides: Sequence[str] = ()):
     """(run folder, checkpoint or weights file, trainer that writes nothing) with the
-    trained weights loaded (the EMA copy too, which the run's evaluations used)."""
+    trained weights loaded (the EMA copy too, which the run's evaluations used) and, from
+    a checkpoint, the losses' state (`trainer.losses_restored`)."""
     from core import trust
     from core.tools import weights_file
     from core.training.checkpoint import load_checkpoint
@@ -55,6 +63,7 @@ def restore_run(target: str | Path, overrides: Sequence[str] = ()):
         refuse_plugin_files(cfg)
         trainer = _inference_trainer(cfg, path.parent, context=weights_file.context_from_facts(facts))
         trainer.p.model.load_state_dict(state)
+        trainer.losses_restored = False  # the file holds the model only
         return path.parent, path, trainer
     run_dir, checkpoint = resolve_run(target)
     cfg = load_pipeline(run_dir / "pipeline.yaml", list(overrides))
@@ -62,9 +71,31 @@ def restore_run(target: str | Path, overrides: Sequence[str] = ()):
     state = load_checkpoint(checkpoint, trust=trust.current().checkpoint)
     trainer = _inference_trainer(cfg, run_dir)
     trainer.p.model.load_state_dict(state["model"])
+    trainer.losses_restored = _load_losses(trainer.net.losses, state.get("losses"), checkpoint)
     if trainer.ema is not None and state.get("ema") is not None:
-        trainer.ema.load_state_dict(state["ema"])
+        trainer.ema.load_state_dict(state["ema"])  # its losses too: the EMA copy is of model + losses
     return run_dir, checkpoint, trainer
+
+
+def _load_losses(losses, state: Any, checkpoint: Path) -> bool:
+    """Load the checkpoint's loss state into `losses` (the pipeline's loss modules, built as
+    in training); False, with one warning line, when it has none or it does not fit (the
+    losses then stay as built: evaluation embeddings never read them)."""
+    import torch
+
+    if not state:
+        return False
+    built = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in losses.state_dict().items()}
+    try:
+        losses.load_state_dict(state)
+    except (RuntimeError, ValueError) as exc:
+        losses.load_state_dict(built)  # nothing half-loaded
+        detail = " ".join(str(exc).split()) or type(exc).__name__  # torch's message spans lines
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        log.warning(f"{checkpoint}: the losses' state does not fit this pipeline's losses ({detail}); they are "
+                    "left as built (what reads them, e.g. ITM re-ranking, is skipped)")
+        return False
+    return True
 
 
 def _inference_trainer(cfg: LoadedConfig, folder: Path, context: Any = None):

@@ -13,6 +13,10 @@ installed). Importing this module is cheap; fixtures import torch only when used
 - `one_torch_thread`: run the test with one torch thread (tiny models on a busy shared
   CPU: more threads only wait for each other; request it, or make it autouse in a
   conftest).
+- `torchrun(script, *args, nproc=2, timeout=600)`: run `python -m torch.distributed.run
+  --standalone --nproc-per-node 2 script args` on the CPU (gloo, one OpenMP thread a
+  process), assert it exited 0 (the end of its stderr if not); returns the process. The
+  multi-process (DDP) tests of the core and the plugins launch with it.
 - `private_core_cache` (automatic): `$CORE_CACHE_DIR` points to a temporary folder, so
   tests never write reid-core's caches into the user's home.
 """
@@ -20,6 +24,9 @@ installed). Importing this module is cheap; fixtures import torch only when used
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +127,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _torchrun(*args, rendezvous=("--standalone",), nproc: int = 2, cwd=None, timeout: float = 600):
+    """`python -m torch.distributed.run <rendezvous> --nproc-per-node <nproc> <args>` on the
+    CPU (gloo, one OpenMP thread a process: the machine is shared); asserts it exited 0
+    and shows the end of its stderr if not. `args`: what follows torchrun's own flags
+    (a script and its arguments, or "-m", "core", "run", ...)."""
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", *rendezvous, "--nproc-per-node", str(nproc),
+                           *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture
+def torchrun():
+    """The launcher of the multi-process tests: see _torchrun."""
+    return _torchrun
 
 
 @pytest.fixture(autouse=True, scope="session")

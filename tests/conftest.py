@@ -1,9 +1,8 @@
-"""Fixtures shared by the core's tests (plugin authors get theirs from core.testing)."""
+"""Fixtures shared by the core's tests (plugin authors get theirs from core.testing, which
+these tests have too: `torchrun`, `one_torch_thread`, ...)."""
 
 import copy
 import importlib.util
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -107,21 +106,3 @@ def ddp_pipeline_file(tmp_path, test_components):
         return path
 
     return write
-
-
-def _torchrun(*args, rendezvous=("--standalone",), nproc: int = 2, cwd=None, timeout: float = 600):
-    """`python -m torch.distributed.run <rendezvous> --nproc-per-node <nproc> <args>` on the
-    CPU (gloo, one OpenMP thread a process: the machine is shared); asserts it exited 0
-    and shows the end of its stderr if not. `args`: what follows torchrun's own flags
-    (a script and its arguments, or "-m", "core", "run", ...)."""
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", *rendezvous, "--nproc-per-node", str(nproc),
-                           *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=cwd)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-@pytest.fixture
-def torchrun():
-    """The launcher of the multi-process tests: see _torchrun."""
-    return _torchrun

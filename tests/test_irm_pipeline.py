@@ -8,19 +8,10 @@ import pytest
 
 from core.config.loading import load_pipeline
 from core.runner import run
+from reid_instruct_editor.testing import TINY_TWIN
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
-WORLD = "{identities: 8, test_identities: 6, images_per_identity: 8, render_size: [32, 16]}"
-#: 8 people, a 2-block ViT and a one-layer CLIP, one short epoch: seconds on a CPU.
-TINY = [f"data.train.0.world={WORLD}", f"data.test.0.world={WORLD}",
-        "data.train.0.instruction_size=[16, 16]", "data.test.0.instruction_size=[16, 16]",
-        "data.transform.size=[32, 16]", "data.transform.pad=2", "sampler.batch_size=16",
-        "backbone.model_kwargs={patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}",
-        "backbone.clip_config={embed_dim: 32, vision_cfg: {image_size: 16, patch_size: 8, width: 32, layers: 1, "
-        "head_width: 16}, text_cfg: {context_length: 48, vocab_size: 49408, width: 32, heads: 2, layers: 1}}",
-        "stages.0.epochs=1", "stages.1.epochs=1", "stages.0.schedule.warmup_epochs=0",
-        "stages.1.schedule.warmup_epochs=0", "trainer.eval_every=0", "trainer.eval_before=false",
-        "trainer.progress=false", "trainer.num_workers=0", "trainer.device=cpu"]
+TINY = list(TINY_TWIN)  # 8 people, a 2-block ViT, a one-layer CLIP, one short epoch: seconds
 TASKS = ("traditional", "clothes-changing", "clothes-template", "visible-infrared", "text-to-image",
          "language-instructed")
 

@@ -239,6 +239,9 @@ class Trainer:
         self.signals = None  # the SignalFlag while fit() runs
         self.position = Position()
         self.history: list[dict[str, Any]] = []  # evaluations, for the report
+        #: set by core.restore (`core eval` and the tools): whether the losses' state was
+        #: loaded from the checkpoint; None here, where the losses are the ones that train
+        self.losses_restored: bool | None = None
         # experiment trackers (`loggers:`), rank 0 only; they get every metrics.jsonl record
         self.trackers = Trackers(getattr(pipeline, "loggers", []) if self.dist.is_main and run.enabled else [])
         #: draws a picture for the trackers after the final evaluation, `(trainer) -> PIL

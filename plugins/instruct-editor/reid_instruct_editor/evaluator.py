@@ -36,11 +36,13 @@ ITM re-ranking (`itm_rerank: k`, 0 = off, the default; `itm_rerank.py`): each te
 query (records' extras "text_query") ranks its k nearest gallery items by the ITM score of
 the `t2i_matching` loss's fusion encoder and head (the authors' evaluation, k = 128)
 ahead of the rest. The trainer binds the evaluated model and its matching loss at each
-evaluation (`on_evaluate_start`; elsewhere `bind(model, matching)`): a matching head
-that has not trained (the baseline evaluation, or losses not restored) re-ranks nothing,
-with a warning, and the key "itm_reranked" says which (1 / 0). The gallery's ViT
-token states come from extraction (model output "image_tokens"): N x T x D floats per
-split while evaluating.
+evaluation (`on_evaluate_start`; elsewhere `bind(model, matching)`); `core eval` of a run
+folder or checkpoint restores the losses' state (core.restore), so its evaluation is
+re-ranked as the run's was. A matching head that has not trained (the baseline
+evaluation) or was not restored (a weights file, a checkpoint without the losses) re-ranks
+nothing, with one warning line saying which, and the key "itm_reranked" says whether
+(1 / 0). The gallery's ViT token states come from extraction (model output
+"image_tokens"): N x T x D floats per split while evaluating.
 
 The task of a query or gallery item is its record's extras "task" (the `instruct`
 dataset sets it); records without one form the task "all". A test set holding one task
@@ -155,8 +157,13 @@ class InstructReIDEvaluator(Evaluator):
         if int(getattr(trained, "trained_steps", 1)) == 0:
             # the baseline evaluation before training, or losses never restored (a weights
             # file holds the model only): an untrained ITM head would only shuffle the top-k
-            log.warning(f"{NAME}: the `t2i_matching` loss has not trained (no step yet, or its weights were not "
-                        "restored): this evaluation is not re-ranked (itm_reranked: 0)")
+            if getattr(trainer, "losses_restored", None) is False:  # core eval / tools (core.restore)
+                log.warning(f"{NAME}: itm_rerank needs the trained `t2i_matching` loss's state (fusion encoder, "
+                            "ITM head), which this checkpoint or weights file does not hold: evaluate the run "
+                            "folder or its checkpoints/last.pt; this evaluation is not re-ranked (itm_reranked: 0)")
+            else:
+                log.warning(f"{NAME}: the `t2i_matching` loss has not trained (no step yet): this evaluation "
+                            "is not re-ranked (itm_reranked: 0)")
             self._scorer = None
             self._skipped = True
 

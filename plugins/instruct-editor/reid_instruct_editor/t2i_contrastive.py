@@ -27,8 +27,10 @@ authors' text encoder and text projection), never the image side (ViT, editing b
 CLIP image tower). The trainer binds it at the first training step, after weights are
 restored (core.pipeline.bind_losses); outside a trainer call `bind(model)`. It is saved
 with the loss's state (`momentum.MomentumState`): a resumed run continues the same
-average. Captions with several phrasings: the momentum model reads the phrasing the live
-model drew in the same step (backbone.py `drawn_texts`).
+average. Its copy of the CLIP text tower is one module with `t2i_matching`'s (the
+authors' one momentum model; `momentum.SharedCopy`): one EMA step per training forward.
+Captions with several phrasings: the momentum model reads the phrasing the live model
+drew in the same step (backbone.py `drawn_texts`).
 
 Features: the retrieval embedding ("embedding"), so the space the loss shapes is the
 one a caption query is ranked in (the authors' code uses a separate 256-d image-text
@@ -187,7 +189,9 @@ class T2IContrastiveLoss(MomentumState, Loss):
                  getattr(model.head, "text_projection", None), getattr(model.head, "text_bn", None))
         if live is None or any(a is not b for a, b in zip((live.encoder, live.cls, live.projection, live.bn), parts)):
             side = TextSide(model)
-            self._momentum_model = MomentumCopy(side, self.momentum, skip=side.image_side)
+            # the CLIP text tower's copy is one module with t2i_matching's (momentum.py)
+            self._momentum_model = MomentumCopy(side, self.momentum, skip=side.image_side, shared=("encoder",),
+                                                name=NAME)
         self._adopt_pending_momentum()
 
     @property
@@ -200,7 +204,7 @@ class T2IContrastiveLoss(MomentumState, Loss):
         if self._momentum_model is None:
             raise RuntimeError(f"{NAME}: momentum is {self.momentum} but no model is bound; the trainer binds "
                                "it before the first training step, elsewhere call loss.bind(model) (or set momentum: null)")
-        self._momentum_model.update()
+        self._momentum_model.update(batch)
         out = like.new_zeros(like.shape)
         if texts.any():
             rows = np.flatnonzero(texts)

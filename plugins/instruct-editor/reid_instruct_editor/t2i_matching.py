@@ -48,8 +48,12 @@ gradient) copies the text side the MLM head reads: the CLIP text tower, its toke
 projection, the fusion encoder and the MLM head (the authors' `text_encoder_m`, a BERT
 with its fusion layers and MLM head), never an image encoder; it is saved with the loss's
 state (`momentum.MomentumState`). `momentum: null` drops it and both terms that need it
-(MLM without distillation, no m-RTD). It is a copy of its own: with `t2i_contrastive`
-the CLIP text tower is averaged twice (memory), as the two losses may be used apart.
+(MLM without distillation, no m-RTD). Its CLIP text tower is one module with
+`t2i_contrastive`'s momentum model (the authors keep one momentum model;
+`momentum.SharedCopy`): whichever loss is bound first holds it in its state, and it takes
+one EMA step per training forward, by the first loss that runs (the contrastive loss runs
+in every training forward, so with it the tower follows every step, also those of other
+tasks' batches; the fusion encoder and MLM head step in the forwards with caption pairs).
 
 Total of the authors for the task: 0.5 L_cl + L_pitm + L_mlm + 0.5 L_mrtd (`itm_weight`,
 `mlm_weight`, `mrtd_weight`: 1, 1, 0.5 here; `weight: 0.5` of `t2i_contrastive`). The ITM
@@ -247,7 +251,9 @@ class T2IMatchingLoss(MomentumState, Loss):
             return
         live = self._momentum_model.live if self._momentum_model is not None else None
         if live is None or any(getattr(live, n) is not getattr(side, n) for n in ("encoder", "text_tokens")):
-            self._momentum_model = MomentumCopy(side, self.momentum, skip=side.image_side)
+            # the CLIP text tower's copy is one module with t2i_contrastive's (momentum.py)
+            self._momentum_model = MomentumCopy(side, self.momentum, skip=side.image_side, shared=("encoder",),
+                                                name=NAME)
         self._adopt_pending_momentum()
 
     @property
@@ -295,7 +301,7 @@ class T2IMatchingLoss(MomentumState, Loss):
             return zero + sum(p.sum() * 0.0 for p in self.parameters()), {}
         itm = self.itm_loss(x, text_tok, valid, image_tok, caps, imgs, image_rows, text_rows, batch.pids.to(x.device))
         if self._momentum_model is not None:
-            self._momentum_model.update()  # once per step, before use (the authors' _momentum_update)
+            self._momentum_model.update(batch)  # once per step, before use (the authors' _momentum_update)
         mlm = self.mlm_loss(batch, host_caps, imgs, image_tok)  # the captions read on the host
         total = self.itm_weight * itm + self.mlm_weight * mlm
         parts = {"pitm": itm.detach(), "mlm": mlm.detach()}

@@ -1,8 +1,11 @@
 """Tiny models, worlds and batches for the instruct-editor tests: a 2-block ViT on 32x16
 images and a one-layer CLIP (text and image towers) with random weights."""
 
+import json
+
 import pytest
 import torch
+from PIL import Image
 
 from core.context import BuildContext
 from core.data.table import RecordTable
@@ -74,3 +77,37 @@ def tiny():
     import copy
 
     return copy.deepcopy({"world": TINY_WORLD, "vit": TINY_VIT, "clip": TINY_CLIP})
+
+
+@pytest.fixture
+def authors_lists(tmp_path):
+    """The authors' OmniReID++ datalists in miniature (COCAS+ Real2-like query / gallery
+    lists with clothes templates and attribute texts, a text-to-image training list) under
+    tmp_path / "lists"; returns that root."""
+    root = tmp_path / "lists"
+    for name in ("query/0032_c3_7.jpg", "gallery/0032_c1_2.jpg", "gallery/0040_c2_1.jpg", "clothes/0032_2.jpg",
+                 "clothes/0040_1.jpg", "train/0001_c1_1.jpg"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 16), (10, 120, 200)).save(root / name)
+    (root / "query.txt").write_text("query/0032_c3_7.jpg clothes/0032_2.jpg 32 2 3\n")
+    (root / "gallery.txt").write_text("gallery/0032_c1_2.jpg clothes/0032_2.jpg 32 2 1\n"
+                                      "gallery/0040_c2_1.jpg clothes/0040_1.jpg 40 1 2\n")
+    (root / "query_attr.txt").write_text("query/0032_c3_7.jpg 0032_2 32 2 3\n")
+    (root / "gallery_attr.txt").write_text("gallery/0032_c1_2.jpg 0032_2 32 2 1\ngallery/0040_c2_1.jpg 0040_1 40 1 2\n")
+    (root / "train_t2i.txt").write_text("train/0001_c1_1.jpg 5 1 0\n")
+    (root / "texts.json").write_text(json.dumps({"0032_2": "The person wears a grey hoodie.", "0040_1": "A red coat.",
+                                                 "5": "A man in a blue shirt."}))
+    return root
+
+
+@pytest.fixture
+def joined_sources(authors_lists) -> list[dict]:
+    """`sources:` joining the clothes-template and language-instructed lists of
+    `authors_lists` into one task-free test set."""
+    root = str(authors_lists)
+    return [
+        {"task": "clothes-template", "source": {"dataset": "omnireid", "root": root, "query": "query.txt",
+                                                "gallery": "gallery.txt", "instruction": "image"}},
+        {"task": "language-instructed", "source": {"dataset": "omnireid", "root": root, "query": "query_attr.txt",
+                                                   "gallery": "gallery_attr.txt", "texts": "texts.json",
+                                                   "instruction": "text"}}]

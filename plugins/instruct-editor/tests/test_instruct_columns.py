@@ -4,9 +4,6 @@ the task records its list path builds (the world's `_synthetic`, a source's
 reference), every extra with its value and Python type -- phrasing tuples, render keys,
 booleans; and a source read by a core reader comes from that reader's cache the second time."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 import core.data.layouts.common as common
@@ -18,15 +15,6 @@ TINY_WORLD = {"identities": 3, "test_identities": 2, "render_size": [32, 16]}
 SPLITS = ("train", "query", "gallery")
 
 
-def _sources_tree():
-    spec = importlib.util.spec_from_file_location("instruct_sources_fixture",
-                                                  Path(__file__).with_name("test_instruct_sources.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.tree
-
-
-tree = _sources_tree()
 
 
 def rows(records):
@@ -50,9 +38,8 @@ def test_world_records_are_columns_holding_the_list_path_records():
     ("text-to-image", {"train": "train_t2i.txt", "query": "query_attr.txt", "gallery": "gallery_attr.txt",
                        "texts": "texts.json", "instruction": "text"}),
 ])
-def test_source_records_are_columns_holding_the_list_path_records(tmp_path, task, source):
-    root = tree(tmp_path)
-    data = InstructDataset(task=task, instruction_size=[8, 8], source={"dataset": "omnireid", "root": str(root),
+def test_source_records_are_columns_holding_the_list_path_records(task, source, authors_lists):
+    data = InstructDataset(task=task, instruction_size=[8, 8], source={"dataset": "omnireid", "root": str(authors_lists),
                                                                       **source})
     for split in SPLITS:
         got = data.records(split)
@@ -60,25 +47,18 @@ def test_source_records_are_columns_holding_the_list_path_records(tmp_path, task
         assert rows(got) == rows(source_records(data, split)), split
 
 
-def test_joined_sources_are_columns_holding_the_list_path_records(tmp_path):
-    root = tree(tmp_path)
-    both = InstructDataset(instruction_size=[8, 8], sources=[
-        {"task": "clothes-template", "source": {"dataset": "omnireid", "root": str(root), "query": "query.txt",
-                                                "gallery": "gallery.txt", "instruction": "image"}},
-        {"task": "language-instructed", "source": {"dataset": "omnireid", "root": str(root), "query": "query_attr.txt",
-                                                   "gallery": "gallery_attr.txt", "texts": "texts.json",
-                                                   "instruction": "text"}}])
+def test_joined_sources_are_columns_holding_the_list_path_records(joined_sources):
+    both = InstructDataset(instruction_size=[8, 8], sources=joined_sources)
     for split in ("query", "gallery"):
         got = both.records(split)
         assert isinstance(got, RecordColumns) and len(got) > 0
         assert rows(got) == rows(joined_records(both.parts, split)), split
 
 
-def test_a_source_comes_from_its_readers_cache_the_second_time(tmp_path, monkeypatch):
+def test_a_source_comes_from_its_readers_cache_the_second_time(tmp_path, monkeypatch, authors_lists):
     monkeypatch.setenv("REID_CORE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("REID_CORE_CACHE_MIN_ROWS", "0")
-    root = tree(tmp_path / "data")
-    spec = {"dataset": "omnireid", "root": str(root), "query": "query_attr.txt", "gallery": "gallery_attr.txt",
+    spec = {"dataset": "omnireid", "root": str(authors_lists), "query": "query_attr.txt", "gallery": "gallery_attr.txt",
             "texts": "texts.json", "instruction": "text"}
     first = rows(InstructDataset(task="language-instructed", source=spec).records("gallery"))
     real = common.cached

@@ -4,9 +4,6 @@ give each row the output and the gradient of one process fed the whole batch, wi
 same BatchNorm running statistics on both (the BatchNorms normalise every process's rows
 together; a kind absent from the whole batch leaves its modules untouched everywhere)."""
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -74,14 +71,11 @@ def run_head(rank: int | None) -> dict:
     return results
 
 
-def test_two_processes_normalise_as_one_process(tmp_path):
+def test_two_processes_normalise_as_one_process(tmp_path, torchrun):
     (tmp_path / "test_instruct_head_ddp.py").write_text(Path(__file__).read_text())
     script = tmp_path / "ddp_head.py"
     script.write_text(SCRIPT)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(script), str(tmp_path), str(tmp_path)],
-                          capture_output=True, text=True, timeout=150, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(script, tmp_path, tmp_path, timeout=150)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     single = run_head(None)
     close = {"rtol": 1e-5, "atol": 1e-6}

@@ -118,6 +118,41 @@ def test_the_evaluator_reranks_caption_queries_by_the_itm_score(text_model):
     assert metrics["rank-1"] == pytest.approx(0.0)
 
 
+class TwoLogitMatching(torch.nn.Module):
+    """match logits (image[:, 0, 1], image[:, 0, 0]): both logits of the ITM head set by
+    hand per gallery item, so the match logit and the match probability can disagree."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = torch.nn.Linear(1, 1)
+
+    def match_logits(self, text, valid, image):
+        return torch.stack([image[:, 0, 1], image[:, 0, 0]], dim=1)
+
+
+def test_the_logit_and_the_probability_rank_the_top_k_differently(text_model):
+    """The score (itm_rerank.py, README "Evaluation"): `logit` = the match logit l1 (the
+    authors' `itm_head(...)[:, 1]`, the default), `probability` = exp(l1) / (exp(l0) +
+    exp(l1)), which orders as l1 - l0. Top 3 of the caption (pid 1) by distance: g0, g1, g2:
+
+        item  (l0, l1)   l1   l1 - l0      by logit: g2 (6), g0 (4), g1 (2): positive g1 at rank 3
+        g0    ( 0, 4)     4    4           by probability: g1 (7), g0 (4), g2 (3): g1 at rank 1
+        g1    (-5, 2)     2    7
+        g2    ( 3, 6)     6    3           without re-ranking g1 is at rank 2
+    """
+    query, gallery = feature_sets([4.0, 2.0, 6.0, 0.0])
+    gallery.extras["image_tokens"][:, 0, 1] = torch.tensor([0.0, -5.0, 3.0, 0.0])
+    caption = {}
+    for score in (None, "logit", "probability"):
+        ev = InstructReIDEvaluator(setting="task-specific", ranks=[1], itm_rerank=3,
+                                   **({"itm_score": score} if score else {}))
+        ev.bind(text_model, TwoLogitMatching())
+        caption[score], _ = per_query_ap(ev, query, gallery)
+    assert caption["logit"] == pytest.approx(100 / 3)
+    assert caption["probability"] == pytest.approx(100.0)
+    assert caption[None] == caption["logit"]  # the authors' score is the default
+
+
 def test_itm_scores_are_the_matching_heads_in_evaluation_mode(editor, text_model):
     """Caption tokens through the model's text encoder and projection, the matching loss's
     fusion and head without dropout; `logit` = the match logit, `probability` its softmax."""

@@ -2,9 +2,6 @@
 uneven shards of one global batch end with the same memory on both ranks, equal to one
 process fed the whole batch (the update gathers every process's samples)."""
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -47,15 +44,12 @@ def run_steps(build_ctx, make_batch, rows: slice) -> IRMMemoryLoss:
     return loss
 
 
-def test_two_processes_keep_one_memory_equal_to_a_single_process(tmp_path, build_ctx, make_batch):
+def test_two_processes_keep_one_memory_equal_to_a_single_process(tmp_path, build_ctx, make_batch, torchrun):
     (tmp_path / "test_instruct_memory_ddp.py").write_text(Path(__file__).read_text())
     (tmp_path / "conftest.py").write_text((TESTS / "conftest.py").read_text())
     script = tmp_path / "ddp_memory.py"
     script.write_text(SCRIPT)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(script), str(tmp_path), str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(script, tmp_path, tmp_path, timeout=300)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     single = run_steps(build_ctx, make_batch, slice(0, 7))
     assert torch.equal(ranks[0]["memory"], ranks[1]["memory"]) and torch.equal(ranks[0]["filled"], ranks[1]["filled"])

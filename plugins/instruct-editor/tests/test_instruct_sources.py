@@ -1,34 +1,14 @@
 """`instruct` over a registered dataset (`source:` + `task:`): the paper's sets enter one
 entry each, read by the core's readers (here `omnireid`, the authors' datalists)."""
 
-import json
-
 import pytest
-from PIL import Image
 
 from reid_instruct_editor.dataset import InstructDataset
 
 
-def tree(root):
-    for name in ("query/0032_c3_7.jpg", "gallery/0032_c1_2.jpg", "gallery/0040_c2_1.jpg", "clothes/0032_2.jpg",
-                 "clothes/0040_1.jpg", "train/0001_c1_1.jpg"):
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        Image.new("RGB", (8, 16), (10, 120, 200)).save(root / name)
-    (root / "query.txt").write_text("query/0032_c3_7.jpg clothes/0032_2.jpg 32 2 3\n")
-    (root / "gallery.txt").write_text("gallery/0032_c1_2.jpg clothes/0032_2.jpg 32 2 1\n"
-                                      "gallery/0040_c2_1.jpg clothes/0040_1.jpg 40 1 2\n")
-    (root / "query_attr.txt").write_text("query/0032_c3_7.jpg 0032_2 32 2 3\n")
-    (root / "gallery_attr.txt").write_text("gallery/0032_c1_2.jpg 0032_2 32 2 1\ngallery/0040_c2_1.jpg 0040_1 40 1 2\n")
-    (root / "train_t2i.txt").write_text("train/0001_c1_1.jpg 5 1 0\n")
-    (root / "texts.json").write_text(json.dumps({"0032_2": "The person wears a grey hoodie.", "0040_1": "A red coat.",
-                                                 "5": "A man in a blue shirt."}))
-    return root
-
-
-def test_clothes_template_from_the_authors_lists(tmp_path):
-    root = tree(tmp_path)
+def test_clothes_template_from_the_authors_lists(authors_lists):
     data = InstructDataset(task="clothes-template", instruction_size=[8, 8],
-                           source={"dataset": "omnireid", "root": str(root), "query": "query.txt",
+                           source={"dataset": "omnireid", "root": str(authors_lists), "query": "query.txt",
                                    "gallery": "gallery.txt", "instruction": "image"})
     (q,) = data.records("query")
     assert q.extras["task"] == "clothes-template" and q.extras["instruction_id"] == "ref:clothes/0032_2.jpg"
@@ -37,15 +17,14 @@ def test_clothes_template_from_the_authors_lists(tmp_path):
     assert [r.extras["instruction_id"] for r in g] == ["ref:clothes/0032_2.jpg", "ref:clothes/0040_1.jpg"]
 
 
-def test_language_instructed_and_text_to_image(tmp_path):
-    root = tree(tmp_path)
+def test_language_instructed_and_text_to_image(authors_lists):
     li = InstructDataset(task="language-instructed", source={
-        "dataset": "omnireid", "root": str(root), "query": "query_attr.txt", "gallery": "gallery_attr.txt",
+        "dataset": "omnireid", "root": str(authors_lists), "query": "query_attr.txt", "gallery": "gallery_attr.txt",
         "texts": "texts.json", "instruction": "text"})
     (q,) = li.records("query")
     assert q.extras["instruction"] == "the person wears a grey hoodie" and q.extras["instruction_id"] == "ref:0032_2"
     t2i = InstructDataset(task="text-to-image", source={
-        "dataset": "omnireid", "root": str(root), "train": "train_t2i.txt", "query": "query_attr.txt",
+        "dataset": "omnireid", "root": str(authors_lists), "train": "train_t2i.txt", "query": "query_attr.txt",
         "gallery": "gallery_attr.txt", "texts": "texts.json", "instruction": "text"})
     train = t2i.records("train")
     assert [r.extras["text_query"] for r in train] == [False, True]
@@ -54,25 +33,18 @@ def test_language_instructed_and_text_to_image(tmp_path):
     assert not any(r.extras["text_query"] for r in t2i.records("gallery"))
 
 
-def test_source_errors_are_named(tmp_path):
-    root = tree(tmp_path)
+def test_source_errors_are_named(authors_lists):
     with pytest.raises(ValueError, match="needs `task`"):
-        InstructDataset(source={"dataset": "omnireid", "root": str(root), "query": "query.txt"})
+        InstructDataset(source={"dataset": "omnireid", "root": str(authors_lists), "query": "query.txt"})
     with pytest.raises(ValueError, match="no extras 'instruction_image'"):
-        InstructDataset(task="clothes-template", source={"dataset": "omnireid", "root": str(root),
+        InstructDataset(task="clothes-template", source={"dataset": "omnireid", "root": str(authors_lists),
                                                          "query": "query.txt"}).records("query")
     with pytest.raises(ValueError, match="mapping with a `dataset`"):
         InstructDataset(task="traditional", source="market1501")
 
 
-def test_sources_join_several_sets_into_one_task_free_test_set(tmp_path):
-    root = tree(tmp_path)
-    both = InstructDataset(instruction_size=[8, 8], sources=[
-        {"task": "clothes-template", "source": {"dataset": "omnireid", "root": str(root), "query": "query.txt",
-                                                "gallery": "gallery.txt", "instruction": "image"}},
-        {"task": "language-instructed", "source": {"dataset": "omnireid", "root": str(root), "query": "query_attr.txt",
-                                                   "gallery": "gallery_attr.txt", "texts": "texts.json",
-                                                   "instruction": "text"}}])
+def test_sources_join_several_sets_into_one_task_free_test_set(joined_sources):
+    both = InstructDataset(instruction_size=[8, 8], sources=joined_sources)
     gallery = both.records("gallery")
     assert [r.extras["task"] for r in gallery] == ["clothes-template"] * 2 + ["language-instructed"] * 2
     assert [r.pid for r in gallery] == [32, 40, 32 + 41, 40 + 41]  # the second set's identities offset past the first's

@@ -1,7 +1,9 @@
 """The momentum text model of `t2i_contrastive` (ALBEF / RaSa / the Instruct-ReID authors:
 theta_m <- m theta_m + (1 - m) theta over their text encoder and text projection): a copy
 of the text side only, an exact moving average, never reached by gradient, and saved with
-the loss so that a resumed run ends with the momentum weights of an uninterrupted one.
+the loss so that a resumed run ends with the momentum weights of an uninterrupted one;
+one copy of the CLIP text tower for it and `t2i_matching` (the authors' one momentum
+model), stepped once per training forward.
 
 References: a plain loop for the average; a deep copy of the *whole* model, averaged
 parameter by parameter, for the features (the text side must compute what the model's
@@ -10,6 +12,7 @@ own text-only path computes)."""
 import copy
 import io
 import math
+import weakref
 
 import pytest
 import torch
@@ -19,6 +22,7 @@ from core.pipeline import ReIDModel, bind_losses
 from reid_instruct_editor.backbone import InstructEditor
 from reid_instruct_editor.head import InstructHead
 from reid_instruct_editor.t2i_contrastive import T2IContrastiveLoss
+from reid_instruct_editor.t2i_matching import T2IMatchingLoss
 
 CAPTIONS = ["a man in a red coat and blue jeans", "a woman with a black bag and white shoes",
             "a child wearing a green shirt", "a tall man with a grey backpack"]
@@ -285,3 +289,144 @@ def test_the_momentum_model_reads_the_phrasing_the_live_model_drew(build, make_b
         assert any(d != p[0] for d, p in zip(drawn, phrasings))  # the check below can tell the first apart
         loss(out, batch)
     torch.testing.assert_close(loss.text_queue[:4], F.normalize(out["embedding"][4:], dim=1), atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ one tower for both losses
+def both_losses(ctx, momentum=0.9, matching_momentum=None):
+    """t2i_contrastive and t2i_matching (no dropout), in the order of the pipelines."""
+    contrastive = T2IContrastiveLoss(ctx, queue_size=16, momentum=momentum).train()
+    matching = T2IMatchingLoss(ctx, layers=1, heads=2, dropout=0.0,
+                               momentum=momentum if matching_momentum is None else matching_momentum).train()
+    return torch.nn.ModuleList([contrastive, matching])
+
+
+def other_task_batch(make_batch, seed):
+    """A batch of another task: no caption pairs (the matching loss returns early)."""
+    batch = make_batch(["do not change clothes"] * 4, pids=[0, 1, 0, 1], seed=seed)
+    batch.extras["task"] = ["traditional"] * 4
+    return batch
+
+
+def joint_steps(model, losses, optimizer, kinds, make_batch, first=0):
+    """Training steps of both losses; `kinds`: "t2i" or "other" per step. Returns each
+    step's loss values (contrastive, matching)."""
+    values = []
+    for step, kind in enumerate(kinds, start=first):
+        torch.manual_seed(100 + step)
+        batch = t2i_batch(make_batch, seed=step) if kind == "t2i" else other_task_batch(make_batch, step)
+        out = model(batch)
+        parts = [loss(out, batch)[0] for loss in losses]
+        optimizer.zero_grad()
+        sum(parts).backward()
+        optimizer.step()
+        values.append([float(p.detach()) for p in parts])
+    return values
+
+
+def joint_run(build, seed=0, momentum=0.9):
+    model, ctx = build(seed)
+    losses = both_losses(ctx, momentum)
+    optimizer = torch.optim.SGD([*model.parameters(), *losses.parameters()], lr=0.5)
+    return model, losses, optimizer
+
+
+def test_both_losses_read_one_text_tower_stepped_once_per_forward(build, make_batch):
+    """One module; its average = a plain loop taking one step per training forward (batches
+    of another task included: the contrastive loss runs there), not one per loss."""
+    model, losses, optimizer = joint_run(build)
+    bind_losses(model, losses)
+    contrastive, matching = losses
+    tower = contrastive.momentum_model.copy.encoder
+    assert matching.momentum_model.copy.encoder is tower
+    assert tower.clip.visual is None
+    live = model.backbone.instruction
+    expect = {n: p.detach().clone() for n, p in tower.named_parameters()}  # the live weights at bind time
+    for step, kind in enumerate(["t2i", "other", "t2i"]):
+        now = dict(live.named_parameters())
+        for n in expect:  # the step of this forward, towards the weights it reads
+            expect[n] = 0.9 * expect[n] + 0.1 * now[n].detach()
+        joint_steps(model, losses, optimizer, [kind], make_batch, first=step)
+    for n, p in tower.named_parameters():
+        torch.testing.assert_close(p, expect[n], rtol=0, atol=1e-6, msg=n)
+    assert not torch.equal(tower.clip.token_embedding.weight, live.clip.token_embedding.weight)
+
+
+def test_the_tower_is_saved_once_and_a_resume_is_exact(build, make_batch):
+    """The first loss bound saves the tower (its `encoder.*` keys, as before); the other its
+    own parts only. Save after two steps, resume into other weights: the same end, bit for bit."""
+    model, losses, optimizer = joint_run(build)
+    bind_losses(model, losses)
+    kinds = ["t2i", "other", "t2i", "t2i"]
+    joint_steps(model, losses, optimizer, kinds[:2], make_batch)
+    state = losses.state_dict()
+    saved = [state[f"{i}._extra_state"]["momentum_copy"] for i in (0, 1)]
+    assert any(k.startswith("encoder.") for k in saved[0]) and any(k.startswith("cls.") for k in saved[0])
+    assert not any(k.startswith("encoder.") for k in saved[1]) and any(k.startswith("fusion.") for k in saved[1])
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "losses": state, "optimizer": optimizer.state_dict()}, buffer)
+    straight = joint_steps(model, losses, optimizer, kinds[2:], make_batch, first=2)
+
+    resumed, resumed_losses, resumed_opt = joint_run(build, seed=1)  # other initial weights
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    resumed.load_state_dict(loaded["model"])
+    resumed_losses.load_state_dict(loaded["losses"])
+    resumed_opt.load_state_dict(loaded["optimizer"])
+    bind_losses(resumed, resumed_losses)  # the trainer binds after restoring
+    again = joint_steps(resumed, resumed_losses, resumed_opt, kinds[2:], make_batch, first=2)
+    assert again == straight
+    for a, b in zip(losses, resumed_losses):
+        for (k, x), (_, y) in zip(sorted(a.momentum_model.state_dict().items()),
+                                  sorted(b.momentum_model.state_dict().items())):
+            assert torch.equal(x, y), k
+
+
+def test_a_checkpoint_of_two_towers_loads_keeping_the_first(build, make_batch):
+    """Written when each loss kept its own tower: the matching loss's `encoder.*` keys are
+    left out, the contrastive loss's tower is the one restored."""
+    model, losses, optimizer = joint_run(build)
+    bind_losses(model, losses)
+    joint_steps(model, losses, optimizer, ["t2i"], make_batch)
+    state = losses.state_dict()
+    first, second = (state[f"{i}._extra_state"]["momentum_copy"] for i in (0, 1))
+    second.update({k: torch.zeros_like(v) for k, v in first.items() if k.startswith("encoder.")})
+    fresh, fresh_losses, _ = joint_run(build, seed=1)
+    fresh.load_state_dict(model.state_dict())
+    fresh_losses.load_state_dict(state)
+    bind_losses(fresh, fresh_losses)
+    tower = fresh_losses[1].momentum_model.copy.encoder
+    for n, p in tower.named_parameters():
+        assert torch.equal(p, first["encoder." + n]), n
+
+
+def test_sharing_changes_no_loss_where_the_two_copies_stepped_alike(build, make_batch, monkeypatch):
+    """Two towers (as before: one per loss) against one: with a caption pair in every
+    forward both old towers took the same steps from the same weights, and every loss is
+    the same to the bit. With a batch of another task between, the old matching tower
+    missed that step (the contrastive one did not): the matching loss differs after it."""
+    from reid_instruct_editor import momentum
+
+    def losses_of(kinds, separate):
+        model, losses, optimizer = joint_run(build)
+        if separate:  # each loss finds no tower to share: the two-copy code
+            for loss in losses:
+                monkeypatch.setattr(momentum, "_SHARED", weakref.WeakKeyDictionary())
+                loss.bind(model)
+            assert losses[0].momentum_model.copy.encoder is not losses[1].momentum_model.copy.encoder
+        else:
+            bind_losses(model, losses)
+        return joint_steps(model, losses, optimizer, kinds, make_batch)
+
+    alike = ["t2i", "t2i", "t2i"]
+    assert losses_of(alike, separate=True) == losses_of(alike, separate=False)
+    mixed = ["t2i", "other", "t2i"]
+    one, two = losses_of(mixed, separate=False), losses_of(mixed, separate=True)
+    assert [s[0] for s in one] == [s[0] for s in two]  # the contrastive loss reads the tower it always read
+    assert one[:2] == two[:2] and one[2][1] != two[2][1]
+
+
+def test_the_two_losses_must_share_one_momentum(build):
+    model, ctx = build()
+    losses = both_losses(ctx, momentum=0.9, matching_momentum=0.99)
+    with pytest.raises(ValueError, match="t2i_matching.*momentum 0.99 differs from 0.9 of loss 't2i_contrastive'"):
+        bind_losses(model, losses)

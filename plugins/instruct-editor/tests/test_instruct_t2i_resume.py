@@ -3,25 +3,19 @@ stage and resumed ends with the momentum copies (t2i_contrastive's text model an
 t2i_matching's text + fusion + MLM model) of an uninterrupted run, bit for bit. Before
 the copies were checkpointed, a resume restarted them from the live weights."""
 
+import json
+import logging
 from pathlib import Path
 
 import pytest
 import torch
 
-from core.runner import run
+from core.runner import evaluate_run, run
 from core.training.checkpoint import load_checkpoint
+from reid_instruct_editor.testing import TINY_TWIN
 
 PIPELINE = Path(__file__).resolve().parents[3] / "pipelines" / "irm++_synthetic.yaml"
-WORLD = "{identities: 8, test_identities: 6, images_per_identity: 8, render_size: [32, 16]}"
-TINY = [f"data.train.0.world={WORLD}", f"data.test.0.world={WORLD}",
-        "data.train.0.instruction_size=[16, 16]", "data.test.0.instruction_size=[16, 16]",
-        "data.transform.size=[32, 16]", "data.transform.pad=2", "sampler.batch_size=16",
-        "backbone.model_kwargs={patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}",
-        "backbone.clip_config={embed_dim: 32, vision_cfg: {image_size: 16, patch_size: 8, width: 32, layers: 1, "
-        "head_width: 16}, text_cfg: {context_length: 48, vocab_size: 49408, width: 32, heads: 2, layers: 1}}",
-        "stages.0.epochs=1", "stages.1.epochs=1", "stages.0.schedule.warmup_epochs=0",
-        "stages.1.schedule.warmup_epochs=0", "trainer.eval_every=0", "trainer.eval_before=false",
-        "trainer.progress=false", "trainer.num_workers=0", "trainer.device=cpu"]
+TINY = list(TINY_TWIN)  # the twin of tests/test_irm_pipeline.py: seconds on a CPU
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -64,3 +58,34 @@ def test_a_run_evaluates_with_itm_reranking(tmp_path):
     # image-query tasks are untouched by the re-ranking (same training, same seed)
     assert result.metrics["instruct/traditional/mAP"] == pytest.approx(plain.metrics["instruct/traditional/mAP"])
     assert result.metrics["instruct/free/traditional/mAP"] == pytest.approx(plain.metrics["instruct/free/traditional/mAP"])
+
+
+def _last_eval(run_dir):
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if r.get("event") == "eval"][-1]
+
+
+def test_core_eval_of_a_run_reranks_as_its_last_evaluation(tmp_path, caplog):
+    """`core eval` restores the losses' state from the checkpoint (the trained fusion
+    encoder and ITM head): its re-ranked metrics are the trainer's last evaluation's. A
+    checkpoint without the losses' state evaluates without re-ranking and says, in one
+    line, that re-ranking needs it."""
+    result = run(PIPELINE, [*TINY, "evaluator.itm_rerank=4"], run_dir=tmp_path / "rr")
+    logged = _last_eval(result.run_dir)
+    assert logged["instruct/itm_reranked"] == 1.0
+    again = evaluate_run(result.run_dir)
+    assert again["instruct/itm_reranked"] == 1.0
+    for key in ("instruct/text-to-image/mAP", "instruct/text-to-image/rank-1", "instruct/free/text-to-image/mAP",
+                "instruct/free/text-to-image/rank-1", "instruct/traditional/mAP"):
+        assert again[key] == pytest.approx(logged[key], abs=1e-6), key
+
+    state = load_checkpoint(result.run_dir / "checkpoints" / "last.pt")
+    del state["losses"]
+    bare = result.run_dir / "checkpoints" / "model_only.pt"
+    torch.save(state, bare)
+    with caplog.at_level(logging.WARNING):
+        caplog.clear()
+        plain = evaluate_run(bare)
+    assert plain["instruct/itm_reranked"] == 0.0
+    said = [r.getMessage() for r in caplog.records if "itm_rerank needs" in r.getMessage()]
+    assert len(said) == 1 and "\n" not in said[0] and "checkpoints/last.pt" in said[0]
