@@ -90,14 +90,16 @@ class Batch:
     def keep_host_copies(self) -> "Batch":
         """Keep a host copy of every label field and every per-sample integer or bool extra
         (shape (B,)) that is on the CPU (`collate` calls this, before the batch goes to
-        the device): a numpy view of the CPU tensor, so an in-place change of that tensor
-        shows in both. Returns the batch itself."""
+        the device). A copy, not a view of the tensor's memory: a DataLoader worker sends
+        the batch through `share_memory_()`, which moves the tensor's storage and frees the
+        old one, so a view would read freed memory (the CI failure of a twin test reading a
+        camera id of 94245762545962). Returns the batch itself."""
         n = len(self)
         names = [*LABEL_FIELDS, *(k for k in self.extras if k not in LABEL_FIELDS)]
         for name in names:
             value = self._value(name)
             if _is_host_label(value, n):
-                self.host_copies[name] = (value, value.detach().numpy())
+                self.host_copies[name] = (value, value.detach().numpy().copy())
         return self
 
     def host(self, name: str) -> "np.ndarray":
@@ -107,7 +109,7 @@ class Batch:
         selections that read it make no host sync (issue 19, item 9). A field without a
         copy (a batch built by hand, a field replaced after collate) is read from its
         value: a host sync when that is a tensor on a GPU. An in-place change of a field
-        after the batch went to a GPU does not reach the copy: replace the field instead."""
+        after collate does not reach the copy: replace the field instead."""
         import numpy as np
 
         value = self._value(name)
