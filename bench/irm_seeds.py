@@ -1,6 +1,7 @@
 """Instruct-ReID's CPU twins over several training seeds: per task and setting, mean and
-95% t interval of mAP, mAP-tau and rank-1 (and the untrained model, evaluated before
-training in the same runs), the numbers of plugins/instruct-editor/README.md.
+95% t interval of mAP, mAP-tau and rank-1, the untrained model (evaluated before training
+in the same runs) and the paired difference trained - untrained, the numbers of
+plugins/instruct-editor/README.md.
 
     OMP_NUM_THREADS=1 python bench/irm_seeds.py --pipeline pipelines/irm_synthetic.yaml \
         --seeds 0 1 2 3 4 --out runs/irm-seeds            # one run after another
@@ -14,24 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 TASKS = ("traditional", "clothes-changing", "clothes-template", "visible-infrared", "text-to-image",
          "language-instructed")
 METRICS = ("mAP", "mAP_tau", "rank-1")
-
-
-def t_interval(values: list[float]) -> tuple[float, float]:
-    """(mean, half-width of the 95% Student t interval)."""
-    from scipy import stats
-
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, float("nan")
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
 
 
 def find(metrics: dict[str, float], key: str) -> float | None:
@@ -41,25 +29,42 @@ def find(metrics: dict[str, float], key: str) -> float | None:
 
 
 def summarise(out: Path) -> str:
+    """Per task and setting: mean and 95% t interval of each metric after training, the
+    untrained model's mAP (evaluated before training in the same run), and the paired
+    difference trained - untrained over the seeds (`core.statistics.compare_paired`: mean,
+    t interval, paired t-test p and the exact sign-flip p)."""
+    from core.statistics import compare_paired, summarize
+
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    seeds = [r["seed"] for r in rows]
-    lines = [f"seeds {seeds} (n = {len(rows)}); mean ± 95% t half-width, in %", ""]
+    rows = list({r["seed"]: r for r in rows}.values())  # a seed run twice: its last run
+    seeds = sorted(r["seed"] for r in rows)
+    lines = [f"seeds {seeds} (n = {len(rows)}); mean [95% t interval], in %; trained - untrained: "
+             "paired over the seeds (t-test p, exact sign-flip p)", ""]
+
+    def cell(values: list[float]) -> str:
+        s = summarize(values)
+        if s.n == 0:
+            return "—"
+        return f"{s.mean:.1f}" if s.low is None else f"{s.mean:.1f} [{s.low:.1f}, {s.high:.1f}]"
+
     for prefix, title in (("", "task-specific"), ("free/", "task-free")):
         lines.append(f"{title}:")
-        lines.append("| task | " + " | ".join(f"untrained {m}" for m in METRICS[:1]) + " | " +
-                     " | ".join(METRICS) + " |")
-        lines.append("|---" * (2 + len(METRICS)) + "|")
+        lines.append("| task | untrained mAP | " + " | ".join(METRICS) + " | mAP trained - untrained | p (t) | p (sign-flip) |")
+        lines.append("|---" * (5 + len(METRICS)) + "|")
         for task in TASKS + ("mean",):
-            cells = []
-            for stage, metric in [("before", "mAP")] + [("after", m) for m in METRICS]:
+            def per_seed(stage: str, metric: str) -> dict[int, float]:
                 key = f"{prefix}{task}/{metric}" if task != "mean" else f"{prefix}{metric}"
-                values = [find(r[stage], key) for r in rows]
-                values = [v for v in values if v is not None]
-                if not values:
-                    cells.append("—")
-                    continue
-                mean, half = t_interval(values)
-                cells.append(f"{mean:.1f} ± {half:.1f}")
+                found = {r["seed"]: find(r[stage], key) for r in rows}
+                return {seed: v for seed, v in found.items() if v is not None}
+
+            before = per_seed("before", "mAP")
+            cells = [cell(list(before.values()))] + [cell(list(per_seed("after", m).values())) for m in METRICS]
+            paired = compare_paired(before, per_seed("after", "mAP"))
+            if paired.n >= 2:
+                cells += [f"{paired.mean:+.1f} [{paired.low:+.1f}, {paired.high:+.1f}]", f"{paired.p_t:.2g}",
+                          f"{paired.p_sign_flip:.2g}"]
+            else:
+                cells += ["—", "—", "—"]
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

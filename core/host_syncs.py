@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from typing import Iterator
+import threading
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -28,6 +29,11 @@ SYNC_OPS = frozenset({
 })
 #: Python-level reads that copy data to the host (no ATen op on a CPU tensor)
 SYNC_METHODS = frozenset({"tolist", "numpy", "cpu"})
+
+if TYPE_CHECKING:
+    import numpy as np
+
+_HOST_READ = threading.local()  # inside host_array: its read of a host tensor is no sync
 
 
 class _Counts:
@@ -67,7 +73,7 @@ class _Function(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
-        if name in SYNC_METHODS:
+        if name in SYNC_METHODS and not getattr(_HOST_READ, "active", False):
             self.counts.by_op[name] += 1
         return func(*args, **(kwargs or {}))
 
@@ -79,3 +85,17 @@ def count_host_syncs() -> Iterator[_Counts]:
     counts = _Counts()
     with _Function(counts), _Dispatch(counts):
         yield counts
+
+
+def host_array(tensor: torch.Tensor) -> "np.ndarray":
+    """A tensor that was made on the host and never went to a device (a tokenizer's output,
+    a draw of the CPU generator) as a numpy array: on any device no sync, so
+    `count_host_syncs` does not count it (on the CPU it cannot tell such a tensor from a
+    device one). A tensor on a device is refused: reading it would be the sync."""
+    if tensor.device.type != "cpu":
+        raise ValueError(f"host_array reads host tensors only; this one is on {tensor.device} (a host sync)")
+    _HOST_READ.active = True
+    try:
+        return tensor.detach().numpy()
+    finally:
+        _HOST_READ.active = False

@@ -50,6 +50,7 @@ from torch import nn
 
 from core.context import BuildContext
 from core.data.loading import mix_seed
+from core.host_syncs import host_array
 from core.interfaces import Backbone
 from core.models.timm_backbone import TimmBackbone
 from core.records import Batch, device_index, host_to_device
@@ -128,11 +129,13 @@ class InstructEditor(Backbone):
         # count of training forwards (a buffer: checkpointed, so a resumed run draws on)
         self.phrase_seed = torch.initial_seed()
         self.register_buffer("phrase_draws", torch.zeros((), dtype=torch.int64))
+        self._host_draws = 0  # its host mirror: `drawn_texts` reads the count without a host sync
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         # checkpoints written before the draw counter existed load with the counter at 0
         state_dict.setdefault(prefix + "phrase_draws", torch.zeros((), dtype=torch.int64))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._host_draws = int(state_dict[prefix + "phrase_draws"])  # at load time, not in a step
 
     # ---------------------------------------------------------------- instructions
     def encode_instructions(self, batch: Batch, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -156,6 +159,7 @@ class InstructEditor(Backbone):
         if self.training:
             with torch.no_grad():
                 self.phrase_draws += 1
+            self._host_draws += 1
         if image_rows:
             stack = torch.stack([_row_image(images, picked[i]) for i in image_rows]).to(device)
             parts.append((image_rows, self.instruction.encode_image(stack), self.image_tokens))
@@ -196,15 +200,15 @@ class InstructEditor(Backbone):
     def drawn_texts(self, batch: Batch, rows: list[int]) -> list[str]:
         """The phrasing each of `rows` read in this step's training forward (the draw of
         `_draw_phrasings`, made again with the counter before that forward's increment):
-        what a momentum text model must read to give targets for the same caption."""
+        what a momentum text model must read to give targets for the same caption. Computed
+        on the host (the indices' host copy, the counter's host mirror): no host sync."""
         texts = batch.require("instruction", NAME)
         options = [_phrasings(texts[r], r) for r in rows]
         if not rows or max(len(o) for o in options) == 1:
             return [o[0] for o in options]
-        at = torch.as_tensor(rows, dtype=torch.long, device=batch.indices.device)
-        choice = _phrasing_choice(batch.indices.index_select(0, at), self.phrase_draws.to(at.device) - 1,
-                                  self.phrase_seed)
-        return [o[c % len(o)] for o, c in zip(options, choice.tolist())]
+        index = torch.as_tensor(np.asarray(batch.host("indices"))[np.asarray(rows, dtype=np.int64)])
+        choice = host_array(_phrasing_choice(index, self._host_draws - 1, self.phrase_seed))
+        return [o[int(c) % len(o)] for o, c in zip(options, choice)]
 
     def _draw_phrasings(self, batch: Batch, rows: list[int]) -> torch.Tensor:
         """(len(rows), L) tokens of one phrasing per row (training): a row whose instruction

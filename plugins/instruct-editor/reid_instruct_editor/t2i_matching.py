@@ -76,7 +76,8 @@ from torch import nn
 from core.context import BuildContext
 from core.interfaces import Loss, read_output
 from core.pipeline import ReIDModel
-from core.records import Batch, device_index
+from core.host_syncs import host_array
+from core.records import Batch, device_index, host_to_device
 from reid_instruct_editor.momentum import MomentumCopy, MomentumState
 from reid_instruct_editor.rows import host_image_rows
 from reid_instruct_editor.tasks import TEXT_TO_IMAGE
@@ -123,31 +124,35 @@ def mask_tokens(tokens: torch.Tensor, maskable: torch.Tensor, mask_id: int, voca
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's masking: (masked tokens, chosen (bool)). Each maskable position is chosen with
     `probability`; a chosen one becomes `mask_id` (80 %), a random id in [vocab) (10 %) or
-    stays (10 %)."""
+    stays (10 %). Drawn by the CPU generator; masks applied by `where` (no selection: no
+    host sync where `tokens` is on a GPU)."""
     def draw(p: float) -> torch.Tensor:
         return torch.rand(tokens.shape, generator=generator, device="cpu").to(tokens.device) < p
 
     chosen = draw(probability) & maskable
     replaced = draw(0.8) & chosen
     randomised = draw(0.5) & chosen & ~replaced
-    out = tokens.clone()
-    out[replaced] = mask_id
     random_ids = torch.randint(vocab[0], vocab[1], tokens.shape, generator=generator).to(tokens.device)
-    out[randomised] = random_ids[randomised]
-    return out, chosen
+    out = torch.where(replaced, torch.full_like(tokens, mask_id), tokens)
+    return torch.where(randomised, random_ids, out), chosen
+
+
+def sample_rows(weights: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One column per row of `weights` (n, m) >= 0, drawn with probability proportional to
+    the row: argmax_j w_j / q_j with q_j ~ Exp(1) (the exponential race, the algorithm of
+    `torch.multinomial(w, 1)` itself, without its host-side validity check: no host sync on
+    a GPU). A row of zeros gives column 0; callers keep such rows out."""
+    race = torch.empty_like(weights, dtype=torch.float32).exponential_(1, generator=generator)
+    return (weights.float() / race).argmax(dim=1)
 
 
 def hard_negatives(sim: torch.Tensor, same: torch.Tensor, generator: torch.Generator | None = None
                    ) -> torch.Tensor:
     """For each row of `sim` (n, m) an index drawn with probability softmax(sim) over the
-    columns where `same` is False; -1 for a row without such a column."""
+    columns where `same` is False. Every row must have such a column: the caller keeps the
+    others out (on the host, from the identities' host copy: no host sync)."""
     weights = F.softmax(sim.float(), dim=1).masked_fill(same, 0.0)
-    ok = weights.sum(dim=1) > 0
-    picks = torch.full((sim.shape[0],), -1, dtype=torch.long, device=sim.device)
-    if bool(ok.any()):
-        drawn = torch.multinomial(weights[ok].cpu(), 1, generator=generator).squeeze(1)
-        picks[ok] = drawn.to(sim.device)
-    return picks
+    return sample_rows(weights, generator)
 
 
 class MatchingSide(nn.Module):
@@ -171,8 +176,9 @@ class MatchingSide(nn.Module):
         return self.fusion(self.text_tokens(states), valid, image)
 
     def forward(self, tokens: torch.Tensor, image: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-        """(k, V) MLM logits at the positions `at` (n, L) bool."""
-        return self.mlm_decoder(self.mlm_transform(self.fused(tokens, image)[at]))
+        """(k, V) MLM logits at the positions `at`: flat indices into (n, L), int64 (taken
+        on the host: a boolean selection would be a host sync)."""
+        return self.mlm_decoder(self.mlm_transform(_rows_at(self.fused(tokens, image), at)))
 
 
 class T2IMatchingLoss(MomentumState, Loss):
@@ -295,11 +301,12 @@ class T2IMatchingLoss(MomentumState, Loss):
         image_tok = read_output(outputs, "image_tokens", NAME, HINT)
         with torch.no_grad():
             self.trained_steps += 1
-        host_caps, *_ = rows = self.host_pairs(outputs, batch)
-        caps, imgs, image_rows, text_rows = (device_index(r, batch.pids.device) for r in rows)
-        if len(caps) == 0:
+        rows = self.host_pairs(outputs, batch)
+        host_caps = rows[0]
+        if len(host_caps) == 0:
             return zero + sum(p.sum() * 0.0 for p in self.parameters()), {}
-        itm = self.itm_loss(x, text_tok, valid, image_tok, caps, imgs, image_rows, text_rows, batch.pids.to(x.device))
+        imgs = device_index(rows[1], x.device)
+        itm = self.itm_loss(x, text_tok, valid, image_tok, rows, batch.host("pids"))
         if self._momentum_model is not None:
             self._momentum_model.update(batch)  # once per step, before use (the authors' _momentum_update)
         mlm = self.mlm_loss(batch, host_caps, imgs, image_tok)  # the captions read on the host
@@ -311,40 +318,43 @@ class T2IMatchingLoss(MomentumState, Loss):
             parts["mrtd"] = mrtd.detach()
         return total, parts
 
-    def itm_loss(self, x, text_tok, valid, image_tok, caps, imgs, image_rows, text_rows, pids) -> torch.Tensor:
+    def itm_loss(self, x, text_tok, valid, image_tok, rows, pids) -> torch.Tensor:
         """p-ITM: positives (caption, paired image); one hard negative image per caption and
-        one hard negative caption per paired image, never of the same identity."""
+        one hard negative caption per paired image, never of the same identity. `rows`:
+        (caps, imgs, image_rows, text_rows) as host arrays; which rows have a negative (a
+        row of another identity among the candidates) is decided on the host from the
+        identities' host copy, the draw on the device: no host sync."""
+        device = x.device
+        caps, imgs, image_rows, text_rows = (device_index(r, device) for r in rows)
         f = F.normalize(x.float(), dim=1)
-        with torch.no_grad():
-            neg_img = hard_negatives(f[caps] @ f[image_rows].t() / self.temperature,
-                                     pids[caps][:, None] == pids[image_rows][None, :])
-            neg_txt = hard_negatives(f[imgs] @ f[text_rows].t() / self.temperature,
-                                     pids[imgs][:, None] == pids[text_rows][None, :])
-        t_rows = [caps]
-        i_rows = [imgs]
-        ok = neg_img >= 0
-        t_rows.append(caps[ok])
-        i_rows.append(image_rows[neg_img[ok]])
-        ok = neg_txt >= 0
-        t_rows.append(text_rows[neg_txt[ok]])
-        i_rows.append(imgs[ok])
+        t_rows, i_rows = [caps], [imgs]
+        for anchors, candidates, anchor_side in ((rows[0], rows[2], "text"), (rows[1], rows[3], "image")):
+            other = pids[anchors][:, None] != pids[candidates][None, :]  # host
+            keep = np.flatnonzero(other.any(axis=1))
+            if len(keep) == 0:
+                continue
+            a, c = device_index(anchors[keep], device), device_index(candidates, device)
+            with torch.no_grad():
+                drawn = c[hard_negatives(f[a] @ f[c].t() / self.temperature, host_to_device(~other[keep], device))]
+            t_rows.append(a if anchor_side == "text" else drawn)
+            i_rows.append(drawn if anchor_side == "text" else a)
         t_all, i_all = torch.cat(t_rows), torch.cat(i_rows)
-        labels = torch.zeros(len(t_all), dtype=torch.long, device=x.device)
-        labels[: len(caps)] = 1
+        labels = (torch.arange(len(t_all), device=device) < len(caps)).long()
         logits = self.match_logits(text_tok[t_all], valid[t_all], image_tok[i_all])
         return F.cross_entropy(logits.float(), labels)
 
-    def _captions(self, batch: Batch, caps: torch.Tensor | np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _captions(self, batch: Batch, caps: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens (n, L), maskable (n, L): not start-, end-of-text or padding) of the captions
-        (rows `caps`: a host array reads no device value)."""
+        of rows `caps`, on the host (CPU tensors: the masking and the positions it selects
+        are decided there, no host sync)."""
         if not self._model:
             raise RuntimeError(f"{NAME}: no model is bound for masked language modelling; the trainer binds it "
                                "before the first training step, elsewhere call loss.bind(model)")
         encoder = self._model[0].backbone.instruction
         texts = batch.require("instruction", NAME)
-        tokens = encoder.tokenize([_first(texts[int(r)]) for r in caps.tolist()], device)
+        tokens = encoder.tokenize([_first(texts[int(r)]) for r in caps.tolist()], torch.device("cpu"))
         eot = tokens.argmax(dim=1)
-        positions = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
+        positions = torch.arange(tokens.shape[1])[None, :]
         return tokens, (positions > 0) & (positions < eot[:, None])
 
     def _momentum(self) -> MomentumCopy:
@@ -357,45 +367,60 @@ class T2IMatchingLoss(MomentumState, Loss):
         # every parameter in the graph (DDP: no unused parameter)
         return image_tok.sum() * 0.0 + sum(p.sum() * 0.0 for m in modules for p in m.parameters())
 
-    def mlm_loss(self, batch: Batch, caps: torch.Tensor, imgs: torch.Tensor, image_tok: torch.Tensor) -> torch.Tensor:
+    def mlm_loss(self, batch: Batch, caps: torch.Tensor | np.ndarray, imgs: torch.Tensor,
+                 image_tok: torch.Tensor) -> torch.Tensor:
         """MLM: the chosen tokens of each caption, predicted through the fusion encoder from
         the masked caption (re-encoded by the live text encoder) and its paired image; with
         a momentum model, 0.4 of the target is its prediction (module docstring)."""
-        tokens, maskable = self._captions(batch, caps, image_tok.device)
-        sot = int(tokens[0, 0])
+        device = image_tok.device
+        tokens, maskable = self._captions(batch, caps)
+        sot = int(host_array(tokens)[0, 0])
         masked, chosen = mask_tokens(tokens, maskable, mask_id=sot, vocab=(1, sot), probability=self.mlm_probability)
-        if not bool(chosen.any()):
+        chosen = host_array(chosen)
+        if not chosen.any():
             return self._unused(image_tok, self.mlm_decoder, self.mlm_transform)
-        image = image_tok[imgs]
-        logits = self._side[0](masked, image, chosen).float()
-        loss = F.cross_entropy(logits, tokens[chosen])
+        at = device_index(np.flatnonzero(chosen), device)
+        masked, image = host_to_device(host_array(masked), device), image_tok[imgs]
+        logits = self._side[0](masked, image, at).float()
+        loss = F.cross_entropy(logits, host_to_device(host_array(tokens)[chosen], device))
         if self.mlm_distill > 0:
-            soft = F.softmax(self._momentum()(masked, image.detach(), chosen).float(), dim=-1)  # no gradient
+            soft = F.softmax(self._momentum()(masked, image.detach(), at).float(), dim=-1)  # no gradient
             distill = -(soft * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
             loss = (1.0 - self.mlm_distill) * loss + self.mlm_distill * distill
         return loss
 
-    def mrtd_loss(self, batch: Batch, caps: torch.Tensor, imgs: torch.Tensor, image_tok: torch.Tensor) -> torch.Tensor:
+    def mrtd_loss(self, batch: Batch, caps: torch.Tensor | np.ndarray, imgs: torch.Tensor,
+                  image_tok: torch.Tensor) -> torch.Tensor:
         """m-RTD (module docstring): mask, let the momentum model fill the masked positions
-        (or every position, `mrtd_resample: all`) by sampling, detect the replaced tokens."""
-        tokens, maskable = self._captions(batch, caps, image_tok.device)
-        sot = int(tokens[0, 0])
+        (or every position, `mrtd_resample: all`) by sampling, detect the replaced tokens.
+        Positions are chosen on the host and the fill is drawn on the device (no host sync)."""
+        device = image_tok.device
+        tokens, maskable = self._captions(batch, caps)
+        sot = int(host_array(tokens)[0, 0])
         masked, chosen = mask_tokens(tokens, maskable, mask_id=sot, vocab=(1, sot), probability=self.mrtd_probability)
-        image = image_tok[imgs]
-        fill = maskable if self.mrtd_resample == "all" else chosen
+        fill = host_array(maskable if self.mrtd_resample == "all" else chosen)
+        host_tokens = host_array(tokens)
+        tokens, masked, image = host_to_device(host_tokens, device), host_to_device(host_array(masked), device), \
+            image_tok[imgs]
         corrupt = tokens.clone()
-        if bool(fill.any()):
+        if fill.any():
+            at = device_index(np.flatnonzero(fill), device)
             with torch.no_grad():
-                logits = self._momentum()(masked, image.detach(), fill).float()
+                logits = self._momentum()(masked, image.detach(), at).float()
                 logits[:, sot:] = float("-inf")  # ordinary tokens only: start-, end-of-text delimit a caption
                 logits[:, 0] = float("-inf")  # padding
-                corrupt[fill] = torch.multinomial(F.softmax(logits, dim=-1), 1).squeeze(1)
-        eot = tokens.argmax(dim=1)
-        positions = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
-        detect = (positions > 0) & (positions <= eot[:, None])  # after the start token, end-of-text included
-        fused = self._side[0].fused(corrupt, image)
-        logits = self.mrtd_head(fused[detect]).float()
-        return F.cross_entropy(logits, (corrupt != tokens)[detect].long())
+                corrupt.view(-1).index_copy_(0, at, sample_rows(F.softmax(logits, dim=-1)))
+        eot = host_tokens.argmax(axis=1)
+        positions = np.arange(host_tokens.shape[1])[None, :]
+        detect = device_index(np.flatnonzero((positions > 0) & (positions <= eot[:, None])), device)
+        # after the start token, end-of-text included
+        logits = self.mrtd_head(_rows_at(self._side[0].fused(corrupt, image), detect)).float()
+        return F.cross_entropy(logits, (corrupt != tokens).view(-1).index_select(0, detect).long())
+
+
+def _rows_at(states: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """The (k, D) states at the flat positions `at` of (n, L, D) `states`."""
+    return states.flatten(0, 1).index_select(0, at)
 
 
 def _first(value) -> str:

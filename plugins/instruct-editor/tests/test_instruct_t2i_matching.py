@@ -34,8 +34,9 @@ def test_hard_negatives_never_pick_the_same_identity_and_follow_the_softmax():
     expect = torch.softmax(sim, dim=1).masked_fill(same, 0)
     expect = expect / expect.sum(dim=1, keepdim=True)
     assert torch.allclose(counts / 4000, expect, atol=0.03)
-    lonely = hard_negatives(torch.zeros(2, 2), torch.ones(2, 2, dtype=torch.bool))
-    assert lonely.tolist() == [-1, -1]  # no other identity: no negative
+    only = torch.tensor([[True, False, True], [False, True, True]])  # one other identity per row
+    for _ in range(50):
+        assert hard_negatives(torch.randn(2, 3, generator=g) * 5, only, generator=g).tolist() == [1, 0]
 
 
 def test_bert_masking_rates():
@@ -110,13 +111,34 @@ def test_pitm_equals_a_hand_computation(matched, make_batch):
     batch = t2i_batch(make_batch).select(torch.tensor([True, True, False, True, True, False]))
     out = model(batch)
     value = loss.itm_loss(out["embedding"], out["instruction_tokens"], out["instruction_valid"].bool(),
-                          out["image_tokens"], *loss.pairs(out, batch), batch.pids)
+                          out["image_tokens"], loss.host_pairs(out, batch), batch.host("pids"))
     # rows: images 0 (pid 0), 1 (pid 1); captions 2 (pid 0), 3 (pid 1)
     pairs = [(2, 0, 1), (3, 1, 1), (2, 1, 0), (3, 0, 0), (3, 0, 0), (2, 1, 0)]
+    assert math.isclose(float(value.detach()), pitm_by_hand(loss, out, pairs), rel_tol=1e-4)
+
+
+def pitm_by_hand(loss, out, pairs):
+    """Mean cross-entropy of the matching head over (caption row, image row, label)."""
     logits = [loss.match_logits(out["instruction_tokens"][t:t + 1], out["instruction_valid"][t:t + 1].bool(),
                                 out["image_tokens"][i:i + 1])[0].tolist() for t, i, _ in pairs]
-    expect = mean_cross_entropy(logits, [label for _, _, label in pairs])
-    assert math.isclose(float(value.detach()), expect, rel_tol=1e-4)
+    return mean_cross_entropy(logits, [label for _, _, label in pairs])
+
+
+def test_pitm_leaves_out_a_pair_without_another_identity(matched, make_batch):
+    """Images of people 0 and 1, two captions of person 0: each caption's negative image is
+    person 1's; no caption of another person exists, so the paired image (person 0's) gets
+    no negative caption: that pair is left out, never drawn from the image's own identity."""
+    model, loss, _ = matched
+    batch = make_batch(["retrieve the described person"] * 2 + ["a man in a red coat", "a man with a cap"],
+                       pids=[0, 1, 0, 0], text_query=[False, False, True, True])
+    batch.extras["task"] = ["text-to-image"] * 4
+    out = model(batch)
+    caps, imgs, _, _ = loss.host_pairs(out, batch)
+    assert caps.tolist() == [2, 3] and imgs.tolist() == [0, 0]
+    value = loss.itm_loss(out["embedding"], out["instruction_tokens"], out["instruction_valid"].bool(),
+                          out["image_tokens"], loss.host_pairs(out, batch), batch.host("pids"))
+    pairs = [(2, 0, 1), (3, 0, 1), (2, 1, 0), (3, 1, 0)]
+    assert math.isclose(float(value.detach()), pitm_by_hand(loss, out, pairs), rel_tol=1e-4)
 
 
 def test_mlm_predicts_the_original_tokens_at_the_chosen_positions(matched, make_batch):

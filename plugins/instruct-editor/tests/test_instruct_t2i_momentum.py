@@ -291,6 +291,33 @@ def test_the_momentum_model_reads_the_phrasing_the_live_model_drew(build, make_b
     torch.testing.assert_close(loss.text_queue[:4], F.normalize(out["embedding"][4:], dim=1), atol=1e-5, rtol=1e-5)
 
 
+def test_drawn_texts_after_a_loaded_draw_counter_name_what_the_forward_read_without_a_host_sync(build, make_batch):
+    """The draw counter is checkpointed (a resumed run draws on): after loading a state with
+    the counter at 5, `drawn_texts` (on the host: the indices' host copy and the counter's
+    host mirror, no host sync) names the phrasings the next training forward encoded."""
+    from core.host_syncs import count_host_syncs
+
+    model, _ = build()
+    state = model.state_dict()
+    state["backbone.phrase_draws"] = torch.tensor(5)
+    model.load_state_dict(state)
+    phrasings = [tuple(f"{c} (phrasing {k})" for k in range(4)) for c in CAPTIONS[:4]]
+    batch = make_batch(["retrieve the described person"] * 4 + phrasings, pids=[0, 1, 2, 3] * 2,
+                       text_query=[False] * 4 + [True] * 4, seed=0)
+    batch.extras["task"] = ["text-to-image"] * 8
+    batch.indices = torch.arange(100, 108)
+    batch.keep_host_copies()  # as collate makes it
+    encoder = model.backbone.instruction
+    read, encode = [], encoder.encode_text
+    encoder.encode_text = lambda tokens: read.append(tokens) or encode(tokens)
+    with torch.no_grad():
+        model(batch)
+    with count_host_syncs() as syncs:
+        drawn = model.backbone.drawn_texts(batch, [4, 5, 6, 7])
+    assert syncs.total == 0, syncs.by_op
+    assert torch.equal(read[0][4:], encoder.tokenize(drawn, torch.device("cpu")))  # rows 4-7: the captions
+
+
 # ------------------------------------------------------------------ one tower for both losses
 def both_losses(ctx, momentum=0.9, matching_momentum=None):
     """t2i_contrastive and t2i_matching (no dropout), in the order of the pipelines."""
