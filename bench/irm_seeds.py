@@ -6,6 +6,8 @@ plugins/instruct-editor/README.md.
     OMP_NUM_THREADS=1 python bench/irm_seeds.py --pipeline pipelines/irm_synthetic.yaml \
         --seeds 0 1 2 3 4 --out runs/irm-seeds            # one run after another
     python bench/irm_seeds.py --summarise runs/irm-seeds    # the table again from the runs
+    python bench/irm_seeds.py --summarise runs/irm++-seeds --against runs/irm-seeds
+                                     # irm++ - irm per task, paired by seed (same budget)
 
 The world (its seed) stays fixed; `seed` (initialisation, sampling, augmentation) varies.
 Each run's final metrics are appended to <out>/metrics.jsonl as {"seed", "metrics"}.
@@ -35,8 +37,7 @@ def summarise(out: Path) -> str:
     t interval, paired t-test p and the exact sign-flip p)."""
     from core.statistics import compare_paired, summarize
 
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    rows = list({r["seed"]: r for r in rows}.values())  # a seed run twice: its last run
+    rows = _rows(out)
     seeds = sorted(r["seed"] for r in rows)
     lines = [f"seeds {seeds} (n = {len(rows)}); mean [95% t interval], in %; trained - untrained: "
              "paired over the seeds (t-test p, exact sign-flip p)", ""]
@@ -70,6 +71,33 @@ def summarise(out: Path) -> str:
     return "\n".join(lines)
 
 
+def _rows(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return list({r["seed"]: r for r in rows}.values())  # a seed run twice: its last run
+
+
+def compare(out: Path, baseline: Path, metric: str = "mAP") -> str:
+    """`metric` after training of the runs in `out` minus those in `baseline`, per task and
+    setting, paired by seed (`core.statistics.compare_paired`): both must be trained on the
+    same budget for the difference to mean anything."""
+    from core.statistics import compare_paired
+
+    rows, base = _rows(out), _rows(baseline)
+    lines = [f"{out} - {baseline}, {metric} after training, paired by seed; mean [95% t interval], in %", "",
+             "| setting | task | n | difference | p (t) | p (sign-flip) |", "|---|---|---|---|---|---|"]
+    for prefix, title in (("", "task-specific"), ("free/", "task-free")):
+        for task in TASKS + ("mean",):
+            key = f"{prefix}{task}/{metric}" if task != "mean" else f"{prefix}{metric}"
+            values = [{r["seed"]: find(r["after"], key) for r in runs} for runs in (rows, base)]
+            row, ref = ({s: v for s, v in x.items() if v is not None} for x in values)
+            d = compare_paired(ref, row)
+            if d.n < 2:
+                continue
+            lines.append(f"| {title} | {task} | {d.n} | {d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}] | "
+                         f"{d.p_t:.2g} | {d.p_sign_flip:.2g} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", default="pipelines/irm_synthetic.yaml")
@@ -77,9 +105,10 @@ def main() -> None:
     parser.add_argument("--out", default="runs/irm-seeds")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--summarise", metavar="OUT", help="only print the table of an earlier --out")
+    parser.add_argument("--against", metavar="BASELINE", help="with --summarise: OUT - BASELINE, paired by seed")
     args = parser.parse_args()
     if args.summarise:
-        print(summarise(Path(args.summarise)))
+        print(compare(Path(args.summarise), Path(args.against)) if args.against else summarise(Path(args.summarise)))
         return
     from core.runner import run
 
