@@ -230,16 +230,16 @@ def _is_host_label(value: Any, n: int) -> bool:
 
 def host_to_device(array: "np.ndarray", device: "torch.device | str") -> "torch.Tensor":
     """A host array as a tensor on `device`, copied without a host sync: from page-locked
-    memory with `non_blocking` on a GPU (from pageable memory the copy would wait)."""
+    memory with `non_blocking` on a GPU (from pageable memory the copy would wait). The
+    array is copied first (small: rows, labels, masks), so the tensor never aliases it."""
     import numpy as np
     import torch
 
-    array = np.asarray(array)
-    tensor = torch.from_numpy(array if array.flags.writeable else array.copy())
+    tensor = torch.from_numpy(np.array(array))  # a copy: writeable, and no attribute dynamo cannot trace
     device = torch.device(device)
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)  # on the CPU: the array's memory
+    return tensor.to(device)
 
 
 def device_index(rows: Any, device: "torch.device | str") -> "torch.Tensor":
