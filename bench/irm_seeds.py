@@ -30,6 +30,14 @@ def find(metrics: dict[str, float], key: str) -> float | None:
     return hits[0] if hits else None
 
 
+def per_seed(rows: list[dict], stage: str, prefix: str, task: str, metric: str) -> dict[int, float]:
+    """seed -> `metric` of `task` ("mean": over tasks) in setting `prefix` ("" task-specific,
+    "free/" task-free) at `stage` ("before" / "after" training), for the runs that have it."""
+    key = f"{prefix}{task}/{metric}" if task != "mean" else f"{prefix}{metric}"
+    found = {r["seed"]: find(r[stage], key) for r in rows}
+    return {seed: v for seed, v in found.items() if v is not None}
+
+
 def summarise(out: Path) -> str:
     """Per task and setting: mean and 95% t interval of each metric after training, the
     untrained model's mAP (evaluated before training in the same run), and the paired
@@ -53,14 +61,10 @@ def summarise(out: Path) -> str:
         lines.append("| task | untrained mAP | " + " | ".join(METRICS) + " | mAP trained - untrained | p (t) | p (sign-flip) |")
         lines.append("|---" * (5 + len(METRICS)) + "|")
         for task in TASKS + ("mean",):
-            def per_seed(stage: str, metric: str) -> dict[int, float]:
-                key = f"{prefix}{task}/{metric}" if task != "mean" else f"{prefix}{metric}"
-                found = {r["seed"]: find(r[stage], key) for r in rows}
-                return {seed: v for seed, v in found.items() if v is not None}
-
-            before = per_seed("before", "mAP")
-            cells = [cell(list(before.values()))] + [cell(list(per_seed("after", m).values())) for m in METRICS]
-            paired = compare_paired(before, per_seed("after", "mAP"))
+            before = per_seed(rows, "before", prefix, task, "mAP")
+            cells = [cell(list(before.values()))] + \
+                [cell(list(per_seed(rows, "after", prefix, task, m).values())) for m in METRICS]
+            paired = compare_paired(before, per_seed(rows, "after", prefix, task, "mAP"))
             if paired.n >= 2:
                 cells += [f"{paired.mean:+.1f} [{paired.low:+.1f}, {paired.high:+.1f}]", f"{paired.p_t:.2g}",
                           f"{paired.p_sign_flip:.2g}"]
@@ -87,10 +91,7 @@ def compare(out: Path, baseline: Path, metric: str = "mAP") -> str:
              "| setting | task | n | difference | p (t) | p (sign-flip) |", "|---|---|---|---|---|---|"]
     for prefix, title in (("", "task-specific"), ("free/", "task-free")):
         for task in TASKS + ("mean",):
-            key = f"{prefix}{task}/{metric}" if task != "mean" else f"{prefix}{metric}"
-            values = [{r["seed"]: find(r["after"], key) for r in runs} for runs in (rows, base)]
-            row, ref = ({s: v for s, v in x.items() if v is not None} for x in values)
-            d = compare_paired(ref, row)
+            d = compare_paired(per_seed(base, "after", prefix, task, metric), per_seed(rows, "after", prefix, task, metric))
             if d.n < 2:
                 continue
             lines.append(f"| {title} | {task} | {d.n} | {d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}] | "

@@ -8,6 +8,10 @@ identical files.
     python bench/step_fingerprint.py --out after.pt
     python bench/step_fingerprint.py --compare before.pt after.pt
 
+Run both with OMP_NUM_THREADS=1: with two threads the CLIP text tower's gradients of the
+irm twins' text-to-image batch differ run to run (~2e-7 relative, the order of a
+multithreaded sum), so two runs of the same code would not be identical.
+
 To fingerprint an older commit with this venv: `git worktree add /tmp/base <commit>` and
 run this script with PYTHONPATH=/tmp/base:/tmp/base/plugins/<each plugin> (ahead of the
 editable installs).

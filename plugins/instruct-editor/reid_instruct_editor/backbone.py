@@ -206,7 +206,7 @@ class InstructEditor(Backbone):
         options = [_phrasings(texts[r], r) for r in rows]
         if not rows or max(len(o) for o in options) == 1:
             return [o[0] for o in options]
-        index = torch.as_tensor(np.asarray(batch.host("indices"))[np.asarray(rows, dtype=np.int64)])
+        index = torch.as_tensor(batch.host("indices")[np.asarray(rows, dtype=np.int64)])
         choice = host_array(_phrasing_choice(index, self._host_draws - 1, self.phrase_seed))
         return [o[int(c) % len(o)] for o, c in zip(options, choice)]
 

@@ -328,12 +328,13 @@ class T2IMatchingLoss(MomentumState, Loss):
         caps, imgs, image_rows, text_rows = (device_index(r, device) for r in rows)
         f = F.normalize(x.float(), dim=1)
         t_rows, i_rows = [caps], [imgs]
-        for anchors, candidates, anchor_side in ((rows[0], rows[2], "text"), (rows[1], rows[3], "image")):
+        for anchors, candidates, c, anchor_side in ((rows[0], rows[2], image_rows, "text"),
+                                                    (rows[1], rows[3], text_rows, "image")):
             other = pids[anchors][:, None] != pids[candidates][None, :]  # host
             keep = np.flatnonzero(other.any(axis=1))
             if len(keep) == 0:
                 continue
-            a, c = device_index(anchors[keep], device), device_index(candidates, device)
+            a = device_index(anchors[keep], device)
             with torch.no_grad():
                 drawn = c[hard_negatives(f[a] @ f[c].t() / self.temperature, host_to_device(~other[keep], device))]
             t_rows.append(a if anchor_side == "text" else drawn)
@@ -343,10 +344,12 @@ class T2IMatchingLoss(MomentumState, Loss):
         logits = self.match_logits(text_tok[t_all], valid[t_all], image_tok[i_all])
         return F.cross_entropy(logits.float(), labels)
 
-    def _captions(self, batch: Batch, caps: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tokens (n, L), maskable (n, L): not start-, end-of-text or padding) of the captions
-        of rows `caps`, on the host (CPU tensors: the masking and the positions it selects
-        are decided there, no host sync)."""
+    def _masked_captions(self, batch: Batch, caps: torch.Tensor | np.ndarray, probability: float
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+        """BERT masking (`mask_tokens`) of the captions of rows `caps`, all on the host (the
+        masking and the positions it selects are decided there: no host sync): (tokens (n,
+        L), maskable (n, L): not start-, end-of-text or padding, masked tokens, chosen, the
+        start-of-text id, which is also the mask id and the end of the ordinary vocabulary)."""
         if not self._model:
             raise RuntimeError(f"{NAME}: no model is bound for masked language modelling; the trainer binds it "
                                "before the first training step, elsewhere call loss.bind(model)")
@@ -355,7 +358,11 @@ class T2IMatchingLoss(MomentumState, Loss):
         tokens = encoder.tokenize([_first(texts[int(r)]) for r in caps.tolist()], torch.device("cpu"))
         eot = tokens.argmax(dim=1)
         positions = torch.arange(tokens.shape[1])[None, :]
-        return tokens, (positions > 0) & (positions < eot[:, None])
+        maskable = (positions > 0) & (positions < eot[:, None])
+        host_tokens = host_array(tokens)
+        sot = int(host_tokens[0, 0])
+        masked, chosen = mask_tokens(tokens, maskable, mask_id=sot, vocab=(1, sot), probability=probability)
+        return host_tokens, host_array(maskable), host_array(masked), host_array(chosen), sot
 
     def _momentum(self) -> MomentumCopy:
         if self._momentum_model is None:
@@ -373,16 +380,13 @@ class T2IMatchingLoss(MomentumState, Loss):
         the masked caption (re-encoded by the live text encoder) and its paired image; with
         a momentum model, 0.4 of the target is its prediction (module docstring)."""
         device = image_tok.device
-        tokens, maskable = self._captions(batch, caps)
-        sot = int(host_array(tokens)[0, 0])
-        masked, chosen = mask_tokens(tokens, maskable, mask_id=sot, vocab=(1, sot), probability=self.mlm_probability)
-        chosen = host_array(chosen)
+        tokens, _, masked, chosen, _ = self._masked_captions(batch, caps, self.mlm_probability)
         if not chosen.any():
             return self._unused(image_tok, self.mlm_decoder, self.mlm_transform)
         at = device_index(np.flatnonzero(chosen), device)
-        masked, image = host_to_device(host_array(masked), device), image_tok[imgs]
+        masked, image = host_to_device(masked, device), image_tok[imgs]
         logits = self._side[0](masked, image, at).float()
-        loss = F.cross_entropy(logits, host_to_device(host_array(tokens)[chosen], device))
+        loss = F.cross_entropy(logits, host_to_device(tokens[chosen], device))
         if self.mlm_distill > 0:
             soft = F.softmax(self._momentum()(masked, image.detach(), at).float(), dim=-1)  # no gradient
             distill = -(soft * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
@@ -395,13 +399,9 @@ class T2IMatchingLoss(MomentumState, Loss):
         (or every position, `mrtd_resample: all`) by sampling, detect the replaced tokens.
         Positions are chosen on the host and the fill is drawn on the device (no host sync)."""
         device = image_tok.device
-        tokens, maskable = self._captions(batch, caps)
-        sot = int(host_array(tokens)[0, 0])
-        masked, chosen = mask_tokens(tokens, maskable, mask_id=sot, vocab=(1, sot), probability=self.mrtd_probability)
-        fill = host_array(maskable if self.mrtd_resample == "all" else chosen)
-        host_tokens = host_array(tokens)
-        tokens, masked, image = host_to_device(host_tokens, device), host_to_device(host_array(masked), device), \
-            image_tok[imgs]
+        host_tokens, maskable, masked, chosen, sot = self._masked_captions(batch, caps, self.mrtd_probability)
+        fill = maskable if self.mrtd_resample == "all" else chosen
+        tokens, masked, image = host_to_device(host_tokens, device), host_to_device(masked, device), image_tok[imgs]
         corrupt = tokens.clone()
         if fill.any():
             at = device_index(np.flatnonzero(fill), device)
