@@ -128,7 +128,7 @@ class Step:
     def __init__(self, name: str, table: dict, device: torch.device, precision: str, out_dir: Path,
                  batch_size: int | None = None) -> None:
         from core.config.loading import dump, load_pipeline
-        from core.data.loading import ImageSamples, collate
+        from core.data.loading import ImageSamples
         from core.interfaces import Episode
         from core.pipeline import build_pipeline
         from core.training import precision as P
@@ -151,7 +151,7 @@ class Step:
         plan = next(iter(p.sampler))
         indices, roles = (plan.indices, plan.roles) if isinstance(plan, Episode) else (plan, [0] * len(plan))
         samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
-        self.batch = collate([samples[(i, 0, r)] for i, r in zip(indices, roles)]).to(device)
+        self.batch = p.collate()([samples[(i, 0, r)] for i, r in zip(indices, roles)]).to(device)
         params = [q for q in self.net.parameters() if q.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
         self.scaler = P.grad_scaler(device, precision)

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from core.config.loading import load_pipeline  # noqa: E402
-from core.data.loading import ImageSamples, collate  # noqa: E402
+from core.data.loading import ImageSamples  # noqa: E402
 from core.interfaces import Episode  # noqa: E402
 from core.pipeline import bind_losses, build_pipeline  # noqa: E402
 from pipeline_twins import PIPELINES, TRAINER, TWINS, twin_config  # noqa: E402
@@ -44,7 +44,7 @@ def first_batch(p):
     plan = next(iter(p.sampler))
     indices, roles = (plan.indices, plan.roles) if isinstance(plan, Episode) else (plan, [0] * len(plan))
     samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
-    return collate([samples[(i, 0, r)] for i, r in zip(indices, roles)])
+    return p.collate()([samples[(i, 0, r)] for i, r in zip(indices, roles)])
 
 
 def where(reason) -> str:

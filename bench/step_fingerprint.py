@@ -8,6 +8,10 @@ identical files.
     python bench/step_fingerprint.py --out after.pt
     python bench/step_fingerprint.py --compare before.pt after.pt
 
+Batches are made as the trainer makes them (`Pipeline.collate`: collate, then the
+components' batch preparers, e.g. instruct-editor's tokens); `--plain-collate` collates by
+hand (the path of tools and tests that build batches themselves).
+
 Run both with OMP_NUM_THREADS=1: with two threads the CLIP text tower's gradients of the
 irm twins' text-to-image batch differ run to run (~2e-7 relative, the order of a
 multithreaded sum), so two runs of the same code would not be identical.
@@ -39,7 +43,7 @@ BASELINES = {name: ["data.train.0.identities=8", "data.train.0.test_identities=4
              for name in ("agw_synthetic", "bot_synthetic", "sbs_synthetic", "transreid_synthetic")}
 
 
-def fingerprint(name: str, folder: Path, batches: int = 1) -> dict[str, torch.Tensor]:
+def fingerprint(name: str, folder: Path, batches: int = 1, plain: bool = False) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     cfg = load_pipeline(PIPELINES / f"{name}.yaml", [*BASELINES[name], *TRAINER]) if name in BASELINES \
         else load_pipeline(twin_config(name, folder))
@@ -48,12 +52,13 @@ def fingerprint(name: str, folder: Path, batches: int = 1) -> dict[str, torch.Te
     p.loss_modules().train()
     bind_losses(model, p.loss_modules())
     samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
+    make = collate if plain else p.collate()  # the trainer's: collate + the components' batch preparers
     out: dict[str, torch.Tensor] = {}
     plans = iter(p.sampler)
     for b in range(batches):  # the step of each of the first `batches` batches (no optimizer step between)
         plan = next(plans)
         indices, roles = (plan.indices, plan.roles) if isinstance(plan, Episode) else (plan, [0] * len(plan))
-        batch = collate([samples[(i, 0, r)] for i, r in zip(indices, roles)])
+        batch = make([samples[(i, 0, r)] for i, r in zip(indices, roles)])
         out.update({f"batch{b}/{k}": v for k, v in _step(p, model, batch).items()})
     return out
 
@@ -85,6 +90,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--twins", nargs="*", default=sorted(TWINS) + sorted(BASELINES))
     parser.add_argument("--batches", type=int, default=1, help="the first N batches (irm: one per task)")
+    parser.add_argument("--plain-collate", action="store_true",
+                        help="batches collated by hand (no batch preparers: irm tokenizes in the step)")
     parser.add_argument("--out")
     parser.add_argument("--compare", nargs=2)
     args = parser.parse_args()
@@ -103,7 +110,7 @@ def main() -> None:
     result = {}
     with tempfile.TemporaryDirectory() as folder:
         for name in args.twins:
-            result[name] = fingerprint(name, Path(folder), args.batches)
+            result[name] = fingerprint(name, Path(folder), args.batches, args.plain_collate)
             print(f"{name}: {len(result[name])} tensors")
     torch.save(result, args.out)
 

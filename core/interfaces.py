@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -125,6 +125,17 @@ class Backbone(nn.Module):
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def batch_preparer(self) -> Callable[[Batch], None] | None:
+        """Host work on each batch, done in the data loader's workers after collate (the
+        trainer's `PreparedCollate`), not in the training step: a callable that adds
+        per-sample extras to the batch (e.g. text tokenized into an int64 (B, ...) tensor,
+        with `Batch.keep_host_copy` for what the step reads on the host), or None. The
+        forward must give the same result on a batch that was not prepared (tools that
+        collate by hand). Heads and losses may define it too. Picklable (spawned
+        workers). Issue 19: tokenizing in the step is host work between the device's
+        kernels and a graph break under torch.compile."""
+        return None
 
 
 class Head(nn.Module):

@@ -23,6 +23,7 @@ from core.config.loading import ConfigError, LoadedConfig
 from core.config.schema import TOP_LEVEL_KEYS, StageConfig, TrainerConfig
 from core.config.validation import build_dataclass, describe, validate_params
 from core.context import BuildContext
+from core.data.loading import PreparedCollate, batch_preparers
 from core.data.table import RecordTable
 from core.data.transforms import build_transform
 from core.interfaces import Dataset, Evaluator, Sampler
@@ -117,6 +118,11 @@ class Pipeline:
             for term in terms:
                 seen.setdefault(id(term.module), term.module)
         return nn.ModuleList(seen.values())
+
+    def collate(self) -> PreparedCollate:
+        """The training and evaluation loaders' `collate_fn`: collate, then the batch
+        preparers of the backbone, head and losses (`Backbone.batch_preparer`)."""
+        return PreparedCollate(batch_preparers([self.model.backbone, self.model.head, *self.loss_modules()]))
 
 
 def resolve_device(name: str) -> torch.device:

@@ -102,6 +102,21 @@ class Batch:
                 self.host_copies[name] = (value, value.detach().numpy().copy())
         return self
 
+    def keep_host_copy(self, name: str) -> "Batch":
+        """Keep a host copy of the per-sample field `name` of any shape (B, ...): an
+        integer or bool CPU tensor that a batch preparer (`Backbone.batch_preparer`) added,
+        e.g. token ids the training step reads on the host. `keep_host_copies` takes only
+        (B,) fields, so that large per-sample arrays are not copied unasked."""
+        value = self._value(name)
+        if value is None:
+            self.require(name, "Batch.keep_host_copy")
+        if not _is_host_label(value, len(self), any_shape=True):
+            raise ValueError(f"Batch.keep_host_copy: field '{name}' must be an integer or bool CPU tensor with "
+                             f"{len(self)} rows (one per sample), got {type(value).__name__} "
+                             f"{tuple(getattr(value, 'shape', ()))}")
+        self.host_copies[name] = (value, value.detach().numpy().copy())
+        return self
+
     def host(self, name: str) -> "np.ndarray":
         """The per-sample field `name` (a label field such as "pids" or "roles", or an
         extra) as a numpy array on the host. `collate` keeps a copy before the batch goes
@@ -220,12 +235,13 @@ class Batch:
         return self._carry_host_copies(Batch(**self._fields(pick)), keep)
 
 
-def _is_host_label(value: Any, n: int) -> bool:
-    """A CPU tensor of shape (n,) holding integers or bools."""
+def _is_host_label(value: Any, n: int, any_shape: bool = False) -> bool:
+    """A CPU tensor of shape (n,) (with `any_shape`, (n, ...)) holding integers or bools."""
     if not (hasattr(value, "device") and hasattr(value, "dtype") and hasattr(value, "shape")):
         return False
-    return value.device.type == "cpu" and tuple(value.shape) == (n,) and \
-        (not value.dtype.is_floating_point and not value.dtype.is_complex)
+    shape = tuple(value.shape)
+    rows = len(shape) >= 1 and shape[0] == n if any_shape else shape == (n,)
+    return value.device.type == "cpu" and rows and (not value.dtype.is_floating_point and not value.dtype.is_complex)
 
 
 def host_to_device(array: "np.ndarray", device: "torch.device | str") -> "torch.Tensor":

@@ -131,7 +131,7 @@ def validate(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[str, A
 
     from core.parameter_check import check_parameter_patterns, check_patterns_on_meta
     from core.data.device_normalise import finish_on_device
-    from core.data.loading import ImageSamples, collate
+    from core.data.loading import ImageSamples
     from core.pipeline import build_pipeline, resolve_device
     from core.training.checkpoint import seed_everything
     from core.training.trainer import TrainingModule
@@ -150,7 +150,7 @@ def validate(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[str, A
     indices = plan.indices if hasattr(plan, "indices") else plan
     roles = plan.roles if hasattr(plan, "roles") else [0] * len(indices)
     samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
-    batch = collate([samples[(i, 0, r)] for i, r in zip(indices, roles)]).to(device)
+    batch = p.collate()([samples[(i, 0, r)] for i, r in zip(indices, roles)]).to(device)
     batch = finish_on_device(batch, p.train_transform)  # uint8 training images: normalised here
     outputs = model(batch)
     values = {}

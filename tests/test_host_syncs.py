@@ -60,7 +60,7 @@ def _first_batch(p):
     plan = next(iter(p.sampler))
     indices, roles = (plan.indices, plan.roles) if isinstance(plan, Episode) else (plan, [0] * len(plan))
     samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
-    return collate([samples[(i, 0, r)] for i, r in zip(indices, roles)])
+    return p.collate()([samples[(i, 0, r)] for i, r in zip(indices, roles)])
 
 
 @pytest.mark.parametrize("name", sorted(TWINS) + sorted(BASELINES))
@@ -91,10 +91,17 @@ def _step_syncs(p, model, batch) -> dict[str, int]:
     return seen
 
 
-def test_irm_step_of_every_task_within_budget(tmp_path, one_torch_thread):
+def _no_tokenizer(*args, **kwargs):
+    raise AssertionError("the training step tokenized text that the loader had tokenized")
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["loader-tokens", "collated-by-hand"])
+def test_irm_step_of_every_task_within_budget(tmp_path, one_torch_thread, prepared, monkeypatch):
     """`task_pk` batches hold one task each: the step of every task's batch (the text-to-
     image one runs the T2I branch: queues, caption pairs, momentum captions, p-ITM, MLM and
-    m-RTD) makes no host sync."""
+    m-RTD) makes no host sync, with the instructions tokenized in the loader (the trainer's
+    collate: then the step runs no tokenizer at all) or, for a batch collated by hand, in
+    the step."""
     p = build_pipeline(load_pipeline(twin_config("irm_synthetic", tmp_path)), echo=lambda *a, **k: None)
     model = p.model.train()
     p.loss_modules().train()
@@ -102,7 +109,11 @@ def test_irm_step_of_every_task_within_budget(tmp_path, one_torch_thread):
     samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
     seen = {}
     for plan, _ in zip(p.sampler, range(len(p.sampler.tasks))):
-        batch = collate([samples[(i, 0, 0)] for i in plan])
+        batch = (p.collate() if prepared else collate)([samples[(i, 0, 0)] for i in plan])
+        if prepared:  # every tokenizer call of the step (backbone, momentum copies, MLM) fails
+            from reid_instruct_editor.instruction_encoder import InstructionEncoder
+
+            monkeypatch.setattr(InstructionEncoder, "tokenize", _no_tokenizer)
         seen[batch.extras["task"][0]] = _step_syncs(p, model, batch)
     assert len(seen) == 6, sorted(seen)
     for task, syncs in seen.items():

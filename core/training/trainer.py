@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from core.data.device_normalise import finish_on_device
-from core.data.loading import ImageSamples, collate, mix_seed
+from core.data.loading import ImageSamples, mix_seed
 from core.evaluation.features import FeatureWriter, features_tensor, open_features
 from core.interfaces import Episode, FeatureSet, read_output
 from core.pipeline import LossTerm, Pipeline, ReIDModel, bind_losses, resolve_device
@@ -211,6 +211,8 @@ class Trainer:
         seed_everything(pipeline.seed)
         set_deterministic(self.cfg.deterministic)  # issue 20: off by default (costs speed on the GPU)
         self.net = TrainingModule(pipeline.model, pipeline.loss_modules())
+        # host work of the components (tokenizing, ...) done in the loader's workers
+        self.collate = pipeline.collate()
         self.precision = self.cfg.training_precision()
         self.net.amp = (self.device, self.precision)
         if self.cfg.sync_bn and self.dist.enabled:  # not inside modules a step may skip on some ranks
@@ -228,7 +230,7 @@ class Trainer:
             self.model = self.ema.module
         self.train_samples = ImageSamples(pipeline.train, pipeline.train_datasets, pipeline.train_transform)
         self.plan = PlannedBatches(pipeline.seed)
-        self.loader = DataLoader(self.train_samples, batch_sampler=self.plan, collate_fn=collate,
+        self.loader = DataLoader(self.train_samples, batch_sampler=self.plan, collate_fn=self.collate,
                                  num_workers=self.cfg.num_workers, pin_memory=self._pin(),
                                  persistent_workers=self.cfg.persistent_workers and self.cfg.num_workers > 0,
                                  worker_init_fn=ignore_in_worker if self.cfg.num_workers > 0 else None,
@@ -303,7 +305,7 @@ class Trainer:
         samples = ImageSamples(table, datasets, self.p.test_transform)
         start, stop = D.shard_range(len(table), self.dist.rank, self.dist.world_size)
         loader = DataLoader(Subset(samples, range(start, stop)), batch_size=self.cfg.batch_size_eval,
-                            shuffle=False, collate_fn=collate, num_workers=self.cfg.num_workers,
+                            shuffle=False, collate_fn=self.collate, num_workers=self.cfg.num_workers,
                             pin_memory=self._pin(), generator=torch.Generator().manual_seed(0))
         run = forward or self.model
         wanted = tuple(getattr(self.p.evaluator, "outputs", ()) or ()) if outputs is None else tuple(outputs)

@@ -55,6 +55,8 @@ from core.interfaces import Backbone
 from core.models.timm_backbone import TimmBackbone
 from core.records import Batch, device_index, host_to_device
 from reid_instruct_editor.instruction_encoder import InstructionEncoder
+from reid_instruct_editor.instruction_text import (InstructionTokens, first_phrasing, is_prepared, phrasings,
+                                                   prepared_tokens, row_image)
 from reid_instruct_editor.rows import host_has_image
 
 NAME = "backbone 'instruct_editor'"
@@ -147,21 +149,23 @@ class InstructEditor(Backbone):
         picked = list(range(len(batch))) if rows is None else rows.tolist()
         texts = batch.require("instruction", NAME)
         images = batch.extras.get("instruction_image")
-        image_rows = [i for i, r in enumerate(picked) if _row_image(images, r) is not None]
-        text_rows = [i for i, r in enumerate(picked) if _row_image(images, r) is None]
+        image_rows = [i for i, r in enumerate(picked) if row_image(images, r) is not None]
+        text_rows = [i for i, r in enumerate(picked) if row_image(images, r) is None]
         parts: list[tuple[list[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor], nn.Linear]] = []
         if text_rows:
             if self.training:
                 tokens = self._draw_phrasings(batch, [picked[i] for i in text_rows])
+            elif is_prepared(batch):  # tokenized in the loader (`batch_preparer`)
+                tokens = prepared_tokens(batch, [picked[i] for i in text_rows])
             else:
-                tokens = self.instruction.tokenize([_first(texts[picked[i]], picked[i]) for i in text_rows], device)
+                tokens = self.instruction.tokenize([first_phrasing(texts[picked[i]], picked[i]) for i in text_rows], device)
             parts.append((text_rows, self.instruction.encode_text(tokens), self.text_tokens))
         if self.training:
             with torch.no_grad():
                 self.phrase_draws += 1
             self._host_draws += 1
         if image_rows:
-            stack = torch.stack([_row_image(images, picked[i]) for i in image_rows]).to(device)
+            stack = torch.stack([row_image(images, picked[i]) for i in image_rows]).to(device)
             parts.append((image_rows, self.instruction.encode_image(stack), self.image_tokens))
         n = len(picked)
         length = max(p[1][1].shape[1] for p in parts) if parts else 1
@@ -187,15 +191,21 @@ class InstructEditor(Backbone):
         device = batch.pids.device
         texts, images = batch.require("instruction", NAME), batch.extras.get("instruction_image")
         out = torch.zeros(len(batch), self.embedding_dim, device=device)
-        image_rows = [r for r in range(len(batch)) if _row_image(images, r) is not None]
-        text_rows = [r for r in range(len(batch)) if _row_image(images, r) is None]
+        image_rows = [r for r in range(len(batch)) if row_image(images, r) is not None]
+        text_rows = [r for r in range(len(batch)) if row_image(images, r) is None]
         if text_rows:
-            chosen = [_first(texts[r], r) for r in text_rows]
-            out[text_rows] = encoder.encode_text(encoder.tokenize(chosen, device))[0]
+            tokens = prepared_tokens(batch, text_rows) if is_prepared(batch) else \
+                encoder.tokenize([first_phrasing(texts[r], r) for r in text_rows], device)
+            out[text_rows] = encoder.encode_text(tokens)[0]
         if image_rows:
-            out[image_rows] = encoder.encode_image(torch.stack([_row_image(images, r) for r in image_rows])
+            out[image_rows] = encoder.encode_image(torch.stack([row_image(images, r) for r in image_rows])
                                                    .to(device))[0]
         return out
+
+    def batch_preparer(self) -> InstructionTokens:
+        """Every phrasing of the batch's text instructions tokenized in the loader's
+        workers, not in the training step (instruction_text.py; issue 19)."""
+        return InstructionTokens(self.instruction.tokenizer)
 
     def drawn_texts(self, batch: Batch, rows: list[int]) -> list[str]:
         """The phrasing each of `rows` read in this step's training forward (the draw of
@@ -203,12 +213,23 @@ class InstructEditor(Backbone):
         what a momentum text model must read to give targets for the same caption. Computed
         on the host (the indices' host copy, the counter's host mirror): no host sync."""
         texts = batch.require("instruction", NAME)
-        options = [_phrasings(texts[r], r) for r in rows]
+        options = [phrasings(texts[r], r) for r in rows]
         if not rows or max(len(o) for o in options) == 1:
             return [o[0] for o in options]
+        return [o[int(c) % len(o)] for o, c in zip(options, self._host_choice(batch, rows))]
+
+    def drawn_tokens(self, batch: Batch, rows: list[int]) -> torch.Tensor:
+        """(len(rows), L) tokens, on the batch's device, of the phrasings `drawn_texts`
+        names: taken from a prepared batch's tokens (no tokenizer in the step; the draw
+        made again on the host), else tokenized."""
+        if not is_prepared(batch):
+            return self.instruction.tokenize(self.drawn_texts(batch, rows), batch.pids.device)
+        return prepared_tokens(batch, rows, self._host_choice(batch, rows))  # choice % 1 == 0: one phrasing
+
+    def _host_choice(self, batch: Batch, rows: list[int]) -> np.ndarray:
+        """`_phrasing_choice` of the last training forward for `rows`, on the host."""
         index = torch.as_tensor(batch.host("indices")[np.asarray(rows, dtype=np.int64)])
-        choice = host_array(_phrasing_choice(index, self._host_draws - 1, self.phrase_seed))
-        return [o[int(c) % len(o)] for o, c in zip(options, choice)]
+        return host_array(_phrasing_choice(index, self._host_draws - 1, self.phrase_seed))
 
     def _draw_phrasings(self, batch: Batch, rows: list[int]) -> torch.Tensor:
         """(len(rows), L) tokens of one phrasing per row (training): a row whose instruction
@@ -216,18 +237,23 @@ class InstructEditor(Backbone):
         its k, index the sample's position in the record table. The draw is a function of
         the sample, not of the process's RNG or of the row: under DDP a sample gets the
         phrasing it gets in one process whichever rank holds it (a sample repeated within
-        a step gets one phrasing). All phrasings are tokenized and the chosen rows are
-        picked on the device, so the choice needs no host sync."""
+        a step gets one phrasing). The chosen phrasings are picked on the device from the
+        tokens of all of them (prepared in the loader, or tokenized here), so the choice
+        needs no host sync."""
+        device = batch.pids.device
+        if is_prepared(batch):  # drawn for every row (choice % 1 == 0): no branch on the data
+            at = torch.as_tensor(rows, dtype=torch.long, device=device)
+            choice = _phrasing_choice(batch.indices.to(device).index_select(0, at), self.phrase_draws, self.phrase_seed)
+            return prepared_tokens(batch, rows, choice)
         texts = batch.require("instruction", NAME)
         flat: list[str] = []
         starts: list[int] = []
         counts: list[int] = []
         for r in rows:
-            options = _phrasings(texts[r], r)
+            options = phrasings(texts[r], r)
             starts.append(len(flat))
             counts.append(len(options))
             flat.extend(options)
-        device = batch.pids.device
         tokens = self.instruction.tokenize(flat, device)
         if max(counts) == 1:
             return tokens
@@ -292,27 +318,6 @@ class InstructEditor(Backbone):
                 "clo": zeros.index_copy(0, rows, clo.to(zeros.dtype))}
 
 
-def _first(value: Any, row: int) -> str:
-    """The canonical (first) phrasing of a row's text instruction."""
-    if isinstance(value, (tuple, list)):
-        value = value[0] if value else None
-    if value is None:
-        raise ValueError(f"{NAME}: sample {row} has neither a text instruction nor an instruction_image")
-    return str(value)
-
-
-def _phrasings(value: Any, row: int) -> list[str]:
-    """The phrasings of a row's text instruction (a text, or a tuple of phrasings)."""
-    if isinstance(value, (tuple, list)):
-        if not value:
-            raise ValueError(f"{NAME}: sample {row} has an empty list of instruction phrasings")
-        return [str(v) for v in value]
-    if value is None:
-        raise ValueError(f"{NAME}: sample {row} has neither a text instruction nor an instruction_image; "
-                         "an instruction dataset (`instruct`) gives every record one")
-    return [str(value)]
-
-
 _P = 2_147_483_647  # 2^31 - 1: products of two residues stay below 2^62 in int64
 
 
@@ -328,12 +333,6 @@ def _phrasing_choice(index: torch.Tensor, draws: torch.Tensor | int, seed: int) 
     x = x ^ (x >> 13)
     x = (x * 1_597_334_677) % _P
     return x ^ (x >> 16)
-
-
-def _row_image(images: Any, row: int) -> torch.Tensor | None:
-    """The instruction image of batch row `row` (a stacked tensor, or a list with None
-    where a row has a text instruction), or None."""
-    return None if images is None else images[row]
 
 
 def _reset(module: nn.Module) -> None:

@@ -30,7 +30,7 @@ with the loss's state (`momentum.MomentumState`): a resumed run continues the sa
 average. Its copy of the CLIP text tower is one module with `t2i_matching`'s (the
 authors' one momentum model; `momentum.SharedCopy`): one EMA step per training forward.
 Captions with several phrasings: the momentum model reads the phrasing the live model
-drew in the same step (backbone.py `drawn_texts`).
+drew in the same step (backbone.py `drawn_texts`; its tokens, `drawn_tokens`).
 
 Features: the retrieval embedding ("embedding"), so the space the loss shapes is the
 one a caption query is ranked in (the authors' code uses a separate 256-d image-text
@@ -86,9 +86,11 @@ class TextSide(nn.Module):
     def image_side(self) -> list[nn.Module]:
         return [self.encoder.clip.visual]
 
-    def forward(self, captions: list[str]) -> dict[str, torch.Tensor]:
+    def forward(self, captions: list[str] | torch.Tensor) -> dict[str, torch.Tensor]:
+        """`captions`: texts, or their tokens (n, L) (a prepared batch's: no tokenizer here)."""
         device = self.cls.weight.device
-        embedding = self.encoder.encode_text(self.encoder.tokenize(captions, device))[0]
+        tokens = captions.to(device) if isinstance(captions, torch.Tensor) else self.encoder.tokenize(captions, device)
+        embedding = self.encoder.encode_text(tokens)[0]
         # one process's statistics (a copy of a synchronised BN must not wait for other ranks)
         x = _rows_batch_norm(self.bn, self.projection(self.cls(embedding)), plain=True)
         half = x.shape[1] // 2
@@ -208,7 +210,7 @@ class T2IContrastiveLoss(MomentumState, Loss):
         out = like.new_zeros(like.shape)
         if texts.any():
             rows = np.flatnonzero(texts)
-            drawn = getattr(self._backbone[0], "drawn_texts", None) if self._backbone else None
+            drawn = getattr(self._backbone[0], "drawn_tokens", None) if self._backbone else None
             # the phrasing the live model read this step (backbone.py's draw), else the first
             captions = drawn(batch, rows.tolist()) if drawn is not None else captions_of(batch, rows)
             feats = self._momentum_model(captions)

@@ -78,6 +78,7 @@ from core.interfaces import Loss, read_output
 from core.pipeline import ReIDModel
 from core.host_syncs import host_array
 from core.records import Batch, device_index, host_to_device
+from reid_instruct_editor.instruction_text import first_phrasing, is_prepared, prepared_tokens
 from reid_instruct_editor.momentum import MomentumCopy, MomentumState
 from reid_instruct_editor.rows import host_image_rows
 from reid_instruct_editor.tasks import TEXT_TO_IMAGE
@@ -354,8 +355,11 @@ class T2IMatchingLoss(MomentumState, Loss):
             raise RuntimeError(f"{NAME}: no model is bound for masked language modelling; the trainer binds it "
                                "before the first training step, elsewhere call loss.bind(model)")
         encoder = self._model[0].backbone.instruction
-        texts = batch.require("instruction", NAME)
-        tokens = encoder.tokenize([_first(texts[int(r)]) for r in caps.tolist()], torch.device("cpu"))
+        if is_prepared(batch):  # tokenized in the loader (the backbone's batch preparer)
+            tokens = prepared_tokens(batch, np.asarray(caps), host=True)
+        else:
+            texts = batch.require("instruction", NAME)
+            tokens = encoder.tokenize([first_phrasing(texts[int(r)], int(r)) for r in caps.tolist()], torch.device("cpu"))
         eot = tokens.argmax(dim=1)
         positions = torch.arange(tokens.shape[1])[None, :]
         maskable = (positions > 0) & (positions < eot[:, None])
@@ -423,5 +427,3 @@ def _rows_at(states: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
     return states.flatten(0, 1).index_select(0, at)
 
 
-def _first(value) -> str:
-    return str(value[0] if isinstance(value, (tuple, list)) else value)
