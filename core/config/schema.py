@@ -93,7 +93,8 @@ class TrainerConfig:
     training). `eval_flip`: average each embedding with that of the mirrored image.
     `accumulate`: batches per optimisation step (gradient accumulation). `ema`: decay of an
     exponential moving average of the weights, evaluated instead of the raw weights
-    (e.g. 0.999; null: off). `compile`: torch.compile the training forward.
+    (e.g. 0.999; null: off). `compile`: torch.compile the training module (forward and
+    losses; the same step as eager mode: tests/test_compile_matches_eager.py).
     `stop_after_steps`: save a checkpoint and stop after this many optimisation steps (to be
     continued with --resume). A NaN/Inf loss always stops the run. `worst_queries`: after
     the final evaluation, draw the ranked lists of the N lowest-AP queries of each test set

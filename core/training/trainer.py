@@ -87,7 +87,13 @@ class TrainingModule(ReIDModel):
     `head.*`, `losses.N.*` — the names stage patterns are written against.
 
     `forward(batch)` is the model's (embeddings for evaluation); with `train=True` it also
-    returns the weighted loss of the active stage's terms and their logged parts.
+    returns the weighted loss of the active stage's terms and their logged parts. The parts
+    are not detached here: the caller detaches them (`detach_parts`) once the call has
+    returned. Under `torch.compile` (inductor, torch 2.14) a detached copy of the loss
+    returned beside the loss is a trap: inductor folds `0 + 1.0 * loss` to `loss` and lowers
+    `detach` to a no-op, AOT autograd then marks the one tensor non-differentiable, and a
+    stage with a single loss of weight 1 (`mgor_edps_moil_synthetic`) has a total without
+    a gradient (pytorch/pytorch#100348; tests/test_compile_matches_eager.py).
 
     Precision contract: the model's forward runs under `autocast` (bf16/fp16 on CUDA when
     asked); the losses get its outputs as fp32 and run with autocast disabled
@@ -128,11 +134,17 @@ class TrainingModule(ReIDModel):
                 out = term.module(outputs, batch)
                 loss, logged = out if isinstance(out, tuple) else (out, {})
                 total = total + term.weight * loss.float()
-                parts[term.name] = loss.detach().float()
+                parts[term.name] = loss.float()
                 for k, v in (logged or {}).items():
                     # a Python number logged by a loss becomes a tensor on the loss's device
-                    parts[f"{term.name}/{k}"] = torch.as_tensor(v, device=device).detach().float()
+                    parts[f"{term.name}/{k}"] = torch.as_tensor(v, device=device).float()
         return total, parts, outputs
+
+
+def detach_parts(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The logged parts of `TrainingModule.forward(train=True)`, detached (outside any
+    compiled region: see the class docstring)."""
+    return {k: v.detach() for k, v in parts.items()}
 
 
 @dataclass
@@ -479,6 +491,8 @@ class Trainer:
         params = select_parameters(self.net, stage, also_frozen=inactive)
         self.optimizer = build_optimizer(params, stage)
         self.scheduler = build_scheduler(self.optimizer, stage, self._steps_per_epoch())
+        if not self.net._losses_bound:  # before DDP / compile wrap it: a loss's bind may copy the model
+            self.net.bind_losses()
         forward: nn.Module = self.net
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -676,6 +690,7 @@ class Trainer:
             try:
                 with no_sync() if no_sync else contextlib.nullcontext():
                     total, parts, outputs = self.forward(batch, train=True)
+                    parts = detach_parts(parts)
                     self.scaler.scale(total / accumulate).backward()
             except (FloatingPointError, KeyboardInterrupt):
                 raise

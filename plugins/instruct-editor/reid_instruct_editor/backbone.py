@@ -131,13 +131,16 @@ class InstructEditor(Backbone):
         # count of training forwards (a buffer: checkpointed, so a resumed run draws on)
         self.phrase_seed = torch.initial_seed()
         self.register_buffer("phrase_draws", torch.zeros((), dtype=torch.int64))
-        self._host_draws = 0  # its host mirror: `drawn_texts` reads the count without a host sync
+        # its host mirror, read by `drawn_texts` without a host sync: a CPU tensor, not a buffer (it stays
+        # on the host) and not an int (torch.compile would treat an int attribute as a constant and
+        # recompile the forward every step, until its recompile limit, then run it eagerly)
+        self._host_draws = torch.zeros((), dtype=torch.int64)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         # checkpoints written before the draw counter existed load with the counter at 0
         state_dict.setdefault(prefix + "phrase_draws", torch.zeros((), dtype=torch.int64))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._host_draws = int(state_dict[prefix + "phrase_draws"])  # at load time, not in a step
+        self._host_draws.fill_(int(state_dict[prefix + "phrase_draws"]))  # at load time, not in a step
 
     # ---------------------------------------------------------------- instructions
     def encode_instructions(self, batch: Batch, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -218,15 +221,16 @@ class InstructEditor(Backbone):
             return [o[0] for o in options]
         return [o[int(c) % len(o)] for o, c in zip(options, self._host_choice(batch, rows))]
 
-    def drawn_tokens(self, batch: Batch, rows: list[int]) -> torch.Tensor:
+    def drawn_tokens(self, batch: Batch, rows: list[int] | np.ndarray) -> torch.Tensor:
         """(len(rows), L) tokens, on the batch's device, of the phrasings `drawn_texts`
         names: taken from a prepared batch's tokens (no tokenizer in the step; the draw
-        made again on the host), else tokenized."""
+        made again on the host), else tokenized. `rows` may be a host array (under
+        torch.compile a list's length is a constant: a recompile per count of rows)."""
         if not is_prepared(batch):
-            return self.instruction.tokenize(self.drawn_texts(batch, rows), batch.pids.device)
+            return self.instruction.tokenize(self.drawn_texts(batch, [int(r) for r in rows]), batch.pids.device)
         return prepared_tokens(batch, rows, self._host_choice(batch, rows))  # choice % 1 == 0: one phrasing
 
-    def _host_choice(self, batch: Batch, rows: list[int]) -> np.ndarray:
+    def _host_choice(self, batch: Batch, rows: list[int] | np.ndarray) -> np.ndarray:
         """`_phrasing_choice` of the last training forward for `rows`, on the host."""
         index = torch.as_tensor(batch.host("indices")[np.asarray(rows, dtype=np.int64)])
         return host_array(_phrasing_choice(index, self._host_draws - 1, self.phrase_seed))

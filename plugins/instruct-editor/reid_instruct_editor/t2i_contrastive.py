@@ -212,7 +212,7 @@ class T2IContrastiveLoss(MomentumState, Loss):
             rows = np.flatnonzero(texts)
             drawn = getattr(self._backbone[0], "drawn_tokens", None) if self._backbone else None
             # the phrasing the live model read this step (backbone.py's draw), else the first
-            captions = drawn(batch, rows.tolist()) if drawn is not None else captions_of(batch, rows)
+            captions = drawn(batch, rows) if drawn is not None else captions_of(batch, rows)
             feats = self._momentum_model(captions)
             if self.features not in feats:
                 raise ValueError(f"{NAME}: with a momentum model `features` must be one of {', '.join(feats)} "

@@ -345,6 +345,8 @@ class T2IMatchingLoss(MomentumState, Loss):
         logits = self.match_logits(text_tok[t_all], valid[t_all], image_tok[i_all])
         return F.cross_entropy(logits.float(), labels)
 
+    @torch.compiler.disable  # host work: under torch.compile it runs eagerly (dynamo cannot draw
+    # `torch.rand` of a shape it has made dynamic; the masking never touches the device)
     def _masked_captions(self, batch: Batch, caps: torch.Tensor | np.ndarray, probability: float
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
         """BERT masking (`mask_tokens`) of the captions of rows `caps`, all on the host (the

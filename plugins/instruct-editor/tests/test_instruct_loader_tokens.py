@@ -124,3 +124,29 @@ def test_a_text_row_without_an_instruction_is_named(editor, make_batch):
     batch = make_batch(["a person in blue", None], seed=0)
     with pytest.raises(ValueError, match="sample 1 has neither a text instruction nor an instruction_image"):
         backbone.batch_preparer()(batch)
+
+
+def test_a_training_forward_under_compile_does_not_recompile_every_step(editor, make_batch):
+    """The host mirror of the draw counter changes every training forward: as an int
+    attribute of the module torch.compile would take it for a constant and recompile the
+    forward each step (until its recompile limit, then run it eagerly). Three steps on
+    batches of one shape compile once."""
+    from torch._dynamo.utils import counters
+
+    backbone, _ = editor
+
+    def batch():  # a new batch each step, as the loader gives
+        return _prepared(backbone, make_batch([PHRASINGS] * 4, seed=0))
+
+    backbone.train()
+    torch._dynamo.reset()
+    compiled = torch.compile(backbone, backend="aot_eager")
+    with torch.no_grad():
+        compiled(batch())
+        counters.clear()
+        compiled(batch())
+        compiled(batch())
+    assert counters["stats"].get("unique_graphs", 0) == 0, dict(counters["stats"])
+    assert int(backbone._host_draws) == int(backbone.phrase_draws) == 3  # the mirror follows the buffer
+    backbone.eval()
+    torch._dynamo.reset()

@@ -1,0 +1,121 @@
+"""`trainer.compile` against eager mode (issue 19): for each first-party pipeline's tiny twin
+(tests/pipeline_twins.py; the baselines' synthetic pipelines at 8 identities, batch 16)
+and stage, the training module (forward + losses, as the trainer runs it) on its first
+batches in eager mode and compiled, each built from seed 0; prints the largest relative
+difference of a logged loss part, the largest gradient difference over the largest
+gradient, the smallest cosine of a gradient tensor with the eager one (tensors above 1e-4
+of the largest), and the graphs compiled (recompiles included).
+
+    OMP_NUM_THREADS=1 python bench/compile_vs_eager.py --backend inductor [--twins quickstart ...]
+
+With inductor, random numbers are drawn by eager's generator (`fallback_random`), so both
+runs see the same dropout. The CI test of the same comparison with `aot_eager` (bit for
+bit) is tests/test_compile_matches_eager.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch._inductor.config as inductor_config
+from torch._dynamo.utils import counters
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from core.config.loading import load_pipeline  # noqa: E402
+from core.data.loading import ImageSamples  # noqa: E402
+from core.interfaces import Episode  # noqa: E402
+from core.pipeline import build_pipeline  # noqa: E402
+from core.training.trainer import TrainingModule, detach_parts  # noqa: E402
+from pipeline_twins import PIPELINES, TRAINER, TWINS, twin_config  # noqa: E402
+
+BASELINES = ["data.train.0.identities=8", "data.train.0.test_identities=4", "sampler.batch_size=16"]
+NAMES = sorted(TWINS) + ["agw_synthetic", "bot_synthetic", "sbs_synthetic", "transreid_synthetic"]
+
+
+def build(name: str, folder: Path):
+    torch.manual_seed(0)
+    folder.mkdir()
+    cfg = load_pipeline(twin_config(name, folder)) if name in TWINS else \
+        load_pipeline(PIPELINES / f"{name}.yaml", [*BASELINES, *TRAINER])
+    p = build_pipeline(cfg, echo=lambda *a, **k: None)
+    net = TrainingModule(p.model, p.loss_modules()).train()
+    net.amp = (torch.device("cpu"), "fp32")
+    return p, net
+
+
+def steps(p, net, forward, stage: int, batches) -> list[tuple[dict, dict]]:
+    net.terms, net.model_forward = p.stage_losses[stage], p.stages[stage].forward
+    out = []
+    for b, batch in enumerate(batches):
+        torch.manual_seed(100 + b)
+        total, parts, _ = forward(batch, train=True)
+        parts = detach_parts(parts)
+        total.backward()
+        grads = {k: q.grad.clone() for k, q in net.named_parameters() if q.grad is not None}
+        net.zero_grad(set_to_none=True)
+        out.append((parts, grads))
+    return out
+
+
+def compare(eager, compiled) -> tuple[float, float, float]:
+    """(worst relative part difference, worst gradient difference / largest gradient,
+    smallest gradient cosine)."""
+    part, grad, cosine = 0.0, 0.0, 1.0
+    for (parts, grads), (c_parts, c_grads) in zip(eager, compiled):
+        if sorted(parts) != sorted(c_parts) or sorted(grads) != sorted(c_grads):
+            raise AssertionError(f"different parts or parameters with gradients: "
+                                 f"{sorted(set(parts) ^ set(c_parts)) + sorted(set(grads) ^ set(c_grads))}")
+        for k, v in parts.items():
+            part = max(part, float((v - c_parts[k]).abs().max() / (v.abs().max() + 1e-6)))
+        scale = max([float(g.abs().max()) for g in grads.values()] + [1e-30])
+        for k, g in grads.items():
+            grad = max(grad, float((g - c_grads[k]).abs().max()) / scale)
+            if float(g.abs().max()) > 1e-4 * scale:
+                cos = torch.nn.functional.cosine_similarity(g.flatten().double(), c_grads[k].flatten().double(), dim=0)
+                cosine = min(cosine, float(cos))
+    return part, grad, cosine
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--backend", default="inductor")
+    ap.add_argument("--twins", nargs="*", default=NAMES)
+    ap.add_argument("--batches", type=int, default=6)
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    torch._logging.set_logs(dynamo=logging.ERROR)
+    inductor_config.fallback_random = True
+    print(f"torch {torch.__version__}, backend {args.backend}, {torch.get_num_threads()} threads")
+    for name in args.twins:
+        folder = Path(tempfile.mkdtemp())
+        p, eager_net = build(name, folder / "eager")
+        p_compiled, compiled_net = build(name, folder / "compiled")  # its own loss modules (state, parameters)
+        samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
+        collate = p.collate()
+        for stage in range(len(p.stages)):
+            batches = []
+            for plan, _ in zip(p.sampler, range(args.batches)):
+                indices, roles = (plan.indices, plan.roles) if isinstance(plan, Episode) else (plan, [0] * len(plan))
+                batches.append(collate([samples[(i, 0, r)] for i, r in zip(indices, roles)]))
+            start = time.perf_counter()
+            eager = steps(p, eager_net, eager_net, stage, batches)
+            torch._dynamo.reset()
+            counters.clear()
+            compiled = steps(p_compiled, compiled_net, torch.compile(compiled_net, backend=args.backend), stage, batches)
+            part, grad, cosine = compare(eager, compiled)
+            print(f"{name} stage {stage}: {len(batches)} batches, part {part:.1e}, gradient {grad:.1e}, "
+                  f"cosine {cosine:.6f}, graphs {counters['stats'].get('unique_graphs', 0)}, "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
