@@ -30,23 +30,15 @@ from torch._dynamo.utils import counters
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from core.config.loading import load_pipeline  # noqa: E402
-from core.data.loading import ImageSamples  # noqa: E402
-from core.interfaces import Episode  # noqa: E402
 from core.pipeline import build_pipeline  # noqa: E402
 from core.training.trainer import TrainingModule, detach_parts  # noqa: E402
-from pipeline_twins import PIPELINES, TRAINER, TWINS, twin_config  # noqa: E402
-
-BASELINES = ["data.train.0.identities=8", "data.train.0.test_identities=4", "sampler.batch_size=16"]
-NAMES = sorted(TWINS) + ["agw_synthetic", "bot_synthetic", "sbs_synthetic", "transreid_synthetic"]
+from pipeline_twins import ALL, first_batches, small_config  # noqa: E402
 
 
 def build(name: str, folder: Path):
     torch.manual_seed(0)
     folder.mkdir()
-    cfg = load_pipeline(twin_config(name, folder)) if name in TWINS else \
-        load_pipeline(PIPELINES / f"{name}.yaml", [*BASELINES, *TRAINER])
-    p = build_pipeline(cfg, echo=lambda *a, **k: None)
+    p = build_pipeline(small_config(name, folder), echo=lambda *a, **k: None)
     net = TrainingModule(p.model, p.loss_modules()).train()
     net.amp = (torch.device("cpu"), "fp32")
     return p, net
@@ -88,7 +80,7 @@ def compare(eager, compiled) -> tuple[float, float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", default="inductor")
-    ap.add_argument("--twins", nargs="*", default=NAMES)
+    ap.add_argument("--twins", nargs="*", default=ALL)
     ap.add_argument("--batches", type=int, default=6)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -99,13 +91,8 @@ def main() -> None:
         folder = Path(tempfile.mkdtemp())
         p, eager_net = build(name, folder / "eager")
         p_compiled, compiled_net = build(name, folder / "compiled")  # its own loss modules (state, parameters)
-        samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
-        collate = p.collate()
         for stage in range(len(p.stages)):
-            batches = []
-            for plan, _ in zip(p.sampler, range(args.batches)):
-                indices, roles = (plan.indices, plan.roles) if isinstance(plan, Episode) else (plan, [0] * len(plan))
-                batches.append(collate([samples[(i, 0, r)] for i, r in zip(indices, roles)]))
+            batches = first_batches(p, args.batches)
             start = time.perf_counter()
             eager = steps(p, eager_net, eager_net, stage, batches)
             torch._dynamo.reset()

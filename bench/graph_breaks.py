@@ -29,22 +29,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from core.config.loading import load_pipeline  # noqa: E402
-from core.data.loading import ImageSamples  # noqa: E402
-from core.interfaces import Episode  # noqa: E402
 from core.pipeline import bind_losses, build_pipeline  # noqa: E402
-from pipeline_twins import PIPELINES, TRAINER, TWINS, twin_config  # noqa: E402
-
-#: the baselines' synthetic pipelines are CPU-sized already: fewer identities, smaller batches
-BASELINES = {name: ["data.train.0.identities=8", "data.train.0.test_identities=4", "sampler.batch_size=16"]
-             for name in ("agw_synthetic", "bot_synthetic", "sbs_synthetic", "transreid_synthetic")}
-
-
-def first_batch(p):
-    plan = next(iter(p.sampler))
-    indices, roles = (plan.indices, plan.roles) if isinstance(plan, Episode) else (plan, [0] * len(plan))
-    samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
-    return p.collate()([samples[(i, 0, r)] for i, r in zip(indices, roles)])
+from pipeline_twins import ALL, first_batches, small_config  # noqa: E402
 
 
 def where(reason) -> str:
@@ -64,7 +50,7 @@ def explain(fn, *args):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--twins", nargs="*", default=sorted(TWINS) + sorted(BASELINES))
+    ap.add_argument("--twins", nargs="*", default=ALL)
     ap.add_argument("--reasons", type=int, default=12, help="distinct reasons printed per function")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -73,13 +59,11 @@ def main() -> None:
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     for name in args.twins:
         tmp = Path(tempfile.mkdtemp())
-        cfg = load_pipeline(PIPELINES / f"{name}.yaml", [*BASELINES[name], *TRAINER]) if name in BASELINES \
-            else load_pipeline(twin_config(name, tmp))
-        p = build_pipeline(cfg, echo=lambda *a, **k: None)
+        p = build_pipeline(small_config(name, tmp), echo=lambda *a, **k: None)
         model = p.model.train()
         p.loss_modules().train()
         bind_losses(model, p.loss_modules())
-        batch = first_batch(p)
+        batch, = first_batches(p, 1)
         t0 = time.perf_counter()
         graphs, breaks, reasons = explain(model, batch)
         print(f"\n== {name}: model forward: {graphs} graphs, {breaks} breaks")

@@ -33,32 +33,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from core.config.loading import load_pipeline  # noqa: E402
-from core.data.loading import ImageSamples, collate  # noqa: E402
-from core.interfaces import Episode  # noqa: E402
+from core.data.loading import collate  # noqa: E402
 from core.pipeline import bind_losses, build_pipeline  # noqa: E402
-from pipeline_twins import PIPELINES, TRAINER, TWINS, twin_config  # noqa: E402
-
-BASELINES = {name: ["data.train.0.identities=8", "data.train.0.test_identities=4", "sampler.batch_size=16"]
-             for name in ("agw_synthetic", "bot_synthetic", "sbs_synthetic", "transreid_synthetic")}
+from pipeline_twins import ALL, first_batches, small_config  # noqa: E402
 
 
 def fingerprint(name: str, folder: Path, batches: int = 1, plain: bool = False) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    cfg = load_pipeline(PIPELINES / f"{name}.yaml", [*BASELINES[name], *TRAINER]) if name in BASELINES \
-        else load_pipeline(twin_config(name, folder))
-    p = build_pipeline(cfg, echo=lambda *a, **k: None)
+    p = build_pipeline(small_config(name, folder), echo=lambda *a, **k: None)
     model = p.model.train()
     p.loss_modules().train()
     bind_losses(model, p.loss_modules())
-    samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
-    make = collate if plain else p.collate()  # the trainer's: collate + the components' batch preparers
     out: dict[str, torch.Tensor] = {}
-    plans = iter(p.sampler)
-    for b in range(batches):  # the step of each of the first `batches` batches (no optimizer step between)
-        plan = next(plans)
-        indices, roles = (plan.indices, plan.roles) if isinstance(plan, Episode) else (plan, [0] * len(plan))
-        batch = make([samples[(i, 0, r)] for i, r in zip(indices, roles)])
+    # the step of each of the first `batches` batches (no optimizer step between)
+    for b, batch in enumerate(first_batches(p, batches, collate if plain else None)):
         out.update({f"batch{b}/{k}": v for k, v in _step(p, model, batch).items()})
     return out
 
@@ -88,7 +76,7 @@ def _step(p, model, batch) -> dict[str, torch.Tensor]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--twins", nargs="*", default=sorted(TWINS) + sorted(BASELINES))
+    parser.add_argument("--twins", nargs="*", default=ALL)
     parser.add_argument("--batches", type=int, default=1, help="the first N batches (irm: one per task)")
     parser.add_argument("--plain-collate", action="store_true",
                         help="batches collated by hand (no batch preparers: irm tokenizes in the step)")

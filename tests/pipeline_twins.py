@@ -4,13 +4,17 @@ components (CUDA autocast emulation, DDP against one process) in seconds.
 
 `twin_config(name, tmp_path)` resolves the pipeline file with its `_base_` and the
 overrides below and writes it to `tmp_path`: the written file is self-contained.
+`small_config(name, tmp_path)` also covers the baselines' synthetic pipelines (core
+components only, already CPU-sized: fewer identities and smaller batches here), and
+`first_batches(p, n)` makes a built pipeline's first batches as the trainer does.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
-from core.config.loading import dump, load_pipeline
+from core.config.loading import LoadedConfig, dump, load_pipeline
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
@@ -56,3 +60,35 @@ def twin_config(name: str, folder: Path, extra: list[str] | tuple[str, ...] = ()
     path = Path(folder) / f"{name}.yaml"
     path.write_text(dump(data), encoding="utf-8")
     return path
+
+
+#: the baselines' synthetic pipelines, made smaller (`small_config`)
+BASELINES: dict[str, list[str]] = {
+    name: ["data.train.0.identities=8", "data.train.0.test_identities=4", "sampler.batch_size=16"]
+    for name in ("agw_synthetic", "bot_synthetic", "sbs_synthetic", "transreid_synthetic")}
+#: every first-party pipeline: the methods' twins, then the baselines
+ALL = sorted(TWINS) + sorted(BASELINES)
+
+
+def small_config(name: str, folder: Path, extra: list[str] | tuple[str, ...] = ()) -> LoadedConfig:
+    """A method's tiny twin (`twin_config`, written into `folder`) or a smaller baseline
+    pipeline, loaded."""
+    if name in BASELINES:
+        return load_pipeline(PIPELINES / f"{name}.yaml", [*BASELINES[name], *TRAINER, *extra])
+    return load_pipeline(twin_config(name, folder, extra))
+
+
+def first_batches(p: Any, count: int, make: Callable | None = None) -> list:
+    """The first `count` batches of built pipeline `p`'s sampler (an episode's samples keep
+    their roles), each sample with seed 0, collated by `make` (default: the trainer's
+    collate, `p.collate()`: collate + the components' batch preparers)."""
+    from core.data.loading import ImageSamples
+    from core.interfaces import Episode
+
+    make = make or p.collate()
+    samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
+    out = []
+    for plan, _ in zip(p.sampler, range(count)):
+        indices, roles = (plan.indices, plan.roles) if isinstance(plan, Episode) else (plan, [0] * len(plan))
+        out.append(make([samples[(i, 0, r)] for i, r in zip(indices, roles)]))
+    return out

@@ -16,27 +16,18 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from core.config.loading import load_pipeline
-from core.data.loading import ImageSamples
-from core.interfaces import Episode
 from core.pipeline import build_pipeline
 from core.training.run_folder import RunFolder
 from core.training.trainer import Trainer, detach_parts
-from pipeline_twins import PIPELINES, TRAINER, TWINS, twin_config
+from pipeline_twins import ALL, first_batches, small_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-#: the baselines' synthetic pipelines are CPU-sized already: fewer identities, smaller batches
-BASELINES = ["data.train.0.identities=8", "data.train.0.test_identities=4", "sampler.batch_size=16"]
-NAMES = sorted(TWINS) + ["agw_synthetic", "bot_synthetic", "sbs_synthetic", "transreid_synthetic"]
 
 
 def _trainer(name, folder, compile_):
     torch.manual_seed(0)
-    extra = [f"trainer.compile={'true' if compile_ else 'false'}"]
-    cfg = load_pipeline(twin_config(name, folder, extra)) if name in TWINS else \
-        load_pipeline(PIPELINES / f"{name}.yaml", [*BASELINES, *TRAINER, *extra])
-    p = build_pipeline(cfg, echo=lambda *a, **k: None)
+    p = build_pipeline(small_config(name, folder, [f"trainer.compile={'true' if compile_ else 'false'}"]),
+                       echo=lambda *a, **k: None)
     return p, Trainer(p, RunFolder(folder / "run", enabled=False))
 
 
@@ -54,7 +45,7 @@ def _steps(trainer, stage, batches):
     return out
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ALL)
 def test_the_compiled_training_step_is_the_eager_one(name, tmp_path, monkeypatch):
     warnings.filterwarnings("ignore")
     (tmp_path / "eager").mkdir()
@@ -62,15 +53,11 @@ def test_the_compiled_training_step_is_the_eager_one(name, tmp_path, monkeypatch
     p, eager = _trainer(name, tmp_path / "eager", False)
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     _, compiled = _trainer(name, tmp_path / "compiled", True)
-    samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
     # irm: every task twice (the second pass meets shapes dynamo has made dynamic); irm++
     # adds a memory to the same code
     count = 12 if name == "irm_synthetic" else 3
     for stage in range(len(p.stages)):
-        batches = []
-        for plan, _ in zip(p.sampler, range(count)):
-            indices, roles = (plan.indices, plan.roles) if isinstance(plan, Episode) else (plan, [0] * len(plan))
-            batches.append(eager.collate([samples[(i, 0, r)] for i, r in zip(indices, roles)]))
+        batches = first_batches(p, count)
         want = _steps(eager, stage, batches)
         torch._dynamo.reset()
         counters.clear()
@@ -101,9 +88,7 @@ def test_a_single_loss_of_weight_one_keeps_its_gradient_under_inductor(tmp_path)
     (tmp_path / "compiled").mkdir()
     p, eager = _trainer(name, tmp_path / "eager", False)
     _, compiled = _trainer(name, tmp_path / "compiled", True)
-    samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
-    plan = next(iter(p.sampler))
-    batch = eager.collate([samples[(i, 0, r)] for i, r in zip(plan.indices, plan.roles)])
+    batch, = first_batches(p, 1)
     torch._dynamo.reset()
     # (config.patch, not monkeypatch: undoing a monkeypatch deletes the config entry)
     with inductor_config.patch(fallback_random=True):
@@ -115,3 +100,31 @@ def test_a_single_loss_of_weight_one_keeps_its_gradient_under_inductor(tmp_path)
     scale = max(float(g.abs().max()) for g in want.values())
     worst = max(float((want[k] - got[k]).abs().max()) for k in want)
     assert worst <= 1e-4 * scale, worst / scale
+
+
+def test_the_trainer_detaches_the_logged_parts_before_it_keeps_them(tmp_path):
+    """TrainingModule returns its parts undetached (the trap above); the trainer must detach
+    them itself, or the NaN guard and the log would hold each step's autograd graph."""
+    (tmp_path / "run").mkdir()
+    p = build_pipeline(small_config("quickstart", tmp_path, ["trainer.stop_after_steps=2"]),
+                       echo=lambda *a, **k: None)
+    trainer = Trainer(p, RunFolder(tmp_path / "run", enabled=False))
+    seen = []
+    step = trainer._optimizer_step
+    trainer._optimizer_step = lambda total, parts: (seen.append(parts), step(total, parts))[1]
+    trainer.fit()
+    assert len(seen) == 2 and all(parts for parts in seen)
+    assert not any(v.requires_grad for parts in seen for v in parts.values())
+
+
+def test_losses_are_bound_before_the_module_is_wrapped(tmp_path):
+    """A loss's `bind` may copy the model (irm's momentum copies): the trainer binds before
+    DDP / torch.compile wrap the module, so the copy is not traced inside the first
+    compiled call (there it cost dynamo a recompile per module class, up to its limit)."""
+    p = build_pipeline(small_config("irm_synthetic", tmp_path, ["trainer.compile=true"]), echo=lambda *a, **k: None)
+    trainer = Trainer(p, RunFolder(tmp_path / "run", enabled=False))
+    momentum = [m for m in trainer.net.losses if hasattr(m, "momentum_model")]
+    assert momentum and all(m.momentum_model is None for m in momentum)
+    trainer._prepare_stage(0)  # no forward yet
+    assert all(m.momentum_model is not None for m in momentum)
+    assert type(trainer.forward).__name__ == "OptimizedModule"

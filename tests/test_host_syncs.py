@@ -3,17 +3,14 @@ core.host_syncs: the core's components make none; the first-party plugins' count
 at or under today's (a regression guard while they are brought down; lower a budget when
 a plugin's count drops)."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from core.config.loading import load_pipeline
-from core.data.loading import ImageSamples, collate
+from core.data.loading import collate
 from core.host_syncs import count_host_syncs
-from core.interfaces import Episode
 from core.pipeline import bind_losses, build_pipeline
-from pipeline_twins import PIPELINES, TRAINER, TWINS, twin_config  # noqa: E402 - registered by conftest.py
+from pipeline_twins import ALL, BASELINES, first_batches, small_config, twin_config  # noqa: E402 - registered by conftest.py
 
 #: syncs of one step (forward, every stage's losses, backward; summed over stages): none.
 #: quickstart is the core alone (timm backbone, bnneck, ce, triplet).
@@ -37,8 +34,7 @@ BUDGET = {"quickstart": 0, "mgor_edps_moil_synthetic": 0, "mgor_synthetic": 0, "
 #: the baselines' synthetic pipelines (core components only), made smaller. 2026-12-06: sbs
 #: 6 -> 0 (circle's F.one_hot range check); agw's wrt lost its branch and selections on the
 #: valid anchors (masks); transreid 1 -> 0 (its SIE camera/view check reads the host copies).
-BASELINES = {"agw_synthetic": 0, "bot_synthetic": 0, "sbs_synthetic": 0, "transreid_synthetic": 0}
-SMALLER = ["data.train.0.identities=8", "data.train.0.test_identities=4", "sampler.batch_size=16"]
+BUDGET.update({name: 0 for name in BASELINES})
 
 
 def test_counter_sees_value_reads_and_data_dependent_shapes():
@@ -56,23 +52,14 @@ def test_counter_sees_value_reads_and_data_dependent_shapes():
     assert syncs.total == 5
 
 
-def _first_batch(p):
-    plan = next(iter(p.sampler))
-    indices, roles = (plan.indices, plan.roles) if isinstance(plan, Episode) else (plan, [0] * len(plan))
-    samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
-    return p.collate()([samples[(i, 0, r)] for i, r in zip(indices, roles)])
-
-
-@pytest.mark.parametrize("name", sorted(TWINS) + sorted(BASELINES))
+@pytest.mark.parametrize("name", ALL)
 def test_training_step_host_syncs_within_budget(name, tmp_path, one_torch_thread):
-    cfg = load_pipeline(PIPELINES / f"{name}.yaml", [*SMALLER, *TRAINER]) if name in BASELINES \
-        else load_pipeline(twin_config(name, tmp_path))
-    p = build_pipeline(cfg, echo=lambda *a, **k: None)
+    p = build_pipeline(small_config(name, tmp_path), echo=lambda *a, **k: None)
     model = p.model.train()
     p.loss_modules().train()
     bind_losses(model, p.loss_modules())  # as the trainer does before the first step
-    seen = _step_syncs(p, model, _first_batch(p))
-    assert sum(seen.values()) <= {**BUDGET, **BASELINES}[name], seen
+    seen = _step_syncs(p, model, first_batches(p, 1)[0])
+    assert sum(seen.values()) <= BUDGET[name], seen
 
 
 def _step_syncs(p, model, batch) -> dict[str, int]:
@@ -106,10 +93,8 @@ def test_irm_step_of_every_task_within_budget(tmp_path, one_torch_thread, prepar
     model = p.model.train()
     p.loss_modules().train()
     bind_losses(model, p.loss_modules())
-    samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
     seen = {}
-    for plan, _ in zip(p.sampler, range(len(p.sampler.tasks))):
-        batch = (p.collate() if prepared else collate)([samples[(i, 0, 0)] for i in plan])
+    for batch in first_batches(p, len(p.sampler.tasks), None if prepared else collate):
         if prepared:  # every tokenizer call of the step (backbone, momentum copies, MLM) fails
             from reid_instruct_editor.instruction_encoder import InstructionEncoder
 

@@ -55,7 +55,7 @@ from core.interfaces import Backbone
 from core.models.timm_backbone import TimmBackbone
 from core.records import Batch, device_index, host_to_device
 from reid_instruct_editor.instruction_encoder import InstructionEncoder
-from reid_instruct_editor.instruction_text import (InstructionTokens, first_phrasing, is_prepared, phrasings,
+from reid_instruct_editor.instruction_text import (InstructionTokens, first_tokens, is_prepared, phrasings,
                                                    prepared_tokens, row_image)
 from reid_instruct_editor.rows import host_has_image
 
@@ -150,7 +150,7 @@ class InstructEditor(Backbone):
         device = batch.pids.device
         # the default (every row) reads no device tensor: no host sync
         picked = list(range(len(batch))) if rows is None else rows.tolist()
-        texts = batch.require("instruction", NAME)
+        batch.require("instruction", NAME)  # every sample has one (text rows read it)
         images = batch.extras.get("instruction_image")
         image_rows = [i for i, r in enumerate(picked) if row_image(images, r) is not None]
         text_rows = [i for i, r in enumerate(picked) if row_image(images, r) is None]
@@ -158,10 +158,8 @@ class InstructEditor(Backbone):
         if text_rows:
             if self.training:
                 tokens = self._draw_phrasings(batch, [picked[i] for i in text_rows])
-            elif is_prepared(batch):  # tokenized in the loader (`batch_preparer`)
-                tokens = prepared_tokens(batch, [picked[i] for i in text_rows])
-            else:
-                tokens = self.instruction.tokenize([first_phrasing(texts[picked[i]], picked[i]) for i in text_rows], device)
+            else:  # the first phrasing: tokenized in the loader (`batch_preparer`) or here
+                tokens = first_tokens(batch, [picked[i] for i in text_rows], self.instruction)
             parts.append((text_rows, self.instruction.encode_text(tokens), self.text_tokens))
         if self.training:
             with torch.no_grad():
@@ -192,14 +190,13 @@ class InstructEditor(Backbone):
         encoder = self.reference if self.reference is not None else self.instruction
         encoder.eval()
         device = batch.pids.device
-        texts, images = batch.require("instruction", NAME), batch.extras.get("instruction_image")
+        batch.require("instruction", NAME)
+        images = batch.extras.get("instruction_image")
         out = torch.zeros(len(batch), self.embedding_dim, device=device)
         image_rows = [r for r in range(len(batch)) if row_image(images, r) is not None]
         text_rows = [r for r in range(len(batch)) if row_image(images, r) is None]
         if text_rows:
-            tokens = prepared_tokens(batch, text_rows) if is_prepared(batch) else \
-                encoder.tokenize([first_phrasing(texts[r], r) for r in text_rows], device)
-            out[text_rows] = encoder.encode_text(tokens)[0]
+            out[text_rows] = encoder.encode_text(first_tokens(batch, text_rows, encoder))[0]
         if image_rows:
             out[image_rows] = encoder.encode_image(torch.stack([row_image(images, r) for r in image_rows])
                                                    .to(device))[0]
@@ -246,9 +243,7 @@ class InstructEditor(Backbone):
         needs no host sync."""
         device = batch.pids.device
         if is_prepared(batch):  # drawn for every row (choice % 1 == 0): no branch on the data
-            at = torch.as_tensor(rows, dtype=torch.long, device=device)
-            choice = _phrasing_choice(batch.indices.to(device).index_select(0, at), self.phrase_draws, self.phrase_seed)
-            return prepared_tokens(batch, rows, choice)
+            return prepared_tokens(batch, rows, self._device_choice(batch, rows))
         texts = batch.require("instruction", NAME)
         flat: list[str] = []
         starts: list[int] = []
@@ -261,10 +256,16 @@ class InstructEditor(Backbone):
         tokens = self.instruction.tokenize(flat, device)
         if max(counts) == 1:
             return tokens
-        at = torch.as_tensor(rows, dtype=torch.long, device=device)
-        choice = _phrasing_choice(batch.indices.to(device).index_select(0, at), self.phrase_draws, self.phrase_seed)
-        pick = torch.as_tensor(starts, device=device) + choice % torch.as_tensor(counts, device=device)
+        pick = torch.as_tensor(starts, device=device) + self._device_choice(batch, rows) % \
+            torch.as_tensor(counts, device=device)
         return tokens.index_select(0, pick)
+
+    def _device_choice(self, batch: Batch, rows: list[int]) -> torch.Tensor:
+        """`_phrasing_choice` of this training forward for `rows`, on the batch's device
+        (the counter buffer: no host sync); `_host_choice` makes it again on the host."""
+        device = batch.pids.device
+        at = torch.as_tensor(rows, dtype=torch.long, device=device)
+        return _phrasing_choice(batch.indices.to(device).index_select(0, at), self.phrase_draws, self.phrase_seed)
 
     # ---------------------------------------------------------------- editing
     def edit(self, image_tokens: torch.Tensor, instruction_tokens: torch.Tensor, instruction_valid: torch.Tensor,

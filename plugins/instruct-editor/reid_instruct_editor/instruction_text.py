@@ -88,6 +88,18 @@ def is_prepared(batch: Batch) -> bool:
     return TOKENS in batch.extras and COUNTS in batch.extras
 
 
+def first_tokens(batch: Batch, rows: np.ndarray | list[int], encoder: Any, host: bool = False,
+                 component: str = NAME) -> torch.Tensor:
+    """(n, L) tokens of the first phrasing of each of the text rows `rows`: the prepared ones
+    (`prepared_tokens`) when the loader tokenized the batch, else tokenized here by `encoder`
+    (the backbone's `InstructionEncoder`); on the batch's device, or on the host with `host`."""
+    if is_prepared(batch):
+        return prepared_tokens(batch, rows, host=host)
+    texts = batch.require("instruction", component)
+    device = torch.device("cpu") if host else batch.pids.device
+    return encoder.tokenize([first_phrasing(texts[int(r)], int(r)) for r in rows], device)
+
+
 def prepared_tokens(batch: Batch, rows: np.ndarray | list[int], choice: np.ndarray | torch.Tensor | None = None,
                     host: bool = False) -> torch.Tensor:
     """(n, L) tokens of phrasing `choice % count` (default: the first) of each of the text

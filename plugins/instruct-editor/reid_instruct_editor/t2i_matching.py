@@ -78,7 +78,7 @@ from core.interfaces import Loss, read_output
 from core.pipeline import ReIDModel
 from core.host_syncs import host_array
 from core.records import Batch, device_index, host_to_device
-from reid_instruct_editor.instruction_text import first_phrasing, is_prepared, prepared_tokens
+from reid_instruct_editor.instruction_text import first_tokens
 from reid_instruct_editor.momentum import MomentumCopy, MomentumState
 from reid_instruct_editor.rows import host_image_rows
 from reid_instruct_editor.tasks import TEXT_TO_IMAGE
@@ -356,12 +356,8 @@ class T2IMatchingLoss(MomentumState, Loss):
         if not self._model:
             raise RuntimeError(f"{NAME}: no model is bound for masked language modelling; the trainer binds it "
                                "before the first training step, elsewhere call loss.bind(model)")
-        encoder = self._model[0].backbone.instruction
-        if is_prepared(batch):  # tokenized in the loader (the backbone's batch preparer)
-            tokens = prepared_tokens(batch, np.asarray(caps), host=True)
-        else:
-            texts = batch.require("instruction", NAME)
-            tokens = encoder.tokenize([first_phrasing(texts[int(r)], int(r)) for r in caps.tolist()], torch.device("cpu"))
+        # tokenized in the loader (the backbone's batch preparer), else here
+        tokens = first_tokens(batch, np.asarray(caps), self._model[0].backbone.instruction, host=True, component=NAME)
         eot = tokens.argmax(dim=1)
         positions = torch.arange(tokens.shape[1])[None, :]
         maskable = (positions > 0) & (positions < eot[:, None])
