@@ -7,10 +7,15 @@ gradient, the smallest cosine of a gradient tensor with the eager one (tensors a
 of the largest), and the graphs compiled (recompiles included).
 
     OMP_NUM_THREADS=1 python bench/compile_vs_eager.py --backend inductor [--twins quickstart ...]
+        [--no-layout-optimization]
 
 With inductor, random numbers are drawn by eager's generator (`fallback_random`), so both
 runs see the same dropout. The CI test of the same comparison with `aot_eager` (bit for
-bit) is tests/test_compile_matches_eager.py.
+bit) is tests/test_compile_matches_eager.py. `--no-layout-optimization` keeps inductor's
+convolutions in eager's memory layout (inductor otherwise switches graphs with convolutions
+to channels-last): a difference that goes away with it is a different summation order, not a
+lowering bug (BENCHMARKS.md: the ResNet-50 twins' second batch puts a ReLU input within
+1e-7 of zero, and the two layouts round it to opposite sides).
 """
 
 from __future__ import annotations
@@ -82,11 +87,15 @@ def main() -> None:
     ap.add_argument("--backend", default="inductor")
     ap.add_argument("--twins", nargs="*", default=ALL)
     ap.add_argument("--batches", type=int, default=6)
+    ap.add_argument("--no-layout-optimization", action="store_true",
+                    help="inductor keeps eager's memory layout for convolutions")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     torch._logging.set_logs(dynamo=logging.ERROR)
     inductor_config.fallback_random = True
-    print(f"torch {torch.__version__}, backend {args.backend}, {torch.get_num_threads()} threads")
+    inductor_config.layout_optimization = not args.no_layout_optimization
+    print(f"torch {torch.__version__}, backend {args.backend}, {torch.get_num_threads()} threads, "
+          f"layout optimization {'off' if args.no_layout_optimization else 'on'}")
     for name in args.twins:
         folder = Path(tempfile.mkdtemp())
         p, eager_net = build(name, folder / "eager")
