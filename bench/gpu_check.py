@@ -18,7 +18,13 @@ measured):
     weights (no download), on the synthetic world at the papers' image sizes;
   - Market-1501-shape evaluation (3,368 queries x 15,913 gallery, 768-d) on the device;
   - DDP over NCCL (gloo on the CPU) with one process: the ViT-B/16 bf16 step wrapped;
-  - peak device memory of each row.
+  - peak device memory of each row;
+  - the dtype the model's first matrix product computed in (one untimed forward of the
+    training module as the row sets it up), so a precision setting that does not reach
+    the forward shows in the table instead of passing as a slow bf16 row.
+On the CPU, `--emulate-cuda-autocast` applies CUDA autocast's rules (core.cuda_autocast)
+where the trainer would enter autocast on CUDA, so the test of the tiny check sees the
+bf16 and fp16 rows compute in bf16 and fp16.
 A row that fails prints its error and the check goes on (exit status 1 at the end).
 The goal for an H100: >= 40% MFU for ViT-B/16 bf16 training.
 """
@@ -26,6 +32,7 @@ The goal for an H100: >= 40% MFU for ViT-B/16 bf16 training.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -168,6 +175,19 @@ class Step:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
 
+    def compute_dtype(self) -> str:
+        """The output dtype of the backbone's first convolution or linear layer in one
+        training forward (no gradient), as this step's precision setting makes it."""
+        first = next(m for m in self.net.backbone.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+        seen: list[torch.dtype] = []
+        handle = first.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+        try:
+            with torch.no_grad():
+                self.net(self.batch, train=True)
+        finally:
+            handle.remove()
+        return str(seen[0]).removeprefix("torch.")
+
     def flops(self) -> int:
         """Model FLOPs of one forward + backward (uncompiled module)."""
         from torch.utils.flop_counter import FlopCounterMode
@@ -196,13 +216,15 @@ def train_row(args, name: str, precision: str, compiled: bool, ddp: bool = False
     reset_memory(device)
     step = Step(name, TINY if args.tiny else FULL, device, precision, args.out_dir, args.batch_size)
     flops = step.flops() if name == "vit" else None
+    dtype = step.compute_dtype()
     if ddp:
         step.wrap(lambda net: torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index or 0] if device.type == "cuda" else None))
     if compiled:
         step.wrap(torch.compile)
     seconds = time_steps(step, device, args.warmup + (2 if compiled else 0), args.steps)
-    row = {"images_per_s": step.images / seconds, "step_ms": seconds * 1e3, "memory_gb": peak_memory_gb(device)}
+    row = {"images_per_s": step.images / seconds, "step_ms": seconds * 1e3, "memory_gb": peak_memory_gb(device),
+           "compute_dtype": dtype}
     if flops:
         achieved = flops / seconds / 1e12
         peak = peak_tflops(device, precision, args.peak_tflops)
@@ -250,6 +272,34 @@ def ddp_row(args) -> dict[str, Any]:
         dist.destroy_process_group()
 
 
+def emulate_cuda_autocast_on_cpu() -> None:
+    """Where the trainer enters autocast for bf16/fp16 (on CUDA only), enter the CPU
+    emulation of CUDA's autocast instead; its loss region leaves the emulation."""
+    from core.cuda_autocast import emulate_cuda_autocast
+    from core.training import precision as P
+
+    active: list[Any] = []
+    cuda_autocast, cuda_loss_region = P.autocast, P.loss_region
+
+    @contextlib.contextmanager
+    def autocast(device: torch.device, precision: str):
+        if device.type != "cpu" or precision not in P.DTYPES:
+            with cuda_autocast(device, precision):
+                yield
+            return
+        with emulate_cuda_autocast(P.DTYPES[precision]) as mode:
+            active.append(mode)
+            try:
+                yield
+            finally:
+                active.pop()
+
+    def loss_region(device: torch.device):
+        return active[-1].disabled() if active else cuda_loss_region(device)
+
+    P.autocast, P.loss_region = autocast, loss_region
+
+
 def plan(args) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
     rows = []
     compile_options = (False, True) if (args.device.startswith("cuda") or args.compile) and not args.no_compile \
@@ -285,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="replace every row's batch size")
     parser.add_argument("--compile", action="store_true", help="compile rows on the CPU too")
     parser.add_argument("--no-compile", action="store_true", help="no compile rows")
+    parser.add_argument("--emulate-cuda-autocast", action="store_true",
+                        help="on the CPU: apply CUDA autocast's rules where the trainer would autocast on CUDA")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's peak for MFU (else a table)")
     parser.add_argument("--budget-s", type=float, default=480.0,
                         help="rows not started within this many seconds are skipped (default 8 minutes)")
@@ -295,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 3)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
+    if args.emulate_cuda_autocast:
+        if device.type != "cpu":
+            parser.error("--emulate-cuda-autocast is for --device cpu (a GPU applies CUDA's autocast itself)")
+        emulate_cuda_autocast_on_cpu()
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
@@ -313,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             row = fn()
-            note = f"{row['seconds']:.3f} s" if "seconds" in row else row.get("backend", "")
+            note = f"{row['seconds']:.3f} s" if "seconds" in row else \
+                " ".join(filter(None, (row.get("compute_dtype"), row.get("backend"))))
         except Exception as exc:  # noqa: BLE001 - one failing row must not hide the others
             failed += 1
             row = {"error": f"{type(exc).__name__}: {exc}"}
