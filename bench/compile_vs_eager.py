@@ -7,7 +7,7 @@ gradient, the smallest cosine of a gradient tensor with the eager one (tensors a
 of the largest), and the graphs compiled (recompiles included).
 
     OMP_NUM_THREADS=1 python bench/compile_vs_eager.py --backend inductor [--twins quickstart ...]
-        [--no-layout-optimization]
+        [--no-layout-optimization] [--device cuda]
 
 With inductor, random numbers are drawn by eager's generator (`fallback_random`), so both
 runs see the same dropout. The CI test of the same comparison with `aot_eager` (bit for
@@ -40,12 +40,12 @@ from core.training.trainer import TrainingModule, detach_parts  # noqa: E402
 from pipeline_twins import ALL, first_batches, small_config  # noqa: E402
 
 
-def build(name: str, folder: Path):
+def build(name: str, folder: Path, device: torch.device = torch.device("cpu")):
     torch.manual_seed(0)
     folder.mkdir()
     p = build_pipeline(small_config(name, folder), echo=lambda *a, **k: None)
-    net = TrainingModule(p.model, p.loss_modules()).train()
-    net.amp = (torch.device("cpu"), "fp32")
+    net = TrainingModule(p.model, p.loss_modules()).to(device).train()
+    net.amp = (device, "fp32")
     return p, net
 
 
@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--backend", default="inductor")
     ap.add_argument("--twins", nargs="*", default=ALL)
     ap.add_argument("--batches", type=int, default=6)
+    ap.add_argument("--device", default="cpu", help="where both runs train (fp32; on CUDA without TF32)")
     ap.add_argument("--no-layout-optimization", action="store_true",
                     help="inductor keeps eager's memory layout for convolutions")
     args = ap.parse_args()
@@ -94,14 +95,17 @@ def main() -> None:
     torch._logging.set_logs(dynamo=logging.ERROR)
     inductor_config.fallback_random = True
     inductor_config.layout_optimization = not args.no_layout_optimization
-    print(f"torch {torch.__version__}, backend {args.backend}, {torch.get_num_threads()} threads, "
+    device = torch.device(args.device)
+    if device.type == "cuda":  # fp32 matrix products in both runs, as on the CPU
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    print(f"torch {torch.__version__}, backend {args.backend}, {args.device}, {torch.get_num_threads()} threads, "
           f"layout optimization {'off' if args.no_layout_optimization else 'on'}")
     for name in args.twins:
         folder = Path(tempfile.mkdtemp())
-        p, eager_net = build(name, folder / "eager")
-        p_compiled, compiled_net = build(name, folder / "compiled")  # its own loss modules (state, parameters)
+        p, eager_net = build(name, folder / "eager", device)
+        p_compiled, compiled_net = build(name, folder / "compiled", device)  # its own loss modules (state, parameters)
         for stage in range(len(p.stages)):
-            batches = first_batches(p, args.batches)
+            batches = [b.to(device) for b in first_batches(p, args.batches)]
             start = time.perf_counter()
             eager = steps(p, eager_net, eager_net, stage, batches)
             torch._dynamo.reset()
