@@ -73,7 +73,7 @@ def import_faiss(search: str):
         import faiss
     except ImportError:
         raise ImportError(f"evaluator 'reid': search {search!r} needs faiss, which is not installed; "
-                          "pip install faiss-cpu (or faiss-gpu), or use search: exact") from None
+                          "pip install faiss-cpu, or use search: exact") from None
     return faiss
 
 
@@ -106,7 +106,9 @@ def ivf_search(query: torch.Tensor, gallery: torch.Tensor, metric: str, k: int,
     fewer were found). `nlist` 0 picks ~4 sqrt(G) lists (faiss's guideline). Building
     the index (k-means, then assigning all G items) is most of the time of a one-off
     evaluation: on a CPU, exact search is faster up to at least half a million gallery
-    items (BENCHMARKS.md); IVF is for larger galleries, or faiss on a GPU."""
+    items (BENCHMARKS.md); IVF is for larger galleries. The index stays on the CPU (no
+    faiss GPU index is built; exact search computes on the features' device, a GPU when they
+    are there)."""
     faiss = import_faiss("faiss_ivf")
     q, g = _as_faiss(query, metric), _as_faiss(gallery, metric)
     nlist = nlist or max(1, round(4 * math.sqrt(len(g))))
