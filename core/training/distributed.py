@@ -4,19 +4,29 @@ uses; no home-made launcher), NCCL on GPUs, gloo on the CPU.
     torchrun --nproc-per-node 4 -m core run pipeline.yaml
 
 Outside torchrun every helper here is a no-op for one process.
+
+Every helper that communicates runs eagerly, also when called from a module that
+`trainer.compile` compiles (`@_eager`, i.e. `torch.compiler.disable`). Traced, its
+collectives became functional collectives inside inductor's graphs, and torch reported Work
+objects left unwaited at exit ("there are still 9 unwaited collective calls";
+tests/test_ddp_methods.py). These collectives move a batch's features, labels and BatchNorm
+statistics, which are small, so compiling them gains nothing. Run eagerly, they are the
+collectives the DDP tests check.
 """
 
 from __future__ import annotations
 
 import datetime
 import fnmatch
+import functools
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
 
 
 @dataclass(frozen=True)
@@ -56,11 +66,25 @@ def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def _eager(helper: Callable) -> Callable:
+    """`helper` run eagerly under DDP, even inside a compiled region (module docstring).
+    With one process it is traced as before: its no-op path adds no graph break."""
+    eager = torch.compiler.disable(helper)
+
+    @functools.wraps(helper)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return eager(*args, **kwargs) if active() else helper(*args, **kwargs)
+
+    return call
+
+
+@_eager
 def barrier() -> None:
     if active():
         dist.barrier()
 
 
+@_eager
 def broadcast_object(value: Any, src: int = 0) -> Any:
     """Rank `src`'s `value` on every rank (run folders, metrics)."""
     if not active():
@@ -70,6 +94,7 @@ def broadcast_object(value: Any, src: int = 0) -> Any:
     return box[0]
 
 
+@_eager
 def all_reduce_mean(values: torch.Tensor | dict[str, Any]) -> torch.Tensor | dict[str, float]:
     """The mean over processes of a tensor (same shape on every rank), or of a dict of
     scalars whose keys may differ between ranks (a loss that logs a part only when its
@@ -103,6 +128,7 @@ def _all_reduce_mean_dict(values: dict[str, Any]) -> dict[str, float]:
     return dict(zip(keys, (both[0] / both[1].clamp(min=1)).tolist()))
 
 
+@_eager
 def any_true(flag: torch.Tensor) -> bool:
     """Whether `flag` (a bool tensor) is true on any rank: all ranks decide alike."""
     if active():
@@ -192,11 +218,13 @@ class _AllGather(torch.autograd.Function):
         return every[dist.get_rank()]
 
 
+@_eager
 def all_gather_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Every process's `tensor` (equal shapes), differentiable (see `_AllGather`)."""
     return _AllGather.apply(tensor)
 
 
+@_eager
 def _row_counts(local: torch.Tensor) -> list[int]:
     size = torch.tensor([local.shape[0]], device=local.device)
     sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
@@ -204,6 +232,7 @@ def _row_counts(local: torch.Tensor) -> list[int]:
     return [int(s) for s in torch.cat(sizes).tolist()]
 
 
+@_eager
 def _gather_padded(local: torch.Tensor, counts: list[int]) -> torch.Tensor:
     """all_gather of `local` padded to the longest of every rank's row `counts`, the
     padding cut off again. A rank with no rows may not know the rows' shape and dtype
@@ -222,6 +251,7 @@ def _gather_padded(local: torch.Tensor, counts: list[int]) -> torch.Tensor:
     return torch.cat([part[:count] for part, count in zip(parts, counts)])
 
 
+@_eager
 def all_gather_objects(value: Any) -> list[Any]:
     """Every rank's `value`, in rank order (a one-item list outside DDP): per-rank RNG
     states for the checkpoint."""
@@ -232,6 +262,7 @@ def all_gather_objects(value: Any) -> list[Any]:
     return out
 
 
+@_eager
 def all_reduce_max(value: int, device: torch.device) -> int:
     """The largest of every rank's `value` (all ranks decide alike: e.g. which signal
     stops training)."""
@@ -242,6 +273,7 @@ def all_reduce_max(value: int, device: torch.device) -> int:
     return int(box.item())
 
 
+@_eager
 def all_reduce_sum(values: Sequence[int], device: torch.device) -> list[int]:
     """Each of `values` summed over every rank (one all_reduce): e.g. how many rows of a
     kind the whole batch holds, so that every rank takes the same branch."""
