@@ -71,25 +71,30 @@ def test_one_identity_per_process_still_mines_triplets_across_processes(tmp_path
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="inductor's CPU backend needs a C++ compiler")
-def test_compiled_training_under_ddp_computes_the_one_process_losses(tmp_path):
+@pytest.mark.parametrize("name", ["quickstart", "mgor_synthetic", "irm_synthetic"])
+def test_compiled_training_under_ddp_computes_the_one_process_losses(name, tmp_path):
     """`trainer.compile: true` under torchrun: the compiled training module at world size 2
     gives the one-process eager losses, and leaves no collective unwaited. Compiled, the
     losses' gathers became functional collectives inside inductor's graphs, and torch
     reported Work objects never waited at exit ("there are still 9 unwaited collective
-    calls"); core.training.distributed keeps its collectives out of compiled graphs."""
-    config = twin_config("quickstart", tmp_path, ["trainer.stop_after_steps=2", "trainer.sync_bn=true"])
+    calls"); core.training.distributed keeps its collectives out of compiled graphs. The
+    three twins call collectives inside the compiled module: the triplet's gathers, MOIL's
+    and HSE's gathers and the gathered BatchNorm, instruct-editor's head's row counts
+    (bench/ddp_compile.py runs every twin; ~90 s for irm with a cold compile cache)."""
+    base = ["trainer.stop_after_steps=2", "trainer.sync_bn=true"]
+    config = twin_config(name, tmp_path, base)
     (tmp_path / "compiled").mkdir()
-    compiled = twin_config("quickstart", tmp_path / "compiled",
-                           ["trainer.stop_after_steps=2", "trainer.sync_bn=true", "trainer.compile=true"])
+    compiled = twin_config(name, tmp_path / "compiled", [*base, "trainer.compile=true"])
     single = run(config, run_dir=tmp_path / "single")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "core", "run", str(compiled), "--run-dir", str(tmp_path / "ddp")],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "unwaited" not in proc.stderr, proc.stderr[-4000:]
     one, two = _train_records(single.run_dir), _train_records(tmp_path / "ddp")
     assert [r["global_step"] for r in two] == [r["global_step"] for r in one] == [1, 2]
     for a, b in zip(one, two):
-        for key in ("loss", "ce", "triplet", "triplet/d_ap", "triplet/d_an"):
-            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (a["global_step"], key)
+        keys = [k for k in a if k not in ("images_per_s", "event", "stage", "epoch", "global_step", "lr")]
+        assert {k: b[k] for k in keys} == pytest.approx({k: a[k] for k in keys}, rel=1e-4, abs=1e-5), \
+            f"step {a['global_step']}"
