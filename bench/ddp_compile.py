@@ -11,8 +11,6 @@ unwaited. CI runs the quickstart case (tests/test_ddp_methods.py); this runs the
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from core.runner import run  # noqa: E402
+from core.testing import run_torchrun  # noqa: E402
 from core.training.run_folder import read_metrics  # noqa: E402
 from pipeline_twins import TWINS, twin_config  # noqa: E402
 
@@ -44,13 +43,11 @@ def check(name: str, folder: Path) -> str:
     for labels in folder.glob("*.npz"):  # labels (muva's prepare step) made by the one-process run
         (folder / "compiled" / labels.name).write_bytes(labels.read_bytes())
     start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "core", "run", str(compiled), "--run-dir", str(folder / "ddp")],
-        capture_output=True, text=True, timeout=1800, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=folder)
+    try:
+        proc = run_torchrun("-m", "core", "run", compiled, "--run-dir", folder / "ddp", cwd=folder, timeout=1800)
+    except AssertionError as exc:  # the end of the processes' stderr
+        return f"{name}: FAILED\n{exc}"
     seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        return f"{name}: FAILED ({proc.stderr.strip().splitlines()[-1][:200]})"
     one, two = train_records(single.run_dir), train_records(folder / "ddp")
     worst = 0.0
     for a, b in zip(one, two):

@@ -13,7 +13,7 @@ installed). Importing this module is cheap; fixtures import torch only when used
 - `one_torch_thread`: run the test with one torch thread (tiny models on a busy shared
   CPU: more threads only wait for each other; request it, or make it autouse in a
   conftest).
-- `torchrun(script, *args, nproc=2, timeout=600)`: run `python -m torch.distributed.run
+- `torchrun(script, *args, nproc=2, timeout=600)` (also importable: `run_torchrun`): run `python -m torch.distributed.run
   --standalone --nproc-per-node 2 script args` on the CPU (gloo, one OpenMP thread a
   process), assert it exited 0 (the end of its stderr if not); returns the process. The
   multi-process (DDP) tests of the core and the plugins launch with it.
@@ -129,7 +129,7 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def _torchrun(*args, rendezvous=("--standalone",), nproc: int = 2, cwd=None, timeout: float = 600):
+def run_torchrun(*args, rendezvous=("--standalone",), nproc: int = 2, cwd=None, timeout: float = 600):
     """`python -m torch.distributed.run <rendezvous> --nproc-per-node <nproc> <args>` on the
     CPU (gloo, one OpenMP thread a process: the machine is shared); asserts it exited 0
     and shows the end of its stderr if not. `args`: what follows torchrun's own flags
@@ -143,8 +143,8 @@ def _torchrun(*args, rendezvous=("--standalone",), nproc: int = 2, cwd=None, tim
 
 @pytest.fixture
 def torchrun():
-    """The launcher of the multi-process tests: see _torchrun."""
-    return _torchrun
+    """The launcher of the multi-process tests: see run_torchrun."""
+    return run_torchrun
 
 
 @pytest.fixture(autouse=True, scope="session")

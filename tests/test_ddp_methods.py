@@ -5,11 +5,7 @@ prototypes and alignment, HSE's meta-train statistics and the BatchNorm statisti
 (`trainer.sync_bn`) are taken over the whole batch, and the updated weights follow, so
 later steps agree too."""
 
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -30,16 +26,11 @@ def _train_records(run_dir):
 
 
 @pytest.mark.parametrize("name", sorted(TWINS))
-def test_two_processes_compute_the_one_process_losses(name, tmp_path):
+def test_two_processes_compute_the_one_process_losses(name, tmp_path, torchrun):
     steps, extra = STEPS.get(name, (2, []))
     config = twin_config(name, tmp_path, [f"trainer.stop_after_steps={steps}", "trainer.sync_bn=true", *extra])
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = run(config, run_dir=tmp_path / "single")  # labels (muva's prepare step) are written here
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "core", "run", str(config), "--run-dir", str(tmp_path / "ddp")],
-        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    torchrun("-m", "core", "run", config, "--run-dir", tmp_path / "ddp", cwd=tmp_path)
     one, two = _train_records(single.run_dir), _train_records(tmp_path / "ddp")
     assert [r["global_step"] for r in two] == [r["global_step"] for r in one] == list(range(1, steps + 1))
     if name in PER_PROCESS_BN:
@@ -52,17 +43,13 @@ def test_two_processes_compute_the_one_process_losses(name, tmp_path):
         assert got == pytest.approx(want, rel=1e-4, abs=1e-5), f"step {a['global_step']}"
 
 
-def test_one_identity_per_process_still_mines_triplets_across_processes(tmp_path):
+def test_one_identity_per_process_still_mines_triplets_across_processes(tmp_path, torchrun):
     """P = 2 identities over 2 processes: each process holds one identity, no negative of
     its own (the triplet was 0 per process); gathered, the loss is the one-process loss."""
     config = twin_config("quickstart", tmp_path, ["trainer.stop_after_steps=1", "trainer.sync_bn=true",
                                                   "sampler.batch_size=8"])
     single = run(config, run_dir=tmp_path / "single")
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "core", "run", str(config), "--run-dir", str(tmp_path / "ddp")],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    torchrun("-m", "core", "run", config, "--run-dir", tmp_path / "ddp", cwd=tmp_path)
     one, two = _train_records(single.run_dir)[0], _train_records(tmp_path / "ddp")[0]
     assert one["triplet"] > 0 and one["triplet/d_an"] > 0
     assert two["triplet"] == pytest.approx(one["triplet"], rel=1e-4, abs=1e-5)
@@ -72,7 +59,7 @@ def test_one_identity_per_process_still_mines_triplets_across_processes(tmp_path
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="inductor's CPU backend needs a C++ compiler")
 @pytest.mark.parametrize("name", ["quickstart", "mgor_synthetic", "irm_synthetic"])
-def test_compiled_training_under_ddp_computes_the_one_process_losses(name, tmp_path):
+def test_compiled_training_under_ddp_computes_the_one_process_losses(name, tmp_path, torchrun):
     """`trainer.compile: true` under torchrun: the compiled training module at world size 2
     gives the one-process eager losses, and leaves no collective unwaited. Compiled, the
     losses' gathers became functional collectives inside inductor's graphs, and torch
@@ -86,11 +73,7 @@ def test_compiled_training_under_ddp_computes_the_one_process_losses(name, tmp_p
     (tmp_path / "compiled").mkdir()
     compiled = twin_config(name, tmp_path / "compiled", [*base, "trainer.compile=true"])
     single = run(config, run_dir=tmp_path / "single")
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "core", "run", str(compiled), "--run-dir", str(tmp_path / "ddp")],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = torchrun("-m", "core", "run", compiled, "--run-dir", tmp_path / "ddp", cwd=tmp_path, timeout=900)
     assert "unwaited" not in proc.stderr, proc.stderr[-4000:]
     one, two = _train_records(single.run_dir), _train_records(tmp_path / "ddp")
     assert [r["global_step"] for r in two] == [r["global_step"] for r in one] == [1, 2]
