@@ -13,10 +13,11 @@ installed). Importing this module is cheap; fixtures import torch only when used
 - `one_torch_thread`: run the test with one torch thread (tiny models on a busy shared
   CPU: more threads only wait for each other; request it, or make it autouse in a
   conftest).
-- `torchrun(script, *args, nproc=2, timeout=600)` (also importable: `run_torchrun`): run `python -m torch.distributed.run
+- `torchrun(script, *args, nproc=2, timeout=600)`: run `python -m torch.distributed.run
   --standalone --nproc-per-node 2 script args` on the CPU (gloo, one OpenMP thread a
   process), assert it exited 0 (the end of its stderr if not); returns the process. The
-  multi-process (DDP) tests of the core and the plugins launch with it.
+  multi-process (DDP) tests of the core and the plugins launch with it; outside pytest
+  it is `core.testing.run_torchrun`.
 - `private_core_cache` (automatic): `$CORE_CACHE_DIR` points to a temporary folder, so
   tests never write reid-core's caches into the user's home.
 """
