@@ -225,14 +225,14 @@ def op_count(trainer, hand_pipeline) -> None:
                 step()
         counts[name] = Counter({k: v for k, v in mode.ops.items() if k not in NO_KERNEL})
     ours_ops, hand_ops = counts["reid-core trainer"], counts["hand-written loop"]
-    print(f"| side | aten operations per training step (views and metadata apart) |")
+    print("| side | aten operations per training step (views and metadata apart) |")
     print("|---|---|")
     for name, ops in counts.items():
         print(f"| {name} | {sum(ops.values())} |")
     extra = ours_ops - hand_ops
     fewer = hand_ops - ours_ops
     print(f"\nours adds {sum(extra.values())}: " + ", ".join(f"{k} {v}" for k, v in extra.most_common()))
-    print(f"ours has fewer: " + (", ".join(f"{k} {v}" for k, v in fewer.most_common()) or "none"))
+    print("ours has fewer: " + (", ".join(f"{k} {v}" for k, v in fewer.most_common()) or "none"))
     print("(on the CPU the trainer also reads the NaN/Inf guard's flag every step: one host read that a GPU "
           "step makes only at logging steps)")
 
