@@ -49,13 +49,18 @@ def check(name: str, folder: Path) -> str:
         return f"{name}: FAILED\n{exc}"
     seconds = time.perf_counter() - start
     one, two = train_records(single.run_dir), train_records(folder / "ddp")
-    worst = 0.0
+    worst, missing = 0.0, set()
     for a, b in zip(one, two):
         for key, value in a.items():
-            if key not in SKIP and isinstance(value, (int, float)) and key in b:
-                worst = max(worst, abs(value - b[key]) / max(abs(value), 1e-3))
+            if key in SKIP or not isinstance(value, (int, float)):
+                continue
+            if key not in b:
+                missing.add(key)
+                continue
+            worst = max(worst, abs(value - b[key]) / max(abs(value), 1e-3))
     return (f"{name}: steps {len(one)} / {len(two)}, largest relative difference {worst:.1e}, "
-            f"unwaited collectives {'yes' if 'unwaited' in proc.stderr else 'none'}, {seconds:.0f} s")
+            f"unwaited collectives {'yes' if 'unwaited' in proc.stderr else 'none'}, {seconds:.0f} s"
+            + (f", not logged under DDP: {', '.join(sorted(missing))}" if missing else ""))
 
 
 def main() -> None:
