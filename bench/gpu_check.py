@@ -16,7 +16,9 @@ measured):
     64, MOIL + HSE), MUVA (CLIP ViT-B/16 at 256x128 with AM-MSA, stage-2 losses) and IRM
     (ViT-B/16 + CLIP ViT-B/16 instruction encoder + editing blocks) models, from random
     weights (no download), on the synthetic world at the papers' image sizes;
-  - Market-1501-shape evaluation (3,368 queries x 15,913 gallery, 768-d) on the device;
+  - Market-1501-shape evaluation (3,368 queries x 15,913 gallery, 768-d) on the device,
+    and the same with float16 features on disk (`search: blocked` on the device they were
+    computed on; its metrics checked against the in-memory path's);
   - DDP over NCCL (gloo on the CPU) with one process: the ViT-B/16 bf16 step wrapped;
   - peak device memory of each row;
   - the dtype the model's first matrix product computed in (one untimed forward of the
@@ -256,6 +258,43 @@ def eval_row(args) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - start, "memory_gb": peak_memory_gb(device)}
 
 
+def eval_disk_row(args) -> dict[str, Any]:
+    """The Market shape again with the features on disk, as the trainer writes sets above
+    `eval_features_disk_above`: float16 memory maps searched block by block (`search:
+    blocked`) on the device they were computed on, and the exact path's metrics."""
+    from core.evaluation.features import FeatureWriter, features_tensor
+    from core.evaluation.reid import ReIDEvaluator
+    from core.interfaces import FeatureSet
+
+    device = torch.device(args.device)
+    reset_memory(device)
+    nq, ng, dim, ids = (100, 500, 32, 20) if args.tiny else (3368, 15913, 768, 750)
+    rng = np.random.default_rng(0)
+    sets = []
+    for name, n in (("query", nq), ("gallery", ng)):
+        embeddings = rng.standard_normal((n, dim), dtype=np.float32)
+        writer = FeatureWriter(args.out_dir / f"eval-{name}.npy", n, dim, "float16")
+        writer.write(embeddings)
+        writer.close()
+        path = args.out_dir / f"eval-{name}.npy"
+        pids, cams = rng.integers(0, ids, n), rng.integers(0, 6, n)
+        sets.append((FeatureSet(embeddings=features_tensor(path), pids=pids, camids=cams, embeddings_file=path,
+                                compute_device=str(device)),
+                     FeatureSet(embeddings=features_tensor(path).float().to(device), pids=pids, camids=cams)))
+    (query, query_memory), (gallery, gallery_memory) = sets
+    evaluator = ReIDEvaluator(metric="cosine")
+    synchronize(device)
+    start = time.perf_counter()
+    on_disk = evaluator.evaluate(query, gallery)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    in_memory = evaluator.evaluate(query_memory, gallery_memory)
+    # the same float16-rounded features both ways: equal up to distances that round apart
+    # (a GPU may pick other matmul kernels for other block widths)
+    worst = max(abs(on_disk[k] - in_memory[k]) for k in in_memory)
+    return {"seconds": seconds, "memory_gb": peak_memory_gb(device), "metrics_diff": worst}
+
+
 def ddp_row(args) -> dict[str, Any]:
     import torch.distributed as dist
 
@@ -310,6 +349,7 @@ def plan(args) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
     for method in ("mgor", "muva", "irm"):
         rows.append((f"{method} bf16 step", lambda m=method: train_row(args, m, "bf16", False)))
     rows.append(("eval market-shape", lambda: eval_row(args)))
+    rows.append(("eval market-shape on disk", lambda: eval_disk_row(args)))
     rows.append(("ddp 1 process vit bf16", lambda: ddp_row(args)))
     if True in compile_options:  # last: compiling takes most of the check's time
         for precision in ("fp32", "bf16", "fp16"):
@@ -369,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             row = fn()
-            note = f"{row['seconds']:.3f} s" if "seconds" in row else \
+            note = f"{row['seconds']:.3f} s" + (f", metrics vs in memory {row['metrics_diff']:.1e}"
+                                                  if "metrics_diff" in row else "") if "seconds" in row else \
                 " ".join(filter(None, (row.get("compute_dtype"), row.get("backend"))))
         except Exception as exc:  # noqa: BLE001 - one failing row must not hide the others
             failed += 1

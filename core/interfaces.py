@@ -227,6 +227,10 @@ class FeatureSet:
     #: evaluation features, issue 24): an evaluator should read it block by block, never
     #: whole (the reid evaluator then searches with `search: blocked`)
     embeddings_file: Path | None = None
+    #: the device the embeddings were computed on (the trainer's, e.g. "cuda:0"): an
+    #: evaluator reading memory-mapped embeddings from the host may compute its distances
+    #: there (the reid evaluator's `search: blocked` does)
+    compute_device: str | None = None
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])

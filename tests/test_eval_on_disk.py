@@ -40,10 +40,11 @@ class Spy:
     embeddings), then evaluates like the wrapped evaluator."""
 
     def __init__(self, evaluator, out_of_core=True):
-        self.evaluator, self.out_of_core, self.seen = evaluator, out_of_core, []
+        self.evaluator, self.out_of_core, self.seen, self.devices = evaluator, out_of_core, [], []
 
     def evaluate(self, query: FeatureSet, gallery: FeatureSet):
         self.seen.append([(fs.embeddings_file, fs.embeddings.clone()) for fs in (query, gallery)])
+        self.devices.append((query.compute_device, gallery.compute_device))
         return self.evaluator.evaluate(query, gallery)
 
 
@@ -143,6 +144,43 @@ def test_the_reid_evaluator_searches_memory_mapped_features_out_of_core(tmp_path
     assert len(calls) == 2
     with pytest.raises(ValueError, match="rerank: true needs every distance in memory.*eval_features: memory"):
         ReIDEvaluator(rerank=True).evaluate(query, mapped)
+
+
+def test_features_on_disk_are_searched_on_the_gpu_they_were_computed_on(trainer, monkeypatch):
+    """The trainer's on-disk features are a host memory map; `search: blocked` computes on
+    the device the trainer embedded them on (`FeatureSet.compute_device`), not on the CPU
+    where the map lives. Without a GPU the choice is checked with CUDA declared available
+    and the blocked search spied (its device argument), and the trainer's own features
+    name its device."""
+    import core.evaluation.blocked as blocked
+    from core.evaluation.reid import search_device
+
+    mapped = FeatureSet(torch.zeros(3, 2), np.arange(3), np.zeros(3, np.int64), compute_device="cuda:1")
+    assert search_device(mapped) == torch.device("cpu")  # no GPU here: the CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert search_device(mapped) == torch.device("cuda", 1)
+    assert search_device(FeatureSet(torch.zeros(3, 2), np.arange(3), np.zeros(3, np.int64))) == torch.device("cpu")
+    assert search_device(FeatureSet(torch.zeros(3, 2), np.arange(3), np.zeros(3, np.int64),
+                                    compute_device="cpu")) == torch.device("cpu")
+    monkeypatch.undo()
+
+    devices = []
+    real = blocked.blocked_per_query_metrics
+
+    def spy(*args, **kwargs):
+        devices.append(args[10])  # the `device` argument
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(blocked, "blocked_per_query_metrics", spy)
+    seen = Spy(trainer.p.evaluator)
+    evaluate_with(trainer, monkeypatch, seen, eval_features="disk", eval_features_dtype="float32")
+    assert devices == [trainer.device]
+    assert seen.devices == [(str(trainer.device), str(trainer.device))]
+    monkeypatch.setattr("core.evaluation.reid.search_device", lambda query: torch.device("cuda", 3))
+    monkeypatch.setattr(blocked, "blocked_per_query_metrics", lambda *a, **k: devices.append(a[10]) or real(
+        *a[:10], torch.device("cpu"), **k))
+    evaluate_with(trainer, monkeypatch, seen, eval_features="disk", eval_features_dtype="float32")
+    assert devices[-1] == torch.device("cuda", 3)
 
 
 def test_shards_are_joined_in_rank_order(world_pipeline, tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
     assert sorted(rows) == sorted(["vit fp32", "vit bf16", "vit fp16", "resnet50 bf16", "mgor bf16 step",
-                                   "muva bf16 step", "irm bf16 step", "eval market-shape",
+                                   "muva bf16 step", "irm bf16 step", "eval market-shape", "eval market-shape on disk",
                                    "ddp 1 process vit bf16"])
     for name, row in rows.items():
         assert "error" not in row, (name, row)
@@ -33,6 +33,7 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
             assert row["images_per_s"] > 0 and row["step_ms"] > 0
     assert all(rows[f"vit {p}"]["tflops"] > 0 for p in ("fp32", "bf16", "fp16"))  # FLOPs were counted
     assert rows["ddp 1 process vit bf16"]["backend"] == "gloo"
+    assert rows["eval market-shape on disk"]["metrics_diff"] < 1e-6  # blocked on disk = in memory
     expected = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
     for name, row in rows.items():
         if not name.startswith("eval"):

@@ -124,15 +124,16 @@ def blocked_per_query_metrics(query: Any, gallery: Any, metric: str, q_pids, g_p
     num_q, num_g = len(query), len(gallery)
     q_pids, g_pids, q_camids, g_camids, q_groups, g_groups = query_gallery_labels(
         q_pids, g_pids, q_camids, g_camids, q_groups, g_groups, num_q, num_g)
-    index = _GalleryIndex(g_pids, g_camids, torch.device("cpu"), g_groups)
-    q_cams_all = torch.as_tensor(q_camids)
-    q_groups_all = None if q_groups is None else torch.as_tensor(q_groups)
+    device = torch.device(device)
+    index = _GalleryIndex(g_pids, g_camids, device, g_groups)
+    q_cams_all = torch.as_tensor(q_camids, device=device)
+    q_groups_all = None if q_groups is None else torch.as_tensor(q_groups, device=device)
     g_ranges = gallery_blocks(num_g, gallery_block)
     parts = []
     for q0 in range(0, num_q, query_block):
         q1 = min(q0 + query_block, num_q)
         q = rows_as_float(query, q0, q1, device)
-        rows, cols = index.same_identity(torch.as_tensor(q_pids[q0:q1]))
+        rows, cols = index.same_identity(torch.as_tensor(q_pids[q0:q1], device=device))
         removal = _Removal(q_cams_all[q0:q1], None if q_groups_all is None else q_groups_all[q0:q1], index,
                            exclude_same_camera)
         junk = removal(rows, cols)
@@ -145,37 +146,40 @@ def blocked_per_query_metrics(query: Any, gallery: Any, metric: str, q_pids, g_p
 
 def _pair_distances(q, gallery, metric, rows, cols, g_ranges, device) -> torch.Tensor:
     """Pass 1: the distance of each (row, col) pair, read from the block products (so it is
-    the very value pass 2 compares against)."""
-    values = torch.empty(len(rows), dtype=torch.float64)
+    the very value pass 2 compares against). Everything stays on `device`; the pairs of
+    each gallery block are found on the host (one small copy of the sorted columns)."""
+    values = torch.empty(len(rows), dtype=torch.float64, device=device)
     order = torch.argsort(cols, stable=True)
-    sorted_cols = cols[order]
+    sorted_cols = cols[order].cpu().numpy()
     for g0, g1, g in _blocks(gallery, g_ranges, device):
-        lo, hi = (int(torch.searchsorted(sorted_cols, torch.tensor(v))) for v in (g0, g1))
+        lo, hi = (int(i) for i in np.searchsorted(sorted_cols, (g0, g1)))
         if lo == hi:
             continue
         at = order[lo:hi]
-        d = distance_to(g, metric)(q).cpu()
+        d = distance_to(g, metric)(q)
         values[at] = d[rows[at], cols[at] - g0].double()
     return values
 
 
 def _query_block_ranks(q, gallery, metric, rows, cols, junk, values, g_ranges, device) -> tuple[np.ndarray, ...]:
-    """Pass 2: each positive's rank among the kept items, then the per-query metrics."""
+    """Pass 2: each positive's rank among the kept items, then the per-query metrics. The
+    comparisons run on `device` (a GPU when the evaluation is given one), with the few
+    host reads a block needs (its widest query, the ties inside a positive's own block)."""
     c = q.shape[0]
     pos_rows, pos_cols, pos_values = rows[~junk], cols[~junk], values[~junk]
     num_pos = torch.bincount(pos_rows, minlength=c)
     width = int(num_pos.max()) if len(pos_rows) else 0
     if width == 0:
-        return _from_ranks(num_pos, torch.ones((c, 0), dtype=torch.int64))
-    slot = torch.arange(len(pos_rows)) - (torch.cumsum(num_pos, 0) - num_pos)[pos_rows]
-    pv = torch.full((c, width), float("inf"), dtype=torch.float64)
-    pc = torch.full((c, width), -1, dtype=torch.int64)
+        return _from_ranks(num_pos, torch.ones((c, 0), dtype=torch.int64, device=device))
+    slot = torch.arange(len(pos_rows), device=device) - (torch.cumsum(num_pos, 0) - num_pos)[pos_rows]
+    pv = torch.full((c, width), float("inf"), dtype=torch.float64, device=device)
+    pc = torch.full((c, width), -1, dtype=torch.int64, device=device)
     pv[pos_rows, slot], pc[pos_rows, slot] = pos_values, pos_cols
-    before = torch.zeros((c, width), dtype=torch.int64)
+    before = torch.zeros((c, width), dtype=torch.int64, device=device)
     for g0, g1, g in _blocks(gallery, g_ranges, device):
-        d = distance_to(g, metric)(q).cpu()
+        d = distance_to(g, metric)(q)
         if width <= COMPARE_WIDTH:  # a pass of comparisons per positive slot, ties by index
-            pv_d, index = pv.to(d.dtype), torch.arange(g0, g1)[None, :]
+            pv_d, index = pv.to(d.dtype), torch.arange(g0, g1, device=device)[None, :]
             for j in range(width):
                 p, pcj = pv_d[:, j:j + 1], pc[:, j:j + 1]
                 before[:, j] += ((d < p) | ((d == p) & (index < pcj))).sum(1)

@@ -22,7 +22,8 @@ class ReIDEvaluator(Evaluator):
     more than one ("person/mAP", ...).
 
     Distances are computed block by block (2^23 entries per matrix product) on the device
-    the embeddings live on and ranked chunk by chunk, so the (Q, G) matrix never exists
+    the embeddings live on (memory-mapped embeddings: the GPU they were computed on,
+    `search_device`) and ranked chunk by chunk, so the (Q, G) matrix never exists
     whole; see `core.evaluation.ranking` for the protocol, the tie rule (stable by
     gallery index) and the memory bound.
 
@@ -177,7 +178,7 @@ class ReIDEvaluator(Evaluator):
         per_query = blocked_per_query_metrics(
             query.embeddings.detach(), gallery.embeddings.detach(), self.metric, query.pids, gallery.pids,
             query.camids, gallery.camids, self.exclude_same_camera, self.chunk_size or DEFAULT_QUERY_BLOCK,
-            self.gallery_block, query.embeddings.device, **groups)
+            self.gallery_block, search_device(query), **groups)
         metrics = summarise(per_query, self.ranks)
         if categories is not None:
             metrics.update(_per_category(per_query, self.ranks, categories, names))
@@ -222,6 +223,16 @@ class ReIDEvaluator(Evaluator):
         exact = blocked_topk(query.embeddings.detach()[torch.from_numpy(sample)], gallery.embeddings.detach(),
                              self.metric, self.topk, gallery_block=self.gallery_block)[1]
         return recall_at_k(retrieved[sample], exact)
+
+
+def search_device(query: FeatureSet) -> torch.device:
+    """Where `search: blocked` computes: the embeddings' own device when they are on a GPU,
+    else the GPU they were computed on (`FeatureSet.compute_device`: the trainer's on-disk
+    features are a host memory map, read block by block and copied there), else the CPU."""
+    if query.embeddings.device.type != "cpu":
+        return query.embeddings.device
+    device = torch.device(query.compute_device or "cpu")
+    return device if device.type == "cuda" and torch.cuda.is_available() else torch.device("cpu")
 
 
 def _check_feature_set(features: FeatureSet, which: str) -> None:

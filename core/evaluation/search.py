@@ -107,8 +107,8 @@ def ivf_search(query: torch.Tensor, gallery: torch.Tensor, metric: str, k: int,
     the index (k-means, then assigning all G items) is most of the time of a one-off
     evaluation: on a CPU, exact search is faster up to at least half a million gallery
     items (BENCHMARKS.md); IVF is for larger galleries. The index stays on the CPU (no
-    faiss GPU index is built; exact search computes on the features' device, a GPU when they
-    are there)."""
+    faiss GPU index is built; exact search computes on the GPU the features were embedded
+    on, `core.evaluation.reid.search_device`)."""
     faiss = import_faiss("faiss_ivf")
     q, g = _as_faiss(query, metric), _as_faiss(gallery, metric)
     nlist = nlist or max(1, round(4 * math.sqrt(len(g))))

@@ -361,7 +361,7 @@ class Trainer:
         return FeatureSet(embeddings=gathered.pop("embedding"), pids=table.pids.copy(), camids=table.camids.copy(),
                           categories=table.category_ids.copy(), category_names=list(table.category_names),
                           extras=gathered, records=table.records,  # columnar: no object per image
-                          embeddings_file=to_file)
+                          embeddings_file=to_file, compute_device=str(self.device))
 
     def _join_shards(self, to_file: Path, num: int) -> None:
         """Every rank's shard file, joined in rank order into `to_file` by the main process
