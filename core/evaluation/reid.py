@@ -221,7 +221,8 @@ class ReIDEvaluator(Evaluator):
         n = len(query)
         sample = np.sort(np.random.default_rng(0).choice(n, min(self.recall_queries, n), replace=False))
         exact = blocked_topk(query.embeddings.detach()[torch.from_numpy(sample)], gallery.embeddings.detach(),
-                             self.metric, self.topk, gallery_block=self.gallery_block)[1]
+                             self.metric, self.topk, gallery_block=self.gallery_block,
+                             device=search_device(query))[1]
         return recall_at_k(retrieved[sample], exact)
 
 
