@@ -6,6 +6,8 @@
 #     bash bench/gpu_session.sh --wheels
 #   builds reid-core and every plugin as wheels and downloads what the device image lacks
 #   (open_clip_torch and its ftfy / wcwidth) into .whl/, which .git/info/exclude ignores.
+#   Run it again after changing the code: there, the installed wheels are what `import
+#   core` finds (the scripts and pipelines come from the working tree).
 # There, as one call (device tool: run, carry [".whl"], timeout_s 600):
 #     bash bench/gpu_session.sh [extra gpu_check arguments]
 #   installs the wheels into /tmp/site (nothing of the image is replaced), runs
