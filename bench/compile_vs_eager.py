@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from core.pipeline import build_pipeline  # noqa: E402
-from core.training.trainer import TrainingModule, detach_parts  # noqa: E402
-from pipeline_twins import ALL, first_batches, small_config  # noqa: E402
+from core.training.trainer import TrainingModule  # noqa: E402
+from pipeline_twins import ALL, first_batches, small_config, step_gradients  # noqa: E402
 
 
 def build(name: str, folder: Path, device: torch.device = torch.device("cpu")):
@@ -51,16 +51,7 @@ def build(name: str, folder: Path, device: torch.device = torch.device("cpu")):
 
 def steps(p, net, forward, stage: int, batches) -> list[tuple[dict, dict]]:
     net.terms, net.model_forward = p.stage_losses[stage], p.stages[stage].forward
-    out = []
-    for b, batch in enumerate(batches):
-        torch.manual_seed(100 + b)
-        total, parts, _ = forward(batch, train=True)
-        parts = detach_parts(parts)
-        total.backward()
-        grads = {k: q.grad.clone() for k, q in net.named_parameters() if q.grad is not None}
-        net.zero_grad(set_to_none=True)
-        out.append((parts, grads))
-    return out
+    return step_gradients(forward, net, batches)
 
 
 def compare(eager, compiled) -> tuple[float, float, float]:

@@ -92,3 +92,22 @@ def first_batches(p: Any, count: int, make: Callable | None = None) -> list:
         indices, roles = (plan.indices, plan.roles) if isinstance(plan, Episode) else (plan, [0] * len(plan))
         out.append(make([samples[(i, 0, r)] for i, r in zip(indices, roles)]))
     return out
+
+
+def step_gradients(forward: Callable, net: Any, batches: list) -> list[tuple[dict, dict]]:
+    """(logged parts, gradients by parameter name) of one training forward + backward per
+    batch, each from the same state: the seed 100 + b before batch b (dropout), gradients
+    cleared after. `forward` is `net` itself or a wrapper of it (compiled, DDP)."""
+    import torch
+
+    from core.training.trainer import detach_parts
+
+    out = []
+    for b, batch in enumerate(batches):
+        torch.manual_seed(100 + b)
+        total, parts, _ = forward(batch, train=True)
+        parts = {k: v.clone() for k, v in detach_parts(parts).items()}
+        total.backward()
+        out.append((parts, {k: q.grad.clone() for k, q in net.named_parameters() if q.grad is not None}))
+        net.zero_grad(set_to_none=True)
+    return out

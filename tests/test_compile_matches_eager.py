@@ -18,8 +18,8 @@ from torch._dynamo.utils import counters
 
 from core.pipeline import build_pipeline
 from core.training.run_folder import RunFolder
-from core.training.trainer import Trainer, detach_parts
-from pipeline_twins import ALL, first_batches, small_config
+from core.training.trainer import Trainer
+from pipeline_twins import ALL, first_batches, small_config, step_gradients
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -33,16 +33,7 @@ def _trainer(name, folder, compile_):
 
 def _steps(trainer, stage, batches):
     trainer._prepare_stage(stage)
-    out = []
-    for b, batch in enumerate(batches):
-        torch.manual_seed(100 + b)
-        total, parts, _ = trainer.forward(batch, train=True)
-        parts = detach_parts(parts)
-        total.backward()
-        grads = {k: q.grad.clone() for k, q in trainer.net.named_parameters() if q.grad is not None}
-        trainer.net.zero_grad(set_to_none=True)
-        out.append(({k: v.detach().clone() for k, v in parts.items()}, grads))
-    return out
+    return step_gradients(trainer.forward, trainer.net, batches)
 
 
 @pytest.mark.parametrize("name", ALL)

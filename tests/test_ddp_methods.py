@@ -25,6 +25,17 @@ def _train_records(run_dir):
     return [r for r in read_metrics(run_dir) if r["event"] == "train"]
 
 
+def _assert_same_logged_values(one, two):
+    """Every value logged by the one-process run, also logged by the DDP run and equal to
+    fp32 tolerance, step by step."""
+    for a, b in zip(one, two):
+        keys = [k for k in a if k not in ("images_per_s", "event", "stage", "epoch", "global_step", "lr")]
+        assert set(keys) <= set(b), (set(keys) - set(b))
+        got = {k: b[k] for k in keys}
+        want = {k: a[k] for k in keys}
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-5), f"step {a['global_step']}"
+
+
 @pytest.mark.parametrize("name", sorted(TWINS))
 def test_two_processes_compute_the_one_process_losses(name, tmp_path, torchrun):
     steps, extra = STEPS.get(name, (2, []))
@@ -35,12 +46,7 @@ def test_two_processes_compute_the_one_process_losses(name, tmp_path, torchrun):
     assert [r["global_step"] for r in two] == [r["global_step"] for r in one] == list(range(1, steps + 1))
     if name in PER_PROCESS_BN:
         return
-    for a, b in zip(one, two):
-        keys = [k for k in a if k not in ("images_per_s", "event", "stage", "epoch", "global_step", "lr")]
-        assert set(keys) <= set(b), (set(keys) - set(b))
-        got = {k: b[k] for k in keys}
-        want = {k: a[k] for k in keys}
-        assert got == pytest.approx(want, rel=1e-4, abs=1e-5), f"step {a['global_step']}"
+    _assert_same_logged_values(one, two)
 
 
 def test_one_identity_per_process_still_mines_triplets_across_processes(tmp_path, torchrun):
@@ -77,7 +83,4 @@ def test_compiled_training_under_ddp_computes_the_one_process_losses(name, tmp_p
     assert "unwaited" not in proc.stderr, proc.stderr[-4000:]
     one, two = _train_records(single.run_dir), _train_records(tmp_path / "ddp")
     assert [r["global_step"] for r in two] == [r["global_step"] for r in one] == [1, 2]
-    for a, b in zip(one, two):
-        keys = [k for k in a if k not in ("images_per_s", "event", "stage", "epoch", "global_step", "lr")]
-        assert {k: b[k] for k in keys} == pytest.approx({k: a[k] for k in keys}, rel=1e-4, abs=1e-5), \
-            f"step {a['global_step']}"
+    _assert_same_logged_values(one, two)

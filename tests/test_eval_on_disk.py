@@ -167,9 +167,9 @@ def test_features_on_disk_are_searched_on_the_gpu_they_were_computed_on(trainer,
     devices = []
     real = blocked.blocked_per_query_metrics
 
-    def spy(*args, **kwargs):
-        devices.append(args[10])  # the `device` argument
-        return real(*args, **kwargs)
+    def spy(*args, **kwargs):  # records the `device` argument, searches on this machine's CPU
+        devices.append(args[10])
+        return real(*args[:10], torch.device("cpu"), *args[11:], **kwargs)
 
     monkeypatch.setattr(blocked, "blocked_per_query_metrics", spy)
     seen = Spy(trainer.p.evaluator)
@@ -177,8 +177,6 @@ def test_features_on_disk_are_searched_on_the_gpu_they_were_computed_on(trainer,
     assert devices == [trainer.device]
     assert seen.devices == [(str(trainer.device), str(trainer.device))]
     monkeypatch.setattr("core.evaluation.reid.search_device", lambda query: torch.device("cuda", 3))
-    monkeypatch.setattr(blocked, "blocked_per_query_metrics", lambda *a, **k: devices.append(a[10]) or real(
-        *a[:10], torch.device("cpu"), **k))
     evaluate_with(trainer, monkeypatch, seen, eval_features="disk", eval_features_dtype="float32")
     assert devices[-1] == torch.device("cuda", 3)
 

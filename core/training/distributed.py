@@ -28,7 +28,6 @@ import torch.distributed as dist
 from torch import nn
 
 
-
 @dataclass(frozen=True)
 class Dist:
     rank: int = 0
