@@ -129,6 +129,12 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
+    if device.type == "meta":
+        from core.separate_device import active
+
+        if not active():
+            raise ConfigError("device 'meta' is the tests' emulated device (core.separate_device: run under "
+                              "emulate_separate_device()); use 'auto', 'cpu' or 'cuda'", key="trainer.device")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' asked for, but CUDA is not available here; "
                           "use 'auto' or 'cpu'", key="trainer.device")

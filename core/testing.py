@@ -10,6 +10,10 @@ installed). Importing this module is cheap; fixtures import torch only when used
 - `cuda_autocast`: `with cuda_autocast(torch.bfloat16): ...` applies CUDA autocast's rules
   to CPU tensors (`core.cuda_autocast`): a component that would fail its first CUDA
   mixed-precision step (an `index_copy` of a bf16 source into fp32, ...) fails here.
+- `separate_device`: `with separate_device() as device: model.to(device) ...` gives a device
+  that keeps its tensors apart from the host's as CUDA does, on the CPU
+  (`core.separate_device`): a host tensor stacked with device losses, a host index for a
+  device tensor, numpy of a device tensor fail here as on a first GPU step.
 - `one_torch_thread`: run the test with one torch thread (tiny models on a busy shared
   CPU: more threads only wait for each other; request it, or make it autouse in a
   conftest).
@@ -117,6 +121,15 @@ def cuda_autocast():
     from core.cuda_autocast import emulate_cuda_autocast
 
     return emulate_cuda_autocast
+
+
+@pytest.fixture
+def separate_device():
+    """`emulate_separate_device()`: a device (`meta`, CPU data inside) whose tensors refuse
+    to meet host tensors where CUDA refuses (`core.separate_device`)."""
+    from core.separate_device import emulate_separate_device
+
+    return emulate_separate_device
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from core.interfaces import Loss, read_output
 from core.records import Batch
 from core.training import distributed as D
+from core.training import precision as P
 
 METRICS = ("euclidean", "cosine")
 
@@ -37,13 +38,13 @@ def euclidean_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch
     up to 2.0 against a 0.3 margin. Identical rows give distance 0 and a zero gradient."""
     x = x.float()
     y = x if y is None else y.float()
-    with torch.autocast(x.device.type, enabled=False):
+    with P.loss_region(x.device):
         return torch.cdist(x[None], y[None], compute_mode="donot_use_mm_for_euclid_dist")[0]
 
 
 def cosine_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     """Pairwise 1 - cos between the rows of `x` and `y` (default `x`), in fp32 outside autocast."""
-    with torch.autocast(x.device.type, enabled=False):
+    with P.loss_region(x.device):
         a = F.normalize(x.float(), dim=1)
         b = a if y is None else F.normalize(y.float(), dim=1)
         return 1.0 - a @ b.t()
@@ -52,7 +53,7 @@ def cosine_distances(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Te
 def row_distances(a: torch.Tensor, b: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
     """d(a_i, b_i) for each row i, in fp32 outside autocast (Euclidean from the difference;
     the square clamped so equal rows have a finite gradient)."""
-    with torch.autocast(a.device.type, enabled=False):
+    with P.loss_region(a.device):
         a, b = a.float(), b.float()
         if metric == "cosine":
             return 1.0 - (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1)

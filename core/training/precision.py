@@ -30,8 +30,10 @@ def autocast(device: torch.device, precision: str):
 
 
 def loss_region(device: torch.device):
-    """Autocast switched off: what losses run inside, whatever the caller entered."""
-    return torch.autocast(device.type, enabled=False) if device.type in ("cuda", "cpu") else contextlib.nullcontext()
+    """Autocast switched off: what losses run inside, whatever the caller entered (no
+    region where the device type has no autocast)."""
+    available = torch.amp.is_autocast_available(device.type)
+    return torch.autocast(device.type, enabled=False) if available else contextlib.nullcontext()
 
 
 def to_fp32(outputs: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,209 @@
+"""A device that is not the host, emulated on the CPU, so the test suite catches the
+host/device mixing a first GPU run would fail on (issue 19).
+
+On the CPU every tensor lives in one memory: a loss that builds an index with
+`torch.arange(n)` (no `device=`) and uses it with the model's features, a logged Python
+number stacked with device tensors, a numpy call on a device tensor, a CPU generator
+handed to a device factory - all pass every CPU test and stop the first CUDA step with
+"Expected all tensors to be on the same device". `emulate_separate_device()` gives a
+device (`meta`, the one device torch can name without a runtime) whose tensors hold real
+CPU data, compute as on the CPU, and refuse to meet host tensors where CUDA refuses:
+
+    with emulate_separate_device() as device:
+        model.to(device); loss = model(batch.to(device)).sum(); loss.backward()
+
+The rules follow CUDA's (the PyTorch docs' "CUDA semantics" and TensorIterator's):
+- an op whose tensors are on both sides fails, except a host tensor with no dimensions
+  (a "CPU scalar") in an element-wise op, host index tensors of `index` / `index_put`,
+  and the copies between the two (`to`, `copy_`);
+- a host generator handed to a factory on the device fails;
+- a device tensor has no numpy view and no host storage (`numpy()`, `data_ptr()` fail).
+What it does not show: speed, host syncs (`core.host_syncs` counts those), dtype rules
+(`core.cuda_autocast`), and what only a real device does (streams, NCCL). Device tensors
+report `device.type == "meta"`, so code that branches on `"cuda"` takes its generic path.
+It is an emulation for tests, not a speed path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map
+
+#: the emulated device: tensors reporting it hold CPU data (`DeviceTensor.host`)
+DEVICE = torch.device("meta")
+
+#: ops that take host index tensors beside a device tensor (CUDA copies them over)
+HOST_INDICES = frozenset({"index", "index_put", "index_put_", "_index_put_impl", "_index_put_impl_"})
+#: ops that move data between host and device
+TRANSFERS = frozenset({"_to_copy", "copy_", "copy", "to", "_copy_from", "_copy_from_and_resize"})
+#: non-pointwise ops that accept a host scalar beside device tensors (as their value)
+SCALAR_VALUE = frozenset({"masked_fill", "masked_fill_", "where", "clamp", "clamp_", "index_fill", "index_fill_",
+                          "fill", "fill_", "lerp", "lerp_"})
+
+
+class DeviceMixError(RuntimeError):
+    """An op met host and device tensors where CUDA would refuse it."""
+
+
+class DeviceTensor(torch.Tensor):
+    """A tensor that reports the emulated device and computes on its CPU `host` tensor."""
+
+    host: torch.Tensor
+    __slots__ = ("host",)
+
+    @staticmethod
+    def __new__(cls, host: torch.Tensor, requires_grad: bool = False) -> "DeviceTensor":
+        out = torch.Tensor._make_wrapper_subclass(
+            cls, host.size(), strides=host.stride(), storage_offset=host.storage_offset(), dtype=host.dtype,
+            layout=host.layout, device=DEVICE, requires_grad=requires_grad)
+        out.host = host
+        return out
+
+    def __repr__(self, *, tensor_contents=None) -> str:  # noqa: D105
+        return f"DeviceTensor({self.host!r})"
+
+    def __reduce_ex__(self, protocol):
+        # saved as the host data it holds (a checkpoint of CUDA tensors loads onto the CPU
+        # with map_location, as the trainer's loader does)
+        return self.host.__reduce_ex__(protocol)
+
+    @property
+    def is_meta(self) -> bool:  # it holds data (torch's loaders skip copies into real meta tensors)
+        return False
+
+    def tolist(self) -> Any:  # as CUDA: a copy to the host (torch refuses it for subclasses)
+        return self.host.tolist()
+
+    def numpy(self, *, force: bool = False) -> Any:
+        raise TypeError(f"can't convert {DEVICE} device type tensor to numpy. Use Tensor.cpu() to copy the "
+                        "tensor to host memory first.")
+
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        return _dispatch(func, args, kwargs or {})
+
+
+def _is_emulated(device: Any) -> bool:
+    return device is not None and torch.device(device) == DEVICE
+
+
+def _name(func) -> str:
+    return func.overloadpacket.__name__
+
+
+def _check_mixing(func, args: tuple, kwargs: dict) -> None:
+    name = _name(func)
+    if name in TRANSFERS:
+        return
+    tensors, _ = tree_flatten((args, kwargs))
+    tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
+    if not any(isinstance(t, DeviceTensor) for t in tensors):
+        return
+    exempt: set[int] = set()
+    if name in HOST_INDICES and len(args) > 1:  # the index list: host indices are allowed
+        exempt = {id(i) for i in args[1] if isinstance(i, torch.Tensor)}
+    scalars_ok = torch.Tag.pointwise in func.tags or name in SCALAR_VALUE or name in HOST_INDICES
+    written = args[0] if name.endswith("_") and args else None  # an in-place op's output
+    for t in tensors:
+        if isinstance(t, DeviceTensor) or id(t) in exempt:
+            continue
+        if t.dim() == 0 and scalars_ok and t is not written:  # a "CPU scalar" operand
+            continue
+        raise DeviceMixError(
+            f"{func} got a host tensor (shape {tuple(t.shape)}, {t.dtype}) beside device tensors: CUDA refuses "
+            f"this ('Expected all tensors to be on the same device'); create it on the device "
+            f"(device=x.device) or move it with .to(x.device)")
+
+
+def _check_generator(func, kwargs: dict, on_device: bool) -> None:
+    generator = kwargs.get("generator")
+    if on_device and generator is not None and not _is_emulated(generator.device):
+        raise DeviceMixError(f"{func} makes a device tensor with a host generator: CUDA refuses this "
+                             f"('Expected a 'cuda' device type for generator'); use a generator on the device "
+                             f"or make the values on the host and move them")
+
+
+def _unwrap(value: Any) -> Any:
+    return value.host if isinstance(value, DeviceTensor) else value
+
+
+def _dispatch(func, args: tuple, kwargs: dict):
+    """Run `func` on the host data; outputs are device tensors when it runs on the device."""
+    for t in tree_flatten((args, kwargs))[0]:
+        if isinstance(t, torch.Tensor) and not isinstance(t, DeviceTensor) and t.device == DEVICE:
+            raise RuntimeError(f"{func} got a real meta tensor (no data): a constructor the emulation does not "
+                               "route made it; add it to core.separate_device.FROM_DATA")
+    device = kwargs.get("device")
+    has_device_input = any(isinstance(t, DeviceTensor) for t in tree_flatten((args, kwargs))[0])
+    to_device = _is_emulated(device) if device is not None else has_device_input
+    _check_mixing(func, args, kwargs)
+    _check_generator(func, kwargs, to_device)
+    if _is_emulated(device):
+        kwargs = {**kwargs, "device": torch.device("cpu")}
+    # an in-place op returns its input: the caller's tensor, host or device, not a new one
+    inputs = {id(_unwrap(a)): a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)}
+    out = func(*tree_map(_unwrap, args), **tree_map(_unwrap, kwargs))
+
+    def wrap(value: Any) -> Any:
+        if not isinstance(value, torch.Tensor) or isinstance(value, DeviceTensor):
+            return value
+        if id(value) in inputs:
+            return inputs[id(value)]
+        return DeviceTensor(value) if to_device else value
+
+    return tree_map(wrap, out)
+
+
+class _ToDevice(TorchDispatchMode):
+    """Routes factories and copies that name the emulated device (`torch.zeros(...,
+    device=d)`, `.to(d)`) to `_dispatch`; every other op runs as it would."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if _is_emulated(kwargs.get("device")) or any(isinstance(t, torch.Tensor) and t.device == DEVICE
+                                                       for t in tree_flatten((args, kwargs))[0]):
+            return _dispatch(func, args, kwargs)
+        return func(*args, **kwargs)
+
+
+#: constructors from Python data, which make their tensor below the dispatcher's Python
+#: layer (a real, empty `meta` tensor): made on the host and moved instead
+FROM_DATA = frozenset({torch.tensor, torch.as_tensor, torch.asarray, torch.Tensor.new_tensor})
+
+
+class _FromData(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in FROM_DATA:
+            method = func is torch.Tensor.new_tensor  # new_tensor(self, data): self's device by default
+            data = args[1] if method else args[0]
+            device = kwargs.get("device", DEVICE if method and isinstance(args[0], DeviceTensor) else None)
+            if _is_emulated(device) and not isinstance(data, DeviceTensor):
+                return func(*args, **{**kwargs, "device": "cpu"}).to(DEVICE)
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def emulate_separate_device() -> Iterator[torch.device]:
+    """Inside: the emulated device (yielded) keeps its tensors apart from the host's."""
+    with _ToDevice(), _FromData():
+        yield DEVICE
+
+
+def active() -> bool:
+    """Whether code runs inside `emulate_separate_device()` (where `meta` names its device)."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    return any(isinstance(mode, _ToDevice) for mode in _get_current_dispatch_mode_stack())
+
+
+def host(value: Any) -> Any:
+    """The CPU data behind device tensors (nested containers too), for checking results."""
+    return tree_map(_unwrap, value)

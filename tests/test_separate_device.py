@@ -1,0 +1,232 @@
+"""The emulated separate device (core.separate_device, issue 19): its rules are CUDA's
+(PyTorch docs, "CUDA semantics"; TensorIterator's CPU-scalar rule), it computes what the
+CPU computes, and every first-party pipeline trains, evaluates and resumes on it, so
+host/device mixing fails here before it fails a first GPU run."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.config.loading import dump
+from core.evaluation.blocked import blocked_per_query_metrics, blocked_topk
+from core.separate_device import DeviceMixError, DeviceTensor, emulate_separate_device, host
+from pipeline_twins import ALL, small_config
+
+
+@pytest.fixture
+def device():
+    with emulate_separate_device() as d:
+        yield d
+
+
+def test_a_step_on_the_device_computes_what_the_cpu_computes_and_grads_reach_the_parameters(device):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    x, y = torch.randn(10, 6), torch.randint(0, 3, (10,))
+    twin = copy.deepcopy(net).to(device)
+    assert all(isinstance(p, DeviceTensor) for p in twin.parameters())
+    assert all(isinstance(b, DeviceTensor) for b in twin.buffers())
+    results = []
+    for model, inputs, labels in ((net, x, y), (twin, x.to(device), y.to(device))):
+        opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+        loss = F.cross_entropy(model(inputs), labels)
+        loss.backward()
+        grads = [p.grad for p in model.parameters()]
+        opt.step()
+        results.append((loss.item(), [host(g) for g in grads], [host(p.detach()) for p in model.parameters()]))
+    assert all(isinstance(p.grad, DeviceTensor) for p in twin.parameters())
+    (loss_a, grads_a, weights_a), (loss_b, grads_b, weights_b) = results
+    assert loss_a == pytest.approx(loss_b, rel=1e-6)
+    for a, b in zip(grads_a + weights_a, grads_b + weights_b):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+REFUSED = {
+    # a logged Python number made on the host, stacked with device losses (issue 19 item 10)
+    "stack with a host scalar": lambda d: torch.stack([torch.ones((), device=d), torch.tensor(1.0)]),
+    "cat with a host vector": lambda d: torch.cat([torch.ones(2, device=d), torch.ones(2)]),
+    "index_select with a host index": lambda d: torch.ones(4, device=d).index_select(0, torch.arange(2)),
+    "gather with a host index": lambda d: torch.ones(4, 2, device=d).gather(1, torch.zeros(4, 1, dtype=torch.long)),
+    "matmul with a host matrix": lambda d: torch.ones(2, 3, device=d) @ torch.ones(3, 2),
+    "element-wise with a host vector": lambda d: torch.ones(3, device=d) + torch.arange(3),
+    "mask from the host on a device tensor": lambda d: torch.ones(3, device=d).masked_fill(torch.ones(3).bool(), 0),
+    "in-place into a host scalar": lambda d: torch.zeros(()).add_(torch.ones((), device=d)),
+    "indexing a host tensor with device indices": lambda d: torch.ones(4)[torch.arange(2, device=d)],
+    "a host generator for a device factory": lambda d: torch.randn(3, device=d, generator=torch.Generator()),
+    "numpy of a device tensor": lambda d: torch.ones(2, device=d).numpy(),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_what_cuda_refuses_is_refused(case, device):
+    with pytest.raises((DeviceMixError, TypeError), match="host|numpy"):
+        REFUSED[case](device)
+
+
+ACCEPTED = {
+    "host scalar in an element-wise op": lambda d: torch.ones(3, device=d) * torch.tensor(2.0),
+    "host scalar as where's value": lambda d: torch.where(torch.ones(3, device=d) > 0, torch.ones(3, device=d),
+                                                          torch.tensor(0.0)),
+    "host indices": lambda d: torch.arange(4.0, device=d)[torch.tensor([3, 1])],
+    "host indices to write": lambda d: torch.zeros(4, device=d).index_put_((torch.tensor([1]),),
+                                                                           torch.ones(1, device=d)),
+    "copy from the host": lambda d: torch.zeros(3, device=d).copy_(torch.arange(3.0)),
+    "to and back": lambda d: torch.arange(3.0).to(d).cpu(),
+    "copy to the host": lambda d: torch.zeros(3).copy_(torch.arange(3.0, device=d)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ACCEPTED))
+def test_what_cuda_accepts_from_the_host_is_accepted_and_computed(case, device):
+    out = ACCEPTED[case](device)
+    expected = {"host scalar in an element-wise op": [2.0, 2.0, 2.0], "host scalar as where's value": [1.0] * 3,
+                "host indices": [3.0, 1.0], "host indices to write": [0.0, 1.0, 0.0, 0.0],
+                "copy from the host": [0.0, 1.0, 2.0], "to and back": [0.0, 1.0, 2.0],
+                "copy to the host": [0.0, 1.0, 2.0]}[case]
+    assert host(out).tolist() == expected
+    assert isinstance(out, DeviceTensor) == (case not in ("to and back", "copy to the host"))
+
+
+def test_tensors_from_python_data_land_on_the_device_with_their_values(device):
+    made = [torch.tensor([1, 2], device=device), torch.as_tensor([1.5], device=device),
+            torch.as_tensor(np.arange(2), device=device), torch.ones(1, device=device).new_tensor([4.0])]
+    assert all(isinstance(t, DeviceTensor) for t in made)
+    assert [t.tolist() for t in made] == [[1, 2], [1.5], [0, 1], [4.0]]
+    assert made[0].sum().item() == 3 and made[0].device == device
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_blocked_search_on_the_device_gives_the_host_results(metric):
+    """The out-of-core search (float16 rows read block by block, as from the trainer's memory
+    map) computing on a separate device: its host reads and device comparisons never mix,
+    and every per-query result equals the host computation's."""
+    rng = np.random.default_rng(0)
+    q, g = (rng.standard_normal((n, 8)).astype(np.float16) for n in (40, 300))
+    pids = rng.integers(0, 15, 40), rng.integers(0, 15, 300)
+    cams = rng.integers(0, 3, 40), rng.integers(0, 3, 300)
+    groups = {"q_groups": rng.integers(0, 2, 40), "g_groups": rng.integers(0, 2, 300)}
+    args = (q, g, metric, pids[0], pids[1], cams[0], cams[1], True, 16, 64)
+    on_host = blocked_per_query_metrics(*args, device="cpu", **groups)
+    top_host = blocked_topk(q, g, metric, 5, 16, 64, device="cpu")
+    with emulate_separate_device() as device:
+        on_device = blocked_per_query_metrics(*args, device=device, **groups)
+        top_device = blocked_topk(q, g, metric, 5, 16, 64, device=device)
+    assert on_host.valid.sum() > 20
+    for field in on_host.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(on_host, field), getattr(on_device, field), err_msg=field)
+    for a, b in zip(top_host, top_device):
+        np.testing.assert_array_equal(a, b)
+
+
+def _records(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _one_epoch_a_stage(name: str, folder, device: str):
+    """pipeline `name` made small (`small_config`), one epoch a stage, on `device`; written
+    into `folder`, self-contained."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stages = len(small_config(name, folder).data["stages"])
+    cfg = small_config(name, folder, [*(f"stages.{i}.epochs=1" for i in range(stages)), f"trainer.device={device}"])
+    data = dict(cfg.data)
+    data.pop("_base_", None)
+    path = folder / f"{name}-{device}.yaml"
+    path.write_text(dump(data), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_pipeline_trains_and_evaluates_on_a_separate_device(name, tmp_path, one_torch_thread):
+    """Each first-party pipeline (methods' twins and baselines), one epoch a stage through
+    the trainer (batches moved, memories updated, NaN guard, evaluation, checkpoints) with
+    the model on the emulated device: no host tensor meets a device tensor, and the first
+    step logs what the same step logs on the CPU."""
+    from core.runner import run
+
+    runs = {}
+    for device in ("cpu", "meta"):
+        path = _one_epoch_a_stage(name, tmp_path / device, device)
+        with emulate_separate_device() if device == "meta" else contextlib.nullcontext():
+            runs[device] = run(path, [], run_dir=tmp_path / f"run-{device}")
+    cpu, emulated = _records(runs["cpu"].run_dir), _records(runs["meta"].run_dir)
+    assert "training on meta" in (runs["meta"].run_dir / "log.txt").read_text()
+    assert [(r["event"], sorted(r)) for r in cpu] == [(r["event"], sorted(r)) for r in emulated]
+    first_cpu, first_emulated = (next(r for r in records if r["event"] == "train") for records in (cpu, emulated))
+    for key, value in first_cpu.items():
+        if key not in ("seconds", "images_per_s") and isinstance(value, float):
+            assert first_emulated[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+class _LogsPythonNumbers(torch.nn.Module):
+    """A user's loss as plugin authors write them: a Python number among its logged parts."""
+
+    features = "features"
+
+    def forward(self, outputs, batch):
+        feats = outputs["features"]
+        return feats.pow(2).mean(), {"batch_size": float(len(feats)), "norm": feats.norm(dim=1).mean()}
+
+
+def test_a_loss_logging_python_numbers_trains_on_a_separate_device(register_component, tiny_pipeline_config,
+                                                                    run_tiny_pipeline, separate_device):
+    """The trainer makes a logged number a tensor on the loss's device before stacking the
+    parts (issue 19 item 10: a host tensor there stops the first CUDA step)."""
+    register_component("loss", "logs_numbers", _LogsPythonNumbers)
+    config = tiny_pipeline_config
+    config["losses"].append({"name": "logs_numbers", "weight": 0.1})
+    config["trainer"].update(device="meta", log_every=1, eval_before=False)
+    with separate_device():
+        result = run_tiny_pipeline(config)
+    train = [r for r in _records(result.run_dir) if r["event"] == "train"]
+    assert len(train) == 4 and all(r["logs_numbers/batch_size"] == 16.0 for r in train)
+
+
+@pytest.mark.parametrize("name", ["quickstart", "muva_synthetic", "irm_synthetic"])
+def test_resume_on_a_separate_device_is_exact(name, tmp_path, one_torch_thread):
+    """Stopped after 3 steps and resumed, on the emulated device: the checkpoint (weights,
+    optimizer moments, memory banks, RNG) goes to the host and back onto the device, and
+    the run ends with the losses of an uninterrupted one."""
+    from core.runner import run
+
+    path = _one_epoch_a_stage(name, tmp_path, "meta")
+    with emulate_separate_device():
+        full = run(path, [], run_dir=tmp_path / "full")
+        stopped = run(path, ["trainer.stop_after_steps=3"], run_dir=tmp_path / "stopped")
+        resumed = run(None, [], resume=stopped.run_dir)
+    losses = lambda run_dir: [r["loss"] for r in _records(run_dir) if r["event"] == "train"]  # noqa: E731
+    assert len(losses(full.run_dir)) > 3
+    assert losses(full.run_dir) == losses(resumed.run_dir)
+
+
+def test_the_emulated_device_outside_the_emulation_is_a_config_error(tiny_pipeline_config, run_tiny_pipeline):
+    from core.config.loading import ConfigError
+
+    tiny_pipeline_config["trainer"]["device"] = "meta"
+    with pytest.raises(ConfigError, match="trainer.device.*emulate_separate_device"):
+        run_tiny_pipeline(tiny_pipeline_config)
+
+
+@pytest.mark.parametrize("loss", ["arcface", "cosface", "center", "supcon"])
+def test_losses_no_pipeline_uses_train_on_a_separate_device(loss, tiny_pipeline_config, run_tiny_pipeline):
+    """The registered losses outside every first-party pipeline (the test above covers the
+    rest), in the tiny pipeline: the same first step as on the CPU."""
+    config = tiny_pipeline_config
+    config["losses"] = [{"name": "triplet"}, {"name": loss}]
+    config["trainer"].update(log_every=1, eval_before=False)
+    runs = {}
+    for device in ("cpu", "meta"):
+        config["trainer"]["device"] = device
+        with emulate_separate_device() if device == "meta" else contextlib.nullcontext():
+            runs[device] = run_tiny_pipeline(config, name=f"{device}.yaml")
+    first = [next(r for r in _records(runs[d].run_dir) if r["event"] == "train") for d in ("cpu", "meta")]
+    assert any(key.startswith(loss) for key in first[0])
+    for key, value in first[0].items():
+        if key not in ("seconds", "images_per_s") and isinstance(value, float):
+            assert first[1][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
