@@ -230,3 +230,45 @@ def test_losses_no_pipeline_uses_train_on_a_separate_device(loss, tiny_pipeline_
     for key, value in first[0].items():
         if key not in ("seconds", "images_per_s") and isinstance(value, float):
             assert first[1][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_the_tools_on_a_separate_device_give_the_cpu_results(run_tiny_pipeline, tiny_pipeline_config, tmp_path,
+                                                              capsys):
+    """`core extract` (float32 and `--half`), `core search` (in memory, memory-mapped,
+    worst queries), `core explain` and `core eval` with the model on the emulated device:
+    the embeddings, ranked lists and metrics of the same commands on the CPU."""
+    from core.cli import main
+    from core.data.synthetic import SyntheticWorld
+    from core.data.synthetic.export import export_world
+
+    tiny_pipeline_config["trainer"]["eval_before"] = False
+    trained = str(run_tiny_pipeline(tiny_pipeline_config).run_dir)
+    world = tiny_pipeline_config["data"]["train"][0]
+    export_world(SyntheticWorld(**{k: v for k, v in world.items() if k != "dataset"}), tmp_path / "images")
+    query = str(tmp_path / "images" / "query")
+    printed = {}
+    for device in ("cpu", "meta"):
+        out = tmp_path / device
+        commands = [
+            ["extract", trained, "--images", "run:gallery", "--out", str(out / "g.npz")],
+            ["extract", trained, "--images", str(tmp_path / "images" / "bounding_box_test"), "--half",
+             "--out", str(out / "h.npz")],
+            ["search", trained, "--query", query, "--gallery", str(out / "g.npz"), "--top", "5", "--out", str(out / "s")],
+            ["search", trained, "--query", query, "--gallery", str(out / "h.npz"), "--top", "5", "--out", str(out / "t")],
+            ["search", trained, "--worst", "3", "--top", "4"],
+            ["explain", trained, "--images", query, "--out", str(out / "e"), "--limit", "4"]]
+        capsys.readouterr()
+        with emulate_separate_device() if device == "meta" else contextlib.nullcontext():
+            for command in commands:
+                assert main([*command, "--device", device]) == 0, command
+            assert main(["eval", trained, "--set", f"trainer.device={device}", "--json"]) == 0
+        printed[device] = capsys.readouterr().out
+        assert len(list((out / "e").glob("*.png"))) == 4
+    for name in ("g.npz", "h.npz"):
+        with np.load(tmp_path / "cpu" / name) as a, np.load(tmp_path / "meta" / name) as b:
+            assert sorted(a) == sorted(b)
+            if "embeddings" in a:
+                np.testing.assert_allclose(a["embeddings"], b["embeddings"], atol=1e-5)
+    # ranked lists, verdicts, APs and the evaluation's metrics as printed
+    assert printed["cpu"].replace("cpu", "meta").replace(str(tmp_path / "cpu"), str(tmp_path / "meta")) == \
+        printed["meta"]
