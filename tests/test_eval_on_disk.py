@@ -6,6 +6,7 @@ path itself (today's behaviour) and numpy's float16 rounding."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from core.evaluation import ReIDEvaluator
 from core.evaluation.features import FeatureWriter, features_tensor, open_features
 from core.interfaces import FeatureSet
 from core.pipeline import build_pipeline
+from core.separate_device import DeviceTensor, emulate_separate_device, host
 from core.testing import TINY_PIPELINE
 from core.training.distributed import Dist
 from core.training.run_folder import RunFolder
@@ -149,20 +151,20 @@ def test_the_reid_evaluator_searches_memory_mapped_features_out_of_core(tmp_path
 def test_features_on_disk_are_searched_on_the_gpu_they_were_computed_on(trainer, monkeypatch):
     """The trainer's on-disk features are a host memory map; `search: blocked` computes on
     the device the trainer embedded them on (`FeatureSet.compute_device`), not on the CPU
-    where the map lives. Without a GPU the choice is checked with CUDA declared available
-    and the blocked search spied (its device argument), and the trainer's own features
-    name its device."""
+    where the map lives, when this process can use that device (core.separate_device
+    stands for the GPU here). The blocked search is spied (its device argument), and the
+    trainer's own features name its device."""
     import core.evaluation.blocked as blocked
     from core.evaluation.reid import search_device
 
-    mapped = FeatureSet(torch.zeros(3, 2), np.arange(3), np.zeros(3, np.int64), compute_device="cuda:1")
-    assert search_device(mapped) == torch.device("cpu")  # no GPU here: the CPU
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert search_device(mapped) == torch.device("cuda", 1)
-    assert search_device(FeatureSet(torch.zeros(3, 2), np.arange(3), np.zeros(3, np.int64))) == torch.device("cpu")
-    assert search_device(FeatureSet(torch.zeros(3, 2), np.arange(3), np.zeros(3, np.int64),
-                                    compute_device="cpu")) == torch.device("cpu")
-    monkeypatch.undo()
+    def features(**kwargs):
+        return FeatureSet(torch.zeros(3, 2), np.arange(3), np.zeros(3, np.int64), **kwargs)
+
+    assert search_device(features(compute_device="cuda:1")) == torch.device("cpu")  # no GPU here: the CPU
+    assert search_device(features(compute_device="meta")) == torch.device("cpu")  # torch's, without data
+    assert search_device(features()) == search_device(features(compute_device="cpu")) == torch.device("cpu")
+    with emulate_separate_device() as device:
+        assert search_device(features(compute_device=str(device))) == device
 
     devices = []
     real = blocked.blocked_per_query_metrics
@@ -179,6 +181,51 @@ def test_features_on_disk_are_searched_on_the_gpu_they_were_computed_on(trainer,
     monkeypatch.setattr("core.evaluation.reid.search_device", lambda query: torch.device("cuda", 3))
     evaluate_with(trainer, monkeypatch, seen, eval_features="disk", eval_features_dtype="float32")
     assert devices[-1] == torch.device("cuda", 3)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_trainer_on_a_separate_device_searches_its_features_on_disk_there(world_pipeline, tmp_path, monkeypatch,
+                                                                            dtype):
+    """The whole out-of-core path with the model on the emulated separate device: features
+    embedded there, written to the host memory map, read back block by block onto the
+    device and searched there (no host/device mixing on the way), with the metrics of the
+    same features evaluated in memory on the CPU."""
+    import core.evaluation.blocked as blocked
+
+    devices = []
+    real = blocked.blocked_per_query_metrics
+
+    def spy(*args, **kwargs):
+        devices.append(args[10])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(blocked, "blocked_per_query_metrics", spy)
+    path = tmp_path / "p.yaml"
+    config = copy.deepcopy(TINY_PIPELINE)  # world_pipeline's, on the emulated device
+    config["data"]["train"][0].update(test_identities=6, images_per_identity=8, cameras=3)
+    config["trainer"]["device"] = "meta"
+    path.write_text(yaml.safe_dump(config))
+
+    class Keep:  # keeps the in-memory feature sets, evaluates as the pipeline's evaluator
+        def __init__(self, evaluator):
+            self.evaluator, self.sets = evaluator, []
+
+        def evaluate(self, query, gallery):
+            self.sets.append((query, gallery))
+            return self.evaluator.evaluate(query, gallery)
+
+    with emulate_separate_device() as device:
+        trainer = Trainer(build_pipeline(load_pipeline(path), echo=lambda *_: None), RunFolder(tmp_path / "run"))
+        on_disk = evaluate_with(trainer, monkeypatch, eval_features="disk", eval_features_dtype=dtype)
+        kept = Keep(trainer.p.evaluator)
+        evaluate_with(trainer, monkeypatch, kept, eval_features="memory")
+    assert devices == [device]
+    query, gallery = kept.sets[0]
+    assert isinstance(query.embeddings, DeviceTensor) and query.embeddings_file is None
+    cast = (lambda e: e.half().float()) if dtype == "float16" else (lambda e: e)
+    reference = kept.evaluator.evaluate(*(dataclasses.replace(fs, embeddings=cast(host(fs.embeddings)).clone(),
+                                                               compute_device=None) for fs in (query, gallery)))
+    assert_metrics_equal(on_disk, {f"synthetic/{k}": v for k, v in reference.items()})
 
 
 def test_shards_are_joined_in_rank_order(world_pipeline, tmp_path, monkeypatch):

@@ -229,11 +229,21 @@ class ReIDEvaluator(Evaluator):
 def search_device(query: FeatureSet) -> torch.device:
     """Where `search: blocked` computes: the embeddings' own device when they are on a GPU,
     else the GPU they were computed on (`FeatureSet.compute_device`: the trainer's on-disk
-    features are a host memory map, read block by block and copied there), else the CPU."""
+    features are a host memory map, read block by block and copied there) when this
+    process can use it, else the CPU."""
     if query.embeddings.device.type != "cpu":
         return query.embeddings.device
     device = torch.device(query.compute_device or "cpu")
-    return device if device.type == "cuda" and torch.cuda.is_available() else torch.device("cpu")
+    return device if device.type != "cpu" and _usable(device) else torch.device("cpu")
+
+
+def _usable(device: torch.device) -> bool:
+    """Whether this process can put data on `device` (a GPU of another machine or process
+    setup, or one CUDA cannot reach here, is not; nor is torch's data-less `meta`)."""
+    try:
+        return not torch.empty(1, device=device).is_meta
+    except (RuntimeError, AssertionError):  # no such device, or torch built without its backend
+        return False
 
 
 def _check_feature_set(features: FeatureSet, which: str) -> None:
