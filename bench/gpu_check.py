@@ -26,7 +26,9 @@ measured):
     the forward shows in the table instead of passing as a slow bf16 row.
 On the CPU, `--emulate-cuda-autocast` applies CUDA autocast's rules (core.cuda_autocast)
 where the trainer would enter autocast on CUDA, so the test of the tiny check sees the
-bf16 and fp16 rows compute in bf16 and fp16.
+bf16 and fp16 rows compute in bf16 and fp16, and `--emulate-separate-device` runs the
+rows with the model on core.separate_device's emulated device, so a host tensor meeting
+device tensors in the check itself fails there and not in a GPU session's few minutes.
 A row that fails prints its error and the check goes on (exit status 1 at the end).
 The goal for an H100: >= 40% MFU for ViT-B/16 bf16 training.
 """
@@ -328,7 +330,7 @@ def emulate_cuda_autocast_on_cpu() -> None:
 
     @contextlib.contextmanager
     def autocast(device: torch.device, precision: str):
-        if device.type != "cpu" or precision not in P.DTYPES:
+        if device.type not in ("cpu", "meta") or precision not in P.DTYPES:  # meta: the emulated device
             with cuda_autocast(device, precision):
                 yield
             return
@@ -383,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="no compile rows")
     parser.add_argument("--emulate-cuda-autocast", action="store_true",
                         help="on the CPU: apply CUDA autocast's rules where the trainer would autocast on CUDA")
+    parser.add_argument("--emulate-separate-device", action="store_true",
+                        help="on the CPU: the model on core.separate_device's emulated device (host/device "
+                             "mixing fails as on a GPU)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the card's peak for MFU (else a table)")
     parser.add_argument("--budget-s", type=float, default=480.0,
                         help="rows not started within this many seconds are skipped (default 8 minutes)")
@@ -393,15 +398,27 @@ def main(argv: list[str] | None = None) -> int:
     args.warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 3)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
+    for flag in ("emulate_cuda_autocast", "emulate_separate_device"):
+        if getattr(args, flag) and device.type != "cpu":
+            parser.error(f"--{flag.replace('_', '-')} is for --device cpu (a GPU does it itself)")
     if args.emulate_cuda_autocast:
-        if device.type != "cpu":
-            parser.error("--emulate-cuda-autocast is for --device cpu (a GPU applies CUDA's autocast itself)")
         emulate_cuda_autocast_on_cpu()
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
         torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
         name = "cpu"
+    with contextlib.ExitStack() as stack:
+        if args.emulate_separate_device:
+            from core.separate_device import emulate_separate_device
+
+            args.device = str(stack.enter_context(emulate_separate_device()))
+            name = "cpu (emulated separate device)"
+        return run_rows(args, name)
+
+
+def run_rows(args, name: str) -> int:
+    """Print the table of `plan(args)`'s rows (and write the JSON); 1 if a row failed."""
     print(f"reid-core GPU check on {name} (torch {torch.__version__}){' --tiny' if args.tiny else ''}", flush=True)
     header = f"{'row':28} {'images/s':>10} {'step ms':>9} {'TFLOP/s':>8} {'MFU':>6} {'peak GB':>8}  note"
     print(header)

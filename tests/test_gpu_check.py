@@ -2,7 +2,9 @@
 (ViT-B/16-shaped training in three precisions, ResNet, one step of each method's model,
 Market-shape evaluation, DDP with one process) runs and reports its numbers, and each
 training row computes in the precision it is labelled with (CUDA's autocast emulated on the
-CPU: the first GPU run's bf16 and fp16 rows silently ran in fp32)."""
+CPU: the first GPU run's bf16 and fp16 rows silently ran in fp32). The rows run with the
+model on the emulated separate device (core.separate_device), so a host tensor meeting a
+device tensor in the check fails here, not in the few minutes of a lent GPU."""
 
 import json
 import os
@@ -16,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_tiny_on_cpu(tmp_path):
     out = tmp_path / "check.json"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--device", "cpu", "--tiny",
-                           "--warmup", "0", "--budget-s", "100000", "--emulate-cuda-autocast", "--json", str(out),
+                           "--warmup", "0", "--budget-s", "100000", "--emulate-cuda-autocast", "--emulate-separate-device",
+                           "--json", str(out),
                            "--out-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=900,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "GPU_CHECK_DEBUG": "1"}, cwd=tmp_path)
@@ -40,3 +43,4 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
             precision = next(p for p in expected if p in name.split())
             assert row["compute_dtype"] == expected[precision], (name, row["compute_dtype"])
     assert "MFU" in proc.stdout and "vit bf16" in proc.stdout  # the printed table
+    assert "GPU check on cpu (emulated separate device)" in proc.stdout
