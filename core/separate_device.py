@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -76,6 +77,15 @@ class DeviceTensor(torch.Tensor):
     def is_meta(self) -> bool:  # it holds data (torch's loaders skip copies into real meta tensors)
         return False
 
+    # Python lists and numpy arrays as indices: torch turns them into index tensors on
+    # the indexed tensor's device below the dispatcher's Python layer (a real, empty meta
+    # tensor here); made on the host instead, which CUDA accepts for indexing too
+    def __getitem__(self, index: Any) -> Any:
+        return super().__getitem__(_host_index(index))
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        super().__setitem__(_host_index(index), value)
+
     def tolist(self) -> Any:  # as CUDA: a copy to the host (torch refuses it for subclasses)
         return self.host.tolist()
 
@@ -88,6 +98,16 @@ class DeviceTensor(torch.Tensor):
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
         return _dispatch(func, args, kwargs or {})
+
+
+def _host_index(index: Any) -> Any:
+    if isinstance(index, tuple):
+        return tuple(_host_index(i) for i in index)
+    if isinstance(index, list) and all(isinstance(i, (bool, int)) for i in index):
+        return torch.tensor(index, dtype=torch.bool if index and isinstance(index[0], bool) else torch.long)
+    if isinstance(index, np.ndarray):
+        return torch.from_numpy(index)
+    return index
 
 
 def _is_emulated(device: Any) -> bool:

@@ -152,6 +152,16 @@ def test_evaluator_ivfpq_reports_recall_and_truncated_metrics():
     assert pq["rank-1"] == pytest.approx(exact["rank-1"], abs=5.0)
 
 
+def test_ivfpq_on_a_gallery_smaller_than_its_codebooks_is_one_clear_error():
+    """2^pq_bits codes per sub-quantiser need as many training items (faiss's own message
+    names its C++ source, not the evaluator's settings)."""
+    pytest.importorskip("faiss")
+    query, gallery = feature_sets(categories=False, num_g=200)
+    with pytest.raises(ValueError, match=r"faiss_ivfpq trains 2\^pq_bits = 256 codes.*this gallery has 200"):
+        ReIDEvaluator(search="faiss_ivfpq").evaluate(query, gallery)
+    assert ReIDEvaluator(search="faiss_ivfpq", pq_bits=6, topk=10).evaluate(query, gallery)["num_valid_queries"] > 0
+
+
 def test_recall_of_ivf_over_every_list_with_the_whole_gallery_is_complete():
     """faiss_ivf probing every list returns the exact neighbours: recall@k is 100."""
     pytest.importorskip("faiss")

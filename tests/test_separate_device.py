@@ -80,7 +80,15 @@ ACCEPTED = {
     "copy from the host": lambda d: torch.zeros(3, device=d).copy_(torch.arange(3.0)),
     "to and back": lambda d: torch.arange(3.0).to(d).cpu(),
     "copy to the host": lambda d: torch.zeros(3).copy_(torch.arange(3.0, device=d)),
+    "a list index": lambda d: torch.arange(4.0, device=d)[[3, 1]],
+    "a numpy index": lambda d: torch.arange(4.0, device=d)[np.array([3, 1])],
+    "a list index to write": lambda d: _written(torch.zeros(4, device=d), [1], torch.ones(1, device=d)),
 }
+
+
+def _written(tensor, index, value):
+    tensor[index] = value
+    return tensor
 
 
 @pytest.mark.parametrize("case", sorted(ACCEPTED))
@@ -89,7 +97,8 @@ def test_what_cuda_accepts_from_the_host_is_accepted_and_computed(case, device):
     expected = {"host scalar in an element-wise op": [2.0, 2.0, 2.0], "host scalar as where's value": [1.0] * 3,
                 "host indices": [3.0, 1.0], "host indices to write": [0.0, 1.0, 0.0, 0.0],
                 "copy from the host": [0.0, 1.0, 2.0], "to and back": [0.0, 1.0, 2.0],
-                "copy to the host": [0.0, 1.0, 2.0]}[case]
+                "copy to the host": [0.0, 1.0, 2.0], "a list index": [3.0, 1.0], "a numpy index": [3.0, 1.0],
+                "a list index to write": [0.0, 1.0, 0.0, 0.0]}[case]
     assert host(out).tolist() == expected
     assert isinstance(out, DeviceTensor) == (case not in ("to and back", "copy to the host"))
 
@@ -272,3 +281,55 @@ def test_the_tools_on_a_separate_device_give_the_cpu_results(run_tiny_pipeline, 
     # ranked lists, verdicts, APs and the evaluation's metrics as printed
     assert printed["cpu"].replace("cpu", "meta").replace(str(tmp_path / "cpu"), str(tmp_path / "meta")) == \
         printed["meta"]
+
+
+VARIANTS = {
+    "rerank": {"evaluator": {"name": "reid", "rerank": True}},
+    "faiss_flat": {"evaluator": {"name": "reid", "search": "faiss_flat"}},
+    "faiss_ivf": {"evaluator": {"name": "reid", "search": "faiss_ivf", "nlist": 2}},
+    "faiss_ivfpq": {"evaluator": {"name": "reid", "search": "faiss_ivfpq", "nlist": 2, "pq_bits": 4}},
+    "blocked euclidean": {"evaluator": {"name": "reid", "search": "blocked", "metric": "euclidean"}},
+    "eval_flip": {"trainer": {"eval_flip": True}},
+    "accumulate + grad_clip": {"trainer": {"accumulate": 2, "grad_clip": 1.0}},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_trainer_and_evaluator_settings_on_a_separate_device_give_the_cpu_metrics(variant, tiny_pipeline_config,
+                                                                                  run_tiny_pipeline):
+    """Settings no first-party pipeline uses, on the emulated device: the CPU's metrics
+    (IVF-PQ's exact re-ranking mixed a host query with the device's gallery rows)."""
+    pytest.importorskip("faiss")
+    metrics = {}
+    for device in ("cpu", "meta"):
+        config = copy.deepcopy(tiny_pipeline_config)
+        for section, change in VARIANTS[variant].items():
+            config[section] = {**config[section], **change} if section == "trainer" else change
+        config["trainer"].update(device=device, eval_before=False)
+        with emulate_separate_device() if device == "meta" else contextlib.nullcontext():
+            metrics[device] = run_tiny_pipeline(config, name=f"{device}.yaml").metrics
+    assert metrics["cpu"] and metrics["meta"] == pytest.approx(metrics["cpu"], abs=1e-6)
+
+
+def test_the_instruction_evaluator_on_a_separate_device_gives_the_cpu_metrics(tmp_path, one_torch_thread):
+    """instruct_reid (every task, task-specific and task-free galleries, mAP-tau's reference
+    encoder) evaluating the irm twin's untrained model on the emulated device: the CPU's
+    metrics (the pipeline test above trains the twin without a test set)."""
+    from core.config.loading import load_pipeline
+    from core.pipeline import build_pipeline
+    from core.training.run_folder import RunFolder
+    from core.training.trainer import Trainer
+    from pipeline_twins import twin_config
+
+    test = ("data.test=[{dataset: instruct, world: {seed: 1, categories: [person], identities: 4, "
+            "test_identities: 12, images_per_identity: 4, cameras: 4, render_size: [64, 32], clothes_changes: 2, "
+            "captions: true, infrared_cameras: [3]}, instruction_size: [32, 32]}]")
+    metrics = {}
+    for device in ("cpu", "meta"):
+        path = twin_config("irm_synthetic", tmp_path, [test, f"trainer.device={device}"])
+        torch.manual_seed(0)  # the same initial weights
+        with emulate_separate_device() if device == "meta" else contextlib.nullcontext():
+            pipeline = build_pipeline(load_pipeline(path), echo=lambda *_: None)
+            metrics[device] = Trainer(pipeline, RunFolder(tmp_path / f"run-{device}")).evaluate("untrained")
+    assert len(metrics["cpu"]) > 100 and any(key.endswith("mAP_tau") for key in metrics["cpu"])
+    assert metrics["meta"] == pytest.approx(metrics["cpu"], abs=1e-6)

@@ -222,6 +222,10 @@ def build_ivfpq(gallery, metric: str, nlist: int = 0, m: int = 0, bits: int = 8,
     m = m or max(d for d in range(1, max(dim // IVFPQ_DIMS_PER_CODE, 1) + 1) if dim % d == 0)
     if dim % m:
         raise ValueError(f"evaluator 'reid': pq_m = {m} must divide the embedding dimension {dim}")
+    if num_g < 2**bits:  # each sub-quantiser's k-means needs a training point per code
+        raise ValueError(f"evaluator 'reid': search faiss_ivfpq trains 2^pq_bits = {2**bits} codes per "
+                         f"sub-quantiser and needs at least that many gallery items; this gallery has {num_g}: "
+                         f"use search: exact or blocked for it, or a smaller pq_bits")
     nlist = min(nlist or max(1, round(math.sqrt(num_g))), num_g)
     kind = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
     quantizer = faiss.IndexFlatIP(dim) if metric == "cosine" else faiss.IndexFlatL2(dim)
@@ -273,18 +277,18 @@ def refine_exact(query, gallery, candidates: np.ndarray, metric: str, k: int) ->
     if not found.any():
         return np.full((len(candidates), min(k, candidates.shape[1])), -1, dtype=np.int64)
     wanted = np.unique(candidates[found])
-    if isinstance(gallery, torch.Tensor):
-        rows = gallery[torch.from_numpy(wanted)].float()
+    if isinstance(gallery, torch.Tensor):  # computed where the gallery is (a GPU's in-memory features)
+        rows = gallery.detach()[torch.from_numpy(wanted).to(gallery.device)].float()
     else:
         rows = torch.from_numpy(_as_float32(gallery[wanted]))  # sorted: reads in file order
-    q = torch.as_tensor(_as_float32(query))
+    q = torch.as_tensor(_as_float32(query)).to(rows.device)
     filler = wanted[0]  # stands in for -1 (masked to inf below)
-    cand = rows[torch.from_numpy(np.searchsorted(wanted, np.where(found, candidates, filler)))]
+    cand = rows[torch.from_numpy(np.searchsorted(wanted, np.where(found, candidates, filler))).to(rows.device)]
     if metric == "cosine":
         d = 1.0 - torch.einsum("qd,qcd->qc", F.normalize(q, dim=1), F.normalize(cand, dim=2))
     else:
         d = (q[:, None, :] - cand).pow(2).sum(2).sqrt()
-    d = d.masked_fill(torch.from_numpy(~found), float("inf")).numpy()
+    d = d.masked_fill(torch.from_numpy(~found).to(rows.device), float("inf")).cpu().numpy()
     by_index = np.argsort(np.where(found, candidates, np.iinfo(np.int64).max), axis=1, kind="stable")
     d_sorted = np.take_along_axis(d, by_index, 1)
     order = np.take_along_axis(by_index, np.argsort(d_sorted, axis=1, kind="stable"), 1)[:, :k]
