@@ -150,6 +150,27 @@ def _check_generator(func, kwargs: dict, on_device: bool) -> None:
                              f"or make the values on the host and move them")
 
 
+def _device_argument(func, args: tuple, kwargs: dict) -> Any:
+    """The op's `device` argument, given by keyword or by position (`aten.to.device`)."""
+    if "device" in kwargs:
+        return kwargs["device"]
+    for i, argument in enumerate(func._schema.arguments):
+        if argument.name == "device":
+            return args[i] if i < len(args) else None
+    return None
+
+
+def _on_host(func, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
+    """(the op's device argument, args and kwargs with the emulated device replaced by the CPU)."""
+    device = _device_argument(func, args, kwargs)
+    if not _is_emulated(device):
+        return device, args, kwargs
+    if "device" in kwargs:
+        return device, args, {**kwargs, "device": torch.device("cpu")}
+    at = next(i for i, a in enumerate(func._schema.arguments) if a.name == "device")
+    return device, (*args[:at], torch.device("cpu"), *args[at + 1:]), kwargs
+
+
 def _unwrap(value: Any) -> Any:
     return value.host if isinstance(value, DeviceTensor) else value
 
@@ -160,13 +181,11 @@ def _dispatch(func, args: tuple, kwargs: dict):
         if isinstance(t, torch.Tensor) and not isinstance(t, DeviceTensor) and t.device == DEVICE:
             raise RuntimeError(f"{func} got a real meta tensor (no data): a constructor the emulation does not "
                                "route made it; add it to core.separate_device.FROM_DATA")
-    device = kwargs.get("device")
+    device, args, kwargs = _on_host(func, args, kwargs)
     has_device_input = any(isinstance(t, DeviceTensor) for t in tree_flatten((args, kwargs))[0])
     to_device = _is_emulated(device) if device is not None else has_device_input
     _check_mixing(func, args, kwargs)
     _check_generator(func, kwargs, to_device)
-    if _is_emulated(device):
-        kwargs = {**kwargs, "device": torch.device("cpu")}
     # an in-place op returns its input: the caller's tensor, host or device, not a new one
     inputs = {id(_unwrap(a)): a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)}
     out = func(*tree_map(_unwrap, args), **tree_map(_unwrap, kwargs))
@@ -175,8 +194,14 @@ def _dispatch(func, args: tuple, kwargs: dict):
         if not isinstance(value, torch.Tensor) or isinstance(value, DeviceTensor):
             return value
         if id(value) in inputs:
-            return inputs[id(value)]
-        return DeviceTensor(value) if to_device else value
+            original = inputs[id(value)]
+            if isinstance(original, DeviceTensor) == to_device:
+                return original
+            value = value.clone()  # `.to(d)` returning its input (inference mode): a copy across, as CUDA's
+        if not to_device:
+            return value
+        with torch.inference_mode(False):  # a wrapper made inside inference mode could not be a view's
+            return DeviceTensor(value)
 
     return tree_map(wrap, out)
 
@@ -187,7 +212,7 @@ class _ToDevice(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if _is_emulated(kwargs.get("device")) or any(isinstance(t, torch.Tensor) and t.device == DEVICE
+        if _is_emulated(_device_argument(func, args, kwargs)) or any(isinstance(t, torch.Tensor) and t.device == DEVICE
                                                        for t in tree_flatten((args, kwargs))[0]):
             return _dispatch(func, args, kwargs)
         return func(*args, **kwargs)

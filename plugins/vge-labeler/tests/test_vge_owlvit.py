@@ -3,6 +3,8 @@
 and a batch through a tiny random-initialised OWL-ViT built here (no weights); clear
 errors without transformers or without weights."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -117,3 +119,23 @@ def test_bad_keys_are_errors(transformers):
         OwlViTGrounder(PARTS, threshold=2)
     g = OwlViTGrounder(PARTS, query={"head": "a face", "upper body": "a torso", "legs": "trousers"})
     assert g.queries == ["a face", "a torso", "trousers"]
+
+
+def test_the_grounder_on_a_separate_device_gives_the_cpu_boxes(transformers, separate_device):
+    """`device: cuda` emulated (core.separate_device): the tokens and pixels go to the
+    model's device, the boxes come back to the host, under inference mode; the same boxes,
+    scores and verdicts as on the CPU."""
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)) for _ in range(3)]
+    raw = {}
+    for device in ("cpu", "meta"):
+        model, tokenizer, processor = tiny_owlvit()
+        with separate_device() if device == "meta" else contextlib.nullcontext():
+            labeler = VGELabeler(grounder="stripes", grid=[4, 2])
+            labeler.grounder = OwlViTGrounder.from_components(PARTS, model, tokenizer, processor, threshold=0.5,
+                                                              device=device)
+            raw[device] = labeler.label_batch(images, [None] * 3)
+            assert all(p.device.type == device for p in model.parameters())
+    assert sorted(raw["cpu"]) == sorted(raw["meta"])
+    for key, value in raw["cpu"].items():
+        np.testing.assert_allclose(raw["meta"][key], value, atol=1e-6, err_msg=key)
