@@ -3,6 +3,7 @@ attention rollout (ViTs), against independent references (a plain loop over laye
 analytic gradient of a tiny CNN, pytorch-grad-cam when installed), on constructed models
 whose answer is known, and end to end on tiny runs of the synthetic world."""
 
+import contextlib
 import copy
 
 import numpy as np
@@ -404,3 +405,22 @@ def test_gradcam_explains_the_last_conv_stage_by_default(name, arch, expected):
     batch = batch_of(torch.randn(1, 3, 64, 32))
     found, module = last_feature_map_layer(lambda: backbone(batch), backbone)
     assert found == expected and module is backbone.get_submodule(expected)
+
+
+@pytest.mark.parametrize("name, extra", [("cnn", ["--method", "gradcam"]), ("cnn", ["--cam", "gradcam++"]),
+                                         ("cnn", ["--cam", "scorecam"]), ("vit", ["--method", "rollout"])])
+def test_explain_on_a_separate_device_draws_the_cpu_pictures(tiny_runs, tmp_path, separate_device, name, extra):
+    """The maps computed with the model on the emulated separate device (core.separate_device:
+    a host tensor meeting the model's fails there as on a GPU): the CPU's pictures."""
+    if "--cam" in extra:
+        pytest.importorskip("pytorch_grad_cam")
+    pictures = {}
+    for device in ("cpu", "meta"):
+        with separate_device() if device == "meta" else contextlib.nullcontext():
+            assert main(["explain", str(tiny_runs[name]), "--images", "run:query", "--out", str(tmp_path / device),
+                         "--limit", "2", "--top", "2", "--device", device, *extra]) == 0
+        pictures[device] = sorted((tmp_path / device).glob("*.png"))
+    assert len(pictures["cpu"]) == len(pictures["meta"]) == 2
+    for a, b in zip(pictures["cpu"], pictures["meta"]):
+        with Image.open(a) as on_cpu, Image.open(b) as on_device:
+            assert np.abs(np.asarray(on_cpu, dtype=int) - np.asarray(on_device, dtype=int)).max() <= 1
