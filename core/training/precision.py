@@ -32,7 +32,8 @@ def autocast(device: torch.device, precision: str):
 def loss_region(device: torch.device):
     """Autocast switched off: what losses run inside, whatever the caller entered (no
     region where the device type has no autocast)."""
-    available = torch.amp.is_autocast_available(device.type)
+    check = getattr(torch.amp, "is_autocast_available", None)  # torch >= 2.4
+    available = check(device.type) if check else device.type in ("cuda", "cpu")
     return torch.autocast(device.type, enabled=False) if available else contextlib.nullcontext()
 
 
