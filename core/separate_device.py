@@ -242,6 +242,12 @@ def emulate_separate_device() -> Iterator[torch.device]:
         yield DEVICE
 
 
+def emulation_for(device: str | torch.device) -> contextlib.AbstractContextManager:
+    """`emulate_separate_device()` when `device` names the emulated device, else nothing:
+    one loop runs the same code on the CPU and on the emulated device."""
+    return emulate_separate_device() if _is_emulated(device) else contextlib.nullcontext()
+
+
 def active() -> bool:
     """Whether code runs inside `emulate_separate_device()` (where `meta` names its device)."""
     from torch.utils._python_dispatch import _get_current_dispatch_mode_stack

@@ -3,7 +3,6 @@ attention rollout (ViTs), against independent references (a plain loop over laye
 analytic gradient of a tiny CNN, pytorch-grad-cam when installed), on constructed models
 whose answer is known, and end to end on tiny runs of the synthetic world."""
 
-import contextlib
 import copy
 
 import numpy as np
@@ -17,6 +16,7 @@ from torch import nn
 from core.cli import main
 from core.context import BuildContext
 from core.interfaces import Batch
+from core.separate_device import emulation_for
 from core.testing import TINY_PIPELINE
 from core.tools.gradcam import grad_cam, upsample
 from core.tools.rollout import AttentionRecorder, attention_modules, rollout, rollout_maps
@@ -409,14 +409,14 @@ def test_gradcam_explains_the_last_conv_stage_by_default(name, arch, expected):
 
 @pytest.mark.parametrize("name, extra", [("cnn", ["--method", "gradcam"]), ("cnn", ["--cam", "gradcam++"]),
                                          ("cnn", ["--cam", "scorecam"]), ("vit", ["--method", "rollout"])])
-def test_explain_on_a_separate_device_draws_the_cpu_pictures(tiny_runs, tmp_path, separate_device, name, extra):
+def test_explain_on_a_separate_device_draws_the_cpu_pictures(tiny_runs, tmp_path, name, extra):
     """The maps computed with the model on the emulated separate device (core.separate_device:
     a host tensor meeting the model's fails there as on a GPU): the CPU's pictures."""
     if "--cam" in extra:
         pytest.importorskip("pytorch_grad_cam")
     pictures = {}
     for device in ("cpu", "meta"):
-        with separate_device() if device == "meta" else contextlib.nullcontext():
+        with emulation_for(device):
             assert main(["explain", str(tiny_runs[name]), "--images", "run:query", "--out", str(tmp_path / device),
                          "--limit", "2", "--top", "2", "--device", device, *extra]) == 0
         pictures[device] = sorted((tmp_path / device).glob("*.png"))

@@ -5,7 +5,6 @@ host/device mixing fails here before it fails a first GPU run."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 
 from core.config.loading import dump
 from core.evaluation.blocked import blocked_per_query_metrics, blocked_topk
-from core.separate_device import DeviceMixError, DeviceTensor, emulate_separate_device, host
+from core.separate_device import DeviceMixError, DeviceTensor, emulate_separate_device, emulation_for, host
 from pipeline_twins import ALL, small_config
 
 
@@ -162,7 +161,7 @@ def test_every_pipeline_trains_and_evaluates_on_a_separate_device(name, tmp_path
     runs = {}
     for device in ("cpu", "meta"):
         path = _one_epoch_a_stage(name, tmp_path / device, device)
-        with emulate_separate_device() if device == "meta" else contextlib.nullcontext():
+        with emulation_for(device):
             runs[device] = run(path, [], run_dir=tmp_path / f"run-{device}")
     cpu, emulated = _records(runs["cpu"].run_dir), _records(runs["meta"].run_dir)
     assert "training on meta" in (runs["meta"].run_dir / "log.txt").read_text()
@@ -232,7 +231,7 @@ def test_losses_no_pipeline_uses_train_on_a_separate_device(loss, tiny_pipeline_
     runs = {}
     for device in ("cpu", "meta"):
         config["trainer"]["device"] = device
-        with emulate_separate_device() if device == "meta" else contextlib.nullcontext():
+        with emulation_for(device):
             runs[device] = run_tiny_pipeline(config, name=f"{device}.yaml")
     first = [next(r for r in _records(runs[d].run_dir) if r["event"] == "train") for d in ("cpu", "meta")]
     assert any(key.startswith(loss) for key in first[0])
@@ -267,7 +266,7 @@ def test_the_tools_on_a_separate_device_give_the_cpu_results(run_tiny_pipeline, 
             ["search", trained, "--worst", "3", "--top", "4"],
             ["explain", trained, "--images", query, "--out", str(out / "e"), "--limit", "4"]]
         capsys.readouterr()
-        with emulate_separate_device() if device == "meta" else contextlib.nullcontext():
+        with emulation_for(device):
             for command in commands:
                 assert main([*command, "--device", device]) == 0, command
             assert main(["eval", trained, "--set", f"trainer.device={device}", "--json"]) == 0
@@ -306,7 +305,7 @@ def test_trainer_and_evaluator_settings_on_a_separate_device_give_the_cpu_metric
         for section, change in VARIANTS[variant].items():
             config[section] = {**config[section], **change} if section == "trainer" else change
         config["trainer"].update(device=device, eval_before=False)
-        with emulate_separate_device() if device == "meta" else contextlib.nullcontext():
+        with emulation_for(device):
             metrics[device] = run_tiny_pipeline(config, name=f"{device}.yaml").metrics
     assert metrics["cpu"] and metrics["meta"] == pytest.approx(metrics["cpu"], abs=1e-6)
 
@@ -328,7 +327,7 @@ def test_the_instruction_evaluator_on_a_separate_device_gives_the_cpu_metrics(tm
     for device in ("cpu", "meta"):
         path = twin_config("irm_synthetic", tmp_path, [test, f"trainer.device={device}"])
         torch.manual_seed(0)  # the same initial weights
-        with emulate_separate_device() if device == "meta" else contextlib.nullcontext():
+        with emulation_for(device):
             pipeline = build_pipeline(load_pipeline(path), echo=lambda *_: None)
             metrics[device] = Trainer(pipeline, RunFolder(tmp_path / f"run-{device}")).evaluate("untrained")
     assert len(metrics["cpu"]) > 100 and any(key.endswith("mAP_tau") for key in metrics["cpu"])

@@ -3,13 +3,13 @@
 and a batch through a tiny random-initialised OWL-ViT built here (no weights); clear
 errors without transformers or without weights."""
 
-import contextlib
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from core.separate_device import emulation_for
 from reid_vge_labeler.grounders import hf
 from reid_vge_labeler.grounders.owlvit import OwlViTGrounder, best_part_boxes
 from reid_vge_labeler.labeler import VGELabeler
@@ -121,7 +121,7 @@ def test_bad_keys_are_errors(transformers):
     assert g.queries == ["a face", "a torso", "trousers"]
 
 
-def test_the_grounder_on_a_separate_device_gives_the_cpu_boxes(transformers, separate_device):
+def test_the_grounder_on_a_separate_device_gives_the_cpu_boxes(transformers):
     """`device: cuda` emulated (core.separate_device): the tokens and pixels go to the
     model's device, the boxes come back to the host, under inference mode; the same boxes,
     scores and verdicts as on the CPU."""
@@ -130,7 +130,7 @@ def test_the_grounder_on_a_separate_device_gives_the_cpu_boxes(transformers, sep
     raw = {}
     for device in ("cpu", "meta"):
         model, tokenizer, processor = tiny_owlvit()
-        with separate_device() if device == "meta" else contextlib.nullcontext():
+        with emulation_for(device):
             labeler = VGELabeler(grounder="stripes", grid=[4, 2])
             labeler.grounder = OwlViTGrounder.from_components(PARTS, model, tokenizer, processor, threshold=0.5,
                                                               device=device)
