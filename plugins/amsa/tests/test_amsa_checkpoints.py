@@ -126,3 +126,29 @@ def test_openai_archive_runs_on_the_gpu_under_bf16_autocast(build_ctx, make_batc
             mixed = backbone(batch)["global"].float()
     assert torch.isfinite(mixed).all()
     assert torch.allclose(mixed, reference, atol=0.1 * float(reference.abs().max()))
+
+
+def test_openai_archive_runs_on_a_separate_device_under_cuda_bf16_autocast_rules(build_ctx, make_batch, tmp_path):
+    """The test above without a GPU: the model on the emulated separate device
+    (core.separate_device) and CUDA's autocast rules emulated (core.cuda_autocast): the
+    archive's weights reach the device, and a bf16 forward computes a finite embedding
+    in the fp32 one's direction."""
+    from core.cuda_autocast import emulate_cuda_autocast
+    from core.separate_device import DeviceTensor, emulate_separate_device
+
+    path = tmp_path / "ViT-B-16.pt"
+    expected = write_openai_archive(source_clip().state_dict(), path)
+    with emulate_separate_device() as device:
+        backbone = load(build_ctx, path).to(device).eval()
+        assert isinstance(backbone.visual.class_embedding, DeviceTensor)
+        assert torch.equal(backbone.visual.class_embedding.cpu(), expected["visual.class_embedding"])
+        batch = make_batch([0, 1], image_size=(256, 128)).to(device)
+        with torch.no_grad():
+            reference = backbone(batch)["global"].cpu()
+            with emulate_cuda_autocast(torch.bfloat16) as mode:
+                mixed = backbone(batch)["global"].float().cpu()
+    assert {"linear", "conv2d"} & mode.cast_ops
+    assert torch.isfinite(mixed).all() and not torch.equal(mixed, reference)
+    # the emulation runs attention wholly in bf16 (softmax included, which CUDA keeps in
+    # fp32): a direction check, looser than the GPU test's element-wise one (here 0.995+)
+    assert (torch.nn.functional.cosine_similarity(mixed, reference) > 0.99).all()
