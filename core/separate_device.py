@@ -12,6 +12,9 @@ CPU data, compute as on the CPU, and refuse to meet host tensors where CUDA refu
     with emulate_separate_device() as device:
         model.to(device); loss = model(batch.to(device)).sum(); loss.backward()
 
+A whole run: `trainer.device: meta` inside it (outside, that device is a config error);
+`emulation_for(device)` lets one loop run the same code on "cpu" and on "meta".
+
 The rules follow CUDA's (the PyTorch docs' "CUDA semantics" and TensorIterator's):
 - an op whose tensors are on both sides fails, except a host tensor with no dimensions
   (a "CPU scalar") in an element-wise op, host index tensors of `index` / `index_put`,
