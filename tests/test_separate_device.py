@@ -5,6 +5,7 @@ host/device mixing fails here before it fails a first GPU run."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 
@@ -332,3 +333,15 @@ def test_the_instruction_evaluator_on_a_separate_device_gives_the_cpu_metrics(tm
             metrics[device] = Trainer(pipeline, RunFolder(tmp_path / f"run-{device}")).evaluate("untrained")
     assert len(metrics["cpu"]) > 100 and any(key.endswith("mAP_tau") for key in metrics["cpu"])
     assert metrics["meta"] == pytest.approx(metrics["cpu"], abs=1e-6)
+
+
+def test_moving_to_the_host_copies_also_under_inference_mode(device):
+    """`.to("cpu")` of a device tensor is a new host tensor (under inference mode torch's
+    `.to` may return its input; the emulation must not hand out the device's own data)."""
+    for context in (contextlib.nullcontext(), torch.inference_mode()):
+        with context:
+            on_device = torch.arange(3.0).to(device=device, dtype=torch.float32)
+            on_host = on_device.to("cpu")
+            on_host.add_(1)
+            assert not isinstance(on_host, DeviceTensor)
+            assert on_device.tolist() == [0.0, 1.0, 2.0]
