@@ -313,7 +313,7 @@ def test_trainer_and_evaluator_settings_on_a_separate_device_give_the_cpu_metric
 
 def test_the_instruction_evaluator_on_a_separate_device_gives_the_cpu_metrics(tmp_path, one_torch_thread):
     """instruct_reid (every task, task-specific and task-free galleries, mAP-tau's reference
-    encoder) evaluating the irm twin's untrained model on the emulated device: the CPU's
+    encoder, ITM re-ranking of each query's top 4) evaluating the irm twin's untrained model on the emulated device: the CPU's
     metrics (the pipeline test above trains the twin without a test set)."""
     from core.config.loading import load_pipeline
     from core.pipeline import build_pipeline
@@ -326,12 +326,17 @@ def test_the_instruction_evaluator_on_a_separate_device_gives_the_cpu_metrics(tm
             "captions: true, infrared_cameras: [3]}, instruction_size: [32, 32]}]")
     metrics = {}
     for device in ("cpu", "meta"):
-        path = twin_config("irm_synthetic", tmp_path, [test, f"trainer.device={device}"])
+        path = twin_config("irm_synthetic", tmp_path, [test, "evaluator.itm_rerank=4", f"trainer.device={device}"])
         torch.manual_seed(0)  # the same initial weights
         with emulation_for(device):
             pipeline = build_pipeline(load_pipeline(path), echo=lambda *_: None)
-            metrics[device] = Trainer(pipeline, RunFolder(tmp_path / f"run-{device}")).evaluate("untrained")
+            trainer = Trainer(pipeline, RunFolder(tmp_path / f"run-{device}"))
+            for module in trainer.net.modules():  # the ITM head counts as trained: it re-ranks
+                if hasattr(module, "trained_steps"):
+                    module.trained_steps.fill_(1)
+            metrics[device] = trainer.evaluate("untrained")
     assert len(metrics["cpu"]) > 100 and any(key.endswith("mAP_tau") for key in metrics["cpu"])
+    assert [v for k, v in metrics["cpu"].items() if k.endswith("itm_reranked")] == [1.0]  # the ITM head re-ranked
     assert metrics["meta"] == pytest.approx(metrics["cpu"], abs=1e-6)
 
 
