@@ -13,23 +13,30 @@ CPU data, compute as on the CPU, and refuse to meet host tensors where CUDA refu
         model.to(device); loss = model(batch.to(device)).sum(); loss.backward()
 
 A whole run: `trainer.device: meta` inside it (outside, that device is a config error);
-`emulation_for(device)` lets one loop run the same code on "cpu" and on "meta".
+`emulation_for(device)` lets one loop run the same code on "cpu" and on "meta". Several
+processes: `torchrun --nproc-per-node 2 -m core.separate_device run p.yaml --set
+trainer.device=meta` (core's CLI inside the emulation).
 
 The rules follow CUDA's (the PyTorch docs' "CUDA semantics" and TensorIterator's):
 - an op whose tensors are on both sides fails, except a host tensor with no dimensions
   (a "CPU scalar") in an element-wise op, host index tensors of `index` / `index_put`,
   and the copies between the two (`to`, `copy_`);
 - a host generator handed to a factory on the device fails;
-- a device tensor has no numpy view and no host storage (`numpy()`, `data_ptr()` fail).
+- a device tensor has no numpy view and no host storage (`numpy()`, `data_ptr()` fail);
+- a collective given a host tensor fails (NCCL's rule; the emulated processes talk over
+  gloo, which would take it), except torch's object collectives and barrier, which NCCL
+  runs on the current GPU by themselves.
 What it does not show: speed, host syncs (`core.host_syncs` counts those), dtype rules
-(`core.cuda_autocast`), and what only a real device does (streams, NCCL). Device tensors
-report `device.type == "meta"`, so code that branches on `"cuda"` takes its generic path.
+(`core.cuda_autocast`), and what only a real device does (streams, NCCL's own kernels and
+deadlocks). Device tensors report `device.type == "meta"`, so code that branches on
+`"cuda"` takes its generic path.
 It is an emulation for tests, not a speed path.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any, Iterator
 
 import numpy as np
@@ -209,14 +216,39 @@ def _dispatch(func, args: tuple, kwargs: dict):
     return tree_map(wrap, out)
 
 
+#: torch.distributed functions whose collectives carry host tensors by design (serialised
+#: objects, the barrier's token): under NCCL torch puts those on the current GPU itself
+HOST_COLLECTIVES = frozenset({"broadcast_object_list", "all_gather_object", "gather_object", "scatter_object_list",
+                              "barrier", "monitored_barrier"})
+
+
+def _check_collective(func, args: tuple, kwargs: dict) -> None:
+    """NCCL's rule (a run on GPUs communicates over NCCL): a collective takes device
+    tensors only; gloo, which the emulated processes use, would take host ones silently."""
+    host = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor) and t.device != DEVICE]
+    if not host:
+        return
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name in HOST_COLLECTIVES and frame.f_globals.get("__name__", "").startswith(
+                "torch.distributed"):
+            return
+        frame = frame.f_back
+    raise DeviceMixError(f"{func} got a host tensor (shape {tuple(host[0].shape)}, {host[0].dtype}) on a run "
+                         f"on the device: NCCL takes device tensors only; make it on the device")
+
+
 class _ToDevice(TorchDispatchMode):
     """Routes factories and copies that name the emulated device (`torch.zeros(...,
-    device=d)`, `.to(d)`) to `_dispatch`; every other op runs as it would."""
+    device=d)`, `.to(d)`) and every op on device tensors to `_dispatch`; holds collectives to
+    NCCL's rule; every other op runs as it would."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if _is_emulated(_device_argument(func, args, kwargs)) or any(isinstance(t, torch.Tensor) and t.device == DEVICE
-                                                       for t in tree_flatten((args, kwargs))[0]):
+        if func.namespace == "c10d":
+            _check_collective(func, args, kwargs)
+        on_device = any(isinstance(t, torch.Tensor) and t.device == DEVICE for t in tree_flatten((args, kwargs))[0])
+        if on_device or _is_emulated(_device_argument(func, args, kwargs)):
             return _dispatch(func, args, kwargs)
         return func(*args, **kwargs)
 
@@ -261,3 +293,12 @@ def active() -> bool:
 def host(value: Any) -> Any:
     """The CPU data behind device tensors (nested containers too), for checking results."""
     return tree_map(_unwrap, value)
+
+
+if __name__ == "__main__":  # `torchrun ... -m core.separate_device run p.yaml --set trainer.device=meta`
+    from core.cli import main
+    from core.separate_device import emulate_separate_device as emulate  # the module, not this __main__ copy
+
+    with emulate():
+        code = main(sys.argv[1:])
+    sys.exit(code)
