@@ -14,7 +14,7 @@ CPU data, compute as on the CPU, and refuse to meet host tensors where CUDA refu
 
 A whole run: `trainer.device: meta` inside it (outside, that device is a config error);
 `emulation_for(device)` lets one loop run the same code on "cpu" and on "meta". Several
-processes: `torchrun --nproc-per-node 2 -m core.separate_device run p.yaml --set
+processes: `torchrun --nproc-per-node 2 -m core.on_separate_device run p.yaml --set
 trainer.device=meta` (core's CLI inside the emulation).
 
 The rules follow CUDA's (the PyTorch docs' "CUDA semantics" and TensorIterator's):
@@ -294,11 +294,3 @@ def host(value: Any) -> Any:
     """The CPU data behind device tensors (nested containers too), for checking results."""
     return tree_map(_unwrap, value)
 
-
-if __name__ == "__main__":  # `torchrun ... -m core.separate_device run p.yaml --set trainer.device=meta`
-    from core.cli import main
-    from core.separate_device import emulate_separate_device as emulate  # the module, not this __main__ copy
-
-    with emulate():
-        code = main(sys.argv[1:])
-    sys.exit(code)

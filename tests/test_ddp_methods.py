@@ -89,7 +89,7 @@ def test_compiled_training_under_ddp_computes_the_one_process_losses(name, tmp_p
 @pytest.mark.parametrize("name", sorted(TWINS))
 def test_two_processes_on_a_separate_device_compute_the_one_process_losses(name, tmp_path, torchrun):
     """World size 2 with the model on the emulated separate device (`python -m
-    core.separate_device`, core.separate_device): a host tensor meeting the model's in the
+    core.on_separate_device`, core.separate_device): a host tensor meeting the model's in the
     DDP paths (gathers for the losses, the gathered BatchNorm, evaluation shards) fails as
     on GPUs, and so does a collective given a host tensor (NCCL takes device tensors only;
     gloo, which these processes use, would not say). The steps log the one-process CPU
@@ -98,7 +98,7 @@ def test_two_processes_on_a_separate_device_compute_the_one_process_losses(name,
     base = [f"trainer.stop_after_steps={steps}", "trainer.sync_bn=true", *extra]
     config = twin_config(name, tmp_path, base)
     single = run(config, run_dir=tmp_path / "single")  # labels (muva's prepare step) are written here
-    torchrun("-m", "core.separate_device", "run", config, "--set", "trainer.device=meta", "--set",
+    torchrun("-m", "core.on_separate_device", "run", config, "--set", "trainer.device=meta", "--set",
              "trainer.eval_before=true", "--run-dir", tmp_path / "ddp", cwd=tmp_path)
     one, two = _train_records(single.run_dir), _train_records(tmp_path / "ddp")
     assert [r["global_step"] for r in two] == [r["global_step"] for r in one] == list(range(1, steps + 1))
