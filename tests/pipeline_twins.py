@@ -78,6 +78,18 @@ def small_config(name: str, folder: Path, extra: list[str] | tuple[str, ...] = (
     return load_pipeline(twin_config(name, folder, extra))
 
 
+def config_file(name: str, folder: Path, extra: list[str] | tuple[str, ...] = ()) -> Path:
+    """`small_config(name, folder, extra)` written into `folder` (self-contained): a file
+    for `core run` / torchrun, for the methods' twins and the baselines alike."""
+    if name not in BASELINES:
+        return twin_config(name, folder, extra)
+    data = dict(small_config(name, folder, extra).data)
+    data.pop("_base_", None)
+    path = Path(folder) / f"{name}.yaml"
+    path.write_text(dump(data), encoding="utf-8")
+    return path
+
+
 def first_batches(p: Any, count: int, make: Callable | None = None) -> list:
     """The first `count` batches of built pipeline `p`'s sampler (an episode's samples keep
     their roles), each sample with seed 0, collated by `make` (default: the trainer's

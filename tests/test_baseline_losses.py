@@ -208,6 +208,37 @@ def test_supcon_temperature_divides_the_similarities():
     assert value.item() == pytest.approx(expected / 4, rel=1e-6)
 
 
+def test_supcon_step_makes_no_host_sync():
+    """Anchors without a positive leave the mean through masks (issue 19: a boolean
+    selection or a Python branch on the data stops the host every step on a GPU)."""
+    from core.host_syncs import count_host_syncs
+
+    x = torch.randn(6, 4, requires_grad=True)
+    batch = make_batch([0, 0, 1, 1, 2, 3])
+    with count_host_syncs() as syncs:
+        value, _ = SupConLoss()({"features": x}, batch)
+        value.backward()
+    assert syncs.total == 0, syncs.by_op
+    z, ids = torch.nn.functional.normalize(x.detach(), dim=1), [0, 0, 1, 1, 2, 3]
+    sims = z @ z.t() / 0.1
+    per_anchor = []  # a plain loop over Eq. 2; anchors 4 and 5 have no positive
+    for i in range(6):
+        positives = [p for p in range(6) if p != i and ids[p] == ids[i]]
+        others = [a for a in range(6) if a != i]
+        if positives:
+            per_anchor.append(-sum((sims[i, p] - torch.logsumexp(sims[i, others], 0)).item()
+                                   for p in positives) / len(positives))
+    assert value.item() == pytest.approx(sum(per_anchor) / len(per_anchor), rel=1e-5)
+
+
+@pytest.mark.parametrize("pids", [[0, 1, 2], [5]], ids=["no positive", "one sample"])
+def test_supcon_without_positives_is_a_connected_zero_with_finite_gradients(pids):
+    x = torch.randn(len(pids), 4, requires_grad=True)
+    value, _ = SupConLoss()({"features": x}, make_batch(pids))
+    value.backward()
+    assert value.item() == 0.0 and torch.isfinite(x.grad).all()
+
+
 def test_supcon_gradient_reaches_the_features():
     x = torch.randn(6, 4, requires_grad=True)
     value, _ = SupConLoss()({"features": x}, make_batch([0, 0, 1, 1, 2, 2]))

@@ -8,6 +8,10 @@ a soft, margin-free batch-hard triplet: far positives and near negatives weigh m
 no hyper-parameter. The weights are not detached (as in the authors' code). P(i) leaves
 out the anchor itself (the authors' code keeps it at distance 0, with a near-zero weight).
 Euclidean distances as in the authors' code (`metric: cosine` for cosine distances).
+Under DDP (`gather: true`, the default) the features and identities of every process are
+gathered with their gradient first, as the triplet loss does (core.losses.triplet): each
+anchor weighs the positives and negatives of the whole global batch, as on one process
+(the authors train with DataParallel, which computes the loss on the gathered batch).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch.nn.functional as F
 
 from core.interfaces import Loss, read_output
 from core.records import Batch
+from core.training import distributed as D
 
 
 def _pairwise(x: torch.Tensor, metric: str) -> torch.Tensor:
@@ -36,17 +41,20 @@ def _masked_softmax(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class WeightedRegularizedTriplet(Loss):
-    def __init__(self, features: str = "features", metric: Literal["euclidean", "cosine"] = "euclidean") -> None:
+    def __init__(self, features: str = "features", metric: Literal["euclidean", "cosine"] = "euclidean",
+                 gather: bool = True) -> None:
         super().__init__()
         if metric not in ("euclidean", "cosine"):
             raise ValueError(f"loss 'wrt': metric must be euclidean or cosine, got {metric!r}")
-        self.features, self.metric = features, metric
+        self.features, self.metric, self.gather = features, metric, bool(gather)
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: Batch):
         x = read_output(outputs, self.features, "loss 'wrt'",
                         "set the loss key `features`; `bnneck` produces 'features'").float()
-        dist = _pairwise(x, self.metric)
         pids = batch.pids.to(x.device)
+        if self.gather:  # under DDP: the one-process loss of the global batch (module docstring)
+            x, pids = D.gather_with_grad(x), D.gather_uneven(pids)
+        dist = _pairwise(x, self.metric)
         same = pids[:, None] == pids[None, :]
         eye = torch.eye(len(pids), dtype=torch.bool, device=x.device)
         pos, neg = same & ~eye, ~same
