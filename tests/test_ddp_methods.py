@@ -19,9 +19,9 @@ from pipeline_twins import ALL, config_file, twin_config  # noqa: E402 - registe
 #: step 3 is stage 2's first. TransReID's stochastic depth draws its masks from each
 #: process's RNG, so DDP cannot draw the one-process masks: compared without it.
 STEPS = {"muva_synthetic": (3, ["stages.0.epochs=1"]), "transreid_synthetic": (2, ["backbone.drop_path_rate=0"]),
-         "quickstart+supcon": (2, ["losses=[{name: ce}, {name: supcon}]"])}
+         "quickstart with supcon": (2, ["losses=[{name: ce}, {name: supcon}]"])}
 #: every first-party pipeline, and the quickstart with the one whole-batch loss no pipeline uses
-PIPELINES = [*ALL, "quickstart+supcon"]
+PIPELINES = [*ALL, "quickstart with supcon"]
 #: pipelines whose losses are not yet the one-process losses under DDP: only that the
 #: steps run is checked (none today; instruct-editor's head BatchNorms were, issue 19)
 PER_PROCESS_BN: set[str] = set()
@@ -45,7 +45,7 @@ def _assert_same_logged_values(one, two):
 @pytest.mark.parametrize("name", PIPELINES)
 def test_two_processes_compute_the_one_process_losses(name, tmp_path, torchrun):
     steps, extra = STEPS.get(name, (2, []))
-    config = config_file(name.split("+")[0], tmp_path,
+    config = config_file(name.split(" with ")[0], tmp_path,
                          [f"trainer.stop_after_steps={steps}", "trainer.sync_bn=true", *extra])
     single = run(config, run_dir=tmp_path / "single")  # labels (muva's prepare step) are written here
     torchrun("-m", "core", "run", config, "--run-dir", tmp_path / "ddp", cwd=tmp_path)
@@ -103,7 +103,7 @@ def test_two_processes_on_a_separate_device_compute_the_one_process_losses(name,
     losses, and the untrained evaluation runs sharded first."""
     steps, extra = STEPS.get(name, (2, []))
     base = [f"trainer.stop_after_steps={steps}", "trainer.sync_bn=true", *extra]
-    config = config_file(name.split("+")[0], tmp_path, base)
+    config = config_file(name.split(" with ")[0], tmp_path, base)
     single = run(config, run_dir=tmp_path / "single")  # labels (muva's prepare step) are written here
     torchrun("-m", "core.on_separate_device", "run", config, "--set", "trainer.device=meta", "--set",
              "trainer.eval_before=true", "--run-dir", tmp_path / "ddp", cwd=tmp_path)
