@@ -36,6 +36,7 @@ It is an emulation for tests, not a speed path.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from typing import Any, Iterator
 
@@ -128,13 +129,10 @@ def _name(func) -> str:
     return func.overloadpacket.__name__
 
 
-def _check_mixing(func, args: tuple, kwargs: dict) -> None:
+def _check_mixing(func, args: tuple, tensors: list[torch.Tensor]) -> None:
+    """`tensors`: the op's tensor arguments, flattened."""
     name = _name(func)
-    if name in TRANSFERS:
-        return
-    tensors, _ = tree_flatten((args, kwargs))
-    tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
-    if not any(isinstance(t, DeviceTensor) for t in tensors):
+    if name in TRANSFERS or not any(isinstance(t, DeviceTensor) for t in tensors):
         return
     exempt: set[int] = set()
     if name in HOST_INDICES and len(args) > 1:  # the index list: host indices are allowed
@@ -160,14 +158,18 @@ def _check_generator(func, kwargs: dict, on_device: bool) -> None:
                              f"or make the values on the host and move them")
 
 
+@functools.lru_cache(maxsize=None)
+def _device_position(func) -> int | None:
+    """Where the op's schema takes a `device` argument (None: it has none)."""
+    return next((i for i, a in enumerate(func._schema.arguments) if a.name == "device"), None)
+
+
 def _device_argument(func, args: tuple, kwargs: dict) -> Any:
     """The op's `device` argument, given by keyword or by position (`aten.to.device`)."""
     if "device" in kwargs:
         return kwargs["device"]
-    for i, argument in enumerate(func._schema.arguments):
-        if argument.name == "device":
-            return args[i] if i < len(args) else None
-    return None
+    at = _device_position(func)
+    return args[at] if at is not None and at < len(args) else None
 
 
 def _on_host(func, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
@@ -177,7 +179,7 @@ def _on_host(func, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
         return device, args, kwargs
     if "device" in kwargs:
         return device, args, {**kwargs, "device": torch.device("cpu")}
-    at = next(i for i, a in enumerate(func._schema.arguments) if a.name == "device")
+    at = _device_position(func)
     return device, (*args[:at], torch.device("cpu"), *args[at + 1:]), kwargs
 
 
@@ -187,17 +189,17 @@ def _unwrap(value: Any) -> Any:
 
 def _dispatch(func, args: tuple, kwargs: dict):
     """Run `func` on the host data; outputs are device tensors when it runs on the device."""
-    for t in tree_flatten((args, kwargs))[0]:
-        if isinstance(t, torch.Tensor) and not isinstance(t, DeviceTensor) and t.device == DEVICE:
+    device, args, kwargs = _on_host(func, args, kwargs)
+    tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+    for t in tensors:
+        if not isinstance(t, DeviceTensor) and t.device == DEVICE:
             raise RuntimeError(f"{func} got a real meta tensor (no data): a constructor the emulation does not "
                                "route made it; add it to core.separate_device.FROM_DATA")
-    device, args, kwargs = _on_host(func, args, kwargs)
-    has_device_input = any(isinstance(t, DeviceTensor) for t in tree_flatten((args, kwargs))[0])
-    to_device = _is_emulated(device) if device is not None else has_device_input
-    _check_mixing(func, args, kwargs)
+    to_device = _is_emulated(device) if device is not None else any(isinstance(t, DeviceTensor) for t in tensors)
+    _check_mixing(func, args, tensors)
     _check_generator(func, kwargs, to_device)
     # an in-place op returns its input: the caller's tensor, host or device, not a new one
-    inputs = {id(_unwrap(a)): a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)}
+    inputs = {id(_unwrap(t)): t for t in tensors}
     out = func(*tree_map(_unwrap, args), **tree_map(_unwrap, kwargs))
 
     def wrap(value: Any) -> Any:
