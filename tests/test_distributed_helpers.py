@@ -1,5 +1,5 @@
 """core.training.distributed under 2 gloo processes (torchrun): the helpers DDP training
-rests on (issue 19) — the gather with gradient, the BatchNorm over every process's batch,
+rests on (issue 19) — the gather with gradient (alone and with labels), the BatchNorm over every process's batch,
 the mean of logged values whose keys differ by rank, an empty evaluation shard, a loss's
 gather of outputs and labels (with the global batch's host copies)."""
 
@@ -23,6 +23,12 @@ x = full[lo:hi].clone().requires_grad_(True)
 every = D.gather_with_grad(x)
 (every.pow(2) * weights).sum().backward()
 out["gathered"], out["gather_grad"] = every.detach(), x.grad
+
+# features with their labels (a loss's x and pids): one count gather serves both
+x = full[lo:hi].clone().requires_grad_(True)
+every, labels = D.gather_with_labels(x, (torch.arange(7) * 5)[lo:hi])
+(every.pow(2) * weights).sum().backward()
+out["with_labels"] = (every.detach(), labels, x.grad)
 
 # BatchNorm over every process's rows (unequal counts), loss local to each process
 bn = D.GatheredBatchNorm(3).train()
@@ -85,6 +91,10 @@ def test_distributed_helpers_under_two_processes(tmp_path, torchrun):
         # every process computed the same global loss: the gather's backward sums them
         # (DDP then averages over the 2 processes: the one-process gradient)
         torch.testing.assert_close(r["gather_grad"], 2 * gather_grad[lo:hi])
+        features, labels, grad = r["with_labels"]
+        torch.testing.assert_close(features, full)
+        assert labels.tolist() == (torch.arange(7) * 5).tolist()
+        torch.testing.assert_close(grad, 2 * gather_grad[lo:hi])
         torch.testing.assert_close(r["bn_out"], y[lo:hi].detach(), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(r["bn_grad"], x.grad[lo:hi], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(r["running"][0], bn.running_mean)
@@ -108,6 +118,9 @@ def test_helpers_are_the_identity_outside_ddp():
 
     x = torch.rand(3, 2)
     assert D.gather_with_grad(x) is x
+    labels = torch.arange(3)
+    features, same_labels = D.gather_with_labels(x, labels)
+    assert features is x and same_labels is labels
     assert D.all_reduce_mean({"a": 1, "b": torch.tensor(2.0)}) == {"a": 1.0, "b": 2.0}
     bn, plain = D.GatheredBatchNorm(2).train(), torch.nn.BatchNorm1d(2).train()
     torch.testing.assert_close(bn(x), plain(x))

@@ -174,6 +174,16 @@ def gather_with_grad(local: torch.Tensor) -> torch.Tensor:
     return _gather_with_grad(local, _row_counts(local))
 
 
+def gather_with_labels(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(`gather_with_grad(features)`, `gather_uneven(labels)`) for rows that belong
+    together (a loss's features and their identities), with one all_gather of the row
+    counts for both; the arguments themselves outside DDP."""
+    if not active():
+        return features, labels
+    counts = _row_counts(features)
+    return _gather_with_grad(features, counts), _gather_padded(labels, counts)
+
+
 def gather_with_grad_and_slice(local: torch.Tensor) -> tuple[torch.Tensor, slice]:
     """`gather_with_grad(local)` and the slice of it that holds this process's rows: for a
     computation on the whole batch whose result each process takes back for its own rows
