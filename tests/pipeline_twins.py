@@ -51,13 +51,17 @@ TWINS["irm++_synthetic"] = TWINS["irm_synthetic"]
 
 def twin_config(name: str, folder: Path, extra: list[str] | tuple[str, ...] = ()) -> Path:
     """Write the tiny twin of pipelines/<name>.yaml into `folder`; returns its path."""
-    overrides = [*TWINS[name], *TRAINER, *extra]
-    cfg = load_pipeline(PIPELINES / f"{name}.yaml", overrides)
+    return _write(load_pipeline(PIPELINES / f"{name}.yaml", [*TWINS[name], *TRAINER, *extra]), Path(folder) / name)
+
+
+def _write(cfg: LoadedConfig, stem: Path) -> Path:
+    """`cfg` resolved into `stem`.yaml, self-contained (no `_base_`); what a prepare step
+    writes (labels) goes beside it."""
     data = dict(cfg.data)
     data.pop("_base_", None)
-    for step in data.get("prepare") or []:  # labels written beside the tiny pipeline
-        step["out"] = str(Path(folder) / Path(step["out"]).name)
-    path = Path(folder) / f"{name}.yaml"
+    for step in data.get("prepare") or []:
+        step["out"] = str(stem.parent / Path(step["out"]).name)
+    path = stem.with_name(f"{stem.name}.yaml")
     path.write_text(dump(data), encoding="utf-8")
     return path
 
@@ -83,11 +87,7 @@ def config_file(name: str, folder: Path, extra: list[str] | tuple[str, ...] = ()
     for `core run` / torchrun, for the methods' twins and the baselines alike."""
     if name not in BASELINES:
         return twin_config(name, folder, extra)
-    data = dict(small_config(name, folder, extra).data)
-    data.pop("_base_", None)
-    path = Path(folder) / f"{name}.yaml"
-    path.write_text(dump(data), encoding="utf-8")
-    return path
+    return _write(small_config(name, folder, extra), Path(folder) / name)
 
 
 def first_batches(p: Any, count: int, make: Callable | None = None) -> list:

@@ -14,10 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.config.loading import dump
 from core.evaluation.blocked import blocked_per_query_metrics, blocked_topk
 from core.separate_device import DeviceMixError, DeviceTensor, emulate_separate_device, emulation_for, host
-from pipeline_twins import ALL, small_config
+from pipeline_twins import ALL, config_file, small_config
 
 
 @pytest.fixture
@@ -139,16 +138,20 @@ def _records(run_dir) -> list[dict]:
 
 
 def _one_epoch_a_stage(name: str, folder, device: str):
-    """pipeline `name` made small (`small_config`), one epoch a stage, on `device`; written
+    """pipeline `name` made small (`config_file`), one epoch a stage, on `device`; written
     into `folder`, self-contained."""
     folder.mkdir(parents=True, exist_ok=True)
     stages = len(small_config(name, folder).data["stages"])
-    cfg = small_config(name, folder, [*(f"stages.{i}.epochs=1" for i in range(stages)), f"trainer.device={device}"])
-    data = dict(cfg.data)
-    data.pop("_base_", None)
-    path = folder / f"{name}-{device}.yaml"
-    path.write_text(dump(data), encoding="utf-8")
-    return path
+    return config_file(name, folder, [*(f"stages.{i}.epochs=1" for i in range(stages)), f"trainer.device={device}"])
+
+
+def _assert_same_first_step(cpu_records: list[dict], emulated_records: list[dict]) -> None:
+    """The first training step's logged values on the emulated device: the CPU's."""
+    first_cpu, first_emulated = (next(r for r in records if r["event"] == "train")
+                                 for records in (cpu_records, emulated_records))
+    for key, value in first_cpu.items():
+        if key not in ("seconds", "images_per_s") and isinstance(value, float):
+            assert first_emulated[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -167,10 +170,7 @@ def test_every_pipeline_trains_and_evaluates_on_a_separate_device(name, tmp_path
     cpu, emulated = _records(runs["cpu"].run_dir), _records(runs["meta"].run_dir)
     assert "training on meta" in (runs["meta"].run_dir / "log.txt").read_text()
     assert [(r["event"], sorted(r)) for r in cpu] == [(r["event"], sorted(r)) for r in emulated]
-    first_cpu, first_emulated = (next(r for r in records if r["event"] == "train") for records in (cpu, emulated))
-    for key, value in first_cpu.items():
-        if key not in ("seconds", "images_per_s") and isinstance(value, float):
-            assert first_emulated[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    _assert_same_first_step(cpu, emulated)
 
 
 class _LogsPythonNumbers(torch.nn.Module):
@@ -234,11 +234,9 @@ def test_losses_no_pipeline_uses_train_on_a_separate_device(loss, tiny_pipeline_
         config["trainer"]["device"] = device
         with emulation_for(device):
             runs[device] = run_tiny_pipeline(config, name=f"{device}.yaml")
-    first = [next(r for r in _records(runs[d].run_dir) if r["event"] == "train") for d in ("cpu", "meta")]
-    assert any(key.startswith(loss) for key in first[0])
-    for key, value in first[0].items():
-        if key not in ("seconds", "images_per_s") and isinstance(value, float):
-            assert first[1][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    cpu, emulated = _records(runs["cpu"].run_dir), _records(runs["meta"].run_dir)
+    assert any(key.startswith(loss) for key in next(r for r in cpu if r["event"] == "train"))
+    _assert_same_first_step(cpu, emulated)
 
 
 def test_the_tools_on_a_separate_device_give_the_cpu_results(run_tiny_pipeline, tiny_pipeline_config, tmp_path,
@@ -313,8 +311,9 @@ def test_trainer_and_evaluator_settings_on_a_separate_device_give_the_cpu_metric
 
 def test_the_instruction_evaluator_on_a_separate_device_gives_the_cpu_metrics(tmp_path, one_torch_thread):
     """instruct_reid (every task, task-specific and task-free galleries, mAP-tau's reference
-    encoder, ITM re-ranking of each query's top 4) evaluating the irm twin's untrained model on the emulated device: the CPU's
-    metrics (the pipeline test above trains the twin without a test set)."""
+    encoder, ITM re-ranking of each query's top 4) evaluating the irm twin's untrained
+    model on the emulated device: the CPU's metrics (the pipeline test above trains the
+    twin without a test set)."""
     from core.config.loading import load_pipeline
     from core.pipeline import build_pipeline
     from core.training.run_folder import RunFolder
