@@ -42,15 +42,30 @@ def _assert_same_logged_values(one, two):
         assert got == pytest.approx(want, rel=1e-4, abs=1e-5), f"step {a['global_step']}"
 
 
+#: how the DDP processes start: `core run` on the CPU, or core's CLI with the model on the
+#: emulated separate device (core.separate_device), where a host tensor meeting the model's in
+#: the DDP paths (the losses' gathers, the gathered BatchNorm, evaluation shards) fails as on
+#: GPUs, and so does a collective given a host tensor (NCCL takes device tensors only; gloo,
+#: which these processes use, would not say); there the untrained evaluation runs sharded first
+LAUNCH = {"cpu": ("core", []),
+          "separate device": ("core.on_separate_device", ["--set", "trainer.device=meta",
+                                                          "--set", "trainer.eval_before=true"])}
+
+
+@pytest.mark.parametrize("launch", sorted(LAUNCH))
 @pytest.mark.parametrize("name", PIPELINES)
-def test_two_processes_compute_the_one_process_losses(name, tmp_path, torchrun):
+def test_two_processes_compute_the_one_process_losses(name, launch, tmp_path, torchrun):
     steps, extra = STEPS.get(name, (2, []))
     config = config_file(name.split(" with ")[0], tmp_path,
                          [f"trainer.stop_after_steps={steps}", "trainer.sync_bn=true", *extra])
     single = run(config, run_dir=tmp_path / "single")  # labels (muva's prepare step) are written here
-    torchrun("-m", "core", "run", config, "--run-dir", tmp_path / "ddp", cwd=tmp_path)
+    module, options = LAUNCH[launch]
+    torchrun("-m", module, "run", config, *options, "--run-dir", tmp_path / "ddp", cwd=tmp_path)
     one, two = _train_records(single.run_dir), _train_records(tmp_path / "ddp")
     assert [r["global_step"] for r in two] == [r["global_step"] for r in one] == list(range(1, steps + 1))
+    if launch == "separate device":
+        evaluated = [r["tag"] for r in read_metrics(tmp_path / "ddp") if r["event"] == "eval"]
+        assert evaluated == ([] if name.startswith("irm") else ["baseline (untrained)"])  # irm twins: no test set
     if name in PER_PROCESS_BN:
         return
     _assert_same_logged_values(one, two)
@@ -90,25 +105,4 @@ def test_compiled_training_under_ddp_computes_the_one_process_losses(name, tmp_p
     assert "unwaited" not in proc.stderr, proc.stderr[-4000:]
     one, two = _train_records(single.run_dir), _train_records(tmp_path / "ddp")
     assert [r["global_step"] for r in two] == [r["global_step"] for r in one] == [1, 2]
-    _assert_same_logged_values(one, two)
-
-
-@pytest.mark.parametrize("name", PIPELINES)
-def test_two_processes_on_a_separate_device_compute_the_one_process_losses(name, tmp_path, torchrun):
-    """World size 2 with the model on the emulated separate device (`python -m
-    core.on_separate_device`, core.separate_device): a host tensor meeting the model's in the
-    DDP paths (gathers for the losses, the gathered BatchNorm, evaluation shards) fails as
-    on GPUs, and so does a collective given a host tensor (NCCL takes device tensors only;
-    gloo, which these processes use, would not say). The steps log the one-process CPU
-    losses, and the untrained evaluation runs sharded first."""
-    steps, extra = STEPS.get(name, (2, []))
-    base = [f"trainer.stop_after_steps={steps}", "trainer.sync_bn=true", *extra]
-    config = config_file(name.split(" with ")[0], tmp_path, base)
-    single = run(config, run_dir=tmp_path / "single")  # labels (muva's prepare step) are written here
-    torchrun("-m", "core.on_separate_device", "run", config, "--set", "trainer.device=meta", "--set",
-             "trainer.eval_before=true", "--run-dir", tmp_path / "ddp", cwd=tmp_path)
-    one, two = _train_records(single.run_dir), _train_records(tmp_path / "ddp")
-    assert [r["global_step"] for r in two] == [r["global_step"] for r in one] == list(range(1, steps + 1))
-    evaluated = [r["tag"] for r in read_metrics(tmp_path / "ddp") if r["event"] == "eval"]
-    assert evaluated == ([] if name.startswith("irm") else ["baseline (untrained)"])  # irm twins: no test set
     _assert_same_logged_values(one, two)
