@@ -38,13 +38,14 @@ def world_pipeline(tmp_path_factory):
 
 
 class Spy:
-    """Records the feature sets the evaluator is given (their files and a copy of the
-    embeddings), then evaluates like the wrapped evaluator."""
+    """Records the feature sets the evaluator is given (the sets, their files and a copy of
+    the embeddings), then evaluates like the wrapped evaluator."""
 
     def __init__(self, evaluator, out_of_core=True):
-        self.evaluator, self.out_of_core, self.seen, self.devices = evaluator, out_of_core, [], []
+        self.evaluator, self.out_of_core, self.seen, self.devices, self.sets = evaluator, out_of_core, [], [], []
 
     def evaluate(self, query: FeatureSet, gallery: FeatureSet):
+        self.sets.append((query, gallery))
         self.seen.append([(fs.embeddings_file, fs.embeddings.clone()) for fs in (query, gallery)])
         self.devices.append((query.compute_device, gallery.compute_device))
         return self.evaluator.evaluate(query, gallery)
@@ -206,18 +207,10 @@ def test_a_trainer_on_a_separate_device_searches_its_features_on_disk_there(worl
     config["trainer"]["device"] = "meta"
     path.write_text(yaml.safe_dump(config))
 
-    class Keep:  # keeps the in-memory feature sets, evaluates as the pipeline's evaluator
-        def __init__(self, evaluator):
-            self.evaluator, self.sets = evaluator, []
-
-        def evaluate(self, query, gallery):
-            self.sets.append((query, gallery))
-            return self.evaluator.evaluate(query, gallery)
-
     with emulate_separate_device() as device:
         trainer = Trainer(build_pipeline(load_pipeline(path), echo=lambda *_: None), RunFolder(tmp_path / "run"))
         on_disk = evaluate_with(trainer, monkeypatch, eval_features="disk", eval_features_dtype=dtype)
-        kept = Keep(trainer.p.evaluator)
+        kept = Spy(trainer.p.evaluator, out_of_core=False)
         evaluate_with(trainer, monkeypatch, kept, eval_features="memory")
     assert devices == [device]
     query, gallery = kept.sets[0]
