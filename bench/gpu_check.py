@@ -50,6 +50,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = ROOT / "pipelines"
+sys.path.insert(0, str(ROOT / "tests"))
+
+from pipeline_twins import write_resolved  # noqa: E402
 
 #: dense peak TFLOP/s by (card name fragment, precision); fp32 without TF32
 PEAK_TFLOPS = {
@@ -138,7 +141,7 @@ class Step:
 
     def __init__(self, name: str, table: dict, device: torch.device, precision: str, out_dir: Path,
                  batch_size: int | None = None) -> None:
-        from core.config.loading import dump, load_pipeline
+        from core.config.loading import load_pipeline
         from core.data.loading import ImageSamples
         from core.interfaces import Episode
         from core.pipeline import build_pipeline
@@ -147,13 +150,7 @@ class Step:
 
         file, overrides = table[name]
         extra = [f"sampler.batch_size={batch_size}"] if batch_size else []
-        cfg = load_pipeline(PIPELINES / file, [*overrides, *TRAINER, *extra])
-        data = dict(cfg.data)
-        data.pop("_base_", None)
-        for step in data.get("prepare") or []:
-            step["out"] = str(out_dir / Path(step["out"]).name)
-        path = out_dir / f"{name}.yaml"
-        path.write_text(dump(data), encoding="utf-8")
+        path = write_resolved(load_pipeline(PIPELINES / file, [*overrides, *TRAINER, *extra]), out_dir / name)
         p = build_pipeline(load_pipeline(path), echo=lambda *a, **k: None)
         self.net = TrainingModule(p.model, p.loss_modules()).to(device).train()
         last = len(p.stages) - 1  # the method's main stage (MUVA: stage 2)

@@ -51,12 +51,12 @@ TWINS["irm++_synthetic"] = TWINS["irm_synthetic"]
 
 def twin_config(name: str, folder: Path, extra: list[str] | tuple[str, ...] = ()) -> Path:
     """Write the tiny twin of pipelines/<name>.yaml into `folder`; returns its path."""
-    return _write(load_pipeline(PIPELINES / f"{name}.yaml", [*TWINS[name], *TRAINER, *extra]), Path(folder) / name)
+    return write_resolved(load_pipeline(PIPELINES / f"{name}.yaml", [*TWINS[name], *TRAINER, *extra]), Path(folder) / name)
 
 
-def _write(cfg: LoadedConfig, stem: Path) -> Path:
+def write_resolved(cfg: LoadedConfig, stem: Path) -> Path:
     """`cfg` resolved into `stem`.yaml, self-contained (no `_base_`); what a prepare step
-    writes (labels) goes beside it."""
+    writes (labels) goes beside it. Also bench/gpu_check.py's full-size rows."""
     data = dict(cfg.data)
     data.pop("_base_", None)
     for step in data.get("prepare") or []:
@@ -87,7 +87,7 @@ def config_file(name: str, folder: Path, extra: list[str] | tuple[str, ...] = ()
     for `core run` / torchrun, for the methods' twins and the baselines alike."""
     if name not in BASELINES:
         return twin_config(name, folder, extra)
-    return _write(small_config(name, folder, extra), Path(folder) / name)
+    return write_resolved(small_config(name, folder, extra), Path(folder) / name)
 
 
 def first_batches(p: Any, count: int, make: Callable | None = None) -> list:

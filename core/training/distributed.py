@@ -176,8 +176,9 @@ def gather_with_grad(local: torch.Tensor) -> torch.Tensor:
 
 def gather_with_labels(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(`gather_with_grad(features)`, `gather_uneven(labels)`) for rows that belong
-    together (a loss's features and their identities), with one all_gather of the row
-    counts for both; the arguments themselves outside DDP."""
+    together (a loss's features and their identities, HSE's local features and their
+    episode roles), with one all_gather of the row counts for both; the arguments
+    themselves outside DDP."""
     if not active():
         return features, labels
     counts = _row_counts(features)
