@@ -317,31 +317,20 @@ def ddp_row(args) -> dict[str, Any]:
 
 
 def emulate_cuda_autocast_on_cpu() -> None:
-    """Where the trainer enters autocast for bf16/fp16 (on CUDA only), enter the CPU
-    emulation of CUDA's autocast instead; its loss region leaves the emulation."""
+    """Where the trainer enters autocast for bf16/fp16 on CUDA, enter the CPU emulation of
+    CUDA's autocast on the CPU too (the trainer's loss region leaves it; on the emulated
+    separate device the trainer applies it itself)."""
     from core.cuda_autocast import emulate_cuda_autocast
     from core.training import precision as P
 
-    active: list[Any] = []
-    cuda_autocast, cuda_loss_region = P.autocast, P.loss_region
+    device_autocast = P.autocast
 
-    @contextlib.contextmanager
     def autocast(device: torch.device, precision: str):
-        if device.type not in ("cpu", "meta") or precision not in P.DTYPES:  # meta: the emulated device
-            with cuda_autocast(device, precision):
-                yield
-            return
-        with emulate_cuda_autocast(P.DTYPES[precision]) as mode:
-            active.append(mode)
-            try:
-                yield
-            finally:
-                active.pop()
+        if device.type == "cpu" and precision in P.DTYPES:
+            return emulate_cuda_autocast(P.DTYPES[precision])
+        return device_autocast(device, precision)
 
-    def loss_region(device: torch.device):
-        return active[-1].disabled() if active else cuda_loss_region(device)
-
-    P.autocast, P.loss_region = autocast, loss_region
+    P.autocast = autocast
 
 
 def plan(args) -> list[tuple[str, Callable[[], dict[str, Any]]]]:

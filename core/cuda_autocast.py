@@ -88,6 +88,14 @@ class CudaAutocastEmulation(TorchFunctionMode):
         #: names of the ops cast so far (a test can check that the mode saw the model)
         self.cast_ops: set[str] = set()
 
+    def __enter__(self):
+        ACTIVE.append(self)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        ACTIVE.remove(self)
+        return super().__exit__(*exc)
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
@@ -109,6 +117,21 @@ class CudaAutocastEmulation(TorchFunctionMode):
             yield
         finally:
             self.enabled = before
+
+
+#: the emulations entered and not yet left (a plain list: compiled code reads it without
+#: a graph break, where asking torch for its mode stack would break the graph)
+ACTIVE: list[CudaAutocastEmulation] = []
+
+
+@contextlib.contextmanager
+def suspended() -> Iterator[None]:
+    """Every active emulation disabled inside, whoever entered it: the emulated
+    `torch.autocast("cuda", enabled=False)` (the trainer's loss region)."""
+    with contextlib.ExitStack() as stack:
+        for mode in list(ACTIVE):
+            stack.enter_context(mode.disabled())
+        yield
 
 
 def emulate_cuda_autocast(dtype: torch.dtype = torch.bfloat16) -> CudaAutocastEmulation:

@@ -9,6 +9,10 @@ step to "no sync beyond logging steps".
     with count_host_syncs() as syncs:
         loss = step(batch); loss.backward()
     assert syncs.total == 0, syncs.by_op
+
+On the CPU it cannot tell the loader's host tensors from the model's, so it counts the
+model's part of a step; `core.separate_device.count_syncs()` counts a whole step (loading,
+the trainer's bookkeeping, the optimizer) on the emulated device, exactly.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ if TYPE_CHECKING:
 _HOST_READ = threading.local()  # inside host_array: its read of a host tensor is no sync
 
 
-class _Counts:
+class SyncCounts:
+    """Host syncs counted so far: `by_op` (name -> count) and their `total`."""
+
     def __init__(self) -> None:
         self.by_op: collections.Counter[str] = collections.Counter()
 
@@ -45,29 +51,40 @@ class _Counts:
         return sum(self.by_op.values())
 
 
+def sync_op(func, args: tuple, kwargs: dict | None) -> str | None:
+    """The name under which ATen op `func` on a GPU's tensors makes the host wait (a
+    value read, or an output whose size the data decides); None when it does not."""
+    name = func.overloadpacket.__name__
+    if name in SYNC_OPS:
+        return name
+    if name == "index" and _has_mask(args[1] if len(args) > 1 else ()):
+        return "index (boolean mask)"
+    if name in ("index_put", "index_put_") and _has_mask(args[1] if len(args) > 1 else ()):
+        return "index_put (boolean mask)"
+    if name == "repeat_interleave" and "output_size" not in (kwargs or {}) and \
+            isinstance(args[0], torch.Tensor) and len(args) < 3:
+        return "repeat_interleave"
+    return None
+
+
+def _has_mask(indices) -> bool:
+    return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in (indices or ()))
+
+
 class _Dispatch(TorchDispatchMode):
-    def __init__(self, counts: _Counts) -> None:
+    def __init__(self, counts: SyncCounts) -> None:
         super().__init__()
         self.counts = counts
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        if name in SYNC_OPS:
-            self.counts.by_op[name] += 1
-        elif name == "index" and any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
-                                     for i in (args[1] if len(args) > 1 else ())):
-            self.counts.by_op["index (boolean mask)"] += 1
-        elif name == "index_put" or name == "index_put_":
-            if any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in (args[1] or ())):
-                self.counts.by_op["index_put (boolean mask)"] += 1
-        elif name == "repeat_interleave" and "output_size" not in (kwargs or {}) and \
-                isinstance(args[0], torch.Tensor) and len(args) < 3:
-            self.counts.by_op["repeat_interleave"] += 1
+        kind = sync_op(func, args, kwargs)
+        if kind is not None:
+            self.counts.by_op[kind] += 1
         return func(*args, **(kwargs or {}))
 
 
 class _Function(TorchFunctionMode):
-    def __init__(self, counts: _Counts) -> None:
+    def __init__(self, counts: SyncCounts) -> None:
         super().__init__()
         self.counts = counts
 
@@ -79,10 +96,10 @@ class _Function(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def count_host_syncs() -> Iterator[_Counts]:
+def count_host_syncs() -> Iterator[SyncCounts]:
     """Counts (`.total`, `.by_op`) of the host syncs the code inside would make on CUDA,
     backward included."""
-    counts = _Counts()
+    counts = SyncCounts()
     with _Function(counts), _Dispatch(counts):
         yield counts
 

@@ -26,10 +26,12 @@ The rules follow CUDA's (the PyTorch docs' "CUDA semantics" and TensorIterator's
 - a collective given a host tensor fails (NCCL's rule; the emulated processes talk over
   gloo, which would take it), except torch's object collectives and barrier, which NCCL
   runs on the current GPU by themselves.
-What it does not show: speed, host syncs (`core.host_syncs` counts those), dtype rules
-(`core.cuda_autocast`), and what only a real device does (streams, NCCL's own kernels and
-deadlocks). Device tensors report `device.type == "meta"`, so code that branches on
-`"cuda"` takes its generic path.
+`count_syncs()` counts the host syncs a GPU would make (value reads, data-sized outputs,
+copies to the host, blocking copies from it), exactly: host tensors cost nothing there.
+The trainer treats the device as a GPU: its bf16 / fp16 apply CUDA's autocast rules there
+(`core.cuda_autocast`), with fp16's gradient scaler. What it does not show: speed, and what
+only a real device does (streams, NCCL's own kernels and deadlocks). Device tensors report
+`device.type == "meta"`, so code that branches on `"cuda"` takes its generic path.
 It is an emulation for tests, not a speed path.
 """
 
@@ -45,6 +47,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
+
+from core.host_syncs import SyncCounts, sync_op
 
 #: the emulated device: tensors reporting it hold CPU data (`DeviceTensor.host`)
 DEVICE = torch.device("meta")
@@ -98,6 +102,7 @@ class DeviceTensor(torch.Tensor):
         super().__setitem__(_host_index(index), value)
 
     def tolist(self) -> Any:  # as CUDA: a copy to the host (torch refuses it for subclasses)
+        _count_sync("tolist")
         return self.host.tolist()
 
     def numpy(self, *, force: bool = False) -> Any:
@@ -159,17 +164,21 @@ def _check_generator(func, kwargs: dict, on_device: bool) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _device_position(func) -> int | None:
-    """Where the op's schema takes a `device` argument (None: it has none)."""
-    return next((i for i, a in enumerate(func._schema.arguments) if a.name == "device"), None)
+def _position(func, name: str) -> int | None:
+    """Where the op's schema takes argument `name` (None: it has none)."""
+    return next((i for i, a in enumerate(func._schema.arguments) if a.name == name), None)
+
+
+def _argument(func, args: tuple, kwargs: dict, name: str) -> Any:
+    """The op's argument `name`, given by keyword or by position (`aten.to.device`)."""
+    if name in kwargs:
+        return kwargs[name]
+    at = _position(func, name)
+    return args[at] if at is not None and at < len(args) else None
 
 
 def _device_argument(func, args: tuple, kwargs: dict) -> Any:
-    """The op's `device` argument, given by keyword or by position (`aten.to.device`)."""
-    if "device" in kwargs:
-        return kwargs["device"]
-    at = _device_position(func)
-    return args[at] if at is not None and at < len(args) else None
+    return _argument(func, args, kwargs, "device")
 
 
 def _on_host(func, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
@@ -179,7 +188,7 @@ def _on_host(func, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
         return device, args, kwargs
     if "device" in kwargs:
         return device, args, {**kwargs, "device": torch.device("cpu")}
-    at = _device_position(func)
+    at = _position(func, "device")
     return device, (*args[:at], torch.device("cpu"), *args[at + 1:]), kwargs
 
 
@@ -198,6 +207,10 @@ def _dispatch(func, args: tuple, kwargs: dict):
     to_device = _is_emulated(device) if device is not None else any(isinstance(t, DeviceTensor) for t in tensors)
     _check_mixing(func, args, tensors)
     _check_generator(func, kwargs, to_device)
+    if _SYNC_COUNTS:
+        kind = _sync_kind(func, args, kwargs, device, tensors)
+        if kind is not None:
+            _count_sync(kind)
     # an in-place op returns its input: the caller's tensor, host or device, not a new one
     inputs = {id(_unwrap(t)): t for t in tensors}
     out = func(*tree_map(_unwrap, args), **tree_map(_unwrap, kwargs))
@@ -216,6 +229,64 @@ def _dispatch(func, args: tuple, kwargs: dict):
             return DeviceTensor(value)
 
     return tree_map(wrap, out)
+
+
+#: the counters of the `count_syncs()` regions the code runs in
+_SYNC_COUNTS: list[SyncCounts] = []
+
+
+def _count_sync(kind: str) -> None:
+    for counts in _SYNC_COUNTS:
+        counts.by_op[kind] += 1
+
+
+def _sync_kind(func, args: tuple, kwargs: dict, device: Any, tensors: list[torch.Tensor]) -> str | None:
+    """What makes the host wait for a CUDA device in this op (None: nothing): a value
+    read or a data-sized output on device tensors (`core.host_syncs.sync_op`), a copy to
+    the host, or a blocking copy from the host, which CUDA makes by a stream
+    synchronisation (`non_blocking=True` from pinned memory does not wait), including the
+    host index tensors CUDA copies over before indexing."""
+    name = _name(func)
+    if name in TRANSFERS:
+        if _argument(func, args, kwargs, "non_blocking"):
+            return None
+        source, target = _copy_ends(name, args, device)
+        if source == target:
+            return None
+        return "copy to the host" if target == "host" else "blocking copy to the device"
+    if not any(isinstance(t, DeviceTensor) for t in tensors):
+        return None
+    if name in HOST_INDICES and len(args) > 1 and any(
+            isinstance(i, torch.Tensor) and not isinstance(i, DeviceTensor) for i in args[1] or ()):
+        return f"{name} with host indices (copied to the device first)"
+    return sync_op(func, args, kwargs)
+
+
+def _copy_ends(name: str, args: tuple, device: Any) -> tuple[str, str]:
+    """("host" | "device", "host" | "device"): where a transfer op reads and writes."""
+    side = lambda t: "device" if isinstance(t, DeviceTensor) else "host"  # noqa: E731
+    if name in ("copy_", "copy"):  # (self, src): src's data into self's place
+        return side(args[1]), side(args[0])
+    if name in ("_copy_from", "_copy_from_and_resize"):
+        return side(args[0]), side(args[1])
+    source = side(args[0])
+    return source, source if device is None else "device" if _is_emulated(device) else "host"
+
+
+@contextlib.contextmanager
+def count_syncs() -> Iterator[SyncCounts]:
+    """Counts (`.total`, `.by_op`) of the host syncs the code inside would make on a GPU,
+    exactly: only what reads device data to the host, sizes an output by it, or copies
+    host data over blocking. Unlike `core.host_syncs.count_host_syncs` (which on the CPU
+    cannot tell the loader's host tensors from the model's) it can count a whole training
+    step, data loading and the trainer's bookkeeping included. Inside
+    `emulate_separate_device()`."""
+    counts = SyncCounts()
+    _SYNC_COUNTS.append(counts)
+    try:
+        yield counts
+    finally:
+        _SYNC_COUNTS.remove(counts)
 
 
 #: torch.distributed functions whose collectives carry host tensors by design (serialised
@@ -283,6 +354,11 @@ def emulation_for(device: str | torch.device) -> contextlib.AbstractContextManag
     """`emulate_separate_device()` when `device` names the emulated device, else nothing:
     one loop runs the same code on the CPU and on the emulated device."""
     return emulate_separate_device() if _is_emulated(device) else contextlib.nullcontext()
+
+
+def is_emulated(device: Any) -> bool:
+    """Whether `device` names the emulated device (inside the emulation, where it is one)."""
+    return _is_emulated(device) and active()
 
 
 def active() -> bool:

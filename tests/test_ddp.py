@@ -89,3 +89,48 @@ def test_resume_at_world_size_two_is_exact_with_per_rank_rng(ddp_pipeline, tmp_p
     b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["model"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+SHARED_BUFFER_SPY = '''
+import json
+
+import torch
+import torch.distributed as dist
+
+from core.hookspecs import hookimpl
+
+
+@hookimpl
+def on_step_end(trainer, step):
+    """Rank 1's copy of the first floating buffer the components declare shared made
+    different after step 1; both copies compared after step 2 (whose forward is where
+    DDP broadcasts rank 0's buffers)."""
+    from core.training.distributed import shared_buffer_names
+
+    buffers = dict(trainer.net.named_buffers())
+    name = next(n for n in shared_buffer_names(trainer.net) if buffers[n].is_floating_point())
+    memory = buffers[name]
+    if step == 1 and dist.get_rank() == 1:
+        memory.add_(1.0)
+    if step == 2:
+        copies = [torch.empty_like(memory) for _ in range(dist.get_world_size())]
+        dist.all_gather(copies, memory.contiguous())
+        if dist.get_rank() == 0:
+            (trainer.run.path / "spy.json").write_text(json.dumps({"buffer": name,
+                                                                   "equal": torch.equal(copies[0], copies[1])}))
+'''
+
+
+def test_buffers_the_components_declare_shared_are_not_broadcast_each_step(tmp_path, torchrun):
+    """A memory that every rank updates from the gathered batch (the IRM twin's text-to-
+    image queues, declared in `shared_buffers`) is left out of DDP's per-step broadcast of
+    rank 0's buffers (issue 19 item 8: ~18 MB a step for a memory bank on Market): a
+    difference planted in rank 1's copy survives the next step, where DDP would have
+    overwritten it."""
+    from pipeline_twins import config_file
+
+    (tmp_path / "spy.py").write_text(SHARED_BUFFER_SPY)
+    path = config_file("irm_synthetic", tmp_path, ["trainer.stop_after_steps=2", "plugins=[./spy.py]"])
+    torchrun("-m", "core", "run", path, "--run-dir", tmp_path / "run", cwd=tmp_path)
+    seen = yaml.safe_load((tmp_path / "run" / "spy.json").read_text())
+    assert seen["buffer"].startswith("losses.") and seen["equal"] is False, seen

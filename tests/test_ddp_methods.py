@@ -46,10 +46,12 @@ def _assert_same_logged_values(one, two):
 #: emulated separate device (core.separate_device), where a host tensor meeting the model's in
 #: the DDP paths (the losses' gathers, the gathered BatchNorm, evaluation shards) fails as on
 #: GPUs, and so does a collective given a host tensor (NCCL takes device tensors only; gloo,
-#: which these processes use, would not say); there the untrained evaluation runs sharded first
+#: which these processes use, would not say); there the untrained evaluation runs sharded first,
+#: and training is fp32 as on the CPU (the pipelines' bf16 applies CUDA's autocast rules there)
 LAUNCH = {"cpu": ("core", []),
           "separate device": ("core.on_separate_device", ["--set", "trainer.device=meta",
-                                                          "--set", "trainer.eval_before=true"])}
+                                                          "--set", "trainer.eval_before=true",
+                                                          "--set", "trainer.amp=none"])}
 
 
 @pytest.mark.parametrize("launch", sorted(LAUNCH))

@@ -3,6 +3,8 @@ core.host_syncs: the core's components make none; the first-party plugins' count
 at or under today's (a regression guard while they are brought down; lower a budget when
 a plugin's count drops)."""
 
+import collections
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from core.config.loading import load_pipeline
 from core.data.loading import collate
 from core.host_syncs import count_host_syncs
 from core.pipeline import bind_losses, build_pipeline
-from pipeline_twins import ALL, BASELINES, first_batches, small_config, twin_config  # noqa: E402 - registered by conftest.py
+from pipeline_twins import ALL, BASELINES, config_file, first_batches, small_config, twin_config  # noqa: E402 - registered by conftest.py
 
 #: syncs of one step (forward, every stage's losses, backward; summed over stages): none.
 #: quickstart is the core alone (timm backbone, bnneck, ce, triplet).
@@ -103,3 +105,55 @@ def test_irm_step_of_every_task_within_budget(tmp_path, one_torch_thread, prepar
     assert len(seen) == 6, sorted(seen)
     for task, syncs in seen.items():
         assert sum(syncs.values()) == 0, (task, syncs)
+
+
+#: trainer settings with step code of their own, on top of the quickstart (at its bf16): the
+#: EMA copy, gradient clipping, accumulation, uint8 images normalised on the device
+EVERY_STEP_OPTION = ["trainer.ema=0.99", "trainer.grad_clip=5.0", "trainer.accumulate=2",
+                     "data.transform.device_normalise=true"]
+#: pipelines (and overrides) whose steps are counted whole on the emulated device
+WHOLE_STEPS = {**{name: (name, []) for name in ALL},
+               # twice the identities: 4 batches an epoch, where 2 leave no step between logging steps
+               "muva_synthetic": ("muva_synthetic", ["data.train.0.identities=16"]),
+               "quickstart with every step option": ("quickstart", EVERY_STEP_OPTION),
+               "quickstart at fp16": ("quickstart", ["trainer.amp=null", "trainer.precision=fp16"])}
+#: syncs a step may make on the emulated device only. fp16: torch refuses its fused
+#: optimizer kernels for the emulated device's tensors (`meta`), and GradScaler reads its
+#: found-inf flag once per step for an unfused optimizer; on CUDA the trainer's optimizer is
+#: fused and the scaler hands the flag to the kernel (`_step_supports_amp_scaling`) instead
+EMULATION_ONLY = {"quickstart at fp16": {"_local_scalar_dense": 1}}
+
+
+@pytest.mark.parametrize("name", sorted(WHOLE_STEPS))
+def test_whole_training_steps_make_no_host_sync_on_a_separate_device(name, tmp_path, one_torch_thread, monkeypatch):
+    """Every optimisation step between logging steps, whole, as `core run` makes it on the
+    emulated separate device (where only what a GPU would wait for is counted: value reads
+    and data-sized outputs on device tensors, copies to the host, blocking copies from it):
+    loading and moving the batch, forward at the pipeline's precision (CUDA's autocast
+    rules), losses, backward, the NaN guard, the scaler, clipping, the optimizer, the EMA
+    and the components' step-end updates (memories) make no host sync."""
+    from core.runner import run
+    from core.separate_device import count_syncs, emulate_separate_device
+    from core.training.trainer import Trainer
+
+    base, extra = WHOLE_STEPS[name]
+    stages = len(small_config(base, tmp_path).data["stages"])
+    path = config_file(base, tmp_path, [*(f"stages.{i}.epochs=1" for i in range(stages)), "trainer.device=meta",
+                                        "trainer.log_every=1000", *extra])
+    ends: list[tuple[tuple[int, int], bool, dict[str, int]]] = []  # (stage, epoch), logged, syncs so far
+    emit = Trainer.emit
+
+    def recording(self, event, **kwargs):
+        emit(self, event, **kwargs)  # the components' step-end updates first: part of the step
+        if event == "on_step_end":
+            ends.append(((self.position.stage, self.position.epoch), bool(kwargs["losses"]), dict(syncs.by_op)))
+
+    monkeypatch.setattr(Trainer, "emit", recording)
+    with emulate_separate_device(), count_syncs() as syncs:
+        run(path, [], run_dir=tmp_path / "run")
+    assert syncs.total > 0  # the run's logging steps, evaluation and checkpoints do read
+    steps = [(after[0], collections.Counter(after[2]) - collections.Counter(before[2]))
+             for before, after in zip(ends, ends[1:]) if before[0] == after[0] and not after[1]]
+    assert steps, f"no step between logging steps to count ({len(ends)} steps)"
+    allowed = collections.Counter(EMULATION_ONLY.get(name, {}))
+    assert all(made == allowed for _, made in steps), [(where, dict(made)) for where, made in steps if made != allowed]

@@ -25,8 +25,9 @@ SEEN = []
 
 class Recorder(Loss):
     def forward(self, outputs, batch):
+        floating = {k: v.dtype for k, v in outputs.items() if torch.is_tensor(v) and v.is_floating_point()}
         SEEN.append((torch.is_autocast_enabled("cpu"), outputs["features"].dtype,
-                     (outputs["features"] @ outputs["features"].T).dtype))
+                     (outputs["features"] @ outputs["features"].T).dtype, floating))
         return outputs["features"].sum() * 0
 
 @hookimpl
@@ -62,7 +63,9 @@ def test_losses_get_fp32_outputs_and_run_outside_autocast(tmp_path, monkeypatch)
 
     run(path, run_dir=tmp_path / "run", overrides=["stages.0.epochs=1"])
     seen = next(m for name, m in sys.modules.items() if name.startswith("reid_core_local") and hasattr(m, "SEEN")).SEEN
-    assert seen and all(s == (False, torch.float32, torch.float32) for s in seen), seen
+    assert seen and all(s[:3] == (False, torch.float32, torch.float32) for s in seen), seen
+    # every floating output, the classifier's logits (a Linear's bf16 under autocast) among them
+    assert all("logits" in s[3] and set(s[3].values()) == {torch.float32} for s in seen), seen
 
 
 def test_the_model_forward_does_run_under_autocast(tmp_path, monkeypatch):

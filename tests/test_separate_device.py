@@ -102,6 +102,60 @@ def test_what_cuda_accepts_from_the_host_is_accepted_and_computed(case, device):
     assert isinstance(out, DeviceTensor) == (case not in ("to and back", "copy to the host"))
 
 
+#: what makes the host wait for a CUDA device (CUDA semantics: a value read, an output the
+#: data sizes, a copy to the host, a blocking copy from it, which PyTorch ends with a
+#: stream synchronisation; host indices are copied over before indexing) -> counted as
+SYNCS = {
+    "item": (lambda x, h, d: x.sum().item(), "_local_scalar_dense"),
+    "bool": (lambda x, h, d: bool(x.any()), "_local_scalar_dense"),
+    "boolean mask": (lambda x, h, d: x[x > 0], "index (boolean mask)"),
+    "nonzero": (lambda x, h, d: x.nonzero(), "nonzero"),
+    "tolist": (lambda x, h, d: x.tolist(), "tolist"),
+    "cpu": (lambda x, h, d: x.cpu(), "copy to the host"),
+    "tensor from a number": (lambda x, h, d: torch.tensor(3.0, device=d), "blocking copy to the device"),
+    "as_tensor from a list": (lambda x, h, d: torch.as_tensor([1, 2], device=d), "blocking copy to the device"),
+    "to": (lambda x, h, d: h.to(d), "blocking copy to the device"),
+    "copy_": (lambda x, h, d: x.clone().copy_(h), "blocking copy to the device"),
+    "host index": (lambda x, h, d: x[torch.tensor([0, 2])], "index with host indices (copied to the device first)"),
+    "list index": (lambda x, h, d: x[[0, 2]], "index with host indices (copied to the device first)"),
+}
+#: what does not: asynchronous copies, factories on the device, CPU scalars as kernel
+#: arguments, device indices, and anything on host tensors alone
+NO_SYNCS = {
+    "to non_blocking": lambda x, h, d: h.to(d, non_blocking=True),
+    "copy_ non_blocking": lambda x, h, d: x.clone().copy_(h, non_blocking=True),
+    "full": lambda x, h, d: torch.full((), 3, device=d),
+    "zeros": lambda x, h, d: torch.zeros(3, device=d),
+    "CPU scalar operand": lambda x, h, d: x * torch.tensor(2.0),
+    "where with a number": lambda x, h, d: torch.where(x > 0, x, 0.0),
+    "device index": lambda x, h, d: x[x.argsort()[:2]],
+    "dtype change": lambda x, h, d: x.to(torch.float16),
+    "host item": lambda x, h, d: h.sum().item(),
+    "host nonzero": lambda x, h, d: h.nonzero(),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SYNCS))
+def test_what_waits_for_a_gpu_is_counted_as_a_host_sync(case, device):
+    from core.separate_device import count_syncs
+
+    make, kind = SYNCS[case]
+    x, h = torch.randn(6).to(device), torch.randn(6)
+    with count_syncs() as syncs:
+        make(x, h, device)
+    assert dict(syncs.by_op) == {kind: 1}
+
+
+@pytest.mark.parametrize("case", sorted(NO_SYNCS))
+def test_what_does_not_wait_for_a_gpu_is_not_counted(case, device):
+    from core.separate_device import count_syncs
+
+    x, h = torch.randn(6).to(device), torch.randn(6)
+    with count_syncs() as syncs:
+        NO_SYNCS[case](x, h, device)
+    assert syncs.total == 0, dict(syncs.by_op)
+
+
 def test_tensors_from_python_data_land_on_the_device_with_their_values(device):
     made = [torch.tensor([1, 2], device=device), torch.as_tensor([1.5], device=device),
             torch.as_tensor(np.arange(2), device=device), torch.ones(1, device=device).new_tensor([4.0])]
@@ -138,11 +192,13 @@ def _records(run_dir) -> list[dict]:
 
 
 def _one_epoch_a_stage(name: str, folder, device: str):
-    """pipeline `name` made small (`config_file`), one epoch a stage, on `device`; written
-    into `folder`, self-contained."""
+    """pipeline `name` made small (`config_file`), one epoch a stage, on `device`, in fp32
+    (what the CPU trains in; the pipelines' bf16 applies CUDA's autocast rules on the
+    emulated device); written into `folder`, self-contained."""
     folder.mkdir(parents=True, exist_ok=True)
     stages = len(small_config(name, folder).data["stages"])
-    return config_file(name, folder, [*(f"stages.{i}.epochs=1" for i in range(stages)), f"trainer.device={device}"])
+    return config_file(name, folder, [*(f"stages.{i}.epochs=1" for i in range(stages)), f"trainer.device={device}",
+                                      "trainer.amp=none"])
 
 
 def _assert_same_first_step(cpu_records: list[dict], emulated_records: list[dict]) -> None:
@@ -214,6 +270,27 @@ def test_resume_on_a_separate_device_is_exact(name, tmp_path, one_torch_thread):
     assert losses(full.run_dir) == losses(resumed.run_dir)
 
 
+def test_fp16_resume_on_a_separate_device_is_exact(tmp_path, one_torch_thread):
+    """fp16 on the emulated device (CUDA's autocast rules and the gradient scaler, as the
+    trainer runs it on a GPU), stopped after 3 steps and resumed: the run logs the losses
+    and skipped-step counts of an uninterrupted one and ends with its scaler state (the
+    scale and its growth tracker are in the checkpoint, and so is the skipped count)."""
+    from core.runner import run
+
+    path = config_file("quickstart", tmp_path, ["stages.0.epochs=1", "trainer.device=meta", "trainer.amp=null",
+                                                "trainer.precision=fp16"])
+    with emulate_separate_device():
+        full = run(path, [], run_dir=tmp_path / "full")
+        stopped = run(path, ["trainer.stop_after_steps=3"], run_dir=tmp_path / "stopped")
+        resumed = run(None, [], resume=stopped.run_dir)
+    logged = lambda run_dir: [(r["loss"], r["skipped_steps"]) for r in _records(run_dir) if r["event"] == "train"]  # noqa: E731
+    assert len(logged(full.run_dir)) > 3
+    assert logged(stopped.run_dir)[-1][1] >= 1  # a step was skipped before the stop: the scale had changed
+    assert logged(full.run_dir) == logged(resumed.run_dir)
+    scaler = lambda run_dir: torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["scaler"]  # noqa: E731
+    assert scaler(full.run_dir) == scaler(resumed.run_dir) and scaler(full.run_dir)["scale"] < 2.0 ** 16
+
+
 def test_the_emulated_device_outside_the_emulation_is_a_config_error(tiny_pipeline_config, run_tiny_pipeline):
     from core.config.loading import ConfigError
 
@@ -228,7 +305,7 @@ def test_losses_no_pipeline_uses_train_on_a_separate_device(loss, tiny_pipeline_
     rest), in the tiny pipeline: the same first step as on the CPU."""
     config = tiny_pipeline_config
     config["losses"] = [{"name": "triplet"}, {"name": loss}]
-    config["trainer"].update(log_every=1, eval_before=False)
+    config["trainer"].update(log_every=1, eval_before=False, precision="fp32")  # the CPU's (see _one_epoch_a_stage)
     runs = {}
     for device in ("cpu", "meta"):
         config["trainer"]["device"] = device
@@ -303,7 +380,7 @@ def test_trainer_and_evaluator_settings_on_a_separate_device_give_the_cpu_metric
         config = copy.deepcopy(tiny_pipeline_config)
         for section, change in VARIANTS[variant].items():
             config[section] = {**config[section], **change} if section == "trainer" else change
-        config["trainer"].update(device=device, eval_before=False)
+        config["trainer"].update(device=device, eval_before=False, precision="fp32")
         with emulation_for(device):
             metrics[device] = run_tiny_pipeline(config, name=f"{device}.yaml").metrics
     assert metrics["cpu"] and metrics["meta"] == pytest.approx(metrics["cpu"], abs=1e-6)

@@ -132,6 +132,37 @@ def test_ema_weights_follow_the_decay(tmp_path, decay):
     assert trainer.model is trainer.ema.module  # evaluation uses the EMA weights
 
 
+def test_ema_updates_as_torchs_averaged_model_and_by_the_formula():
+    """core.training.ema (no host sync per update) against torch's EMA, AveragedModel with
+    get_ema_multi_avg_fn and use_buffers (the reference it replaces; same state dict), and
+    the float weights against the formula: W_0 = W_model, W <- d W + (1 - d) W_model."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from core.training.ema import ExponentialMovingAverage
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    decay = 0.9
+    ours = ExponentialMovingAverage(model, decay)
+    theirs = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    by_hand = None
+    for _ in range(4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model.train()(torch.randn(5, 4))  # BatchNorm's running statistics and its integer count move
+        ours.update_parameters(model)
+        theirs.update_parameters(model)
+        current = {k: v.clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        by_hand = current if by_hand is None else {k: decay * by_hand[k] + (1 - decay) * current[k] for k in current}
+    mine, reference = ours.state_dict(), theirs.state_dict()
+    assert list(mine) == list(reference)
+    for key in reference:
+        torch.testing.assert_close(mine[key], reference[key], rtol=0, atol=0, msg=key)
+    for key, value in by_hand.items():
+        torch.testing.assert_close(mine[f"module.{key}"], value, msg=key)
+
+
 def test_flip_averaged_embeddings(tmp_path):
     config = copy.deepcopy(TINY_PIPELINE)
     config["trainer"].update(eval_flip=True)

@@ -31,6 +31,9 @@ class DeviceNormalise:
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], erasing: v2.RandomErasing | None = None) -> None:
         self.mean, self.std, self.erasing = tuple(float(v) for v in mean), tuple(float(v) for v in std), erasing
+        #: (mean, std) as (C, 1, 1) tensors by (device, dtype): copied over once, not every
+        #: batch (a blocking copy to a GPU waits for its stream)
+        self._stats: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def draw(self, image: torch.Tensor) -> torch.Tensor:
         """The erased box of one (C, H, W) image: RandomErasing's draws (probability, then
@@ -49,14 +52,23 @@ class DeviceNormalise:
         if batch.images.dtype != torch.uint8:
             return batch
         images = batch.images.to(torch.float32).mul_(1.0 / 255)
-        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(-1, 1, 1)
+        mean, std = self._on(images.device, images.dtype)
         images = images.sub_(mean).div_(std)
         extras = dict(batch.extras)
         box = extras.pop(ERASE_BOX, None)
         if box is not None:
             images = images.masked_fill_(_box_mask(torch.as_tensor(box, device=images.device), images.shape), 0.0)
         return replace(batch, images=images, extras=extras)
+
+    def _on(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (device, dtype)
+        if key not in self._stats:
+            self._stats[key] = tuple(torch.tensor(v, dtype=dtype, device=device).view(-1, 1, 1)
+                                     for v in (self.mean, self.std))
+        return self._stats[key]
+
+    def __getstate__(self) -> dict:  # loader workers get the transform without device tensors
+        return {**self.__dict__, "_stats": {}}
 
 
 def _box_mask(box: torch.Tensor, shape: torch.Size) -> torch.Tensor:

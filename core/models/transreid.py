@@ -134,16 +134,17 @@ class TransReIDViT(TimmBackbone):
 
     def side_index(self, batch: Batch) -> torch.Tensor:
         """The SIE index per sample: camera * N_V + view (camera or view alone when only one is used)."""
-        n = batch.camids.shape[0]
-        cams = batch.camids.long() if "camera" in self.sie_kinds else torch.zeros(n, dtype=torch.long)
+        n, device = batch.camids.shape[0], self.sie_embed.device
+        # the unused kind's zeros made on the device (a copy from the host would wait for a GPU)
+        cams = batch.camids.long() if "camera" in self.sie_kinds else torch.zeros(n, dtype=torch.long, device=device)
         if "view" in self.sie_kinds:
             if "view" not in batch.extras:
                 raise KeyError(f"{NAME}: SIE with views reads batch.extras['view'] (a view label per image, "
                                "from the dataset's records), which this batch lacks")
             views = torch.as_tensor(batch.extras["view"]).long().view(-1)
         else:
-            views = torch.zeros(n, dtype=torch.long)
-        cams, views = cams.to(self.sie_embed.device), views.to(self.sie_embed.device)
+            views = torch.zeros(n, dtype=torch.long, device=device)
+        cams, views = cams.to(device), views.to(device)
         # the input check reads the data (compiled, a graph break): eager only
         if not torch.compiler.is_compiling():
             self._check_side(batch, n)

@@ -236,7 +236,7 @@ def all_gather_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 @_eager
 def _row_counts(local: torch.Tensor) -> list[int]:
-    size = torch.tensor([local.shape[0]], device=local.device)
+    size = torch.full((1,), local.shape[0], device=local.device)  # made there, not copied over
     sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, size)
     return [int(s) for s in torch.cat(sizes).tolist()]

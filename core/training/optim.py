@@ -101,13 +101,14 @@ def param_groups(params: list[tuple[str, nn.Parameter]], stage: StageConfig) -> 
 def build_optimizer(params: list[tuple[str, nn.Parameter]], stage: StageConfig) -> torch.optim.Optimizer:
     opt = OptimizerConfig(**stage.optimizer)
     groups = param_groups(params, stage)
+    # the fused CUDA kernels: one launch for all parameters instead of a loop, and fp16's
+    # gradient scaler hands them its inf flag instead of reading it (a host sync per step)
+    fused = all(p.is_cuda and p.is_floating_point() for g in groups for p in g["params"]) or None
     if opt.name == "sgd":
         return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay,
-                               nesterov=opt.nesterov)
+                               nesterov=opt.nesterov, fused=fused)
     cls = torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW
-    # the fused CUDA kernel: one launch for all parameters instead of a loop (GPU only)
-    fused = all(p.is_cuda and p.is_floating_point() for g in groups for p in g["params"])
-    return cls(groups, lr=opt.lr, weight_decay=opt.weight_decay, betas=tuple(opt.betas), fused=fused or None)
+    return cls(groups, lr=opt.lr, weight_decay=opt.weight_decay, betas=tuple(opt.betas), fused=fused)
 
 
 def lr_factor(step: int, steps_per_epoch: int, epochs: int, schedule: ScheduleConfig, base_lr: float) -> float:

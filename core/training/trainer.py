@@ -137,7 +137,9 @@ class TrainingModule(ReIDModel):
                 parts[term.name] = loss.float()
                 for k, v in (logged or {}).items():
                     # a Python number logged by a loss becomes a tensor on the loss's device
-                    parts[f"{term.name}/{k}"] = torch.as_tensor(v, device=device).float()
+                    # (made there: copying it over would wait for the GPU's stream)
+                    parts[f"{term.name}/{k}"] = v.to(device).float() if torch.is_tensor(v) else \
+                        torch.full((), float(v), device=device)
         return total, parts, outputs
 
 
@@ -198,7 +200,8 @@ class NonFiniteGuard:
         if self.parts is None or self.parts.shape != values.shape:
             self.parts, self.names = torch.zeros_like(values), ["loss", *parts]
         self.parts = torch.where(first, values, self.parts)
-        self.step = torch.where(first, torch.as_tensor(step, device=self.device), self.step)
+        # torch.full, not as_tensor: a number copied to a GPU would wait for its stream
+        self.step = torch.where(first, torch.full((), step, dtype=torch.long, device=self.device), self.step)
         self.flag = self.flag | bad
 
     def tripped(self) -> bool:
@@ -236,9 +239,9 @@ class Trainer:
         self.model = self.net  # what evaluation runs (the EMA copy when enabled)
         self.ema = None
         if self.cfg.ema is not None:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            from core.training.ema import ExponentialMovingAverage
 
-            self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema), use_buffers=True)
+            self.ema = ExponentialMovingAverage(self.net, self.cfg.ema)
             self.model = self.ema.module
         self.train_samples = ImageSamples(pipeline.train, pipeline.train_datasets, pipeline.train_transform)
         self.plan = PlannedBatches(pipeline.seed)
@@ -248,7 +251,8 @@ class Trainer:
                                  worker_init_fn=ignore_in_worker if self.cfg.num_workers > 0 else None,
                                  generator=torch.Generator().manual_seed(pipeline.seed))
         self.scaler = P.grad_scaler(self.device, self.precision)
-        self.skipped_steps = 0  # fp16 steps the scaler skipped (inf/NaN gradients)
+        #: fp16 steps the scaler skipped (inf/NaN gradients), counted on the device (no read per step)
+        self.skipped = torch.zeros((), dtype=torch.long, device=self.device)
         self.guard = NonFiniteGuard(self.device)
         self.signals = None  # the SignalFlag while fit() runs
         self.position = Position()
@@ -448,7 +452,7 @@ class Trainer:
                 "rng": rngs[0],
                 "rng_per_rank": rngs,
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                "skipped_steps": self.skipped_steps,
+                "skipped_steps": int(self.skipped),
                 "history": self.history,
                 "metrics_lines": lines,
                 "pipeline": self.p.name,
@@ -463,7 +467,7 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.position = Position(**state["position"])
         self.history = list(state["history"])
-        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.skipped = torch.full((), int(state.get("skipped_steps", 0)), dtype=torch.long, device=self.device)
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         if self.dist.is_main and self.run.metrics_file.exists():  # drop lines logged after the checkpoint
@@ -601,13 +605,14 @@ class Trainer:
         # with fp16, inf gradients are the scaler's business (it skips the step and lowers
         # the scale); the guard then watches the loss only
         self.guard.update(self.position.global_step + 1, total, None if self.scaler.is_enabled() else norm, parts)
-        if self.device.type != "cuda":
+        if self.device.type == "cpu":  # reading the guard costs nothing there: stop at the bad step
             self._check_finite()
         if self.scaler.is_enabled():
-            scale = self.scaler.get_scale()
+            # a skipped step lowers the scale: compared on the device (get_scale() reads it)
+            before = self.scaler._get_scale_async().clone()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            self.skipped_steps += int(self.scaler.get_scale() < scale)
+            self.skipped += self.scaler._get_scale_async() < before
         else:
             self.optimizer.step()
         self.scheduler.step()
@@ -625,7 +630,7 @@ class Trainer:
             tripped = bool(D.any_true(~finite))
             if tripped:
                 self.guard.flag = torch.ones_like(self.guard.flag)
-                self.guard.step = torch.as_tensor(self.position.global_step, device=self.device)
+                self.guard.step = torch.full((), self.position.global_step, dtype=torch.long, device=self.device)
         if not tripped:
             return
         step, values = self.guard.report()
@@ -712,6 +717,8 @@ class Trainer:
                 record = {"event": "train", "stage": stage.name, "epoch": epoch, "global_step": step,
                           "images_seen": self.position.images,
                           "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": round(rate, 2), **logged}
+                if self.scaler.is_enabled():
+                    record["skipped_steps"] = int(self.skipped)
                 self.run.log(record)
                 self.trackers.record(record)
                 bar.set_postfix(loss=f"{logged['loss']:.3f}", img_s=f"{rate:.0f}")

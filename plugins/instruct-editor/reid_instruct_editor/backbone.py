@@ -174,7 +174,7 @@ class InstructEditor(Backbone):
         tokens = torch.zeros(n, length, self.feature_dim, device=device)
         valid = torch.zeros(n, length, dtype=torch.bool, device=device)
         for index, (emb, states, ok), project in parts:
-            at = torch.as_tensor(index, device=device)
+            at = device_index(index, device)  # from pinned memory, no wait (core.records)
             # under autocast the encoders and projections return bf16/fp16: CUDA's index_copy
             # does not promote a source of another dtype (CPU autocast does), so cast it
             embedding = embedding.index_copy(0, at, emb.to(embedding.dtype))
@@ -256,15 +256,14 @@ class InstructEditor(Backbone):
         tokens = self.instruction.tokenize(flat, device)
         if max(counts) == 1:
             return tokens
-        pick = torch.as_tensor(starts, device=device) + self._device_choice(batch, rows) % \
-            torch.as_tensor(counts, device=device)
+        pick = device_index(starts, device) + self._device_choice(batch, rows) % device_index(counts, device)
         return tokens.index_select(0, pick)
 
     def _device_choice(self, batch: Batch, rows: list[int]) -> torch.Tensor:
         """`_phrasing_choice` of this training forward for `rows`, on the batch's device
         (the counter buffer: no host sync); `_host_choice` makes it again on the host."""
         device = batch.pids.device
-        at = torch.as_tensor(rows, dtype=torch.long, device=device)
+        at = device_index(rows, device)
         return _phrasing_choice(batch.indices.to(device).index_select(0, at), self.phrase_draws, self.phrase_seed)
 
     # ---------------------------------------------------------------- editing
