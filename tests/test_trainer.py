@@ -116,6 +116,30 @@ def test_a_pattern_that_matches_no_parameter_is_an_error():
         select_parameters(module, StageConfig(frozen=["backbone.patch_embed.*"]))
 
 
+class _ReportsCuda(torch.nn.Parameter):
+    """A parameter that reports a GPU; its data stays on the CPU, where torch has the
+    fused optimizer kernels too, so an optimizer can be built over it."""
+
+    @property
+    def is_cuda(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_every_optimizer_is_fused_for_parameters_on_a_gpu(name):
+    """On CUDA the optimizer the stage names runs its fused kernel (one launch for all
+    parameters, and fp16's gradient scaler hands it the inf flag instead of reading it
+    every step: `_step_supports_amp_scaling`); elsewhere torch's default."""
+    from core.config.schema import StageConfig
+    from core.training.optim import build_optimizer
+
+    stage = StageConfig(optimizer={"name": name, "lr": 0.1})
+    on_gpu = build_optimizer([("w", _ReportsCuda(torch.randn(3)))], stage)
+    on_cpu = build_optimizer([("w", torch.nn.Parameter(torch.randn(3)))], stage)
+    assert on_gpu.defaults["fused"] is True and on_gpu._step_supports_amp_scaling
+    assert not on_cpu.defaults["fused"]
+
+
 def test_warmup_then_cosine_schedule():
     s = ScheduleConfig(name="cosine", warmup_epochs=1, warmup_factor=0.1, min_lr=0.0)
     # 10 steps per epoch, 3 epochs, base lr 1.0
