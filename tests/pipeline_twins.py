@@ -90,6 +90,13 @@ def config_file(name: str, folder: Path, extra: list[str] | tuple[str, ...] = ()
     return write_resolved(small_config(name, folder, extra), Path(folder) / name)
 
 
+def one_epoch_a_stage(name: str, folder: Path, extra: list[str] | tuple[str, ...] = ()) -> Path:
+    """`config_file(name, folder, extra)` with one epoch in each of the pipeline's stages."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    stages = len(small_config(name, folder).data["stages"])
+    return config_file(name, folder, [*(f"stages.{i}.epochs=1" for i in range(stages)), *extra])
+
+
 def first_batches(p: Any, count: int, make: Callable | None = None) -> list:
     """The first `count` batches of built pipeline `p`'s sampler (an episode's samples keep
     their roles), each sample with seed 0, collated by `make` (default: the trainer's

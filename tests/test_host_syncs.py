@@ -12,7 +12,7 @@ from core.config.loading import load_pipeline
 from core.data.loading import collate
 from core.host_syncs import count_host_syncs
 from core.pipeline import bind_losses, build_pipeline
-from pipeline_twins import ALL, BASELINES, config_file, first_batches, small_config, twin_config  # noqa: E402 - registered by conftest.py
+from pipeline_twins import ALL, BASELINES, first_batches, one_epoch_a_stage, small_config, twin_config  # noqa: E402 - registered by conftest.py
 
 #: syncs of one step (forward, every stage's losses, backward; summed over stages): none.
 #: quickstart is the core alone (timm backbone, bnneck, ce, triplet).
@@ -137,9 +137,7 @@ def test_whole_training_steps_make_no_host_sync_on_a_separate_device(name, tmp_p
     from core.training.trainer import Trainer
 
     base, extra = WHOLE_STEPS[name]
-    stages = len(small_config(base, tmp_path).data["stages"])
-    path = config_file(base, tmp_path, [*(f"stages.{i}.epochs=1" for i in range(stages)), "trainer.device=meta",
-                                        "trainer.log_every=1000", *extra])
+    path = one_epoch_a_stage(base, tmp_path, ["trainer.device=meta", "trainer.log_every=1000", *extra])
     ends: list[tuple[tuple[int, int], bool, dict[str, int]]] = []  # (stage, epoch), logged, syncs so far
     emit = Trainer.emit
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from core.evaluation.blocked import blocked_per_query_metrics, blocked_topk
 from core.separate_device import DeviceMixError, DeviceTensor, emulate_separate_device, emulation_for, host
-from pipeline_twins import ALL, config_file, small_config
+from pipeline_twins import ALL, one_epoch_a_stage
 
 
 @pytest.fixture
@@ -195,10 +195,7 @@ def _one_epoch_a_stage(name: str, folder, device: str):
     """pipeline `name` made small (`config_file`), one epoch a stage, on `device`, in fp32
     (what the CPU trains in; the pipelines' bf16 applies CUDA's autocast rules on the
     emulated device); written into `folder`, self-contained."""
-    folder.mkdir(parents=True, exist_ok=True)
-    stages = len(small_config(name, folder).data["stages"])
-    return config_file(name, folder, [*(f"stages.{i}.epochs=1" for i in range(stages)), f"trainer.device={device}",
-                                      "trainer.amp=none"])
+    return one_epoch_a_stage(name, folder, [f"trainer.device={device}", "trainer.amp=none"])
 
 
 def _assert_same_first_step(cpu_records: list[dict], emulated_records: list[dict]) -> None:
@@ -277,8 +274,7 @@ def test_fp16_resume_on_a_separate_device_is_exact(tmp_path, one_torch_thread):
     scale and its growth tracker are in the checkpoint, and so is the skipped count)."""
     from core.runner import run
 
-    path = config_file("quickstart", tmp_path, ["stages.0.epochs=1", "trainer.device=meta", "trainer.amp=null",
-                                                "trainer.precision=fp16"])
+    path = one_epoch_a_stage("quickstart", tmp_path, ["trainer.device=meta", "trainer.amp=null", "trainer.precision=fp16"])
     with emulate_separate_device():
         full = run(path, [], run_dir=tmp_path / "full")
         stopped = run(path, ["trainer.stop_after_steps=3"], run_dir=tmp_path / "stopped")

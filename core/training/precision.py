@@ -30,7 +30,7 @@ def autocast(device: torch.device, precision: str):
     """The autocast region of the model's forward for `precision` on `device`."""
     if precision in DTYPES and device.type == "cuda":
         return torch.autocast("cuda", dtype=DTYPES[precision])
-    if precision in DTYPES and device.type == "meta" and separate_device.is_emulated(device):
+    if precision in DTYPES and separate_device.is_emulated(device):
         return cuda_autocast.emulate_cuda_autocast(DTYPES[precision])
     return contextlib.nullcontext()
 
@@ -57,5 +57,5 @@ def to_fp32(outputs: dict[str, Any]) -> dict[str, Any]:
 
 def grad_scaler(device: torch.device, precision: str) -> "torch.amp.GradScaler":
     """A gradient scaler for fp16 on CUDA (bf16 and fp32 need none: a disabled scaler)."""
-    gpu = device.type == "cuda" or (device.type == "meta" and separate_device.is_emulated(device))
+    gpu = device.type == "cuda" or separate_device.is_emulated(device)
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16" and gpu)
