@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
+import weakref
 from typing import Any, Iterator
 
 import numpy as np
@@ -62,6 +63,13 @@ SCALAR_VALUE = frozenset({"masked_fill", "masked_fill_", "where", "clamp", "clam
                           "fill", "fill_", "lerp", "lerp_"})
 
 
+#: the emulated device's memory: host storage address -> the device tensors over it. C++
+#: internals that run collectives (DDP's reducer, through its futures) get the host data
+#: of device tensors and hand back plain tensors over that memory, where on a GPU they
+#: would be the device tensors themselves: copies from them are device-to-device there
+_DEVICE_MEMORY: "dict[int, weakref.WeakSet[torch.Tensor]]" = {}
+
+
 class DeviceMixError(RuntimeError):
     """An op met host and device tensors where CUDA would refuse it."""
 
@@ -78,6 +86,9 @@ class DeviceTensor(torch.Tensor):
             cls, host.size(), strides=host.stride(), storage_offset=host.storage_offset(), dtype=host.dtype,
             layout=host.layout, device=DEVICE, requires_grad=requires_grad)
         out.host = host
+        address = host.untyped_storage().data_ptr()
+        if address:
+            _DEVICE_MEMORY.setdefault(address, weakref.WeakSet()).add(out)
         return out
 
     def __repr__(self, *, tensor_contents=None) -> str:  # noqa: D105
@@ -264,13 +275,20 @@ def _sync_kind(func, args: tuple, kwargs: dict, device: Any, tensors: list[torch
 
 def _copy_ends(name: str, args: tuple, device: Any) -> tuple[str, str]:
     """("host" | "device", "host" | "device"): where a transfer op reads and writes."""
-    side = lambda t: "device" if isinstance(t, DeviceTensor) else "host"  # noqa: E731
+    side = lambda t: "device" if isinstance(t, DeviceTensor) or _in_device_memory(t) else "host"  # noqa: E731
     if name in ("copy_", "copy"):  # (self, src): src's data into self's place
         return side(args[1]), side(args[0])
     if name in ("_copy_from", "_copy_from_and_resize"):
         return side(args[0]), side(args[1])
     source = side(args[0])
     return source, source if device is None else "device" if _is_emulated(device) else "host"
+
+
+def _in_device_memory(tensor: Any) -> bool:
+    """A plain tensor over the emulated device's memory (`_DEVICE_MEMORY`): device data."""
+    if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu":
+        return False
+    return bool(_DEVICE_MEMORY.get(tensor.untyped_storage().data_ptr()))  # a live device tensor holds it
 
 
 @contextlib.contextmanager
@@ -297,7 +315,10 @@ HOST_COLLECTIVES = frozenset({"broadcast_object_list", "all_gather_object", "gat
 
 def _check_collective(func, args: tuple, kwargs: dict) -> None:
     """NCCL's rule (a run on GPUs communicates over NCCL): a collective takes device
-    tensors only; gloo, which the emulated processes use, would take host ones silently."""
+    tensors only; gloo, which the emulated processes use, would take host ones silently.
+    torch's object collectives and barrier are counted as host syncs (`count_syncs`): under
+    NCCL they copy the pickled objects (their sizes first) to the GPU and read them back,
+    and the barrier waits for the device."""
     host = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor) and t.device != DEVICE]
     if not host:
         return
@@ -305,6 +326,7 @@ def _check_collective(func, args: tuple, kwargs: dict) -> None:
     while frame is not None:
         if frame.f_code.co_name in HOST_COLLECTIVES and frame.f_globals.get("__name__", "").startswith(
                 "torch.distributed"):
+            _count_sync(f"{frame.f_code.co_name} (through the GPU under NCCL)")
             return
         frame = frame.f_back
     raise DeviceMixError(f"{func} got a host tensor (shape {tuple(host[0].shape)}, {host[0].dtype}) on a run "

@@ -107,6 +107,26 @@ def test_collate_builds_a_batch_of_int64_metadata(samples):
     assert batch.extras["part_boxes"].shape == (4, 3, 4) and batch.extras["part_boxes"].dtype == torch.float32
 
 
+def test_label_fields_from_the_table_are_the_fields_collate_gives(world):
+    """The whole batch's labels under DDP come from the table (`label_fields`), not from
+    the processes' batches: they must be what collate makes of the same samples, field by
+    field (categories and domains made distinct here, so a swap shows)."""
+    import dataclasses
+
+    from core.data.loading import label_fields
+
+    table = RecordTable.build([("synthetic", world.records("train"))], relabel=True)
+    n = len(table)
+    table = dataclasses.replace(table, category_ids=np.arange(n) % 3, domain_ids=(np.arange(n) * 7) % 5)
+    samples = ImageSamples(table, [world], None)
+    keys = [(5, 0, 1), (2, 0, 0), (5, 0, 1), (n - 1, 0, 2)]  # (index, seed, role), a repeated record
+    batch = collate([samples[k] for k in keys])
+    fields = label_fields(table, np.array([k[0] for k in keys]), np.array([k[2] for k in keys]))
+    assert sorted(fields) == sorted(("pids", "camids", "categories", "domains", "roles", "indices"))
+    for name, array in fields.items():
+        assert array.dtype == np.int64 and array.tolist() == getattr(batch, name).tolist(), name
+
+
 def test_collate_extras_by_kind_of_value():
     out = collate_extras([
         {"clothes": 1, "score": 0.5, "caption": "a", "mask": np.zeros((2, 2)), "ragged": np.zeros(2), "only": 1},

@@ -63,6 +63,48 @@ out["loss_labels"] = {name: (getattr(gathered, name), torch.from_numpy(gathered.
                              gathered.host_copies[name][0] is getattr(gathered, name))
                       for name in ("pids", "categories", "roles", "indices")}
 out["host_rows"] = D.gather_host({"texts": (roles[lo:hi] == 1).numpy()})["texts"].tolist()
+
+# a training step's batch, known from the plans exchanged once (the trainer's way): every
+# process's (indices, roles) of each step, the row counts and labels of the whole batch
+# from them and the table, and gathers that exchange neither (the object collective is
+# made to fail inside the step)
+from types import SimpleNamespace
+from core.data.loading import label_fields
+table = SimpleNamespace(pids=pids.numpy(), camids=torch.zeros(7, dtype=torch.long).numpy(),
+                        category_ids=torch.ones(7, dtype=torch.long).numpy(), domain_ids=torch.zeros(7).numpy())
+plans = D.exchange_plans([(list(range(lo, hi)), roles[lo:hi].tolist()), ([hi - 1], [1])])
+out["plans"] = [[(i.tolist(), r.tolist()) for i, r in step] for step in plans]
+parts = plans[0]
+import numpy as np
+step = D.batch_rows([len(i) for i, _ in parts],
+                    lambda: label_fields(table, np.concatenate([i for i, _ in parts]), np.concatenate([r for _, r in parts])))
+exchanged = D.all_gather_objects
+def refused(value):
+    raise AssertionError("an object collective inside the step")
+D.all_gather_objects = refused
+with step:
+    out["step_counts"] = D.batch_row_counts()
+    x = full[lo:hi].clone().requires_grad_(True)
+    every, labels = D.gather_with_labels(x, pids[lo:hi], D.batch_row_counts())
+    (every.pow(2) * weights).sum().backward()
+    out["step_gather"] = (every.detach(), labels, x.grad)
+    x = full[lo:hi].clone().requires_grad_(True)
+    outs, gathered = D.gather_for_loss({"x": x}, batch, ["x"])
+    out["step_loss"] = (outs["x"].detach(), {name: gathered.host(name).tolist() for name in ("pids", "roles", "indices")})
+    errors = []
+    try:  # counts that are not this process's rows: refused on every process, before any collective
+        D.gather_uneven(full[lo:hi], [hi - lo + 1] * 2)
+    except ValueError as exc:
+        errors.append(str(exc))
+    try:  # a batch other than the step's (labels differ): refused
+        other = Batch(images=batch.images, pids=pids[lo:hi] + 1, camids=z, categories=z + 1, domains=z,
+                      roles=roles[lo:hi], indices=torch.arange(lo, hi)).keep_host_copies()
+        D.gather_for_loss({"x": x}, other, ["x"])
+    except ValueError as exc:
+        errors.append(str(exc))
+    out["step_errors"] = errors
+D.all_gather_objects = exchanged
+out["after_step"] = D.batch_row_counts()
 torch.save(out, f"{sys.argv[1]}/rank{rank}.pt")
 dist.destroy_process_group()
 '''
@@ -109,6 +151,19 @@ def test_distributed_helpers_under_two_processes(tmp_path, torchrun):
         for name, (tensor, host, tied) in r["loss_labels"].items():
             assert torch.equal(tensor, want[name]) and torch.equal(host, want[name]) and tied, name
         assert r["host_rows"] == [False, True, False, True, True, False, False]
+        # the plans, exchanged: each step's (indices, roles) of rank 0, then rank 1
+        assert r["plans"] == [[([0, 1, 2, 3], [0, 1, 0, 1]), ([4, 5, 6], [1, 0, 0])], [([3], [1]), ([6], [1])]]
+        assert r["step_counts"] == [4, 3] and r["after_step"] is None
+        features, labels, grad = r["step_gather"]
+        torch.testing.assert_close(features, full)
+        assert labels.tolist() == (torch.arange(7) * 3).tolist()
+        torch.testing.assert_close(grad, 2 * gather_grad[lo:hi])
+        features, host = r["step_loss"]
+        torch.testing.assert_close(features, full)
+        assert host == {"pids": (torch.arange(7) * 3).tolist(), "roles": [0, 1, 0, 1, 1, 0, 0], "indices": list(range(7))}
+        assert len(r["step_errors"]) == 2, r["step_errors"]
+        assert "holds" in r["step_errors"][0] and f"process {0 if lo == 0 else 1}" in r["step_errors"][0]
+        assert "'pids' differ" in r["step_errors"][1]
     torch.testing.assert_close(ranks[0]["bn_weight_grad"] + ranks[1]["bn_weight_grad"], bn.weight.grad,
                                atol=1e-5, rtol=1e-5)
 

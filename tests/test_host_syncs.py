@@ -4,6 +4,7 @@ at or under today's (a regression guard while they are brought down; lower a bud
 a plugin's count drops)."""
 
 import collections
+import json
 
 import pytest
 import torch
@@ -150,8 +151,87 @@ def test_whole_training_steps_make_no_host_sync_on_a_separate_device(name, tmp_p
     with emulate_separate_device(), count_syncs() as syncs:
         run(path, [], run_dir=tmp_path / "run")
     assert syncs.total > 0  # the run's logging steps, evaluation and checkpoints do read
-    steps = [(after[0], collections.Counter(after[2]) - collections.Counter(before[2]))
-             for before, after in zip(ends, ends[1:]) if before[0] == after[0] and not after[1]]
+    steps = _counted_steps(ends)
     assert steps, f"no step between logging steps to count ({len(ends)} steps)"
     allowed = collections.Counter(EMULATION_ONLY.get(name, {}))
     assert all(made == allowed for _, made in steps), [(where, dict(made)) for where, made in steps if made != allowed]
+
+
+def _counted_steps(ends: list, skip_first: int = 0) -> list[tuple[list, collections.Counter]]:
+    """((stage, epoch), the syncs it made) of each step between logging steps, from
+    `ends`: (stage, epoch), whether the step logged, the syncs counted so far, at each
+    step's end. A step's syncs are those since the previous step's end in the same epoch;
+    `skip_first` steps of each stage are left out."""
+    steps, seen = [], collections.Counter()
+    for before, after in zip(ends, ends[1:]):
+        if tuple(before[0]) != tuple(after[0]) or after[1]:
+            continue
+        seen[after[0][0]] += 1
+        if seen[after[0][0]] > skip_first:
+            steps.append((after[0], collections.Counter(after[2]) - collections.Counter(before[2])))
+    return steps
+
+
+#: `core run` in each of 2 processes (torchrun, gloo) on the emulated device, the syncs
+#: counted at every step's end (as in the one-process test above)
+DDP_WORKER = """
+import json, os, sys
+from core.runner import run
+from core.separate_device import count_syncs, emulate_separate_device
+from core.training.trainer import Trainer
+
+path, out = sys.argv[1], sys.argv[2]
+ends, emit = [], Trainer.emit
+
+def recording(self, event, **kwargs):
+    emit(self, event, **kwargs)
+    if event == "on_step_end":
+        ends.append(((self.position.stage, self.position.epoch), bool(kwargs["losses"]), dict(syncs.by_op)))
+
+Trainer.emit = recording
+with emulate_separate_device(), count_syncs() as syncs:
+    run(path, [], run_dir=os.path.join(out, "run"))
+with open(os.path.join(out, f"ends{os.environ['RANK']}.json"), "w") as f:
+    json.dump(ends, f)
+"""
+#: pipelines whose steps are counted at world size 2 (and their overrides)
+DDP_STEPS = {**{name: WHOLE_STEPS[name] for name in ALL},
+             # twice the identities: accumulating 2 batches a step leaves 3 steps an epoch
+             "quickstart with every step option": ("quickstart", [*EVERY_STEP_OPTION, "data.train.0.identities=8"]),
+             "quickstart with supcon": ("quickstart", ["losses=[{name: ce}, {name: supcon}]"])}
+#: what a step of instruct-editor's twins still makes under DDP, each a host sync on GPUs:
+#: the head's whole-batch counts of image and text rows (an all_reduce of host counts: a
+#: blocking copy over, a read back), the T2I losses' row flags of every process (one
+#: all_gather_object: its two collectives), and DDP's own copy of its used-parameter map to
+#: the host (torch's reducer, at every step with find_unused_parameters, which the twins'
+#: components declare: some parameters are used by the batch's content)
+DDP_ALLOWED = {name: {"blocking copy to the device": 1, "tolist": 1,
+                      "all_gather_object (through the GPU under NCCL)": 2, "copy to the host": 1}
+               for name in ("irm_synthetic", "irm++_synthetic")}
+
+
+@pytest.mark.parametrize("name", sorted(DDP_STEPS))
+def test_training_steps_under_ddp_make_no_host_sync_on_a_separate_device(name, tmp_path, torchrun):
+    """The whole-step count above at world size 2: the losses' gathers of the batch (the
+    triplet's, supcon's, MOIL's, HSE's, the memories' updates, with accumulation too) take
+    every process's row counts and labels from the plans the trainer exchanged at the
+    epoch's start, so a step exchanges nothing but features and gradients: no row counts
+    read back, no labels through all_gather_object (which under NCCL copies through the GPU
+    and reads back). DDP rebuilds its gradient buckets once, at its second step (torch's
+    `_rebuild_buckets`, reading their order to the host): each stage's first counted step is
+    left out."""
+    from core.runner import label
+
+    base, extra = DDP_STEPS[name]
+    path = one_epoch_a_stage(base, tmp_path, ["trainer.device=meta", "trainer.log_every=1000", *extra])
+    label(path, ["trainer.device=cpu"])  # a prepare step (muva's labeler) runs in one process first
+    worker = tmp_path / "worker.py"
+    worker.write_text(DDP_WORKER, encoding="utf-8")
+    torchrun(worker, path, tmp_path, cwd=tmp_path, timeout=900)
+    allowed = collections.Counter(DDP_ALLOWED.get(name, {})) + collections.Counter(EMULATION_ONLY.get(name, {}))
+    for rank in (0, 1):
+        ends = json.loads((tmp_path / f"ends{rank}.json").read_text())
+        steps = _counted_steps(ends, skip_first=1)
+        assert steps, f"rank {rank}: no step between logging steps to count ({len(ends)} steps)"
+        wrong = [(where, dict(made)) for where, made in steps if made != allowed]
+        assert not wrong, (rank, wrong)

@@ -118,6 +118,8 @@ SYNCS = {
     "copy_": (lambda x, h, d: x.clone().copy_(h), "blocking copy to the device"),
     "host index": (lambda x, h, d: x[torch.tensor([0, 2])], "index with host indices (copied to the device first)"),
     "list index": (lambda x, h, d: x[[0, 2]], "index with host indices (copied to the device first)"),
+    "copy_ from a host copy of device data": (lambda x, h, d: x.clone().copy_(host(x).clone()),
+                                              "blocking copy to the device"),
 }
 #: what does not: asynchronous copies, factories on the device, CPU scalars as kernel
 #: arguments, device indices, and anything on host tensors alone
@@ -132,6 +134,9 @@ NO_SYNCS = {
     "dtype change": lambda x, h, d: x.to(torch.float16),
     "host item": lambda x, h, d: h.sum().item(),
     "host nonzero": lambda x, h, d: h.nonzero(),
+    # a plain tensor over the device's memory, as DDP's reducer gets back from its
+    # collectives (the gradient buckets): on a GPU the bucket itself, a copy within the device
+    "copy_ from the device's memory": lambda x, h, d: x.clone().copy_(host(x)),
 }
 
 

@@ -128,6 +128,18 @@ def _parse_key(key: Any) -> tuple[int, int | None, int]:
     return int(key), None, 0
 
 
+def label_fields(table: Any, indices: np.ndarray, roles: np.ndarray) -> dict[str, np.ndarray]:
+    """The label fields `collate` gives the samples of records `indices` (with episode
+    `roles`), from the record table alone, as int64 arrays: the whole batch's labels under
+    DDP, where each process loads its own shard (core.training.distributed.batch_rows)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    return {"pids": np.asarray(table.pids, dtype=np.int64)[indices],
+            "camids": np.asarray(table.camids, dtype=np.int64)[indices],
+            "categories": np.asarray(table.category_ids, dtype=np.int64)[indices],
+            "domains": np.asarray(table.domain_ids, dtype=np.int64)[indices],
+            "roles": np.asarray(roles, dtype=np.int64), "indices": indices}
+
+
 def collate(samples: list[dict[str, Any]]) -> Batch:
     """Stack samples into a `Batch`; a DataLoader `collate_fn` (top-level, picklable). The
     batch keeps host copies of its labels and per-sample integer/bool extras (`Batch.host`)."""

@@ -35,7 +35,7 @@ class SupConLoss(Loss):
                         "set the loss key `features`; `bnneck` produces 'features'").float()
         pids = batch.pids.to(x.device)
         if self.gather:  # under DDP: the one-process loss of the global batch (module docstring)
-            x, pids = D.gather_with_labels(x, pids)
+            x, pids = D.gather_with_labels(x, pids, D.batch_row_counts())
         z = F.normalize(x, dim=1)
         eye = torch.eye(len(pids), dtype=torch.bool, device=z.device)
         pos = (pids[:, None] == pids[None, :]) & ~eye

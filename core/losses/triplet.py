@@ -115,7 +115,7 @@ class TripletLoss(Loss):
                         "set the loss key `features`; `bnneck` produces 'features'").float()
         pids = batch.pids.to(x.device)
         if self.gather:  # under DDP: the one-process loss of the global batch (module docstring)
-            x, pids = D.gather_with_labels(x, pids)
+            x, pids = D.gather_with_labels(x, pids, D.batch_row_counts())
         if self.normalize:
             x = F.normalize(x, dim=1)
         d_ap, d_an, valid = batch_hard_pairs(x, pids, self.metric)

@@ -53,7 +53,7 @@ class WeightedRegularizedTriplet(Loss):
                         "set the loss key `features`; `bnneck` produces 'features'").float()
         pids = batch.pids.to(x.device)
         if self.gather:  # under DDP: the one-process loss of the global batch (module docstring)
-            x, pids = D.gather_with_labels(x, pids)
+            x, pids = D.gather_with_labels(x, pids, D.batch_row_counts())
         dist = _pairwise(x, self.metric)
         same = pids[:, None] == pids[None, :]
         eye = torch.eye(len(pids), dtype=torch.bool, device=x.device)

@@ -143,14 +143,89 @@ def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return start, start + base + (1 if rank < extra else 0)
 
 
-def gather_uneven(local: torch.Tensor) -> torch.Tensor:
+class batch_rows:  # noqa: N801 - a context manager, named like torch.no_grad
+    """`with batch_rows(counts, labels):` the region of one training batch (its forward,
+    backward and step end), where `batch_row_counts()` gives `counts` (every process's
+    number of rows, in rank order) and `batch_labels()` the label fields of every
+    process's rows (`labels()`, called once when first asked). The trainer knows both from
+    the epoch's plans, exchanged once (`exchange_plans`), so the losses' gathers of a
+    batch need no exchange of counts or labels at each step: on GPUs that exchange is read
+    back to the host, and the host then waits for the GPU at every step. None: unknown."""
+
+    def __init__(self, counts: Sequence[int] | None,
+                 labels: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.counts = None if counts is None else [int(c) for c in counts]
+        self._labels, self._made = labels, None
+
+    def labels(self) -> dict[str, Any] | None:
+        if self._made is None and self._labels is not None:
+            self._made = self._labels()
+        return self._made
+
+    def __enter__(self) -> "batch_rows":
+        global _BATCH
+        self._before, _BATCH = _BATCH, self
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        global _BATCH
+        _BATCH = self._before
+
+
+#: the training batch the trainer is running (`batch_rows`); None between steps
+_BATCH: batch_rows | None = None
+
+
+@_eager
+def batch_row_counts() -> list[int] | None:
+    """Every process's number of rows in the training batch being run, in rank order,
+    known without communication (`batch_rows`). Hand it as `counts=` to a gather of the
+    batch's rows (a loss's features and labels): the gather then skips its exchange of row
+    counts. None outside DDP and outside a training step (the gathers then exchange them)."""
+    return _BATCH.counts if active() and _BATCH is not None else None
+
+
+@_eager
+def batch_labels() -> dict[str, Any] | None:
+    """The label fields (`_BATCH_FIELDS`, numpy) of every process's rows of the training
+    batch being run, in rank order (`batch_rows`); None outside DDP or a training step."""
+    return _BATCH.labels() if active() and _BATCH is not None else None
+
+
+def exchange_plans(plan: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[list[tuple[Any, Any]]] | None:
+    """Every process's (record indices, roles) of each step of one epoch, from this
+    process's `plan` (its shard of each step): [[(indices, roles) of rank r for r in ranks]
+    for each step]. One object all_gather an epoch (numpy arrays); None outside DDP.
+    Every process runs the same number of steps (the samplers' rule,
+    `core.samplers.sharding`): plans of different lengths are refused."""
+    if not active():
+        return None
+    import numpy as np
+
+    sizes = np.asarray([len(indices) for indices, _ in plan], dtype=np.int64)
+    mine = (sizes, np.asarray([i for indices, _ in plan for i in indices], dtype=np.int64),
+            np.asarray([r for _, roles in plan for r in roles], dtype=np.int64))
+    every = all_gather_objects(mine)
+    if len({len(steps) for steps, _, _ in every}) > 1:
+        raise RuntimeError(f"the processes planned different numbers of batches this epoch "
+                           f"({', '.join(f'rank {r}: {len(e[0])}' for r, e in enumerate(every))}): a sampler must "
+                           f"give every rank the same number of batches (core.samplers.sharding)")
+    per_rank = []
+    for steps, indices, roles in every:
+        ends = np.cumsum(steps)
+        per_rank.append([(indices[e - n:e], roles[e - n:e]) for n, e in zip(steps, ends)])
+    return [list(step) for step in zip(*per_rank)]
+
+
+def gather_uneven(local: torch.Tensor, counts: Sequence[int] | None = None) -> torch.Tensor:
     """Every process's rows concatenated in rank order, when processes hold different
     numbers of rows (e.g. a loss's batch features for a memory that must stay equal on
     every process); the tensor itself outside DDP. One all_gather of the sizes, one of
-    the rows padded to the longest."""
+    the rows padded to the longest. `counts`: every process's row count when known
+    (`batch_row_counts()` for a batch's rows): no exchange of the sizes then."""
     if not active():
         return local
-    return _gather_padded(local, _row_counts(local))
+    return _gather_padded(local, _counts(local, counts))
 
 
 def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
@@ -162,36 +237,40 @@ def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
     return _gather_padded(local, [stop - start for start, stop in (shard_range(n, r, world) for r in range(world))])
 
 
-def gather_with_grad(local: torch.Tensor) -> torch.Tensor:
+def gather_with_grad(local: torch.Tensor, counts: Sequence[int] | None = None) -> torch.Tensor:
     """Every process's rows concatenated in rank order, differentiable: the backward of
     the all_gather (`_AllGather`) sums every process's gradient of each row into the
     process that owns it. For losses defined on the whole batch (mining, alignment, batch
     statistics): each process computes the global batch's loss, DDP averages the equal
     gradients, and the update is the one-process update. Rows may differ in number
-    between processes (padded; one all_gather of the counts); `local` itself outside DDP."""
+    between processes (padded; one all_gather of the counts unless `counts` gives them, as
+    in `gather_uneven`); `local` itself outside DDP."""
     if not active():
         return local
-    return _gather_with_grad(local, _row_counts(local))
+    return _gather_with_grad(local, _counts(local, counts))
 
 
-def gather_with_labels(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gather_with_labels(features: torch.Tensor, labels: torch.Tensor,
+                       counts: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(`gather_with_grad(features)`, `gather_uneven(labels)`) for rows that belong
     together (a loss's features and their identities, HSE's local features and their
-    episode roles), with one all_gather of the row counts for both; the arguments
-    themselves outside DDP."""
+    episode roles), with one all_gather of the row counts for both, or none when `counts`
+    gives them (`batch_row_counts()`); the arguments themselves outside DDP."""
     if not active():
         return features, labels
-    counts = _row_counts(features)
+    counts = _counts(features, counts)
     return _gather_with_grad(features, counts), _gather_padded(labels, counts)
 
 
-def gather_with_grad_and_slice(local: torch.Tensor) -> tuple[torch.Tensor, slice]:
-    """`gather_with_grad(local)` and the slice of it that holds this process's rows: for a
-    computation on the whole batch whose result each process takes back for its own rows
-    (a BatchNorm over every process's rows, called on every process, maybe with no rows)."""
+def gather_with_grad_and_slice(local: torch.Tensor,
+                               counts: Sequence[int] | None = None) -> tuple[torch.Tensor, slice]:
+    """`gather_with_grad(local, counts)` and the slice of it that holds this process's rows:
+    for a computation on the whole batch whose result each process takes back for its own
+    rows (a BatchNorm over every process's rows, called on every process, maybe with no
+    rows)."""
     if not active():
         return local, slice(0, local.shape[0])
-    counts, rank = _row_counts(local), dist.get_rank()
+    counts, rank = _counts(local, counts), dist.get_rank()
     start = sum(counts[:rank])
     return _gather_with_grad(local, counts), slice(start, start + counts[rank])
 
@@ -232,6 +311,20 @@ class _AllGather(torch.autograd.Function):
 def all_gather_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Every process's `tensor` (equal shapes), differentiable (see `_AllGather`)."""
     return _AllGather.apply(tensor)
+
+
+@_eager
+def _counts(local: torch.Tensor, counts: Sequence[int] | None) -> list[int]:
+    """Every process's row count: `counts` when given (checked against this process's
+    rows), else exchanged."""
+    if counts is None:
+        return _row_counts(local)
+    counts, rank = [int(c) for c in counts], dist.get_rank()
+    if len(counts) != dist.get_world_size() or local.shape[0] != counts[rank]:
+        raise ValueError(f"a gather was given the row counts {counts} for {dist.get_world_size()} processes, but "
+                         f"process {rank} holds {local.shape[0]} rows: pass batch_row_counts() only for a "
+                         f"tensor with one row per row of the training batch, and None otherwise")
+    return counts
 
 
 @_eager
@@ -306,9 +399,11 @@ def gather_for_loss(outputs: dict[str, torch.Tensor], batch: Any,
     whole batch (mining, prototypes, alignment, per-half means): computed on the result it
     is the one-process loss of the global batch. The returned Batch has no images and no
     extras; its label fields have host copies (`Batch.host`) of the global batch: the
-    labels travel as the processes' host copies (one all_gather_object, which also gives
-    every process's row count), so the loss's input checks read them without a device
-    read. Outside DDP: the arguments themselves."""
+    labels are host arrays, so the loss's input checks read them without a device read. In
+    a training step the trainer knows every process's rows and labels from the epoch's
+    plans (`batch_rows`): nothing is exchanged but the outputs. Elsewhere the labels
+    travel as the processes' host copies (one all_gather_object, which also gives every
+    process's row count). Outside DDP: the arguments themselves."""
     if not active():
         return outputs, batch
     import numpy as np
@@ -316,8 +411,14 @@ def gather_for_loss(outputs: dict[str, torch.Tensor], batch: Any,
     from core.records import Batch, host_to_device
 
     n = len(batch)
-    every = all_gather_objects({name: np.asarray(batch.host(name)) for name in _BATCH_FIELDS})
-    counts = [len(labels["pids"]) for labels in every]
+    known = batch_labels()
+    if known is not None:
+        counts = batch_row_counts()
+        host = _checked_labels(known, counts, batch)
+    else:
+        every = all_gather_objects({name: np.asarray(batch.host(name)) for name in _BATCH_FIELDS})
+        counts = [len(labels["pids"]) for labels in every]
+        host = {name: np.concatenate([labels[name] for labels in every]) for name in _BATCH_FIELDS}
     out = {}
     for key in keys:
         value = outputs[key]
@@ -326,12 +427,27 @@ def gather_for_loss(outputs: dict[str, torch.Tensor], batch: Any,
                              "samples; only per-sample outputs are gathered with the batch")
         out[key] = _gather_with_grad(value, counts) if value.is_floating_point() else _gather_padded(value, counts)
     device = batch.pids.device
-    host = {name: np.concatenate([labels[name] for labels in every]) for name in _BATCH_FIELDS}
     fields = {name: host_to_device(array, device) for name, array in host.items()}
     gathered = Batch(images=batch.images.new_zeros((0,)), extras={}, **fields)
     for name, array in host.items():
         gathered.host_copies[name] = (fields[name], array)
     return out, gathered
+
+
+def _checked_labels(labels: dict[str, Any], counts: list[int], batch: Any) -> dict[str, Any]:
+    """`labels` (the training batch's, from the plans), once this process's rows of them
+    are found equal to `batch`'s host copies: a batch that is not the training batch (a
+    selection of its rows, labels changed after collate) is refused, on every process."""
+    import numpy as np
+
+    rank = dist.get_rank()
+    start, stop = sum(counts[:rank]), sum(counts[:rank + 1])
+    for name in _BATCH_FIELDS:
+        if not np.array_equal(np.asarray(batch.host(name)), labels[name][start:stop]):
+            raise ValueError(f"gather_for_loss: in a training step the batch must be the step's batch, whose "
+                             f"labels every process knows from the plans; its '{name}' differ on process {rank} "
+                             f"(a selection of rows, or labels changed after collate, needs its own gather)")
+    return labels
 
 
 def gather_host(arrays: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from core.data.device_normalise import finish_on_device
-from core.data.loading import ImageSamples, mix_seed
+from core.data.loading import ImageSamples, label_fields, mix_seed
 from core.evaluation.features import FeatureWriter, features_tensor, open_features
 from core.interfaces import Episode, FeatureSet, read_output
 from core.pipeline import LossTerm, Pipeline, ReIDModel, bind_losses, resolve_device
@@ -682,6 +682,10 @@ class Trainer:
         except Exception as exc:
             raise self._component_error(exc) from exc
         self.plan.set(plan, epoch, self.position.step)
+        # every rank's part of each step (one exchange an epoch): the losses' gathers of a
+        # batch then exchange no row counts or labels, and make no host sync, per step
+        plans = D.exchange_plans([(item.indices, item.roles) if isinstance(item, Episode) else (item, [0] * len(item))
+                                  for item in plan])
         accumulate = max(self.cfg.accumulate, 1)
         self.net.train()
         bar = self._progress(len(plan), f"{stage.name} {self.position.epoch + 1}/{stage.epochs}")
@@ -689,11 +693,12 @@ class Trainer:
         seen, tick = 0, time.perf_counter()
         for batch in self.loader:
             batch = self._to_device(batch)
+            batch_rows = self._batch_rows(plans[self.position.step] if plans else None)
             self.position.step += 1
             sync = self.position.step % accumulate == 0 or self.position.step == len(plan)
             no_sync = getattr(self.forward, "no_sync", None) if not sync else None
             try:
-                with no_sync() if no_sync else contextlib.nullcontext():
+                with no_sync() if no_sync else contextlib.nullcontext(), batch_rows:
                     total, parts, outputs = self.forward(batch, train=True)
                     parts = detach_parts(parts)
                     self.scaler.scale(total / accumulate).backward()
@@ -726,7 +731,8 @@ class Trainer:
                 log.info(f"{stage.name} epoch {self.position.epoch + 1}/{stage.epochs} step {self.position.step}/"
                          f"{len(plan)}: loss {float(logged['loss']):.4f}" + (f" ({parts_text})" if parts_text else "")
                          + f", lr {self.optimizer.param_groups[0]['lr']:.3g}, {rate:.0f} img/s")
-            self.emit("on_step_end", step=step, batch=batch, outputs=outputs, losses=logged or {})
+            with batch_rows:  # step-end updates gather the (last micro-)batch's rows
+                self.emit("on_step_end", step=step, batch=batch, outputs=outputs, losses=logged or {})
             if self.cfg.checkpoint_every_steps and step % self.cfg.checkpoint_every_steps == 0:
                 self.save()
             if self.cfg.stop_after_steps is not None and step >= self.cfg.stop_after_steps:
@@ -740,6 +746,16 @@ class Trainer:
                                   self.position.step, self.run.path)
         bar.close()
         self.emit("on_epoch_end", epoch=epoch)
+
+    def _batch_rows(self, parts: list[tuple[np.ndarray, np.ndarray]] | None) -> D.batch_rows:
+        """The step's `D.batch_rows`: every rank's row count and, when a loss asks, the
+        label fields of the whole batch (from every rank's (indices, roles) and the table)."""
+        if parts is None:
+            return D.batch_rows(None)
+        table = self.train_samples.table
+        return D.batch_rows([len(indices) for indices, _ in parts],
+                            lambda: label_fields(table, np.concatenate([i for i, _ in parts]),
+                                                 np.concatenate([r for _, r in parts])))
 
     _agreed_signal = 0
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from core.context import BuildContext
 from core.interfaces import Loss, read_output
 from core.records import Batch
-from core.training.distributed import gather_uneven
+from core.training.distributed import batch_row_counts, gather_with_labels
 from reid_amsa.extraction import active_in_stage, check_gating, training_features
 from reid_amsa.memory import fill_with_centroids, momentum_update
 
@@ -66,12 +66,12 @@ class PrototypeContrastLoss(Loss):
         accumulation: the step's batch is all of them, not the last one's `outputs`)."""
         pending, self._pending = getattr(self, "_pending", []), []
         if active_in_stage(self, trainer):
-            if pending:
+            if pending:  # each micro-batch gathered in its forward (every process's rows)
                 features, pids = torch.cat([f for f, _ in pending]), torch.cat([p for _, p in pending])
             else:
                 features = read_output(outputs, self.features, NAME).detach().float()
-                pids = batch.pids.to(features.device)
-            self.update(gather_uneven(features), gather_uneven(pids))
+                features, pids = gather_with_labels(features, batch.pids.to(features.device), batch_row_counts())
+            self.update(features, pids)
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, pids: torch.Tensor) -> None:
@@ -83,7 +83,7 @@ class PrototypeContrastLoss(Loss):
         logits = F.normalize(x, dim=1) @ self.memory.t() / self.temperature
         targets = batch.pids.to(logits.device, torch.long)
         if self.training and torch.is_grad_enabled():  # for the update at the step's end
-            self._pending = [*getattr(self, "_pending", []), (x.detach(), targets)]
+            self._pending = [*getattr(self, "_pending", []), gather_with_labels(x.detach(), targets, batch_row_counts())]
         loss = F.cross_entropy(logits, targets)
         with torch.no_grad():
             acc = (logits.argmax(dim=1) == targets).float().mean()

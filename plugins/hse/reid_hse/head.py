@@ -106,7 +106,7 @@ class HSEHead(Head):
         are none), applied to every row: meta-train rows never depend on meta-test ones."""
         # under DDP the statistics are those of every process's meta-train rows (gathered
         # with their gradient, and their roles with them), as on one process
-        every, roles = D.gather_with_labels(z_local, roles.to(z_local.device))
+        every, roles = D.gather_with_labels(z_local, roles.to(z_local.device), D.batch_row_counts())
         train = roles == ROLE_TRAIN
         # the reference rows as weights, not a selection (whose size only the data knows:
         # a host sync on a GPU): meta-train rows, every row when there are none

@@ -104,7 +104,7 @@ class IRMMemoryLoss(Loss):
         emb = F.normalize(read_output(outputs, self.instruction, NAME).detach().float(), dim=1)
         s = emb @ emb.t()
         if self.training and torch.is_grad_enabled():  # the step's update runs at on_step_end
-            self._pending = [*getattr(self, "_pending", []), _gather(f.detach(), pids)]
+            self._pending = [*getattr(self, "_pending", []), _gather(f.detach(), pids, D.batch_row_counts())]
             self._fill_new()
         # a copy: the next micro-batch's fill and the step's update change the slots in place
         loss, parts = memory_loss(f, pids, s, self.memory.clone(), self.filled.clone(), self.temperature,
@@ -151,6 +151,7 @@ def _slot_means(f: torch.Tensor, pids: torch.Tensor, slots: int) -> tuple[torch.
     return counts > 0, F.normalize(sums, dim=1)
 
 
-def _gather(f: torch.Tensor, pids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every process's (features, pids) under DDP, so all memories stay equal."""
-    return D.gather_uneven(f), D.gather_uneven(pids)
+def _gather(f: torch.Tensor, pids: torch.Tensor, counts: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every process's (features, pids) under DDP, so all memories stay equal; `counts`:
+    every process's row count when known (`D.batch_row_counts()`), else exchanged once."""
+    return D.gather_with_labels(f, pids, counts)
