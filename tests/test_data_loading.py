@@ -127,6 +127,28 @@ def test_label_fields_from_the_table_are_the_fields_collate_gives(world):
         assert array.dtype == np.int64 and array.tolist() == getattr(batch, name).tolist(), name
 
 
+def test_record_values_from_the_table_are_the_extras_the_samples_carry(world):
+    """A record field of the whole batch under DDP (`record_values`, e.g. instruct-editor's
+    `text_query` and `task`) is read from the table: it must be what each sample carries
+    in its extras, None where a record lacks it; a field no record has gives None."""
+    import dataclasses
+
+    from core.data.loading import record_values
+
+    records = world.records("train")
+    marked = [dataclasses.replace(r, extras={**r.extras, "text_query": i % 3 == 0, "task": f"t{i % 2}"})
+              if i != 4 else r for i, r in enumerate(records)]
+    table = RecordTable.build([("synthetic", marked)], relabel=True)
+    samples = ImageSamples(table, [world], None)
+    indices = np.array([0, 4, 3, 3, 7])
+    for name in ("text_query", "task", "pid"):
+        got = record_values(table, name, indices)
+        want = [samples[int(i)]["extras"].get(name) for i in indices] if name != "pid" else \
+            [samples[int(i)]["pid"] for i in indices]
+        assert got == want, name
+    assert record_values(table, "no_such_field", indices) is None
+
+
 def test_collate_extras_by_kind_of_value():
     out = collate_extras([
         {"clothes": 1, "score": 0.5, "caption": "a", "mask": np.zeros((2, 2)), "ragged": np.zeros(2), "only": 1},

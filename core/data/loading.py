@@ -140,6 +140,20 @@ def label_fields(table: Any, indices: np.ndarray, roles: np.ndarray) -> dict[str
             "roles": np.asarray(roles, dtype=np.int64), "indices": indices}
 
 
+def record_values(table: Any, name: str, indices: np.ndarray) -> list[Any] | None:
+    """Record field `name` (a record extra such as a task name or a flag) of records
+    `indices`, as the samples carry it in their extras (None where a record lacks it);
+    None when no record of the table has it. The whole batch's per-sample fields under
+    DDP, from the table alone (core.training.distributed.batch_column)."""
+    try:
+        column = table.column(name)
+    except KeyError:
+        return None
+    if not hasattr(column, "has"):  # a base field: an array
+        return np.asarray(column)[np.asarray(indices, dtype=np.int64)].tolist()
+    return [column.get(int(i)) if column.has(int(i)) else None for i in indices]
+
+
 def collate(samples: list[dict[str, Any]]) -> Batch:
     """Stack samples into a `Batch`; a DataLoader `collate_fn` (top-level, picklable). The
     batch keeps host copies of its labels and per-sample integer/bool extras (`Batch.host`)."""

@@ -144,23 +144,30 @@ def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
 
 
 class batch_rows:  # noqa: N801 - a context manager, named like torch.no_grad
-    """`with batch_rows(counts, labels):` the region of one training batch (its forward,
-    backward and step end), where `batch_row_counts()` gives `counts` (every process's
-    number of rows, in rank order) and `batch_labels()` the label fields of every
-    process's rows (`labels()`, called once when first asked). The trainer knows both from
+    """`with batch_rows(counts, labels, column):` the region of one training batch (its
+    forward, backward and step end), where `batch_row_counts()` gives `counts` (every
+    process's number of rows, in rank order), `batch_labels()` the label fields of every
+    process's rows (`labels()`, called once when first asked) and `batch_column(name)` a
+    record field of them (`column(name)`, once a name). The trainer knows all from
     the epoch's plans, exchanged once (`exchange_plans`), so the losses' gathers of a
     batch need no exchange of counts or labels at each step: on GPUs that exchange is read
     back to the host, and the host then waits for the GPU at every step. None: unknown."""
 
-    def __init__(self, counts: Sequence[int] | None,
-                 labels: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(self, counts: Sequence[int] | None, labels: Callable[[], dict[str, Any]] | None = None,
+                 column: Callable[[str], list[Any] | None] | None = None) -> None:
         self.counts = None if counts is None else [int(c) for c in counts]
         self._labels, self._made = labels, None
+        self._column, self._columns = column, {}
 
     def labels(self) -> dict[str, Any] | None:
         if self._made is None and self._labels is not None:
             self._made = self._labels()
         return self._made
+
+    def column(self, name: str) -> list[Any] | None:
+        if name not in self._columns:
+            self._columns[name] = None if self._column is None else self._column(name)
+        return self._columns[name]
 
     def __enter__(self) -> "batch_rows":
         global _BATCH
@@ -190,6 +197,32 @@ def batch_labels() -> dict[str, Any] | None:
     """The label fields (`_BATCH_FIELDS`, numpy) of every process's rows of the training
     batch being run, in rank order (`batch_rows`); None outside DDP or a training step."""
     return _BATCH.labels() if active() and _BATCH is not None else None
+
+
+@_eager
+def batch_column(name: str) -> tuple[list[Any] | None, slice] | None:
+    """(record field `name` of every process's rows of the training batch being run, in
+    rank order, None where a record lacks it, or None when no record has the field; the
+    slice of this process's rows) in a DDP training step (`batch_rows`), from the table:
+    per-sample flags a component needs for the whole batch (which rows are text queries, a
+    row's task) without an exchange. None outside DDP or a training step."""
+    if not active() or _BATCH is None or _BATCH.counts is None:
+        return None
+    rank, counts = dist.get_rank(), _BATCH.counts
+    return _BATCH.column(name), slice(sum(counts[:rank]), sum(counts[:rank + 1]))
+
+
+def rows_per_process(mask: Any) -> list[int]:
+    """How many of each process's rows of the training batch being run `mask` selects
+    (`mask`: bool over every process's rows, in rank order, e.g. from `batch_column`): the
+    counts a gather of those rows needs, known without an exchange in a DDP step."""
+    import numpy as np
+
+    counts = batch_row_counts()
+    if counts is None:
+        raise RuntimeError("rows_per_process: only inside a DDP training step (see batch_rows)")
+    bounds = np.cumsum([0, *counts])
+    return [int(np.count_nonzero(mask[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def exchange_plans(plan: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[list[tuple[Any, Any]]] | None:

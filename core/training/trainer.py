@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from core.data.device_normalise import finish_on_device
-from core.data.loading import ImageSamples, label_fields, mix_seed
+from core.data.loading import ImageSamples, label_fields, mix_seed, record_values
 from core.evaluation.features import FeatureWriter, features_tensor, open_features
 from core.interfaces import Episode, FeatureSet, read_output
 from core.pipeline import LossTerm, Pipeline, ReIDModel, bind_losses, resolve_device
@@ -748,14 +748,15 @@ class Trainer:
         self.emit("on_epoch_end", epoch=epoch)
 
     def _batch_rows(self, parts: list[tuple[np.ndarray, np.ndarray]] | None) -> D.batch_rows:
-        """The step's `D.batch_rows`: every rank's row count and, when a loss asks, the
-        label fields of the whole batch (from every rank's (indices, roles) and the table)."""
+        """The step's `D.batch_rows`: every rank's row count and, when a component asks,
+        the label fields and record fields of the whole batch (from every rank's (indices,
+        roles) and the table)."""
         if parts is None:
             return D.batch_rows(None)
-        table = self.train_samples.table
-        return D.batch_rows([len(indices) for indices, _ in parts],
-                            lambda: label_fields(table, np.concatenate([i for i, _ in parts]),
-                                                 np.concatenate([r for _, r in parts])))
+        table, indices = self.train_samples.table, np.concatenate([i for i, _ in parts])
+        return D.batch_rows([len(i) for i, _ in parts],
+                            lambda: label_fields(table, indices, np.concatenate([r for _, r in parts])),
+                            lambda name: record_values(table, name, indices))
 
     _agreed_signal = 0
 

@@ -39,7 +39,7 @@ from core.context import BuildContext
 from core.interfaces import Head, read_output
 from core.records import Batch, device_index
 from core.training import distributed as D
-from reid_instruct_editor.rows import host_image_rows
+from reid_instruct_editor.rows import host_image_rows, whole_batch_rows
 from reid_instruct_editor.task_classifier import TaskClassifiers
 
 NAME = "head 'instruct_editor'"
@@ -84,18 +84,27 @@ class InstructHead(Head):
         host_image = host_image_rows(features, batch, n)
         images, texts = (device_index(np.flatnonzero(rows), bio.device) for rows in (host_image, ~host_image))
         bio_bn, clo_bn, global_bn = (bio.new_zeros(n, dim) for _ in range(3))
-        # whole-batch counts: every process takes the same branches (module docstring)
-        n_images, n_texts = D.all_reduce_sum([len(images), len(texts)], bio.device) if self.training \
-            else (len(images), len(texts))
+        # whole-batch counts: every process takes the same branches (module docstring); in
+        # a DDP training step they are read from the records, elsewhere exchanged
+        n_images, n_texts = len(images), len(texts)
+        every = whole_batch_rows(batch, host_image) if self.training else None
+        if self.training:
+            n_images, n_texts = (D.all_reduce_sum([n_images, n_texts], bio.device) if every is None
+                                 else (int(every["images"].sum()), int(every["texts"].sum())))
+        # each process's image and text rows (a synchronised BatchNorm gathers them): known
+        # in a DDP step, else exchanged by the gather
+        per_image, per_text = (None, None) if every is None else (
+            D.rows_per_process(every["images"]), D.rows_per_process(every["texts"]))
         if n_images:
-            bio_i, clo_i = _batch_norm(self.fusion_bn, bio.index_select(0, images), clo.index_select(0, images))
+            bio_i, clo_i = _batch_norm(self.fusion_bn, bio.index_select(0, images), clo.index_select(0, images),
+                                       counts=None if per_image is None else [2 * c for c in per_image])
             bio_bn = bio_bn.index_copy(0, images, bio_i.to(bio_bn.dtype))
             clo_bn = clo_bn.index_copy(0, images, clo_i.to(clo_bn.dtype))
-            (glob_i,) = _batch_norm(self.global_bn, glob.index_select(0, images))
+            (glob_i,) = _batch_norm(self.global_bn, glob.index_select(0, images), counts=per_image)
             global_bn = global_bn.index_copy(0, images, glob_i.to(global_bn.dtype))
         if n_texts:
             cls = read_output(features, "instruction_cls", NAME, hint).index_select(0, texts)
-            (projected,) = _batch_norm(self.text_bn, self.text_projection(cls))
+            (projected,) = _batch_norm(self.text_bn, self.text_projection(cls), counts=per_text)
             bio_bn = bio_bn.index_copy(0, texts, projected[:, :dim].to(bio_bn.dtype))
             clo_bn = clo_bn.index_copy(0, texts, projected[:, dim:].to(clo_bn.dtype))
         out = {"bio_bn": bio_bn, "clo_bn": clo_bn, "global_bn": global_bn,
@@ -105,16 +114,17 @@ class InstructHead(Head):
         return out
 
 
-def _batch_norm(bn: nn.BatchNorm1d, *parts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _batch_norm(bn: nn.BatchNorm1d, *parts: torch.Tensor, counts: list[int] | None = None) -> tuple[torch.Tensor, ...]:
     """`bn` on the rows of `parts` together (one batch statistic; the fusion BN normalises
     the bio and clo rows as one batch), returned split as given. Under DDP with a
     synchronised `bn` (`trainer.sync_bn` converted it), every process's rows are gathered
     with gradient and normalised as one process would, then each process keeps its own:
     the statistics, the running statistics (equal on every process) and the single-row
-    rule below are those of the whole batch, whatever rows a process holds."""
+    rule below are those of the whole batch, whatever rows a process holds. `counts`:
+    every process's number of rows of `parts` together, when known (else exchanged)."""
     x = torch.cat(parts) if len(parts) > 1 else parts[0]
     if bn.training and D.active() and isinstance(bn, (nn.SyncBatchNorm, D.GatheredBatchNorm)):
-        rows, mine = D.gather_with_grad_and_slice(x)
+        rows, mine = D.gather_with_grad_and_slice(x, counts)
         x = _rows_batch_norm(bn, rows, plain=True)[mine]
     else:
         x = _rows_batch_norm(bn, x)

@@ -13,6 +13,7 @@ import torch
 
 from core.interfaces import read_output
 from core.records import Batch
+from core.training import distributed as D
 
 
 def host_has_image(batch: Batch) -> np.ndarray:
@@ -29,6 +30,30 @@ def host_image_rows(outputs: dict[str, torch.Tensor], batch: Batch, n: int) -> n
     copy the backbone recorded (`Batch.host_output`): no host sync."""
     rows = batch.host_output(outputs, "has_image")
     return np.ones(n, dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
+
+
+def whole_batch_rows(batch: Batch, images: np.ndarray, task: str | None = None) -> dict[str, np.ndarray] | None:
+    """In a DDP training step: {"images", "texts"} (bool) over every process's rows of the
+    batch, in rank order: the rows with an image and the text queries, of `task` only when
+    given. Read from the records (`text_query` and `task`, through the trainer's plans:
+    `D.batch_column`), so nothing is exchanged; this process's part is checked against
+    its own `images` (its `has_image` host copy) and batch. None outside a DDP step."""
+    flags, tasks = D.batch_column("text_query"), D.batch_column("task")
+    if flags is None or tasks is None:
+        return None
+    (text_query, mine), (names, _) = flags, tasks
+    total = sum(D.batch_row_counts())
+    has_image = np.ones(total, dtype=bool) if text_query is None else ~np.asarray(
+        [bool(v) for v in text_query], dtype=bool)
+    chosen = np.ones(total, dtype=bool) if task is None or names is None else np.asarray(
+        [str(name) == task for name in names], dtype=bool)
+    local = batch.extras.get("task")
+    own = np.ones(len(images), dtype=bool) if task is None or local is None else np.asarray(
+        [str(name) == task for name in local], dtype=bool)
+    if not (np.array_equal(has_image[mine], images) and np.array_equal(chosen[mine], own)):
+        raise ValueError("instruct-editor: this process's image rows or tasks differ from its records' "
+                         "`text_query` / `task` (the whole batch's rows are read from the records under DDP)")
+    return {"images": chosen & has_image, "texts": chosen & ~has_image}
 
 
 def read_rows(outputs: dict[str, torch.Tensor], key: str, row_masks: dict[str, str], component: str,

@@ -57,7 +57,7 @@ from core.records import Batch, device_index
 from core.training import distributed as D
 from reid_instruct_editor.head import _rows_batch_norm
 from reid_instruct_editor.momentum import MomentumCopy, MomentumState
-from reid_instruct_editor.rows import host_image_rows
+from reid_instruct_editor.rows import host_image_rows, whole_batch_rows
 from reid_instruct_editor.tasks import TEXT_TO_IMAGE
 
 NAME = "loss 't2i_contrastive'"
@@ -235,8 +235,11 @@ class T2IContrastiveLoss(MomentumState, Loss):
         if self.momentum is not None and self.training:
             local["m"] = self._momentum_features(batch, texts, x.detach())
         # under DDP: every process's rows (with their gradient), as one process's batch
+        batch_in = batch
         gathered, batch = D.gather_for_loss(local, batch, list(local))
-        rows = D.gather_host({"images": images, "texts": texts})
+        rows = whole_batch_rows(batch_in, host_image_rows(outputs, batch_in, len(x)), self.task)
+        if rows is None:  # outside a DDP training step: every process's rows exchanged
+            rows = D.gather_host({"images": images, "texts": texts})
         x = gathered["x"].float()
         zero = x.sum() * 0.0
         if not rows["images"].any() or not rows["texts"].any():
