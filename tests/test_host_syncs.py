@@ -204,9 +204,10 @@ DDP_STEPS = {**{name: WHOLE_STEPS[name] for name in ALL},
              "quickstart with sync_bn": ("quickstart", ["trainer.sync_bn=true"]),
              "irm_synthetic with sync_bn": ("irm_synthetic", ["trainer.sync_bn=true"])}
 #: what a step of instruct-editor's twins still makes under DDP: DDP's own copy of its
-#: used-parameter map to the host (torch's reducer, at every step with
-#: find_unused_parameters, which the twins' components declare: some parameters are used
-#: by the batch's content)
+#: used-parameter map to the host. With find_unused_parameters (which the twins' components
+#: declare: the batch's content decides which parameters a step uses), torch's reducer makes
+#: it in a step where a process left a parameter unused (reducer.cpp: "Blocking copy, if
+#: local_used_map_dev_ is cuda")
 DDP_ALLOWED = {name: {"copy to the host": 1} for name in ("irm_synthetic", "irm++_synthetic",
                                                            "irm_synthetic with sync_bn")}
 
