@@ -288,7 +288,11 @@ def _in_device_memory(tensor: Any) -> bool:
     """A plain tensor over the emulated device's memory (`_DEVICE_MEMORY`): device data."""
     if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu":
         return False
-    return bool(_DEVICE_MEMORY.get(tensor.untyped_storage().data_ptr()))  # a live device tensor holds it
+    storage = tensor.untyped_storage()
+    holders = _DEVICE_MEMORY.get(storage.data_ptr())
+    # a live device tensor over this very storage (not one a freed or moved storage left at
+    # the address: a host allocation made there since is host memory)
+    return bool(holders) and any(t.host.untyped_storage()._cdata == storage._cdata for t in list(holders))
 
 
 @contextlib.contextmanager

@@ -207,7 +207,8 @@ DDP_STEPS = {**{name: WHOLE_STEPS[name] for name in ALL},
 #: used-parameter map to the host. With find_unused_parameters (which the twins' components
 #: declare: the batch's content decides which parameters a step uses), torch's reducer makes
 #: it in a step where a process left a parameter unused (reducer.cpp: "Blocking copy, if
-#: local_used_map_dev_ is cuda")
+#: local_used_map_dev_ is cuda"), so at most once a step: a step whose batch used every
+#: parameter makes none
 DDP_ALLOWED = {name: {"copy to the host": 1} for name in ("irm_synthetic", "irm++_synthetic",
                                                            "irm_synthetic with sync_bn")}
 
@@ -235,5 +236,5 @@ def test_training_steps_under_ddp_make_no_host_sync_on_a_separate_device(name, t
         ends = json.loads((tmp_path / f"ends{rank}.json").read_text())
         steps = _counted_steps(ends, skip_first=1)
         assert steps, f"rank {rank}: no step between logging steps to count ({len(ends)} steps)"
-        wrong = [(where, dict(made)) for where, made in steps if made != allowed]
+        wrong = [(where, dict(made)) for where, made in steps if made - allowed]  # beyond what is allowed
         assert not wrong, (rank, wrong)

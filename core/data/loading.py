@@ -142,7 +142,8 @@ def label_fields(table: Any, indices: np.ndarray, roles: np.ndarray) -> dict[str
 
 def record_values(table: Any, name: str, indices: np.ndarray) -> list[Any] | None:
     """Record field `name` (a record extra such as a task name or a flag) of records
-    `indices`, as the samples carry it in their extras (None where a record lacks it);
+    `indices`, as the records hold it (None where a record lacks it): what the samples
+    carry in their extras for a public extra that the dataset's `sample_extras` leaves alone;
     None when no record of the table has it. The whole batch's per-sample fields under
     DDP, from the table alone (core.training.distributed.batch_column)."""
     try:

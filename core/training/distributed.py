@@ -77,6 +77,12 @@ def _eager(helper: Callable) -> Callable:
     return call
 
 
+#: for components: a helper that does host bookkeeping for DDP (reading `batch_column`,
+#: counting rows per process) runs eagerly under DDP, so torch.compile neither traces its
+#: per-row Python values (a guard on each, a recompile per batch make-up) nor breaks on them
+eager_under_ddp = _eager
+
+
 @_eager
 def barrier() -> None:
     if active():
@@ -162,6 +168,8 @@ class batch_rows:  # noqa: N801 - a context manager, named like torch.no_grad
     def labels(self) -> dict[str, Any] | None:
         if self._made is None and self._labels is not None:
             self._made = self._labels()
+            for array in self._made.values():  # shared by every loss of the step: read-only
+                array.setflags(write=False)
         return self._made
 
     def column(self, name: str) -> list[Any] | None:
@@ -212,6 +220,7 @@ def batch_column(name: str) -> tuple[list[Any] | None, slice] | None:
     return _BATCH.column(name), slice(sum(counts[:rank]), sum(counts[:rank + 1]))
 
 
+@_eager
 def rows_per_process(mask: Any) -> list[int]:
     """How many of each process's rows of the training batch being run `mask` selects
     (`mask`: bool over every process's rows, in rank order, e.g. from `batch_column`): the
@@ -349,7 +358,8 @@ def all_gather_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
 @_eager
 def _counts(local: torch.Tensor, counts: Sequence[int] | None) -> list[int]:
     """Every process's row count: `counts` when given (checked against this process's
-    rows), else exchanged."""
+    rows: a process whose rows differ raises, and torchrun stops the others), else
+    exchanged."""
     if counts is None:
         return _row_counts(local)
     counts, rank = [int(c) for c in counts], dist.get_rank()
@@ -467,10 +477,13 @@ def gather_for_loss(outputs: dict[str, torch.Tensor], batch: Any,
     return out, gathered
 
 
+@_eager
 def _checked_labels(labels: dict[str, Any], counts: list[int], batch: Any) -> dict[str, Any]:
     """`labels` (the training batch's, from the plans), once this process's rows of them
     are found equal to `batch`'s host copies: a batch that is not the training batch (a
-    selection of its rows, labels changed after collate) is refused, on every process."""
+    selection of its rows, labels changed after collate) is refused with one line by the
+    process whose rows differ (torchrun then stops the others, which wait in the gather;
+    agreeing first would cost an exchange per step, what this path avoids)."""
     import numpy as np
 
     rank = dist.get_rank()

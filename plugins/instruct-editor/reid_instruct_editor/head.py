@@ -86,15 +86,9 @@ class InstructHead(Head):
         bio_bn, clo_bn, global_bn = (bio.new_zeros(n, dim) for _ in range(3))
         # whole-batch counts: every process takes the same branches (module docstring); in
         # a DDP training step they are read from the records, elsewhere exchanged
-        n_images, n_texts = len(images), len(texts)
-        every = whole_batch_rows(batch, host_image) if self.training else None
+        n_images, n_texts, per_image, per_text = len(images), len(texts), None, None
         if self.training:
-            n_images, n_texts = (D.all_reduce_sum([n_images, n_texts], bio.device) if every is None
-                                 else (int(every["images"].sum()), int(every["texts"].sum())))
-        # each process's image and text rows (a synchronised BatchNorm gathers them): known
-        # in a DDP step, else exchanged by the gather
-        per_image, per_text = (None, None) if every is None else (
-            D.rows_per_process(every["images"]), D.rows_per_process(every["texts"]))
+            n_images, n_texts, per_image, per_text = _branch_rows(batch, host_image, n_images, n_texts, bio.device)
         if n_images:
             bio_i, clo_i = _batch_norm(self.fusion_bn, bio.index_select(0, images), clo.index_select(0, images),
                                        counts=None if per_image is None else [2 * c for c in per_image])
@@ -112,6 +106,21 @@ class InstructHead(Head):
         if self.training and self.classifiers is not None:
             out.update(self.classifiers({"bio": bio_bn, "clo": clo_bn, "global": global_bn}, batch))
         return out
+
+
+@D.eager_under_ddp
+def _branch_rows(batch: Batch, host_image: np.ndarray, n_images: int, n_texts: int,
+                 device: torch.device) -> tuple[int, int, list[int] | None, list[int] | None]:
+    """(image rows, text rows) of the whole batch from this process's `n_images` and
+    `n_texts`, and every process's (a synchronised BatchNorm gathers them: None when
+    unknown, and the gather exchanges them). In a DDP training step they are read from the
+    records, elsewhere the totals are exchanged."""
+    every = whole_batch_rows(batch, host_image)
+    if every is None:
+        n_images, n_texts = D.all_reduce_sum([n_images, n_texts], device)
+        return n_images, n_texts, None, None
+    return (int(every["images"].sum()), int(every["texts"].sum()),
+            D.rows_per_process(every["images"]), D.rows_per_process(every["texts"]))
 
 
 def _batch_norm(bn: nn.BatchNorm1d, *parts: torch.Tensor, counts: list[int] | None = None) -> tuple[torch.Tensor, ...]:

@@ -32,6 +32,7 @@ def host_image_rows(outputs: dict[str, torch.Tensor], batch: Batch, n: int) -> n
     return np.ones(n, dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
 
 
+@D.eager_under_ddp
 def whole_batch_rows(batch: Batch, images: np.ndarray, task: str | None = None) -> dict[str, np.ndarray] | None:
     """In a DDP training step: {"images", "texts"} (bool) over every process's rows of the
     batch, in rank order: the rows with an image and the text queries, of `task` only when

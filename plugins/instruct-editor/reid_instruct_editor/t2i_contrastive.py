@@ -234,11 +234,12 @@ class T2IContrastiveLoss(MomentumState, Loss):
         local = {"x": x}
         if self.momentum is not None and self.training:
             local["m"] = self._momentum_features(batch, texts, x.detach())
+        # every process's rows of the task, read from the records in a DDP step (checked
+        # before any collective), else exchanged
+        rows = whole_batch_rows(batch, host_image_rows(outputs, batch, len(x)), self.task)
         # under DDP: every process's rows (with their gradient), as one process's batch
-        batch_in = batch
         gathered, batch = D.gather_for_loss(local, batch, list(local))
-        rows = whole_batch_rows(batch_in, host_image_rows(outputs, batch_in, len(x)), self.task)
-        if rows is None:  # outside a DDP training step: every process's rows exchanged
+        if rows is None:
             rows = D.gather_host({"images": images, "texts": texts})
         x = gathered["x"].float()
         zero = x.sum() * 0.0
