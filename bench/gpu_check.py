@@ -143,7 +143,7 @@ class Step:
                  batch_size: int | None = None) -> None:
         from core.config.loading import load_pipeline
         from core.data.loading import ImageSamples
-        from core.interfaces import Episode
+        from core.interfaces import indices_and_roles
         from core.pipeline import build_pipeline
         from core.training import precision as P
         from core.training.trainer import TrainingModule
@@ -157,7 +157,7 @@ class Step:
         self.net.terms, self.net.model_forward = p.stage_losses[last], p.stages[last].forward
         self.net.amp = (device, precision)  # the trainer's precision setting (TrainingModule.amp)
         plan = next(iter(p.sampler))
-        indices, roles = (plan.indices, plan.roles) if isinstance(plan, Episode) else (plan, [0] * len(plan))
+        indices, roles = indices_and_roles(plan)
         samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
         self.batch = p.collate()([samples[(i, 0, r)] for i, r in zip(indices, roles)]).to(device)
         params = [q for q in self.net.parameters() if q.requires_grad]

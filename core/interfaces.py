@@ -79,6 +79,11 @@ class Episode:
             raise ValueError(f"Episode has {len(self.indices)} indices but {len(self.roles)} roles")
 
 
+def indices_and_roles(batch: "list[int] | Episode") -> tuple[list[int], list[int]]:
+    """(record indices, roles) of one planned batch: an episode's own, role 0 for a list."""
+    return (batch.indices, batch.roles) if isinstance(batch, Episode) else (batch, [0] * len(batch))
+
+
 class Sampler(abc.ABC):
     """Plans the batches of one epoch over the training record table.
 

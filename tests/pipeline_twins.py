@@ -102,13 +102,13 @@ def first_batches(p: Any, count: int, make: Callable | None = None) -> list:
     their roles), each sample with seed 0, collated by `make` (default: the trainer's
     collate, `p.collate()`: collate + the components' batch preparers)."""
     from core.data.loading import ImageSamples
-    from core.interfaces import Episode
+    from core.interfaces import indices_and_roles
 
     make = make or p.collate()
     samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
     out = []
     for plan, _ in zip(p.sampler, range(count)):
-        indices, roles = (plan.indices, plan.roles) if isinstance(plan, Episode) else (plan, [0] * len(plan))
+        indices, roles = indices_and_roles(plan)
         out.append(make([samples[(i, 0, r)] for i, r in zip(indices, roles)]))
     return out
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from core.config.loading import load_pipeline
 from core.cuda_autocast import emulate_cuda_autocast
 from core.data.loading import ImageSamples, collate
-from core.interfaces import Episode
+from core.interfaces import indices_and_roles
 from core.pipeline import bind_losses, build_pipeline
 from pipeline_twins import TWINS, twin_config  # noqa: E402 - registered by conftest.py
 
@@ -55,7 +55,7 @@ def _batches(p, count: int):
     for step, plan in enumerate(iter(p.sampler)):
         if step >= count:
             return
-        indices, roles = (plan.indices, plan.roles) if isinstance(plan, Episode) else (plan, [0] * len(plan))
+        indices, roles = indices_and_roles(plan)
         yield collate([samples[(i, 0, r)] for i, r in zip(indices, roles)])
 
 

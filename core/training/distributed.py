@@ -216,8 +216,7 @@ def batch_column(name: str) -> tuple[list[Any] | None, slice] | None:
     row's task) without an exchange. None outside DDP or a training step."""
     if not active() or _BATCH is None or _BATCH.counts is None:
         return None
-    rank, counts = dist.get_rank(), _BATCH.counts
-    return _BATCH.column(name), slice(sum(counts[:rank]), sum(counts[:rank + 1]))
+    return _BATCH.column(name), _own_rows(_BATCH.counts)
 
 
 @_eager
@@ -312,9 +311,15 @@ def gather_with_grad_and_slice(local: torch.Tensor,
     rows)."""
     if not active():
         return local, slice(0, local.shape[0])
-    counts, rank = _counts(local, counts), dist.get_rank()
+    counts = _counts(local, counts)
+    return _gather_with_grad(local, counts), _own_rows(counts)
+
+
+def _own_rows(counts: Sequence[int]) -> slice:
+    """This process's rows among every process's rows in rank order (`counts`: each one's)."""
+    rank = dist.get_rank()
     start = sum(counts[:rank])
-    return _gather_with_grad(local, counts), slice(start, start + counts[rank])
+    return slice(start, start + counts[rank])
 
 
 def _gather_with_grad(local: torch.Tensor, counts: list[int]) -> torch.Tensor:
@@ -486,10 +491,9 @@ def _checked_labels(labels: dict[str, Any], counts: list[int], batch: Any) -> di
     agreeing first would cost an exchange per step, what this path avoids)."""
     import numpy as np
 
-    rank = dist.get_rank()
-    start, stop = sum(counts[:rank]), sum(counts[:rank + 1])
+    rank, mine = dist.get_rank(), _own_rows(counts)
     for name in _BATCH_FIELDS:
-        if not np.array_equal(np.asarray(batch.host(name)), labels[name][start:stop]):
+        if not np.array_equal(np.asarray(batch.host(name)), labels[name][mine]):
             raise ValueError(f"gather_for_loss: in a training step the batch must be the step's batch, whose "
                              f"labels every process knows from the plans; its '{name}' differ on process {rank} "
                              f"(a selection of rows, or labels changed after collate, needs its own gather)")

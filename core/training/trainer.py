@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Subset
 from core.data.device_normalise import finish_on_device
 from core.data.loading import ImageSamples, label_fields, mix_seed, record_values
 from core.evaluation.features import FeatureWriter, features_tensor, open_features
-from core.interfaces import Episode, FeatureSet, read_output
+from core.interfaces import Episode, FeatureSet, indices_and_roles, read_output
 from core.pipeline import LossTerm, Pipeline, ReIDModel, bind_losses, resolve_device
 from core.plugins import get_plugin_manager
 from core.records import Batch
@@ -71,7 +71,7 @@ class PlannedBatches:
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         for step in range(self.start, len(self.plan)):
             item = self.plan[step]
-            indices, roles = (item.indices, item.roles) if isinstance(item, Episode) else (item, [0] * len(item))
+            indices, roles = indices_and_roles(item)
             seen: dict[int, int] = {}
             keys = []
             for index, role in zip(indices, roles):
@@ -684,8 +684,7 @@ class Trainer:
         self.plan.set(plan, epoch, self.position.step)
         # every rank's part of each step (one exchange an epoch): the losses' gathers of a
         # batch then exchange no row counts or labels, and make no host sync, per step
-        plans = D.exchange_plans([(item.indices, item.roles) if isinstance(item, Episode) else (item, [0] * len(item))
-                                  for item in plan])
+        plans = D.exchange_plans([indices_and_roles(item) for item in plan])
         accumulate = max(self.cfg.accumulate, 1)
         self.net.train()
         bar = self._progress(len(plan), f"{stage.name} {self.position.epoch + 1}/{stage.epochs}")

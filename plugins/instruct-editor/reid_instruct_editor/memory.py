@@ -104,7 +104,9 @@ class IRMMemoryLoss(Loss):
         emb = F.normalize(read_output(outputs, self.instruction, NAME).detach().float(), dim=1)
         s = emb @ emb.t()
         if self.training and torch.is_grad_enabled():  # the step's update runs at on_step_end
-            self._pending = [*getattr(self, "_pending", []), _gather(f.detach(), pids, D.batch_row_counts())]
+            # every process's rows (the memories stay equal), their counts known in a step
+            gathered = D.gather_with_labels(f.detach(), pids, D.batch_row_counts())
+            self._pending = [*getattr(self, "_pending", []), gathered]
             self._fill_new()
         # a copy: the next micro-batch's fill and the step's update change the slots in place
         loss, parts = memory_loss(f, pids, s, self.memory.clone(), self.filled.clone(), self.temperature,
@@ -134,7 +136,7 @@ class IRMMemoryLoss(Loss):
         """M_y <- normalise(mu M_y + (1 - mu) f_y) for the batch's identities (all ranks');
         a slot not yet filled is set to f_y."""
         if not gathered:
-            f, pids = _gather(f, pids)
+            f, pids = D.gather_with_labels(f, pids)
         present, means = _slot_means(f, pids, self.memory.shape[0])
         new = present & ~self.filled
         moved = F.normalize(self.momentum * self.memory + (1.0 - self.momentum) * means, dim=1)
@@ -149,9 +151,3 @@ def _slot_means(f: torch.Tensor, pids: torch.Tensor, slots: int) -> tuple[torch.
     ones = torch.ones_like(pids, dtype=f.dtype)
     counts = torch.zeros(slots, device=f.device, dtype=f.dtype).index_add_(0, pids, ones)
     return counts > 0, F.normalize(sums, dim=1)
-
-
-def _gather(f: torch.Tensor, pids: torch.Tensor, counts: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every process's (features, pids) under DDP, so all memories stay equal; `counts`:
-    every process's row count when known (`D.batch_row_counts()`), else exchanged once."""
-    return D.gather_with_labels(f, pids, counts)

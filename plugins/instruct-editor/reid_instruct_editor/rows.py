@@ -8,6 +8,8 @@ image path, the head's branches, the text-to-image losses' rows) read it there
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -46,15 +48,18 @@ def whole_batch_rows(batch: Batch, images: np.ndarray, task: str | None = None) 
     total = sum(D.batch_row_counts())
     has_image = np.ones(total, dtype=bool) if text_query is None else ~np.asarray(
         [bool(v) for v in text_query], dtype=bool)
-    chosen = np.ones(total, dtype=bool) if task is None or names is None else np.asarray(
-        [str(name) == task for name in names], dtype=bool)
-    local = batch.extras.get("task")
-    own = np.ones(len(images), dtype=bool) if task is None or local is None else np.asarray(
-        [str(name) == task for name in local], dtype=bool)
+    chosen, own = _of_task(names, task, total), _of_task(batch.extras.get("task"), task, len(images))
     if not (np.array_equal(has_image[mine], images) and np.array_equal(chosen[mine], own)):
         raise ValueError("instruct-editor: this process's image rows or tasks differ from its records' "
                          "`text_query` / `task` (the whole batch's rows are read from the records under DDP)")
     return {"images": chosen & has_image, "texts": chosen & ~has_image}
+
+
+def _of_task(names: Any, task: str | None, n: int) -> np.ndarray:
+    """(n,) bool: the rows whose task is `task` (all rows without a task or task names)."""
+    if task is None or names is None:
+        return np.ones(n, dtype=bool)
+    return np.asarray([str(name) == task for name in names], dtype=bool)
 
 
 def read_rows(outputs: dict[str, torch.Tensor], key: str, row_masks: dict[str, str], component: str,
