@@ -67,6 +67,15 @@ def test_mgor_yaml_is_the_papers_setting():
     assert stage["optimizer"] == {"name": "sgd", "lr": 1.0e-3, "weight_decay": 1.0e-4, "momentum": 0.9}
 
 
+def test_mgor_yaml_losses_are_methods_md_moil_and_hse():
+    """METHODS.md, MOIL: L_id^train + L_met^train (margin 0.3) + L_id^test + lambda L_pair,
+    lambda = 1.0; HSE adds l_spec on meta-train (l_glob is moil's L_id)."""
+    moil, hse = load_pipeline(PIPELINES / "mgor.yaml").data["losses"]
+    assert moil == {"name": "moil", "id_train_weight": 1.0, "metric_weight": 1.0, "id_test_weight": 1.0,
+                    "pair_weight": 1.0, "margin": 0.3, "label_smoothing": 0.1}
+    assert hse == {"name": "hse", "global_weight": 0.0, "local_weight": 1.0, "label_smoothing": 0.1}
+
+
 def test_mgor_yaml_normalisation_matches_the_pretrained_tag():
     from timm.models import get_pretrained_cfg
 

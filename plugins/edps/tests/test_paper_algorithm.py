@@ -129,3 +129,46 @@ def test_step3_disjoint_rate_is_disjoint_p_with_the_default_subset(make_ctx, dis
              for e in episodes(EDPSSampler(ctx, batch_size=64, k=4, disjoint_p=disjoint_p), 150)]
     n, rate = len(flags), float(np.mean(flags))
     assert abs(rate - disjoint_p) <= 4 * np.sqrt(disjoint_p * (1 - disjoint_p) / n), rate
+
+
+def test_default_disjoint_p_is_one_half(world_ctx):
+    """METHODS.md, EDPS: 'default p = 0.5'."""
+    assert EDPSSampler(world_ctx).disjoint_p == 0.5
+
+
+def test_odd_subset_gives_meta_train_floor_or_ceil_of_the_categories_with_equal_odds(make_ctx):
+    """|S_b| = 3, every episode disjoint: meta-train holds 1 or 2 of the 3 categories, each
+    with probability 1/2 (an exact binomial test), never always the same side."""
+    ctx = make_ctx(FIVE)
+    sampler = EDPSSampler(ctx, batch_size=48, k=4, disjoint_p=1.0, categories_per_batch=3)
+    n_train_cats = []
+    for e in episodes(sampler, 40):
+        cats = ctx.train.category_ids[np.asarray(e.indices)[::4]]
+        train = np.asarray(e.roles)[::4] == 0
+        assert not set(cats[train]) & set(cats[~train])
+        n_train_cats.append(len(set(cats[train].tolist())))
+    counts = Counter(n_train_cats)
+    assert set(counts) <= {1, 2}
+    assert stats.binomtest(counts[2], len(n_train_cats), 0.5).pvalue > 1e-3, counts
+
+
+def test_images_are_drawn_uniformly_within_an_identity(make_ctx):
+    """Reference (METHODS.md: K images, with replacement only below K): an identity with
+    6 >= K images gives each of its images with probability K/6; one with 2 < K gives both
+    once and tops up with uniform draws. Either way every image rank is equally frequent:
+    chi-square against the uniform over ranks."""
+    ctx = make_ctx({"a": [6] * 20, "b": [2] * 20})
+    pids = np.asarray(ctx.train.pids)
+    rank = np.empty(len(pids), dtype=np.int64)  # position of each record among its identity's
+    for p in np.unique(pids):
+        rank[np.flatnonzero(pids == p)] = np.arange((pids == p).sum())
+    sampler = EDPSSampler(ctx, batch_size=32, k=4)
+    for size in (6, 2):
+        counts = np.zeros(size)
+        images = np.bincount(pids)  # images per identity
+        for e in episodes(sampler, 60):
+            idx = np.asarray(e.indices)
+            idx = idx[images[pids[idx]] == size]
+            np.add.at(counts, rank[idx], 1)
+        chi2 = float(((counts - counts.mean()) ** 2 / counts.mean()).sum())
+        assert chi2 < stats.chi2(size - 1).ppf(0.999), (size, counts)

@@ -114,3 +114,16 @@ def test_invalid_choices_name_the_key_and_the_valid_values(ctx, key, value, tiny
 def test_core_errors_name_this_backbone(ctx):
     with pytest.raises(ValueError, match="backbone 'hse_vit': unknown arch"):
         DualTokenViT(ctx, arch="vit_tinyy_patch16")
+
+
+def test_full_attention_inference_keeps_the_local_token(ctx, tiny_vit, make_batch):
+    """With `attention: full` z_G reads c_L, so inference must run the dual-token sequence:
+    the evaluated z_G equals the training-mode z_G (no dropout in the tiny ViT)."""
+    torch.manual_seed(0)
+    backbone = DualTokenViT(ctx, **tiny_vit, attention="full").train()
+    with torch.no_grad():
+        backbone.local_token.add_(torch.randn_like(backbone.local_token))  # c_L != c_G
+        batch = make_batch(ctx)
+        trained = backbone(batch)["global"]
+        evaluated = backbone.eval()(batch)["global"]
+    torch.testing.assert_close(evaluated, trained)

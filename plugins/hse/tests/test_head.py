@@ -81,3 +81,20 @@ def test_head_without_training_data_says_what_it_needs(build_ctx):
     ctx.train = None
     with pytest.raises(ValueError, match="head 'hse' needs the training table"):
         HSEHead(ctx)
+
+
+def test_local_batchnorm_bias_is_frozen_by_default_and_free_without_bias_free_bn(ctx):
+    """README (head keys): bias_free_bn true freezes the BN biases, the local BN's too."""
+    ctx.feature_dim = 32
+    assert not HSEHead(ctx).local_bn.bias.requires_grad
+    assert HSEHead(ctx, bias_free_bn=False).local_bn.bias.requires_grad
+
+
+def test_per_category_classifiers_start_from_normal_std_0_001(build_ctx):
+    """README: classifiers bias-free, init N(0, 0.001)."""
+    torch.manual_seed(0)
+    ctx = build_ctx({"person": 60, "vehicle": 40}, feature_dim=64)
+    weights = torch.cat([c.weight.detach().flatten() for c in HSEHead(ctx).local_classifiers])
+    assert all(c.bias is None for c in HSEHead(ctx).local_classifiers)
+    assert abs(float(weights.mean())) < 1e-4
+    assert 0.0009 < float(weights.std()) < 0.0011

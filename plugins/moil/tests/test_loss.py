@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from core.records import Batch
 from reid_moil.loss import MOILLoss
@@ -102,6 +103,18 @@ def test_train_only_treats_a_batch_without_episodes_as_meta_train():
     total, parts = MOILLoss(no_episodes="train_only", label_smoothing=0.0)(outputs, batch)
     assert float(parts["id_test"]) == float(parts["pair"]) == 0.0
     assert float(total) == pytest.approx(float(parts["id_train"]) + float(parts["met_train"]))
+
+
+def test_train_only_treats_an_all_meta_test_batch_as_meta_train_too():
+    """`no_episodes: train_only`: a batch without both roles is meta-train as a whole, also
+    when its roles are all 1. Reference: torch's cross-entropy over the whole batch."""
+    outputs, batch = hand_worked_case()
+    batch.roles = torch.ones_like(batch.roles)
+    total, parts = MOILLoss(no_episodes="train_only", label_smoothing=0.0)(outputs, batch)
+    expected = F.cross_entropy(outputs["logits"], batch.pids)
+    assert float(parts["id_train"]) == pytest.approx(float(expected))
+    assert float(parts["id_test"]) == float(parts["pair"]) == 0.0
+    assert float(parts["met_train"]) > 0.0
 
 
 def test_gradients_are_finite_and_reach_every_feature():
