@@ -128,7 +128,8 @@ def seeds_needed(std_difference: float, effect: float, alpha: float = 0.05, powe
         df = n - 1
         crit = stats.t.ppf(1 - alpha / 2, df)
         nc = abs(effect) / (std_difference / math.sqrt(n))
-        achieved = stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)
+        # lower tail as P(T > crit; -nc): nct.cdf(-crit, df, nc) is NaN far in the tail (scipy 1.17)
+        achieved = stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc)
         if achieved >= power:
             return n
     return None

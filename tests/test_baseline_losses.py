@@ -13,6 +13,7 @@ from core.losses.margin_softmax import ArcFaceLoss, CircleSoftmaxLoss, CosFaceLo
 from core.losses.supcon import SupConLoss
 from core.losses.weighted_triplet import WeightedRegularizedTriplet
 from core.records import Batch
+import torch.nn.functional as F
 
 
 def make_batch(pids):
@@ -244,3 +245,94 @@ def test_supcon_gradient_reaches_the_features():
     value, _ = SupConLoss()({"features": x}, make_batch([0, 0, 1, 1, 2, 2]))
     value.backward()
     assert (x.grad.abs().sum(dim=1) > 0).all()
+
+
+# --- W2, W3: weighted regularised triplet -----------------------------------------------------------
+
+def wrt_loop(x, pids):
+    """AGW's WRT per anchor with a plain loop (softmax weights kept in the graph, as the authors' code),
+    averaged over anchors that have a positive and a negative."""
+    terms = []
+    for i in range(len(x)):
+        pos = [(x[i] - x[j]).norm() for j in range(len(x)) if pids[j] == pids[i] and j != i]
+        neg = [(x[i] - x[j]).norm() for j in range(len(x)) if pids[j] != pids[i]]
+        if not pos or not neg:
+            continue
+        pos, neg = torch.stack(pos), torch.stack(neg)
+        d_ap = (torch.exp(pos) / torch.exp(pos).sum() * pos).sum()
+        d_an = (torch.exp(-neg) / torch.exp(-neg).sum() * neg).sum()
+        terms.append(torch.log1p(torch.exp(d_ap - d_an)))
+    return torch.stack(terms).mean()
+
+
+def test_wrt_value_and_gradient_match_a_plain_loop_with_lone_identities():
+    from core.losses.weighted_triplet import WeightedRegularizedTriplet
+    x0 = torch.randn(7, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    pids = [0, 0, 0, 1, 1, 2, 3]  # identities 2 and 3 have no positive: left out of the mean
+    x = x0.float().requires_grad_()
+    ours, _ = WeightedRegularizedTriplet()({"features": x}, make_batch(pids))
+    ours.backward()
+    xr = x0.clone().requires_grad_()
+    ref = wrt_loop(xr, pids)
+    ref.backward()
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(x.grad.double(), xr.grad, atol=1e-6, rtol=1e-5)
+
+
+# --- S2: SupCon with several positives per anchor -------------------------------------------------
+
+def test_supcon_averages_over_several_positives_per_anchor():
+    from core.losses.supcon import SupConLoss
+    x = torch.randn(8, 5, generator=torch.Generator().manual_seed(1))
+    pids = [0, 0, 0, 1, 1, 1, 2, 3]  # K = 3: two positives per anchor of ids 0, 1
+    z = F.normalize(x.double(), dim=1)
+    sims = z @ z.t() / 0.2
+    per_anchor = []
+    for i in range(8):
+        positives = [p for p in range(8) if p != i and pids[p] == pids[i]]
+        others = [a for a in range(8) if a != i]
+        if positives:
+            lse = torch.logsumexp(sims[i, others], 0)
+            per_anchor.append(-sum((sims[i, p] - lse).item() for p in positives) / len(positives))
+    value, _ = SupConLoss(temperature=0.2)({"features": x}, make_batch(pids))
+    assert value.item() == pytest.approx(sum(per_anchor) / len(per_anchor), rel=1e-5)
+
+
+# --- M2, M7: margin softmax losses: label smoothing and accuracy --------------------------------------
+
+def smoothed_ce(logits, targets, eps):
+    """Szegedy et al.: q = (1 - eps) 1[y] + eps / N, loss = -sum q log p, batch mean."""
+    logp = torch.log_softmax(logits, 1)
+    q = torch.full_like(logp, eps / logits.shape[1])
+    q[torch.arange(len(targets)), targets] += 1 - eps
+    return -(q * logp).sum(1).mean()
+
+
+@pytest.mark.parametrize("name", ["cosface", "arcface", "circle"])
+def test_margin_losses_apply_their_label_smoothing(name):
+    from core.losses.margin_softmax import ArcFaceLoss, CircleSoftmaxLoss, CosFaceLoss
+    g = torch.Generator().manual_seed(2)
+    proxies, x, t = torch.randn(5, 4, generator=g), torch.randn(3, 4, generator=g), torch.tensor([0, 2, 4])
+    cos = F.normalize(x.double(), dim=1) @ F.normalize(proxies.double(), dim=1).t()
+    target = F.one_hot(t, 5).bool()
+    s, m = 4.0, 0.35
+    cls, logits = {
+        "cosface": (CosFaceLoss, torch.where(target, s * (cos - m), s * cos)),
+        "arcface": (ArcFaceLoss, torch.where(target, s * torch.cos(torch.acos(cos) + m), s * cos)),
+        "circle": (CircleSoftmaxLoss, torch.where(target, s * (1 + m - cos).clamp(min=0) * (cos - 1 + m),
+                                                  s * (cos + m).clamp(min=0) * (cos - m))),
+    }[name]
+    loss = cls(BuildContext(num_identities=5, feature_dim=4), scale=s, margin=m, label_smoothing=0.2)
+    with torch.no_grad():
+        loss.proxies.copy_(proxies)
+    value, _ = loss({"bn_features": x}, make_batch(t))
+    assert value.item() == pytest.approx(smoothed_ce(logits, t, 0.2).item(), rel=1e-5)
+
+
+def test_margin_loss_accuracy_is_the_nearest_proxy():
+    from core.losses.margin_softmax import CosFaceLoss
+    loss = CosFaceLoss(BuildContext(num_identities=3, feature_dim=3))
+    with torch.no_grad():
+        loss.proxies.copy_(torch.eye(3))
+    x = torch.tensor([[2.0, 0.1, 0.0], [0.0, 3.0, 0.2], [0.1, 0.0, 1.0]])  # nearest proxies 0, 1, 2
+    assert loss({"bn_features": x}, make_batch([0, 1, 0]))[1]["acc"].item() == pytest.approx(2 / 3)

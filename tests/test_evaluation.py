@@ -12,6 +12,7 @@ from core.evaluation import ReIDEvaluator, pairwise_distance, rank_metrics
 from core.evaluation.ranking import resolve_chunk_size
 from core.interfaces import FeatureSet
 from tests.evaluation_helpers import RANKS, assert_metrics_equal, feature_sets, random_problem, reference_metrics
+import math
 
 
 # --- agreement with the reference ---------------------------------------------------------
@@ -521,3 +522,74 @@ def test_the_evaluator_excludes_same_clothes_from_the_records():
         ReIDEvaluator(exclude_same_clothes=True).evaluate(query, gallery)
     with pytest.raises(ValueError, match="exclude_same_clothes needs an exact search"):
         ReIDEvaluator(exclude_same_clothes=True, search="faiss_ivf")
+
+
+# --- SE1, SE2, SE4, SE5: truncated top-k metrics of the approximate searches ---------------------------
+
+def topk_loop(d, qp, gp, qc, gc, k, ranks, exclude=True):
+    """CMC and mAP@k (AP@k = sum over kept positives within the first k kept items of P(i), / min(m, k))."""
+    firsts, aps = [], []
+    for i in range(d.shape[0]):
+        order = sorted(range(d.shape[1]), key=lambda j: (d[i, j], j))
+        kept = [j for j in order if not (exclude and gp[j] == qp[i] and gc[j] == qc[i])]
+        m = sum(gp[j] == qp[i] for j in kept)
+        if m == 0:
+            continue
+        hits = [r + 1 for r, j in enumerate(kept[:k]) if gp[j] == qp[i]]
+        aps.append(sum((n + 1) / r for n, r in enumerate(hits)) / min(m, k))
+        firsts.append(hits[0] if hits else math.inf)
+    firsts = np.array(firsts)
+    out = {f"rank-{r}": 100.0 * np.mean(firsts <= r) for r in ranks}
+    out[f"mAP@{k}"] = 100.0 * np.mean(aps)
+    out["num_valid_queries"] = len(aps)
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_topk_metrics_of_the_exact_lists_match_a_plain_loop(k):
+    from core.evaluation.search import kept_positives, summarise_topk, topk_per_query
+    rng = np.random.default_rng(k)
+    qp, gp = rng.integers(0, 6, 25), rng.integers(0, 6, 80)
+    qc, gc = rng.integers(0, 3, 25), rng.integers(0, 3, 80)
+    d = rng.random((25, 80))
+    removed = kept_positives(qp, gp, qc, gc, False) - kept_positives(qp, gp, qc, gc, True)
+    lists = np.argsort(d, axis=1, kind="stable")[:, :k + removed.max()]
+    ours = summarise_topk(*topk_per_query(lists, qp, gp, qc, gc, k), (1, 2, 5), k)
+    expected = topk_loop(d, qp, gp, qc, gc, k, (1, 2, 5))
+    assert set(ours) == set(expected)
+    for key in expected:
+        assert ours[key] == pytest.approx(expected[key], abs=1e-9), key
+
+
+def test_exhaustive_ivf_with_a_short_list_matches_the_plain_top_k_loop():
+    """One inverted list probed: IVF is exact, so mAP@k and CMC must be the plain loop's on the exact
+    distances, including queries whose same-camera positives fill the top of the list."""
+    pytest.importorskip("faiss")
+    from core.evaluation import ReIDEvaluator, pairwise_distance
+    from core.interfaces import FeatureSet
+    rng = np.random.default_rng(4)
+    pids = np.repeat(np.arange(10), 8)
+    cams = np.tile(np.arange(8) % 2, 10)  # 4 images per identity and camera
+    x = torch.tensor(3 * rng.standard_normal((10, 16))[pids] + rng.standard_normal((80, 16)), dtype=torch.float32)
+    qsel = np.arange(80) % 8 == 0
+    query, gallery = FeatureSet(x[qsel], pids[qsel], cams[qsel]), FeatureSet(x[~qsel], pids[~qsel], cams[~qsel])
+    out = ReIDEvaluator(metric="euclidean", search="faiss_ivf", nlist=1, nprobe=1, topk=4).evaluate(query, gallery)
+    d = pairwise_distance(query.embeddings, gallery.embeddings, "euclidean").numpy()
+    expected = topk_loop(d, pids[qsel], pids[~qsel], cams[qsel], cams[~qsel], 4, (1, 5, 10))
+    for key in expected:
+        assert out[key] == pytest.approx(expected[key], abs=1e-4), key
+
+
+# --- RE3, RE4: the evaluator's exclude_same_camera: false -------------------------------------------------
+
+@pytest.mark.parametrize("search", ["exact", "blocked"])
+def test_evaluator_exclude_same_camera_false_keeps_same_camera_positives(search):
+    from core.evaluation import ReIDEvaluator, pairwise_distance
+    from core.interfaces import FeatureSet
+    q, g = feature_sets()
+    query, gallery = FeatureSet(q.embeddings, q.pids, np.zeros_like(q.camids)), \
+        FeatureSet(g.embeddings, g.pids, np.zeros_like(g.camids))  # one camera
+    out = ReIDEvaluator(exclude_same_camera=False, search=search).evaluate(query, gallery)
+    d = pairwise_distance(query.embeddings, gallery.embeddings, "cosine").numpy()
+    assert_metrics_equal(out, reference_metrics(d, query.pids, gallery.pids, query.camids, gallery.camids,
+                                                exclude_same_camera=False), tol=1e-4)

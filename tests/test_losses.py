@@ -156,3 +156,14 @@ def test_triplet_unknown_metric_names_valid_values():
 def test_triplet_missing_feature_key_names_outputs_present():
     with pytest.raises(KeyError, match="'features'.*embedding"):
         TripletLoss()({"embedding": torch.zeros(2, 3)}, make_batch([0, 0]))
+
+
+# --- T7: batch-hard triplet, an anchor without a negative ----------------------------------------
+
+def test_triplet_one_identity_batch_has_no_valid_anchor():
+    from core.losses.triplet import TripletLoss
+    x = torch.tensor([[0.0], [1.0], [5.0], [9.0]], requires_grad=True)
+    loss, logs = TripletLoss(margin=0.3)({"features": x}, make_batch([3, 3, 3, 3]))
+    assert loss.item() == 0.0 and logs["d_ap"].item() == 0.0 and logs["frac_active"].item() == 0.0
+    loss.backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))

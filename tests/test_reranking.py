@@ -10,6 +10,7 @@ import torch
 from core.evaluation import ReIDEvaluator, pairwise_distance
 from core.evaluation.reranking import MAX_ITEMS, k_reciprocal_distances, k_reciprocal_sets
 from core.interfaces import FeatureSet
+from tests.evaluation_helpers import random_problem
 
 # Five points on a line: 0, 1, 3, 10, 12 (items 0..4), squared euclidean distances.
 LINE = torch.tensor([[0.0], [1.0], [3.0], [10.0], [12.0]])
@@ -136,3 +137,33 @@ def test_too_many_items_is_an_error_naming_the_size(monkeypatch):
 def test_rerank_needs_exact_search():
     with pytest.raises(ValueError, match="rerank: true needs search: exact"):
         ReIDEvaluator(rerank=True, search="faiss_ivf")
+
+
+# --- RE1, RE2: the evaluator's re-ranking wiring --------------------------------------------------------
+
+def test_evaluator_passes_k1_k2_lambda_to_the_re_ranking():
+    from core.evaluation import ReIDEvaluator
+    from core.evaluation.ranking import rank_metrics
+    from core.evaluation.reranking import k_reciprocal_distances
+    from core.interfaces import FeatureSet
+    q, g, qp, gp, qc, gc = random_problem(3, num_q=30, num_g=120)  # unclustered: lambda changes the order
+    out = ReIDEvaluator(metric="euclidean", rerank=True, k1=9, k2=3, lambda_value=0.2).evaluate(
+        FeatureSet(q, qp, qc), FeatureSet(g, gp, gc))
+
+    def direct(k1, k2, lam):
+        return rank_metrics(k_reciprocal_distances(q, g, "euclidean", k1, k2, lam), qp, gp, qc, gc)
+
+    assert out == direct(9, 3, 0.2)
+    assert out != direct(3, 9, 0.2) and out != direct(9, 3, 0.8)  # the case tells the parameters apart
+
+
+
+
+# --- RR8: query expansion at k2 = 2 -----------------------------------------------------------------------
+
+def test_re_ranking_k2_two_matches_the_authors_code():
+    rng = torch.Generator().manual_seed(5)
+    q, g = torch.randn(20, 8, generator=rng), torch.randn(90, 8, generator=rng)
+    cd = lambda a, b: torch.cdist(a.double(), b.double()).numpy()  # noqa: E731
+    expected = per_item_re_ranking(cd(q, g), cd(q, q), cd(g, g), 8, 2, 0.3)
+    assert np.abs(k_reciprocal_distances(q, g, "euclidean", 8, 2, 0.3).numpy() - expected).max() < 1e-5
