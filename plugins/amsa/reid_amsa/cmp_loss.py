@@ -12,7 +12,8 @@ Temperature T = 1 (eq. 1 has none; a key for experiments).
 
 Only the prompts receive gradients (through the frozen text encoder). The identities of
 a step are the batch's identities (our choice: the core's P x K sampler gives P of them
-per step and every identity once per epoch; the paper draws batches of 64 identities).
+per step and every identity once per epoch; the authors' batches are 16 identities x 4
+images, METHODS.md).
 """
 
 from __future__ import annotations

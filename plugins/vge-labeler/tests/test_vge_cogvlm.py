@@ -134,3 +134,12 @@ def test_bad_keys_are_errors():
         CogVLMGrounder(PARTS, max_new_tokens=2)
     with pytest.raises(ValueError, match=r"a mapping names every part once .*missing 'legs'"):
         CogVLMGrounder(PARTS, query={"head": "where is the head?", "upper body": "where is the torso?"})
+
+
+def test_by_default_the_first_of_several_boxes_is_kept():
+    """The docstring's and README's rule: what the model names first is its best guess."""
+    answers = {(1, query(p)): "[[100,100,300,300];[000,000,1000,1000]]" for p in PARTS}
+    grounder = CogVLMGrounder.from_components(PARTS, FakeCogVLM(answers), FakeTokenizer(), device="cpu")
+    out = grounder.ground(images_with_ids([1], [32]), [None])
+    for p in range(3):  # the first box, although the second is larger
+        np.testing.assert_allclose(out.boxes[0, p], [0.1, 0.1, 0.3, 0.3], atol=1e-6)
