@@ -237,7 +237,7 @@ def test_core_extract_runs_the_model_under_the_run_eval_precision(flip_run, monk
 
 
 def test_exported_model_on_images_prepared_from_export_json_gives_the_evaluation_embeddings(flip_run, tmp_path):
-    """What a deployment does: resize to export.json's (height, width), scale to [0, 1],
+    """What a deployment does: resize to export.json's (height, width) with its `resize`, scale to [0, 1],
     normalise with its mean/std, run the TorchScript file — and gets the run's evaluation
     embedding (flip-averaged) of each image."""
     from core.tools.export import export
@@ -248,12 +248,13 @@ def test_exported_model_on_images_prepared_from_export_json_gives_the_evaluation
     spec = report["input"]
     assert (spec["height"], spec["width"]) == (32, 16)
     assert spec["mean"] == [0.5, 0.5, 0.5] and spec["std"] == [0.5, 0.5, 0.5]  # the run's norm: half
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[spec["resize"]]
     run = load_run(flip_run, device="cpu")
     images = open_images("run:query", run)
     mean, std = np.asarray(spec["mean"]), np.asarray(spec["std"])
     prepared = torch.stack([
         torch.from_numpy(((np.asarray(images.image(i).convert("RGB").resize((spec["width"], spec["height"]),
-                                                                             Image.BICUBIC)) / 255.0 - mean) / std)
+                                                                             resample)) / 255.0 - mean) / std)
                          .transpose(2, 0, 1).astype(np.float32)) for i in range(len(images))])
     module = torch.jit.load(str(tmp_path / "model.torchscript.pt"))
     with torch.no_grad():

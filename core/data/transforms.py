@@ -26,6 +26,8 @@ INTERPOLATIONS: dict[str, InterpolationMode] = {
     "bilinear": InterpolationMode.BILINEAR,
     "bicubic": InterpolationMode.BICUBIC,
 }
+#: the resize of build_transform unless `interpolation` says otherwise (export.json names it)
+DEFAULT_INTERPOLATION = "bicubic"
 
 
 def build_transform(
@@ -35,7 +37,7 @@ def build_transform(
     flip: float = 0.5,
     erasing: float = 0.0,
     norm: str = "imagenet",
-    interpolation: str = "bicubic",
+    interpolation: str = DEFAULT_INTERPOLATION,
     erasing_scale: list[float] = [0.02, 0.33],  # noqa: B006 - YAML default, never mutated
     autoaugment: float = 0.0,
     device_normalise: bool = False,

@@ -124,7 +124,7 @@ def export(target: str | Path, out: str | Path, formats: Sequence[str] = ("torch
            flip: bool = True) -> dict:
     """Export and check; returns (and writes to export.json) the report. Runs on the CPU:
     the exported files are device-neutral and the check compares like with like."""
-    from core.data.transforms import NORMS
+    from core.data.transforms import DEFAULT_INTERPOLATION, NORMS
     from core.tools.loading import load_run
 
     run = load_run(target, device="cpu")
@@ -139,7 +139,8 @@ def export(target: str | Path, out: str | Path, formats: Sequence[str] = ("torch
     h, w = run.pipeline.ctx.image_size
     mean, std = NORMS[transform.get("norm", "imagenet")]
     report = {"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint),
-              "input": {"height": h, "width": w, "mean": list(mean), "std": list(std), "layout": "NCHW float32"},
+              "input": {"height": h, "width": w, "resize": transform.get("interpolation", DEFAULT_INTERPOLATION),
+                        "mean": list(mean), "std": list(std), "layout": "NCHW float32"},
               "embedding_dim": int(reference.shape[1]), "flip": wrapper.flip, "metric": run.metric,
               "tolerance": tolerance, "check_images": int(len(check)), "formats": {}}
     for fmt in formats:
