@@ -184,7 +184,7 @@ class Registry:
         lines.append(f"Installed {kind} components: {', '.join(known) or 'none'}.")
         return " ".join(lines)
 
-    def build(self, kind: str, name: str, **kwargs: Any) -> Any:
+    def build(self, kind: str, name: str, /, **kwargs: Any) -> Any:
         return self.get(kind, name).load()(**kwargs)
 
 
