@@ -57,6 +57,21 @@ def test_uint8_batches_finished_on_the_device_equal_the_float_path(world):
     assert torch.equal(finished.pids, want.pids) and torch.equal(finished.indices, want.indices)
 
 
+def test_random_colour_erasing_on_the_device_equals_the_float_path(world):
+    """`erasing_fill: random`: the worker draws the box and then its colour, as the float
+    path's ColourErasing does; the device fills the box with that colour's normalised value."""
+    (want, _), (got, transform) = batches(world, erasing_fill="random")
+    boxes = got.extras[ERASE_BOX]
+    assert boxes.shape == (24, 7) and 0 < int((boxes[:, 2] > 0).sum()) < 24
+    finished = finish_on_device(got, transform)
+    torch.testing.assert_close(finished.images, want.images, rtol=0, atol=1e-6)
+    row = int((boxes[:, 2] > 0).nonzero()[0])
+    i, j, h, w, *colour = (int(v) for v in boxes[row])
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in NORMS[PARAMS["norm"]])
+    pixels = finished.images[row, :, i:i + h, j:j + w] * std + mean  # back to [0, 1]
+    torch.testing.assert_close(pixels, (torch.tensor(colour, dtype=torch.float32) / 255).view(3, 1, 1).expand_as(pixels))
+
+
 def test_without_erasing_no_box_travels(world):
     (want, _), (got, transform) = batches(world, erasing=0.0)
     assert ERASE_BOX not in got.extras

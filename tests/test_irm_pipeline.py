@@ -45,7 +45,12 @@ def test_pipelines_use_the_papers_losses_and_settings(name):
     if name != "irm_synthetic.yaml":
         assert cfg["trainer"]["accumulate"] == 6  # one batch per task per step: 1 / 6 each
         assert cfg["stages"][0]["optimizer"] == {"name": "adamw", "lr": 4.0e-5, "weight_decay": 5.0e-4}
-        assert cfg["backbone"]["clip_model"] == "ViT-B-16" and cfg["data"]["transform"]["size"] == [256, 128]
+        assert cfg["backbone"]["clip_model"] == "ViT-B-16"
+        # the authors' training images: reid/datasets/data_builder_*.py and RandomSizedEarserImage
+        # (erases with probability 0.9: U(-1, 1) <= 0.8; 2-20% of the image; a random RGB colour)
+        assert cfg["data"]["transform"] == {"size": [256, 128], "pad": 10, "flip": 0.5, "norm": "imagenet",
+                                            "interpolation": "bilinear", "colour_jitter": [0.5, 0.5, 0.5, 0.4],
+                                            "erasing": 0.9, "erasing_scale": [0.02, 0.2], "erasing_fill": "random"}
         # the authors' text-to-image total: 0.5 L_cl (momentum 0.995, distillation 0.4) + L_pitm ...
         assert losses["t2i_contrastive"]["weight"] == 0.5 and losses["t2i_contrastive"]["momentum"] == 0.995
         assert losses["t2i_contrastive"]["distill"] == 0.4

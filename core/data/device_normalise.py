@@ -9,7 +9,9 @@ with the (mean, std) of the transform's `norm` (core.data.transforms.NORMS). Ran
 erasing fills with 0 *after* normalisation (the mean colour, exactly); uint8 cannot hold
 that value, so the worker only draws the erased box — with the same generator calls as
 torchvision's RandomErasing, so the same box for the same sample seed — and the box is
-filled here, after normalising: batches equal to the float path's.
+filled here, after normalising: batches equal to the float path's. With `erasing_fill:
+random` (core.data.transforms.ColourErasing) the worker also draws the box's colour, after
+the box as the float path does, and the box is filled with its normalised value.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from torchvision.transforms import v2
 
 from core.records import Batch
 
-#: extras field of the erased box (i, j, h, w) per sample; h = w = 0: none
+#: extras field of the erased box (i, j, h, w) per sample, then its colour (r, g, b) under
+#: `erasing_fill: random`; h = w = 0: none
 ERASE_BOX = "erase_box"
 
 
@@ -37,14 +40,16 @@ class DeviceNormalise:
 
     def draw(self, image: torch.Tensor) -> torch.Tensor:
         """The erased box of one (C, H, W) image: RandomErasing's draws (probability, then
-        its make_params), nothing erased."""
-        none = torch.zeros(4, dtype=torch.int64)
+        its make_params; the colour after the box under ColourErasing), nothing erased."""
+        coloured = hasattr(self.erasing, "draw_colour")  # core.data.transforms.ColourErasing
+        none = torch.zeros(7 if coloured else 4, dtype=torch.int64)
         if self.erasing is None or torch.rand(1) >= self.erasing.p:
             return none
-        params = self.erasing.make_params([image])
+        params = v2.RandomErasing.make_params(self.erasing, [image])  # the box only
         if params["v"] is None:  # no box fitted in 10 tries: RandomErasing leaves the image
             return none
-        return torch.tensor([params["i"], params["j"], params["h"], params["w"]], dtype=torch.int64)
+        box = torch.tensor([params["i"], params["j"], params["h"], params["w"]], dtype=torch.int64)
+        return torch.cat([box, self.erasing.draw_colour()]) if coloured else box
 
     def __call__(self, batch: Batch) -> Batch:
         """The batch (on its device) with float, normalised, erased images; a batch whose
@@ -57,7 +62,13 @@ class DeviceNormalise:
         extras = dict(batch.extras)
         box = extras.pop(ERASE_BOX, None)
         if box is not None:
-            images = images.masked_fill_(_box_mask(torch.as_tensor(box, device=images.device), images.shape), 0.0)
+            box = torch.as_tensor(box, device=images.device)
+            inside = _box_mask(box, images.shape)
+            if box.shape[1] == 7:  # a solid colour per box: its normalised value
+                fill = (box[:, 4:].to(images.dtype)[:, :, None, None] / 255 - mean) / std
+                images = torch.where(inside, fill, images)
+            else:
+                images = images.masked_fill_(inside, 0.0)
         return replace(batch, images=images, extras=extras)
 
     def _on(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

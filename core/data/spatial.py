@@ -32,7 +32,7 @@ SPATIAL_FIELDS = ("part_boxes", "part_masks")
 #: Random erasing occludes pixels; where a part lies does not change: passing boxes and
 #: masks through it is what we want, so its notice is silenced (per call: pytest and user
 #: code reset global filters).
-_ERASING_NOTICE = r"RandomErasing\(\) is currently passing through"
+_ERASING_NOTICE = r"(RandomErasing|ColourErasing)\(\) is currently passing through"
 
 
 def boxes_to_patch_masks(boxes: np.ndarray | torch.Tensor, grid: tuple[int, int],
