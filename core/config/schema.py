@@ -91,7 +91,8 @@ class TrainerConfig:
     there). `amp` is the older spelling (bf16 | none). `eval_precision`: the precision of
     evaluation embeddings (fp32 unless asked). `eval_every`: evaluate every N epochs (0: only before and after
     training). `eval_flip`: average each embedding with that of the mirrored image.
-    `accumulate`: batches per optimisation step (gradient accumulation). `ema`: decay of an
+    `accumulate`: batches per optimisation step (gradient accumulation; each step gets the mean
+    gradient of its batches, also the epoch's last step when it holds fewer). `ema`: decay of an
     exponential moving average of the weights, evaluated instead of the raw weights
     (e.g. 0.999; null: off). `compile`: torch.compile the training module (forward and
     losses; the same step as eager mode: tests/test_compile_matches_eager.py).

@@ -693,6 +693,9 @@ class Trainer:
         for batch in self.loader:
             batch = self._to_device(batch)
             batch_rows = self._batch_rows(plans[self.position.step] if plans else None)
+            # the mean over the batches of this optimizer step: the epoch's last group may
+            # hold fewer than `accumulate` (as timm's train.py divides it)
+            group = min(accumulate, len(plan) - self.position.step // accumulate * accumulate)
             self.position.step += 1
             sync = self.position.step % accumulate == 0 or self.position.step == len(plan)
             no_sync = getattr(self.forward, "no_sync", None) if not sync else None
@@ -700,7 +703,7 @@ class Trainer:
                 with no_sync() if no_sync else contextlib.nullcontext(), batch_rows:
                     total, parts, outputs = self.forward(batch, train=True)
                     parts = detach_parts(parts)
-                    self.scaler.scale(total / accumulate).backward()
+                    self.scaler.scale(total / group).backward()
             except (FloatingPointError, KeyboardInterrupt):
                 raise
             except Exception as exc:
