@@ -6,6 +6,11 @@ blocks after res3's last two units, three after res4's last three).
 z = W_z y + x, y_i = (1/N) sum_j f(x_i, x_j) g(x_j). W_z is a 1x1 conv followed by a
 BatchNorm whose weight and bias start at zero, so a new block starts as the identity and
 a pretrained network's behaviour is kept at initialisation (Sec. 4.1 of Wang et al.).
+
+`inter`: the embedding width of theta, phi and g; by default C / `reduction` (C/2, Wang et
+al. Sec. 3.3). The AGW authors' code (ReID-Survey) and fast-reid set it to
+`reduc_ratio // reduc_ratio`, i.e. 1 channel, and their published numbers come from that
+block: the AGW and SBS pipelines ask for it (`non_local_width: 1`).
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ from torch import nn
 
 
 class NonLocalBlock(nn.Module):
-    def __init__(self, channels: int, reduction: int = 2) -> None:
+    def __init__(self, channels: int, reduction: int = 2, inter: int | None = None) -> None:
         super().__init__()
-        inter = max(channels // reduction, 1)
+        inter = max(channels // reduction, 1) if inter is None else int(inter)
         self.g = nn.Conv2d(channels, inter, 1)
         self.theta = nn.Conv2d(channels, inter, 1)
         self.phi = nn.Conv2d(channels, inter, 1)

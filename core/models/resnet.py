@@ -57,14 +57,20 @@ class ReIDResNet(Backbone):
 
     Keys: `arch` (a timm ResNet: resnet18/34/50/101/152, ...), `pretrained` (false, true,
     or a local file), `last_stride` (1 or 2), `ibn` (IBN-a in layer1-3), `non_local`
-    (blocks per stage, after its last units), `pooling` (name or mapping),
+    (blocks per stage, after its last units), `non_local_width` (their embedding width;
+    null: half the stage's channels, Wang et al.; 1: the AGW / fast-reid code's), `pooling` (name or mapping),
     `model_kwargs` (passed to timm.create_model, e.g. a tiny width for tests).
     """
 
     def __init__(self, ctx: BuildContext, arch: str = "resnet50", pretrained: bool | str = False,
                  last_stride: int = 1, ibn: bool = False, non_local: list[int] | None = None,
-                 pooling: str | dict[str, Any] = "avg", model_kwargs: dict[str, Any] | None = None) -> None:
+                 pooling: str | dict[str, Any] = "avg", model_kwargs: dict[str, Any] | None = None,
+                 non_local_width: int | None = None) -> None:
         super().__init__()
+        if non_local_width is not None and (isinstance(non_local_width, bool) or not isinstance(non_local_width, int)
+                                            or non_local_width < 1):
+            raise ValueError(f"{NAME}: non_local_width must be a positive int (1: the AGW / fast-reid code's "
+                             f"non-local blocks) or null (half the channels), got {non_local_width!r}")
         if not arch.startswith("resnet") or not timm.is_model(arch):
             raise ValueError(f"{NAME}: arch must be a timm ResNet (resnet18, resnet34, resnet50, resnet101, "
                              f"resnet152, ...), got {arch!r}")
@@ -105,7 +111,7 @@ class ReIDResNet(Backbone):
                 raise ValueError(f"{NAME}: non_local asks for {count} blocks in {name}, which has {units} units")
             if count:
                 self._after[name] = list(range(units - count, units))
-                self.non_local[name] = nn.ModuleList(NonLocalBlock(width) for _ in range(count))
+                self.non_local[name] = nn.ModuleList(NonLocalBlock(width, inter=non_local_width) for _ in range(count))
         self.feature_dim = int(channels[-1])
         self.pool = build_pooling(pooling, self.feature_dim, NAME)
 
