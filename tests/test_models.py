@@ -87,6 +87,36 @@ def test_pretrained_file_with_wrapped_keys_warns(tmp_path):
         TimmBackbone(make_ctx(), pretrained=str(path), **TINY_VIT)
 
 
+def test_pretrained_file_with_some_keys_renamed_warns_naming_the_weights_left_random(tmp_path):
+    """A file whose second block is saved under another name loads in part: the first block
+    and the rest take the file's values, the second keeps its random start. Reference: the
+    file's own key set against the model's (no checkpoint filter renames a ViT's keys)."""
+    source = TimmBackbone(make_ctx(image_size=(32, 32)), **TINY_VIT).model
+    renamed = {k.replace("blocks.1.", "stage.1."): v for k, v in source.state_dict().items()}
+    path = tmp_path / "renamed.pth"
+    torch.save(renamed, path)
+    with pytest.warns(UserWarning) as caught:
+        loaded = TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT).model
+    left = sorted(set(loaded.state_dict()) - set(renamed))
+    assert left and all(k.startswith("blocks.1.") for k in left)
+    (message,) = [str(w.message) for w in caught if "keep their random initialisation" in str(w.message)]
+    assert f"{len(left)} of the {len(loaded.state_dict())} tensors" in message and "renamed.pth" in message
+    named = [k for k in loaded.state_dict() if f"{k}," in message or f"{k} and" in message or f"{k})" in message]
+    assert len(named) == 4 and set(named) <= set(left)  # the first four, then "and 8 more"
+    assert torch.equal(loaded.state_dict()["blocks.0.attn.qkv.weight"], source.state_dict()["blocks.0.attn.qkv.weight"])
+
+
+def test_a_complete_pretrained_file_loads_without_a_warning(tmp_path):
+    import warnings
+
+    source = TimmBackbone(make_ctx(image_size=(32, 32)), **TINY_VIT).model
+    path = tmp_path / "whole.pth"
+    torch.save(source.state_dict(), path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT)
+
+
 def test_pretrained_true_offline_explains_the_cache_and_local_file(monkeypatch):
     import timm.models._builder as builder
 

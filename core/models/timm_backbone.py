@@ -13,6 +13,8 @@ timm / Hugging Face cache, and `pretrained: path/to/file.pth` reads a local file
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +52,35 @@ def errors_named(name: str) -> Iterator[None]:
         yield
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise type(exc)(str(exc).replace(TIMM_NAME, name)) from exc
+
+
+#: timm's report of the model's keys a pretrained file did not hold (timm.models._builder,
+#: load_pretrained: "Missing keys (a, b) discovered while loading pretrained weights...")
+_MISSING = re.compile(r"^Missing keys \((.*)\) discovered while loading pretrained weights")
+
+
+@contextlib.contextmanager
+def _missing_keys_reported() -> Iterator[list[str]]:
+    """Collect the missing keys timm logs (at info level) while loading pretrained weights
+    inside; the logger's level and handlers are restored afterwards."""
+    missing: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            found = _MISSING.match(record.getMessage())
+            if found:
+                missing.extend(k.strip() for k in found.group(1).split(",") if k.strip())
+
+    logger = logging.getLogger("timm.models._builder")
+    handler, level = Collect(logging.INFO), logger.level
+    logger.addHandler(handler)
+    if not logger.isEnabledFor(logging.INFO):
+        logger.setLevel(logging.INFO)
+    try:
+        yield missing
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _create(arch: str, image_size: tuple[int, int], **kwargs: Any) -> torch.nn.Module:
@@ -127,9 +158,10 @@ class TimmBackbone(Backbone):
             if path.suffix not in CHECKPOINT_SUFFIXES:
                 raise ValueError(f"backbone 'timm': pretrained file {path} has suffix '{path.suffix}'; "
                                  f"accepted: {', '.join(CHECKPOINT_SUFFIXES)}")
-            self.model = _create(arch, image_size, pretrained=True,
-                                 pretrained_cfg_overlay=dict(file=str(path)), **model_kwargs)
-            self._check_loaded(path)
+            with _missing_keys_reported() as missing:
+                self.model = _create(arch, image_size, pretrained=True,
+                                     pretrained_cfg_overlay=dict(file=str(path)), **model_kwargs)
+            self._check_loaded(path, missing)
         else:
             raise ValueError(f"backbone 'timm': pretrained must be true, false or a checkpoint path, "
                              f"got {pretrained!r}")
@@ -146,19 +178,29 @@ class TimmBackbone(Backbone):
                                  "patch_embed (only token models such as ViT have one)")
             patch_embed.requires_grad_(False)
 
-    def _check_loaded(self, path: Path) -> None:
+    def _check_loaded(self, path: Path, missing: list[str]) -> None:
         """timm loads non-strictly once the classifier is dropped, so a file whose keys
-        carry a wrapper prefix would load nothing, silently: warn about it."""
+        carry a wrapper prefix would load nothing, and one with some keys renamed would
+        load in part, silently (timm only logs the missing keys at info level): warn
+        about either, naming the file and the weights left at their random start.
+        `missing`: the model's keys timm found no value for, after its own checkpoint
+        filter (which renames older formats: comparing raw key sets would cry wolf)."""
         try:
             keys = _file_keys(path)
         except Exception:  # unreadable cheaply; timm has already read it, so leave it
-            return
+            keys = set()
         own = set(self.model.state_dict())
         if keys and not keys & own:
             sample = ", ".join(sorted(keys)[:3])
             warnings.warn(f"backbone 'timm': no parameter name of {path} matches '{self.arch}' "
                           f"(file keys look like: {sample}); the weights may not have loaded. "
                           "Strip wrapper prefixes (e.g. 'model.', 'backbone.') before loading.",
+                          stacklevel=3)
+        elif missing:
+            shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+            warnings.warn(f"backbone 'timm': {len(missing)} of the {len(own)} tensors of '{self.arch}' are not in "
+                          f"{path} and keep their random initialisation ({shown}). Rename the file's keys to "
+                          "timm's names for this architecture, or pick the architecture the file was saved from.",
                           stacklevel=3)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
