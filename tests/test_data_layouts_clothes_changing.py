@@ -40,6 +40,22 @@ def test_vc_clothes_reads_pid_camera_and_clothes(tmp_path):
         VCClothes(str(root))
 
 
+def test_vc_clothes_settings_keep_the_papers_test_cameras(tmp_path):
+    """Simple-CCReID's VC-Clothes modes: 'sc' keeps cameras 2 and 3, 'cc' cameras 3 and 4,
+    in query and gallery alike; training keeps every camera."""
+    root = tmp_path / "VC-Clothes"
+    names = [f"0002-{c:02d}-01-01.jpg" for c in (1, 2, 3, 4)]
+    image_folders(root, {"train": [f"0001-{c:02d}-01-01.jpg" for c in (1, 2, 3, 4)], "query": names,
+                         "gallery": [n.replace("-01.jpg", "-02.jpg") for n in names]})
+    for setting, cameras in (("all", [1, 2, 3, 4]), ("same-clothes", [2, 3]), ("clothes-changing", [3, 4])):
+        data = VCClothes(str(root), setting=setting)
+        for split in ("query", "gallery"):
+            assert [r.camid + 1 for r in data.records(split)] == cameras, (setting, split)
+        assert [r.camid + 1 for r in data.records("train")] == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="setting must be one of all, same-clothes, clothes-changing"):
+        VCClothes(str(root), setting="sc")
+
+
 def prcc_tree(root: Path) -> Path:
     images(root / "rgb" / "train" / "001", "A_cropped_rgb001.jpg", "C_cropped_rgb010.jpg")
     images(root / "rgb" / "val" / "002", "B_cropped_rgb003.jpg")
