@@ -16,6 +16,7 @@ does not stop the others.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import itertools
 import logging
@@ -95,19 +96,34 @@ def parse_seeds(text: str | None) -> list[int | None]:
 
 def plan(pipelines: Sequence[str | Path], overrides: Sequence[str], grid: Sequence[str],
          seeds: str | None) -> list[Variant]:
-    """Every pipeline x every combination of grid values, each with the seeds."""
+    """Every pipeline x every combination of grid values, each with the seeds. Each
+    variant's label is unique (it names its table row and its run folders): a label
+    already taken (an edited copy that kept its pipeline's `name:`, a grid value given
+    twice) gets its file name, then a counter."""
     seed_list = parse_seeds(seeds)
-    variants = []
+    variants: list[Variant] = []
+    taken: set[str] = set()
     for path in pipelines:
         name = load_pipeline(path, overrides).data.get("name") or Path(path).stem
         for combo in itertools.product(*parse_grid(grid)):
             label = " ".join([str(name), *combo]) if combo else str(name)
-            variants.append(Variant(label, Path(path), [*overrides, *combo], list(seed_list)))
+            if label in taken:
+                label = f"{label} ({Path(path).name})"
+            unique, k = label, 2
+            while unique in taken:
+                unique, k = f"{label} #{k}", k + 1
+            taken.add(unique)
+            variants.append(Variant(unique, Path(path), [*overrides, *combo], list(seed_list)))
     return variants
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")[:120]
+    """A folder name for `text`; a long one is cut and ends with a hash of the whole text,
+    so two labels that differ only past the cut still get their own folders."""
+    slug = re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
+    if len(slug) <= 120:
+        return slug
+    return f"{slug[:111]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
 def finished_metrics(run_dir: Path) -> dict[str, float] | None:
@@ -299,8 +315,8 @@ def comparison(variants: list[Variant], alpha: float = ALPHA) -> tuple[str, str]
     95% t interval and sample std over its seeds; every row against the first (paired)."""
     keys = _metric_keys(variants)
     base = variants[0] if variants else None
-    summaries = {(v.name, k): stats.summarize(_values(v, k)) for v in variants for k in keys}
-    pairs = {(v.name, k): stats.compare_paired(by_seed(base, k), by_seed(v, k))
+    summaries = {(id(v), k): stats.summarize(_values(v, k)) for v in variants for k in keys}
+    pairs = {(id(v), k): stats.compare_paired(by_seed(base, k), by_seed(v, k))
              for v in variants[1:] for k in keys}
     differ = budgets_differ(variants)
 
@@ -310,8 +326,8 @@ def comparison(variants: list[Variant], alpha: float = ALPHA) -> tuple[str, str]
         status = _status(v)
         cells = []
         for key in keys:
-            cell = _cell(summaries[(v.name, key)])
-            pair = pairs.get((v.name, key))
+            cell = _cell(summaries[(id(v), key)])
+            pair = pairs.get((id(v), key))
             if pair is not None and pair.p_t is not None and cell != "-":
                 cell += " *" if pair.significant(alpha) else " †"
             cells.append(cell)
@@ -359,7 +375,7 @@ def _paired_section(variants, keys, pairs, alpha) -> list[str]:
            "|---|---|---|---|---|---|---|"]
     for v in variants[1:]:
         for key in keys:
-            pair = pairs[(v.name, key)]
+            pair = pairs[(id(v), key)]
             if pair.n == 0:
                 out.append(f"| {_md(v.name)} | {key} | 0 | - | - | - | no shared seed |")
                 continue
@@ -371,7 +387,7 @@ def _paired_section(variants, keys, pairs, alpha) -> list[str]:
 
 def _seeds_section(variants, keys, pairs, alpha) -> list[str]:
     key = primary_key(keys)
-    rows = [(v, pairs[(v.name, key)]) for v in variants[1:] if key and pairs[(v.name, key)].std]
+    rows = [(v, pairs[(id(v), key)]) for v in variants[1:] if key and pairs[(id(v), key)].std]
     if not rows:
         return []
     out = ["", f"## Seeds needed ({key})", "",
@@ -402,9 +418,9 @@ def _csv(variants, keys, summaries, pairs, alpha) -> str:
     for v in variants:
         row = []
         for key in keys:
-            s = summaries[(v.name, key)]
+            s = summaries[(id(v), key)]
             row += [num(s.mean), num(s.std), num(s.low), num(s.high)]
-            pair = pairs.get((v.name, key))
+            pair = pairs.get((id(v), key))
             if pair is None:
                 row += [""] * len(pair_cols)
             else:
