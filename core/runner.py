@@ -77,6 +77,7 @@ def _run(pipeline, overrides, run_dir, resume, overwrite, image_check, log_file)
                                     "(a run folder written by `core run` is expected)")
         # a resumed run continues: the stop that ended it no longer applies
         cfg = load_pipeline(run_path / "pipeline.yaml", ["trainer.stop_after_steps=null", *overrides])
+        refuse_plugin_files(cfg)  # the folder may come from someone else: its plugin files are code
     else:
         cfg = load_pipeline(pipeline, overrides)
     seed_everything(cfg.data.get("seed", 0) if isinstance(cfg.data.get("seed", 0), int) else 0)

@@ -111,6 +111,26 @@ def test_eval_refuses_a_run_folder_whose_pipeline_imports_local_plugin_files(tmp
     assert marker.exists()
 
 
+def test_resume_refuses_a_run_folder_whose_pipeline_imports_local_plugin_files(tmp_path, pipeline_file, capsys):
+    """`core run --resume RUN` (and so a sweep's --continue) reads the run folder's pipeline:
+    its local plugin files are code from whoever made the folder, imported only when allowed
+    (review 15: resume imported them and ran on)."""
+    config = pipeline_file()
+    result = run(config, run_dir=tmp_path / "run", overrides=["trainer.stop_after_steps=1"])
+    marker = tmp_path / "IMPORTED"
+    (tmp_path / "test_components.py").write_text(f"open({str(marker)!r}, 'w').close()\n"
+                                                 + (tmp_path / "test_components.py").read_text())
+    assert main(["run", "--resume", str(result.run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "imports local plugin files" in err and "test_components.py" in err and "--allow-plugin-files" in err
+    assert not marker.exists()
+    # allowed: imported and resumed (in a fresh process; this one has the module cached already)
+    done = subprocess.run([sys.executable, "-m", "core", "run", "--resume", str(result.run_dir),
+                           "--allow-plugin-files"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert marker.exists()
+
+
 # ------------------------------------------------------------------ nothing lost
 
 
@@ -269,7 +289,9 @@ def test_a_signal_saves_at_the_next_step_and_says_how_to_resume(tmp_path, test_c
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("interrupted at epoch ") and last.endswith(f"; resume with: core run --resume {tmp_path / 'run'}")
+    # its pipeline imports a local plugin file: resuming needs them allowed, and the line says so
+    assert last.startswith("interrupted at epoch ") and last.endswith(
+        f"; resume with: core run --resume {tmp_path / 'run'} --allow-plugin-files")
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["position"]["global_step"] >= 3
     assert not list((tmp_path / "run").rglob("*.tmp")) and not (tmp_path / "run" / ".lock").exists()

@@ -24,9 +24,13 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class Interrupted(Exception):
     """Training stopped on a signal after saving a checkpoint at a step boundary."""
 
-    def __init__(self, signum: int, epoch: int, step: int, run_dir: Path) -> None:
+    def __init__(self, signum: int, epoch: int, step: int, run_dir: Path, plugin_files: bool = False) -> None:
+        from core.trust import PLUGIN_FILES_FLAG
+
         self.signum, self.epoch, self.step, self.run_dir = signum, epoch, step, Path(run_dir)
-        super().__init__(f"interrupted at epoch {epoch}, step {step}; resume with: core run --resume {run_dir}")
+        # a pipeline importing local plugin files resumes only when they are allowed (core/trust.py)
+        allow = f" {PLUGIN_FILES_FLAG}" if plugin_files else ""
+        super().__init__(f"interrupted at epoch {epoch}, step {step}; resume with: core run --resume {run_dir}{allow}")
 
     @property
     def exit_code(self) -> int:

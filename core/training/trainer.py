@@ -745,7 +745,7 @@ class Trainer:
                 bar.close()
                 self.save()
                 raise Interrupted(self.signals.signum or self._agreed_signal, self.position.epoch + 1,
-                                  self.position.step, self.run.path)
+                                  self.position.step, self.run.path, bool(self.p.config.data.get("plugins")))
         bar.close()
         self.emit("on_epoch_end", epoch=epoch)
 
