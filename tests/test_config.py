@@ -85,6 +85,16 @@ def test_invalid_yaml_names_the_file(tmp_path):
         load_pipeline(path)
 
 
+def test_invalid_yaml_says_where_on_one_line(tmp_path):
+    """The CLI shows an error's first line: the parser's position must be on it (it was on
+    the third). Line 3, column 1: where the unclosed list of line 2 meets the next key."""
+    path = write(tmp_path / "bad.yaml", "name: x\nlosses: [{name: ce}\nsampler: {name: pk}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(path)
+    text = str(caught.value)
+    assert "\n" not in text and "line 3, column 1" in text and "while parsing a flow sequence" in text
+
+
 class Thing:
     def __init__(self, ctx, margin: float | None = 0.3, k: int = 4, mode: str = "hard",
                  sizes: list[int] = (1, 2), required: bool = None) -> None:  # noqa: RUF013

@@ -230,3 +230,40 @@ def test_gradients_flow_from_both_losses_into_the_backbone():
             assert param.grad is not None and torch.isfinite(param.grad).all(), name
     assert backbone.model.patch_embed.proj.weight.grad.abs().sum() > 0
     assert head.classifier.weight.grad.abs().sum() > 0
+
+
+class _WritesAFile:
+    """Unpickling this calls open(marker, 'w'): code a received file would run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("backbone", ["timm", "resnet"])
+@pytest.mark.parametrize("case", ["pickle", "truncated.pt", "truncated.safetensors"])
+def test_an_unreadable_pretrained_file_is_one_line_naming_it_and_runs_nothing(tmp_path, backbone, case):
+    """A file that needs pickle is refused without unpickling it (nothing in it runs), and a
+    truncated one names itself, instead of torch's advice to pass weights_only=False (which
+    no YAML key sets) or a raw reader error."""
+    from core.models.resnet import ReIDResNet
+
+    marker = tmp_path / "RAN"
+    whole = tmp_path / "whole.pt"
+    torch.save({"w": torch.zeros(2), "x": _WritesAFile(marker)}, whole)
+    if case == "pickle":
+        path, match = whole, "needs pickle to load.*refused"
+    elif case == "truncated.pt":
+        path, match = tmp_path / "cut.pt", "not a readable checkpoint"
+        path.write_bytes(whole.read_bytes()[:60])
+    else:
+        path, match = tmp_path / "cut.safetensors", "not a readable safetensors file"
+        path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"w\":")
+    build = (lambda: TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT)) if backbone == "timm" \
+        else (lambda: ReIDResNet(make_ctx(), arch="resnet18", pretrained=str(path)))
+    with pytest.raises(ValueError, match=match) as caught:
+        build()
+    assert str(path) in str(caught.value) and f"backbone '{backbone}'" in str(caught.value)
+    assert not marker.exists()

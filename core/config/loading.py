@@ -74,13 +74,23 @@ class LoadedConfig:
         return ConfigError(message, file=self.origin(key), key=key)
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """The parser's problem and where it is, on one line (its own text spans several, and
+    the CLI shows one: the position was cut off)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    context = getattr(exc, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}" + (f" ({' '.join(str(context).split())})" if context else "")
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError("pipeline file not found", file=str(path))
     try:
         data = safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", file=str(path)) from None
+        raise ConfigError(f"invalid YAML: {_yaml_problem(exc)}", file=str(path)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

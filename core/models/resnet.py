@@ -28,6 +28,7 @@ from core.interfaces import Backbone
 from core.models.ibn import add_ibn_a
 from core.models.non_local import NonLocalBlock
 from core.models.pooling import build_pooling
+from core.models.timm_backbone import weights_read_errors
 from core.records import Batch
 
 NAME = "backbone 'resnet'"
@@ -38,12 +39,13 @@ def read_state_dict(path: Path, owner: str) -> dict[str, torch.Tensor]:
     """A checkpoint file's tensors: unwraps `state_dict` / `model`, strips `module.`."""
     if not path.is_file():
         raise FileNotFoundError(f"{owner}: pretrained checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    with weights_read_errors(path, owner):
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -83,6 +83,34 @@ def _missing_keys_reported() -> Iterator[list[str]]:
         logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def weights_read_errors(path: Path, owner: str) -> Iterator[None]:
+    """A pretrained file that cannot be read as weights fails with one line naming it and
+    why: one that needs pickle (refused: unpickling can run code from the file; torch's own
+    message suggests weights_only=False, which no YAML key sets), or a truncated one."""
+    import pickle
+
+    pickled = ValueError(f"{owner}: pretrained file {path} needs pickle to load, and unpickling can run code from "
+                         "the file: refused. Save its state dict (torch.save(model.state_dict(), ...)) or convert "
+                         "it to .safetensors")
+    try:
+        yield
+    except pickle.UnpicklingError:
+        raise pickled from None
+    except RuntimeError as exc:
+        if "weights_only" in str(exc):  # timm re-raises torch's refusal as a RuntimeError
+            raise pickled from None
+        if not any(s in str(exc) for s in ("PytorchStreamReader", "zip archive", "unexpected EOF", "Invalid magic")):
+            raise
+        raise ValueError(f"{owner}: pretrained file {path} is not a readable checkpoint (truncated or not a torch "
+                         f"file: {str(exc).splitlines()[0]})") from None
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise ValueError(f"{owner}: pretrained file {path} is not a readable safetensors file "
+                         f"({str(exc).splitlines()[0]})") from None
+
+
 def _create(arch: str, image_size: tuple[int, int], **kwargs: Any) -> torch.nn.Module:
     """timm.create_model with img_size for models that take it (ViT, Swin, ...); models
     that do not (ResNet, ...) are built without it."""
@@ -158,7 +186,7 @@ class TimmBackbone(Backbone):
             if path.suffix not in CHECKPOINT_SUFFIXES:
                 raise ValueError(f"backbone 'timm': pretrained file {path} has suffix '{path.suffix}'; "
                                  f"accepted: {', '.join(CHECKPOINT_SUFFIXES)}")
-            with _missing_keys_reported() as missing:
+            with _missing_keys_reported() as missing, weights_read_errors(path, TIMM_NAME):
                 self.model = _create(arch, image_size, pretrained=True,
                                      pretrained_cfg_overlay=dict(file=str(path)), **model_kwargs)
             self._check_loaded(path, missing)
