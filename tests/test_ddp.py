@@ -84,7 +84,8 @@ def test_resume_at_world_size_two_is_exact_with_per_rank_rng(ddp_pipeline, tmp_p
     torchrun(*core_run, ddp_pipeline, "--run-dir", tmp_path / "split", "--set", "trainer.stop_after_steps=3", cwd=tmp_path)
     rngs = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["rng_per_rank"]
     assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"])
-    torchrun(*core_run, "--resume", tmp_path / "split", cwd=tmp_path)
+    # the pipeline imports a local plugin file: resuming needs it allowed (core/trust.py)
+    torchrun(*core_run, "--resume", tmp_path / "split", "--allow-plugin-files", cwd=tmp_path)
     a = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")["model"]
     for key in a:
