@@ -99,20 +99,26 @@ def plan(pipelines: Sequence[str | Path], overrides: Sequence[str], grid: Sequen
     """Every pipeline x every combination of grid values, each with the seeds. Each
     variant's label is unique (it names its table row and its run folders): a label
     already taken (an edited copy that kept its pipeline's `name:`, a grid value given
-    twice) gets its file name, then a counter."""
+    twice) gets its file name, then a counter. Taken means its folder is taken: labels
+    that differ only in characters a folder name cannot hold (`a b`, `a_b`) or in case
+    (one folder on macOS and Windows) would share their runs."""
     seed_list = parse_seeds(seeds)
     variants: list[Variant] = []
     taken: set[str] = set()
+
+    def folder(label: str) -> str:
+        return _slug(label).lower()
+
     for path in pipelines:
         name = load_pipeline(path, overrides).data.get("name") or Path(path).stem
         for combo in itertools.product(*parse_grid(grid)):
             label = " ".join([str(name), *combo]) if combo else str(name)
-            if label in taken:
+            if folder(label) in taken:
                 label = f"{label} ({Path(path).name})"
             unique, k = label, 2
-            while unique in taken:
+            while folder(unique) in taken:
                 unique, k = f"{label} #{k}", k + 1
-            taken.add(unique)
+            taken.add(folder(unique))
             variants.append(Variant(unique, Path(path), [*overrides, *combo], list(seed_list)))
     return variants
 

@@ -202,6 +202,27 @@ def test_two_variants_with_the_same_name_keep_their_own_numbers(tmp_path):
     assert names == ["tiny", "tiny (b.yaml)"]
 
 
+def test_labels_that_share_a_folder_name_get_their_own_folders(tmp_path):
+    """`a b` and `a_b` give one slug, `A` and `a` one folder on a case-insensitive disk:
+    the second of each must get a label of its own, or its runs land in the first's."""
+    import copy
+
+    import yaml
+
+    from core.testing import TINY_PIPELINE
+
+    paths = []
+    for i, name in enumerate(("a b", "a_b", "A_B", "other")):
+        config = copy.deepcopy(TINY_PIPELINE)
+        config["name"] = name
+        paths.append(tmp_path / f"p{i}.yaml")
+        paths[-1].write_text(yaml.safe_dump(config))
+    names = [v.name for v in sweep.plan(paths, [], [], "0")]
+    folders = [sweep._slug(n).lower() for n in names]
+    assert len(set(folders)) == 4, names
+    assert names[0] == "a b" and names[3] == "other"  # a label that is free stays as written
+
+
 def test_long_labels_that_differ_past_the_cut_get_their_own_folders():
     base = "a-pipeline-with-a-long-name " + " ".join(f"stages.0.optimizer.param{i}=0.00{i}" for i in range(5))
     first, second = base + " x=1", base + " x=2"
