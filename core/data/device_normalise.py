@@ -65,8 +65,7 @@ class DeviceNormalise:
             box = torch.as_tensor(box, device=images.device)
             inside = _box_mask(box, images.shape)
             if box.shape[1] == 7:  # a solid colour per box: its normalised value
-                fill = (box[:, 4:].to(images.dtype)[:, :, None, None] / 255 - mean) / std
-                images = torch.where(inside, fill, images)
+                images = torch.where(inside, self.erasing.normalised(box[:, 4:]).to(images.dtype), images)
             else:
                 images = images.masked_fill_(inside, 0.0)
         return replace(batch, images=images, extras=extras)

@@ -110,9 +110,10 @@ class ColourErasing(v2.RandomErasing):
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
     def normalised(self, colour: torch.Tensor) -> torch.Tensor:
-        """(3,) colours 0..255 -> (3, 1, 1) fill values after normalisation."""
-        mean, std = torch.tensor(self.mean), torch.tensor(self.std)
-        return ((colour.float() / 255 - mean) / std)[:, None, None]
+        """(..., 3) colours 0..255 -> (..., 3, 1, 1) fill values after normalisation, on the
+        colours' device (one box here, a batch's boxes in DeviceNormalise)."""
+        mean, std = (torch.tensor(v, device=colour.device) for v in (self.mean, self.std))
+        return ((colour.float() / 255 - mean) / std)[..., None, None]
 
     @staticmethod
     def draw_colour() -> torch.Tensor:
