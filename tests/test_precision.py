@@ -120,6 +120,25 @@ def test_precision_and_the_older_amp_key_must_agree(tmp_path):
         TrainerConfig(amp="none", precision="bf16").training_precision()
 
 
+@pytest.mark.parametrize("written, precision", [("false", "fp32"), ("true", "bf16"), ("none", "fp32"), ("bf16", "bf16")])
+def test_amp_written_as_a_yaml_boolean_means_what_it_says(tmp_path, written, precision):
+    """Users write `amp: false`; it was refused as a wrong type. It means no autocast (fp32),
+    `amp: true` the default bf16, through the same YAML loading and validation as a run."""
+    from core.config.loading import load_pipeline
+    from core.config.schema import TrainerConfig
+    from core.config.validation import build_dataclass
+
+    config = copy.deepcopy(TINY_PIPELINE)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
+    cfg = load_pipeline(tmp_path / "p.yaml", [f"trainer.amp={written}"])
+    trainer = build_dataclass(TrainerConfig, cfg.data["trainer"], cfg, "trainer", "the trainer")
+    assert trainer.training_precision() == precision
+    if written == "false":
+        cfg = load_pipeline(tmp_path / "p.yaml", ["trainer.amp=false", "trainer.precision=bf16"])
+        with pytest.raises(ValueError, match="contradicts"):
+            build_dataclass(TrainerConfig, cfg.data["trainer"], cfg, "trainer", "the trainer").training_precision()
+
+
 def test_fp16_skips_steps_with_inf_gradients_counts_them_and_checkpoints_the_scaler(tmp_path, monkeypatch,
                                                                                      test_components):
     """fp16 with a gradient scaler (emulated on the CPU): an inf gradient is the scaler's

@@ -88,7 +88,8 @@ class TrainerConfig:
     process takes cuda:LOCAL_RANK). `precision`: the model's forward under bf16 or fp16
     autocast on CUDA (fp16 with a gradient scaler), or fp32; losses always run in fp32
     outside autocast, and on the CPU training is fp32 whatever is set (autocast is slower
-    there). `amp` is the older spelling (bf16 | none). `eval_precision`: the precision of
+    there). `amp` is the older spelling (bf16 | none; true | false as users write it).
+    `eval_precision`: the precision of
     evaluation embeddings (fp32 unless asked). `eval_every`: evaluate every N epochs (0: only before and after
     training). `eval_flip`: average each embedding with that of the mirrored image.
     `accumulate`: batches per optimisation step (gradient accumulation; each step gets the mean
@@ -109,7 +110,7 @@ class TrainerConfig:
 
     device: str = "auto"
     precision: Literal["fp32", "bf16", "fp16"] | None = None
-    amp: Literal["bf16", "none"] | None = None
+    amp: Literal["bf16", "none"] | bool | None = None
     eval_precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     eval_every: int = 0
     eval_before: bool = True
@@ -139,11 +140,13 @@ class TrainerConfig:
     progress: bool = True
 
     def training_precision(self) -> str:
-        """`precision`, or what the older `amp` key says (bf16 when neither is set)."""
+        """`precision`, or what the older `amp` key says (bf16 when neither is set; `amp:
+        false` is `none`, `amp: true` is `bf16`)."""
+        amp_off = self.amp is not None and self.amp in ("none", False)
         if self.precision is not None:
-            if self.amp is not None and (self.amp == "none") != (self.precision == "fp32"):
+            if self.amp is not None and amp_off != (self.precision == "fp32"):
                 raise ValueError(f"trainer.amp={self.amp} contradicts trainer.precision={self.precision}; "
                                  "set precision only (fp32, bf16 or fp16)")
             return self.precision
-        return "fp32" if self.amp == "none" else "bf16"
+        return "fp32" if amp_off else "bf16"
 
