@@ -67,8 +67,25 @@ def test_set_overrides_parse_yaml_values_and_index_lists(tmp_path):
 
 def test_set_with_out_of_range_index_lists_the_valid_range(tmp_path):
     path = write(tmp_path / "p.yaml", {"losses": [{"name": "ce"}]})
-    with pytest.raises(ConfigError, match=r"has 1 items \(0..0\)"):
+    with pytest.raises(ConfigError, match=r"'3' is out of range: 'losses' is a list of 1 items \(0..0\)"):
         load_pipeline(path, ["losses.3.weight=1"])
+
+
+def test_set_messages_say_what_is_wrong_on_one_line(tmp_path):
+    """A name where a list index belongs is not "out of range"; the `--set` prefix appears
+    once; a value that is not YAML says where in the value, on the line the CLI shows."""
+    path = write(tmp_path / "p.yaml", {"losses": [{"name": "ce"}, {"name": "triplet"}]})
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(path, ["losses.x.weight=1"])
+    assert str(caught.value) == "--set: losses.x: 'x' is not a list index: 'losses' is a list of 2 items (0..1)"
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(path, ["sampler.batch_size"])
+    assert str(caught.value) == "--set: expects key.path=value, got 'sampler.batch_size'"
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(path, ["sampler={"])
+    text = str(caught.value)
+    assert text.startswith("--set: sampler: the value is not valid YAML: line 1, column 2: ")
+    assert "\n" not in text
 
 
 def test_origin_names_the_file_that_set_the_key(tmp_path):

@@ -159,11 +159,11 @@ def _load_with_bases(path: Path, origins: dict[str, str], chain: tuple[Path, ...
 def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set expects key.path=value, got '{text}'", file="--set")
+        raise ConfigError(f"expects key.path=value, got '{text}'", file="--set")
     try:
         value = safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"value of '{key}' is not valid YAML: {exc}", file="--set", key=key) from None
+        raise ConfigError(f"the value is not valid YAML: {_yaml_problem(exc)}", file="--set", key=key.strip()) from None
     return key.strip().split("."), value
 
 
@@ -174,8 +174,9 @@ def apply_override(data: dict, parts: list[str], value: Any, origins: dict[str, 
         here = ".".join(parts[: i + 1])
         if isinstance(node, list):
             if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
-                raise ConfigError(f"index '{part}' is out of range: the list at '{'.'.join(parts[:i]) or '(top)'}' "
-                                  f"has {len(node)} items (0..{len(node) - 1})", file="--set", key=here)
+                problem = "is out of range" if part.lstrip("-").isdigit() else "is not a list index"
+                raise ConfigError(f"'{part}' {problem}: '{'.'.join(parts[:i]) or '(top)'}' is a list of "
+                                  f"{len(node)} items (0..{len(node) - 1})", file="--set", key=here)
             index: Any = int(part)
         elif isinstance(node, dict):
             index = part
