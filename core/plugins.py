@@ -132,6 +132,8 @@ class PluginManager(pluggy.PluginManager):
         name = local_plugin_name(file)
         if name in self.infos:
             return name
+        # said before it runs: a pipeline received from someone else names code to import
+        log.info("importing local plugin file %s (Python code named in the pipeline's `plugins:`)", file)
         spec = importlib.util.spec_from_file_location(f"reid_core_local_{abs(hash(str(file)))}", file)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module

@@ -131,6 +131,20 @@ def test_resume_refuses_a_run_folder_whose_pipeline_imports_local_plugin_files(t
     assert marker.exists()
 
 
+def test_validate_says_it_imports_a_local_plugin_file_before_its_code_runs(tmp_path, pipeline_file):
+    """A pipeline's own `plugins: [./x.py]` is imported by validate and run (documented), but
+    not silently: the console names the file as Python code before the file's first line runs."""
+    path = pipeline_file()
+    plugin = tmp_path / "test_components.py"
+    plugin.write_text("import sys; print('PLUGIN CODE RUNS', file=sys.stderr)\n" + plugin.read_text())
+    done = subprocess.run([sys.executable, "-m", "core", "validate", str(path)], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    notice = f"importing local plugin file {plugin.resolve()} (Python code"
+    assert notice in done.stderr, done.stderr
+    assert done.stderr.index(notice) < done.stderr.index("PLUGIN CODE RUNS")
+
+
 # ------------------------------------------------------------------ nothing lost
 
 
