@@ -14,7 +14,7 @@ import inspect
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ from core.interfaces import Dataset, Evaluator, Sampler
 from core.log_setup import echo_to
 from core.plugins import get_plugin_manager, local_plugin_name
 from core.registry import Registry, RegistryError, build_registry
-from core.records import Batch
+from core.records import Batch, Record
 
 
 #: the kinds whose parameters form the trained model (built on the meta device by `meta=True`)
@@ -141,6 +141,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+#: what a component's constructor (and a dataset listing its records) raises for bad input:
+#: a file, a line, a file name it cannot read. They become ConfigErrors naming the key.
+BUILD_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError)
+
+
+def fault_text(exc: BaseException) -> Any:
+    """What to print of a caught `BUILD_ERRORS` (a KeyError's str() adds quotes)."""
+    return exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+
+
 class _Builder:
     def __init__(self, cfg: LoadedConfig, registry: Registry) -> None:
         self.cfg = cfg
@@ -177,9 +187,8 @@ class _Builder:
         try:
             with torch.device("meta") if self.meta and kind in MODEL_KINDS else contextlib.nullcontext():
                 component = target(**params)
-        except (ValueError, TypeError, KeyError, FileNotFoundError) as exc:
-            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            raise self.cfg.error(key, f"{what} could not be built: {message}") from exc
+        except BUILD_ERRORS as exc:
+            raise self.cfg.error(key, f"{what} could not be built: {fault_text(exc)}") from exc
         info = self.pm.infos.get(entry.provider)
         self.provenance[key] = {"name": entry.name, "plugin": entry.provider,
                                 "version": info.version if info else None}
@@ -333,6 +342,38 @@ def _test_key(sources: DataSources, i: int) -> str:
     return f"data.{'train' if sources.test_specs is None else 'test'}.{i}"
 
 
+def _dataset_name(spec: Any) -> Any:
+    """The YAML name of the dataset a data.train / data.test entry declares."""
+    return spec.get("dataset") if isinstance(spec, dict) else spec
+
+
+def list_records(cfg: LoadedConfig, sources: DataSources
+                 ) -> tuple[list[Sequence[Record]], list[tuple[Sequence[Record], Sequence[Record]]]]:
+    """The records of each train dataset and (query, gallery) of each test set, as the
+    readers give them (columnar tables stay columns). Datasets list their folders and
+    files here, lazily, so a file name they cannot parse or a bad list file is found here:
+    a ConfigError naming the pipeline file and the key that declares the dataset. A split
+    the dataset does not have (a train-only dataset standing in as its own test set) is
+    empty."""
+    def listed(key: str, spec: Any, dataset: Dataset, split: str) -> Sequence[Record]:
+        if split not in dataset.splits:
+            return []
+        try:
+            return dataset.records(split)
+        except ConfigError:
+            raise
+        except BUILD_ERRORS as exc:
+            raise cfg.error(key, f"dataset '{_dataset_name(spec)}' could not be listed: {fault_text(exc)}") from exc
+
+    train = [listed(f"data.train.{i}", spec, d, "train")
+             for i, (spec, d) in enumerate(zip(sources.train_specs, sources.train_datasets))]
+    test = []
+    for i, (_, d) in enumerate(sources.test_pairs):
+        key, spec = _test_key(sources, i), sources.test_pair_specs[i]
+        test.append((listed(key, spec, d, "query"), listed(key, spec, d, "gallery")))
+    return train, test
+
+
 def empty_split_fault(cfg: LoadedConfig, sources: DataSources, i: int, query: list, gallery: list,
                      before: tuple[int, int]) -> ConfigError | None:
     """The error for test set i with no queries or no gallery (naming the dataset and the
@@ -342,8 +383,7 @@ def empty_split_fault(cfg: LoadedConfig, sources: DataSources, i: int, query: li
     if (query and gallery) or (sources.test_specs is None and not query and not gallery):
         return None
     key = _test_key(sources, i)
-    spec = sources.test_pair_specs[i]
-    dataset = spec.get("dataset") if isinstance(spec, dict) else spec
+    dataset = _dataset_name(sources.test_pair_specs[i])
     empty = [s for s, recs in (("query", query), ("gallery", gallery)) if not recs]
     counts = ", ".join(f"{len(recs)} {s}" for s, recs in (("query", query), ("gallery", gallery)) if recs)
     dropped = [f"its {n} {s} images are all unreadable (left out)" for s, n, recs
@@ -401,8 +441,7 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
     train_specs, train_names, train_datasets = sources.train_specs, sources.train_names, sources.train_datasets
     test_specs, pairs = sources.test_specs, sources.test_pairs
     # Sequences as the readers give them (columnar tables stay columns, core.data.columns)
-    train_records = [d.records("train") for d in train_datasets]
-    test_records = [(d.records("query"), d.records("gallery")) for _, d in pairs]
+    train_records, test_records = list_records(cfg, sources)
     before = [(len(q), len(g)) for q, g in test_records]
     if prepare != "skip" and image_check != "off":  # every file, before the first step (not in epoch 3)
         train_records, test_records = screen_pipeline_records(

@@ -146,3 +146,18 @@ def test_training_table_counts_the_four_identities(tmp_path):
 
     table = RecordTable.build([("w", Wildlife71(str(tree(tmp_path))).records("train"))], relabel=True)
     assert sorted(table.pids.tolist()) == [0, 0, 1, 2, 3]  # 7@3 twice, 12@3, 7@40, 31@40
+
+
+def test_a_pipeline_training_on_it_alone_has_no_test_set_rather_than_an_unknown_split(tmp_path, capsys):
+    """data.test not given: each train dataset is its own test set; a train-only layout has none."""
+    import yaml
+
+    from core.cli import main
+    from core.testing import TINY_PIPELINE
+
+    config = {**TINY_PIPELINE, "data": {"train": [{"dataset": "wildlife71", "root": str(tree(tmp_path / "w"))}],
+                                        "transform": TINY_PIPELINE["data"]["transform"]}}
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert main(["validate", "--data", str(path)]) == 0
+    assert "data.train.0 (wildlife71) train: 5 images" in capsys.readouterr().out

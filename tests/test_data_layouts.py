@@ -428,3 +428,43 @@ def test_a_pipeline_with_a_wrong_root_names_the_key_and_the_path(tmp_path):
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"data\.train\.0: dataset 'veri' could not be built: .*VeRi"):
         build_pipeline(load_pipeline(path))
+
+
+def market_pipeline(tmp_path: Path, train_root: Path, test_root: Path | None = None) -> Path:
+    from core.testing import TINY_PIPELINE
+
+    data = {"train": [{"dataset": "market1501", "root": str(train_root)}],
+            "transform": TINY_PIPELINE["data"]["transform"]}
+    if test_root is not None:
+        data["test"] = [{"dataset": "market1501", "root": str(test_root)}]
+    config = {**TINY_PIPELINE, "data": data, "sampler": {"name": "pk", "batch_size": 4, "k": 2}}
+    path = tmp_path / "market.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("command", [["validate"], ["validate", "--data"], ["run"]])
+def test_a_badly_named_image_is_one_line_naming_the_pipeline_key_and_file(tmp_path, capsys, command):
+    from core.cli import main
+
+    root = market_tree(tmp_path / "market")
+    images(root / "bounding_box_train", "person_photo.jpg")
+    path = market_pipeline(tmp_path, root)
+    assert main([*command, str(path)]) == 2  # bad input, not a crash
+    err = capsys.readouterr().err.strip()
+    bad = root / "bounding_box_train" / "person_photo.jpg"
+    assert err.startswith(f"error: {path}: data.train.0: dataset 'market1501' could not be listed: ")
+    assert f"cannot parse the file name of {bad}; expected <pid>_c<camera>" in err
+    assert err.endswith("rename or remove it") and "\n" not in err and "--debug" not in err
+
+
+def test_a_badly_named_image_of_a_test_set_names_its_data_test_key(tmp_path, capsys):
+    from core.cli import main
+
+    test_root = market_tree(tmp_path / "test")
+    images(test_root / "query", "probe.jpg")
+    path = market_pipeline(tmp_path, market_tree(tmp_path / "train"), test_root)
+    assert main(["validate", "--data", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {path}: data.test.0: dataset 'market1501' could not be listed: " in err
+    assert f"{test_root / 'query' / 'probe.jpg'}" in err

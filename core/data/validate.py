@@ -15,12 +15,13 @@ def validate_data(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[s
     """A summary: the sets and their sizes, every unreadable file with its reason and the
     sets using it, the file holding that list, and the empty-split faults."""
     from core.config.loading import load_pipeline
-    from core.pipeline import build_data_sources, empty_split_fault
+    from core.pipeline import build_data_sources, empty_split_fault, list_records
 
     cfg = load_pipeline(pipeline, list(overrides))
     sources = build_data_sources(cfg)
-    train = [list(d.records("train")) for d in sources.train_datasets]
-    test = [(list(d.records("query")), list(d.records("gallery"))) for _, d in sources.test_pairs]
+    train_records, test_records = list_records(cfg, sources)
+    train = [list(records) for records in train_records]
+    test = [(list(q), list(g)) for q, g in test_records]
     sets = pipeline_sets(sources, train, test)
     used_in = files_used_in(sets)
     bad = find_bad_images(used_in)

@@ -193,7 +193,8 @@ class NamePattern:
         match = self.regex.match(os.path.basename(str(path)))
         if match is None:
             listed = f" (listed at {where})" if where else ""
-            raise ValueError(f"{dataset}: cannot parse the file name of {path}{listed}; expected {self.text}")
+            raise ValueError(f"{dataset}: cannot parse the file name of {path}{listed}; expected {self.text}; "
+                             "rename or remove it")
         return match.groups()
 
 
