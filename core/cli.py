@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", action="store_true",
                    help="check only the data, as `core run` does before training: every image file's header "
                         "and tail, every test set's query and gallery (no model is built)")
+    p.add_argument("--full-decode", action="store_true",
+                   help="with --data (implies it): decode every image file, not only its header and tail; finds "
+                        "the files whose middle is damaged, which a run meets only at the batch that holds one "
+                        "(slower; the verdicts are cached)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("label", help="run a pipeline's labelers (its `prepare` steps) over the training images",
@@ -187,10 +191,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    if args.data:
+    if args.data or args.full_decode:
         from core.data.validate import validate_data_command
 
-        return validate_data_command(args.pipelines, args.overrides, as_json=args.json)
+        return validate_data_command(args.pipelines, args.overrides, as_json=args.json,
+                                     full_decode=args.full_decode)
     from core.runner import validate
 
     for path in args.pipelines:
@@ -347,9 +352,22 @@ def _one_line(exc: BaseException) -> str:
 
     if isinstance(exc, (ConfigError, RegistryError, ComponentError, FloatingPointError, OSError)) \
             or type(exc).__module__.startswith("core"):
-        text = str(exc).strip()
+        text = _worker_original(exc) or str(exc).strip()
         return text if "\n" not in text else text.splitlines()[0] + " ..."
     return last_line(exc) + " (run with --debug for the traceback)"
+
+
+def _worker_original(exc: BaseException) -> str | None:
+    """The message of an exception raised in a DataLoader worker: torch raises it again in
+    the main process as the same type, but with 'Caught X in DataLoader worker process N.'
+    and the worker's traceback as its text; the original message is the last line."""
+    import re
+
+    text = str(exc)
+    if not text.startswith(f"Caught {type(exc).__name__} in DataLoader worker"):
+        return None
+    found = re.findall(rf"^(?:[\w.]+\.)?{re.escape(type(exc).__name__)}: (.*)$", text, re.M)
+    return found[-1].strip() if found else None
 
 
 def _exit_code(exc: BaseException) -> int:

@@ -43,8 +43,15 @@ class Dataset(abc.ABC):
                 return img.convert("RGB")
         except FileNotFoundError:
             raise FileNotFoundError(f"image file not found: {record.path}") from None
-        except (UnidentifiedImageError, OSError) as exc:
-            raise OSError(f"cannot read image {record.path}: {exc}") from None
+        except OSError as exc:
+            if exc.errno is not None and not isinstance(exc, UnidentifiedImageError):  # the disk, not the file
+                raise OSError(f"cannot read image {record.path}: {exc.strerror or exc}") from None
+            fault = exc
+        except Exception as exc:  # noqa: BLE001 - any decoder failure (SyntaxError, ValueError, ...) is the file's
+            fault = exc
+        from core.data.image_check import UndecodableImageError
+
+        raise UndecodableImageError.of(record.path, fault) from None
 
     def sample_extras(self, record: Record) -> dict[str, Any]:
         """Per-sample fields decoded with the image, in the loader's workers (e.g. an

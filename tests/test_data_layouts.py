@@ -126,7 +126,9 @@ def test_listing_does_not_decode_images_and_load_image_names_the_file(tmp_path):
     broken.write_bytes(b"not a jpeg")
     ds = Market1501(str(root))
     record = next(r for r in ds.records("query") if r.pid == 4)
-    with pytest.raises(OSError, match=re.escape(str(broken))):
+    from core.data.image_check import UndecodableImageError
+
+    with pytest.raises(UndecodableImageError, match=re.escape(str(broken))):  # bad input (exit 2), not a crash
         ds.load_image(record)
     assert ds.load_image(ds.records("query")[0]).size == (8, 16)
 

@@ -104,6 +104,22 @@ def test_a_missing_file_is_reported(tmp_path):
     assert check_image(tmp_path / "gone.jpg") == "file not found"
 
 
+def damaged_middle(seed: int = 0) -> bytes:
+    """A PNG whose compressed pixels are damaged in the middle; its header and IEND tail are intact."""
+    data = encoded("PNG", seed, size=(64, 128))
+    middle = len(data) // 2
+    return data[:middle] + b"\xff" * 64 + data[middle + 64:]
+
+
+def test_a_damaged_middle_passes_the_screen_and_only_a_full_decode_finds_it(tmp_path):
+    path = write(tmp_path / "mid.png", damaged_middle())
+    assert not decodes(path)  # a real fault: the loader fails on it
+    assert check_image(path) is None  # the header and tail screen cannot see it (its limit)
+    assert check_image(path, full_decode=True).startswith("does not decode (unrecognized data stream")
+    ok = write(tmp_path / "ok.png", encoded("PNG"))
+    assert check_image(ok, full_decode=True) is None
+
+
 # --- many files, the cache -------------------------------------------------------------
 
 def test_every_bad_file_is_found_in_parallel(tmp_path):
@@ -118,7 +134,7 @@ def test_a_second_check_reads_no_file_and_a_changed_file_is_read_again(tmp_path,
     write(files[0], b"")
     calls = []
     check = image_check._check
-    monkeypatch.setattr(image_check, "_check", lambda path: calls.append(path) or check(path))
+    monkeypatch.setattr(image_check, "_check", lambda path, *rest: calls.append(path) or check(path, *rest))
     assert list(find_bad_images(files)) == [str(files[0])]
     assert len(calls) == 6 and (cache_dir / image_check.CACHE_FILE).is_file()
     calls.clear()
@@ -301,6 +317,34 @@ def test_validate_data_reports_every_bad_file(tmp_path, capsys):
     good = manifest(tmp_path / "good", rows())
     assert main(["validate", "--data", str(pipeline_file(tmp_path, [{"dataset": "manifest", "path": str(good)}]))]) == 0
     assert "data OK: 30 image files checked (header and tail), 0 unreadable" in capsys.readouterr().out
+
+
+def test_validate_data_full_decode_finds_a_file_whose_middle_is_damaged(tmp_path, capsys):
+    data = manifest(tmp_path / "d", rows())
+    bad = write(tmp_path / "d" / "gallery" / "101_1.jpg", damaged_middle())
+    path = pipeline_file(tmp_path, [{"dataset": "manifest", "path": str(data)}])
+    assert main(["validate", "--data", str(path)]) == 0  # the screen `core run` makes passes it
+    assert main(["validate", "--data", "--full-decode", str(path)]) == 2
+    out = capsys.readouterr().out
+    assert "30 image files checked (full decode), 1 unreadable" in out
+    assert f"unreadable: {bad}: does not decode (unrecognized data stream" in out
+    assert f"{bad}\tdoes not decode" in next(image_check.cache_dir().glob("bad_images-*.tsv")).read_text()
+    assert main(["validate", "--full-decode", "--json", str(path)]) == 2  # --full-decode implies --data
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["check"] == "full decode" and [u["path"] for u in summary["unreadable"]] == [str(bad)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_run_meeting_a_damaged_image_stops_with_exit_2_naming_it_and_the_full_decode(tmp_path, capsys, workers):
+    data = manifest(tmp_path / "d", rows())
+    bad = [write(tmp_path / "d" / name, damaged_middle(n)) for n, (name, *_) in enumerate(rows()[:24])]
+    path = pipeline_file(tmp_path, [{"dataset": "manifest", "path": str(data)}])
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "run"),
+                 "--set", f"trainer.num_workers={workers}"]) == 2  # bad input, not a crash (exit 1)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: cannot decode image ") and any(str(b) in err for b in bad)
+    assert "data stream contents when reading image file): replace or delete it" in err
+    assert "core validate --data --full-decode" in err and "Caught" not in err
 
 
 def test_validate_data_skips_in_memory_records(tmp_path, capsys):

@@ -7,7 +7,9 @@ tools write it), a PNG with its IEND chunk, a GIF with its trailer byte; a WebP 
 long as its RIFF header says. Interrupted downloads and copies, the common fault, lose
 the tail; empty files, HTML error pages saved as `.jpg` and other non-images fail the
 header. What it does not find: a file whose middle is damaged while its header and tail
-are intact (only a full decode finds that; the loader then names the file).
+are intact. Only a full decode finds that: `core validate --data --full-decode` decodes
+every file (slower; its verdicts are cached apart), and the loader, meeting one during a
+run, stops with `UndecodableImageError` naming the file and that command.
 
 The files are checked in parallel (threads: the work is I/O) and the verdicts cached by
 (path, size, mtime_ns) in `$CORE_CACHE_DIR/image_check.json` (default
@@ -38,6 +40,9 @@ MODES = ("error", "skip", "off")
 #: the flag of `core run` that turns "error" into "skip"
 SKIP_FLAG = "--skip-bad-images"
 CACHE_FILE = "image_check.json"
+#: `core validate --data` decodes every pixel with this flag; its verdicts are cached here
+FULL_DECODE_FLAG = "--full-decode"
+DECODE_CACHE_FILE = "image_decode.json"
 #: bumped when the checks change, so that verdicts of older checks are not reused
 CACHE_VERSION = 1
 #: bad files named in the error line itself; the full list goes to a file
@@ -66,18 +71,36 @@ class UnreadableImagesError(ConfigError):
         self.bad, self.list_file = bad, list_file
 
 
+class UndecodableImageError(ConfigError):
+    """An image file whose pixels do not decode, met when a batch needs it: bad input (exit
+    2), not a crash. The screen before training reads headers and tails only."""
+
+    @classmethod
+    def of(cls, path: str | os.PathLike, exc: BaseException) -> "UndecodableImageError":
+        return cls(f"cannot decode image {path} ({decode_fault(exc)}): replace or delete it; "
+                   f"`core validate --data {FULL_DECODE_FLAG} PIPELINE` lists every image file of a pipeline "
+                   "that does not decode, before training")
+
+
+def decode_fault(exc: BaseException) -> str:
+    """PIL's reason for not decoding a file, on one line (its OSErrors say enough alone)."""
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, OSError) and text else f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
 def cache_dir() -> Path:
     """`$CORE_CACHE_DIR`, else `~/.cache/reid-core`."""
     return Path(os.environ.get("CORE_CACHE_DIR") or Path.home() / ".cache" / "reid-core")
 
 
-def check_image(path: str | os.PathLike) -> str | None:
-    """Why the image file at `path` cannot be used, or None if its header and tail are sound."""
-    reason, _, _ = _check(str(path))
+def check_image(path: str | os.PathLike, full_decode: bool = False) -> str | None:
+    """Why the image file at `path` cannot be used, or None if its header and tail are sound
+    (with `full_decode`: and every pixel decodes)."""
+    reason, _, _ = _check(str(path), full_decode)
     return reason
 
 
-def _check(path: str) -> tuple[str | None, os.stat_result | None, bool]:
+def _check(path: str, full_decode: bool = False) -> tuple[str | None, os.stat_result | None, bool]:
     """(reason or None, the file's stat, whether the verdict may be cached: a missing or
     unreadable file says nothing about its content)."""
     try:
@@ -115,9 +138,21 @@ def _check(path: str) -> tuple[str | None, os.stat_result | None, bool]:
     if width <= 0 or height <= 0:
         return f"{fmt} image of size {width}x{height}", st, True
     try:
-        return _tail_fault(path, fmt, st.st_size), st, True
+        fault = _tail_fault(path, fmt, st.st_size)
     except OSError as exc:
         return f"cannot read: {exc.strerror or exc}", st, False
+    if fault is not None or not full_decode:
+        return fault, st, True
+    try:
+        with Image.open(path) as image:
+            image.load()  # every pixel, as the loader's convert("RGB") does
+    except OSError as exc:
+        if exc.errno is not None and not isinstance(exc, UnidentifiedImageError):
+            return f"cannot read: {exc.strerror or exc}", st, False
+        return f"does not decode ({decode_fault(exc)})", st, True
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a verdict
+        return f"does not decode ({decode_fault(exc)})", st, True
+    return None, st, True
 
 
 def _tail_fault(path: str, fmt: str | None, size: int) -> str | None:
@@ -181,14 +216,15 @@ def _save_cache(file: Path, files: dict[str, list]) -> None:
 
 
 def find_bad_images(paths: Iterable[str | os.PathLike], workers: int | None = None,
-                    cache: bool = True) -> dict[str, str]:
+                    cache: bool = True, full_decode: bool = False) -> dict[str, str]:
     """{path: reason} for every unreadable image among `paths` (in the order given),
     checked in parallel; with `cache`, files whose (path, size, mtime_ns) were checked
-    before are not read again."""
+    before are not read again. `full_decode`: decode every pixel too (slow; a cache of
+    its own)."""
     unique = list(dict.fromkeys(str(p) for p in paths))
     if not unique:
         return {}
-    cache_file = cache_dir() / CACHE_FILE
+    cache_file = cache_dir() / (DECODE_CACHE_FILE if full_decode else CACHE_FILE)
     known = _load_cache(cache_file) if cache else {}
     fresh: dict[str, list] = {}
 
@@ -202,7 +238,7 @@ def find_bad_images(paths: Iterable[str | os.PathLike], workers: int | None = No
                 hit, verdict = False, None
             if hit:
                 return verdict
-        reason, st, cacheable = _check(path)
+        reason, st, cacheable = _check(path, full_decode)
         if cacheable and st is not None:
             fresh[key] = [st.st_size, st.st_mtime_ns, reason]  # one key per thread: dict writes are atomic
         return reason

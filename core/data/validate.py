@@ -1,6 +1,8 @@
 """`core validate --data PIPELINE`: the data checks `core run` makes before training, alone
 (no model, no labelers): every image file's header and tail (core.data.image_check) and
-every test set's query and gallery."""
+every test set's query and gallery. With `--full-decode`, every image file is decoded
+too: it finds the files whose middle is damaged, which the header and tail check passes
+and a run then meets at the first batch that holds one."""
 
 from __future__ import annotations
 
@@ -10,10 +12,14 @@ from typing import Any, Sequence
 
 from core.data.image_check import SKIP_FLAG, files_used_in, find_bad_images, pipeline_sets, write_bad_list
 
+#: what each depth of check reads, for the summary
+CHECKS = {False: "header and tail", True: "full decode"}
 
-def validate_data(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+
+def validate_data(pipeline: str | Path, overrides: Sequence[str] = (), full_decode: bool = False) -> dict[str, Any]:
     """A summary: the sets and their sizes, every unreadable file with its reason and the
-    sets using it, the file holding that list, and the empty-split faults."""
+    sets using it, the file holding that list, and the empty-split faults. `full_decode`:
+    decode every image file, not only its header and tail."""
     from core.config.loading import load_pipeline
     from core.pipeline import build_data_sources, empty_split_fault, list_records
 
@@ -24,7 +30,7 @@ def validate_data(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[s
     test = [(list(q), list(g)) for q, g in test_records]
     sets = pipeline_sets(sources, train, test)
     used_in = files_used_in(sets)
-    bad = find_bad_images(used_in)
+    bad = find_bad_images(used_in, full_decode=full_decode)
     list_file = write_bad_list(bad, used_in)[0] if bad else None
     faults = [str(fault) for i, (q, g) in enumerate(test)
               if (fault := empty_split_fault(cfg, sources, i, q, g, (len(q), len(g)))) is not None]
@@ -34,6 +40,7 @@ def validate_data(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[s
                            "unreadable": sum(r.path is not None and str(r.path) in bad for r in s.records)}
                  for s in sets},
         "files_checked": len(used_in),
+        "check": CHECKS[full_decode],
         "unreadable": [{"path": p, "reason": why, "used_in": used_in[p]} for p, why in bad.items()],
         "list_file": str(list_file) if list_file else None,
         "split_faults": faults,
@@ -41,18 +48,19 @@ def validate_data(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[s
     }
 
 
-def validate_data_command(pipelines: Sequence[str], overrides: Sequence[str] = (), as_json: bool = False) -> int:
+def validate_data_command(pipelines: Sequence[str], overrides: Sequence[str] = (), as_json: bool = False,
+                          full_decode: bool = False) -> int:
     """Print each pipeline's data summary; 0 when every one is sound, 2 otherwise."""
     rc = 0
     for path in pipelines:
-        summary = validate_data(path, overrides)
+        summary = validate_data(path, overrides, full_decode=full_decode)
         rc = rc if summary["ok"] else 2
         if as_json:
             print(json.dumps(summary, indent=2))
             continue
         bad = summary["unreadable"]
         head = "data OK" if summary["ok"] else "data NOT OK"
-        print(f"{path}: {head}: {summary['files_checked']:,} image files checked (header and tail), "
+        print(f"{path}: {head}: {summary['files_checked']:,} image files checked ({summary['check']}), "
               f"{len(bad)} unreadable")
         for label, n in summary["sets"].items():
             memory = n["records"] - n["files"]
@@ -61,8 +69,11 @@ def validate_data_command(pipelines: Sequence[str], overrides: Sequence[str] = (
         for item in bad:
             print(f"  unreadable: {item['path']}: {item['reason']}")
         if bad:
-            print(f"  the full list: {summary['list_file'] or '(could not be written)'}; `core run` stops on "
-                  f"these files, `core run {SKIP_FLAG}` leaves them out (with a warning)")
+            what = ("replace or delete them: `core run` screens only headers and tails before training, and "
+                    "stops at the first batch that holds a file only the full decode finds"
+                    if full_decode else
+                    f"`core run` stops on these files, `core run {SKIP_FLAG}` leaves them out (with a warning)")
+            print(f"  the full list: {summary['list_file'] or '(could not be written)'}; {what}")
         for fault in summary["split_faults"]:
             print(f"  error: {fault}")
     return rc
