@@ -337,12 +337,27 @@ def _run_command(args: argparse.Namespace) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the one place that turns failures into a line
+        _end_progress_lines()
         if getattr(args, "debug", False):
             import traceback
 
             traceback.print_exc()
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return _exit_code(exc)
+
+
+def _end_progress_lines() -> None:
+    """Close the progress bars a failure left open and end their line, so that the error
+    starts a line of its own: else it was printed after the bar's text, and tqdm cleared
+    the bar only at exit. A closed bar clears its line and returns to its start, which a
+    terminal then reuses; a log file keeps the text, so there a new line is begun."""
+    bars = getattr(getattr(sys.modules.get("tqdm"), "tqdm", None), "_instances", None)
+    if not bars:
+        return
+    for bar in list(bars):
+        bar.close()
+    if not sys.stderr.isatty():
+        sys.stderr.write("\n")
 
 
 def _one_line(exc: BaseException) -> str:

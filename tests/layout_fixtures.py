@@ -36,3 +36,16 @@ def image_folders(root: Path, folders: dict[str, list[str]]) -> Path:
     for folder, names in folders.items():
         images(root / folder, *names)
     return root
+
+
+def damaged_middle(seed: int = 0) -> bytes:
+    """A PNG whose compressed pixels are damaged in the middle while its header and IEND
+    tail are intact: the header and tail check passes it, a full decode fails."""
+    import numpy as np
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (128, 64, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    middle = len(data) // 2
+    return data[:middle] + b"\xff" * 64 + data[middle + 64:]

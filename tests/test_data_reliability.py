@@ -21,6 +21,7 @@ from core.config.loading import ConfigError, load_pipeline
 from core.data import image_check
 from core.data.image_check import CheckedSet, UnreadableImagesError, check_image, find_bad_images, screen_records
 from core.records import Record
+from layout_fixtures import damaged_middle  # registered by conftest.py
 
 
 @pytest.fixture(autouse=True)
@@ -102,13 +103,6 @@ def test_files_that_are_not_images_are_named_with_the_reason(tmp_path, content, 
 
 def test_a_missing_file_is_reported(tmp_path):
     assert check_image(tmp_path / "gone.jpg") == "file not found"
-
-
-def damaged_middle(seed: int = 0) -> bytes:
-    """A PNG whose compressed pixels are damaged in the middle; its header and IEND tail are intact."""
-    data = encoded("PNG", seed, size=(64, 128))
-    middle = len(data) // 2
-    return data[:middle] + b"\xff" * 64 + data[middle + 64:]
 
 
 def test_a_damaged_middle_passes_the_screen_and_only_a_full_decode_finds_it(tmp_path):
@@ -345,6 +339,17 @@ def test_a_run_meeting_a_damaged_image_stops_with_exit_2_naming_it_and_the_full_
     assert err.startswith("error: cannot decode image ") and any(str(b) in err for b in bad)
     assert "data stream contents when reading image file): replace or delete it" in err
     assert "core validate --data --full-decode" in err and "Caught" not in err
+
+
+def test_the_error_line_is_not_printed_on_the_progress_bar_line(tmp_path, capsys):
+    data = manifest(tmp_path / "d", rows())
+    for n, (name, *_) in enumerate(rows()[:24]):
+        write(tmp_path / "d" / name, damaged_middle(n))
+    path = pipeline_file(tmp_path, [{"dataset": "manifest", "path": str(data)}])
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "run"), "--set", "trainer.progress=true"]) == 2
+    err = capsys.readouterr().err
+    assert "main 1/1:" in err  # the bar was drawn (a log file keeps its text: lines end with \n only)
+    assert any(line.startswith("error: cannot decode image ") for line in err.split("\n"))
 
 
 def test_validate_data_skips_in_memory_records(tmp_path, capsys):

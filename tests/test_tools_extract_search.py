@@ -1,6 +1,7 @@
 """`core extract` and `core search` (ranked-list pictures, worst queries) on a tiny trained run."""
 
 import copy
+import shutil
 
 import numpy as np
 import pytest
@@ -57,6 +58,50 @@ def test_extract_reads_a_folder_and_a_manifest(trained_run, image_folder, tmp_pa
                  "--out", str(tmp_path / "m.npz")]) == 0
     from_manifest = load_features(tmp_path / "m.npz")
     assert len(from_manifest.embeddings) == len(from_manifest.images.table) > len(names)
+
+
+def test_a_bad_manifest_row_is_one_line_naming_the_flag_file_and_line(trained_run, image_folder, tmp_path, capsys):
+    manifest = tmp_path / "bad.csv"
+    first = sorted((image_folder / "query").iterdir())[0]
+    manifest.write_text(f"path,pid,camid\n{first},1,0\n{first},abc,0\n", encoding="utf-8")
+    assert main(["extract", str(trained_run), "--images", str(manifest), "--out", str(tmp_path / "f.npz")]) == 2
+    assert capsys.readouterr().err == f"error: --images {manifest}:3: field 'pid' must be an integer, got 'abc'\n"
+    assert main(["extract", str(trained_run), "--images", str(tmp_path / "nothere"),
+                 "--out", str(tmp_path / "f.npz")]) == 2
+    assert capsys.readouterr().err == f"error: --images {tmp_path / 'nothere'}: no such image, folder or manifest\n"
+
+
+def test_extract_checks_every_image_before_the_first_batch(trained_run, image_folder, tmp_path, capsys):
+    folder = shutil.copytree(image_folder / "bounding_box_test", tmp_path / "gallery")
+    names = sorted(p.name for p in folder.iterdir())
+    bad = folder / names[-1]  # the last one: met only after every other batch is done
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])  # an interrupted copy
+    out = tmp_path / "g.npz"
+    assert main(["extract", str(trained_run), "--images", str(folder), "--out", str(out), "--batch-size", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: 1 unreadable image file (of {len(names)} checked): {bad}: " in err
+    assert "Nothing was extracted" in err and "--skip-bad-images" in err
+    assert "extract:" not in err and not out.exists()  # no batch was embedded
+    assert main(["extract", str(trained_run), "--images", str(folder), "--out", str(out), "--skip-bad-images"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: left out 1 unreadable image file" in captured.err
+    assert f"{len(names) - 1} embeddings" in captured.out
+    from core.tools.extract import load_features
+
+    assert str(bad) not in [r.path for r in load_features(out).images.table.records]
+
+
+def test_an_extract_error_starts_its_own_line_after_the_progress_bar(trained_run, image_folder, tmp_path, capsys):
+    from layout_fixtures import damaged_middle  # registered by conftest.py
+
+    folder = shutil.copytree(image_folder / "query", tmp_path / "query")
+    bad = sorted(folder.iterdir())[-1]
+    bad.write_bytes(damaged_middle())  # passes the header and tail check; fails in its batch
+    assert main(["extract", str(trained_run), "--images", str(folder), "--out", str(tmp_path / "q.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "extract:" in err  # the bar was drawn
+    assert any(line.startswith(f"error: cannot decode image {bad} (") for line in err.split("\n"))
 
 
 def test_search_prints_and_draws_a_ranked_list_per_query(trained_run, image_folder, tmp_path, capsys):

@@ -290,38 +290,53 @@ def files_used_in(sets: Sequence[CheckedSet]) -> dict[str, list[str]]:
     return used_in
 
 
+def kept_rows(records: Sequence[Record], bad: dict[str, str]) -> list[int]:
+    """The positions of the records whose file is not in `bad` (or that have no file)."""
+    return [i for i, r in enumerate(records) if r.path is None or str(r.path) not in bad]
+
+
 def _without(records: Sequence[Record], bad: dict[str, str]) -> Sequence[Record]:
     """`records` less those whose file is in `bad` (columns stay columns)."""
     from core.data.columns import RecordColumns
 
-    if isinstance(records, RecordColumns):
-        return records.take([i for i, r in enumerate(records) if r.path is None or str(r.path) not in bad])
-    return [r for r in records if r.path is None or str(r.path) not in bad]
+    rows = kept_rows(records, bad)
+    return records.take(rows) if isinstance(records, RecordColumns) else [records[i] for i in rows]
 
 
 def screen_records(sets: Sequence[CheckedSet], mode: str = "error",
                    echo: Callable[[str], Any] = _echo, workers: int | None = None,
-                   cache: bool = True) -> list[list[Record]]:
+                   cache: bool = True, stopped: str = "Nothing was trained") -> list[list[Record]]:
     """The records of each set with a file path checked (records without one, rendered in
-    memory, pass). "error": raise `UnreadableImagesError` naming every bad file; "skip":
-    leave them out and warn through `echo`; "off": check nothing."""
+    memory, pass). "error": raise `UnreadableImagesError` naming every bad file (`stopped`
+    says what was not done); "skip": leave them out and warn through `echo`; "off": check
+    nothing."""
+    bad = screen_files(sets, mode, echo, workers, cache, stopped)
+    return [_without(s.records, bad) if bad else s.records for s in sets]  # columnar tables stay columns
+
+
+def screen_files(sets: Sequence[CheckedSet], mode: str = "error",
+                 echo: Callable[[str], Any] = _echo, workers: int | None = None,
+                 cache: bool = True, stopped: str = "Nothing was trained") -> dict[str, str]:
+    """`screen_records`' check alone: {path: reason} of the bad files the caller leaves out
+    ("skip", after the warning), {} when there are none ("off": none looked for); "error"
+    raises."""
     if mode not in MODES:
         raise ValueError(f"image_check must be one of {', '.join(MODES)}; got {mode!r}")
     if mode == "off":
-        return [s.records for s in sets]  # as given: columnar tables stay columns
+        return {}
     used_in = files_used_in(sets)
     bad = find_bad_images(used_in, workers=workers, cache=cache)
     if not bad:
-        return [s.records for s in sets]  # as given: columnar tables stay columns
+        return {}
     message, list_file = _summary(bad, len(used_in), used_in)
     if mode == "error":
         raise UnreadableImagesError(
-            f"{message}. Nothing was trained. Replace or delete them, or pass {SKIP_FLAG} to leave them out "
+            f"{message}. {stopped}. Replace or delete them, or pass {SKIP_FLAG} to leave them out "
             f"(with a warning)", bad, list_file)
-    kept = [_without(s.records, bad) for s in sets]
-    per_set = ", ".join(f"{s.label}: {len(s.records) - len(k)}" for s, k in zip(sets, kept) if len(k) < len(s.records))
+    counts = [sum(r.path is not None and str(r.path) in bad for r in s.records) for s in sets]
+    per_set = ", ".join(f"{s.label}: {n}" for s, n in zip(sets, counts) if n)
     echo(f"warning: left out {message} ({per_set})")
-    return kept
+    return bad
 
 
 def screen_pipeline_records(sources: Any, train: list[list[Record]], test: list[tuple[list[Record], list[Record]]],

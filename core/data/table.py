@@ -63,6 +63,16 @@ class RecordTable:
             return own[name]
         return as_columns(self.records).column(name)
 
+    def take(self, rows: Sequence[int] | np.ndarray) -> "RecordTable":
+        """The table of `rows` (positions, in that order); labels and names as they are."""
+        rows = np.asarray(rows, dtype=np.int64)
+        records = (self.records.take(rows) if isinstance(self.records, RecordColumns)
+                   else [self.records[i] for i in rows.tolist()])
+        return RecordTable(records=records, source_ids=self.source_ids[rows], sources=list(self.sources),
+                           pids=self.pids[rows], camids=np.asarray(self.camids)[rows],
+                           category_ids=self.category_ids[rows], category_names=list(self.category_names),
+                           domain_ids=self.domain_ids[rows], domain_names=list(self.domain_names))
+
     @classmethod
     def build(
         cls,

@@ -41,6 +41,8 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction") -> None:
                         "(galleries of millions: never all in RAM as float32)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0, help="data loader workers (default 0)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out unreadable images found before extracting (with a warning) instead of stopping")
     _device(p)
     p.set_defaults(func=cmd_extract)
 
@@ -167,7 +169,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from core.tools.extract import extract_to_file
 
     path, features = extract_to_file(args.target, args.images, args.out, device=args.device,
-                                     batch_size=args.batch_size, num_workers=args.workers, half=args.half)
+                                     batch_size=args.batch_size, num_workers=args.workers, half=args.half,
+                                     image_check="skip" if args.skip_bad_images else "error")
     n, d = features.embeddings.shape
     known = int((features.images.table.pids >= 0).sum())
     print(f"{path}: {n} embeddings of dimension {d} ({known} with a known identity) from {args.images}")

@@ -45,8 +45,9 @@ def embed(run: LoadedRun, images: ImageSet, batch_size: int = 64, num_workers: i
     loader = DataLoader(samples, batch_size=batch_size, shuffle=False, collate_fn=collate,
                         num_workers=num_workers, pin_memory=run.device.type == "cuda")
     chunks, writer = [], None
-    with torch.no_grad(), run.autocast(), tqdm(total=len(samples), desc="extract", unit="img",
-                                               disable=not progress, leave=False) as bar:
+    # closed on success only: a failure leaves it to the CLI, which ends its line before the error
+    bar = tqdm(total=len(samples), desc="extract", unit="img", disable=not progress, leave=False)
+    with torch.no_grad(), run.autocast():
         for batch in loader:
             batch = batch.to(run.device, non_blocking=True)
             embedding = run.model(batch)["embedding"].float()
@@ -60,6 +61,7 @@ def embed(run: LoadedRun, images: ImageSet, batch_size: int = 64, num_workers: i
                     writer = FeatureWriter(half_file, len(samples), embedding.shape[1])
                 writer.write(embedding.cpu().numpy())
             bar.update(len(batch))
+    bar.close()
     if not chunks and writer is None:
         raise ValueError(f"{images.source}: no images to embed")
     if writer is not None:
@@ -132,14 +134,17 @@ def features_meta(run: LoadedRun, images: ImageSet, embeddings: np.ndarray) -> d
 
 def extract_to_file(target: str | Path, images: str | Path, out: str | Path, device: str = "auto",
                     batch_size: int = 64, num_workers: int = 0, progress: bool = True,
-                    half: bool = False) -> tuple[Path, Features]:
-    """What `core extract` does: load the run, embed the images, write the .npz (with
-    `half`, the embeddings into a float16 memory map beside it; module doc)."""
+                    half: bool = False, image_check: str = "error") -> tuple[Path, Features]:
+    """What `core extract` does: load the run, check the image files, embed the images,
+    write the .npz (with `half`, the embeddings into a float16 memory map beside it; module
+    doc). `image_check`, as for training (core.data.image_check): unreadable files stop it
+    before the first batch ("error"), are left out with a warning ("skip"), or are not
+    looked for ("off")."""
     from core.tools.images import open_images
     from core.tools.loading import load_run
 
     run = load_run(target, device=device)
-    image_set = open_images(images, run)
+    image_set = screened(open_images(images, run), image_check)
     out = Path(out)
     half_file = None
     if half:
@@ -149,3 +154,21 @@ def extract_to_file(target: str | Path, images: str | Path, out: str | Path, dev
                        half_file=half_file)
     features = Features(embeddings, image_set, features_meta(run, image_set, embeddings))
     return save_features(out, features), features
+
+
+def screened(images: ImageSet, mode: str = "error") -> ImageSet:
+    """`images` after the header and tail check of every file (core.data.image_check), run
+    before the first batch so that one bad file in a large gallery does not stop the
+    extraction part-way: "error" raises naming every bad file, "skip" leaves them out."""
+    from core.config.loading import ConfigError
+    from core.data.image_check import CheckedSet, kept_rows, screen_files
+
+    records = images.table.records
+    bad = screen_files([CheckedSet(f"--images {images.source}", records)], mode=mode,
+                       stopped="Nothing was extracted")
+    if not bad:
+        return images
+    rows = kept_rows(records, bad)
+    if not rows:
+        raise ConfigError(f"--images {images.source}: every image file is unreadable (left out); nothing to extract")
+    return ImageSet(images.table.take(rows), images.datasets, images.source)

@@ -97,8 +97,23 @@ def _table(records: Sequence[Record], name: str, category_names: Sequence[str] |
     return RecordTable.build([(name, list(records))], relabel=False, category_names=category_names)
 
 
-def open_images(spec: str | Path, run: "LoadedRun | None" = None) -> ImageSet:
-    """An `ImageSet` from a folder, a manifest file, an image file or `run:<split>`."""
+def open_images(spec: str | Path, run: "LoadedRun | None" = None, flag: str = "--images") -> ImageSet:
+    """An `ImageSet` from a folder, a manifest file, an image file or `run:<split>`. What
+    cannot be read (a bad manifest row, a folder without images) is a ConfigError naming
+    the command-line `flag` that gave `spec`: `--images data/m.csv:5: field 'pid' ...`."""
+    from core.config.loading import ConfigError
+
+    try:
+        return _open_images(spec, run)
+    except ConfigError:
+        raise
+    except (ValueError, FileNotFoundError) as exc:
+        text = str(exc)
+        named = any(text.startswith(s) for s in (str(spec), str(Path(spec))))
+        raise ConfigError(f"{flag} {text}" if named else f"{flag} {spec}: {text}") from exc
+
+
+def _open_images(spec: str | Path, run: "LoadedRun | None") -> ImageSet:
     text = str(spec)
     if text.startswith("run:"):
         if run is None:
@@ -106,7 +121,7 @@ def open_images(spec: str | Path, run: "LoadedRun | None" = None) -> ImageSet:
         return run_split(run, text[4:])
     path = Path(spec)
     if not path.exists():
-        raise FileNotFoundError(f"no such image, folder or manifest: {path}")
+        raise FileNotFoundError(f"{path}: no such image, folder or manifest")
     cats = list(run.pipeline.train.category_names) if run is not None else None
     if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
         from core.data.manifest import ManifestDataset
@@ -132,7 +147,7 @@ def open_images(spec: str | Path, run: "LoadedRun | None" = None) -> ImageSet:
         return ImageSet(_table(records, path.name, cats), [dataset], text)
     records = [record_for_file(f) for f in _image_files(path)]
     if not records:
-        raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {path}")
+        raise FileNotFoundError(f"{path}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in it or below")
     return ImageSet(_table(records, path.name, cats), [ImageFiles(records)], text)
 
 

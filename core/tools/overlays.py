@@ -125,7 +125,7 @@ def explain(target: str | Path, images: str, out: str | Path, key: str = "part_m
         if gallery is None:
             at = str(images).partition("@")[2] if str(images).startswith("run:") else ""
             gallery = "run:gallery" + (f"@{at}" if at else "")
-        return explain_matches(run, image_set, open_images(gallery, run), out,
+        return explain_matches(run, image_set, open_images(gallery, run, flag="--gallery"), out,
                                Settings(method, top=top, layer=layer, discard_ratio=discard_ratio,
                                         head_fusion=head_fusion, cam=cam),
                                limit=limit, exclude_same_camera=exclude_same_camera, batch_size=batch_size)

@@ -181,7 +181,7 @@ def search(target: str | Path, query: str, gallery: str, top: int = 10, out: str
     from core.tools.loading import load_run
 
     run = load_run(target, device=device)
-    query_set = open_images(query, run)
+    query_set = open_images(query, run, flag="--query")
     if str(gallery).endswith(".npz"):
         features = load_features(gallery)
         gallery_set, g_emb = features.images, features.embeddings
@@ -189,7 +189,7 @@ def search(target: str | Path, query: str, gallery: str, top: int = 10, out: str
             log.warning(f"{gallery} was extracted with the run {features.meta['run_dir']}, not {run.run_dir}; "
                         "distances across models mean nothing")
     else:
-        gallery_set = open_images(gallery, run)
+        gallery_set = open_images(gallery, run, flag="--gallery")
         g_emb = embed(run, gallery_set, batch_size=batch_size, progress=progress)
     q_emb = embed(run, query_set, batch_size=batch_size, progress=progress)
     metric = metric or run.metric
