@@ -143,6 +143,14 @@ def test_missing_root_names_the_path_and_the_expected_folders(tmp_path):
         assert folder in message
 
 
+def test_a_missing_root_at_a_relative_path_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as err:
+        Market1501("data/market")
+    assert (f"Market1501: dataset root not found: data/market (looked at {tmp_path / 'data' / 'market'}; data paths "
+            "are relative to the folder core runs in, not to the pipeline file); expected the layout ") in str(err.value)
+
+
 def test_missing_split_folder_names_it_and_what_was_found(tmp_path):
     root = market_tree(tmp_path)
     (root / "query").rename(root / "queries")

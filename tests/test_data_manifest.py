@@ -99,3 +99,11 @@ def test_load_image_decodes_relative_paths_and_names_missing_files(tmp_path):
     assert ds.load_image(first).size == (8, 16)
     with pytest.raises(FileNotFoundError, match="b.png"):
         ds.load_image(second)
+
+
+def test_a_missing_manifest_at_a_relative_path_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as err:
+        ManifestDataset("data/m.csv")
+    assert str(err.value) == (f"manifest file not found: data/m.csv (looked at {tmp_path / 'data' / 'm.csv'}; data "
+                              "paths are relative to the folder core runs in, not to the pipeline file)")

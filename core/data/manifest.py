@@ -30,6 +30,7 @@ import numpy as np
 
 from core.data.cache import cached
 from core.data.columns import Categorical, ExtraColumn, RecordColumns, StringColumn, cell_value
+from core.data.paths import looked_at
 from core.interfaces import Dataset
 from core.records import Record
 
@@ -54,7 +55,7 @@ class ManifestDataset(Dataset):
     def __init__(self, path: str, root: str | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"manifest file not found: {self.path}")
+            raise FileNotFoundError(f"manifest file not found: {self.path}{looked_at(self.path)}")
         self.root = Path(root) if root is not None else self.path.parent
         self.columns = cached("manifest", [self.path], {"root": str(self.root.absolute()),
                                                          "version": PARSER_VERSION}, self._parse)

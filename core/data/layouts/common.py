@@ -24,6 +24,7 @@ import numpy as np
 
 from core.data.cache import cached
 from core.data.columns import Categorical, RecordColumns, StringColumn, as_columns, extra_from_values
+from core.data.paths import looked_at
 from core.interfaces import Dataset
 from core.records import Record
 
@@ -151,7 +152,8 @@ def require_dir(dataset: str, path: Path, layout: str) -> None:
     """FileNotFoundError naming `path` and the expected layout unless it is a folder."""
     if not path.is_dir():
         what = "is not a folder" if path.exists() else "not found"
-        raise FileNotFoundError(f"{dataset}: dataset root {what}: {path}; expected the layout {layout}")
+        where = looked_at(path) if what == "not found" else ""
+        raise FileNotFoundError(f"{dataset}: dataset root {what}: {path}{where}; expected the layout {layout}")
 
 
 def find_root(dataset: str, root: str | Path, folders: Sequence[str], wrappers: Sequence[str] = ()) -> Path:
