@@ -32,8 +32,9 @@ class Dataset(abc.ABC):
         """The records of `split`, in a fixed order."""
 
     def load_image(self, record: Record):
-        """Decode `record` as an RGB PIL image; errors name the file."""
-        from PIL import Image, UnidentifiedImageError
+        """Decode `record` as an RGB PIL image; errors name the file (one that does not decode:
+        `UndecodableImageError`, bad input)."""
+        from PIL import Image
 
         if record.path is None:
             raise ValueError(f"{type(self).__name__}: record of pid {record.pid} has no path "
@@ -44,7 +45,7 @@ class Dataset(abc.ABC):
         except FileNotFoundError:
             raise FileNotFoundError(f"image file not found: {record.path}") from None
         except OSError as exc:
-            if exc.errno is not None and not isinstance(exc, UnidentifiedImageError):  # the disk, not the file
+            if exc.errno is not None:  # the disk or the permissions, not the file's content
                 raise OSError(f"cannot read image {record.path}: {exc.strerror or exc}") from None
             fault = exc
         except Exception as exc:  # noqa: BLE001 - any decoder failure (SyntaxError, ValueError, ...) is the file's

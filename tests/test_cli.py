@@ -118,3 +118,22 @@ def test_plugins_can_add_subcommands(capsys):
         pm.unregister(name="test:commands")
         pm.infos.pop("test:commands")
     assert "hello from a plugin" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("failure, line, code", [(KeyboardInterrupt(), "interrupted", 130),
+                                                 (ValueError("x"), "error: ValueError: x", 1)])
+def test_a_failure_under_an_open_progress_bar_prints_its_line_on_a_line_of_its_own(capsys, failure, line, code):
+    import argparse
+
+    from tqdm.auto import tqdm
+
+    from core.cli import _run_command
+
+    def command(args):
+        bar = tqdm(total=3, desc="work")
+        bar.update(1)
+        raise failure  # the bar is left open, as a failed loop leaves it
+
+    assert _run_command(argparse.Namespace(func=command, debug=False)) == code
+    err = capsys.readouterr().err
+    assert "work:" in err and any(text.startswith(line) for text in err.split("\n"))

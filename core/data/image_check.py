@@ -147,7 +147,7 @@ def _check(path: str, full_decode: bool = False) -> tuple[str | None, os.stat_re
         with Image.open(path) as image:
             image.load()  # every pixel, as the loader's convert("RGB") does
     except OSError as exc:
-        if exc.errno is not None and not isinstance(exc, UnidentifiedImageError):
+        if exc.errno is not None:  # the disk or the permissions: not cached
             return f"cannot read: {exc.strerror or exc}", st, False
         return f"does not decode ({decode_fault(exc)})", st, True
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a verdict
