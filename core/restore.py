@@ -55,14 +55,17 @@ def restore_run(target: str | Path, overrides: Sequence[str] = ()):
     a checkpoint, the losses' state (`trainer.losses_restored`)."""
     from core import trust
     from core.tools import weights_file
-    from core.training.checkpoint import load_checkpoint
+    from core.training.checkpoint import OTHER_PIPELINE, load_checkpoint, load_fitting
 
     if weights_file.is_weights_file(target):
         path = Path(target)
         cfg, facts, state = weights_file.read_weights(path, overrides)
         refuse_plugin_files(cfg)
         trainer = _inference_trainer(cfg, path.parent, context=weights_file.context_from_facts(facts))
-        trainer.p.model.load_state_dict(state)
+        load_fitting(trainer.p.model, state, path, "model",
+                     "the model of the pipeline stored in the file" + _with_overrides(overrides),
+                     "were its tensors or its pipeline edited? `core export --format safetensors` writes files "
+                     "whose weights fit their pipeline")
         trainer.losses_restored = False  # the file holds the model only
         return path.parent, path, trainer
     run_dir, checkpoint = resolve_run(target)
@@ -70,11 +73,16 @@ def restore_run(target: str | Path, overrides: Sequence[str] = ()):
     refuse_plugin_files(cfg)  # before the checkpoint: nothing of the folder is read first
     state = load_checkpoint(checkpoint, trust=trust.current().checkpoint)
     trainer = _inference_trainer(cfg, run_dir)
-    trainer.p.model.load_state_dict(state["model"])
+    against = f"the model of {run_dir / 'pipeline.yaml'}" + _with_overrides(overrides)
+    load_fitting(trainer.p.model, state.get("model"), checkpoint, "model", against, OTHER_PIPELINE)
     trainer.losses_restored = _load_losses(trainer.net.losses, state.get("losses"), checkpoint)
-    if trainer.ema is not None and state.get("ema") is not None:
-        trainer.ema.load_state_dict(state["ema"])  # its losses too: the EMA copy is of model + losses
+    if trainer.ema is not None and state.get("ema") is not None:  # its losses too: the EMA copy is of model + losses
+        load_fitting(trainer.ema, state["ema"], checkpoint, "EMA copy's", against, OTHER_PIPELINE)
     return run_dir, checkpoint, trainer
+
+
+def _with_overrides(overrides: Sequence[str]) -> str:
+    return " (with the --set overrides given)" if overrides else ""
 
 
 def _load_losses(losses, state: Any, checkpoint: Path) -> bool:

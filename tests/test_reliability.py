@@ -362,6 +362,98 @@ def test_a_safetensors_file_naming_plugin_files_is_refused(tmp_path, pipeline_fi
     assert "imports local plugin files" in err and "--allow-plugin-files" in err
 
 
+def _one_short_line(err: str, *names: str) -> str:
+    """The CLI's error output: one line of at most 600 characters naming `names` (torch's own
+    message listed every key: ~6 KB)."""
+    assert len(err.strip().splitlines()) == 1 and len(err) < 600, err
+    assert "Error(s) in loading state_dict" not in err and "RuntimeError" not in err, err
+    for name in names:
+        assert name in err, (name, err)
+    return err
+
+
+def test_a_weights_file_whose_tensors_do_not_fit_its_pipeline_is_one_line_exit_2(tmp_path, run_tiny_pipeline,
+                                                                                   capsys):
+    """Review 15, C7: a .safetensors with reid-core's metadata but another architecture's
+    tensors, or with the pipeline's embed_dim edited, gave torch's raw `size mismatch` or a
+    ~6 KB `Unexpected key(s)` line, exit 1."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    config = copy.deepcopy(TINY_PIPELINE)
+    config["trainer"]["eval_before"] = False
+    result = run_tiny_pipeline(config, overrides=["trainer.stop_after_steps=1"])
+    assert main(["export", str(result.run_dir), "--out", str(tmp_path / "shared"), "--format", "safetensors"]) == 0
+    capsys.readouterr()
+    with safe_open(str(tmp_path / "shared" / "model.safetensors"), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    # the pipeline edited: embed_dim 32 -> 48 (every backbone tensor and the head change shape)
+    edited = tmp_path / "edited.safetensors"
+    save_file(tensors, str(edited), metadata={**meta, "reid_core.pipeline": meta["reid_core.pipeline"].replace(
+        "embed_dim: 32", "embed_dim: 48")})
+    # another architecture's tensors under the backbone (ResNet names), the head kept
+    foreign = tmp_path / "foreign.safetensors"
+    other = {k: v for k, v in tensors.items() if not k.startswith("backbone.")}
+    other.update({"backbone.model.conv1.weight": torch.zeros(8, 3, 7, 7), "backbone.model.bn1.weight": torch.ones(8),
+                  "backbone.model.fc.weight": torch.zeros(4, 8)})
+    save_file(other, str(foreign), metadata=meta)
+    assert main(["eval", str(edited)]) == 2
+    err = _one_short_line(capsys.readouterr().err, "edited.safetensors", "do not fit", "another shape", "[32]",
+                          "[48]", "edited")
+    assert main(["eval", str(foreign)]) == 2
+    err = _one_short_line(capsys.readouterr().err, "foreign.safetensors", "do not fit", "backbone.model.bn1.weight",
+                          "3 unexpected tensors", "missing")
+    n_model = sum(1 for k in tensors if k.startswith("backbone."))
+    assert f"{n_model} of the model's tensors missing" in err
+
+
+def test_a_run_folder_checkpoint_from_another_pipeline_is_one_line_for_eval_and_resume(tmp_path, run_tiny_pipeline,
+                                                                                        capsys):
+    """Review 15, C8: a run folder whose checkpoints/last.pt comes from another pipeline
+    (here embed_dim 48 in a 32 run) gave torch's raw `size mismatch`, exit 1, for `core
+    eval RUN` and `core run --resume RUN`. Now one line naming the checkpoint and the
+    pipeline it does not fit, exit 2; the resume changes nothing in the folder."""
+    config = copy.deepcopy(TINY_PIPELINE)
+    config["trainer"]["eval_before"] = False
+    ours = run_tiny_pipeline(config, overrides=["trainer.stop_after_steps=1"], name="ours.yaml")
+    other = run_tiny_pipeline(config, overrides=["trainer.stop_after_steps=1", "backbone.model_kwargs.embed_dim=48"],
+                              name="other.yaml")
+    checkpoint = ours.run_dir / "checkpoints" / "last.pt"
+    checkpoint.write_bytes((other.run_dir / "checkpoints" / "last.pt").read_bytes())
+    assert main(["eval", str(ours.run_dir)]) == 2
+    _one_short_line(capsys.readouterr().err, str(checkpoint), "do not fit", str(ours.run_dir / "pipeline.yaml"),
+                    "another shape", "[48]", "[32]", "another pipeline")
+    before = _tree_bytes(ours.run_dir)
+    assert main(["run", "--resume", str(ours.run_dir)]) == 2
+    _one_short_line(capsys.readouterr().err, str(checkpoint), "do not fit", "another pipeline")
+    assert _tree_bytes(ours.run_dir) == before
+
+
+def test_a_weights_file_without_batchnorm_counters_still_loads(tmp_path, run_tiny_pipeline, capsys):
+    """BatchNorm's num_batches_tracked, absent from files other exporters write, is
+    supplied by torch (no version metadata in a .safetensors): not a misfit."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    config = copy.deepcopy(TINY_PIPELINE)
+    config["trainer"]["eval_before"] = False
+    result = run_tiny_pipeline(config, overrides=["trainer.stop_after_steps=1"])
+    assert main(["export", str(result.run_dir), "--out", str(tmp_path / "shared"), "--format", "safetensors"]) == 0
+    with safe_open(str(tmp_path / "shared" / "model.safetensors"), framework="pt") as f:
+        meta, names = f.metadata(), list(f.keys())
+        tensors = {k: f.get_tensor(k) for k in names if not k.endswith("num_batches_tracked")}
+    assert len(tensors) < len(names)
+    path = tmp_path / "no_counters.safetensors"
+    save_file(tensors, str(path), metadata=meta)
+    capsys.readouterr()
+    test = "data.test=[{dataset: synthetic, identities: 8, test_identities: 4, images_per_identity: 4, " \
+           "cameras: 2, render_size: [32, 16]}]"
+    assert main(["eval", str(path), "--json", "--set", test]) == 0
+    assert "synthetic/mAP" in json.loads(capsys.readouterr().out)
+
+
 def test_labelling_is_refused_under_torchrun_with_a_pointer_to_core_label(tmp_path, tiny_pipeline_config):
     import importlib.util
 

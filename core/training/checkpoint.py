@@ -18,7 +18,7 @@ import pickle
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -116,6 +116,55 @@ def load_checkpoint(path: Path, trust: bool = False) -> dict[str, Any]:
             f"file came from, load it anyway with {TRUST_FLAG}.") from None
     except (RuntimeError, EOFError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+
+
+#: load_fitting's hint for a run folder's checkpoint that does not fit the run's pipeline
+OTHER_PIPELINE = "the checkpoint comes from another pipeline (was it copied from another run folder?)"
+
+
+def load_fitting(module: torch.nn.Module, state: Any, file: Path | str, what: str, against: str,
+                 hint: str) -> None:
+    """`module.load_state_dict(state)`, strict as torch's, but weights that do not fit end in
+    one CheckpointError line instead of torch's list of every key: `file`, the `what` tensors
+    (e.g. "model") do not fit `against`, how many of the module's tensors are missing, how many of the file's are
+    unexpected or of another shape (an example or two of each), and `hint` (why it may be).
+
+    Tensors of another shape are refused before anything is copied. Missing and unexpected
+    names are left to torch to judge, since a module may supply what an older checkpoint
+    lacks (an `_load_from_state_dict` that adds a key, BatchNorm's `num_batches_tracked` in
+    a file without torch's version metadata): only when torch refuses are they reported."""
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{file}: no {what} tensors in it (found {type(state).__name__}, not a mapping of "
+                              f"names to tensors); {hint}")
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k, v in own.items() if isinstance(v, torch.Tensor) and isinstance(state.get(k), torch.Tensor)
+                    and v.shape != state[k].shape)
+
+    def refusal() -> CheckpointError:
+        def some(names: list[str]) -> str:
+            return ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
+
+        parts = []
+        if shapes:
+            first = shapes[0]
+            parts.append(f"{len(shapes)} tensors of another shape (e.g. {first} is {list(state[first].shape)} in the "
+                         f"file, {list(own[first].shape)} in the model)")
+        if missing:
+            parts.append(f"{len(missing)} of the model's tensors missing (e.g. {some(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {some(unexpected)})")
+        return CheckpointError(f"{file}: the {what} tensors do not fit {against}: {'; '.join(parts)}; {hint}")
+
+    if shapes:
+        raise refusal()
+    try:
+        module.load_state_dict(state)
+    except RuntimeError:
+        if not (missing or unexpected):
+            raise
+        raise refusal() from None
 
 
 def rng_state() -> dict[str, Any]:

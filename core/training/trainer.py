@@ -35,7 +35,8 @@ from core.training import distributed as D
 from core.training import precision as P
 from core.training.blame import blame
 from core.training.determinism import set_deterministic
-from core.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, seed_everything, set_rng_state
+from core.training.checkpoint import (OTHER_PIPELINE, load_checkpoint, load_fitting, rng_state, save_checkpoint,
+                                      seed_everything, set_rng_state)
 from core.training.interrupt import Interrupted, deferred_signals, ignore_in_worker
 from core.training.optim import build_optimizer, build_scheduler, select_parameters
 from core.training.report import format_report
@@ -461,10 +462,12 @@ class Trainer:
         D.barrier()
 
     def _restore_weights(self, state: dict[str, Any]) -> None:
-        self.p.model.load_state_dict(state["model"])
-        self.net.losses.load_state_dict(state["losses"])
+        against = f"the model of {self.run.path / 'pipeline.yaml'}"
+        parts = [(self.p.model, "model", "model"), (self.net.losses, "losses", "losses'")]
         if self.ema is not None and state.get("ema") is not None:
-            self.ema.load_state_dict(state["ema"])
+            parts.append((self.ema, "ema", "EMA copy's"))
+        for module, key, what in parts:
+            load_fitting(module, state.get(key), self.run.checkpoint, what, against, OTHER_PIPELINE)
         self.position = Position(**state["position"])
         self.history = list(state["history"])
         self.skipped = torch.full((), int(state.get("skipped_steps", 0)), dtype=torch.long, device=self.device)
