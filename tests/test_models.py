@@ -213,6 +213,46 @@ def test_bnneck_unknown_embedding_names_valid_values():
         BNNeckHead(make_ctx(feature_dim=6), embedding="post")
 
 
+@pytest.mark.parametrize("backbone", ["timm", "resnet"])
+def test_a_truncated_pretrained_file_is_named_whatever_words_the_reader_uses(tmp_path, monkeypatch, backbone):
+    """The file's own structure says it is cut short (no zip directory at its end), not the
+    wording of torch's reader error, which may change from one release to the next."""
+    from core.models.resnet import ReIDResNet
+
+    whole = tmp_path / "whole.pt"
+    torch.save({"w": torch.zeros(64)}, whole)
+    path = tmp_path / "cut.pt"
+    path.write_bytes(whole.read_bytes()[:-40])
+
+    def reworded(*args, **kwargs):
+        raise RuntimeError("archive could not be opened")
+
+    monkeypatch.setattr(torch, "load", reworded)
+    with pytest.raises(ValueError, match=r"cut.pt: not a readable checkpoint \(truncated.*copy it again") as caught:
+        if backbone == "timm":
+            TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT)
+        else:
+            ReIDResNet(make_ctx(), arch="resnet18", pretrained=str(path))
+    assert f"backbone '{backbone}'" in str(caught.value)
+
+
+def test_a_pretrained_file_that_reads_but_does_not_build_keeps_its_own_error(tmp_path, monkeypatch):
+    """Only a failure to read the file becomes 'not a readable checkpoint': the file is whole
+    and reads, so an error raised while building the model passes through unchanged."""
+    import timm
+
+    source = TimmBackbone(make_ctx(image_size=(32, 32)), **TINY_VIT).model
+    path = tmp_path / "whole.pth"
+    torch.save(source.state_dict(), path)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something else went wrong")
+
+    monkeypatch.setattr(timm, "create_model", broken)
+    with pytest.raises(RuntimeError, match="something else went wrong"):
+        TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT)
+
+
 # --- the baseline end to end ---------------------------------------------------------------
 
 def test_gradients_flow_from_both_losses_into_the_backbone():
@@ -243,7 +283,7 @@ class _WritesAFile:
 
 
 @pytest.mark.parametrize("backbone", ["timm", "resnet"])
-@pytest.mark.parametrize("case", ["pickle", "truncated.pt", "truncated.safetensors"])
+@pytest.mark.parametrize("case", ["pickle", "truncated.pt", "truncated.safetensors", "empty.pt", "text.pt"])
 def test_an_unreadable_pretrained_file_is_one_line_naming_it_and_runs_nothing(tmp_path, backbone, case):
     """A file that needs pickle is refused without unpickling it (nothing in it runs), and a
     truncated one names itself, instead of torch's advice to pass weights_only=False (which
@@ -253,14 +293,20 @@ def test_an_unreadable_pretrained_file_is_one_line_naming_it_and_runs_nothing(tm
     marker = tmp_path / "RAN"
     whole = tmp_path / "whole.pt"
     torch.save({"w": torch.zeros(2), "x": _WritesAFile(marker)}, whole)
-    if case == "pickle":
-        path, match = whole, "needs pickle to load.*refused"
+    if case == "pickle":  # the global it would call is named, as the checkpoint loader names it
+        path, match = whole, r"refused: this file needs pickle to load.*GLOBAL io.open"
     elif case == "truncated.pt":
-        path, match = tmp_path / "cut.pt", "not a readable checkpoint"
+        path, match = tmp_path / "cut.pt", "not a readable checkpoint.*truncated"
         path.write_bytes(whole.read_bytes()[:60])
-    else:
-        path, match = tmp_path / "cut.safetensors", "not a readable safetensors file"
+    elif case == "truncated.safetensors":
+        path, match = tmp_path / "cut.safetensors", "not a readable safetensors file.*truncated"
         path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"w\":")
+    elif case == "empty.pt":  # torch raises a bare EOFError
+        path, match = tmp_path / "empty.pt", "not a readable checkpoint.*empty"
+        path.write_bytes(b"")
+    else:  # torch raises KeyError('101')
+        path, match = tmp_path / "notes.pt", "not a readable checkpoint.*not a PyTorch file"
+        path.write_text("some notes, not weights")
     build = (lambda: TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT)) if backbone == "timm" \
         else (lambda: ReIDResNet(make_ctx(), arch="resnet18", pretrained=str(path)))
     with pytest.raises(ValueError, match=match) as caught:

@@ -70,6 +70,21 @@ def test_a_checkpoint_that_needs_pickle_is_refused_and_runs_nothing(tmp_path):
     assert marker.exists()
 
 
+def test_a_truncated_or_empty_checkpoint_says_so_and_to_copy_it_again(tmp_path):
+    """Review 15, C4: the zip reader's internal error ('failed finding central directory ...
+    internal miniz error') became: the file is cut short (read from its own structure), copy
+    it again; an empty file (a bare EOFError from torch) too."""
+    whole = tmp_path / "whole.pt"
+    save_checkpoint(whole, {"model": {"w": torch.zeros(64)}})
+    cut, empty = tmp_path / "cut.pt", tmp_path / "empty.pt"
+    cut.write_bytes(whole.read_bytes()[:-30])
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"cut.pt: not a readable checkpoint \(truncated.*copy it again"):
+        load_checkpoint(cut)
+    with pytest.raises(CheckpointError, match=r"empty.pt: not a readable checkpoint \(the file is empty"):
+        load_checkpoint(empty)
+
+
 def test_core_eval_refuses_a_pickled_checkpoint_in_a_run_folder(tmp_path, run_tiny_pipeline, capsys):
     result = run_tiny_pipeline(copy.deepcopy(TINY_PIPELINE))
     marker = tmp_path / "PWNED"

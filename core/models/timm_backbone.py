@@ -83,32 +83,15 @@ def _missing_keys_reported() -> Iterator[list[str]]:
         logger.setLevel(level)
 
 
-@contextlib.contextmanager
-def weights_read_errors(path: Path, owner: str) -> Iterator[None]:
-    """A pretrained file that cannot be read as weights fails with one line naming it and
-    why: one that needs pickle (refused: unpickling can run code from the file; torch's own
-    message suggests weights_only=False, which no YAML key sets), or a truncated one."""
-    import pickle
+def weights_read_errors(path: Path, owner: str) -> contextlib.AbstractContextManager[None]:
+    """A pretrained file that cannot be read as weights fails with one ValueError line naming
+    it and why (core.training.checkpoint.reading_weights): one that needs pickle is refused
+    (torch's own message suggests weights_only=False, which no YAML key sets), a truncated
+    or corrupt one says so."""
+    from core.training.checkpoint import reading_weights
 
-    pickled = ValueError(f"{owner}: pretrained file {path} needs pickle to load, and unpickling can run code from "
-                         "the file: refused. Save its state dict (torch.save(model.state_dict(), ...)) or convert "
-                         "it to .safetensors")
-    try:
-        yield
-    except pickle.UnpicklingError:
-        raise pickled from None
-    except RuntimeError as exc:
-        if "weights_only" in str(exc):  # timm re-raises torch's refusal as a RuntimeError
-            raise pickled from None
-        if not any(s in str(exc) for s in ("PytorchStreamReader", "zip archive", "unexpected EOF", "Invalid magic")):
-            raise
-        raise ValueError(f"{owner}: pretrained file {path} is not a readable checkpoint (truncated or not a torch "
-                         f"file: {str(exc).splitlines()[0]})") from None
-    except Exception as exc:
-        if type(exc).__name__ != "SafetensorError":
-            raise
-        raise ValueError(f"{owner}: pretrained file {path} is not a readable safetensors file "
-                         f"({str(exc).splitlines()[0]})") from None
+    return reading_weights(path, lambda line: ValueError(f"{owner}: pretrained file {line}"),
+                           "Save its state dict (torch.save(model.state_dict(), ...)) or convert it to .safetensors")
 
 
 def _create(arch: str, image_size: tuple[int, int], **kwargs: Any) -> torch.nn.Module:

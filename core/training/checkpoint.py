@@ -13,12 +13,15 @@ by another tool) is refused unless the user says they trust it (`--trust-checkpo
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pickle
 import random
+import struct
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -105,17 +108,120 @@ def load_checkpoint(path: Path, trust: bool = False) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if trust:
         return torch.load(path, map_location="cpu", weights_only=False)
-    try:
+    with reading_weights(path, CheckpointError, "Checkpoints written by reid-core load without it. If you trust "
+                         f"where the file came from, load it anyway with {TRUST_FLAG}."):
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()
-        detail = next((line for line in reason if "Unsupported" in line or "GLOBAL" in line), reason[0] if reason else "")
-        raise CheckpointError(
-            f"{path}: refused: this file needs pickle to load, and unpickling can run code from the file "
-            f"({detail.strip()}). Checkpoints written by reid-core load without it. If you trust where the "
-            f"file came from, load it anyway with {TRUST_FLAG}.") from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+
+
+@contextlib.contextmanager
+def reading_weights(path: Path, error: Callable[[str], Exception], if_pickled: str) -> Iterator[None]:
+    """Inside, `path` is read as weights (torch.load with weights_only=True, safetensors, or
+    timm's loader around them); a file that cannot be read fails as `error(line)`, the line
+    naming the file and why: it needs pickle (refused: unpickling can run code from the
+    file; `if_pickled` says what the user can do instead), or it is cut short or corrupt.
+    Any other failure (e.g. a model the file's tensors do not fit) passes through."""
+    try:
+        yield
+    except Exception as exc:
+        refused = _pickle_refusal(path, exc)
+        if refused is not None:
+            raise error(f"{refused} {if_pickled}") from None
+        unreadable = _read_failure(path, exc)
+        if unreadable is None:
+            raise
+        raise error(unreadable) from None
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and what it wraps (timm re-raises torch's errors as RuntimeErrors)."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+def _pickle_refusal(path: Path, exc: BaseException) -> str | None:
+    """The refusal line when `exc` is (or wraps) weights_only's refusal of a pickle global in
+    a file whose structure is whole; None otherwise."""
+    refusal = next((e for e in _causes(exc) if isinstance(e, pickle.UnpicklingError)), None)
+    if refusal is None or file_damage(path) is not None:
+        return None
+    reason = [line.strip() for line in str(refusal).strip().splitlines() if line.strip()]
+    detail = next((line for line in reason if "Unsupported" in line or "GLOBAL" in line), reason[0] if reason else "")
+    detail = detail.split(". ")[0].rstrip(".")  # torch's advice to allowlist the global follows
+    return (f"{path}: refused: this file needs pickle to load, and unpickling can run code from the file"
+            + (f" ({detail})." if detail else "."))
+
+
+def _read_failure(path: Path, exc: BaseException) -> str | None:
+    """'PATH: not a readable checkpoint (why)' when `path` cannot be read: its structure is
+    cut or corrupt (file_damage), or `exc` is a reader's error, or reading the file again
+    fails too; None when the file reads (the failure is elsewhere)."""
+    from safetensors import SafetensorError
+
+    kind = "safetensors file" if Path(path).suffix == ".safetensors" else "checkpoint"
+    why = file_damage(path)
+    if why is None:
+        readers = (EOFError, struct.error, zipfile.BadZipFile, SafetensorError)
+        if not any(isinstance(e, readers) for e in _causes(exc)) and _reads(path):
+            return None
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"{path}: not a readable {kind} ({why})"
+
+
+def _reads(path: Path) -> bool:
+    """Whether `path` reads as weights (safetensors, or torch.load with weights_only)."""
+    try:
+        if Path(path).suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        else:
+            torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any failure to read is the answer
+        return False
+    return True
+
+
+def file_damage(path: Path) -> str | None:
+    """How `path` is visibly cut short or corrupt, from its own structure: empty; a torch zip
+    checkpoint without the central directory at its end; a safetensors file shorter than
+    its header or its tensors' byte ranges say. None when the structure is whole, or the
+    file is a pickle (torch's legacy format has no such markers); a file in none of these
+    formats says so."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if size == 0:
+                return "the file is empty; copy it again"
+            if head.startswith(b"PK\x03\x04"):  # torch.save's zip format
+                if zipfile.is_zipfile(f):
+                    return None
+                return "truncated or corrupt: the zip directory at its end is missing; copy it again"
+            if path.suffix != ".safetensors":
+                if head[:1] == b"\x80":  # a pickle (torch's legacy format): no structure to check here
+                    return None
+                return "not a PyTorch file: neither a zip archive (torch.save) nor a pickle"
+            if size < 8:
+                return f"truncated: {size} bytes, shorter than a safetensors header; copy it again"
+            length = int.from_bytes(head, "little")
+            if 8 + length > size:
+                return f"truncated: its header says {length} bytes of metadata follow, the file holds {size - 8}; " \
+                       "copy it again"
+            try:
+                header = json.loads(f.read(length))
+                end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+                return "corrupt: its header is not a safetensors header"
+            if 8 + length + end > size:
+                return f"truncated: its tensors end at byte {8 + length + end}, the file has {size}; copy it again"
+    except OSError:
+        return None
+    return None
 
 
 #: load_fitting's hint for a run folder's checkpoint that does not fit the run's pipeline
