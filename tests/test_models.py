@@ -106,6 +106,38 @@ def test_pretrained_file_with_some_keys_renamed_warns_naming_the_weights_left_ra
     assert torch.equal(loaded.state_dict()["blocks.0.attn.qkv.weight"], source.state_dict()["blocks.0.attn.qkv.weight"])
 
 
+def test_a_root_info_handler_sees_no_timm_record_while_a_pretrained_file_loads(tmp_path):
+    """Reading timm's missing-key report (logged at info) must not show the user timm's info
+    lines: a handler on the root logger at INFO (what `--verbose` or a user's logging setup
+    installs) receives nothing from timm during the load, while our own warning about the
+    weights left random still appears; the timm logger is left as it was."""
+    import logging
+
+    source = TimmBackbone(make_ctx(image_size=(32, 32)), **TINY_VIT).model
+    path = tmp_path / "partial.pth"
+    torch.save({k: v for k, v in source.state_dict().items() if not k.startswith("blocks.1.")}, path)
+
+    class Seen(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.INFO)
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+    seen, root = Seen(), logging.getLogger()
+    timm_logger = logging.getLogger("timm.models._builder")
+    before = (timm_logger.level, timm_logger.propagate, list(timm_logger.handlers))
+    root.addHandler(seen)
+    try:
+        with pytest.warns(UserWarning, match="keep their random initialisation"):
+            TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT)
+    finally:
+        root.removeHandler(seen)
+    assert [r.getMessage() for r in seen.records if r.name.startswith("timm")] == []
+    assert (timm_logger.level, timm_logger.propagate, list(timm_logger.handlers)) == before
+
+
 def test_a_complete_pretrained_file_loads_without_a_warning(tmp_path):
     import warnings
 

@@ -62,25 +62,42 @@ _MISSING = re.compile(r"^Missing keys \((.*)\) discovered while loading pretrain
 @contextlib.contextmanager
 def _missing_keys_reported() -> Iterator[list[str]]:
     """Collect the missing keys timm logs (at info level) while loading pretrained weights
-    inside; the logger's level and handlers are restored afterwards."""
+    inside. During the load only our handler sees timm's records (the logger's own handlers
+    are set aside and propagation is off, so a root handler showing INFO prints nothing of
+    what the raised level lets through); afterwards its handlers, level and propagation are
+    restored, and the records other than the missing-key report are passed on as they would
+    have been without us (those at a level the logger has enabled)."""
     missing: list[str] = []
+    held: list[logging.LogRecord] = []
 
     class Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             found = _MISSING.match(record.getMessage())
             if found:
                 missing.extend(k.strip() for k in found.group(1).split(",") if k.strip())
+            else:
+                held.append(record)
 
     logger = logging.getLogger("timm.models._builder")
-    handler, level = Collect(logging.INFO), logger.level
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    for other in handlers:  # only ours sees the load's records
+        logger.removeHandler(other)
+    handler = Collect(logging.NOTSET)
     logger.addHandler(handler)
+    logger.propagate = False
     if not logger.isEnabledFor(logging.INFO):
         logger.setLevel(logging.INFO)
     try:
         yield missing
     finally:
         logger.removeHandler(handler)
+        for other in handlers:
+            logger.addHandler(other)
         logger.setLevel(level)
+        logger.propagate = propagate
+        for record in held:
+            if logger.isEnabledFor(record.levelno):
+                logger.handle(record)
 
 
 def weights_read_errors(path: Path, owner: str) -> contextlib.AbstractContextManager[None]:
