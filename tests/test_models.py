@@ -79,12 +79,78 @@ def test_pretrained_file_with_unknown_suffix_names_the_accepted_ones(tmp_path):
         TimmBackbone(make_ctx(), pretrained=str(path), **TINY_VIT)
 
 
-def test_pretrained_file_with_wrapped_keys_warns(tmp_path):
+def test_pretrained_file_with_wrapped_keys_is_refused_with_the_prefix_hint(tmp_path):
+    """Nothing of it would load (every name carries 'model.'): refused, as the resnet
+    backbone refuses a file that does not fit, instead of a warning and a random start."""
     source = TimmBackbone(make_ctx(image_size=(32, 32)), **TINY_VIT).model
     path = tmp_path / "wrapped.pth"
     torch.save({"state_dict": {"model." + k: v for k, v in source.state_dict().items()}}, path)
-    with pytest.warns(UserWarning, match="no parameter name"):
+    with pytest.raises(ValueError, match=r"wrapped.pth does not fit.*model\.blocks\.0\..*strip it"):
         TimmBackbone(make_ctx(), pretrained=str(path), **TINY_VIT)
+
+
+def test_a_pretrained_file_of_another_arch_is_refused_naming_both_sides(tmp_path):
+    """Review 15, C9: a resnet18 state dict given to a ViT loaded nothing, yet only warned
+    (validate said OK and training would start from random weights). The line names the
+    file, the arch, some of the file's tensors and some of the model's, and the prefix hint."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "resnet18.safetensors"
+    save_file(TimmBackbone(make_ctx(), arch="resnet18").model.state_dict(), str(path))
+    with pytest.raises(ValueError) as caught:
+        TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT)
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 600, message
+    for part in ("backbone 'timm'", str(path), "'vit_tiny_patch16_224'", "bn1.bias", "patch_embed.proj.weight", "wrapper prefix"):
+        assert part in message, (part, message)
+
+
+def test_a_pretrained_file_of_another_arch_fails_validate_naming_the_pipeline_and_key(tmp_path, capsys):
+    import yaml
+
+    from core.cli import main
+    from core.testing import TINY_PIPELINE
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "resnet18.safetensors"
+    save_file(TimmBackbone(make_ctx(), arch="resnet18").model.state_dict(), str(weights))
+    config = {**TINY_PIPELINE, "backbone": {**TINY_PIPELINE["backbone"], "pretrained": str(weights)}}
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(yaml.safe_dump(config))
+    assert main(["validate", str(pipeline)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(pipeline) in err and "backbone" in err and str(weights) in err
+
+
+def test_timms_unexpected_key_list_becomes_one_short_warning(tmp_path):
+    """timm's own warning listed every unexpected key (~4 KB for a ResNet file, shown twice);
+    now it reaches no handler, and our warning gives their count and the first few."""
+    import logging
+
+    source = TimmBackbone(make_ctx(image_size=(32, 32)), **TINY_VIT).model
+    extra = {f"decoder.layer{i}.weight": torch.zeros(2) for i in range(30)}
+    path = tmp_path / "extra.pth"
+    torch.save({**source.state_dict(), **extra}, path)
+
+    class Seen(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.INFO)
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+    seen, root = Seen(), logging.getLogger()
+    root.addHandler(seen)
+    try:
+        with pytest.warns(UserWarning) as caught:
+            loaded = TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT).model
+    finally:
+        root.removeHandler(seen)
+    assert [r.getMessage()[:60] for r in seen.records if r.name.startswith("timm")] == []
+    (message,) = [str(w.message) for w in caught if "extra.pth" in str(w.message)]
+    assert "30 tensors of" in message and "decoder.layer0.weight" in message and len(message) < 600, message
+    assert torch.equal(loaded.state_dict()["blocks.1.attn.qkv.weight"], source.state_dict()["blocks.1.attn.qkv.weight"])
 
 
 def test_pretrained_file_with_some_keys_renamed_warns_naming_the_weights_left_random(tmp_path):

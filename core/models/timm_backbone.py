@@ -54,29 +54,34 @@ def errors_named(name: str) -> Iterator[None]:
         raise type(exc)(str(exc).replace(TIMM_NAME, name)) from exc
 
 
-#: timm's report of the model's keys a pretrained file did not hold (timm.models._builder,
-#: load_pretrained: "Missing keys (a, b) discovered while loading pretrained weights...")
-_MISSING = re.compile(r"^Missing keys \((.*)\) discovered while loading pretrained weights")
+#: timm's reports of the model's keys a pretrained file did not hold (info level) and of the
+#: file's keys the model does not have (a warning listing every one of them) (timm.models.
+#: _builder, load_pretrained: "Missing keys (a, b) discovered while loading pretrained weights...")
+_REPORTS = {"missing": re.compile(r"^Missing keys \((.*)\) discovered while loading pretrained weights"),
+            "unexpected": re.compile(r"^Unexpected keys \((.*)\) found while loading pretrained weights")}
 
 
 @contextlib.contextmanager
-def _missing_keys_reported() -> Iterator[list[str]]:
-    """Collect the missing keys timm logs (at info level) while loading pretrained weights
-    inside. During the load only our handler sees timm's records (the logger's own handlers
-    are set aside and propagation is off, so a root handler showing INFO prints nothing of
-    what the raised level lets through); afterwards its handlers, level and propagation are
-    restored, and the records other than the missing-key report are passed on as they would
-    have been without us (those at a level the logger has enabled)."""
-    missing: list[str] = []
+def _keys_reported() -> Iterator[dict[str, list[str]]]:
+    """Collect the keys timm reports while loading pretrained weights inside: {"missing": the
+    model's keys the file did not fill, "unexpected": the file's keys the model lacks}; the
+    caller says what matters in one line of its own (timm's unexpected-key warning lists
+    every key). During the load only our handler sees timm's records (the logger's own
+    handlers are set aside and propagation is off, so a root handler showing INFO prints
+    nothing of what the raised level lets through); afterwards its handlers, level and
+    propagation are restored, and the records other than these two reports are passed on as
+    they would have been without us (those at a level the logger has enabled)."""
+    reported: dict[str, list[str]] = {kind: [] for kind in _REPORTS}
     held: list[logging.LogRecord] = []
 
     class Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            found = _MISSING.match(record.getMessage())
-            if found:
-                missing.extend(k.strip() for k in found.group(1).split(",") if k.strip())
-            else:
-                held.append(record)
+            for kind, pattern in _REPORTS.items():
+                found = pattern.match(record.getMessage())
+                if found:
+                    reported[kind].extend(k.strip() for k in found.group(1).split(",") if k.strip())
+                    return
+            held.append(record)
 
     logger = logging.getLogger("timm.models._builder")
     handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
@@ -88,7 +93,7 @@ def _missing_keys_reported() -> Iterator[list[str]]:
     if not logger.isEnabledFor(logging.INFO):
         logger.setLevel(logging.INFO)
     try:
-        yield missing
+        yield reported
     finally:
         logger.removeHandler(handler)
         for other in handlers:
@@ -135,6 +140,11 @@ def _file_keys(path: Path) -> set[str]:
             ckpt = ckpt[key]
             break
     return {k[7:] if k.startswith("module.") else k for k in ckpt} if isinstance(ckpt, dict) else set()
+
+
+def _some(names: list[str], n: int) -> str:
+    """The first `n` names, then how many more."""
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 class TimmBackbone(Backbone):
@@ -186,10 +196,10 @@ class TimmBackbone(Backbone):
             if path.suffix not in CHECKPOINT_SUFFIXES:
                 raise ValueError(f"backbone 'timm': pretrained file {path} has suffix '{path.suffix}'; "
                                  f"accepted: {', '.join(CHECKPOINT_SUFFIXES)}")
-            with _missing_keys_reported() as missing, weights_read_errors(path, TIMM_NAME):
+            with _keys_reported() as reported, weights_read_errors(path, TIMM_NAME):
                 self.model = _create(arch, image_size, pretrained=True,
                                      pretrained_cfg_overlay=dict(file=str(path)), **model_kwargs)
-            self._check_loaded(path, missing)
+            self._check_loaded(path, reported["missing"], reported["unexpected"])
         else:
             raise ValueError(f"backbone 'timm': pretrained must be true, false or a checkpoint path, "
                              f"got {pretrained!r}")
@@ -206,30 +216,35 @@ class TimmBackbone(Backbone):
                                  "patch_embed (only token models such as ViT have one)")
             patch_embed.requires_grad_(False)
 
-    def _check_loaded(self, path: Path, missing: list[str]) -> None:
-        """timm loads non-strictly once the classifier is dropped, so a file whose keys
-        carry a wrapper prefix would load nothing, and one with some keys renamed would
-        load in part, silently (timm only logs the missing keys at info level): warn
-        about either, naming the file and the weights left at their random start.
-        `missing`: the model's keys timm found no value for, after its own checkpoint
-        filter (which renames older formats: comparing raw key sets would cry wolf)."""
-        try:
-            keys = _file_keys(path)
-        except Exception:  # unreadable cheaply; timm has already read it, so leave it
-            keys = set()
-        own = set(self.model.state_dict())
-        if keys and not keys & own:
-            sample = ", ".join(sorted(keys)[:3])
-            warnings.warn(f"backbone 'timm': no parameter name of {path} matches '{self.arch}' "
-                          f"(file keys look like: {sample}); the weights may not have loaded. "
-                          "Strip wrapper prefixes (e.g. 'model.', 'backbone.') before loading.",
-                          stacklevel=3)
-        elif missing:
-            shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
-            warnings.warn(f"backbone 'timm': {len(missing)} of the {len(own)} tensors of '{self.arch}' are not in "
-                          f"{path} and keep their random initialisation ({shown}). Rename the file's keys to "
-                          "timm's names for this architecture, or pick the architecture the file was saved from.",
-                          stacklevel=3)
+    def _check_loaded(self, path: Path, missing: list[str], unexpected: list[str]) -> None:
+        """timm loads non-strictly once the classifier is dropped, so a file of another
+        architecture, or whose keys carry a wrapper prefix, would load nothing, and one with
+        some keys renamed would load in part, silently (timm only logs the missing keys at
+        info level). Loading nothing is refused (as the `resnet` backbone refuses a file that
+        does not fit), naming the file's keys and the model's; loading in part is a warning
+        naming the weights left at their random start and the file's tensors not used.
+        `missing` / `unexpected`: what timm reported after its own checkpoint filter (which
+        renames older formats: comparing raw key sets would cry wolf)."""
+        own = list(self.model.state_dict())
+        if own and set(missing) >= set(own):
+            try:
+                keys = sorted(_file_keys(path))
+            except Exception:  # noqa: BLE001 - unreadable cheaply: name what timm reported instead
+                keys = sorted(unexpected)
+            raise ValueError(f"{TIMM_NAME}: pretrained file {path} does not fit '{self.arch}': none of its "
+                             f"{len(keys)} tensors ({_some(keys, 3)}) matches a tensor of the model "
+                             f"({_some(own, 3)}). Is it for another arch? If its names carry a wrapper prefix "
+                             "(e.g. 'model.', 'backbone.'), strip it before loading.")
+        notes = []
+        if missing:
+            notes.append(f"{len(missing)} of the {len(own)} tensors of '{self.arch}' are not in {path} and keep "
+                         f"their random initialisation ({_some(missing, 4)})")
+        if unexpected:
+            notes.append(f"{len(unexpected)} tensors of {path} match no tensor of '{self.arch}' and were not loaded "
+                         f"({_some(unexpected, 4)})")
+        if notes:
+            warnings.warn(f"{TIMM_NAME}: {'; '.join(notes)}. Rename the file's keys to timm's names for this "
+                          "architecture, or pick the architecture the file was saved from.", stacklevel=3)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         feats = self.model.forward_features(batch.images)
