@@ -105,6 +105,26 @@ def test_a_pretrained_file_of_another_arch_is_refused_naming_both_sides(tmp_path
         assert part in message, (part, message)
 
 
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_a_pretrained_file_of_another_size_is_one_line_naming_a_tensor_and_both_shapes(tmp_path, suffix):
+    """A ViT saved at embed_dim 64 given to one built at 48: same names, other shapes. torch's
+    'size mismatch for ...' list came through raw (RuntimeError, exit 1 at the CLI); now one
+    ValueError line with the count and one tensor's two shapes."""
+    from safetensors.torch import save_file
+
+    wide = dict(TINY_VIT, model_kwargs={**TINY_VIT["model_kwargs"], "embed_dim": 64})
+    state = TimmBackbone(make_ctx(image_size=(32, 32)), **wide).model.state_dict()
+    path = tmp_path / f"wide{suffix}"
+    save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
+    with pytest.raises(ValueError) as caught:
+        TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT)
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 600, message
+    for part in ("backbone 'timm'", str(path), "does not fit 'vit_tiny_patch16_224'", "of another shape", "64]",
+                 "48]", "embed_dim"):
+        assert part in message, (part, message)
+
+
 def test_a_pretrained_file_of_another_arch_fails_validate_naming_the_pipeline_and_key(tmp_path, capsys):
     import yaml
 

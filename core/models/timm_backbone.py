@@ -127,19 +127,36 @@ def _create(arch: str, image_size: tuple[int, int], **kwargs: Any) -> torch.nn.M
     return timm.create_model(arch, **kwargs)
 
 
-def _file_keys(path: Path) -> set[str]:
-    """Parameter names in a checkpoint file, read cheaply (no tensor copies)."""
+def _file_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint file's tensors, read cheaply: memory-mapped (.pt/.pth/.bin), or empty
+    tensors on the meta device with the file's shapes (.safetensors); unwrapped as timm
+    unwraps them (state_dict_ema, model_ema, state_dict, model; `module.` prefixes)."""
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            return set(f.keys())
+            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
     ckpt = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
     for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]
             break
-    return {k[7:] if k.startswith("module.") else k for k in ckpt} if isinstance(ckpt, dict) else set()
+    return {k[7:] if k.startswith("module.") else k: v for k, v in ckpt.items()} if isinstance(ckpt, dict) else {}
+
+
+def _shapes_misfit(path: Path, arch: str, image_size: tuple[int, int], model_kwargs: dict[str, Any]) -> str:
+    """core.training.checkpoint.misfit of the file's tensors against the model's (built on
+    the meta device, so nothing is allocated), tensors of another shape only; '' when none
+    differ or the file cannot be read cheaply."""
+    from core.training.checkpoint import misfit
+
+    try:
+        with torch.device("meta"):
+            own = _create(arch, image_size, pretrained=False, **model_kwargs).state_dict()
+        theirs = _file_tensors(path)
+    except Exception:  # noqa: BLE001 - no better account than timm's own error, which then stands
+        return ""
+    return misfit(own, theirs, names=False)
 
 
 def _some(names: list[str], n: int) -> str:
@@ -196,9 +213,17 @@ class TimmBackbone(Backbone):
             if path.suffix not in CHECKPOINT_SUFFIXES:
                 raise ValueError(f"backbone 'timm': pretrained file {path} has suffix '{path.suffix}'; "
                                  f"accepted: {', '.join(CHECKPOINT_SUFFIXES)}")
-            with _keys_reported() as reported, weights_read_errors(path, TIMM_NAME):
-                self.model = _create(arch, image_size, pretrained=True,
-                                     pretrained_cfg_overlay=dict(file=str(path)), **model_kwargs)
+            try:
+                with _keys_reported() as reported, weights_read_errors(path, TIMM_NAME):
+                    self.model = _create(arch, image_size, pretrained=True,
+                                         pretrained_cfg_overlay=dict(file=str(path)), **model_kwargs)
+            except RuntimeError:  # the file reads (weights_read_errors passed this on): its tensors may not fit
+                shapes = _shapes_misfit(path, arch, image_size, model_kwargs)
+                if not shapes:
+                    raise
+                raise ValueError(f"{TIMM_NAME}: pretrained file {path} does not fit '{arch}': {shapes}. Is it for "
+                                 "another arch, or another size (model_kwargs such as embed_dim, depth, "
+                                 "patch_size)?") from None
             self._check_loaded(path, reported["missing"], reported["unexpected"])
         else:
             raise ValueError(f"backbone 'timm': pretrained must be true, false or a checkpoint path, "
@@ -228,7 +253,7 @@ class TimmBackbone(Backbone):
         own = list(self.model.state_dict())
         if own and set(missing) >= set(own):
             try:
-                keys = sorted(_file_keys(path))
+                keys = sorted(_file_tensors(path))
             except Exception:  # noqa: BLE001 - unreadable cheaply: name what timm reported instead
                 keys = sorted(unexpected)
             raise ValueError(f"{TIMM_NAME}: pretrained file {path} does not fit '{self.arch}': none of its "

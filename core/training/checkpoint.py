@@ -232,8 +232,7 @@ def load_fitting(module: torch.nn.Module, state: Any, file: Path | str, what: st
                  hint: str) -> None:
     """`module.load_state_dict(state)`, strict as torch's, but weights that do not fit end in
     one CheckpointError line instead of torch's list of every key: `file`, the `what` tensors
-    (e.g. "model") do not fit `against`, how many of the module's tensors are missing, how many of the file's are
-    unexpected or of another shape (an example or two of each), and `hint` (why it may be).
+    (e.g. "model") do not fit `against`, how (misfit), and `hint` (why it may be).
 
     Tensors of another shape are refused before anything is copied. Missing and unexpected
     names are left to torch to judge, since a module may supply what an older checkpoint
@@ -243,34 +242,43 @@ def load_fitting(module: torch.nn.Module, state: Any, file: Path | str, what: st
         raise CheckpointError(f"{file}: no {what} tensors in it (found {type(state).__name__}, not a mapping of "
                               f"names to tensors); {hint}")
     own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k, v in own.items() if isinstance(v, torch.Tensor) and isinstance(state.get(k), torch.Tensor)
-                    and v.shape != state[k].shape)
 
     def refusal() -> CheckpointError:
-        def some(names: list[str]) -> str:
-            return ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
+        return CheckpointError(f"{file}: the {what} tensors do not fit {against}: {misfit(own, state)}; {hint}")
 
-        parts = []
-        if shapes:
-            first = shapes[0]
-            parts.append(f"{len(shapes)} tensors of another shape (e.g. {first} is {list(state[first].shape)} in the "
-                         f"file, {list(own[first].shape)} in the model)")
-        if missing:
-            parts.append(f"{len(missing)} of the model's tensors missing (e.g. {some(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {some(unexpected)})")
-        return CheckpointError(f"{file}: the {what} tensors do not fit {against}: {'; '.join(parts)}; {hint}")
-
-    if shapes:
+    if misfit(own, state, names=False):
         raise refusal()
     try:
         module.load_state_dict(state)
     except RuntimeError:
-        if not (missing or unexpected):
+        if set(own) == set(state):
             raise
         raise refusal() from None
+
+
+def misfit(own: Mapping[str, Any], theirs: Mapping[str, Any], names: bool = True) -> str:
+    """How the tensors `theirs` (a file's) do not fit `own` (a model's state dict), in a few
+    words: how many have another shape, with an example, and (`names`) how many of the
+    model's are missing and of the file's unexpected, with two; '' when nothing differs."""
+    def count(n: int, what: str) -> str:
+        return f"{n} {what}{'s' if n != 1 else ''}"
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:2]) + (", ..." if len(keys) > 2 else "")
+
+    shapes = sorted(k for k, v in own.items() if isinstance(v, torch.Tensor) and isinstance(theirs.get(k), torch.Tensor)
+                    and v.shape != theirs[k].shape)
+    parts = []
+    if shapes:
+        first = shapes[0]
+        parts.append(f"{count(len(shapes), 'tensor')} of another shape (e.g. {first} is {list(theirs[first].shape)} "
+                     f"in the file, {list(own[first].shape)} in the model)")
+    missing, unexpected = sorted(set(own) - set(theirs)), sorted(set(theirs) - set(own))
+    if names and missing:
+        parts.append(f"{len(missing)} of the model's tensors missing (e.g. {some(missing)})")
+    if names and unexpected:
+        parts.append(f"{count(len(unexpected), 'unexpected tensor')} (e.g. {some(unexpected)})")
+    return "; ".join(parts)
 
 
 def rng_state() -> dict[str, Any]:
