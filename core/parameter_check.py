@@ -8,6 +8,7 @@ builds the pipeline and its training module itself.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from core.config.loading import LoadedConfig
@@ -71,9 +72,13 @@ def check_patterns_on_meta(cfg: LoadedConfig) -> bool:
     from core.pipeline import build_pipeline
     from core.training.trainer import TrainingModule
 
-    # the real build that follows checks the images; this one needs only names and shapes
+    # the real build that follows checks the images; this one needs only names and shapes. Its
+    # warnings are the real build's again (and torch's, one per tensor, that copying a
+    # pretrained file's values into meta parameters does nothing): the real build shows them
     try:
-        p = build_pipeline(cfg, meta=True, echo=lambda *_: None, image_check="off")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p = build_pipeline(cfg, meta=True, echo=lambda *_: None, image_check="off")
     except Exception:  # noqa: BLE001 - a real config error is raised again by the real build
         return False
     check_parameter_patterns(cfg, p.stages, p.stage_losses, TrainingModule(p.model, p.loss_modules()))

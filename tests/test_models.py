@@ -142,6 +142,29 @@ def test_a_pretrained_file_of_another_arch_fails_validate_naming_the_pipeline_an
     assert len(err.strip().splitlines()) == 1 and str(pipeline) in err and "backbone" in err and str(weights) in err
 
 
+def test_validate_shows_a_partly_fitting_pretrained_files_warning_once_and_no_torch_meta_noise(tmp_path, capsys):
+    """Review 15, C9: validate printed the pretrained file's warnings twice (its check of the
+    stages' parameter patterns builds the model on the meta device first), and torch warned
+    once per tensor that copying the file into meta parameters does nothing. Now the real
+    build's warning alone: once, and nothing from the meta build."""
+    import yaml
+
+    from core.cli import main
+    from core.testing import TINY_PIPELINE
+
+    kwargs = TINY_PIPELINE["backbone"]["model_kwargs"]
+    state = TimmBackbone(make_ctx(image_size=(32, 16)), arch="vit_tiny_patch16_224", model_kwargs=kwargs).model
+    weights = tmp_path / "extra.pth"
+    torch.save({**state.state_dict(), "decoder.weight": torch.zeros(2)}, weights)
+    config = {**TINY_PIPELINE, "backbone": {**TINY_PIPELINE["backbone"], "pretrained": str(weights)}}
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(yaml.safe_dump(config))
+    assert main(["validate", str(pipeline)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("match no tensor of 'vit_tiny_patch16_224'") == 1, err
+    assert "meta" not in err, err
+
+
 def test_timms_unexpected_key_list_becomes_one_short_warning(tmp_path):
     """timm's own warning listed every unexpected key (~4 KB for a ResNet file, shown twice);
     now it reaches no handler, and our warning gives their count and the first few."""
