@@ -145,10 +145,12 @@ def _add_global_flags(parser: argparse.ArgumentParser, sub) -> None:
             flags = [f for f in flags if f not in command._option_string_actions]
             if flags:
                 command.add_argument(*flags, dest=dest, action="store_true", help=text)
-        if name in READS_RUN_FOLDERS:
+        if name in READS_RUN_FOLDERS or name == "validate":  # validate builds what run builds
             command.add_argument(trust.CHECKPOINT_FLAG, dest="trust_checkpoint", action="store_true",
-                                 help="load a checkpoint that needs pickle (it can run code: only for files "
-                                      "you trust; reid-core's own checkpoints never need it)")
+                                 help="load a checkpoint that needs pickle, or a TorchScript archive as "
+                                      "pretrained weights (they can run code: only for files you trust; "
+                                      "reid-core's own checkpoints never need it)")
+        if name in READS_RUN_FOLDERS:
             command.add_argument(trust.PLUGIN_FILES_FLAG, dest="allow_plugin_files", action="store_true",
                                  help="import the local plugin files (plugins: [./x.py]) a run folder's "
                                       "pipeline names (Python code: read them first)")

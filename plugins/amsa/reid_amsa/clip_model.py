@@ -138,20 +138,44 @@ def cached_tag_file(tag_cfg: dict[str, Any]) -> Path | None:
     return None
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A CLIP state dict from a .safetensors / .bin / .pt file, or an OpenAI TorchScript archive."""
-    from open_clip.factory import load_state_dict
+def is_torchscript_archive(path: Path) -> bool:
+    """Whether `path` is a TorchScript archive (OpenAI's released CLIP .pt files): a zip
+    holding compiled code (`<archive>/code/...`), which torch.save's zips do not."""
+    import zipfile
 
     try:
-        return load_state_dict(str(path))
-    except Exception as exc:  # OpenAI's released .pt files are TorchScript archives
-        try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A CLIP state dict from a .safetensors / .bin / .pt file (tensors only: a file that
+    needs pickle is refused, a damaged one named), or an OpenAI TorchScript archive when
+    the user trusts it: loading one runs the TorchScript it holds (its `__setstate__`
+    methods), which can read and write files (torch.from_file), so torch refuses it under
+    weights_only too."""
+    from open_clip.factory import load_state_dict
+
+    from core import trust
+    from core.training.checkpoint import reading_weights
+
+    if is_torchscript_archive(path):
+        if not trust.current().checkpoint:
+            raise ValueError(
+                f"{path}: refused: a TorchScript archive (OpenAI's released .pt format) runs the code it holds "
+                f"when it loads. Use the same weights as tensors: open_clip's .safetensors (`pretrained: true` "
+                f"finds `timm/vit_base_patch16_clip_224.openai` in the Hugging Face cache for ViT-B-16), or, if "
+                f"you trust where the file came from, pass {trust.CHECKPOINT_FLAG} to `core run` (or `core validate`)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
-        except Exception:
-            raise RuntimeError(f"{NAME}: cannot read the checkpoint {path}: {exc}") from exc
         for key in ("input_resolution", "context_length", "vocab_size"):
             state.pop(key, None)
         return state
+    with reading_weights(path, ValueError, "Use a .safetensors file, or a torch.save of a plain state dict."):
+        return load_state_dict(str(path))
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
@@ -170,7 +194,7 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k != "logit_bias"]
     if missing:
-        raise RuntimeError(f"{NAME}: {path} does not fit this CLIP: {len(missing)} parameters missing "
+        raise ValueError(f"{NAME}: {path} does not fit this CLIP: {len(missing)} parameters missing "
                            f"(e.g. {', '.join(missing[:4])}); unexpected keys: "
                            f"{', '.join(result.unexpected_keys[:4]) or 'none'}. Is it a checkpoint of the same "
                            "open_clip architecture (`model`)?")

@@ -56,9 +56,13 @@ def write_openai_archive(state: dict[str, torch.Tensor], path) -> dict[str, torc
 
 
 def load(build_ctx, path, **kwargs):
+    """The backbone built on the checkpoint `path`, as `core run --trust-checkpoint` builds it
+    (a TorchScript archive loads only when trusted; state dicts need no trust)."""
     from reid_amsa.backbone import AMSAClip
 
-    with warnings.catch_warnings():
+    from core import trust
+
+    with warnings.catch_warnings(), trust.trusting(checkpoint=True):
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", UserWarning)  # torch.load dispatching to torch.jit.load
         return AMSAClip(build_ctx(image_size=(256, 128)), model_cfg=copy.deepcopy(B16_TINY), pretrained=str(path),
@@ -152,3 +156,76 @@ def test_openai_archive_runs_on_a_separate_device_under_cuda_bf16_autocast_rules
     # the emulation runs attention wholly in bf16 (softmax included, which CUDA keeps in
     # fp32): a direction check, looser than the GPU test's element-wise one (here 0.995+)
     assert (torch.nn.functional.cosine_similarity(mixed, reference) > 0.99).all()
+
+
+def test_a_torchscript_archive_is_refused_unless_trusted_and_nothing_of_it_runs(build_ctx, tmp_path, monkeypatch):
+    """Loading a TorchScript archive runs the code it holds (torch refuses it under
+    weights_only for that reason): without --trust-checkpoint it is refused before
+    torch.jit.load is called, naming the file, why, the safe format and the flag."""
+    from reid_amsa.backbone import AMSAClip
+
+    path = tmp_path / "ViT-B-16.pt"
+    write_openai_archive(source_clip().state_dict(), path)
+    calls = []
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: calls.append(a) or pytest.fail("jit.load called"))
+    with pytest.raises(ValueError) as caught:
+        AMSAClip(build_ctx(image_size=(256, 128)), model_cfg=copy.deepcopy(B16_TINY), pretrained=str(path))
+    text = str(caught.value)
+    assert str(path) in text and "TorchScript archive" in text and "--trust-checkpoint" in text
+    assert ".safetensors" in text and not calls
+
+
+def test_a_pickled_or_damaged_checkpoint_is_one_line_naming_it_and_runs_nothing(build_ctx, tmp_path):
+    """A .bin that needs pickle is refused naming the global it would call (the marker its
+    unpickling would write is never written); a cut one says so; neither is mistaken for
+    a TorchScript archive nor advises weights_only=False."""
+    import os
+    import pickle
+
+    from reid_amsa.backbone import AMSAClip
+
+    marker = tmp_path / "RAN"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    evil = tmp_path / "evil.bin"
+    torch.save({"visual.class_embedding": Payload()}, evil)
+    good = tmp_path / "good.bin"
+    torch.save(source_clip().state_dict(), good)
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    for path, words in ((evil, ("refused", "needs pickle", "system")), (cut, ("not a readable", "copy it again"))):
+        with pytest.raises(ValueError) as caught:
+            AMSAClip(build_ctx(image_size=(256, 128)), model_cfg=copy.deepcopy(B16_TINY), pretrained=str(path))
+        text = str(caught.value)
+        assert str(path) in text and all(w in text for w in words), text
+        assert "weights_only=False" not in text and "\n" not in text
+    assert not marker.exists()
+    assert pickle.UnpicklingError  # the refusal above is weights_only's, reworded
+
+
+def test_validate_refuses_a_torchscript_archive_with_exit_2_and_loads_it_with_trust_checkpoint(tmp_path, capsys,
+                                                                                                monkeypatch):
+    """Through the CLI on the shipped synthetic MUVA pipeline: exit 2 and one line naming the
+    pipeline key without the flag; with `--trust-checkpoint` the archive loads and validate
+    passes."""
+    from pathlib import Path
+
+    import open_clip
+    import yaml
+
+    from core.cli import main
+
+    pipeline = Path(__file__).resolve().parents[3] / "pipelines" / "muva_synthetic.yaml"
+    model_cfg = copy.deepcopy(yaml.safe_load(pipeline.read_text())["backbone"]["model_cfg"])
+    torch.manual_seed(0)
+    path = tmp_path / "clip.pt"
+    write_openai_archive(open_clip.CLIP(**model_cfg).state_dict(), path)
+    overrides = ["--set", f"backbone.pretrained={path}", "--set", "trainer.device=cpu"]
+    monkeypatch.chdir(tmp_path)  # its labeler writes labels/ where core runs
+    assert main(["validate", str(pipeline), *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "backbone" in err[0] and "TorchScript archive" in err[0], err
+    assert main(["validate", str(pipeline), *overrides, "--trust-checkpoint"]) == 0, capsys.readouterr().err
