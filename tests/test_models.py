@@ -1,6 +1,8 @@
 """Specification of the built-in backbone `timm` and head `bnneck`. Tiny models, random
 init or weights saved by the test itself: nothing is downloaded."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -165,15 +167,11 @@ def test_validate_shows_a_partly_fitting_pretrained_files_warning_once_and_no_to
     assert "meta" not in err, err
 
 
-def test_timms_unexpected_key_list_becomes_one_short_warning(tmp_path):
-    """timm's own warning listed every unexpected key (~4 KB for a ResNet file, shown twice);
-    now it reaches no handler, and our warning gives their count and the first few."""
+@contextlib.contextmanager
+def root_info_records():
+    """The records a handler on the root logger at INFO receives in the block (what
+    `--verbose` or a user's own logging setup installs)."""
     import logging
-
-    source = TimmBackbone(make_ctx(image_size=(32, 32)), **TINY_VIT).model
-    extra = {f"decoder.layer{i}.weight": torch.zeros(2) for i in range(30)}
-    path = tmp_path / "extra.pth"
-    torch.save({**source.state_dict(), **extra}, path)
 
     class Seen(logging.Handler):
         def __init__(self):
@@ -186,11 +184,22 @@ def test_timms_unexpected_key_list_becomes_one_short_warning(tmp_path):
     seen, root = Seen(), logging.getLogger()
     root.addHandler(seen)
     try:
-        with pytest.warns(UserWarning) as caught:
-            loaded = TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT).model
+        yield seen.records
     finally:
         root.removeHandler(seen)
-    assert [r.getMessage()[:60] for r in seen.records if r.name.startswith("timm")] == []
+
+
+def test_timms_unexpected_key_list_becomes_one_short_warning(tmp_path):
+    """timm's own warning listed every unexpected key (~4 KB for a ResNet file, shown twice);
+    now it reaches no handler, and our warning gives their count and the first few."""
+    source = TimmBackbone(make_ctx(image_size=(32, 32)), **TINY_VIT).model
+    extra = {f"decoder.layer{i}.weight": torch.zeros(2) for i in range(30)}
+    path = tmp_path / "extra.pth"
+    torch.save({**source.state_dict(), **extra}, path)
+
+    with root_info_records() as seen, pytest.warns(UserWarning) as caught:
+        loaded = TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT).model
+    assert [r.getMessage()[:60] for r in seen if r.name.startswith("timm")] == []
     (message,) = [str(w.message) for w in caught if "extra.pth" in str(w.message)]
     assert "30 tensors of" in message and "decoder.layer0.weight" in message and len(message) < 600, message
     assert torch.equal(loaded.state_dict()["blocks.1.attn.qkv.weight"], source.state_dict()["blocks.1.attn.qkv.weight"])
@@ -226,24 +235,11 @@ def test_a_root_info_handler_sees_no_timm_record_while_a_pretrained_file_loads(t
     path = tmp_path / "partial.pth"
     torch.save({k: v for k, v in source.state_dict().items() if not k.startswith("blocks.1.")}, path)
 
-    class Seen(logging.Handler):
-        def __init__(self):
-            super().__init__(logging.INFO)
-            self.records = []
-
-        def emit(self, record):
-            self.records.append(record)
-
-    seen, root = Seen(), logging.getLogger()
     timm_logger = logging.getLogger("timm.models._builder")
     before = (timm_logger.level, timm_logger.propagate, list(timm_logger.handlers))
-    root.addHandler(seen)
-    try:
-        with pytest.warns(UserWarning, match="keep their random initialisation"):
-            TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT)
-    finally:
-        root.removeHandler(seen)
-    assert [r.getMessage() for r in seen.records if r.name.startswith("timm")] == []
+    with root_info_records() as seen, pytest.warns(UserWarning, match="keep their random initialisation"):
+        TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT)
+    assert [r.getMessage() for r in seen if r.name.startswith("timm")] == []
     assert (timm_logger.level, timm_logger.propagate, list(timm_logger.handlers)) == before
 
 
