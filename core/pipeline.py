@@ -188,7 +188,8 @@ class _Builder:
             with torch.device("meta") if self.meta and kind in MODEL_KINDS else contextlib.nullcontext():
                 component = target(**params)
         except BUILD_ERRORS as exc:
-            raise self.cfg.error(key, f"{what} could not be built: {fault_text(exc)}") from exc
+            text = str(fault_text(exc))  # components name themselves ("backbone 'timm': ..."): once is enough
+            raise self.cfg.error(key, f"{what} could not be built: {text.removeprefix(what + ': ')}") from exc
         info = self.pm.infos.get(entry.provider)
         self.provenance[key] = {"name": entry.name, "plugin": entry.provider,
                                 "version": info.version if info else None}

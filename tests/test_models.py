@@ -142,6 +142,7 @@ def test_a_pretrained_file_of_another_arch_fails_validate_naming_the_pipeline_an
     assert main(["validate", str(pipeline)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and str(pipeline) in err and "backbone" in err and str(weights) in err
+    assert err.count("backbone 'timm'") == 1, err  # the pipeline's wrapper and the backbone name it once
 
 
 def test_validate_shows_a_partly_fitting_pretrained_files_warning_once_and_no_torch_meta_noise(tmp_path, capsys):
