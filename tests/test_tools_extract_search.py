@@ -104,6 +104,59 @@ def test_an_extract_error_starts_its_own_line_after_the_progress_bar(trained_run
     assert any(line.startswith(f"error: cannot decode image {bad} (") for line in err.split("\n"))
 
 
+def cut_last(folder):
+    """Cut the last image of `folder` (the last met by a tool) in half, as an interrupted copy leaves it."""
+    bad = sorted(folder.iterdir())[-1]
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    return bad
+
+
+def test_search_checks_query_and_gallery_images_before_embedding_any(trained_run, image_folder, tmp_path, capsys):
+    query = shutil.copytree(image_folder / "query", tmp_path / "query")
+    gallery = shutil.copytree(image_folder / "bounding_box_test", tmp_path / "gallery")
+    bad = [cut_last(query), cut_last(gallery)]
+    args = ["search", str(trained_run), "--query", str(query), "--gallery", str(gallery), "--batch-size", "2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 2 unreadable image files (") and all(f"{b}: " in err for b in bad)
+    assert "Nothing was searched" in err and "--skip-bad-images" in err
+    assert "extract:" not in err  # no batch was embedded
+    assert main([*args, "--skip-bad-images"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: left out 2 unreadable image files" in captured.err
+    assert "query " in captured.out and not any(b.name in captured.out for b in bad)
+
+
+def test_search_against_a_features_file_checks_the_query_images(trained_run, image_folder, tmp_path, capsys):
+    features = tmp_path / "gallery.npz"
+    assert main(["extract", str(trained_run), "--images", str(image_folder / "bounding_box_test"),
+                 "--out", str(features)]) == 0
+    query = shutil.copytree(image_folder / "query", tmp_path / "query")
+    bad = cut_last(query)
+    assert main(["search", str(trained_run), "--query", str(query), "--gallery", str(features)]) == 2
+    assert f"error: 1 unreadable image file (of {len(list(query.iterdir()))} checked): {bad}: " \
+        in capsys.readouterr().err
+
+
+def test_explain_checks_the_images_it_draws_and_its_gallery_before_drawing(trained_run, image_folder, tmp_path,
+                                                                           capsys):
+    query = shutil.copytree(image_folder / "query", tmp_path / "query")
+    gallery = shutil.copytree(image_folder / "bounding_box_test", tmp_path / "gallery")
+    beyond_limit = cut_last(query)  # --limit 2 draws the first two queries only: never read
+    bad = cut_last(gallery)  # every gallery image is embedded to rank the matches
+    out = tmp_path / "cams"
+    args = ["explain", str(trained_run), "--images", str(query), "--gallery", str(gallery), "--out", str(out),
+            "--method", "rollout", "--limit", "2", "--top", "2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: 1 unreadable image file (of {len(list(gallery.iterdir()))} checked): {bad}: ")
+    assert "Nothing was drawn" in err and "--skip-bad-images" in err and str(beyond_limit) not in err
+    assert not out.exists()
+    assert main([*args, "--skip-bad-images"]) == 0
+    assert "warning: left out 1 unreadable image file" in capsys.readouterr().err
+    assert len(list(out.glob("*.png"))) == 2
+
+
 def test_search_prints_and_draws_a_ranked_list_per_query(trained_run, image_folder, tmp_path, capsys):
     gallery = tmp_path / "gallery.npz"
     assert main(["extract", str(trained_run), "--images", str(image_folder / "bounding_box_test"),

@@ -24,6 +24,16 @@ def _device(p: argparse.ArgumentParser) -> None:
                                                     "(default auto, whatever the run trained on)")
 
 
+def _skip_bad_images(p: argparse.ArgumentParser, before: str) -> None:
+    """--skip-bad-images: the image check these tools run first (core.tools.images.screened)."""
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help=f"leave out unreadable images found before {before} (with a warning) instead of stopping")
+
+
+def _image_check(args: argparse.Namespace) -> str:
+    return "skip" if args.skip_bad_images else "error"
+
+
 def add_tool_commands(subparsers: "argparse._SubParsersAction") -> None:
     """Add the tools' subcommands to the `core` CLI."""
     p = _add(subparsers, "extract", "embed images with a trained model into a .npz file",
@@ -41,8 +51,7 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction") -> None:
                         "(galleries of millions: never all in RAM as float32)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0, help="data loader workers (default 0)")
-    p.add_argument("--skip-bad-images", action="store_true",
-                   help="leave out unreadable images found before extracting (with a warning) instead of stopping")
+    _skip_bad_images(p, "extracting")
     _device(p)
     p.set_defaults(func=cmd_extract)
 
@@ -67,6 +76,7 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--exclude-same-camera", action="store_true",
                    help="drop gallery items with the query's identity and camera (the ReID protocol)")
     p.add_argument("--batch-size", type=int, default=64)
+    _skip_bad_images(p, "searching")
     _device(p)
     p.set_defaults(func=cmd_search)
 
@@ -109,6 +119,7 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--key", default="part_masks", help="the model output holding the masks (default part_masks)")
     p.add_argument("--limit", type=int, default=32, help="at most this many images (default 32)")
     p.add_argument("--batch-size", type=int, default=32)
+    _skip_bad_images(p, "drawing")
     _device(p)
     p.set_defaults(func=cmd_explain)
 
@@ -170,7 +181,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     path, features = extract_to_file(args.target, args.images, args.out, device=args.device,
                                      batch_size=args.batch_size, num_workers=args.workers, half=args.half,
-                                     image_check="skip" if args.skip_bad_images else "error")
+                                     image_check=_image_check(args))
     n, d = features.embeddings.shape
     known = int((features.images.table.pids >= 0).sum())
     print(f"{path}: {n} embeddings of dimension {d} ({known} with a known identity) from {args.images}")
@@ -192,7 +203,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         print("core search: give --query and --gallery (or --worst N)", file=sys.stderr)
         return 2
     search.search(args.target, args.query, args.gallery, top=args.top, out=args.out, device=args.device,
-                  metric=args.metric, exclude_same_camera=args.exclude_same_camera, batch_size=args.batch_size)
+                  metric=args.metric, exclude_same_camera=args.exclude_same_camera, batch_size=args.batch_size,
+                  image_check=_image_check(args))
     return 0
 
 
@@ -204,7 +216,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                         device=args.device, batch_size=args.batch_size, method=args.method, gallery=args.gallery,
                         top=args.top, layer=args.layer, discard_ratio=args.discard_ratio,
                         head_fusion=args.head_fusion, exclude_same_camera=args.exclude_same_camera,
-                        cam=args.cam)
+                        cam=args.cam, image_check=_image_check(args))
     except (MissingMasks, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -55,7 +55,11 @@ class EmbeddingModel(nn.Module):
 
 def check_images(run, images: str | None, count: int = 8) -> torch.Tensor:
     """(n, 3, H, W) test-transformed images for the check: `images`, else the run's query
-    images, else random normal tensors."""
+    images, else random normal tensors. No pre-check of the image files
+    (`core.tools.images.screened`, which extract, search and explain run): at most `count`
+    images are read, before anything is exported, and one that does not read stops the
+    export with one line naming it, so a check first would find nothing sooner and save
+    no work."""
     from core.tools.images import open_images
 
     spec = images or ("run:query" if run.pipeline.test_sets else None)

@@ -140,11 +140,11 @@ def extract_to_file(target: str | Path, images: str | Path, out: str | Path, dev
     doc). `image_check`, as for training (core.data.image_check): unreadable files stop it
     before the first batch ("error"), are left out with a warning ("skip"), or are not
     looked for ("off")."""
-    from core.tools.images import open_images
+    from core.tools.images import open_images, screened
     from core.tools.loading import load_run
 
     run = load_run(target, device=device)
-    image_set = screened(open_images(images, run), image_check)
+    image_set, = screened([("--images", open_images(images, run))], image_check, "Nothing was extracted")
     out = Path(out)
     half_file = None
     if half:
@@ -155,20 +155,3 @@ def extract_to_file(target: str | Path, images: str | Path, out: str | Path, dev
     features = Features(embeddings, image_set, features_meta(run, image_set, embeddings))
     return save_features(out, features), features
 
-
-def screened(images: ImageSet, mode: str = "error") -> ImageSet:
-    """`images` after the header and tail check of every file (core.data.image_check), run
-    before the first batch so that one bad file in a large gallery does not stop the
-    extraction part-way: "error" raises naming every bad file, "skip" leaves them out."""
-    from core.config.loading import ConfigError
-    from core.data.image_check import CheckedSet, kept_rows, screen_files
-
-    records = images.table.records
-    bad = screen_files([CheckedSet(f"--images {images.source}", records)], mode=mode,
-                       stopped="Nothing was extracted")
-    if not bad:
-        return images
-    rows = kept_rows(records, bad)
-    if not rows:
-        raise ConfigError(f"--images {images.source}: every image file is unreadable (left out); nothing to extract")
-    return ImageSet(images.table.take(rows), images.datasets, images.source)

@@ -151,6 +151,28 @@ def _open_images(spec: str | Path, run: "LoadedRun | None") -> ImageSet:
     return ImageSet(_table(records, path.name, cats), [ImageFiles(records)], text)
 
 
+def screened(sets: Sequence[tuple[str, ImageSet]], mode: str = "error",
+             stopped: str = "Nothing was done") -> list[ImageSet]:
+    """Each (flag, image set) after the header and tail check of every file
+    (core.data.image_check), which the tools run before their first batch so that one bad
+    file in a large gallery does not stop them part-way, after the work before it: "error"
+    raises one error naming every bad file of all the sets (`stopped` says what was not
+    done), "skip" leaves them out with a warning (--skip-bad-images), "off" looks at nothing."""
+    from core.config.loading import ConfigError
+    from core.data.image_check import CheckedSet, kept_rows, screen_files
+
+    bad = screen_files([CheckedSet(f"{flag} {images.source}".strip(), images.table.records) for flag, images in sets],
+                       mode=mode, stopped=stopped)
+    kept = []
+    for flag, images in sets:
+        rows = kept_rows(images.table.records, bad) if bad else range(len(images))
+        if not rows and len(images):
+            raise ConfigError(f"{flag} {images.source}".strip() + ": every image file is unreadable (left out). {stopped}")
+        kept.append(images if len(rows) == len(images) else
+                    ImageSet(images.table.take(rows), images.datasets, images.source))
+    return kept
+
+
 def run_split(run: "LoadedRun", spec: str) -> ImageSet:
     """`query`, `gallery` (of the first test set, or `query@<name>`) or `train` of the run's data."""
     split, _, name = spec.partition("@")

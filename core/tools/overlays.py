@@ -96,21 +96,26 @@ METHODS = ("auto", "parts", "gradcam", "rollout")
 def explain(target: str | Path, images: str, out: str | Path, key: str = "part_masks", limit: int = 32,
             device: str = "auto", batch_size: int = 32, method: str = "auto", gallery: str | None = None,
             top: int = 5, layer: str | None = None, discard_ratio: float = 0.0, head_fusion: str = "mean",
-            exclude_same_camera: bool = False, cam: str = "gradcam") -> Path:
+            exclude_same_camera: bool = False, cam: str = "gradcam", image_check: str = "error") -> Path:
     """What `core explain` does; returns the index.html path.
 
     `method`: parts (the model's part masks, this module), gradcam (CNNs) or rollout
     (ViTs) on each query and its top matches (`core.tools.explain_maps`); auto picks
     parts when the model outputs `key`, else rollout for a ViT backbone, else gradcam.
+    `image_check`: the images are checked before the first is drawn, as `core extract`
+    checks them (`core.tools.images.screened`): only the first `limit` of --images, the
+    only ones drawn, and the whole gallery, which is embedded.
     """
     from core.data.loading import ImageSamples, collate
-    from core.tools.images import open_images
+    from core.tools.images import ImageSet, open_images, screened
     from core.tools.loading import load_run
 
     if method not in METHODS:
         raise ValueError(f"explain: method must be one of {', '.join(METHODS)}, got {method!r}")
     run = load_run(target, device=device)
     image_set = open_images(images, run)
+    first = ImageSet(image_set.table.take(range(min(limit, len(image_set)))), image_set.datasets, image_set.source)
+    image_set, = screened([("--images", first)], image_check, "Nothing was drawn")
     count = min(limit, len(image_set))
     samples = ImageSamples(image_set.table, image_set.datasets, run.pipeline.test_transform)
     backbone = run.pipeline.provenance.get("backbone", {}).get("name", type(run.model.backbone).__name__)
@@ -125,7 +130,9 @@ def explain(target: str | Path, images: str, out: str | Path, key: str = "part_m
         if gallery is None:
             at = str(images).partition("@")[2] if str(images).startswith("run:") else ""
             gallery = "run:gallery" + (f"@{at}" if at else "")
-        return explain_matches(run, image_set, open_images(gallery, run, flag="--gallery"), out,
+        gallery_set, = screened([("--gallery", open_images(gallery, run, flag="--gallery"))], image_check,
+                                "Nothing was drawn")
+        return explain_matches(run, image_set, gallery_set, out,
                                Settings(method, top=top, layer=layer, discard_ratio=discard_ratio,
                                         head_fusion=head_fusion, cam=cam),
                                limit=limit, exclude_same_camera=exclude_same_camera, batch_size=batch_size)

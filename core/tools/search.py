@@ -173,23 +173,27 @@ def draw_results(results: list[QueryResult], query_set: ImageSet, gallery_set: I
 
 def search(target: str | Path, query: str, gallery: str, top: int = 10, out: str | Path | None = None,
            device: str = "auto", metric: str | None = None, exclude_same_camera: bool = False,
-           batch_size: int = 64, progress: bool = True, echo=print) -> list[QueryResult]:
+           batch_size: int = 64, progress: bool = True, echo=print, image_check: str = "error") -> list[QueryResult]:
     """What `core search` does: embed queries (and the gallery unless it is a .npz of
-    `core extract`), rank, print, draw."""
+    `core extract`), rank, print, draw. `image_check`: the images to embed are checked
+    first, as `core extract` checks them (`core.tools.images.screened`)."""
     from core.tools.extract import embed, load_features
-    from core.tools.images import open_images
+    from core.tools.images import open_images, screened
     from core.tools.loading import load_run
 
     run = load_run(target, device=device)
     query_set = open_images(query, run, flag="--query")
-    if str(gallery).endswith(".npz"):
+    if str(gallery).endswith(".npz"):  # embedded already; a picture draws a placeholder for an image that won't read
+        query_set, = screened([("--query", query_set)], image_check, "Nothing was searched")
         features = load_features(gallery)
         gallery_set, g_emb = features.images, features.embeddings
         if features.meta.get("run_dir") and Path(features.meta["run_dir"]) != run.run_dir.resolve():
             log.warning(f"{gallery} was extracted with the run {features.meta['run_dir']}, not {run.run_dir}; "
                         "distances across models mean nothing")
     else:
-        gallery_set = open_images(gallery, run, flag="--gallery")
+        query_set, gallery_set = screened([("--query", query_set),
+                                           ("--gallery", open_images(gallery, run, flag="--gallery"))],
+                                          image_check, "Nothing was searched")
         g_emb = embed(run, gallery_set, batch_size=batch_size, progress=progress)
     q_emb = embed(run, query_set, batch_size=batch_size, progress=progress)
     metric = metric or run.metric
