@@ -366,26 +366,14 @@ def _end_progress_lines() -> None:
 def _one_line(exc: BaseException) -> str:
     from core.config.loading import ConfigError
     from core.registry import RegistryError
-    from core.training.blame import ComponentError, last_line
+    from core.training.blame import ComponentError, last_line, worker_original
 
     if isinstance(exc, (ConfigError, RegistryError, ComponentError, FloatingPointError, OSError)) \
             or type(exc).__module__.startswith("core"):
-        text = _worker_original(exc) or str(exc).strip()
+        original = worker_original(exc)  # raised in a DataLoader worker: its own message
+        text = original[1] if original else str(exc).strip()
         return text if "\n" not in text else text.splitlines()[0] + " ..."
-    return last_line(exc) + " (run with --debug for the traceback)"
-
-
-def _worker_original(exc: BaseException) -> str | None:
-    """The message of an exception raised in a DataLoader worker: torch raises it again in
-    the main process as the same type, but with 'Caught X in DataLoader worker process N.'
-    and the worker's traceback as its text; the original message is the last line."""
-    import re
-
-    text = str(exc)
-    if not text.startswith(f"Caught {type(exc).__name__} in DataLoader worker"):
-        return None
-    found = re.findall(rf"^(?:[\w.]+\.)?{re.escape(type(exc).__name__)}: (.*)$", text, re.M)
-    return found[-1].strip() if found else None
+    return last_line(exc) + " (run with --debug for the traceback)"  # a worker's: type and message once
 
 
 def _exit_code(exc: BaseException) -> int:

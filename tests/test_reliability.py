@@ -487,3 +487,36 @@ def test_labelling_is_refused_under_torchrun_with_a_pointer_to_core_label(tmp_pa
     with pytest.raises(ConfigError, match=r"does not run under torchrun.*core label .*p.yaml"):
         build_pipeline(load_pipeline(tmp_path / "p.yaml"), rank=0, world_size=2, echo=lambda *_: None)
     assert not (tmp_path / "parts.npz").exists()
+
+
+CROPPED_WORLD_PLUGIN = '''
+from core.data.synthetic import SyntheticWorld
+from core.hookspecs import hookimpl
+
+
+class CroppedWorld(SyntheticWorld):
+    """A plugin dataset whose image preparation fails, as a plugin transform's would."""
+
+    def load_image(self, record):
+        raise ValueError("crop box (4, 4, 2, 2) is empty: right must exceed left")
+
+
+@hookimpl
+def register_datasets(register):
+    register("cropped_world", CroppedWorld)
+'''
+
+
+def test_a_plugin_error_in_a_data_loader_worker_is_one_line_with_its_type_once(tmp_path, capsys):
+    (tmp_path / "cropped_world.py").write_text(CROPPED_WORLD_PLUGIN)
+    config = {**TINY_PIPELINE, "plugins": ["./cropped_world.py"],
+              "data": {**TINY_PIPELINE["data"], "train": [{**TINY_PIPELINE["data"]["train"][0],
+                                                           "dataset": "cropped_world"}]},
+              "trainer": {**TINY_PIPELINE["trainer"], "num_workers": 1}}  # a real worker process
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 1  # a crash of the plugin, not bad input
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("error: ValueError: crop box (4, 4, 2, 2) is empty: right must exceed left "
+                       "(run with --debug for the traceback)")
+    assert not any("Caught ValueError" in line or "Traceback" in line for line in err)

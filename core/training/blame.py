@@ -32,8 +32,30 @@ def describe_tensors(values: dict[str, Any], limit: int = 8) -> str:
 
 
 def last_line(exc: BaseException) -> str:
+    """'Type: the message's last line'; for an exception a DataLoader worker raised, its
+    type and its own message (not torch's 'Caught ...' text around them)."""
+    original = worker_original(exc)
+    if original is not None:
+        return f"{original[0]}: {original[1]}".rstrip(": ")
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[-1] if text else ''}".rstrip(": ")
+
+
+def worker_original(exc: BaseException) -> tuple[str, str] | None:
+    """(type name, message) of an exception raised in a DataLoader worker, else None. torch
+    raises it again in the main process as the same type (RuntimeError when that type cannot
+    be built from one message), with 'Caught X in DataLoader worker process N.' and the
+    worker's traceback as its text; the original message is the traceback's last line, after
+    'X: ' (or 'module.X: ')."""
+    import re
+
+    text = str(exc)
+    caught = re.match(r"Caught (\w+) in DataLoader worker", text)
+    if caught is None:
+        return None
+    name = caught.group(1)
+    found = re.findall(rf"^(?:[\w.]+\.)?{re.escape(name)}: (.*)$", text, re.M)
+    return (name, found[-1].strip()) if found else None
 
 
 def describe_arguments(frame) -> str:
