@@ -73,6 +73,51 @@ def test_cuhk03_bad_image_name_names_the_json_entry(tmp_path):
         CUHK03(str(tmp_path)).records("train")
 
 
+def pipeline_on(tmp_path: Path, dataset: dict) -> Path:
+    """A tiny pipeline file training on `dataset` (what `core validate` reads)."""
+    import yaml
+
+    from core.testing import TINY_PIPELINE
+
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({**TINY_PIPELINE, "data": {**TINY_PIPELINE["data"], "train": [dataset]}}))
+    return path
+
+
+def new_protocol_mat(tmp_path: Path, **fields) -> Path:
+    from scipy.io import savemat
+
+    cuhk03_images(tmp_path, "detected")
+    files = np.array([["1_001_1_01.png"], ["1_001_2_06.png"], ["1_002_1_02.png"], ["1_002_2_07.png"],
+                      ["2_001_2_08.png"]], dtype=object)
+    path = tmp_path / "cuhk03" / "cuhk03_new_protocol_config_detected.mat"
+    savemat(path, {"filelist": files, "labels": np.array([[1], [1], [2], [2], [3]]), "train_idx": np.array([[1], [2]]),
+                   "query_idx": np.array([[3]]), "gallery_idx": np.array([[4], [5]]), **fields})
+    return path
+
+
+@pytest.mark.parametrize("damage", ["cut in half", "cut to 100 bytes", "empty", "an HTML page"])
+def test_a_cut_or_foreign_new_protocol_mat_is_one_line_naming_the_file_and_key(tmp_path, capsys, damage):
+    from core.cli import main
+
+    mat = new_protocol_mat(tmp_path)
+    data = mat.read_bytes()
+    mat.write_bytes({"cut in half": data[: len(data) // 2], "cut to 100 bytes": data[:100], "empty": b"",
+                     "an HTML page": b"<html><body>404 Not Found</body></html>" * 8}[damage])
+    path = pipeline_on(tmp_path, {"dataset": "cuhk03", "root": str(tmp_path)})
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: data.train.0: dataset 'cuhk03' could not be listed: CUHK03: {mat} is "
+                          "not a readable MATLAB file (")
+    assert "copy it again" in err and "splits_new_detected.json" in err and err.count("\n") == 1
+
+
+def test_a_new_protocol_index_beyond_the_file_list_names_the_entry(tmp_path):
+    new_protocol_mat(tmp_path, gallery_idx=np.array([[4], [9]]))
+    with pytest.raises(ValueError, match=r"detected\.mat:gallery_idx\[1\] is 9, but filelist has 5 entries"):
+        CUHK03(str(tmp_path)).records("gallery")
+
+
 # --- VehicleID --------------------------------------------------------------------------------
 
 def vehicleid_tree(root: Path) -> Path:

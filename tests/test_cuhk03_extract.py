@@ -98,3 +98,26 @@ def test_a_file_without_the_subset_names_what_it_holds_and_leaves_no_folder(tmp_
     with pytest.raises(ValueError, match=r"cuhk-03\.mat has no 'labeled' entry.*found: something"):
         extract_images(raw, tmp_path / "images_labeled", "labeled")
     assert not (tmp_path / "images_labeled").exists() and not (tmp_path / "images_labeled.partial").exists()
+
+
+def test_a_cut_release_file_is_one_line_naming_it_and_the_key(tmp_path, capsys):
+    import yaml
+
+    from core.cli import main
+    from core.testing import TINY_PIPELINE
+
+    root = tmp_path / "cuhk03"
+    (root / "cuhk03_release").mkdir(parents=True)
+    raw = root / "cuhk03_release" / "cuhk-03.mat"
+    write_release(raw)
+    raw.write_bytes(raw.read_bytes()[: raw.stat().st_size // 2])  # an interrupted download
+    (root / "splits_new_labeled.json").write_text(json.dumps([{"train": [], "query": [], "gallery": []}]))
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({**TINY_PIPELINE, "data": {**TINY_PIPELINE["data"], "train": [
+        {"dataset": "cuhk03", "root": str(tmp_path), "labeled": True}]}}))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: data.train.0: dataset 'cuhk03' could not be built: CUHK03: {raw} is not "
+                          "a readable cuhk-03.mat (OSError: ")
+    assert "copy it again" in err and err.count("\n") == 1
+    assert not (root / "images_labeled").exists() and not (root / "images_labeled.partial").exists()

@@ -110,12 +110,28 @@ class CUHK03(Dataset):
 
         try:
             mat = loadmat(str(self.mat_file))
+        except Exception as exc:  # noqa: BLE001 - scipy's reader fails on a cut file with OSError, IndexError, ...
+            if isinstance(exc, OSError) and exc.errno is not None:  # the disk or the permissions: not the content
+                raise
+            raise ValueError(f"CUHK03: {self.mat_file} is not a readable MATLAB file "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())}); it is cut short or not a MATLAB file at "
+                             "all: copy it again (Zhong et al.'s new-protocol config, MATLAB v5), or use torchreid's "
+                             f"{self.json_file.name}") from None
+        try:
             files = mat["filelist"].flatten()
             labels = mat["labels"].flatten()
             index = {key: mat[f"{key}_idx"].flatten().astype(int) - 1 for key in self.splits}
         except KeyError as exc:
             raise ValueError(f"CUHK03: {self.mat_file} lacks the field {exc}; a new-protocol config holds "
                              "filelist, labels, train_idx, query_idx, gallery_idx") from None
-        return {key: [self._record(str(files[i][0]) if not isinstance(files[i], str) else files[i],
-                                   int(labels[i]), key, f"{self.mat_file}:{key}_idx[{n}]")
-                      for n, i in enumerate(idx)] for key, idx in index.items()}
+        out = {}
+        for key, idx in index.items():
+            out[key] = []
+            for n, i in enumerate(idx):
+                where = f"{self.mat_file}:{key}_idx[{n}]"
+                if not 0 <= i < min(len(files), len(labels)):
+                    raise ValueError(f"CUHK03: {where} is {i + 1}, but filelist has {len(files)} entries and "
+                                     f"labels {len(labels)}; the indices are 1-based positions in both")
+                out[key].append(self._record(str(files[i][0]) if not isinstance(files[i], str) else files[i],
+                                             int(labels[i]), key, where))
+        return out

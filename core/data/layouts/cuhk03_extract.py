@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,20 +55,40 @@ def extract_images(raw_mat: Path, out_dir: Path, subset: str) -> int:
                           "torchreid's CUHK03 dataset") from None
     from PIL import Image
 
+    def unreadable(exc: Exception) -> ValueError:
+        return ValueError(f"CUHK03: {raw_mat} is not a readable cuhk-03.mat ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())}); the official release is one MATLAB v7.3 (HDF5) file: "
+                          "this one is cut short or another file: copy it again")
+
+    def read(mat: Any, ref: Any) -> np.ndarray:
+        """The array `ref` names (h5py raises OSError, KeyError, ... on a damaged file)."""
+        try:
+            return np.asarray(mat[ref])
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise unreadable(exc) from None
+
+    with open(raw_mat, "rb"):  # a permission problem as the OS tells it (h5py's text has no errno)
+        pass
+    try:
+        mat_file = h5py.File(raw_mat, "r")
+    except OSError as exc:  # h5py: 'file signature not found', 'truncated file: eof = ...'
+        if exc.errno is not None:  # the disk or the permissions: not the content
+            raise
+        raise unreadable(exc) from None
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     written = 0
     try:
-        with h5py.File(raw_mat, "r") as mat:
+        with mat_file as mat:
             if subset not in mat:
                 raise ValueError(f"CUHK03: {raw_mat} has no '{subset}' entry; the official cuhk-03.mat "
                                  f"holds 'labeled' and 'detected' (found: {', '.join(sorted(mat.keys()))})")
-            for pair, pair_ref in enumerate(np.asarray(mat[subset]).ravel()):
-                cells = np.asarray(mat[pair_ref]).T  # (persons, 10) references
+            for pair, pair_ref in enumerate(read(mat, subset).ravel()):
+                cells = read(mat, pair_ref).T  # (persons, 10) references
                 for person in range(cells.shape[0]):
                     for shot, ref in enumerate(cells[person]):
-                        pixels = np.asarray(mat[ref]).T
+                        pixels = read(mat, ref).T
                         if pixels.size == 0 or pixels.ndim < 3:
                             continue  # an empty cell: the shot does not exist
                         Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(
