@@ -24,6 +24,7 @@ from core.config.schema import TOP_LEVEL_KEYS, StageConfig, TrainerConfig
 from core.config.validation import build_dataclass, describe, validate_params
 from core.context import BuildContext
 from core.data.loading import PreparedCollate, batch_preparers
+from core.data.paths import UNREADABLE_FILE, unreadable
 from core.data.table import RecordTable
 from core.data.transforms import build_transform
 from core.interfaces import Dataset, Evaluator, Sampler
@@ -190,6 +191,10 @@ class _Builder:
         except BUILD_ERRORS as exc:
             text = str(fault_text(exc))  # components name themselves ("backbone 'timm': ..."): once is enough
             raise self.cfg.error(key, f"{what} could not be built: {text.removeprefix(what + ': ')}") from exc
+        except UNREADABLE_FILE as exc:
+            if kind != "dataset":  # a model's cache folder, say: not a file the user named
+                raise
+            raise self.cfg.error(key, f"{what} could not be built: {unreadable(exc)}") from exc
         info = self.pm.infos.get(entry.provider)
         self.provenance[key] = {"name": entry.name, "plugin": entry.provider,
                                 "version": info.version if info else None}
@@ -365,6 +370,8 @@ def list_records(cfg: LoadedConfig, sources: DataSources
             raise
         except BUILD_ERRORS as exc:
             raise cfg.error(key, f"dataset '{_dataset_name(spec)}' could not be listed: {fault_text(exc)}") from exc
+        except UNREADABLE_FILE as exc:
+            raise cfg.error(key, f"dataset '{_dataset_name(spec)}' could not be listed: {unreadable(exc)}") from exc
 
     train = [listed(f"data.train.{i}", spec, d, "train")
              for i, (spec, d) in enumerate(zip(sources.train_specs, sources.train_datasets))]

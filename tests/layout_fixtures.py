@@ -49,3 +49,25 @@ def damaged_middle(seed: int = 0) -> bytes:
     data = buffer.getvalue()
     middle = len(data) // 2
     return data[:middle] + b"\xff" * 64 + data[middle + 64:]
+
+
+def deny_reading(monkeypatch, path: Path) -> Path:
+    """Make `path` unreadable as it is for a user without read permission: mode 000, and,
+    since root reads such a file anyway, opening it raises the PermissionError the OS gives
+    everyone else (errno 13, the path as its filename)."""
+    import builtins
+    import errno
+    import os
+
+    path.chmod(0)
+    denied = os.path.abspath(path)
+    real_open = builtins.open
+
+    def guarded_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.path.abspath(file) == denied:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(io, "open", guarded_open)  # pathlib's Path.open
+    return path

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from core.data.layouts import CUHK03, OccludedDuke, VehicleID, VeRiWild
-from layout_fixtures import image_folders, images  # registered by conftest.py
+from layout_fixtures import deny_reading, image_folders, images  # registered by conftest.py
 
 
 def ids(records):
@@ -116,6 +116,20 @@ def test_a_new_protocol_index_beyond_the_file_list_names_the_entry(tmp_path):
     new_protocol_mat(tmp_path, gallery_idx=np.array([[4], [9]]))
     with pytest.raises(ValueError, match=r"detected\.mat:gallery_idx\[1\] is 9, but filelist has 5 entries"):
         CUHK03(str(tmp_path)).records("gallery")
+
+
+def test_a_split_file_that_cannot_be_read_is_one_line_naming_it_and_the_key(tmp_path, capsys, monkeypatch):
+    from core.cli import main
+
+    cuhk03_images(tmp_path, "labeled")
+    split = tmp_path / "cuhk03" / "splits_new_labeled.json"
+    split.write_text(json.dumps([{"train": [["x/1_001_1_01.png", 0, 0]], "query": [], "gallery": []}]))
+    path = pipeline_on(tmp_path, {"dataset": "cuhk03", "root": str(tmp_path), "labeled": True})
+    deny_reading(monkeypatch, split)
+    assert main(["validate", str(path)]) == 2
+    assert capsys.readouterr().err == (f"error: {path}: data.train.0: dataset 'cuhk03' could not be listed: cannot "
+                                       f"read {split}: permission denied; the user running core needs read access "
+                                       "to it\n")
 
 
 # --- VehicleID --------------------------------------------------------------------------------

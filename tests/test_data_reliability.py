@@ -21,7 +21,7 @@ from core.config.loading import ConfigError, load_pipeline
 from core.data import image_check
 from core.data.image_check import CheckedSet, UnreadableImagesError, check_image, find_bad_images, screen_records
 from core.records import Record
-from layout_fixtures import damaged_middle  # registered by conftest.py
+from layout_fixtures import damaged_middle, deny_reading  # registered by conftest.py
 
 
 @pytest.fixture(autouse=True)
@@ -350,6 +350,40 @@ def test_the_error_line_is_not_printed_on_the_progress_bar_line(tmp_path, capsys
     err = capsys.readouterr().err
     assert "main 1/1:" in err  # the bar was drawn (a log file keeps its text: lines end with \n only)
     assert any(line.startswith("error: cannot decode image ") for line in err.split("\n"))
+
+
+def test_a_manifest_that_cannot_be_read_is_one_line_naming_it_and_the_key(tmp_path, capsys, monkeypatch):
+    data = manifest(tmp_path / "d", rows())
+    path = pipeline_file(tmp_path, [{"dataset": "manifest", "path": str(data)}])
+    deny_reading(monkeypatch, data)
+    assert main(["validate", str(path)]) == 2  # a file the pipeline names, as a missing one is
+    assert capsys.readouterr().err == (f"error: {path}: data.train.0: dataset 'manifest' could not be built: cannot "
+                                       f"read {data}: permission denied; the user running core needs read access "
+                                       "to it\n")
+
+
+def test_a_folder_given_as_the_manifest_is_named_as_a_folder(tmp_path, capsys):
+    folder = tmp_path / "d" / "manifest.csv"
+    folder.mkdir(parents=True)
+    path = pipeline_file(tmp_path, [{"dataset": "manifest", "path": str(folder)}])
+    assert main(["validate", str(path)]) == 2
+    assert capsys.readouterr().err == (f"error: {path}: data.train.0: dataset 'manifest' could not be built: "
+                                       f"{folder} is a folder, where a file is expected\n")
+
+
+def test_data_stats_on_a_manifest_it_cannot_read_names_the_file(tmp_path, capsys, monkeypatch):
+    data = deny_reading(monkeypatch, manifest(tmp_path / "d", rows()))
+    assert main(["data", "stats", str(data)]) == 2
+    assert capsys.readouterr().err == (f"error: cannot read {data}: permission denied; the user running core "
+                                       "needs read access to it\n")
+
+
+def test_a_tool_given_a_manifest_it_cannot_read_names_the_flag_and_the_file(tmp_path, monkeypatch):
+    from core.tools.images import open_images
+
+    data = deny_reading(monkeypatch, manifest(tmp_path / "d", rows()))
+    with pytest.raises(ConfigError, match=rf"^--gallery {data}: cannot read {data}: permission denied; "):
+        open_images(data, flag="--gallery")
 
 
 def test_validate_data_skips_in_memory_records(tmp_path, capsys):

@@ -110,6 +110,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     import yaml
 
+    from core.data.paths import UNREADABLE_FILE, unreadable
     from core.data.stats import stats_command
 
     params = {}
@@ -123,4 +124,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return stats_command(args.target, args.dataset, params, args.overrides, as_json=args.json)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except UNREADABLE_FILE as exc:
+        print(f"error: {unreadable(exc)}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ keep their JSON types) and then stored as columns.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 from pathlib import Path
 from typing import Any, Iterator
@@ -54,6 +55,8 @@ class ManifestDataset(Dataset):
 
     def __init__(self, path: str, root: str | None = None) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder", str(self.path))  # told by core.data.paths.unreadable
         if not self.path.is_file():
             raise FileNotFoundError(f"manifest file not found: {self.path}{looked_at(self.path)}")
         self.root = Path(root) if root is not None else self.path.parent

@@ -102,11 +102,14 @@ def open_images(spec: str | Path, run: "LoadedRun | None" = None, flag: str = "-
     cannot be read (a bad manifest row, a folder without images) is a ConfigError naming
     the command-line `flag` that gave `spec`: `--images data/m.csv:5: field 'pid' ...`."""
     from core.config.loading import ConfigError
+    from core.data.paths import UNREADABLE_FILE, unreadable
 
     try:
         return _open_images(spec, run)
     except ConfigError:
         raise
+    except UNREADABLE_FILE as exc:
+        raise ConfigError(f"{flag} {spec}: {unreadable(exc)}") from exc
     except (ValueError, FileNotFoundError) as exc:
         text = str(exc)
         named = any(text.startswith(s) for s in (str(spec), str(Path(spec))))
