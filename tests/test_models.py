@@ -103,7 +103,8 @@ def test_a_pretrained_file_of_another_arch_is_refused_naming_both_sides(tmp_path
         TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT)
     message = str(caught.value)
     assert "\n" not in message and len(message) < 600, message
-    for part in ("backbone 'timm'", str(path), "'vit_tiny_patch16_224'", "bn1.bias", "patch_embed.proj.weight", "wrapper prefix"):
+    for part in ("backbone 'timm'", str(path), "'vit_tiny_patch16_224'", "bn1.bias", "patch_embed.proj.weight",
+                 "wrapper prefix"):
         assert part in message, (part, message)
 
 
