@@ -444,6 +444,24 @@ def test_a_run_folder_checkpoint_from_another_pipeline_is_one_line_for_eval_and_
     assert _tree_bytes(ours.run_dir) == before
 
 
+@pytest.mark.parametrize("cut", ["tensors", "header", "empty"])
+def test_a_cut_weights_file_is_the_shared_copy_it_again_line_exit_2(tmp_path, capsys, cut):
+    """`core eval X.safetensors` on a file cut short in transfer says what every weights
+    reader says (truncated, where, copy it again), not safetensors' 'Error while
+    deserializing header: incomplete metadata, file not fully covered'."""
+    from safetensors.torch import save
+
+    whole = save({"backbone.w": torch.zeros(64, 64)}, metadata={"format": "pt", "reid_core.pipeline": "{}",
+                                                               "reid_core.context": "{}"})
+    path = tmp_path / "model.safetensors"
+    path.write_bytes({"tensors": whole[:len(whole) // 2], "header": whole[:20], "empty": b""}[cut])
+    assert main(["eval", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "deserializing" not in err, err
+    assert err.startswith(f"error: {path}: not a readable safetensors file (") and "copy it again" in err, err
+    assert ("empty" if cut == "empty" else "truncated") in err, err
+
+
 def test_a_weights_file_without_batchnorm_counters_still_loads(tmp_path, run_tiny_pipeline, capsys):
     """BatchNorm's num_batches_tracked, absent from files other exporters write, is
     supplied by torch (no version metadata in a .safetensors): not a misfit."""

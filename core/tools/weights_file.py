@@ -63,16 +63,18 @@ def write_weights(path: str | Path, model: torch.nn.Module, pipeline: dict[str, 
 def read_weights(path: str | Path, overrides: Sequence[str] = ()) -> tuple[LoadedConfig, dict[str, Any],
                                                                              dict[str, torch.Tensor]]:
     """(pipeline with `overrides` applied, build-context facts, weights) of a weights file."""
-    from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
+    from core.training.checkpoint import reading_weights
+
     path = Path(path)
-    try:
+    # a cut or corrupt file: the line every weights reader gives ('PATH: not a readable
+    # safetensors file (why; copy it again)'), here a ConfigError naming the file
+    with reading_weights(path, lambda line: ConfigError(line.removeprefix(f"{path}: "), file=str(path)),
+                         "Write it with `core export RUN --format safetensors`."):
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ConfigError(f"not a readable safetensors file ({exc})", file=str(path)) from None
     missing = [k for k in (PIPELINE_KEY, CONTEXT_KEY) if k not in metadata]
     if missing:
         raise ConfigError(f"a safetensors file without reid-core's metadata ({', '.join(missing)}): write it with "
