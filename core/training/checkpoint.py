@@ -224,6 +224,33 @@ def file_damage(path: Path) -> str | None:
     return None
 
 
+def is_torchscript_archive(path: Path) -> bool:
+    """Whether `path` is a TorchScript archive (OpenAI's released CLIP .pt files): a zip
+    holding compiled code (`<archive>/code/...`), which torch.save's zips do not."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def trusted_torchscript(path: Path, instead: str, error: Callable[[str], Exception] = ValueError) -> bool:
+    """Whether `path` is a TorchScript archive the user trusts (--trust-checkpoint, core.trust).
+    Loading one runs the TorchScript it holds (its `__setstate__` methods; torch.from_file
+    can write files), which torch refuses under weights_only too: an untrusted one fails as
+    `error(line)`, the line naming the file, why, `instead` (where the same weights come as
+    tensors) and the flag. False for any other file."""
+    from core import trust
+
+    if not is_torchscript_archive(path):
+        return False
+    if not trust.current().checkpoint:
+        raise error(f"{path}: refused: a TorchScript archive (OpenAI's released .pt format) runs the code it holds "
+                    f"when it loads. {instead}, or, if you trust where the file came from, pass "
+                    f"{trust.CHECKPOINT_FLAG} to `core run` (or `core validate`)")
+    return True
+
+
 #: load_fitting's hint for a run folder's checkpoint that does not fit the run's pipeline
 OTHER_PIPELINE = "the checkpoint comes from another pipeline (was it copied from another run folder?)"
 

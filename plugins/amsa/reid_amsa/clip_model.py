@@ -138,18 +138,6 @@ def cached_tag_file(tag_cfg: dict[str, Any]) -> Path | None:
     return None
 
 
-def is_torchscript_archive(path: Path) -> bool:
-    """Whether `path` is a TorchScript archive (OpenAI's released CLIP .pt files): a zip
-    holding compiled code (`<archive>/code/...`), which torch.save's zips do not."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
-
-
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A CLIP state dict from a .safetensors / .bin / .pt file (tensors only: a file that
     needs pickle is refused, a damaged one named), or an OpenAI TorchScript archive when
@@ -158,16 +146,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     weights_only too."""
     from open_clip.factory import load_state_dict
 
-    from core import trust
-    from core.training.checkpoint import reading_weights
+    from core.training.checkpoint import reading_weights, trusted_torchscript
 
-    if is_torchscript_archive(path):
-        if not trust.current().checkpoint:
-            raise ValueError(
-                f"{path}: refused: a TorchScript archive (OpenAI's released .pt format) runs the code it holds "
-                f"when it loads. Use the same weights as tensors: open_clip's .safetensors (`pretrained: true` "
-                f"finds `timm/vit_base_patch16_clip_224.openai` in the Hugging Face cache for ViT-B-16), or, if "
-                f"you trust where the file came from, pass {trust.CHECKPOINT_FLAG} to `core run` (or `core validate`)")
+    if trusted_torchscript(path, "Use the same weights as tensors: open_clip's .safetensors (`pretrained: true` "
+                                 "finds `timm/vit_base_patch16_clip_224.openai` in the Hugging Face cache for "
+                                 "ViT-B-16)"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
             state = torch.jit.load(str(path), map_location="cpu").state_dict()

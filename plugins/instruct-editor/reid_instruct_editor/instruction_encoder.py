@@ -54,14 +54,16 @@ def build_clip(model: str, pretrained: str | None, config: dict[str, Any] | None
     if model not in open_clip.list_models() and not model.startswith(("hf-hub:", "local-dir:")):
         raise ValueError(f"{NAME}: unknown open_clip model {model!r} (clip_model); known models include: "
                          f"{', '.join(open_clip.list_models()[:8])}, ...")
-    if pretrained is not None and Path(str(pretrained)).suffix in (".pt", ".pth", ".bin", ".safetensors"):
-        pretrained = str(Path(pretrained).expanduser())
-        if not Path(pretrained).is_file():
-            raise FileNotFoundError(f"{NAME}: clip_pretrained file not found: {pretrained}")
+    if pretrained is not None:
+        path = Path(str(pretrained)).expanduser()
+        if path.suffix in (".pt", ".pth", ".bin", ".safetensors") and not path.is_file():
+            raise FileNotFoundError(f"{NAME}: clip_pretrained file not found: {path}")
+        if path.is_file() and not open_clip.get_pretrained_cfg(model, str(pretrained)):  # a tag wins, as in open_clip
+            return clip_from_file(model, path, cache_dir), open_clip.get_tokenizer(model)
     try:
         clip = open_clip.create_model(model, pretrained=pretrained, cache_dir=cache_dir,
                                       require_pretrained=pretrained is not None)
-    except Exception as exc:  # download refused, cache miss, unreadable file: all say the same
+    except Exception as exc:  # download refused, cache miss: both say the same
         raise RuntimeError(
             f"{NAME}: could not load the open_clip weights '{pretrained}' of {model} "
             f"({type(exc).__name__}: {str(exc)[:300]}). Nothing is "
@@ -70,6 +72,56 @@ def build_clip(model: str, pretrained: str | None, config: dict[str, Any] | None
             "(clip_cache_dir; offline, set HF_HUB_OFFLINE=1 to skip the hub's network retries), or set "
             "clip_pretrained: null for random weights.") from exc
     return clip, open_clip.get_tokenizer(model)
+
+
+def clip_from_file(model: str, path: Path, cache_dir: str | None = None) -> nn.Module:
+    """open_clip's `model` with the weights of the local file `path`, read as every weights
+    file is (core.training.checkpoint.reading_weights): one that needs pickle is refused,
+    naming the global it would call, a cut or corrupt one says so, and one whose tensors do
+    not fit `model` names how (misfit); each a ValueError line, which the pipeline names
+    with its key. An OpenAI TorchScript archive loads only with --trust-checkpoint: loading
+    one runs the code it holds."""
+    import contextlib
+    import logging
+    import warnings
+
+    import open_clip
+    from open_clip.factory import load_state_dict
+
+    from core.training.checkpoint import misfit, reading_weights, trusted_torchscript
+
+    def error(line: str) -> ValueError:
+        return ValueError(f"{NAME}: clip_pretrained file {line}")
+
+    script = trusted_torchscript(path, "Use the same weights as tensors (open_clip's .safetensors or .bin, "
+                                       "e.g. from the Hugging Face cache)", error)
+    def unloaded(record: logging.LogRecord) -> bool:  # open_clip's 'No pretrained weights loaded': they follow
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+    logging.getLogger().addFilter(unloaded)
+    try:
+        clip = open_clip.create_model(model, cache_dir=cache_dir, pretrained_image=False, pretrained_text=False)
+    finally:
+        logging.getLogger().removeFilter(unloaded)
+    # a trusted archive is read by torch.jit, which reading_weights' weights-only reader cannot judge
+    reader = contextlib.nullcontext() if script else \
+        reading_weights(path, error, "Use a .safetensors file, or a torch.save of a plain state dict.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+        warnings.filterwarnings("ignore", ".*TorchScript archive", UserWarning)  # torch.load -> torch.jit.load
+        try:
+            with reader:
+                open_clip.load_checkpoint(clip, str(path), weights_only=not script)
+        except RuntimeError:  # the file reads (reading_weights passed this on): its tensors may not fit
+            try:
+                how = misfit(clip.state_dict(), load_state_dict(str(path), weights_only=not script))
+            except Exception:  # noqa: BLE001 - no better account than open_clip's own error, which then stands
+                how = ""
+            if not how:
+                raise
+            raise ValueError(f"{NAME}: clip_pretrained file {path} does not fit open_clip '{model}': {how}. Is it "
+                             "a checkpoint of the same open_clip architecture (clip_model)?") from None
+    return clip
 
 
 class InstructionEncoder(nn.Module):

@@ -2,6 +2,8 @@
 the instruction and nothing else, the instruction's padding is masked, the editing blocks
 start as the ViT's last blocks, text-only queries live in the same retrieval space."""
 
+import logging
+
 import pytest
 import torch
 
@@ -199,9 +201,9 @@ def test_missing_weights_and_bad_keys_are_clear_errors(build_ctx, tiny, tmp_path
     ctx = build_ctx()
     with pytest.raises(FileNotFoundError, match="clip_pretrained file not found"):
         InstructEditor(ctx, **tiny["vit"], clip_model="ViT-B-16", clip_pretrained=str(tmp_path / "none.bin"))
-    broken = tmp_path / "broken.bin"
+    broken = tmp_path / "broken.bin"  # a local file names itself, not the download advice (below)
     broken.write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="could not load the open_clip weights .*Nothing is downloaded here"):
+    with pytest.raises(ValueError, match="clip_pretrained file .*broken.bin: not a readable checkpoint"):
         InstructEditor(ctx, **tiny["vit"], clip_model="ViT-B-16", clip_pretrained=str(broken))
     with pytest.raises(ValueError, match="unknown open_clip model"):
         InstructEditor(ctx, **tiny["vit"], clip_model="ViT-Q-99")
@@ -209,3 +211,119 @@ def test_missing_weights_and_bad_keys_are_clear_errors(build_ctx, tiny, tmp_path
         InstructEditor(ctx, **tiny["vit"], clip_config={"embed_dim": 8})
     with pytest.raises(ValueError, match="editing_blocks"):
         InstructEditor(ctx, **tiny["vit"], clip_config=tiny["clip"], editing_blocks=5)
+
+
+@pytest.fixture
+def tiny_clip_name(monkeypatch, tiny):
+    """'Tiny-CLIP': the tiny CLIP config as an open_clip built-in model, for this test only."""
+    import open_clip.factory
+
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "Tiny-CLIP", tiny["clip"])
+    return "Tiny-CLIP"
+
+
+def _clip_build_error(build_ctx, tiny, name, path) -> str:
+    """The one-line ValueError of building the editor on the clip_pretrained file `path`."""
+    with pytest.raises(ValueError) as caught:
+        InstructEditor(build_ctx(), **tiny["vit"], clip_model=name, clip_pretrained=str(path))
+    text = str(caught.value)
+    assert "\n" not in text and len(text) < 600, text
+    assert "clip_pretrained file" in text and str(path) in text, text
+    assert "weights_only=False" not in text and "Nothing is downloaded" not in text, text
+    return text
+
+
+def test_a_clip_file_that_needs_pickle_or_is_cut_is_one_line_and_runs_nothing(build_ctx, tiny, tiny_clip_name,
+                                                                              tmp_path, caplog):
+    """A local clip_pretrained file went through open_clip.create_model, whose failure, any
+    failure, came back as 'could not load the open_clip weights (... Weights only load
+    failed ... weights_only=False ...). Nothing is downloaded here: ...', exit 1. It is now
+    read as every weights file is: the pickle refused naming the global it would call
+    (its unpickling would write a marker), a cut file told to be copied again."""
+    import os
+
+    from reid_instruct_editor.instruction_encoder import build_clip
+
+    marker = tmp_path / "RAN"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    good = tmp_path / "good.bin"
+    torch.save(build_clip(tiny_clip_name, None, None)[0].state_dict(), good)
+    evil = tmp_path / "evil.bin"
+    torch.save({"logit_scale": Payload()}, evil)
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    text = _clip_build_error(build_ctx, tiny, tiny_clip_name, evil)
+    assert "refused: this file needs pickle" in text and "system" in text, text
+    text = _clip_build_error(build_ctx, tiny, tiny_clip_name, cut)
+    assert "not a readable checkpoint" in text and "copy it again" in text, text
+    assert not marker.exists()
+    # the whole file loads, without open_clip's 'Model initialized randomly' on the way
+    caplog.clear()  # (building the source model above said it, rightly)
+    with caplog.at_level(logging.WARNING):
+        editor = InstructEditor(build_ctx(), **tiny["vit"], clip_model=tiny_clip_name, clip_pretrained=str(good))
+    assert "initialized randomly" not in caplog.text, caplog.text
+    saved = torch.load(good, weights_only=True)
+    assert all(torch.equal(v, saved[k]) for k, v in editor.instruction.clip.state_dict().items())
+
+
+def test_a_clip_file_of_another_size_is_one_line_naming_a_tensor(build_ctx, tiny, tiny_clip_name, tmp_path):
+    """open_clip's strict load listed every missing key and size mismatch inside the
+    download advice; now: the file, the model, one tensor's two shapes."""
+    import open_clip
+
+    wider = dict(tiny["clip"], embed_dim=48)
+    path = tmp_path / "wider.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(open_clip.CLIP(**wider).state_dict(), str(path))
+    text = _clip_build_error(build_ctx, tiny, tiny_clip_name, path)
+    assert f"does not fit open_clip '{tiny_clip_name}'" in text and "another shape" in text, text
+    assert "text_projection is [32, 48] in the file, [32, 32] in the model" in text, text
+
+
+def test_a_clip_torchscript_archive_is_refused_unless_trusted_and_nothing_of_it_runs(build_ctx, tiny,
+                                                                                     tiny_clip_name, tmp_path,
+                                                                                     monkeypatch):
+    """open_clip reads a TorchScript archive only with weights_only=False (loading one runs
+    the code it holds): without --trust-checkpoint it is refused before torch reads it,
+    naming the file, why and the flag; with the flag it is read (here, a module that is no
+    CLIP, so it does not fit)."""
+    import warnings
+
+    from core import trust
+
+    path = tmp_path / "ViT-B-16.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+        torch.jit.script(torch.nn.Linear(2, 2)).save(str(path))
+    reads = []
+    for module, name in ((torch.jit, "load"), (torch, "load")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _real=real, **k: reads.append(a) or _real(*a, **k))
+    text = _clip_build_error(build_ctx, tiny, tiny_clip_name, path)
+    assert "TorchScript archive" in text and "--trust-checkpoint" in text and ".safetensors" in text, text
+    assert not reads
+    with trust.trusting(checkpoint=True):
+        text = _clip_build_error(build_ctx, tiny, tiny_clip_name, path)
+    assert "does not fit" in text and reads, text
+
+
+def test_a_tag_missing_from_the_cache_keeps_the_download_advice(build_ctx, tiny, tiny_clip_name, tmp_path, monkeypatch):
+    """Not a local file: the tag's weights are not in the cache and cannot be downloaded
+    (offline), and the advice says nothing is downloaded here and how to give them."""
+    import open_clip.factory
+    import open_clip.pretrained
+
+    def offline(*args, **kwargs):
+        raise OSError("offline: the hub cannot be reached")
+
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, tiny_clip_name,
+                        {"openai": {"hf_hub": "nobody/not-a-repo/", "quick_gelu": False}})
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", offline)
+    with pytest.raises(RuntimeError, match="could not load the open_clip weights .*Nothing is downloaded here"):
+        InstructEditor(build_ctx(), **tiny["vit"], clip_model=tiny_clip_name, clip_pretrained="openai",
+                       clip_cache_dir=str(tmp_path / "cache"))
