@@ -163,6 +163,21 @@ def test_a_plain_resnet_file_into_an_ibn_model_names_the_keys(tmp_path):
         ReIDResNet(BuildContext(), arch="resnet18", ibn=True, pretrained=str(path))
 
 
+def test_a_resnet_file_of_another_width_is_one_line_naming_a_tensor_and_both_shapes(tmp_path):
+    """Same names, other shapes (a wide ResNet's file, or one saved with other model_kwargs)
+    passed the name check and came out as torch's 'Error(s) in loading state_dict ... size
+    mismatch for ...' RuntimeError (exit 1, no pipeline key): now one ValueError line."""
+    state = ReIDResNet(BuildContext(), arch="resnet18").model.state_dict()
+    state["layer4.1.conv2.weight"] = torch.zeros(512, 512, 1, 1)
+    path = tmp_path / "other_width.pth"
+    torch.save(state, path)
+    with pytest.raises(ValueError) as caught:
+        ReIDResNet(BuildContext(), arch="resnet18", pretrained=str(path))
+    message = str(caught.value)
+    assert "\n" not in message and str(path) in message and "does not fit this ResNet" in message, message
+    assert "layer4.1.conv2.weight is [512, 512, 1, 1] in the file, [512, 512, 3, 3] in the model" in message, message
+
+
 def test_non_local_blocks_follow_the_last_units_of_each_stage():
     model = ReIDResNet(BuildContext(), arch="resnet50", non_local=[0, 2, 3, 0])
     assert len(model.non_local["layer2"]) == 2 and len(model.non_local["layer3"]) == 3

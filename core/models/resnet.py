@@ -30,6 +30,7 @@ from core.models.non_local import NonLocalBlock
 from core.models.pooling import build_pooling
 from core.models.timm_backbone import weights_read_errors
 from core.records import Batch
+from core.training.checkpoint import misfit
 
 NAME = "backbone 'resnet'"
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
@@ -138,6 +139,10 @@ class ReIDResNet(Backbone):
                              f"(e.g. {', '.join(missing[:3]) or '-'}), {len(unexpected)} unexpected keys "
                              f"(e.g. {', '.join(unexpected[:3]) or '-'}); IBN-a files need `ibn: true`, "
                              "plain ResNet files `ibn: false`")
+        shapes = misfit(own, state, names=False)
+        if shapes:  # same names, other widths (e.g. a wide ResNet's file): torch would list each tensor
+            raise ValueError(f"{NAME}: {path} does not fit this ResNet: {shapes}; is it a file of another width "
+                             "(a wide ResNet's, or one saved with other model_kwargs)?")
         self.model.load_state_dict(state, strict=True)
 
     def forward_map(self, images: torch.Tensor) -> torch.Tensor:
