@@ -166,6 +166,8 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     patch grid (and text context); any parameter left unfilled is an error."""
     from open_clip.model import resize_pos_embed, resize_text_pos_embed
 
+    from core.training.checkpoint import misfit
+
     state = read_state_dict(path)
     # OpenAI's released archives hold fp16 weights; CPU interpolation has no Half kernel
     # ("not implemented for 'Half'") and the model is float32 anyway: widen first.
@@ -174,6 +176,10 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
     resize_pos_embed(state, model)
     resize_text_pos_embed(state, model)
+    shapes = misfit(model.state_dict(), state, names=False)
+    if shapes:  # another width: torch would list every tensor (strict=False still refuses shapes)
+        raise ValueError(f"{NAME}: {path} does not fit this CLIP: {shapes}. Is it a checkpoint of the same "
+                         "open_clip architecture (`model`, or `model_cfg`'s widths)?")
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k != "logit_bias"]
     if missing:

@@ -206,6 +206,22 @@ def test_a_pickled_or_damaged_checkpoint_is_one_line_naming_it_and_runs_nothing(
     assert pickle.UnpicklingError  # the refusal above is weights_only's, reworded
 
 
+def test_a_checkpoint_of_another_width_is_one_line_naming_a_tensor_and_both_shapes(build_ctx, tmp_path):
+    """Same names, other shapes (embed_dim 24 saved, 16 built): torch's 'Error(s) in loading
+    state_dict ... size mismatch for ...' came through raw (multi-line, exit 1, no pipeline
+    key); now one ValueError line."""
+    import open_clip
+    from reid_amsa.backbone import AMSAClip
+
+    path = tmp_path / "wider.bin"
+    torch.save(open_clip.CLIP(**dict(copy.deepcopy(B16_TINY), embed_dim=24)).state_dict(), path)
+    with pytest.raises(ValueError) as caught:
+        AMSAClip(build_ctx(image_size=(256, 128)), model_cfg=copy.deepcopy(B16_TINY), pretrained=str(path))
+    text = str(caught.value)
+    assert "\n" not in text and str(path) in text and "does not fit this CLIP" in text, text
+    assert "text_projection is [16, 24] in the file, [16, 16] in the model" in text, text
+
+
 def test_validate_refuses_a_torchscript_archive_with_exit_2_and_loads_it_with_trust_checkpoint(tmp_path, capsys,
                                                                                                 monkeypatch):
     """Through the CLI on the shipped synthetic MUVA pipeline: exit 2 and one line naming the
