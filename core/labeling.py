@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from core.data.annotations import Annotations
+from core.data.annotations import Annotations, read_arrays
 from core.interfaces import Dataset, Labeler, Labels
 from core.log_setup import echo_to
 from core.records import Record
@@ -148,9 +148,8 @@ def _load_partial(partial: Path, fingerprint: dict[str, Any], force: bool) -> di
     done: dict[str, dict[str, np.ndarray]] = {}
     for chunk in sorted(partial.glob("chunk-*.npz")) if partial.is_dir() else []:
         try:
-            with np.load(chunk, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError):
+            arrays = read_arrays(chunk, "labelling chunk")
+        except ValueError:
             continue  # a chunk cut short is relabelled
         for i, key in enumerate(arrays.pop("keys")):
             done[str(key)] = {k: v[i] for k, v in arrays.items()}

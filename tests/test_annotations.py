@@ -43,6 +43,24 @@ def test_bad_files_and_bad_contents_are_named(tmp_path):
         Annotations(keys=["a"], fields={"m": np.zeros(1)}, attach=["part_masks"])
 
 
+@pytest.mark.parametrize("case", ["cut", "objects"])
+def test_an_annotation_file_cut_short_or_holding_objects_is_one_line_naming_it(tmp_path, case):
+    """A labels file someone sent, cut in transfer, raised numpy's bare 'BadZipFile: File is
+    not a zip file' (no file named, exit 1); one holding Python objects is refused without
+    unpickling them."""
+    made = Annotations(keys=["a:1", "a:2"], fields={"part_boxes": np.zeros((2, 3, 4), np.float32)}, attach=[])
+    path = made.save(tmp_path / "parts.npz")
+    if case == "cut":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        np.savez(path, keys=np.array(["a:1"]), __meta__=np.array("{}"), part_boxes=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(ValueError) as caught:
+        Annotations.load(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: not a readable annotation file (.npz): ") and "\n" not in message, message
+    assert ("zip" if case == "cut" else "allow_pickle") in message, message
+
+
 def test_attach_requires_every_record_and_the_backbone_grid():
     made = Annotations(keys=["s:a", "s:b"], fields={"part_masks": np.ones((2, 3, 4, 2), np.uint8)},
                        attach=["part_masks"])
@@ -110,6 +128,22 @@ def test_an_interrupted_labelling_resumes_without_labelling_done_images_again(tm
     run_labeler(fourth, todo, out, fingerprint={**fingerprint, "params": {"x": 1}}, ctx=Ctx(), name="box",
                 progress=False, echo=lambda *_: None)
     assert fourth.seen == len(todo)
+
+
+def test_a_labelling_chunk_cut_short_is_labelled_again(tmp_path):
+    """A partial chunk that does not read (cut short) is relabelled, as the resume promises,
+    instead of stopping the labelling with numpy's 'BadZipFile: File is not a zip file'."""
+    out, todo = tmp_path / "parts.npz", items()
+    fingerprint = {"labeler": "box", "params": {}}
+    with pytest.raises(KeyboardInterrupt):
+        run_labeler(BoxLabeler(fail_after=16), todo, out, fingerprint=fingerprint, ctx=Ctx(), name="box",
+                    progress=False, save_every=8, echo=lambda *_: None)
+    chunk = tmp_path / "parts.npz.partial" / "chunk-00001.npz"
+    chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
+    again = BoxLabeler()
+    done = run_labeler(again, todo, out, fingerprint=fingerprint, ctx=Ctx(), name="box", progress=False,
+                       echo=lambda *_: None)
+    assert again.seen == len(todo) - 8 and done.keys == [i.key for i in todo]
 
 
 def test_a_labeler_that_returns_the_wrong_number_of_rows_is_named(tmp_path):

@@ -462,6 +462,28 @@ def test_a_cut_weights_file_is_the_shared_copy_it_again_line_exit_2(tmp_path, ca
     assert ("empty" if cut == "empty" else "truncated") in err, err
 
 
+@pytest.mark.parametrize("case", ["cut", "objects"])
+def test_a_features_file_cut_short_or_holding_objects_is_one_line_naming_it(tmp_path, case):
+    """`core search --gallery G.npz` on a features file cut in transfer raised numpy's bare
+    'BadZipFile: File is not a zip file' (exit 1, no file named); one holding Python objects
+    is refused without unpickling them."""
+    import numpy as np
+
+    from core.tools.extract import load_features
+
+    path = tmp_path / "gallery.npz"
+    columns = {"paths": np.array(["a.jpg", "b.jpg"]), "pids": np.arange(2), "camids": np.arange(2)}
+    if case == "cut":
+        np.savez(path, embeddings=np.zeros((2, 64), np.float32), **columns)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        np.savez(path, embeddings=np.array([{"x": 1}, None], dtype=object), **columns)
+    with pytest.raises(ValueError) as caught:
+        load_features(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: not a readable features file (.npz): ") and "\n" not in message, message
+
+
 def test_a_weights_file_without_batchnorm_counters_still_loads(tmp_path, run_tiny_pipeline, capsys):
     """BatchNorm's num_batches_tracked, absent from files other exporters write, is
     supplied by torch (no version metadata in a .safetensors): not a misfit."""

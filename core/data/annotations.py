@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,6 +30,20 @@ from core.data.columns import RecordColumns
 from core.records import Record
 
 FORMAT = "reid-core-annotations/1"
+
+
+def read_arrays(path: Path, what: str) -> dict[str, np.ndarray]:
+    """Every array of the .npz file `path` (annotations, `core extract`'s features, labelling
+    chunks), numbers and strings only: allow_pickle stays False, so an object array, which
+    only unpickling could restore, is refused and a file from someone else runs no code.
+    One that cannot be read (cut short, corrupt, not a .npz, object arrays) is a ValueError
+    line naming it as `what` and why."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{path}: not a readable {what} (.npz): {why}") from None
 
 
 @dataclass
@@ -80,11 +95,7 @@ class Annotations:
         if not path.is_file():
             raise FileNotFoundError(f"annotation file not found: {path} (a labeler writes it: `core label "
                                     "pipeline.yaml`, or a `prepare` step of the pipeline)")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{path}: not a readable annotation file (.npz): {exc}") from None
+        arrays = read_arrays(path, "annotation file")
         if "keys" not in arrays or "__meta__" not in arrays:
             raise ValueError(f"{path}: not an annotation file: it lacks 'keys' or '__meta__' "
                              f"(has {sorted(arrays)}); format {FORMAT} is expected")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from core.data.annotations import read_arrays
 from core.data.loading import ImageSamples, collate
 from core.records import Record
 from core.tools.images import ImageFiles, ImageSet, _table
@@ -103,13 +104,12 @@ def load_features(path: str | Path) -> Features:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"features file not found: {path}")
-    with np.load(path, allow_pickle=False) as data:
-        missing = [k for k in ("paths", "pids", "camids") if k not in data]
-        if "embeddings" not in data and "embeddings_file" not in data:
-            missing.insert(0, "embeddings")
-        if missing:
-            raise ValueError(f"{path}: not a features file written by `core extract` (lacks {', '.join(missing)})")
-        arrays = {k: data[k] for k in data.files}
+    arrays = read_arrays(path, "features file")
+    missing = [k for k in ("paths", "pids", "camids") if k not in arrays]
+    if "embeddings" not in arrays and "embeddings_file" not in arrays:
+        missing.insert(0, "embeddings")
+    if missing:
+        raise ValueError(f"{path}: not a features file written by `core extract` (lacks {', '.join(missing)})")
     if "embeddings_file" in arrays:  # float16 memory map beside the .npz (`--half`)
         from core.evaluation.features import open_features
 
