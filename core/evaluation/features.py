@@ -79,7 +79,7 @@ def open_features(path: str | Path, mode: str = "r") -> np.memmap:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"feature file not found: {path}")
-    array = np.load(path, mmap_mode=mode)
+    array = np.load(path, mmap_mode=mode)  # allow_pickle stays False: an object array is refused, nothing unpickled
     if array.ndim != 2:
         raise ValueError(f"{path}: feature file must hold a 2-D (N, D) array, got shape {array.shape}")
     return array

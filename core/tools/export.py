@@ -85,6 +85,8 @@ def export_torchscript(wrapper: EmbeddingModel, example: torch.Tensor, path: Pat
 
 
 def run_torchscript(path: Path, images: torch.Tensor) -> np.ndarray:
+    # safe: `path` is the archive export_torchscript has just written from the run's model
+    # (the export's own check), never a file the user received
     module = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         return module(images).numpy()

@@ -60,7 +60,7 @@ def build_clip(model: str, pretrained: str | None, config: dict[str, Any] | None
             raise FileNotFoundError(f"{NAME}: clip_pretrained file not found: {path}")
         if path.is_file() and not open_clip.get_pretrained_cfg(model, str(pretrained)):  # a tag wins, as in open_clip
             return clip_from_file(model, path, cache_dir), open_clip.get_tokenizer(model)
-    try:
+    try:  # a tag: open_clip reads its cached file with weights_only=True (a TorchScript archive is refused)
         clip = open_clip.create_model(model, pretrained=pretrained, cache_dir=cache_dir,
                                       require_pretrained=pretrained is not None)
     except Exception as exc:  # download refused, cache miss: both say the same

@@ -78,6 +78,9 @@ class CogVLMGrounder(Grounder):
         tokenizer = hf.load_pretrained("cogvlm", "tokenizer", self.tokenizer_name, lambda: transformers.AutoTokenizer
                                        .from_pretrained(self.tokenizer_name, local_files_only=self.local_files_only),
                                        EXTRA)
+        # trust_remote_code: CogVLM exists only as the model repo's Python (README: "remote code"). It
+        # runs when the user's own pipeline names this grounder (`core run` / `core label`, as its
+        # plugins do); a run folder someone else made never labels (restore builds with prepare="skip")
         model = hf.load_pretrained("cogvlm", "model", self.model_name, lambda: transformers.AutoModelForCausalLM
                                    .from_pretrained(self.model_name, trust_remote_code=True, low_cpu_mem_usage=True,
                                                     local_files_only=self.local_files_only,
