@@ -133,7 +133,7 @@ def validate(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[str, A
     from core.parameter_check import check_parameter_patterns, check_patterns_on_meta
     from core.data.device_normalise import finish_on_device
     from core.data.loading import ImageSamples
-    from core.pipeline import build_pipeline, resolve_device
+    from core.pipeline import bind_losses, build_pipeline, resolve_device
     from core.training.checkpoint import seed_everything
     from core.training.trainer import TrainingModule
 
@@ -145,6 +145,7 @@ def validate(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[str, A
     device = resolve_device(p.trainer.device)
     model = p.model.to(device).train()
     losses = p.loss_modules().to(device)
+    bind_losses(model, losses)  # as the trainer does before its first step (a momentum copy of the model)
     if not checked_on_meta:
         check_parameter_patterns(cfg, p.stages, p.stage_losses, TrainingModule(model, losses))
     plan = next(iter(p.sampler))
