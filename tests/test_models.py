@@ -128,6 +128,28 @@ def test_a_pretrained_file_of_another_size_is_one_line_naming_a_tensor_and_both_
         assert part in message, (part, message)
 
 
+def test_a_timm_training_checkpoint_of_another_size_is_said_not_to_fit_not_to_be_unreadable(tmp_path):
+    """timm's train.py saves its argparse.Namespace as 'args' beside 'state_dict', and timm's
+    reader allows that global (timm.models.load_state_dict reads the file). Read again with
+    torch's plain weights_only it is refused, which made the size mismatch 'not a readable
+    checkpoint'; it is a file that reads and does not fit."""
+    import argparse
+
+    from timm.models import load_state_dict
+
+    wide = dict(TINY_VIT, model_kwargs={**TINY_VIT["model_kwargs"], "embed_dim": 64})
+    state = TimmBackbone(make_ctx(image_size=(32, 32)), **wide).model.state_dict()
+    path = tmp_path / "model_best.pth"
+    torch.save({"epoch": 3, "arch": "vit_tiny_patch16_224", "state_dict": state, "args": argparse.Namespace(lr=0.1)},
+               path)
+    assert load_state_dict(str(path)).keys() == state.keys()  # the reference: timm reads it
+    with pytest.raises(ValueError) as caught:
+        TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT)
+    message = str(caught.value)
+    assert "not a readable" not in message and "does not fit 'vit_tiny_patch16_224'" in message, message
+    assert "in the file, [48] in the model" in message, message
+
+
 def test_a_pretrained_file_of_another_arch_fails_validate_naming_the_pipeline_and_key(tmp_path, capsys):
     import yaml
 

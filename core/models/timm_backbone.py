@@ -12,6 +12,7 @@ timm / Hugging Face cache, and `pretrained: path/to/file.pth` reads a local file
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import re
@@ -136,7 +137,8 @@ def _file_tensors(path: Path) -> dict[str, torch.Tensor]:
 
         with safe_open(str(path), framework="pt") as f:
             return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
-    ckpt = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+    with torch.serialization.safe_globals([argparse.Namespace]):  # as timm's reader (its training checkpoints' args)
+        ckpt = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
     for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]

@@ -171,7 +171,10 @@ def _read_failure(path: Path, exc: BaseException) -> str | None:
 
 
 def _reads(path: Path) -> bool:
-    """Whether `path` reads as weights (safetensors, or torch.load with weights_only)."""
+    """Whether `path` reads as weights (safetensors, or torch.load with weights_only). A file
+    whole but for a pickle global weights_only refuses reads too: the reader that failed
+    got past it, so it allows that global (timm's allows the argparse.Namespace its
+    training checkpoints hold), and its failure is elsewhere."""
     try:
         if Path(path).suffix == ".safetensors":
             from safetensors import safe_open
@@ -180,6 +183,8 @@ def _reads(path: Path) -> bool:
                 f.keys()
         else:
             torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        return True
     except Exception:  # noqa: BLE001 - any failure to read is the answer
         return False
     return True
