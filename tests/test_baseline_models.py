@@ -163,6 +163,21 @@ def test_a_plain_resnet_file_into_an_ibn_model_names_the_keys(tmp_path):
         ReIDResNet(BuildContext(), arch="resnet18", ibn=True, pretrained=str(path))
 
 
+def test_a_resnet_file_without_batchnorm_counters_loads_as_torch_loads_it(tmp_path):
+    """torchvision's ResNet files from before 0.4.1 (and other exporters') have no
+    num_batches_tracked; torch's strict load_state_dict accepts them (BatchNorm supplies the
+    counter to a state dict without version metadata), so the name check must not refuse
+    them as 'missing keys'."""
+    source = ReIDResNet(BuildContext(), arch="resnet18").model
+    state = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
+    reference = ReIDResNet(BuildContext(), arch="resnet18").model
+    reference.load_state_dict(state, strict=True)  # the reference: torch accepts the file
+    path = tmp_path / "resnet18-5c106cde.pth"
+    torch.save(state, path)
+    loaded = ReIDResNet(BuildContext(), arch="resnet18", pretrained=str(path)).model
+    assert torch.equal(loaded.state_dict()["layer3.1.bn2.running_var"], state["layer3.1.bn2.running_var"])
+
+
 def test_a_resnet_file_of_another_width_is_one_line_naming_a_tensor_and_both_shapes(tmp_path):
     """Same names, other shapes (a wide ResNet's file, or one saved with other model_kwargs)
     passed the name check and came out as torch's 'Error(s) in loading state_dict ... size

@@ -132,7 +132,9 @@ class ReIDResNet(Backbone):
     def load_file(self, path: Path) -> None:
         state = {k: v for k, v in read_state_dict(path, NAME).items() if not k.startswith("fc.")}
         own = self.model.state_dict()
-        missing = sorted(set(own) - set(state))
+        # BatchNorm supplies its num_batches_tracked to a file saved without it (torchvision's
+        # files before 0.4.1, other exporters): torch's own load_state_dict accepts such a file
+        missing = sorted(k for k in set(own) - set(state) if not k.endswith(".num_batches_tracked"))
         unexpected = sorted(set(state) - set(own))
         if missing or unexpected:
             raise ValueError(f"{NAME}: {path} does not fit this ResNet: {len(missing)} missing keys "
