@@ -298,8 +298,12 @@ def misfit(own: Mapping[str, Any], theirs: Mapping[str, Any], names: bool = True
     def some(keys: list[str]) -> str:
         return ", ".join(keys[:2]) + (", ..." if len(keys) > 2 else "")
 
+    def other_shape(mine: torch.Tensor, file: torch.Tensor) -> bool:
+        # torch's _load_from_state_dict takes a 1-element 1-d tensor for a 0-d one (torch 0.3's files)
+        return mine.shape != file.shape and not (mine.dim() == 0 and file.shape == (1,))
+
     shapes = sorted(k for k, v in own.items() if isinstance(v, torch.Tensor) and isinstance(theirs.get(k), torch.Tensor)
-                    and v.shape != theirs[k].shape)
+                    and other_shape(v, theirs[k]))
     parts = []
     if shapes:
         first = shapes[0]
