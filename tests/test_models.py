@@ -150,6 +150,22 @@ def test_a_timm_training_checkpoint_of_another_size_is_said_not_to_fit_not_to_be
     assert "in the file, [48] in the model" in message, message
 
 
+def test_a_pretrained_file_in_torchs_legacy_format_of_another_size_is_one_line(tmp_path):
+    """torch.save(..., _use_new_zipfile_serialization=False) writes torch's pre-1.6 format (a
+    pickle, no zip), which torch.load reads but cannot memory-map ('mmap can only be used
+    with files saved with ... _use_new_zipfile_serialization=True'): the shape account read
+    nothing and torch's raw 'size mismatch' list came through."""
+    wide = dict(TINY_VIT, model_kwargs={**TINY_VIT["model_kwargs"], "embed_dim": 64})
+    path = tmp_path / "legacy_wide.pth"
+    torch.save(TimmBackbone(make_ctx(image_size=(32, 32)), **wide).model.state_dict(), path,
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError) as caught:
+        TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT)
+    message = str(caught.value)
+    assert "\n" not in message and "does not fit 'vit_tiny_patch16_224'" in message, message
+    assert "in the file, [48] in the model" in message, message
+
+
 def test_a_pretrained_file_of_another_arch_fails_validate_naming_the_pipeline_and_key(tmp_path, capsys):
     import yaml
 

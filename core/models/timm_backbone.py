@@ -138,7 +138,10 @@ def _file_tensors(path: Path) -> dict[str, torch.Tensor]:
         with safe_open(str(path), framework="pt") as f:
             return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
     with torch.serialization.safe_globals([argparse.Namespace]):  # as timm's reader (its training checkpoints' args)
-        ckpt = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+        try:
+            ckpt = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError:  # torch's legacy (pre-1.6, non-zip) format cannot be memory-mapped: read it whole
+            ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]
