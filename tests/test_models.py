@@ -166,6 +166,24 @@ def test_a_pretrained_file_in_torchs_legacy_format_of_another_size_is_one_line(t
     assert "in the file, [48] in the model" in message, message
 
 
+def test_a_torchscript_archive_as_pretrained_file_is_named_as_one_and_runs_nothing(tmp_path, monkeypatch):
+    """OpenAI's released CLIP .pt files are TorchScript archives; torch refuses them under
+    weights_only with advice to pass weights_only=False (which would run the code they hold).
+    The line names the file as a TorchScript archive, without that advice."""
+    path = tmp_path / "ViT-B-16.pt"
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(path))
+
+    def never(*args, **kwargs):
+        raise AssertionError("torch.jit.load was called")
+
+    monkeypatch.setattr(torch.jit, "load", never)
+    with pytest.raises(ValueError) as caught:
+        TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT)
+    message = str(caught.value)
+    assert "\n" not in message and f"{path}: not a readable checkpoint (a TorchScript archive" in message, message
+    assert "weights_only" not in message, message
+
+
 def test_a_pretrained_file_of_another_arch_fails_validate_naming_the_pipeline_and_key(tmp_path, capsys):
     import yaml
 

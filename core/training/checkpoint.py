@@ -167,6 +167,8 @@ def _read_failure(path: Path, exc: BaseException) -> str | None:
         if not any(isinstance(e, readers) for e in _causes(exc)) and _reads(path):
             return None
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if is_torchscript_archive(path):  # torch's own words advise weights_only=False, which runs its code
+            why = "a TorchScript archive, not a file of tensors: loading one runs the code it holds"
     return f"{path}: not a readable {kind} ({why})"
 
 
