@@ -5,10 +5,17 @@ the zip format say of the file, not from the reader's own code. Tiny tensors onl
 
 from __future__ import annotations
 
+import pickle
+import zipfile
+
 import pytest
 import torch
 
-from core.training.checkpoint import CheckpointError, load_fitting
+from core.training.checkpoint import CheckpointError, load_checkpoint, load_fitting
+
+#: what a clone without `git lfs pull` holds in place of a weights file (Git LFS spec v1)
+LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\n"
+               "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 346378221\n")
 
 
 class Scaled(torch.nn.Module):
@@ -35,3 +42,47 @@ def test_load_fitting_refuses_a_three_element_tensor_for_a_scalar(tmp_path):
         Scaled().load_state_dict(state)  # the reference: torch refuses it
     with pytest.raises(CheckpointError, match=r"1 tensor of another shape \(e.g. scale is \[3\] in the file, \[\] in"):
         load_fitting(Scaled(), state, tmp_path / "x.pt", "model", "the model", "hint")
+
+
+class _WritesAFile:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_legacy_format_checkpoint_that_needs_pickle_is_refused_as_such_and_runs_nothing(tmp_path):
+    """torch.save(..., _use_new_zipfile_serialization=False) writes torch's pre-1.6 format:
+    a pickle stream (PROTO, 0x80, first), no zip. The file is whole, so the refusal is the
+    pickle one naming the global, not 'not a PyTorch file'."""
+    marker, path = tmp_path / "RAN", tmp_path / "legacy.pt"
+    torch.save({"w": torch.zeros(2), "x": _WritesAFile(marker)}, path, _use_new_zipfile_serialization=False)
+    assert path.read_bytes()[:1] == b"\x80" and not zipfile.is_zipfile(path)  # the format, by its bytes
+    with pytest.raises(CheckpointError, match=r"legacy.pt: refused: this file needs pickle.*GLOBAL io.open"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_a_legacy_format_checkpoint_of_tensors_loads(tmp_path):
+    path = tmp_path / "legacy.pt"
+    torch.save({"model": {"w": torch.ones(2)}}, path, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
+
+
+@pytest.mark.parametrize("text", [LFS_POINTER, "<!DOCTYPE html><html><body>404 Not Found</body></html>"],
+                         ids=["git-lfs-pointer", "html-error-page"])
+def test_a_text_file_in_place_of_weights_is_not_a_pytorch_file_not_a_pickle_to_trust(tmp_path, text):
+    """A Git LFS pointer checked out without `git lfs pull`, or an error page a failed
+    download saved: torch's weights_only unpickler reads the text as opcodes and raises an
+    UnpicklingError, but the file is neither a zip (no 'PK\\x03\\x04') nor a pickle (no
+    0x80), so it is named as not a PyTorch file, and --trust-checkpoint is not offered."""
+    path = tmp_path / "last.pt"
+    path.write_text(text)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)  # what makes the case: torch's error is the pickle one
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: not a readable checkpoint (not a PyTorch file"), message
+    assert "--trust-checkpoint" not in message and "needs pickle" not in message, message
