@@ -301,6 +301,78 @@ def test_a_root_info_handler_sees_no_timm_record_while_a_pretrained_file_loads(t
     assert (timm_logger.level, timm_logger.propagate, list(timm_logger.handlers)) == before
 
 
+def test_the_timm_logger_is_left_as_it_was_set_before_a_pretrained_file_loads(tmp_path):
+    """Whatever the user set on timm's logger (propagation off, a level, a handler of their
+    own) is what it has after the load; set here explicitly, so the check does not depend on
+    an earlier test having left the logger at logging's defaults."""
+    import logging
+
+    source = TimmBackbone(make_ctx(image_size=(32, 32)), **TINY_VIT).model
+    path = tmp_path / "whole.pth"
+    torch.save(source.state_dict(), path)
+    logger, own = logging.getLogger("timm.models._builder"), logging.NullHandler()
+    saved = (logger.level, logger.propagate, list(logger.handlers))
+    try:
+        for propagate in (False, True):
+            logger.setLevel(logging.ERROR)
+            logger.propagate = propagate
+            logger.handlers[:] = [own]
+            TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT)
+            assert (logger.level, logger.propagate, logger.handlers) == (logging.ERROR, propagate, [own])
+    finally:
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+        logger.handlers[:] = saved[2]
+
+
+def test_timms_other_warnings_during_a_load_still_reach_the_users_handlers(tmp_path):
+    """Only timm's two key reports are taken over; its other warnings reach a root handler
+    at WARNING as Python's logging would deliver them without us (a logger propagates to
+    the root): here timm's note that a 1-channel file matches a 1-channel model although its
+    pretrained config declares 3 input channels."""
+    one_channel = dict(TINY_VIT, model_kwargs={**TINY_VIT["model_kwargs"], "in_chans": 1})
+    path = tmp_path / "gray.pth"
+    torch.save(TimmBackbone(make_ctx(image_size=(32, 32)), **one_channel).model.state_dict(), path)
+    with root_info_records() as seen:
+        TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **one_channel)
+    timm_warnings = [r.getMessage() for r in seen if r.name.startswith("timm") and r.levelname == "WARNING"]
+    assert any("input_size declares 3 source channels" in m for m in timm_warnings), timm_warnings
+
+
+def test_a_load_that_fails_otherwise_keeps_its_error_though_the_file_has_an_extra_tensor(tmp_path, monkeypatch):
+    """'does not fit' is said for tensors of another shape only: names are timm's to judge
+    (its checkpoint filters rename older formats), so a file with an extra tensor whose load
+    fails for another reason keeps that error."""
+    import timm.models._builder as builder
+
+    source = TimmBackbone(make_ctx(image_size=(32, 32)), **TINY_VIT).model
+    path = tmp_path / "extra.pth"
+    torch.save({**source.state_dict(), "decoder.weight": torch.zeros(2)}, path)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something else went wrong")
+
+    monkeypatch.setattr(builder, "load_pretrained", broken)
+    with pytest.raises(RuntimeError, match="something else went wrong"):
+        TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT)
+
+
+def test_a_checkpoint_holding_only_its_ema_copy_of_another_size_is_one_line(tmp_path):
+    """timm's reader takes 'state_dict_ema' (or 'model_ema') when a checkpoint has one
+    (timm.models.load_state_dict, use_ema=True); the shape account reads the same tensors."""
+    from timm.models import load_state_dict
+
+    wide = dict(TINY_VIT, model_kwargs={**TINY_VIT["model_kwargs"], "embed_dim": 64})
+    state = TimmBackbone(make_ctx(image_size=(32, 32)), **wide).model.state_dict()
+    path = tmp_path / "ema_only.pth"
+    torch.save({"epoch": 9, "state_dict_ema": state}, path)
+    assert load_state_dict(str(path)).keys() == state.keys()  # the reference: timm reads the EMA copy
+    with pytest.raises(ValueError) as caught:
+        TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT)
+    message = str(caught.value)
+    assert "\n" not in message and "in the file, [48] in the model" in message, message
+
+
 def test_a_complete_pretrained_file_loads_without_a_warning(tmp_path):
     import warnings
 
