@@ -117,6 +117,22 @@ def test_open_clip_state_dicts_load_at_16x8(build_ctx, make_batch, tmp_path, suf
     assert torch.isfinite(backbone.eval()(make_batch([0], image_size=(256, 128)))["global"]).all()
 
 
+def test_a_state_dict_with_a_tensor_the_model_lacks_loads(build_ctx, tmp_path):
+    """The CLIP loads its file non-strictly for names (load_state_dict(strict=False): the
+    file's extra tensors are ignored, only missing ones refused): a file saved from the same
+    architecture built with open_clip's init_logit_bias holds a 'logit_bias' this model has
+    not; it loads, and the shape check before it judges shapes only."""
+    import open_clip
+
+    torch.manual_seed(7)
+    state = {k: v.clone() for k, v in open_clip.CLIP(**copy.deepcopy(B16_TINY), init_logit_bias=-10.0)
+             .state_dict().items()}
+    assert "logit_bias" in state and "logit_bias" not in source_clip().state_dict()
+    path = tmp_path / "with_logit_bias.bin"
+    torch.save(state, path)
+    assert_loaded(load(build_ctx, path), state)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_openai_archive_runs_on_the_gpu_under_bf16_autocast(build_ctx, make_batch, tmp_path):
     path = tmp_path / "ViT-B-16.pt"
