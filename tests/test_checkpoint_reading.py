@@ -86,3 +86,28 @@ def test_a_text_file_in_place_of_weights_is_not_a_pytorch_file_not_a_pickle_to_t
     message = str(caught.value)
     assert message.startswith(f"{path}: not a readable checkpoint (not a PyTorch file"), message
     assert "--trust-checkpoint" not in message and "needs pickle" not in message, message
+
+
+class Counted(torch.nn.Module):
+    """A module that added a buffer in a later version and supplies it to older checkpoints
+    (as instruct-editor's losses do for trained_steps)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "steps", torch.ones((), dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def test_load_fitting_leaves_missing_names_to_the_modules_own_loading(tmp_path):
+    """A checkpoint written before the buffer existed lacks it; the module's
+    _load_from_state_dict supplies it and torch's strict load_state_dict accepts the file,
+    so load_fitting must too."""
+    state = {k: v for k, v in Counted().state_dict().items() if k != "steps"}
+    Counted().load_state_dict(state)  # the reference: torch accepts it
+    module = Counted()
+    load_fitting(module, state, tmp_path / "older.pt", "losses'", "the model", "hint")
+    assert int(module.steps) == 1
