@@ -409,8 +409,11 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
                    echo: Any = None, meta: bool = False, image_check: str = "error",
                    context: BuildContext | None = None) -> Pipeline:
     """Build every component of a pipeline (no training). `prepare`: "run" runs the
-    pipeline's labelers whose files are missing or stale, "force" runs them all, "skip"
-    neither runs nor attaches them (inference from a trained run). `meta`: build the
+    pipeline's labelers whose files are missing or stale, "force" runs them all,
+    "existing" attaches their files and runs none (a resumed run: it goes on with the
+    labels it started with, and a received run folder's labeler, e.g. a grounder that
+    runs a model repo's code, is not run by resuming it), "skip" neither runs nor
+    attaches them (inference from a trained run). `meta`: build the
     backbone, head and losses on the meta device (parameter names and shapes only, fast;
     the labelers are skipped) — for checks, never for training. `image_check`: unreadable
     image files of the train and test sets (core.data.image_check) stop the build
@@ -420,8 +423,8 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
     not read — no training table, sampler or losses; test sets come from `data.test` only.
     `echo`: where its messages go (default: the `core.pipeline` logger, "warning: ..." as warnings)."""
     echo = echo or echo_to(logging.getLogger(__name__))
-    if prepare not in ("run", "force", "skip"):
-        raise ValueError(f"build_pipeline: prepare must be 'run', 'force' or 'skip'; got {prepare!r}")
+    if prepare not in ("run", "force", "existing", "skip"):
+        raise ValueError(f"build_pipeline: prepare must be 'run', 'force', 'existing' or 'skip'; got {prepare!r}")
     from core.data.image_check import MODES, screen_pipeline_records
 
     if image_check not in MODES:
@@ -506,7 +509,7 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
             attach_dataset_annotations(cfg, _as_list(cfg, "data.test", test_specs), [d for _, d in pairs], None,
                                        ctx.patch_grid, "data.test", test_tables)
         prepared = run_prepare_steps(cfg, b, ctx, train_names, train_specs, train_datasets, train,
-                                     force=prepare == "force", echo=echo)
+                                     force=prepare == "force", may_label=prepare != "existing", echo=echo)
     head = b.build("head", "head", cfg.data["head"], ctx)
     model = ReIDModel(backbone, head)
 

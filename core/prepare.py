@@ -69,8 +69,9 @@ def attach_dataset_annotations(cfg: LoadedConfig, specs: list, datasets: list[Da
 
 def run_prepare_steps(cfg: LoadedConfig, builder: Any, ctx: Any, train_names: list[str], train_specs: list,
                       train_datasets: list[Dataset], train: RecordTable, force: bool = False,
-                      echo: Callable[[str], None] = _echo) -> list[Path]:
-    """Run (or reuse) each `prepare` labeler over the training images, attach its file."""
+                      may_label: bool = True, echo: Callable[[str], None] = _echo) -> list[Path]:
+    """Run (or reuse) each `prepare` labeler over the training images, attach its file.
+    `may_label` False: only reuse; a file missing or stale is an error naming `core label`."""
     from core.labeling import LabelItem, is_up_to_date, run_labeler
     from core.training import distributed as D
 
@@ -101,7 +102,13 @@ def run_prepare_steps(cfg: LoadedConfig, builder: Any, ctx: Any, train_names: li
                        "data": data_specs, "patch_grid": list(ctx.patch_grid) if ctx.patch_grid else None}
         provenance = builder.provenance.get(key, {})
         where = f"{cfg.origin(key)}: {key} ({out})"
-        if ctx.world_size > 1 and (force or not is_up_to_date(Path(out), fingerprint, keys)):
+        if (ctx.world_size > 1 or not may_label) and (force or not is_up_to_date(Path(out), fingerprint, keys)):
+            if not may_label:  # resuming: the run goes on with the labels it started with
+                raise cfg.error(key, f"labeler '{name}''s file {out} is missing or does not match this run's "
+                                     f"training data, and resuming a run does not label (it goes on with the labels "
+                                     f"it started with; a received run folder's labeler is code it names). Put the "
+                                     f"run's {out} back, or label with `core label {cfg.file}` if you trust its "
+                                     f"labeler, then resume")
             # one rank labelling for hours while the others hit the collective timeout
             raise cfg.error(key, f"labeler '{name}' would have to label {len(keys)} images first, and labelling "
                                  f"does not run under torchrun (the other processes would time out waiting). "

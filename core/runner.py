@@ -85,7 +85,8 @@ def _run(pipeline, overrides, run_dir, resume, overwrite, image_check, log_file)
     dist = D.init_from_env(resolve_device(device if isinstance(device, str) else "auto").type)
     if resume is None and run_dir is not None and dist.is_main:
         claim_new(Path(run_dir), overwrite)  # before any work: a refused run costs nothing
-    p = build_pipeline(cfg, rank=dist.rank, world_size=dist.world_size, image_check=image_check)
+    p = build_pipeline(cfg, rank=dist.rank, world_size=dist.world_size, image_check=image_check,
+                       prepare="run" if resume is None else "existing")
     if resume is None:  # rank 0 names the run folder; every rank writes nothing else
         run_path = D.broadcast_object(Path(run_dir) if run_dir else _new_run_dir(p.trainer.output_dir, p.name))
     lock = RunLock(run_path)

@@ -287,3 +287,31 @@ def test_label_returns_the_files_of_the_prepare_steps(tmp_path, tiny_pipeline_co
     path = write_pipeline(tmp_path, tiny_pipeline_config, prepare=[{"name": "truth_test", "out": "a/parts.npz"}])
     assert label(path) == [Path("a/parts.npz")] and Path("a/parts.npz").is_file()
     assert label(write_pipeline(tmp_path, tiny_pipeline_config)) == []
+
+
+def test_resuming_a_run_never_labels_and_goes_on_with_the_labels_it_started_with(tmp_path, tiny_pipeline_config,
+                                                                                 monkeypatch, capsys):
+    """`core run --resume RUN` builds the run folder's pipeline, whose `prepare` labelers may
+    be code the folder's author chose (a grounder that runs a model repo's code): with its
+    label file gone, resuming used to label again (other labels than the run started with,
+    and the labeler run for whoever sent the folder). It is refused naming the file and
+    `core label`, the labeler not called; with the file back, the run resumes."""
+    from core.cli import main
+    from core.plugins import get_plugin_manager
+    from core.runner import run
+
+    monkeypatch.chdir(tmp_path)
+    path = write_pipeline(tmp_path, tiny_pipeline_config, prepare=[{"name": "truth_test", "out": "labels/p.npz"}])
+    result = run(path, run_dir=tmp_path / "run", overrides=["trainer.stop_after_steps=1", "trainer.eval_before=false"])
+    module = next(m for m in get_plugin_manager().get_plugins() if hasattr(m, "CALLS"))
+    labels = tmp_path / "labels" / "p.npz"
+    kept = labels.read_bytes()
+    labels.unlink()
+    calls = len(module.CALLS)
+    assert main(["run", "--resume", str(result.run_dir), "--allow-plugin-files"]) == 2
+    err = capsys.readouterr().err
+    assert "prepare.0" in err and "labels/p.npz" in err and "core label" in err and "resuming" in err, err
+    assert len(module.CALLS) == calls and not labels.exists()
+    labels.write_bytes(kept)
+    assert main(["run", "--resume", str(result.run_dir), "--allow-plugin-files"]) == 0, capsys.readouterr().err
+    assert len(module.CALLS) == calls

@@ -80,7 +80,8 @@ class CogVLMGrounder(Grounder):
                                        EXTRA)
         # trust_remote_code: CogVLM exists only as the model repo's Python (README: "remote code"). It
         # runs when the user's own pipeline names this grounder (`core run` / `core label`, as its
-        # plugins do); a run folder someone else made never labels (restore builds with prepare="skip")
+        # plugins do); a run folder someone else made never labels (eval & co. build with prepare="skip",
+        # run --resume with prepare="existing": tests/test_annotations.py)
         model = hf.load_pretrained("cogvlm", "model", self.model_name, lambda: transformers.AutoModelForCausalLM
                                    .from_pretrained(self.model_name, trust_remote_code=True, low_cpu_mem_usage=True,
                                                     local_files_only=self.local_files_only,
