@@ -371,7 +371,7 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, (ConfigError, RegistryError, ComponentError, FloatingPointError, OSError)) \
             or type(exc).__module__.startswith("core"):
         original = worker_original(exc)  # raised in a DataLoader worker: its own message
-        text = original[1] if original else str(exc).strip()
+        text = original[1] if original and original[1] else str(exc).strip()
         return text if "\n" not in text else text.splitlines()[0] + " ..."
     return last_line(exc) + " (run with --debug for the traceback)"  # a worker's: type and message once
 

@@ -46,7 +46,8 @@ def worker_original(exc: BaseException) -> tuple[str, str] | None:
     raises it again in the main process as the same type (RuntimeError when that type cannot
     be built from one message), with 'Caught X in DataLoader worker process N.' and the
     worker's traceback as its text; the original message is the traceback's last line, after
-    'X: ' (or 'module.X: ')."""
+    'X: ' (or 'module.X: '), or '' where that line is 'X' alone (a bare `assert`, `raise
+    X()`): its message is empty, not that of an exception it was raised while handling."""
     import re
 
     text = str(exc)
@@ -54,7 +55,7 @@ def worker_original(exc: BaseException) -> tuple[str, str] | None:
     if caught is None:
         return None
     name = caught.group(1)
-    found = re.findall(rf"^(?:[\w.]+\.)?{re.escape(name)}: (.*)$", text, re.M)
+    found = re.findall(rf"^(?:[\w.]+\.)?{re.escape(name)}(?:: (.*))?$", text, re.M)
     return (name, found[-1].strip()) if found else None
 
 
