@@ -358,11 +358,15 @@ def list_records(cfg: LoadedConfig, sources: DataSources
     """The records of each train dataset and (query, gallery) of each test set, as the
     readers give them (columnar tables stay columns). Datasets list their folders and
     files here, lazily, so a file name they cannot parse or a bad list file is found here:
-    a ConfigError naming the pipeline file and the key that declares the dataset. A split
-    the dataset does not have (a train-only dataset standing in as its own test set) is
-    empty."""
+    a ConfigError naming the pipeline file and the key that declares the dataset. A test
+    split the dataset does not have (a train-only dataset standing in as its own test set)
+    is empty; a dataset without a train split named in data.train is an error, not a
+    silently smaller training set."""
     def listed(key: str, spec: Any, dataset: Dataset, split: str) -> Sequence[Record]:
         if split not in dataset.splits:
+            if split == "train":
+                raise cfg.error(key, f"dataset '{_dataset_name(spec)}' has no train split (its splits: "
+                                     f"{', '.join(dataset.splits)}); name it in data.test to evaluate on it")
             return []
         try:
             return dataset.records(split)

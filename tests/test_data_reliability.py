@@ -251,6 +251,21 @@ def build(path: Path, lines: list | None = None, **kwargs):
                           **kwargs)
 
 
+def test_a_dataset_without_a_train_split_in_data_train_is_an_error_not_left_out(tmp_path, monkeypatch):
+    """A test-only dataset (splits query and gallery) named as the second training set: the
+    first still lists training records, so leaving it out would train on less than the
+    pipeline names, without a word. Before list_records, asking it for "train" failed."""
+    from core.data.manifest import ManifestDataset
+    from core.testing import TINY_PIPELINE
+
+    monkeypatch.setattr(ManifestDataset, "splits", ("query", "gallery"))
+    data = manifest(tmp_path / "d", rows())
+    path = pipeline_file(tmp_path, [TINY_PIPELINE["data"]["train"][0], {"dataset": "manifest", "path": str(data)}])
+    with pytest.raises(ConfigError, match=r"data\.train\.1: dataset 'manifest' has no train split \(its splits: "
+                                          r"query, gallery\)"):
+        build(path)
+
+
 def test_a_pipeline_with_bad_images_stops_at_build_naming_train_and_test_files(tmp_path):
     bad = {"train/2_1.jpg", "gallery/101_0.jpg"}
     data = manifest(tmp_path / "d", rows(), bad)
