@@ -92,6 +92,17 @@ def test_extract_checks_every_image_before_the_first_batch(trained_run, image_fo
     assert str(bad) not in [r.path for r in load_features(out).images.table.records]
 
 
+def test_extract_with_every_image_unreadable_says_so_and_writes_nothing(trained_run, image_folder, tmp_path, capsys):
+    folder = shutil.copytree(image_folder / "query", tmp_path / "query")
+    for path in folder.iterdir():
+        path.write_bytes(path.read_bytes()[:40])
+    out = tmp_path / "q.npz"
+    assert main(["extract", str(trained_run), "--images", str(folder), "--out", str(out), "--skip-bad-images"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --images {folder}: every image file is unreadable (left out). Nothing was extracted\n" in err
+    assert not out.exists()
+
+
 def test_an_extract_error_starts_its_own_line_after_the_progress_bar(trained_run, image_folder, tmp_path, capsys):
     from layout_fixtures import damaged_middle  # registered by conftest.py
 
