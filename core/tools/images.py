@@ -170,7 +170,8 @@ def screened(sets: Sequence[tuple[str, ImageSet]], mode: str = "error",
     for flag, images in sets:
         rows = kept_rows(images.table.records, bad) if bad else range(len(images))
         if not rows and len(images):
-            raise ConfigError(f"{flag} {images.source}".strip() + f": every image file is unreadable (left out). {stopped}")
+            raise ConfigError(f"{flag} {images.source}".strip()
+                              + f": every image file is unreadable (left out). {stopped}")
         kept.append(images if len(rows) == len(images) else
                     ImageSet(images.table.take(rows), images.datasets, images.source))
     return kept
