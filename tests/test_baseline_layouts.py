@@ -118,6 +118,24 @@ def test_a_new_protocol_index_beyond_the_file_list_names_the_entry(tmp_path):
         CUHK03(str(tmp_path)).records("gallery")
 
 
+@pytest.mark.parametrize("index, labels", [(6, 5), (5, 4), (0, 5)],
+                         ids=["one past filelist", "past a shorter labels", "zero"])
+def test_a_new_protocol_index_just_outside_either_list_names_the_entry(tmp_path, index, labels):
+    """1-based MATLAB indices: with 5 files, 1..5 are positions; 6 is one past the end, 5 is
+    past labels when labels holds 4, and 0 would read as Python's -1, the last file, and
+    give a record of another image silently."""
+    new_protocol_mat(tmp_path, gallery_idx=np.array([[4], [index]]),
+                     labels=np.array([[1], [1], [2], [2], [3]][:labels]))
+    with pytest.raises(ValueError,
+                       match=rf"gallery_idx\[1\] is {index}, but filelist has 5 entries and labels {labels};"):
+        CUHK03(str(tmp_path)).records("gallery")
+
+
+def test_every_new_protocol_index_within_both_lists_is_read(tmp_path):
+    new_protocol_mat(tmp_path, gallery_idx=np.array([[1], [5]]))
+    assert ids(CUHK03(str(tmp_path)).records("gallery")) == [("1_001_1_01.png", 1, 0), ("2_001_2_08.png", 3, 1)]
+
+
 def test_a_split_file_that_cannot_be_read_is_one_line_naming_it_and_the_key(tmp_path, capsys, monkeypatch):
     from core.cli import main
 

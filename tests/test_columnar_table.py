@@ -421,3 +421,36 @@ def test_core_data_stats_counts_what_the_csv_module_counts(exported, no_cache, c
     text = capsys.readouterr().out
     assert "(market1501)" in text and f"| {sum(r.split == 'train' for r in reference):>8,}" in text
     assert main(["data", "stats", str(exported.parent / "nope")]) == 2
+
+
+# -- RecordTable.take (what --skip-bad-images keeps in core extract, search and explain) -------
+
+@pytest.mark.parametrize("as_list", [False, True], ids=["columns", "list of records"])
+def test_take_keeps_every_column_with_its_own_row(as_list):
+    """Each field of each kept row, read record by record from the table before `take`: the
+    ids (relabelled pid, camid, source, category, domain) must stay with the record they
+    belong to, in the order asked for, or embeddings and labels misalign."""
+    first = [Record(path=f"a/{i}.jpg", pid=10 + i % 3, camid=i % 4, category=("person", "car")[i % 2],
+                    domain=f"d{i % 3}", split="train") for i in range(7)]
+    second = [Record(path=f"b/{i}.jpg", pid=50 + i, camid=5 + i, category="car", domain="d9", split="train")
+              for i in range(4)]
+    table = RecordTable.build([("a", first), ("b", second)], relabel=True)
+    if as_list:
+        table = RecordTable(records=list(table.records), source_ids=table.source_ids, sources=table.sources,
+                            pids=table.pids, camids=table.camids, category_ids=table.category_ids,
+                            category_names=table.category_names, domain_ids=table.domain_ids,
+                            domain_names=table.domain_names)
+
+    def row(t, i):
+        r = t.records[i]
+        return (r.path, r.pid, r.camid, r.category, r.domain, int(t.pids[i]), int(t.camids[i]),
+                t.sources[int(t.source_ids[i])], t.category_names[int(t.category_ids[i])],
+                t.domain_names[int(t.domain_ids[i])])
+
+    rows = [9, 0, 3, 10, 6]  # across both sources, out of order
+    kept = table.take(rows)
+    assert len(kept) == len(rows)
+    assert [row(kept, j) for j in range(len(rows))] == [row(table, i) for i in rows]
+    for name in ("pids", "camids", "source_ids", "category_ids", "domain_ids"):
+        assert len(getattr(kept, name)) == len(rows), name
+    assert len(table.take([])) == 0

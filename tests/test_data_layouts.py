@@ -478,3 +478,17 @@ def test_a_badly_named_image_of_a_test_set_names_its_data_test_key(tmp_path, cap
     err = capsys.readouterr().err
     assert f"error: {path}: data.test.0: dataset 'market1501' could not be listed: " in err
     assert f"{test_root / 'query' / 'probe.jpg'}" in err
+
+
+def test_a_badly_named_query_image_of_a_train_set_standing_in_as_test_set_names_data_train(tmp_path, capsys):
+    """data.test not given: the training dataset's query and gallery are the test set, so the
+    key that declares it is data.train.0 (there is no data.test to look in)."""
+    from core.cli import main
+
+    root = market_tree(tmp_path / "market")
+    images(root / "query", "probe.jpg")
+    path = market_pipeline(tmp_path, root)
+    assert main(["validate", "--data", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {path}: data.train.0: dataset 'market1501' could not be listed: " in err
+    assert f"{root / 'query' / 'probe.jpg'}" in err and "data.test" not in err

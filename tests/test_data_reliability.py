@@ -143,6 +143,42 @@ def test_a_second_check_reads_no_file_and_a_changed_file_is_read_again(tmp_path,
     assert sorted(calls) == sorted([str(files[0]), str(files[1])])
 
 
+def test_the_full_decode_verdicts_follow_a_file_fixed_in_place_and_stay_apart_from_the_screens(tmp_path):
+    """A file repaired in place at the same size (a new mtime) is decoded again; a verdict of
+    one check is never the other's: the screen passes a damaged middle whatever the full
+    decode found before it, and the reverse. The reference is PIL decoding the file."""
+    sound = encoded("PNG", 3, size=(64, 128))
+    middle = len(sound) // 2
+    damaged = sound[:middle] + b"\xff" * 64 + sound[middle + 64:]
+    path = write(tmp_path / "x.png", damaged)
+    assert len(damaged) == len(sound) and not decodes(path)
+    assert list(find_bad_images([path], full_decode=True)) == [str(path)]
+    assert find_bad_images([path]) == {}  # the screen's own verdict, not the full decode's
+    assert list(find_bad_images([path], full_decode=True)) == [str(path)]  # nor the reverse
+    stat = path.stat()
+    write(path, sound)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert path.stat().st_size == stat.st_size and decodes(path)
+    assert find_bad_images([path], full_decode=True) == {}
+
+
+def test_a_disk_fault_during_the_full_decode_is_reported_and_not_cached(tmp_path, monkeypatch):
+    """EIO while decoding says nothing of the file's content: named now, read again next time."""
+    import errno
+
+    from PIL import ImageFile
+
+    path = write(tmp_path / "ok.png", encoded("PNG"))
+
+    def eio(self):
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ImageFile.ImageFile, "load", eio)
+        assert find_bad_images([path], full_decode=True) == {str(path): "cannot read: Input/output error"}
+    assert find_bad_images([path], full_decode=True) == {}
+
+
 def test_a_corrupt_cache_is_ignored_and_replaced(tmp_path, cache_dir):
     files = [write(tmp_path / "ok.jpg", encoded("JPEG")), write(tmp_path / "bad.jpg", b"")]
     for garbage in (b"\x00\xffnot json", b'{"version": 1, "files": {"' + str(files[1]).encode() + b'": "x"}}',

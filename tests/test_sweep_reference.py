@@ -221,6 +221,8 @@ def test_labels_that_share_a_folder_name_get_their_own_folders(tmp_path):
     folders = [sweep._slug(n).lower() for n in names]
     assert len(set(folders)) == 4, names
     assert names[0] == "a b" and names[3] == "other"  # a label that is free stays as written
+    # as for an exact repeat (the docstring): the file name first, then a counter
+    assert names[1:3] == ["a_b (p1.yaml)", "A_B (p2.yaml)"]
 
 
 def test_long_labels_that_differ_past_the_cut_get_their_own_folders():

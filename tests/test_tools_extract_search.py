@@ -2,6 +2,7 @@
 
 import copy
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,6 +102,29 @@ def test_extract_with_every_image_unreadable_says_so_and_writes_nothing(trained_
     err = capsys.readouterr().err
     assert f"error: --images {folder}: every image file is unreadable (left out). Nothing was extracted\n" in err
     assert not out.exists()
+
+
+def test_extract_skipping_a_bad_image_keeps_each_embedding_with_its_own_record(trained_run, image_folder, tmp_path):
+    """A bad file in the middle: every row after it moves up one. The reference: the names
+    (Market-1501: pid and camera) and an extract of the sound files alone."""
+    from core.tools.extract import load_features
+
+    folder = shutil.copytree(image_folder / "bounding_box_test", tmp_path / "gallery")
+    names = sorted(p.name for p in folder.iterdir())
+    sound = shutil.copytree(folder, tmp_path / "sound")
+    bad = names[len(names) // 3]
+    (sound / bad).unlink()
+    (folder / bad).write_bytes((folder / bad).read_bytes()[:60])
+    assert main(["extract", str(trained_run), "--images", str(folder), "--out", str(tmp_path / "s.npz"),
+                 "--skip-bad-images", "--batch-size", "3"]) == 0
+    assert main(["extract", str(trained_run), "--images", str(sound), "--out", str(tmp_path / "r.npz")]) == 0
+    skipped, reference = load_features(tmp_path / "s.npz"), load_features(tmp_path / "r.npz")
+    table = skipped.images.table
+    kept = [n for n in names if n != bad]
+    assert [Path(r.path).name for r in table.records] == kept
+    assert table.pids.tolist() == [int(n.split("_")[0]) for n in kept]
+    assert table.camids.tolist() == [int(n.split("_c")[1][0]) for n in kept]
+    np.testing.assert_allclose(skipped.embeddings, reference.embeddings, rtol=1e-5, atol=1e-6)
 
 
 def test_an_extract_error_starts_its_own_line_after_the_progress_bar(trained_run, image_folder, tmp_path, capsys):
