@@ -114,6 +114,21 @@ def test_a_damaged_middle_passes_the_screen_and_only_a_full_decode_finds_it(tmp_
     assert check_image(ok, full_decode=True) is None
 
 
+def test_a_file_pil_refuses_without_an_oserror_is_bad_input_for_the_loader_too(tmp_path, monkeypatch):
+    """PIL refuses some files with exceptions that are not OSErrors (here a decompression bomb:
+    more than twice Image.MAX_IMAGE_PIXELS); the loader must tell it as the file's fault, exit
+    2, as the screen and the full decode do, not as a crash."""
+    from core.data.image_check import UndecodableImageError
+    from core.tools.images import ImageFiles, record_for_file
+
+    path = write(tmp_path / "big.png", encoded("PNG", size=(64, 128)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 8,192 pixels
+    assert not decodes(path)  # the reference: PIL refuses it
+    with pytest.raises(UndecodableImageError, match=rf"cannot decode image {path} \(DecompressionBombError: "):
+        ImageFiles([]).load_image(record_for_file(path))
+    assert "(DecompressionBombError: Image size (8192 pixels)" in check_image(path, full_decode=True)
+
+
 # --- many files, the cache -------------------------------------------------------------
 
 def test_every_bad_file_is_found_in_parallel(tmp_path):
