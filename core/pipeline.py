@@ -367,6 +367,10 @@ def list_records(cfg: LoadedConfig, sources: DataSources
             if split == "train":
                 raise cfg.error(key, f"dataset '{_dataset_name(spec)}' has no train split (its splits: "
                                      f"{', '.join(dataset.splits)}); name it in data.test to evaluate on it")
+            if sources.test_specs is not None:  # named as a test set: its layout cannot be one
+                raise cfg.error(key, f"dataset '{_dataset_name(spec)}' has no {split} split (its splits: "
+                                     f"{', '.join(dataset.splits)}), so it cannot be a test set; name it in "
+                                     "data.train only")
             return []
         try:
             return dataset.records(split)

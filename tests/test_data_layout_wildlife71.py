@@ -161,3 +161,20 @@ def test_a_pipeline_training_on_it_alone_has_no_test_set_rather_than_an_unknown_
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     assert main(["validate", "--data", str(path)]) == 0
     assert "data.train.0 (wildlife71) train: 5 images" in capsys.readouterr().out
+
+
+def test_a_pipeline_naming_it_in_data_test_is_told_it_has_no_test_split(tmp_path, capsys):
+    """data.test given: the user asked to evaluate on it; a train-only layout cannot be a test
+    set, said as such (not as an empty query and gallery to look for in its root)."""
+    import yaml
+
+    from core.cli import main
+    from core.testing import TINY_PIPELINE
+
+    root = str(tree(tmp_path / "w"))
+    config = {**TINY_PIPELINE, "data": {**TINY_PIPELINE["data"], "test": [{"dataset": "wildlife71", "root": root}]}}
+    path = tmp_path / "w.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert main(["validate", "--data", str(path)]) == 2
+    assert capsys.readouterr().err == (f"error: {path}: data.test.0: dataset 'wildlife71' has no query split (its "
+                                       "splits: train), so it cannot be a test set; name it in data.train only\n")
