@@ -225,6 +225,39 @@ def test_labels_that_share_a_folder_name_get_their_own_folders(tmp_path):
     assert names[1:3] == ["a_b (p1.yaml)", "A_B (p2.yaml)"]
 
 
+def test_labels_that_never_shared_a_folder_keep_the_names_they_had(tmp_path):
+    """`core run --continue` finds a sweep's runs by its labels' folders: labels whose folders
+    were distinct before folders counted (e1c8a77) must come out as they did, or an existing
+    sweep would start its runs again in new folders. The reference is the rule before it,
+    restated: name and grid values, then the file name for an exact repeat, then a counter."""
+    import copy
+    import itertools
+
+    import yaml
+
+    from core.testing import TINY_PIPELINE
+
+    paths = []
+    for stem, name in (("base", "tiny"), ("wide", "tiny-wide"), ("copy", "tiny")):
+        config = copy.deepcopy(TINY_PIPELINE)
+        config["name"] = name
+        paths.append(tmp_path / f"{stem}.yaml")
+        paths[-1].write_text(yaml.safe_dump(config))
+    grid = ["stages.0.optimizer.lr=0.1,0.01,[1, 2]", "sampler.k=2,4"]
+    reference, taken = [], set()
+    for path, name in zip(paths, ("tiny", "tiny-wide", "tiny")):
+        for combo in itertools.product(*sweep.parse_grid(grid)):
+            label = " ".join([name, *combo])
+            if label in taken:
+                label = f"{label} ({path.name})"
+            unique, k = label, 2
+            while unique in taken:
+                unique, k = f"{label} #{k}", k + 1
+            taken.add(unique)
+            reference.append(unique)
+    assert [v.name for v in sweep.plan(paths, [], grid, "0")] == reference
+
+
 def test_long_labels_that_differ_past_the_cut_get_their_own_folders():
     base = "a-pipeline-with-a-long-name " + " ".join(f"stages.0.optimizer.param{i}=0.00{i}" for i in range(5))
     first, second = base + " x=1", base + " x=2"
