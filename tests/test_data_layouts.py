@@ -148,7 +148,8 @@ def test_a_missing_root_at_a_relative_path_says_where_it_looked(tmp_path, monkey
     with pytest.raises(FileNotFoundError) as err:
         Market1501("data/market")
     assert (f"Market1501: dataset root not found: data/market (looked at {tmp_path / 'data' / 'market'}; data paths "
-            "are relative to the folder core runs in, not to the pipeline file); expected the layout ") in str(err.value)
+            "are relative to the folder core runs in, not to the pipeline file); expected the layout "
+            ) in str(err.value)
 
 
 def test_missing_split_folder_names_it_and_what_was_found(tmp_path):

@@ -120,7 +120,8 @@ def test_precision_and_the_older_amp_key_must_agree(tmp_path):
         TrainerConfig(amp="none", precision="bf16").training_precision()
 
 
-@pytest.mark.parametrize("written, precision", [("false", "fp32"), ("true", "bf16"), ("none", "fp32"), ("bf16", "bf16")])
+@pytest.mark.parametrize("written, precision",
+                         [("false", "fp32"), ("true", "bf16"), ("none", "fp32"), ("bf16", "bf16")])
 def test_amp_written_as_a_yaml_boolean_means_what_it_says(tmp_path, written, precision):
     """Users write `amp: false`; it was refused as a wrong type. It means no autocast (fp32),
     `amp: true` the default bf16, through the same YAML loading and validation as a run."""
