@@ -121,3 +121,33 @@ def test_a_cut_release_file_is_one_line_naming_it_and_the_key(tmp_path, capsys):
                           "a readable cuhk-03.mat (OSError: ")
     assert "copy it again" in err and err.count("\n") == 1
     assert not (root / "images_labeled").exists() and not (root / "images_labeled.partial").exists()
+
+
+def test_a_dataset_folder_it_cannot_write_to_is_one_line_about_writing(tmp_path, capsys, monkeypatch):
+    """The first use extracts the images beside the release file; where that folder is read-only
+    the line says it cannot write there (it said 'cannot read: ... needs read access', the
+    reading fault's words, once the pipeline turned every PermissionError into those)."""
+    import yaml
+
+    import core.data.layouts.cuhk03 as layout
+    from core.cli import main
+    from core.testing import TINY_PIPELINE
+
+    root = tmp_path / "cuhk03"
+    (root / "cuhk03_release").mkdir(parents=True)
+    write_release(root / "cuhk03_release" / "cuhk-03.mat")
+    (root / "splits_new_labeled.json").write_text(json.dumps([{"train": [], "query": [], "gallery": []}]))
+
+    def read_only(raw, images, subset):  # what the OS says to a user without write access (tests run as root)
+        raise PermissionError(13, "Permission denied", str(images))
+
+    monkeypatch.setattr(layout, "extract_images", read_only)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({**TINY_PIPELINE, "data": {**TINY_PIPELINE["data"], "train": [
+        {"dataset": "cuhk03", "root": str(tmp_path), "labeled": True}]}}))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: data.train.0: dataset 'cuhk03' could not be built: CUHK03: cannot write "
+                          f"the extracted images to {root / 'images_labeled'} (Permission denied); extract once where "
+                          "the dataset is writable"), err
+    assert "read access" not in err and err.count("\n") == 1

@@ -8,12 +8,13 @@ from torch._utils import ExceptionWrapper
 from core.training.blame import last_line, worker_original
 
 
-def raised_again(fail) -> BaseException:
-    """The exception the main process gets when `fail()` raises in worker process 0."""
+def raised_again(fail, where: str = "in DataLoader worker process 0") -> BaseException:
+    """The exception the main process gets when `fail()` raises in worker process 0 (or
+    `where` else: torch's pin-memory thread wraps what it catches the same way)."""
     try:
         fail()
     except Exception:  # noqa: BLE001 - any, as a worker catches it
-        wrapper = ExceptionWrapper(where="in DataLoader worker process 0")
+        wrapper = ExceptionWrapper(where=where)
     with pytest.raises(BaseException) as caught:
         wrapper.reraise()
     return caught.value
@@ -66,3 +67,15 @@ def test_a_message_that_mentions_a_worker_is_read_from_the_last_line():
 def test_an_exception_raised_in_the_main_process_is_left_as_it_is():
     assert worker_original(ValueError("plain")) is None
     assert last_line(ValueError("first line\nsecond line")) == "ValueError: second line"
+
+
+def test_an_exception_from_the_pin_memory_thread_is_told_once_too():
+    """torch's pin-memory thread (pin_memory: true, on CUDA) wraps a failure of a batch's
+    pin_memory() as 'Caught X in pin memory thread for device 0.' (torch/utils/data/
+    _utils/pin_memory.py)."""
+    def fail():
+        raise RuntimeError("cannot pin 'extras.boxes': not a tensor")
+
+    exc = raised_again(fail, where="in pin memory thread for device 0")
+    assert worker_original(exc) == ("RuntimeError", "cannot pin 'extras.boxes': not a tensor")
+    assert last_line(exc) == "RuntimeError: cannot pin 'extras.boxes': not a tensor"

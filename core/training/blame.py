@@ -44,14 +44,15 @@ def last_line(exc: BaseException) -> str:
 def worker_original(exc: BaseException) -> tuple[str, str] | None:
     """(type name, message) of an exception raised in a DataLoader worker, else None. torch
     raises it again in the main process as the same type (RuntimeError when that type cannot
-    be built from one message), with 'Caught X in DataLoader worker process N.' and the
+    be built from one message), with 'Caught X in DataLoader worker process N.' (or 'in pin
+    memory thread for device N.', the pin-memory thread's) and the
     worker's traceback as its text; the original message is the traceback's last line, after
     'X: ' (or 'module.X: '), or '' where that line is 'X' alone (a bare `assert`, `raise
     X()`): its message is empty, not that of an exception it was raised while handling."""
     import re
 
     text = str(exc)
-    caught = re.match(r"Caught (\w+) in DataLoader worker", text)
+    caught = re.match(r"Caught (\w+) in (?:DataLoader worker|pin memory thread)", text)
     if caught is None:
         return None
     name = caught.group(1)

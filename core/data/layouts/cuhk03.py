@@ -63,9 +63,9 @@ class CUHK03(Dataset):
                                         "the images are extracted from it on first use")
             try:
                 extract_images(raw, self.images, self.subset)
-            except PermissionError as exc:
-                raise PermissionError(f"CUHK03: cannot write the extracted images to {self.images} "
-                                      f"({exc.strerror}); extract once where the dataset is writable") from None
+            except PermissionError as exc:  # a write, not a read: its own line, not core.data.paths.unreadable's
+                raise ValueError(f"CUHK03: cannot write the extracted images to {self.images} "
+                                 f"({exc.strerror}); extract once where the dataset is writable") from None
         self._splits: dict[str, list[Record]] | None = None
         self._cache: dict[str, RecordColumns] = {}
 
