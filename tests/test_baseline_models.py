@@ -193,6 +193,28 @@ def test_a_resnet_file_of_another_width_is_one_line_naming_a_tensor_and_both_sha
     assert "layer4.1.conv2.weight is [512, 512, 1, 1] in the file, [512, 512, 3, 3] in the model" in message, message
 
 
+@pytest.mark.parametrize("wrapping", ["ema_and_raw", "model_ema_only", "state_dict", "model", "module_prefix"])
+def test_a_resnet_training_checkpoint_is_unwrapped_as_timm_unwraps_it(tmp_path, wrapping):
+    """The reference is timm's own load_state_dict (use_ema=True, what the timm backbone's
+    pretrained path uses): a training checkpoint's EMA copy first, then state_dict / model,
+    `module.` stripped. The resnet backbone read only state_dict / model, so a file holding
+    its EMA copy alone was refused, and one holding both loaded the raw weights."""
+    from timm.models import load_state_dict as timm_load_state_dict
+
+    torch.manual_seed(0)
+    raw = ReIDResNet(BuildContext(), arch="resnet18").model.state_dict()
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in raw.items()}
+    files = {"ema_and_raw": {"state_dict": raw, "state_dict_ema": ema, "epoch": 3},
+             "model_ema_only": {"model_ema": ema}, "state_dict": {"state_dict": raw}, "model": {"model": raw},
+             "module_prefix": {"state_dict": {f"module.{k}": v for k, v in raw.items()}}}
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save(files[wrapping], path)
+    expected = timm_load_state_dict(str(path))
+    loaded = ReIDResNet(BuildContext(), arch="resnet18", pretrained=str(path)).model.state_dict()
+    for key in ("conv1.weight", "layer4.1.bn2.running_mean"):
+        assert torch.equal(loaded[key], expected[key]), (wrapping, key)
+
+
 def test_non_local_blocks_follow_the_last_units_of_each_stage():
     model = ReIDResNet(BuildContext(), arch="resnet50", non_local=[0, 2, 3, 0])
     assert len(model.non_local["layer2"]) == 2 and len(model.non_local["layer3"]) == 3

@@ -28,7 +28,7 @@ from core.interfaces import Backbone
 from core.models.ibn import add_ibn_a
 from core.models.non_local import NonLocalBlock
 from core.models.pooling import build_pooling
-from core.models.timm_backbone import weights_read_errors
+from core.models.timm_backbone import unwrap_checkpoint, weights_read_errors
 from core.records import Batch
 from core.training.checkpoint import misfit
 
@@ -37,7 +37,8 @@ LAYERS = ("layer1", "layer2", "layer3", "layer4")
 
 
 def read_state_dict(path: Path, owner: str) -> dict[str, torch.Tensor]:
-    """A checkpoint file's tensors: unwraps `state_dict` / `model`, strips `module.`."""
+    """A checkpoint file's tensors, unwrapped as the timm backbone's are (unwrap_checkpoint:
+    a training checkpoint's EMA copy first, then `state_dict` / `model`; `module.` stripped)."""
     if not path.is_file():
         raise FileNotFoundError(f"{owner}: pretrained checkpoint not found: {path}")
     with weights_read_errors(path, owner):
@@ -47,12 +48,10 @@ def read_state_dict(path: Path, owner: str) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
+    state = unwrap_checkpoint(state)
     if not isinstance(state, dict):
         raise ValueError(f"{owner}: {path} holds a {type(state).__name__}, not a state dict")
-    return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+    return state
 
 
 class ReIDResNet(Backbone):

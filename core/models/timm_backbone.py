@@ -142,11 +142,20 @@ def _file_tensors(path: Path) -> dict[str, torch.Tensor]:
             ckpt = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
         except RuntimeError:  # torch's legacy (pre-1.6, non-zip) format cannot be memory-mapped: read it whole
             ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    state = unwrap_checkpoint(ckpt)
+    return state if isinstance(state, dict) else {}
+
+
+def unwrap_checkpoint(ckpt: Any) -> Any:
+    """The state dict inside a checkpoint, found as timm's load_state_dict(use_ema=True) finds
+    it: `state_dict_ema`, `model_ema`, `state_dict`, `model`, the first present (a training
+    checkpoint's EMA copy first); `module.` prefixes (DataParallel/DDP) stripped. Anything
+    but a mapping is returned as it is, for the caller to refuse."""
     for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]
             break
-    return {k[7:] if k.startswith("module.") else k: v for k, v in ckpt.items()} if isinstance(ckpt, dict) else {}
+    return {k[7:] if k.startswith("module.") else k: v for k, v in ckpt.items()} if isinstance(ckpt, dict) else ckpt
 
 
 def _shapes_misfit(path: Path, arch: str, image_size: tuple[int, int], model_kwargs: dict[str, Any]) -> str:
