@@ -100,21 +100,30 @@ def test_a_file_without_the_subset_names_what_it_holds_and_leaves_no_folder(tmp_
     assert not (tmp_path / "images_labeled").exists() and not (tmp_path / "images_labeled.partial").exists()
 
 
-def test_a_cut_release_file_is_one_line_naming_it_and_the_key(tmp_path, capsys):
+def release_and_pipeline(tmp_path) -> tuple[Path, Path]:
+    """(the release file, a pipeline training on it): a cuhk03/ tree before its first use,
+    with the release in cuhk03_release/ and the new-protocol split of the labeled subset."""
     import yaml
 
-    from core.cli import main
     from core.testing import TINY_PIPELINE
 
     root = tmp_path / "cuhk03"
     (root / "cuhk03_release").mkdir(parents=True)
     raw = root / "cuhk03_release" / "cuhk-03.mat"
     write_release(raw)
-    raw.write_bytes(raw.read_bytes()[: raw.stat().st_size // 2])  # an interrupted download
     (root / "splits_new_labeled.json").write_text(json.dumps([{"train": [], "query": [], "gallery": []}]))
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump({**TINY_PIPELINE, "data": {**TINY_PIPELINE["data"], "train": [
         {"dataset": "cuhk03", "root": str(tmp_path), "labeled": True}]}}))
+    return raw, path
+
+
+def test_a_cut_release_file_is_one_line_naming_it_and_the_key(tmp_path, capsys):
+    from core.cli import main
+
+    raw, path = release_and_pipeline(tmp_path)
+    root = raw.parents[1]
+    raw.write_bytes(raw.read_bytes()[: raw.stat().st_size // 2])  # an interrupted download
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}: data.train.0: dataset 'cuhk03' could not be built: CUHK03: {raw} is not "
@@ -127,24 +136,16 @@ def test_a_dataset_folder_it_cannot_write_to_is_one_line_about_writing(tmp_path,
     """The first use extracts the images beside the release file; where that folder is read-only
     the line says it cannot write there (it said 'cannot read: ... needs read access', the
     reading fault's words, once the pipeline turned every PermissionError into those)."""
-    import yaml
-
     import core.data.layouts.cuhk03 as layout
     from core.cli import main
-    from core.testing import TINY_PIPELINE
 
-    root = tmp_path / "cuhk03"
-    (root / "cuhk03_release").mkdir(parents=True)
-    write_release(root / "cuhk03_release" / "cuhk-03.mat")
-    (root / "splits_new_labeled.json").write_text(json.dumps([{"train": [], "query": [], "gallery": []}]))
+    raw, path = release_and_pipeline(tmp_path)
+    root = raw.parents[1]
 
     def read_only(raw, images, subset):  # what the OS says to a user without write access (tests run as root)
         raise PermissionError(13, "Permission denied", str(images))
 
     monkeypatch.setattr(layout, "extract_images", read_only)
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(yaml.safe_dump({**TINY_PIPELINE, "data": {**TINY_PIPELINE["data"], "train": [
-        {"dataset": "cuhk03", "root": str(tmp_path), "labeled": True}]}}))
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}: data.train.0: dataset 'cuhk03' could not be built: CUHK03: cannot write "
