@@ -67,6 +67,27 @@ def attach_dataset_annotations(cfg: LoadedConfig, specs: list, datasets: list[Da
             raise ConfigError(str(exc)) from None
 
 
+def _check_out(cfg: LoadedConfig, key: str, out: Path) -> None:
+    """Refuse an `out:` the annotation file cannot be written to (a folder, a path through
+    a file, a folder that cannot be created or written) before the labeler runs."""
+    import tempfile
+
+    if out.is_dir():
+        raise cfg.error(key, f"{out} is a folder; 'out' is the annotation file to write, e.g. {out / 'parts.npz'}")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise cfg.error(key, f"cannot write {out}: {blocking} is a file, not a folder; give another path")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(out.parent) else ""
+        raise cfg.error(key, f"cannot write {out}: its folder {out.parent} cannot be created or written "
+                             f"({reason}{where}); give a path in a folder you can write") from None
+
+
 def run_prepare_steps(cfg: LoadedConfig, builder: Any, ctx: Any, train_names: list[str], train_specs: list,
                       train_datasets: list[Dataset], train: RecordTable, force: bool = False,
                       may_label: bool = True, echo: Callable[[str], None] = _echo) -> list[Path]:
@@ -113,6 +134,8 @@ def run_prepare_steps(cfg: LoadedConfig, builder: Any, ctx: Any, train_names: li
             raise cfg.error(key, f"labeler '{name}' would have to label {len(keys)} images first, and labelling "
                                  f"does not run under torchrun (the other processes would time out waiting). "
                                  f"Run `core label {cfg.file}` in one process first, then start torchrun again")
+        if ctx.rank == 0:  # before the labelling, not when its file is written after hours of it
+            _check_out(cfg, f"{key}.out", Path(out))
         try:
             if ctx.rank == 0:  # one process labels; the others wait and read the file
                 run_labeler(labeler, items, out, fingerprint=fingerprint, ctx=ctx, name=name,

@@ -315,3 +315,23 @@ def test_resuming_a_run_never_labels_and_goes_on_with_the_labels_it_started_with
     labels.write_bytes(kept)
     assert main(["run", "--resume", str(result.run_dir), "--allow-plugin-files"]) == 0, capsys.readouterr().err
     assert len(module.CALLS) == calls
+
+
+@pytest.mark.parametrize("out", ["folder", "a_file/parts.npz"])
+def test_an_out_that_cannot_be_written_is_refused_before_the_labeler_runs(tmp_path, tiny_pipeline_config,
+                                                                         monkeypatch, out):
+    """`out:` a folder, or a path through a file: one line naming the key, before any image is
+    labelled (it was an `[Errno 21] Is a directory` with exit 1 once the labelling was done)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a_file").write_text("")
+    path = write_pipeline(tmp_path, tiny_pipeline_config, prepare=[{"name": "truth_test", "out": out}])
+    with pytest.raises(ConfigError, match=rf"prepare\.0\.out: .*{out.split('/')[0]}") as caught:
+        build_pipeline(load_pipeline(path), echo=lambda *_: None)
+    assert "\n" not in str(caught.value)
+    from core.plugins import get_plugin_manager
+
+    ours = [m for m in get_plugin_manager().get_plugins()
+            if hasattr(m, "CALLS") and str(getattr(m, "__file__", "")).startswith(str(tmp_path))]
+    assert all(m.CALLS == [] for m in ours)  # nothing was labelled
+    assert not (tmp_path / f"{out}.partial").exists()
