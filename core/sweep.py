@@ -89,9 +89,14 @@ def parse_seeds(text: str | None) -> list[int | None]:
     if not text:
         return [None]
     try:
-        return [int(s) for s in split_values(text)]
+        seeds = [int(s) for s in split_values(text)]
     except ValueError:
         raise ConfigError(f"--seeds expects integers separated by commas, got '{text}'", file="--seeds") from None
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:  # one run folder per seed: the second run of a seed was refused, or would replace the first
+        raise ConfigError(f"seed {', '.join(map(str, twice))} is given twice in '{text}'; give each seed once",
+                          file="--seeds")
+    return seeds
 
 
 def plan(pipelines: Sequence[str | Path], overrides: Sequence[str], grid: Sequence[str],
@@ -167,6 +172,37 @@ def _check_same_pipeline(run_dir: Path, pipeline: Path, overrides: list[str]) ->
                           "or give another --sweep-dir", file=str(stored_file))
 
 
+def _run_dir(sweep_dir: Path, variant: Variant, seed: int | None) -> Path:
+    return sweep_dir / _slug(variant.name) / (f"seed-{seed}" if seed is not None else "run")
+
+
+def _run_overrides(variant: Variant, seed: int | None) -> list[str]:
+    return [*variant.overrides, *([f"seed={seed}"] if seed is not None else [])]
+
+
+def _check_sweep_dir(variants: list[Variant], sweep_dir: Path, continue_sweep: bool) -> None:
+    """Refuse, before any run starts, a --sweep-dir the sweep cannot go into: a file; one
+    holding an earlier sweep's runs or table without --continue (each run failed, and its
+    comparison.md was replaced by a table of failures); with --continue, one whose runs come
+    from another pipeline (its table was replaced the same way)."""
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise ConfigError(f"{sweep_dir} is a file; give a folder (it is made if missing)", file="--sweep-dir")
+    if continue_sweep:
+        for variant in variants:
+            for seed in variant.seeds:
+                run_dir = _run_dir(sweep_dir, variant, seed)
+                if (run_dir / "pipeline.yaml").is_file():
+                    _check_same_pipeline(run_dir, variant.pipeline, _run_overrides(variant, seed))
+        return
+    taken = [p for p in [sweep_dir / "comparison.md",
+                         *(_run_dir(sweep_dir, v, s) for v in variants for s in v.seeds)]
+             if p.is_file() or (p.is_dir() and any(p.iterdir()))]
+    if taken:
+        shown = ", ".join(str(p.relative_to(sweep_dir)) for p in taken[:3]) + (", ..." if len(taken) > 3 else "")
+        raise ConfigError(f"{sweep_dir} already holds a sweep ({shown}); go on with it with --continue, "
+                          "or give another --sweep-dir", file="--sweep-dir")
+
+
 def run_sweep(variants: list[Variant], sweep_dir: Path, echo=None, alpha: float = ALPHA,
               image_check: str = "error", continue_sweep: bool = False) -> Path:
     """Run every variant x seed into `sweep_dir`, then write comparison.md / .csv / .png.
@@ -180,16 +216,14 @@ def run_sweep(variants: list[Variant], sweep_dir: Path, echo=None, alpha: float 
     from core.training.interrupt import Interrupted
 
     echo = echo or echo_to(log)
+    _check_sweep_dir(variants, sweep_dir, continue_sweep)  # before any run, so nothing is overwritten
     sweep_dir.mkdir(parents=True, exist_ok=True)
     for variant in variants:
         for seed in variant.seeds:
-            extra = [f"seed={seed}"] if seed is not None else []
-            run_dir = sweep_dir / _slug(variant.name) / (f"seed-{seed}" if seed is not None else "run")
-            overrides = [*variant.overrides, *extra]
+            run_dir = _run_dir(sweep_dir, variant, seed)
+            overrides = _run_overrides(variant, seed)
             try:
                 started = continue_sweep and (run_dir / "pipeline.yaml").is_file()
-                if started:
-                    _check_same_pipeline(run_dir, variant.pipeline, overrides)
                 done = finished_metrics(run_dir) if started else None
                 if done is not None:
                     echo(f"{variant.name} (seed {seed}): finished earlier, read back from {run_dir}")

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from core import sweep
+from core.config.loading import ConfigError
 from core.cli import main
 from core.runner import evaluate_run, run
 from core.testing import TINY_PIPELINE
@@ -135,16 +136,45 @@ def test_continue_reads_finished_runs_back_resumes_a_stopped_one_and_runs_the_re
 
 def test_continue_refuses_a_folder_holding_another_pipelines_run(tiny_yaml, tmp_path):
     """A run made from a different resolved pipeline (here another margin) is never mixed
-    into the row: the sweep refuses with the folder and the differing key, and the folder
-    is left as it was."""
+    into the row: the sweep refuses, before any run, with the folder and the differing key,
+    and the folder and the sweep's table are left as they were (the table was replaced by
+    one of failures, each variant failing in turn)."""
     out = tmp_path / "sweep"
     assert main(["run", str(tiny_yaml), "--seeds", "0", "--sweep-dir", str(out)]) == 0
     before = (out / "tiny" / "seed-0" / "metrics.jsonl").read_bytes()
+    table = (out / "comparison.md").read_bytes()
     variants = sweep.plan([tiny_yaml], ["losses.1.margin=0.7"], [], "0")
-    sweep.run_sweep(variants, out, continue_sweep=True)
-    assert len(variants[0].errors) == 1
-    assert "different pipeline" in variants[0].errors[0] and "losses" in variants[0].errors[0]
+    with pytest.raises(ConfigError, match=r"seed-0 holds a run of a different pipeline \(differs in: losses\)"):
+        sweep.run_sweep(variants, out, continue_sweep=True)
     assert (out / "tiny" / "seed-0" / "metrics.jsonl").read_bytes() == before
+    assert (out / "comparison.md").read_bytes() == table
+
+
+def test_a_sweep_dir_holding_a_sweep_a_file_or_seeds_given_twice_are_refused_before_any_run(
+        tiny_yaml, tmp_path, capsys, monkeypatch):
+    """Without --continue, a --sweep-dir that holds an earlier sweep is refused (each run
+    failed with 'already holds a run ... --overwrite', which a sweep has not, and its
+    comparison.md was replaced by that table of failures); a --sweep-dir that is a file,
+    and --seeds naming a seed twice (one folder per seed: the second run was refused),
+    are one line each, exit 2; no run starts."""
+    import core.runner
+
+    out = tmp_path / "sweep"
+    assert main(["run", str(tiny_yaml), "--seeds", "0", "--sweep-dir", str(out)]) == 0
+    table = (out / "comparison.md").read_bytes()
+    capsys.readouterr()
+    monkeypatch.setattr(core.runner, "run", lambda *a, **k: pytest.fail("a run started"))
+    (tmp_path / "a_file").write_text("")
+    for args, expected in (
+            (["--seeds", "0,1", "--sweep-dir", str(out)], "already holds a sweep (comparison.md, tiny/seed-0); "
+                                                          "go on with it with --continue"),
+            (["--seeds", "0,1", "--sweep-dir", str(tmp_path / "a_file")], "a_file is a file; give a folder"),
+            (["--seeds", "0,1,0", "--sweep-dir", str(tmp_path / "new")], "--seeds: seed 0 is given twice")):
+        assert main(["run", str(tiny_yaml), *args]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and err.count("\n") == 1, err
+    assert (out / "comparison.md").read_bytes() == table
+    assert not (tmp_path / "new").exists()
 
 
 def test_continue_needs_a_sweep(tiny_yaml, tmp_path):
