@@ -140,11 +140,11 @@ def _slug(text: str) -> str:
 def finished_metrics(run_dir: Path) -> dict[str, float] | None:
     """The final metrics of the run in `run_dir` (its `final` evaluation in metrics.jsonl),
     or None when it has none. Reads only metrics.jsonl: a finished run needs no checkpoint."""
-    from core.training.run_folder import read_metrics
+    from core.training.run_folder import RunFolderError, read_metrics
 
     try:
         finals = [r for r in read_metrics(run_dir) if r.get("event") == "eval" and r.get("tag") == "final"]
-    except (OSError, ValueError):
+    except (OSError, ValueError, RunFolderError):
         return None
     return {k: v for k, v in finals[-1].items() if "/" in k} if finals else None
 
@@ -256,11 +256,11 @@ def run_sweep(variants: list[Variant], sweep_dir: Path, echo=None, alpha: float 
 
 def run_budget(run_dir: Path) -> tuple[int | None, int | None]:
     """(optimisation steps, training images seen) at a run's last evaluation."""
-    from core.training.run_folder import read_metrics
+    from core.training.run_folder import RunFolderError, read_metrics
 
     try:
         evals = [r for r in read_metrics(run_dir) if r.get("event") == "eval"]
-    except OSError:
+    except (OSError, RunFolderError):
         return None, None
     last = evals[-1] if evals else {}
     return last.get("global_step"), last.get("images_seen")

@@ -49,3 +49,19 @@ def test_the_figure_plots_each_series_on_a_shared_step_axis():
 def test_an_empty_panel_says_no_data_instead_of_failing():
     fig = plot_panels([Panel("loss", [Series("loss", [], [])])])
     assert [t.get_text() for t in fig.axes[0].texts] == ["no data"]
+
+
+def test_a_cut_or_edited_metrics_line_is_one_line_naming_it(tiny_pipeline_config, run_tiny_pipeline, tmp_path,
+                                                             capsys):
+    """A metrics.jsonl whose last line was cut (a run stopped while writing it) or a line
+    edited into something else: `core curves` names the file and line, exit 2 (it was a raw
+    `JSONDecodeError: Expecting ',' delimiter: line 1 column 264`, exit 1)."""
+    run_dir = run_tiny_pipeline(tiny_pipeline_config).run_dir
+    metrics = run_dir / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    for text, n in (("".join(lines)[:-40], len(lines)), ("".join(lines[:1]) + "[1, 2]\n" + "".join(lines[1:]), 2)):
+        metrics.write_text(text)
+        assert main(["curves", str(run_dir), "--out", str(tmp_path / "c.png")]) == 2
+        err = capsys.readouterr().err
+        assert f"metrics.jsonl:{n}: not a JSON record" in err and "repair or delete that line" in err, err
+        assert err.count("\n") == 1, err

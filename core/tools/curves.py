@@ -9,7 +9,6 @@ RUN` draws it on demand.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,8 +109,9 @@ def write_curves(run_dir: str | Path, out: str | Path | None = None,
     source = run_dir / "metrics.jsonl"
     if not source.is_file():
         raise FileNotFoundError(f"no metrics.jsonl in {run_dir} (a run folder written by `core run` is expected)")
-    with open(source, encoding="utf-8") as f:
-        lines = [json.loads(line) for line in f if line.strip()]
+    from core.training.run_folder import read_metrics
+
+    lines = read_metrics(source)  # a cut or edited line is one line naming it
     out = Path(out) if out is not None else run_dir / "curves.png"
     figure = plot_panels(curve_panels(lines, metrics), title=f"training curves: {run_dir.name}")
     tmp = out.with_name(out.name + ".tmp")

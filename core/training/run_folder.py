@@ -29,7 +29,8 @@ LOCK_NAME = ".lock"
 
 
 class RunFolderError(RuntimeError):
-    """A run folder that cannot be written: it holds another run, or a process uses it."""
+    """A run folder that cannot be written (it holds another run, or a process uses it), or
+    whose metrics.jsonl cannot be read."""
 
 
 def claim_new(path: Path, overwrite: bool) -> None:
@@ -203,5 +204,18 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
+    records = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                record = exc.msg
+            if not isinstance(record, dict):  # one line, naming it: was a raw JSONDecodeError, exit 1
+                why = record if isinstance(record, str) else f"a {type(record).__name__}, not an object"
+                raise RunFolderError(f"{path}:{n}: not a JSON record ({why}); the line was cut (a run stopped "
+                                     "while writing it) or edited: repair or delete that line")
+            records.append(record)
+    return records
