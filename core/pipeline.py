@@ -495,6 +495,11 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
             "records") + "): it trains without evaluation; name one in data.test to evaluate")
 
     trainer_cfg = build_dataclass(TrainerConfig, cfg.data.get("trainer"), cfg, "trainer", "the trainer")
+    for field_name, least in (("num_workers", 0), ("batch_size_eval", 1)):  # else torch's words, exit 1
+        if getattr(trainer_cfg, field_name) < least:
+            raise cfg.error(f"trainer.{field_name}", f"expected an int >= {least}"
+                            + (" (0: load in the main process)" if field_name == "num_workers" else "")
+                            + f", got {getattr(trainer_cfg, field_name)}")
     size = transform_params.get("size", inspect.signature(build_transform).parameters["size"].default)
     if context is None:
         ctx = BuildContext.from_table(train, image_size=(int(size[0]), int(size[1])), seed=seed,

@@ -168,3 +168,18 @@ def test_a_test_set_is_named_by_its_name_key_and_a_bad_name_is_refused(tmp_path,
     assert [t.name for t in p.test_sets] == ["people", "synthetic#1", "synthetic#2"]
     with pytest.raises(ConfigError, match=r"data.test.0.name: a set's name is a non-empty string without '/'"):
         build_pipeline(load_pipeline(path, ["data.test.0.name=a/b"]))
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("trainer.num_workers=-1",
+     r"--set: trainer.num_workers: expected an int >= 0 \(0: load in the main process\), got -1"),
+    ("trainer.batch_size_eval=0", r"--set: trainer.batch_size_eval: expected an int >= 1, got 0")])
+def test_a_trainer_count_out_of_range_names_its_key(tmp_path, tiny_pipeline_config, override, expected):
+    """Refused at build, naming the key (they were torch's DataLoader words, 'num_workers
+    option should be non-negative', exit 1, at the first batch or evaluation)."""
+    from core.pipeline import build_pipeline
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(tiny_pipeline_config))
+    with pytest.raises(ConfigError, match=expected):
+        build_pipeline(load_pipeline(path, [override]))
