@@ -137,3 +137,18 @@ def test_a_failure_under_an_open_progress_bar_prints_its_line_on_a_line_of_its_o
     assert _run_command(argparse.Namespace(func=command, debug=False)) == code
     err = capsys.readouterr().err
     assert "work:" in err and any(text.startswith(line) for text in err.split("\n"))
+
+
+@pytest.mark.parametrize("output_dir", ["a_file", "a_file/runs"])
+def test_an_output_dir_that_is_a_file_is_refused_before_the_build(tiny_yaml, tmp_path, capsys, monkeypatch,
+                                                                   output_dir):
+    """trainer.output_dir a file (or under one): one line naming the key, exit 2, before the
+    build (it was '[Errno 20] Not a directory', exit 1, once the build was done)."""
+    import core.pipeline
+
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setattr(core.pipeline, "build_pipeline", lambda *a, **k: pytest.fail("the build started"))
+    assert main(["run", str(tiny_yaml), "--set", f"trainer.output_dir={tmp_path / output_dir}"]) == 2
+    err = capsys.readouterr().err
+    assert f"--set: trainer.output_dir: {tmp_path / 'a_file'} is a file, not a folder" in err, err
+    assert err.count("\n") == 1, err
