@@ -152,3 +152,22 @@ def test_an_output_dir_that_is_a_file_is_refused_before_the_build(tiny_yaml, tmp
     err = capsys.readouterr().err
     assert f"--set: trainer.output_dir: {tmp_path / 'a_file'} is a file, not a folder" in err, err
     assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv, worker", [
+    (["export", "RUN", "--format", "safetensors"], "core.tools.export.export"),
+    (["search", "RUN", "--query", "q", "--gallery", "g"], "core.tools.search.search"),
+    (["explain", "RUN", "--images", "q"], "core.tools.overlays.explain"),
+    (["new-plugin", "my-method"], "core.tools.scaffold.new_plugin")])
+@pytest.mark.parametrize("out", ["a_file", "a_file/sub"])
+def test_an_out_folder_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, worker, out):
+    """--out DIR a file (or under one): one line naming --out, exit 2, before the command's
+    work (search wrote its ranked lists' folder last: '[Errno 17] File exists', exit 1)."""
+    import importlib
+
+    module, name = worker.rsplit(".", 1)
+    monkeypatch.setattr(importlib.import_module(module), name, lambda *a, **k: pytest.fail("the work started"))
+    (tmp_path / "a_file").write_text("")
+    assert main([*argv, "--out", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out: {tmp_path / 'a_file'} is a file; --out names a folder" in err and err.count("\n") == 1, err

@@ -176,6 +176,22 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=cmd_new_plugin)
 
 
+def _check_out_folder(out: str | None) -> None:
+    """`--out DIR` is a folder to write into (made if missing): refuse a file there, or a path
+    under a file, before any work (it was '[Errno 17] File exists', exit 1, after the work)."""
+    from pathlib import Path
+
+    from core.config.loading import ConfigError
+
+    if out is None:
+        return
+    path = Path(out)
+    blocking = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ConfigError(f"{blocking} is a file; --out names a folder to write into (made if missing)",
+                          file="--out")
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     from core.tools.extract import extract_to_file
 
@@ -191,6 +207,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from core.tools import search
 
+    _check_out_folder(args.out)
     if args.worst is not None:
         if args.query or args.gallery:
             print("core search: --worst N evaluates the run's own test sets; leave --query and --gallery out",
@@ -211,6 +228,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from core.tools.overlays import MissingMasks, explain
 
+    _check_out_folder(args.out)
     try:
         index = explain(args.target, args.images, args.out, key=args.key, limit=args.limit,
                         device=args.device, batch_size=args.batch_size, method=args.method, gallery=args.gallery,
@@ -227,6 +245,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from core.tools.export import export
 
+    _check_out_folder(args.out)
     report = export(args.target, args.out, formats=args.format or ["torchscript", "onnx"],
                     tolerance=args.tolerance, opset=args.opset, images=args.images, flip=not args.no_flip)
     for fmt, info in report["formats"].items():
@@ -250,6 +269,7 @@ def cmd_curves(args: argparse.Namespace) -> int:
 def cmd_new_plugin(args: argparse.Namespace) -> int:
     from core.tools.scaffold import ScaffoldError, new_plugin
 
+    _check_out_folder(args.out)
     from core.tools.scaffold import KINDS, names
 
     try:
