@@ -88,7 +88,14 @@ class PluginManager(pluggy.PluginManager):
     def load_entry_points(self) -> None:
         only = _env_list("CORE_LOAD_PLUGINS")
         disabled = set(_env_list("CORE_DISABLE_PLUGINS") or [])
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        entry_points = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+        installed = sorted({ep.name for ep in entry_points})
+        for variable, named in (("CORE_LOAD_PLUGINS", only or []), ("CORE_DISABLE_PLUGINS", sorted(disabled))):
+            unknown = [n for n in named if n not in installed]  # a typo loaded or disabled nothing, silently
+            if unknown:
+                log.warning(f"{variable} names {', '.join(repr(n) for n in unknown)}, which no installed plugin "
+                            f"is called; installed plugins: {', '.join(installed) or 'none'}")
+        for ep in entry_points:
             if ep.name in disabled or (only is not None and ep.name not in only):
                 continue
             if ep.name in self.infos:  # the same distribution seen twice on sys.path

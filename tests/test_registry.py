@@ -298,3 +298,21 @@ def test_catalogue_shipped_in_the_package_is_the_top_level_file():
 
         shipped = resources.files("core").joinpath("registry.yaml").read_text()
         assert yaml.safe_load(shipped) == yaml.safe_load(top.read_text())
+
+
+def test_a_plugin_name_no_installed_plugin_has_is_warned_about(monkeypatch, caplog):
+    """CORE_LOAD_PLUGINS / CORE_DISABLE_PLUGINS naming a plugin that is not installed (a
+    typo) loaded or disabled nothing without a word; now one warning each, with the names
+    that would do."""
+    import logging
+
+    from core.plugins import PluginManager
+
+    monkeypatch.setenv("CORE_LOAD_PLUGINS", "exampel")
+    monkeypatch.setenv("CORE_DISABLE_PLUGINS", "ghost")
+    with caplog.at_level(logging.WARNING, logger="core.plugins"):
+        PluginManager().load_entry_points()
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("CORE_LOAD_PLUGINS names 'exampel', which no installed plugin is called; "
+                            "installed plugins: ") and "example" in m for m in lines), lines
+    assert any(m.startswith("CORE_DISABLE_PLUGINS names 'ghost'") for m in lines), lines
