@@ -117,6 +117,8 @@ def plan(pipelines: Sequence[str | Path], overrides: Sequence[str], grid: Sequen
     for path in pipelines:
         name = load_pipeline(path, overrides).data.get("name") or Path(path).stem
         for combo in itertools.product(*parse_grid(grid)):
+            if combo:  # a grid key that cannot be set (an index out of range, a path through a value) is
+                _check_grid_point(path, overrides, combo)  # refused here, not once per variant as it runs
             label = " ".join([str(name), *combo]) if combo else str(name)
             if folder(label) in taken:
                 label = f"{label} ({Path(path).name})"
@@ -126,6 +128,22 @@ def plan(pipelines: Sequence[str | Path], overrides: Sequence[str], grid: Sequen
             taken.add(folder(unique))
             variants.append(Variant(unique, Path(path), [*overrides, *combo], list(seed_list)))
     return variants
+
+
+def _check_grid_point(path: str | Path, overrides: Sequence[str], combo: Sequence[str]) -> None:
+    """Apply one grid point's overrides to the pipeline; what cannot be applied is told as
+    the --grid value it comes from (the loader names every override `--set`)."""
+    try:
+        load_pipeline(path, [*overrides, *combo])
+    except ConfigError as exc:
+        if exc.file != "--set" or not exc.key:
+            raise
+        key = exc.key.split(".")
+        owner = next((c for c in combo if key[:len(c.partition("=")[0].strip().split("."))]
+                      == c.partition("=")[0].strip().split(".")[:len(key)]), None)
+        if owner is None:
+            raise
+        raise ConfigError(f"{exc.message} (from --grid {owner})", file="--grid", key=exc.key) from None
 
 
 def _slug(text: str) -> str:

@@ -182,3 +182,20 @@ def test_continue_needs_a_sweep(tiny_yaml, tmp_path):
         main(["run", str(tiny_yaml), "--seeds", "0,1", "--continue"])
     with pytest.raises(SystemExit, match="--resume"):
         main(["run", str(tiny_yaml), "--continue", "--sweep-dir", str(tmp_path / "s")])
+
+
+@pytest.mark.parametrize("grid, expected", [
+    ("losses.5.weight=1,2", "--grid: losses.5: '5' is out of range: 'losses' is a list of 2 items (0..1) "
+                            "(from --grid losses.5.weight=1)"),
+    ("sampler.k.x=1,2", "--grid: sampler.k.x: cannot set 'sampler.k.x'")])
+def test_a_grid_key_that_cannot_be_set_is_refused_before_any_run(tiny_yaml, tmp_path, capsys, monkeypatch,
+                                                                  grid, expected):
+    """It failed each variant in turn as it started (multi-line warnings, a table of failures,
+    exit 1), told as `--set`; now one line naming --grid, exit 2, no run."""
+    import core.runner
+
+    monkeypatch.setattr(core.runner, "run", lambda *a, **k: pytest.fail("a run started"))
+    assert main(["run", str(tiny_yaml), "--grid", grid, "--sweep-dir", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1, err
+    assert not (tmp_path / "s").exists()
