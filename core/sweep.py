@@ -57,6 +57,8 @@ class Variant:
     metric_seeds: list[int | None] = field(default_factory=list)
     #: (optimisation steps, training images seen) of each entry of `metrics`
     budgets: list[tuple[int | None, int | None]] = field(default_factory=list)
+    #: the --grid values among `overrides` (a failure they cause is told as --grid's)
+    grid: list[str] = field(default_factory=list)
 
 
 def split_values(text: str) -> list[str]:
@@ -126,8 +128,28 @@ def plan(pipelines: Sequence[str | Path], overrides: Sequence[str], grid: Sequen
             while folder(unique) in taken:
                 unique, k = f"{label} #{k}", k + 1
             taken.add(folder(unique))
-            variants.append(Variant(unique, Path(path), [*overrides, *combo], list(seed_list)))
+            variants.append(Variant(unique, Path(path), [*overrides, *combo], list(seed_list), grid=list(combo)))
     return variants
+
+
+def _grid_owner(key: str, combo: Sequence[str]) -> str | None:
+    """The `key=value` of `combo` that set `key` (or a key inside it, or around it)."""
+    parts = key.split(".")
+    for item in combo:
+        own = item.partition("=")[0].strip().split(".")
+        if parts[:len(own)] == own[:len(parts)]:
+            return item
+    return None
+
+
+def _as_grid_error(exc: Exception, combo: Sequence[str]) -> Exception:
+    """A ConfigError the loader told as `--set` whose key a --grid value set, told as --grid's."""
+    if not isinstance(exc, ConfigError) or exc.file != "--set" or not exc.key:
+        return exc
+    owner = _grid_owner(exc.key, combo)
+    if owner is None:
+        return exc
+    return ConfigError(f"{exc.message} (from --grid {owner})", file="--grid", key=exc.key)
 
 
 def _check_grid_point(path: str | Path, overrides: Sequence[str], combo: Sequence[str]) -> None:
@@ -136,14 +158,10 @@ def _check_grid_point(path: str | Path, overrides: Sequence[str], combo: Sequenc
     try:
         load_pipeline(path, [*overrides, *combo])
     except ConfigError as exc:
-        if exc.file != "--set" or not exc.key:
+        told = _as_grid_error(exc, combo)
+        if told is exc:
             raise
-        key = exc.key.split(".")
-        owner = next((c for c in combo if key[:len(c.partition("=")[0].strip().split("."))]
-                      == c.partition("=")[0].strip().split(".")[:len(key)]), None)
-        if owner is None:
-            raise
-        raise ConfigError(f"{exc.message} (from --grid {owner})", file="--grid", key=exc.key) from None
+        raise told from None
 
 
 def _slug(text: str) -> str:
@@ -259,9 +277,11 @@ def run_sweep(variants: list[Variant], sweep_dir: Path, echo=None, alpha: float 
                 write_comparison(variants, sweep_dir, alpha=alpha, echo=echo)
                 raise
             except Exception as exc:  # noqa: BLE001 - one failed variant must not stop the sweep
+                exc = _as_grid_error(exc, variant.grid)
                 variant.errors.append(f"seed {seed}: {type(exc).__name__}: {exc}")
-                echo(f"warning: {variant.name} (seed {seed}): FAILED: {type(exc).__name__}: {exc}\n"
-                     + "".join(traceback.format_exception(exc)[-3:]))
+                bad_input = isinstance(exc, ConfigError)  # its line says it all: no traceback lines
+                echo(f"warning: {variant.name} (seed {seed}): FAILED: {type(exc).__name__}: {exc}"
+                     + ("" if bad_input else "\n" + "".join(traceback.format_exception(exc)[-3:])))
                 continue
             variant.runs.append(run_dir)
             if result.metrics is not None:

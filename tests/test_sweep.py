@@ -199,3 +199,16 @@ def test_a_grid_key_that_cannot_be_set_is_refused_before_any_run(tiny_yaml, tmp_
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1, err
     assert not (tmp_path / "s").exists()
+
+
+def test_a_grid_value_a_component_refuses_is_one_warning_line_told_as_grid(tiny_yaml, tmp_path, capsys):
+    """A variant whose --grid value its component refuses (an unknown key, a wrong type) still
+    fails alone, but its warning is one line told as --grid's (it was told as `--set`, with
+    three traceback lines after it)."""
+    out = tmp_path / "sweep"
+    assert main(["run", str(tiny_yaml), "--grid", "sampler.kk=2,4", "--sweep-dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "FAILED" in line]
+    assert len(warnings) == 2 and all("ConfigError: --grid: sampler.kk: unknown key 'kk'" in w for w in warnings), err
+    assert "(from --grid sampler.kk=4)" in warnings[1] and "Traceback" not in err and "File \"" not in err, err
+    assert "--grid: sampler.kk" in _row(out, "tiny sampler.kk=2")["status"]
