@@ -576,3 +576,17 @@ def test_synth_preview_does_not_replace_an_existing_file(tmp_path, capsys):
     assert "exists" in capsys.readouterr().err and png.read_bytes() == b"not mine to replace"
     assert main(["data", "synth", "--preview", str(png), *SYNTH, "--overwrite"]) == 0
     assert Image.open(png).format == "PNG"
+
+
+@pytest.mark.parametrize("param, expected", [
+    ("foo=1", "error: --param: foo: unknown key 'foo' for dataset 'manifest'. Valid keys: path"),
+    ("path=[1]", "error: --param: path: wrong type for dataset 'manifest': expected ")])
+def test_data_stats_names_a_reader_parameter_it_does_not_take(tmp_path, capsys, param, expected):
+    """`core data stats X --param foo=1`: a raw 'TypeError: ... got an unexpected keyword
+    argument', exit 1; now checked as a pipeline's keys are, one line naming --param, exit 2."""
+    from core.cli import main
+
+    data = manifest(tmp_path / "d", rows())
+    assert main(["data", "stats", str(data), "--param", param]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(expected) and err.count("\n") == 1, err

@@ -69,14 +69,24 @@ def open_target(target: str, dataset: str | None = None, params: dict[str, Any] 
                              "name its reader with --dataset")
         name = dataset or "manifest"
         registry = build_registry()
-        registry.get("dataset", name).load()  # imports are not the load time
+        _check_params(name, registry.get("dataset", name).load(), {"path": str(path), **(params or {})})
         return [(f"{path.name} ({name})", lambda: registry.build("dataset", name, path=str(path), **(params or {})))]
     if dataset is None:
         market = any((path / w / "bounding_box_train").is_dir() for w in (".", "Market-1501-v15.09.15"))
         dataset = "market1501" if market else "folder"
     registry = build_registry()
-    registry.get("dataset", dataset).load()
+    _check_params(dataset, registry.get("dataset", dataset).load(), {"root": str(path), **(params or {})})
     return [(f"{path.name} ({dataset})", lambda: registry.build("dataset", dataset, root=str(path), **(params or {})))]
+
+
+def _check_params(name: str, reader: Any, params: dict[str, Any]) -> None:
+    """The reader's --param keys and types, as a pipeline's are checked: an unknown one was a
+    raw TypeError ('__init__() got an unexpected keyword argument'), exit 1. Also imports the
+    reader (imports are not the load time)."""
+    from core.config.loading import LoadedConfig
+    from core.config.validation import validate_params
+
+    validate_params(reader, params, LoadedConfig({}, Path("--param")), "", f"dataset '{name}'")
 
 
 def format_table(label: str, stats: dict[str, dict[str, Any]], seconds: float | None = None) -> str:
