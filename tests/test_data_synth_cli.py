@@ -96,3 +96,20 @@ def test_market_reader_parses_the_export(exported):
     assert {s: len(data.records(s)) for s in ("train", "query", "gallery")} == {"train": 48, "query": 16,
                                                                                 "gallery": 16}
     assert {r.pid for r in data.records("query")} == {r.pid for r in data.records("gallery")}
+
+
+@pytest.mark.parametrize("preview, expected", [
+    ("a_folder", "is a folder; give a picture file name"),
+    ("grid", "has no picture file suffix; give a name ending in .png"),
+    ("missing/grid.png", "the folder")])
+def test_a_preview_path_that_cannot_be_a_picture_is_refused_before_rendering(tmp_path, capsys, monkeypatch,
+                                                                              preview, expected):
+    """It was PIL's 'unknown file extension: ' (or an [Errno 2]) once the world was rendered
+    and exported; a folder was even told to pass --overwrite."""
+    import core.data.synthetic
+
+    (tmp_path / "a_folder").mkdir()
+    monkeypatch.setattr(core.data.synthetic, "SyntheticWorld", lambda *a, **k: pytest.fail("rendered"))
+    assert main(["data", "synth", "--preview", str(tmp_path / preview), *ARGS]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --preview: ") and expected in err and err.count("\n") == 1, err

@@ -82,6 +82,20 @@ _WORLD_KEYS = ("seed", "categories", "identities", "test_identities", "cameras",
                "infrared_cameras", "perspective", "occlusion")
 
 
+def _check_preview_path(path: Path) -> None:
+    """--preview names a picture file: a folder, a name without a picture suffix, or a
+    missing folder were PIL's words after the world was rendered ('unknown file extension: ',
+    or an [Errno 2]), a folder even advised --overwrite."""
+    from PIL import Image
+
+    if path.is_dir():
+        raise ValueError(f"--preview: {path} is a folder; give a picture file name, e.g. {path / 'preview.png'}")
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"--preview: {path} has no picture file suffix; give a name ending in .png (or .jpg)")
+    if not path.parent.is_dir():
+        raise ValueError(f"--preview: the folder {path.parent} does not exist; make it first or give another path")
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     if not args.out and not args.preview:
         print("core data synth: give --out DIR and/or --preview PNG", file=sys.stderr)
@@ -91,6 +105,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     kwargs = {k: getattr(args, k) for k in _WORLD_KEYS if getattr(args, k) is not None}
     try:
+        if args.preview:
+            _check_preview_path(Path(args.preview))
         if args.preview and Path(args.preview).exists() and not args.overwrite:
             raise ValueError(f"{args.preview} exists; pass --overwrite to replace it")
         world = SyntheticWorld(captions=not args.no_captions, **kwargs)
