@@ -71,6 +71,16 @@ def test_set_with_out_of_range_index_lists_the_valid_range(tmp_path):
         load_pipeline(path, ["losses.3.weight=1"])
 
 
+def test_set_of_an_item_of_a_list_the_pipeline_has_not_says_to_set_the_list(tmp_path):
+    """`--set data.test.0.dataset=x` where the pipeline has no data.test made a mapping
+    {'0': {...}}, then told as the pipeline file's 'data.test.0: missing 'dataset''."""
+    path = write(tmp_path / "p.yaml", {"data": {"train": [{"dataset": "synthetic"}]}})
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(path, ["data.test.0.dataset=market1501"])
+    assert str(caught.value) == ("--set: data.test: 'data.test' is not in the pipeline, so it has no item 0; "
+                                 "set the whole list, e.g. --set 'data.test=[...]'")
+
+
 def test_set_messages_say_what_is_wrong_on_one_line(tmp_path):
     """A name where a list index belongs is not "out of range"; the `--set` prefix appears
     once; a value that is not YAML says where in the value, on the line the CLI shows."""

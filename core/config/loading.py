@@ -181,6 +181,9 @@ def apply_override(data: dict, parts: list[str], value: Any, origins: dict[str, 
         elif isinstance(node, dict):
             index = part
             if not last and index not in node:
+                if parts[i + 1].lstrip("-").isdigit():  # an index into a list the pipeline has not
+                    raise ConfigError(f"'{here}' is not in the pipeline, so it has no item {parts[i + 1]}; "
+                                      f"set the whole list, e.g. --set '{here}=[...]'", file="--set", key=here)
                 node[index] = {}
         else:
             raise ConfigError(f"cannot set '{here}': '{'.'.join(parts[:i])}' is a {type(node).__name__}, "
