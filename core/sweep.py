@@ -216,13 +216,20 @@ def _run_overrides(variant: Variant, seed: int | None) -> list[str]:
     return [*variant.overrides, *([f"seed={seed}"] if seed is not None else [])]
 
 
-def _check_sweep_dir(variants: list[Variant], sweep_dir: Path, continue_sweep: bool) -> None:
+def _check_sweep_dir(variants: list[Variant], sweep_dir: Path, continue_sweep: bool, echo=None) -> None:
     """Refuse, before any run starts, a --sweep-dir the sweep cannot go into: a file; one
     holding an earlier sweep's runs or table without --continue (each run failed, and its
     comparison.md was replaced by a table of failures); with --continue, one whose runs come
     from another pipeline (its table was replaced the same way)."""
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise ConfigError(f"{sweep_dir} is a file; give a folder (it is made if missing)", file="--sweep-dir")
+    if (sweep_dir / "pipeline.yaml").is_file():  # its runs and table would be mixed into a run's folder
+        raise ConfigError(f"{sweep_dir} is a run folder (it holds pipeline.yaml), not a sweep's; give the sweep "
+                          "a folder of its own", file="--sweep-dir")
+    if continue_sweep and not (sweep_dir / "comparison.md").is_file() and not any(
+            (_run_dir(sweep_dir, v, s) / "pipeline.yaml").is_file() for v in variants for s in v.seeds):
+        (echo or echo_to(log))(f"warning: --continue: {sweep_dir} holds no run of this sweep (no comparison.md, "
+                               "no run folder of its variants); it starts from the beginning")
     if continue_sweep:
         for variant in variants:
             for seed in variant.seeds:
@@ -252,7 +259,7 @@ def run_sweep(variants: list[Variant], sweep_dir: Path, echo=None, alpha: float 
     from core.training.interrupt import Interrupted
 
     echo = echo or echo_to(log)
-    _check_sweep_dir(variants, sweep_dir, continue_sweep)  # before any run, so nothing is overwritten
+    _check_sweep_dir(variants, sweep_dir, continue_sweep, echo)  # before any run, so nothing is overwritten
     sweep_dir.mkdir(parents=True, exist_ok=True)
     for variant in variants:
         for seed in variant.seeds:

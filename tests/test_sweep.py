@@ -212,3 +212,24 @@ def test_a_grid_value_a_component_refuses_is_one_warning_line_told_as_grid(tiny_
     assert len(warnings) == 2 and all("ConfigError: --grid: sampler.kk: unknown key 'kk'" in w for w in warnings), err
     assert "(from --grid sampler.kk=4)" in warnings[1] and "Traceback" not in err and "File \"" not in err, err
     assert "--grid: sampler.kk" in _row(out, "tiny sampler.kk=2")["status"]
+
+
+def test_a_run_folder_as_sweep_dir_is_refused_and_continue_with_nothing_to_continue_says_so(
+        tiny_yaml, tmp_path, capsys, monkeypatch):
+    """A run folder as --sweep-dir had the sweep's runs and table written into it; --continue
+    on a folder holding no run of the sweep (a mistyped path) started afresh without a word."""
+    import core.runner
+
+    run_dir = tmp_path / "a_run"
+    run_dir.mkdir()
+    (run_dir / "pipeline.yaml").write_text(tiny_yaml.read_text())
+    monkeypatch.setattr(core.runner, "run", lambda *a, **k: pytest.fail("a run started"))
+    assert main(["run", str(tiny_yaml), "--seeds", "0,1", "--sweep-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"--sweep-dir: {run_dir} is a run folder (it holds pipeline.yaml), not a sweep's" in err, err
+    told = []
+    with pytest.raises(pytest.fail.Exception, match="a run started"):
+        sweep.run_sweep(sweep.plan([tiny_yaml], [], [], "0"), tmp_path / "typo", echo=told.append,
+                        continue_sweep=True)
+    assert told == [f"warning: --continue: {tmp_path / 'typo'} holds no run of this sweep (no comparison.md, "
+                    "no run folder of its variants); it starts from the beginning"]
