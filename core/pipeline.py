@@ -129,7 +129,11 @@ class Pipeline:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):  # torch's words list twenty device types, exit 1
+        raise ConfigError(f"'{name}' is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'",
+                          key="trainer.device") from None
     if device.type == "meta":
         from core.separate_device import active
 
@@ -139,6 +143,10 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' asked for, but CUDA is not available here; "
                           "use 'auto' or 'cpu'", key="trainer.device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ConfigError(f"device '{name}' asked for, but this machine has {count} CUDA device(s) "
+                          f"(cuda:0..cuda:{count - 1})", key="trainer.device")
     return device
 
 

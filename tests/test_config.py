@@ -193,3 +193,22 @@ def test_a_trainer_count_out_of_range_names_its_key(tmp_path, tiny_pipeline_conf
     path.write_text(yaml.safe_dump(tiny_pipeline_config))
     with pytest.raises(ConfigError, match=expected):
         build_pipeline(load_pipeline(path, [override]))
+
+
+@pytest.mark.parametrize("name, cuda, expected", [
+    ("gpu", 0, "trainer.device: 'gpu' is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    ("cuda:3", 2, "trainer.device: device 'cuda:3' asked for, but this machine has 2 CUDA device(s) "
+                  "(cuda:0..cuda:1)")])
+def test_a_device_name_torch_refuses_or_a_gpu_the_machine_has_not_names_the_key(monkeypatch, name, cuda,
+                                                                                 expected):
+    """'gpu' was torch's RuntimeError listing twenty device types, exit 1; cuda:3 on a
+    two-GPU machine failed at the first tensor moved there."""
+    import torch
+
+    from core.pipeline import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
+    with pytest.raises(ConfigError) as caught:
+        resolve_device(name)
+    assert str(caught.value) == expected
