@@ -171,3 +171,26 @@ def test_an_out_folder_that_is_a_file_is_refused_before_any_work(tmp_path, capsy
     assert main([*argv, "--out", str(tmp_path / out)]) == 2
     err = capsys.readouterr().err
     assert f"--out: {tmp_path / 'a_file'} is a file; --out names a folder" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv, worker, example", [
+    (["extract", "RUN", "--images", "q"], "core.tools.extract.extract_to_file", "feats.npz"),
+    (["curves", "RUN"], "core.tools.curves.write_curves", "curves.png")])
+def test_an_out_file_that_is_a_folder_or_under_a_file_is_refused_before_any_work(tmp_path, capsys, monkeypatch,
+                                                                                 argv, worker, example):
+    """extract embedded every image, then failed to write ('[Errno 17] File exists', exit 1);
+    curves gave '[Errno 21] Is a directory: 'x.tmp' -> 'x''; a folder as extract's --out wrote
+    <folder>.npz instead. One line naming --out, exit 2, before the work."""
+    import importlib
+
+    module, name = worker.rsplit(".", 1)
+    monkeypatch.setattr(importlib.import_module(module), name, lambda *a, **k: pytest.fail("the work started"))
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "a_folder").mkdir()
+    assert main([*argv, "--out", str(tmp_path / "a_file" / "x")]) == 2
+    err = capsys.readouterr().err
+    assert f"--out: cannot write {tmp_path / 'a_file' / 'x'}: {tmp_path / 'a_file'} is a file" in err, err
+    assert main([*argv, "--out", str(tmp_path / "a_folder")]) == 2
+    err = capsys.readouterr().err
+    assert f"--out: {tmp_path / 'a_folder'} is a folder; --out names the file to write, e.g. " in err, err
+    assert example in err and err.count("\n") == 1

@@ -65,3 +65,11 @@ def test_a_cut_or_edited_metrics_line_is_one_line_naming_it(tiny_pipeline_config
         err = capsys.readouterr().err
         assert f"metrics.jsonl:{n}: not a JSON record" in err and "repair or delete that line" in err, err
         assert err.count("\n") == 1, err
+
+
+def test_curves_out_in_a_folder_not_made_yet_is_written(tmp_path):
+    """It was '[Errno 2] No such file or directory: '<out>.tmp''; extract and export make theirs."""
+    from core.tools.curves import write_curves
+
+    (tmp_path / "metrics.jsonl").write_text('{"event": "train", "global_step": 1, "loss": 1.0, "lr": 0.1}\n')
+    assert write_curves(tmp_path, tmp_path / "new" / "sub" / "c.png").is_file()

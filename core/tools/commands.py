@@ -192,9 +192,26 @@ def _check_out_folder(out: str | None) -> None:
                           file="--out")
 
 
+def _check_out_file(out: str, example: str) -> None:
+    """`--out FILE` is a file to write (its folder made if missing): refuse a folder there, or
+    a path under a file, before any work (it was an [Errno 17] / [Errno 21], exit 1, once
+    every image was embedded or the picture drawn)."""
+    from pathlib import Path
+
+    from core.config.loading import ConfigError
+
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; --out names the file to write, e.g. {path / example}", file="--out")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ConfigError(f"cannot write {path}: {blocking} is a file, not a folder", file="--out")
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     from core.tools.extract import extract_to_file
 
+    _check_out_file(args.out, "feats.npz")
     path, features = extract_to_file(args.target, args.images, args.out, device=args.device,
                                      batch_size=args.batch_size, num_workers=args.workers, half=args.half,
                                      image_check=_image_check(args))
@@ -261,6 +278,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_curves(args: argparse.Namespace) -> int:
     from core.tools.curves import write_curves
 
+    if args.out is not None:
+        _check_out_file(args.out, "curves.png")
     path = write_curves(args.run_dir, args.out, metrics=args.metrics)
     print(f"curves: {path}")
     return 0

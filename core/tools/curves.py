@@ -114,6 +114,7 @@ def write_curves(run_dir: str | Path, out: str | Path | None = None,
     lines = read_metrics(source)  # a cut or edited line is one line naming it
     out = Path(out) if out is not None else run_dir / "curves.png"
     figure = plot_panels(curve_panels(lines, metrics), title=f"training curves: {run_dir.name}")
+    out.parent.mkdir(parents=True, exist_ok=True)  # as extract and export make theirs
     tmp = out.with_name(out.name + ".tmp")
     figure.savefig(tmp, format="png", dpi=DPI)
     tmp.replace(out)  # atomic: a viewer never sees half a file
