@@ -83,7 +83,11 @@ def parse_grid(grid: Sequence[str]) -> list[list[str]]:
         key, sep, values = spec.partition("=")
         if not sep or not key.strip() or not split_values(values):
             raise ConfigError(f"--grid expects key.path=value1,value2,..., got '{spec}'", file="--grid")
-        axes.append([f"{key.strip()}={v}" for v in split_values(values)])
+        listed = split_values(values)
+        twice = sorted({v for v in listed if listed.count(v) > 1})
+        if twice:  # the same runs twice, the second row labelled as if from another file
+            raise ConfigError(f"'{spec}' gives {', '.join(twice)} twice; give each value once", file="--grid")
+        axes.append([f"{key.strip()}={v}" for v in listed])
     return axes
 
 
@@ -105,10 +109,11 @@ def plan(pipelines: Sequence[str | Path], overrides: Sequence[str], grid: Sequen
          seeds: str | None) -> list[Variant]:
     """Every pipeline x every combination of grid values, each with the seeds. Each
     variant's label is unique (it names its table row and its run folders): a label
-    already taken (an edited copy that kept its pipeline's `name:`, a grid value given
-    twice) gets its file name, then a counter. Taken means its folder is taken: labels
-    that differ only in characters a folder name cannot hold (`a b`, `a_b`) or in case
-    (one folder on macOS and Windows) would share their runs."""
+    already taken (an edited copy that kept its pipeline's `name:`, the same file given
+    twice) gets its file name, then a counter (a grid value given twice is refused).
+    Taken means its folder is taken: labels that differ only in characters a folder name
+    cannot hold (`a b`, `a_b`) or in case (one folder on macOS and Windows) would share
+    their runs."""
     seed_list = parse_seeds(seeds)
     variants: list[Variant] = []
     taken: set[str] = set()

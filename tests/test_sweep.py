@@ -67,6 +67,13 @@ def test_grid_values_keep_commas_inside_brackets():
         ["data.transform.size=[64, 32]", "data.transform.size=[32, 16]"]]
 
 
+def test_a_grid_value_given_twice_is_refused():
+    """`--grid sampler.k=2,2` ran the same variant twice, the second row labelled
+    'tiny sampler.k=2 (tiny.yaml)' as if from another file."""
+    with pytest.raises(ConfigError, match=r"^--grid: 'sampler.k=2,4,2' gives 2 twice; give each value once$"):
+        sweep.parse_grid(["sampler.k=2,4,2"])
+
+
 def test_eval_reproduces_the_final_metrics_of_a_run(tiny_yaml, tmp_path):
     result = run(tiny_yaml, run_dir=tmp_path / "run")
     assert evaluate_run(result.run_dir) == pytest.approx(result.metrics)
