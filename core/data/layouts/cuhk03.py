@@ -115,7 +115,8 @@ class CUHK03(Dataset):
                 raise
             raise ValueError(f"CUHK03: {self.mat_file} is not a readable MATLAB file "
                              f"({type(exc).__name__}: {' '.join(str(exc).split())}); it is cut short or not a "
-                             "MATLAB file at all: copy it again (Zhong et al.'s new-protocol config, MATLAB v5), or use torchreid's "
+                             "MATLAB file at all: copy it again (Zhong et al.'s new-protocol config, MATLAB v5), "
+                             "or use torchreid's "
                              f"{self.json_file.name}") from None
         try:
             files = mat["filelist"].flatten()
