@@ -82,7 +82,7 @@ def parse_grid(grid: Sequence[str]) -> list[list[str]]:
     for spec in grid:
         key, sep, values = spec.partition("=")
         if not sep or not key.strip() or not split_values(values):
-            raise ConfigError(f"--grid expects key.path=value1,value2,..., got '{spec}'", file="--grid")
+            raise ConfigError(f"expects key.path=value1,value2,..., got '{spec}'", file="--grid")
         listed = split_values(values)
         twice = sorted({v for v in listed if listed.count(v) > 1})
         if twice:  # the same runs twice, the second row labelled as if from another file
@@ -97,7 +97,7 @@ def parse_seeds(text: str | None) -> list[int | None]:
     try:
         seeds = [int(s) for s in split_values(text)]
     except ValueError:
-        raise ConfigError(f"--seeds expects integers separated by commas, got '{text}'", file="--seeds") from None
+        raise ConfigError(f"expects integers separated by commas, got '{text}'", file="--seeds") from None
     twice = sorted({s for s in seeds if seeds.count(s) > 1})
     if twice:  # one run folder per seed: the second run of a seed was refused, or would replace the first
         raise ConfigError(f"seed {', '.join(map(str, twice))} is given twice in '{text}'; give each seed once",

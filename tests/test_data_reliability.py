@@ -204,11 +204,17 @@ def test_a_corrupt_cache_is_ignored_and_replaced(tmp_path, cache_dir):
     assert data["version"] == image_check.CACHE_VERSION and len(data["files"]) == 2
 
 
-def test_an_unwritable_cache_is_not_fatal(tmp_path, monkeypatch):
+def test_an_unwritable_cache_is_not_fatal(tmp_path, monkeypatch, caplog):
+    """Not fatal, but not silent either: every later check reads every file again, so the
+    user is told once which cache could not be written and what to point CORE_CACHE_DIR at."""
     blocker = write(tmp_path / "a-file", b"x")
     monkeypatch.setenv("CORE_CACHE_DIR", str(blocker / "cache"))  # a folder under a file: cannot exist
     bad = write(tmp_path / "bad.jpg", b"")
-    assert list(find_bad_images([bad])) == [str(bad)]
+    with caplog.at_level("WARNING", logger="core.data.image_check"):
+        assert list(find_bad_images([bad])) == [str(bad)]
+        assert list(find_bad_images([bad])) == [str(bad)]
+    said = [r.getMessage() for r in caplog.records if "image-check cache" in r.getMessage()]
+    assert len(said) == 1 and str(blocker / "cache") in said[0] and "CORE_CACHE_DIR" in said[0], said
     with pytest.raises(UnreadableImagesError, match="the full list could not be written"):
         screen_records([CheckedSet("set", [Record(path=str(bad), pid=0, camid=0)])])
 

@@ -240,3 +240,12 @@ def test_a_run_folder_as_sweep_dir_is_refused_and_continue_with_nothing_to_conti
                         continue_sweep=True)
     assert told == [f"warning: --continue: {tmp_path / 'typo'} holds no run of this sweep (no comparison.md, "
                     "no run folder of its variants); it starts from the beginning"]
+
+
+def test_grid_and_seeds_syntax_errors_name_their_flag_once(tmp_path):
+    """One line each, the flag as its prefix, not again inside ('--grid: --grid expects')."""
+    for call, flag in ((lambda: sweep.parse_grid(["sampler.k"]), "--grid"),
+                       (lambda: sweep.parse_seeds("0,x"), "--seeds")):
+        with pytest.raises(ConfigError) as caught:
+            call()
+        assert str(caught.value).startswith(f"{flag}: expects ") and str(caught.value).count(flag) == 1

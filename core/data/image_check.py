@@ -204,15 +204,23 @@ def _cached(entry: Any, st: os.stat_result) -> tuple[bool, str | None]:
     return False, None
 
 
+#: cache files that could not be written, said once each per process
+_unwritable: set[Path] = set()
+
+
 def _save_cache(file: Path, files: dict[str, list]) -> None:
-    """Write the cache atomically; failing to (read-only home, full disk) costs only speed."""
+    """Write the cache atomically; failing to (read-only home, full disk, CORE_CACHE_DIR
+    naming a file) costs only speed, and is said once: every later check reads every file."""
     from core.training.checkpoint import atomic_write_bytes
 
     data = json.dumps({"version": CACHE_VERSION, "files": files}, separators=(",", ":")).encode("utf-8")
     try:
         atomic_write_bytes(file, lambda f: f.write(data))
-    except OSError:
-        pass
+    except OSError as exc:
+        if file not in _unwritable:
+            _unwritable.add(file)
+            _echo(f"warning: cannot write the image-check cache {file} ({exc.strerror or exc}); images are checked "
+                  f"again on every run: point CORE_CACHE_DIR at a folder you can write")
 
 
 def find_bad_images(paths: Iterable[str | os.PathLike], workers: int | None = None,
