@@ -218,6 +218,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print("  one step: " + ", ".join(f"{k}={v:.4f}" for k, v in summary["losses"].items()))
         print("  losses read: " + ", ".join(f"{k} <- {v}" for k, v in summary["loss_inputs"].items())
               + f"; stage parameter patterns checked (on {summary['patterns_checked_on']})")
+        for step in summary["labels_sampled"]:
+            print(f"  {step['step']}: {step['out']} is missing or stale; labeler '{step['labeler']}' labelled only "
+                  f"this batch's {step['labelled']} images (left in no file); `core label {path}` or `core run` "
+                  f"labels all {step['images']:,}")
         if summary["parameters_without_grad"]:
             print(f"  note: {len(summary['parameters_without_grad'])} trainable parameters got no gradient, "
                   f"e.g. {summary['parameters_without_grad'][:3]}")

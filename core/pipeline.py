@@ -109,6 +109,8 @@ class Pipeline:
     provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the annotation files of the `prepare` steps (written or found up to date)
     prepared: list[Path] = field(default_factory=list)
+    #: prepare "check": the steps whose files are missing or stale (core.prepare.DeferredLabels)
+    deferred_labels: list[Any] = field(default_factory=list)
     #: the `loggers:` list's experiment trackers (core.trackers; rank 0 calls them)
     loggers: list[Any] = field(default_factory=list)
 
@@ -428,8 +430,10 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
     pipeline's labelers whose files are missing or stale, "force" runs them all,
     "existing" attaches their files and runs none (a resumed run: it goes on with the
     labels it started with, and a received run folder's labeler, e.g. a grounder that
-    runs a model repo's code, is not run by resuming it), "skip" neither runs nor
-    attaches them (inference from a trained run). `meta`: build the
+    runs a model repo's code, is not run by resuming it), "check" attaches the files
+    that are up to date and leaves the others in `deferred_labels` (`core validate`
+    labels only its one batch), "skip" neither runs nor attaches them (inference from a
+    trained run). `meta`: build the
     backbone, head and losses on the meta device (parameter names and shapes only, fast;
     the labelers are skipped) — for checks, never for training. `image_check`: unreadable
     image files of the train and test sets (core.data.image_check) stop the build
@@ -439,8 +443,9 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
     not read — no training table, sampler or losses; test sets come from `data.test` only.
     `echo`: where its messages go (default: the `core.pipeline` logger, "warning: ..." as warnings)."""
     echo = echo or echo_to(logging.getLogger(__name__))
-    if prepare not in ("run", "force", "existing", "skip"):
-        raise ValueError(f"build_pipeline: prepare must be 'run', 'force', 'existing' or 'skip'; got {prepare!r}")
+    if prepare not in ("run", "force", "existing", "check", "skip"):
+        raise ValueError(f"build_pipeline: prepare must be 'run', 'force', 'existing', 'check' or 'skip'; "
+                         f"got {prepare!r}")
     from core.data.image_check import MODES, screen_pipeline_records
 
     if image_check not in MODES:
@@ -522,6 +527,7 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
     ctx.feature_dim = int(backbone.feature_dim)
     ctx.patch_grid = getattr(backbone, "patch_grid", None)
     prepared: list[Path] = []
+    deferred: list[Any] = []
     if prepare != "skip":
         from core.prepare import attach_dataset_annotations, run_prepare_steps
 
@@ -530,7 +536,8 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
             attach_dataset_annotations(cfg, _as_list(cfg, "data.test", test_specs), [d for _, d in pairs], None,
                                        ctx.patch_grid, "data.test", test_tables)
         prepared = run_prepare_steps(cfg, b, ctx, train_names, train_specs, train_datasets, train,
-                                     force=prepare == "force", may_label=prepare != "existing", echo=echo)
+                                     force=prepare == "force", may_label=prepare != "existing", echo=echo,
+                                     deferred=deferred if prepare == "check" else None)
     head = b.build("head", "head", cfg.data["head"], ctx)
     model = ReIDModel(backbone, head)
 
@@ -572,6 +579,7 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
         test_transform=test_transform, sampler=sampler, model=model, evaluator=evaluator,
         stages=stages, stage_losses=stage_losses, trainer=trainer_cfg, provenance=b.provenance,
         prepared=prepared,
+        deferred_labels=deferred,
         # trackers only for training builds: evaluating a run needs no wandb installed
         loggers=build_loggers(cfg, registry) if prepare != "skip" else [],
     )

@@ -18,6 +18,7 @@ relative to the working directory, like dataset roots.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -88,11 +89,45 @@ def _check_out(cfg: LoadedConfig, key: str, out: Path) -> None:
                              f"({reason}{where}); give a path in a folder you can write") from None
 
 
+@dataclass
+class DeferredLabels:
+    """A `prepare` step whose file is missing or stale, left unlabelled by a check
+    (`core validate`): `label_rows` labels only the rows the check's batch reads."""
+    key: str
+    name: str
+    out: Path
+    labeler: Labeler
+    items: list
+    fingerprint: dict
+    where: str
+    provenance: dict
+
+    def label_rows(self, train: RecordTable, rows: Sequence[int], ctx: Any, folder: Path) -> int:
+        """Label train rows `rows` into a file in `folder` (not `out`: the pipeline's own
+        file stays as it is) and attach it to those rows; returns how many were labelled."""
+        from core.labeling import run_labeler
+
+        rows = sorted(set(int(r) for r in rows))  # a PK batch may draw an image twice
+        items = [self.items[r] for r in rows]
+        try:
+            run_labeler(self.labeler, items, folder / f"{self.key}.npz", fingerprint=self.fingerprint, ctx=ctx,
+                        name=self.name, provider=self.provenance.get("plugin"), version=self.provenance.get("version"),
+                        force=True, progress=False, echo=lambda *_: None)
+            attach(Annotations.load(folder / f"{self.key}.npz"), train.records, [i.key for i in items],
+                   where=self.where, required=True, grid=ctx.patch_grid, rows=rows)
+        except (ValueError, FileNotFoundError) as exc:
+            raise ConfigError(str(exc)) from None
+        return len(rows)
+
+
 def run_prepare_steps(cfg: LoadedConfig, builder: Any, ctx: Any, train_names: list[str], train_specs: list,
                       train_datasets: list[Dataset], train: RecordTable, force: bool = False,
-                      may_label: bool = True, echo: Callable[[str], None] = _echo) -> list[Path]:
+                      may_label: bool = True, echo: Callable[[str], None] = _echo,
+                      deferred: list[DeferredLabels] | None = None) -> list[Path]:
     """Run (or reuse) each `prepare` labeler over the training images, attach its file.
-    `may_label` False: only reuse; a file missing or stale is an error naming `core label`."""
+    `may_label` False: only reuse; a file missing or stale is an error naming `core label`.
+    `deferred` (a check): a step whose file is missing or stale is built, its `out`
+    checked, and appended there instead of labelling every image."""
     from core.labeling import LabelItem, is_up_to_date, run_labeler
     from core.training import distributed as D
 
@@ -123,7 +158,13 @@ def run_prepare_steps(cfg: LoadedConfig, builder: Any, ctx: Any, train_names: li
                        "data": data_specs, "patch_grid": list(ctx.patch_grid) if ctx.patch_grid else None}
         provenance = builder.provenance.get(key, {})
         where = f"{cfg.origin(key)}: {key} ({out})"
-        if (ctx.world_size > 1 or not may_label) and (force or not is_up_to_date(Path(out), fingerprint, keys)):
+        checking = deferred is not None or ctx.world_size > 1 or not may_label  # else run_labeler looks
+        stale = checking and (force or not is_up_to_date(Path(out), fingerprint, keys))
+        if deferred is not None and stale:
+            _check_out(cfg, f"{key}.out", Path(out))
+            deferred.append(DeferredLabels(key, name, Path(out), labeler, items, fingerprint, where, provenance))
+            continue
+        if (ctx.world_size > 1 or not may_label) and stale:
             if not may_label:  # resuming: the run goes on with the labels it started with
                 raise cfg.error(key, f"labeler '{name}''s file {out} is missing or does not match this run's "
                                      f"training data, and resuming a run does not label (it goes on with the labels "

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +163,9 @@ def validate(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[str, A
     # every stage's trainable / frozen / param_groups pattern, on the meta device (fast)
     checked_on_meta = check_patterns_on_meta(cfg)
     seed_everything(0)
-    p = build_pipeline(cfg)
+    # a labeler whose file is missing labels only this check's batch (into a temporary
+    # file): validating muva.yaml must not run CogVLM over the whole training set first
+    p = build_pipeline(cfg, prepare="check")
     device = resolve_device(p.trainer.device)
     model = p.model.to(device).train()
     losses = p.loss_modules().to(device)
@@ -172,6 +175,12 @@ def validate(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[str, A
     plan = next(iter(p.sampler))
     indices = plan.indices if hasattr(plan, "indices") else plan
     roles = plan.roles if hasattr(plan, "roles") else [0] * len(indices)
+    sampled_labels = []
+    with tempfile.TemporaryDirectory(prefix="core-validate-") as folder:
+        for step in p.deferred_labels:
+            done = step.label_rows(p.train, indices, p.ctx, Path(folder))
+            sampled_labels.append({"step": step.key, "labeler": step.name, "out": str(step.out),
+                                   "labelled": done, "images": len(step.items)})
     samples = ImageSamples(p.train, p.train_datasets, p.train_transform)
     batch = p.collate()([samples[(i, 0, r)] for i, r in zip(indices, roles)]).to(device)
     batch = finish_on_device(batch, p.train_transform)  # uint8 training images: normalised here
@@ -202,6 +211,9 @@ def validate(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[str, A
         "patterns_checked_on": "meta" if checked_on_meta else str(device),
         #: the model output each loss reads (`Loss.features`, see docs/writing-plugins.md)
         "loss_inputs": {t.name: getattr(t.module, "features", None) for t in p.stage_losses[0]},
+        #: `prepare` steps whose file is missing or stale: labelled for this batch only
+        #: (`core label` or `core run` labels every training image)
+        "labels_sampled": sampled_labels,
     }
 
 

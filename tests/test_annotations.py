@@ -180,7 +180,7 @@ def test_a_labeler_that_declares_keys_gets_the_file_keys_of_its_images(tmp_path)
 LABELER_PLUGIN = textwrap.dedent("""
     import numpy as np
     from core.hookspecs import hookimpl
-    from core.interfaces import Labeler, Labels
+    from core.interfaces import Labeler, Labels, Loss
     from core.data.spatial import boxes_to_patch_masks
 
     CALLS = []
@@ -200,6 +200,17 @@ LABELER_PLUGIN = textwrap.dedent("""
     @hookimpl
     def register_labelers(register):
         register("truth_test", TruthLabeler)
+
+    SEEN = []
+
+    class MasksSeen(Loss):
+        def forward(self, outputs, batch):
+            SEEN.append(batch.extras.get("part_masks"))
+            return outputs["features"].sum() * 0
+
+    @hookimpl
+    def register_losses(register):
+        register("masks_seen_test", MasksSeen)
 """)
 
 
@@ -335,3 +346,48 @@ def test_an_out_that_cannot_be_written_is_refused_before_the_labeler_runs(tmp_pa
             if hasattr(m, "CALLS") and str(getattr(m, "__file__", "")).startswith(str(tmp_path))]
     assert all(m.CALLS == [] for m in ours)  # nothing was labelled
     assert not (tmp_path / f"{out}.partial").exists()
+
+
+def test_validate_labels_only_its_batch_and_leaves_the_label_file_alone(tmp_path, tiny_pipeline_config, monkeypatch):
+    """`core validate` of a pipeline whose label file is missing ran the labeler over every
+    training image and wrote the file (CogVLM over the whole training set for muva.yaml)
+    before its one step. It now labels only the batch it checks, into no file; the step's
+    losses see the labels; a stale file is left as it is; an up-to-date one is used."""
+    from core.plugins import get_plugin_manager
+    from core.runner import validate
+
+    monkeypatch.chdir(tmp_path)
+    path = write_pipeline(tmp_path, tiny_pipeline_config, prepare=[{"name": "truth_test", "out": "labels/parts.npz"}])
+    config = yaml.safe_load(path.read_text())
+    config["losses"] = [*config["losses"], {"name": "masks_seen_test"}]
+    path.write_text(yaml.safe_dump(config))
+    summary = validate(path, ["trainer.device=cpu"])
+    module = next(m for m in get_plugin_manager().get_plugins() if hasattr(m, "CALLS"))
+    (step,) = summary["labels_sampled"]
+    batch_size = config["sampler"]["batch_size"]
+    assert step["step"] == "prepare.0" and step["out"] == "labels/parts.npz" and step["labeler"] == "truth_test"
+    assert sum(module.CALLS) == step["labelled"] <= batch_size < step["images"] == summary["train"]["images"]
+    assert not (tmp_path / "labels" / "parts.npz").exists()
+    assert not list((tmp_path / "labels").iterdir())  # no partial chunks either
+    masks = module.SEEN[-1]
+    assert masks is not None and masks.shape[0] == batch_size and masks.sum() > 0
+
+    # a stale file (another parameter) stays byte for byte; an up-to-date one is used, nothing labelled
+    build_pipeline(load_pipeline(path, ["prepare.0.coverage=0.25"]), echo=lambda *_: None)
+    before = (tmp_path / "labels" / "parts.npz").read_bytes()
+    assert validate(path, ["trainer.device=cpu"])["labels_sampled"][0]["step"] == "prepare.0"
+    assert (tmp_path / "labels" / "parts.npz").read_bytes() == before
+    calls = len(module.CALLS)
+    summary = validate(path, ["trainer.device=cpu", "prepare.0.coverage=0.25"])
+    assert summary["labels_sampled"] == [] and len(module.CALLS) == calls
+    assert module.SEEN[-1] is not None
+
+
+def test_core_validate_says_which_labels_it_sampled(tmp_path, tiny_pipeline_config, monkeypatch, capsys):
+    from core.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    path = write_pipeline(tmp_path, tiny_pipeline_config, prepare=[{"name": "truth_test", "out": "parts.npz"}])
+    assert main(["validate", str(path), "--set", "trainer.device=cpu"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "prepare.0:" in x)
+    assert "parts.npz is missing or stale" in line and f"core label {path}" in line, line
