@@ -191,6 +191,14 @@ def test_vehicleid_bad_line_and_bad_size_are_named(tmp_path):
         VehicleID(str(root)).records("train")
 
 
+def test_vehicleid_list_file_that_is_a_folder_says_so(tmp_path):
+    lists = vehicleid_tree(tmp_path) / "VehicleID_V1.0" / "train_test_split"
+    (lists / "train_list.txt").unlink()
+    (lists / "train_list.txt").mkdir()
+    with pytest.raises(FileNotFoundError, match="list file is a folder, not a file: .*train_list.txt"):
+        VehicleID(str(tmp_path)).records("train")
+
+
 # --- VERI-Wild --------------------------------------------------------------------------------
 
 def veriwild_tree(root: Path) -> Path:

@@ -255,6 +255,20 @@ def test_msmt17_missing_list_file_names_it(tmp_path):
         MSMT17(str(root))
 
 
+def test_msmt17_list_file_that_is_a_folder_says_so(tmp_path, monkeypatch):
+    """A folder standing where a list file belongs was reported as 'not found', a path the
+    user can see; a missing one at a relative root says where it looked."""
+    root = msmt_tree(tmp_path)
+    (root / "list_gallery.txt").unlink()
+    (root / "list_gallery.txt").mkdir()
+    with pytest.raises(FileNotFoundError, match=re.escape(f"list file is a folder, not a file: {root}/list_gallery")):
+        MSMT17(str(root))
+    (root / "list_gallery.txt").rmdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=re.escape(f"(looked at {root / 'list_gallery.txt'};")):
+        MSMT17(str(root.relative_to(tmp_path)))
+
+
 def test_msmt17_bad_list_line_names_file_and_line(tmp_path):
     root = msmt_tree(tmp_path)
     (root / "list_query.txt").write_text("0000/0000_000_03_0113morning_0011_0.jpg 0\nbroken\n")

@@ -28,6 +28,15 @@ def looked_at(path: str | os.PathLike) -> str:
             "not to the pipeline file)")
 
 
+def missing_file(path: str | os.PathLike) -> str:
+    """'not found: PATH (looked at ...)', or 'is a folder, not a file: PATH' when a folder
+    stands where a list or split file is expected (a message saying "not found" for a path
+    the user can see sends them looking in the wrong place)."""
+    if Path(path).is_dir():
+        return f"is a folder, not a file: {path}"
+    return f"not found: {path}{looked_at(path)}"
+
+
 def unreadable(exc: OSError) -> str:
     """One line for an `UNREADABLE_FILE` error: the file, why, and what would do."""
     name = exc.filename

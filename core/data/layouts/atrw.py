@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from core.data.columns import RecordColumns
 from core.data.layouts.common import cached_records, check_split, find_root
+from core.data.paths import missing_file
 from core.interfaces import Dataset
 from core.records import Record
 
@@ -32,7 +33,7 @@ class ATRW(Dataset):
         self.root = find_root("ATRW", root, [IMAGES, ANNOTATIONS])
         self.list_path = self.root / ANNOTATIONS / LIST
         if not self.list_path.is_file():
-            raise FileNotFoundError(f"ATRW: list file not found: {self.list_path}; expected "
+            raise FileNotFoundError(f"ATRW: list file {missing_file(self.list_path)}; expected "
                                     f"{ANNOTATIONS}/{LIST} from atrw_anno_reid_train.tar.gz")
         self.image_dir = self.root / IMAGES / "train"
         if not self.image_dir.is_dir():

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from core.data.columns import RecordColumns
 from core.data.layouts.common import cached_records, check_split, find_root, folder_tree, image_names, subfolder_names
+from core.data.paths import missing_file
 from core.interfaces import Dataset
 from core.records import Record
 
@@ -63,7 +64,7 @@ class IPanda50(Dataset):
         `<folder>/<file>` or by its file name alone."""
         list_path = self.root / SPLITS_DIR / f"{self.split}_train.txt"
         if not list_path.is_file():
-            raise FileNotFoundError(f"IPanda50: split list not found: {list_path}; expected "
+            raise FileNotFoundError(f"IPanda50: split list {missing_file(list_path)}; expected "
                                     f"{SPLITS_DIR}/split<k>_train.txt (k = 0..4) from iPanda50-split.zip")
         by_name = {Path(key).name: value for key, value in every.items()}
         out = []

@@ -26,6 +26,7 @@ from core.data.layouts.common import (
     require_dir,
     subfolder_names,
 )
+from core.data.paths import missing_file
 from core.interfaces import Dataset
 
 #: version -> (train folder, test folder, the folder the official archive unpacks into)
@@ -71,7 +72,7 @@ class MSMT17(Dataset):
         self.train_dir, self.test_dir = self.root / train, self.root / test
         for key in self._lists_needed():
             if not (self.root / LISTS[key]).is_file():
-                raise FileNotFoundError(f"MSMT17: list file not found: {self.root / LISTS[key]}; "
+                raise FileNotFoundError(f"MSMT17: list file {missing_file(self.root / LISTS[key])}; "
                                         f"expected the {self.version} layout {_layout(self.version)}")
 
     def _detect(self, base: Path, version: str, layout: str) -> tuple[str, Path]:

@@ -39,6 +39,7 @@ from core.data.layouts.common import (
     read_list_file,
     require_dir,
 )
+from core.data.paths import missing_file
 from core.interfaces import Dataset
 
 NAME = "omnireid"
@@ -84,7 +85,7 @@ class OmniReIDList(Dataset):
     def _file(self, value: str, key: str) -> Path:
         path = Path(value) if Path(value).is_absolute() else self.root / value
         if not path.is_file():
-            raise FileNotFoundError(f"{NAME}: {key} file not found: {path}")
+            raise FileNotFoundError(f"{NAME}: {key} file {missing_file(path)}")
         return path
 
     def records(self, split: str) -> RecordColumns:

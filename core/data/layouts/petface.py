@@ -25,6 +25,7 @@ from typing import Sequence
 
 from core.data.columns import RecordColumns
 from core.data.layouts.common import cached_records, check_split, columns_of, find_root, subfolder_names
+from core.data.paths import missing_file
 from core.interfaces import Dataset
 
 FILES = {"train": "train.csv", "query": "reidentification.csv", "gallery": "train.csv"}
@@ -50,7 +51,7 @@ class PetFace(Dataset):
     def _read(self, species: str, file_name: str) -> list[tuple[str, int]]:
         path = self.root / "split" / species / file_name
         if not path.is_file():
-            raise FileNotFoundError(f"PetFace: split file not found: {path}; expected split/<species>/"
+            raise FileNotFoundError(f"PetFace: split file {missing_file(path)}; expected split/<species>/"
                                     f"{file_name} from the official release")
         with path.open(encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)

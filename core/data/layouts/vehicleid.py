@@ -21,6 +21,7 @@ import numpy as np
 
 from core.data.columns import RecordColumns
 from core.data.layouts.common import cached_records, check_split, columns_of, find_root
+from core.data.paths import missing_file
 from core.interfaces import Dataset
 
 TEST_SIZES = (800, 1600, 2400)
@@ -29,7 +30,7 @@ TEST_SIZES = (800, 1600, 2400)
 def read_list(path: Path, dataset: str) -> list[tuple[str, int]]:
     """`<image id> <id>` lines -> [(image id, id)]; errors name the file and line."""
     if not path.is_file():
-        raise FileNotFoundError(f"{dataset}: list file not found: {path}")
+        raise FileNotFoundError(f"{dataset}: list file {missing_file(path)}")
     out = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from core.data.columns import RecordColumns
 from core.data.layouts.common import cached_records, check_split, columns_of, find_root
+from core.data.paths import missing_file
 from core.interfaces import Dataset
 
 TEST_SIZES = (3000, 5000, 10000)
@@ -45,7 +46,7 @@ class VeRiWild(Dataset):
         if self._cameras is None:
             path = self.root / "train_test_split" / "vehicle_info.txt"
             if not path.is_file():
-                raise FileNotFoundError(f"VERI-Wild: {path} not found; it gives each image's camera")
+                raise FileNotFoundError(f"VERI-Wild: camera file {missing_file(path)}; it gives each image's camera")
             cams = {}
             lines = path.read_text(encoding="utf-8").splitlines()
             for number, line in enumerate(lines[1:], start=2):
@@ -65,7 +66,7 @@ class VeRiWild(Dataset):
         if split not in self._cache:
             path = self._split_file(split)
             if not path.is_file():
-                raise FileNotFoundError(f"VERI-Wild: list file not found: {path}")
+                raise FileNotFoundError(f"VERI-Wild: list file {missing_file(path)}")
             inputs = [path, self.root / "train_test_split" / "vehicle_info.txt"]
             self._cache[split] = cached_records(self, split, inputs, lambda: self._list(path, split))
         return self._cache[split]
