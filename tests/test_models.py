@@ -108,23 +108,73 @@ def test_a_pretrained_file_of_another_arch_is_refused_naming_both_sides(tmp_path
         assert part in message, (part, message)
 
 
+def refusal_of_a_wider_file(path, rename=dict):
+    """The error of a ViT built at embed_dim 48 given `path` (.pth or .safetensors): the state
+    dict of one at 64, its names through `rename`; one line, short."""
+    from safetensors.torch import save_file
+
+    wide = dict(TINY_VIT, model_kwargs={**TINY_VIT["model_kwargs"], "embed_dim": 64})
+    state = rename(TimmBackbone(make_ctx(image_size=(32, 32)), **wide).model.state_dict())
+    save_file(state, str(path)) if path.suffix == ".safetensors" else torch.save(state, path)
+    with pytest.raises(ValueError) as caught:
+        TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT)
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 600, message
+    return message
+
+
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_a_pretrained_file_of_another_size_is_one_line_naming_a_tensor_and_both_shapes(tmp_path, suffix):
     """A ViT saved at embed_dim 64 given to one built at 48: same names, other shapes. torch's
     'size mismatch for ...' list came through raw (RuntimeError, exit 1 at the CLI); now one
     ValueError line with the count and one tensor's two shapes."""
-    from safetensors.torch import save_file
-
-    wide = dict(TINY_VIT, model_kwargs={**TINY_VIT["model_kwargs"], "embed_dim": 64})
-    state = TimmBackbone(make_ctx(image_size=(32, 32)), **wide).model.state_dict()
     path = tmp_path / f"wide{suffix}"
-    save_file(state, str(path)) if suffix == ".safetensors" else torch.save(state, path)
-    with pytest.raises(ValueError) as caught:
-        TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT)
-    message = str(caught.value)
-    assert "\n" not in message and len(message) < 600, message
+    message = refusal_of_a_wider_file(path)
     for part in ("backbone 'timm'", str(path), "does not fit 'vit_tiny_patch16_224'", "of another shape", "64]",
                  "48]", "embed_dim"):
+        assert part in message, (part, message)
+
+
+#: timm ViT names -> OpenCLIP's (`visual.*`), the reverse of the renames in timm's ViT checkpoint filter
+_OPENCLIP_NAMES = [("patch_embed.proj", "conv1"), ("blocks.", "transformer.resblocks."), ("norm1", "ln_1"),
+                   ("norm2", "ln_2"), ("attn.qkv.", "attn.in_proj_"), ("attn.proj", "attn.out_proj"),
+                   ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")]
+
+
+def openclip_named(state):
+    """A timm ViT's state dict as an `open_clip` checkpoint names it (what timm's filter renames back)."""
+    named = {}
+    for key, value in state.items():
+        if key == "cls_token":
+            key, value = "class_embedding", value.reshape(-1)
+        elif key == "pos_embed":
+            key, value = "positional_embedding", value[0]
+        elif key.startswith("norm."):
+            key = "ln_post." + key[len("norm."):]
+        for timm_name, clip_name in _OPENCLIP_NAMES:
+            key = key.replace(timm_name, clip_name)
+        named["visual." + key] = value
+    return named
+
+
+def test_an_openclip_named_pretrained_file_of_the_models_width_loads(tmp_path):
+    """The reference for the next test: timm's filter takes these names back."""
+    source = TimmBackbone(make_ctx(image_size=(32, 32)), **TINY_VIT).model.state_dict()
+    path = tmp_path / "open_clip.pth"
+    torch.save(openclip_named(source), path)
+    loaded = TimmBackbone(make_ctx(image_size=(32, 32)), pretrained=str(path), **TINY_VIT).model.state_dict()
+    assert all(torch.equal(source[key], loaded[key]) for key in source)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_an_openclip_named_pretrained_file_of_another_width_is_one_line(tmp_path, suffix):
+    """A ViT at embed_dim 64 saved in OpenCLIP's naming (`visual.conv1.weight`, ...) given to one
+    at 48: the shape check compared the file's names before timm's filter renamed them, found
+    none in common, and torch's raw 'size mismatch for ...' list came through (RuntimeError)."""
+    path = tmp_path / f"open_clip_wide{suffix}"
+    message = refusal_of_a_wider_file(path, openclip_named)
+    for part in (str(path), "does not fit 'vit_tiny_patch16_224'", "of another shape", "in the file, [48] in the model",
+                 "embed_dim"):
         assert part in message, (part, message)
 
 

@@ -159,18 +159,48 @@ def unwrap_checkpoint(ckpt: Any) -> Any:
 
 
 def _shapes_misfit(path: Path, arch: str, image_size: tuple[int, int], model_kwargs: dict[str, Any]) -> str:
-    """core.training.checkpoint.misfit of the file's tensors against the model's (built on
-    the meta device, so nothing is allocated), tensors of another shape only; '' when none
-    differ or the file cannot be read cheaply."""
+    """core.training.checkpoint.misfit of the file's tensors, as timm's checkpoint filter hands
+    them to the model (OpenCLIP's `visual.*` names become a ViT's own, ...), against the
+    model's (built on the meta device, so nothing is allocated), tensors of another shape
+    only; '' when none differ or the file cannot be read cheaply."""
     from core.training.checkpoint import misfit
 
     try:
-        with torch.device("meta"):
-            own = _create(arch, image_size, pretrained=False, **model_kwargs).state_dict()
         theirs = _file_tensors(path)
+        with torch.device("meta"):
+            model, filtered = _filtered(path, theirs, arch, image_size, model_kwargs)
     except Exception:  # noqa: BLE001 - no better account than timm's own error, which then stands
         return ""
-    return misfit(own, theirs, names=False)
+    return misfit(model.state_dict(), filtered, names=False)
+
+
+def _filtered(path: Path, theirs: dict[str, torch.Tensor], arch: str, image_size: tuple[int, int],
+              model_kwargs: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """The model built as for the pretrained file `path`, and the file's tensors `theirs`
+    passed through the arch's checkpoint filter (what timm would load); `theirs` unchanged
+    when the filter fails on them. timm keeps each arch's filter inside its builder, so
+    timm's load_pretrained is replaced during the build by one that applies the filter and
+    loads nothing."""
+    from timm.models import _builder
+
+    seen: dict[str, dict[str, torch.Tensor]] = {}
+
+    def filter_only(model: torch.nn.Module, *args: Any, filter_fn: Any = None, **kwargs: Any) -> None:
+        seen["state"] = dict(theirs)
+        if filter_fn is not None:
+            with contextlib.suppress(Exception):  # a filter failing on these tensors: compare the file's own names
+                try:
+                    seen["state"] = filter_fn(dict(theirs), model)
+                except TypeError:  # a filter of one argument, as timm allows
+                    seen["state"] = filter_fn(dict(theirs))
+
+    load_pretrained = _builder.load_pretrained
+    _builder.load_pretrained = filter_only
+    try:
+        model = _create(arch, image_size, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **model_kwargs)
+    finally:
+        _builder.load_pretrained = load_pretrained
+    return model, seen.get("state", theirs)
 
 
 def _some(names: list[str], n: int) -> str:
