@@ -69,3 +69,21 @@ def test_parts_on_a_backbone_without_masks_is_a_clear_error(tiny_pipeline_config
                  "--method", "parts"]) == 2
     err = capsys.readouterr().err
     assert "backbone 'timm' does not output part masks" in err and "'part_masks': (B, P, N)" in err
+
+
+def test_explain_skipping_a_bad_image_still_draws_limit_images(masked_run, tmp_path, capsys):
+    """--limit N took the first N images, then left out the bad ones: a damaged first image
+    gave N - 1 pictures though more images were there. Now the next image takes its place,
+    and the warning says what was left out of how many checked."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(5):
+        Image.new("RGB", (16, 32), (40 * i, 80, 200 - 40 * i)).save(folder / f"{i + 1:04d}_c1_000.png")
+    bad = folder / "0001_c1_000.png"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # an interrupted copy
+    out = tmp_path / "explain"
+    assert main(["explain", str(masked_run), "--images", str(folder), "--out", str(out), "--limit", "3",
+                 "--skip-bad-images"]) == 0
+    assert "warning: left out 1 unreadable image file (of 4 checked)" in capsys.readouterr().err
+    assert [p.name for p in sorted(out.glob("*.png"))] == ["0000_0002_c1_000.png", "0001_0003_c1_000.png",
+                                                          "0002_0004_c1_000.png"]

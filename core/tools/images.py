@@ -177,6 +177,28 @@ def screened(sets: Sequence[tuple[str, ImageSet]], mode: str = "error",
     return kept
 
 
+def screened_first(images: ImageSet, limit: int, flag: str, mode: str = "error",
+                   stopped: str = "Nothing was done") -> ImageSet:
+    """The first `limit` images of `images` (those a tool draws), screened as `screened`
+    screens a set: "error" and "off" look at those alone; "skip" takes one more image for
+    each left out, until `limit` sound ones are found or the set ends, so that a bad file
+    costs no picture while sound ones remain (the warning says how many were left out of
+    how many checked)."""
+    from core.data.image_check import find_bad_images, kept_rows
+
+    records, end = images.table.records, min(limit, len(images))
+    if mode == "skip":
+        bad: dict[str, str] = {}
+        checked = 0
+        while checked < end:
+            bad.update(find_bad_images(str(r.path) for r in records[checked:end] if r.path is not None))
+            checked = end
+            end = min(len(images), checked + limit - len(kept_rows(records[:checked], bad)))
+    first, = screened([(flag, ImageSet(images.table.take(range(end)), images.datasets, images.source))], mode,
+                      stopped)
+    return first
+
+
 def run_split(run: "LoadedRun", spec: str) -> ImageSet:
     """`query`, `gallery` (of the first test set, or `query@<name>`) or `train` of the run's data."""
     split, _, name = spec.partition("@")

@@ -104,18 +104,17 @@ def explain(target: str | Path, images: str, out: str | Path, key: str = "part_m
     parts when the model outputs `key`, else rollout for a ViT backbone, else gradcam.
     `image_check`: the images are checked before the first is drawn, as `core extract`
     checks them (`core.tools.images.screened`): only the first `limit` of --images, the
-    only ones drawn, and the whole gallery, which is embedded.
+    only ones drawn (with --skip-bad-images, as many more as were left out:
+    `screened_first`), and the whole gallery, which is embedded.
     """
     from core.data.loading import ImageSamples, collate
-    from core.tools.images import ImageSet, open_images, screened
+    from core.tools.images import open_images, screened, screened_first
     from core.tools.loading import load_run
 
     if method not in METHODS:
         raise ValueError(f"explain: method must be one of {', '.join(METHODS)}, got {method!r}")
     run = load_run(target, device=device)
-    image_set = open_images(images, run)
-    first = ImageSet(image_set.table.take(range(min(limit, len(image_set)))), image_set.datasets, image_set.source)
-    image_set, = screened([("--images", first)], image_check, "Nothing was drawn")
+    image_set = screened_first(open_images(images, run), limit, "--images", image_check, "Nothing was drawn")
     count = min(limit, len(image_set))
     samples = ImageSamples(image_set.table, image_set.datasets, run.pipeline.test_transform)
     backbone = run.pipeline.provenance.get("backbone", {}).get("name", type(run.model.backbone).__name__)
