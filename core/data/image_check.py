@@ -26,13 +26,14 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from core.config.loading import ConfigError
 from core.log_setup import echo_to
 from core.records import Record
 
 _echo = echo_to(logging.getLogger(__name__))  # "warning: ..." lines are warnings
+T = TypeVar("T")
 
 #: what build_pipeline does with unreadable images: stop, leave them out (with a
 #: warning), or not look
@@ -303,12 +304,18 @@ def kept_rows(records: Sequence[Record], bad: dict[str, str]) -> list[int]:
     return [i for i, r in enumerate(records) if r.path is None or str(r.path) not in bad]
 
 
-def _without(records: Sequence[Record], bad: dict[str, str]) -> Sequence[Record]:
-    """`records` less those whose file is in `bad` (columns stay columns)."""
+def without_bad(records: T, bad: dict[str, str]) -> T:
+    """`records` (a list of records, a RecordColumns, or a RecordTable) less those whose file
+    is in `bad`, of the same type (columns stay columns); `records` itself when none is."""
     from core.data.columns import RecordColumns
+    from core.data.table import RecordTable
 
-    rows = kept_rows(records, bad)
-    return records.take(rows) if isinstance(records, RecordColumns) else [records[i] for i in rows]
+    if not bad:
+        return records
+    rows = kept_rows(records.records if isinstance(records, RecordTable) else records, bad)
+    if len(rows) == len(records):
+        return records
+    return records.take(rows) if isinstance(records, (RecordTable, RecordColumns)) else [records[i] for i in rows]
 
 
 def screen_records(sets: Sequence[CheckedSet], mode: str = "error",
@@ -319,7 +326,7 @@ def screen_records(sets: Sequence[CheckedSet], mode: str = "error",
     says what was not done); "skip": leave them out and warn through `echo`; "off": check
     nothing."""
     bad = screen_files(sets, mode, echo, workers, cache, stopped)
-    return [_without(s.records, bad) if bad else s.records for s in sets]  # columnar tables stay columns
+    return [without_bad(s.records, bad) for s in sets]
 
 
 def screen_files(sets: Sequence[CheckedSet], mode: str = "error",
@@ -341,7 +348,7 @@ def screen_files(sets: Sequence[CheckedSet], mode: str = "error",
         raise UnreadableImagesError(
             f"{message}. {stopped}. Replace or delete them, or pass {SKIP_FLAG} to leave them out "
             f"(with a warning)", bad, list_file)
-    counts = [sum(r.path is not None and str(r.path) in bad for r in s.records) for s in sets]
+    counts = [len(s.records) - len(kept_rows(s.records, bad)) for s in sets]
     per_set = ", ".join(f"{s.label}: {n}" for s, n in zip(sets, counts) if n)
     echo(f"warning: left out {message} ({per_set})")
     return bad

@@ -162,18 +162,17 @@ def screened(sets: Sequence[tuple[str, ImageSet]], mode: str = "error",
     raises one error naming every bad file of all the sets (`stopped` says what was not
     done), "skip" leaves them out with a warning (--skip-bad-images), "off" looks at nothing."""
     from core.config.loading import ConfigError
-    from core.data.image_check import CheckedSet, kept_rows, screen_files
+    from core.data.image_check import CheckedSet, screen_files, without_bad
 
     bad = screen_files([CheckedSet(f"{flag} {images.source}".strip(), images.table.records) for flag, images in sets],
                        mode=mode, stopped=stopped)
     kept = []
     for flag, images in sets:
-        rows = kept_rows(images.table.records, bad) if bad else range(len(images))
-        if not rows and len(images):
+        table = without_bad(images.table, bad)
+        if not len(table) and len(images):
             raise ConfigError(f"{flag} {images.source}".strip()
                               + f": every image file is unreadable (left out). {stopped}")
-        kept.append(images if len(rows) == len(images) else
-                    ImageSet(images.table.take(rows), images.datasets, images.source))
+        kept.append(images if table is images.table else ImageSet(table, images.datasets, images.source))
     return kept
 
 
