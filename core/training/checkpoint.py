@@ -123,10 +123,11 @@ def reading_weights(path: Path, error: Callable[[str], Exception], if_pickled: s
     try:
         yield
     except Exception as exc:
-        refused = _pickle_refusal(path, exc)
+        damage = file_damage(path)
+        refused = _pickle_refusal(path, exc, damage)
         if refused is not None:
             raise error(f"{refused} {if_pickled}") from None
-        unreadable = _read_failure(path, exc)
+        unreadable = _read_failure(path, exc, damage)
         if unreadable is None:
             raise
         raise error(unreadable) from None
@@ -141,11 +142,11 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return chain
 
 
-def _pickle_refusal(path: Path, exc: BaseException) -> str | None:
+def _pickle_refusal(path: Path, exc: BaseException, damage: str | None) -> str | None:
     """The refusal line when `exc` is (or wraps) weights_only's refusal of a pickle global in
-    a file whose structure is whole; None otherwise."""
+    a file whose structure is whole (`damage`, file_damage's account, is None); None otherwise."""
     refusal = next((e for e in _causes(exc) if isinstance(e, pickle.UnpicklingError)), None)
-    if refusal is None or file_damage(path) is not None:
+    if refusal is None or damage is not None:
         return None
     reason = [line.strip() for line in str(refusal).strip().splitlines() if line.strip()]
     detail = next((line for line in reason if "Unsupported" in line or "GLOBAL" in line), reason[0] if reason else "")
@@ -154,14 +155,14 @@ def _pickle_refusal(path: Path, exc: BaseException) -> str | None:
             + (f" ({detail})." if detail else "."))
 
 
-def _read_failure(path: Path, exc: BaseException) -> str | None:
+def _read_failure(path: Path, exc: BaseException, damage: str | None) -> str | None:
     """'PATH: not a readable checkpoint (why)' when `path` cannot be read: its structure is
-    cut or corrupt (file_damage), or `exc` is a reader's error, or reading the file again
-    fails too; None when the file reads (the failure is elsewhere)."""
+    cut or corrupt (`damage`, file_damage's account), or `exc` is a reader's error, or
+    reading the file again fails too; None when the file reads (the failure is elsewhere)."""
     from safetensors import SafetensorError
 
     kind = "safetensors file" if Path(path).suffix == ".safetensors" else "checkpoint"
-    why = file_damage(path)
+    why = damage
     if why is None:
         readers = (EOFError, struct.error, zipfile.BadZipFile, SafetensorError)
         if not any(isinstance(e, readers) for e in _causes(exc)) and _reads(path):
