@@ -135,6 +135,19 @@ def test_a_pretrained_file_of_another_size_is_one_line_naming_a_tensor_and_both_
         assert part in message, (part, message)
 
 
+def test_a_pretrained_file_of_another_size_is_still_one_line_if_timms_builder_moves(tmp_path, monkeypatch):
+    """The OpenCLIP-naming check replaces timm's private `_builder.load_pretrained` for a moment;
+    a timm without it must not cost files in timm's own naming their one-line refusal."""
+    from core.models import timm_backbone
+
+    def moved(*args, **kwargs):
+        raise AttributeError("module 'timm.models._builder' has no attribute 'load_pretrained'")
+
+    monkeypatch.setattr(timm_backbone, "_filtered", moved)
+    message = refusal_of_a_wider_file(tmp_path / "wide.pth")
+    assert "does not fit 'vit_tiny_patch16_224'" in message and "in the file, [48] in the model" in message, message
+
+
 #: timm ViT names -> OpenCLIP's (`visual.*`), the reverse of the renames in timm's ViT checkpoint filter
 _OPENCLIP_NAMES = [("patch_embed.proj", "conv1"), ("blocks.", "transformer.resblocks."), ("norm1", "ln_1"),
                    ("norm2", "ln_2"), ("attn.qkv.", "attn.in_proj_"), ("attn.proj", "attn.out_proj"),
