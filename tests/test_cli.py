@@ -194,3 +194,25 @@ def test_an_out_file_that_is_a_folder_or_under_a_file_is_refused_before_any_work
     err = capsys.readouterr().err
     assert f"--out: {tmp_path / 'a_folder'} is a folder; --out names the file to write, e.g. " in err, err
     assert example in err and err.count("\n") == 1
+
+
+
+@pytest.mark.parametrize("argv, earlier, said", [
+    (["extract", "RUN", "--images", "q", "--out", "{tmp}/feats.npz"], "feats.npz", "{tmp}/feats.npz already exists"),
+    (["extract", "RUN", "--images", "q", "--out", "{tmp}/feats", "--half"], "feats.f16.npy",
+     "{tmp}/feats.f16.npy already exists"),
+    (["export", "RUN", "--out", "{tmp}", "--format", "safetensors"], "export.json", "{tmp} already holds export.json"),
+    (["export", "RUN", "--out", "{tmp}"], "model.onnx", "{tmp} already holds model.onnx")])
+def test_an_earlier_extract_or_export_at_out_is_refused_before_any_work(tmp_path, capsys, monkeypatch, argv,
+                                                                         earlier, said):
+    """Both replaced the earlier file without a word (the embeddings or exported model lost).
+    One line naming --out, the file and --overwrite, exit 2, before the run is loaded."""
+    import core.tools.loading
+
+    monkeypatch.setattr(core.tools.loading, "load_run", lambda *a, **k: pytest.fail("the work started"))
+    (tmp_path / earlier).write_bytes(b"earlier")
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out: {said.format(tmp=tmp_path)}"), err
+    assert "pass --overwrite" in err and "choose another --out" in err and err.count("\n") == 1, err
+    assert (tmp_path / earlier).read_bytes() == b"earlier"

@@ -40,3 +40,26 @@ def test_a_difference_above_the_tolerance_fails(trained_run, tmp_path, capsys):
     assert main(["export", str(trained_run), "--out", str(tmp_path), "--format", "torchscript",
                  "--tolerance", "-1"]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_an_earlier_export_is_kept_unless_overwrite_which_replaces_only_its_files(trained_run, tmp_path, capsys):
+    """A second export into the same folder replaced the first without a word. Now it is
+    refused (exit 2, nothing touched); --overwrite rewrites the files this export writes
+    and keeps every other one; a folder holding only other files is written into."""
+    out = tmp_path / "exported"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    argv = ["export", str(trained_run), "--out", str(out), "--format", "torchscript"]
+    assert main(argv) == 0
+    (out / "model.onnx").write_bytes(b"an earlier onnx export")  # a format not asked for this time
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--out: {out} already holds export.json, model.torchscript.pt" in err and "--overwrite" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (out / "export.json").write_text("{}")
+    assert main([*argv, "--overwrite"]) == 0
+    assert json.loads((out / "export.json").read_text())["formats"]["torchscript"]["ok"]
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model.onnx").read_bytes() == before["model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)

@@ -1,5 +1,6 @@
 """`core extract` and `core search` (ranked-list pictures, worst queries) on a tiny trained run."""
 
+import contextlib
 import copy
 import shutil
 from pathlib import Path
@@ -301,3 +302,43 @@ def test_search_on_a_memory_mapped_gallery_gives_the_in_memory_lists(trained_run
     assert all(len(r.gallery) == 6 and r.query not in r.gallery.tolist() for r in a)  # its own file excluded
     assert all(np.array_equal(x.distances, y.distances) for x, y in zip(a, b))
     assert [r.correct for r in a] == [r.correct for r in b]
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_an_earlier_extract_is_kept_unless_overwrite(trained_run, tmp_path, capsys, half):
+    """A second extract onto the same --out replaced the first without a word. Now it is
+    refused (exit 2, nothing embedded or touched); --overwrite replaces the .npz (and the
+    .f16.npy), every other file stays."""
+    out = tmp_path / "gallery.npz"
+    argv = ["extract", str(trained_run), "--images", "run:gallery", "--out", str(out), *(["--half"] if half else [])]
+    assert main(argv) == 0
+    (tmp_path / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    said = f"{out} and {tmp_path / 'gallery.f16.npy'} already exist" if half else f"{out} already exists"
+    assert f"--out: {said}" in err and "pass --overwrite" in err and err.count("\n") == 1, err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    out.write_bytes(b"not the embeddings")
+    assert main([*argv, "--overwrite"]) == 0
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # the same embeddings again
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)  # no temp file left
+
+
+def test_an_extract_interrupted_while_writing_keeps_the_old_file(trained_run, tmp_path, monkeypatch):
+    """The .npz was written in place: a failure (disk full, Ctrl-C) part-way left half a
+    file where the old one was. It is now written beside it and renamed once complete."""
+    out = tmp_path / "gallery.npz"
+    argv = ["extract", str(trained_run), "--images", "run:gallery", "--out", str(out), "--overwrite"]
+    assert main(argv) == 0
+    before = out.read_bytes()
+
+    def cut(file, **arrays):
+        with (open(file, "wb") if isinstance(file, (str, Path)) else contextlib.nullcontext(file)) as f:
+            f.write(before[:100])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez_compressed", cut)
+    assert main(argv) == 130
+    assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["gallery.npz"]

@@ -39,16 +39,22 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction") -> None:
     p = _add(subparsers, "extract", "embed images with a trained model into a .npz file",
              "Embed images with the model of a run folder (or a checkpoint inside one), as evaluation does "
              "(test transform, the run's flip averaging), in batches on the GPU when there is one. Writes "
-             "embeddings (N, D) with each image's path, pid, camid, category, domain and split.",
+             "embeddings (N, D) with each image's path, pid, camid, category, domain and split. An existing "
+             "--out file is refused (nothing is embedded) unless --overwrite; the file is replaced only once the "
+             "new one is complete.",
              "  core extract runs/quickstart-20261121-101500 --images data/market/bounding_box_test --out gallery.npz\n"
              "  core extract runs/q --images data/manifest.csv --out feats.npz --batch-size 256\n"
-             "  core extract runs/q --images run:gallery --out gallery.npz     the run's own test gallery\n")
+             "  core extract runs/q --images run:gallery --out gallery.npz     the run's own test gallery\n"
+             "  core extract runs/q --images run:gallery --out gallery.npz --overwrite   replace an earlier one\n")
     p.add_argument("target", metavar=_RUN)
     p.add_argument("--images", required=True, metavar="DIR_OR_MANIFEST", help=_IMAGES_HELP)
     p.add_argument("--out", required=True, metavar="FEATS.npz")
     p.add_argument("--half", action="store_true",
                    help="write the embeddings batch by batch to a float16 memory map FEATS.f16.npy beside the .npz "
                         "(galleries of millions: never all in RAM as float32)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing FEATS.npz (and, with --half, FEATS.f16.npy); without it they are "
+                        "refused")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0, help="data loader workers (default 0)")
     _skip_bad_images(p, "extracting")
@@ -128,8 +134,11 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction") -> None:
              "(B, 3, H, W) and returns the embeddings (B, D); the batch size stays dynamic. Each exported file "
              "is run on the same images as the PyTorch model and the largest absolute difference of the "
              "embeddings is reported; above --tolerance the command fails (exit 1). export.json records the "
-             "input size, normalisation and the check. ONNX needs `pip install reid-core[export]`.",
+             "input size, normalisation and the check. ONNX needs `pip install reid-core[export]`. DIR may hold "
+             "other files (kept); one holding a file the export writes (export.json, model.torchscript.pt, "
+             "model.onnx, model.safetensors: an earlier export) is refused before any work unless --overwrite.",
              "  core export runs/q --out exported/\n"
+             "  core export runs/q --out exported/ --overwrite    replace an earlier export's files there\n"
              "  core export runs/q --out exported/ --format onnx --opset 18 --tolerance 1e-4\n"
              "  core export runs/q --out shared/ --format safetensors   then: core eval shared/model.safetensors\n")
     p.add_argument("target", metavar=_RUN)
@@ -142,6 +151,9 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--images", metavar="DIR_OR_MANIFEST",
                    help="check on these images (default: the run's query images; random tensors if none)")
     p.add_argument("--no-flip", action="store_true", help="leave the run's flip averaging out of the export")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the files an earlier export left in DIR (only those this export writes; every "
+                        "other file is kept); without it they are refused")
     p.set_defaults(func=cmd_export)
 
     p = _add(subparsers, "curves", "draw a run's training curves (loss parts, lr, metrics) to a PNG",
@@ -214,7 +226,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     _check_out_file(args.out, "feats.npz")
     path, features = extract_to_file(args.target, args.images, args.out, device=args.device,
                                      batch_size=args.batch_size, num_workers=args.workers, half=args.half,
-                                     image_check=_image_check(args))
+                                     image_check=_image_check(args), overwrite=args.overwrite)
     n, d = features.embeddings.shape
     known = int((features.images.table.pids >= 0).sum())
     print(f"{path}: {n} embeddings of dimension {d} ({known} with a known identity) from {args.images}")
@@ -264,7 +276,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     _check_out_folder(args.out)
     report = export(args.target, args.out, formats=args.format or ["torchscript", "onnx"],
-                    tolerance=args.tolerance, opset=args.opset, images=args.images, flip=not args.no_flip)
+                    tolerance=args.tolerance, opset=args.opset, images=args.images, flip=not args.no_flip,
+                    overwrite=args.overwrite)
     for fmt, info in report["formats"].items():
         status = "OK" if info["ok"] else ("NOT CHECKED" if info["max_abs_diff"] is None else "FAILED")
         diff = "-" if info["max_abs_diff"] is None else f"{info['max_abs_diff']:.2e}"

@@ -16,11 +16,17 @@ is checked with onnxruntime: `pip install reid-core[export]`.
 context as metadata (core/tools/weights_file.py), the format to publish a model in —
 `core eval`, `extract` and `search` take it in place of a run folder, and loading it runs
 no code. Its check rebuilds the model from the file alone and compares the embeddings.
+
+An export writes export.json and one file per format (`FORMAT_FILES`) into --out and no
+other file. A folder that already holds one of those (an earlier export) is refused
+before any work unless `overwrite`, which replaces those files only: every other file in
+the folder is kept (an earlier export's file of a format not asked for this time too).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -30,6 +36,33 @@ from torch import nn
 
 from core.pipeline import ReIDModel
 from core.records import Batch
+
+
+#: the file each format writes into --out, beside `REPORT`
+FORMAT_FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx", "safetensors": "model.safetensors"}
+REPORT = "export.json"
+
+
+def claim_out(out: str | Path, formats: Sequence[str], overwrite: bool = False) -> None:
+    """Refuse, before any work, an `out` holding a file this export writes (an earlier
+    export's, which would be lost) unless `overwrite`; a folder at one of those paths
+    always. Files this export does not write never stop it."""
+    from core.config.loading import ConfigError
+
+    unknown = [f for f in formats if f not in FORMAT_FILES]
+    if unknown:
+        raise ValueError(f"unknown export format {unknown[0]!r}; formats: {', '.join(FORMAT_FILES)}")
+    out = Path(out)
+    paths = [out / REPORT, *(out / FORMAT_FILES[f] for f in dict.fromkeys(formats))]
+    folders = [p for p in paths if p.is_dir() and not p.is_symlink()]
+    if folders:
+        raise ConfigError(f"{folders[0]} is a folder where the export writes a file; move it away or choose "
+                          "another --out", file="--out")
+    existing = [p.name for p in paths if os.path.lexists(p)]
+    if existing and not overwrite:
+        raise ConfigError(f"{out} already holds {', '.join(existing)} (an earlier export); pass --overwrite to "
+                          "replace the files this export writes (other files there are kept), or choose another "
+                          "--out", file="--out")
 
 
 class EmbeddingModel(nn.Module):
@@ -127,12 +160,14 @@ def run_safetensors(path: Path, images: torch.Tensor, flip: bool) -> np.ndarray:
 
 def export(target: str | Path, out: str | Path, formats: Sequence[str] = ("torchscript", "onnx"),
            tolerance: float = 1e-4, opset: int | None = None, images: str | None = None,
-           flip: bool = True) -> dict:
+           flip: bool = True, overwrite: bool = False) -> dict:
     """Export and check; returns (and writes to export.json) the report. Runs on the CPU:
-    the exported files are device-neutral and the check compares like with like."""
+    the exported files are device-neutral and the check compares like with like. An `out`
+    holding an earlier export is refused unless `overwrite` (module doc)."""
     from core.data.transforms import DEFAULT_INTERPOLATION, NORMS
     from core.tools.loading import load_run
 
+    claim_out(out, formats, overwrite)
     run = load_run(target, device="cpu")
     wrapper = EmbeddingModel(run.model, flip=flip and run.flip).eval()
     check = check_images(run, images)
@@ -152,11 +187,11 @@ def export(target: str | Path, out: str | Path, formats: Sequence[str] = ("torch
     for fmt in formats:
         info = {"file": None, "max_abs_diff": None, "ok": False, "note": ""}
         if fmt == "torchscript":
-            path = export_torchscript(wrapper, example, out / "model.torchscript.pt")
+            path = export_torchscript(wrapper, example, out / FORMAT_FILES[fmt])
             info.update(file=str(path), max_abs_diff=_max_diff(run_torchscript(path, check), reference))
         elif fmt == "onnx":
             try:
-                path = export_onnx(wrapper, example, out / "model.onnx", opset)
+                path = export_onnx(wrapper, example, out / FORMAT_FILES[fmt], opset)
             except ImportError as exc:
                 raise ImportError(f"ONNX export needs onnx and onnxscript ({exc}); pip install reid-core[export]") \
                     from None
@@ -166,11 +201,11 @@ def export(target: str | Path, out: str | Path, formats: Sequence[str] = ("torch
             except ImportError:
                 info["note"] = "not checked: onnxruntime is not installed (pip install reid-core[export])"
         elif fmt == "safetensors":
-            path = export_safetensors(run, out / "model.safetensors")
+            path = export_safetensors(run, out / FORMAT_FILES[fmt])
             info.update(file=str(path), max_abs_diff=_max_diff(run_safetensors(path, check, wrapper.flip), reference))
         else:
             raise ValueError(f"unknown export format {fmt!r}; formats: torchscript, onnx, safetensors")
         info["ok"] = info["max_abs_diff"] is not None and info["max_abs_diff"] <= tolerance
         report["formats"][fmt] = info
-    (out / "export.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report

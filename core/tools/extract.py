@@ -13,11 +13,17 @@ into a memory-mapped float16 .npy beside the .npz (`<out>.f16.npy`,
 holds the records and `embeddings_file` (the .npy's name) in place of `embeddings`;
 `load_features` maps it back read-only (the evaluator's `search: blocked` reads it block
 by block).
+
+An existing .npz (or, with `--half`, .f16.npy) at --out is refused before any work unless
+`overwrite`, which replaces those files and no other. Both are written to a temporary
+file beside the target and renamed into place: an interrupted extract leaves the old file,
+never half a new one.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,23 +85,50 @@ class Features:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def features_path(out: str | Path) -> Path:
+    """The .npz written for `out`: `out` itself when it ends in .npz, else with .npz added."""
+    out = Path(out)
+    return out if out.suffix == ".npz" else Path(f"{out}.npz")
+
+
+def half_path(out: str | Path) -> Path:
+    """The float16 memory map beside the .npz (`--half`): FEATS.npz -> FEATS.f16.npy."""
+    return features_path(out).with_suffix(".f16.npy")
+
+
+def claim_out(out: str | Path, half: bool = False, overwrite: bool = False) -> None:
+    """Refuse, before any work, an `out` whose .npz (with `half`, or whose .f16.npy) exists
+    (earlier embeddings, which would be lost) unless `overwrite`."""
+    from core.config.loading import ConfigError
+
+    existing = [p for p in [features_path(out), *([half_path(out)] if half else [])] if os.path.lexists(p)]
+    if existing and not overwrite:
+        what = f"{existing[0]} already exists" if len(existing) == 1 else \
+            f"{' and '.join(map(str, existing))} already exist"
+        raise ConfigError(f"{what} (earlier embeddings); pass --overwrite to replace "
+                          f"{'it' if len(existing) == 1 else 'them'}, or choose another --out", file="--out")
+
+
 def save_features(path: str | Path, features: Features) -> Path:
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+    """Write the .npz atomically (a temp file renamed into place: an interruption leaves the
+    old file); `path` gets .npz added when it lacks it."""
+    from core.training.checkpoint import atomic_write_bytes
+
+    path = features_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     t = features.images.table
     e = features.embeddings
     on_disk = isinstance(e, np.memmap) and e.filename and Path(e.filename).parent.resolve() == path.parent.resolve()
     stored = dict(embeddings_file=np.asarray(Path(e.filename).name)) if on_disk else \
         dict(embeddings=e.astype(np.float32))
-    np.savez_compressed(
-        path, **stored,
+    arrays = dict(
+        **stored,
         paths=np.asarray(t.column("path").to_list(), dtype=str),  # "" where an image has no file
         pids=t.pids.astype(np.int64), camids=t.camids.astype(np.int64),
         categories=t.column("category").astype(str), domains=t.column("domain").astype(str),
         splits=t.column("split").astype(str),
         meta=np.asarray(json.dumps(features.meta)))
+    atomic_write_bytes(path, lambda f: np.savez_compressed(f, **arrays))
     return path
 
 
@@ -134,24 +167,33 @@ def features_meta(run: LoadedRun, images: ImageSet, embeddings: np.ndarray) -> d
 
 def extract_to_file(target: str | Path, images: str | Path, out: str | Path, device: str = "auto",
                     batch_size: int = 64, num_workers: int = 0, progress: bool = True,
-                    half: bool = False, image_check: str = "error") -> tuple[Path, Features]:
+                    half: bool = False, image_check: str = "error",
+                    overwrite: bool = False) -> tuple[Path, Features]:
     """What `core extract` does: load the run, check the image files, embed the images,
     write the .npz (with `half`, the embeddings into a float16 memory map beside it; module
     doc). `image_check`, as for training (core.data.image_check): unreadable files stop it
     before the first batch ("error"), are left out with a warning ("skip"), or are not
-    looked for ("off")."""
+    looked for ("off"). Existing output files are refused unless `overwrite`."""
+    from core.evaluation.features import open_features
     from core.tools.images import open_images, screened
     from core.tools.loading import load_run
 
+    claim_out(out, half, overwrite)
     run = load_run(target, device=device)
     image_set, = screened([("--images", open_images(images, run))], image_check, "Nothing was extracted")
-    out = Path(out)
-    half_file = None
-    if half:
-        npz = out if out.suffix == ".npz" else Path(f"{out}.npz")
-        half_file = npz.with_suffix(".f16.npy")
-    embeddings = embed(run, image_set, batch_size=batch_size, num_workers=num_workers, progress=progress,
-                       half_file=half_file)
+    if half:  # into a temp file renamed into place once complete, as the .npz is
+        final = half_path(out)
+        partial = final.with_name(f".{final.name}.partial")
+        try:
+            embed(run, image_set, batch_size=batch_size, num_workers=num_workers, progress=progress,
+                  half_file=partial)
+            os.replace(partial, final)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        embeddings = open_features(final)
+    else:
+        embeddings = embed(run, image_set, batch_size=batch_size, num_workers=num_workers, progress=progress)
     features = Features(embeddings, image_set, features_meta(run, image_set, embeddings))
     return save_features(out, features), features
 
