@@ -113,3 +113,28 @@ def test_a_preview_path_that_cannot_be_a_picture_is_refused_before_rendering(tmp
     assert main(["data", "synth", "--preview", str(tmp_path / preview), *ARGS]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --preview: ") and expected in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--clothes-changes", "-1"], "--clothes-changes must be >= 0; got -1"),
+    (["--identities", "0"], "--identities and --test-identities must be >= 1"),
+    (["--cameras", "1"], "--cameras must be >= 2"),
+    (["--images-per-identity", "2"], "--images-per-identity must be >= 3"),
+    (["--render-size", "8", "64"], "--render-size must be [height, width], each >= 16"),
+    (["--held-out-categories", "dragon"], "unknown category 'dragon' in --held-out-categories; known categories: "),
+    (["--held-out-domains", "sketch"], "held-out domain 'sketch' is not in --domains"),
+    (["--infrared-cameras", "4"], "--infrared-cameras names camera 4; cameras are 0..3"),
+    (["--perspective", "1.5"], "--perspective must be in [0, 1]"),
+    (["--seed", "-1"], "--seed must be >= 0; got -1"),
+    (["--quality", "101"], "--quality is the JPEG quality, 0 to 100"),
+    (["--preview-identities", "0"], "--preview-identities must be >= 1")])
+def test_a_bad_value_is_one_line_naming_its_flag(tmp_path, capsys, flags, said):
+    """The world's checks named its parameters ('clothes_changes' after 'SyntheticWorld:'),
+    not the flags; --seed -1 was numpy's 'expected non-negative integer'; --quality and
+    --preview-identities out of range were taken (a 200 JPEG quality, an empty preview)."""
+    assert main(["data", "synth", "--out", str(tmp_path / "out"), "--preview", str(tmp_path / "p.png"),
+                 *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {said}") and err.count("\n") == 1, err
+    assert "SyntheticWorld" not in err and "_" not in err.split(";")[0], err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "p.png").exists()

@@ -96,6 +96,23 @@ def _check_preview_path(path: Path) -> None:
         raise ValueError(f"--preview: the folder {path.parent} does not exist; make it first or give another path")
 
 
+def _in_flags(message: str) -> str:
+    """A SyntheticWorld error in the command's words: each parameter it names
+    ('clothes_changes') as the flag that sets it (--clothes-changes)."""
+    message = message.removeprefix("SyntheticWorld: ")
+    for key in _WORLD_KEYS:
+        message = message.replace(f"'{key}'", "--" + key.replace("_", "-"))
+    return message
+
+
+def _check_command_flags(args: argparse.Namespace) -> None:
+    """The flags the world does not see (it checks its own, `_in_flags`)."""
+    if not 0 <= args.quality <= 100:
+        raise ValueError(f"--quality is the JPEG quality, 0 to 100 (default 95); got {args.quality}")
+    if args.preview_identities < 1:
+        raise ValueError(f"--preview-identities must be >= 1 (rows per category); got {args.preview_identities}")
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     if not args.out and not args.preview:
         print("core data synth: give --out DIR and/or --preview PNG", file=sys.stderr)
@@ -105,11 +122,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     kwargs = {k: getattr(args, k) for k in _WORLD_KEYS if getattr(args, k) is not None}
     try:
+        _check_command_flags(args)
         if args.preview:
             _check_preview_path(Path(args.preview))
         if args.preview and Path(args.preview).exists() and not args.overwrite:
             raise ValueError(f"{args.preview} exists; pass --overwrite to replace it")
-        world = SyntheticWorld(captions=not args.no_captions, **kwargs)
+        try:
+            world = SyntheticWorld(captions=not args.no_captions, **kwargs)
+        except ValueError as exc:  # its words name its parameters, not our flags
+            raise ValueError(_in_flags(str(exc))) from None
         if args.out:  # first: a refused folder costs no preview either
             counts = export_world(world, args.out, quality=args.quality, overwrite=args.overwrite)
             print(f"{args.out}: " + ", ".join(f"{n} {split}" for split, n in counts.items())

@@ -80,6 +80,8 @@ class SyntheticWorld(Dataset):
         perspective: float = 0.0,
         occlusion: float = 0.0,
     ) -> None:
+        if int(seed) < 0:  # numpy's seed sequences take none: it was 'expected non-negative integer' at the first image
+            raise ValueError(f"SyntheticWorld: 'seed' must be >= 0; got {seed}")
         _validate(categories, identities, test_identities, cameras, images_per_identity, render_size,
                   held_out_categories)
         _validate_more(domains, held_out_domains, clothes_changes, infrared_cameras, cameras, perspective, occlusion)
