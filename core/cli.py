@@ -279,7 +279,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from core import sweep
 
     variants = sweep.plan(args.pipelines, args.overrides, args.grid, args.seeds)
-    output = (load_pipeline(args.pipelines[0], args.overrides).data.get("trainer") or {}).get("output_dir", "runs")
+    first = load_pipeline(args.pipelines[0], args.overrides)
+    output = (first.data.get("trainer") or {}).get("output_dir", "runs")
+    if not args.sweep_dir:  # the sweep folder is made in it; --sweep-dir is checked by run_sweep
+        from core.runner import check_output_dir
+
+        check_output_dir(first, sweep=True)
     folder = sweep.run_sweep(variants, Path(args.sweep_dir) if args.sweep_dir else sweep.default_sweep_dir(output),
                              image_check=image_check, continue_sweep=args.continue_sweep)  # failures are logged
     print((folder / "comparison.md").read_text(encoding="utf-8"))

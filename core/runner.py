@@ -50,22 +50,22 @@ def _new_run_dir(output_dir: str, name: str) -> Path:
     return path
 
 
-def _check_output_dir(cfg: LoadedConfig) -> None:
-    """Refuse a trainer.output_dir that no run folder can be made in (a file, a path through
-    a file, a folder that cannot be written) before the build, which may label and read data
-    for hours; it was a raw '[Errno 20] Not a directory', exit 1, after it."""
+def check_output_dir(cfg: LoadedConfig, sweep: bool = False) -> None:
+    """Refuse a trainer.output_dir that no run folder (`sweep`: no sweep folder) can be made
+    in (a file, a path through a file, a folder that cannot be written) before the build,
+    which may label and read data for hours; it was a raw '[Errno 20] Not a directory',
+    exit 1, after it (a sweep's: at once, naming neither the key nor the file)."""
     trainer = cfg.data.get("trainer")
     out = trainer.get("output_dir", "runs") if isinstance(trainer, dict) else "runs"
     if not isinstance(out, str):
         return  # the trainer's own check names its type
-    path = Path(out)
-    existing = next((p for p in [path, *path.parents] if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise cfg.error("trainer.output_dir", f"{existing} is a file, not a folder; trainer.output_dir is the "
-                                              "folder the run folders are made in (give another, or --run-dir)")
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise cfg.error("trainer.output_dir", f"cannot make a run folder in {out}: {existing} is not writable "
-                                              "by this user (give another folder, or --run-dir)")
+    from core.training.run_folder import folder_problem
+
+    problem = folder_problem(Path(out))
+    if problem is not None:
+        raise cfg.error("trainer.output_dir", f"{problem}; trainer.output_dir is the folder the "
+                                              f"{'sweep folder is' if sweep else 'run folders are'} made in "
+                                              f"(give another, or {'--sweep-dir' if sweep else '--run-dir'})")
 
 
 def run(pipeline: str | Path, overrides: Sequence[str] = (), run_dir: str | Path | None = None,
@@ -105,7 +105,7 @@ def _run(pipeline, overrides, run_dir, resume, overwrite, image_check, log_file)
     if resume is None and run_dir is not None and dist.is_main:
         claim_new(Path(run_dir), overwrite)  # before any work: a refused run costs nothing
     elif resume is None and dist.is_main:
-        _check_output_dir(cfg)  # likewise: the run folder is made in it only after the build
+        check_output_dir(cfg)  # likewise: the run folder is made in it only after the build
     p = build_pipeline(cfg, rank=dist.rank, world_size=dist.world_size, image_check=image_check,
                        prepare="run" if resume is None else "existing")
     if resume is None:  # rank 0 names the run folder; every rank writes nothing else

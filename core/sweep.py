@@ -222,12 +222,18 @@ def _run_overrides(variant: Variant, seed: int | None) -> list[str]:
 
 
 def _check_sweep_dir(variants: list[Variant], sweep_dir: Path, continue_sweep: bool, echo=None) -> None:
-    """Refuse, before any run starts, a --sweep-dir the sweep cannot go into: a file; one
+    """Refuse, before any run starts, a --sweep-dir the sweep cannot go into: a file, a path
+    through one, a folder that cannot be written (it was a raw '[Errno 20]', exit 1); one
     holding an earlier sweep's runs or table without --continue (each run failed, and its
     comparison.md was replaced by a table of failures); with --continue, one whose runs come
     from another pipeline (its table was replaced the same way)."""
+    from core.training.run_folder import folder_problem
+
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise ConfigError(f"{sweep_dir} is a file; give a folder (it is made if missing)", file="--sweep-dir")
+    problem = folder_problem(sweep_dir)  # a path through a file, a folder that cannot be written
+    if problem is not None:
+        raise ConfigError(f"cannot make the sweep folder {sweep_dir}: {problem}; give another", file="--sweep-dir")
     if (sweep_dir / "pipeline.yaml").is_file():  # its runs and table would be mixed into a run's folder
         raise ConfigError(f"{sweep_dir} is a run folder (it holds pipeline.yaml), not a sweep's; give the sweep "
                           "a folder of its own", file="--sweep-dir")

@@ -1,5 +1,6 @@
 """The `core` command line: help, run, validate, print-config, errors, several pipelines."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -153,6 +154,33 @@ def test_an_output_dir_that_is_a_file_is_refused_before_the_build(tiny_yaml, tmp
     assert f"--set: trainer.output_dir: {tmp_path / 'a_file'} is a file, not a folder" in err, err
     assert err.count("\n") == 1, err
 
+
+@pytest.mark.parametrize("flags, said", [
+    (["--seeds", "0,1"], "{yaml}: trainer.output_dir: {file} is a file, not a folder; trainer.output_dir is the "
+                         "folder the sweep folder is made in (give another, or --sweep-dir)"),
+    (["--seeds", "0,1", "--sweep-dir", "{file}/sweep"],
+     "--sweep-dir: cannot make the sweep folder {file}/sweep: {file} is a file, not a folder"),
+    (["--run-dir", "{file}/run"], "--run-dir: cannot write the run folder {file}/run: {file} is a file, not a folder")])
+def test_a_sweep_or_run_folder_under_a_file_is_one_line_naming_its_key_or_flag(tmp_path, capsys, monkeypatch, flags,
+                                                                                said):
+    """trainer.output_dir (in the YAML) under a file was checked for one run, not for a sweep,
+    whose folder it holds; --sweep-dir and --run-dir under a file were not checked at all:
+    '[Errno 20] Not a directory: ...', exit 1, naming no key or flag (--run-dir's after the
+    build). One line, exit 2, before any run or build."""
+    import core.pipeline
+    import core.runner
+
+    (tmp_path / "a_file").write_text("")
+    config = copy.deepcopy(TINY_PIPELINE)
+    config["trainer"]["output_dir"] = str(tmp_path / "a_file" / "runs")
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setattr(core.pipeline, "build_pipeline", lambda *a, **k: pytest.fail("the build started"))
+    if "--run-dir" not in flags:
+        monkeypatch.setattr(core.runner, "run", lambda *a, **k: pytest.fail("a run started"))
+    names = {"file": tmp_path / "a_file", "yaml": tmp_path / "p.yaml"}
+    assert main(["run", str(tmp_path / "p.yaml"), *(f.format(**names) for f in flags)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {said.format(**names)}") and err.count("\n") == 1, err
 
 @pytest.mark.parametrize("argv, worker", [
     (["export", "RUN", "--format", "safetensors"], "core.tools.export.export"),

@@ -33,14 +33,33 @@ class RunFolderError(RuntimeError):
     whose metrics.jsonl cannot be read."""
 
 
-def claim_new(path: Path, overwrite: bool) -> None:
-    """Check that `path` may receive a new run: absent or empty, or `overwrite` (which
-    removes the previous run's outputs, `RUN_OUTPUTS`, and nothing else)."""
+def folder_problem(path: Path) -> str | None:
+    """Why `path` cannot be (made) a folder to write in, or None: a file at `path` or at a
+    folder above it, or the nearest existing folder not writable by this user. Checked
+    before the work (the build may label and read data for hours): else an [Errno 20] /
+    [Errno 13] after it, naming neither the key nor the flag that gave the path."""
     path = Path(path)
+    existing = next((p for p in [path, *path.parents] if p.exists()), None)
+    if existing is None:
+        return None
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable by this user"
+    return None
+
+
+def claim_new(path: Path, overwrite: bool) -> None:
+    """Check that `path` may receive a new run: absent (and makeable) or empty, or
+    `overwrite` (which removes the previous run's outputs, `RUN_OUTPUTS`, and nothing else)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"{path} exists and is not a folder; give another --run-dir")
+    problem = folder_problem(path)
+    if problem is not None:
+        raise RunFolderError(f"--run-dir: cannot write the run folder {path}: {problem}; give another --run-dir")
     if not path.exists():
         return
-    if not path.is_dir():
-        raise RunFolderError(f"{path} exists and is not a folder; give another --run-dir")
     present = [p for p in path.iterdir() if p.name != LOCK_NAME]
     if not present:
         return
