@@ -289,7 +289,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                              image_check=image_check, continue_sweep=args.continue_sweep)  # failures are logged
     print((folder / "comparison.md").read_text(encoding="utf-8"))
     print(f"sweep folder: {folder}")
-    return 1 if any(v.errors for v in variants) else 0
+    return sweep.exit_code(variants)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -355,7 +355,7 @@ def _run_command(args: argparse.Namespace) -> int:
 
             traceback.print_exc()
         print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return _exit_code(exc)
+        return exit_code(exc)
 
 
 def _end_progress_lines() -> None:
@@ -385,7 +385,9 @@ def _one_line(exc: BaseException) -> str:
     return last_line(exc) + " (run with --debug for the traceback)"  # a worker's: type and message once
 
 
-def _exit_code(exc: BaseException) -> int:
+def exit_code(exc: BaseException) -> int:
+    """The exit code a failure ends a command with (`_run_command`): 2 bad input, 3 NaN/Inf,
+    1 other. A sweep tells its runs' failures by it too (core.sweep)."""
     from core.config.loading import ConfigError
     from core.registry import RegistryError
     from core.trust import UntrustedContent

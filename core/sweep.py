@@ -10,7 +10,8 @@ runs, flagged when rows differ; every other row is compared with the baseline ov
 seeds both ran (paired: mean difference with its interval, paired t-test, exact
 sign-flip test for n <= 10; core/statistics.py), and the differences that are not
 significant at `alpha` are marked. A variant that fails is reported in the table and
-does not stop the others.
+does not stop the others; `core run` then exits 1, or 2 when every run failed on bad
+input (`exit_code`).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class Variant:
     budgets: list[tuple[int | None, int | None]] = field(default_factory=list)
     #: the --grid values among `overrides` (a failure they cause is told as --grid's)
     grid: list[str] = field(default_factory=list)
+    #: per entry of `errors`, the exit code that run alone would have ended with (2: bad input)
+    error_codes: list[int] = field(default_factory=list)
 
 
 def split_values(text: str) -> list[str]:
@@ -290,14 +293,18 @@ def run_sweep(variants: list[Variant], sweep_dir: Path, echo=None, alpha: float 
                                  image_check=image_check)
             except Interrupted as exc:  # the user stopped the sweep, not one run: table so far, then stop
                 variant.errors.append(f"seed {seed}: interrupted")
+                variant.error_codes.append(exc.exit_code)
                 echo(f"warning: sweep interrupted during {variant.name} (seed {seed}); the table covers the "
                      f"runs that finished. {exc}")
                 write_comparison(variants, sweep_dir, alpha=alpha, echo=echo)
                 raise
             except Exception as exc:  # noqa: BLE001 - one failed variant must not stop the sweep
+                from core.cli import exit_code
+
                 exc = _as_grid_error(exc, variant.grid)
                 variant.errors.append(f"seed {seed}: {type(exc).__name__}: {exc}")
-                bad_input = isinstance(exc, ConfigError)  # its line says it all: no traceback lines
+                variant.error_codes.append(exit_code(exc))
+                bad_input = variant.error_codes[-1] == 2  # its line says it all: no traceback lines
                 echo(f"warning: {variant.name} (seed {seed}): FAILED: {type(exc).__name__}: {exc}"
                      + ("" if bad_input else "\n" + "".join(traceback.format_exception(exc)[-3:])))
                 continue
@@ -308,6 +315,17 @@ def run_sweep(variants: list[Variant], sweep_dir: Path, echo=None, alpha: float 
                 variant.budgets.append(run_budget(run_dir))
     write_comparison(variants, sweep_dir, alpha=alpha, echo=echo)
     return sweep_dir
+
+
+def exit_code(variants: list[Variant]) -> int:
+    """What `core run` ends a sweep with: 0 when no run failed; 2 when every run failed on
+    bad input (as each would have alone: fix the input, nothing ran); 1 otherwise (a crash,
+    or some runs finished: the table holds their numbers)."""
+    codes = [c for v in variants for c in v.error_codes]
+    if not codes and not any(v.errors for v in variants):
+        return 0
+    every_run_failed = all(len(v.errors) >= len(v.seeds) for v in variants)
+    return 2 if every_run_failed and codes and all(c == 2 for c in codes) else 1
 
 
 def run_budget(run_dir: Path) -> tuple[int | None, int | None]:

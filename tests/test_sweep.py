@@ -211,9 +211,9 @@ def test_a_grid_key_that_cannot_be_set_is_refused_before_any_run(tiny_yaml, tmp_
 def test_a_grid_value_a_component_refuses_is_one_warning_line_told_as_grid(tiny_yaml, tmp_path, capsys):
     """A variant whose --grid value its component refuses (an unknown key, a wrong type) still
     fails alone, but its warning is one line told as --grid's (it was told as `--set`, with
-    three traceback lines after it)."""
+    three traceback lines after it); every run failing so, the sweep exits 2 as each would."""
     out = tmp_path / "sweep"
-    assert main(["run", str(tiny_yaml), "--grid", "sampler.kk=2,4", "--sweep-dir", str(out)]) == 1
+    assert main(["run", str(tiny_yaml), "--grid", "sampler.kk=2,4", "--sweep-dir", str(out)]) == 2
     err = capsys.readouterr().err
     warnings = [line for line in err.splitlines() if "FAILED" in line]
     assert len(warnings) == 2 and all("ConfigError: --grid: sampler.kk: unknown key 'kk'" in w for w in warnings), err
@@ -249,3 +249,27 @@ def test_grid_and_seeds_syntax_errors_name_their_flag_once(tmp_path):
         with pytest.raises(ConfigError) as caught:
             call()
         assert str(caught.value).startswith(f"{flag}: expects ") and str(caught.value).count(flag) == 1
+
+
+@pytest.mark.parametrize("faults, code", [
+    ({"k=2": ConfigError("sampler.k: bad"), "k=4": FileNotFoundError("no such file: data/x")}, 2),
+    ({"k=2": ConfigError("sampler.k: bad"), "k=4": RuntimeError("CUDA error: an illegal memory access")}, 1),
+    ({"k=2": ConfigError("sampler.k: bad"), "k=4": None}, 1)])
+def test_a_sweep_whose_every_run_fails_on_bad_input_exits_2(tiny_yaml, tmp_path, monkeypatch, faults, code):
+    """Every variant refused on bad input (what a single `core run` ends with exit 2) gave
+    exit 1, as a crash does: a script could not tell 'fix the input' from 'it broke'. Exit 2
+    only when every run failed on bad input; a crash among them, or a run that finished, 1."""
+    import core.runner
+
+    finished = type("Finished", (), {"metrics": {"synthetic/mAP": 50.0}})()
+
+    def run(pipeline, overrides, **kwargs):
+        fault = next(f for key, f in faults.items() if f"sampler.{key}" in overrides)
+        if fault is None:
+            return finished
+        raise fault
+
+    monkeypatch.setattr(core.runner, "run", run)
+    assert main(["run", str(tiny_yaml), "--grid", "sampler.k=2,4", "--seeds", "0,1",
+                 "--sweep-dir", str(tmp_path / "s")]) == code
+    assert "| tiny sampler.k=2 | 0 |" in (tmp_path / "s" / "comparison.md").read_text()  # the table all the same
