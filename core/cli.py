@@ -355,6 +355,8 @@ def _run_command(args: argparse.Namespace) -> int:
 
             traceback.print_exc()
         print(f"error: {_one_line(exc)}", file=sys.stderr)
+        from core.exit_codes import exit_code
+
         return exit_code(exc)
 
 
@@ -383,23 +385,6 @@ def _one_line(exc: BaseException) -> str:
         text = original[1] if original and original[1] else str(exc).strip()
         return text if "\n" not in text else text.splitlines()[0] + " ..."
     return last_line(exc) + " (run with --debug for the traceback)"  # a worker's: type and message once
-
-
-def exit_code(exc: BaseException) -> int:
-    """The exit code a failure ends a command with (`_run_command`): 2 bad input, 3 NaN/Inf,
-    1 other. A sweep tells its runs' failures by it too (core.sweep)."""
-    from core.config.loading import ConfigError
-    from core.registry import RegistryError
-    from core.trust import UntrustedContent
-
-    if isinstance(exc, FloatingPointError):  # a NaN/Inf loss stopped the run
-        return 3
-    if isinstance(exc, (ConfigError, RegistryError, FileNotFoundError, UntrustedContent)):
-        return 2
-    from core.training.checkpoint import CheckpointError
-    from core.training.run_folder import RunFolderError
-
-    return 2 if isinstance(exc, (CheckpointError, RunFolderError)) else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,8 +10,8 @@ runs, flagged when rows differ; every other row is compared with the baseline ov
 seeds both ran (paired: mean difference with its interval, paired t-test, exact
 sign-flip test for n <= 10; core/statistics.py), and the differences that are not
 significant at `alpha` are marked. A variant that fails is reported in the table and
-does not stop the others; `core run` then exits 1, or 2 when every run failed on bad
-input (`exit_code`).
+does not stop the others; `core run` then exits 1, or, when every run failed for one
+reason, that reason's code: 2 bad input, 3 NaN/Inf (`exit_code`).
 """
 
 from __future__ import annotations
@@ -299,7 +299,7 @@ def run_sweep(variants: list[Variant], sweep_dir: Path, echo=None, alpha: float 
                 write_comparison(variants, sweep_dir, alpha=alpha, echo=echo)
                 raise
             except Exception as exc:  # noqa: BLE001 - one failed variant must not stop the sweep
-                from core.cli import exit_code
+                from core.exit_codes import exit_code
 
                 exc = _as_grid_error(exc, variant.grid)
                 variant.errors.append(f"seed {seed}: {type(exc).__name__}: {exc}")
@@ -318,14 +318,15 @@ def run_sweep(variants: list[Variant], sweep_dir: Path, echo=None, alpha: float 
 
 
 def exit_code(variants: list[Variant]) -> int:
-    """What `core run` ends a sweep with: 0 when no run failed; 2 when every run failed on
-    bad input (as each would have alone: fix the input, nothing ran); 1 otherwise (a crash,
-    or some runs finished: the table holds their numbers)."""
+    """What `core run` ends a sweep with: 0 when no run failed; when every run failed for
+    one reason, the code each would have ended with alone (2 bad input: fix the input,
+    nothing ran; 3 every run's loss turned NaN/Inf); 1 otherwise (a crash, failures of
+    several kinds, or some runs finished: the table holds their numbers)."""
     codes = [c for v in variants for c in v.error_codes]
     if not codes and not any(v.errors for v in variants):
         return 0
     every_run_failed = all(len(v.errors) >= len(v.seeds) for v in variants)
-    return 2 if every_run_failed and codes and all(c == 2 for c in codes) else 1
+    return codes[0] if every_run_failed and codes and len(set(codes)) == 1 else 1
 
 
 def run_budget(run_dir: Path) -> tuple[int | None, int | None]:

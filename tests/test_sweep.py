@@ -254,7 +254,9 @@ def test_grid_and_seeds_syntax_errors_name_their_flag_once(tmp_path):
 @pytest.mark.parametrize("faults, code", [
     ({"k=2": ConfigError("sampler.k: bad"), "k=4": FileNotFoundError("no such file: data/x")}, 2),
     ({"k=2": ConfigError("sampler.k: bad"), "k=4": RuntimeError("CUDA error: an illegal memory access")}, 1),
-    ({"k=2": ConfigError("sampler.k: bad"), "k=4": None}, 1)])
+    ({"k=2": ConfigError("sampler.k: bad"), "k=4": None}, 1),
+    ({"k=2": FloatingPointError("loss is nan"), "k=4": FloatingPointError("loss is inf")}, 3),
+    ({"k=2": FloatingPointError("loss is nan"), "k=4": ConfigError("sampler.k: bad")}, 1)])
 def test_a_sweep_whose_every_run_fails_on_bad_input_exits_2(tiny_yaml, tmp_path, monkeypatch, faults, code):
     """Every variant refused on bad input (what a single `core run` ends with exit 2) gave
     exit 1, as a crash does: a script could not tell 'fix the input' from 'it broke'. Exit 2
