@@ -63,3 +63,38 @@ def test_an_earlier_export_is_kept_unless_overwrite_which_replaces_only_its_file
     assert json.loads((out / "export.json").read_text())["formats"]["torchscript"]["ok"]
     assert (out / "notes.txt").read_text() == "mine" and (out / "model.onnx").read_bytes() == before["model.onnx"]
     assert sorted(p.name for p in out.iterdir()) == sorted(before)
+
+
+def test_overwrite_replaces_the_earlier_export_as_a_whole_and_a_stopped_export_leaves_it(trained_run, tmp_path,
+                                                                                          monkeypatch):
+    """--overwrite with other formats left the earlier export's model files beside the new
+    export.json, which did not list them (another checkpoint's TorchScript passing for part
+    of this export); and the files were written in place, so an export stopped half-way
+    (an error, Ctrl-C) had already replaced some of the earlier ones. The earlier export's
+    listed files now go with it, other files stay, and nothing changes until every format
+    is written and checked."""
+    import core.tools.export as E
+
+    out = tmp_path / "exported"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    both = ["--format", "torchscript", "--format", "safetensors"]
+    assert main(["export", str(trained_run), "--out", str(out), *both]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(before) == {"notes.txt", "export.json", "model.torchscript.pt", "model.safetensors"}
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(E, "export_safetensors", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            E.export(trained_run, out, formats=["torchscript", "safetensors"], overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no partial folder either
+
+    assert main(["export", str(trained_run), "--out", str(out), "--format", "safetensors", "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.safetensors", "notes.txt"]
+    report = json.loads((out / "export.json").read_text())
+    assert list(report["formats"]) == ["safetensors"] and report["formats"]["safetensors"]["ok"]
+    assert report["formats"]["safetensors"]["file"] == str(out / "model.safetensors")
+    assert (out / "notes.txt").read_text() == "mine"

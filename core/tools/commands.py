@@ -152,8 +152,9 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction") -> None:
                    help="check on these images (default: the run's query images; random tensors if none)")
     p.add_argument("--no-flip", action="store_true", help="leave the run's flip averaging out of the export")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the files an earlier export left in DIR (only those this export writes; every "
-                        "other file is kept); without it they are refused")
+                   help="replace an earlier export in DIR: the files its export.json lists and those this export "
+                        "writes (every other file is kept; nothing changes until the new export is written and "
+                        "checked); without it they are refused")
     p.set_defaults(func=cmd_export)
 
     p = _add(subparsers, "curves", "draw a run's training curves (loss parts, lr, metrics) to a PNG",

@@ -19,14 +19,19 @@ no code. Its check rebuilds the model from the file alone and compares the embed
 
 An export writes export.json and one file per format (`FORMAT_FILES`) into --out and no
 other file. A folder that already holds one of those (an earlier export) is refused
-before any work unless `overwrite`, which replaces those files only: every other file in
-the folder is kept (an earlier export's file of a format not asked for this time too).
+before any work unless `overwrite`, which replaces the earlier export: its files (those
+its export.json lists, which may be of a format not asked for this time: left beside the
+new export.json they would pass for part of it) and those this export writes; every
+other file in the folder is kept. The files are made in a hidden folder inside --out and
+moved into place once every format is written and checked, so an export that stops
+half-way (an error, Ctrl-C) leaves the earlier one as it was.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -41,6 +46,8 @@ from core.records import Batch
 #: the file each format writes into --out, beside `REPORT`
 FORMAT_FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx", "safetensors": "model.safetensors"}
 REPORT = "export.json"
+#: the hidden folder inside --out where an export is made before it is moved into place
+STAGE = ".export-partial"
 
 
 def claim_out(out: str | Path, formats: Sequence[str], overwrite: bool = False) -> None:
@@ -164,7 +171,6 @@ def export(target: str | Path, out: str | Path, formats: Sequence[str] = ("torch
     """Export and check; returns (and writes to export.json) the report. Runs on the CPU:
     the exported files are device-neutral and the check compares like with like. An `out`
     holding an earlier export is refused unless `overwrite` (module doc)."""
-    from core.data.transforms import DEFAULT_INTERPOLATION, NORMS
     from core.tools.loading import load_run
 
     claim_out(out, formats, overwrite)
@@ -175,7 +181,24 @@ def export(target: str | Path, out: str | Path, formats: Sequence[str] = ("torch
     with torch.no_grad():
         reference = wrapper(check).numpy()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    stage = out / STAGE
+    if stage.is_dir() and not stage.is_symlink():  # an export interrupted before it cleaned up
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    try:
+        report = _export_into(run, wrapper, check, example, reference, stage, out, formats, tolerance, opset)
+        _move_in(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return report
+
+
+def _export_into(run, wrapper: EmbeddingModel, check: torch.Tensor, example: torch.Tensor, reference: np.ndarray,
+                 stage: Path, out: Path, formats: Sequence[str], tolerance: float, opset: int | None) -> dict:
+    """Write and check each format in `stage`, then the report; files are named as they
+    will be in `out`."""
+    from core.data.transforms import DEFAULT_INTERPOLATION, NORMS
+
     transform = (run.pipeline.config.data.get("data") or {}).get("transform") or {}
     h, w = run.pipeline.ctx.image_size
     mean, std = NORMS[transform.get("norm", "imagenet")]
@@ -187,25 +210,48 @@ def export(target: str | Path, out: str | Path, formats: Sequence[str] = ("torch
     for fmt in formats:
         info = {"file": None, "max_abs_diff": None, "ok": False, "note": ""}
         if fmt == "torchscript":
-            path = export_torchscript(wrapper, example, out / FORMAT_FILES[fmt])
-            info.update(file=str(path), max_abs_diff=_max_diff(run_torchscript(path, check), reference))
+            path = export_torchscript(wrapper, example, stage / FORMAT_FILES[fmt])
+            info.update(max_abs_diff=_max_diff(run_torchscript(path, check), reference))
         elif fmt == "onnx":
             try:
-                path = export_onnx(wrapper, example, out / FORMAT_FILES[fmt], opset)
+                path = export_onnx(wrapper, example, stage / FORMAT_FILES[fmt], opset)
             except ImportError as exc:
                 raise ImportError(f"ONNX export needs onnx and onnxscript ({exc}); pip install reid-core[export]") \
                     from None
-            info["file"] = str(path)
             try:
                 info["max_abs_diff"] = _max_diff(run_onnx(path, check), reference)
             except ImportError:
                 info["note"] = "not checked: onnxruntime is not installed (pip install reid-core[export])"
         elif fmt == "safetensors":
-            path = export_safetensors(run, out / FORMAT_FILES[fmt])
-            info.update(file=str(path), max_abs_diff=_max_diff(run_safetensors(path, check, wrapper.flip), reference))
+            path = export_safetensors(run, stage / FORMAT_FILES[fmt])
+            info.update(max_abs_diff=_max_diff(run_safetensors(path, check, wrapper.flip), reference))
         else:
             raise ValueError(f"unknown export format {fmt!r}; formats: torchscript, onnx, safetensors")
+        info["file"] = str(out / FORMAT_FILES[fmt])
         info["ok"] = info["max_abs_diff"] is not None and info["max_abs_diff"] <= tolerance
         report["formats"][fmt] = info
-    (out / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (stage / REPORT).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
+
+
+def _earlier_files(out: Path) -> list[str]:
+    """The model files an earlier export in `out` lists in its export.json (names of
+    `FORMAT_FILES` only: a hand-edited report cannot name other files to delete)."""
+    try:
+        formats = json.loads((out / REPORT).read_text(encoding="utf-8")).get("formats") or {}
+        listed = {Path(str(info.get("file") or "")).name for info in formats.values() if isinstance(info, dict)}
+    except (OSError, ValueError, AttributeError):
+        return []
+    return sorted(listed & set(FORMAT_FILES.values()))
+
+
+def _move_in(stage: Path, out: Path) -> None:
+    """Replace the earlier export in `out` by the files in `stage`: the earlier export's
+    model files not made again are removed, then each new file is renamed into place,
+    export.json last (a report never names a file that is not there yet)."""
+    made = sorted(p.name for p in stage.iterdir())
+    for name in _earlier_files(out):
+        if name not in made:
+            (out / name).unlink(missing_ok=True)
+    for name in sorted(made, key=lambda n: n == REPORT):
+        os.replace(stage / name, out / name)
