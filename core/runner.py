@@ -57,8 +57,11 @@ def check_output_dir(cfg: LoadedConfig, sweep: bool = False) -> None:
     exit 1, after it (a sweep's: at once, naming neither the key nor the file)."""
     trainer = cfg.data.get("trainer")
     out = trainer.get("output_dir", "runs") if isinstance(trainer, dict) else "runs"
-    if not isinstance(out, str):
-        return  # the trainer's own check names its type
+    if not isinstance(out, str):  # a sweep made its folder name from it: a raw TypeError
+        from core.config.validation import describe
+
+        raise cfg.error("trainer.output_dir", f"expected the folder run folders are made in (a path), "
+                                              f"got {describe(out)}")
     from core.training.run_folder import folder_problem
 
     problem = folder_problem(Path(out))

@@ -182,6 +182,17 @@ def test_a_sweep_or_run_folder_under_a_file_is_one_line_naming_its_key_or_flag(t
     err = capsys.readouterr().err
     assert err.startswith(f"error: {said.format(**names)}") and err.count("\n") == 1, err
 
+
+@pytest.mark.parametrize("flags", [[], ["--seeds", "0,1"]])
+def test_an_output_dir_that_is_not_a_path_is_one_line_for_a_run_and_a_sweep(tiny_yaml, capsys, flags):
+    """A sweep made its folder's name from trainer.output_dir: 5 gave 'TypeError: expected str,
+    bytes or os.PathLike object, not int', exit 1, naming no key."""
+    assert main(["run", str(tiny_yaml), "--set", "trainer.output_dir=5", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --set: trainer.output_dir: expected the folder run folders are made in (a path), "
+                          "got 5 (int)") and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize("argv, worker", [
     (["export", "RUN", "--format", "safetensors"], "core.tools.export.export"),
     (["search", "RUN", "--query", "q", "--gallery", "g"], "core.tools.search.search"),
