@@ -141,6 +141,16 @@ def test_preview_grid_has_a_row_per_identity_and_a_column_per_camera():
     assert grid.size == (3 * (16 + 2) + 2, 2 * 2 * (32 + 2) + 2)
 
 
+def test_preview_grid_shows_no_more_identities_than_the_split_holds():
+    """--preview-identities 50 on a world of 4 training identities rendered 50 rows per
+    category, 46 of identities the world does not hold (one of the test split's among them)."""
+    world = SyntheticWorld(render_size=[32, 16], categories=["person", "vehicle"], identities=3, test_identities=2,
+                           cameras=2, images_per_identity=4, held_out_categories=["vehicle"])
+    grid = preview_grid(world, n_identities=50)
+    assert grid.size[1] == (3 + 2) * (32 + 2) + 2  # person: its 3 training ids; vehicle (held out): its 2 test ids
+    assert preview_grid(world, n_identities=2).size[1] == (2 + 2) * (32 + 2) + 2
+
+
 # -- the full world: six categories, domains, clothes changes, infrared, captions
 
 ALL = ["person", "vehicle", "animal", "ship", "building", "object"]

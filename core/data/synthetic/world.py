@@ -315,12 +315,15 @@ def preview_grid(world: SyntheticWorld, n_identities: int = 6, split: str = "tra
     """Rows = the first identities of each category, columns = cameras (per domain): a
     visual check that identities differ and cameras change the view. Held-out categories
     show test identities. `labels` adds the category names on the left and the cameras
-    (IR = infrared) and domains on top."""
+    (IR = infrared) and domains on top. A category shows at most the identities its split
+    has (more rows would render identities the world does not hold)."""
     h, w, pad = world.height, world.width, 2
-    rows = []
+    rows, starts = [], set()
     for name in world.categories:
-        first = world.identities if (split != "train" or name in world.held_out_categories) else 0
-        rows.extend((CATEGORY_INDEX[name], first + i) for i in range(n_identities))
+        test = split != "train" or name in world.held_out_categories
+        first, count = (world.identities, world.test_identities) if test else (0, world.identities)
+        starts.add(len(rows))
+        rows.extend((CATEGORY_INDEX[name], first + i) for i in range(min(n_identities, count)))
     cams = min(world.num_cameras, world.images_per_identity)
     cols = [(domain, c) for domain in world.domains for c in range(cams)]
     left, top = (64, 14) if labels else (0, 0)
@@ -330,7 +333,7 @@ def preview_grid(world: SyntheticWorld, n_identities: int = 6, split: str = "tra
         y = top + pad + r * (h + pad)
         for c, (domain, image) in enumerate(cols):
             grid.paste(world.render(cat, identity, image, domain), (left + pad + c * (w + pad), y))
-        if labels and r % n_identities == 0:
+        if labels and r in starts:
             draw.text((3, y + 2), CATEGORY_NAMES[cat], fill=(0, 0, 0))
     if labels:
         for c, (domain, image) in enumerate(cols):
