@@ -67,6 +67,7 @@ def restore_run(target: str | Path, overrides: Sequence[str] = ()):
                      "were its tensors or its pipeline edited? `core export --format safetensors` writes files "
                      "whose weights fit their pipeline")
         trainer.losses_restored = False  # the file holds the model only
+        trainer.step_known = False  # nor the step it was trained to
         return path.parent, path, trainer
     run_dir, checkpoint = resolve_run(target)
     cfg = load_pipeline(run_dir / "pipeline.yaml", list(overrides))
@@ -76,9 +77,22 @@ def restore_run(target: str | Path, overrides: Sequence[str] = ()):
     against = f"the model of {run_dir / 'pipeline.yaml'}" + _with_overrides(overrides)
     load_fitting(trainer.p.model, state.get("model"), checkpoint, "model", against, OTHER_PIPELINE)
     trainer.losses_restored = _load_losses(trainer.net.losses, state.get("losses"), checkpoint)
+    _restore_position(trainer, state.get("position"))
     if trainer.ema is not None and state.get("ema") is not None:  # its losses too: the EMA copy is of model + losses
         load_fitting(trainer.ema, state["ema"], checkpoint, "EMA copy's", against, OTHER_PIPELINE)
     return run_dir, checkpoint, trainer
+
+
+def _restore_position(trainer, position: Any) -> None:
+    """Stand the trainer at the checkpoint's step, so that `core eval` says which step it
+    evaluates (the untrained model's 0 otherwise); one without a usable position (written
+    by another tool) leaves the step unknown."""
+    from core.training.trainer import Position
+
+    try:
+        trainer.position = Position(**position)
+    except TypeError:  # None, or not Position's fields
+        trainer.step_known = False
 
 
 def _with_overrides(overrides: Sequence[str]) -> str:

@@ -261,6 +261,9 @@ class Trainer:
         #: set by core.restore (`core eval` and the tools): whether the losses' state was
         #: loaded from the checkpoint; None here, where the losses are the ones that train
         self.losses_restored: bool | None = None
+        #: whether `position.global_step` is the weights' training step; False where core.restore
+        #: loaded a weights file, which records none (the evaluation line then claims no step)
+        self.step_known = True
         # experiment trackers (`loggers:`), rank 0 only; they get every metrics.jsonl record
         self.trackers = Trackers(getattr(pipeline, "loggers", []) if self.dist.is_main and run.enabled else [])
         #: draws a picture for the trackers after the final evaluation, `(trainer) -> PIL
@@ -431,7 +434,8 @@ class Trainer:
         self.history.append(record)
         self.run.log(record)
         self.trackers.record(record)
-        log.info(f"evaluation '{tag}' at step {self.position.global_step}: " + _headline(metrics))
+        step = f" at step {self.position.global_step}" if self.step_known else ""
+        log.info(f"evaluation '{tag}'{step}: " + _headline(metrics))
         self.emit("on_evaluate_end", metrics=metrics)
         return metrics
 
