@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -334,13 +335,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_command(args)
 
 
+#: exit code when the reader of stdout went away (`core search ... | head`): the shell's 128 + SIGPIPE
+READER_GONE = 141
+
+
 def _run_command(args: argparse.Namespace) -> int:
     """Run the command; every failure ends in one line on stderr (the traceback with
-    --debug) and an exit code: 2 bad input, 3 NaN/Inf, 130/143 SIGINT/SIGTERM, 1 other."""
+    --debug) and an exit code: 2 bad input, 3 NaN/Inf, 130/143 SIGINT/SIGTERM, 1 other;
+    141, without a line, when stdout's reader left before the output ended (`| head`)."""
     from core.training.interrupt import Interrupted
 
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit, where a reader that left would not be caught
+        return code
     except Interrupted as exc:
         print(str(exc), file=sys.stderr)
         return exc.exit_code
@@ -348,16 +356,43 @@ def _run_command(args: argparse.Namespace) -> int:
         _end_progress_lines()
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError as exc:
+        return READER_GONE if _stdout_reader_gone() else _failed(args, exc)
     except Exception as exc:  # noqa: BLE001 - the one place that turns failures into a line
-        _end_progress_lines()
-        if getattr(args, "debug", False):
-            import traceback
+        return _failed(args, exc)
 
-            traceback.print_exc()
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        from core.exit_codes import exit_code
 
-        return exit_code(exc)
+def _failed(args: argparse.Namespace, exc: BaseException) -> int:
+    _end_progress_lines()
+    if getattr(args, "debug", False):
+        import traceback
+
+        traceback.print_exc()
+    print(f"error: {_one_line(exc)}", file=sys.stderr)
+    from core.exit_codes import exit_code
+
+    return exit_code(exc)
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll: an error on the write
+    end); then stdout is pointed at os.devnull, so that the output still buffered is not
+    written at exit into the closed pipe ("Exception ignored ... BrokenPipeError"). A
+    broken pipe elsewhere (a tracker's socket) is a failure like any other."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        gone = any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no file descriptor, or no poll (Windows)
+        return False
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return gone
 
 
 def _end_progress_lines() -> None:

@@ -255,3 +255,31 @@ def test_an_earlier_extract_or_export_at_out_is_refused_before_any_work(tmp_path
     assert err.startswith(f"error: --out: {said.format(tmp=tmp_path)}"), err
     assert "pass --overwrite" in err and "choose another --out" in err and err.count("\n") == 1, err
     assert (tmp_path / earlier).read_bytes() == b"earlier"
+
+
+def test_output_into_a_closed_pipe_ends_quietly_as_head_expects():
+    """`core search ... | head` printed 'error: [Errno 32] Broken pipe' once head had read
+    its lines (and exited 1). A reader that went away is no failure of the command: no
+    line, Python's "Exception ignored" neither, and the shell's code for SIGPIPE, 141."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line is written
+    try:
+        done = subprocess.run([sys.executable, "-m", "core", "plugins"], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == "", done.stderr
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_a_failure_like_any_other(capsys):
+    """A tracker's socket closing under a run is no reader of the output going away."""
+    import argparse
+
+    from core.cli import _run_command
+
+    def command(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    assert _run_command(argparse.Namespace(func=command, debug=False)) == 1
+    assert capsys.readouterr().err.startswith("error: ")
