@@ -57,6 +57,17 @@ def test_a_generated_plugin_with_named_components_of_every_kind_installs_and_pas
     assert "20 passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
 
 
+def test_a_generated_loss_test_passes_without_warnings(tmp_path):
+    """The first `pytest reid-NAME` of a new author passed with torch's UserWarning
+    'Converting a tensor with requires_grad=True to a scalar' from the loss test's own
+    float(loss). Its warnings summary names none of the generated files."""
+    plugin = new_plugin("my-method", {"loss": ["ring"]}, tmp_path / "src")
+    result = install_and_test(plugin, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = result.stdout.partition("warnings summary")[2]
+    assert "tests/test_ring_loss.py" not in summary and "requires_grad=True" not in summary, summary[:2000]
+
+
 def test_the_documented_install_installs_the_test_runner(tmp_path):
     """The README's install line installs the `test` extra, and the extra holds pytest
     (read from the installed distribution's metadata, as pip resolves it)."""
