@@ -45,6 +45,22 @@ def test_resume_continues_exactly_where_it_stopped(tiny_pipeline_config, run_tin
     assert resumed.metrics == pytest.approx(full.metrics)
 
 
+def test_resuming_a_finished_run_changes_nothing_and_returns_its_final_metrics(tiny_pipeline_config,
+                                                                              run_tiny_pipeline):
+    """`core run --resume RUN` of a run that had finished evaluated it again and appended a
+    second 'final' row to report.md and metrics.jsonl (a third on the next resume). There is
+    nothing to resume: the folder stays byte for byte, the result is its final evaluation."""
+    from core.runner import run
+
+    done = run_tiny_pipeline(two_epoch_config(tiny_pipeline_config))
+    files = ["metrics.jsonl", "report.md", "checkpoints/last.pt"]
+    before = {name: (done.run_dir / name).read_bytes() for name in files}
+    again = run(None, [], resume=done.run_dir)
+    assert again.metrics == done.metrics
+    for name in files:
+        assert (done.run_dir / name).read_bytes() == before[name], name
+
+
 def test_run_folder_holds_pipeline_metrics_report_environment(tiny_pipeline_config, run_tiny_pipeline):
     result = run_tiny_pipeline(tiny_pipeline_config)
     folder = result.run_dir

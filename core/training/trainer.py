@@ -525,6 +525,11 @@ class Trainer:
         The experiment trackers (`loggers:`) see the whole run: start, records, final, finish."""
         from core.trackers.fanout import track_final
 
+        finished = self._finished_metrics()
+        if finished is not None:  # `--resume` of a run that ended: evaluating again would add a second 'final'
+            log.info(f"{self.p.name}: the run in {self.run.path} had finished (step {self.position.global_step}); "
+                     "nothing to resume, its final evaluation stands")
+            return finished
         self.trackers.start(self.p.config.data, self.run.path)
         ok = False
         try:
@@ -535,6 +540,14 @@ class Trainer:
             return final
         finally:
             self.trackers.finish(ok)
+
+    def _finished_metrics(self) -> dict[str, float] | None:
+        """The final metrics of a resumed run whose checkpoint was written after its final
+        evaluation (the position is past the last stage); None for any other run."""
+        if self._resume_state is None or self.position.stage < len(self.p.stages):
+            return None
+        finals = [r for r in self.history if r.get("tag") == "final"]
+        return {k: v for k, v in finals[-1].items() if "/" in k} if finals else {}
 
     def _fit(self) -> dict[str, float] | None:
         log.info(f"{self.p.name}: {'resuming' if self._resume_state is not None else 'training'} on {self.device}"
