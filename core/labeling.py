@@ -23,7 +23,7 @@ import numpy as np
 
 from core.data.annotations import Annotations, read_arrays
 from core.interfaces import Dataset, Labeler, Labels
-from core.log_setup import echo_to
+from core.log_setup import bar_disabled, echo_to
 from core.records import Record
 
 _echo = echo_to(logging.getLogger(__name__))
@@ -76,7 +76,7 @@ def run_labeler(labeler: Labeler, items: Sequence[LabelItem], out: str | Path, *
 
     pending: dict[str, dict[str, np.ndarray]] = {}
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"label {name}", unit="img",
-               disable=not progress, dynamic_ncols=True)
+               disable=bar_disabled(progress), dynamic_ncols=True)
     step = max(1, int(getattr(labeler, "batch_size", 16)))
     wants_keys = "keys" in inspect.signature(labeler.label_batch).parameters
     try:

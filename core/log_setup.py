@@ -7,8 +7,8 @@ or matplotlib's debug lines.
 
 - `console(level)`: what the `core` command sets up: our records from `level` on, on
   stderr at the time of writing (through `tqdm.write` while a progress bar is open, so
-  the bar is redrawn, not broken), and Python warnings as log records. `--quiet` is WARNING, the default INFO, `--verbose`
-  DEBUG. Under torchrun, ranks other than 0 show warnings and errors only, marked with
+  the bar is redrawn, not broken), and Python warnings as log records. `--quiet` is
+  WARNING (and no progress bars: `bar_disabled`), the default INFO, `--verbose` DEBUG. Under torchrun, ranks other than 0 show warnings and errors only, marked with
   their rank.
 - `run_log()`: the records of one training run, held in memory until `attach` names the
   run folder's `log.txt` (so what happens while the pipeline is built is not lost), then
@@ -33,6 +33,8 @@ QUIET, NORMAL, VERBOSE = logging.WARNING, logging.INFO, logging.DEBUG
 _FILE_FORMAT = "%(asctime)s %(levelname)-7s {rank}%(name)s: %(message)s"
 #: the run log's level: INFO, or DEBUG while a `console(VERBOSE)` is active
 _run_log_level = logging.INFO
+#: the active console's level (`console`): progress bars are off under --quiet
+_console_level = NORMAL
 #: records buffered before the run folder is known (a longer prelude keeps its end)
 _MAX_BUFFERED = 10_000
 
@@ -103,12 +105,12 @@ def _console_handler(level: int, rank: int) -> ConsoleHandler:
 def console(level: int = NORMAL, rank: int | None = None) -> Iterator[ConsoleHandler]:
     """Our records from `level` on, on stderr, for the duration; the root logger's level
     and handlers are restored after (the CLI's `main` can run many times in a process)."""
-    global _run_log_level
+    global _run_log_level, _console_level
     rank = env_rank() if rank is None else rank
     root = logging.getLogger()
     handler = _console_handler(level, rank)
-    old_level, old_run_level = root.level, _run_log_level
-    _run_log_level = min(level, logging.INFO)
+    old_level, old_run_level, old_console_level = root.level, _run_log_level, _console_level
+    _run_log_level, _console_level = min(level, logging.INFO), level
     root.addHandler(handler)
     root.setLevel(min(level, logging.INFO))  # the run log keeps INFO under --quiet
     logging.captureWarnings(True)  # Python warnings (a sampler's, a backbone's) reach the run log too
@@ -118,7 +120,14 @@ def console(level: int = NORMAL, rank: int | None = None) -> Iterator[ConsoleHan
         logging.captureWarnings(False)
         root.removeHandler(handler)
         root.setLevel(old_level)
-        _run_log_level = old_run_level
+        _run_log_level, _console_level = old_run_level, old_console_level
+
+
+def bar_disabled(wanted: bool = True) -> bool | None:
+    """tqdm's `disable` for a progress bar: True when not `wanted` or under `--quiet`
+    (only warnings on the console); else None, tqdm's "off unless stderr is a terminal",
+    so a job's log file (nohup, SLURM) does not get a new frame at every update."""
+    return True if not wanted or _console_level > logging.INFO else None
 
 
 def verbosity(quiet: bool = False, verbose: bool = False) -> int:

@@ -48,12 +48,14 @@ def embed(run: LoadedRun, images: ImageSet, batch_size: int = 64, num_workers: i
 
     from tqdm.auto import tqdm
 
+    from core.log_setup import bar_disabled
+
     samples = ImageSamples(images.table, images.datasets, run.pipeline.test_transform)
     loader = DataLoader(samples, batch_size=batch_size, shuffle=False, collate_fn=collate,
                         num_workers=num_workers, pin_memory=run.device.type == "cuda")
     chunks, writer = [], None
     # closed on success only: a failure leaves it to the CLI, which ends its line before the error
-    bar = tqdm(total=len(samples), desc="extract", unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=len(samples), desc="extract", unit="img", disable=bar_disabled(progress), leave=False)
     with torch.no_grad(), run.autocast():
         for batch in loader:
             batch = batch.to(run.device, non_blocking=True)

@@ -28,6 +28,7 @@ from core.data.device_normalise import finish_on_device
 from core.data.loading import ImageSamples, label_fields, mix_seed, record_values
 from core.evaluation.features import FeatureWriter, features_tensor, open_features
 from core.interfaces import Episode, FeatureSet, indices_and_roles, read_output
+from core.log_setup import bar_disabled
 from core.pipeline import LossTerm, Pipeline, ReIDModel, bind_losses, resolve_device
 from core.plugins import get_plugin_manager
 from core.records import Batch
@@ -798,7 +799,7 @@ class Trainer:
     def _progress(self, total: int, desc: str):
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, disable=not self.cfg.progress or not self.dist.is_main,
+        return tqdm(total=total, desc=desc, disable=bar_disabled(self.cfg.progress and self.dist.is_main),
                     dynamic_ncols=True, leave=False)
 
 
