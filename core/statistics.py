@@ -11,6 +11,10 @@ ablation larger than the seed noise?
   exact sign-flip permutation test: under "no difference" each d_s is as likely to be
   -d_s, so p = (number of the 2^n sign patterns whose |mean| is at least the observed
   |mean|) / 2^n. It assumes no normality, but cannot go below 2 / 2^n (0.0625 for n = 5).
+- `holm`: Holm's step-down adjustment (Holm 1979) of the p-values of one row's metrics:
+  five metrics each tested at 0.05 call at least one "significant" by luck far more often
+  than 5% of the time. Sorted ascending, p_(i) becomes max_{j <= i} min(1, (m - j + 1) p_(j));
+  it controls the family-wise error whatever the metrics' correlation.
 - `seeds_needed`: how many seeds a paired t-test needs to detect an effect of a given
   size with given power, from the standard deviation of the paired differences
   (noncentral t power, as G*Power's "matched pairs" computes it).
@@ -111,6 +115,19 @@ def compare_paired(baseline: dict[int, float], row: dict[int, float], level: flo
         else:
             p_t = float(stats.ttest_rel([row[k] for k in seeds], [baseline[k] for k in seeds]).pvalue)
     return Paired(seeds, len(d), s.mean, s.std, s.low, s.high, p_t, sign_flip_p(d) if len(d) >= 1 else None)
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm-adjusted p-values, in the order given; None (no test) stays None and does not
+    count in m, the number of tests."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    m = len(tested)
+    out: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
 
 
 def seeds_needed(std_difference: float, effect: float, alpha: float = 0.05, power: float = 0.8,

@@ -433,6 +433,9 @@ def comparison(variants: list[Variant], alpha: float = ALPHA) -> tuple[str, str]
     summaries = {(id(v), k): stats.summarize(_values(v, k)) for v in variants for k in keys}
     pairs = {(id(v), k): stats.compare_paired(by_seed(base, k), by_seed(v, k))
              for v in variants[1:] for k in keys}
+    holm = {}  # each row's metrics are one family of tests (stats.holm)
+    for v in variants[1:]:
+        holm.update(zip([(id(v), k) for k in keys], stats.holm([pairs[(id(v), k)].p_t for k in keys])))
     differ = budgets_differ(variants)
 
     header = ["variant", "n", "steps", "images seen", *keys, "status"]
@@ -463,9 +466,9 @@ def comparison(variants: list[Variant], alpha: float = ALPHA) -> tuple[str, str]
     elif any(v.budgets for v in variants):
         text += ["Every run trained the same budget (steps and images seen).", ""]
     text += lines
-    text += _paired_section(variants, keys, pairs, alpha)
+    text += _paired_section(variants, keys, pairs, holm, alpha)
     text += _seeds_section(variants, keys, pairs, alpha)
-    return "\n".join(text) + "\n", _csv(variants, keys, summaries, pairs, alpha)
+    return "\n".join(text) + "\n", _csv(variants, keys, summaries, pairs, holm, alpha)
 
 
 def _status(v: Variant) -> str:
@@ -476,27 +479,39 @@ def _md(text: str) -> str:
     return str(text).replace("|", "/").replace("\n", " ")
 
 
-def _paired_section(variants, keys, pairs, alpha) -> list[str]:
+def _paired_section(variants, keys, pairs, holm, alpha) -> list[str]:
     if len(variants) < 2 or not keys:
         return []
     base = variants[0]
+    several = len(keys) > 1
     out = ["", f"## Against the baseline ({_md(base.name)}), paired over shared seeds", "",
            "Δ = row − baseline on each seed both ran; mean Δ with its 95% t interval; two-sided p "
            "from the paired t-test and from the exact sign-flip permutation test (all 2^n sign "
            f"patterns of the n differences, n ≤ {stats.EXACT_MAX_N}; free of the normality "
            "assumption, but never below 2/2^n). The verdict is the t-test's at "
-           f"α = {alpha:g}.", "",
-           "| variant | metric | shared seeds | Δ mean [95% CI] | p (paired t) | p (sign-flip, exact) | verdict |",
-           "|---|---|---|---|---|---|---|"]
+           f"α = {alpha:g}."
+           + (f" Each metric is tested on its own: over a row's {len(keys)} metrics, at least one is "
+              f"called significant by luck more often than α. The Holm column adjusts the t-test's p "
+              f"for that (Holm 1979, over the row's metrics, whatever their correlation); name one "
+              f"primary metric before the runs (here {primary_key(keys)}) and read the others as "
+              f"secondary." if several else ""), "",
+           "| variant | metric | shared seeds | Δ mean [95% CI] | p (paired t) | p (sign-flip, exact) | "
+           + ("p (Holm, row's metrics) | " if several else "") + "verdict |",
+           "|---|---|---|---|---|---|" + ("---|" if several else "") + "---|"]
     for v in variants[1:]:
         for key in keys:
             pair = pairs[(id(v), key)]
             if pair.n == 0:
-                out.append(f"| {_md(v.name)} | {key} | 0 | - | - | - | no shared seed |")
+                out.append(f"| {_md(v.name)} | {key} | 0 | - | - | - | " + ("- | " if several else "")
+                           + "no shared seed |")
                 continue
             interval = f" [{pair.low:+.2f}, {pair.high:+.2f}]" if pair.low is not None else ""
+            adjusted = holm.get((id(v), key))
+            verdict = _verdict(pair, alpha)
+            if several and pair.significant(alpha) and adjusted is not None and adjusted >= alpha:
+                verdict += f"; not after Holm over the row's {len(keys)} metrics"
             out.append(f"| {_md(v.name)} | {key} | {pair.n} | {pair.mean:+.2f}{interval} | {_p(pair.p_t)} | "
-                       f"{_p(pair.p_sign_flip)} | {_verdict(pair, alpha)} |")
+                       f"{_p(pair.p_sign_flip)} | " + (f"{_p(adjusted)} | " if several else "") + f"{verdict} |")
     return out
 
 
@@ -518,12 +533,12 @@ def _seeds_section(variants, keys, pairs, alpha) -> list[str]:
     return out
 
 
-def _csv(variants, keys, summaries, pairs, alpha) -> str:
+def _csv(variants, keys, summaries, pairs, holm, alpha) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     stat_cols = ("mean", "std", "ci_low", "ci_high")
     pair_cols = ("shared_seeds", "diff_mean", "diff_ci_low", "diff_ci_high", "p_paired_t", "p_sign_flip",
-                 "significant")
+                 "p_holm", "significant")
     writer.writerow(["variant", "seeds_ok", "seeds", "steps", "images_seen",
                      *[f"{k} {c}" for k in keys for c in (*stat_cols, *pair_cols)], "status"])
 
@@ -540,7 +555,8 @@ def _csv(variants, keys, summaries, pairs, alpha) -> str:
                 row += [""] * len(pair_cols)
             else:
                 row += [str(pair.n), num(pair.mean), num(pair.low), num(pair.high), num(pair.p_t),
-                        num(pair.p_sign_flip), "" if pair.p_t is None else str(pair.significant(alpha)).lower()]
+                        num(pair.p_sign_flip), num(holm.get((id(v), key))),
+                        "" if pair.p_t is None else str(pair.significant(alpha)).lower()]
         steps = sorted({b[0] for b in v.budgets if b[0] is not None})
         images = sorted({b[1] for b in v.budgets if b[1] is not None})
         writer.writerow([v.name, len(v.metrics), " ".join(str(s) for s in v.metric_seeds),

@@ -1,6 +1,9 @@
 """The statistics of comparison tables (core/statistics.py, core/sweep.py; issue 20),
 against hand-worked examples and scipy."""
 
+import csv
+import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,6 @@ from scipy import stats as sp
 from core import statistics as st
 from core import sweep
 from core.sweep import Variant
-import math
 
 # t_{0.975, 4} from a printed t table; with s = sqrt(2.5) and n = 5:
 T_975_4 = 2.7764
@@ -132,7 +134,9 @@ def test_one_seed_and_an_empty_row_keep_the_table_whole():
     assert len(widths) == 1, main  # the empty row has as many cells as the header
     assert "| broken | 0 | - | - | - | - | failed: seed 0: ValueError: no |" in markdown
     assert "no test (n = 1 shared seed)" in markdown
-    assert "| broken | synthetic/mAP | 0 | - | - | - | no shared seed |" in markdown
+    assert "| broken | synthetic/mAP | 0 | - | - | - | - | no shared seed |" in markdown
+    paired = lines[lines.index(next(line for line in lines if line.startswith("| variant | metric |"))):]
+    assert len({line.count("|") for line in paired if line.startswith("|")}) == 1, paired
 
 
 def test_rows_with_different_budgets_are_flagged():
@@ -210,3 +214,58 @@ def test_seeds_needed_does_not_grow_with_the_effect():
     from core import statistics as st
     needed = [st.seeds_needed(0.2, e) for e in np.linspace(0.5, 4.0, 141)]
     assert all(a >= b for a, b in zip(needed, needed[1:])), needed
+
+
+def holm_by_definition(p_values):
+    """Holm (1979) as the procedure is written: walk the p-values from the smallest; the
+    i-th (1-based) is compared with alpha / (m - i + 1), so its adjusted value is
+    (m - i + 1) p_(i), never below the one before it, capped at 1."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    m, adjusted, best = len(p_values), [0.0] * len(p_values), 0.0
+    for i, index in enumerate(order, start=1):
+        best = max(best, (m - i + 1) * p_values[index])
+        adjusted[index] = min(1.0, best)
+    return adjusted
+
+
+def test_holm_matches_the_procedure_and_a_hand_worked_example():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> 4*0.005, 3*0.01, 2*0.03, max(0.06, 1*0.04)
+    assert st.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        p = list(rng.uniform(0, 0.3, rng.integers(1, 7)))
+        assert st.holm(p) == pytest.approx(holm_by_definition(p))
+    assert st.holm([0.2, None, 0.01]) == pytest.approx([0.2, None, 0.02])  # m = 2: no test, no count
+    assert st.holm([0.6, 0.7]) == [1.0, 1.0] and st.holm([0.04]) == [0.04]
+
+
+def test_a_metric_significant_alone_but_not_after_holm_says_so():
+    """Five metrics each tested at 0.05: mAP p ~ 0.03, the rest nowhere near. The t-test
+    verdict stands, the table adds the Holm-adjusted p (over the row's metrics) and says the
+    difference is not significant after it; the CSV has the same p_holm."""
+    base = {0: 30.0, 1: 31.0, 2: 29.5, 3: 30.5, 4: 30.2}
+    row = {s: v + d for (s, v), d in zip(base.items(), (1.0, 0.2, 1.4, 0.3, 1.1))}
+    keys = ["synthetic/mAP", "synthetic/rank-1", "synthetic/rank-5"]
+
+    def make(name, values, noise):
+        v = Variant(name, Path("p.yaml"), [], list(values))
+        for seed, value in values.items():
+            v.metrics.append({"synthetic/mAP": value, "synthetic/rank-1": 50 + noise[seed],
+                              "synthetic/rank-5": 70 - noise[seed]})
+            v.metric_seeds.append(seed)
+            v.budgets.append((40, 2560))
+        return v
+
+    variants = [make("base", base, {s: 0.0 for s in base}), make("row", row, {0: 1, 1: -2, 2: 0.5, 3: 2, 4: -1})]
+    p = [sp.ttest_rel([v.metrics[i][k] for i in range(5)], [variants[0].metrics[i][k] for i in range(5)]).pvalue
+         for k in keys for v in variants[1:]]
+    assert p[0] < 0.05 and 3 * p[0] >= 0.05  # the premise: significant alone, not after Holm
+    markdown, table = sweep.comparison(variants)
+    line = next(x for x in markdown.splitlines() if x.startswith("| row | synthetic/mAP |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert float(cells[6]) == pytest.approx(holm_by_definition(p)[0], abs=5e-4), line
+    assert cells[7].startswith("significant (p < 0.05);") and cells[7].endswith(
+        "; not after Holm over the row's 3 metrics"), line
+    assert "name one primary metric before the runs (here synthetic/mAP)" in markdown
+    csv_row = next(r for r in csv.DictReader(io.StringIO(table)) if r["variant"] == "row")
+    assert float(csv_row["synthetic/mAP p_holm"]) == pytest.approx(holm_by_definition(p)[0], rel=1e-5)
