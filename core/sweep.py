@@ -224,6 +224,17 @@ def _run_overrides(variant: Variant, seed: int | None) -> list[str]:
     return [*variant.overrides, *([f"seed={seed}"] if seed is not None else [])]
 
 
+def _seed_label(seed: int | None) -> str:
+    """'seed 3: ' before a run's error in its row; '' without --seeds, where the run used its
+    pipeline's own `seed:` (it said 'seed None', a seed no run has)."""
+    return f"seed {seed}: " if seed is not None else ""
+
+
+def _which(variant: Variant, seed: int | None) -> str:
+    """The run a line is about: 'label (seed 3)', or the label alone without --seeds."""
+    return f"{variant.name} (seed {seed})" if seed is not None else variant.name
+
+
 def _check_sweep_dir(variants: list[Variant], sweep_dir: Path, continue_sweep: bool, echo=None) -> None:
     """Refuse, before any run starts, a --sweep-dir the sweep cannot go into: a file, a path
     through one, a folder that cannot be written (it was a raw '[Errno 20]', exit 1); one
@@ -283,18 +294,18 @@ def run_sweep(variants: list[Variant], sweep_dir: Path, echo=None, alpha: float 
                 started = continue_sweep and (run_dir / "pipeline.yaml").is_file()
                 done = finished_metrics(run_dir) if started else None
                 if done is not None:
-                    echo(f"{variant.name} (seed {seed}): finished earlier, read back from {run_dir}")
+                    echo(f"{_which(variant, seed)}: finished earlier, read back from {run_dir}")
                     result = type("Finished", (), {"metrics": done})()
                 elif started and (run_dir / "checkpoints" / "last.pt").is_file():
-                    echo(f"{variant.name} (seed {seed}): resuming {run_dir}")
+                    echo(f"{_which(variant, seed)}: resuming {run_dir}")
                     result = run(None, [], resume=run_dir, image_check=image_check)
                 else:
                     result = run(variant.pipeline, overrides, run_dir=run_dir, overwrite=started,
                                  image_check=image_check)
             except Interrupted as exc:  # the user stopped the sweep, not one run: table so far, then stop
-                variant.errors.append(f"seed {seed}: interrupted")
+                variant.errors.append(f"{_seed_label(seed)}interrupted")
                 variant.error_codes.append(exc.exit_code)
-                echo(f"warning: sweep interrupted during {variant.name} (seed {seed}); the table covers the "
+                echo(f"warning: sweep interrupted during {_which(variant, seed)}; the table covers the "
                      f"runs that finished. {exc}")
                 write_comparison(variants, sweep_dir, alpha=alpha, echo=echo)
                 raise
@@ -302,10 +313,10 @@ def run_sweep(variants: list[Variant], sweep_dir: Path, echo=None, alpha: float 
                 from core.exit_codes import exit_code
 
                 exc = _as_grid_error(exc, variant.grid)
-                variant.errors.append(f"seed {seed}: {type(exc).__name__}: {exc}")
+                variant.errors.append(f"{_seed_label(seed)}{type(exc).__name__}: {exc}")
                 variant.error_codes.append(exit_code(exc))
                 bad_input = variant.error_codes[-1] == 2  # its line says it all: no traceback lines
-                echo(f"warning: {variant.name} (seed {seed}): FAILED: {type(exc).__name__}: {exc}"
+                echo(f"warning: {_which(variant, seed)}: FAILED: {type(exc).__name__}: {exc}"
                      + ("" if bad_input else "\n" + "".join(traceback.format_exception(exc)[-3:])))
                 continue
             variant.runs.append(run_dir)
@@ -559,7 +570,7 @@ def _csv(variants, keys, summaries, pairs, holm, alpha) -> str:
                         "" if pair.p_t is None else str(pair.significant(alpha)).lower()]
         steps = sorted({b[0] for b in v.budgets if b[0] is not None})
         images = sorted({b[1] for b in v.budgets if b[1] is not None})
-        writer.writerow([v.name, len(v.metrics), " ".join(str(s) for s in v.metric_seeds),
+        writer.writerow([v.name, len(v.metrics), " ".join(str(s) for s in v.metric_seeds if s is not None),
                          " ".join(map(str, steps)), " ".join(map(str, images)), *row, _status(v)])
     return buffer.getvalue()
 

@@ -51,14 +51,30 @@ def test_two_by_two_grid_with_two_seeds_writes_one_table(tiny_yaml, tmp_path, ca
     assert table in capsys.readouterr().out
 
 
-def test_a_failing_variant_is_reported_and_the_others_run(tiny_yaml, tmp_path):
+def test_a_failing_variant_is_reported_and_the_others_run_and_without_seeds_names_no_seed(
+        tiny_yaml, tmp_path, capsys, monkeypatch):
+    """A variant that fails as it runs (a crash here) is reported in its row and the others
+    run. Without --seeds each run uses its pipeline's own `seed:`; its warning and status
+    said 'seed None' and the csv's seeds column 'None', a seed no run had: they name none."""
+    import core.runner
+
+    real_run = core.runner.run
+
+    def run(pipeline, overrides, **kwargs):
+        if "sampler.k=2" in overrides:
+            raise RuntimeError("CUDA error: an illegal memory access")
+        return real_run(pipeline, overrides, **kwargs)
+
+    monkeypatch.setattr(core.runner, "run", run)
     out = tmp_path / "sweep"
-    code = main(["run", str(tiny_yaml), "--grid", "sampler.k=3,4", "--sweep-dir", str(out)])
-    assert code == 1
+    assert main(["run", str(tiny_yaml), "--grid", "sampler.k=2,4", "--sweep-dir", str(out)]) == 1
     rows = {r["variant"]: r for r in csv.DictReader((out / "comparison.csv").open())}
-    assert rows["tiny sampler.k=3"]["status"].startswith("failed: seed None: ConfigError")
-    assert "must be a multiple of k (3)" in rows["tiny sampler.k=3"]["status"]
+    assert rows["tiny sampler.k=2"]["status"] == "failed: RuntimeError: CUDA error: an illegal memory access"
     assert rows["tiny sampler.k=4"]["status"] == "ok" and rows["tiny sampler.k=4"]["seeds_ok"] == "1"
+    assert rows["tiny sampler.k=4"]["seeds"] == ""
+    err = capsys.readouterr().err
+    assert "warning: tiny sampler.k=2: FAILED: RuntimeError: CUDA error" in err and "None" not in err, err
+    assert "None" not in (out / "comparison.md").read_text()
 
 
 def test_grid_values_keep_commas_inside_brackets():
