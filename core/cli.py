@@ -247,10 +247,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif not args.pipelines:
         raise SystemExit("core run: no pipeline given (e.g. core run pipelines/quickstart.yaml)")
     if args.print_config:
-        if args.grid or args.seeds:  # every grid point, resolved as it will run
+        variants = []
+        if args.grid or args.seeds or len(args.pipelines) > 1:  # a sweep: checked as `core run` checks it
             from core import sweep
 
             variants = sweep.plan(args.pipelines, args.overrides, args.grid, args.seeds)
+            sweep.check_variants(variants)
+        if args.grid or args.seeds:  # every grid point, resolved as it will run
             for n, variant in enumerate(variants, 1):
                 seeds = ",".join(str(s) for s in variant.seeds if s is not None)
                 print(f"# variant {n}/{len(variants)}: {variant.name}" + (f" (seeds {seeds})" if seeds else "")

@@ -1,6 +1,7 @@
-"""Checking a pipeline's parameter patterns before anything trains: every stage's
-`trainable`, `frozen` and `param_groups` pattern against the model's parameter names
-(`core validate`, and `core run` before its first step).
+"""Checking a pipeline before anything trains: every stage's `trainable`, `frozen` and
+`param_groups` pattern against the model's parameter names (`core validate`, and `core run`
+before its first step), and everything a run's build would refuse, found the cheap way
+(`check_build`: a sweep checks each of its variants so before its first run).
 
 Apart from core/config/validation.py (which the pipeline's builder imports) because it
 builds the pipeline and its training module itself.
@@ -69,17 +70,55 @@ def check_patterns_on_meta(cfg: LoadedConfig) -> bool:
     initialisation: fast even for a ViT-B) and check every stage's patterns on it.
     Returns False, having checked nothing, when a component cannot be built on the meta
     device (it computes with its tensors at build): the caller then checks the real model."""
-    from core.pipeline import build_pipeline
-    from core.training.trainer import TrainingModule
-
-    # the real build that follows checks the images; this one needs only names and shapes. Its
-    # warnings are the real build's again (and torch's, one per tensor, that copying a
-    # pretrained file's values into meta parameters does nothing): the real build shows them
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            p = build_pipeline(cfg, meta=True, echo=lambda *_: None, image_check="off")
+        p = _quiet_build(cfg, meta=True)
     except Exception:  # noqa: BLE001 - a real config error is raised again by the real build
         return False
-    check_parameter_patterns(cfg, p.stages, p.stage_losses, TrainingModule(p.model, p.loss_modules()))
+    _check_patterns_of(cfg, p)
     return True
+
+
+def check_build(cfg: LoadedConfig) -> None:
+    """Raise what a run of `cfg` would refuse when it builds (bad input: exit code 2), before
+    anything trains and cheaply: every component built from its keys, the model's parts on
+    the meta device (names and shapes: no memory, no initialisation, no weights copied), no
+    labeler run, no image file read; then every stage's parameter patterns checked.
+
+    Where the meta device cannot decide, the pipeline is built for real instead (its model
+    initialised, pretrained weights read), still without labelers or image reading: when a
+    model part computes with its tensors at build (`.item()` of a meta tensor is an error),
+    and when a constructor refused, which may be the meta device's doing (numpy of a meta
+    tensor is a TypeError, which the builder tells as bad input). A crash of that build is
+    left to the run, which meets it as it did."""
+    from core.exit_codes import exit_code
+
+    try:
+        p = _quiet_build(cfg, meta=True)
+    except Exception as exc:  # noqa: BLE001 - sorted below: a refusal, or the meta device cannot tell
+        if exit_code(exc) == 2 and exc.__cause__ is None:
+            raise  # a key refused before any constructor ran on the meta device
+        try:
+            p = _quiet_build(cfg, prepare="skip")
+        except Exception as real:  # noqa: BLE001 - only bad input is this check's to raise
+            if exit_code(real) == 2:
+                raise
+            return
+    _check_patterns_of(cfg, p)
+
+
+def _quiet_build(cfg: LoadedConfig, **kwargs: Any) -> Any:
+    """build_pipeline for a check. The real build that follows checks the images; this one
+    needs only names and shapes. Its warnings are the real build's again (and torch's, one
+    per tensor, that copying a pretrained file's values into meta parameters does nothing):
+    the real build shows them."""
+    from core.pipeline import build_pipeline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_pipeline(cfg, echo=lambda *_: None, image_check="off", **kwargs)
+
+
+def _check_patterns_of(cfg: LoadedConfig, p: Any) -> None:
+    from core.training.trainer import TrainingModule
+
+    check_parameter_patterns(cfg, p.stages, p.stage_losses, TrainingModule(p.model, p.loss_modules()))

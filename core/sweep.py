@@ -9,9 +9,11 @@ of every final metric, and the training budget (optimisation steps, images seen)
 runs, flagged when rows differ; every other row is compared with the baseline over the
 seeds both ran (paired: mean difference with its interval, paired t-test, exact
 sign-flip test for n <= 10; core/statistics.py), and the differences that are not
-significant at `alpha` are marked. A variant that fails is reported in the table and
-does not stop the others; `core run` then exits 1, or, when every run failed for one
-reason, that reason's code: 2 bad input, 3 NaN/Inf (`exit_code`).
+significant at `alpha` are marked. Every variant is built the cheap way before the first
+run (`check_variants`): one that a component refuses stops the sweep before anything
+trains. A variant that fails as it runs is reported in the table and does not stop the
+others; `core run` then exits 1, or, when every run failed for one reason, that reason's
+code: 2 bad input, 3 NaN/Inf (`exit_code`).
 """
 
 from __future__ import annotations
@@ -172,6 +174,27 @@ def _check_grid_point(path: str | Path, overrides: Sequence[str], combo: Sequenc
         raise told from None
 
 
+def check_variants(variants: Sequence[Variant]) -> None:
+    """Build every variant once (not per seed) as its runs will, the cheap way
+    (core.parameter_check.check_build: no training, no labelers, no image read, the model on
+    the meta device), before the first run: a variant whose component refuses it
+    (`--grid sampler.name=pk,random` keeps pk's `k`, which 'random' does not take) was found
+    only when its turn came, after the variants before it had trained. The first refusal is
+    one ConfigError naming the variant and the key (`core run` exits 2; `--print-config`
+    checks so too)."""
+    from core.exit_codes import exit_code
+    from core.parameter_check import check_build
+
+    for n, variant in enumerate(variants, 1):
+        try:
+            check_build(load_pipeline(variant.pipeline, variant.overrides))
+        except Exception as exc:
+            if exit_code(exc) != 2:  # check_build raises bad input only; anything else is a bug, told as one
+                raise
+            told = _as_grid_error(exc, variant.grid)
+            raise ConfigError(f"variant {n}/{len(variants)} '{variant.name}': {told}") from exc
+
+
 def _slug(text: str) -> str:
     """A folder name for `text`; a long one is cut and ends with a hash of the whole text,
     so two labels that differ only past the cut still get their own folders."""
@@ -279,12 +302,14 @@ def run_sweep(variants: list[Variant], sweep_dir: Path, echo=None, alpha: float 
     a time limit) goes on where it stopped: a run folder whose run finished is read back
     from its metrics.jsonl, not run again; one that stopped with checkpoints/last.pt is
     resumed exactly; one without is started again. Every run folder reused must hold the
-    same resolved pipeline as its variant and seed, or the sweep is refused."""
+    same resolved pipeline as its variant and seed, or the sweep is refused. Before any run,
+    every variant is built the cheap way (`check_variants`)."""
     from core.runner import run
     from core.training.interrupt import Interrupted
 
     echo = echo or echo_to(log)
     _check_sweep_dir(variants, sweep_dir, continue_sweep, echo)  # before any run, so nothing is overwritten
+    check_variants(variants)  # a variant a component refuses: before the first run, not in its turn
     sweep_dir.mkdir(parents=True, exist_ok=True)
     for variant in variants:
         for seed in variant.seeds:

@@ -2,12 +2,15 @@
 and takes one forward/backward step on the CPU, as the README tells a user to check a
 pipeline before training. Only some had a test of their own, so `irm_synthetic.yaml` could
 fail validate (its momentum losses were never bound to the model, which the trainer does
-before its first step) while its training tests passed."""
+before its first step) while its training tests passed. Each also passes the check a sweep
+makes of its variants before the first run (core.parameter_check.check_build)."""
 
 from pathlib import Path
 
 import pytest
 
+from core.config.loading import load_pipeline
+from core.parameter_check import check_build
 from core.runner import validate
 
 ROOT = Path(__file__).resolve().parents[1] / "pipelines"
@@ -27,3 +30,12 @@ def test_every_synthetic_pipeline_validates_on_the_cpu(name, tmp_path, monkeypat
     summary = validate(ROOT / name, ["trainer.device=cpu"])
     assert summary["device"] == "cpu" and summary["losses"], summary
     assert all(v == v for v in summary["losses"].values()), summary["losses"]  # no NaN
+
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_every_synthetic_pipeline_passes_the_check_a_sweep_makes_before_its_first_run(name):
+    """A sweep builds each variant the cheap way before its first run and refuses one that a
+    component refuses (core.parameter_check.check_build): a pipeline that validates must not
+    be refused there. Some (hse's head, amsa's prompts, instruct-editor's head) compute with tensors
+    at build, which the meta device cannot: they are checked built for real."""
+    check_build(load_pipeline(ROOT / name, ["trainer.device=cpu"]))

@@ -5,10 +5,12 @@ import copy
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from core import sweep
 from core.config.loading import ConfigError
+from core.models.bnneck import BNNeckHead
 from core.cli import main
 from core.runner import evaluate_run, run
 from core.testing import TINY_PIPELINE
@@ -120,6 +122,7 @@ def test_a_signal_stops_the_whole_sweep_after_writing_the_table_so_far(tmp_path,
         return type("Result", (), {"metrics": None})()
 
     monkeypatch.setattr(core.runner, "run", fake_run)
+    monkeypatch.setattr(sweep, "check_variants", lambda variants: None)  # the pipeline files are not there
     variants = [sweep.Variant("a", tmp_path / "p.yaml", [], [0, 1, 2]), sweep.Variant("b", tmp_path / "p.yaml", [], [0])]
     with pytest.raises(Interrupted):
         sweep.run_sweep(variants, tmp_path / "sweep")
@@ -224,10 +227,12 @@ def test_a_grid_key_that_cannot_be_set_is_refused_before_any_run(tiny_yaml, tmp_
     assert not (tmp_path / "s").exists()
 
 
-def test_a_grid_value_a_component_refuses_is_one_warning_line_told_as_grid(tiny_yaml, tmp_path, capsys):
-    """A variant whose --grid value its component refuses (an unknown key, a wrong type) still
-    fails alone, but its warning is one line told as --grid's (it was told as `--set`, with
-    three traceback lines after it); every run failing so, the sweep exits 2 as each would."""
+def test_a_refusal_met_as_a_variant_runs_is_one_warning_line_told_as_grid(tiny_yaml, tmp_path, capsys, monkeypatch):
+    """A refusal the check before the first run cannot see (check_variants left out here; a
+    `prepare:` labeler's key, say: no labeler is built there) still fails its variant alone,
+    its warning one line told as --grid's (it was told as `--set`, with three traceback lines
+    after it); every run failing so, the sweep exits 2 as each would."""
+    monkeypatch.setattr(sweep, "check_variants", lambda variants: None)
     out = tmp_path / "sweep"
     assert main(["run", str(tiny_yaml), "--grid", "sampler.kk=2,4", "--sweep-dir", str(out)]) == 2
     err = capsys.readouterr().err
@@ -235,6 +240,65 @@ def test_a_grid_value_a_component_refuses_is_one_warning_line_told_as_grid(tiny_
     assert len(warnings) == 2 and all("ConfigError: --grid: sampler.kk: unknown key 'kk'" in w for w in warnings), err
     assert "(from --grid sampler.kk=4)" in warnings[1] and "Traceback" not in err and "File \"" not in err, err
     assert "--grid: sampler.kk" in _row(out, "tiny sampler.kk=2")["status"]
+
+
+@pytest.mark.parametrize("grid, variant, refusal, fixed", [
+    ("sampler.name=pk,random", "variant 2/2 'tiny sampler.name=random'",
+     "sampler.k: unknown key 'k' for sampler 'random'",
+     "sampler={name: pk, batch_size: 16, k: 4},{name: random, batch_size: 16}"),
+    ("losses.1.margin=0.3,wide", "variant 2/2 'tiny losses.1.margin=wide'",
+     "--grid: losses.1.margin: wrong type for loss 'triplet'", "losses.1.margin=0.3,0.5"),
+    ("stages.0.trainable=[backbone.*],[bakbone.*]", "variant 2/2 'tiny stages.0.trainable=[bakbone.*]'",
+     "stages.0.trainable.0: stage 'main': trainable pattern 'bakbone.*' matches no parameter",
+     "stages.0.trainable=[backbone.*],[head.*]")])
+def test_a_variant_a_component_refuses_is_refused_before_any_run_and_by_print_config(
+        tiny_yaml, tmp_path, capsys, monkeypatch, grid, variant, refusal, fixed):
+    """`--grid sampler.name=pk,random` trained the pk variant to the end, and only then did
+    'random' fail on pk's `k`; `--print-config`, the way to check a grid, printed it without a
+    word: grid points were only loaded, never built. Each variant is now built the cheap way
+    before the first run: an unknown key, a wrong type, a stage pattern matching nothing is
+    one line naming the variant and the key, exit 2, nothing run, nothing printed; the grid
+    written as it should be passes."""
+    import core.runner
+
+    monkeypatch.setattr(core.runner, "run", lambda *a, **k: pytest.fail("a run started"))
+    for flags in (["--sweep-dir", str(tmp_path / "s")], ["--print-config"]):
+        assert main(["run", str(tiny_yaml), "--grid", grid, *flags]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith(f"error: {variant}: ") and refusal in captured.err, captured.err
+        assert captured.err.count("\n") == 1 and captured.out == "", captured
+    assert not (tmp_path / "s").exists()
+    assert main(["run", str(tiny_yaml), "--grid", fixed, "--print-config"]) == 0
+    assert capsys.readouterr().out.count("# variant ") == 2
+
+
+class ComputingHead(BNNeckHead):
+    """BNNeck that computes with a tensor at build, as hse's head and amsa's prompts do: the
+    meta device cannot build it (`how`: numpy of a meta tensor is a TypeError, which the
+    builder tells as bad input; `.item()` of one a RuntimeError)."""
+
+    how = "numpy"
+
+    def __init__(self, ctx, embedding: str = "bn") -> None:
+        super().__init__(ctx, embedding=embedding)
+        ones = torch.ones(2)
+        self.count = int(np.asarray(ones).sum()) if self.how == "numpy" else int(ones.sum().item())
+
+
+@pytest.mark.parametrize("how", ["numpy", "item"])
+def test_a_model_part_the_meta_device_cannot_build_is_checked_built_for_real(
+        tiny_yaml, capsys, monkeypatch, register_component, how):
+    """A variant whose head cannot be built on the meta device is not refused for it (a fine
+    grid passes), and a refusal by a part built after it (a loss) is still found before any
+    run: the check builds that variant for real instead."""
+    monkeypatch.setattr(ComputingHead, "how", how)
+    register_component("head", "computing", ComputingHead)
+    grid = ["--set", "head.name=computing", "--print-config", "--grid"]
+    assert main(["run", str(tiny_yaml), *grid, "losses.1.margin=0.3,0.5"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["run", str(tiny_yaml), *grid, "losses.1.margin=0.3,wide"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: variant 2/2 'tiny losses.1.margin=wide': --grid: losses.1.margin: wrong type"), err
 
 
 def test_a_run_folder_as_sweep_dir_is_refused_and_continue_with_nothing_to_continue_says_so(

@@ -71,6 +71,7 @@ def test_run_sweep_pairs_each_value_with_its_own_seed_across_a_failed_seed(tmp_p
         return type("Result", (), {"metrics": {"synthetic/mAP": value}})()
 
     monkeypatch.setattr(core.runner, "run", fake_run)
+    monkeypatch.setattr(sweep, "check_variants", lambda variants: None)  # the pipeline files are not there
     variants = [Variant("base", tmp_path / "base.yaml", [], [2, 0, 1, 3]),
                 Variant("row", tmp_path / "row.yaml", [], [2, 0, 1, 3])]
     sweep.run_sweep(variants, tmp_path / "sweep")
