@@ -124,7 +124,7 @@ def test_extract_skipping_a_bad_image_keeps_each_embedding_with_its_own_record(t
     kept = [n for n in names if n != bad]
     assert [Path(r.path).name for r in table.records] == kept
     assert table.pids.tolist() == [int(n.split("_")[0]) for n in kept]
-    assert table.camids.tolist() == [int(n.split("_c")[1][0]) for n in kept]
+    assert table.camids.tolist() == [int(n.split("_c")[1][0]) - 1 for n in kept]  # `c1` is camid 0
     np.testing.assert_allclose(skipped.embeddings, reference.embeddings, rtol=1e-5, atol=1e-6)
 
 
@@ -342,3 +342,76 @@ def test_an_extract_interrupted_while_writing_keeps_the_old_file(trained_run, tm
     monkeypatch.setattr(np, "savez_compressed", cut)
     assert main(argv) == 130
     assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["gallery.npz"]
+
+
+def write_market_folder(images, folder: Path) -> list[tuple[int, int]]:
+    """`images` (an ImageSet) written as Market-1501 names, `<pid>_c<camera>s1_<frame>_00.jpg`
+    with the camera counted from 1 as the dataset writes it (camid 0 is `c1`); returns
+    (pid, camid) of each file in sorted name order."""
+    folder.mkdir(parents=True)
+    written = {}
+    for i in range(len(images)):
+        pid, camid = int(images.table.pids[i]), int(images.table.camids[i])
+        name = f"{pid:04d}_c{camid + 1}s1_{i:06d}_00.jpg"
+        images.image(i).save(folder / name)
+        written[name] = (pid, camid)
+    return [written[n] for n in sorted(written)]
+
+
+def test_a_market_named_folder_against_run_query_excludes_exactly_the_same_identity_and_camera(trained_run, tmp_path):
+    """The protocol as the standard Market-1501 evaluation writes it: a gallery item with
+    the query's identity AND camera is left out, every other one is ranked. The folder
+    holds the run's gallery under Market-1501 names (`c1` is the first camera, camid 0 in
+    the run's records); the tools read `c1` as camera 1, so the cross-camera match was
+    dropped and the same-camera one kept."""
+    from core.tools.images import run_split
+    from core.tools.loading import load_run
+    from core.tools.search import search
+
+    gallery = tmp_path / "gallery"
+    written = write_market_folder(run_split(load_run(trained_run, device="cpu"), "gallery"), gallery)
+    results = search(trained_run, "run:query", str(gallery), top=len(written), exclude_same_camera=True,
+                     device="cpu", progress=False, echo=lambda text: None)
+    query = run_split(load_run(trained_run, device="cpu"), "query").table
+    for r in results:
+        same = {j for j, (pid, cam) in enumerate(written)
+                if pid == int(query.pids[r.query]) and cam == int(query.camids[r.query])}
+        assert same and sorted(r.gallery.tolist()) == sorted(set(range(len(written))) - same)
+
+
+def test_extract_of_a_market_folder_gives_the_market1501_readers_cameras(trained_run, image_folder, tmp_path):
+    from core.data.layouts.market1501 import Market1501
+    from core.tools.extract import load_features
+
+    assert main(["extract", str(trained_run), "--images", str(image_folder / "bounding_box_test"),
+                 "--out", str(tmp_path / "g.npz")]) == 0
+    table = load_features(tmp_path / "g.npz").images.table
+    reader = {r.path: (r.pid, r.camid) for r in Market1501(str(image_folder)).records("gallery")}
+    assert {r.path: (r.pid, r.camid) for r in table.records} == reader
+    assert sorted(set(c for _, c in reader.values())) == [0, 1]  # the world's two cameras, counted from 0
+
+
+def test_images_of_unknown_category_are_not_given_a_real_one(trained_run, image_folder, tmp_path):
+    """A plain folder says nothing of what its images show; the tools called every such
+    image "object", one of the synthetic world's six categories. Against a run trained on
+    several categories they are "unknown", which names no category of the world."""
+    from core.data.synthetic.categories import CATEGORY_NAMES
+    from core.tools.extract import load_features
+
+    assert main(["extract", str(trained_run), "--images", str(image_folder / "query"),
+                 "--out", str(tmp_path / "q.npz")]) == 0
+    categories = set(load_features(tmp_path / "q.npz").images.table.column("category").astype(str).tolist())
+    assert categories == {"unknown"} and not categories & set(CATEGORY_NAMES)
+
+
+def test_images_of_a_folder_take_the_category_of_a_single_category_run(tiny_pipeline_config, run_tiny_pipeline,
+                                                                      image_folder, tmp_path):
+    """A run trained on one category can only take its images as that category."""
+    from core.tools.extract import load_features
+
+    tiny_pipeline_config["data"]["train"][0]["categories"] = ["vehicle"]
+    tiny_pipeline_config["trainer"]["eval_before"] = False
+    run_dir = run_tiny_pipeline(tiny_pipeline_config).run_dir
+    assert main(["extract", str(run_dir), "--images", str(image_folder / "query"),
+                 "--out", str(tmp_path / "q.npz")]) == 0
+    assert set(load_features(tmp_path / "q.npz").images.table.column("category").astype(str).tolist()) == {"vehicle"}

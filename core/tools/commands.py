@@ -10,7 +10,8 @@ import sys
 
 _RUN = "RUN_OR_CHECKPOINT"
 _IMAGES_HELP = ("a folder of images (searched recursively; pid/camera read from Market-1501 style names "
-                "0002_c1s1_..., or a numeric parent folder), a manifest (.csv/.jsonl), one image file, or "
+                "0002_c1s1_... as the dataset readers read them, c1 = camera 0, or a numeric parent folder), "
+                "a manifest (.csv/.jsonl), one image file, or "
                 "run:query / run:gallery / run:train (the run's own data; run:query@<test set>)")
 
 

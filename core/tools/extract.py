@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from core.data.annotations import read_arrays
 from core.data.loading import ImageSamples, collate
 from core.records import Record
-from core.tools.images import ImageFiles, ImageSet, _table
+from core.tools.images import UNKNOWN_CATEGORY, ImageFiles, ImageSet, _table
 from core.tools.loading import LoadedRun
 
 
@@ -153,7 +153,7 @@ def load_features(path: str | Path) -> Features:
     column = lambda key, default: arrays[key].tolist() if key in arrays else [default] * n  # noqa: E731
     records = [Record(path=p or None, pid=int(pid), camid=int(cam), category=c, domain=d, split=s)
                for p, pid, cam, c, d, s in zip(arrays["paths"].tolist(), arrays["pids"], arrays["camids"],
-                                               column("categories", "object"), column("domains", "default"),
+                                               column("categories", UNKNOWN_CATEGORY), column("domains", "default"),
                                                column("splits", "gallery"))]
     meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
     images = ImageSet(_table(records, path.stem), [ImageFiles(records)], str(path))

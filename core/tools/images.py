@@ -6,22 +6,29 @@ Every source becomes an `ImageSet`: a record table (paths, identities, cameras,
 categories, read without decoding) plus the datasets that decode its records, which is
 what `core.data.loading.ImageSamples` batches and what the pictures draw.
 
-A plain folder is searched recursively. Identities are read from the file name as in
-Market-1501 (`0002_c1s1_000451_03.jpg` -> pid 2, camera 1; `-1_...` -> -1, junk) or from
-a numeric parent folder (`gallery/17/a.jpg` -> pid 17); otherwise the pid is -1
-("unknown": the pictures then draw no green / red borders). A folder whose only
-subfolders are train/query/gallery is read as the `folder` dataset layout.
+A plain folder is searched recursively. Identity and camera are read as the dataset
+readers read them, so that a folder, the run's own splits and a features file agree: a
+Market-1501 name by the Market-1501 reader (`0002_c1s1_000451_03.jpg` -> pid 2, camid 0:
+cameras counted from 0, as torchreid and fast-reid count them; `-1_...` -> pid -1, junk);
+any other name takes its pid from a numeric parent folder (`gallery/17/a.jpg` -> pid 17)
+and its camera as the `folder` layout reads it (a `c<N>` token, N as written, else 0).
+Otherwise the pid is -1 ("unknown": the pictures then draw no green / red borders). The
+category of such images is the run's training category when it trained on one, else
+"unknown", a name that is no category of the synthetic world: a folder says nothing of
+what its images show. A folder whose only subfolders are train/query/gallery is read as
+the `folder` dataset layout.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from core.data.layouts.common import IMAGE_EXTENSIONS
+from core.data.layouts.folder import camera_of
+from core.data.layouts.market1501 import Market1501
 from core.data.table import RecordTable
 from core.interfaces import Dataset
 from core.records import Record
@@ -35,7 +42,8 @@ MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".json")
 SPLITS = ("train", "query", "gallery")
 #: pid of a record whose identity is not known
 UNKNOWN = -1
-_MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
+#: category of images whose category is not known (a folder, an image file)
+UNKNOWN_CATEGORY = "unknown"
 
 
 class ImageFiles(Dataset):
@@ -72,16 +80,23 @@ class ImageSet:
         return bool(len(self.table)) and bool((self.table.pids != UNKNOWN).any())
 
 
-def record_for_file(path: Path) -> Record:
-    """A record for one image file; pid and camera from its name or parent folder."""
-    match = _MARKET_NAME.match(path.stem)
-    if match:
-        pid, camid = int(match.group(1)), int(match.group(2))
+def record_for_file(path: Path, category: str = UNKNOWN_CATEGORY) -> Record:
+    """A record for one image file; pid and camera from its name or parent folder, as the
+    dataset readers read them (module doc)."""
+    parsed = Market1501.read_name(path)
+    if parsed is not None:
+        pid, camid = parsed
     else:
         pid = int(path.parent.name) if path.parent.name.isdigit() else UNKNOWN
-        camera = re.search(r"(?:^|_)c(\d+)", path.stem)
-        camid = int(camera.group(1)) if camera else 0
-    return Record(path=str(path), pid=pid, camid=camid, category="object", domain=path.parent.name, split="query")
+        camid = camera_of(path.name)
+    return Record(path=str(path), pid=pid, camid=camid, category=category, domain=path.parent.name, split="query")
+
+
+def files_category(run: "LoadedRun | None") -> str:
+    """The category given to image files: the run's training category when it trained on
+    exactly one (the only one its model knows), else UNKNOWN_CATEGORY."""
+    names = list(run.pipeline.train.category_names) if run is not None else []
+    return names[0] if len(names) == 1 else UNKNOWN_CATEGORY
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -138,7 +153,7 @@ def _open_images(spec: str | Path, run: "LoadedRun | None") -> ImageSet:
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             raise ValueError(f"{path}: not an image ({', '.join(sorted(IMAGE_EXTENSIONS))}) nor a manifest "
                              f"({', '.join(MANIFEST_SUFFIXES)})")
-        records = [record_for_file(path)]
+        records = [record_for_file(path, files_category(run))]
         return ImageSet(_table(records, path.stem, cats), [ImageFiles(records)], text)
     subfolders = {p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")}
     if subfolders and subfolders <= set(SPLITS) and not any(p.is_file() for p in path.iterdir()
@@ -148,7 +163,7 @@ def _open_images(spec: str | Path, run: "LoadedRun | None") -> ImageSet:
         dataset = FolderDataset(str(path))
         records = [r for split in SPLITS for r in dataset.records(split)]
         return ImageSet(_table(records, path.name, cats), [dataset], text)
-    records = [record_for_file(f) for f in _image_files(path)]
+    records = [record_for_file(f, files_category(run)) for f in _image_files(path)]
     if not records:
         raise FileNotFoundError(f"{path}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in it or below")
     return ImageSet(_table(records, path.name, cats), [ImageFiles(records)], text)

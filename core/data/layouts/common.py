@@ -258,10 +258,22 @@ class SplitFolderDataset(Dataset):
     def parse(self, path: str) -> tuple[int, int] | None:
         """(pid, 0-based camid) from the file name; pid -1 (junk, the convention of
         Market-1501 and its followers) is left out as torchreid and fast-reid do."""
-        pid, camera = self.pattern.parse(type(self).__name__, path)[:2]
-        if int(pid) == -1:
-            return None
-        return int(pid), int(camera) - 1
+        pid, camid = self.identity_and_camera(self.pattern.parse(type(self).__name__, path))
+        return None if pid == -1 else (pid, camid)
+
+    @staticmethod
+    def identity_and_camera(groups: Sequence[str]) -> tuple[int, int]:
+        """(pid as written, 0-based camid) from the pattern's first two groups: the names
+        count cameras from 1 (`c1` is camid 0)."""
+        return int(groups[0]), int(groups[1]) - 1
+
+    @classmethod
+    def read_name(cls, path: str | Path) -> tuple[int, int] | None:
+        """(pid, camid) of a file named after this layout's pattern, read as `parse` reads
+        it but keeping pid -1; None for a name that does not follow the pattern. For
+        files outside a dataset folder (the tools' image folders)."""
+        match = cls.pattern.regex.match(os.path.basename(str(path)))
+        return None if match is None else cls.identity_and_camera(match.groups())
 
 
 class ClothesSplitFolderDataset(SplitFolderDataset):
