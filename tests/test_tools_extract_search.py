@@ -415,3 +415,53 @@ def test_images_of_a_folder_take_the_category_of_a_single_category_run(tiny_pipe
     assert main(["extract", str(run_dir), "--images", str(image_folder / "query"),
                  "--out", str(tmp_path / "q.npz")]) == 0
     assert set(load_features(tmp_path / "q.npz").images.table.column("category").astype(str).tolist()) == {"vehicle"}
+
+
+def same_identity_and_camera(query, gallery, q: int) -> set[int]:
+    """The gallery rows the protocol leaves out for query row `q`: its identity AND camera."""
+    return {j for j in range(len(gallery.pids))
+            if gallery.pids[j] == query.pids[q] and gallery.camids[j] == query.camids[q]}
+
+
+def run_splits(run_dir):
+    from core.tools.images import run_split
+    from core.tools.loading import load_run
+
+    run = load_run(run_dir, device="cpu")
+    return run_split(run, "query").table, run_split(run, "gallery").table
+
+
+def test_explain_ranks_the_runs_query_against_its_gallery_as_evaluation_does(trained_run, tmp_path, monkeypatch):
+    """`core explain --images run:query` (gallery: the run's) drew as rank 1 the query's
+    identity seen by the query's own camera, which evaluation (the Market-1501 protocol)
+    and `core search --worst` leave out."""
+    from core.tools import search
+
+    ranked, real_rank = [], search.rank
+
+    def spy(*args, **kwargs):
+        ranked.extend(real_rank(*args, **kwargs))
+        return ranked
+
+    monkeypatch.setattr(search, "rank", spy)
+    query, gallery = run_splits(trained_run)
+    assert main(["explain", str(trained_run), "--images", "run:query", "--out", str(tmp_path / "cams"),
+                 "--method", "rollout", "--limit", "3", "--top", str(len(gallery.pids))]) == 0
+    assert len(ranked) == 3
+    for r in ranked:
+        excluded = same_identity_and_camera(query, gallery, r.query)
+        assert excluded and sorted(r.gallery.tolist()) == sorted(set(range(len(gallery.pids))) - excluded)
+
+
+def test_search_of_the_runs_own_splits_excludes_as_evaluation_does_unless_told_not_to(trained_run, capsys):
+    from core.tools.search import search
+
+    query, gallery = run_splits(trained_run)
+    n = len(gallery.pids)
+    results = search(trained_run, "run:query", "run:gallery", top=n, device="cpu", progress=False,
+                     echo=lambda text: None)
+    assert [sorted(r.gallery.tolist()) for r in results] == \
+        [sorted(set(range(n)) - same_identity_and_camera(query, gallery, r.query)) for r in results]
+    assert main(["search", str(trained_run), "--query", "run:query", "--gallery", "run:gallery", "--top", str(n),
+                 "--no-exclude-same-camera"]) == 0
+    assert capsys.readouterr().out.count(f"  {n:>3}. ") == len(query.pids)  # every gallery item ranked

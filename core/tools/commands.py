@@ -31,6 +31,16 @@ def _skip_bad_images(p: argparse.ArgumentParser, before: str) -> None:
                    help=f"leave out unreadable images found before {before} (with a warning) instead of stopping")
 
 
+def _same_camera(p: argparse.ArgumentParser, query: str, prefix: str = "") -> None:
+    """--exclude-same-camera / --no-exclude-same-camera, the same for search and explain
+    (core.tools.search.same_camera_excluded)."""
+    p.add_argument("--exclude-same-camera", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"{prefix}drop gallery items with the query's identity and camera, as evaluation does (the "
+                        f"ReID protocol); default: on when {query} and --gallery are both the run's own splits "
+                        "(run:...) and its evaluator drops them, off for other images (whose cameras may mean "
+                        "nothing); --no-exclude-same-camera keeps them")
+
+
 def _image_check(args: argparse.Namespace) -> str:
     return "skip" if args.skip_bad_images else "error"
 
@@ -70,7 +80,8 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction") -> None:
              "precision into the run folder (<run>/worst-queries/, or --out).",
              "  core search runs/q --query probe.jpg --gallery gallery.npz --top 10 --out search/\n"
              "  core search runs/q --query data/query --gallery data/bounding_box_test --out search/\n"
-             "  core search runs/q --query run:query --gallery run:gallery --exclude-same-camera --out s/\n"
+             "  core search runs/q --query run:query --gallery run:gallery --out s/   as evaluation ranks\n"
+             "  core search runs/q --query data/query --gallery data/bounding_box_test --exclude-same-camera\n"
              "  core search runs/q --worst 10                  worst queries -> runs/q/worst-queries/\n")
     p.add_argument("target", metavar=_RUN)
     p.add_argument("--query", metavar="IMG_OR_DIR", help=_IMAGES_HELP)
@@ -80,8 +91,7 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--out", metavar="DIR", help="write a PNG per query and index.html here")
     p.add_argument("--worst", type=int, metavar="N", help="draw the N lowest-AP queries of the run's test sets")
     p.add_argument("--metric", choices=["cosine", "euclidean"], help="distance (default: the run's evaluator's)")
-    p.add_argument("--exclude-same-camera", action="store_true",
-                   help="drop gallery items with the query's identity and camera (the ReID protocol)")
+    _same_camera(p, "--query")
     p.add_argument("--batch-size", type=int, default=64)
     _skip_bad_images(p, "searching")
     _device(p)
@@ -110,8 +120,7 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--gallery", metavar="DIR_OR_MANIFEST",
                    help="gradcam/rollout: images to rank against, as for --images (default run:gallery)")
     p.add_argument("--top", type=int, default=5, help="gradcam/rollout: matches drawn per query (default 5)")
-    p.add_argument("--exclude-same-camera", action="store_true",
-                   help="gradcam/rollout: drop gallery items with the query's identity and camera")
+    _same_camera(p, "--images", "gradcam/rollout: ")
     p.add_argument("--layer", metavar="MODULE",
                    help="gradcam: the module explained, a dotted name in the model (default: the backbone's "
                         "last spatial feature map, e.g. backbone.model.layer4)")

@@ -177,7 +177,8 @@ def explain_matches(run, query_set, gallery_set, out: Path, settings: Settings, 
     log.info("%s: %d queries, top %d each%s", settings.method, len(results), settings.top,
              f", target layer {explainer.layer_name}" if explainer.layer_name else "")
     return write_index(out, entries, f"{settings.method} maps of {run.run_dir.name}",
-                       f"{what}; {run.metric} distance under each match; each heat map stretched from its "
+                       f"{what}; {run.metric} distance under each match (same identity and camera "
+                       f"{'excluded' if exclude_same_camera else 'kept'}); each heat map stretched from its "
                        "minimum to its maximum")
 
 

@@ -96,7 +96,7 @@ METHODS = ("auto", "parts", "gradcam", "rollout")
 def explain(target: str | Path, images: str, out: str | Path, key: str = "part_masks", limit: int = 32,
             device: str = "auto", batch_size: int = 32, method: str = "auto", gallery: str | None = None,
             top: int = 5, layer: str | None = None, discard_ratio: float = 0.0, head_fusion: str = "mean",
-            exclude_same_camera: bool = False, cam: str = "gradcam", image_check: str = "error") -> Path:
+            exclude_same_camera: bool | None = None, cam: str = "gradcam", image_check: str = "error") -> Path:
     """What `core explain` does; returns the index.html path.
 
     `method`: parts (the model's part masks, this module), gradcam (CNNs) or rollout
@@ -105,7 +105,10 @@ def explain(target: str | Path, images: str, out: str | Path, key: str = "part_m
     `image_check`: the images are checked before the first is drawn, as `core extract`
     checks them (`core.tools.images.screened`): only the first `limit` of --images, the
     only ones drawn (with --skip-bad-images, as many more as were left out:
-    `screened_first`), and the whole gallery, which is embedded.
+    `screened_first`), and the whole gallery, which is embedded. Matches are ranked as
+    `core search` ranks them: `exclude_same_camera` None follows
+    `core.tools.search.same_camera_excluded` (the run's query against its gallery: as its
+    evaluator does).
     """
     from core.data.loading import ImageSamples, collate
     from core.tools.images import open_images, screened, screened_first
@@ -129,6 +132,9 @@ def explain(target: str | Path, images: str, out: str | Path, key: str = "part_m
         if gallery is None:
             at = str(images).partition("@")[2] if str(images).startswith("run:") else ""
             gallery = "run:gallery" + (f"@{at}" if at else "")
+        from core.tools.search import same_camera_excluded
+
+        exclude_same_camera = same_camera_excluded(run, images, gallery, exclude_same_camera)
         gallery_set, = screened([("--gallery", open_images(gallery, run, flag="--gallery"))], image_check,
                                 "Nothing was drawn")
         return explain_matches(run, image_set, gallery_set, out,

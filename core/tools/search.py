@@ -9,7 +9,10 @@ the N queries with the lowest AP are drawn into the run folder (`<run>/worst-que
 Ranking is exact (one matrix product per chunk of queries, `core.evaluation.distances`),
 ties broken by gallery order as in evaluation. A gallery item with the query's own file
 path is never returned (searching a folder against itself), and with
-`exclude_same_camera` neither is one with the query's identity and camera.
+`exclude_same_camera` neither is one with the query's identity and camera: by default
+when query and gallery are both the run's own splits and its evaluator leaves those out
+(`same_camera_excluded`), so that `core search` and `core explain` rank the run's data
+as evaluation and `--worst` do.
 """
 
 from __future__ import annotations
@@ -116,6 +119,24 @@ def _rank_blocked(query, gallery: np.memmap, metric: str, top: int, query_set: I
     return results
 
 
+def evaluator_excludes_same_camera(run) -> bool:
+    """Whether the run's evaluator leaves out gallery items of the query's identity and
+    camera (the standard protocol; `exclude_same_camera: false` for single-camera data)."""
+    return bool(getattr(run.pipeline.evaluator, "exclude_same_camera", True))
+
+
+def same_camera_excluded(run, query: str | Path, gallery: str | Path, asked: bool | None) -> bool:
+    """`asked` (--exclude-same-camera / --no-exclude-same-camera) when given; otherwise as
+    the run's evaluator when query and gallery are both the run's own splits (`run:...`),
+    whose cameras are those of its protocol, and off for other sources, whose cameras may
+    mean nothing (a folder without `c<N>` names reads every image as camera 0, and would
+    lose every match of the query's identity)."""
+    if asked is not None:
+        return asked
+    own = str(query).startswith("run:") and str(gallery).startswith("run:")
+    return own and evaluator_excludes_same_camera(run)
+
+
 def _identity(table, index: int) -> str:
     pid = int(table.pids[index])
     return f"id {pid if pid != UNKNOWN else '?'} c{int(table.camids[index])}"
@@ -172,16 +193,18 @@ def draw_results(results: list[QueryResult], query_set: ImageSet, gallery_set: I
 
 
 def search(target: str | Path, query: str, gallery: str, top: int = 10, out: str | Path | None = None,
-           device: str = "auto", metric: str | None = None, exclude_same_camera: bool = False,
+           device: str = "auto", metric: str | None = None, exclude_same_camera: bool | None = None,
            batch_size: int = 64, progress: bool = True, echo=print, image_check: str = "error") -> list[QueryResult]:
     """What `core search` does: embed queries (and the gallery unless it is a .npz of
     `core extract`), rank, print, draw. `image_check`: the images to embed are checked
-    first, as `core extract` checks them (`core.tools.images.screened`)."""
+    first, as `core extract` checks them (`core.tools.images.screened`).
+    `exclude_same_camera`: None follows `same_camera_excluded`."""
     from core.tools.extract import embed, load_features
     from core.tools.images import open_images, screened
     from core.tools.loading import load_run
 
     run = load_run(target, device=device)
+    exclude_same_camera = same_camera_excluded(run, query, gallery, exclude_same_camera)
     query_set = open_images(query, run, flag="--query")
     if str(gallery).endswith(".npz"):  # embedded already; a picture draws a placeholder for an image that won't read
         query_set, = screened([("--query", query_set)], image_check, "Nothing was searched")
@@ -202,7 +225,8 @@ def search(target: str | Path, query: str, gallery: str, top: int = 10, out: str
     if out is not None:
         index = draw_results(results, query_set, gallery_set, Path(out),
                              title=f"search: {query} against {gallery}",
-                             intro=f"run {run.run_dir}, {metric} distance, top {top}")
+                             intro=f"run {run.run_dir}, {metric} distance, top {top}, same identity and camera "
+                                   f"{'excluded' if exclude_same_camera else 'kept'}")
         echo(f"pictures: {index}")
     return results
 
@@ -218,9 +242,8 @@ def worst_queries(target: str | Path, count: int = 10, top: int = 10, out: str |
     from core.tools.loading import load_run
 
     run = load_run(target, device=device)
-    evaluator = run.pipeline.evaluator
     metric = run.metric
-    exclude = bool(getattr(evaluator, "exclude_same_camera", True))
+    exclude = evaluator_excludes_same_camera(run)
     out_dir = Path(out) if out is not None else run.run_dir / "worst-queries"
     found: dict[str, list[QueryResult]] = {}
     entries = []
