@@ -29,9 +29,11 @@ half-way (an error, Ctrl-C) leaves the earlier one as it was.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -117,8 +119,26 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max())
 
 
+@contextlib.contextmanager
+def _without_torchscript_noise():
+    """Torch's own warnings around tracing and loading TorchScript, which a user of
+    `core export` can do nothing about, left out; every other warning stays. They are:
+    TracerWarnings raised inside torch's library code, which torch means to ignore
+    (`TracerWarning.ignore_lib_warnings`: module "torch.(?!jit)") but whose pattern misses
+    the top-level module, home of `torch._assert`: a model's shape assertion (timm's
+    image-size check) read as a Python bool while tracing, "might not generalize", which
+    the export's check at another batch size settles (a TracerWarning from the model's own
+    code stays); and the FutureWarnings that `torch.jit.trace`, `trace_method` and `load`
+    are deprecated (torch.export, their successor, is what the ONNX export uses)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"torch(\Z|\.(?!jit))")
+        warnings.filterwarnings("ignore", category=FutureWarning,
+                                message=r"`torch\.jit\.(trace|trace_method|load)` is deprecated")
+        yield
+
+
 def export_torchscript(wrapper: EmbeddingModel, example: torch.Tensor, path: Path) -> Path:
-    with torch.no_grad():
+    with torch.no_grad(), _without_torchscript_noise():
         traced = torch.jit.trace(wrapper, example, check_trace=False)
     traced.save(str(path))
     return path
@@ -127,7 +147,8 @@ def export_torchscript(wrapper: EmbeddingModel, example: torch.Tensor, path: Pat
 def run_torchscript(path: Path, images: torch.Tensor) -> np.ndarray:
     # safe: `path` is the archive export_torchscript has just written from the run's model
     # (the export's own check), never a file the user received
-    module = torch.jit.load(str(path), map_location="cpu")
+    with _without_torchscript_noise():
+        module = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         return module(images).numpy()
 
