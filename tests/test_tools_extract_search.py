@@ -465,3 +465,55 @@ def test_search_of_the_runs_own_splits_excludes_as_evaluation_does_unless_told_n
     assert main(["search", str(trained_run), "--query", "run:query", "--gallery", "run:gallery", "--top", str(n),
                  "--no-exclude-same-camera"]) == 0
     assert capsys.readouterr().out.count(f"  {n:>3}. ") == len(query.pids)  # every gallery item ranked
+
+
+def split_tree(manifest: Path, root: Path) -> Path:
+    """The manifest's images copied into the `folder` layout, `<split>/<category>/<identity>/<image>`."""
+    import csv
+
+    with manifest.open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            target = root / row["split"] / row["category"] / row["market_pid"] / Path(row["path"]).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(manifest.parent / row["path"], target)
+    return root
+
+
+@pytest.mark.parametrize("source", ["manifest", "split folder"])
+def test_a_source_with_splits_gives_its_query_rows_as_query_and_its_gallery_rows_as_gallery(
+        trained_run, image_folder, tmp_path, capsys, source):
+    """`--gallery manifest.csv` (a manifest with a split column, as `core data synth`
+    writes) took every row, train and query ones too, into the gallery: each query met
+    itself and the training identities there. The manifest's split column says which row
+    is which."""
+    import csv
+
+    with (image_folder / "manifest.csv").open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    names = {s: sorted(Path(r["path"]).name for r in rows if r["split"] == s) for s in ("query", "gallery")}
+    given = str(image_folder / "manifest.csv") if source == "manifest" else \
+        str(split_tree(image_folder / "manifest.csv", tmp_path / "tree"))
+    assert main(["search", str(trained_run), "--query", given, "--gallery", given, "--top", str(len(rows))]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    queries = [line.split()[1] for line in lines if line.startswith("query ")]
+    second = next(i for i, line in enumerate(lines) if i and line.startswith("query "))
+    first_list = [line.split()[-1] for line in lines[1:second]]
+    assert sorted(queries) == names["query"]
+    assert sorted(first_list) == names["gallery"]  # the first query's ranked list: the gallery rows, each once
+
+
+def test_a_manifest_that_marks_no_gallery_rows_given_as_gallery_is_one_line(trained_run, image_folder, tmp_path,
+                                                                           capsys):
+    import csv
+
+    with (image_folder / "manifest.csv").open(newline="", encoding="utf-8") as f:
+        rows = [{**r, "path": str(image_folder / r["path"])} for r in csv.DictReader(f) if r["split"] != "gallery"]
+    manifest = tmp_path / "no-gallery.csv"
+    with manifest.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert main(["search", str(trained_run), "--query", "run:query", "--gallery", str(manifest)]) == 2
+    assert capsys.readouterr().err == (f"error: --gallery {manifest}: no gallery images in it (it marks 64 train, "
+                                       "16 query); as --gallery, a manifest or a train/query/gallery folder gives "
+                                       "its gallery images\n")

@@ -11,7 +11,8 @@ import sys
 _RUN = "RUN_OR_CHECKPOINT"
 _IMAGES_HELP = ("a folder of images (searched recursively; pid/camera read from Market-1501 style names "
                 "0002_c1s1_... as the dataset readers read them, c1 = camera 0, or a numeric parent folder), "
-                "a manifest (.csv/.jsonl), one image file, or "
+                "a manifest (.csv/.jsonl; with a split column, --query takes its query rows and --gallery its "
+                "gallery rows), one image file, or "
                 "run:query / run:gallery / run:train (the run's own data; run:query@<test set>)")
 
 

@@ -17,6 +17,11 @@ category of such images is the run's training category when it trained on one, e
 "unknown", a name that is no category of the synthetic world: a folder says nothing of
 what its images show. A folder whose only subfolders are train/query/gallery is read as
 the `folder` dataset layout.
+
+A manifest with a split column, or such a train/query/gallery folder, marks which image
+is a query and which a gallery item: given as `--query` it gives its query images, as
+`--gallery` its gallery images, as `--images` all of them; one that marks no image query
+or gallery (a manifest without a split column: every row "train") gives all of them.
 """
 
 from __future__ import annotations
@@ -112,15 +117,18 @@ def _table(records: Sequence[Record], name: str, category_names: Sequence[str] |
     return RecordTable.build([(name, list(records))], relabel=False, category_names=category_names)
 
 
-def open_images(spec: str | Path, run: "LoadedRun | None" = None, flag: str = "--images") -> ImageSet:
+def open_images(spec: str | Path, run: "LoadedRun | None" = None, flag: str = "--images",
+                split: str | None = None) -> ImageSet:
     """An `ImageSet` from a folder, a manifest file, an image file or `run:<split>`. What
     cannot be read (a bad manifest row, a folder without images) is a ConfigError naming
-    the command-line `flag` that gave `spec`: `--images data/m.csv:5: field 'pid' ...`."""
+    the command-line `flag` that gave `spec`: `--images data/m.csv:5: field 'pid' ...`.
+    `split` ("query", "gallery"): the role `spec` plays, which picks the images of a
+    source that marks splits (module doc); None takes all."""
     from core.config.loading import ConfigError
     from core.data.paths import UNREADABLE_FILE, unreadable
 
     try:
-        return _open_images(spec, run)
+        return _open_images(spec, run, split)
     except ConfigError:
         raise
     except UNREADABLE_FILE as exc:
@@ -131,7 +139,7 @@ def open_images(spec: str | Path, run: "LoadedRun | None" = None, flag: str = "-
         raise ConfigError(f"{flag} {text}" if named else f"{flag} {spec}: {text}") from exc
 
 
-def _open_images(spec: str | Path, run: "LoadedRun | None") -> ImageSet:
+def _open_images(spec: str | Path, run: "LoadedRun | None", split: str | None) -> ImageSet:
     text = str(spec)
     if text.startswith("run:"):
         if run is None:
@@ -145,7 +153,7 @@ def _open_images(spec: str | Path, run: "LoadedRun | None") -> ImageSet:
         from core.data.manifest import ManifestDataset
 
         dataset = ManifestDataset(str(path))
-        records = [r for split in SPLITS for r in dataset.records(split)]
+        records = _marked(dataset, path, split)
         if not records:
             raise ValueError(f"{path}: the manifest lists no images")
         return ImageSet(_table(records, path.stem, cats), [dataset], text)
@@ -161,12 +169,25 @@ def _open_images(spec: str | Path, run: "LoadedRun | None") -> ImageSet:
         from core.data.layouts.folder import FolderDataset
 
         dataset = FolderDataset(str(path))
-        records = [r for split in SPLITS for r in dataset.records(split)]
+        records = _marked(dataset, path, split)
         return ImageSet(_table(records, path.name, cats), [dataset], text)
     records = [record_for_file(f, files_category(run)) for f in _image_files(path)]
     if not records:
         raise FileNotFoundError(f"{path}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in it or below")
     return ImageSet(_table(records, path.name, cats), [ImageFiles(records)], text)
+
+
+def _marked(dataset: Dataset, path: Path, split: str | None) -> list[Record]:
+    """The records of `split` of a source that marks splits, when it marks any record
+    query or gallery; otherwise, or without `split`, all of them (module doc)."""
+    marked = {s: dataset.records(s) for s in SPLITS}
+    if split is None or not (len(marked["query"]) or len(marked["gallery"])):
+        return [r for s in SPLITS for r in marked[s]]
+    if not len(marked[split]):
+        held = ", ".join(f"{len(marked[s])} {s}" for s in SPLITS if len(marked[s]))
+        raise ValueError(f"{path}: no {split} images in it (it marks {held}); as --{split}, a manifest or a "
+                         f"train/query/gallery folder gives its {split} images")
+    return list(marked[split])
 
 
 def screened(sets: Sequence[tuple[str, ImageSet]], mode: str = "error",

@@ -135,7 +135,7 @@ def explain(target: str | Path, images: str, out: str | Path, key: str = "part_m
         from core.tools.search import same_camera_excluded
 
         exclude_same_camera = same_camera_excluded(run, images, gallery, exclude_same_camera)
-        gallery_set, = screened([("--gallery", open_images(gallery, run, flag="--gallery"))], image_check,
+        gallery_set, = screened([("--gallery", open_images(gallery, run, "--gallery", "gallery"))], image_check,
                                 "Nothing was drawn")
         return explain_matches(run, image_set, gallery_set, out,
                                Settings(method, top=top, layer=layer, discard_ratio=discard_ratio,

@@ -205,7 +205,7 @@ def search(target: str | Path, query: str, gallery: str, top: int = 10, out: str
 
     run = load_run(target, device=device)
     exclude_same_camera = same_camera_excluded(run, query, gallery, exclude_same_camera)
-    query_set = open_images(query, run, flag="--query")
+    query_set = open_images(query, run, flag="--query", split="query")
     if str(gallery).endswith(".npz"):  # embedded already; a picture draws a placeholder for an image that won't read
         query_set, = screened([("--query", query_set)], image_check, "Nothing was searched")
         features = load_features(gallery)
@@ -215,7 +215,7 @@ def search(target: str | Path, query: str, gallery: str, top: int = 10, out: str
                         "distances across models mean nothing")
     else:
         query_set, gallery_set = screened([("--query", query_set),
-                                           ("--gallery", open_images(gallery, run, flag="--gallery"))],
+                                           ("--gallery", open_images(gallery, run, "--gallery", "gallery"))],
                                           image_check, "Nothing was searched")
         g_emb = embed(run, gallery_set, batch_size=batch_size, progress=progress)
     q_emb = embed(run, query_set, batch_size=batch_size, progress=progress)
