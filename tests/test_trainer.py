@@ -61,6 +61,27 @@ def test_resuming_a_finished_run_changes_nothing_and_returns_its_final_metrics(t
         assert (done.run_dir / name).read_bytes() == before[name], name
 
 
+def test_resuming_a_finished_run_with_a_longer_last_stage_says_it_trained_nothing(tiny_pipeline_config,
+                                                                                    run_tiny_pipeline, caplog):
+    """`--resume RUN --set stages.0.epochs=4` of a run that had finished its 2 epochs extends an
+    unfinished run, but a finished one stands past its last stage: nothing trains, and only an
+    info line said 'nothing to resume', so the --set read as applied. A warning names it."""
+    import json
+    import logging
+
+    from core.runner import run
+
+    done = run_tiny_pipeline(two_epoch_config(tiny_pipeline_config))
+    steps = [json.loads(x).get("global_step") for x in (done.run_dir / "metrics.jsonl").read_text().splitlines()]
+    with caplog.at_level(logging.INFO, logger="core"):
+        again = run(None, ["stages.0.epochs=4"], resume=done.run_dir)
+    assert again.metrics == done.metrics
+    after = [json.loads(x).get("global_step") for x in (done.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert after == steps  # nothing trained
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("--set stages.0.epochs does not extend a finished run" in w for w in warned), warned
+
+
 def test_run_folder_holds_pipeline_metrics_report_environment(tiny_pipeline_config, run_tiny_pipeline):
     result = run_tiny_pipeline(tiny_pipeline_config)
     folder = result.run_dir

@@ -530,6 +530,10 @@ class Trainer:
         if finished is not None:  # `--resume` of a run that ended: evaluating again would add a second 'final'
             log.info(f"{self.p.name}: the run in {self.run.path} had finished (step {self.position.global_step}); "
                      "nothing to resume, its final evaluation stands")
+            changed = self._stage_overrides()
+            if changed:  # `--set stages.0.epochs=40` would read as done; its stage had ended, nothing trained
+                log.warning(f"--set {', '.join(changed)} does not extend a finished run: its last stage had ended "
+                            "(schedule included), so nothing was trained; start a new run to train longer")
             return finished
         self.trackers.start(self.p.config.data, self.run.path)
         ok = False
@@ -549,6 +553,12 @@ class Trainer:
             return None
         finals = [r for r in self.history if r.get("tag") == "final"]
         return {k: v for k, v in finals[-1].items() if "/" in k} if finals else {}
+
+    def _stage_overrides(self) -> list[str]:
+        """The `stages` keys given with --set (outermost only), e.g. ['stages.0.epochs']."""
+        keys = [k for k, origin in self.p.config.origins.items()
+                if origin == "--set" and (k == "stages" or k.startswith("stages."))]
+        return sorted(k for k in keys if not any(k.startswith(f"{other}.") for other in keys))
 
     def _fit(self) -> dict[str, float] | None:
         log.info(f"{self.p.name}: {'resuming' if self._resume_state is not None else 'training'} on {self.device}"
