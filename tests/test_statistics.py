@@ -269,3 +269,34 @@ def test_a_metric_significant_alone_but_not_after_holm_says_so():
     assert "name one primary metric before the runs (here synthetic/mAP)" in markdown
     csv_row = next(r for r in csv.DictReader(io.StringIO(table)) if r["variant"] == "row")
     assert float(csv_row["synthetic/mAP p_holm"]) == pytest.approx(holm_by_definition(p)[0], rel=1e-5)
+
+
+def test_holm_adjusts_over_each_rows_metrics_not_the_whole_table():
+    """The family is one row's metrics (m = metrics of that row), not every row and metric of
+    the table: with two rows and two metrics each, a row's adjusted p comes from its own two
+    p-values (scipy's paired t), whatever the other row's are. At α equal to that adjusted
+    p the row is not significant after Holm (significant means p < α), its t-test alone is."""
+    base = {s: 30.0 + 0.1 * s for s in range(5)}
+    keys = ["synthetic/mAP", "synthetic/rank-1"]
+
+    def make(name, shift, noise):
+        v = Variant(name, Path("p.yaml"), [], list(base))
+        for seed, value in base.items():
+            v.metrics.append({keys[0]: value + shift + noise[seed], keys[1]: 50 + noise[seed] * 3})
+            v.metric_seeds.append(seed)
+        return v
+
+    noise = {0: 0.3, 1: -0.2, 2: 0.4, 3: -0.1, 4: 0.0}
+    rows = [make("base", 0.0, {s: 0.0 for s in base}), make("a", 1.0, noise), make("b", 0.4, noise)]
+    markdown, table = sweep.comparison(rows)
+    for v in rows[1:]:
+        p = [sp.ttest_rel([m[k] for m in v.metrics], [m[k] for m in rows[0].metrics]).pvalue for k in keys]
+        expected = holm_by_definition(p)
+        csv_row = next(r for r in csv.DictReader(io.StringIO(table)) if r["variant"] == v.name)
+        assert [float(csv_row[f"{k} p_holm"]) for k in keys] == pytest.approx(expected, rel=1e-5), v.name
+    p_a = [sp.ttest_rel([m[k] for m in rows[1].metrics], [m[k] for m in rows[0].metrics]).pvalue for k in keys]
+    at = holm_by_definition(p_a)[0]
+    assert p_a[0] < at  # the premise: mAP significant alone at α = its adjusted p
+    markdown, _ = sweep.comparison(rows, alpha=at)
+    line = next(x for x in markdown.splitlines() if x.startswith("| a | synthetic/mAP |"))
+    assert line.endswith("; not after Holm over the row's 2 metrics |"), line
