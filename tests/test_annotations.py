@@ -383,6 +383,34 @@ def test_validate_labels_only_its_batch_and_leaves_the_label_file_alone(tmp_path
     assert module.SEEN[-1] is not None
 
 
+def test_sampled_labels_reach_exactly_their_own_rows_each_image_labelled_once(tmp_path, tiny_pipeline_config,
+                                                                             monkeypatch):
+    """validate's sampled labelling (DeferredLabels.label_rows) with the rows a PK batch may
+    draw: out of order and one twice. Each row drawn gets the masks of its own image (the
+    truth boxes it carries, as `core label` would give), no other row gets any, and each
+    image is labelled once."""
+    from core.plugins import get_plugin_manager
+
+    monkeypatch.chdir(tmp_path)
+    path = write_pipeline(tmp_path, tiny_pipeline_config, prepare=[{"name": "truth_test", "out": "parts.npz"}])
+    p = build_pipeline(load_pipeline(path), prepare="check", echo=lambda *_: None)
+    (step,) = p.deferred_labels
+    module = next(m for m in get_plugin_manager().get_plugins() if hasattr(m, "CALLS"))
+    calls = sum(module.CALLS)
+    rows = [9, 2, 17, 2, 5]
+    (tmp_path / "sampled").mkdir()
+    assert step.label_rows(p.train, rows, p.ctx, tmp_path / "sampled") == 4
+    assert sum(module.CALLS) - calls == 4
+    records = list(p.train.records)
+    for r, record in enumerate(records):
+        masks = record.extras.get("part_masks")
+        if r not in rows:
+            assert masks is None, r
+            continue
+        truth = boxes_to_patch_masks(record.extras["part_boxes"][None], p.ctx.patch_grid, 0.5).astype(np.uint8)[0]
+        assert np.array_equal(np.asarray(masks), truth), r
+
+
 def test_core_validate_says_which_labels_it_sampled(tmp_path, tiny_pipeline_config, monkeypatch, capsys):
     from core.cli import main
 
