@@ -51,3 +51,20 @@ def test_the_training_bar_follows_the_same_rule(tiny_pipeline_config, run_tiny_p
     with log_setup.console(level):
         run_tiny_pipeline(tiny_pipeline_config)
     assert bool(bars(err.getvalue())) is shown, err.getvalue()[-2000:]
+
+
+@pytest.mark.parametrize("is_main, shown", [(True, True), (False, False)])
+def test_under_torchrun_only_rank_0_draws_the_training_bar(monkeypatch, is_main, shown):
+    """Every rank's stderr is often the same terminal: a bar per process would interleave
+    frames (the README: under torchrun, ranks other than 0 show warnings and errors only)."""
+    from types import SimpleNamespace
+
+    from core.training.trainer import Trainer
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    trainer = SimpleNamespace(cfg=SimpleNamespace(progress=True), dist=SimpleNamespace(is_main=is_main))
+    with log_setup.console(log_setup.NORMAL, rank=0):
+        bar = Trainer._progress(trainer, 4, "main")
+        drawn = not bar.disable
+        bar.close()
+    assert drawn is shown
