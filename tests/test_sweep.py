@@ -355,3 +355,23 @@ def test_a_sweep_whose_every_run_fails_on_bad_input_exits_2(tiny_yaml, tmp_path,
     assert main(["run", str(tiny_yaml), "--grid", "sampler.k=2,4", "--seeds", "0,1",
                  "--sweep-dir", str(tmp_path / "s")]) == code
     assert "| tiny sampler.k=2 | 0 |" in (tmp_path / "s" / "comparison.md").read_text()  # the table all the same
+
+
+def test_a_run_failing_on_a_missing_file_warns_in_one_line_a_crash_with_its_traceback(
+        tiny_yaml, tmp_path, monkeypatch, capsys):
+    """A failure's warning drops its traceback lines when the run alone would have exited 2
+    (bad input: a missing data file says it all), not only for a ConfigError; a crash keeps them."""
+    import core.runner
+
+    faults = {"k=2": FileNotFoundError("no such file: data/market/list.txt"), "k=4": RuntimeError("CUDA error")}
+
+    def run(pipeline, overrides, **kwargs):
+        raise next(f for key, f in faults.items() if f"sampler.{key}" in overrides)
+
+    monkeypatch.setattr(core.runner, "run", run)
+    assert main(["run", str(tiny_yaml), "--grid", "sampler.k=2,4", "--sweep-dir", str(tmp_path / "s")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    missing = err.index(next(x for x in err if "FAILED: FileNotFoundError" in x))
+    crash = err.index(next(x for x in err if "FAILED: RuntimeError" in x))
+    assert not err[missing + 1].startswith(("  ", "Traceback")), err[missing:missing + 3]
+    assert err[crash + 1].startswith("  "), err[crash:crash + 3]
