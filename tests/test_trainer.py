@@ -253,3 +253,24 @@ def test_center_loss_from_the_example_plugin_trains(tiny_pipeline_config, run_ti
     ckpt = load_checkpoint(result.run_dir / "checkpoints" / "last.pt")
     assert ckpt["losses"]["2.centers"].shape == (16, 32)  # 8 identities x 2 categories, feature dim 32
     assert all("center" in r for r in read_metrics(result.run_dir) if r["event"] == "train")
+
+
+@pytest.mark.parametrize("optimizer", [{"name": "sgd", "lr": 0.05, "momentum": 0.9}, {"name": "adam", "lr": 0.05}])
+def test_a_stage_added_to_a_finished_run_starts_with_its_own_optimizer_and_schedule(tiny_pipeline_config,
+                                                                                      run_tiny_pipeline, optimizer):
+    """`--resume RUN --set stages=[..., new stage]` of a finished run: its last checkpoint
+    stands at the new stage's start but holds the finished stage's optimizer and ended
+    cosine schedule, which were loaded into the new stage (into SGD: a KeyError; into Adam:
+    silently, the old lr and the schedule past its end). The new stage now trains as a fresh
+    stage would: the lr it logs is its own constant 0.05 at every step."""
+    import json
+
+    from core.runner import run
+
+    done = run_tiny_pipeline(two_epoch_config(tiny_pipeline_config))
+    stages = [tiny_pipeline_config["stages"][0],
+              {"name": "more", "epochs": 1, "optimizer": optimizer, "schedule": {"name": "constant"}}]
+    run(None, [f"stages={json.dumps(stages)}", "trainer.log_every=1"], resume=done.run_dir)
+    records = [json.loads(x) for x in (done.run_dir / "metrics.jsonl").read_text().splitlines()]
+    more = [r for r in records if r.get("event") == "train" and r.get("stage") == "more"]
+    assert more and all(r["lr"] == pytest.approx(0.05) for r in more), [r.get("lr") for r in more]

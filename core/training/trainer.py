@@ -272,6 +272,7 @@ class Trainer:
         self.final_picture = None
         self.tracked_features = None  # (test set, query, gallery) of the last evaluation, for the trackers
         self.optimizer: torch.optim.Optimizer | None = None
+        self._optimizer_stage: int | None = None  # the stage `optimizer` was built for
         self.scheduler = None
         self.forward = self.net
         self._resume_state = load_checkpoint(run.checkpoint, trust=trust_checkpoint) if resume else None
@@ -454,6 +455,8 @@ class Trainer:
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "optimizer": self.optimizer.state_dict() if self.optimizer else None,
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                #: the stage the optimizer and schedule belong to (the final checkpoint stands past it)
+                "optimizer_stage": self._optimizer_stage,
                 "position": vars(self.position).copy(),
                 "rng": rngs[0],
                 "rng_per_rank": rngs,
@@ -503,6 +506,7 @@ class Trainer:
         params = select_parameters(self.net, stage, also_frozen=inactive)
         self.optimizer = build_optimizer(params, stage)
         self.scheduler = build_scheduler(self.optimizer, stage, self._steps_per_epoch())
+        self._optimizer_stage = index
         if not self.net._losses_bound:  # before DDP / compile wrap it: a loss's bind may copy the model
             self.net.bind_losses()
         forward: nn.Module = self.net
@@ -589,16 +593,16 @@ class Trainer:
     def _run_stage(self, index: int) -> None:
         stage = self.p.stages[index]
         self._prepare_stage(index)
-        resuming = self._resume_state is not None and self._resume_state["position"]["stage"] == index
+        state = self._resume_state
+        resuming = state is not None and state["position"]["stage"] == index
         if resuming:
-            self.optimizer.load_state_dict(self._resume_state["optimizer"])
-            self.scheduler.load_state_dict(self._resume_state["scheduler"])
-            per_rank = self._resume_state.get("rng_per_rank") or []
-            if len(per_rank) == self.dist.world_size:
-                set_rng_state(per_rank[self.dist.rank])
-            else:  # another number of processes: rank 0's state (resume not bit-exact then)
-                set_rng_state(self._resume_state["rng"])
+            self._restore_rng(state)
             self._resume_state = None
+        # a finished run given one more stage (`--resume RUN --set stages=[...]`): its checkpoint
+        # stands at this stage's start with the previous stage's optimizer and ended schedule
+        if resuming and state.get("optimizer_stage", index) == index:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
             log.info(f"stage {stage.name}: resumed at epoch {self.position.epoch + 1}/{stage.epochs}, "
                      f"step {self.position.step}")
         else:
@@ -617,6 +621,13 @@ class Trainer:
             self.save()
         self.emit("on_stage_end", stage=stage)
         self.position = Position(stage=index + 1, global_step=self.position.global_step, images=self.position.images)
+
+    def _restore_rng(self, state: dict[str, Any]) -> None:
+        per_rank = state.get("rng_per_rank") or []
+        if len(per_rank) == self.dist.world_size:
+            set_rng_state(per_rank[self.dist.rank])
+        else:  # another number of processes: rank 0's state (resume not bit-exact then)
+            set_rng_state(state["rng"])
 
     def _grad_norm(self) -> torch.Tensor | None:
         """The total gradient norm (clipping to `grad_clip` when set): one device scalar."""
