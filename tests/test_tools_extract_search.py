@@ -529,3 +529,19 @@ def test_a_manifest_that_marks_no_gallery_rows_given_as_gallery_is_one_line(trai
     assert capsys.readouterr().err == (f"error: --gallery {manifest}: no gallery images in it (it marks 64 train, "
                                        "16 query); as --gallery, a manifest or a train/query/gallery folder gives "
                                        "its gallery images\n")
+
+
+def test_search_of_the_run_against_a_folder_keeps_same_camera_items_unless_asked(trained_run, tmp_path):
+    """The protocol's exclusion is the default only when both sides are the run's own splits:
+    a folder's cameras may mean nothing (no `c<N>`: all camera 0), and excluding there
+    would drop every true match. Here the folder holds the run's gallery under Market-1501
+    names, so its cameras are real, and only --exclude-same-camera drops any."""
+    from core.tools.images import run_split
+    from core.tools.loading import load_run
+    from core.tools.search import search
+
+    written = write_market_folder(run_split(load_run(trained_run, device="cpu"), "gallery"), tmp_path / "gallery")
+    results = search(trained_run, "run:query", str(tmp_path / "gallery"), top=len(written), device="cpu",
+                     progress=False, echo=lambda text: None)
+    assert [sorted(r.gallery.tolist()) for r in results] == [list(range(len(written)))] * len(results)
+
