@@ -545,3 +545,18 @@ def test_search_of_the_run_against_a_folder_keeps_same_camera_items_unless_asked
                      progress=False, echo=lambda text: None)
     assert [sorted(r.gallery.tolist()) for r in results] == [list(range(len(written)))] * len(results)
 
+
+def test_search_of_the_runs_own_splits_follows_an_evaluator_that_keeps_same_camera_items(tiny_pipeline_config,
+                                                                                          run_tiny_pipeline):
+    """`exclude_same_camera: false` (single-camera data): evaluation ranks the whole gallery,
+    and so do search and explain of the run's own splits by default."""
+    from core.tools.search import search
+
+    tiny_pipeline_config["evaluator"] = {"name": "reid", "exclude_same_camera": False}
+    tiny_pipeline_config["trainer"]["eval_before"] = False
+    run_dir = run_tiny_pipeline(tiny_pipeline_config).run_dir
+    query, gallery = run_splits(run_dir)
+    n = len(gallery.pids)
+    assert any(same_identity_and_camera(query, gallery, q) for q in range(len(query.pids)))  # some to keep
+    results = search(run_dir, "run:query", "run:gallery", top=n, device="cpu", progress=False, echo=lambda text: None)
+    assert [sorted(r.gallery.tolist()) for r in results] == [list(range(n))] * len(query.pids)
