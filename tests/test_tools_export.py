@@ -112,3 +112,26 @@ def test_a_torchscript_export_shows_none_of_torchs_tracing_noise(trained_run, tm
     assert report["formats"]["torchscript"]["ok"]
     noise = [w for w in recwarn if issubclass(w.category, torch.jit.TracerWarning) or "torch.jit" in str(w.message)]
     assert noise == [], [f"{w.category.__name__}: {w.message}" for w in noise]
+
+
+def test_overwrite_removes_only_model_files_of_the_out_folder_whatever_export_json_names(trained_run, tmp_path):
+    """--overwrite deletes the earlier export's files that its export.json lists. That file may
+    come from anyone (a received or hand-edited folder): of a name it lists, only a model file
+    name of an export, in --out, is ever removed; other names, paths above --out and absolute
+    paths remove nothing."""
+    out = tmp_path / "exported"
+    assert main(["export", str(trained_run), "--out", str(out), "--format", "safetensors"]) == 0
+    mine = {out / "notes.txt": "mine", tmp_path / "notes.txt": "above", tmp_path / "model.onnx": "outside"}
+    for path, text in mine.items():
+        path.write_text(text)
+    (out / "model.onnx").write_text("an earlier onnx export")
+    report = json.loads((out / "export.json").read_text())
+    report["formats"].update(a={"file": "notes.txt"}, b={"file": "../notes.txt"}, e={"file": str(out)},
+                             c={"file": str(tmp_path / "notes.txt")}, d={"file": str(tmp_path / "model.onnx")},
+                             f={"file": ".."})
+    (out / "export.json").write_text(json.dumps(report))
+    assert main(["export", str(trained_run), "--out", str(out), "--format", "safetensors", "--overwrite"]) == 0
+    assert {path: path.read_text() for path in mine} == mine
+    assert not (out / "model.onnx").exists()  # listed by name (as model.onnx in another folder): the earlier export's
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.safetensors", "notes.txt"]
+
