@@ -135,3 +135,16 @@ def test_overwrite_removes_only_model_files_of_the_out_folder_whatever_export_js
     assert not (out / "model.onnx").exists()  # listed by name (as model.onnx in another folder): the earlier export's
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.safetensors", "notes.txt"]
 
+
+def test_files_left_in_the_stage_by_a_killed_export_are_not_moved_in(trained_run, tmp_path):
+    """An export killed outright (SIGKILL, power) leaves its hidden stage folder behind; its
+    files are not this export's and must not land in --out beside the new export.json."""
+    from core.tools.export import STAGE
+
+    out = tmp_path / "exported"
+    (out / STAGE).mkdir(parents=True)
+    (out / STAGE / "model.onnx").write_bytes(b"half an onnx export")
+    (out / STAGE / "export.json").write_text("{}")
+    assert main(["export", str(trained_run), "--out", str(out), "--format", "safetensors"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.safetensors"]
+    assert list(json.loads((out / "export.json").read_text())["formats"]) == ["safetensors"]
