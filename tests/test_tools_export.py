@@ -148,3 +148,22 @@ def test_files_left_in_the_stage_by_a_killed_export_are_not_moved_in(trained_run
     assert main(["export", str(trained_run), "--out", str(out), "--format", "safetensors"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.safetensors"]
     assert list(json.loads((out / "export.json").read_text())["formats"]) == ["safetensors"]
+
+
+@pytest.mark.parametrize("kind", ["file", "link"])
+def test_a_file_or_link_where_the_stage_goes_is_refused_before_any_work_and_kept(trained_run, tmp_path, capsys,
+                                                                                   kind):
+    """A file or a link named .export-partial in --out: the export loaded the run, embedded its
+    check images and then failed on '[Errno 17] File exists' (exit 1). It is one line naming
+    it, exit 2, before any work; the link's target and its files are left alone."""
+    from core.tools.export import STAGE
+
+    out, elsewhere = tmp_path / "exported", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    (out / STAGE).write_text("mine") if kind == "file" else (out / STAGE).symlink_to(elsewhere)
+    assert main(["export", str(trained_run), "--out", str(out), "--format", "safetensors"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out: {out / STAGE} is in the way") and err.count("\n") == 1, err
+    assert [p.name for p in out.iterdir()] == [STAGE] and (elsewhere / "keep.txt").read_text() == "mine"

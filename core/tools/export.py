@@ -55,7 +55,8 @@ STAGE = ".export-partial"
 def claim_out(out: str | Path, formats: Sequence[str], overwrite: bool = False) -> None:
     """Refuse, before any work, an `out` holding a file this export writes (an earlier
     export's, which would be lost) unless `overwrite`; a folder at one of those paths
-    always. Files this export does not write never stop it."""
+    always, and anything but a folder at the stage's path (a file, a link: the stage is
+    made there, and cleared). Files this export does not write never stop it."""
     from core.config.loading import ConfigError
 
     unknown = [f for f in formats if f not in FORMAT_FILES]
@@ -67,6 +68,11 @@ def claim_out(out: str | Path, formats: Sequence[str], overwrite: bool = False) 
     if folders:
         raise ConfigError(f"{folders[0]} is a folder where the export writes a file; move it away or choose "
                           "another --out", file="--out")
+    stage = out / STAGE
+    if os.path.lexists(stage) and (stage.is_symlink() or not stage.is_dir()):  # never followed, never removed
+        raise ConfigError(f"{stage} is in the way: the export makes its files in a hidden folder of that name and "
+                          "moves them into place when all are checked; move it away or choose another --out",
+                          file="--out")
     existing = [p.name for p in paths if os.path.lexists(p)]
     if existing and not overwrite:
         raise ConfigError(f"{out} already holds {', '.join(existing)} (an earlier export); pass --overwrite to "
