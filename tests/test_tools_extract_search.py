@@ -560,3 +560,26 @@ def test_search_of_the_runs_own_splits_follows_an_evaluator_that_keeps_same_came
     assert any(same_identity_and_camera(query, gallery, q) for q in range(len(query.pids)))  # some to keep
     results = search(run_dir, "run:query", "run:gallery", top=n, device="cpu", progress=False, echo=lambda text: None)
     assert [sorted(r.gallery.tolist()) for r in results] == [list(range(n))] * len(query.pids)
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_search_of_a_gallery_file_excludes_exactly_the_protocols_items(trained_run, image_folder, tmp_path, half):
+    """Every gallery item ranked but the query's own file and, under --exclude-same-camera,
+    those of its identity AND camera (a plain loop over the records), for an in-memory
+    gallery and a `--half` one ranked block by block; the folder is searched against itself."""
+    from core.tools.extract import load_features
+    from core.tools.search import search
+
+    folder = str(image_folder / "bounding_box_test")
+    out = tmp_path / "g.npz"
+    half_flag = ["--half"] if half else []
+    assert main(["extract", str(trained_run), "--images", folder, "--out", str(out), *half_flag]) == 0
+    table = load_features(out).images.table
+    n = len(table.pids)
+    results = search(trained_run, folder, str(out), top=n, exclude_same_camera=True, device="cpu", progress=False,
+                     echo=lambda text: None)
+    assert len(results) == n
+    for r in results:
+        q = table.records[r.query]
+        kept = [j for j, g in enumerate(table.records) if g.path != q.path and (g.pid, g.camid) != (q.pid, q.camid)]
+        assert kept != list(range(n)) and sorted(r.gallery.tolist()) == kept
