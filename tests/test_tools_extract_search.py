@@ -583,3 +583,24 @@ def test_search_of_a_gallery_file_excludes_exactly_the_protocols_items(trained_r
         q = table.records[r.query]
         kept = [j for j, g in enumerate(table.records) if g.path != q.path and (g.pid, g.camid) != (q.pid, q.camid)]
         assert kept != list(range(n)) and sorted(r.gallery.tolist()) == kept
+
+
+def test_explain_takes_the_gallery_rows_of_a_manifest_given_as_gallery(trained_run, image_folder, tmp_path,
+                                                                       monkeypatch):
+    """explain's --gallery reads a manifest as search's does: its split column's gallery rows."""
+    import csv
+
+    from core.tools import search
+
+    with (image_folder / "manifest.csv").open(newline="", encoding="utf-8") as f:
+        gallery = sorted(Path(r["path"]).name for r in csv.DictReader(f) if r["split"] == "gallery")
+    ranked, real = [], search.rank
+
+    def spy(query, g_emb, metric, top, query_set, gallery_set, *args, **kwargs):
+        ranked.append(sorted(Path(r.path).name for r in gallery_set.table.records))
+        return real(query, g_emb, metric, top, query_set, gallery_set, *args, **kwargs)
+
+    monkeypatch.setattr(search, "rank", spy)
+    assert main(["explain", str(trained_run), "--images", "run:query", "--gallery", str(image_folder / "manifest.csv"),
+                 "--out", str(tmp_path / "cams"), "--method", "rollout", "--limit", "1"]) == 0
+    assert ranked == [gallery]
