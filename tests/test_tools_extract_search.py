@@ -604,3 +604,23 @@ def test_explain_takes_the_gallery_rows_of_a_manifest_given_as_gallery(trained_r
     assert main(["explain", str(trained_run), "--images", "run:query", "--gallery", str(image_folder / "manifest.csv"),
                  "--out", str(tmp_path / "cams"), "--method", "rollout", "--limit", "1"]) == 0
     assert ranked == [gallery]
+
+
+def test_a_half_extract_interrupted_while_embedding_keeps_the_old_files_and_leaves_no_partial(trained_run, tmp_path,
+                                                                                              monkeypatch):
+    """--half writes the embeddings batch by batch into a hidden memory map beside the target,
+    renamed into place once complete; an interruption part-way leaves the earlier files as
+    they were and removes that partial map."""
+    import core.tools.extract as X
+
+    argv = ["extract", str(trained_run), "--images", "run:gallery", "--out", str(tmp_path / "g.npz"), "--half"]
+    assert main(argv) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def stopped(*args, half_file=None, **kwargs):
+        np.lib.format.open_memmap(half_file, mode="w+", dtype=np.float16, shape=(4, 32))[:] = 1  # a batch written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(X, "embed", stopped)
+    assert main([*argv, "--overwrite"]) == 130
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
