@@ -479,6 +479,25 @@ def test_search_of_the_runs_own_splits_excludes_as_evaluation_does_unless_told_n
     assert capsys.readouterr().out.count(f"  {n:>3}. ") == len(query.pids)  # every gallery item ranked
 
 
+def test_a_gallery_extracted_from_the_runs_own_split_excludes_as_run_gallery_does(trained_run, tmp_path):
+    """`--gallery feats.npz` extracted from `run:gallery` holds the run's gallery and its
+    cameras, yet search against `run:query` kept same-identity same-camera items (only
+    `run:gallery` itself got the protocol's exclusion); a file from another run, or from a
+    folder, keeps the old default (off)."""
+    from core.tools.search import same_camera_excluded, search
+
+    feats = tmp_path / "g.npz"
+    assert main(["extract", str(trained_run), "--images", "run:gallery", "--out", str(feats)]) == 0
+    query, gallery = run_splits(trained_run)
+    n = len(gallery.pids)
+    results = search(trained_run, "run:query", str(feats), top=n, device="cpu", progress=False,
+                     echo=lambda text: None)
+    assert [sorted(r.gallery.tolist()) for r in results] == \
+        [sorted(set(range(n)) - same_identity_and_camera(query, gallery, r.query)) for r in results]
+    other = type("Run", (), {"run_dir": tmp_path, "pipeline": None})()
+    assert not same_camera_excluded(other, "run:query", feats, None)  # extracted with another run
+
+
 def split_tree(manifest: Path, root: Path) -> Path:
     """The manifest's images copied into the `folder` layout, `<split>/<category>/<identity>/<image>`."""
     import csv

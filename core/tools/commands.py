@@ -38,8 +38,8 @@ def _same_camera(p: argparse.ArgumentParser, query: str, prefix: str = "") -> No
     p.add_argument("--exclude-same-camera", action=argparse.BooleanOptionalAction, default=None,
                    help=f"{prefix}drop gallery items with the query's identity and camera, as evaluation does (the "
                         f"ReID protocol); default: on when {query} and --gallery are both the run's own splits "
-                        "(run:...) and its evaluator drops them, off for other images (whose cameras may mean "
-                        "nothing); --no-exclude-same-camera keeps them")
+                        "(run:..., or a .npz extracted from one) and its evaluator drops them, off for other images "
+                        "(whose cameras may mean nothing); --no-exclude-same-camera keeps them")
 
 
 def _image_check(args: argparse.Namespace) -> str:

@@ -10,13 +10,14 @@ Ranking is exact (one matrix product per chunk of queries, `core.evaluation.dist
 ties broken by gallery order as in evaluation. A gallery item with the query's own file
 path is never returned (searching a folder against itself), and with
 `exclude_same_camera` neither is one with the query's identity and camera: by default
-when query and gallery are both the run's own splits and its evaluator leaves those out
-(`same_camera_excluded`), so that `core search` and `core explain` rank the run's data
-as evaluation and `--worst` do.
+when query and gallery are both the run's own splits (a gallery .npz extracted from one
+counts) and its evaluator leaves those out (`same_camera_excluded`), so that `core
+search` and `core explain` rank the run's data as evaluation and `--worst` do.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,8 +134,23 @@ def same_camera_excluded(run, query: str | Path, gallery: str | Path, asked: boo
     lose every match of the query's identity)."""
     if asked is not None:
         return asked
-    own = str(query).startswith("run:") and str(gallery).startswith("run:")
+    own = str(query).startswith("run:") and (str(gallery).startswith("run:") or _extracted_from_run(gallery, run))
     return own and evaluator_excludes_same_camera(run)
+
+
+def _extracted_from_run(gallery: str | Path, run) -> bool:
+    """Whether `gallery` is a .npz that `core extract` wrote from this run's own split
+    (`--images run:gallery`): the same cameras as `run:gallery`. Only its small `meta`
+    member is read; a file that does not read is left to `load_features` to name."""
+    if not str(gallery).endswith(".npz") or not Path(gallery).is_file():
+        return False
+    try:
+        with np.load(gallery, allow_pickle=False) as arrays:
+            meta = json.loads(str(arrays["meta"])) if "meta" in arrays.files else {}
+    except (OSError, ValueError, KeyError, EOFError):
+        return False
+    return (str(meta.get("source", "")).startswith("run:")
+            and Path(str(meta.get("run_dir", ""))) == run.run_dir.resolve())
 
 
 def _identity(table, index: int) -> str:
