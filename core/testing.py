@@ -22,6 +22,10 @@ installed). Importing this module is cheap; fixtures import torch only when used
   process), assert it exited 0 (the end of its stderr if not); returns the process. The
   multi-process (DDP) tests of the core and the plugins launch with it; outside pytest
   it is `core.testing.run_torchrun`.
+- `terminal_stderr`: `stream = terminal_stderr()` in the test's body replaces `sys.stderr`,
+  for the rest of the test, by a text buffer that says it is a terminal, the only place
+  progress bars are drawn (`core.log_setup.bar_disabled`); `stream.getvalue()` is what was
+  written. (Called in the body: pytest's capture sets `sys.stderr` again after set-up.)
 - `private_core_cache` (automatic): `$CORE_CACHE_DIR` points to a temporary folder, so
   tests never write reid-core's caches into the user's home.
 """
@@ -29,6 +33,7 @@ installed). Importing this module is cheap; fixtures import torch only when used
 from __future__ import annotations
 
 import copy
+import io
 import os
 import subprocess
 import sys
@@ -159,6 +164,23 @@ def run_torchrun(*args, rendezvous=("--standalone",), nproc: int = 2, cwd=None, 
 def torchrun():
     """The launcher of the multi-process tests: see run_torchrun."""
     return run_torchrun
+
+
+class TerminalStream(io.StringIO):
+    """A text buffer that says it is a terminal (`isatty`), as tqdm asks before drawing."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def terminal_stderr(monkeypatch):
+    def install() -> TerminalStream:
+        stream = TerminalStream()
+        monkeypatch.setattr(sys, "stderr", stream)
+        return stream
+
+    return install
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -9,11 +9,7 @@ import pytest
 
 from core import log_setup
 from core.cli import main
-
-
-class Terminal(io.StringIO):
-    def isatty(self):
-        return True
+from core.testing import TerminalStream
 
 
 def bars(text):
@@ -27,8 +23,8 @@ def trained(tiny_pipeline_config, run_tiny_pipeline):
     return run_tiny_pipeline(tiny_pipeline_config).run_dir
 
 
-@pytest.mark.parametrize("stream, quiet, shown", [(Terminal, False, True), (Terminal, True, False),
-                                                  (io.StringIO, False, False)])
+@pytest.mark.parametrize("stream, quiet, shown", [(TerminalStream, False, True),
+                                                  (TerminalStream, True, False), (io.StringIO, False, False)])
 def test_extract_shows_its_bar_on_a_terminal_only_and_not_under_quiet(trained, tmp_path, monkeypatch, stream, quiet,
                                                                         shown):
     err = stream()
@@ -39,8 +35,8 @@ def test_extract_shows_its_bar_on_a_terminal_only_and_not_under_quiet(trained, t
     assert bool(frames) is shown, err.getvalue()
 
 
-@pytest.mark.parametrize("level, stream, shown", [(log_setup.NORMAL, Terminal, True),
-                                                  (log_setup.QUIET, Terminal, False),
+@pytest.mark.parametrize("level, stream, shown", [(log_setup.NORMAL, TerminalStream, True),
+                                                  (log_setup.QUIET, TerminalStream, False),
                                                   (log_setup.NORMAL, io.StringIO, False)])
 def test_the_training_bar_follows_the_same_rule(tiny_pipeline_config, run_tiny_pipeline, monkeypatch, level, stream,
                                                  shown):
@@ -54,14 +50,14 @@ def test_the_training_bar_follows_the_same_rule(tiny_pipeline_config, run_tiny_p
 
 
 @pytest.mark.parametrize("is_main, shown", [(True, True), (False, False)])
-def test_under_torchrun_only_rank_0_draws_the_training_bar(monkeypatch, is_main, shown):
+def test_under_torchrun_only_rank_0_draws_the_training_bar(terminal_stderr, is_main, shown):
     """Every rank's stderr is often the same terminal: a bar per process would interleave
     frames (the README: under torchrun, ranks other than 0 show warnings and errors only)."""
     from types import SimpleNamespace
 
     from core.training.trainer import Trainer
 
-    monkeypatch.setattr(sys, "stderr", Terminal())
+    terminal_stderr()
     trainer = SimpleNamespace(cfg=SimpleNamespace(progress=True), dist=SimpleNamespace(is_main=is_main))
     with log_setup.console(log_setup.NORMAL, rank=0):
         bar = Trainer._progress(trainer, 4, "main")

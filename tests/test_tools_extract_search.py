@@ -2,9 +2,7 @@
 
 import contextlib
 import copy
-import io
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,23 +128,16 @@ def test_extract_skipping_a_bad_image_keeps_each_embedding_with_its_own_record(t
     np.testing.assert_allclose(skipped.embeddings, reference.embeddings, rtol=1e-5, atol=1e-6)
 
 
-class Terminal(io.StringIO):
-    """A stderr that says it is a terminal: the only place a progress bar is drawn (log_setup.bar_disabled)."""
-
-    def isatty(self):
-        return True
-
-
 def test_an_extract_error_starts_its_own_line_after_the_progress_bar(trained_run, image_folder, tmp_path,
-                                                                      monkeypatch):
+                                                                      terminal_stderr):
     from layout_fixtures import damaged_middle  # registered by conftest.py
 
     folder = shutil.copytree(image_folder / "query", tmp_path / "query")
     bad = sorted(folder.iterdir())[-1]
     bad.write_bytes(damaged_middle())  # passes the header and tail check; fails in its batch
-    monkeypatch.setattr(sys, "stderr", Terminal())
+    stream = terminal_stderr()
     assert main(["extract", str(trained_run), "--images", str(folder), "--out", str(tmp_path / "q.npz")]) == 2
-    err = sys.stderr.getvalue()
+    err = stream.getvalue()
     assert "extract:" in err  # the bar was drawn
     shown = err.replace("\r", "\n").split("\n")  # a terminal starts over at \r: the closed bar's line is reused
     assert any(line.startswith(f"error: cannot decode image {bad} (") for line in shown), repr(err)
