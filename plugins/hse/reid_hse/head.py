@@ -30,7 +30,7 @@ from core.interfaces import Head, read_output
 from core.models.bnneck import BNNeckHead
 from core.records import ROLE_TRAIN, Batch
 from core.training import distributed as D
-from reid_hse.labels import labels_from_context
+from reid_hse.labels import category_sizes
 
 NAME = "head 'hse'"
 
@@ -59,22 +59,23 @@ class HSEHead(Head):
                                    embedding=embedding)
         except ValueError as exc:  # the core names 'bnneck': rename
             raise ValueError(str(exc).replace("head 'bnneck'", NAME)) from None
-        labels = labels_from_context(ctx, NAME)
-        if labels.num_identities != ctx.num_identities:
-            raise ValueError(f"{NAME}: the training table has {labels.num_identities} identity labels but "
+        names, sizes = category_sizes(ctx, NAME)
+        if int(sizes.sum()) != ctx.num_identities:
+            raise ValueError(f"{NAME}: the training data has {int(sizes.sum())} identity labels but "
                              f"ctx.num_identities is {ctx.num_identities}")
         self.local_feature = local_feature
-        self.category_names = labels.names
+        self.category_names = names
         dim = int(ctx.feature_dim)
         self.local_bn = nn.BatchNorm1d(dim, track_running_stats=False)
         if bias_free_bn:
             self.local_bn.bias.requires_grad_(False)
-        self.local_classifiers = nn.ModuleList(nn.Linear(dim, int(n), bias=False) for n in labels.sizes)
+        self.local_classifiers = nn.ModuleList(nn.Linear(dim, int(n), bias=False) for n in sizes)
         for classifier in self.local_classifiers:
             nn.init.normal_(classifier.weight, std=0.001)
-        sizes = torch.as_tensor(labels.sizes, dtype=torch.long)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)  # CategoryLabels.offsets
+        sizes = torch.as_tensor(sizes, dtype=torch.long)
         self.register_buffer("sizes", sizes, persistent=False)
-        self.register_buffer("offsets", torch.as_tensor(labels.offsets, dtype=torch.long), persistent=False)
+        self.register_buffer("offsets", torch.as_tensor(offsets, dtype=torch.long), persistent=False)
         self.width = int(sizes.max()) if sizes.numel() else 0
 
     def local_logits(self, z_local: torch.Tensor, categories: torch.Tensor,

@@ -76,6 +76,22 @@ def category_labels(pids: np.ndarray, category_ids: np.ndarray, names: list[str]
     return CategoryLabels(category=category, local=local, sizes=sizes, names=tuple(names))
 
 
+def category_sizes(ctx, component: str) -> tuple[tuple[str, ...], np.ndarray]:
+    """(category names, |Y_s| per category) of the build context: from its training table,
+    or, for a model rebuilt without training data (a `.safetensors` file of `core export`,
+    whose context keeps `category_names` and `identities_per_category`), from those facts.
+    The head's classifiers need no more; the loss needs the whole map (`labels_from_context`)."""
+    if getattr(ctx, "train", None) is not None:
+        labels = labels_from_context(ctx, component)
+        return labels.names, labels.sizes
+    names = tuple(getattr(ctx, "category_names", None) or ())
+    counts = getattr(ctx, "identities_per_category", None) or {}
+    if not names or any(name not in counts for name in names):
+        raise ValueError(f"{component} needs the training table (ctx.train), or the identities per category of "
+                         "the training data (a weights file's facts), to build its per-category classifiers")
+    return names, np.asarray([int(counts[name]) for name in names], dtype=np.int64)
+
+
 def labels_from_context(ctx, component: str) -> CategoryLabels:
     """The label map of the build context's training table (`ctx.train`)."""
     table = getattr(ctx, "train", None)

@@ -1,6 +1,8 @@
 """The HSE head (MGOR Sec. 3.3): global classifier g on z_G, per-category classifiers
 g^(s) on z_L indexed by the local index; evaluation reads z_G only."""
 
+import json
+
 import torch
 
 from reid_hse.head import HSEHead
@@ -79,6 +81,7 @@ def test_head_without_training_data_says_what_it_needs(build_ctx):
 
     ctx = build_ctx({"person": 2})
     ctx.train = None
+    ctx.identities_per_category = {}  # nor a weights file's facts
     with pytest.raises(ValueError, match="head 'hse' needs the training table"):
         HSEHead(ctx)
 
@@ -98,3 +101,21 @@ def test_per_category_classifiers_start_from_normal_std_0_001(build_ctx):
     assert all(c.bias is None for c in HSEHead(ctx).local_classifiers)
     assert abs(float(weights.mean())) < 1e-4
     assert 0.0009 < float(weights.std()) < 0.0011
+
+
+def test_head_rebuilds_from_a_weights_files_facts_without_the_training_table(ctx, model, make_batch):
+    """`core export --format safetensors` keeps the build context's facts (identities per
+    category, category names), not the training table; `core eval` of that file rebuilds
+    the head from them, so the per-category classifiers must come out the same shape."""
+    from core.tools.weights_file import CONTEXT_FIELDS, context_from_facts
+
+    backbone, head, _ = model
+    batch = make_batch(ctx)
+    head(backbone(batch), batch)
+    facts = json.loads(json.dumps({name: getattr(ctx, name) for name in CONTEXT_FIELDS}))  # as the file stores them
+    rebuilt = HSEHead(context_from_facts(facts))
+    assert rebuilt.category_names == head.category_names
+    rebuilt.load_state_dict(head.state_dict())  # strict: every classifier fits
+    backbone.eval(), head.eval(), rebuilt.eval()
+    features = backbone(batch)
+    torch.testing.assert_close(rebuilt(features, batch)["embedding"], head(features, batch)["embedding"])
