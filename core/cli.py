@@ -224,8 +224,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                   f"this batch's {step['labelled']} images (left in no file); `core label {path}` or `core run` "
                   f"labels all {step['images']:,}")
         if summary["parameters_without_grad"]:
-            print(f"  note: {len(summary['parameters_without_grad'])} trainable parameters got no gradient, "
-                  f"e.g. {summary['parameters_without_grad'][:3]}")
+            print(f"  note: {len(summary['parameters_without_grad'])} parameters the first stage trains got no "
+                  f"gradient, e.g. {summary['parameters_without_grad'][:3]}")
     return 0
 
 

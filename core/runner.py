@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import tempfile
 import time
@@ -196,7 +197,16 @@ def validate(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[str, A
         values[term.name] = float(loss.detach())
         total = total + term.weight * loss
     total.backward()
-    no_grad = [n for n, q in model.named_parameters() if q.requires_grad and q.grad is None]
+    # the parameters this step trains: stage 0's patterns (a stage training its prompts
+    # alone leaves the image encoder without gradient by design), as the trainer selects them
+    first = p.stages[0]
+
+    def trained(name: str) -> bool:
+        def matches(patterns) -> bool:
+            return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+        return (first.trainable is None or matches(first.trainable)) and not matches(first.frozen or [])
+
+    no_grad = [n for n, q in model.named_parameters() if q.requires_grad and q.grad is None and trained(n)]
     model.zero_grad(set_to_none=True)
     losses.zero_grad(set_to_none=True)
     return {

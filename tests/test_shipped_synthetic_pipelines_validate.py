@@ -39,3 +39,13 @@ def test_every_synthetic_pipeline_passes_the_check_a_sweep_makes_before_its_firs
     be refused there. Some (hse's head, amsa's prompts, instruct-editor's head) compute with tensors
     at build, which the meta device cannot: they are checked built for real."""
     check_build(load_pipeline(ROOT / name, ["trainer.device=cpu"]))
+
+
+def test_validate_reports_missing_gradients_only_for_what_the_first_stage_trains(tmp_path, monkeypatch):
+    """MUVA's stage 1 trains the prompts alone (Sec. 4.2; muva_synthetic.yaml's stage
+    `prompts`: trainable [backbone.text.prompts]); the image encoder, local tokens and mask
+    predictors get no gradient there by design. validate's step is stage 1's, so its note
+    of parameters without a gradient must not list them (it listed 118, local_tokens first)."""
+    monkeypatch.chdir(tmp_path)
+    summary = validate(ROOT / "muva_synthetic.yaml", ["trainer.device=cpu"])
+    assert summary["parameters_without_grad"] == []
