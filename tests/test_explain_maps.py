@@ -407,6 +407,23 @@ def test_gradcam_explains_the_last_conv_stage_by_default(name, arch, expected):
     assert found == expected and module is backbone.get_submodule(expected)
 
 
+def test_gradcam_never_takes_an_attention_modules_queries_or_keys_for_a_feature_map():
+    """Grad-CAM weighs K channels over a spatial h x w map (Selvaraju et al. 2017, Eq. 1); a
+    timm Attention's q_norm / k_norm output (B, heads, tokens, head_dim) is 4-D but not one.
+    A ViT's only spatial map is its patch embedding, which an Instruct-ReID backbone (its ViT
+    under `image_encoder.model`, not refused as a ViT) must get instead of the last k_norm."""
+    from core.models.timm_backbone import TimmBackbone
+    from core.tools.gradcam import last_feature_map_layer
+
+    ctx = BuildContext(image_size=(64, 32), num_cameras=1)
+    vit = TimmBackbone(ctx, arch="vit_tiny_patch16_224",
+                       model_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}).eval()
+    wrapper = nn.Module()
+    wrapper.image_encoder = vit
+    found, module = last_feature_map_layer(lambda: vit(batch_of(torch.randn(1, 3, 64, 32))), wrapper)
+    assert found == "image_encoder.model.patch_embed.proj" and module is vit.model.patch_embed.proj
+
+
 @pytest.mark.parametrize("name, extra", [("cnn", ["--method", "gradcam"]), ("cnn", ["--cam", "gradcam++"]),
                                          ("cnn", ["--cam", "scorecam"]), ("vit", ["--method", "rollout"])])
 def test_explain_on_a_separate_device_draws_the_cpu_pictures(tiny_runs, tmp_path, name, extra):

@@ -72,8 +72,17 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def last_feature_map_layer(run_forward: Callable[[], object], root: nn.Module) -> tuple[str, nn.Module]:
     """The module under `root` whose output is the last spatial feature map (B, C, H, W)
     computed in a forward pass: the end of the last conv stage (ResNet's last unit, a timm
-    CNN's last stage or head conv). Returns (dotted name, module)."""
-    names = {module: name for name, module in root.named_modules() if name}
+    CNN's last stage or head conv). Returns (dotted name, module).
+
+    Modules inside an attention module are passed over: their 4-D outputs (a timm
+    `Attention`'s q_norm / k_norm: queries and keys (B, heads, tokens, head_dim)) are not
+    spatial maps, and Grad-CAM's channel weights (Eq. 1) need K channels over h x w. A
+    backbone holding a ViT under another name (Instruct-ReID's `image_encoder.model` and
+    its editing blocks) otherwise got the last block's k_norm."""
+    attention = [name for name, module in root.named_modules()
+                 if name and (isinstance(module, nn.MultiheadAttention) or type(module).__name__.endswith("Attention"))]
+    names = {module: name for name, module in root.named_modules()
+             if name and not any(name.startswith(a + ".") for a in attention)}
     order: list[nn.Module] = []
 
     def note(module, inputs, output):
