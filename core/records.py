@@ -60,6 +60,14 @@ class Record:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+class MissingBatchField(KeyError):
+    """`Batch.require` of a field the batch lacks; `field` and `component` name them."""
+
+    def __init__(self, message: str, field: str, component: str) -> None:
+        super().__init__(message)
+        self.field, self.component = field, component
+
+
 @dataclass
 class Batch:
     """A batch of samples, carried from the loader through the model to the losses.
@@ -202,9 +210,9 @@ class Batch:
             return self.extras[name]
         hint = FIELD_PROVIDERS.get(name, "a dataset, labeler or sampler that sets it")
         have = ", ".join(sorted(self.extras)) or "none"
-        raise KeyError(
+        raise MissingBatchField(
             f"{component} needs the batch field '{name}', which this pipeline does not "
-            f"provide; it usually comes from {hint}. Extras present: {have}."
+            f"provide; it usually comes from {hint}. Extras present: {have}.", name, component
         )
 
     def select(self, mask: "torch.Tensor | np.ndarray") -> "Batch":

@@ -42,7 +42,8 @@ import torch
 from torch import nn
 
 from core.pipeline import ReIDModel
-from core.records import Batch
+from core.config.loading import ConfigError
+from core.records import Batch, MissingBatchField
 
 
 #: the file each format writes into --out, beside `REPORT`
@@ -205,8 +206,14 @@ def export(target: str | Path, out: str | Path, formats: Sequence[str] = ("torch
     wrapper = EmbeddingModel(run.model, flip=flip and run.flip).eval()
     check = check_images(run, images)
     example = check[:2] if len(check) > 2 else check
-    with torch.no_grad():
-        reference = wrapper(check).numpy()
+    try:
+        with torch.no_grad():
+            reference = wrapper(check).numpy()
+    except MissingBatchField as exc:  # e.g. Instruct-ReID's instruction: an embedding of the image and more
+        raise ConfigError(f"cannot be exported: {exc.component} reads the batch field '{exc.field}' besides the "
+                          "images, and an exported model takes images alone (torchscript and onnx trace that "
+                          "call; safetensors is checked by it). Nothing was written; core eval, extract and "
+                          "search read the run folder itself", file=str(target)) from None
     out = Path(out)
     stage = out / STAGE
     if stage.is_dir() and not stage.is_symlink():  # an export interrupted before it cleaned up
