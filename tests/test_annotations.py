@@ -201,11 +201,11 @@ LABELER_PLUGIN = textwrap.dedent("""
     def register_labelers(register):
         register("truth_test", TruthLabeler)
 
-    SEEN = []
+    MASKS_SEEN = []  # not SEEN, the name tests/test_precision.py finds its plugin by
 
     class MasksSeen(Loss):
         def forward(self, outputs, batch):
-            SEEN.append(batch.extras.get("part_masks"))
+            MASKS_SEEN.append(batch.extras.get("part_masks"))
             return outputs["features"].sum() * 0
 
     @hookimpl
@@ -369,7 +369,7 @@ def test_validate_labels_only_its_batch_and_leaves_the_label_file_alone(tmp_path
     assert sum(module.CALLS) == step["labelled"] <= batch_size < step["images"] == summary["train"]["images"]
     assert not (tmp_path / "labels" / "parts.npz").exists()
     assert not list((tmp_path / "labels").iterdir())  # no partial chunks either
-    masks = module.SEEN[-1]
+    masks = module.MASKS_SEEN[-1]
     assert masks is not None and masks.shape[0] == batch_size and masks.sum() > 0
 
     # a stale file (another parameter) stays byte for byte; an up-to-date one is used, nothing labelled
@@ -380,7 +380,7 @@ def test_validate_labels_only_its_batch_and_leaves_the_label_file_alone(tmp_path
     calls = len(module.CALLS)
     summary = validate(path, ["trainer.device=cpu", "prepare.0.coverage=0.25"])
     assert summary["labels_sampled"] == [] and len(module.CALLS) == calls
-    assert module.SEEN[-1] is not None
+    assert module.MASKS_SEEN[-1] is not None
 
 
 def test_sampled_labels_reach_exactly_their_own_rows_each_image_labelled_once(tmp_path, tiny_pipeline_config,
