@@ -8,8 +8,9 @@ or matplotlib's debug lines.
 - `console(level)`: what the `core` command sets up: our records from `level` on, on
   stderr at the time of writing (through `tqdm.write` while a progress bar is open, so
   the bar is redrawn, not broken), and Python warnings as log records. `--quiet` is
-  WARNING (and no progress bars: `bar_disabled`), the default INFO, `--verbose` DEBUG. Under torchrun, ranks other than 0 show warnings and errors only, marked with
-  their rank.
+  WARNING (and no progress bars: `bar_disabled`), the default INFO, `--verbose` DEBUG.
+  Under torchrun, ranks other than 0 show warnings and errors only, marked with their
+  rank.
 - `run_log()`: the records of one training run, held in memory until `attach` names the
   run folder's `log.txt` (so what happens while the pipeline is built is not lost), then
   written there with a time stamp, the level and the logger: INFO and up whatever the
