@@ -106,3 +106,26 @@ def ddp_pipeline_file(tmp_path, test_components):
         return path
 
     return write
+
+
+@pytest.fixture
+def instruction_conditioned_runs(monkeypatch):
+    """Runs loaded by the tools (core.tools.loading.load_run) whose backbone, like
+    Instruct-ReID's, reads the batch field 'instruction' besides the images: what the
+    tools meet when an IRM model gets images without instructions."""
+    import core.tools.loading as loading
+
+    real = loading.load_run
+
+    def instruction_conditioned(*args, **kwargs):
+        run = real(*args, **kwargs)
+        forward = run.model.backbone.forward
+
+        def reading_instructions(batch):
+            batch.require("instruction", "backbone 'instruct_editor'")
+            return forward(batch)
+
+        run.model.backbone.forward = reading_instructions
+        return run
+
+    monkeypatch.setattr(loading, "load_run", instruction_conditioned)

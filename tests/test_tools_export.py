@@ -170,27 +170,12 @@ def test_a_file_or_link_where_the_stage_goes_is_refused_before_any_work_and_kept
 
 
 def test_a_model_reading_a_batch_field_besides_the_images_is_refused_before_any_work(trained_run, tmp_path,
-                                                                                      monkeypatch, capsys):
+                                                                                      instruction_conditioned_runs,
+                                                                                      capsys):
     """An Instruct-ReID model embeds an image under an instruction (batch field 'instruction');
     the exported model takes images alone. Its export ended in a raw KeyError saying 'this
     pipeline does not provide' the field (exit 1); it is refused: exit 2, one line naming
     the field, nothing written."""
-    import core.tools.loading as loading
-
-    real = loading.load_run
-
-    def instruction_conditioned(*args, **kwargs):
-        run = real(*args, **kwargs)
-        forward = run.model.backbone.forward
-
-        def reading_instructions(batch):
-            batch.require("instruction", "backbone 'instruct_editor'")
-            return forward(batch)
-
-        run.model.backbone.forward = reading_instructions
-        return run
-
-    monkeypatch.setattr(loading, "load_run", instruction_conditioned)
     out = tmp_path / "exported"
     for fmt in ("torchscript", "safetensors"):
         assert main(["export", str(trained_run), "--out", str(out), "--format", fmt]) == 2

@@ -634,3 +634,20 @@ def test_a_half_extract_interrupted_while_embedding_keeps_the_old_files_and_leav
     monkeypatch.setattr(X, "embed", stopped)
     assert main([*argv, "--overwrite"]) == 130
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("command", ["extract", "search"])
+def test_images_without_the_field_a_model_embeds_them_with_are_one_line(trained_run, image_folder, tmp_path,
+                                                                        instruction_conditioned_runs, capsys,
+                                                                        command):
+    """An Instruct-ReID run given a folder of images (no instructions): extract and search
+    ended in a raw KeyError saying 'this pipeline does not provide' the field, exit 1."""
+    folder, gallery = image_folder / "query", image_folder / "bounding_box_test"
+    argv = (["extract", str(trained_run), "--images", str(folder), "--out", str(tmp_path / "f.npz")]
+            if command == "extract" else
+            ["search", str(trained_run), "--query", str(folder), "--gallery", str(gallery)])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    named = folder if command == "extract" else gallery  # search embeds its gallery first
+    assert err.splitlines() == [err] and err.startswith(f"error: {named}: backbone 'instruct_editor' embeds each "
+                                                        "image with its batch field 'instruction'"), err

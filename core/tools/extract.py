@@ -22,6 +22,7 @@ never half a new one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ def embed(run: LoadedRun, images: ImageSet, batch_size: int = 64, num_workers: i
     chunks, writer = [], None
     # closed on success only: a failure leaves it to the CLI, which ends its line before the error
     bar = tqdm(total=len(samples), desc="extract", unit="img", disable=bar_disabled(progress), leave=False)
-    with torch.no_grad(), run.autocast():
+    with torch.no_grad(), run.autocast(), _needs_fields_of(images):
         for batch in loader:
             batch = batch.to(run.device, non_blocking=True)
             embedding = run.model(batch)["embedding"].float()
@@ -76,6 +77,22 @@ def embed(run: LoadedRun, images: ImageSet, batch_size: int = 64, num_workers: i
     if writer is not None:
         return writer.close()
     return torch.cat(chunks).numpy().astype(np.float32)
+
+
+@contextlib.contextmanager
+def _needs_fields_of(images: ImageSet):
+    """A model that embeds an image with a batch field besides it (Instruct-ReID's
+    instruction) given images that do not carry it: one line naming the images, the
+    component and the field (it was a raw KeyError blaming the pipeline, exit 1)."""
+    from core.config.loading import ConfigError
+    from core.records import MissingBatchField
+
+    try:
+        yield
+    except MissingBatchField as exc:
+        raise ConfigError(f"{exc.component} embeds each image with its batch field '{exc.field}', which these "
+                          f"images do not carry; give a source that does, such as the run's own data (run:query, "
+                          f"run:gallery)", file=images.source) from None
 
 
 @dataclass
