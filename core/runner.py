@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import tempfile
 import time
@@ -161,6 +160,7 @@ def validate(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[str, A
     from core.data.loading import ImageSamples
     from core.pipeline import bind_losses, build_pipeline, resolve_device
     from core.training.checkpoint import seed_everything
+    from core.training.optim import stage_trains
     from core.training.trainer import TrainingModule
 
     cfg = load_pipeline(pipeline, overrides)
@@ -199,14 +199,8 @@ def validate(pipeline: str | Path, overrides: Sequence[str] = ()) -> dict[str, A
     total.backward()
     # the parameters this step trains: stage 0's patterns (a stage training its prompts
     # alone leaves the image encoder without gradient by design), as the trainer selects them
-    first = p.stages[0]
-
-    def trained(name: str) -> bool:
-        def matches(patterns) -> bool:
-            return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
-        return (first.trainable is None or matches(first.trainable)) and not matches(first.frozen or [])
-
-    no_grad = [n for n, q in model.named_parameters() if q.requires_grad and q.grad is None and trained(n)]
+    no_grad = [n for n, q in model.named_parameters()
+               if q.requires_grad and q.grad is None and stage_trains(n, p.stages[0])]
     model.zero_grad(set_to_none=True)
     losses.zero_grad(set_to_none=True)
     return {

@@ -33,6 +33,11 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def stage_trains(name: str, stage: StageConfig) -> bool:
+    """Whether the stage's `trainable` / `frozen` patterns leave parameter `name` trained."""
+    return (stage.trainable is None or _matches(name, stage.trainable)) and not _matches(name, stage.frozen or [])
+
+
 def select_parameters(module: nn.Module, stage: StageConfig,
                       also_frozen: Iterable[str] = ()) -> list[tuple[str, nn.Parameter]]:
     """Set requires_grad per the stage's patterns; return the trainable (name, parameter)s.
@@ -51,12 +56,7 @@ def select_parameters(module: nn.Module, stage: StageConfig,
                 raise ValueError(f"stage '{stage.name}': {key} " + pattern_miss(pattern, names))
     selected = []
     for name, param in module.named_parameters():
-        on = name in allowed
-        if stage.trainable is not None:
-            on = on and _matches(name, stage.trainable)
-        if stage.frozen:
-            on = on and not _matches(name, stage.frozen)
-        on = on and not _matches(name, also_frozen)
+        on = name in allowed and stage_trains(name, stage) and not _matches(name, also_frozen)
         param.requires_grad_(on)
         if on:
             selected.append((name, param))
