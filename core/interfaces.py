@@ -249,6 +249,34 @@ class FeatureSet:
         return int(self.embeddings.shape[0])
 
 
+@dataclass
+class RankedGallery:
+    """Which gallery items an evaluator's `evaluate` ranks for each query
+    (`Evaluator.ranked_gallery`), so that tools (`core search --worst`, `core search` and
+    `core explain` of a run's own splits) rank what evaluation ranks without knowing any
+    method's rule.
+
+    `ranked(rows)` takes query rows (an int array, a chunk: callers never ask for every
+    query at once) and returns a (len(rows), G) bool array: True where evaluation ranks
+    gallery item j for that query (as a positive or a negative), False where it leaves
+    the item out (the query's identity seen by its own camera, another task's gallery, ...).
+    A query's AP under this mask, averaged as `groups` says, is `evaluate`'s `key`."""
+
+    ranked: Callable[[np.ndarray], np.ndarray]
+    #: the metric of `evaluate` that the mean AP of the valid queries equals ("mAP")
+    key: str = "mAP"
+    #: per query, a group name (Instruct-ReID's task) when `key` is the mean over groups
+    #: of each group's mean AP (reported as "<group>/mAP"); None: the mean over queries
+    groups: np.ndarray | None = None
+    #: what the groups are, for messages ("tasks")
+    group_name: str = "groups"
+    #: one line saying what is ranked, for the tools' pictures and summaries
+    rule: str = "every gallery item but those of the query's identity and camera"
+    #: why the tools' APs (plain distances, this mask) may differ from `key` ("" when
+    #: they are equal), e.g. evaluation re-ranks with a model the tools do not run
+    differs: str = ""
+
+
 class Evaluator(abc.ABC):
     """Query and gallery embeddings -> metrics (floats, percentages where the field
     reports percentages: rank-k, mAP, mINP)."""
@@ -262,6 +290,17 @@ class Evaluator(abc.ABC):
     @abc.abstractmethod
     def evaluate(self, query: FeatureSet, gallery: FeatureSet) -> dict[str, float]:
         """Metrics of one test set."""
+
+    def ranked_gallery(self, query: FeatureSet, gallery: FeatureSet) -> RankedGallery:
+        """Which gallery items `evaluate` ranks for each query (`RankedGallery`), read from
+        the metadata alone (pids, camids, categories, records: the tools pass sets whose
+        embeddings may be empty). Default: the standard ReID protocol, every item but
+        those of the query's identity and camera (none left out when the evaluator's
+        `exclude_same_camera` is false). Override it when `evaluate` ranks otherwise (a
+        gallery per task, a clothes rule), ideally from the same function `evaluate` uses."""
+        from core.evaluation.protocol import standard_ranked_gallery
+
+        return standard_ranked_gallery(query, gallery, bool(getattr(self, "exclude_same_camera", True)))
 
 
 @dataclass

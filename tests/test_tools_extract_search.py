@@ -475,7 +475,8 @@ def test_a_gallery_extracted_from_the_runs_own_split_excludes_as_run_gallery_doe
     cameras, yet search against `run:query` kept same-identity same-camera items (only
     `run:gallery` itself got the protocol's exclusion); a file from another run, or from a
     folder, keeps the old default (off)."""
-    from core.tools.search import same_camera_excluded, search
+    from core.tools.ranked_items import own_splits
+    from core.tools.search import search
 
     feats = tmp_path / "g.npz"
     assert main(["extract", str(trained_run), "--images", "run:gallery", "--out", str(feats)]) == 0
@@ -486,7 +487,7 @@ def test_a_gallery_extracted_from_the_runs_own_split_excludes_as_run_gallery_doe
     assert [sorted(r.gallery.tolist()) for r in results] == \
         [sorted(set(range(n)) - same_identity_and_camera(query, gallery, r.query)) for r in results]
     other = type("Run", (), {"run_dir": tmp_path, "pipeline": None})()
-    assert not same_camera_excluded(other, "run:query", feats, None)  # extracted with another run
+    assert not own_splits(other, "run:query", feats)  # extracted with another run
 
 
 def split_tree(manifest: Path, root: Path) -> Path:

@@ -12,7 +12,7 @@ from core.evaluation.distances import METRICS, blocked_rows, distance_to
 from core.evaluation.ranking import (DEFAULT_MEMORY_BUDGET, _codes, _per_category, _per_category_with, rank_metrics,
                                     summarise, validate_ranks)
 from core.evaluation.search import SEARCHES
-from core.interfaces import Evaluator, FeatureSet
+from core.interfaces import Evaluator, FeatureSet, RankedGallery
 from core.records import Record
 
 
@@ -129,10 +129,7 @@ class ReIDEvaluator(Evaluator):
         categories, names = None, None
         if self.per_category and len(np.unique(query.categories)) > 1:
             categories, names = query.categories, query.category_names
-        groups = {}
-        if self.exclude_same_clothes:
-            groups = dict(q_groups=clothes_ids(_records(query, "query"), "query"),
-                          g_groups=clothes_ids(_records(gallery, "gallery"), "gallery"))
+        groups = self._groups(query, gallery)
         with torch.no_grad():
             if self.search in ("faiss_ivf", "faiss_ivfpq"):
                 return self._evaluate_top_k(query, gallery, categories, names)
@@ -143,6 +140,27 @@ class ReIDEvaluator(Evaluator):
                                 exclude_same_camera=self.exclude_same_camera, chunk_size=self.chunk_size,
                                 memory_budget=self.memory_budget, q_categories=categories,
                                 category_names=names, threads=self.ranking_threads, **groups)
+
+    def _groups(self, query: FeatureSet, gallery: FeatureSet) -> dict[str, np.ndarray]:
+        """The clothes ids (q_groups, g_groups) under `exclude_same_clothes`, else {}."""
+        if not self.exclude_same_clothes:
+            return {}
+        return dict(q_groups=clothes_ids(_records(query, "query"), "query"),
+                    g_groups=clothes_ids(_records(gallery, "gallery"), "gallery"))
+
+    def ranked_gallery(self, query: FeatureSet, gallery: FeatureSet) -> RankedGallery:
+        """The standard protocol with this evaluator's camera and clothes rules (the groups
+        `evaluate` uses); `differs` says when `evaluate` ranks other distances (re-ranking)
+        or reports another number (faiss IVF's mAP@topk)."""
+        from core.evaluation.protocol import standard_ranked_gallery
+
+        differs = ""
+        if self.rerank:
+            differs = "evaluation ranks k-reciprocal re-ranked distances (rerank: true)"
+        elif self.search in ("faiss_ivf", "faiss_ivfpq"):
+            differs = f"evaluation reports mAP@{self.topk} of an approximate search ({self.search})"
+        return standard_ranked_gallery(query, gallery, self.exclude_same_camera, differs=differs,
+                                       **self._groups(query, gallery))
 
     def _on_disk(self, query: FeatureSet, gallery: FeatureSet) -> bool:
         """Whether a set is memory-mapped (`FeatureSet.embeddings_file`, the trainer's

@@ -34,12 +34,14 @@ def _skip_bad_images(p: argparse.ArgumentParser, before: str) -> None:
 
 def _same_camera(p: argparse.ArgumentParser, query: str, prefix: str = "") -> None:
     """--exclude-same-camera / --no-exclude-same-camera, the same for search and explain
-    (core.tools.search.same_camera_excluded)."""
+    (core.tools.ranked_items.search_rule)."""
     p.add_argument("--exclude-same-camera", action=argparse.BooleanOptionalAction, default=None,
-                   help=f"{prefix}drop gallery items with the query's identity and camera, as evaluation does (the "
-                        f"ReID protocol); default: on when {query} and --gallery are both the run's own splits "
-                        "(run:..., or a .npz extracted from one) and its evaluator drops them, off for other images "
-                        "(whose cameras may mean nothing); --no-exclude-same-camera keeps them")
+                   help=f"{prefix}rank the whole gallery less the items with the query's identity and camera; "
+                        "--no-exclude-same-camera: the whole gallery. Default: when "
+                        f"{query} and --gallery are both the run's own splits (run:..., or a .npz extracted from "
+                        "one), the items its evaluator ranks for each query (as `core eval`: the standard protocol, "
+                        "or e.g. Instruct-ReID's task gallery); for other images the whole gallery (their cameras "
+                        "may mean nothing). Either flag on the run's own splits replaces the evaluator's rule")
 
 
 def _image_check(args: argparse.Namespace) -> str:

@@ -120,12 +120,17 @@ def _batch(samples, indices) -> object:
 
 
 def explain_matches(run, query_set, gallery_set, out: Path, settings: Settings, limit: int = 16,
-                    exclude_same_camera: bool = False, batch_size: int = 32, progress: bool = False) -> Path:
-    """Rank, compute the maps and draw a picture per query into `out`; returns index.html."""
+                    exclude_same_camera: bool = False, batch_size: int = 32, progress: bool = False,
+                    rule=None) -> Path:
+    """Rank, compute the maps and draw a picture per query into `out`; returns index.html.
+    `rule` (`core.tools.ranked_items.SearchRule` over `query_set`'s rows): the gallery items
+    ranked for each query; default the camera rule of `exclude_same_camera`."""
     from core.data.loading import ImageSamples
     from core.tools.extract import embed
+    from core.tools.ranked_items import camera_rule
     from core.tools.search import _identity, _subset, rank
 
+    rule = rule or camera_rule(query_set, gallery_set, exclude_same_camera)
     count = min(limit, len(query_set))
     if count == 0:
         raise ValueError(f"{query_set.source}: no query images")
@@ -137,7 +142,7 @@ def explain_matches(run, query_set, gallery_set, out: Path, settings: Settings, 
     explainer = Explainer(run, settings, _batch(q_samples, [0]).to(device))  # bad settings fail before ranking
     q_emb = embed(run, queries, batch_size=batch_size, progress=progress)
     g_emb = embed(run, gallery_set, batch_size=batch_size, progress=progress)
-    results = rank(q_emb, g_emb, run.metric, settings.top, queries, gallery_set, exclude_same_camera)
+    results = rank(q_emb, g_emb, run.metric, settings.top, queries, gallery_set, ranked=rule.ranked)
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for n, result in enumerate(results):
@@ -177,9 +182,8 @@ def explain_matches(run, query_set, gallery_set, out: Path, settings: Settings, 
     log.info("%s: %d queries, top %d each%s", settings.method, len(results), settings.top,
              f", target layer {explainer.layer_name}" if explainer.layer_name else "")
     return write_index(out, entries, f"{settings.method} maps of {run.run_dir.name}",
-                       f"{what}; {run.metric} distance under each match (same identity and camera "
-                       f"{'excluded' if exclude_same_camera else 'kept'}); each heat map stretched from its "
-                       "minimum to its maximum")
+                       f"{what}; {run.metric} distance under each match (ranked: {rule.text}); each heat map "
+                       "stretched from its minimum to its maximum")
 
 
 @dataclass

@@ -107,8 +107,9 @@ def explain(target: str | Path, images: str, out: str | Path, key: str = "part_m
     only ones drawn (with --skip-bad-images, as many more as were left out:
     `screened_first`), and the whole gallery, which is embedded. Matches are ranked as
     `core search` ranks them: `exclude_same_camera` None follows
-    `core.tools.search.same_camera_excluded` (the run's query against its gallery: as its
-    evaluator does).
+    `core.tools.ranked_items.search_rule` (the run's query against its gallery: the items
+    its evaluator ranks); True / False: the whole gallery with or without the query's
+    identity in its camera.
     """
     from core.data.loading import ImageSamples, collate
     from core.tools.images import open_images, screened, screened_first
@@ -132,15 +133,15 @@ def explain(target: str | Path, images: str, out: str | Path, key: str = "part_m
         if gallery is None:
             at = str(images).partition("@")[2] if str(images).startswith("run:") else ""
             gallery = "run:gallery" + (f"@{at}" if at else "")
-        from core.tools.search import same_camera_excluded
+        from core.tools.ranked_items import search_rule
 
-        exclude_same_camera = same_camera_excluded(run, images, gallery, exclude_same_camera)
         gallery_set, = screened([("--gallery", open_images(gallery, run, "--gallery", "gallery"))], image_check,
                                 "Nothing was drawn")
+        rule = search_rule(run, images, gallery, image_set, gallery_set, exclude_same_camera)
         return explain_matches(run, image_set, gallery_set, out,
                                Settings(method, top=top, layer=layer, discard_ratio=discard_ratio,
                                         head_fusion=head_fusion, cam=cam),
-                               limit=limit, exclude_same_camera=exclude_same_camera, batch_size=batch_size)
+                               limit=limit, batch_size=batch_size, rule=rule)
     out.mkdir(parents=True, exist_ok=True)
     entries = []
     for start in range(0, count, batch_size):

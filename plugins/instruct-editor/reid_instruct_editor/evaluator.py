@@ -61,10 +61,11 @@ import torch
 import torch.nn.functional as F
 
 from core.evaluation.distances import METRICS, distance_to
-from core.evaluation.ranking import DEFAULT_MEMORY_BUDGET, PerQueryMetrics, per_query_metrics, summarise, \
-    validate_ranks
+from core.evaluation.protocol import removed_by_protocol
+from core.evaluation.ranking import DEFAULT_MEMORY_BUDGET, PerQueryMetrics, per_query_metrics, \
+    query_gallery_labels, summarise, validate_ranks
 from core.evaluation.reid import clothes_ids
-from core.interfaces import Evaluator, FeatureSet
+from core.interfaces import Evaluator, FeatureSet, RankedGallery
 from reid_instruct_editor.itm_rerank import SCORES, ITMScorer, rerank_top_k
 from reid_instruct_editor.map_tau import per_query_metrics_tau
 from reid_instruct_editor.tasks import CLOTHES_CHANGING
@@ -168,7 +169,6 @@ class InstructReIDEvaluator(Evaluator):
             self._skipped = True
 
     def evaluate(self, query: FeatureSet, gallery: FeatureSet) -> dict[str, float]:
-        q_tasks, g_tasks = _tasks(query), _tasks(gallery)
         q_instr, g_instr, by_labels = self._references(query, gallery)
         out: dict[str, float] = {"tau_reference_labels": float(by_labels)}
         if self.itm_rerank:  # 1: text-to-image queries re-ranked by the ITM head; 0: not (head untrained)
@@ -178,10 +178,7 @@ class InstructReIDEvaluator(Evaluator):
             for setting in settings:
                 prefix = "free/" if setting == "task-free" else ""
                 per_task: dict[str, dict[str, float]] = {}
-                for task in sorted(set(q_tasks)):
-                    q_rows = np.flatnonzero(q_tasks == task)
-                    g_rows = np.flatnonzero(g_tasks == task) if setting == "task-specific" else np.arange(len(gallery))
-                    groups = self._clothes(query, gallery, q_rows, g_rows) if task == CLOTHES_CHANGING else {}
+                for task, q_rows, g_rows, groups in self._task_blocks(query, gallery, setting):
                     per_task[task] = self._evaluate_rows(query, gallery, q_rows, g_rows, q_instr, g_instr, groups,
                                                          by_labels)
                 for task, metrics in per_task.items():
@@ -192,6 +189,60 @@ class InstructReIDEvaluator(Evaluator):
                     values = [m[key] for m in per_task.values() if key in m]
                     out[f"{prefix}{key}"] = float(np.sum(values) if key.startswith("num_valid") else np.mean(values))
         return out
+
+    def _task_blocks(self, query: FeatureSet, gallery: FeatureSet,
+                     setting: str) -> list[tuple[str, np.ndarray, np.ndarray, dict[str, np.ndarray]]]:
+        """(task, query rows, gallery rows, clothes groups) of each task in `setting`: the
+        task's queries against its own gallery items (task-specific) or every item
+        (task-free); the clothes-changing task's with its clothes ids (`_clothes`).
+        `evaluate` ranks these blocks and `ranked_gallery` says the same to the tools."""
+        q_tasks, g_tasks = _tasks(query), _tasks(gallery)
+        blocks = []
+        for task in sorted(set(q_tasks)):
+            q_rows = np.flatnonzero(q_tasks == task)
+            g_rows = np.flatnonzero(g_tasks == task) if setting == "task-specific" else np.arange(len(gallery))
+            groups = self._clothes(query, gallery, q_rows, g_rows) if task == CLOTHES_CHANGING else {}
+            blocks.append((task, q_rows, g_rows, groups))
+        return blocks
+
+    def ranked_gallery(self, query: FeatureSet, gallery: FeatureSet) -> RankedGallery:
+        """What `evaluate` ranks in its headline setting (task-specific unless `setting:
+        task-free`), from the same `_task_blocks`: each query's task gallery (or the whole
+        gallery) less its identity in its camera and, for clothes-changing queries with
+        clothes ids, in its clothes. The key "mAP" ("free/mAP") is the mean over tasks of
+        each task's mean AP: `groups` are the query tasks."""
+        setting = "task-free" if self.setting == "task-free" else "task-specific"
+        blocks = self._task_blocks(query, gallery, setting)
+        q_pids, g_pids, q_cams, g_cams, _, _ = query_gallery_labels(query.pids, gallery.pids, query.camids,
+                                                                    gallery.camids)
+        block_of = np.zeros(len(query), dtype=np.int64)
+        position = np.zeros(len(query), dtype=np.int64)  # a query's row within its block (its clothes id's)
+        for b, (_, q_rows, _, _) in enumerate(blocks):
+            block_of[q_rows], position[q_rows] = b, np.arange(len(q_rows))
+
+        def ranked(rows: np.ndarray) -> np.ndarray:
+            rows = np.asarray(rows, dtype=np.int64)
+            out = np.zeros((len(rows), len(gallery)), dtype=bool)
+            for b in np.unique(block_of[rows]):
+                at = np.flatnonzero(block_of[rows] == b)
+                _, _, g_rows, groups = blocks[b]
+                picked = rows[at]
+                out[np.ix_(at, g_rows)] = ~removed_by_protocol(
+                    q_pids[picked], q_cams[picked], g_pids[g_rows], g_cams[g_rows], self.exclude_same_camera,
+                    groups["q_groups"][position[picked]] if groups else None, groups.get("g_groups"))
+            return out
+
+        clothes = any(groups for _, _, _, groups in blocks)
+        rule = ("each query's task gallery (records' extras 'task')" if setting == "task-specific"
+                else "the whole gallery (task-free)")
+        if self.exclude_same_camera:
+            rule += " less its identity in its camera"
+        if clothes:
+            rule += "; clothes-changing queries also less their identity in their clothes"
+        differs = (f"evaluation re-ranks each text-to-image query's top {self.itm_rerank} by the ITM head "
+                   "(itm_rerank)" if self.itm_rerank else "")
+        return RankedGallery(ranked=ranked, key="free/mAP" if setting == "task-free" else "mAP",
+                             groups=_tasks(query), group_name="tasks", rule=rule, differs=differs)
 
     def _references(self, query: FeatureSet, gallery: FeatureSet) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """(query rows, gallery rows, by labels): integer codes of the instruction ids

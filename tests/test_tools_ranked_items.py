@@ -1,0 +1,196 @@
+"""The tools rank a run's own splits as its evaluator ranks them (`Evaluator.ranked_gallery`,
+core.tools.ranked_items): `core search --worst` computes each query's AP over the items
+evaluation ranks, and `core search` / `core explain` never show an item evaluation does
+not rank. Before the hook they ranked the whole gallery less the query's identity in its
+camera whatever the evaluator did."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from core.cli import main
+from core.interfaces import Evaluator, FeatureSet, RankedGallery
+from core.testing import TINY_PIPELINE
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from core.runner import run
+
+    folder = tmp_path_factory.mktemp("ranked-items-run")
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(copy.deepcopy(TINY_PIPELINE)))
+    return run(folder / "tiny.yaml", run_dir=folder / "run").run_dir
+
+
+def hidden(rows: np.ndarray, num_gallery: int) -> np.ndarray:
+    """The toy evaluator's rule: item j is hidden from query i when (i + j) % 3 == 0."""
+    return (np.asarray(rows)[:, None] + np.arange(num_gallery)[None, :]) % 3 == 0
+
+
+class HidingEvaluator(Evaluator):
+    """Ranks every gallery item but those `hidden` names (its identity and camera included)."""
+
+    def evaluate(self, query, gallery):
+        return {}
+
+    def ranked_gallery(self, query, gallery):
+        return RankedGallery(ranked=lambda rows: ~hidden(rows, len(gallery)), rule="every item not hidden")
+
+
+@pytest.fixture
+def hiding_runs(monkeypatch):
+    """Runs loaded by the tools carry the HidingEvaluator in place of their own."""
+    import core.tools.loading as loading
+
+    real = loading.load_run
+
+    def with_hiding_evaluator(*args, **kwargs):
+        run = real(*args, **kwargs)
+        run.pipeline.evaluator = HidingEvaluator()
+        return run
+
+    monkeypatch.setattr(loading, "load_run", with_hiding_evaluator)
+
+
+def splits(run_dir):
+    from core.tools.images import run_split
+    from core.tools.loading import load_run
+
+    run = load_run(run_dir, device="cpu")
+    return run, run_split(run, "query"), run_split(run, "gallery")
+
+
+def visible(query_row: int, num_gallery: int) -> list[int]:
+    return np.flatnonzero(~hidden(np.asarray([query_row]), num_gallery)[0]).tolist()
+
+
+def test_search_of_the_runs_own_splits_never_returns_what_the_evaluator_does_not_rank(trained_run, hiding_runs):
+    from core.tools.search import search
+
+    _, _, gallery = splits(trained_run)
+    n = len(gallery)
+    results = search(trained_run, "run:query", "run:gallery", top=n, device="cpu", progress=False,
+                     echo=lambda text: None)
+    assert results and all(sorted(r.gallery.tolist()) == visible(r.query, n) for r in results)
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_a_gallery_file_extracted_from_the_run_is_ranked_by_the_evaluators_rule(trained_run, hiding_runs, tmp_path,
+                                                                                half):
+    """In memory and memory-mapped (`--half`, ranked block by block): the same items."""
+    from core.tools.search import search
+
+    feats = tmp_path / "g.npz"
+    assert main(["extract", str(trained_run), "--images", "run:gallery", "--out", str(feats),
+                 *(["--half"] if half else [])]) == 0
+    _, _, gallery = splits(trained_run)
+    n = len(gallery)
+    results = search(trained_run, "run:query", str(feats), top=n, device="cpu", progress=False,
+                     echo=lambda text: None)
+    assert results and all(sorted(r.gallery.tolist()) == visible(r.query, n) for r in results)
+
+
+def test_worst_queries_rank_only_what_the_evaluator_ranks(trained_run, hiding_runs, tmp_path):
+    from core.tools.search import worst_queries
+
+    _, _, gallery = splits(trained_run)
+    n = len(gallery)
+    found = worst_queries(trained_run, count=5, top=n, out=tmp_path / "worst", device="cpu", progress=False,
+                          echo=lambda text: None)
+    results = found["synthetic"]
+    assert len(results) == 5 and all(sorted(r.gallery.tolist()) == visible(r.query, n) for r in results)
+
+
+def test_explain_ranks_only_what_the_evaluator_ranks(trained_run, hiding_runs, tmp_path, monkeypatch):
+    from core.tools import search
+
+    ranked, real_rank = [], search.rank
+
+    def spy(*args, **kwargs):
+        ranked.extend(real_rank(*args, **kwargs))
+        return ranked
+
+    monkeypatch.setattr(search, "rank", spy)
+    _, _, gallery = splits(trained_run)
+    n = len(gallery)
+    assert main(["explain", str(trained_run), "--images", "run:query", "--out", str(tmp_path / "maps"),
+                 "--method", "rollout", "--limit", "3", "--top", str(n)]) == 0
+    assert len(ranked) == 3 and all(sorted(r.gallery.tolist()) == visible(r.query, n) for r in ranked)
+
+
+def test_either_camera_flag_replaces_the_evaluators_rule_on_the_runs_own_splits(trained_run, hiding_runs):
+    from core.tools.search import search
+
+    _, query, gallery = splits(trained_run)
+    n = len(gallery)
+    results = search(trained_run, "run:query", "run:gallery", top=n, exclude_same_camera=False, device="cpu",
+                     progress=False, echo=lambda text: None)
+    assert [sorted(r.gallery.tolist()) for r in results] == [list(range(n))] * len(query)
+
+
+def plain_average_precision(d: np.ndarray, ranked: np.ndarray, q_pid: int, g_pids: np.ndarray) -> float | None:
+    """One query's AP by a loop: walk the items by (distance, index), skip those not ranked."""
+    hits, total, kept = 0, 0.0, 0
+    for j in sorted(range(len(d)), key=lambda j: (d[j], j)):
+        if not ranked[j]:
+            continue
+        kept += 1
+        if g_pids[j] == q_pid:
+            hits += 1
+            total += hits / kept
+    return total / hits if hits else None
+
+
+def test_masked_average_precision_is_the_plain_loops():
+    from core.evaluation.protocol import masked_average_precision
+
+    rng = np.random.default_rng(0)
+    d = rng.integers(0, 5, (7, 30)).astype(np.float32)  # many ties: broken by gallery index
+    ranked = rng.random((7, 30)) > 0.3
+    q_pids, g_pids = rng.integers(0, 3, 7), rng.integers(0, 3, 30)
+    valid, ap, _ = masked_average_precision(torch.from_numpy(d), ranked, q_pids, g_pids)
+    for i in range(7):
+        want = plain_average_precision(d[i], ranked[i], q_pids[i], g_pids)
+        assert valid[i] == (want is not None)
+        assert ap[i] == pytest.approx(want or 0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"exclude_same_camera": False}])
+def test_the_reid_evaluators_rule_gives_its_map(trained_run, kwargs):
+    """`--worst`'s per-query APs over the `reid` evaluator's rule average to its mAP (the
+    evaluator ranks positives without a sort; the tools sort: two computations)."""
+    from core.evaluation.reid import ReIDEvaluator
+    from core.tools.extract import embed
+    from core.tools.ranked_items import evaluation_rule, protocol_map
+    from core.tools.search import protocol_average_precision
+
+    run, query, gallery = splits(trained_run)
+    q_emb, g_emb = embed(run, query, progress=False), embed(run, gallery, progress=False)
+    evaluator = ReIDEvaluator(**kwargs)
+    rule = evaluation_rule(evaluator, query, gallery)
+    valid, ap, _ = protocol_average_precision(q_emb, g_emb, "cosine", rule.ranked, query.table.pids,
+                                              gallery.table.pids)
+    value, _ = protocol_map(rule.protocol, ap, valid)
+
+    def features(images, emb):
+        t = images.table
+        return FeatureSet(torch.from_numpy(emb), t.pids, t.camids, records=t.records)
+
+    metrics = evaluator.evaluate(features(query, q_emb), features(gallery, g_emb))
+    assert 100 * value == pytest.approx(metrics["mAP"], abs=1e-6)
+    assert int(valid.sum()) == metrics["num_valid_queries"]
+
+
+def test_worst_says_which_core_eval_number_its_map_is(trained_run, tmp_path):
+    from core.runner import evaluate_run
+    from core.tools.search import worst_queries
+
+    printed = []
+    worst_queries(trained_run, count=2, top=3, out=tmp_path / "worst", device="cpu", progress=False,
+                  echo=printed.append)
+    line = next(p for p in printed if p.startswith("synthetic: "))
+    assert "= core eval's 'synthetic/mAP'" in line
+    assert float(line.split("mAP ")[1].split("%")[0]) == round(evaluate_run(trained_run)["synthetic/mAP"], 1)
