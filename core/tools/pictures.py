@@ -3,7 +3,10 @@
 One picture per query: the query, then its top-k gallery items left to right, each with
 its rank above and its distance (and identity / camera when known) below. When both
 identities are known the border says whether the match is right: green for the query's
-identity, red for another; grey when the identity is unknown. Drawn with PIL alone.
+identity, red for another; grey when the identity is unknown. A query that carries a text
+instruction (an Instruct-ReID caption or attribute sentence) has it written under the
+tiles, from the query's left edge (`RankedList.note`, wrapped to the picture's width).
+Drawn with PIL alone.
 """
 
 from __future__ import annotations
@@ -72,6 +75,40 @@ class RankedList:
     results: list[Tile]
     title: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    #: a line under the tiles, from the query's left edge, wrapped to the picture's width
+    #: (an instruction-conditioned query's instruction)
+    note: str = ""
+
+#: at most this many lines of a `RankedList.note` (the last ends in "...")
+NOTE_LINES = 4
+
+
+def wrap(text: str, width: int, measure, max_lines: int = NOTE_LINES) -> list[str]:
+    """`text` cut into lines no wider than `width` pixels (`measure(line)`), at spaces where
+    it can (a word wider than `width` is cut inside); beyond `max_lines` the last line
+    ends in "..."."""
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        candidate = f"{current} {word}" if current else word
+        if measure(candidate) <= width:
+            current = candidate
+            continue
+        if current:
+            lines.append(current)
+        while measure(word) > width and len(word) > 1:  # a word wider than a line: cut it
+            cut = max(1, next(n for n in range(len(word), 0, -1) if measure(word[:n]) <= width or n == 1))
+            lines.append(word[:cut])
+            word = word[cut:]
+        current = word
+    if current:
+        lines.append(current)
+    if len(lines) > max_lines:
+        last = lines[max_lines - 1]
+        while last and measure(last + "...") > width:
+            last = last[:-1]
+        lines = lines[:max_lines - 1] + [last + "..."]
+    return lines
 
 
 def tile_size(image: Image.Image | None, height: int) -> tuple[int, int]:
@@ -92,9 +129,10 @@ def draw_ranked_list(ranked: RankedList, height: int = 128, border: int = 4, gap
     cell_w = width + 2 * border
     cell_h = height + 2 * border
     separator = 3 * gap
-    total_w = gap + cell_w + separator + len(ranked.results) * (cell_w + gap) + gap
-    total_h = top + cell_h + 4 + lines * line + gap
-    canvas = Image.new("RGB", (max(total_w, 260), total_h), WHITE)
+    total_w = max(gap + cell_w + separator + len(ranked.results) * (cell_w + gap) + gap, 260)
+    note = wrap(ranked.note, total_w - 2 * gap, lambda text: small.getlength(text)) if ranked.note else []
+    total_h = top + cell_h + 4 + (lines + len(note)) * line + gap
+    canvas = Image.new("RGB", (total_w, total_h), WHITE)
     draw = ImageDraw.Draw(canvas)
     if ranked.title:
         draw.text((gap, 3), ranked.title, fill=INK, font=big)
@@ -114,6 +152,8 @@ def draw_ranked_list(ranked: RankedList, height: int = 128, border: int = 4, gap
     for tile in ranked.results:
         place(tile, x)
         x += cell_w + gap
+    for i, text in enumerate(note):
+        draw.text((gap + 1, top + cell_h + 3 + (lines + i) * line), text, fill=INK, font=small)
     return canvas
 
 

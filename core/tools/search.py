@@ -159,7 +159,18 @@ def ranked_picture(result: QueryResult, query_set: ImageSet, gallery_set: ImageS
         border = GREY if ok is None else (GREEN if ok else RED)
         tiles.append(Tile(_safe_image(gallery_set, int(j)), caption=[f"{dist:.3f}", _identity(gallery_set.table, j)],
                           border=border, heading=f"{rank_}"))
-    return draw_ranked_list(RankedList(query, tiles, title), height=height)
+    return draw_ranked_list(RankedList(query, tiles, title, note=_instruction_note(query_set, result.query)),
+                            height=height)
+
+
+def _instruction_note(images: ImageSet, index: int) -> str:
+    """"instruction: <text>" when record `index` carries a text instruction (records'
+    extras "instruction", the batch field instruction-conditioned models embed with: a
+    text, or phrasings whose first is the evaluation one), else "" (none, or an image)."""
+    value = images.table.records[int(index)].extras.get("instruction")
+    if isinstance(value, (tuple, list)):
+        value = value[0] if value else None
+    return f"instruction: {value.strip()}" if isinstance(value, str) and value.strip() else ""
 
 
 def _safe_image(images: ImageSet, index: int):
