@@ -194,3 +194,32 @@ def test_worst_says_which_core_eval_number_its_map_is(trained_run, tmp_path):
     line = next(p for p in printed if p.startswith("synthetic: "))
     assert "= core eval's 'synthetic/mAP'" in line
     assert float(line.split("mAP ")[1].split("%")[0]) == round(evaluate_run(trained_run)["synthetic/mAP"], 1)
+
+
+def test_a_gallery_file_whose_rows_are_not_the_runs_split_falls_back_to_the_camera_rule(trained_run, hiding_runs,
+                                                                                       tmp_path, caplog):
+    """A .npz from `run:gallery` with rows left out (`--skip-bad-images`) and no paths to
+    match them by: the evaluator's rule cannot be read for its rows (a .npz keeps no record
+    extras), so the file is ranked with the run evaluator's camera rule, and a warning says so."""
+    from core.tools.extract import Features, load_features, save_features
+    from core.tools.images import ImageSet
+    from core.tools.search import search
+
+    full = tmp_path / "g.npz"
+    assert main(["extract", str(trained_run), "--images", "run:gallery", "--out", str(full)]) == 0
+    features = load_features(full)
+    rows = np.arange(1, len(features.embeddings))  # the first item left out
+    images = features.images
+    cut = tmp_path / "cut.npz"
+    save_features(cut, Features(features.embeddings[rows], ImageSet(images.table.take(rows), images.datasets,
+                                                                    images.source), features.meta))
+    _, query, _ = splits(trained_run)
+    g = load_features(cut).images.table
+    with caplog.at_level("WARNING"):
+        results = search(trained_run, "run:query", str(cut), top=len(rows), device="cpu", progress=False,
+                         echo=lambda text: None)
+    assert "not the run's split" in caplog.text
+    q = query.table
+    for r in results:
+        kept = [j for j in range(len(rows)) if (g.pids[j], g.camids[j]) != (q.pids[r.query], q.camids[r.query])]
+        assert sorted(r.gallery.tolist()) == kept
