@@ -223,3 +223,19 @@ def test_a_gallery_file_whose_rows_are_not_the_runs_split_falls_back_to_the_came
     for r in results:
         kept = [j for j in range(len(rows)) if (g.pids[j], g.camids[j]) != (q.pids[r.query], q.camids[r.query])]
         assert sorted(r.gallery.tolist()) == kept
+
+
+def test_worst_says_its_map_is_not_core_evals_when_evaluation_reranks():
+    """k-reciprocal re-ranking (or faiss IVF's mAP@topk) is not what the tools compute:
+    the line must not claim core eval's number."""
+    from core.evaluation.reid import ReIDEvaluator
+    from core.tools.search import summary_line
+
+    query = FeatureSet(torch.zeros(2, 0), np.array([0, 1]), np.array([0, 0]))
+    gallery = FeatureSet(torch.zeros(3, 0), np.array([0, 1, 1]), np.array([1, 1, 0]))
+    ap, valid = np.array([0.5, 1.0]), np.array([True, True])
+    plain = summary_line("s", ReIDEvaluator().ranked_gallery(query, gallery), ap, valid)
+    assert plain.startswith("mAP 75.0% over 2 queries (= core eval's 's/mAP'")
+    for evaluator in (ReIDEvaluator(rerank=True), ReIDEvaluator(search="faiss_ivf")):
+        line = summary_line("s", evaluator.ranked_gallery(query, gallery), ap, valid)
+        assert "not core eval's 's/mAP'" in line and "= core eval" not in line

@@ -98,3 +98,26 @@ def test_worst_prints_core_evals_map_and_search_keeps_to_the_task_gallery(irm_ru
     results = search(irm_run, "run:query", "run:gallery", top=len(gallery), device="cpu", progress=False,
                      echo=lambda text: None)
     assert all(r.gallery.size and set(g_tasks[r.gallery]) == {q_tasks[r.query]} for r in results)
+
+
+def test_with_itm_reranking_the_tools_do_not_claim_evaluations_number():
+    """The tools rank text-to-image queries by plain distances; evaluation re-ranks their
+    top k by the ITM head: `differs` says so, and `setting: task-free` names free/mAP."""
+    from core.records import Record
+    from reid_instruct_editor.evaluator import InstructReIDEvaluator
+
+    def features(tasks):
+        records = [Record(path=None, pid=i % 2, camid=i, category="person", extras={"task": t})
+                   for i, t in enumerate(tasks)]
+        return FeatureSet(torch.zeros(len(tasks), 0), np.arange(len(tasks)) % 2, np.arange(len(tasks)),
+                          records=records)
+
+    query, gallery = features(["text-to-image", "traditional"]), features(["text-to-image"] * 2 + ["traditional"] * 2)
+    specific = InstructReIDEvaluator().ranked_gallery(query, gallery)
+    assert specific.differs == "" and specific.key == "mAP"
+    # query i: pid i % 2, camera i; gallery j: pid j % 2, camera j (item i: the query's identity and camera)
+    assert specific.ranked(np.arange(2)).tolist() == [[False, True, False, False], [False, False, True, True]]
+    assert "itm_rerank" in InstructReIDEvaluator(itm_rerank=4).ranked_gallery(query, gallery).differs
+    free = InstructReIDEvaluator(setting="task-free").ranked_gallery(query, gallery)
+    assert free.key == "free/mAP" and free.ranked(np.arange(2)).tolist() == [[False, True, True, True],
+                                                                            [True, False, True, True]]
