@@ -59,6 +59,7 @@ def claim_out(out: str | Path, formats: Sequence[str], overwrite: bool = False) 
     always, and anything but a folder at the stage's path (a file, a link: the stage is
     made there, and cleared). Files this export does not write never stop it."""
     from core.config.loading import ConfigError
+    from core.tools.output_files import refuse_existing
 
     unknown = [f for f in formats if f not in FORMAT_FILES]
     if unknown:
@@ -74,11 +75,8 @@ def claim_out(out: str | Path, formats: Sequence[str], overwrite: bool = False) 
         raise ConfigError(f"{stage} is in the way: the export makes its files in a hidden folder of that name and "
                           "moves them into place when all are checked; move it away or choose another --out",
                           file="--out")
-    existing = [p.name for p in paths if os.path.lexists(p)]
-    if existing and not overwrite:
-        raise ConfigError(f"{out} already holds {', '.join(existing)} (an earlier export); pass --overwrite to "
-                          "replace the files this export writes (other files there are kept), or choose another "
-                          "--out", file="--out")
+    refuse_existing(paths, "an earlier export", overwrite, folder=out,
+                    replaced="the files this export writes (other files there are kept)")
 
 
 class EmbeddingModel(nn.Module):

@@ -118,14 +118,9 @@ def half_path(out: str | Path) -> Path:
 def claim_out(out: str | Path, half: bool = False, overwrite: bool = False) -> None:
     """Refuse, before any work, an `out` whose .npz (with `half`, or whose .f16.npy) exists
     (earlier embeddings, which would be lost) unless `overwrite`."""
-    from core.config.loading import ConfigError
+    from core.tools.output_files import refuse_existing
 
-    existing = [p for p in [features_path(out), *([half_path(out)] if half else [])] if os.path.lexists(p)]
-    if existing and not overwrite:
-        what = f"{existing[0]} already exists" if len(existing) == 1 else \
-            f"{' and '.join(map(str, existing))} already exist"
-        raise ConfigError(f"{what} (earlier embeddings); pass --overwrite to replace "
-                          f"{'it' if len(existing) == 1 else 'them'}, or choose another --out", file="--out")
+    refuse_existing([features_path(out), *([half_path(out)] if half else [])], "earlier embeddings", overwrite)
 
 
 def save_features(path: str | Path, features: Features) -> Path:
