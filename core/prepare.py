@@ -70,23 +70,20 @@ def attach_dataset_annotations(cfg: LoadedConfig, specs: list, datasets: list[Da
 
 def _check_out(cfg: LoadedConfig, key: str, out: Path) -> None:
     """Refuse an `out:` the annotation file cannot be written to (a folder, a path through
-    a file, a folder that cannot be created or written) before the labeler runs."""
-    import tempfile
+    a file, a folder that cannot be created or written: `folder_problem`, as for run
+    folders) before the labeler runs; its folder is made, as the labelling writes there."""
+    from core.training.run_folder import folder_problem
 
     if out.is_dir():
         raise cfg.error(key, f"{out} is a folder; 'out' is the annotation file to write, e.g. {out / 'parts.npz'}")
-    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise cfg.error(key, f"cannot write {out}: {blocking} is a file, not a folder; give another path")
+    problem = folder_problem(out.parent)
+    if problem is not None:
+        raise cfg.error(key, f"cannot write {out}: {problem}; give a path in a folder you can write")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out.parent):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(out.parent) else ""
-        raise cfg.error(key, f"cannot write {out}: its folder {out.parent} cannot be created or written "
-                             f"({reason}{where}); give a path in a folder you can write") from None
+    except OSError as exc:  # a name too long, a folder made or removed meanwhile
+        raise cfg.error(key, f"cannot write {out}: its folder {out.parent} cannot be created "
+                             f"({exc.strerror or exc}); give a path in a folder you can write") from None
 
 
 @dataclass

@@ -560,3 +560,53 @@ def test_a_plugin_error_in_a_data_loader_worker_is_one_line_with_its_type_once(t
     assert err[-1] == ("error: ValueError: crop box (4, 4, 2, 2) is empty: right must exceed left "
                        "(run with --debug for the traceback)")
     assert not any("Caught ValueError" in line or "Traceback" in line for line in err)
+
+
+def _refuse_writes_in(monkeypatch, folder: Path) -> None:
+    """A folder where making a file fails (EACCES) though os.access says it is writable: root
+    on an NFS share with root squashing, an ACL, a FUSE mount (os.access asks the mode bits)."""
+    import errno
+    import tempfile
+
+    real = tempfile.TemporaryFile
+
+    def refused(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == folder:
+            raise PermissionError(errno.EACCES, "Permission denied", str(folder))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    assert os.access(folder, os.W_OK | os.X_OK)
+
+
+def test_a_folder_where_writing_fails_is_refused_though_os_access_says_writable(tmp_path, monkeypatch):
+    """folder_problem asked os.access, which says yes where a write fails; it tries a write.
+    Seen failing before the change: folder_problem returned None for the locked folder."""
+    from core.training.run_folder import folder_problem
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    _refuse_writes_in(monkeypatch, locked)
+    assert folder_problem(locked / "run" / "deeper") == f"{locked} cannot be written (Permission denied)"
+    assert folder_problem(tmp_path / "elsewhere") is None
+    assert list(tmp_path.iterdir()) == [locked] and not list(locked.iterdir())  # the probe leaves nothing
+
+
+def test_a_run_dir_and_a_label_file_in_a_folder_where_writing_fails_are_refused_alike(tmp_path, monkeypatch,
+                                                                                     pipeline_file, capsys):
+    """The label file's `out:` check (core.prepare) and --run-dir's answer with the same probe
+    and name the folder, before any work."""
+    from core.config.loading import ConfigError
+    from core.prepare import _check_out
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    _refuse_writes_in(monkeypatch, locked)
+    assert main(["run", str(pipeline_file()), "--run-dir", str(locked / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"--run-dir: cannot write the run folder {locked / 'run'}: {locked} cannot be written" in err, err
+    cfg = load_pipeline(pipeline_file())
+    with pytest.raises(ConfigError, match=f"cannot write {locked / 'labels' / 'parts.npz'}: {locked} cannot be "
+                                          r"written \(Permission denied\); give a path in a folder you can write"):
+        _check_out(cfg, "prepare.0.out", locked / "labels" / "parts.npz")
+    assert not list(locked.iterdir())

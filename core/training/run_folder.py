@@ -35,17 +35,24 @@ class RunFolderError(RuntimeError):
 
 def folder_problem(path: Path) -> str | None:
     """Why `path` cannot be (made) a folder to write in, or None: a file at `path` or at a
-    folder above it, or the nearest existing folder not writable by this user. Checked
-    before the work (the build may label and read data for hours): else an [Errno 20] /
-    [Errno 13] after it, naming neither the key nor the flag that gave the path."""
+    folder above it, or the nearest existing folder not writable. Checked before the work
+    (the build may label and read data for hours): else an [Errno 20] / [Errno 13] after
+    it, naming neither the key nor the flag that gave the path. Writable is tried, not
+    asked: `os.access` says yes where a write fails (root squashed on NFS, ACLs, FUSE
+    mounts), so a nameless temporary file is made there and closed (it leaves nothing)."""
+    import tempfile
+
     path = Path(path)
     existing = next((p for p in [path, *path.parents] if p.exists()), None)
     if existing is None:
         return None
     if not existing.is_dir():
         return f"{existing} is a file, not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable by this user"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        return f"{existing} cannot be written ({exc.strerror or exc})"
     return None
 
 
