@@ -253,6 +253,24 @@ def test_written_files_follow_the_umask(tmp_path):
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
 
 
+def test_a_file_written_at_a_path_is_renamed_into_place_only_when_complete(tmp_path):
+    """atomic_replace (what atomic_write_bytes and extract's --half memory map use): the old
+    file stays through an interruption and the temp file goes; a clean exit replaces it."""
+    from core.training.checkpoint import atomic_replace
+
+    target = tmp_path / "feats.f16.npy"
+    target.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_replace(target) as partial:
+            assert partial.parent == tmp_path and partial != target
+            partial.write_bytes(b"half")
+            raise KeyboardInterrupt
+    assert [p.name for p in tmp_path.iterdir()] == ["feats.f16.npy"] and target.read_bytes() == b"old"
+    with atomic_replace(target) as partial:
+        partial.write_bytes(b"new")
+    assert [p.name for p in tmp_path.iterdir()] == ["feats.f16.npy"] and target.read_bytes() == b"new"
+
+
 def test_a_killed_writers_temp_files_are_removed_when_the_run_folder_opens(tmp_path):
     from core.training.run_folder import RunFolder
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,21 +190,16 @@ def extract_to_file(target: str | Path, images: str | Path, out: str | Path, dev
     from core.evaluation.features import open_features
     from core.tools.images import open_images, screened
     from core.tools.loading import load_run
+    from core.training.checkpoint import atomic_replace
 
     claim_out(out, half, overwrite)
     run = load_run(target, device=device)
     image_set, = screened([("--images", open_images(images, run))], image_check, "Nothing was extracted")
     if half:  # into a temp file renamed into place once complete, as the .npz is
-        final = half_path(out)
-        partial = final.with_name(f".{final.name}.partial")
-        try:
+        with atomic_replace(half_path(out)) as partial:
             embed(run, image_set, batch_size=batch_size, num_workers=num_workers, progress=progress,
                   half_file=partial)
-            os.replace(partial, final)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        embeddings = open_features(final)
+        embeddings = open_features(half_path(out))
     else:
         embeddings = embed(run, image_set, batch_size=batch_size, num_workers=num_workers, progress=progress)
     features = Features(embeddings, image_set, features_meta(run, image_set, embeddings))

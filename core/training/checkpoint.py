@@ -45,31 +45,41 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call `write(file_object)` on a temp file beside `path`, fsync, then rename it into
-    place with the user's umask (mkstemp's files are 0600). Any failure removes the temp
-    file and leaves the old `path` as it was; an OSError becomes a `WriteError` naming
-    `path` and the cause."""
+@contextlib.contextmanager
+def atomic_replace(path: Path) -> Iterator[Path]:
+    """Inside, write the file at the yielded temp path (`.<name>.<random>.tmp` beside `path`:
+    the rename stays on one filesystem); on a clean exit it is synced to disk, given the
+    user's umask (mkstemp's files are 0600) and renamed over `path`. Any failure, Ctrl-C
+    included, removes the temp file and leaves the old `path` as it was: an interrupted
+    write never leaves half a file under the real name."""
     path = Path(path)
-    tmp = None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
+        yield Path(name)
+        with open(name, "rb+") as f:  # what was written through another handle (a memory map) too
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        os.chmod(name, 0o666 & ~_umask())
+        os.replace(name, path)
+    except BaseException:
+        _remove(name)
+        raise
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call `write(file_object)` on a temp file beside `path` and rename it into place
+    (`atomic_replace`). Any failure leaves the old `path` as it was; an OSError becomes a
+    `WriteError` naming `path` and the cause."""
+    path = Path(path)
+    try:
+        with atomic_replace(path) as tmp, open(tmp, "wb") as f:
+            write(f)
     except OSError as exc:
-        _remove(tmp)
         if isinstance(exc, WriteError):
             raise
         raise WriteError(exc.errno, f"cannot write {path}: {exc.strerror or exc}"
                          + ("; the previous file is kept" if path.exists() else "")) from exc
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 def _remove(tmp: str | None) -> None:
