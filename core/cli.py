@@ -257,7 +257,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             for n, variant in enumerate(variants, 1):
                 seeds = ",".join(str(s) for s in variant.seeds if s is not None)
                 print(f"# variant {n}/{len(variants)}: {variant.name}" + (f" (seeds {seeds})" if seeds else "")
-                      + "\n" + dump(load_pipeline(variant.pipeline, variant.overrides).data))
+                      + "\n" + dump(variant.config.data))  # as `plan` loaded it
             return 0
         for path in args.pipelines:
             print(f"# {path}\n" + dump(load_pipeline(path, args.overrides).data))

@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from core import statistics as stats
-from core.config.loading import ConfigError, load_pipeline
+from core.config.loading import ConfigError, LoadedConfig, load_pipeline
 from core.log_setup import echo_to
 from core.training.checkpoint import atomic_write_text
 from core.training.report import COLUMNS
@@ -64,6 +64,9 @@ class Variant:
     grid: list[str] = field(default_factory=list)
     #: per entry of `errors`, the exit code that run alone would have ended with (2: bad input)
     error_codes: list[int] = field(default_factory=list)
+    #: the pipeline with `overrides` as `plan` loaded it (`check_variants` builds it; None:
+    #: a variant made by hand, loaded there). Its runs load their own, with their seed.
+    config: LoadedConfig | None = field(default=None, repr=False, compare=False)
 
 
 def split_values(text: str) -> list[str]:
@@ -127,10 +130,12 @@ def plan(pipelines: Sequence[str | Path], overrides: Sequence[str], grid: Sequen
         return _slug(label).lower()
 
     for path in pipelines:
-        name = load_pipeline(path, overrides).data.get("name") or Path(path).stem
+        base = load_pipeline(path, overrides)
+        name = base.data.get("name") or Path(path).stem
         for combo in itertools.product(*parse_grid(grid)):
-            if combo:  # a grid key that cannot be set (an index out of range, a path through a value) is
-                _check_grid_point(path, overrides, combo)  # refused here, not once per variant as it runs
+            # a grid key that cannot be set (an index out of range, a path through a value) is refused
+            # here, not once per variant as it runs
+            config = _load_grid_point(path, overrides, combo) if combo else base
             label = " ".join([str(name), *combo]) if combo else str(name)
             if folder(label) in taken:
                 label = f"{label} ({Path(path).name})"
@@ -138,7 +143,8 @@ def plan(pipelines: Sequence[str | Path], overrides: Sequence[str], grid: Sequen
             while folder(unique) in taken:
                 unique, k = f"{label} #{k}", k + 1
             taken.add(folder(unique))
-            variants.append(Variant(unique, Path(path), [*overrides, *combo], list(seed_list), grid=list(combo)))
+            variants.append(Variant(unique, Path(path), [*overrides, *combo], list(seed_list), grid=list(combo),
+                                    config=config))
     return variants
 
 
@@ -162,11 +168,11 @@ def _as_grid_error(exc: Exception, combo: Sequence[str]) -> Exception:
     return ConfigError(f"{exc.message} (from --grid {owner})", file="--grid", key=exc.key)
 
 
-def _check_grid_point(path: str | Path, overrides: Sequence[str], combo: Sequence[str]) -> None:
-    """Apply one grid point's overrides to the pipeline; what cannot be applied is told as
-    the --grid value it comes from (the loader names every override `--set`)."""
+def _load_grid_point(path: str | Path, overrides: Sequence[str], combo: Sequence[str]) -> LoadedConfig:
+    """The pipeline with one grid point's overrides applied; what cannot be applied is told
+    as the --grid value it comes from (the loader names every override `--set`)."""
     try:
-        load_pipeline(path, [*overrides, *combo])
+        return load_pipeline(path, [*overrides, *combo])
     except ConfigError as exc:
         told = _as_grid_error(exc, combo)
         if told is exc:
@@ -181,13 +187,18 @@ def check_variants(variants: Sequence[Variant]) -> None:
     (`--grid sampler.name=pk,random` keeps pk's `k`, which 'random' does not take) was found
     only when its turn came, after the variants before it had trained. The first refusal is
     one ConfigError naming the variant and the key (`core run` exits 2; `--print-config`
-    checks so too)."""
+    checks so too). Each variant's config as `plan` loaded it, built from a copy (the
+    variant's stays as loaded)."""
+    import copy
+
     from core.exit_codes import exit_code
     from core.parameter_check import check_build
 
     for n, variant in enumerate(variants, 1):
         try:
-            check_build(load_pipeline(variant.pipeline, variant.overrides))
+            config = variant.config if variant.config is not None else load_pipeline(variant.pipeline,
+                                                                                     variant.overrides)
+            check_build(copy.deepcopy(config))
         except Exception as exc:
             if exit_code(exc) != 2:  # check_build raises bad input only; anything else is a bug, told as one
                 raise

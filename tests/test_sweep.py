@@ -272,6 +272,32 @@ def test_a_variant_a_component_refuses_is_refused_before_any_run_and_by_print_co
     assert capsys.readouterr().out.count("# variant ") == 2
 
 
+def test_planning_and_checking_a_sweep_loads_each_variants_pipeline_once(tiny_yaml, tmp_path, monkeypatch):
+    """plan loaded each pipeline for its name, then each grid point; check_variants loaded every
+    variant again. Now the variant keeps what plan loaded: every (file, overrides) is loaded
+    once, and each variant's config is its pipeline with its overrides (as a fresh load gives
+    it). Seen failing before: both grid points, and the pipeline without a grid, loaded twice."""
+    real = sweep.load_pipeline
+    loads = []
+
+    def counted(path, overrides=(), *args, **kwargs):
+        loads.append((str(path), tuple(overrides)))
+        return real(path, overrides, *args, **kwargs)
+
+    monkeypatch.setattr(sweep, "load_pipeline", counted)
+    other = tmp_path / "other.yaml"
+    other.write_text(tiny_yaml.read_text())
+    variants = sweep.plan([tiny_yaml, other], ["trainer.log_every=1"], ["losses.1.margin=0.3,0.5"], "0,1")
+    sweep.check_variants(variants)
+    assert len(variants) == 4 and len(loads) == len(set(loads)) == 2 + 4, loads
+    for variant in variants:
+        assert variant.config.data == real(variant.pipeline, variant.overrides).data
+    loads.clear()
+    variants = sweep.plan([tiny_yaml], [], [], "0,1")
+    sweep.check_variants(variants)
+    assert loads == [(str(tiny_yaml), ())]
+
+
 class ComputingHead(BNNeckHead):
     """BNNeck that computes with a tensor at build, as hse's head and amsa's prompts do: the
     meta device cannot build it (`how`: numpy of a meta tensor is a TypeError, which the
