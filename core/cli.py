@@ -293,7 +293,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                              image_check=image_check, continue_sweep=args.continue_sweep)  # failures are logged
     print((folder / "comparison.md").read_text(encoding="utf-8"))
     print(f"sweep folder: {folder}")
-    return sweep.exit_code(variants)
+    return sweep.sweep_exit_code(variants)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ significant at `alpha` are marked. Every variant is built the cheap way before t
 run (`check_variants`): one that a component refuses stops the sweep before anything
 trains. A variant that fails as it runs is reported in the table and does not stop the
 others; `core run` then exits 1, or, when every run failed for one reason, that reason's
-code: 2 bad input, 3 NaN/Inf (`exit_code`).
+code: 2 bad input, 3 NaN/Inf (`sweep_exit_code`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import numpy as np
 
 from core import statistics as stats
 from core.config.loading import ConfigError, LoadedConfig, load_pipeline
+from core.exit_codes import exit_code
 from core.log_setup import echo_to
 from core.training.checkpoint import atomic_write_text
 from core.training.report import COLUMNS
@@ -191,7 +192,6 @@ def check_variants(variants: Sequence[Variant]) -> None:
     variant's stays as loaded)."""
     import copy
 
-    from core.exit_codes import exit_code
     from core.parameter_check import check_build
 
     for n, variant in enumerate(variants, 1):
@@ -346,8 +346,6 @@ def run_sweep(variants: list[Variant], sweep_dir: Path, echo=None, alpha: float 
                 write_comparison(variants, sweep_dir, alpha=alpha, echo=echo)
                 raise
             except Exception as exc:  # noqa: BLE001 - one failed variant must not stop the sweep
-                from core.exit_codes import exit_code
-
                 exc = _as_grid_error(exc, variant.grid)
                 variant.errors.append(f"{_seed_label(seed)}{type(exc).__name__}: {exc}")
                 variant.error_codes.append(exit_code(exc))
@@ -364,7 +362,7 @@ def run_sweep(variants: list[Variant], sweep_dir: Path, echo=None, alpha: float 
     return sweep_dir
 
 
-def exit_code(variants: list[Variant]) -> int:
+def sweep_exit_code(variants: list[Variant]) -> int:
     """What `core run` ends a sweep with: 0 when no run failed; when every run failed for
     one reason, the code each would have ended with alone (2 bad input: fix the input,
     nothing ran; 3 every run's loss turned NaN/Inf); 1 otherwise (a crash, failures of
