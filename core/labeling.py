@@ -45,7 +45,7 @@ def is_up_to_date(out: Path, fingerprint: dict[str, Any], keys: Sequence[str]) -
         return False
     try:
         existing = Annotations.load(out)
-    except (ValueError, OSError):
+    except (ValueError, FileNotFoundError):  # not a disk fault (FileReadFault): that stops, the file kept
         return False
     have = set(existing.keys)
     return canonical(existing.meta.get("fingerprint")) == canonical(fingerprint) and all(k in have for k in keys)

@@ -61,6 +61,83 @@ def test_an_annotation_file_cut_short_or_holding_objects_is_one_line_naming_it(t
     assert ("zip" if case == "cut" else "allow_pickle") in message, message
 
 
+def _disk_fault_on(monkeypatch, path, at="open"):
+    """Reading `path` fails as a failing disk does (EIO), at `open` or at the first `read`;
+    chmod 000 does not stop root, so the fault is put into `open` itself."""
+    import builtins
+    import errno
+
+    real_open = builtins.open
+
+    class FailingRead:
+        def __init__(self, f):
+            self.f = f
+
+        def read(self, *args):
+            raise OSError(errno.EIO, "Input/output error")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def faulty(file, mode="r", *args, **kwargs):
+        if str(file) == str(path) and "r" in mode:
+            if at == "open":
+                raise OSError(errno.EIO, "Input/output error", str(file))
+            return FailingRead(real_open(file, mode, *args, **kwargs))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", faulty)
+
+
+@pytest.mark.parametrize("at", ["open", "read"])
+def test_a_disk_fault_reading_an_annotation_file_is_not_told_as_a_corrupt_file(tmp_path, monkeypatch, at):
+    """An I/O error reading a good label file was told 'not a readable annotation file', as a
+    file cut short is: a researcher told so may delete and relabel hours of labels. It is one
+    line naming the file and the OS error, saying it was not judged corrupt (an OSError, not
+    the ValueError of a bad file). Seen failing before: a ValueError 'not a readable ...'."""
+    from core.data.annotations import FileReadFault
+
+    made = Annotations(keys=["a:1", "a:2"], fields={"part_boxes": np.zeros((2, 3, 4), np.float32)}, attach=[])
+    path = made.save(tmp_path / "parts.npz")
+    _disk_fault_on(monkeypatch, path, at)
+    with pytest.raises(FileReadFault) as caught:
+        Annotations.load(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: the annotation file could not be read from disk ([Errno 5] Input/output "
+                              "error); it was not judged corrupt") and "\n" not in message, message
+    assert not isinstance(caught.value, ValueError) and caught.value.errno == 5
+    monkeypatch.undo()
+    assert Annotations.load(path).keys == ["a:1", "a:2"]  # the file itself is fine
+
+
+def test_a_prepare_step_whose_label_file_meets_a_disk_fault_stops_and_keeps_it(tmp_path, tiny_pipeline_config,
+                                                                              monkeypatch):
+    """The labeler's up-to-date check took any OSError reading the file for 'not up to date'
+    and labelled again over it: a transient disk fault cost the labels. It now stops with
+    the line naming the file; the labeler is not called and the file is kept. Seen failing
+    before: the labeler ran and the file was replaced."""
+    from core.data.annotations import FileReadFault
+    from core.plugins import get_plugin_manager
+
+    monkeypatch.chdir(tmp_path)
+    path = write_pipeline(tmp_path, tiny_pipeline_config, prepare=[{"name": "truth_test", "out": "labels/parts.npz"}])
+    build_pipeline(load_pipeline(path), echo=lambda *_: None)
+    labels = tmp_path / "labels" / "parts.npz"
+    kept = labels.read_bytes()
+    module = next(m for m in get_plugin_manager().get_plugins() if hasattr(m, "CALLS"))
+    calls = len(module.CALLS)
+    _disk_fault_on(monkeypatch, "labels/parts.npz", "read")
+    with pytest.raises(FileReadFault, match="labels/parts.npz: the annotation file could not be read from disk"):
+        build_pipeline(load_pipeline(path), echo=lambda *_: None)
+    assert len(module.CALLS) == calls and labels.read_bytes() == kept
+
+
 def test_attach_requires_every_record_and_the_backbone_grid():
     made = Annotations(keys=["s:a", "s:b"], fields={"part_masks": np.ones((2, 3, 4, 2), np.uint8)},
                        attach=["part_masks"])

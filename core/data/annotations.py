@@ -32,18 +32,38 @@ from core.records import Record
 FORMAT = "reid-core-annotations/1"
 
 
+class FileReadFault(OSError):
+    """The system failed to read a file (an I/O error, permission denied, ...): not a verdict
+    on its content. One line naming the file and the OS error."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 def read_arrays(path: Path, what: str) -> dict[str, np.ndarray]:
     """Every array of the .npz file `path` (annotations, `core extract`'s features, labelling
     chunks), numbers and strings only: allow_pickle stays False, so an object array, which
     only unpickling could restore, is refused and a file from someone else runs no code.
-    One that cannot be read (cut short, corrupt, not a .npz, object arrays) is a ValueError
-    line naming it as `what` and why."""
+    One that cannot be parsed (cut short, corrupt, not a .npz, object arrays) is a ValueError
+    line naming it as `what` and why. One the system fails to read (EIO, EACCES: an OSError
+    with an errno) is a `FileReadFault` saying so and that the file was not judged corrupt:
+    told "corrupt" for a transient disk fault, a researcher may delete and relabel hours of
+    labels, and a caller that relabels unreadable files must not take it as such."""
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ValueError(f"{path}: not a readable {what} (.npz): {why}") from None
+    except OSError as exc:
+        if exc.errno is None:  # numpy's own OSErrors are about the content
+            raise ValueError(f"{path}: not a readable {what} (.npz): {_first_line(exc)}") from None
+        raise FileReadFault(exc.errno, f"{path}: the {what} could not be read from disk "
+                                       f"([Errno {exc.errno}] {exc.strerror or exc}); it was not judged corrupt "
+                                       "and is left as it is: try again once the disk or permissions allow") from exc
+    except (ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: not a readable {what} (.npz): {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 @dataclass
