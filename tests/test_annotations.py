@@ -61,6 +61,28 @@ def test_an_annotation_file_cut_short_or_holding_objects_is_one_line_naming_it(t
     assert ("zip" if case == "cut" else "allow_pickle") in message, message
 
 
+def test_an_annotation_file_whose_compressed_data_is_damaged_is_one_line_naming_it(tmp_path):
+    """Bytes damaged inside a member's compressed data (the zip's directory intact) escaped as
+    zlib's bare 'Error -3 while decompressing data' (no file named, exit 1; a labelling
+    chunk so damaged stopped the resume that relabels damaged chunks). Seen failing before:
+    zlib.error raised."""
+    rng = np.random.default_rng(0)
+    masks = rng.integers(0, 2, (2, 3, 64, 32), dtype=np.uint8)  # compressible: deflated, not stored
+    path = Annotations(keys=["a:1", "a:2"], fields={"part_masks": masks}, attach=[]).save(tmp_path / "parts.npz")
+    import zipfile
+
+    member = next(i for i in zipfile.ZipFile(path).infolist() if i.filename == "part_masks.npy")
+    assert member.compress_type == zipfile.ZIP_DEFLATED and member.compress_size > 200
+    data = bytearray(path.read_bytes())
+    start = member.header_offset + 100  # past the local header, early in the deflated stream
+    data[start:start + 40] = bytes(40)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError) as caught:
+        Annotations.load(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: not a readable annotation file (.npz): ") and "\n" not in message, message
+
+
 def _disk_fault_on(monkeypatch, path, at="open"):
     """Reading `path` fails as a failing disk does (EIO), at `open` or at the first `read`;
     chmod 000 does not stop root, so the fault is put into `open` itself."""

@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -44,7 +45,7 @@ def read_arrays(path: Path, what: str) -> dict[str, np.ndarray]:
     """Every array of the .npz file `path` (annotations, `core extract`'s features, labelling
     chunks), numbers and strings only: allow_pickle stays False, so an object array, which
     only unpickling could restore, is refused and a file from someone else runs no code.
-    One that cannot be parsed (cut short, corrupt, not a .npz, object arrays) is a ValueError
+    One that cannot be parsed (cut short, damaged, not a .npz, object arrays) is a ValueError
     line naming it as `what` and why. One the system fails to read (EIO, EACCES: an OSError
     with an errno) is a `FileReadFault` saying so and that the file was not judged corrupt:
     told "corrupt" for a transient disk fault, a researcher may delete and relabel hours of
@@ -58,7 +59,7 @@ def read_arrays(path: Path, what: str) -> dict[str, np.ndarray]:
         raise FileReadFault(exc.errno, f"{path}: the {what} could not be read from disk "
                                        f"([Errno {exc.errno}] {exc.strerror or exc}); it was not judged corrupt "
                                        "and is left as it is: try again once the disk or permissions allow") from exc
-    except (ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # zlib: damaged deflated bytes
         raise ValueError(f"{path}: not a readable {what} (.npz): {_first_line(exc)}") from None
 
 
