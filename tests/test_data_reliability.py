@@ -598,3 +598,29 @@ def test_data_stats_names_a_reader_parameter_it_does_not_take(tmp_path, capsys, 
     assert main(["data", "stats", str(data), "--param", param]) == 2
     err = capsys.readouterr().err
     assert err.startswith(expected) and err.count("\n") == 1, err
+
+
+def test_the_rows_kept_of_a_column_table_are_those_of_a_plain_loop_and_no_record_is_built(monkeypatch):
+    """kept_rows built a Record for every row of a column table (seconds on millions) to read
+    its path. It reads the path column now: the same rows as the plain loop over records
+    (rows without a file kept, a bad path dropped wherever it recurs), no Record built.
+    Seen failing before: the patched record accessor was called."""
+    from core.data.columns import RecordColumns
+    from core.data.table import RecordTable
+
+    records = [Record(path=f"img/{i % 7}.jpg" if i % 5 else None, pid=i % 3, camid=0) for i in range(40)]
+    bad = {"img/2.jpg": "truncated", "img/6.jpg": "zero bytes", "img/not-in-table.jpg": "missing"}
+    expected = [i for i, r in enumerate(records) if r.path is None or r.path not in bad]  # the plain loop
+    columns = RecordColumns.from_records(records)
+    assert columns.path_valid is not None and 0 < len(expected) < len(records)
+
+    def no_record(self, i):
+        raise AssertionError("a Record was built")
+
+    monkeypatch.setattr(RecordColumns, "__getitem__", no_record)
+    assert image_check.kept_rows(columns, bad) == expected
+    table = RecordTable.build([("s", records)], relabel=False)
+    kept = image_check.without_bad(table, bad)  # the table less the bad rows, still columns
+    monkeypatch.undo()
+    assert isinstance(kept.records, RecordColumns) and list(kept.records) == [records[i] for i in expected]
+    assert image_check.kept_rows(records, bad) == expected  # a list of records: the loop itself

@@ -300,8 +300,26 @@ def files_used_in(sets: Sequence[CheckedSet]) -> dict[str, list[str]]:
 
 
 def kept_rows(records: Sequence[Record], bad: dict[str, str]) -> list[int]:
-    """The positions of the records whose file is not in `bad` (or that have no file)."""
+    """The positions of the records whose file is not in `bad` (or that have no file). A
+    RecordColumns is read through its path column: a Record built per row would cost
+    seconds on a table of millions (`core.data.columns`)."""
+    from core.data.columns import RecordColumns
+
+    if isinstance(records, RecordColumns):
+        return _kept_column_rows(records, bad)
     return [i for i, r in enumerate(records) if r.path is None or str(r.path) not in bad]
+
+
+def _kept_column_rows(columns: Any, bad: dict[str, str]) -> list[int]:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    listed = pc.is_in(columns.path.to_arrow(), value_set=pa.array(list(bad), type=pa.large_string()))
+    dropped = listed.to_numpy(zero_copy_only=False).astype(bool)
+    if columns.path_valid is not None:  # a row without a file ("" in the column) is kept
+        dropped &= columns.path_valid
+    return np.flatnonzero(~dropped).tolist()
 
 
 def without_bad(records: T, bad: dict[str, str]) -> T:
