@@ -624,3 +624,24 @@ def test_the_rows_kept_of_a_column_table_are_those_of_a_plain_loop_and_no_record
     monkeypatch.undo()
     assert isinstance(kept.records, RecordColumns) and list(kept.records) == [records[i] for i in expected]
     assert image_check.kept_rows(records, bad) == expected  # a list of records: the loop itself
+
+
+def test_the_files_a_column_table_uses_are_read_from_its_path_column(monkeypatch):
+    """files_used_in (which every image check starts with) built a Record per row of a column
+    table to read its path. The same {path: set labels} as the plain loop, in the same order,
+    with no Record built. Seen failing before: the patched record accessor was called."""
+    from core.data.columns import RecordColumns
+
+    train = [Record(path=f"img/{i % 7}.jpg" if i % 5 else None, pid=i % 3, camid=0) for i in range(40)]
+    query = [Record(path=f"img/{i}.jpg", pid=0, camid=1) for i in (3, 9, 3)]
+    expected: dict = {}
+    for label, records in (("train", train), ("query", query)):  # the plain loop
+        for r in records:
+            if r.path is not None and label not in expected.setdefault(str(r.path), []):
+                expected[str(r.path)].append(label)
+    sets = [CheckedSet(label, RecordColumns.from_records(records)) for label, records in (("train", train),
+                                                                                          ("query", query))]
+    monkeypatch.setattr(RecordColumns, "__getitem__", lambda self, i: pytest.fail("a Record was built"))
+    used_in = image_check.files_used_in(sets)
+    assert used_in == expected and list(used_in) == list(expected)
+    assert used_in["img/3.jpg"] == ["train", "query"] and used_in["img/9.jpg"] == ["query"]

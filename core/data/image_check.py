@@ -291,12 +291,24 @@ def files_used_in(sets: Sequence[CheckedSet]) -> dict[str, list[str]]:
     """{path: labels of the sets whose records use it}, for records with a file path."""
     used_in: dict[str, list[str]] = {}
     for s in sets:
-        for r in s.records:
-            if r.path is not None:
-                labels = used_in.setdefault(str(r.path), [])
-                if s.label not in labels:
-                    labels.append(s.label)
+        for path in _file_paths(s.records):
+            labels = used_in.setdefault(path, [])
+            if s.label not in labels:
+                labels.append(s.label)
     return used_in
+
+
+def _file_paths(records: Sequence[Record]) -> list[str]:
+    """The file path of each record that has one, in order; a RecordColumns's read from its
+    path column, not through a Record built per row (`kept_rows`)."""
+    from core.data.columns import RecordColumns
+
+    if isinstance(records, RecordColumns):
+        paths = records.path.to_list()
+        if records.path_valid is None:
+            return paths
+        return [p for p, has in zip(paths, records.path_valid.tolist()) if has]
+    return [str(r.path) for r in records if r.path is not None]
 
 
 def kept_rows(records: Sequence[Record], bad: dict[str, str]) -> list[int]:
