@@ -1,6 +1,7 @@
 """Annotation files, the labeler runner and a pipeline's `prepare` step: the contract by
 which a labeler plugin's output (e.g. part masks) reaches the batch."""
 
+import os
 import textwrap
 
 import numpy as np
@@ -59,6 +60,33 @@ def test_an_annotation_file_cut_short_or_holding_objects_is_one_line_naming_it(t
     message = str(caught.value)
     assert message.startswith(f"{path}: not a readable annotation file (.npz): ") and "\n" not in message, message
     assert ("zip" if case == "cut" else "allow_pickle") in message, message
+
+
+def test_an_annotation_file_is_written_as_docs_reliability_says_umask_and_write_errors(tmp_path, monkeypatch):
+    """docs/reliability.md: annotation files get the user's umask, and a failed write is
+    'cannot write PATH: ...; the previous file is kept'. Annotations.save had its own temp
+    file and rename: the file kept mkstemp's 0600, no fsync, and a full disk was a raw
+    OSError naming the temp file. Seen failing before: mode 0o600."""
+    import errno
+
+    from core.training.checkpoint import WriteError
+
+    made = Annotations(keys=["a:1"], fields={"part_boxes": np.zeros((1, 3, 4), np.float32)}, attach=[])
+    old = os.umask(0o022)
+    try:
+        path = made.save(tmp_path / "parts.npz")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    kept = path.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", disk_full)
+    with pytest.raises(WriteError, match=f"cannot write {path}: No space left on device; the previous file is kept"):
+        made.save(path)
+    assert path.read_bytes() == kept and [p.name for p in tmp_path.iterdir()] == ["parts.npz"]
 
 
 def test_an_annotation_file_whose_compressed_data_is_damaged_is_one_line_naming_it(tmp_path):

@@ -17,8 +17,6 @@ The spatial fields follow `core.data.spatial`'s contract once attached.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -94,20 +92,16 @@ class Annotations:
         return (int(masks.shape[-2]), int(masks.shape[-1])) if masks is not None and masks.ndim == 4 else None
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically (a temporary file in the same folder, then a rename)."""
+        """Write atomically (checkpoint.atomic_write_bytes: a temporary file in the same
+        folder, fsynced, given the user's umask, then renamed; a failed write is a WriteError
+        naming the file, the previous one kept)."""
+        from core.training.checkpoint import atomic_write_bytes
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {**self.meta, "format": FORMAT, "attach": list(self.attach)}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-        os.close(fd)
-        try:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, keys=np.asarray(self.keys, dtype=str),
-                                    __meta__=np.asarray(json.dumps(meta, sort_keys=True)), **self.fields)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, lambda f: np.savez_compressed(
+            f, keys=np.asarray(self.keys, dtype=str), __meta__=np.asarray(json.dumps(meta, sort_keys=True)),
+            **self.fields))
         return path
 
     @classmethod
