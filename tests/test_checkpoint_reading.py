@@ -111,3 +111,79 @@ def test_load_fitting_leaves_missing_names_to_the_modules_own_loading(tmp_path):
     module = Counted()
     load_fitting(module, state, tmp_path / "older.pt", "losses'", "the model", "hint")
     assert int(module.steps) == 1
+
+
+def _eio_reading(monkeypatch, path):
+    """The system fails to read `path` (EIO), as a failing disk or a stale network mount
+    does: torch's C++ zip reader then fails in its own words, and Python's read of the file
+    raises the OSError with its errno."""
+    import builtins
+    import errno
+
+    import core.file_faults as file_faults
+
+    real_open = builtins.open
+
+    def failing_open(file, mode="r", *args, **kwargs):
+        if str(file) == str(path):
+            raise OSError(errno.EIO, "Input/output error")
+        return real_open(file, mode, *args, **kwargs)
+
+    def failing_load(*args, **kwargs):
+        raise RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory")
+
+    monkeypatch.setattr(file_faults, "open", failing_open, raising=False)
+    monkeypatch.setattr(torch, "load", failing_load)
+
+
+def test_a_disk_fault_is_not_called_a_corrupt_checkpoint(tmp_path, monkeypatch):
+    """A checkpoint the system fails to read is a fault of the disk, not of the file:
+    'not a readable checkpoint ... copy it again' would send a researcher to delete a
+    good file. The line names the file and the OS error; the exit is 1 (not bad input)."""
+    from core.exit_codes import exit_code
+    from core.file_faults import FileReadFault
+    from core.training.checkpoint import save_checkpoint
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": Scaled().state_dict()})
+    size = path.stat().st_size
+    _eio_reading(monkeypatch, path)
+    with pytest.raises(FileReadFault) as caught:
+        load_checkpoint(path)
+    line = str(caught.value)
+    assert str(path) in line and "Errno 5" in line and "not judged corrupt" in line
+    assert "not a readable" not in line and "\n" not in line
+    assert exit_code(caught.value) == 1
+    assert path.stat().st_size == size  # left as it is
+
+
+def test_permission_denied_on_a_weights_file_is_a_read_fault(tmp_path, monkeypatch):
+    import errno
+
+    from core.file_faults import FileReadFault
+
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.zeros(2)}, path)
+
+    def denied(file, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(file))
+
+    monkeypatch.setattr(torch, "load", denied)
+    with pytest.raises(FileReadFault, match=r"w\.pt: the checkpoint could not be read from disk \(\[Errno 13\]"):
+        load_checkpoint(path)
+
+
+def test_another_files_os_error_inside_the_reader_is_not_this_files_fault(tmp_path, monkeypatch):
+    """Only the weights file's own read faults are told as such: an OSError about some other
+    path (raised while the block runs) passes through unchanged."""
+    import errno
+
+    from core.file_faults import FileReadFault
+    from core.training.checkpoint import reading_weights
+
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.zeros(2)}, path)
+    with pytest.raises(PermissionError) as caught:
+        with reading_weights(path, CheckpointError, "hint"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "other.json"))
+    assert not isinstance(caught.value, FileReadFault)

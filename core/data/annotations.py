@@ -26,17 +26,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from core.data.columns import RecordColumns
+from core.file_faults import FileReadFault, read_fault  # noqa: F401 - FileReadFault: callers catch it here
 from core.records import Record
 
 FORMAT = "reid-core-annotations/1"
-
-
-class FileReadFault(OSError):
-    """The system failed to read a file (an I/O error, permission denied, ...): not a verdict
-    on its content. One line naming the file and the OS error."""
-
-    def __str__(self) -> str:
-        return str(self.strerror)
 
 
 def read_arrays(path: Path, what: str) -> dict[str, np.ndarray]:
@@ -54,9 +47,7 @@ def read_arrays(path: Path, what: str) -> dict[str, np.ndarray]:
     except OSError as exc:
         if exc.errno is None:  # numpy's own OSErrors are about the content
             raise ValueError(f"{path}: not a readable {what} (.npz): {_first_line(exc)}") from None
-        raise FileReadFault(exc.errno, f"{path}: the {what} could not be read from disk "
-                                       f"([Errno {exc.errno}] {exc.strerror or exc}); it was not judged corrupt "
-                                       "and is left as it is: try again once the disk or permissions allow") from exc
+        raise read_fault(path, what, exc) from exc
     except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # zlib: damaged deflated bytes
         raise ValueError(f"{path}: not a readable {what} (.npz): {_first_line(exc)}") from None
 

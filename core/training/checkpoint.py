@@ -26,6 +26,8 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 import torch
 
+from core.file_faults import os_error_reading, read_fault
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded safely or at all; the message names the file."""
@@ -129,10 +131,16 @@ def reading_weights(path: Path, error: Callable[[str], Exception], if_pickled: s
     timm's loader around them); a file that cannot be read fails as `error(line)`, the line
     naming the file and why: it needs pickle (refused: unpickling can run code from the
     file; `if_pickled` says what the user can do instead), or it is cut short or corrupt.
-    Any other failure (e.g. a model the file's tensors do not fit) passes through."""
+    Any other failure (e.g. a model the file's tensors do not fit) passes through. A file
+    the system fails to read (EIO, EACCES) is a `FileReadFault` saying it was not judged
+    corrupt (core.file_faults): "copy it again" would be the wrong advice."""
     try:
         yield
     except Exception as exc:
+        os_error = os_error_reading(path, exc)
+        if os_error is not None:
+            kind = "safetensors file" if Path(path).suffix == ".safetensors" else "checkpoint"
+            raise read_fault(path, kind, os_error) from exc
         damage = file_damage(path)
         refused = _pickle_refusal(path, exc, damage)
         if refused is not None:
