@@ -4,6 +4,7 @@ import copy
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -235,6 +236,36 @@ def test_an_out_file_that_is_a_folder_or_under_a_file_is_refused_before_any_work
     assert example in err and err.count("\n") == 1
 
 
+
+
+@pytest.mark.parametrize("argv, worker, kind", [
+    (["search", "RUN", "--query", "q", "--gallery", "g", "--out", "{dir}/lists"], "core.tools.search.search", "dir"),
+    (["extract", "RUN", "--images", "q", "--out", "{dir}/feats.npz"], "core.tools.extract.extract_to_file", "file")])
+def test_an_out_in_a_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, monkeypatch,
+                                                                              argv, worker, kind):
+    """A folder the user cannot write (a shared read-only mount; os.access can say yes there):
+    one line naming --out and the OS reason, exit 2, before the images are embedded (it was
+    '[Errno 13] Permission denied', exit 1, after the work)."""
+    import errno
+    import importlib
+    import tempfile
+
+    module, name = worker.rsplit(".", 1)
+    monkeypatch.setattr(importlib.import_module(module), name, lambda *a, **k: pytest.fail("the work started"))
+    real = tempfile.TemporaryFile
+    locked = tmp_path / "locked"
+    locked.mkdir()
+
+    def temporary_file(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", temporary_file)
+    assert main([a.replace("{dir}", str(locked)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert f"{locked} cannot be written (Permission denied)" in err and "--out" in err, err
+    assert err.count("\n") == 1, err
 
 @pytest.mark.parametrize("argv, earlier, said", [
     (["extract", "RUN", "--images", "q", "--out", "{tmp}/feats.npz"], "feats.npz", "{tmp}/feats.npz already exists"),

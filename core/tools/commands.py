@@ -204,34 +204,40 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction") -> None:
 
 def _check_out_folder(out: str | None) -> None:
     """`--out DIR` is a folder to write into (made if missing): refuse a file there, or a path
-    under a file, before any work (it was '[Errno 17] File exists', exit 1, after the work)."""
+    under a file, or a folder that cannot be written, before any work (it was '[Errno 17]
+    File exists' / '[Errno 13]', exit 1, after the work)."""
     from pathlib import Path
 
     from core.config.loading import ConfigError
+    from core.training.run_folder import file_in_the_way, folder_problem
 
     if out is None:
         return
-    path = Path(out)
-    blocking = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+    blocking = file_in_the_way(Path(out))
     if blocking is not None:
         raise ConfigError(f"{blocking} is a file; --out names a folder to write into (made if missing)",
                           file="--out")
+    problem = folder_problem(Path(out))
+    if problem is not None:
+        raise ConfigError(f"{problem}; --out names a folder you can write", file="--out")
 
 
 def _check_out_file(out: str, example: str) -> None:
-    """`--out FILE` is a file to write (its folder made if missing): refuse a folder there, or
-    a path under a file, before any work (it was an [Errno 17] / [Errno 21], exit 1, once
-    every image was embedded or the picture drawn)."""
+    """`--out FILE` is a file to write (its folder made if missing): refuse a folder there, a
+    path under a file, or a folder that cannot be written, before any work (it was an
+    [Errno 17] / [Errno 21] / [Errno 13], exit 1, once every image was embedded or the
+    picture drawn)."""
     from pathlib import Path
 
     from core.config.loading import ConfigError
+    from core.training.run_folder import folder_problem
 
     path = Path(out)
     if path.is_dir():
         raise ConfigError(f"{path} is a folder; --out names the file to write, e.g. {path / example}", file="--out")
-    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise ConfigError(f"cannot write {path}: {blocking} is a file, not a folder", file="--out")
+    problem = folder_problem(path.parent)
+    if problem is not None:
+        raise ConfigError(f"cannot write {path}: {problem}", file="--out")
 
 
 def cmd_extract(args: argparse.Namespace) -> int:

@@ -33,6 +33,14 @@ class RunFolderError(RuntimeError):
     whose metrics.jsonl cannot be read."""
 
 
+def file_in_the_way(path: Path) -> Path | None:
+    """The first existing entry of `path` and the folders above it when it is not a folder
+    (a file where a folder must be), else None."""
+    path = Path(path)
+    existing = next((p for p in [path, *path.parents] if p.exists()), None)
+    return existing if existing is not None and not existing.is_dir() else None
+
+
 def folder_problem(path: Path) -> str | None:
     """Why `path` cannot be (made) a folder to write in, or None: a file at `path` or at a
     folder above it, or the nearest existing folder not writable. Checked before the work
@@ -43,11 +51,12 @@ def folder_problem(path: Path) -> str | None:
     import tempfile
 
     path = Path(path)
+    blocking = file_in_the_way(path)
+    if blocking is not None:
+        return f"{blocking} is a file, not a folder"
     existing = next((p for p in [path, *path.parents] if p.exists()), None)
     if existing is None:
         return None
-    if not existing.is_dir():
-        return f"{existing} is a file, not a folder"
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
