@@ -392,6 +392,33 @@ def test_folder_tree_image_at_the_wrong_depth_names_it(tmp_path):
         FolderDataset(str(tmp_path))
 
 
+def test_folder_tree_category_with_and_without_camera_tokens_is_an_error(tmp_path):
+    """A query named without its `c<N>` token got camera 0 beside gallery images of cameras
+    1..3 of one identity: the evaluator's same-camera exclusion then kept the query's own
+    camera in the gallery (an easier, inflated score), silently."""
+    images(tmp_path / "train" / "zebra" / "1", "z1_c1_0.jpg", "z1_c2_1.jpg")
+    images(tmp_path / "query" / "zebra" / "7", "z7-0.jpg")  # renamed without its camera
+    images(tmp_path / "gallery" / "zebra" / "7", "z7_c1_1.jpg", "z7_c2_2.jpg")
+    ds = FolderDataset(str(tmp_path))
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'query' / 'zebra' / '7' / 'z7-0.jpg'} has no "
+                                                   "camera token") + r".*4 of 5 images of category 'zebra' have"):
+        ds.records("gallery")
+
+
+def test_folder_tree_without_any_camera_token_warns_once(tmp_path, caplog):
+    """Names like 'zebra7-cam1-0.jpg' carry a camera the reader cannot see: every image is
+    camera 0, and the evaluator's same-camera exclusion would drop every positive."""
+    images(tmp_path / "train" / "zebra" / "1", "zebra1-cam1-0.jpg")
+    images(tmp_path / "query" / "zebra" / "7", "zebra7-cam1-0.jpg")
+    images(tmp_path / "gallery" / "zebra" / "7", "zebra7-cam2-1.jpg")
+    ds = FolderDataset(str(tmp_path))
+    with caplog.at_level("WARNING", logger="core.data.layouts.folder"):
+        assert {r.camid for s in ("train", "query", "gallery") for r in ds.records(s)} == {0}
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "no image name has a camera token" in warnings[0]
+    assert "exclude_same_camera: false" in warnings[0] and "zebra1-cam1-0.jpg" in warnings[0]
+
+
 def test_folder_tree_missing_root_names_path_and_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"not found: .*absent; expected the layout "
                                                 r"<root>/<split>/<category>/<identity>/<image>"):

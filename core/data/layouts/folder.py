@@ -4,11 +4,16 @@
 
 Categories and identities are the folders' names; the domain is the root folder's name.
 The camera is read from a `c<N>` token in the file name (`0001_c3_x.jpg`, `c12.png`,
-`42_c2s1_000151_01.jpg` -> N as written); images without one get camera 0.
+`42_c2s1_000151_01.jpg` -> N as written); images without one get camera 0. Within a
+category, either every name has the token or none does: a mix is an error (a query named
+without it would share camera 0 with no gallery image, and keep its own camera's matches
+in the gallery), and a tree with no token at all is warned about (every image is then
+camera 0, which the evaluator's same-camera exclusion must be told).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -27,6 +32,8 @@ from core.records import Record
 
 LAYOUT = "<root>/<split>/<category>/<identity>/<image> with split in train, query, gallery"
 CAMERA_TOKEN = re.compile(r"(?:^|_)c(\d+)")
+TOKEN_RULE = "a `c<N>` token at the start of the name or after '_' (0001_c3_x.jpg, c12.png)"
+log = logging.getLogger(__name__)
 
 
 class FolderDataset(Dataset):
@@ -61,6 +68,7 @@ class FolderDataset(Dataset):
             raise FileNotFoundError(f"FolderDataset: no split folder in {self.root}; expected {LAYOUT}")
         self._cache: dict[str, RecordColumns] = {}
         self._pids = self._identity_labels()
+        self._cameras_checked = False
 
     def _categories(self, split: str) -> list[str]:
         folder = self.root / split
@@ -100,7 +108,36 @@ class FolderDataset(Dataset):
             self._cache[split] = cached_records(self, split, folder_tree(self.root, 3), lambda: self._list(split))
         return self._cache[split]
 
+    def _check_camera_tokens(self) -> None:
+        """Every image name of a category has a camera token, or none has (file names
+        only, once per process, when a listing is built rather than read from the cache)."""
+        if self._cameras_checked:
+            return
+        by_category: dict[str, tuple[list[Path], list[Path]]] = {}
+        for split in SPLITS:
+            for category in self._categories(split):
+                marked, unmarked = by_category.setdefault(category, ([], []))
+                for identity in self._identities(split, category):
+                    folder = self.root / split / category / identity
+                    for name in image_names(folder):
+                        (marked if CAMERA_TOKEN.search(Path(name).stem) else unmarked).append(folder / name)
+        for category, (marked, unmarked) in by_category.items():
+            if marked and unmarked:
+                raise ValueError(
+                    f"FolderDataset: {unmarked[0]} has no camera token, but {len(marked)} of "
+                    f"{len(marked) + len(unmarked)} images of category '{category}' have one (e.g. {marked[0].name}); "
+                    f"it would get camera 0 and the same-camera exclusion would compare the wrong cameras. "
+                    f"Name every image with {TOKEN_RULE}, or none ({len(unmarked)} without: {unmarked[0].name}, ...)")
+        if by_category and not any(marked for marked, _ in by_category.values()):
+            example = next(u[0].name for _, u in by_category.values() if u)
+            log.warning(f"FolderDataset: no image name has a camera token in {self.root} (e.g. {example}; the "
+                        f"camera is read from {TOKEN_RULE}): every image is camera 0. Rename the files if they "
+                        "come from several cameras; else set `evaluator: {name: reid, exclude_same_camera: false}` "
+                        "(with exclusion on, every gallery positive of a query is dropped)")
+        self._cameras_checked = True
+
     def _list(self, split: str) -> list[Record]:
+        self._check_camera_tokens()
         out = []
         for category in self._categories(split):
             for identity in self._identities(split, category):
