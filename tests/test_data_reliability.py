@@ -452,6 +452,20 @@ def test_data_stats_on_a_manifest_it_cannot_read_names_the_file(tmp_path, capsys
                                        "needs read access to it\n")
 
 
+def test_data_stats_reports_a_reader_error_instead_of_dropping_the_split(tmp_path, capsys, monkeypatch):
+    """A Market-1501 tree with a file name that does not parse: the reader raises a
+    ValueError naming the file, which `core data stats` took for 'a reader without this
+    split', printing a table with no train row and exiting 0."""
+    monkeypatch.setenv("REID_CORE_CACHE", "off")
+    for split, name in [("bounding_box_train", "0001_c1s1_000001_00.jpg"), ("bounding_box_train", "holiday.jpg"),
+                        ("query", "0002_c1s1_000001_00.jpg"), ("bounding_box_test", "0002_c2s1_000001_00.jpg")]:
+        (tmp_path / split).mkdir(exist_ok=True)
+        Image.new("RGB", (16, 32)).save(tmp_path / split / name)
+    assert main(["data", "stats", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert "holiday.jpg" in captured.err and captured.err.startswith("error: ") and "query" not in captured.out
+
+
 def test_a_tool_given_a_manifest_it_cannot_read_names_the_flag_and_the_file(tmp_path, monkeypatch):
     from core.tools.images import open_images
 
