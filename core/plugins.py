@@ -50,6 +50,13 @@ class PluginInfo:
     module: str | None = None
     hooks: list[str] = field(default_factory=list)
     error: str | None = None
+    reason: str | None = None  # the error in one line, with what to fix where it is known
+
+    def failure(self) -> str:
+        """`plugin 'x' (dist) is installed but failed to load: <reason>` for messages."""
+        last = self.error.splitlines()[-1] if self.error else ""
+        return (f"plugin '{self.name}' ({self.distribution or self.module}) is installed but failed to load, "
+                f"so nothing it registers is available: {self.reason or last}")
 
 
 def _env_list(name: str) -> list[str] | None:
@@ -81,8 +88,9 @@ class PluginManager(pluggy.PluginManager):
         self.infos[info.name] = info
         if strict():
             raise PluginLoadError(f"plugin '{info.name}' failed to load: {info.error}")
+        last = info.error.splitlines()[-1] if info.error else ""
         log.warning(f"plugin '{info.name}' ({info.distribution or info.module}) failed to load "
-                    f"and was skipped: {info.error.splitlines()[-1] if info.error else ''} "
+                    f"and was skipped: {info.reason or last} "
                     "(set CORE_STRICT_PLUGINS=1 to make this an error)")
 
     def load_entry_points(self) -> None:
@@ -108,8 +116,9 @@ class PluginManager(pluggy.PluginManager):
             )
             try:
                 module = ep.load()
-            except Exception:  # noqa: BLE001 - any import failure of a third-party plugin
+            except Exception as exc:  # noqa: BLE001 - any import failure of a third-party plugin
                 info.error = traceback.format_exc(limit=3).strip()
+                info.reason = entry_point_problem(ep.name, ep.value, exc)
                 self.failed(info)
                 continue
             try:
@@ -150,6 +159,20 @@ class PluginManager(pluggy.PluginManager):
             raise PluginLoadError(f"local plugin {file} failed to import: {type(exc).__name__}: {exc}") from exc
         self.add(module, PluginInfo(name=name, source="local file", module=str(file)))
         return name
+
+
+def entry_point_problem(name: str, value: str, exc: BaseException) -> str:
+    """The import error in one line; when the module the entry point names (or its package)
+    does not exist, say that the entry point is the line to fix (a typo there is the
+    usual cause, and the author otherwise looks for a bug in their code)."""
+    text = f"{type(exc).__name__}: {exc}"
+    module = value.split(":")[0].strip()
+    parents = {".".join(module.split(".")[: i + 1]) for i in range(module.count(".") + 1)}
+    if isinstance(exc, ModuleNotFoundError) and exc.name in parents:
+        return (f"{text}; its entry point `{name} = {value}` names a module that does not exist: check "
+                "[project.entry-points.reid_core] in the plugin's pyproject.toml (the module holding its "
+                "@hookimpl functions), then reinstall it (pip install -e DIR)")
+    return text
 
 
 def local_plugin_name(file: Path) -> str:

@@ -145,6 +145,9 @@ class Registry:
 
     def explain_unknown_qualified(self, kind: str, provider: str, name: str) -> str:
         providers = sorted({e.provider for entries in self.tables[kind].values() for e in entries})
+        failed = failed_plugins()
+        if provider in failed:
+            return f"unknown {kind} '{provider}{SEPARATOR}{name}': {failed[provider]}."
         if provider not in providers:
             owners = [e.provider for e in self.tables[kind].get(name, [])] or providers
             close = difflib.get_close_matches(provider, owners, n=1, cutoff=0.6)
@@ -181,11 +184,20 @@ class Registry:
             close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
             if close:
                 lines.append(f"Did you mean {' or '.join(repr(c) for c in close)}?")
+            # a third-party plugin that failed to load may be the one meant to provide it
+            lines += [f"Note: {failure}." for failure in failed_plugins().values()]
         lines.append(f"Installed {kind} components: {', '.join(known) or 'none'}.")
         return " ".join(lines)
 
     def build(self, kind: str, name: str, /, **kwargs: Any) -> Any:
         return self.get(kind, name).load()(**kwargs)
+
+
+def failed_plugins() -> dict[str, str]:
+    """Entry-point plugins that failed to load -> one line saying so and why."""
+    from core.plugins import get_plugin_manager
+
+    return {name: info.failure() for name, info in get_plugin_manager().infos.items() if info.error}
 
 
 def build_registry(pm=None) -> Registry:

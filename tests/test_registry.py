@@ -215,6 +215,46 @@ def test_broken_plugin_is_an_error_in_strict_mode(broken_plugin_path):
     assert "PluginLoadError" in proc.stderr and "broken" in proc.stderr
 
 
+@pytest.fixture
+def misnamed_entry_point_path(tmp_path):
+    """A plugin whose pyproject names its hooks module `reid_typo.hook` (the module is `hooks`)."""
+    (tmp_path / "reid_typo").mkdir()
+    (tmp_path / "reid_typo" / "__init__.py").write_text("")
+    (tmp_path / "reid_typo" / "hooks.py").write_text(
+        "from core.hookspecs import hookimpl\n\n@hookimpl\ndef register_losses(register):\n"
+        "    register('typo_ring', 'reid_typo.hooks:Nothing')\n")
+    dist = tmp_path / "reid_typo-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: reid-typo\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[reid_core]\ntypo = reid_typo.hook\n")
+    return str(tmp_path)
+
+
+def test_an_entry_point_naming_a_missing_module_says_which_line_to_fix(misnamed_entry_point_path):
+    proc = run_core(["plugins"], env={"PYTHONPATH": misnamed_entry_point_path + os.pathsep
+                                      + os.environ.get("PYTHONPATH", "")})
+    assert "its entry point `typo = reid_typo.hook` names a module that does not exist" in proc.stderr
+    assert "[project.entry-points.reid_core]" in proc.stderr and "reinstall" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["typo_ring", "typo:typo_ring"])
+def test_an_unknown_component_names_the_plugins_that_failed_to_load(misnamed_entry_point_path, tmp_path, name):
+    """`unknown loss 'typo_ring'. Did you mean ...?` (or 'no installed plugin typo') sent the
+    author looking for a misspelt YAML name, when their plugin had failed to load."""
+    code = textwrap.dedent(f"""
+        from core.registry import build_registry
+        try:
+            build_registry().get("loss", {name!r})
+        except Exception as exc:
+            print(exc)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": misnamed_entry_point_path + os.pathsep
+                               + os.environ.get("PYTHONPATH", "")})
+    assert "plugin 'typo' (reid-typo) is installed but failed to load" in proc.stdout, proc.stdout + proc.stderr
+    assert "No module named 'reid_typo.hook'" in proc.stdout
+
+
 def test_load_and_disable_narrow_the_plugin_set():
     listed = lambda env: {r["name"] for r in json.loads(run_core(["plugins", "--json"], env=env).stdout)}  # noqa: E731
     assert listed({"CORE_LOAD_PLUGINS": ""}) == {"core"}
