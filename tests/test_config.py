@@ -81,6 +81,16 @@ def test_set_of_an_item_of_a_list_the_pipeline_has_not_says_to_set_the_list(tmp_
                                  "set the whole list, e.g. --set 'data.test=[...]'")
 
 
+def test_set_of_an_item_of_a_misspelt_list_suggests_the_list_the_pipeline_has(tmp_path):
+    """`--set stage.0.epochs=1` told the user to create a list 'stage' (`--set 'stage=[...]'`),
+    which the schema then refuses; the pipeline's own `stages` is what was meant."""
+    path = write(tmp_path / "p.yaml", {"stages": [{"epochs": 5}], "losses": [{"name": "ce"}]})
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(path, ["stage.0.epochs=1"])
+    assert str(caught.value) == ("--set: stage: 'stage' is not in the pipeline, so it has no item 0. "
+                                 "Did you mean 'stages.0.epochs'? (the pipeline's keys here: losses, stages)")
+
+
 def test_set_messages_say_what_is_wrong_on_one_line(tmp_path):
     """A name where a list index belongs is not "out of range"; the `--set` prefix appears
     once; a value that is not YAML says where in the value, on the line the CLI shows."""

@@ -13,6 +13,7 @@ remembers its origin (a file or `--set`) so errors name the file that set the ke
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,6 +183,13 @@ def apply_override(data: dict, parts: list[str], value: Any, origins: dict[str, 
             index = part
             if not last and index not in node:
                 if parts[i + 1].lstrip("-").isdigit():  # an index into a list the pipeline has not
+                    lists = [k for k, v in node.items() if isinstance(v, list)]
+                    close = difflib.get_close_matches(part, lists, n=1, cutoff=0.6)
+                    if close:  # a misspelt name of a list it has: setting a new list would be refused later
+                        meant = ".".join([*parts[:i], close[0], *parts[i + 1:]])
+                        raise ConfigError(f"'{here}' is not in the pipeline, so it has no item {parts[i + 1]}. "
+                                          f"Did you mean '{meant}'? (the pipeline's keys here: "
+                                          f"{', '.join(sorted(node))})", file="--set", key=here)
                     raise ConfigError(f"'{here}' is not in the pipeline, so it has no item {parts[i + 1]}; "
                                       f"set the whole list, e.g. --set '{here}=[...]'", file="--set", key=here)
                 node[index] = {}
