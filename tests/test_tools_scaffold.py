@@ -54,7 +54,7 @@ def test_a_generated_plugin_with_named_components_of_every_kind_installs_and_pas
     result = install_and_test(plugin, tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     # 7 components x (registration + contract tests) and the pipeline test, none skipped
-    assert "20 passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
+    assert "22 passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
 
 
 def test_a_generated_loss_test_passes_without_warnings(tmp_path):
@@ -92,6 +92,22 @@ def test_kinds_name_their_components_after_the_plugin(tmp_path):
     hooks = (plugin / "reid_circle_x" / "hooks.py").read_text()
     assert 'register("circle-x", "reid_circle_x.circle_x_loss:CircleXLoss")' in hooks
     assert 'register("circle-x", "reid_circle_x.circle_x_sampler:CircleXSampler")' in hooks
+
+
+def test_a_generated_loss_test_names_a_loss_that_returns_a_python_float(tmp_path):
+    """A new loss written with float(...) (or .item()) returns a number without a gradient;
+    `core run` then stops with \"AttributeError: 'float' object has no attribute 'float'\",
+    naming neither the loss nor the contract. The generated tests must say it, in a test that
+    stays when the author replaces the formula and its hand-computed case."""
+    plugin = new_plugin("my-method", {"loss": ["ring"]}, tmp_path / "src")
+    module = plugin / "reid_my_method" / "ring_loss.py"
+    code = module.read_text()
+    assert "        return loss, {" in code
+    module.write_text(code.replace("        return loss, {", "        return float(loss), {"))
+    result = install_and_test(plugin, tmp_path)
+    assert result.returncode != 0
+    assert "forward must return a 0-dim torch tensor (or (tensor, parts)), not float" in result.stdout, \
+        result.stdout[-3000:]
 
 
 def test_the_worked_example_of_the_guide_installs_and_passes_its_tests(tmp_path):

@@ -241,7 +241,8 @@ class {{class}}(Loss):
         per_pair = torch.where(positive, d.pow(2), (self.margin - d).clamp(min=0).pow(2))
         mask = (positive | negative).float()
         loss = (per_pair * mask).sum() / mask.sum().clamp(min=1.0)
-        # the second value: parts logged to metrics.jsonl next to the loss
+        # the first value: a 0-dim tensor the trainer backpropagates (never float(...) or
+        # .item(): a Python number has no gradient); the second: parts logged to metrics.jsonl
         return loss, {"d_pos": (d * positive).sum() / positive.sum().clamp(min=1),
                       "d_neg": (d * negative).sum() / negative.sum().clamp(min=1)}
 '''
@@ -395,6 +396,17 @@ def test_the_loss_is_the_formula_on_a_hand_computed_case_and_trains_the_features
     assert float(loss.detach()) == pytest.approx(2.5 / 6)
     loss.backward()
     assert features.grad is not None and features.grad.abs().sum() > 0
+
+
+def test_the_loss_returns_a_tensor_the_trainer_can_backpropagate():
+    """The contract, whatever the formula: keep this test when you replace the others."""
+    features = torch.randn(4, 8, requires_grad=True)
+    out = {{class}}()({"features": features}, batch_of([0, 0, 1, 1]))
+    value = out[0] if isinstance(out, tuple) else out
+    assert torch.is_tensor(value) and value.dim() == 0, (
+        f"forward must return a 0-dim torch tensor (or (tensor, parts)), not {type(value).__name__}: "
+        "float(...) and .item() give a number without a gradient")
+    assert value.requires_grad, "the loss has no gradient: a .detach() or a float() inside forward cut it"
 
 
 def test_the_loss_reads_the_feature_it_declares():
