@@ -81,3 +81,8 @@ def test_the_walkthrough_commands_run_on_the_tiny_pipeline(tmp_path):
 def test_the_contract_example_runs():
     code = block_after("<!-- runnable", "python")
     exec(compile(code, f"{GUIDE}:runnable", "exec"), {"__name__": "guide_example"})
+
+
+def test_the_reader_example_lists_its_own_layout():
+    code = block_after("<!-- reader example", "python")
+    exec(compile(code, f"{GUIDE}:reader example", "exec"), {"__name__": "guide_reader_example"})
