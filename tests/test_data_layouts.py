@@ -419,6 +419,19 @@ def test_folder_tree_without_any_camera_token_warns_once(tmp_path, caplog):
     assert "exclude_same_camera: false" in warnings[0] and "zebra1-cam1-0.jpg" in warnings[0]
 
 
+def test_folder_tree_images_in_a_format_it_does_not_list_are_an_error(tmp_path):
+    """.webp (or .tif, .gif) images were left out silently: their identities vanished from
+    training, and a gallery identity's queries were then skipped by the evaluator."""
+    images(tmp_path / "train" / "zebra" / "1", "z1_c1_0.jpg")
+    images(tmp_path / "gallery" / "zebra" / "7", "z7_c2_1.jpg")
+    (tmp_path / "gallery" / "zebra" / "7" / "z7_c1_2.webp").write_bytes(b"RIFF")
+    (tmp_path / "train" / "zebra" / "1" / "notes.txt").write_text("not an image: ignored")
+    ds = FolderDataset(str(tmp_path))
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "gallery" / "zebra" / "7" / "z7_c1_2.webp"))
+                       + r" is an image this reader does not list \(it lists .bmp, .jpeg, .jpg, .png\)"):
+        ds.records("train")
+
+
 def test_folder_tree_missing_root_names_path_and_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"not found: .*absent; expected the layout "
                                                 r"<root>/<split>/<category>/<identity>/<image>"):

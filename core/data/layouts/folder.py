@@ -8,17 +8,20 @@ The camera is read from a `c<N>` token in the file name (`0001_c3_x.jpg`, `c12.p
 category, either every name has the token or none does: a mix is an error (a query named
 without it would share camera 0 with no gallery image, and keep its own camera's matches
 in the gallery), and a tree with no token at all is warned about (every image is then
-camera 0, which the evaluator's same-camera exclusion must be told).
+camera 0, which the evaluator's same-camera exclusion must be told). Images in a format
+the listing skips (.webp, .tif, ...) are an error, not left out.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
 from core.data.columns import RecordColumns
 from core.data.layouts.common import (
+    IMAGE_EXTENSIONS,
     SPLITS,
     cached_records,
     check_split,
@@ -33,6 +36,9 @@ from core.records import Record
 LAYOUT = "<root>/<split>/<category>/<identity>/<image> with split in train, query, gallery"
 CAMERA_TOKEN = re.compile(r"(?:^|_)c(\d+)")
 TOKEN_RULE = "a `c<N>` token at the start of the name or after '_' (0001_c3_x.jpg, c12.png)"
+#: image formats this reader does not list: an error, where other files (notes.txt) are ignored
+UNLISTED_IMAGE_EXTENSIONS = frozenset({".webp", ".tif", ".tiff", ".gif", ".jfif", ".heic", ".heif", ".avif",
+                                       ".jp2", ".ppm", ".pgm"})
 log = logging.getLogger(__name__)
 
 
@@ -109,8 +115,9 @@ class FolderDataset(Dataset):
         return self._cache[split]
 
     def _check_camera_tokens(self) -> None:
-        """Every image name of a category has a camera token, or none has (file names
-        only, once per process, when a listing is built rather than read from the cache)."""
+        """Every image name of a category has a camera token, or none has; no image is in a
+        format the listing skips (file names only, once per process, when a listing is
+        built rather than read from the cache)."""
         if self._cameras_checked:
             return
         by_category: dict[str, tuple[list[Path], list[Path]]] = {}
@@ -119,6 +126,7 @@ class FolderDataset(Dataset):
                 marked, unmarked = by_category.setdefault(category, ([], []))
                 for identity in self._identities(split, category):
                     folder = self.root / split / category / identity
+                    _no_unlisted_images(folder)
                     for name in image_names(folder):
                         (marked if CAMERA_TOKEN.search(Path(name).stem) else unmarked).append(folder / name)
         for category, (marked, unmarked) in by_category.items():
@@ -146,6 +154,16 @@ class FolderDataset(Dataset):
                 out.extend(Record(path=str(folder / name), pid=pid, camid=camera_of(name), category=category,
                                   domain=self.domain, split=split) for name in image_names(folder))
         return out
+
+
+def _no_unlisted_images(folder: Path) -> None:
+    """An identity folder's images in a format the listing skips would vanish silently."""
+    unlisted = sorted(n for n in os.listdir(folder)
+                      if not n.startswith(".") and os.path.splitext(n)[1].lower() in UNLISTED_IMAGE_EXTENSIONS)
+    if unlisted:
+        raise ValueError(f"FolderDataset: {folder / unlisted[0]} is an image this reader does not list (it lists "
+                         f"{', '.join(sorted(IMAGE_EXTENSIONS))}); convert such files ({len(unlisted)} in "
+                         f"{folder}), or they would be left out without a word")
 
 
 def camera_of(file_name: str) -> int:
