@@ -24,7 +24,7 @@ pytest                      # each component's test, then the tiny pipeline trai
 Name the components in a pipeline YAML, e.g.:
 
 ```yaml
-_base_: quickstart.yaml
+_base_: ../reid-core/pipelines/quickstart.yaml   # a pipeline to start from, relative to this file
 {{yaml}}
 ```
 
@@ -81,7 +81,10 @@ class {{class}}(Backbone):
 
 TEMPLATES['dataset.py'] = r'''"""Dataset '{{name}}': a tiny in-memory world of coloured identities, to show the
 contract. A real reader lists image files: `Record(path=..., pid=..., camid=...)`,
-and the default `load_image` decodes them.
+and the default `load_image` decodes them (delete the one below). A reader for a
+folder of your own, and the protocol its records must follow (a match must come from
+another camera; queries not in the gallery): reid-core's docs/writing-plugins.md,
+section 9 -- or no code at all, with the `folder` layout or a manifest.
 
 Listing must not decode images: samplers and evaluators read identities and cameras
 from the records alone.
