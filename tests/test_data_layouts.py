@@ -432,6 +432,19 @@ def test_folder_tree_images_in_a_format_it_does_not_list_are_an_error(tmp_path):
         ds.records("train")
 
 
+def test_folder_tree_query_category_missing_from_the_gallery_is_an_error(tmp_path):
+    """query/zebras/ beside gallery/zebra/ (a typo): identities are matched by (category,
+    identity folder), so no query could match, and the run ended at evaluation in 'no valid
+    query ... set exclude_same_camera: false for single-camera data', blaming the cameras."""
+    images(tmp_path / "train" / "zebra" / "1", "z1_c1_0.jpg")
+    images(tmp_path / "query" / "zebras" / "7", "z7_c1_0.jpg")
+    images(tmp_path / "gallery" / "zebra" / "7", "z7_c2_1.jpg")
+    images(tmp_path / "gallery" / "horse" / "8", "h8_c2_1.jpg")  # gallery-only categories are distractors: fine
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'query' / 'zebras'} has no gallery counterpart")
+                       + r".*gallery categories: horse, zebra"):
+        FolderDataset(str(tmp_path))
+
+
 def test_folder_tree_missing_root_names_path_and_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"not found: .*absent; expected the layout "
                                                 r"<root>/<split>/<category>/<identity>/<image>"):

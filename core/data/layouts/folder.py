@@ -74,6 +74,7 @@ class FolderDataset(Dataset):
             raise FileNotFoundError(f"FolderDataset: no split folder in {self.root}; expected {LAYOUT}")
         self._cache: dict[str, RecordColumns] = {}
         self._pids = self._identity_labels()
+        self._query_categories_in_gallery()
         self._cameras_checked = False
 
     def _categories(self, split: str) -> list[str]:
@@ -113,6 +114,17 @@ class FolderDataset(Dataset):
         if split not in self._cache:
             self._cache[split] = cached_records(self, split, folder_tree(self.root, 3), lambda: self._list(split))
         return self._cache[split]
+
+    def _query_categories_in_gallery(self) -> None:
+        """Query and gallery identities are matched by (category, identity folder): a query
+        category the gallery lacks (a typo, zebras/ for zebra/) could match nothing."""
+        query, gallery = self._categories("query"), self._categories("gallery")
+        missing = [c for c in query if c not in gallery]
+        if query and gallery and missing:
+            raise ValueError(f"FolderDataset: {self.root / 'query' / missing[0]} has no gallery counterpart "
+                             f"({self.root / 'gallery' / missing[0]}), so none of its queries could match: identities "
+                             f"are matched by category and identity folder name; gallery categories: "
+                             f"{', '.join(gallery)}")
 
     def _check_camera_tokens(self) -> None:
         """Every image name of a category has a camera token, or none has; no image is in a
