@@ -445,6 +445,11 @@ def test_folder_tree_query_category_missing_from_the_gallery_is_an_error(tmp_pat
         FolderDataset(str(tmp_path))
 
 
+def test_folder_tree_of_empty_identity_folders_lists_nothing(tmp_path):
+    (tmp_path / "train" / "zebra" / "1").mkdir(parents=True)
+    assert len(FolderDataset(str(tmp_path)).records("train")) == 0
+
+
 def test_folder_tree_missing_root_names_path_and_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"not found: .*absent; expected the layout "
                                                 r"<root>/<split>/<category>/<identity>/<image>"):

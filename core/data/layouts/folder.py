@@ -148,7 +148,8 @@ class FolderDataset(Dataset):
                     f"{len(marked) + len(unmarked)} images of category '{category}' have one (e.g. {marked[0].name}); "
                     f"it would get camera 0 and the same-camera exclusion would compare the wrong cameras. "
                     f"Name every image with {TOKEN_RULE}, or none ({len(unmarked)} without: {unmarked[0].name}, ...)")
-        if by_category and not any(marked for marked, _ in by_category.values()):
+        if any(unmarked for _, unmarked in by_category.values()) and \
+                not any(marked for marked, _ in by_category.values()):
             example = next(u[0].name for _, u in by_category.values() if u)
             log.warning(f"FolderDataset: no image name has a camera token in {self.root} (e.g. {example}; the "
                         f"camera is read from {TOKEN_RULE}): every image is camera 0. Rename the files if they "
