@@ -35,6 +35,21 @@ def format_table(rows: list[tuple[str, dict[str, Any]]], keys: list[str]) -> str
     return "\n".join(lines)
 
 
+def skipped_queries_lines(record: dict[str, Any]) -> list[str]:
+    """A sentence per test set whose evaluator left queries out of every metric (the
+    standard protocol skips a query with no gallery item of its identity from another
+    camera): the table's numbers are over the valid queries alone, which a reader
+    comparing with a paper's query count must know."""
+    lines = []
+    for name, total in (record.get("queries") or {}).items():
+        valid = record.get(f"{name}/num_valid_queries")
+        if isinstance(valid, (int, float)) and int(valid) < total:
+            lines.append(f"Test set '{name}' ({record['tag']}): {total - int(valid)} of {total} queries have no gallery "
+                         "item of their identity that evaluation ranks (another camera) and are left out of every "
+                         f"metric; the numbers are over the other {int(valid)}.")
+    return ["", *lines] if lines else []
+
+
 def budget_line(record: dict[str, Any]) -> str:
     """The training budget behind `record` (an evaluation): optimisation steps and images
     seen, what must match across the rows of a comparison (issue 20)."""
@@ -50,6 +65,7 @@ def format_report(name: str, history: list[dict[str, Any]]) -> str:
     text = [f"# {name}", "", "Metrics in % (CMC rank-k, mAP, mINP) per test set."
             + (f" {budget}" if budget else ""), "",
             format_table([(r["tag"], r) for r in history], metric_keys(history))]
+    text += skipped_queries_lines(history[-1]) if history else []
     categories = _groups(history[-1:], 2)
     if categories:
         last = history[-1]

@@ -168,6 +168,22 @@ class StopTraining(Exception):
     """Raised internally when `stop_after_steps` is reached."""
 
 
+def _note_skipped_queries(name: str, result: dict[str, float], queries: int, noted: set[str]) -> None:
+    """Warn (once per test set) when the evaluator left queries out of every metric: under
+    the standard protocol a query with no gallery item of its identity from another camera
+    has no answer and is skipped (Market-1501's evaluation, torchreid, fast-reid). Few
+    valid queries make every number noisier, and on a user's own data they usually mean
+    camera ids or identities that do not line up; the count is in metrics.jsonl
+    (`num_valid_queries`, the record's `queries`) and in report.md."""
+    valid = result.get("num_valid_queries")
+    if valid is None or int(valid) >= queries or name in noted:
+        return
+    noted.add(name)
+    log.warning(f"test set '{name}': {queries - int(valid)} of {queries} queries have no gallery item of their "
+                "identity that evaluation ranks (another camera) and are left out of every metric; "
+                "check the gallery's identities and camera ids if that is not expected")
+
+
 def _headline(metrics: dict[str, float]) -> str:
     """mAP and rank-1 of each set for a log line (every metric is in metrics.jsonl)."""
     keys = [k for k in metrics if k.count("/") == 1 and k.endswith(("/mAP", "/rank-1"))] or list(metrics)[:6]
@@ -259,6 +275,7 @@ class Trainer:
         self.signals = None  # the SignalFlag while fit() runs
         self.position = Position()
         self.history: list[dict[str, Any]] = []  # evaluations, for the report
+        self._skips_noted: set[str] = set()  # test sets whose skipped queries were warned of
         #: set by core.restore (`core eval` and the tools): whether the losses' state was
         #: loaded from the checkpoint; None here, where the losses are the ones that train
         self.losses_restored: bool | None = None
@@ -412,6 +429,7 @@ class Trainer:
         start = time.perf_counter()
         metrics: dict[str, float] = {}
         per_set: list[dict[str, float]] = []
+        queries: dict[str, int] = {}
         for test in self.p.test_sets:
             files = [self._features_file(test.name, split, len(getattr(test, split))) for split in ("query", "gallery")]
             query = self.extract(test.query, test.datasets, to_file=files[0])
@@ -423,6 +441,8 @@ class Trainer:
                     if file is not None:
                         file.unlink(missing_ok=True)
             per_set.append(result)
+            queries[test.name] = len(test.query)
+            _note_skipped_queries(test.name, result, len(test.query), self._skips_noted)
             if self.trackers and len(per_set) == 1:
                 self.tracked_features = (test, query, gallery)
             metrics.update({f"{test.name}/{k}": float(v) for k, v in result.items()})
@@ -432,7 +452,7 @@ class Trainer:
         self.net.train()
         record = {"event": "eval", "tag": tag, "stage": self.position.stage, "epoch": self.position.epoch,
                   "global_step": self.position.global_step, "images_seen": self.position.images,
-                  "seconds": round(time.perf_counter() - start, 3), **metrics}
+                  "seconds": round(time.perf_counter() - start, 3), "queries": queries, **metrics}
         self.history.append(record)
         self.run.log(record)
         self.trackers.record(record)
