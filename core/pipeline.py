@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import inspect
 import logging
 from dataclasses import dataclass, field
@@ -178,7 +179,9 @@ class _Builder:
         if not isinstance(value, dict):
             raise self.cfg.error(key, f"expected a mapping with '{name_key}', got {describe(value)}")
         if name_key not in value:
-            raise self.cfg.error(key, f"missing '{name_key}': which component to use")
+            close = difflib.get_close_matches(name_key, [str(k) for k in value], n=1, cutoff=0.6)
+            hint = f" (is '{close[0]}' a misspelling of '{name_key}'?)" if close else ""
+            raise self.cfg.error(key, f"missing '{name_key}': which component to use{hint}")
         params = {k: v for k, v in value.items() if k != name_key}
         return value[name_key], params
 
@@ -268,8 +271,6 @@ def _set_name(cfg: LoadedConfig, b: "_Builder", key: str, spec: Any) -> str:
 def _check_top_level(cfg: LoadedConfig) -> None:
     for key in cfg.data:
         if key not in TOP_LEVEL_KEYS:
-            import difflib
-
             close = difflib.get_close_matches(str(key), list(TOP_LEVEL_KEYS), n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise cfg.error(str(key), f"unknown top-level key '{key}'.{hint} "
@@ -315,7 +316,10 @@ def _data_section(cfg: LoadedConfig) -> dict:
         raise cfg.error("data", f"expected a mapping with 'train', 'test', 'transform', got {describe(data)}")
     unknown = set(data) - {"train", "test", "transform"}
     if unknown:
-        raise cfg.error(f"data.{sorted(unknown)[0]}", "unknown key; valid keys: train, test, transform")
+        first = sorted(unknown, key=str)[0]
+        close = difflib.get_close_matches(str(first), ["train", "test", "transform"], n=1)
+        hint = f"Did you mean '{close[0]}'? " if close else ""
+        raise cfg.error(f"data.{first}", f"unknown key; {hint}valid keys: train, test, transform")
     return data
 
 

@@ -1,6 +1,7 @@
 """Pipeline YAML: inheritance, overrides, merge rules, and validation errors that name the
 file, the key path and the valid keys."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,28 @@ def test_a_device_name_torch_refuses_or_a_gpu_the_machine_has_not_names_the_key(
     with pytest.raises(ConfigError) as caught:
         resolve_device(name)
     assert str(caught.value) == expected
+
+
+def test_a_misspelt_component_name_key_and_data_key_get_a_suggestion(tmp_path, tiny_pipeline_config):
+    """`{datset: folder}` was 'missing 'dataset'' and `data.trian` 'unknown key' with no hint,
+    where every other misspelt key gets one (a newcomer's walk met both)."""
+    from core.pipeline import build_pipeline
+
+    config = copy.deepcopy(tiny_pipeline_config)
+    config["data"]["train"][0]["datset"] = config["data"]["train"][0].pop("dataset")
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"data.train.0: missing 'dataset': which component to use "
+                                          r"\(is 'datset' a misspelling of 'dataset'\?\)"):
+        build_pipeline(load_pipeline(path))
+    config = copy.deepcopy(tiny_pipeline_config)
+    config["data"]["trian"] = config["data"].pop("train")
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"data.trian: unknown key; Did you mean 'train'\? valid keys: train, "):
+        build_pipeline(load_pipeline(path))
+    config = copy.deepcopy(tiny_pipeline_config)
+    config["head"] = {"kind": "bnneck"}  # nothing like 'name': no guess
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError) as caught:
+        build_pipeline(load_pipeline(path))
+    assert str(caught.value).endswith("head: missing 'name': which component to use"), str(caught.value)
