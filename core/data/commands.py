@@ -22,8 +22,9 @@ examples:
 
 
 def add_data_command(subparsers: "argparse._SubParsersAction") -> None:
-    """Add `core data` (and its `synth` subcommand) to the `core` CLI."""
-    data = subparsers.add_parser("data", help="data tools: export the synthetic world",
+    """Add `core data` (its `synth` and `stats` subcommands) to the `core` CLI."""
+    data = subparsers.add_parser("data", help="data tools: a dataset's statistics (stats), the synthetic world "
+                                 "on disk (synth)",
                                  description="Data tools.")
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     data.set_defaults(func=lambda args: (data.print_help(), 0)[1])
