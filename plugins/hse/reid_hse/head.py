@@ -73,10 +73,11 @@ class HSEHead(Head):
         for classifier in self.local_classifiers:
             nn.init.normal_(classifier.weight, std=0.001)
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)  # CategoryLabels.offsets
-        sizes = torch.as_tensor(sizes, dtype=torch.long)
-        self.register_buffer("sizes", sizes, persistent=False)
+        # the width from the table's numpy sizes, not the buffer: a buffer built on the meta
+        # device (a sweep's check) has no values to read
+        self.width = int(sizes.max()) if sizes.size else 0
+        self.register_buffer("sizes", torch.as_tensor(sizes, dtype=torch.long), persistent=False)
         self.register_buffer("offsets", torch.as_tensor(offsets, dtype=torch.long), persistent=False)
-        self.width = int(sizes.max()) if sizes.numel() else 0
 
     def local_logits(self, z_local: torch.Tensor, categories: torch.Tensor,
                      host_categories: np.ndarray | None = None) -> torch.Tensor:
