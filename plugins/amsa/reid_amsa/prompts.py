@@ -67,14 +67,21 @@ class MultiGrainedText(nn.Module):
         self.positional_embedding.requires_grad_(False)
         self.text_projection.requires_grad_(False)  # a Parameter (CLIP) or a Linear
 
-        ids, slots = tokenize_templates(tokenizer, templates, prompt_tokens, component)
+        # the token ids are data, read here (the placeholder slots, the vocabulary check): made
+        # on the host even when the model is built on the meta device (a sweep's check), then
+        # registered on the device the model is built on (the default one, or a torch.device
+        # context's), as before
+        with torch.device("cpu"):
+            ids, slots = tokenize_templates(tokenizer, templates, prompt_tokens, component)
         vocab = self.token_embedding.num_embeddings
         if int(ids.max()) >= vocab:
             raise ValueError(f"{component}: the tokenizer yields token id {int(ids.max())} but the text tower's "
                              f"vocabulary has {vocab} entries (text_cfg.vocab_size); use CLIP's 49408")
-        self.register_buffer("template_ids", ids, persistent=False)  # (T, L)
-        self.register_buffer("slots", slots, persistent=False)  # (T, N)
-        self.register_buffer("eot", ids.argmax(dim=-1), persistent=False)  # CLIP reads the EOT (highest id)
+        device = torch.empty(0).device
+        self.register_buffer("template_ids", ids.to(device), persistent=False)  # (T, L)
+        self.register_buffer("slots", slots.to(device), persistent=False)  # (T, N)
+        # CLIP reads the EOT (highest id)
+        self.register_buffer("eot", ids.argmax(dim=-1).to(device), persistent=False)
         width = self.token_embedding.embedding_dim
         self.prompts = nn.Parameter(torch.randn(num_identities, len(templates), prompt_tokens, width) * std)
         projection = self.text_projection
