@@ -161,8 +161,11 @@ class T2IContrastiveLoss(MomentumState, Loss):
             self.register_buffer(f"{name}_queue", torch.zeros(self.queue_size, int(dim)))
             self.register_buffer(f"{name}_ids", torch.full((self.queue_size,), -1, dtype=torch.long))
             self.register_buffer(f"{name}_ptr", torch.zeros((), dtype=torch.long))
-        self._host_queues: dict[str, list] = {}
-        self._mirror_queues()
+        # the host mirror of the fresh queues (empty: ids -1, pointer 0), written from those
+        # values rather than read back from the buffers, which have none when the loss is
+        # built on the meta device (a sweep's check)
+        self._host_queues: dict[str, list] = {name: [np.full(self.queue_size, -1, dtype=np.int64), 0]
+                                              for name in ("image", "text")}
 
     def _mirror_queues(self) -> None:
         """Keep on the host each queue's identities and pointer (`_host_queues[name]` =

@@ -59,10 +59,12 @@ class TaskClassifiers(nn.Module):
         columns = int(targets.max()) + 1
         self.register_buffer("targets", torch.as_tensor(targets), persistent=False)
         self.host_targets = np.asarray(targets, dtype=np.int64)  # the input check's copy
-        owner = torch.full((columns,), -1, dtype=torch.long)
+        # the task of each column, from the numpy table (a buffer built on the meta device, as
+        # a sweep's check builds, has no values to index with)
+        owner = np.full(columns, -1, dtype=np.int64)
         for t in range(len(self.tasks)):
-            owner[self.targets[t][self.targets[t] >= 0]] = t
-        self.register_buffer("owner", owner, persistent=False)  # the task of each column
+            owner[targets[t][targets[t] >= 0]] = t
+        self.register_buffer("owner", torch.as_tensor(owner), persistent=False)
         self.layers = nn.ModuleDict({k: nn.Linear(dim, columns, bias=False) for k in streams})
         for layer in self.layers.values():
             nn.init.normal_(layer.weight, std=0.001)
