@@ -9,11 +9,14 @@ builds the pipeline and its training module itself.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any
 
 from core.config.loading import LoadedConfig
 from core.config.validation import pattern_miss
+
+log = logging.getLogger(__name__)
 
 
 def check_parameter_patterns(cfg: LoadedConfig, stages: list[Any], stage_losses: list[list[Any]],
@@ -88,8 +91,10 @@ def check_build(cfg: LoadedConfig) -> None:
     initialised, pretrained weights read), still without labelers or image reading: when a
     model part computes with its tensors at build (`.item()` of a meta tensor is an error),
     and when a constructor refused, which may be the meta device's doing (numpy of a meta
-    tensor is a TypeError, which the builder tells as bad input). A crash of that build is
-    left to the run, which meets it as it did."""
+    tensor is a TypeError, which the builder tells as bad input). Every first-party
+    component builds on the meta device, so only another plugin's takes that slow way; it
+    is logged in one line naming the component (docs/writing-plugins.md says how to avoid
+    it). A crash of that build is left to the run, which meets it as it did."""
     from core.exit_codes import exit_code
 
     try:
@@ -97,6 +102,7 @@ def check_build(cfg: LoadedConfig) -> None:
     except Exception as exc:  # noqa: BLE001 - sorted below: a refusal, or the meta device cannot tell
         if exit_code(exc) == 2 and exc.__cause__ is None:
             raise  # a key refused before any constructor ran on the meta device
+        log.info(_not_on_meta(cfg, exc))
         try:
             p = _quiet_build(cfg, prepare="skip")
         except Exception as real:  # noqa: BLE001 - only bad input is this check's to raise
@@ -104,6 +110,29 @@ def check_build(cfg: LoadedConfig) -> None:
                 raise
             return
     _check_patterns_of(cfg, p)
+
+
+def _not_on_meta(cfg: LoadedConfig, exc: BaseException) -> str:
+    """One line: which component could not be built on the meta device, and why (the
+    innermost component build in `exc`'s traceback; the builder's wrapper of a refusal
+    gives way to its cause)."""
+    from core.pipeline import _Builder
+
+    where = "the pipeline"
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is _Builder.build.__code__:
+            local = tb.tb_frame.f_locals
+            entry = local.get("entry")
+            plugin = f" (plugin {entry.provider})" if getattr(entry, "provider", None) else ""
+            where = f"{local.get('key')}: {local.get('what')}{plugin}"
+        tb = tb.tb_next
+    reason = exc.__cause__ if exc.__cause__ is not None else exc
+    text = " ".join(str(reason).split())
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return (f"{cfg.file}: {where} cannot be built on the meta device ({type(reason).__name__}: {text}); "
+            "checking by a real build instead (slow: model initialised, weights read). A constructor that "
+            "reads tensor values cannot be checked cheaply: docs/writing-plugins.md")
 
 
 def _quiet_build(cfg: LoadedConfig, **kwargs: Any) -> Any:

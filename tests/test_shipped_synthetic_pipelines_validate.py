@@ -33,12 +33,26 @@ def test_every_synthetic_pipeline_validates_on_the_cpu(name, tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("name", SYNTHETIC)
-def test_every_synthetic_pipeline_passes_the_check_a_sweep_makes_before_its_first_run(name):
+def test_every_synthetic_pipeline_passes_the_check_a_sweep_makes_before_its_first_run(name, monkeypatch):
     """A sweep builds each variant the cheap way before its first run and refuses one that a
     component refuses (core.parameter_check.check_build): a pipeline that validates must not
-    be refused there. Some (hse's head, amsa's prompts, instruct-editor's head) compute with tensors
-    at build, which the meta device cannot: they are checked built for real."""
+    be refused there. Every shipped component builds on the meta device, so the check never
+    falls back to a real build (hse's head, amsa's prompts, instruct-editor's head and
+    t2i_contrastive read tensor values at build, and the MGOR, MUVA and IRM pipelines were
+    built for real: a CLIP ViT-B/16 initialised per variant of a muva.yaml sweep)."""
+    import core.pipeline
+
+    build, real = core.pipeline.build_pipeline, []
+
+    def meta_only(cfg, *args, meta=False, **kwargs):
+        if not meta:
+            real.append(kwargs)
+            raise AssertionError("a real build")
+        return build(cfg, *args, meta=meta, **kwargs)
+
+    monkeypatch.setattr(core.pipeline, "build_pipeline", meta_only)
     check_build(load_pipeline(ROOT / name, ["trainer.device=cpu"]))
+    assert real == [], f"{name} was built for real"
 
 
 def test_validate_reports_missing_gradients_only_for_what_the_first_stage_trains(tmp_path, monkeypatch):

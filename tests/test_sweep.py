@@ -316,15 +316,25 @@ def test_a_model_part_the_meta_device_cannot_build_is_checked_built_for_real(
         tiny_yaml, capsys, monkeypatch, register_component, how):
     """A variant whose head cannot be built on the meta device is not refused for it (a fine
     grid passes), and a refusal by a part built after it (a loss) is still found before any
-    run: the check builds that variant for real instead."""
+    run: the check builds that variant for real instead, and says so in one line per
+    variant naming the head, its plugin and the reason (a plugin author learns why the
+    sweep's check is slow; it was silent)."""
     monkeypatch.setattr(ComputingHead, "how", how)
     register_component("head", "computing", ComputingHead)
     grid = ["--set", "head.name=computing", "--print-config", "--grid"]
-    assert main(["run", str(tiny_yaml), *grid, "losses.1.margin=0.3,0.5"]) == 0, capsys.readouterr().err
-    capsys.readouterr()
+    reason = {"numpy": "(TypeError: can't convert meta device type tensor to numpy",
+              "item": "(RuntimeError: Tensor.item() cannot be called on meta tensors)"}[how]
+    assert main(["run", str(tiny_yaml), *grid, "losses.1.margin=0.3,0.5"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "meta device" in line]
+    assert len(notes) == 2, notes
+    for note in notes:
+        assert note.startswith(f"{tiny_yaml}: head: head 'computing' (plugin test:head:computing) cannot be "
+                               f"built on the meta device {reason}"), note
+        assert "checking by a real build instead" in note and "docs/writing-plugins.md" in note, note
     assert main(["run", str(tiny_yaml), *grid, "losses.1.margin=0.3,wide"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: variant 2/2 'tiny losses.1.margin=wide': --grid: losses.1.margin: wrong type"), err
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and all("cannot be built on the meta device" in line for line in err[:2]), err
+    assert err[2].startswith("error: variant 2/2 'tiny losses.1.margin=wide': --grid: losses.1.margin: wrong type"), err
 
 
 def test_a_run_folder_as_sweep_dir_is_refused_and_continue_with_nothing_to_continue_says_so(
