@@ -85,7 +85,9 @@ def check_build(cfg: LoadedConfig) -> None:
     """Raise what a run of `cfg` would refuse when it builds (bad input: exit code 2), before
     anything trains and cheaply: every component built from its keys, the model's parts on
     the meta device (names and shapes: no memory, no initialisation, no weights copied), no
-    labeler run, no image file read; then every stage's parameter patterns checked.
+    labeler run, no image file read; then every stage's parameter patterns checked, and the
+    `prepare` steps' labelers and the `loggers:` trackers built from their keys (which a
+    build that skips the labelling leaves out, and a run builds first thing).
 
     Where the meta device cannot decide, the pipeline is built for real instead (its model
     initialised, pretrained weights read), still without labelers or image reading: when a
@@ -110,6 +112,36 @@ def check_build(cfg: LoadedConfig) -> None:
                 raise
             return
     _check_patterns_of(cfg, p)
+    _check_labelers_and_loggers(cfg, p)
+
+
+def _check_labelers_and_loggers(cfg: LoadedConfig, p: Any) -> None:
+    """Build (not run) each `prepare` step's labeler with the run's build context, and the
+    `loggers:` trackers, as a training run's build does (core.prepare.run_prepare_steps,
+    core.trackers.config.build_loggers): a misspelt labeler or tracker key in one variant
+    of a sweep was found only when that variant's turn came."""
+    from core.config.validation import describe
+    from core.interfaces import Labeler
+    from core.pipeline import _Builder
+    from core.trackers.config import build_loggers
+
+    steps = cfg.data.get("prepare") or []
+    steps = [steps] if isinstance(steps, dict) else steps
+    if not isinstance(steps, list):
+        raise cfg.error("prepare", f"expected a list of labelers [{{name: ..., out: ...}}], got {describe(steps)}")
+    builder = _Builder(cfg, p.registry)
+    for i, spec in enumerate(steps):
+        key = f"prepare.{i}"
+        name, params = builder.spec(key, spec)
+        if not isinstance(params.get("out"), str) or not params["out"]:
+            raise cfg.error(f"{key}.out", "each prepare step needs 'out': the annotation file to write, "
+                                          "e.g. labels/parts.npz")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the run's own build shows them
+            labeler = builder.build("labeler", key, spec, p.ctx, reserved=("out",))
+        if not isinstance(labeler, Labeler):
+            raise cfg.error(f"{key}.name", f"labeler '{name}' is a {type(labeler).__name__}, not a core Labeler")
+    build_loggers(cfg, p.registry)
 
 
 def _not_on_meta(cfg: LoadedConfig, exc: BaseException) -> str:

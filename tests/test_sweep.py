@@ -10,6 +10,7 @@ import yaml
 
 from core import sweep
 from core.config.loading import ConfigError
+from core.interfaces import Labeler
 from core.models.bnneck import BNNeckHead
 from core.cli import main
 from core.runner import evaluate_run, run
@@ -335,6 +336,43 @@ def test_a_model_part_the_meta_device_cannot_build_is_checked_built_for_real(
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 3 and all("cannot be built on the meta device" in line for line in err[:2]), err
     assert err[2].startswith("error: variant 2/2 'tiny losses.1.margin=wide': --grid: losses.1.margin: wrong type"), err
+
+
+class SweepCheckLabeler(Labeler):
+    """A labeler with one key, `threshold`, checked by its constructor."""
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        if not 0 < threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+
+    def label_batch(self, images, records):
+        return {"mark": np.zeros((len(images), 1), dtype=np.float32)}
+
+
+@pytest.mark.parametrize("grid, key, refusal", [
+    ("prepare.0.threshold=0.5,1.5", "prepare.0",
+     "labeler 'sweep_check' could not be built: threshold must be in (0, 1)"),
+    ("prepare.0.treshold=0.5", "prepare.0", "unknown key 'treshold'"),
+    ("loggers=[tensorboard],[tensorbord]", "loggers.0", "tensorbord"),
+])
+def test_a_labeler_or_tracker_a_variant_refuses_stops_the_sweep_before_the_first_run(
+        tiny_yaml, tmp_path, capsys, monkeypatch, register_component, grid, key, refusal):
+    """A training run builds its `prepare` labelers and `loggers:` trackers first thing; the
+    sweep's check of its variants built neither (its build skips the labelling), so a bad
+    labeler or tracker key in one grid point was met only when that variant's turn came,
+    after the variants before it had trained. It is now one line naming the variant and the
+    key, before any run (nothing is labelled: the labeler is built, not run)."""
+    import core.runner
+
+    register_component("labeler", "sweep_check", SweepCheckLabeler)
+    monkeypatch.setattr(SweepCheckLabeler, "label_batch", lambda *a: pytest.fail("labelled"))
+    monkeypatch.setattr(core.runner, "run", lambda *a, **k: pytest.fail("a run started"))
+    step = "prepare=[{name: sweep_check, out: " + str(tmp_path / "marks.npz") + "}]"
+    assert main(["run", str(tiny_yaml), "--set", step, "--grid", grid, "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: variant ") and f"{key}" in err and refusal in err, err
+    assert err.count("\n") == 1, err
+    assert not (tmp_path / "marks.npz").exists()
 
 
 def test_a_run_folder_as_sweep_dir_is_refused_and_continue_with_nothing_to_continue_says_so(
