@@ -1,5 +1,7 @@
 """Loss 'contrastive': the contrastive loss of Hadsell et al. 2006 ("Dimensionality Reduction
-by Learning an Invariant Mapping", Eq. 4) on the batch's cosine distances:
+by Learning an Invariant Mapping", Eq. 4) on the batch's cosine distances instead of the
+paper's Euclidean ones, and without its factors 1/2 (twice the paper's value; the YAML
+`weight` can take the 1/2):
 
     L = mean over pairs i != j of  y_ij d_ij^2 + (1 - y_ij) max(0, m - d_ij)^2
 
