@@ -10,7 +10,8 @@ plugins/instruct-editor/README.md.
                                      # irm++ - irm per task, paired by seed (same budget)
 
 The world (its seed) stays fixed; `seed` (initialisation, sampling, augmentation) varies.
-Each run's final metrics are appended to <out>/metrics.jsonl as {"seed", "metrics"}.
+Each run's metrics are appended to <out>/metrics.jsonl as {"seed", "before", "after"}: every
+metric of the evaluation before training (the untrained model) and of the last one.
 """
 
 from __future__ import annotations
