@@ -205,7 +205,9 @@ from core.hookspecs import hookimpl
 '''
 
 TEMPLATES['loss.py'] = r'''"""Loss '{{name}}': the contrastive loss of Hadsell et al. 2006 ("Dimensionality Reduction
-by Learning an Invariant Mapping", Eq. 4) on the batch's cosine distances:
+by Learning an Invariant Mapping", Eq. 4) on the batch's cosine distances instead of the
+paper's Euclidean ones, and without its factors 1/2 (twice the paper's value; the YAML
+`weight` can take the 1/2):
 
     L = mean over pairs i != j of  y_ij d_ij^2 + (1 - y_ij) max(0, m - d_ij)^2
 
@@ -363,8 +365,9 @@ def test_a_tiny_pipeline_trains_and_evaluates_with_the_components(tiny_pipeline_
     assert (result.run_dir / "checkpoints" / "last.pt").is_file()
 '''
 
-TEMPLATES['test_loss.py'] = r'''"""Loss '{{name}}' against its formula (Hadsell et al. 2006, Eq. 4, until you replace it:
-then test your paper's equation on a hand-computed case)."""
+TEMPLATES['test_loss.py'] = r'''"""Loss '{{name}}' against its formula (Hadsell et al. 2006, Eq. 4, on cosine distances and
+without its factors 1/2, until you replace it: then test your paper's equation on a
+hand-computed case)."""
 
 import pytest
 import torch
