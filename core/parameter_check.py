@@ -98,12 +98,18 @@ def check_build(cfg: LoadedConfig) -> None:
     is logged in one line naming the component (docs/writing-plugins.md says how to avoid
     it). A crash of that build is left to the run, which meets it as it did."""
     from core.exit_codes import exit_code
+    from core.pipeline import MODEL_KINDS
 
     try:
         p = _quiet_build(cfg, meta=True)
     except Exception as exc:  # noqa: BLE001 - sorted below: a refusal, or the meta device cannot tell
         if exit_code(exc) == 2 and exc.__cause__ is None:
             raise  # a key refused before any constructor ran on the meta device
+        kind = _failing_build(exc)[0]
+        if kind is not None and kind not in MODEL_KINDS:  # a dataset, sampler, ...: not built on meta
+            if exit_code(exc) == 2:
+                raise  # e.g. a dataset root that is not there: the real build says the same
+            return  # a crash is left to the run, which meets it as it did
         log.info(_not_on_meta(cfg, exc))
         try:
             p = _quiet_build(cfg, prepare="skip")
@@ -144,21 +150,28 @@ def _check_labelers_and_loggers(cfg: LoadedConfig, p: Any) -> None:
     build_loggers(cfg, p.registry)
 
 
-def _not_on_meta(cfg: LoadedConfig, exc: BaseException) -> str:
-    """One line: which component could not be built on the meta device, and why (the
-    innermost component build in `exc`'s traceback; the builder's wrapper of a refusal
-    gives way to its cause)."""
+def _failing_build(exc: BaseException) -> tuple[str | None, str]:
+    """(kind, "key: what (plugin P)") of the innermost component build in `exc`'s traceback;
+    (None, "the pipeline") when the failure is outside any component's build."""
     from core.pipeline import _Builder
 
-    where = "the pipeline"
+    kind, where = None, "the pipeline"
     tb = exc.__traceback__
     while tb is not None:
         if tb.tb_frame.f_code is _Builder.build.__code__:
             local = tb.tb_frame.f_locals
             entry = local.get("entry")
             plugin = f" (plugin {entry.provider})" if getattr(entry, "provider", None) else ""
-            where = f"{local.get('key')}: {local.get('what')}{plugin}"
+            kind, where = local.get("kind"), f"{local.get('key')}: {local.get('what')}{plugin}"
         tb = tb.tb_next
+    return kind, where
+
+
+def _not_on_meta(cfg: LoadedConfig, exc: BaseException) -> str:
+    """One line: which component could not be built on the meta device, and why (the
+    innermost component build in `exc`'s traceback; the builder's wrapper of a refusal
+    gives way to its cause)."""
+    where = _failing_build(exc)[1]
     reason = exc.__cause__ if exc.__cause__ is not None else exc
     text = " ".join(str(reason).split())
     text = text if len(text) <= 160 else text[:157] + "..."

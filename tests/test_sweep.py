@@ -338,6 +338,26 @@ def test_a_model_part_the_meta_device_cannot_build_is_checked_built_for_real(
     assert err[2].startswith("error: variant 2/2 'tiny losses.1.margin=wide': --grid: losses.1.margin: wrong type"), err
 
 
+def test_a_dataset_that_cannot_be_built_is_refused_without_a_real_build_or_a_meta_note(
+        tiny_yaml, tmp_path, capsys, monkeypatch):
+    """Datasets are not built on the meta device, so a dataset's refusal (its root is not
+    there) is the run's refusal: it was told as 'cannot be built on the meta device ...
+    checking by a real build instead (slow: model initialised, weights read)' and the whole
+    pipeline was built a second time to say the same. Now one line, no second build."""
+    from core import parameter_check
+
+    builds = []
+    real = parameter_check._quiet_build
+    monkeypatch.setattr(parameter_check, "_quiet_build", lambda cfg, **kw: builds.append(kw) or real(cfg, **kw))
+    missing = tmp_path / "no-such-tree"
+    argv = ["run", str(tiny_yaml), "--print-config", "--set", "data.train=[{dataset: folder, root: %s}]" % missing,
+            "--grid", "losses.1.margin=0.3,0.5"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "meta device" not in err and "real build" not in err, err
+    assert str(missing) in err and err.count("\n") == 1, err
+    assert builds == [{"meta": True}], builds
+
 class SweepCheckLabeler(Labeler):
     """A labeler with one key, `threshold`, checked by its constructor."""
 
