@@ -135,6 +135,8 @@ class TrainingModule(ReIDModel):
             for term in self.terms:
                 out = term.module(outputs, batch)
                 loss, logged = out if isinstance(out, tuple) else (out, {})
+                if not torch.is_tensor(loss) or loss.dim() != 0:
+                    raise _not_a_loss(term, loss)
                 total = total + term.weight * loss.float()
                 parts[term.name] = loss.float()
                 for k, v in (logged or {}).items():
@@ -143,6 +145,17 @@ class TrainingModule(ReIDModel):
                     parts[f"{term.name}/{k}"] = v.to(device).float() if torch.is_tensor(v) else \
                         torch.full((), float(v), device=device)
         return total, parts, outputs
+
+
+def _not_a_loss(term: LossTerm, loss: Any) -> TypeError:
+    """A loss's forward that returned something other than a 0-dim tensor (a Python float,
+    a per-sample vector, a (1,) tensor) failed far from it ("'float' object has no attribute
+    'float'", or torch's "grad can be implicitly created only for scalar outputs")."""
+    got = f"a tensor of shape {tuple(loss.shape)}" if torch.is_tensor(loss) else f"a {type(loss).__name__}"
+    where = f"{term.key}, " if term.key else ""
+    return TypeError(f"loss '{term.name}' ({where}{type(term.module).__name__}).forward returned {got}; it must return "
+                     "a 0-dim torch tensor (the batch's loss, with its graph), or (that tensor, a dict of values "
+                     "to log)")
 
 
 def detach_parts(parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
