@@ -37,3 +37,16 @@ def test_ce_equals_the_smoothed_target_distribution_written_out():
         expected += -sum(((1 - eps) * (i == y) + eps / len(row)) * (v - log_z) for i, v in enumerate(row))
     loss, _ = CrossEntropyLoss(label_smoothing=eps)({"logits": logits}, make_batch(targets))
     assert loss.item() == pytest.approx(expected / len(targets), rel=1e-6)
+
+
+def test_wrt_one_identity_batch_has_no_anchor_and_is_a_connected_zero():
+    """AGW's loss needs a negative per anchor: in a one-identity batch no anchor has one,
+    so every anchor leaves the mean (loss 0), as with the batch-hard triplet. Counting them
+    would give log(1 + exp(d_ap - 0)) > 0 per anchor: a loss from no negative at all."""
+    from core.losses.weighted_triplet import WeightedRegularizedTriplet
+
+    x = torch.tensor([[0.0], [1.0], [3.0]], requires_grad=True)
+    value, logs = WeightedRegularizedTriplet()({"features": x}, make_batch([4, 4, 4]))
+    value.backward()
+    assert value.item() == 0.0 and logs["d_ap"].item() == 0.0
+    assert torch.equal(x.grad, torch.zeros_like(x))
