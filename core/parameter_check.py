@@ -126,27 +126,15 @@ def _check_labelers_and_loggers(cfg: LoadedConfig, p: Any) -> None:
     `loggers:` trackers, as a training run's build does (core.prepare.run_prepare_steps,
     core.trackers.config.build_loggers): a misspelt labeler or tracker key in one variant
     of a sweep was found only when that variant's turn came."""
-    from core.config.validation import describe
-    from core.interfaces import Labeler
     from core.pipeline import _Builder
+    from core.prepare import build_step_labeler, prepare_steps
     from core.trackers.config import build_loggers
 
-    steps = cfg.data.get("prepare") or []
-    steps = [steps] if isinstance(steps, dict) else steps
-    if not isinstance(steps, list):
-        raise cfg.error("prepare", f"expected a list of labelers [{{name: ..., out: ...}}], got {describe(steps)}")
     builder = _Builder(cfg, p.registry)
-    for i, spec in enumerate(steps):
-        key = f"prepare.{i}"
-        name, params = builder.spec(key, spec)
-        if not isinstance(params.get("out"), str) or not params["out"]:
-            raise cfg.error(f"{key}.out", "each prepare step needs 'out': the annotation file to write, "
-                                          "e.g. labels/parts.npz")
+    for i, spec in enumerate(prepare_steps(cfg)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the run's own build shows them
-            labeler = builder.build("labeler", key, spec, p.ctx, reserved=("out",))
-        if not isinstance(labeler, Labeler):
-            raise cfg.error(f"{key}.name", f"labeler '{name}' is a {type(labeler).__name__}, not a core Labeler")
+            build_step_labeler(cfg, builder, p.ctx, i, spec)
     build_loggers(cfg, p.registry)
 
 

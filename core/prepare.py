@@ -117,6 +117,32 @@ class DeferredLabels:
         return len(rows)
 
 
+def prepare_steps(cfg: LoadedConfig) -> list:
+    """The pipeline's `prepare` steps as a list (one mapping is a list of one)."""
+    steps = cfg.data.get("prepare") or []
+    if isinstance(steps, dict):
+        steps = [steps]
+    if not isinstance(steps, list):
+        raise cfg.error("prepare", f"expected a list of labelers [{{name: ..., out: ...}}], got {describe(steps)}")
+    return steps
+
+
+def build_step_labeler(cfg: LoadedConfig, builder: Any, ctx: Any, i: int, spec: Any) -> tuple[str, dict, Labeler]:
+    """(name, params, labeler) of `prepare.<i>`, built (not run) and checked as a run does:
+    `out` given, the component a core Labeler. Used by the run and by the sweep's check
+    (core.parameter_check), so both refuse the same steps."""
+    key = f"prepare.{i}"
+    name, params = builder.spec(key, spec)
+    out = params.get("out")
+    if not isinstance(out, str) or not out:
+        raise cfg.error(f"{key}.out", "each prepare step needs 'out': the annotation file to write, "
+                                      "e.g. labels/parts.npz")
+    labeler = builder.build("labeler", key, spec, ctx, reserved=("out",))
+    if not isinstance(labeler, Labeler):
+        raise cfg.error(f"{key}.name", f"labeler '{name}' is a {type(labeler).__name__}, not a core Labeler")
+    return name, params, labeler
+
+
 def run_prepare_steps(cfg: LoadedConfig, builder: Any, ctx: Any, train_names: list[str], train_specs: list,
                       train_datasets: list[Dataset], train: RecordTable, force: bool = False,
                       may_label: bool = True, echo: Callable[[str], None] = _echo,
@@ -128,11 +154,7 @@ def run_prepare_steps(cfg: LoadedConfig, builder: Any, ctx: Any, train_names: li
     from core.labeling import LabelItem, is_up_to_date, run_labeler
     from core.training import distributed as D
 
-    steps = cfg.data.get("prepare") or []
-    if isinstance(steps, dict):
-        steps = [steps]
-    if not isinstance(steps, list):
-        raise cfg.error("prepare", f"expected a list of labelers [{{name: ..., out: ...}}], got {describe(steps)}")
+    steps = prepare_steps(cfg)
     if not steps:
         return []
     outs = []
@@ -143,14 +165,8 @@ def run_prepare_steps(cfg: LoadedConfig, builder: Any, ctx: Any, train_names: li
                   for i, (n, s) in enumerate(zip(train_names, train_specs))]
     for i, spec in enumerate(steps):
         key = f"prepare.{i}"
-        name, params = builder.spec(key, spec)
-        out = params.get("out")
-        if not isinstance(out, str) or not out:
-            raise cfg.error(f"{key}.out", "each prepare step needs 'out': the annotation file to write, "
-                                          "e.g. labels/parts.npz")
-        labeler = builder.build("labeler", key, spec, ctx, reserved=("out",))
-        if not isinstance(labeler, Labeler):
-            raise cfg.error(f"{key}.name", f"labeler '{name}' is a {type(labeler).__name__}, not a core Labeler")
+        name, params, labeler = build_step_labeler(cfg, builder, ctx, i, spec)
+        out = params["out"]
         fingerprint = {"labeler": name, "params": {k: v for k, v in params.items() if k != "out"},
                        "data": data_specs, "patch_grid": list(ctx.patch_grid) if ctx.patch_grid else None}
         provenance = builder.provenance.get(key, {})

@@ -183,8 +183,8 @@ def _load_grid_point(path: str | Path, overrides: Sequence[str], combo: Sequence
 
 def check_variants(variants: Sequence[Variant]) -> None:
     """Build every variant once (not per seed) as its runs will, the cheap way
-    (core.parameter_check.check_build: no training, no labelers, no image read, the model on
-    the meta device), before the first run: a variant whose component refuses it
+    (core.parameter_check.check_build: no training, labelers built but not run, no image
+    read, the model on the meta device), before the first run: a variant whose component refuses it
     (`--grid sampler.name=pk,random` keeps pk's `k`, which 'random' does not take) was found
     only when its turn came, after the variants before it had trained. The first refusal is
     one ConfigError naming the variant and the key (`core run` exits 2; `--print-config`
