@@ -10,14 +10,7 @@ import pytest
 import torch
 
 from core.losses.cross_entropy import CrossEntropyLoss
-from core.records import Batch
-
-
-def make_batch(pids):
-    pids = torch.as_tensor(pids)
-    zeros = torch.zeros_like(pids)
-    return Batch(images=torch.zeros(len(pids), 3, 4, 4), pids=pids, camids=zeros, categories=zeros,
-                 domains=zeros, roles=zeros, indices=torch.arange(len(pids)))
+from tests.test_losses import make_batch
 
 
 def test_ce_accuracy_is_the_share_of_rows_whose_largest_logit_is_the_target():

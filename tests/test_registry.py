@@ -189,14 +189,20 @@ def test_register_component_fixture_cleans_up():
     assert "my_loss" not in build_registry().names("loss")
 
 
+def _dist_info(root, name: str, entry_point: str) -> None:
+    """An installed distribution `name` 1.0 on `root` (a dist-info folder, as pip writes one)
+    with one `reid_core` entry point line."""
+    dist = root / f"{name.replace('-', '_')}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[reid_core]\n{entry_point}\n")
+
+
 @pytest.fixture
 def broken_plugin_path(tmp_path):
     """A real entry point (a dist-info on sys.path) whose module fails to import."""
     (tmp_path / "broken_plugin.py").write_text("import not_a_real_dependency_xyz\n")
-    dist = tmp_path / "reid_broken-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: reid-broken\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[reid_core]\nbroken = broken_plugin\n")
+    _dist_info(tmp_path, "reid-broken", "broken = broken_plugin")
     return str(tmp_path)
 
 
@@ -223,10 +229,7 @@ def misnamed_entry_point_path(tmp_path):
     (tmp_path / "reid_typo" / "hooks.py").write_text(
         "from core.hookspecs import hookimpl\n\n@hookimpl\ndef register_losses(register):\n"
         "    register('typo_ring', 'reid_typo.hooks:Nothing')\n")
-    dist = tmp_path / "reid_typo-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: reid-typo\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[reid_core]\ntypo = reid_typo.hook\n")
+    _dist_info(tmp_path, "reid-typo", "typo = reid_typo.hook")
     return str(tmp_path)
 
 
