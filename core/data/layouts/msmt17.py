@@ -49,9 +49,12 @@ class MSMT17(Dataset):
 
     `combine_train_val=True` (default) trains on list_train + list_val, the 32,621
     images of 1,041 identities that Wei et al. 2018 (Table 1) report as the training set
-    and that reid-strong-baseline and TransReID train on; torchreid and fast-reid train
-    on list_train alone (30,248 images) unless `combineall`. `version="auto"` reads
-    whichever of v1 / v2 is present and refuses to guess when both are.
+    and that TransReID (datasets/msmt17.py, `train += val`) trains on; torchreid,
+    fast-reid (and so its model zoo) and reid-strong-baseline train on list_train alone
+    (30,248 images; the first two add list_val only with `combineall`), so a number
+    compared with theirs needs `combine_train_val=False` (pipelines/bot_msmt17.yaml,
+    sbs_msmt17.yaml). `version="auto"` reads whichever of v1 / v2 is present and refuses
+    to guess when both are.
     """
 
     name = "msmt17"
