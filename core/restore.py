@@ -55,7 +55,7 @@ def restore_run(target: str | Path, overrides: Sequence[str] = ()):
     a checkpoint, the losses' state (`trainer.losses_restored`)."""
     from core import trust
     from core.tools import weights_file
-    from core.training.checkpoint import OTHER_PIPELINE, load_checkpoint, load_fitting
+    from core.training.checkpoint import OTHER_PIPELINE, checkpoint_entry, load_checkpoint, load_fitting
 
     if weights_file.is_weights_file(target):
         path = Path(target)
@@ -75,7 +75,8 @@ def restore_run(target: str | Path, overrides: Sequence[str] = ()):
     state = load_checkpoint(checkpoint, trust=trust.current().checkpoint)
     trainer = _inference_trainer(cfg, run_dir)
     against = f"the model of {run_dir / 'pipeline.yaml'}" + _with_overrides(overrides)
-    load_fitting(trainer.p.model, state.get("model"), checkpoint, "model", against, OTHER_PIPELINE)
+    load_fitting(trainer.p.model, checkpoint_entry(state, "model", checkpoint), checkpoint, "model", against,
+                 OTHER_PIPELINE)
     trainer.losses_restored = _load_losses(trainer.net.losses, state.get("losses"), checkpoint)
     _restore_position(trainer, state.get("position"))
     if trainer.ema is not None and state.get("ema") is not None:  # its losses too: the EMA copy is of model + losses

@@ -462,6 +462,26 @@ def test_a_run_folder_checkpoint_from_another_pipeline_is_one_line_for_eval_and_
     assert _tree_bytes(ours.run_dir) == before
 
 
+def test_a_bare_state_dict_in_a_run_folder_is_refused_as_what_it_is(tmp_path, run_tiny_pipeline, capsys):
+    """Released weights (a bare state dict, names -> tensors) copied over a run's
+    checkpoints/last.pt were told as 'no model tensors in it (found NoneType, ...); the
+    checkpoint comes from another pipeline'. Now one line saying it is a bare state dict,
+    not a reid-core checkpoint, pointing at the model zoo's page; exit 2; resume changes
+    nothing."""
+    config = copy.deepcopy(TINY_PIPELINE)
+    config["trainer"]["eval_before"] = False
+    ours = run_tiny_pipeline(config, overrides=["trainer.stop_after_steps=1"])
+    checkpoint = ours.run_dir / "checkpoints" / "last.pt"
+    bare = torch.load(checkpoint, weights_only=True)["model"]
+    torch.save(bare, checkpoint)
+    assert main(["eval", str(ours.run_dir)]) == 2
+    _one_short_line(capsys.readouterr().err, str(checkpoint), "a bare state dict", f"{len(bare)} tensors",
+                    "not a reid-core checkpoint", "docs/model-zoo.md")
+    before = _tree_bytes(ours.run_dir)
+    assert main(["run", "--resume", str(ours.run_dir)]) == 2
+    _one_short_line(capsys.readouterr().err, str(checkpoint), "a bare state dict")
+    assert _tree_bytes(ours.run_dir) == before
+
 @pytest.mark.parametrize("cut", ["tensors", "header", "empty"])
 def test_a_cut_weights_file_is_the_shared_copy_it_again_line_exit_2(tmp_path, capsys, cut):
     """`core eval X.safetensors` on a file cut short in transfer says what every weights

@@ -281,6 +281,19 @@ def trusted_torchscript(path: Path, instead: str, error: Callable[[str], Excepti
 OTHER_PIPELINE = "the checkpoint comes from another pipeline (was it copied from another run folder?)"
 
 
+def checkpoint_entry(state: Any, key: str, file: Path | str) -> Any:
+    """`state[key]` of a loaded checkpoint. A bare state dict (names -> tensors, as other
+    code releases weights) has no such entry: it is refused as what it is, where reading
+    None out of it was told as 'no model tensors in it ...; the checkpoint comes from
+    another pipeline'."""
+    if isinstance(state, Mapping) and key not in state and state and all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"{file}: a bare state dict ({len(state)} tensors, e.g. '{next(iter(state))}'), not a "
+                              f"reid-core checkpoint, which holds '{key}', 'optimizer', 'position', ...: core eval and "
+                              "--resume read the checkpoints a reid-core run writes; other code's released weights "
+                              "are not loaded (docs/model-zoo.md, 'Evaluating released weights')")
+    return state.get(key) if isinstance(state, Mapping) else None
+
+
 def load_fitting(module: torch.nn.Module, state: Any, file: Path | str, what: str, against: str,
                  hint: str) -> None:
     """`module.load_state_dict(state)`, strict as torch's, but weights that do not fit end in

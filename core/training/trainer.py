@@ -36,8 +36,8 @@ from core.training import distributed as D
 from core.training import precision as P
 from core.training.blame import blame
 from core.training.determinism import set_deterministic
-from core.training.checkpoint import (OTHER_PIPELINE, load_checkpoint, load_fitting, rng_state, save_checkpoint,
-                                      seed_everything, set_rng_state)
+from core.training.checkpoint import (OTHER_PIPELINE, checkpoint_entry, load_checkpoint, load_fitting, rng_state,
+                                      save_checkpoint, seed_everything, set_rng_state)
 from core.training.interrupt import Interrupted, deferred_signals, ignore_in_worker
 from core.training.optim import build_optimizer, build_scheduler, select_parameters
 from core.training.report import format_report
@@ -508,7 +508,8 @@ class Trainer:
         if self.ema is not None and state.get("ema") is not None:
             parts.append((self.ema, "ema", "EMA copy's"))
         for module, key, what in parts:
-            load_fitting(module, state.get(key), self.run.checkpoint, what, against, OTHER_PIPELINE)
+            load_fitting(module, checkpoint_entry(state, key, self.run.checkpoint), self.run.checkpoint, what, against,
+                         OTHER_PIPELINE)
         self.position = Position(**state["position"])
         self.history = list(state["history"])
         self.skipped = torch.full((), int(state.get("skipped_steps", 0)), dtype=torch.long, device=self.device)
