@@ -5,10 +5,12 @@
 Categories and identities are the folders' names; the domain is the root folder's name.
 The camera is read from a `c<N>` token in the file name (`0001_c3_x.jpg`, `c12.png`,
 `42_c2s1_000151_01.jpg` -> N as written); images without one get camera 0. Within a
-category, either every name has the token or none does: a mix is an error (a query named
-without it would share camera 0 with no gallery image, and keep its own camera's matches
-in the gallery), and a tree with no token at all is warned about (every image is then
-camera 0, which the evaluator's same-camera exclusion must be told). Images in a format
+category's query and gallery images, either every name has the token or none does: a mix
+is an error (a query named without it would share camera 0 with no gallery image, and
+keep its own camera's matches in the gallery); so within its train images. train/ may be
+named otherwise than query/ and gallery/ (the exclusion compares only these). A tree, or
+its query and gallery images, with no token at all is warned about (every such image is
+then camera 0, which the evaluator's same-camera exclusion must be told). Images in a format
 the listing skips (.webp, .tif, ...) are an error, not left out.
 """
 
@@ -127,35 +129,50 @@ class FolderDataset(Dataset):
                              f"{', '.join(gallery)}")
 
     def _check_camera_tokens(self) -> None:
-        """Every image name of a category has a camera token, or none has; no image is in a
-        format the listing skips (file names only, once per process, when a listing is
+        """Every image name of a category has a camera token, or none has, within train/ and
+        within query/ and gallery/ (the splits the same-camera exclusion compares: a train/
+        of images from another source, named without tokens, is a valid tree); no image is
+        in a format the listing skips (file names only, once per process, when a listing is
         built rather than read from the cache)."""
         if self._cameras_checked:
             return
-        by_category: dict[str, tuple[list[Path], list[Path]]] = {}
+        by_group: dict[tuple[str, str], tuple[list[Path], list[Path]]] = {}
         for split in SPLITS:
+            group = "train/" if split == "train" else "query/ and gallery/"
             for category in self._categories(split):
-                marked, unmarked = by_category.setdefault(category, ([], []))
+                marked, unmarked = by_group.setdefault((category, group), ([], []))
                 for identity in self._identities(split, category):
                     folder = self.root / split / category / identity
                     _no_unlisted_images(folder)
                     for name in image_names(folder):
                         (marked if CAMERA_TOKEN.search(Path(name).stem) else unmarked).append(folder / name)
-        for category, (marked, unmarked) in by_category.items():
+        for (category, group), (marked, unmarked) in by_group.items():
             if marked and unmarked:
                 raise ValueError(
                     f"FolderDataset: {unmarked[0]} has no camera token, but {len(marked)} of "
-                    f"{len(marked) + len(unmarked)} images of category '{category}' have one (e.g. {marked[0].name}); "
-                    f"it would get camera 0 and the same-camera exclusion would compare the wrong cameras. "
-                    f"Name every image with {TOKEN_RULE}, or none ({len(unmarked)} without: {unmarked[0].name}, ...)")
-        if any(unmarked for _, unmarked in by_category.values()) and \
-                not any(marked for marked, _ in by_category.values()):
-            example = next(u[0].name for _, u in by_category.values() if u)
-            log.warning(f"FolderDataset: no image name has a camera token in {self.root} (e.g. {example}; the "
-                        f"camera is read from {TOKEN_RULE}): every image is camera 0. Rename the files if they "
-                        "come from several cameras; else set `evaluator: {name: reid, exclude_same_camera: false}` "
-                        "(with exclusion on, every gallery positive of a query is dropped)")
+                    f"{len(marked) + len(unmarked)} images of category '{category}' in {group} have one (e.g. "
+                    f"{marked[0].name}); it would get camera 0 and the same-camera exclusion would compare the "
+                    f"wrong cameras. Name every image with {TOKEN_RULE}, or none ({len(unmarked)} without: "
+                    f"{unmarked[0].name}, ...)")
+        self._warn_without_tokens(by_group)
         self._cameras_checked = True
+
+    def _warn_without_tokens(self, by_group: dict[tuple[str, str], tuple[list[Path], list[Path]]]) -> None:
+        """Warn when no image name has a camera token, or no query / gallery one does (the
+        images the evaluator's same-camera exclusion compares): every such image is camera 0."""
+        fix = ("Rename the files if they come from several cameras; else set `evaluator: {name: reid, "
+               "exclude_same_camera: false}` (with exclusion on, every gallery positive of a query is dropped)")
+        unmarked = [u for _, u in by_group.values() if u]
+        if unmarked and not any(m for m, _ in by_group.values()):
+            log.warning(f"FolderDataset: no image name has a camera token in {self.root} (e.g. {unmarked[0][0].name}; "
+                        f"the camera is read from {TOKEN_RULE}): every image is camera 0. {fix}")
+            return
+        tested = [(m, u) for (_, group), (m, u) in by_group.items() if group != "train/"]
+        untested = [u for m, u in tested if u]
+        if untested and not any(m for m, _ in tested):
+            log.warning(f"FolderDataset: no query or gallery image name has a camera token in {self.root} (e.g. "
+                        f"{untested[0][0].name}; the camera is read from {TOKEN_RULE}): every query and gallery "
+                        f"image is camera 0. {fix}")
 
     def _list(self, split: str) -> list[Record]:
         self._check_camera_tokens()
