@@ -45,7 +45,7 @@ def skipped_queries_lines(record: dict[str, Any]) -> list[str]:
         valid = record.get(f"{name}/num_valid_queries")
         if isinstance(valid, (int, float)) and int(valid) < total:
             lines.append(f"Test set '{name}' ({record['tag']}): {total - int(valid)} of {total} queries have no gallery "
-                         "item of their identity that evaluation ranks (another camera) and are left out of every "
+                         "item of their identity that evaluation ranks (e.g. from another camera) and are left out of every "
                          f"metric; the numbers are over the other {int(valid)}.")
     return ["", *lines] if lines else []
 

@@ -193,7 +193,7 @@ def _note_skipped_queries(name: str, result: dict[str, float], queries: int, not
         return
     noted.add(name)
     log.warning(f"test set '{name}': {queries - int(valid)} of {queries} queries have no gallery item of their "
-                "identity that evaluation ranks (another camera) and are left out of every metric; "
+                "identity that evaluation ranks (e.g. from another camera) and are left out of every metric; "
                 "check the gallery's identities and camera ids if that is not expected")
 
 
