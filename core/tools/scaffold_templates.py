@@ -365,9 +365,9 @@ def test_a_tiny_pipeline_trains_and_evaluates_with_the_components(tiny_pipeline_
     assert (result.run_dir / "checkpoints" / "last.pt").is_file()
 '''
 
-TEMPLATES['test_loss.py'] = r'''"""Loss '{{name}}' against its formula (Hadsell et al. 2006, Eq. 4, on cosine distances and
-without its factors 1/2, until you replace it: then test your paper's equation on a
-hand-computed case)."""
+TEMPLATES['test_loss.py'] = r'''"""Loss '{{name}}' against its formula (Hadsell et al. 2006, Eq. 4, on cosine
+distances and without its factors 1/2, until you replace it: then test your paper's
+equation on a hand-computed case)."""
 
 import pytest
 import torch

@@ -44,9 +44,9 @@ def skipped_queries_lines(record: dict[str, Any]) -> list[str]:
     for name, total in (record.get("queries") or {}).items():
         valid = record.get(f"{name}/num_valid_queries")
         if isinstance(valid, (int, float)) and int(valid) < total:
-            lines.append(f"Test set '{name}' ({record['tag']}): {total - int(valid)} of {total} queries have no gallery "
-                         "item of their identity that evaluation ranks (e.g. from another camera) and are left out of every "
-                         f"metric; the numbers are over the other {int(valid)}.")
+            lines.append(f"Test set '{name}' ({record['tag']}): {total - int(valid)} of {total} queries have no "
+                         "gallery item of their identity that evaluation ranks (e.g. from another camera) and are "
+                         f"left out of every metric; the numbers are over the other {int(valid)}.")
     return ["", *lines] if lines else []
 
 
