@@ -54,6 +54,13 @@ class Dataset(abc.ABC):
 
         raise UndecodableImageError.of(record.path, fault) from None
 
+    def identity_namespace(self) -> Any:
+        """A hashable key naming the space its pids live in, when one pid means one
+        identity in every split (a train pid equal to a query pid is the same individual);
+        None where it does not (the default). Two datasets with one key are compared for
+        test identities seen in training (core.data.protocol_checks)."""
+        return None
+
     def sample_extras(self, record: Record) -> dict[str, Any]:
         """Per-sample fields decoded with the image, in the loader's workers (e.g. an
         instruction image): merged into the sample's extras. Default: none."""

@@ -253,8 +253,9 @@ def _as_list(cfg: LoadedConfig, key: str, value: Any) -> list:
 
 #: Keys of a data.train / data.test entry that the pipeline reads, not the dataset:
 #: `name` (what the set is called in metric keys and annotation files; default the
-#: dataset's YAML name) and `annotations` (core.prepare).
-DATASET_KEYS = ("annotations", "name")
+#: dataset's YAML name), `annotations` (core.prepare) and `seen_identities` (true: the
+#: test set queries training identities on purpose, core.data.protocol_checks).
+DATASET_KEYS = ("annotations", "name", "seen_identities")
 
 
 def _set_name(cfg: LoadedConfig, b: "_Builder", key: str, spec: Any) -> str:
@@ -427,6 +428,33 @@ def empty_split_fault(cfg: LoadedConfig, sources: DataSources, i: int, query: li
                           + (", or name a test set in data.test" if sources.test_specs is None else ""))
 
 
+def _warn_seen_identities(cfg: LoadedConfig, sources: DataSources, i: int, label: str,
+                          train_records: list[Sequence[Record]], query: Sequence[Record],
+                          gallery: Sequence[Record], echo: Any) -> None:
+    """Warn when test set i holds identities of a training dataset with the same pid
+    namespace (core.data.protocol_checks), unless its entry says `seen_identities: true`."""
+    from core.data.protocol_checks import (SEEN_IDENTITIES_KEY, describe_seen, identity_namespace,
+                                           seen_identities)
+
+    key, spec = _test_key(sources, i), sources.test_pair_specs[i]
+    allowed = spec.get(SEEN_IDENTITIES_KEY, False) if isinstance(spec, dict) else False
+    if not isinstance(allowed, bool):
+        raise cfg.error(f"{key}.{SEEN_IDENTITIES_KEY}", f"expected true or false (true: this test set queries "
+                                                         f"training identities on purpose), got {describe(allowed)}")
+    namespace = identity_namespace(sources.test_pairs[i][1])
+    if allowed or namespace is None:
+        return
+    for name, dataset, records in zip(sources.train_names, sources.train_datasets, train_records):
+        if identity_namespace(dataset) != namespace:
+            continue
+        shared, total = seen_identities(records, query, gallery)
+        if shared:
+            echo(f"warning: test set '{label}': {describe_seen(shared, total, repr(name))}: the ReID protocol tests "
+                 "unseen identities, and seen ones inflate every metric. Keep each identity in train/ or in "
+                 f"query/ and gallery/, not both; or set `{SEEN_IDENTITIES_KEY}: true` on {key} if training "
+                 "identities are queried on purpose")
+
+
 def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepare: str = "run",
                    echo: Any = None, meta: bool = False, image_check: str = "error",
                    context: BuildContext | None = None) -> Pipeline:
@@ -505,6 +533,8 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
             datasets=[dataset],
         ))
         test_tables += [(i, test_sets[-1].query), (i, test_sets[-1].gallery)]
+        if context is None:
+            _warn_seen_identities(cfg, sources, i, label, train_records, query, gallery, echo)
     if not test_sets and context is None:  # said once, not silently an empty report
         echo("warning: this pipeline has no test set (" + (
             "data.test is empty" if test_specs is not None else

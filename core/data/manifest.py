@@ -64,6 +64,10 @@ class ManifestDataset(Dataset):
                                                          "version": PARSER_VERSION}, self._parse)
         self._splits: dict[str, RecordColumns] = {}
 
+    def identity_namespace(self) -> tuple:
+        """One manifest's `pid` column is one namespace for all its splits."""
+        return ("manifest", str(self.path.resolve()))
+
     def records(self, split: str) -> RecordColumns:
         if split not in SPLITS:
             raise ValueError(f"ManifestDataset: unknown split '{split}'; valid splits: {', '.join(SPLITS)}")

@@ -41,6 +41,30 @@ def dataset_stats(dataset: Any, splits: Sequence[str] = SPLITS) -> dict[str, dic
     return out
 
 
+def seen_identity_stats(dataset: Any) -> dict[str, Any] | None:
+    """{"identities", "of", "examples"}: the test identities that are also training identities
+    (core.data.protocol_checks), or None where the reader's splits do not share one pid
+    namespace or it lacks a train or test split."""
+    from core.data.protocol_checks import EXAMPLES, identity_namespace, seen_identities
+
+    splits = getattr(dataset, "splits", SPLITS)
+    if identity_namespace(dataset) is None or "train" not in splits or not {"query", "gallery"} & set(splits):
+        return None
+    test = [dataset.records(s) if s in splits else [] for s in ("query", "gallery")]
+    shared, total = seen_identities(dataset.records("train"), *test)
+    return {"identities": len(shared), "of": total, "examples": [f"{c} pid {p}" for c, p in shared[:EXAMPLES]]}
+
+
+def format_seen(seen: dict[str, Any] | None) -> str | None:
+    """The line under the table; None when there is nothing to say."""
+    if not seen or not seen["of"]:
+        return None
+    if not seen["identities"]:
+        return f"  test identities seen in training: none of {seen['of']:,}"
+    return (f"  warning: test identities seen in training: {seen['identities']:,} of {seen['of']:,} (e.g. "
+            f"{', '.join(seen['examples'])}): the ReID protocol tests unseen identities")
+
+
 def open_target(target: str, dataset: str | None = None, params: dict[str, Any] | None = None,
                 overrides: Sequence[str] = ()) -> list[tuple[str, Any]]:
     """(label, a function returning the Dataset) pairs for a pipeline YAML (its train and test datasets), a
@@ -118,10 +142,13 @@ def stats_command(target: str, dataset: str | None = None, params: dict[str, Any
     results = []
     for label, make in open_target(target, dataset, params, overrides):
         start = time.perf_counter()  # the reader and its table: what a training start pays
-        stats = dataset_stats(make())
-        results.append((label, stats, time.perf_counter() - start))
+        reader = make()
+        stats = dataset_stats(reader)
+        results.append((label, stats, time.perf_counter() - start, seen_identity_stats(reader)))
     if as_json:
-        print(json.dumps({label: {"load_s": round(t, 4), **s} for label, s, t in results}, indent=2))
+        print(json.dumps({label: {"load_s": round(t, 4), **s, **({"seen_identities": seen} if seen else {})}
+                          for label, s, t, seen in results}, indent=2))
     else:
-        print("\n".join(format_table(label, s, t) for label, s, t in results))
+        print("\n".join(format_table(label, s, t) + (f"\n{line}" if (line := format_seen(seen)) else "")
+                        for label, s, t, seen in results))
     return 0

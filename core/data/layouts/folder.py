@@ -109,6 +109,12 @@ class FolderDataset(Dataset):
             return {(c, i): int(i) for c, i in pairs}
         return {pair: index for index, pair in enumerate(pairs)}
 
+    def identity_namespace(self) -> tuple:
+        """One identity folder is one pid in every split. Folder names as pids hold for any
+        `category`; indices into the (category, name) list only for the same `category`."""
+        numbered = all(i.isascii() and i.isdigit() and int(i) == p for (_, i), p in self._pids.items())
+        return ("folder", str(self.root.resolve())) + (() if numbered else (self.category,))
+
     def records(self, split: str) -> RecordColumns:
         """The split's records as columns, cached by the path, size and mtime of every
         folder of the tree down to the identity folders (pids depend on all splits)."""

@@ -105,6 +105,11 @@ class SyntheticWorld(Dataset):
 
     # -- listing
 
+    def identity_namespace(self) -> tuple:
+        """pid = category index * PID_STRIDE + identity index, and an identity's look
+        depends on (seed, category, identity): worlds of one seed share identities."""
+        return ("synthetic", self.seed)
+
     def records(self, split: str) -> list[Record]:
         if split not in self.splits:
             raise ValueError(f"SyntheticWorld: unknown split '{split}'; valid splits: {', '.join(self.splits)}")

@@ -1,0 +1,58 @@
+"""Ways a test set flatters every metric without a word, looked for at build and by
+`core data stats`:
+
+- identities seen in training: the ReID protocol measures how well the model finds
+  individuals it has never seen (Market-1501's and MSMT17's test identities are disjoint
+  from their training ones). A user's own folder tree or manifest can hold one identity
+  in train/ and in query/ or gallery/; the model was trained on it, and rank-1 and mAP
+  rise with every such identity.
+
+Identities are comparable only where the reader keeps one pid namespace across its
+splits: a reader says so with `Dataset.identity_namespace()` (None: not comparable, e.g.
+the Market-style readers, whose pids come from file names that an export may number per
+split). Two datasets with the same namespace (the same object, or the same folder or
+manifest read twice) are compared by (category, pid).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+
+from core.data.columns import as_columns
+
+#: how many examples a warning names
+EXAMPLES = 3
+#: the data.train / data.test entry key that says a test set queries training identities on purpose
+SEEN_IDENTITIES_KEY = "seen_identities"
+
+
+def identity_namespace(dataset: Any) -> Hashable | None:
+    """The dataset's pid namespace (see the module docstring), or None."""
+    method = getattr(dataset, "identity_namespace", None)
+    return method() if callable(method) else None
+
+
+def identities(records: Sequence[Any]) -> set[tuple[str, int]]:
+    """{(category, pid)} of the records, read from the columns (no Record objects)."""
+    cols = as_columns(records)
+    if not len(cols):
+        return set()
+    codes, names = cols.codes("category")
+    pairs = np.unique(np.stack([np.asarray(codes, dtype=np.int64), cols.pid]), axis=1)
+    return {(names[int(c)], int(p)) for c, p in pairs.T}
+
+
+def seen_identities(train: Sequence[Any], query: Sequence[Any], gallery: Sequence[Any]
+                    ) -> tuple[list[tuple[str, int]], int]:
+    """(the test identities that are also training identities, sorted; the number of test identities)."""
+    test = identities(query) | identities(gallery)
+    return sorted(test & identities(train)), len(test)
+
+
+def describe_seen(shared: list[tuple[str, int]], total: int, train: str = "train") -> str:
+    """'3 of 40 test identities (query/gallery) are also training identities of train (e.g. person pid 3, ...)'."""
+    examples = ", ".join(f"{c} pid {p}" for c, p in shared[:EXAMPLES]) + (", ..." if len(shared) > EXAMPLES else "")
+    return (f"{len(shared)} of {total} test identities (query/gallery) are also training identities of {train} "
+            f"(e.g. {examples})")

@@ -1,0 +1,126 @@
+"""Test sets that flatter every metric: test identities seen in training (the ReID protocol
+tests unseen individuals), warned about at build where the reader keeps one pid namespace
+across its splits (core.data.protocol_checks)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from layout_fixtures import images  # registered by conftest.py
+
+from core.testing import TINY_PIPELINE
+
+
+def leaky_folder(root: Path) -> Path:
+    """person 0003 is in train/ and in query/ + gallery/; 0004 is a test identity only."""
+    images(root / "train" / "person" / "0003", "0003_c1_a.jpg", "0003_c2_b.jpg")
+    images(root / "train" / "person" / "0006", "0006_c1_a.jpg", "0006_c2_b.jpg")
+    images(root / "query" / "person" / "0003", "0003_c1_q.jpg")
+    images(root / "gallery" / "person" / "0003", "0003_c2_g.jpg")
+    images(root / "query" / "person" / "0004", "0004_c1_q.jpg")
+    images(root / "gallery" / "person" / "0004", "0004_c2_g.jpg")
+    return root
+
+
+def build(tmp_path: Path, data: dict) -> list[str]:
+    """Build the pipeline (model on the meta device) and return its messages."""
+    from core.config.loading import load_pipeline
+    from core.pipeline import build_pipeline
+
+    config = {**copy.deepcopy(TINY_PIPELINE), "data": {**data, "transform": TINY_PIPELINE["data"]["transform"]},
+              "sampler": {"name": "pk", "batch_size": 4, "k": 2}}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    messages: list[str] = []
+    build_pipeline(load_pipeline(path), echo=messages.append, meta=True)
+    return messages
+
+
+def seen_warnings(messages: list[str]) -> list[str]:
+    return [m for m in messages if "also training identities" in m]
+
+
+def test_a_folder_tree_with_a_test_identity_in_train_is_warned_about_once_with_counts_and_an_example(tmp_path):
+    root = leaky_folder(tmp_path / "mine")
+    warning, = seen_warnings(build(tmp_path, {"train": [{"dataset": "folder", "root": str(root)}]}))
+    assert warning.startswith("warning: test set 'folder': 1 of 2 test identities (query/gallery) are also "
+                              "training identities of 'folder' (e.g. person pid 3)")
+    assert "seen_identities: true` on data.train.0" in warning
+
+
+def test_the_same_folder_named_again_in_data_test_is_compared_too(tmp_path):
+    root = leaky_folder(tmp_path / "mine")
+    warning, = seen_warnings(build(tmp_path, {"train": [{"dataset": "folder", "root": str(root)}],
+                                              "test": [{"dataset": "folder", "root": str(root)}]}))
+    assert "1 of 2 test identities" in warning and "on data.test.0" in warning
+
+
+def test_seen_identities_true_silences_the_warning(tmp_path):
+    root = leaky_folder(tmp_path / "mine")
+    data = {"train": [{"dataset": "folder", "root": str(root), "seen_identities": True}]}
+    assert seen_warnings(build(tmp_path, data)) == []
+
+
+def test_seen_identities_that_is_not_a_bool_names_the_key(tmp_path):
+    from core.config.loading import ConfigError
+
+    root = leaky_folder(tmp_path / "mine")
+    with pytest.raises(ConfigError, match=r"data\.train\.0\.seen_identities: expected true or false"):
+        build(tmp_path, {"train": [{"dataset": "folder", "root": str(root), "seen_identities": "yes"}]})
+
+
+def test_a_folder_tree_with_disjoint_identities_is_not_warned_about(tmp_path):
+    root = leaky_folder(tmp_path / "mine")
+    for split in ("query", "gallery"):
+        (root / split / "person" / "0003").rename(root / split / "person" / "0009")
+    assert seen_warnings(build(tmp_path, {"train": [{"dataset": "folder", "root": str(root)}]})) == []
+
+
+def test_a_manifest_with_one_pid_in_train_and_query_is_warned_about(tmp_path):
+    images(tmp_path / "img", "a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg", "f.jpg")
+    rows = ["path,pid,camid,split", "img/a.jpg,7,0,train", "img/b.jpg,7,1,train", "img/c.jpg,8,0,train",
+            "img/d.jpg,8,1,train", "img/e.jpg,7,0,query", "img/f.jpg,7,1,gallery"]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    warning, = seen_warnings(build(tmp_path, {"train": [{"dataset": "manifest", "path": str(tmp_path / "m.csv")}]}))
+    assert "1 of 1 test identities" in warning and "object pid 7" in warning
+
+
+def test_the_synthetic_world_keeps_test_identities_unseen(tmp_path):
+    """Its test identities come after the training ones (world.py): nothing to warn about."""
+    assert seen_warnings(build(tmp_path, copy.deepcopy(TINY_PIPELINE["data"]))) == []
+
+
+def test_a_synthetic_test_world_of_the_same_seed_reusing_training_identities_is_warned_about(tmp_path):
+    """Train identities 0..7; a test world with identities=4 tests 4..7: the same individuals."""
+    train = copy.deepcopy(TINY_PIPELINE["data"]["train"])
+    test = [{**train[0], "identities": 4}]
+    warning, = seen_warnings(build(tmp_path, {"train": train, "test": test}))
+    assert "8 of 8 test identities" in warning  # 4 persons + 4 vehicles
+
+
+def test_market_style_pids_numbered_per_split_are_not_compared(tmp_path):
+    """The synthetic world's Market export numbers train and test pids 1..N separately: pid 1
+    in bounding_box_train and in query are different individuals (core.data.synthetic.export)."""
+    root = tmp_path / "market"
+    images(root / "bounding_box_train", "0001_c1s1_000001_00.jpg", "0001_c2s1_000002_00.jpg",
+           "0002_c1s1_000001_00.jpg", "0002_c2s1_000002_00.jpg")
+    images(root / "query", "0001_c1s1_000001_00.jpg")
+    images(root / "bounding_box_test", "0001_c2s1_000002_00.jpg")
+    assert seen_warnings(build(tmp_path, {"train": [{"dataset": "market1501", "root": str(root)}]})) == []
+
+
+def test_core_data_stats_shows_the_test_identities_seen_in_training(tmp_path, capsys):
+    import json
+
+    from core.cli import main
+
+    root = leaky_folder(tmp_path / "mine")
+    assert main(["data", "stats", str(root)]) == 0
+    assert ("warning: test identities seen in training: 1 of 2 (e.g. person pid 3)"
+            in capsys.readouterr().out)
+    assert main(["data", "stats", str(root), "--json"]) == 0
+    (_, got), = json.loads(capsys.readouterr().out).items()
+    assert got["seen_identities"] == {"identities": 1, "of": 2, "examples": ["person pid 3"]}
