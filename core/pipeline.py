@@ -455,6 +455,16 @@ def _warn_seen_identities(cfg: LoadedConfig, sources: DataSources, i: int, label
                  "identities are queried on purpose")
 
 
+def _warn_query_in_gallery(label: str, query: Sequence[Record], gallery: Sequence[Record], echo: Any) -> None:
+    """Warn when query images are also gallery images (the same path): core.data.protocol_checks."""
+    from core.data.protocol_checks import describe_query_in_gallery, query_paths_in_gallery
+
+    paths = query_paths_in_gallery(query, gallery)
+    if paths:
+        echo(f"warning: test set '{label}': {describe_query_in_gallery(paths, len(query))}. List each image in "
+             "the query or in the gallery, not both")
+
+
 def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepare: str = "run",
                    echo: Any = None, meta: bool = False, image_check: str = "error",
                    context: BuildContext | None = None) -> Pipeline:
@@ -535,6 +545,7 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
         test_tables += [(i, test_sets[-1].query), (i, test_sets[-1].gallery)]
         if context is None:
             _warn_seen_identities(cfg, sources, i, label, train_records, query, gallery, echo)
+        _warn_query_in_gallery(label, query, gallery, echo)
     if not test_sets and context is None:  # said once, not silently an empty report
         echo("warning: this pipeline has no test set (" + (
             "data.test is empty" if test_specs is not None else

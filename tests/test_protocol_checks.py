@@ -124,3 +124,36 @@ def test_core_data_stats_shows_the_test_identities_seen_in_training(tmp_path, ca
     assert main(["data", "stats", str(root), "--json"]) == 0
     (_, got), = json.loads(capsys.readouterr().out).items()
     assert got["seen_identities"] == {"identities": 1, "of": 2, "examples": ["person pid 3"]}
+
+
+# -- a query image that is also in the gallery ---------------------------------------------------
+
+def query_in_gallery_warnings(messages: list[str]) -> list[str]:
+    return [m for m in messages if "also in the gallery" in m]
+
+
+def two_manifest_rows(tmp_path: Path, query_paths: list[str], gallery_paths: list[str]) -> dict:
+    images(tmp_path / "img", "a.jpg", "b.jpg", "c.jpg", "d.jpg", "q1.jpg", "q2.jpg", "g1.jpg", "g2.jpg")
+    rows = ["path,pid,camid,split", "img/a.jpg,1,0,train", "img/b.jpg,1,1,train", "img/c.jpg,2,0,train",
+            "img/d.jpg,2,1,train"]
+    rows += [f"{p},{5 + i},0,query" for i, p in enumerate(query_paths)]
+    rows += [f"{p},{5 + i},1,gallery" for i, p in enumerate(gallery_paths)]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return {"train": [{"dataset": "manifest", "path": str(tmp_path / "m.csv")}]}
+
+
+def test_a_query_image_listed_in_the_gallery_too_is_warned_about_with_the_count_and_the_path(tmp_path):
+    """q1.jpg is a query and, written another way (./img/q1.jpg), a gallery image."""
+    data = two_manifest_rows(tmp_path, ["img/q1.jpg", "img/q2.jpg"], ["./img/q1.jpg", "img/g2.jpg"])
+    warning, = query_in_gallery_warnings(build(tmp_path, data))
+    assert warning.startswith(f"warning: test set 'manifest': 1 of 2 query images are also in the gallery "
+                              f"(the same path: {tmp_path / 'img' / 'q1.jpg'})")
+
+
+def test_distinct_query_and_gallery_images_are_not_warned_about(tmp_path):
+    data = two_manifest_rows(tmp_path, ["img/q1.jpg", "img/q2.jpg"], ["img/g1.jpg", "img/g2.jpg"])
+    assert query_in_gallery_warnings(build(tmp_path, data)) == []
+
+
+def test_rendered_images_without_paths_are_not_compared(tmp_path):
+    assert query_in_gallery_warnings(build(tmp_path, copy.deepcopy(TINY_PIPELINE["data"]))) == []

@@ -6,6 +6,8 @@
   from their training ones). A user's own folder tree or manifest can hold one identity
   in train/ and in query/ or gallery/; the model was trained on it, and rank-1 and mAP
   rise with every such identity.
+- a query image that is also in the gallery (the same path): a distance of zero, a
+  trivially correct match unless the same-camera exclusion happens to drop it.
 
 Identities are comparable only where the reader keeps one pid namespace across its
 splits: a reader says so with `Dataset.identity_namespace()` (None: not comparable, e.g.
@@ -16,6 +18,7 @@ manifest read twice) are compared by (category, pid).
 
 from __future__ import annotations
 
+import os
 from typing import Any, Hashable, Sequence
 
 import numpy as np
@@ -56,3 +59,23 @@ def describe_seen(shared: list[tuple[str, int]], total: int, train: str = "train
     examples = ", ".join(f"{c} pid {p}" for c, p in shared[:EXAMPLES]) + (", ..." if len(shared) > EXAMPLES else "")
     return (f"{len(shared)} of {total} test identities (query/gallery) are also training identities of {train} "
             f"(e.g. {examples})")
+
+
+def query_paths_in_gallery(query: Sequence[Any], gallery: Sequence[Any]) -> list[str]:
+    """The query images whose path (normalised, not resolved: no file is opened) is also a
+    gallery image's path, sorted. Rendered images (no path) are not compared."""
+    return sorted(_paths(query) & _paths(gallery))
+
+
+def _paths(records: Sequence[Any]) -> set[str]:
+    cols = as_columns(records)
+    valid = cols.path_valid
+    return {os.path.normpath(os.path.abspath(p)) for i, p in enumerate(cols.path)
+            if p and (valid is None or valid[i])}
+
+
+def describe_query_in_gallery(paths: list[str], queries: int) -> str:
+    """'2 of 10 query images are also in the gallery (the same path: ...)'."""
+    examples = ", ".join(paths[:EXAMPLES]) + (", ..." if len(paths) > EXAMPLES else "")
+    return (f"{len(paths)} of {queries} query images are also in the gallery (the same path: {examples}); each "
+            "is its own distance-0 match, a trivially correct rank-1 unless the same-camera exclusion drops it")
