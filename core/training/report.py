@@ -60,12 +60,19 @@ def budget_line(record: dict[str, Any]) -> str:
     return f"Training budget: {steps:,} optimisation steps{seen}."
 
 
+#: the report of a run that evaluated nothing (a train-only dataset, `data.test: []`)
+NO_TEST_SET = ("This run has no test set, so it has no metrics: it trained without evaluation (the build warned "
+               "why). Name one in data.test, or give the training dataset its query and gallery splits, to evaluate.")
+
+
 def format_report(name: str, history: list[dict[str, Any]]) -> str:
-    budget = budget_line(history[-1]) if history else ""
+    if not history:  # no evaluation at all: an empty table (`| |  |`) read as a broken report
+        return f"# {name}\n\n{NO_TEST_SET}\n"
+    budget = budget_line(history[-1])
     text = [f"# {name}", "", "Metrics in % (CMC rank-k, mAP, mINP) per test set."
             + (f" {budget}" if budget else ""), "",
             format_table([(r["tag"], r) for r in history], metric_keys(history))]
-    text += skipped_queries_lines(history[-1]) if history else []
+    text += skipped_queries_lines(history[-1])
     categories = _groups(history[-1:], 2)
     if categories:
         last = history[-1]
