@@ -247,6 +247,12 @@ def default_threads() -> int:
     return 2 if torch.get_num_threads() >= 2 else 1
 
 
+class NoValidQuery(ValueError):
+    """No query of a set has a gallery item of its identity left to find: no metric exists.
+    A ValueError (callers catch that); its own class so that the CLI prints its message
+    alone and the reid evaluator can add where the test set's cameras came from."""
+
+
 def summarise(per_query: PerQueryMetrics, ranks: Sequence[int],
               mask: np.ndarray | None = None, what: str = "the query set") -> dict[str, float]:
     """Average the valid queries (of `mask`, if given) into percentages."""
@@ -254,7 +260,7 @@ def summarise(per_query: PerQueryMetrics, ranks: Sequence[int],
     n = int(valid.sum())
     if n == 0:
         total = len(valid) if mask is None else int(mask.sum())
-        raise ValueError(f"no valid query in {what}: none of its {total} queries has a gallery "
+        raise NoValidQuery(f"no valid query in {what}: none of its {total} queries has a gallery "
                          "item of its identity (left after removing same-identity same-camera "
                          "items, when exclude_same_camera is on); check the query and gallery "
                          "pids/camids, or set exclude_same_camera: false for single-camera data")

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from core.evaluation.distances import METRICS, blocked_rows, distance_to
-from core.evaluation.ranking import (DEFAULT_MEMORY_BUDGET, _codes, _per_category, _per_category_with, rank_metrics,
-                                    summarise, validate_ranks)
+from core.evaluation.ranking import (DEFAULT_MEMORY_BUDGET, NoValidQuery, _codes, _per_category, _per_category_with,
+                                    rank_metrics, summarise, validate_ranks)
 from core.evaluation.search import SEARCHES
 from core.interfaces import Evaluator, FeatureSet, RankedGallery
 from core.records import Record
@@ -130,6 +130,13 @@ class ReIDEvaluator(Evaluator):
         if self.per_category and len(np.unique(query.categories)) > 1:
             categories, names = query.categories, query.category_names
         groups = self._groups(query, gallery)
+        try:
+            return self._evaluate(query, gallery, categories, names, groups)
+        except NoValidQuery as exc:
+            raise NoValidQuery(f"{exc}{camera_source(query)}") from None
+
+    def _evaluate(self, query: FeatureSet, gallery: FeatureSet, categories, names,
+                  groups: dict) -> dict[str, float]:
         with torch.no_grad():
             if self.search in ("faiss_ivf", "faiss_ivfpq"):
                 return self._evaluate_top_k(query, gallery, categories, names)
@@ -242,6 +249,22 @@ class ReIDEvaluator(Evaluator):
                              self.metric, self.topk, gallery_block=self.gallery_block,
                              device=search_device(query))[1]
         return recall_at_k(retrieved[sample], exact)
+
+
+def camera_source(query: FeatureSet) -> str:
+    """For the 'no valid query' error: whose queries they are (the records' domains: a folder
+    tree's folder name, a manifest's file stem, a layout's name) and, for images read from
+    files, where their cameras came from, with one file and the camera read from it."""
+    records = query.records
+    if not len(records):
+        return ""
+    domains = sorted({r.domain for r in records})
+    text = f" (query images of {', '.join(repr(d) for d in domains[:3])}{', ...' if len(domains) > 3 else ''})"
+    first = records[0]
+    if first.path is None:  # rendered in memory: no file name to read a camera from
+        return text
+    return (f"{text}; cameras come from the image file names in a folder tree (the `c<N>` token) or a Market-style "
+            f"layout, and from the camid column in a manifest: {first.path} is camera {first.camid}")
 
 
 def search_device(query: FeatureSet) -> torch.device:

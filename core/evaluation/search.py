@@ -179,7 +179,9 @@ def summarise_topk(valid: np.ndarray, first: np.ndarray, ap: np.ndarray, ranks: 
     keep = valid if mask is None else valid & mask
     n = int(keep.sum())
     if n == 0:
-        raise ValueError("no valid query: no query has a gallery item of its identity (left after "
+        from core.evaluation.ranking import NoValidQuery
+
+        raise NoValidQuery("no valid query: no query has a gallery item of its identity (left after "
                          "removing same-identity same-camera items)")
     out: dict[str, float] = {f"rank-{r}": 100.0 * float(np.mean((first[keep] > 0) & (first[keep] <= r)))
                              for r in ranks}
