@@ -326,7 +326,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # are logged), so the verbosity flags are read from argv first
     level = log_setup.verbosity(bool({"-q", "--quiet"} & set(argv)), bool({"-v", "--verbose"} & set(argv)))
     with log_setup.console(level):
-        parser = build_parser()
+        from core.plugins import PluginLoadError
+
+        try:
+            parser = build_parser()  # loads the plugins: before `_run_command`'s handler
+        except PluginLoadError as exc:  # CORE_STRICT_PLUGINS=1 and a broken plugin
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             parser.print_help()

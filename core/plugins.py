@@ -86,9 +86,11 @@ class PluginManager(pluggy.PluginManager):
 
     def failed(self, info: PluginInfo) -> None:
         self.infos[info.name] = info
-        if strict():
-            raise PluginLoadError(f"plugin '{info.name}' failed to load: {info.error}")
         last = info.error.splitlines()[-1] if info.error else ""
+        if strict():  # one line (the CLI prints it as is): the plugin, its entry point, the error
+            raise PluginLoadError(f"plugin '{info.name}' ({info.distribution or info.module}) failed to load "
+                                  f"(CORE_STRICT_PLUGINS=1 makes that an error): entry point "
+                                  f"`{info.name} = {info.module}`: {' '.join((info.reason or last).split())}")
         log.warning(f"plugin '{info.name}' ({info.distribution or info.module}) failed to load "
                     f"and was skipped: {info.reason or last} "
                     "(set CORE_STRICT_PLUGINS=1 to make this an error)")

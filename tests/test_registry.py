@@ -215,10 +215,18 @@ def test_broken_plugin_is_reported_and_skipped(broken_plugin_path):
     assert {"ce", "triplet"} <= set(loss_line.split(":", 1)[1].replace(",", " ").split())  # the rest still works
 
 
-def test_broken_plugin_is_an_error_in_strict_mode(broken_plugin_path):
-    proc = run_core(["plugins"], env={"PYTHONPATH": broken_plugin_path, "CORE_STRICT_PLUGINS": "1"})
-    assert proc.returncode != 0
-    assert "PluginLoadError" in proc.stderr and "broken" in proc.stderr
+@pytest.mark.parametrize("argv", [["plugins"], ["--help"]])
+def test_broken_plugin_is_a_one_line_error_in_strict_mode(broken_plugin_path, argv):
+    """Raised while the parser is built (plugins add commands), before the CLI's error
+    handler: it was a raw nested traceback, exit 1. Now one line naming the plugin, its
+    entry point and the import error, exit 2 (bad input: the installed plugin)."""
+    proc = run_core(argv, env={"PYTHONPATH": broken_plugin_path, "CORE_STRICT_PLUGINS": "1"})
+    assert proc.returncode == 2, proc.stderr
+    line, = proc.stderr.strip().splitlines()
+    assert line.startswith("error: plugin 'broken' (reid-broken) failed to load"), line
+    assert "entry point `broken = broken_plugin`" in line
+    assert "ModuleNotFoundError: No module named 'not_a_real_dependency_xyz'" in line
+    assert "CORE_STRICT_PLUGINS=1" in line and "Traceback" not in proc.stderr
 
 
 @pytest.fixture
