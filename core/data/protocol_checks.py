@@ -37,21 +37,25 @@ def identity_namespace(dataset: Any) -> Hashable | None:
     return method() if callable(method) else None
 
 
-def identities(records: Sequence[Any]) -> set[tuple[str, int]]:
-    """{(category, pid)} of the records, read from the columns (no Record objects)."""
+def identities(records: Sequence[Any]) -> dict[str, np.ndarray]:
+    """{category: its sorted unique pids}, read from the columns (no Record objects: a
+    5M-row manifest takes about a second)."""
     cols = as_columns(records)
     if not len(cols):
-        return set()
+        return {}
     codes, names = cols.codes("category")
-    pairs = np.unique(np.stack([np.asarray(codes, dtype=np.int64), cols.pid]), axis=1)
-    return {(names[int(c)], int(p)) for c, p in pairs.T}
+    codes = np.asarray(codes)
+    return {names[int(c)]: np.unique(cols.pid[codes == c]) for c in np.unique(codes)}
 
 
 def seen_identities(train: Sequence[Any], query: Sequence[Any], gallery: Sequence[Any]
                     ) -> tuple[list[tuple[str, int]], int]:
-    """(the test identities that are also training identities, sorted; the number of test identities)."""
-    test = identities(query) | identities(gallery)
-    return sorted(test & identities(train)), len(test)
+    """(the test identities that are also training identities as sorted (category, pid); the
+    number of test identities)."""
+    q, g, t = identities(query), identities(gallery), identities(train)
+    test = {c: np.union1d(q.get(c, np.zeros(0, np.int64)), g.get(c, np.zeros(0, np.int64))) for c in {*q, *g}}
+    shared = [(c, int(p)) for c in sorted(test) if c in t for p in np.intersect1d(test[c], t[c])]
+    return shared, sum(len(p) for p in test.values())
 
 
 def describe_seen(shared: list[tuple[str, int]], total: int, train: str = "train") -> str:
