@@ -428,11 +428,21 @@ def empty_split_fault(cfg: LoadedConfig, sources: DataSources, i: int, query: li
                           + (", or name a test set in data.test" if sources.test_specs is None else ""))
 
 
-def _warn_seen_identities(cfg: LoadedConfig, sources: DataSources, i: int, label: str,
-                          train_records: list[Sequence[Record]], query: Sequence[Record],
-                          gallery: Sequence[Record], echo: Any) -> None:
-    """Warn when test set i holds identities of a training dataset with the same pid
-    namespace (core.data.protocol_checks), unless its entry says `seen_identities: true`."""
+def test_set_warnings(cfg: LoadedConfig, sources: DataSources, i: int, label: str,
+                      train_records: list[Sequence[Record]] | None, query: Sequence[Record],
+                      gallery: Sequence[Record]) -> list[str]:
+    """The warnings about test set i (core.data.protocol_checks), for the build and
+    `core validate --data`: identities seen in training (not looked for without
+    `train_records`), query images that are also gallery images."""
+    out = [] if train_records is None else _seen_identities(cfg, sources, i, label, train_records, query, gallery)
+    return out + _query_in_gallery(label, query, gallery)
+
+
+def _seen_identities(cfg: LoadedConfig, sources: DataSources, i: int, label: str,
+                     train_records: list[Sequence[Record]], query: Sequence[Record],
+                     gallery: Sequence[Record]) -> list[str]:
+    """Test set i's identities also in a training dataset with the same pid namespace,
+    unless its entry says `seen_identities: true`."""
     from core.data.protocol_checks import (SEEN_IDENTITIES_KEY, describe_seen, identity_namespace,
                                            seen_identities)
 
@@ -443,26 +453,27 @@ def _warn_seen_identities(cfg: LoadedConfig, sources: DataSources, i: int, label
                                                          f"training identities on purpose), got {describe(allowed)}")
     namespace = identity_namespace(sources.test_pairs[i][1])
     if allowed or namespace is None:
-        return
+        return []
+    out = []
     for name, dataset, records in zip(sources.train_names, sources.train_datasets, train_records):
         if identity_namespace(dataset) != namespace:
             continue
         shared, total = seen_identities(records, query, gallery)
         if shared:
-            echo(f"warning: test set '{label}': {describe_seen(shared, total, repr(name))}: the ReID protocol tests "
-                 "unseen identities, and seen ones inflate every metric. Keep each identity in train/ or in "
-                 f"query/ and gallery/, not both; or set `{SEEN_IDENTITIES_KEY}: true` on {key} if training "
-                 "identities are queried on purpose")
+            out.append(f"warning: test set '{label}': {describe_seen(shared, total, repr(name))}: the ReID protocol "
+                       "tests unseen identities, and seen ones inflate every metric. Keep each identity in training "
+                       f"or in query/gallery, not both; or set `{SEEN_IDENTITIES_KEY}: true` on {key} if training "
+                       "identities are queried on purpose")
+    return out
 
 
-def _warn_query_in_gallery(label: str, query: Sequence[Record], gallery: Sequence[Record], echo: Any) -> None:
-    """Warn when query images are also gallery images (the same path): core.data.protocol_checks."""
+def _query_in_gallery(label: str, query: Sequence[Record], gallery: Sequence[Record]) -> list[str]:
+    """Query images that are also gallery images (the same path)."""
     from core.data.protocol_checks import describe_query_in_gallery, query_paths_in_gallery
 
     paths = query_paths_in_gallery(query, gallery)
-    if paths:
-        echo(f"warning: test set '{label}': {describe_query_in_gallery(paths, len(query))}. List each image in "
-             "the query or in the gallery, not both")
+    return [f"warning: test set '{label}': {describe_query_in_gallery(paths, len(query))}. List each image in "
+            "the query or in the gallery, not both"] if paths else []
 
 
 def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepare: str = "run",
@@ -543,9 +554,9 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
             datasets=[dataset],
         ))
         test_tables += [(i, test_sets[-1].query), (i, test_sets[-1].gallery)]
-        if context is None:
-            _warn_seen_identities(cfg, sources, i, label, train_records, query, gallery, echo)
-        _warn_query_in_gallery(label, query, gallery, echo)
+        for warning in test_set_warnings(cfg, sources, i, label, train_records if context is None else None,
+                                         query, gallery):
+            echo(warning)
     if not test_sets and context is None:  # said once, not silently an empty report
         echo("warning: this pipeline has no test set (" + (
             "data.test is empty" if test_specs is not None else

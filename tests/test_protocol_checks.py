@@ -157,3 +157,25 @@ def test_distinct_query_and_gallery_images_are_not_warned_about(tmp_path):
 
 def test_rendered_images_without_paths_are_not_compared(tmp_path):
     assert query_in_gallery_warnings(build(tmp_path, copy.deepcopy(TINY_PIPELINE["data"]))) == []
+
+
+def validate_output(tmp_path: Path, data: dict, capsys) -> str:
+    from core.cli import main
+
+    config = {**copy.deepcopy(TINY_PIPELINE), "data": data}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert main(["validate", "--data", str(path)]) == 0  # warnings: the data can be read
+    return capsys.readouterr().out
+
+
+def test_core_validate_data_reports_test_identities_seen_in_training(tmp_path, capsys):
+    out = validate_output(tmp_path, {"train": [{"dataset": "folder", "root": str(leaky_folder(tmp_path / "m"))}]},
+                          capsys)
+    assert "data OK" in out and "  warning: test set 'folder': 1 of 2 test identities" in out
+
+
+def test_core_validate_data_reports_query_images_in_the_gallery(tmp_path, capsys):
+    out = validate_output(tmp_path, two_manifest_rows(tmp_path, ["img/q1.jpg", "img/q2.jpg"],
+                                                      ["img/q1.jpg", "img/g2.jpg"]), capsys)
+    assert "data OK" in out and "  warning: test set 'manifest': 1 of 2 query images are also in the gallery" in out

@@ -1,6 +1,7 @@
 """`core validate --data PIPELINE`: the data checks `core run` makes before training, alone
 (no model, no labelers): every image file's header and tail (core.data.image_check) and
-every test set's query and gallery. With `--full-decode`, every image file is decoded
+every test set's query and gallery, and the test sets' protocol warnings (identities seen in
+training, query images also in the gallery: core.data.protocol_checks). With `--full-decode`, every image file is decoded
 too: it finds the files whose middle is damaged, which the header and tail check passes
 and a run then meets at the first batch that holds one."""
 
@@ -21,7 +22,7 @@ def validate_data(pipeline: str | Path, overrides: Sequence[str] = (), full_deco
     sets using it, the file holding that list, and the empty-split faults. `full_decode`:
     decode every image file, not only its header and tail."""
     from core.config.loading import load_pipeline
-    from core.pipeline import build_data_sources, empty_split_fault, list_records
+    from core.pipeline import build_data_sources, empty_split_fault, list_records, test_set_warnings
 
     cfg = load_pipeline(pipeline, list(overrides))
     sources = build_data_sources(cfg)
@@ -34,6 +35,10 @@ def validate_data(pipeline: str | Path, overrides: Sequence[str] = (), full_deco
     list_file = write_bad_list(bad, used_in)[0] if bad else None
     faults = [str(fault) for i, (q, g) in enumerate(test)
               if (fault := empty_split_fault(cfg, sources, i, q, g, (len(q), len(g)))) is not None]
+    names = [n for n, _ in sources.test_pairs]
+    warnings = [w for i, (q, g) in enumerate(test_records) if len(q) and len(g)
+                for w in test_set_warnings(cfg, sources, i, names[i] if names.count(names[i]) == 1 else
+                                           f"{names[i]}#{i}", train_records, q, g)]
     return {
         "pipeline": str(pipeline),
         "sets": {s.label: {"records": len(s.records), "files": sum(r.path is not None for r in s.records),
@@ -44,6 +49,7 @@ def validate_data(pipeline: str | Path, overrides: Sequence[str] = (), full_deco
         "unreadable": [{"path": p, "reason": why, "used_in": used_in[p]} for p, why in bad.items()],
         "list_file": str(list_file) if list_file else None,
         "split_faults": faults,
+        "warnings": warnings,
         "ok": not bad and not faults,
     }
 
@@ -76,4 +82,6 @@ def validate_data_command(pipelines: Sequence[str], overrides: Sequence[str] = (
             print(f"  the full list: {summary['list_file'] or '(could not be written)'}; {what}")
         for fault in summary["split_faults"]:
             print(f"  error: {fault}")
+        for warning in summary["warnings"]:
+            print(f"  {warning}")
     return rc
