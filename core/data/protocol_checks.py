@@ -1,5 +1,5 @@
-"""Ways a test set flatters every metric without a word, looked for at build and by
-`core data stats`:
+"""Ways a test set flatters every metric without a word, warned about at build and by
+`core validate --data` (the seen identities also counted by `core data stats`):
 
 - identities seen in training: the ReID protocol measures how well the model finds
   individuals it has never seen (Market-1501's and MSMT17's test identities are disjoint
