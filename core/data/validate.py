@@ -1,9 +1,10 @@
 """`core validate --data PIPELINE`: the data checks `core run` makes before training, alone
-(no model, no labelers): every image file's header and tail (core.data.image_check) and
-every test set's query and gallery, and the test sets' protocol warnings (identities seen in
-training, query images also in the gallery: core.data.protocol_checks). With `--full-decode`, every image file is decoded
-too: it finds the files whose middle is damaged, which the header and tail check passes
-and a run then meets at the first batch that holds one."""
+(no model, no labelers): every image file's header and tail (core.data.image_check),
+every test set's query and gallery, and the test sets' protocol warnings (identities seen
+in training, query images also in the gallery: core.data.protocol_checks). With
+`--full-decode`, every image file is decoded too: it finds the files whose middle is
+damaged, which the header and tail check passes and a run then meets at the first batch
+that holds one."""
 
 from __future__ import annotations
 
