@@ -158,6 +158,100 @@ def test_masked_average_precision_is_the_plain_loops():
         assert ap[i] == pytest.approx(want or 0.0, abs=1e-12)
 
 
+def plain_ranked_metrics(d: np.ndarray, ranked: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray):
+    """(valid, AP, first rank) per query by `plain_average_precision`'s walk."""
+    valid, ap, first = [], [], []
+    for i in range(len(d)):
+        order = [j for j in sorted(range(d.shape[1]), key=lambda j: (d[i, j], j)) if ranked[i, j]]
+        hits = [k + 1 for k, j in enumerate(order) if g_pids[j] == q_pids[i]]
+        want = plain_average_precision(d[i], ranked[i], q_pids[i], g_pids)
+        valid.append(want is not None)
+        ap.append(want or 0.0)
+        first.append(hits[0] if hits else 0)
+    return np.array(valid), np.array(ap), np.array(first)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("spread", ["ties", "distinct", "negative"])
+@pytest.mark.parametrize("chunk_size", [0, 3])
+def test_the_evaluators_ranking_under_a_mask_is_the_plain_loops(dtype, spread, chunk_size):
+    """`per_query_metrics(ranked=...)` (what `--worst` runs): an item the mask leaves out
+    is neither a positive nor before one, whatever its identity; ties go by gallery index.
+    Rows masked whole, rows without a positive and both of the ranking's paths (few
+    items up to the hardest positive: listed; most: the whole chunk binned) included."""
+    from core.evaluation.ranking import per_query_metrics
+
+    rng = np.random.default_rng(7)
+    q, g = 11, 200
+    q_pids, g_pids = rng.integers(0, 4, q), rng.integers(0, 4, g)
+    if spread == "ties":
+        d = rng.integers(0, 6, (q, g)).astype(dtype)
+    else:
+        d = rng.random((q, g)).astype(dtype) - (0.5 if spread == "negative" else 0.0)
+    near = g_pids[None, :] == q_pids[:, None]
+    d[:5] = np.where(near[:5], d[:5] * 0.01, d[:5] + 10)  # rows 0-4: positives first (the listed path)
+    ranked = rng.random((q, g)) > 0.4
+    ranked[1] = False  # nothing ranked
+    ranked[2] &= ~near[2]  # no positive ranked
+    calls = []
+
+    def mask(rows):
+        calls.append(np.asarray(rows).tolist())
+        return ranked[rows]
+
+    got = per_query_metrics(torch.from_numpy(d), q_pids, g_pids, np.zeros(q), np.zeros(g), exclude_same_camera=False,
+                            chunk_size=chunk_size, threads=1, ranked=mask)
+    valid, ap, first = plain_ranked_metrics(d, ranked, q_pids, g_pids)
+    assert got.valid.tolist() == valid.tolist() and not valid[1] and not valid[2] and valid.sum() >= 7
+    np.testing.assert_allclose(got.average_precision, ap, rtol=0, atol=1e-12)
+    assert got.first_rank.tolist() == first.tolist()
+    assert sorted(sum(calls, [])) == list(range(q))  # every query's mask asked once
+
+
+def test_a_mask_and_the_camera_rule_together_remove_both():
+    """The evaluator's own removal (identity and camera) still applies under a mask."""
+    from core.evaluation.ranking import per_query_metrics
+
+    rng = np.random.default_rng(3)
+    q, g = 9, 120
+    d = rng.integers(0, 4, (q, g)).astype(np.float32)
+    q_pids, g_pids, q_cams, g_cams = (rng.integers(0, 3, n) for n in (q, g, q, g))
+    ranked = rng.random((q, g)) > 0.3
+    got = per_query_metrics(d, q_pids, g_pids, q_cams, g_cams, threads=1, ranked=lambda rows: ranked[rows])
+    both = ranked & ~((q_pids[:, None] == g_pids[None, :]) & (q_cams[:, None] == g_cams[None, :]))
+    valid, ap, first = plain_ranked_metrics(d, both, q_pids, g_pids)
+    assert got.valid.tolist() == valid.tolist()
+    np.testing.assert_allclose(got.average_precision, ap, rtol=0, atol=1e-12)
+    assert got.first_rank.tolist() == first.tolist()
+
+
+def test_a_mask_of_the_wrong_shape_is_named():
+    from core.evaluation.ranking import per_query_metrics
+
+    with pytest.raises(ValueError, match=r"ranked\(rows\) for query rows \[0, 2\).*expected bool of shape \(2, 3\)"):
+        per_query_metrics(np.zeros((2, 3)), [0, 1], [0, 1, 1], [0, 0], [1, 1, 1], threads=1,
+                          ranked=lambda rows: np.ones((len(rows), 4), dtype=bool))
+
+
+def test_worst_queries_aps_are_the_plain_loops_under_an_arbitrary_mask():
+    """`protocol_average_precision` (the APs `--worst` sorts) on real distances with a
+    mask that is no camera rule: each query's AP, validity and first rank as the loop
+    walks the cosine distances."""
+    from core.evaluation.distances import pairwise_distance
+    from core.tools.search import protocol_average_precision
+
+    rng = np.random.default_rng(5)
+    q_emb, g_emb = rng.standard_normal((13, 8)).astype(np.float32), rng.standard_normal((90, 8)).astype(np.float32)
+    g_emb[40:50] = g_emb[30:40]  # duplicate items: equal distances, ordered by index
+    q_pids, g_pids = rng.integers(0, 5, 13), rng.integers(0, 5, 90)
+    valid, ap, first = protocol_average_precision(q_emb, g_emb, "cosine", lambda rows: ~hidden(rows, 90), q_pids,
+                                                  g_pids)
+    d = pairwise_distance(torch.from_numpy(q_emb), torch.from_numpy(g_emb), "cosine").numpy()
+    want = plain_ranked_metrics(d, ~hidden(np.arange(13), 90), q_pids, g_pids)
+    assert valid.tolist() == want[0].tolist() and first.tolist() == want[2].tolist()
+    np.testing.assert_allclose(ap, want[1], rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"exclude_same_camera": False}])
 def test_the_reid_evaluators_rule_gives_its_map(trained_run, kwargs):
     """`--worst`'s per-query APs over the `reid` evaluator's rule average to its mAP (the

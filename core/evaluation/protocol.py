@@ -1,6 +1,6 @@
 """What evaluation ranks for each query, as a mask that tools apply without knowing any
-method's rule (`core.interfaces.RankedGallery`, `Evaluator.ranked_gallery`), and each
-query's AP under such a mask (`core search --worst`).
+method's rule (`core.interfaces.RankedGallery`, `Evaluator.ranked_gallery`), and a
+sort-based reference for each query's AP under such a mask.
 
 `standard_ranked_gallery` is the standard ReID protocol (`core.evaluation.ranking`'s
 module doc): every gallery item is ranked but those of the query's identity seen by its
@@ -9,8 +9,10 @@ own group. It is the default of `Evaluator.ranked_gallery` and the `reid` evalua
 
 `masked_average_precision` is the per-query reference: sort the gallery by (distance,
 gallery index), keep the ranked items, average the precision at each positive (a kept
-item of the query's identity). The evaluators compute the same numbers another way
-(positives' ranks, no sort), so agreement between the two is a check, not a copy.
+item of the query's identity). `core search --worst` does not run it: it hands the mask
+to the evaluator's ranking (`core.evaluation.ranking.per_query_metrics(ranked=...)`:
+positives' ranks, no sort; ~10x faster, `bench/worst_queries.py`), so agreement between
+the two is a check, not a copy (tests, and the bench's baseline).
 """
 
 from __future__ import annotations

@@ -49,7 +49,8 @@ DEFAULT_MEMORY_BUDGET = 256 * 2**20
 #: Bytes of temporaries per (query, gallery) entry of a chunk, a conservative estimate:
 #: the distances (4; 8 while a euclidean chunk is computed), the scaled distances (4),
 #: the int32 bins (4), the mask (1), the histogram and its cumulative sums (16 per bin,
-#: <= 1 bin per entry).
+#: <= 1 bin per entry). A `ranked` mask adds 5 (its copy of the distances, the mask), not
+#: counted here: with the default budget the automatic chunks are bounded by `_CACHE_ENTRIES`.
 _BYTES_PER_ENTRY = 32
 #: Automatic chunks hold at most this many (query, gallery) entries: the few passes over
 #: a chunk then run in cache (measured fastest on CPU between 2**20 and 2**22).
@@ -68,6 +69,8 @@ _SAMPLE_STRIDE = 16
 
 #: A (Q, G) distance matrix, or a function returning its rows [start, stop).
 DistanceSource = Union[torch.Tensor, np.ndarray, Callable[[int, int], torch.Tensor]]
+#: Query rows -> (len(rows), G) bool, True where a gallery item is ranked (`per_query_metrics`).
+RankedMask = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -139,13 +142,18 @@ def query_gallery_labels(q_pids, g_pids, q_camids, g_camids, q_groups=None, g_gr
 def per_query_metrics(distances: DistanceSource, q_pids, g_pids, q_camids, g_camids,
                       exclude_same_camera: bool = True, chunk_size: int = 0,
                       memory_budget: int = DEFAULT_MEMORY_BUDGET, threads: int = 0,
-                      q_groups=None, g_groups=None) -> PerQueryMetrics:
+                      q_groups=None, g_groups=None, ranked: RankedMask | None = None) -> PerQueryMetrics:
     """Each query's first-positive rank, AP and INP under the protocol (see module doc).
 
     With `q_groups` and `g_groups` (one label per query / gallery item, e.g. clothes
     ids), a gallery item of the query's identity that shares its group is removed too,
     like one from its camera: the clothes-changing protocol of LTCC / PRCC, where only
     images of the person in other clothes count.
+
+    With `ranked` (`core.interfaces.RankedGallery.ranked`: query rows -> (len(rows), G)
+    bool, True where the item is ranked), the items it marks False are removed as well,
+    whatever their identity: neither a positive nor counted before one (a gallery per
+    task, any evaluator's rule). It is called once per chunk, from the ranking threads.
 
     Chunks are ranked by `threads` threads (0: `default_threads()`): most of the work is
     in torch ops that run on one core and release the GIL (histograms, gathers), so two
@@ -163,7 +171,7 @@ def per_query_metrics(distances: DistanceSource, q_pids, g_pids, q_camids, g_cam
     # chunks whose items up to the hardest positive are few (a trained model) are listed,
     # not binned whole: fewer passes per entry, so larger chunks pay (fewer small ops)
     listed_step = resolve_chunk_size(chunk_size, num_q, num_g, memory_budget // threads, _LISTED_CACHE_ENTRIES)
-    chunks = _Chunks(_row_source(distances, num_q, num_g), num_q, step, listed_step, labels)
+    chunks = _Chunks(_row_source(distances, num_q, num_g), num_q, step, listed_step, labels, ranked)
     if threads == 1 or max(step, listed_step) >= num_q:
         chunks.rank_all()
     else:
@@ -202,8 +210,9 @@ class _Chunks:
     queries after a chunk whose items were listed. Results are kept by chunk start."""
 
     def __init__(self, rows: Callable[[int, int], torch.Tensor], num_q: int, step: int, listed_step: int,
-                 labels: _Labels):
+                 labels: _Labels, ranked: RankedMask | None = None):
         self.rows, self.num_q, self.step, self.listed_step, self.labels = rows, num_q, step, listed_step, labels
+        self.ranked = ranked
         self.next, self.listed = 0, False
         self.lock, self.failed = threading.Lock(), threading.Event()
         self.parts: dict[int, tuple] = {}
@@ -227,6 +236,8 @@ class _Chunks:
                 work = workspaces.setdefault(d.device, _Workspace(d.device))
                 removal = _Removal(q_cams[start:stop], None if q_groups is None else q_groups[start:stop], gallery,
                                    self.labels.exclude_same_camera)
+                if self.ranked is not None:
+                    d, removal.ranked = _unranked_removed(d, self.ranked, start, stop, work)
                 num_pos, pos_ranks, listed = _positive_ranks(d, q_pids[start:stop], gallery, removal, work)
                 self.parts[start] = _from_ranks(num_pos, pos_ranks)
                 if listed is not None:
@@ -347,7 +358,10 @@ def _positive_ranks(d: torch.Tensor, q_pids: torch.Tensor, gallery: "_GalleryInd
     if width == 0:
         return num_pos, torch.ones((c, 0), dtype=torch.int64, device=d.device), None
     flat_d = d.view(-1)
-    pos_flat, junk_flat = pos_rows * g + cols[~junk], rows[junk] * g + cols[junk]
+    counted = junk  # removed items the histogram counts, to subtract
+    if removal.ranked is not None:  # items a mask leaves out sit at +inf, after every positive: none to subtract
+        counted = junk & removal.ranked[rows, cols]
+    pos_flat, junk_flat = pos_rows * g + cols[~junk], rows[counted] * g + cols[counted]
     pos_values = flat_d.index_select(0, pos_flat)
     hardest = torch.full((c,), -float("inf"), dtype=d.dtype, device=d.device)
     hardest.scatter_reduce_(0, pos_rows, pos_values, "amax")
@@ -390,18 +404,37 @@ def _positive_ranks(d: torch.Tensor, q_pids: torch.Tensor, gallery: "_GalleryInd
     return num_pos, pos_ranks, listed is not None
 
 
+def _unranked_removed(d: torch.Tensor, ranked: RankedMask, start: int, stop: int,
+                      work: "_Workspace") -> tuple[torch.Tensor, torch.Tensor]:
+    """(the chunk's distances with the items `ranked` leaves out at +inf, its (c, G) mask
+    as a tensor). An item at +inf is after every positive (distances are finite), so
+    nothing counts it before one; `_Removal` takes it out of the positives. The copy goes
+    to a workspace buffer: the caller's distances are not changed."""
+    mask = np.asarray(ranked(np.arange(start, stop)))
+    if mask.shape != tuple(d.shape) or mask.dtype != np.bool_:
+        raise ValueError(f"ranked(rows) for query rows [{start}, {stop}) gave a {mask.dtype} array of shape "
+                         f"{mask.shape}; expected bool of shape {tuple(d.shape)} (True where an item is ranked)")
+    kept = torch.from_numpy(mask).to(d.device)
+    out = work("ranked distances", d.numel(), d.dtype).view(d.shape)
+    return torch.where(kept, d, torch.tensor(float("inf"), dtype=d.dtype, device=d.device), out=out), kept
+
+
 class _Removal:
     """Which same-identity (row, col) pairs of a chunk the protocol removes: those from
-    the query's camera (when `exclude_same_camera`) and those sharing its group (clothes
-    id), when groups are given."""
+    the query's camera (when `exclude_same_camera`), those sharing its group (clothes
+    id), when groups are given, and those a `ranked` mask ((c, G), True where ranked)
+    leaves out: their distances are then +inf (`_unranked_removed`)."""
 
     def __init__(self, q_cams: torch.Tensor, q_groups: torch.Tensor | None, gallery: "_GalleryIndex",
                  exclude_same_camera: bool):
         self.q_cams, self.q_groups, self.gallery = q_cams, q_groups, gallery
         self.exclude_same_camera = exclude_same_camera
+        self.ranked: torch.Tensor | None = None
 
     def __call__(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         removed = torch.zeros_like(rows, dtype=torch.bool)
+        if self.ranked is not None:
+            removed |= ~self.ranked[rows, cols]
         if self.exclude_same_camera:
             removed |= self.q_cams.index_select(0, rows) == self.gallery.cams.index_select(0, cols)
         if self.q_groups is not None:
@@ -502,7 +535,8 @@ class _BinMap:
     two distances of a row (it may merge them into one bin; `_positive_ranks` then orders
     them exactly), and it gives an item the same bin whatever tensor it is computed in.
     Rows never share a bin: offsets stay below 2**24 (exact in float32). A row without
-    positive (lo inf, hardest -inf) puts every item in its first bin."""
+    span (no positive: lo inf, hardest -inf; or all items equal) gets bins of unit width;
+    +inf (an item a `ranked` mask leaves out) goes to the last bin."""
 
     def __init__(self, lo: torch.Tensor, hardest: torch.Tensor, items_per_row: int):
         c = lo.shape[0]
@@ -510,7 +544,8 @@ class _BinMap:
         self.total = c * self.per_row
         self.lo = torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))
         scale = (self.per_row - 2) / (hardest - self.lo).clamp_(min=0)
-        self.scale = torch.where(torch.isfinite(scale), scale, torch.zeros_like(scale))  # one bin if span 0
+        # span 0 or no positive: unit bins (any monotone map is exact; 0 would make +inf * 0 a NaN)
+        self.scale = torch.where(torch.isfinite(scale), scale, torch.ones_like(scale))
         self.offset = torch.arange(c, device=lo.device, dtype=lo.dtype) * self.per_row
 
     def __call__(self, values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

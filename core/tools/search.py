@@ -4,7 +4,8 @@ ranked lists and draw them (a PNG per query and an index.html).
 Also the worst queries of an evaluation (`core search RUN --worst N`): each of the run's
 test sets is ranked as its evaluator ranks it (`Evaluator.ranked_gallery`: the items it
 ranks for each query, e.g. Instruct-ReID's task gallery), each query's average precision
-is computed over those items (`core.evaluation.protocol.masked_average_precision`), the
+over those items is computed by the evaluator's own ranking
+(`core.evaluation.ranking.per_query_metrics`, the items left out as removed items), the
 mAP is averaged as the evaluator averages it (per task, then over tasks, for
 Instruct-ReID) and printed with the `core eval` key it equals, and the N queries with the
 lowest AP are drawn into the run folder (`<run>/worst-queries/`).
@@ -26,7 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from core.evaluation.distances import distance_to, pairwise_distance
+from core.evaluation.distances import blocked_rows, distance_to, pairwise_distance
 from core.interfaces import RankedGallery
 from core.tools.images import UNKNOWN, ImageSet
 from core.tools.ranked_items import camera_rule, evaluation_rule, evaluator_protocol, protocol_map, search_rule
@@ -302,20 +303,19 @@ def worst_queries(target: str | Path, count: int = 10, top: int = 10, out: str |
 
 def protocol_average_precision(q_emb, g_emb, metric: str, ranked: Callable[[np.ndarray], np.ndarray],
                                q_pids: np.ndarray, g_pids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(valid, AP, first rank) of every query over the items `ranked` marks, chunk by
-    chunk of queries (`core.evaluation.protocol.masked_average_precision`)."""
-    from core.evaluation.protocol import chunk_rows, masked_average_precision
+    """(valid, AP, first rank) of every query over the items `ranked` marks: the
+    evaluator's own ranking (`core.evaluation.ranking.per_query_metrics`, no sort) of the
+    distances it computes (`blocked_rows`, the same products), with the mask as its
+    removed items, so each AP is exactly the one `evaluate` averages."""
+    from core.evaluation.ranking import per_query_metrics
 
     q, g = torch.as_tensor(q_emb, dtype=torch.float32), torch.as_tensor(g_emb, dtype=torch.float32)
-    to_gallery = distance_to(g, metric)
-    parts = []
-    step = chunk_rows(len(g))
-    for start in range(0, len(q), step):
-        rows = np.arange(start, min(start + step, len(q)))
-        parts.append(masked_average_precision(to_gallery(q[start:rows[-1] + 1]), ranked(rows), q_pids[rows], g_pids))
-    if not parts:
-        return np.zeros(0, bool), np.zeros(0), np.zeros(0, np.int64)
-    return tuple(np.concatenate(cols) for cols in zip(*parts))
+    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
+    with torch.no_grad():
+        per_query = per_query_metrics(blocked_rows(distance_to(g, metric), q, len(g)), q_pids, g_pids,
+                                      np.zeros(len(q_pids), np.int64), np.zeros(len(g_pids), np.int64),
+                                      exclude_same_camera=False, ranked=ranked)
+    return per_query.valid, per_query.average_precision, per_query.first_rank
 
 
 def summary_line(test: str, protocol: RankedGallery, ap: np.ndarray, valid: np.ndarray) -> str:

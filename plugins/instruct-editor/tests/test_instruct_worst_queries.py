@@ -65,6 +65,34 @@ def test_worst_ap_mean_is_the_evaluators_map_per_task_then_over_tasks(irm_run):
     assert rule.protocol.key == "mAP" and "6 tasks" in how
 
 
+def test_each_worst_ap_is_the_one_the_evaluator_ranks_in_its_task_block(irm_run):
+    """Query by query, not only the mean: `--worst`'s AP over the whole gallery under the
+    hook's mask is the AP the evaluator's own call (`per_query_metrics` on the query's
+    task block, with its clothes groups) gives that query."""
+    from core.evaluation.distances import blocked_rows, distance_to
+    from core.evaluation.ranking import per_query_metrics
+    from core.tools.ranked_items import evaluation_rule
+    from core.tools.search import protocol_average_precision
+
+    loaded, query, gallery, q_feats, g_feats = embedded(irm_run)
+    evaluator = loaded.pipeline.evaluator
+    rule = evaluation_rule(evaluator, query, gallery)
+    valid, ap, first = protocol_average_precision(q_feats.embeddings.numpy(), g_feats.embeddings.numpy(),
+                                                  loaded.metric, rule.ranked, query.table.pids, gallery.table.pids)
+    seen, grouped = 0, False
+    for _, q_rows, g_rows, groups in evaluator._task_blocks(q_feats, g_feats, "task-specific"):
+        g_emb = g_feats.embeddings[torch.as_tensor(g_rows)]
+        want = per_query_metrics(blocked_rows(distance_to(g_emb, loaded.metric), q_feats.embeddings[q_rows],
+                                              len(g_rows)),
+                                 q_feats.pids[q_rows], g_feats.pids[g_rows], q_feats.camids[q_rows],
+                                 g_feats.camids[g_rows], exclude_same_camera=evaluator.exclude_same_camera, **groups)
+        assert valid[q_rows].tolist() == want.valid.tolist()
+        np.testing.assert_allclose(ap[q_rows], want.average_precision, rtol=0, atol=1e-12)
+        assert first[q_rows].tolist() == want.first_rank.tolist()
+        seen, grouped = seen + len(q_rows), grouped or bool(groups)
+    assert seen == len(query) and grouped  # every query, the clothes rule among them
+
+
 def test_the_rule_is_the_task_gallery_less_same_camera_and_same_clothes_items(irm_run):
     """A plain loop over the records: item j is ranked for query i when it is of i's task
     and not (i's identity and (i's camera, or i's clothes for a clothes-changing query))."""
