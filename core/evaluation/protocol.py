@@ -11,7 +11,7 @@ own group. It is the default of `Evaluator.ranked_gallery` and the `reid` evalua
 gallery index), keep the ranked items, average the precision at each positive (a kept
 item of the query's identity). `core search --worst` does not run it: it hands the mask
 to the evaluator's ranking (`core.evaluation.ranking.per_query_metrics(ranked=...)`:
-positives' ranks, no sort; ~10x faster, `bench/worst_queries.py`), so agreement between
+positives' ranks, no sort; 15-27x faster, `bench/worst_queries.py`), so agreement between
 the two is a check, not a copy (tests, and the bench's baseline).
 """
 
