@@ -298,16 +298,15 @@ class Evaluator(abc.ABC):
     def evaluate(self, query: FeatureSet, gallery: FeatureSet) -> dict[str, float]:
         """Metrics of one test set."""
 
-    def ranked_gallery(self, query: FeatureSet, gallery: FeatureSet) -> RankedGallery:
+    def ranked_gallery(self, query: FeatureSet, gallery: FeatureSet) -> RankedGallery | None:
         """Which gallery items `evaluate` ranks for each query (`RankedGallery`), read from
         the metadata alone (pids, camids, categories, records: the tools pass sets whose
-        embeddings may be empty). Default: the standard ReID protocol, every item but
+        embeddings may be empty). Default, None: the standard ReID protocol, every item but
         those of the query's identity and camera (none left out when the evaluator's
-        `exclude_same_camera` is false). Override it when `evaluate` ranks otherwise (a
-        gallery per task, a clothes rule), ideally from the same function `evaluate` uses."""
-        from core.evaluation.protocol import standard_ranked_gallery
-
-        return standard_ranked_gallery(query, gallery, bool(getattr(self, "exclude_same_camera", True)))
+        `exclude_same_camera` is false; core.evaluation.protocol.standard_ranked_gallery,
+        which the tools apply). Override it when `evaluate` ranks otherwise (a gallery per
+        task, a clothes rule), ideally from the same function `evaluate` uses."""
+        return None
 
 
 @dataclass

@@ -52,11 +52,12 @@ def table_features(images: ImageSet) -> FeatureSet:
 
 
 def evaluator_protocol(evaluator, query: FeatureSet, gallery: FeatureSet) -> RankedGallery:
-    """`evaluator.ranked_gallery(query, gallery)`; an evaluator that is no
-    `core.interfaces.Evaluator` (no hook) gets the default, the standard protocol."""
+    """`evaluator.ranked_gallery(query, gallery)`; where it gives None (the hook's default)
+    or the evaluator has no hook (no `core.interfaces.Evaluator`), the standard protocol."""
     hook = getattr(evaluator, "ranked_gallery", None)
-    if hook is not None:
-        return hook(query, gallery)
+    protocol = hook(query, gallery) if hook is not None else None
+    if protocol is not None:
+        return protocol
     from core.evaluation.protocol import standard_ranked_gallery
 
     return standard_ranked_gallery(query, gallery, bool(getattr(evaluator, "exclude_same_camera", True)))
