@@ -83,6 +83,20 @@ def _blocks(features: Any, ranges, device) -> Iterator[tuple[int, int, torch.Ten
         yield start, stop, rows_as_float(features, start, stop, device)
 
 
+def merge_block_topk(best: tuple[torch.Tensor, torch.Tensor] | None, d: torch.Tensor, g0: int,
+                     k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The running (distances, gallery indices) top `k` of each row after the gallery block
+    starting at item `g0` (distances `d`, blocks met in gallery order): stable sorts, so
+    ties keep the gallery-index order, as evaluation breaks them."""
+    values, order = torch.sort(d, dim=1, stable=True)
+    values, order = values[:, :k], order[:, :k] + g0
+    if best is not None:  # earlier blocks first: their indices are smaller, so ties keep index order
+        values, order = torch.cat([best[0], values], 1), torch.cat([best[1], order], 1)
+        values, at = torch.sort(values, dim=1, stable=True)
+        values, order = values[:, :k], order.gather(1, at[:, :k])
+    return values, order
+
+
 def blocked_topk(query: Any, gallery: Any, metric: str, k: int, query_block: int = DEFAULT_QUERY_BLOCK,
                  gallery_block: int = DEFAULT_GALLERY_BLOCK,
                  device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
@@ -98,16 +112,10 @@ def blocked_topk(query: Any, gallery: Any, metric: str, k: int, query_block: int
     for q0 in range(0, num_q, query_block):
         q1 = min(q0 + query_block, num_q)
         q = rows_as_float(query, q0, q1, device)
-        best_d = best_i = None
+        best: tuple[torch.Tensor, torch.Tensor] | None = None
         for g0, g1, g in _blocks(gallery, g_ranges, device):
-            d = distance_to(g, metric)(q)
-            values, order = torch.sort(d, dim=1, stable=True)
-            values, order = values[:, :k], order[:, :k] + g0
-            if best_d is not None:  # earlier blocks first: their indices are smaller, so ties keep index order
-                values, order = torch.cat([best_d, values], 1), torch.cat([best_i, order], 1)
-                values, at = torch.sort(values, dim=1, stable=True)
-                values, order = values[:, :k], order.gather(1, at[:, :k])
-            best_d, best_i = values, order
+            best = merge_block_topk(best, distance_to(g, metric)(q), g0, k)
+        best_d, best_i = best
         out_d[q0:q1], out_i[q0:q1] = best_d.cpu().numpy(), best_i.cpu().numpy()
     return out_d, out_i
 

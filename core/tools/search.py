@@ -116,7 +116,7 @@ def _rank_blocked(query, gallery: np.memmap, metric: str, top: int, query_set: I
     blocks (read and upcast one at a time, `core.evaluation.blocked`), the items not
     ranked set to infinity, merged in the (distance, index) order: the same lists as
     `rank`. Chunks hold at most 2^26 mask entries (the mask is over the whole gallery)."""
-    from core.evaluation.blocked import DEFAULT_GALLERY_BLOCK, gallery_blocks, rows_as_float
+    from core.evaluation.blocked import DEFAULT_GALLERY_BLOCK, gallery_blocks, merge_block_topk, rows_as_float
     from core.evaluation.distances import distance_to
     from core.evaluation.protocol import chunk_rows
 
@@ -130,17 +130,12 @@ def _rank_blocked(query, gallery: np.memmap, metric: str, top: int, query_set: I
         rows = np.arange(start, min(start + step, len(qt)))
         keep = torch.from_numpy(kept(rows))
         q = rows_as_float(query, start, rows[-1] + 1)
-        best_d = best_i = None
+        best = None
         for g0, g1 in ranges:
             d = distance_to(rows_as_float(gallery, g0, g1), metric)(q)
             d[~keep[:, g0:g1]] = float("inf")
-            values, order = torch.sort(d, dim=1, stable=True)
-            values, order = values[:, :top], order[:, :top] + g0
-            if best_d is not None:  # earlier blocks first: their indices are smaller, so ties keep index order
-                values, order = torch.cat([best_d, values], 1), torch.cat([best_i, order], 1)
-                values, at = torch.sort(values, dim=1, stable=True)
-                values, order = values[:, :top], order.gather(1, at[:, :top])
-            best_d, best_i = values, order
+            best = merge_block_topk(best, d, g0, top)
+        best_d, best_i = best
         results.extend(_results(rows, best_d.numpy(), best_i.numpy(), qt, gt))
     return results
 
