@@ -1,0 +1,93 @@
+"""reid-strong-baseline's weights (michuanhaohao/reid-strong-baseline, Luo et al. 2019, "Bag of
+Tricks") read into a pipeline's `resnet` backbone and `bnneck` head.
+
+Their model (modeling/baseline.py, `Baseline` with neck 'bnneck'): `base.*` (their ResNet,
+torchvision's names; or resnet50_ibn_a's, with `bn1.IN` / `bn1.BN` in layer1-3 and an unused
+`fc`), average pooling, `bottleneck` (the BNNeck, bias frozen at its value) and `classifier`.
+
+Their plain ResNet (modeling/backbones/resnet.py) has no ReLU after the stem's bn1 (the
+"add missed relu" lines are commented out, since 2019-03-25; the first version had none
+either), so conv1 -> bn1 -> maxpool feeds layer1 unrectified; our `resnet` backbone applies
+timm's act1 there, another function of the same weights: such files are refused unless the
+model's stem activation is an identity. Their resnet50_ibn_a has the ReLU and converts.
+
+Their released files (resnet50_model_120.pth, saved by ignite's ModelCheckpoint) are whole
+pickled modules (`torch.save(model)`), which cannot be read with weights_only=True and are
+never unpickled here: re-save `model.state_dict()` with your own copy of their code first.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from core.released_weights.conversion import Converted, WeightsMismatch
+from core.released_weights.transreid import place_all
+
+NAME = "strong_baseline"
+TITLE = "reid-strong-baseline (michuanhaohao/reid-strong-baseline)"
+#: what to say of a file that holds a pickled module rather than a state dict
+PICKLED = (f"{TITLE} saves whole pickled modules (ignite's ModelCheckpoint: torch.save(model)), which are not "
+           "read here (weights_only=True); load it with their code in your own environment and save "
+           "`torch.save(model.state_dict(), 'state.pth')`, then pass that file")
+
+
+def recognise(state: dict[str, torch.Tensor]) -> bool:
+    """Their names: a ResNet under `base.` (base.conv1, base.layer1) with `bottleneck.` and no ViT."""
+    keys = {k[7:] if k.startswith("module.") else k for k in state}
+    return "base.conv1.weight" in keys and "base.layer1.0.conv1.weight" in keys and "bottleneck.weight" in keys
+
+
+def convert(state: dict[str, torch.Tensor], model: nn.Module) -> Converted:
+    theirs = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+    backbone, head = model.backbone, model.head
+    if not hasattr(backbone, "forward_map") or not hasattr(getattr(backbone, "model", None), "layer4"):
+        raise WeightsMismatch(f"{TITLE}: the pipeline's backbone is {type(backbone).__name__}; these weights need "
+                              "`backbone: {name: resnet, ...}`")
+    if "bottleneck.weight" not in theirs:
+        raise WeightsMismatch(f"{TITLE}: the file has no bottleneck.* (a model with neck 'no'); the pipeline's "
+                              "bnneck head needs the BNNeck's tensors")
+    if not hasattr(head, "bn"):
+        raise WeightsMismatch(f"{TITLE}: the pipeline's head is {type(head).__name__}; these weights need "
+                              "`head: {name: bnneck}`")
+    ibn = any(".IN." in k for k in theirs)
+    if not ibn and not isinstance(backbone.model.act1, nn.Identity):
+        raise WeightsMismatch(
+            f"{TITLE}: their ResNet has no ReLU after the stem's bn1 (modeling/backbones/resnet.py, 'add missed "
+            "relu' commented out) but the pipeline's resnet backbone applies one (backbone.model.act1), so these "
+            "weights would compute another function; refused (resnet50_ibn_a files, which have the ReLU, convert)")
+    mapping: dict[str, str] = {}
+    left_out: dict[str, str] = {}
+    for name in theirs:
+        if name.startswith("base.fc."):
+            left_out[name] = "their ResNet's ImageNet classifier, never called by their ReID model"
+        elif re.match(r"^base\.(conv1|bn1|layer[1-4])\.", name):
+            mapping[name] = f"backbone.model.{name[5:]}"
+        elif name.startswith("bottleneck."):
+            mapping[name] = f"head.bn.{name[len('bottleneck.'):]}"
+        elif name.startswith("classifier."):
+            left_out[name] = "the training classifier: evaluation does not read it"
+    own = model.state_dict()
+    kept = {k: "the training classifier: evaluation does not read it" for k in own if k.startswith("head.classifier.")}
+    converted = place_all(theirs, mapping, left_out, own, kept, TITLE)
+    return Converted(state=converted, left_out=left_out, kept=kept, notes=_notes(backbone, head))
+
+
+def _notes(backbone: nn.Module, head: nn.Module) -> list[str]:
+    """Where their test protocol (and the settings the file does not record) may differ from the pipeline's."""
+    unit = backbone.model.layer4[0]
+    stride = (unit.conv2 if hasattr(unit, "conv3") else unit.conv1).stride[0]
+    pooling = type(backbone.pool).__name__ + (f" ({backbone.pool.how})" if hasattr(backbone.pool, "how") else "")
+    return [
+        f"the last stride is not in the file (their BoT configs: LAST_STRIDE 1); the pipeline's is {stride}",
+        f"they average-pool the last map; the pipeline pools with {pooling}",
+        "they test on the post-BN feature (TEST.NECK_FEAT 'after'); the pipeline's head uses "
+        f"embedding: {head.embedding}",
+        "they L2-normalise test features (TEST.FEAT_NORM 'yes') and rank by Euclidean distance, the ranking of "
+        "cosine similarity",
+        "they resize test images bilinearly (torchvision's T.Resize default) with ImageNet mean/std; the pipeline "
+        "resizes as data.transform.interpolation says (bicubic unless set)",
+        "they do not flip test images (trainer.eval_flip: false matches it)",
+    ]

@@ -1,0 +1,105 @@
+"""core.released_weights.strong_baseline: reid-strong-baseline's state dicts (names and shapes from
+tests/fixtures/released_weights/strong_baseline_*.json, generated from the authors' own Baseline) land in
+bot_market1501's model: `base.*` on the ResNet (torchvision's names), `bottleneck` on the BNNeck. Their
+plain ResNet has no stem ReLU (modeling/backbones/resnet.py), so it is refused into our ResNet, which has
+one; their resnet50_ibn_a has it and converts."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from core.config.loading import load_pipeline
+from core.pipeline import build_pipeline
+from core.released_weights import strong_baseline
+from core.released_weights.conversion import WeightsMismatch
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "released_weights"
+BOT_SMALL_DATA = ["data.train=[{dataset: synthetic, seed: 0, categories: [person], identities: 8, test_identities: 4, "
+                  "render_size: [32, 16]}]", "backbone.pretrained=false", "sampler.batch_size=8",
+                  "trainer.num_workers=0"]
+
+
+def bot_shapes(name: str) -> dict[str, list[int]]:
+    return json.loads((FIXTURES / f"{name}.json").read_text())["tensors"]
+
+
+def bot_filled(tensors: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    """Their state dict with tensor i filled with i + 1."""
+    return {k: torch.full(s, float(i + 1)) for i, (k, s) in enumerate(tensors.items())}
+
+
+def bot_model(*overrides: str):
+    return build_pipeline(load_pipeline(ROOT / "pipelines" / "bot_market1501.yaml", [*BOT_SMALL_DATA, *overrides]),
+                          meta=True).model
+
+
+def bot_destination(name: str) -> str | None:
+    """Our name for theirs, from their Baseline.forward: base = the ResNet, bottleneck = the BNNeck."""
+    if name.startswith(("classifier.", "base.fc.")):
+        return None
+    if name.startswith("base."):
+        return "backbone.model." + name[len("base."):]
+    assert name.startswith("bottleneck."), name
+    return "head.bn." + name[len("bottleneck."):]
+
+
+def assert_every_tensor_lands(tensors, model) -> None:
+    out = strong_baseline.convert(bot_filled(tensors), model)
+    for i, name in enumerate(tensors):
+        ours = bot_destination(name)
+        if ours is None:
+            assert name in out.left_out, name
+        else:
+            assert torch.equal(out.state[ours], torch.full(tensors[name], float(i + 1))), (name, ours)
+    assert set(out.state) | set(out.kept) == set(model.state_dict())
+    assert set(out.kept) == {"head.classifier.weight"}
+    assert any("NECK_FEAT 'after'" in n for n in out.notes) and any("stride" in n for n in out.notes)
+
+
+def test_plain_resnet_is_refused_for_our_stem_relu():
+    with pytest.raises(WeightsMismatch) as exc:
+        strong_baseline.convert(bot_filled(bot_shapes("strong_baseline_market_resnet50")), bot_model())
+    assert "\n" not in str(exc.value) and "ReLU" in str(exc.value) and "act1" in str(exc.value)
+
+
+def test_plain_resnet_lands_in_a_resnet_without_stem_relu():
+    model = bot_model()
+    model.backbone.model.act1 = nn.Identity()  # what their ResNet computes (no stem ReLU)
+    assert_every_tensor_lands(bot_shapes("strong_baseline_market_resnet50"), model)
+
+
+def test_ibn_a_resnet_lands_in_the_ibn_backbone():
+    assert_every_tensor_lands(bot_shapes("strong_baseline_market_resnet50_ibn_a"), bot_model("backbone.ibn=true"))
+
+
+def test_misfits_are_one_line():
+    model = bot_model("backbone.ibn=true")
+    state = bot_filled(bot_shapes("strong_baseline_market_resnet50_ibn_a"))
+    with pytest.raises(WeightsMismatch) as exc:
+        strong_baseline.convert({**state, "base.layer3.6.conv1.weight": torch.zeros(256, 1024, 1, 1)}, model)
+    assert "\n" not in str(exc.value) and "base.layer3.6.conv1.weight" in str(exc.value)
+    state["bottleneck.weight"] = torch.zeros(512)  # a ResNet-18's width
+    with pytest.raises(WeightsMismatch) as exc:
+        strong_baseline.convert(state, model)
+    assert "\n" not in str(exc.value) and "bottleneck.weight is (512,)" in str(exc.value)
+    assert "head.bn.weight is (2048,)" in str(exc.value)
+    ibn_file = bot_filled(bot_shapes("strong_baseline_market_resnet50_ibn_a"))
+    with pytest.raises(WeightsMismatch) as exc:  # an IBN-a file into a plain ResNet: bn1.IN has no place
+        strong_baseline.convert(ibn_file, bot_model())
+    assert "\n" not in str(exc.value) and "base.layer1.0.bn1.IN.weight" in str(exc.value)
+
+
+def test_recognise_tells_the_formats_apart():
+    from core.released_weights import transreid
+
+    bot = bot_shapes("strong_baseline_market_resnet50")
+    vit = json.loads((FIXTURES / "transreid_market_jpm.json").read_text())["tensors"]
+    fastreid = {"backbone.conv1.weight": [64, 3, 7, 7], "heads.bottleneck.0.weight": [2048]}
+    assert strong_baseline.recognise(bot) and not transreid.recognise(bot)
+    assert strong_baseline.recognise(bot_shapes("strong_baseline_market_resnet50_ibn_a"))
+    assert transreid.recognise(vit) and not strong_baseline.recognise(vit)
+    assert not transreid.recognise(fastreid) and not strong_baseline.recognise(fastreid)
