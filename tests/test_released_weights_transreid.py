@@ -112,7 +112,8 @@ def test_pos_embed_of_another_image_size_is_one_line(jpm_model):
     state["base.pos_embed"] = torch.zeros(1, 1 + 31 * 10, 768)  # stride 12 at 384x128
     with pytest.raises(WeightsMismatch) as exc:
         transreid.convert(state, jpm_model)
-    one_line_naming(exc, "base.pos_embed", "backbone.model.pos_embed", "(1, 311, 768)", "(1, 211, 768)")
+    one_line_naming(exc, "base.pos_embed", "backbone.model.pos_embed", "(1, 311, 768)", "(1, 211, 768)",
+                    "21 x 10", "backbone.stride")
 
 
 def test_unknown_tensor_and_jpm_mismatch_are_refused(jpm_model):

@@ -10,6 +10,8 @@ Their plain ResNet (modeling/backbones/resnet.py) has no ReLU after the stem's b
 either), so conv1 -> bn1 -> maxpool feeds layer1 unrectified; our `resnet` backbone applies
 timm's act1 there, another function of the same weights: such files are refused unless the
 model's stem activation is an identity. Their resnet50_ibn_a has the ReLU and converts.
+(TransReID's own ResNet-50 baseline, model/backbones/resnet.py, is the same code, also without the
+stem ReLU, and its files have these names: they are read, and refused, the same way.)
 
 Their released files (resnet50_model_120.pth, saved by ignite's ModelCheckpoint) are whole
 pickled modules (`torch.save(model)`), which cannot be read with weights_only=True and are

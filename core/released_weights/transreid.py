@@ -110,6 +110,13 @@ def convert(state: dict[str, torch.Tensor], model: nn.Module) -> Converted:
     kept: dict[str, str] = {}
     for k in ("cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"):
         mapping[f"base.{k}"] = f"backbone.model.{k}"
+    pos, grid = theirs.get("base.pos_embed"), backbone.patch_grid
+    if pos is not None and tuple(pos.shape) != tuple(backbone.model.pos_embed.shape):
+        raise WeightsMismatch(
+            f"{TITLE}: the file's base.pos_embed is {tuple(pos.shape)} but the pipeline's backbone.model.pos_embed is "
+            f"{tuple(backbone.model.pos_embed.shape)} (1 + {grid[0]} x {grid[1]} patches: stride {backbone.stride} at "
+            f"{tuple(backbone.model.patch_embed.img_size)}); set data.transform.size and backbone.stride to the "
+            "weights' (their configs: 256x128, 384x128 or 256x256; STRIDE_SIZE 12 or 16)")
     if "base.sie_embed" in theirs:
         if backbone.sie_embed is None:
             raise WeightsMismatch(f"{TITLE}: the file holds base.sie_embed {tuple(theirs['base.sie_embed'].shape)} "
@@ -196,7 +203,7 @@ def _notes(backbone: nn.Module, head: nn.Module, jpm: bool) -> list[str]:
         notes.append(f"the SIE coefficient is not in the file (their configs: SIE_COE 3.0); the pipeline's is "
                      f"{backbone.sie_coefficient}; SIE reads each test image's camera id (0-based), as theirs")
     if jpm:
-        notes.append(f"JPM's shift and shuffle are not in the file (their configs: SHIFT_NUM 5, 8 on VeRi; "
-                     f"SHUFFLE_GROUP 2; RE_ARRANGE true); the pipeline's are shift {backbone.shift}, "
+        notes.append(f"JPM's shift and shuffle are not in the file (their configs: SHIFT_NUM 5, 8 on VeRi and "
+                     f"VehicleID; SHUFFLE_GROUP 2; RE_ARRANGE true); the pipeline's are shift {backbone.shift}, "
                      f"shuffle_groups {backbone.shuffle_groups}")
     return notes
