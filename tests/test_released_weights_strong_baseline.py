@@ -58,6 +58,7 @@ def assert_every_tensor_lands(tensors, model) -> None:
     assert set(out.state) | set(out.kept) == set(model.state_dict())
     assert set(out.kept) == {"head.classifier.weight"}
     assert any("NECK_FEAT 'after'" in n for n in out.notes) and any("stride" in n for n in out.notes)
+    assert any("float32" in n for n in out.notes)
 
 
 def test_plain_resnet_is_refused_for_our_stem_relu():

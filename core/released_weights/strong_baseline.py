@@ -92,4 +92,5 @@ def _notes(backbone: nn.Module, head: nn.Module) -> list[str]:
         "they resize test images bilinearly (torchvision's T.Resize default) with ImageNet mean/std; the pipeline "
         "resizes as data.transform.interpolation says (bicubic unless set)",
         "they do not flip test images (trainer.eval_flip: false matches it)",
+        "they extract test features in float32 (trainer.eval_precision: fp32, the default, matches it)",
     ]

@@ -195,6 +195,7 @@ def _notes(backbone: nn.Module, head: nn.Module, jpm: bool) -> list[str]:
         "TransReID L2-normalises test features whatever TEST.FEAT_NORM says (utils/metrics.py tests the string's "
         "truth) and ranks by Euclidean distance, the ranking of cosine similarity",
         "TransReID does not flip test images (trainer.eval_flip: false matches it)",
+        "TransReID extracts test features in float32 (trainer.eval_precision: fp32, the default, matches it)",
         "TransReID's ViT configs normalise with mean and std 0.5 (data.transform.norm: half matches it)",
         "TransReID tests on the pre-BN features (NECK_FEAT 'before') in every shipped config; the pipeline's head "
         f"uses embedding: {head.embedding}",
