@@ -64,13 +64,45 @@ def assert_every_tensor_lands(tensors, model) -> None:
 def test_plain_resnet_is_refused_for_our_stem_relu():
     with pytest.raises(WeightsMismatch) as exc:
         strong_baseline.convert(bot_filled(bot_shapes("strong_baseline_market_resnet50")), bot_model())
-    assert "\n" not in str(exc.value) and "ReLU" in str(exc.value) and "act1" in str(exc.value)
+    assert "\n" not in str(exc.value) and "ReLU" in str(exc.value) and "backbone.stem_relu=false" in str(exc.value)
 
 
 def test_plain_resnet_lands_in_a_resnet_without_stem_relu():
-    model = bot_model()
-    model.backbone.model.act1 = nn.Identity()  # what their ResNet computes (no stem ReLU)
+    model = bot_model("backbone.stem_relu=false")  # what their ResNet computes (no stem ReLU)
     assert_every_tensor_lands(bot_shapes("strong_baseline_market_resnet50"), model)
+
+
+@pytest.mark.parametrize("stem_relu", [False, True])
+def test_stem_relu_false_is_their_resnet_forward(stem_relu):
+    """Their ResNet.forward (modeling/backbones/resnet.py): conv1 -> bn1 -> maxpool -> layer1..4, no
+    ReLU between bn1 and maxpool; with the key true, torchvision's ReLU is there."""
+    from core.context import BuildContext
+    from core.models.resnet import ReIDResNet
+
+    torch.manual_seed(0)
+    net = ReIDResNet(BuildContext(), arch="resnet18", last_stride=1, stem_relu=stem_relu).eval()
+    with torch.no_grad():  # trained-like BNs (timm zero-inits each block's last BN, which makes the first
+        for bn in net.modules():  # block relu its input and hides the stem ReLU), half the stem channels shifted
+            if isinstance(bn, nn.BatchNorm2d):  # negative: a ReLU there changes what layer1 sees
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-0.5, 0.5)
+        net.model.bn1.bias[: net.model.bn1.bias.numel() // 2] -= 1.0
+        images = torch.randn(2, 3, 64, 32)
+        m = net.model
+        x = m.maxpool(m.bn1(m.conv1(images)))
+        if stem_relu:
+            x = m.maxpool(torch.relu(m.bn1(m.conv1(images))))
+        for layer in (m.layer1, m.layer2, m.layer3, m.layer4):
+            x = layer(x)
+        torch.testing.assert_close(net.forward_map(images), x, rtol=0, atol=0)
+
+
+def test_stem_relu_must_be_a_bool():
+    from core.context import BuildContext
+    from core.models.resnet import ReIDResNet
+
+    with pytest.raises(ValueError, match="stem_relu must be true or false"):
+        ReIDResNet(BuildContext(), arch="resnet18", stem_relu="no")
 
 
 def test_ibn_a_resnet_lands_in_the_ibn_backbone():

@@ -61,14 +61,20 @@ class ReIDResNet(Backbone):
     or a local file), `last_stride` (1 or 2), `ibn` (IBN-a in layer1-3), `non_local`
     (blocks per stage, after its last units), `non_local_width` (their embedding width;
     null: half the stage's channels, Wang et al.; 1: the AGW / fast-reid code's), `pooling` (name or mapping),
-    `model_kwargs` (passed to timm.create_model, e.g. a tiny width for tests).
+    `model_kwargs` (passed to timm.create_model, e.g. a tiny width for tests), `stem_relu`
+    (false: no ReLU after the stem's BN, as in reid-strong-baseline's and TransReID's ResNet,
+    whose code has it commented out since its first release: their released weights compute
+    their function only so; ImageNet weights were trained with it, so keep it for training).
     """
 
     def __init__(self, ctx: BuildContext, arch: str = "resnet50", pretrained: bool | str = False,
                  last_stride: int = 1, ibn: bool = False, non_local: list[int] | None = None,
                  pooling: str | dict[str, Any] = "avg", model_kwargs: dict[str, Any] | None = None,
-                 non_local_width: int | None = None) -> None:
+                 non_local_width: int | None = None, stem_relu: bool = True) -> None:
         super().__init__()
+        if not isinstance(stem_relu, bool):
+            raise ValueError(f"{NAME}: stem_relu must be true or false (false: reid-strong-baseline's / "
+                             f"TransReID's ResNet, which has no ReLU after the stem), got {stem_relu!r}")
         if non_local_width is not None and (isinstance(non_local_width, bool) or not isinstance(non_local_width, int)
                                             or non_local_width < 1):
             raise ValueError(f"{NAME}: non_local_width must be a positive int (1: the AGW / fast-reid code's "
@@ -95,6 +101,8 @@ class ReIDResNet(Backbone):
                                "`pretrained: /path/to/weights.pth` or use `pretrained: false`") from exc
         if ibn:
             add_ibn_a(self.model)
+        if not stem_relu:
+            self.model.act1 = nn.Identity()
         if last_stride == 1:
             self._set_last_stride_1()
         if isinstance(pretrained, (str, Path)) and not isinstance(pretrained, bool):

@@ -9,7 +9,7 @@ Their plain ResNet (modeling/backbones/resnet.py) has no ReLU after the stem's b
 "add missed relu" lines are commented out, since 2019-03-25; the first version had none
 either), so conv1 -> bn1 -> maxpool feeds layer1 unrectified; our `resnet` backbone applies
 timm's act1 there, another function of the same weights: such files are refused unless the
-model's stem activation is an identity. Their resnet50_ibn_a has the ReLU and converts.
+pipeline sets `backbone.stem_relu: false` (the stem activation is then an identity). Their resnet50_ibn_a has the ReLU and converts.
 (TransReID's own ResNet-50 baseline, model/backbones/resnet.py, is the same code, also without the
 stem ReLU, and its files have these names: they are read, and refused, the same way.)
 
@@ -58,8 +58,9 @@ def convert(state: dict[str, torch.Tensor], model: nn.Module) -> Converted:
     if not ibn and not isinstance(backbone.model.act1, nn.Identity):
         raise WeightsMismatch(
             f"{TITLE}: their ResNet has no ReLU after the stem's bn1 (modeling/backbones/resnet.py, 'add missed "
-            "relu' commented out) but the pipeline's resnet backbone applies one (backbone.model.act1), so these "
-            "weights would compute another function; refused (resnet50_ibn_a files, which have the ReLU, convert)")
+            "relu' commented out) but the pipeline's resnet backbone applies one, so these weights would compute "
+            "another function; add --set backbone.stem_relu=false (resnet50_ibn_a files, which have the ReLU, convert "
+            "as they are)")
     mapping: dict[str, str] = {}
     left_out: dict[str, str] = {}
     for name in theirs:
