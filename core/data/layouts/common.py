@@ -221,6 +221,10 @@ class SplitFolderDataset(Dataset):
     #: sub-folders the official archive unpacks into, accepted under `root`
     wrappers: ClassVar[tuple[str, ...]] = ()
     pattern: ClassVar[NamePattern]
+    #: how many cameras the dataset has, named 1..cameras in the files; a name outside is
+    #: refused (None: any camera), see `check_camera`; part of the cache key, so that a
+    #: listing cached without the check is read again
+    cameras: ClassVar[int | None] = None
 
     def __init__(self, root: str) -> None:
         self.root = find_root(type(self).__name__, root, self.required_folders(), self.wrappers)
@@ -238,7 +242,7 @@ class SplitFolderDataset(Dataset):
         if split not in self._cache:
             folders = [self.root / f for f in self.required_folders()]
             self._cache[split] = cached_records(self, split, folders, lambda: self.list_split(split),
-                                                folders=sorted(self.folders.items()))
+                                                folders=sorted(self.folders.items()), cameras=self.cameras)
         return self._cache[split]
 
     def list_split(self, split: str) -> list[Record]:
@@ -259,7 +263,20 @@ class SplitFolderDataset(Dataset):
         """(pid, 0-based camid) from the file name; pid -1 (junk, the convention of
         Market-1501 and its followers) is left out as torchreid and fast-reid do."""
         pid, camid = self.identity_and_camera(self.pattern.parse(type(self).__name__, path))
-        return None if pid == -1 else (pid, camid)
+        if pid == -1:
+            return None
+        self.check_camera(camid, path)
+        return pid, camid
+
+    def check_camera(self, camid: int, path: str) -> None:
+        """A ValueError naming `path` and the valid cameras unless 0 <= camid < cameras:
+        `c0` would become camid -1 and `c7` on Market-1501 a camera it does not have, and
+        either changes what the evaluation's same-camera exclusion drops (torchreid and
+        fast-reid assert the range, e.g. `1 <= camid <= 6`)."""
+        if self.cameras is not None and not 0 <= camid < self.cameras:
+            name = type(self).__name__
+            raise ValueError(f"{name}: {path} names camera {camid + 1}, but {name} has cameras c1-c{self.cameras} "
+                             f"(expected {self.pattern.text}); rename or remove it")
 
     @staticmethod
     def identity_and_camera(groups: Sequence[str]) -> tuple[int, int]:
@@ -288,6 +305,7 @@ class ClothesSplitFolderDataset(SplitFolderDataset):
         for file_name in image_names(folder):
             path = os.path.join(folder, file_name)
             values = dict(zip(self.fields, self.pattern.parse(type(self).__name__, path)))
+            self.check_camera(int(values["camera"]) - 1, path)
             out.append(Record(path=path, pid=int(values["pid"]), camid=int(values["camera"]) - 1,
                               category=self.category, domain=self.name, split=split,
                               extras={"clothes_id": int(values["clothes"])}))

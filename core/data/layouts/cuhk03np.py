@@ -23,6 +23,7 @@ class CUHK03NP(SplitFolderDataset):
     name = "cuhk03np"
     wrappers = ("cuhk03-np",)
     pattern = NamePattern.compile(MARKET_STYLE, "<pid>_c<view>_<index>.png (e.g. 0001_c1_1.png)")
+    cameras = 2  # the two views of an identity's camera pair
 
     def __init__(self, root: str, labeled: bool = False) -> None:
         subset = SUBSETS[int(labeled)]

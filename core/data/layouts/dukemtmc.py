@@ -21,3 +21,4 @@ class DukeMTMC(SplitFolderDataset):
     folders = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
     wrappers = ("DukeMTMC-reID",)
     pattern = NamePattern.compile(MARKET_STYLE, "<pid>_c<camera>_f<frame>.jpg (e.g. 0001_c2_f0046182.jpg)")
+    cameras = 8

@@ -20,5 +20,6 @@ class LTCC(ClothesSplitFolderDataset):
     name = "ltcc"
     folders = {"train": "train", "query": "query", "gallery": "test"}
     wrappers = ("LTCC_ReID",)
+    cameras = 12
     pattern = NamePattern.compile(r"^(\d+)_(\d+)_c(\d+)_", "<pid>_<clothes>_c<camera>_<frame>.png "
                                                            "(e.g. 094_1_c9_015923.png)")

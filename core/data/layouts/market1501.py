@@ -28,6 +28,7 @@ class Market1501(SplitFolderDataset):
     pattern = NamePattern.compile(
         MARKET_STYLE, "<pid>_c<camera>s<sequence>_<frame>_<box>.jpg (e.g. 0002_c1s1_000451_03.jpg)")
     extra_gallery = "images"
+    cameras = 6
 
     def __init__(self, root: str, distractors: bool = False) -> None:
         self.distractors = distractors

@@ -33,6 +33,8 @@ from core.interfaces import Dataset
 VERSIONS = {"v1": ("train", "test", "MSMT17_V1"), "v2": ("mask_train_v2", "mask_test_v2", "MSMT17_V2")}
 LISTS = {"train": "list_train.txt", "val": "list_val.txt", "query": "list_query.txt",
          "gallery": "list_gallery.txt"}
+#: MSMT17's cameras, 1-15 in the file names (Wei et al. 2018: 12 outdoor, 3 indoor)
+CAMERAS = 15
 PATTERN = NamePattern.compile(
     r"^(\d+)_(\d+)_(\d+)_",
     "<pid>_<index>_<camera>_<date+time of day>_<frame>_<box>.jpg (e.g. 0000_000_01_0303morning_0015_0.jpg)")
@@ -108,7 +110,8 @@ class MSMT17(Dataset):
             image_dir = self.train_dir if split == "train" else self.test_dir
             self._cache[split] = cached_records(
                 self, split, [self.root / LISTS[k] for k in keys],
-                lambda: RecordColumns.concat([self._read_list(k, image_dir, split) for k in keys]))
+                lambda: RecordColumns.concat([self._read_list(k, image_dir, split) for k in keys]),
+                cameras=CAMERAS)  # in the key: a listing cached before the camera check is read again
         return self._cache[split]
 
     def _read_list(self, key: str, image_dir: Path, split: str) -> RecordColumns:
@@ -120,6 +123,10 @@ class MSMT17(Dataset):
         for number, fields in rows:
             match = PATTERN.regex.match(fields[0].rsplit("/", 1)[-1])
             groups = match.groups() if match else PATTERN.parse("MSMT17", fields[0], f"{list_path}:{number}")
-            cameras.append(int(groups[2]) - 1)
+            camera = int(groups[2])
+            if not 1 <= camera <= CAMERAS:  # camid -1 or 15+ would change the same-camera exclusion
+                raise ValueError(f"MSMT17: {list_path}:{number}: {fields[0]} names camera {camera}, but MSMT17 has "
+                                 f"cameras 1-{CAMERAS} (expected {PATTERN.text})")
+            cameras.append(camera - 1)
         return columns_of(join_paths(image_dir, [fields[0] for _, fields in rows]), [int(f[1]) for _, f in rows],
                           cameras, self.category, self.name, split)

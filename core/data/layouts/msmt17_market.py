@@ -24,10 +24,4 @@ class MSMT17Market(SplitFolderDataset):
     folders = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
     wrappers = ("MSMT17", "MSMT17_V1", "MSMT17_V2")
     pattern = NamePattern.compile(MARKET_STYLE, "<pid>_c<camera 1-15>....jpg (e.g. 0000_c14_0001.jpg)")
-
-    def parse(self, path: str) -> tuple[int, int] | None:
-        parsed = super().parse(path)
-        if parsed is not None and not 0 <= parsed[1] < CAMERAS:
-            raise ValueError(f"MSMT17Market: camera {parsed[1] + 1} in {path}; MSMT17 has cameras 1-{CAMERAS} "
-                             f"(expected {self.pattern.text})")
-        return parsed
+    cameras = CAMERAS

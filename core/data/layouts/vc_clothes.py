@@ -31,6 +31,7 @@ class VCClothes(ClothesSplitFolderDataset):
     pattern = NamePattern.compile(r"^(\d+)-(\d+)-(\d+)-", "<pid>-<camera>-<clothes>-<index>.jpg "
                                                           "(e.g. 0001-01-01-01.jpg)")
     fields = ("pid", "camera", "clothes")
+    cameras = 4
 
     def __init__(self, root: str, setting: str = "all") -> None:
         if setting not in SETTINGS:

@@ -24,3 +24,4 @@ class VeRi776(SplitFolderDataset):
     wrappers = ("VeRi",)
     pattern = NamePattern.compile(r"^(\d+)_c(\d+)_",
                                   "<vid>_c<camera>_<timestamp>_<index>.jpg (e.g. 0001_c001_00016450_0.jpg)")
+    cameras = 20
