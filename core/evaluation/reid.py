@@ -3,6 +3,7 @@ with faiss, optionally after k-reciprocal re-ranking."""
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import numpy as np
@@ -132,8 +133,8 @@ class ReIDEvaluator(Evaluator):
         groups = self._groups(query, gallery)
         try:
             return self._evaluate(query, gallery, categories, names, groups)
-        except NoValidQuery as exc:
-            raise NoValidQuery(f"{exc}{camera_source(query)}") from None
+        except NoValidQuery:
+            raise NoValidQuery(self.no_valid_query(query, gallery)) from None
 
     def _evaluate(self, query: FeatureSet, gallery: FeatureSet, categories, names,
                   groups: dict) -> dict[str, float]:
@@ -251,20 +252,76 @@ class ReIDEvaluator(Evaluator):
         return recall_at_k(retrieved[sample], exact)
 
 
-def camera_source(query: FeatureSet) -> str:
-    """For the 'no valid query' error: whose queries they are (the records' domains: a folder
-    tree's folder name, a manifest's file stem, a layout's name) and, for images read from
-    files, where their cameras came from, with one file and the camera read from it."""
-    records = query.records
+    def no_valid_query(self, query: FeatureSet, gallery: FeatureSet) -> str:
+        """The one line for a test set where no query has a match left: which images (the
+        records' domains and folders: the test set's dataset and root), what a valid query
+        is under this evaluator's rules, and where the cameras came from."""
+        rule = "its identity"
+        if self.exclude_same_camera:
+            rule += " taken by another camera (exclude_same_camera: true)"
+        if self.exclude_same_clothes:
+            rule += " in other clothes (exclude_same_clothes: true)"
+        fix = ("check the query and gallery pids/camids, or set the evaluator's exclude_same_camera: false for "
+               "single-camera data" if self.exclude_same_camera else
+               "check that the query and gallery share identities (pids)")
+        return (f"no valid query in the query set{where_from(query, gallery)}: none of its {len(query)} queries has "
+                f"a gallery item of its identity to find; a query is valid when the gallery holds an image of "
+                f"{rule}; {fix}{camera_source(query)}")
+
+
+def where_from(query: FeatureSet, gallery: FeatureSet) -> str:
+    """' (query images of 'market1501' under /data/market/query; gallery images under
+    /data/market/bounding_box_test)': the test set's datasets and folders, for errors; read
+    from the columns (a test set of millions: no Record per row)."""
+    from core.data.columns import as_columns
+
+    if not len(query.records):
+        return ""
+    cols = as_columns(query.records)
+    codes, names = cols.codes("domain")
+    domains = sorted(names[int(c)] for c in np.unique(codes))
+    text = f" (query images of {', '.join(repr(d) for d in domains[:3])}{', ...' if len(domains) > 3 else ''}"
+    for which, features in (("query", query), ("gallery", gallery)):
+        folder = _common_folder(features.records)
+        if folder:
+            text += f"{';' if which == 'gallery' else ''} {which} images under {folder}"
+    return text + ")"
+
+
+def _common_folder(records) -> str:
+    """The folder every record's file lies in or below ('' when none has a path): the
+    common folder of the lexicographically first and last paths, which is every path's."""
+    from core.data.columns import as_columns
+
     if not len(records):
         return ""
-    domains = sorted({r.domain for r in records})
-    text = f" (query images of {', '.join(repr(d) for d in domains[:3])}{', ...' if len(domains) > 3 else ''})"
+    cols = as_columns(records)
+    paths = cols.path.to_arrow()
+    if cols.path_valid is not None:
+        paths = paths.filter(np.asarray(cols.path_valid, dtype=bool))
+    import pyarrow.compute as pc
+
+    paths = paths.filter(pc.greater(pc.binary_length(paths), 0))
+    if not len(paths):
+        return ""
+    ends = pc.min_max(paths)
+    first, last = ends["min"].as_py(), ends["max"].as_py()
+    try:
+        return os.path.dirname(first) if first == last else os.path.commonpath([first, last])
+    except ValueError:  # absolute and relative paths mixed
+        return ""
+
+
+def camera_source(query: FeatureSet) -> str:
+    """For the 'no valid query' error: for images read from files, where their cameras came
+    from, with one file and the camid read from it."""
+    records = query.records
+    if not len(records) or records[0].path is None:  # rendered in memory: no file name to read a camera from
+        return ""
     first = records[0]
-    if first.path is None:  # rendered in memory: no file name to read a camera from
-        return text
-    return (f"{text}; cameras come from the image file names in a folder tree (the `c<N>` token) or a Market-style "
-            f"layout, and from the camid column in a manifest: {first.path} is camera {first.camid}")
+    return ("; cameras come from the image file names in a folder tree (the `c<N>` token, as written) or a "
+            "Market-style layout (c1 is camid 0), and from the camid column in a manifest: "
+            f"{first.path} has camid {first.camid}")
 
 
 def search_device(query: FeatureSet) -> torch.device:
