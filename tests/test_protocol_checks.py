@@ -5,12 +5,14 @@ across its splits (core.data.protocol_checks)."""
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 from layout_fixtures import images  # registered by conftest.py
 
+from core.data.columns import as_columns
 from core.testing import TINY_PIPELINE
 
 
@@ -179,3 +181,55 @@ def test_core_validate_data_reports_query_images_in_the_gallery(tmp_path, capsys
     out = validate_output(tmp_path, two_manifest_rows(tmp_path, ["img/q1.jpg", "img/q2.jpg"],
                                                       ["img/q1.jpg", "img/g2.jpg"]), capsys)
     assert "data OK" in out and "  warning: test set 'manifest': 1 of 2 query images are also in the gallery" in out
+
+
+# -- the same check at scale: normalised over the column, not path by path ---------------------
+
+AWKWARD_PATHS = ["a/b.jpg", "./a/b.jpg", "a//b.jpg", "a/./b.jpg", "a/x/../b.jpg", "../up/c.jpg", "/abs/d.jpg",
+                 "/abs//d.jpg", "/abs/./e/../d.jpg", "//two/leading.jpg", "/two/leading.jpg", "dir/",
+                 "dir", "é/ü.jpg", "./é/ü.jpg", "a/b.jpg.", "a/.hidden.jpg", "a/..b.jpg", "a/b..jpg"]
+
+
+def plain_query_in_gallery(query: list, gallery: list) -> list[str]:
+    """The definition: normpath(abspath(path)) of each side, intersected, sorted."""
+    def norm(records):
+        return {os.path.normpath(os.path.abspath(r.path)) for r in records if r.path}
+    return sorted(norm(query) & norm(gallery))
+
+
+def path_records(paths: list, split: str) -> list:
+    from core.records import Record
+
+    return [Record(path=p, pid=i, camid=0, category="person", domain="d", split=split) for i, p in enumerate(paths)]
+
+
+@pytest.mark.parametrize("working_folder", ["tmp", "/"])
+def test_query_in_gallery_matches_the_definition_for_every_way_of_writing_a_path(tmp_path, monkeypatch,
+                                                                                  working_folder):
+    from core.data.protocol_checks import query_paths_in_gallery
+
+    monkeypatch.chdir(tmp_path if working_folder == "tmp" else "/")
+    absolute = [os.path.join(os.getcwd(), p) for p in ("a/b.jpg", "a/../up/c.jpg", "é/ü.jpg")]
+    everything = AWKWARD_PATHS + absolute + ["", None]
+    for q_paths, g_paths in ((everything, everything), (AWKWARD_PATHS[::2] + absolute[:1], AWKWARD_PATHS[1::2]),
+                             (AWKWARD_PATHS[1::2] + [None], absolute + AWKWARD_PATHS[::3])):
+        query, gallery = path_records(q_paths, "query"), path_records(g_paths, "gallery")
+        got = query_paths_in_gallery(query, gallery)
+        assert got == plain_query_in_gallery(query, gallery), (q_paths, g_paths)
+        assert query_paths_in_gallery(as_columns(query), as_columns(gallery)) == got
+
+
+def test_paths_already_normalised_are_not_normalised_one_by_one(monkeypatch):
+    """A million-record test set is checked at each build: only paths that normalisation
+    rewrites (here 2 of 2,002) may go through os.path.normpath."""
+    import posixpath
+
+    from core.data.protocol_checks import query_paths_in_gallery
+
+    calls = []
+    real = posixpath.normpath
+    monkeypatch.setattr(posixpath, "normpath", lambda p: calls.append(p) or real(p))
+    query = path_records([f"/data/q/{i}.jpg" for i in range(1000)] + ["/data/g//7.jpg"], "query")
+    gallery = path_records([f"/data/g/{i}.jpg" for i in range(1000)] + ["./rel/x.jpg"], "gallery")
+    assert query_paths_in_gallery(as_columns(query), as_columns(gallery)) == ["/data/g/7.jpg"]
+    assert len(calls) <= 2 * 2, len(calls)  # abspath normalises too: at most two calls per rewritten path

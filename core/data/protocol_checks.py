@@ -68,14 +68,58 @@ def describe_seen(shared: list[tuple[str, int]], total: int, train: str = "train
 def query_paths_in_gallery(query: Sequence[Any], gallery: Sequence[Any]) -> list[str]:
     """The query images whose path (normalised, not resolved: no file is opened) is also a
     gallery image's path, sorted. Rendered images (no path) are not compared."""
-    return sorted(_paths(query) & _paths(gallery))
+    if os.sep != "/":  # the string rules of `_normalised` are POSIX's
+        return sorted(set(_normalised_one_by_one(query)) & set(_normalised_one_by_one(gallery)))
+    import pyarrow.compute as pc
+
+    small, large = sorted((_normalised(query), _normalised(gallery)), key=len)  # hash the smaller side
+    return sorted(pc.unique(large.filter(pc.is_in(large, value_set=small))).to_pylist())
 
 
-def _paths(records: Sequence[Any]) -> set[str]:
+#: A POSIX path that os.path.normpath would rewrite: a doubled or trailing `/`, or a `.` or
+#: `..` segment. Every other path is normalised already (and, relative, by the working folder
+#: put before it), so only these go through os.path one by one.
+_UNNORMALISED = r"//|/$|(?:^|/)\.\.?(?:/|$)"
+
+
+def _normalised(records: Sequence[Any]) -> Any:
+    """`os.path.normpath(os.path.abspath(p))` of every record's path (rendered images and
+    empty paths left out), in any order, as an Arrow string array: the paths that need no
+    rewriting (all of them, as readers write them) are taken as they are, the relative ones
+    get the working folder in front, and only those normalisation rewrites go through
+    os.path one by one (a test set of millions is checked at every build: issue 24)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cols = as_columns(records)
+    paths = cols.path.to_arrow()
+    keep = pc.greater(pc.binary_length(paths), 0)
+    if cols.path_valid is not None:
+        keep = pc.and_(keep, pa.array(np.asarray(cols.path_valid, dtype=bool)))
+    if not pc.all(keep).as_py():
+        paths = paths.filter(keep)
+    parts = []
+    odd = pc.match_substring_regex(paths, _UNNORMALISED)
+    if pc.any(odd).as_py():
+        parts.append(pa.array([os.path.normpath(os.path.abspath(p)) for p in paths.filter(odd).to_pylist()],
+                              pa.large_string()))
+        paths = paths.filter(pc.invert(odd))
+    relative = pc.invert(pc.starts_with(paths, "/"))
+    if pc.any(relative).as_py():
+        text = paths.type
+        working_folder = pa.scalar(os.path.join(os.getcwd(), ""), text)  # "/x/", or "/" at the root
+        parts.append(pc.binary_join_element_wise(working_folder, paths.filter(relative), pa.scalar("", text))
+                     .cast(pa.large_string()))
+        paths = paths.filter(pc.invert(relative))
+    return pa.concat_arrays([paths.cast(pa.large_string()), *parts])
+
+
+def _normalised_one_by_one(records: Sequence[Any]) -> list[str]:
+    """`_normalised` path by path (what it computes, and the way where `/` is not the separator)."""
     cols = as_columns(records)
     valid = cols.path_valid
-    return {os.path.normpath(os.path.abspath(p)) for i, p in enumerate(cols.path)
-            if p and (valid is None or valid[i])}
+    return [os.path.normpath(os.path.abspath(p)) for i, p in enumerate(cols.path)
+            if p and (valid is None or valid[i])]
 
 
 def describe_query_in_gallery(paths: list[str], queries: int) -> str:
