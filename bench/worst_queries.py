@@ -10,7 +10,7 @@ MB` its RSS after building the features, before them:
 
 - sorted: the sort-based reference `--worst` ran before (chunks of 2^22 entries:
   float64 distances, a stable full sort of every row, cumulative sums over the mask;
-  `core.evaluation.protocol.masked_average_precision`);
+  tests/evaluation_helpers.py `masked_average_precision`, the tests' reference);
 - worst: `core.tools.search.protocol_average_precision` now: the evaluator's ranking
   (`per_query_metrics`) with the evaluator's rule as a `ranked` mask;
 - eval: `per_query_metrics` as `ReIDEvaluator.evaluate` runs it (its own camera rule,
@@ -34,6 +34,9 @@ import sys
 import time
 
 import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # the sort-based reference: tests/evaluation_helpers.py
 
 
 def peak_mb() -> float:
@@ -67,7 +70,8 @@ def sorted_average_precision(q, g, ranked, q_pids, g_pids):
     import torch
 
     from core.evaluation.distances import distance_to
-    from core.evaluation.protocol import chunk_rows, masked_average_precision
+    from core.evaluation.protocol import chunk_rows
+    from evaluation_helpers import masked_average_precision
 
     q, g = torch.as_tensor(q), torch.as_tensor(g)
     to_gallery = distance_to(g, "cosine")
@@ -98,7 +102,8 @@ def run_way(way: str, args) -> dict:
 
     def ranking(distances):
         if way == "sorted":
-            from core.evaluation.protocol import chunk_rows, masked_average_precision
+            from core.evaluation.protocol import chunk_rows
+            from evaluation_helpers import masked_average_precision
 
             if not isinstance(distances, torch.Tensor):
                 return sorted_average_precision(q, g, ranked, q_pids, g_pids)[1]

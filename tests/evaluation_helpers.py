@@ -1,6 +1,8 @@
 """Shared by the evaluation tests (tests/test_evaluation.py, tests/test_eval_blocked.py,
-tests/test_eval_on_disk.py): the plain per-query reference of the ReID protocol, seeded
-random problems and the evaluator's feature sets."""
+tests/test_eval_on_disk.py, tests/test_tools_ranked_items.py, ...): the plain per-query
+reference of the ReID protocol, seeded random problems, the evaluator's feature sets, and
+`masked_average_precision`, the sort-based per-query AP under a `RankedGallery` mask that
+`core search --worst`'s ranking is checked against (and bench/worst_queries.py's baseline)."""
 
 from __future__ import annotations
 
@@ -74,3 +76,24 @@ def feature_sets(seed=11, categories=False, num_q=60, num_g=400):
         query.categories = np.arange(len(qp)) % 3
         query.category_names = ["person", "vehicle", "animal"]
     return query, gallery
+
+
+def masked_average_precision(distances: torch.Tensor | np.ndarray, ranked: np.ndarray, q_pids: np.ndarray,
+                             g_pids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(valid, AP, first rank) of c queries from their (c, G) distances and (c, G) `ranked`
+    mask: the items sorted by (distance, gallery index), those not ranked skipped, the
+    positives the ranked items of the query's identity; a query without one is not valid
+    (AP 0, first rank 0)."""
+    d = torch.as_tensor(distances).detach().cpu().double()
+    order = torch.sort(d, dim=1, stable=True).indices.numpy()
+    kept = np.take_along_axis(np.asarray(ranked, dtype=bool), order, 1)
+    same = np.asarray(g_pids)[order] == np.asarray(q_pids)[:, None]
+    positive = same & kept
+    rank_among_kept = np.cumsum(kept, axis=1)
+    hits = np.cumsum(positive, axis=1)
+    num_pos = positive.sum(1)
+    precision = np.where(positive, hits / np.maximum(rank_among_kept, 1), 0.0)
+    valid = num_pos > 0
+    ap = np.where(valid, precision.sum(1) / np.maximum(num_pos, 1), 0.0)
+    first = np.where(valid, np.take_along_axis(rank_among_kept, positive.argmax(1)[:, None], 1)[:, 0], 0)
+    return valid, ap, first

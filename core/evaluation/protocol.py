@@ -1,18 +1,16 @@
 """What evaluation ranks for each query, as a mask that tools apply without knowing any
-method's rule (`core.interfaces.RankedGallery`, `Evaluator.ranked_gallery`), and a
-sort-based reference for each query's AP under such a mask.
+method's rule (`core.interfaces.RankedGallery`, `Evaluator.ranked_gallery`).
 
 `standard_ranked_gallery` is the standard ReID protocol (`core.evaluation.ranking`'s
 module doc): every gallery item is ranked but those of the query's identity seen by its
 own camera (when `exclude_same_camera`) or, with groups (clothes ids, LTCC / PRCC), in its
 own group. It is the default of `Evaluator.ranked_gallery` and the `reid` evaluator's.
 
-`masked_average_precision` is the per-query reference: sort the gallery by (distance,
-gallery index), keep the ranked items, average the precision at each positive (a kept
-item of the query's identity). `core search --worst` does not run it: it hands the mask
-to the evaluator's ranking (`core.evaluation.ranking.per_query_metrics(ranked=...)`:
-positives' ranks, no sort; 15-27x faster, `bench/worst_queries.py`), so agreement between
-the two is a check, not a copy (tests, and the bench's baseline).
+`core search --worst` hands such a mask to the evaluator's ranking
+(`core.evaluation.ranking.per_query_metrics(ranked=...)`); the sort-based per-query
+reference it is checked against lives with the tests
+(tests/evaluation_helpers.py `masked_average_precision`, also the baseline of
+`bench/worst_queries.py`).
 """
 
 from __future__ import annotations
@@ -20,14 +18,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from core.evaluation.ranking import query_gallery_labels
 
 if TYPE_CHECKING:
     from core.interfaces import FeatureSet, RankedGallery
 
-#: Entries of one (queries x gallery) chunk of `masked_average_precision`'s callers.
+#: Entries of one (queries x gallery) chunk of a per-query ranking's callers.
 CHUNK_ENTRIES = 2**22
 
 
@@ -68,24 +65,3 @@ def standard_ranked_gallery(query: "FeatureSet", gallery: "FeatureSet", exclude_
     rule = ("every gallery item but those of the query's identity in its " + " or its ".join(left_out)
             if left_out else "every gallery item")
     return RankedGallery(ranked=ranked, rule=rule, differs=differs)
-
-
-def masked_average_precision(distances: torch.Tensor | np.ndarray, ranked: np.ndarray, q_pids: np.ndarray,
-                             g_pids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(valid, AP, first rank) of c queries from their (c, G) distances and (c, G) `ranked`
-    mask: the items sorted by (distance, gallery index), those not ranked skipped, the
-    positives the ranked items of the query's identity; a query without one is not valid
-    (AP 0, first rank 0)."""
-    d = torch.as_tensor(distances).detach().cpu().double()
-    order = torch.sort(d, dim=1, stable=True).indices.numpy()
-    kept = np.take_along_axis(np.asarray(ranked, dtype=bool), order, 1)
-    same = np.asarray(g_pids)[order] == np.asarray(q_pids)[:, None]
-    positive = same & kept
-    rank_among_kept = np.cumsum(kept, axis=1)
-    hits = np.cumsum(positive, axis=1)
-    num_pos = positive.sum(1)
-    precision = np.where(positive, hits / np.maximum(rank_among_kept, 1), 0.0)
-    valid = num_pos > 0
-    ap = np.where(valid, precision.sum(1) / np.maximum(num_pos, 1), 0.0)
-    first = np.where(valid, np.take_along_axis(rank_among_kept, positive.argmax(1)[:, None], 1)[:, 0], 0)
-    return valid, ap, first
