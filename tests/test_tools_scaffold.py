@@ -53,8 +53,8 @@ def test_a_generated_plugin_with_named_components_of_every_kind_installs_and_pas
     assert 'my_method = "reid_my_method.hooks"' in (plugin / "pyproject.toml").read_text()
     result = install_and_test(plugin, tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    # 7 components x (registration + contract tests) and the pipeline test, none skipped
-    assert "22 passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
+    # 7 components x (registration + contract tests), the evaluator's ranked_gallery and the pipeline test
+    assert "23 passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
 
 
 def test_a_generated_loss_test_passes_without_warnings(tmp_path):
@@ -92,6 +92,29 @@ def test_kinds_name_their_components_after_the_plugin(tmp_path):
     hooks = (plugin / "reid_circle_x" / "hooks.py").read_text()
     assert 'register("circle-x", "reid_circle_x.circle_x_loss:CircleXLoss")' in hooks
     assert 'register("circle-x", "reid_circle_x.circle_x_sampler:CircleXSampler")' in hooks
+
+
+def test_a_generated_evaluator_shows_the_ranked_gallery_hook_and_when_to_implement_it(tmp_path, monkeypatch):
+    """The optional hook (core.interfaces.Evaluator.ranked_gallery) sits in the generated
+    class, returning None (the standard protocol, which the template's evaluate ranks), with
+    a docstring saying when an evaluator must implement it; the generated tests check it."""
+    import importlib
+
+    import numpy as np
+    import torch
+
+    from core.interfaces import FeatureSet
+
+    plugin = new_plugin("rk", ["evaluator"], tmp_path)
+    monkeypatch.syspath_prepend(str(plugin))
+    cls = importlib.import_module("reid_rk.rk_evaluator").RkEvaluator
+    assert "ranked_gallery" in vars(cls)
+    doc = " ".join(cls.ranked_gallery.__doc__.split())
+    assert "standard" in doc and "RankedGallery" in doc and "core search --worst" in doc and "core explain" in doc
+    assert "Implement it when `evaluate` ranks" in doc
+    sets = FeatureSet(torch.zeros(2, 0), np.array([0, 1]), np.array([0, 1]))
+    assert cls().ranked_gallery(sets, sets) is None
+    assert "def test_the_tools_rank_what_evaluate_ranks" in (plugin / "tests" / "test_rk_evaluator.py").read_text()
 
 
 def test_a_generated_loss_test_names_a_loss_that_returns_a_python_float(tmp_path):

@@ -158,6 +158,23 @@ class {{class}}(Evaluator):
         hits = (g_pids[nearest] == q_pids) & valid
         return {"rank-1": 100.0 * float(hits.sum()) / max(int(valid.sum()), 1),
                 "num_valid_queries": float(valid.sum())}
+
+    def ranked_gallery(self, query, gallery):
+        """Which gallery items `evaluate` ranks for each query: `core search --worst`, and
+        `core search` / `core explain` on a run's own splits, rank what this says, so that
+        their per-query APs and pictures are evaluation's. None (the base class's default)
+        means the standard protocol: every item but those of the query's identity on its
+        own camera, which is what `evaluate` above ranks.
+
+        Implement it when `evaluate` ranks something other than the standard protocol (a
+        gallery per task, a clothes rule, no camera rule): return a
+        core.interfaces.RankedGallery whose `ranked(rows)` gives, for an int array of query
+        rows, a (len(rows), G) bool array, True where `evaluate` ranks gallery item j;
+        read metadata only (pids, camids, records: the tools pass empty embeddings), and
+        build it from the same function `evaluate` uses (docs/writing-plugins.md, "What
+        your evaluator ranks"). The generated test checks that the two agree.
+        """
+        return None
 '''
 
 TEMPLATES['head.py'] = r'''"""Head '{{name}}': backbone "global" -> a linear projection as the retrieval
@@ -556,4 +573,26 @@ def test_rank1_on_a_hand_made_gallery():
                          pids=np.array([0, 1, 1, 0]), camids=np.array([0, 1, 1, 1]))
     metrics = {{class}}().evaluate(query, gallery)
     assert metrics["rank-1"] == pytest.approx(50.0) and metrics["num_valid_queries"] == 2
+
+
+def test_the_tools_rank_what_evaluate_ranks():
+    """`core search --worst` and `core explain` rank each query against the gallery items of
+    `ranked_gallery` (None: the standard protocol): rank-1 over that mask is evaluate's.
+    Change evaluate's rule and this fails until ranked_gallery says the same."""
+    from core.tools.ranked_items import evaluator_protocol
+
+    rng = np.random.default_rng(0)
+    query = FeatureSet(torch.randn(12, 8, generator=torch.Generator().manual_seed(0)),
+                       pids=rng.integers(0, 4, 12), camids=rng.integers(0, 3, 12))
+    gallery = FeatureSet(torch.randn(40, 8, generator=torch.Generator().manual_seed(1)),
+                         pids=rng.integers(0, 4, 40), camids=rng.integers(0, 3, 40))
+    evaluator = {{class}}()
+    ranked = torch.as_tensor(evaluator_protocol(evaluator, query, gallery).ranked(np.arange(12)))
+    q = torch.nn.functional.normalize(query.embeddings, dim=1)
+    g = torch.nn.functional.normalize(gallery.embeddings, dim=1)
+    nearest = (1.0 - q @ g.T).masked_fill(~ranked, float("inf")).argmin(dim=1)
+    positive = (torch.as_tensor(query.pids)[:, None] == torch.as_tensor(gallery.pids)[None, :]) & ranked
+    valid = positive.any(dim=1)
+    hits = positive[torch.arange(12), nearest] & valid
+    assert evaluator.evaluate(query, gallery)["rank-1"] == pytest.approx(100.0 * float(hits.sum()) / int(valid.sum()))
 '''
