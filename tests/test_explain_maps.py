@@ -441,3 +441,28 @@ def test_explain_on_a_separate_device_draws_the_cpu_pictures(tiny_runs, tmp_path
     for a, b in zip(pictures["cpu"], pictures["meta"]):
         with Image.open(a) as on_cpu, Image.open(b) as on_device:
             assert np.abs(np.asarray(on_cpu, dtype=int) - np.asarray(on_device, dtype=int)).max() <= 1
+
+
+def test_the_heat_maps_of_an_instructed_query_carry_its_instruction(tiny_runs, tmp_path, monkeypatch):
+    """A query record with extras "instruction" (Instruct-ReID's text) gets it written under
+    its heat-map picture, as `core search` writes it under the ranked list; a query without
+    one gets no line."""
+    from core.records import Record
+    from core.tools import explain_maps
+    from core.tools.images import ImageFiles, ImageSet, _table, open_images
+    from core.tools.loading import load_run
+
+    notes = []
+    real = explain_maps.explain_picture
+    monkeypatch.setattr(explain_maps, "explain_picture",
+                        lambda *a, **k: notes.append(k.get("note", "")) or real(*a, **k))
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (16, 32), (200, 60, 60)).save(tmp_path / name)
+    records = [Record(path=str(tmp_path / "a.png"), pid=0, camid=0, category="person",
+                      extras={"instruction": "a woman with a black bag"}),
+               Record(path=str(tmp_path / "b.png"), pid=1, camid=0, category="person")]
+    queries = ImageSet(_table(records, "q"), [ImageFiles(records)], "q")
+    run = load_run(tiny_runs["cnn"], device="cpu")
+    explain_maps.explain_matches(run, queries, open_images("run:gallery", run), tmp_path / "out",
+                                 explain_maps.Settings("gradcam", top=2), limit=2)
+    assert notes == ["instruction: a woman with a black bag", ""]

@@ -14,7 +14,8 @@ matches in columns:
   the class token; it does not depend on the other image.
 
 The maps are computed on single, unflipped images in fp32. Each heat map is stretched
-from its minimum to its maximum.
+from its minimum to its maximum. A query that carries a text instruction (Instruct-ReID:
+records' extras "instruction") has it written under its picture, as `core search` does.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import nn
 
-from core.tools.pictures import BLUE, GREEN, GREY, INK, RED, WHITE, font, write_index
+from core.tools.pictures import BLUE, GREEN, GREY, INK, RED, WHITE, font, wrap, write_index
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def explain_matches(run, query_set, gallery_set, out: Path, settings: Settings, 
     from core.data.loading import ImageSamples
     from core.tools.extract import embed
     from core.tools.ranked_items import camera_rule
-    from core.tools.search import _identity, _subset, rank
+    from core.tools.search import _identity, _instruction_note, _subset, rank
 
     rule = rule or camera_rule(query_set, gallery_set, exclude_same_camera)
     count = min(limit, len(query_set))
@@ -175,7 +176,8 @@ def explain_matches(run, query_set, gallery_set, out: Path, settings: Settings, 
         title = f"query {label} ({_identity(queries.table, result.query)})  {settings.method}"
         rows = (["image", "similarity map", "query, for this match"] if settings.method == "gradcam"
                 else ["image", "attention rollout"])
-        explain_picture(columns, rows, explainer.size, title).save(out / name)
+        note = _instruction_note(queries, result.query)  # what an instructed query asked for, as core search shows
+        explain_picture(columns, rows, explainer.size, title, note=note).save(out / name)
         entries.append((name, title))
     what = (f"{settings.cam} of the cosine similarity at {explainer.layer_name}" if settings.method == "gradcam" else
             f"attention rollout ({settings.head_fusion} over heads, discard ratio {settings.discard_ratio:g})")
@@ -210,8 +212,10 @@ def blend(image: Image.Image, heat: torch.Tensor | None, width: int, height: int
 
 
 def explain_picture(columns: list[Column], rows: list[str], size: tuple[int, int], title: str = "",
-                    height: int = 128, border: int = 4, gap: int = 6) -> Image.Image:
-    """Columns (query, matches) x rows (image, its map, the query's map for the match)."""
+                    height: int = 128, border: int = 4, gap: int = 6, note: str = "") -> Image.Image:
+    """Columns (query, matches) x rows (image, its map, the query's map for the match);
+    `note` (an instructed query's instruction) is written under the captions, wrapped to
+    the picture's width, as `core search`'s ranked lists write it."""
     width = max(24, round(height * size[1] / size[0]))
     small, big = font(11), font(13)
     line, label_w = 13, 120
@@ -219,7 +223,8 @@ def explain_picture(columns: list[Column], rows: list[str], size: tuple[int, int
     top = (20 if title else 4) + line + 2
     cell_w, cell_h = width + 2 * border, height + 2 * border
     total_w = label_w + gap + len(columns) * (cell_w + gap) + 2 * gap
-    total_h = top + len(rows) * (cell_h + gap) + lines * line + gap
+    note_lines = wrap(note, total_w - 2 * gap, lambda text: small.getlength(text)) if note else []
+    total_h = top + len(rows) * (cell_h + gap) + (lines + len(note_lines)) * line + gap
     canvas = Image.new("RGB", (total_w, total_h), WHITE)
     draw = ImageDraw.Draw(canvas)
     if title:
@@ -240,4 +245,7 @@ def explain_picture(columns: list[Column], rows: list[str], size: tuple[int, int
         y = top + len(rows) * (cell_h + gap)
         for i, text in enumerate(column.caption):
             draw.text((x + 1, y + i * line), text, fill=INK, font=small)
+    y = top + len(rows) * (cell_h + gap) + lines * line
+    for i, text in enumerate(note_lines):
+        draw.text((gap + 1, y + i * line), text, fill=INK, font=small)
     return canvas

@@ -9,7 +9,9 @@ part). A list of such tensors (one per layer) is read at its last layer. Another
 be named (`--key`).
 
 Per image the picture shows the image, each part's heat map over it (stretched from
-that part's minimum to its maximum, both written under it), and the arg-max part map.
+that part's minimum to its maximum, both written under it), and the arg-max part map; an
+image that carries a text instruction (records' extras "instruction") has it written
+under the row.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from core.tools.pictures import INK, WHITE, font, jet, write_index
+from core.tools.pictures import INK, WHITE, font, jet, wrap, write_index
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +63,10 @@ def read_masks(outputs: dict, key: str, grid: tuple[int, int] | None, backbone: 
 
 
 def overlay_picture(image: Image.Image, masks: torch.Tensor, size: tuple[int, int], title: str = "",
-                    alpha: float = 0.55) -> Image.Image:
+                    alpha: float = 0.55, note: str = "") -> Image.Image:
     """The image, a heat map per part (P, rows, cols), and the arg-max part map, in a row.
-    `size` is the model input (height, width); the picture keeps its aspect."""
+    `size` is the model input (height, width); the picture keeps its aspect. `note` (an
+    instructed image's instruction) is written under the row, wrapped to its width."""
     height = 192
     width = max(32, round(height * size[1] / size[0]))
     base = np.asarray(image.convert("RGB").resize((width, height), Image.BICUBIC), dtype=np.float32)
@@ -78,15 +81,20 @@ def overlay_picture(image: Image.Image, masks: torch.Tensor, size: tuple[int, in
     colours = part_colours(len(up))
     tiles.append(((1 - alpha) * base + alpha * colours[up.argmax(0)]).astype(np.uint8))
     captions.append("arg-max part")
-    gap, head, foot = 6, (20 if title else 4), 18
-    canvas = Image.new("RGB", (gap + len(tiles) * (width + gap), head + height + foot), WHITE)
+    gap, head, foot, line = 6, (20 if title else 4), 18, 13
+    total_w = gap + len(tiles) * (width + gap)
+    small = font(11)
+    note_lines = wrap(note, total_w - 2 * gap, lambda text: small.getlength(text)) if note else []
+    canvas = Image.new("RGB", (total_w, head + height + foot + len(note_lines) * line), WHITE)
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((gap, 3), title, fill=INK, font=font(13))
     for i, (tile, caption) in enumerate(zip(tiles, captions)):
         x = gap + i * (width + gap)
         canvas.paste(Image.fromarray(tile), (x, head))
-        draw.text((x, head + height + 3), caption, fill=INK, font=font(11))
+        draw.text((x, head + height + 3), caption, fill=INK, font=small)
+    for i, text in enumerate(note_lines):
+        draw.text((gap + 1, head + height + foot + i * line), text, fill=INK, font=small)
     return canvas
 
 
@@ -114,6 +122,7 @@ def explain(target: str | Path, images: str, out: str | Path, key: str = "part_m
     from core.data.loading import ImageSamples, collate
     from core.tools.images import open_images, screened, screened_first
     from core.tools.loading import load_run
+    from core.tools.search import _instruction_note
 
     if method not in METHODS:
         raise ValueError(f"explain: method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -153,7 +162,8 @@ def explain(target: str | Path, images: str, out: str | Path, key: str = "part_m
             stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(label).stem).strip("_") or "image"
             name = f"{index:04d}_{stem}.png"
             title = f"{label}  ({masks.shape[1]} parts, '{key}')"
-            overlay_picture(image_set.image(index), masks[row], run.pipeline.ctx.image_size, title).save(out / name)
+            overlay_picture(image_set.image(index), masks[row], run.pipeline.ctx.image_size, title,
+                            note=_instruction_note(image_set, index)).save(out / name)
             entries.append((name, title))
     return write_index(out, entries, f"part masks of {run.run_dir.name}",
                        f"{CONTRACT}; each heat map stretched from its part's minimum to its maximum", legend=False)
