@@ -85,6 +85,9 @@ class TestSet:
     query: RecordTable
     gallery: RecordTable
     datasets: list[Dataset]
+    #: the pipeline key it was built from ("data.test.0"; "data.train.0" for a training
+    #: dataset's own query/gallery), for messages about it
+    key: str = ""
 
 
 @dataclass
@@ -552,6 +555,7 @@ def build_pipeline(cfg: LoadedConfig, rank: int = 0, world_size: int = 1, prepar
             query=RecordTable.build([(set_name, query)], relabel=False, category_names=cats),
             gallery=RecordTable.build([(set_name, gallery)], relabel=False, category_names=cats),
             datasets=[dataset],
+            key=f"data.{'train' if test_specs is None and context is None else 'test'}.{i}",
         ))
         test_tables += [(i, test_sets[-1].query), (i, test_sets[-1].gallery)]
         for warning in test_set_warnings(cfg, sources, i, label, train_records if context is None else None,

@@ -34,10 +34,11 @@ def test_no_valid_query_says_the_cameras_come_from_the_file_names_in_one_line(tm
     assert main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 2  # bad input (core/exit_codes.py)
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     line, = err
-    assert line.startswith("error: no valid query in the query set"), line  # not "error: ValueError: ..."
+    # which pipeline key (not "error: ValueError: ..."): a training dataset's own query/gallery here
+    assert line.startswith(f"error: {path}: data.train.0 (test set 'folder'): no valid query in the query set"), line
     assert "--debug" not in line
     assert "query images of 'things'" in line
-    assert f"query images under {root / 'query' / 'thing'}" in line, line
+    assert f"query images of 'things' under {root / 'query' / 'thing'}" in line, line
     assert f"gallery images under {root / 'gallery' / 'thing'}" in line, line
     assert ("a query is valid when the gallery holds an image of its identity taken by another camera "
             "(exclude_same_camera: true)") in line, line

@@ -284,7 +284,7 @@ def where_from(query: FeatureSet, gallery: FeatureSet) -> str:
     for which, features in (("query", query), ("gallery", gallery)):
         folder = _common_folder(features.records)
         if folder:
-            text += f"{';' if which == 'gallery' else ''} {which} images under {folder}"
+            text += f"; gallery images under {folder}" if which == "gallery" else f" under {folder}"
     return text + ")"
 
 

@@ -436,6 +436,17 @@ class Trainer:
         safe = re.sub(r"[^\w.-]+", "_", test_name)
         return self.run.path / "eval-features" / f"{safe}-{split}.npy"
 
+    def _evaluate_set(self, test, query, gallery) -> dict[str, float]:
+        """The evaluator on one test set; its 'no valid query' line says which set of which
+        pipeline file (the evaluator knows the records, not the key they came from)."""
+        from core.evaluation.ranking import NoValidQuery
+
+        try:
+            return self.p.evaluator.evaluate(query, gallery)
+        except NoValidQuery as exc:
+            where = f"{self.p.config.file}: {test.key} (test set '{test.name}')" if test.key else f"test set '{test.name}'"
+            raise NoValidQuery(f"{where}: {exc}") from None
+
     def evaluate(self, tag: str) -> dict[str, float]:
         """Evaluate every test set; keys `<set>/<metric>`, plus `mean/<metric>` over sets."""
         self.emit("on_evaluate_start")
@@ -447,7 +458,7 @@ class Trainer:
             files = [self._features_file(test.name, split, len(getattr(test, split))) for split in ("query", "gallery")]
             query = self.extract(test.query, test.datasets, to_file=files[0])
             gallery = self.extract(test.gallery, test.datasets, to_file=files[1])
-            result = self.p.evaluator.evaluate(query, gallery) if self.dist.is_main else None
+            result = self._evaluate_set(test, query, gallery) if self.dist.is_main else None
             result = D.broadcast_object(result)
             if self.dist.is_main:  # every rank has mapped them (broadcast waits for all): the maps stay valid
                 for file in files:
