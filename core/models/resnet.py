@@ -5,7 +5,12 @@
 - IBN-a units (`ibn: true`, core.models.ibn; Pan et al. 2018), as in fast-reid's SBS;
 - non-local blocks after the last units of each stage (`non_local: [0, 2, 3, 0]` is AGW's
   setting, Ye et al. 2021 Sec. 4.1; core.models.non_local);
-- the pooling of the final map (core.models.pooling: avg, max, gem, attention).
+- the pooling of the final map (core.models.pooling: avg, max, gem, attention);
+- the stem's 3x3 stride-2 max-pool (`stem_maxpool`): `padded` (padding 1, torchvision's and
+  timm's, and fast-reid's until Aug 2020) or `ceil` (no padding, ceil mode: fast-reid's
+  ResNet since its commit 9c667d1, 2020-08-14). At 256x128 both give a 64x32 map, but the
+  windows are shifted by one pixel, so a network trained with one computes another
+  function with the other (released fast-reid weights: core.released_weights.fastreid).
 
 The ResNet itself is timm's (resnet50, resnet101, ...: torchvision's parameter names).
 Nothing is downloaded: `pretrained: true` reads timm's local cache; a path reads a local
@@ -34,6 +39,7 @@ from core.training.checkpoint import misfit
 
 NAME = "backbone 'resnet'"
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
+STEM_MAXPOOLS = ("padded", "ceil")
 
 
 def read_state_dict(path: Path, owner: str) -> dict[str, torch.Tensor]:
@@ -59,8 +65,9 @@ class ReIDResNet(Backbone):
 
     Keys: `arch` (a timm ResNet: resnet18/34/50/101/152, ...), `pretrained` (false, true,
     or a local file), `last_stride` (1 or 2), `ibn` (IBN-a in layer1-3), `non_local`
-    (blocks per stage, after its last units), `non_local_width` (their embedding width;
-    null: half the stage's channels, Wang et al.; 1: the AGW / fast-reid code's), `pooling` (name or mapping),
+    (blocks per stage, after its last units), `stem_maxpool` (`padded` or `ceil`, above),
+    `non_local_width` (their embedding width; null: half the stage's channels, Wang et al.;
+    1: the AGW / fast-reid code's), `pooling` (name or mapping),
     `model_kwargs` (passed to timm.create_model, e.g. a tiny width for tests), `stem_relu`
     (false: no ReLU after the stem's BN, as in reid-strong-baseline's and TransReID's ResNet,
     whose code has it commented out since its first release: their released weights compute
@@ -70,8 +77,12 @@ class ReIDResNet(Backbone):
     def __init__(self, ctx: BuildContext, arch: str = "resnet50", pretrained: bool | str = False,
                  last_stride: int = 1, ibn: bool = False, non_local: list[int] | None = None,
                  pooling: str | dict[str, Any] = "avg", model_kwargs: dict[str, Any] | None = None,
-                 non_local_width: int | None = None, stem_relu: bool = True) -> None:
+                 non_local_width: int | None = None, stem_maxpool: str = "padded", stem_relu: bool = True) -> None:
         super().__init__()
+        if stem_maxpool not in STEM_MAXPOOLS:
+            raise ValueError(f"{NAME}: stem_maxpool must be one of {', '.join(STEM_MAXPOOLS)} (padded: torchvision's "
+                             f"3x3 stride-2 padding-1 max-pool; ceil: fast-reid's, no padding, ceil mode), "
+                             f"got {stem_maxpool!r}")
         if not isinstance(stem_relu, bool):
             raise ValueError(f"{NAME}: stem_relu must be true or false (false: reid-strong-baseline's / "
                              f"TransReID's ResNet, which has no ReLU after the stem), got {stem_relu!r}")
@@ -103,6 +114,8 @@ class ReIDResNet(Backbone):
             add_ibn_a(self.model)
         if not stem_relu:
             self.model.act1 = nn.Identity()
+        if stem_maxpool == "ceil":
+            self.model.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
         if last_stride == 1:
             self._set_last_stride_1()
         if isinstance(pretrained, (str, Path)) and not isinstance(pretrained, bool):
