@@ -70,11 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop unreadable images found before training (with a warning) instead of stopping")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("eval", help="evaluate a trained run or checkpoint",
+    p = sub.add_parser("eval", help="evaluate a trained run or checkpoint, or released weights of another code base",
                        description="Evaluate the model of a run folder (or one of its checkpoints) on the "
                                    "pipeline's test sets; --set may change the evaluator or the test data "
-                                   "(e.g. --set evaluator.metric=euclidean --set trainer.eval_flip=true).")
-    p.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT")
+                                   "(e.g. --set evaluator.metric=euclidean --set trainer.eval_flip=true). "
+                                   "With --weights, the target is a pipeline YAML (the architecture and the test "
+                                   "data) and FILE another code base's released weights, converted into it "
+                                   "(docs/model-zoo.md, 'Evaluating released weights').")
+    p.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT_OR_PIPELINE")
+    from core.tools.commands import add_released_weights_args  # torch-free at import
+
+    add_released_weights_args(p)
     _add_set(p)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_eval)
@@ -300,7 +306,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from core.runner import evaluate_run
     from core.training.report import format_report
 
-    metrics = evaluate_run(args.target, args.overrides)
+    metrics = evaluate_run(args.target, args.overrides, weights=args.weights, source=args.source)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:

@@ -1,6 +1,7 @@
 """Rebuilding a trained model for inference: `core eval` and the tools (extract, search,
-explain, export) start here, from a run folder, a checkpoint inside one, or a weights
-file written by `core export --format safetensors`.
+explain, export) start here, from a run folder, a checkpoint inside one, a weights
+file written by `core export --format safetensors`, or a pipeline YAML with another code
+base's released weights (`--weights FILE`, core.released_weights: restore_released).
 
 The losses' state (memories, queues, a matching head: what an evaluator may read, e.g. the
 instruct-editor evaluator's ITM re-ranking) is loaded from a checkpoint as well; a weights
@@ -49,10 +50,14 @@ def refuse_plugin_files(cfg: LoadedConfig) -> None:
             f"would run now. Read them first; if you trust them, pass {trust.PLUGIN_FILES_FLAG}.")
 
 
-def restore_run(target: str | Path, overrides: Sequence[str] = ()):
+def restore_run(target: str | Path, overrides: Sequence[str] = (), weights: str | Path | None = None,
+                source: str = "auto"):
     """(run folder, checkpoint or weights file, trainer that writes nothing) with the
     trained weights loaded (the EMA copy too, which the run's evaluations used) and, from
-    a checkpoint, the losses' state (`trainer.losses_restored`)."""
+    a checkpoint, the losses' state (`trainer.losses_restored`). With `weights`, `target`
+    is a pipeline YAML and `weights` another code base's file (restore_released)."""
+    if weights is not None:
+        return restore_released(target, weights, source, overrides)
     from core import trust
     from core.tools import weights_file
     from core.training.checkpoint import OTHER_PIPELINE, checkpoint_entry, load_checkpoint, load_fitting
@@ -82,6 +87,75 @@ def restore_run(target: str | Path, overrides: Sequence[str] = ()):
     if trainer.ema is not None and state.get("ema") is not None:  # its losses too: the EMA copy is of model + losses
         load_fitting(trainer.ema, state["ema"], checkpoint, "EMA copy's", against, OTHER_PIPELINE)
     return run_dir, checkpoint, trainer
+
+
+def restore_released(pipeline: str | Path, weights: str | Path, source: str = "auto",
+                     overrides: Sequence[str] = ()):
+    """(folder of the file, the file, trainer that writes nothing) with another code base's
+    released weights (core.released_weights) converted into the model `pipeline` builds.
+
+    The pipeline says the architecture and the test data; its training data need not be
+    on disk: the model is built from `data.test` (by default the training datasets' own
+    query / gallery) and, for a head with a classifier, their classifier's row count. The
+    file is read without pickle; the reader's `left_out`, `kept` and `notes` are logged
+    and kept as `trainer.released`."""
+    from core.context import BuildContext
+    from core.released_weights import pick_reader, read_weights
+
+    path, pipeline = Path(weights), Path(pipeline)
+    if not pipeline.is_file() or pipeline.suffix not in (".yaml", ".yml"):
+        raise FileNotFoundError(f"{pipeline}: with --weights, the target is the pipeline YAML that says the "
+                                "architecture and the test data (e.g. pipelines/bot_market1501.yaml)")
+    state = read_weights(path)
+    reader = pick_reader(state, source, path)
+    cfg = load_pipeline(pipeline, list(overrides))
+    notes = list(reader.check_pipeline(state, cfg.data)) if hasattr(reader, "check_pipeline") else []
+    data = cfg.data.setdefault("data", {})
+    if data.get("test") is None:  # the training datasets' own query / gallery, as a training run tests
+        data["test"] = data.get("train")
+    size = (data.get("transform") or {}).get("size", (256, 128))
+    rows = reader.num_identities(state) if hasattr(reader, "num_identities") else None
+    context = BuildContext(train=None, num_identities=int(rows or 0), image_size=(int(size[0]), int(size[1])))
+    trainer = _inference_trainer(cfg, path.parent, context=context)
+    converted = reader.convert(state, trainer.p.model)
+    converted.notes = list(converted.notes) + notes
+    _load_converted(trainer.p.model, converted, reader.NAME, path)
+    if trainer.ema is not None:  # the EMA copy was taken before loading: evaluate the loaded model
+        trainer.ema, trainer.model = None, trainer.net
+    trainer.losses_restored = False
+    trainer.step_known = False
+    trainer.released = converted
+    for line in describe_conversion(converted, reader.TITLE, path):
+        (log.warning if line.startswith("note:") else log.info)(line)
+    return path.parent, path, trainer
+
+
+def _load_converted(model, converted, reader: str, path: Path) -> None:
+    """Strict both ways: every tensor of the model is converted or listed in `kept`, no
+    converted name is foreign (a reader's fault, said as one line)."""
+    from core.released_weights import WeightsMismatch
+
+    own = model.state_dict()
+    foreign = sorted(set(converted.state) - set(own))
+    unfilled = sorted(set(own) - set(converted.state) - set(converted.kept))
+    if foreign or unfilled:
+        raise WeightsMismatch(f"{path}: reader '{reader}' gave {len(foreign)} names the model lacks (e.g. "
+                              f"{', '.join(foreign[:2]) or '-'}) and left {len(unfilled)} of its tensors unfilled "
+                              f"without a reason (e.g. {', '.join(unfilled[:2]) or '-'})")
+    model.load_state_dict(converted.state, strict=False)
+
+
+def describe_conversion(converted, title: str, path: Path) -> list[str]:
+    """What was read, left out, kept and where the protocols differ: one line each."""
+    lines = [f"{path}: {len(converted.state)} tensors of {title} loaded"]
+    lines += [f"left out: {name}: {why}" for name, why in sorted(converted.left_out.items())]
+    by_reason: dict[str, list[str]] = {}
+    for name, why in converted.kept.items():
+        by_reason.setdefault(why, []).append(name)
+    lines += [f"kept as built: {len(names)} tensor{'s' if len(names) > 1 else ''} (e.g. {names[0]}): {why}"
+              for why, names in by_reason.items()]
+    lines += [f"note: {note}" for note in converted.notes]
+    return lines
 
 
 def _restore_position(trainer, position: Any) -> None:

@@ -231,9 +231,14 @@ def label(pipeline: str | Path, overrides: Sequence[str] = (), force: bool = Fal
     return build_pipeline(load_pipeline(pipeline, overrides), prepare="force" if force else "run").prepared
 
 
-def evaluate_run(target: str | Path, overrides: Sequence[str] = ()) -> dict[str, float]:
-    """Evaluate a run folder's model (or a checkpoint file inside one) on its test sets."""
-    run_dir, _, trainer = restore_run(target, overrides)
+def evaluate_run(target: str | Path, overrides: Sequence[str] = (), weights: str | Path | None = None,
+                 source: str = "auto") -> dict[str, float]:
+    """Evaluate a run folder's model (or a checkpoint file inside one) on its test sets; with
+    `weights`, `target` is a pipeline YAML and `weights` another code base's released file
+    (`source`: its reader, core.released_weights)."""
+    run_dir, _, trainer = restore_run(target, overrides, weights=weights, source=source)
+    if weights is not None:
+        run_dir = Path(target)
     if not trainer.p.test_sets:
         hint = (" (a weights file carries no data: name test sets, e.g. --set 'data.test=[{dataset: market1501, "
                 "root: data/market1501}]')" if str(target).endswith(".safetensors") else "")

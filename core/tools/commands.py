@@ -44,6 +44,26 @@ def _same_camera(p: argparse.ArgumentParser, query: str, prefix: str = "") -> No
                         "may mean nothing). Either flag on the run's own splits replaces the evaluator's rule")
 
 
+def add_released_weights_args(p: argparse.ArgumentParser, with_set: bool = False) -> None:
+    """--weights FILE [--from READER]: another code base's released weights converted into
+    the model of the pipeline YAML given as the target (core.released_weights); `with_set`:
+    --set too (the tools have none otherwise; `core eval` has its own)."""
+    from core.released_weights import AUTO, READERS  # torch-free
+
+    p.add_argument("--weights", metavar="FILE",
+                   help="released weights of another code base (.pth/.pt read without pickle, or .safetensors), "
+                        "converted into the model of the pipeline YAML given as the target")
+    p.add_argument("--from", dest="source", default=AUTO, choices=(AUTO, *READERS),
+                   help="the code base of --weights (default auto: the reader that recognises its tensor names)")
+    if with_set:
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="override a key of the pipeline (value parsed as YAML); repeatable")
+
+
+def _released(args: argparse.Namespace) -> dict:
+    return {"weights": args.weights, "source": args.source, "overrides": args.overrides}
+
+
 def _image_check(args: argparse.Namespace) -> str:
     return "skip" if args.skip_bad_images else "error"
 
@@ -69,6 +89,7 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing FEATS.npz (and, with --half, FEATS.f16.npy); without it they are "
                         "refused")
+    add_released_weights_args(p, with_set=True)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0, help="data loader workers (default 0)")
     _skip_bad_images(p, "extracting")
@@ -95,6 +116,7 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--worst", type=int, metavar="N", help="draw the N lowest-AP queries of the run's test sets")
     p.add_argument("--metric", choices=["cosine", "euclidean"], help="distance (default: the run's evaluator's)")
     _same_camera(p, "--query")
+    add_released_weights_args(p, with_set=True)
     p.add_argument("--batch-size", type=int, default=64)
     _skip_bad_images(p, "searching")
     _device(p)
@@ -246,7 +268,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     _check_out_file(args.out, "feats.npz")
     path, features = extract_to_file(args.target, args.images, args.out, device=args.device,
                                      batch_size=args.batch_size, num_workers=args.workers, half=args.half,
-                                     image_check=_image_check(args), overwrite=args.overwrite)
+                                     image_check=_image_check(args), overwrite=args.overwrite, **_released(args))
     n, d = features.embeddings.shape
     known = int((features.images.table.pids >= 0).sum())
     print(f"{path}: {n} embeddings of dimension {d} ({known} with a known identity) from {args.images}")
@@ -263,14 +285,14 @@ def cmd_search(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         search.worst_queries(args.target, args.worst, args.top, args.out, device=args.device,
-                             batch_size=args.batch_size)
+                             batch_size=args.batch_size, **_released(args))
         return 0
     if not args.query or not args.gallery:
         print("core search: give --query and --gallery (or --worst N)", file=sys.stderr)
         return 2
     search.search(args.target, args.query, args.gallery, top=args.top, out=args.out, device=args.device,
                   metric=args.metric, exclude_same_camera=args.exclude_same_camera, batch_size=args.batch_size,
-                  image_check=_image_check(args))
+                  image_check=_image_check(args), **_released(args))
     return 0
 
 

@@ -26,7 +26,7 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -181,7 +181,8 @@ def features_meta(run: LoadedRun, images: ImageSet, embeddings: np.ndarray) -> d
 def extract_to_file(target: str | Path, images: str | Path, out: str | Path, device: str = "auto",
                     batch_size: int = 64, num_workers: int = 0, progress: bool = True,
                     half: bool = False, image_check: str = "error",
-                    overwrite: bool = False) -> tuple[Path, Features]:
+                    overwrite: bool = False, weights: str | Path | None = None, source: str = "auto",
+                    overrides: Sequence[str] = ()) -> tuple[Path, Features]:
     """What `core extract` does: load the run, check the image files, embed the images,
     write the .npz (with `half`, the embeddings into a float16 memory map beside it; module
     doc). `image_check`, as for training (core.data.image_check): unreadable files stop it
@@ -193,7 +194,7 @@ def extract_to_file(target: str | Path, images: str | Path, out: str | Path, dev
     from core.training.checkpoint import atomic_replace
 
     claim_out(out, half, overwrite)
-    run = load_run(target, device=device)
+    run = load_run(target, device=device, overrides=overrides, weights=weights, source=source)
     image_set, = screened([("--images", open_images(images, run))], image_check, "Nothing was extracted")
     if half:  # into a temp file renamed into place once complete, as the .npz is
         with atomic_replace(half_path(out)) as partial:

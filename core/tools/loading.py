@@ -43,12 +43,14 @@ class LoadedRun:
         return str(getattr(evaluator, "metric", "cosine"))
 
 
-def load_run(target: str | Path, device: str = "auto", overrides: Sequence[str] = ()) -> LoadedRun:
-    """Rebuild the model of a run folder or checkpoint for inference."""
+def load_run(target: str | Path, device: str = "auto", overrides: Sequence[str] = (),
+             weights: str | Path | None = None, source: str = "auto") -> LoadedRun:
+    """Rebuild the model of a run folder or checkpoint for inference; with `weights`,
+    `target` is a pipeline YAML and `weights` another code base's file (restore_released)."""
     from core.restore import restore_run
 
     run_dir, checkpoint, trainer = restore_run(
-        target, [f"trainer.device={device}", "trainer.progress=false", *overrides])
+        target, [f"trainer.device={device}", "trainer.progress=false", *overrides], weights=weights, source=source)
     p = trainer.p
     evaluated = trainer.model  # the EMA copy when the run kept one
     model = ReIDModel(evaluated.backbone, evaluated.head).eval()

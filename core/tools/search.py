@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -208,7 +208,8 @@ def draw_results(results: list[QueryResult], query_set: ImageSet, gallery_set: I
 
 def search(target: str | Path, query: str, gallery: str, top: int = 10, out: str | Path | None = None,
            device: str = "auto", metric: str | None = None, exclude_same_camera: bool | None = None,
-           batch_size: int = 64, progress: bool = True, echo=print, image_check: str = "error") -> list[QueryResult]:
+           batch_size: int = 64, progress: bool = True, echo=print, image_check: str = "error",
+           weights: str | Path | None = None, source: str = "auto", overrides: Sequence[str] = ()) -> list[QueryResult]:
     """What `core search` does: embed queries (and the gallery unless it is a .npz of
     `core extract`), rank, print, draw. `image_check`: the images to embed are checked
     first, as `core extract` checks them (`core.tools.images.screened`).
@@ -219,7 +220,7 @@ def search(target: str | Path, query: str, gallery: str, top: int = 10, out: str
     from core.tools.images import open_images, screened
     from core.tools.loading import load_run
 
-    run = load_run(target, device=device)
+    run = load_run(target, device=device, overrides=overrides, weights=weights, source=source)
     query_set = open_images(query, run, flag="--query", split="query")
     if str(gallery).endswith(".npz"):  # embedded already; a picture draws a placeholder for an image that won't read
         query_set, = screened([("--query", query_set)], image_check, "Nothing was searched")
@@ -248,7 +249,8 @@ def search(target: str | Path, query: str, gallery: str, top: int = 10, out: str
 
 def worst_queries(target: str | Path, count: int = 10, top: int = 10, out: str | Path | None = None,
                   device: str = "auto", batch_size: int = 64, progress: bool = True,
-                  echo=print) -> dict[str, list[QueryResult]]:
+                  echo=print, weights: str | Path | None = None, source: str = "auto",
+                  overrides: Sequence[str] = ()) -> dict[str, list[QueryResult]]:
     """The `count` lowest-AP queries of each of the run's test sets, each query ranked
     against the items its evaluator ranks (module doc), drawn into `out` (default
     `<run>/worst-queries`), one subfolder per test set. Each set's line gives the mAP as
@@ -257,7 +259,7 @@ def worst_queries(target: str | Path, count: int = 10, top: int = 10, out: str |
     from core.tools.images import run_split
     from core.tools.loading import load_run
 
-    run = load_run(target, device=device)
+    run = load_run(target, device=device, overrides=overrides, weights=weights, source=source)
     metric = run.metric
     out_dir = Path(out) if out is not None else run.run_dir / "worst-queries"
     found: dict[str, list[QueryResult]] = {}
