@@ -9,7 +9,8 @@ import sys
 
 def exit_code(exc: BaseException) -> int:
     """2 for bad input (a pipeline key, a missing file, an untrusted or unreadable
-    checkpoint, a run folder in use, a test set where no query has a match to find), 3
+    checkpoint, a run folder in use, a test set where no query has a match to find, released
+    weights that do not fit the pipeline), 3
     for a non-finite loss, 1 otherwise."""
     from core.config.loading import ConfigError
     from core.registry import RegistryError
@@ -19,9 +20,11 @@ def exit_code(exc: BaseException) -> int:
         return 3
     if isinstance(exc, (ConfigError, RegistryError, FileNotFoundError, UntrustedContent)):
         return 2
-    ranking = sys.modules.get("core.evaluation.ranking")  # not imported: not its error (and no torch import here)
-    if ranking is not None and isinstance(exc, ranking.NoValidQuery):
-        return 2
+    for module, name in (("core.evaluation.ranking", "NoValidQuery"), ("core.released_weights.conversion",
+                                                                       "WeightsMismatch")):
+        defined = sys.modules.get(module)  # not imported: not its error (and no torch import here)
+        if defined is not None and isinstance(exc, getattr(defined, name)):
+            return 2
     from core.training.checkpoint import CheckpointError
     from core.training.run_folder import RunFolderError
 

@@ -115,7 +115,9 @@ def restore_released(pipeline: str | Path, weights: str | Path, source: str = "a
         data["test"] = data.get("train")
     size = (data.get("transform") or {}).get("size", (256, 128))
     rows = reader.num_identities(state) if hasattr(reader, "num_identities") else None
-    context = BuildContext(train=None, num_identities=int(rows or 0), image_size=(int(size[0]), int(size[1])))
+    cameras = reader.num_cameras(state, cfg.data) if hasattr(reader, "num_cameras") else None
+    context = BuildContext(train=None, num_identities=int(rows or 0), num_cameras=int(cameras or 0),
+                           image_size=(int(size[0]), int(size[1])))
     trainer = _inference_trainer(cfg, path.parent, context=context)
     converted = reader.convert(state, trainer.p.model)
     converted.notes = list(converted.notes) + notes

@@ -87,3 +87,48 @@ def test_core_extract_takes_the_same_pipeline_and_weights_pair(tmp_path, capsys)
                  "--set", "backbone.pretrained=false", "--set", "backbone.stem_maxpool=ceil"])
     assert code == 0, capsys.readouterr().err
     assert "4 embeddings of dimension 2048" in capsys.readouterr().out
+
+
+def shaped_file(path: Path, fixture: str, wrap: bool = False) -> Path:
+    """A state dict with the names and shapes of a fixture generated from the authors' own
+    model (tests/fixtures/released_weights), random weights of a sane scale."""
+    tensors = json.loads((Path(__file__).parent / "fixtures" / "released_weights" / f"{fixture}.json").read_text())
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for name, shape in tensors["tensors"].items():
+        if name.endswith("num_batches_tracked"):
+            state[name] = torch.tensor(10)
+        elif name.endswith("running_var") or name.endswith(".weight") and len(shape) == 1:
+            state[name] = 1 + 0.1 * torch.rand(shape, generator=g)
+        else:
+            state[name] = 0.02 * torch.randn(shape, generator=g)
+    torch.save({"model": state} if wrap else state, path)
+    return path
+
+
+def test_core_eval_reads_reid_strong_baseline_weights_with_their_stemless_relu(tmp_path, caplog, capsys):
+    weights = shaped_file(tmp_path / "resnet50_state.pth", "strong_baseline_market_resnet50")
+    root = market_test_split(tmp_path / "Market-1501")
+    common = ["--set", f"data.train.0.root={root}", "--set", "data.transform.size=[64, 32]",
+              "--set", "backbone.pretrained=false", "--set", "trainer.device=cpu", "--set", "trainer.num_workers=0"]
+    assert main(["eval", PIPELINE, "--weights", str(weights), *common]) == 2  # their ResNet has no stem ReLU
+    assert "--set backbone.stem_relu=false" in capsys.readouterr().err
+    with caplog.at_level(logging.INFO, logger="core"):
+        code = main(["eval", PIPELINE, "--weights", str(weights), "--json", *common,
+                     "--set", "backbone.stem_relu=false"])
+    assert code == 0, caplog.text
+    assert any(k.endswith("mAP") for k in json.loads(capsys.readouterr().out))
+    assert "reid-strong-baseline" in caplog.text
+
+
+def test_core_eval_reads_transreid_weights(tmp_path, caplog, capsys):
+    weights = shaped_file(tmp_path / "transformer_120.pth", "transreid_market_jpm")
+    root = market_test_split(tmp_path / "Market-1501")
+    transreid = str(Path(PIPELINE).with_name("transreid_market1501.yaml"))
+    with caplog.at_level(logging.INFO, logger="core"):
+        code = main(["eval", transreid, "--weights", str(weights), "--json", "--set", f"data.train.0.root={root}",
+                     "--set", "backbone.pretrained=false", "--set", "trainer.device=cpu",
+                     "--set", "trainer.num_workers=0"])
+    assert code == 0, caplog.text + capsys.readouterr().err
+    assert any(k.endswith("mAP") for k in json.loads(capsys.readouterr().out))
+    assert "TransReID" in caplog.text

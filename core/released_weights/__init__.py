@@ -1,9 +1,10 @@
 """Released weights of other ReID code bases (fast-reid, TransReID, ...) read into a
 reid-core pipeline's model, for `core eval PIPELINE --weights FILE`. See conversion.py
-for the reader contract; a reader is a module of this package named in READERS. Two
+for the reader contract; a reader is a module of this package named in READERS. Three
 optional functions beyond it, used by core.restore.restore_released when a reader has
 them: `num_identities(state) -> int | None` (their classifier's rows, so that a head
-with a classifier builds without training data) and `check_pipeline(state, data) ->
+with a classifier builds without training data), `num_cameras(state, data) -> int | None` (the cameras
+of their camera embedding, e.g. TransReID's SIE table) and `check_pipeline(state, data) ->
 list[str]` (the resolved pipeline YAML against their test protocol: notes, or
 WeightsMismatch for what cannot be evaluated, e.g. other input normalisation).
 
@@ -18,7 +19,7 @@ from types import ModuleType
 from typing import Any
 
 #: the reader modules, in the order `--from auto` asks them
-READERS = ("fastreid",)
+READERS = ("fastreid", "transreid", "strong_baseline")
 AUTO = "auto"
 
 __all__ = ["AUTO", "READERS", "Converted", "WeightsMismatch", "pick_reader", "read_weights", "reader_modules"]

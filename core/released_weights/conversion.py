@@ -40,3 +40,28 @@ class Converted:
     #: where the code base's own test protocol differs from the pipeline's, one sentence
     #: each (e.g. "fast-reid resizes test images bicubically; the pipeline bilinearly")
     notes: list[str] = field(default_factory=list)
+
+
+def place_all(theirs: dict[str, torch.Tensor], mapping: dict[str, str], left_out: dict[str, str],
+              own: dict[str, torch.Tensor], kept: dict[str, str], title: str) -> dict[str, torch.Tensor]:
+    """Their tensors under our names, strictly: every tensor of theirs is mapped (`mapping`:
+    theirs -> ours) or left out with why; every tensor of ours is filled or kept with why; each
+    shape equal. The first misfit raises WeightsMismatch in one line naming both sides."""
+    for name in theirs:
+        if name not in mapping and name not in left_out:
+            raise WeightsMismatch(f"{title}: the file's tensor {name} {tuple(theirs[name].shape)} has no place in the "
+                                  "pipeline's model (a model variant this reader does not know)")
+    out: dict[str, torch.Tensor] = {}
+    for their, our in mapping.items():
+        if our not in own:
+            raise WeightsMismatch(f"{title}: the file's {their} {tuple(theirs[their].shape)} goes to {our}, "
+                                  "which the pipeline's model does not have")
+        if tuple(theirs[their].shape) != tuple(own[our].shape):
+            raise WeightsMismatch(f"{title}: the file's {their} is {tuple(theirs[their].shape)} but the pipeline's "
+                                  f"{our} is {tuple(own[our].shape)}")
+        out[our] = theirs[their].detach().clone().to(own[our].dtype)
+    for our in own:
+        if our not in out and our not in kept:
+            raise WeightsMismatch(f"{title}: the pipeline's {our} {tuple(own[our].shape)} gets no tensor from the "
+                                  "file (the file is of another model variant)")
+    return out

@@ -25,8 +25,7 @@ import re
 import torch
 from torch import nn
 
-from core.released_weights.conversion import Converted, WeightsMismatch
-from core.released_weights.transreid import place_all
+from core.released_weights.conversion import Converted, WeightsMismatch, place_all
 
 NAME = "strong_baseline"
 TITLE = "reid-strong-baseline (michuanhaohao/reid-strong-baseline)"
@@ -40,6 +39,13 @@ def recognise(state: dict[str, torch.Tensor]) -> bool:
     """Their names: a ResNet under `base.` (base.conv1, base.layer1) with `bottleneck.` and no ViT."""
     keys = {k[7:] if k.startswith("module.") else k for k in state}
     return "base.conv1.weight" in keys and "base.layer1.0.conv1.weight" in keys and "bottleneck.weight" in keys
+
+
+def num_identities(state: dict[str, torch.Tensor]) -> int | None:
+    """The rows of their (global) classifier, the training identities, for a pipeline whose
+    head builds a classifier when its training data is not on disk; None without one."""
+    tensor = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}.get("classifier.weight")
+    return int(tensor.shape[0]) if isinstance(tensor, torch.Tensor) and tensor.dim() == 2 else None
 
 
 def convert(state: dict[str, torch.Tensor], model: nn.Module) -> Converted:

@@ -24,7 +24,7 @@ import re
 import torch
 from torch import nn
 
-from core.released_weights.conversion import Converted, WeightsMismatch
+from core.released_weights.conversion import Converted, WeightsMismatch, place_all
 
 NAME = "transreid"
 TITLE = "TransReID (damo-cv/TransReID)"
@@ -40,29 +40,24 @@ def recognise(state: dict[str, torch.Tensor]) -> bool:
     return "base.pos_embed" in keys and "base.patch_embed.proj.weight" in keys and "bottleneck.weight" in keys
 
 
-def place_all(theirs: dict[str, torch.Tensor], mapping: dict[str, str], left_out: dict[str, str],
-              own: dict[str, torch.Tensor], kept: dict[str, str], title: str) -> dict[str, torch.Tensor]:
-    """Their tensors under our names, strictly: every tensor of theirs is mapped (`mapping`:
-    theirs -> ours) or left out with why; every tensor of ours is filled or kept with why; each
-    shape equal. The first misfit raises WeightsMismatch in one line naming both sides."""
-    for name in theirs:
-        if name not in mapping and name not in left_out:
-            raise WeightsMismatch(f"{title}: the file's tensor {name} {tuple(theirs[name].shape)} has no place in the "
-                                  "pipeline's model (a model variant this reader does not know)")
-    out: dict[str, torch.Tensor] = {}
-    for their, our in mapping.items():
-        if our not in own:
-            raise WeightsMismatch(f"{title}: the file's {their} {tuple(theirs[their].shape)} goes to {our}, "
-                                  "which the pipeline's model does not have")
-        if tuple(theirs[their].shape) != tuple(own[our].shape):
-            raise WeightsMismatch(f"{title}: the file's {their} is {tuple(theirs[their].shape)} but the pipeline's "
-                                  f"{our} is {tuple(own[our].shape)}")
-        out[our] = theirs[their].detach().clone().to(own[our].dtype)
-    for our in own:
-        if our not in out and our not in kept:
-            raise WeightsMismatch(f"{title}: the pipeline's {our} {tuple(own[our].shape)} gets no tensor from the "
-                                  "file (the file is of another model variant)")
-    return out
+def num_identities(state: dict[str, torch.Tensor]) -> int | None:
+    """The rows of their (global) classifier, the training identities, for a pipeline whose
+    head builds a classifier when its training data is not on disk; None without one."""
+    tensor = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}.get("classifier.weight")
+    return int(tensor.shape[0]) if isinstance(tensor, torch.Tensor) and tensor.dim() == 2 else None
+
+
+def num_cameras(state: dict[str, torch.Tensor], data: dict) -> int | None:
+    """The cameras of their SIE table (`base.sie_embed`: cameras x views rows, camera-major;
+    views from the pipeline's `backbone.num_views` when its `sie` lists "view"), for a build
+    without training data; None without SIE (their file or the pipeline's `backbone.num_cameras`
+    then decides)."""
+    table = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}.get("base.sie_embed")
+    if not isinstance(table, torch.Tensor):
+        return None
+    backbone = data.get("backbone") or {}
+    views = int(backbone.get("num_views") or 1) if "view" in (backbone.get("sie") or ["camera"]) else 1
+    return int(table.shape[0]) // max(views, 1)
 
 
 def _check_function(backbone: nn.Module, dim: int) -> None:
