@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Any
 
 #: the reader modules, in the order `--from auto` asks them
-READERS = ("fastreid", "transreid", "strong_baseline")
+READERS = ("fastreid", "transreid", "strong_baseline", "agw")
 AUTO = "auto"
 
 __all__ = ["AUTO", "READERS", "Converted", "WeightsMismatch", "pick_reader", "read_weights", "reader_modules"]

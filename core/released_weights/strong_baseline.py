@@ -36,9 +36,11 @@ PICKLED = (f"{TITLE} saves whole pickled modules (ignite's ModelCheckpoint: torc
 
 
 def recognise(state: dict[str, torch.Tensor]) -> bool:
-    """Their names: a ResNet under `base.` (base.conv1, base.layer1) with `bottleneck.` and no ViT."""
+    """Their names: a ResNet under `base.` (base.conv1, base.layer1) with `bottleneck.` and no ViT; not the AGW
+    authors' Baseline (same names plus non-local blocks `base.NL_*` or GeM's `global_pool.p`: reader agw)."""
     keys = {k[7:] if k.startswith("module.") else k for k in state}
-    return "base.conv1.weight" in keys and "base.layer1.0.conv1.weight" in keys and "bottleneck.weight" in keys
+    agw = "global_pool.p" in keys or any(k.startswith("base.NL_") for k in keys)
+    return not agw and {"base.conv1.weight", "base.layer1.0.conv1.weight", "bottleneck.weight"} <= keys
 
 
 def num_identities(state: dict[str, torch.Tensor]) -> int | None:
