@@ -99,7 +99,7 @@ def test_every_tensor_lands_where_their_forward_uses_it():
 
 def test_their_stemless_resnet_is_refused_for_our_stem_relu():
     with pytest.raises(WeightsMismatch) as exc:
-        agw.convert(agw_filled(agw_shapes()), agw_model())
+        agw.convert(agw_filled(agw_shapes()), agw_model("backbone.stem_relu=true"))
     assert "\n" not in str(exc.value) and "ReLU" in str(exc.value)
     assert "--set backbone.stem_relu=false" in str(exc.value)
 
@@ -223,11 +223,11 @@ def test_core_eval_reads_agw_weights(tmp_path, caplog, capsys):
     root = agw_market_test_split(tmp_path / "Market-1501")
     common = ["--set", f"data.train.0.root={root}", "--set", "data.transform.size=[64, 32]",
               "--set", "backbone.pretrained=false", "--set", "trainer.device=cpu", "--set", "trainer.num_workers=0"]
-    assert main(["eval", str(AGW_PIPELINE), "--weights", str(weights), *common]) == 2  # no stem ReLU in theirs
+    assert main(["eval", str(AGW_PIPELINE), "--weights", str(weights), *common,  # no stem ReLU in theirs
+                 "--set", "backbone.stem_relu=true"]) == 2
     assert "--set backbone.stem_relu=false" in capsys.readouterr().err
-    with caplog.at_level(logging.INFO, logger="core"):
-        code = main(["eval", str(AGW_PIPELINE), "--weights", str(weights), "--json", *common,
-                     "--set", "backbone.stem_relu=false"])
+    with caplog.at_level(logging.INFO, logger="core"):  # the pipeline follows their code: no --set needed
+        code = main(["eval", str(AGW_PIPELINE), "--weights", str(weights), "--json", *common])
     assert code == 0, caplog.text
     assert any(k.endswith("mAP") for k in json.loads(capsys.readouterr().out))
     assert "ReID-Survey's AGW" in caplog.text and "note: they test at 256x128" in caplog.text

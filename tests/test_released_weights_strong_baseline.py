@@ -63,7 +63,8 @@ def assert_every_tensor_lands(tensors, model) -> None:
 
 def test_plain_resnet_is_refused_for_our_stem_relu():
     with pytest.raises(WeightsMismatch) as exc:
-        strong_baseline.convert(bot_filled(bot_shapes("strong_baseline_market_resnet50")), bot_model())
+        strong_baseline.convert(bot_filled(bot_shapes("strong_baseline_market_resnet50")),
+                                bot_model("backbone.stem_relu=true"))
     assert "\n" not in str(exc.value) and "ReLU" in str(exc.value) and "backbone.stem_relu=false" in str(exc.value)
 
 
@@ -106,11 +107,17 @@ def test_stem_relu_must_be_a_bool():
 
 
 def test_ibn_a_resnet_lands_in_the_ibn_backbone():
-    assert_every_tensor_lands(bot_shapes("strong_baseline_market_resnet50_ibn_a"), bot_model("backbone.ibn=true"))
+    """Their resnet50_ibn_a keeps the stem ReLU (modeling/backbones/resnet_ibn_a.py): a stemless
+    pipeline (bot_market1501's stem_relu: false) is refused, naming the --set."""
+    with pytest.raises(WeightsMismatch, match=r"has a ReLU after the stem.*--set backbone.stem_relu=true"):
+        strong_baseline.convert(bot_filled(bot_shapes("strong_baseline_market_resnet50_ibn_a")),
+                                bot_model("backbone.ibn=true"))
+    assert_every_tensor_lands(bot_shapes("strong_baseline_market_resnet50_ibn_a"),
+                              bot_model("backbone.ibn=true", "backbone.stem_relu=true"))
 
 
 def test_misfits_are_one_line():
-    model = bot_model("backbone.ibn=true")
+    model = bot_model("backbone.ibn=true", "backbone.stem_relu=true")
     state = bot_filled(bot_shapes("strong_baseline_market_resnet50_ibn_a"))
     with pytest.raises(WeightsMismatch) as exc:
         strong_baseline.convert({**state, "base.layer3.6.conv1.weight": torch.zeros(256, 1024, 1, 1)}, model)
@@ -122,7 +129,7 @@ def test_misfits_are_one_line():
     assert "head.bn.weight is (2048,)" in str(exc.value)
     ibn_file = bot_filled(bot_shapes("strong_baseline_market_resnet50_ibn_a"))
     with pytest.raises(WeightsMismatch) as exc:  # an IBN-a file into a plain ResNet: bn1.IN has no place
-        strong_baseline.convert(ibn_file, bot_model())
+        strong_baseline.convert(ibn_file, bot_model("backbone.stem_relu=true"))
     assert "\n" not in str(exc.value) and "base.layer1.0.bn1.IN.weight" in str(exc.value)
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.released_weights.conversion import Converted, WeightsMismatch, place_all
+from core.released_weights.conversion import Converted, WeightsMismatch, check_stem_relu, place_all
 
 NAME = "agw"
 TITLE = "ReID-Survey's AGW (mangye16/ReID-Survey)"
@@ -89,11 +89,8 @@ def _check_model(theirs: dict[str, torch.Tensor], backbone: nn.Module, head: nn.
         raise WeightsMismatch(f"{TITLE}: the pipeline's head is {type(head).__name__}; these weights need "
                               "`head: {name: bnneck}`")
     ibn = any(".IN." in k for k in theirs)
-    if not ibn and not isinstance(backbone.model.act1, nn.Identity):
-        raise WeightsMismatch(
-            f"{TITLE}: their ResNet has no ReLU after the stem's bn1 (modeling/backbones/resnet_nl.py and resnet.py, "
-            "'add missed relu' commented out) but the pipeline's resnet backbone applies one, so these weights would "
-            "compute another function; add --set backbone.stem_relu=false")
+    check_stem_relu(backbone, ibn, TITLE, "their resnet50_ibn_a has one" if ibn else
+                    "modeling/backbones/resnet_nl.py and resnet.py, 'add missed relu' commented out")
     pool = backbone.model.maxpool
     if not isinstance(pool, nn.MaxPool2d) or pool.ceil_mode or pool.padding not in (1, (1, 1)):
         raise WeightsMismatch(f"{TITLE}: their stem max-pool is MaxPool2d(3, 2, padding=1) but the pipeline's is "

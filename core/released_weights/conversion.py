@@ -65,3 +65,19 @@ def place_all(theirs: dict[str, torch.Tensor], mapping: dict[str, str], left_out
             raise WeightsMismatch(f"{title}: the pipeline's {our} {tuple(own[our].shape)} gets no tensor from the "
                                   "file (the file is of another model variant)")
     return out
+
+
+def check_stem_relu(backbone: torch.nn.Module, theirs: bool, title: str, where: str) -> None:
+    """Refuse a `resnet` backbone whose stem activation differs from their ResNet's (`theirs`:
+    a ReLU after the stem's bn1, as torchvision's and fast-reid's; reid-strong-baseline's and
+    the code copied from it have none): the same weights would compute another function."""
+    ours = not isinstance(getattr(getattr(backbone, "model", None), "act1", None), torch.nn.Identity)
+    if ours == theirs:
+        return
+    if theirs:
+        raise WeightsMismatch(f"{title}: their ResNet has a ReLU after the stem's bn1 ({where}) but the pipeline's "
+                              "backbone has none (stem_relu: false), so these weights would compute another function; "
+                              "add --set backbone.stem_relu=true")
+    raise WeightsMismatch(f"{title}: their ResNet has no ReLU after the stem's bn1 ({where}) but the pipeline's "
+                          "backbone applies one, so these weights would compute another function; add --set "
+                          "backbone.stem_relu=false")

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.released_weights.conversion import Converted, WeightsMismatch
+from core.released_weights.conversion import Converted, WeightsMismatch, check_stem_relu
 
 NAME = "fastreid"
 TITLE = "fast-reid (JDAI-CV/fast-reid)"
@@ -181,11 +181,13 @@ def _pooling_notes(state: dict[str, Any], model: nn.Module) -> list[str]:
 
 
 def _stem_notes(era: str, model: nn.Module) -> list[str]:
-    """fast-reid's stem max-pool changed on 2020-08-14 (9c667d1); v1 files are newer."""
+    """fast-reid's stem: a ReLU after bn1 in every version; its max-pool changed on
+    2020-08-14 (9c667d1), and v1 files are newer."""
     pool = getattr(getattr(model.backbone, "model", None), "maxpool", None)
     if not isinstance(pool, nn.MaxPool2d):
         raise WeightsMismatch("fast-reid weights need backbone 'resnet' (a ResNet stem max-pool); the pipeline's "
                               f"backbone is {type(model.backbone).__name__}")
+    check_stem_relu(model.backbone, True, "fast-reid weights", "fastreid/modeling/backbones/resnet.py, every version")
     ceil = bool(pool.ceil_mode) and pool.padding in (0, (0, 0))
     if era == "v1" and not ceil:
         raise WeightsMismatch("fast-reid's v1 layout (heads.bottleneck) comes from its code since 2020-09, whose "

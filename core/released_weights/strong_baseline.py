@@ -25,7 +25,7 @@ import re
 import torch
 from torch import nn
 
-from core.released_weights.conversion import Converted, WeightsMismatch, place_all
+from core.released_weights.conversion import Converted, WeightsMismatch, check_stem_relu, place_all
 
 NAME = "strong_baseline"
 TITLE = "reid-strong-baseline (michuanhaohao/reid-strong-baseline)"
@@ -63,12 +63,8 @@ def convert(state: dict[str, torch.Tensor], model: nn.Module) -> Converted:
         raise WeightsMismatch(f"{TITLE}: the pipeline's head is {type(head).__name__}; these weights need "
                               "`head: {name: bnneck}`")
     ibn = any(".IN." in k for k in theirs)
-    if not ibn and not isinstance(backbone.model.act1, nn.Identity):
-        raise WeightsMismatch(
-            f"{TITLE}: their ResNet has no ReLU after the stem's bn1 (modeling/backbones/resnet.py, 'add missed "
-            "relu' commented out) but the pipeline's resnet backbone applies one, so these weights would compute "
-            "another function; add --set backbone.stem_relu=false (resnet50_ibn_a files, which have the ReLU, convert "
-            "as they are)")
+    check_stem_relu(backbone, ibn, TITLE, "their resnet50_ibn_a has one" if ibn else
+                    "modeling/backbones/resnet.py, 'add missed relu' commented out; their resnet50_ibn_a has one")
     mapping: dict[str, str] = {}
     left_out: dict[str, str] = {}
     for name in theirs:
