@@ -28,6 +28,10 @@ def resolve_run(target: str | Path) -> tuple[Path, Path]:
     target = Path(target)
     checkpoint = target / "checkpoints" / "last.pt" if target.is_dir() else target
     run_dir = target if target.is_dir() else target.parent.parent
+    if target.is_file() and target.suffix in (".yaml", ".yml") and not (run_dir / "pipeline.yaml").is_file():
+        raise FileNotFoundError(f"{target} is a pipeline YAML, not a run folder: `core run {target}` trains it; "
+                                "`core eval | extract | search PIPELINE --weights FILE` evaluates another code "
+                                "base's released weights in it (docs/model-zoo.md, 'Evaluating released weights')")
     if not (run_dir / "pipeline.yaml").is_file():
         raise FileNotFoundError(f"{target} is not a run folder: no pipeline.yaml in {run_dir} (give a run folder "
                                 "written by `core run`, a checkpoint inside its checkpoints/, or a .safetensors "

@@ -1,0 +1,66 @@
+"""A newcomer's path through `core eval / extract PIPELINE --weights FILE` (docs/model-zoo.md,
+'Evaluating released weights'): what each step prints when a flag, the pipeline or the
+file is not the one expected. Files in the authors' real tensor names and shapes
+(tests/fixtures/released_weights), random weights; a Market-1501 folder of tiny images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from layout_fixtures import images
+
+from core.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "released_weights"
+BOT = str(ROOT / "pipelines" / "bot_market1501.yaml")
+TRANSREID = str(ROOT / "pipelines" / "transreid_market1501.yaml")
+
+
+def journey_file(path: Path, names_and_shapes: dict[str, list[int]], wrap: bool) -> Path:
+    """Random weights of a sane scale under the authors' names and shapes; `wrap`: fast-reid's
+    Checkpointer layout ({"model": ...}), else torch.save(model.state_dict())."""
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for name, shape in names_and_shapes.items():
+        if name.endswith("num_batches_tracked"):
+            state[name] = torch.tensor(10)
+        elif name.endswith("running_var") or name.endswith(".weight") and len(shape) == 1:
+            state[name] = 1 + 0.1 * torch.rand(shape, generator=g)
+        elif len(shape) == 4:
+            state[name] = torch.randn(shape, generator=g) * (2.0 / (shape[0] * shape[2] * shape[3])) ** 0.5
+        else:
+            state[name] = 0.01 * torch.randn(shape, generator=g)
+    torch.save({"model": state, "iteration": 1000} if wrap else state, path)
+    return path
+
+
+def journey_market(root: Path) -> Path:
+    """Market-1501's layout, test split only (the training folder empty, as the reader checks it exists)."""
+    (root / "bounding_box_train").mkdir(parents=True)
+    images(root / "query", *(f"{pid:04d}_c1s1_000{pid}01_00.jpg" for pid in (1, 2, 3)))
+    images(root / "bounding_box_test", *(f"{pid:04d}_c2s1_000{pid}0{k}_00.jpg" for pid in (1, 2, 3) for k in (1, 2)))
+    return root
+
+
+def fastreid_bot(tmp_path: Path) -> Path:
+    keys = json.loads((FIXTURES / "fastreid_keys.json").read_text())["bot"]
+    return journey_file(tmp_path / "market_bot_R50.pth", keys, wrap=True)
+
+
+def small(root: Path) -> list[str]:
+    return ["--set", f"data.train.0.root={root}", "--set", "data.transform.size=[64, 32]",
+            "--set", "backbone.pretrained=false", "--set", "trainer.device=cpu", "--set", "trainer.num_workers=0"]
+
+
+def test_a_pipeline_yaml_given_without_weights_says_to_add_weights(tmp_path, capsys):
+    root = journey_market(tmp_path / "Market-1501")
+    for command in (["eval", BOT, *small(root)],
+                    ["extract", BOT, "--images", str(root / "query"), "--out", str(tmp_path / "q.npz"),
+                     *small(root)]):
+        assert main(command) != 0
+        err = capsys.readouterr().err
+        assert "--weights FILE" in err, err
+        assert "core run" in err, err  # the other thing one can do with a pipeline YAML
