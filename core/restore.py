@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.config.loading import LoadedConfig, load_pipeline
+from core.config.loading import ConfigError, LoadedConfig, load_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,12 @@ def restore_released(pipeline: str | Path, weights: str | Path, source: str = "a
     cameras = reader.num_cameras(state, cfg.data) if hasattr(reader, "num_cameras") else None
     context = BuildContext(train=None, num_identities=int(rows or 0), num_cameras=int(cameras or 0),
                            image_size=(int(size[0]), int(size[1])))
-    trainer = _inference_trainer(cfg, path.parent, context=context)
+    try:
+        trainer = _inference_trainer(cfg, path.parent, context=context)
+    except ConfigError as error:  # e.g. a ResNet's file under a ViT pipeline: say what the file is
+        raise ConfigError(f"{error.message}; the pipeline was built for {path}, which is {reader.TITLE}'s "
+                          f"(reader '{reader.NAME}'{', from --from auto' if source == 'auto' else ''}): "
+                          f"{_pipelines_for(reader.NAME)}", file=error.file, key=error.key) from error
     converted = reader.convert(state, trainer.p.model)
     converted.notes = list(converted.notes) + notes
     _load_converted(trainer.p.model, converted, reader.NAME, path)
@@ -134,6 +139,20 @@ def restore_released(pipeline: str | Path, weights: str | Path, source: str = "a
     for line in describe_conversion(converted, reader.TITLE, path):
         (log.warning if line.startswith("note:") else log.info)(line)
     return path.parent, path, trainer
+
+
+#: reader -> the first-party pipelines its code base's released files fit (docs/model-zoo.md)
+RELEASED_PIPELINES = {
+    "fastreid": "its files fit pipelines/bot_<set>.yaml (BoT R50), agw_<set>.yaml (AGW R50) and sbs_<set>.yaml "
+                "(SBS R50-ibn)",
+    "transreid": "its files fit pipelines/transreid_<set>.yaml",
+    "strong_baseline": "its files fit pipelines/bot_<set>.yaml (ResNet-50 with --set backbone.stem_relu=false; "
+                       "resnet50_ibn_a with --set backbone.ibn=true)",
+}
+
+
+def _pipelines_for(reader: str) -> str:
+    return RELEASED_PIPELINES.get(reader, "is the pipeline one of its architecture?")
 
 
 def _load_converted(model, converted, reader: str, path: Path) -> None:

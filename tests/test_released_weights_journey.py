@@ -64,3 +64,13 @@ def test_a_pipeline_yaml_given_without_weights_says_to_add_weights(tmp_path, cap
         err = capsys.readouterr().err
         assert "--weights FILE" in err, err
         assert "core run" in err, err  # the other thing one can do with a pipeline YAML
+
+
+def test_a_file_whose_pipeline_cannot_be_built_names_the_reader_that_recognised_it(tmp_path, capsys):
+    tensors = json.loads((FIXTURES / "strong_baseline_market_resnet50.json").read_text())["tensors"]
+    weights = journey_file(tmp_path / "resnet50_model_120.pth", tensors, wrap=False)
+    root = journey_market(tmp_path / "Market-1501")
+    assert main(["eval", TRANSREID, "--weights", str(weights), *small(root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "reid-strong-baseline" in err, err  # what the file is, not only what failed to build
+    assert "strong_baseline" in err and "pipelines/bot_" in err, err
