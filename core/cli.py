@@ -309,8 +309,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics = evaluate_run(args.target, args.overrides, weights=args.weights, source=args.source)
     if args.json:
         print(json.dumps(metrics, indent=2))
-    else:
+        return 0
+    released = metrics.pop("released", None)
+    if released is None:
         print(format_report(f"evaluation of {args.target}", [{"tag": "checkpoint", **metrics}]))
+    else:  # the row names the file, to stand beside other files' and one's own runs
+        title = f"evaluation of {released['weights']} ({released['reader']}) in {args.target}"
+        print(format_report(title, [{"tag": Path(released["weights"]).name, **metrics}]))
     return 0
 
 

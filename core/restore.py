@@ -136,6 +136,7 @@ def restore_released(pipeline: str | Path, weights: str | Path, source: str = "a
     trainer.losses_restored = False
     trainer.step_known = False
     trainer.released = converted
+    trainer.released_summary = released_summary(converted, reader.NAME, path)
     for line in describe_conversion(converted, reader.TITLE, path):
         (log.warning if line.startswith("note:") else log.info)(line)
     return path.parent, path, trainer
@@ -168,6 +169,14 @@ def _load_converted(model, converted, reader: str, path: Path) -> None:
                               f"{', '.join(foreign[:2]) or '-'}) and left {len(unfilled)} of its tensors unfilled "
                               f"without a reason (e.g. {', '.join(unfilled[:2]) or '-'})")
     model.load_state_dict(converted.state, strict=False)
+
+
+def released_summary(converted, reader: str, path: Path) -> dict[str, Any]:
+    """What `core eval --weights --json` reports beside the metrics: the file, its reader,
+    how many tensors were loaded, what was left out or kept (name -> why) and the notes."""
+    return {"weights": str(path), "reader": reader, "loaded": len(converted.state),
+            "left_out": dict(sorted(converted.left_out.items())), "kept": dict(converted.kept),
+            "notes": list(converted.notes)}
 
 
 def describe_conversion(converted, title: str, path: Path) -> list[str]:

@@ -235,7 +235,8 @@ def evaluate_run(target: str | Path, overrides: Sequence[str] = (), weights: str
                  source: str = "auto") -> dict[str, float]:
     """Evaluate a run folder's model (or a checkpoint file inside one) on its test sets; with
     `weights`, `target` is a pipeline YAML and `weights` another code base's released file
-    (`source`: its reader, core.released_weights)."""
+    (`source`: its reader, core.released_weights), and the metrics carry `released`: what
+    was loaded from it."""
     run_dir, _, trainer = restore_run(target, overrides, weights=weights, source=source)
     if weights is not None:
         run_dir = Path(target)
@@ -244,4 +245,7 @@ def evaluate_run(target: str | Path, overrides: Sequence[str] = (), weights: str
                 "root: data/market1501}]')" if str(target).endswith(".safetensors") else "")
         raise ConfigError(f"the pipeline has no test set with query and gallery{hint}",
                           file=str(target if str(target).endswith(".safetensors") else run_dir / "pipeline.yaml"))
-    return trainer.evaluate("checkpoint")
+    metrics = trainer.evaluate("checkpoint")
+    if weights is not None:  # what was loaded, beside the numbers (core.restore.released_summary)
+        metrics = {**metrics, "released": trainer.released_summary}
+    return metrics

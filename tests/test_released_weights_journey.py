@@ -74,3 +74,23 @@ def test_a_file_whose_pipeline_cannot_be_built_names_the_reader_that_recognised_
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "reid-strong-baseline" in err, err  # what the file is, not only what failed to build
     assert "strong_baseline" in err and "pipelines/bot_" in err, err
+
+
+def test_eval_json_and_table_name_the_weights_file_and_what_was_loaded(tmp_path, capsys):
+    weights = fastreid_bot(tmp_path)
+    root = journey_market(tmp_path / "Market-1501")
+    args = ["eval", BOT, "--weights", str(weights), *small(root), "--set", "backbone.stem_maxpool=ceil"]
+    assert main([*args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    released = out["released"]
+    assert released["weights"] == str(weights)
+    assert released["reader"] == "fastreid"
+    # the fixture's 324 tensors: the classifier left out, the other 323 loaded
+    assert released["loaded"] == 323
+    assert list(released["left_out"]) == ["heads.weight"]
+    assert any("bicubic" in note for note in released["notes"])  # bot_market1501 resizes bilinearly
+    assert all(isinstance(v, float) for k, v in out.items() if k != "released")
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "market_bot_R50.pth" in table.splitlines()[0]  # the title names the file
+    assert "| market_bot_R50.pth |" in table  # and so does the row, to paste beside one's own runs
