@@ -94,3 +94,15 @@ def test_eval_json_and_table_name_the_weights_file_and_what_was_loaded(tmp_path,
     table = capsys.readouterr().out
     assert "market_bot_R50.pth" in table.splitlines()[0]  # the title names the file
     assert "| market_bot_R50.pth |" in table  # and so does the row, to paste beside one's own runs
+
+
+def test_search_worst_with_weights_needs_out_instead_of_writing_beside_the_weights(tmp_path, capsys):
+    weights_dir = tmp_path / "weights"
+    weights_dir.mkdir()
+    weights = fastreid_bot(weights_dir)
+    root = journey_market(tmp_path / "Market-1501")
+    code = main(["search", BOT, "--weights", str(weights), "--worst", "2", "--device", "cpu", *small(root),
+                 "--set", "backbone.stem_maxpool=ceil"])
+    assert code == 2
+    assert "--out" in capsys.readouterr().err
+    assert sorted(p.name for p in weights_dir.iterdir()) == ["market_bot_R50.pth"]  # nothing written beside it

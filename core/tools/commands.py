@@ -101,7 +101,7 @@ def add_tool_commands(subparsers: "argparse._SubParsersAction") -> None:
              "with --out, draw a PNG per query (query, then the top-k; green / red borders when identities are "
              "known, distance under each) and an index.html. With --worst N instead of --query, evaluate the "
              "run's test sets under its evaluator's protocol and draw the N queries with the lowest average "
-             "precision into the run folder (<run>/worst-queries/, or --out).",
+             "precision into the run folder (<run>/worst-queries/, or --out; with --weights, --out is needed).",
              "  core search runs/q --query probe.jpg --gallery gallery.npz --top 10 --out search/\n"
              "  core search runs/q --query data/query --gallery data/bounding_box_test --out search/\n"
              "  core search runs/q --query run:query --gallery run:gallery --out s/   as evaluation ranks\n"
@@ -282,6 +282,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.worst is not None:
         if args.query or args.gallery:
             print("core search: --worst N evaluates the run's own test sets; leave --query and --gallery out",
+                  file=sys.stderr)
+            return 2
+        if args.weights and not args.out:  # no run folder to draw into; never beside the weights file
+            print("core search: --worst N with --weights has no run folder to draw into; give --out DIR",
                   file=sys.stderr)
             return 2
         search.worst_queries(args.target, args.worst, args.top, args.out, device=args.device,
