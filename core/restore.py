@@ -104,7 +104,7 @@ def restore_released(pipeline: str | Path, weights: str | Path, source: str = "a
     file is read without pickle; the reader's `left_out`, `kept` and `notes` are logged
     and kept as `trainer.released`."""
     from core.context import BuildContext
-    from core.released_weights import pick_reader, read_weights
+    from core.released_weights import WeightsMismatch, pick_reader, read_weights
 
     path, pipeline = Path(weights), Path(pipeline)
     if not pipeline.is_file() or pipeline.suffix not in (".yaml", ".yml"):
@@ -128,7 +128,10 @@ def restore_released(pipeline: str | Path, weights: str | Path, source: str = "a
         raise ConfigError(f"{error.message}; the pipeline was built for {path}, which is {reader.TITLE}'s "
                           f"(reader '{reader.NAME}'{', from --from auto' if source == 'auto' else ''}): "
                           f"{_pipelines_for(reader.NAME)}", file=error.file, key=error.key) from error
-    converted = reader.convert(state, trainer.p.model)
+    try:
+        converted = reader.convert(state, trainer.p.model)
+    except WeightsMismatch as error:  # the reader names the tensor and a key; say which pipelines fit the file too
+        raise WeightsMismatch(f"{error}; {reader.TITLE}: {_pipelines_for(reader.NAME)}") from error
     converted.notes = list(converted.notes) + notes
     _load_converted(trainer.p.model, converted, reader.NAME, path)
     if trainer.ema is not None:  # the EMA copy was taken before loading: evaluate the loaded model

@@ -106,3 +106,14 @@ def test_search_worst_with_weights_needs_out_instead_of_writing_beside_the_weigh
     assert code == 2
     assert "--out" in capsys.readouterr().err
     assert sorted(p.name for p in weights_dir.iterdir()) == ["market_bot_R50.pth"]  # nothing written beside it
+
+
+def test_an_sbs_file_under_the_bot_pipeline_is_pointed_at_the_sbs_pipeline(tmp_path, capsys):
+    keys = json.loads((FIXTURES / "fastreid_keys.json").read_text())["sbs"]
+    weights = journey_file(tmp_path / "market_sbs_R50-ibn.pth", keys, wrap=True)
+    root = journey_market(tmp_path / "Market-1501")
+    code = main(["eval", BOT, "--weights", str(weights), *small(root), "--set", "backbone.stem_maxpool=ceil"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "backbone.ibn=true" in err, err  # the reader's own line stays
+    assert "sbs_<set>.yaml" in err, err  # and the pipeline made for the file is named, not only one key to set
