@@ -125,13 +125,13 @@ def restore_released(pipeline: str | Path, weights: str | Path, source: str = "a
     try:
         trainer = _inference_trainer(cfg, path.parent, context=context)
     except ConfigError as error:  # e.g. a ResNet's file under a ViT pipeline: say what the file is
-        raise ConfigError(f"{error.message}; the pipeline was built for {path}, which is {reader.TITLE}'s "
-                          f"(reader '{reader.NAME}'{', from --from auto' if source == 'auto' else ''}): "
-                          f"{_pipelines_for(reader.NAME)}", file=error.file, key=error.key) from error
+        raise ConfigError(f"{error.message}; {_file_hint(reader, state, source, path, pipeline, whose=True)}",
+                          file=error.file, key=error.key) from error
     try:
         converted = reader.convert(state, trainer.p.model)
     except WeightsMismatch as error:  # the reader names the tensor and a key; say which pipelines fit the file too
-        raise WeightsMismatch(f"{error}; {reader.TITLE}: {_pipelines_for(reader.NAME)}") from error
+        hint = _file_hint(reader, state, source, path, pipeline, whose=False)
+        raise WeightsMismatch(f"{error}; {hint}" if hint else str(error)) from error
     converted.notes = list(converted.notes) + notes
     _load_converted(trainer.p.model, converted, reader.NAME, path)
     if trainer.ema is not None:  # the EMA copy was taken before loading: evaluate the loaded model
@@ -145,18 +145,35 @@ def restore_released(pipeline: str | Path, weights: str | Path, source: str = "a
     return path.parent, path, trainer
 
 
-#: reader -> the first-party pipelines its code base's released files fit (docs/model-zoo.md)
+#: reader -> (the name prefixes of the first-party pipelines its code base's released files fit, those
+#: pipelines in words; docs/model-zoo.md)
 RELEASED_PIPELINES = {
-    "fastreid": "its files fit pipelines/bot_<set>.yaml (BoT R50), agw_<set>.yaml (AGW R50) and sbs_<set>.yaml "
-                "(SBS R50-ibn)",
-    "transreid": "its files fit pipelines/transreid_<set>.yaml",
-    "strong_baseline": "its files fit pipelines/bot_<set>.yaml (ResNet-50 with --set backbone.stem_relu=false; "
-                       "resnet50_ibn_a with --set backbone.ibn=true)",
+    "fastreid": (("bot_", "agw_", "sbs_"), "pipelines/bot_<set>.yaml (BoT R50), agw_<set>.yaml (AGW R50) and "
+                                           "sbs_<set>.yaml (SBS R50-ibn)"),
+    "transreid": (("transreid_",), "pipelines/transreid_<set>.yaml"),
+    "strong_baseline": (("bot_",), "pipelines/bot_<set>.yaml (ResNet-50 with --set backbone.stem_relu=false; "
+                                   "resnet50_ibn_a with --set backbone.ibn=true)"),
 }
 
 
-def _pipelines_for(reader: str) -> str:
-    return RELEASED_PIPELINES.get(reader, "is the pipeline one of its architecture?")
+def _file_hint(reader, state: dict, source: str, path: Path, pipeline: Path, whose: bool) -> str:
+    """For a line saying the pipeline does not fit the file: that the file's names are not the
+    reader's when --from named one that does not recognise them (and which readers do), else
+    (`whose`) what the file is and the pipelines its code base's files fit, left out when the
+    pipeline is the only family that fits them (the user already has it)."""
+    from core.released_weights import AUTO, reader_modules
+
+    if source != AUTO and not reader.recognise(state):
+        others = [m.NAME for m in reader_modules().values() if m.recognise(state)]
+        return (f"{path}'s tensor names are not {reader.TITLE}'s (--from {reader.NAME}); "
+                + (f"recognised by: {', '.join(others)} (leave --from out or name that one)" if others
+                   else "no reader recognises them"))
+    prefixes, fits = RELEASED_PIPELINES.get(reader.NAME, ((), ""))
+    if len(prefixes) == 1 and pipeline.name.startswith(prefixes[0]):
+        fits = ""
+    what = (f"{path} is {reader.TITLE}'s (reader '{reader.NAME}'{', picked by --from auto' if source == AUTO else ''})"
+            if whose else "")
+    return "; ".join(x for x in (what, f"{reader.TITLE}'s files fit {fits}" if fits else "") if x)
 
 
 def _load_converted(model, converted, reader: str, path: Path) -> None:

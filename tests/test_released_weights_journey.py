@@ -117,3 +117,21 @@ def test_an_sbs_file_under_the_bot_pipeline_is_pointed_at_the_sbs_pipeline(tmp_p
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "backbone.ibn=true" in err, err  # the reader's own line stays
     assert "sbs_<set>.yaml" in err, err  # and the pipeline made for the file is named, not only one key to set
+
+
+def test_a_wrong_from_says_the_file_is_not_that_code_base_s_and_which_reader_recognises_it(tmp_path, capsys):
+    weights = fastreid_bot(tmp_path)
+    root = journey_market(tmp_path / "Market-1501")
+    code = main(["eval", BOT, "--weights", str(weights), "--from", "transreid", *small(root)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "not TransReID" in err and "recognised by: fastreid" in err, err
+
+
+def test_a_misfit_under_the_pipeline_made_for_the_file_does_not_repeat_the_pipeline_list(tmp_path, capsys):
+    tensors = json.loads((FIXTURES / "transreid_market_jpm.json").read_text())["tensors"]
+    weights = journey_file(tmp_path / "transformer_120.pth", tensors, wrap=False)
+    root = journey_market(tmp_path / "Market-1501")
+    assert main(["eval", TRANSREID, "--weights", str(weights), *small(root)]) == 2  # 64x32: another pos_embed grid
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "data.transform.size" in err and "fit pipelines/transreid_" not in err, err
