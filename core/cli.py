@@ -312,11 +312,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     released = metrics.pop("released", None)
     if released is None:
-        print(format_report(f"evaluation of {args.target}", [{"tag": "checkpoint", **metrics}]))
+        print(format_report(f"evaluation of {args.target}", [{"tag": _row_name(args.target), **metrics}]))
     else:  # the row names the file, to stand beside other files' and one's own runs
         title = f"evaluation of {released['weights']} ({released['reader']}) in {args.target}"
         print(format_report(title, [{"tag": Path(released["weights"]).name, **metrics}]))
     return 0
+
+
+def _row_name(target: str) -> str:
+    """The table row of `core eval TARGET`, to stand beside other runs' and released files' rows:
+    the run folder's name, `run/file` for a checkpoint inside one, else the file's name."""
+    path = Path(target).resolve()
+    if path.parent.name == "checkpoints":
+        return f"{path.parent.parent.name}/{path.name}"
+    return path.name
 
 
 def _print_result(result) -> None:

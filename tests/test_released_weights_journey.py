@@ -135,3 +135,21 @@ def test_a_misfit_under_the_pipeline_made_for_the_file_does_not_repeat_the_pipel
     assert main(["eval", TRANSREID, "--weights", str(weights), *small(root)]) == 2  # 64x32: another pos_embed grid
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "data.transform.size" in err and "fit pipelines/transreid_" not in err, err
+
+
+def test_core_eval_of_ones_own_run_names_the_run_in_its_row(tmp_path, capsys):
+    """Rows to paste beside released files' (each named by its file): 'checkpoint' said nothing."""
+    import copy
+
+    import yaml
+
+    from core.runner import run
+    from core.testing import TINY_PIPELINE
+
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(copy.deepcopy(TINY_PIPELINE)))
+    folder = run(tmp_path / "tiny.yaml", run_dir=tmp_path / "my-bot-run").run_dir
+    capsys.readouterr()
+    assert main(["eval", str(folder)]) == 0
+    assert "| my-bot-run |" in capsys.readouterr().out
+    assert main(["eval", str(folder / "checkpoints" / "last.pt")]) == 0
+    assert "| my-bot-run/last.pt |" in capsys.readouterr().out
