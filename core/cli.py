@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_released_weights_args(p)
     _add_set(p)
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the metrics as JSON (with --weights also 'released': the file, its reader, what was "
+                        "loaded, left out and kept, and the notes)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("validate", help="build a pipeline and run one step without training",
