@@ -145,17 +145,6 @@ def restore_released(pipeline: str | Path, weights: str | Path, source: str = "a
     return path.parent, path, trainer
 
 
-#: reader -> (the name prefixes of the first-party pipelines its code base's released files fit, those
-#: pipelines in words; docs/model-zoo.md)
-RELEASED_PIPELINES = {
-    "fastreid": (("bot_", "agw_", "sbs_"), "pipelines/bot_<set>.yaml (BoT R50), agw_<set>.yaml (AGW R50) and "
-                                           "sbs_<set>.yaml (SBS R50-ibn)"),
-    "transreid": (("transreid_",), "pipelines/transreid_<set>.yaml"),
-    "strong_baseline": (("bot_",), "pipelines/bot_<set>.yaml (ResNet-50 with --set backbone.stem_relu=false; "
-                                   "resnet50_ibn_a with --set backbone.ibn=true)"),
-}
-
-
 def _file_hint(reader, state: dict, source: str, path: Path, pipeline: Path, whose: bool) -> str:
     """For a line saying the pipeline does not fit the file: that the file's names are not the
     reader's when --from named one that does not recognise them (and which readers do), else
@@ -168,7 +157,7 @@ def _file_hint(reader, state: dict, source: str, path: Path, pipeline: Path, who
         return (f"{path}'s tensor names are not {reader.TITLE}'s (--from {reader.NAME}); "
                 + (f"recognised by: {', '.join(others)} (leave --from out or name that one)" if others
                    else "no reader recognises them"))
-    prefixes, fits = RELEASED_PIPELINES.get(reader.NAME, ((), ""))
+    prefixes, fits = getattr(reader, "PIPELINES", ((), ""))
     if len(prefixes) == 1 and pipeline.name.startswith(prefixes[0]):
         fits = ""
     what = (f"{path} is {reader.TITLE}'s (reader '{reader.NAME}'{', picked by --from auto' if source == AUTO else ''})"

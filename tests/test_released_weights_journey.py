@@ -79,7 +79,8 @@ def test_a_file_whose_pipeline_cannot_be_built_names_the_reader_that_recognised_
 def test_eval_json_and_table_name_the_weights_file_and_what_was_loaded(tmp_path, capsys):
     weights = fastreid_bot(tmp_path)
     root = journey_market(tmp_path / "Market-1501")
-    args = ["eval", BOT, "--weights", str(weights), *small(root), "--set", "backbone.stem_maxpool=ceil"]
+    args = ["eval", BOT, "--weights", str(weights), *small(root), "--set", "backbone.stem_maxpool=ceil",
+            "--set", "backbone.stem_relu=true"]
     assert main([*args, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     released = out["released"]

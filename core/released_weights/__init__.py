@@ -1,7 +1,8 @@
 """Released weights of other ReID code bases (fast-reid, TransReID, ...) read into a
 reid-core pipeline's model, for `core eval PIPELINE --weights FILE`. See conversion.py
-for the reader contract; a reader is a module of this package named in READERS. Three
-optional functions beyond it, used by core.restore.restore_released when a reader has
+for the reader contract; a reader is a module of this package named in READERS. A reader
+may define `PIPELINES` ((name prefixes, words): the first-party pipelines its files fit,
+for messages) and three optional functions beyond it, used by core.restore.restore_released when a reader has
 them: `num_identities(state) -> int | None` (their classifier's rows, so that a head
 with a classifier builds without training data), `num_cameras(state, data) -> int | None` (the cameras
 of their camera embedding, e.g. TransReID's SIE table) and `check_pipeline(state, data) ->

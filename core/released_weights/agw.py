@@ -40,6 +40,8 @@ from core.released_weights.conversion import Converted, WeightsMismatch, check_s
 
 NAME = "agw"
 TITLE = "ReID-Survey's AGW (mangye16/ReID-Survey)"
+#: the name prefixes of the first-party pipelines its files fit, and those pipelines in words
+PIPELINES = (("agw_",), "pipelines/agw_<set>.yaml")
 #: their GeneralizedMeanPoolingP's eps (modeling/layer/gem_pool.py)
 GEM_EPS = 1e-6
 _NL = re.compile(r"^base\.NL_([1-4])\.(\d+)\.")

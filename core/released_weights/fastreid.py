@@ -30,6 +30,11 @@ from core.released_weights.conversion import Converted, WeightsMismatch, check_s
 
 NAME = "fastreid"
 TITLE = "fast-reid (JDAI-CV/fast-reid)"
+#: the name prefixes of the first-party pipelines its files fit, and those pipelines in words
+PIPELINES = (("bot_", "agw_", "sbs_"),
+             "pipelines/sbs_<set>.yaml (SBS R50-ibn), bot_<set>.yaml (BoT R50) and agw_<set>.yaml (AGW R50), the "
+             "last two with --set backbone.stem_relu=true (bot_msmt17 has it) and --set "
+             "data.transform.interpolation=bicubic (as fast-reid resizes)")
 
 #: fast-reid's MODEL.PIXEL_MEAN / PIXEL_STD (ImageNet's, on 0..255 pixels), all its configs
 PIXEL_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)

@@ -9,7 +9,8 @@ Their plain ResNet (modeling/backbones/resnet.py) has no ReLU after the stem's b
 "add missed relu" lines are commented out, since 2019-03-25; the first version had none
 either), so conv1 -> bn1 -> maxpool feeds layer1 unrectified; our `resnet` backbone applies
 timm's act1 there, another function of the same weights: such files are refused unless the
-pipeline sets `backbone.stem_relu: false` (the stem activation is then an identity). Their resnet50_ibn_a has the ReLU and converts.
+pipeline sets `backbone.stem_relu: false` (the stem activation is then an identity), as
+bot_market1501 does. Their resnet50_ibn_a has the ReLU and converts with `stem_relu: true`.
 (TransReID's own ResNet-50 baseline, model/backbones/resnet.py, is the same code, also without the
 stem ReLU, and its files have these names: they are read, and refused, the same way.)
 
@@ -29,6 +30,9 @@ from core.released_weights.conversion import Converted, WeightsMismatch, check_s
 
 NAME = "strong_baseline"
 TITLE = "reid-strong-baseline (michuanhaohao/reid-strong-baseline)"
+#: the name prefixes of the first-party pipelines its files fit, and those pipelines in words
+PIPELINES = (("bot_",), "pipelines/bot_<set>.yaml (ResNet-50; resnet50_ibn_a with --set backbone.ibn=true "
+                        "--set backbone.stem_relu=true)")
 #: what to say of a file that holds a pickled module rather than a state dict
 PICKLED = (f"{TITLE} saves whole pickled modules (ignite's ModelCheckpoint: torch.save(model)), which are not "
            "read here (weights_only=True); load it with their code in your own environment and save "

@@ -28,6 +28,8 @@ from core.released_weights.conversion import Converted, WeightsMismatch, place_a
 
 NAME = "transreid"
 TITLE = "TransReID (damo-cv/TransReID)"
+#: the name prefixes of the first-party pipelines its files fit, and those pipelines in words
+PIPELINES = (("transreid_",), "pipelines/transreid_<set>.yaml")
 
 #: heads per width of the ViTs their factory builds (vit_base / deit_base: 768 -> 12; deit_small: 384 -> 6)
 _HEADS = {768: 12, 384: 6}
