@@ -233,8 +233,9 @@ def check_pipeline(state: dict[str, Any], data: dict[str, Any]) -> list[str]:
         theirs = state.get(key)
         if theirs is None:
             continue
-        values = tuple(float(v) for v in torch.as_tensor(theirs).reshape(-1))
-        if len(values) != 3 or any(abs(a - b) > 1e-3 for a, b in zip(values, ours)):
+        theirs = torch.as_tensor(theirs)
+        values = tuple(float(v) for v in theirs.reshape(-1))
+        if len(values) != 3 or any(abs(a - b) > _tolerance(theirs.dtype, b) for a, b in zip(values, ours)):
             raise WeightsMismatch(f"fast-reid's {key} is {_fmt(values)} (0..255 pixels) but the pipeline's "
                                   f"data.transform.norm '{norm}' is {_fmt(ours)}; the model was trained on other "
                                   "inputs: set data.transform.norm to the matching one")
@@ -256,6 +257,14 @@ def check_pipeline(state: dict[str, Any], data: dict[str, Any]) -> list[str]:
         notes.append("fast-reid tests without flip (TEST.FLIP.ENABLED False); the pipeline averages the flipped "
                      "image's embedding (trainer.eval_flip)")
     return notes
+
+
+def _tolerance(dtype: torch.dtype, value: float) -> float:
+    """How far a saved statistic may lie from ours and still be ours: 1e-3, or the spacing of
+    the file's float type at `value` (a file saved in float16 holds 123.675 as 123.6875,
+    in bfloat16 as 123.5: ImageNet's all the same; a grey level off is still refused)."""
+    spacing = torch.finfo(dtype).eps * abs(value) if dtype.is_floating_point else 0.0
+    return max(1e-3, spacing)
 
 
 def _fmt(values: tuple[float, ...]) -> str:
