@@ -45,14 +45,19 @@ class Converted:
 def place_all(theirs: dict[str, torch.Tensor], mapping: dict[str, str], left_out: dict[str, str],
               own: dict[str, torch.Tensor], kept: dict[str, str], title: str) -> dict[str, torch.Tensor]:
     """Their tensors under our names, strictly: every tensor of theirs is mapped (`mapping`:
-    theirs -> ours) or left out with why; every tensor of ours is filled or kept with why; each
-    shape equal. The first misfit raises WeightsMismatch in one line naming both sides."""
+    theirs -> ours, one to one) or left out with why; every tensor of ours is filled or kept with
+    why; each shape equal. The first misfit raises WeightsMismatch in one line naming both sides."""
     for name in theirs:
         if name not in mapping and name not in left_out:
             raise WeightsMismatch(f"{title}: the file's tensor {name} {tuple(theirs[name].shape)} has no place in the "
                                   "pipeline's model (a model variant this reader does not know)")
     out: dict[str, torch.Tensor] = {}
+    placed: dict[str, str] = {}  # ours -> theirs: two of theirs on one of ours is a reader's fault
     for their, our in mapping.items():
+        if our in placed:
+            raise WeightsMismatch(f"{title}: the file's {placed[our]} and {their} both go to the pipeline's {our} "
+                                  "(the reader maps two tensors onto one: a bug of the reader, please report it)")
+        placed[our] = their
         if our not in own:
             raise WeightsMismatch(f"{title}: the file's {their} {tuple(theirs[their].shape)} goes to {our}, "
                                   "which the pipeline's model does not have")
