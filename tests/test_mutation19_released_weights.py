@@ -140,3 +140,15 @@ def test_a_model_tensor_the_file_does_not_fill_is_refused_by_the_reader(bot_mode
     del state["base.layer4.2.bn3.running_var"]
     with pytest.raises(WeightsMismatch, match=r"backbone\.model\.layer4\.2\.bn3\.running_var .*gets no tensor"):
         strong_baseline.convert(state, bot_model19)
+
+
+def test_a_pipeline_with_an_ema_evaluates_the_files_tensors(tmp_path):
+    """Mutation: restore_released kept the trainer's EMA copy, taken from the model as built
+    before the file was loaded, as the model to evaluate (trainer.ema)."""
+    weights = fastreid_bot_file(tmp_path / "bot.pth")
+    root = market_test_split(tmp_path / "Market-1501")
+    theirs = torch.load(weights, weights_only=True)["model"]["backbone.conv1.weight"]
+    _, _, trainer = restore_released(PIPELINE, weights, "auto", [f"data.train.0.root={root}", "trainer.ema=0.999",
+                                                                 "backbone.stem_maxpool=ceil", *SMALL19])
+    evaluated = {k: v for k, v in trainer.model.state_dict().items() if k.endswith("backbone.model.conv1.weight")}
+    assert evaluated and all(torch.equal(v, theirs) for v in evaluated.values()), list(evaluated)
