@@ -46,21 +46,29 @@ def _listing(modules: dict[str, ModuleType]) -> str:
 
 def pick_reader(state: dict[str, Any], source: str, path: Path | str) -> ModuleType:
     """The reader `source` names, or (`auto`) the one reader that recognises `state`;
-    none or several is one WeightsMismatch line listing the readers."""
+    none or several is one WeightsMismatch line listing the readers. A named reader must
+    recognise the file too: every reader's convert needs its own names, and a file of
+    another code base would otherwise fail later, at the model's build, with a line that
+    says nothing of the file."""
     from core.released_weights.conversion import WeightsMismatch
 
     modules = reader_modules()
-    if source != AUTO:
-        if source not in modules:
-            raise WeightsMismatch(f"--from {source}: no such reader; readers: {_listing(modules)} (or auto)")
-        return modules[source]
+    if source != AUTO and source not in modules:
+        raise WeightsMismatch(f"--from {source}: no such reader; readers: {_listing(modules)} (or auto)")
     found = [m for m in modules.values() if m.recognise(state)]
+    sample = ", ".join(sorted(state)[:3])
+    if source != AUTO and modules[source] in found:
+        return modules[source]
+    if source != AUTO and found:
+        raise WeightsMismatch(f"{path}: --from {source}: its tensor names (e.g. {sample}) are not "
+                              f"{modules[source].TITLE}'s; {', '.join(m.NAME for m in found)} reads it "
+                              f"(--from {found[0].NAME}, or auto)")
     if len(found) == 1:
         return found[0]
-    sample = ", ".join(sorted(state)[:3])
     if not found:
-        raise WeightsMismatch(f"{path}: no reader recognises its tensor names (e.g. {sample}); readers: "
-                              f"{_listing(modules)}; name one with --from if the file is one of theirs")
+        via = f"--from {source}: " if source != AUTO else ""
+        raise WeightsMismatch(f"{path}: {via}no reader recognises its tensor names (e.g. {sample}); readers: "
+                              f"{_listing(modules)} (a code base or model variant none of them reads)")
     raise WeightsMismatch(f"{path}: several readers recognise it ({', '.join(m.NAME for m in found)}); "
                           f"name one with --from; readers: {_listing(modules)}")
 
