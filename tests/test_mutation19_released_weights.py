@@ -152,3 +152,19 @@ def test_a_pipeline_with_an_ema_evaluates_the_files_tensors(tmp_path):
                                                                  "backbone.stem_maxpool=ceil", *SMALL19])
     evaluated = {k: v for k, v in trainer.model.state_dict().items() if k.endswith("backbone.model.conv1.weight")}
     assert evaluated and all(torch.equal(v, theirs) for v in evaluated.values()), list(evaluated)
+
+
+def test_sie_and_part_count_misfits_name_the_key_to_set(transreid_model19):
+    """Mutations: the SIE-presence and JPM part-count checks skipped; place_all (or an
+    AttributeError) then refused with a line that names no pipeline key. Their JPM file has
+    bottleneck_1..4 (make_model.py: four parts) and base.sie_embed when trained with SIE."""
+    from tests.test_released_weights_transreid import model_of
+
+    state = fixture_state19("transreid_market_jpm")
+    with pytest.raises(WeightsMismatch, match=r"sie: \[\]"):
+        transreid.convert(state, model_of("backbone.sie=[]"))
+    without_sie = {k: v for k, v in state.items() if k != "base.sie_embed"}
+    with pytest.raises(WeightsMismatch, match=r"no base\.sie_embed .*sie: \[\]"):
+        transreid.convert(without_sie, transreid_model19)
+    with pytest.raises(WeightsMismatch, match=r"part BNNecks \[1, 2, 3, 4\] .*num_parts 3"):
+        transreid.convert(state, model_of("head.num_parts=3"))
