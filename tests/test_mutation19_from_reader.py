@@ -36,3 +36,20 @@ def test_a_file_no_reader_recognises_is_refused_under_from_too():
     state = {"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(1000, 2048)}  # torchvision's
     with pytest.raises(WeightsMismatch, match="no reader recognises"):
         pick_reader(state, "fastreid", "resnet50.pth")
+
+
+def test_a_safetensors_file_of_fp16_tensors_with_module_prefixes_is_read(tmp_path):
+    """No test read a .safetensors file through read_weights. A DataParallel-saved file (`module.`
+    on some names) in float16 reads back as the same tensors under the unprefixed names. (Review 19:
+    fails with the prefix stripping of unwrap_checkpoint removed; ignoring the .safetensors suffix
+    is no mutation under torch 2.14, whose torch.load reads such files itself.)"""
+    from safetensors.torch import save_file
+
+    from core.released_weights import read_weights
+
+    g = torch.Generator().manual_seed(19)
+    state = {name: torch.randn(shape, generator=g).half() for name, shape in list(KEYS19["bot"].items())[:6]}
+    mixed = {("module." + k if i % 2 else k): v for i, (k, v) in enumerate(state.items())}
+    save_file(mixed, str(tmp_path / "bot.safetensors"))
+    read = read_weights(tmp_path / "bot.safetensors")
+    assert set(read) == set(state) and all(torch.equal(read[k], v) for k, v in state.items())
