@@ -9,7 +9,7 @@ from tests.test_released_weights_cli import PIPELINE, fastreid_bot_file, market_
 from core.cli import main
 
 SEARCH19 = ["--device", "cpu", "--set", "data.transform.size=[64, 32]", "--set", "backbone.pretrained=false",
-            "--set", "backbone.stem_maxpool=ceil", "--set", "trainer.num_workers=0"]
+            "--set", "backbone.stem_maxpool=ceil", "--set", "backbone.stem_relu=true", "--set", "trainer.num_workers=0"]
 
 
 def test_core_search_ranks_under_released_weights(tmp_path, capsys):

@@ -126,7 +126,7 @@ def test_a_wrong_from_says_the_file_is_not_that_code_base_s_and_which_reader_rec
     code = main(["eval", BOT, "--weights", str(weights), "--from", "transreid", *small(root)])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "not TransReID" in err and "recognised by: fastreid" in err, err
+    assert "not TransReID" in err and "fastreid reads it" in err, err
 
 
 def test_a_misfit_under_the_pipeline_made_for_the_file_does_not_repeat_the_pipeline_list(tmp_path, capsys):
