@@ -37,7 +37,8 @@ def test_the_restored_model_carries_the_files_tensors(tmp_path):
     root = market_test_split(tmp_path / "Market-1501")
     theirs = torch.load(weights, weights_only=True)["model"]
     _, _, trainer = restore_released(PIPELINE, weights, "auto",
-                                     [f"data.train.0.root={root}", "backbone.stem_maxpool=ceil", "backbone.stem_relu=true", *SMALL19])
+                                     [f"data.train.0.root={root}", "backbone.stem_maxpool=ceil",
+                                      "backbone.stem_relu=true", *SMALL19])
     ours = trainer.model.state_dict() if hasattr(trainer.model, "state_dict") else {}
     ours = {k.split("model.", 1)[1] if k.startswith("model.") else k: v for k, v in ours.items()}
     for their, our in (("backbone.conv1.weight", "backbone.model.conv1.weight"),
@@ -149,7 +150,8 @@ def test_a_pipeline_with_an_ema_evaluates_the_files_tensors(tmp_path):
     root = market_test_split(tmp_path / "Market-1501")
     theirs = torch.load(weights, weights_only=True)["model"]["backbone.conv1.weight"]
     _, _, trainer = restore_released(PIPELINE, weights, "auto", [f"data.train.0.root={root}", "trainer.ema=0.999",
-                                                                 "backbone.stem_maxpool=ceil", "backbone.stem_relu=true", *SMALL19])
+                                                                 "backbone.stem_maxpool=ceil", "backbone.stem_relu=true",
+                                                                 *SMALL19])
     evaluated = {k: v for k, v in trainer.model.state_dict().items() if k.endswith("backbone.model.conv1.weight")}
     assert evaluated and all(torch.equal(v, theirs) for v in evaluated.values()), list(evaluated)
 

@@ -116,7 +116,8 @@ def test_a_non_local_block_loaded_from_fastreid_computes_their_forward():
     g = torch.Generator().manual_seed(0)
     state = {n: (torch.randn(s, generator=g) if s else torch.tensor(1)) for n, s in v0(KEYS["agw"]).items()}
     state["backbone.NL_3.1.W.1.running_var"] = torch.rand(1024, generator=g) + 0.5
-    state.update(pixel_mean=torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), pixel_std=torch.tensor(PIXEL_STD).view(1, 3, 1, 1))
+    state.update(pixel_mean=torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1),
+                 pixel_std=torch.tensor(PIXEL_STD).view(1, 3, 1, 1))
     model = our_model("agw", stem_maxpool="padded")
     model.load_state_dict(fastreid.convert(state, model).state, strict=False)
     x = torch.randn(2, 1024, 4, 3, generator=g)
