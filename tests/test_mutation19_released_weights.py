@@ -149,9 +149,9 @@ def test_a_pipeline_with_an_ema_evaluates_the_files_tensors(tmp_path):
     weights = fastreid_bot_file(tmp_path / "bot.pth")
     root = market_test_split(tmp_path / "Market-1501")
     theirs = torch.load(weights, weights_only=True)["model"]["backbone.conv1.weight"]
-    _, _, trainer = restore_released(PIPELINE, weights, "auto", [f"data.train.0.root={root}", "trainer.ema=0.999",
-                                                                 "backbone.stem_maxpool=ceil", "backbone.stem_relu=true",
-                                                                 *SMALL19])
+    overrides = [f"data.train.0.root={root}", "trainer.ema=0.999", "backbone.stem_maxpool=ceil",
+                 "backbone.stem_relu=true", *SMALL19]
+    _, _, trainer = restore_released(PIPELINE, weights, "auto", overrides)
     evaluated = {k: v for k, v in trainer.model.state_dict().items() if k.endswith("backbone.model.conv1.weight")}
     assert evaluated and all(torch.equal(v, theirs) for v in evaluated.values()), list(evaluated)
 
