@@ -230,4 +230,4 @@ def test_core_eval_reads_agw_weights(tmp_path, caplog, capsys):
         code = main(["eval", str(AGW_PIPELINE), "--weights", str(weights), "--json", *common])
     assert code == 0, caplog.text
     assert any(k.endswith("mAP") for k in json.loads(capsys.readouterr().out))
-    assert "ReID-Survey's AGW" in caplog.text and "note: they test at 256x128" in caplog.text
+    assert "ReID-Survey's AGW" in caplog.text and "note: their test image size is 256x128" in caplog.text

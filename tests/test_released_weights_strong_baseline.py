@@ -57,8 +57,7 @@ def assert_every_tensor_lands(tensors, model) -> None:
             assert torch.equal(out.state[ours], torch.full(tensors[name], float(i + 1))), (name, ours)
     assert set(out.state) | set(out.kept) == set(model.state_dict())
     assert set(out.kept) == {"head.classifier.weight"}
-    assert any("NECK_FEAT 'after'" in n for n in out.notes) and any("stride" in n for n in out.notes)
-    assert any("float32" in n for n in out.notes)
+    assert out.notes == []  # bot_market1501: last stride 1, average pooling, post-BN embedding, as theirs
 
 
 def test_plain_resnet_is_refused_for_our_stem_relu():
@@ -143,3 +142,21 @@ def test_recognise_tells_the_formats_apart():
     assert strong_baseline.recognise(bot_shapes("strong_baseline_market_resnet50_ibn_a"))
     assert transreid.recognise(vit) and not strong_baseline.recognise(vit)
     assert not transreid.recognise(fastreid) and not strong_baseline.recognise(fastreid)
+
+
+def test_notes_name_each_difference_from_their_protocol_and_only_those():
+    """Their config/defaults.py and test transform: LAST_STRIDE 1, average pooling, NECK_FEAT 'after',
+    T.Resize bilinear, ImageNet mean/std, FEAT_NORM 'yes' + Euclidean (= cosine ranking), no flip."""
+    tensors = bot_shapes("strong_baseline_market_resnet50")
+    out = strong_baseline.convert(bot_filled(tensors), bot_model("backbone.last_stride=2", "head.embedding=pre"))
+    assert len(out.notes) == 2
+    assert "--set backbone.last_stride=1" in out.notes[0] and "--set head.embedding=bn" in out.notes[1]
+    config = load_pipeline(ROOT / "pipelines" / "bot_market1501.yaml", BOT_SMALL_DATA).data
+    assert strong_baseline.check_pipeline({}, config) == []  # the pipeline follows their code
+    config = load_pipeline(ROOT / "pipelines" / "bot_market1501.yaml",
+                           [*BOT_SMALL_DATA, "data.transform.interpolation=bicubic", "trainer.eval_flip=true",
+                            "evaluator.metric=euclidean"]).data
+    notes = strong_baseline.check_pipeline({}, config)
+    assert [n.split(" is ")[0] for n in notes] == ["their test resize", "their ranking metric",
+                                                   "their flip averaging at test"], notes
+    assert "--set data.transform.interpolation=bilinear" in notes[0] and "--set trainer.eval_flip=false" in notes[2]

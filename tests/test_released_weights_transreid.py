@@ -73,7 +73,7 @@ def test_every_jpm_tensor_lands_where_their_forward_runs_it(jpm_model):
     # every tensor of ours is filled, or a classifier kept
     assert set(out.state) | set(out.kept) == set(own)
     assert all(k.startswith("head.classifiers.") for k in out.kept)
-    assert any("bilinear" in n for n in out.notes) and any("float32" in n for n in out.notes)
+    assert out.notes == []  # the pipeline's pre-BN embedding, SIE 3.0, shift 5 / shuffle 2: as their configs
 
 
 def test_module_prefix_is_read():
@@ -148,3 +148,18 @@ def test_a_vit_computing_another_function_is_refused(jpm_model):
 def test_recognise_tells_transreid_from_fastreid():
     fastreid = {"backbone.patch_embed.proj.weight": [768, 3, 16, 16], "heads.bottleneck.0.weight": [768]}
     assert transreid.recognise(shapes("transreid_market_jpm")) and not transreid.recognise(fastreid)
+
+
+def test_their_test_protocol_against_transreid_market1501():
+    """TransReID's val transform (datasets/make_dataloader.py: T.Resize bilinear, mean/std 0.5),
+    utils/metrics.py (features normalised, Euclidean = cosine ranking), no flip: one note, the
+    pipeline's bicubic resize (one interpolation for train and test here), with its --set."""
+    from core.config.loading import load_pipeline
+    from core.released_weights import transreid
+
+    config = load_pipeline(Path(__file__).resolve().parents[1] / "pipelines" / "transreid_market1501.yaml").data
+    notes = transreid.check_pipeline({}, config)
+    assert len(notes) == 1 and "--set data.transform.interpolation=bilinear" in notes[0], notes
+    config["data"]["transform"].update(interpolation="bilinear", norm="imagenet")
+    notes = transreid.check_pipeline({}, config)
+    assert len(notes) == 1 and "--set data.transform.norm=half" in notes[0], notes

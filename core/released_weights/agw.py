@@ -36,7 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.released_weights.conversion import Converted, WeightsMismatch, check_stem_relu, place_all
+from core.released_weights.conversion import (Converted, WeightsMismatch, check_stem_relu, place_all,
+                                              protocol_notes)
 
 NAME = "agw"
 TITLE = "ReID-Survey's AGW (mangye16/ReID-Survey)"
@@ -174,33 +175,6 @@ def _notes(backbone: nn.Module, head: nn.Module) -> list[str]:
 def check_pipeline(state: dict[str, Any], data: dict[str, Any]) -> list[str]:
     """The pipeline's test protocol (`data`: its resolved YAML) against theirs (data/transforms.py's eval
     transform, utils/reid_metric.py's r1_mAP_mINP, configs/AGW_baseline.yml): a note where they differ."""
-    from core.data.transforms import DEFAULT_INTERPOLATION
-
-    transform = dict((data.get("data") or {}).get("transform") or {})
-    notes = []
-    size = [int(v) for v in transform.get("size", (256, 128))]
-    if size != [256, 128]:
-        notes.append(f"they test at 256x128 (INPUT.IMG_SIZE); the pipeline at {size[0]}x{size[1]}")
-    norm = transform.get("norm", "imagenet")
-    if norm != "imagenet":
-        notes.append(f"they normalise with ImageNet's mean/std (INPUT.PIXEL_MEAN / PIXEL_STD); the pipeline's norm "
-                     f"is '{norm}': --set data.transform.norm=imagenet")
-    interpolation = transform.get("interpolation", DEFAULT_INTERPOLATION)
-    if interpolation != "bilinear":
-        notes.append(f"they resize test images bilinearly (T.Resize's default); the pipeline: {interpolation}: "
-                     "--set data.transform.interpolation=bilinear")
-    evaluator = dict(data.get("evaluator") or {})
-    metric = evaluator.get("metric", "cosine")
-    if metric != "cosine":
-        notes.append(f"they L2-normalise test features (TEST.FEAT_NORM 'on') and rank by Euclidean distance, the "
-                     f"ranking of cosine similarity; the pipeline's metric is {metric}: --set evaluator.metric=cosine")
-    if evaluator.get("rerank"):
-        notes.append("they test without re-ranking (TEST.RE_RANKING 'off'); the pipeline re-ranks")
-    trainer = dict(data.get("trainer") or {})
-    if trainer.get("eval_flip"):
-        notes.append("they do not flip test images; the pipeline averages the flipped image's embedding "
-                     "(trainer.eval_flip)")
-    if trainer.get("eval_precision", "fp32") != "fp32":
-        notes.append(f"they extract test features in float32; the pipeline in {trainer['eval_precision']} "
-                     "(trainer.eval_precision)")
-    return notes
+    return protocol_notes(data, "their", size=(256, 128), norm="imagenet", interpolation="bilinear",
+                          metric="cosine", metric_why=" (L2-normalised features, TEST.FEAT_NORM 'on', by Euclidean "
+                          "distance: the ranking of cosine similarity)")

@@ -86,3 +86,32 @@ def check_stem_relu(backbone: torch.nn.Module, theirs: bool, title: str, where: 
     raise WeightsMismatch(f"{title}: their ResNet has no ReLU after the stem's bn1 ({where}) but the pipeline's "
                           "backbone applies one, so these weights would compute another function; add --set "
                           "backbone.stem_relu=false")
+
+
+def protocol_notes(data: dict, whose: str, *, interpolation: str, norm: str | None,
+                   size: tuple[int, int] | None = None, metric: str = "cosine", metric_why: str = "",
+                   flip: bool = False, rerank: bool = False, precision: str = "fp32") -> list[str]:
+    """One note for each setting of the pipeline's test protocol (`data`: its resolved YAML)
+    that differs from the code base's (`whose`: "fast-reid's", "their", ...), with the --set
+    that matches it; nothing where they agree (a note is a difference, not a checklist).
+    `norm` None: the code base's normalisation is checked elsewhere (e.g. against the file)."""
+    from core.data.transforms import DEFAULT_INTERPOLATION
+
+    transform = dict((data.get("data") or {}).get("transform") or {})
+    evaluator = dict(data.get("evaluator") or {})
+    trainer = dict(data.get("trainer") or {})
+    ours_size = tuple(int(v) for v in transform.get("size", (256, 128)))
+    rows = [  # (what, theirs, the pipeline's, the --set that matches theirs)
+        ("test image size", None if size is None else f"{size[0]}x{size[1]}", f"{ours_size[0]}x{ours_size[1]}",
+         None if size is None else f"data.transform.size=[{size[0]},{size[1]}]"),
+        ("normalisation", norm, transform.get("norm", "imagenet"), f"data.transform.norm={norm}"),
+        ("test resize", interpolation, transform.get("interpolation", DEFAULT_INTERPOLATION),
+         f"data.transform.interpolation={interpolation}"),
+        ("ranking metric", metric, evaluator.get("metric", "cosine"), f"evaluator.metric={metric}"),
+        ("re-ranking", rerank, bool(evaluator.get("rerank")), f"evaluator.rerank={str(rerank).lower()}"),
+        ("flip averaging at test", flip, bool(trainer.get("eval_flip")), f"trainer.eval_flip={str(flip).lower()}"),
+        ("test feature precision", precision, trainer.get("eval_precision", "fp32"),
+         f"trainer.eval_precision={precision}"),
+    ]
+    return [f"{whose} {what} is {theirs}{metric_why if what == 'ranking metric' else ''}, the pipeline's {ours}: "
+            f"--set {fix}" for what, theirs, ours, fix in rows if theirs is not None and theirs != ours]

@@ -26,7 +26,8 @@ import re
 import torch
 from torch import nn
 
-from core.released_weights.conversion import Converted, WeightsMismatch, check_stem_relu, place_all
+from core.released_weights.conversion import (Converted, WeightsMismatch, check_stem_relu, place_all,
+                                              protocol_notes)
 
 NAME = "strong_baseline"
 TITLE = "reid-strong-baseline (michuanhaohao/reid-strong-baseline)"
@@ -87,19 +88,25 @@ def convert(state: dict[str, torch.Tensor], model: nn.Module) -> Converted:
 
 
 def _notes(backbone: nn.Module, head: nn.Module) -> list[str]:
-    """Where their test protocol (and the settings the file does not record) may differ from the pipeline's."""
+    """Their model's settings that the file does not record, where the pipeline's differ."""
     unit = backbone.model.layer4[0]
     stride = (unit.conv2 if hasattr(unit, "conv3") else unit.conv1).stride[0]
-    pooling = type(backbone.pool).__name__ + (f" ({backbone.pool.how})" if hasattr(backbone.pool, "how") else "")
-    return [
-        f"the last stride is not in the file (their BoT configs: LAST_STRIDE 1); the pipeline's is {stride}",
-        f"they average-pool the last map; the pipeline pools with {pooling}",
-        "they test on the post-BN feature (TEST.NECK_FEAT 'after'); the pipeline's head uses "
-        f"embedding: {head.embedding}",
-        "they L2-normalise test features (TEST.FEAT_NORM 'yes') and rank by Euclidean distance, the ranking of "
-        "cosine similarity",
-        "they resize test images bilinearly (torchvision's T.Resize default) with ImageNet mean/std; the pipeline "
-        "resizes as data.transform.interpolation says (bicubic unless set)",
-        "they do not flip test images (trainer.eval_flip: false matches it)",
-        "they extract test features in float32 (trainer.eval_precision: fp32, the default, matches it)",
-    ]
+    notes = []
+    if stride != 1:
+        notes.append(f"the last stride is not in the file (their BoT configs: LAST_STRIDE 1); the pipeline's is "
+                     f"{stride}: --set backbone.last_stride=1")
+    if getattr(backbone.pool, "how", None) != "avg":  # their `gap`: nn.AdaptiveAvgPool2d(1)
+        pooling = type(backbone.pool).__name__ + (f" ({backbone.pool.how})" if hasattr(backbone.pool, "how") else "")
+        notes.append(f"they average-pool the last map; the pipeline pools with {pooling}: --set backbone.pooling=avg")
+    if head.embedding != "bn":
+        notes.append("they test on the post-BN feature (TEST.NECK_FEAT 'after'); the pipeline's head uses "
+                     f"embedding: {head.embedding}: --set head.embedding=bn")
+    return notes
+
+
+def check_pipeline(state: dict[str, torch.Tensor], data: dict) -> list[str]:
+    """The pipeline's test protocol (`data`: its resolved YAML) against theirs (data/transforms/build.py's
+    test transform, utils/reid_metric.py, config/defaults.py): a note where they differ."""
+    return protocol_notes(data, "their", norm="imagenet", interpolation="bilinear", metric="cosine",
+                          metric_why=" (L2-normalised features, TEST.FEAT_NORM 'yes', by Euclidean distance: the "
+                          "ranking of cosine similarity)")

@@ -24,7 +24,7 @@ import re
 import torch
 from torch import nn
 
-from core.released_weights.conversion import Converted, WeightsMismatch, place_all
+from core.released_weights.conversion import Converted, WeightsMismatch, place_all, protocol_notes
 
 NAME = "transreid"
 TITLE = "TransReID (damo-cv/TransReID)"
@@ -186,22 +186,24 @@ def _map_necks(theirs: dict[str, torch.Tensor], head: nn.Module, jpm: bool, mapp
 def _notes(backbone: nn.Module, head: nn.Module, jpm: bool) -> list[str]:
     """Where TransReID's test protocol (and the settings its file does not record) may differ
     from the pipeline's."""
-    notes = [
-        "TransReID resizes test images bilinearly (torchvision's T.Resize default); the pipeline resizes as "
-        "data.transform.interpolation says (bicubic unless set)",
-        "TransReID L2-normalises test features whatever TEST.FEAT_NORM says (utils/metrics.py tests the string's "
-        "truth) and ranks by Euclidean distance, the ranking of cosine similarity",
-        "TransReID does not flip test images (trainer.eval_flip: false matches it)",
-        "TransReID extracts test features in float32 (trainer.eval_precision: fp32, the default, matches it)",
-        "TransReID's ViT configs normalise with mean and std 0.5 (data.transform.norm: half matches it)",
-        "TransReID tests on the pre-BN features (NECK_FEAT 'before') in every shipped config; the pipeline's head "
-        f"uses embedding: {head.embedding}",
-    ]
-    if backbone.sie_embed is not None:
+    notes = []
+    if head.embedding != "pre":
+        notes.append("TransReID tests on the pre-BN features (NECK_FEAT 'before') in every shipped config; the "
+                     f"pipeline's head uses embedding: {head.embedding}: --set head.embedding=pre")
+    if backbone.sie_embed is not None and float(backbone.sie_coefficient) != 3.0:
         notes.append(f"the SIE coefficient is not in the file (their configs: SIE_COE 3.0); the pipeline's is "
                      f"{backbone.sie_coefficient}; SIE reads each test image's camera id (0-based), as theirs")
-    if jpm:
+    if jpm and (backbone.shift not in (5, 8) or backbone.shuffle_groups != 2):
         notes.append(f"JPM's shift and shuffle are not in the file (their configs: SHIFT_NUM 5, 8 on VeRi and "
                      f"VehicleID; SHUFFLE_GROUP 2; RE_ARRANGE true); the pipeline's are shift {backbone.shift}, "
                      f"shuffle_groups {backbone.shuffle_groups}")
     return notes
+
+
+def check_pipeline(state: dict[str, torch.Tensor], data: dict) -> list[str]:
+    """The pipeline's test protocol (`data`: its resolved YAML) against TransReID's
+    (datasets/make_dataloader.py's val transform, utils/metrics.py, its ViT configs): a note
+    where they differ."""
+    return protocol_notes(data, "TransReID's", norm="half", interpolation="bilinear", metric="cosine",
+                          metric_why=" (features L2-normalised whatever TEST.FEAT_NORM says, by Euclidean distance: "
+                          "the ranking of cosine similarity)")
