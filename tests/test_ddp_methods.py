@@ -54,16 +54,34 @@ LAUNCH = {"cpu": ("core", []),
                                                           "--set", "trainer.amp=none"])}
 
 
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+    """name -> (its config file, the train records of its one-process run): made once per
+    pipeline and shared by both launches, whose one-process runs were the same (the launch
+    changes only how the DDP processes start); labels (muva's prepare step) are written
+    beside the config by that run, as before."""
+    made = {}
+
+    def get(name):
+        if name not in made:
+            folder = tmp_path_factory.mktemp(name.replace(" ", "_"))
+            steps, extra = STEPS.get(name, (2, []))
+            config = config_file(name.split(" with ")[0], folder,
+                                 [f"trainer.stop_after_steps={steps}", "trainer.sync_bn=true", *extra])
+            made[name] = config, _train_records(run(config, run_dir=folder / "single").run_dir)
+        return made[name]
+
+    return get
+
+
 @pytest.mark.parametrize("launch", sorted(LAUNCH))
 @pytest.mark.parametrize("name", PIPELINES)
-def test_two_processes_compute_the_one_process_losses(name, launch, tmp_path, torchrun):
-    steps, extra = STEPS.get(name, (2, []))
-    config = config_file(name.split(" with ")[0], tmp_path,
-                         [f"trainer.stop_after_steps={steps}", "trainer.sync_bn=true", *extra])
-    single = run(config, run_dir=tmp_path / "single")  # labels (muva's prepare step) are written here
+def test_two_processes_compute_the_one_process_losses(name, launch, tmp_path, torchrun, one_process_run):
+    steps = STEPS.get(name, (2, []))[0]
+    config, one = one_process_run(name)
     module, options = LAUNCH[launch]
     torchrun("-m", module, "run", config, *options, "--run-dir", tmp_path / "ddp", cwd=tmp_path)
-    one, two = _train_records(single.run_dir), _train_records(tmp_path / "ddp")
+    two = _train_records(tmp_path / "ddp")
     assert [r["global_step"] for r in two] == [r["global_step"] for r in one] == list(range(1, steps + 1))
     if launch == "separate device":
         evaluated = [r["tag"] for r in read_metrics(tmp_path / "ddp") if r["event"] == "eval"]
