@@ -62,6 +62,11 @@ def restore_run(target: str | Path, overrides: Sequence[str] = (), weights: str 
     is a pipeline YAML and `weights` another code base's file (restore_released)."""
     if weights is not None:
         return restore_released(target, weights, source, overrides)
+    if source != "auto":  # else silently ignored: the user meant released weights
+        from core.config.loading import ConfigError
+
+        raise ConfigError(f"--from {source} names the code base of released weights; give the file with --weights "
+                          "FILE (the target is then the pipeline YAML), or leave --from out for a run folder")
     from core import trust
     from core.tools import weights_file
     from core.training.checkpoint import OTHER_PIPELINE, checkpoint_entry, load_checkpoint, load_fitting

@@ -134,3 +134,10 @@ def test_core_eval_reads_transreid_weights(tmp_path, caplog, capsys):
     assert code == 0, caplog.text + capsys.readouterr().err
     assert any(k.endswith("mAP") for k in json.loads(capsys.readouterr().out))
     assert "TransReID" in caplog.text
+
+
+def test_from_without_weights_is_refused_not_ignored(tmp_path, capsys):
+    """--from names the code base of --weights; given alone it used to be ignored silently."""
+    assert main(["eval", PIPELINE, "--from", "fastreid"]) == 2
+    err = capsys.readouterr().err
+    assert "--from fastreid" in err and "--weights FILE" in err and len(err.strip().splitlines()) == 1, err
