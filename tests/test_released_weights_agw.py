@@ -214,7 +214,7 @@ def test_their_test_protocol_against_agw_market1501():
     cfg = load_pipeline(AGW_PIPELINE, ["data.transform.interpolation=bicubic", "trainer.eval_flip=true",
                                        "evaluator.metric=euclidean"])
     notes = agw.check_pipeline({}, cfg.data)
-    assert len(notes) == 3 and "--set data.transform.interpolation=bilinear" in notes[0]
+    assert len(notes) == 3 and "--set data.transform.test_interpolation=bilinear" in notes[0]
     assert "--set evaluator.metric=cosine" in notes[1] and "flip" in notes[2]
 
 

@@ -210,7 +210,7 @@ def test_protocol_differences_are_notes_with_the_set_that_matches_fastreid():
     data = {"data": {"transform": {"interpolation": "bilinear"}}, "evaluator": {"metric": "euclidean"},
             "trainer": {"eval_flip": True}}
     notes = " ".join(fastreid.check_pipeline(numbered(KEYS["bot"]), data))
-    assert "--set data.transform.interpolation=bicubic" in notes
+    assert "--set data.transform.test_interpolation=bicubic" in notes
     assert "--set evaluator.metric=cosine" in notes and "flip" in notes
     head_notes = " ".join(fastreid.convert(numbered(KEYS["bot"]), our_model("bot")).notes)
     assert "head.embedding" not in head_notes

@@ -159,4 +159,4 @@ def test_notes_name_each_difference_from_their_protocol_and_only_those():
     notes = strong_baseline.check_pipeline({}, config)
     assert [n.split(" is ")[0] for n in notes] == ["their test resize", "their ranking metric",
                                                    "their flip averaging at test"], notes
-    assert "--set data.transform.interpolation=bilinear" in notes[0] and "--set trainer.eval_flip=false" in notes[2]
+    assert "--set data.transform.test_interpolation=bilinear" in notes[0] and "--set trainer.eval_flip=false" in notes[2]

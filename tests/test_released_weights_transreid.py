@@ -152,14 +152,16 @@ def test_recognise_tells_transreid_from_fastreid():
 
 def test_their_test_protocol_against_transreid_market1501():
     """TransReID's val transform (datasets/make_dataloader.py: T.Resize bilinear, mean/std 0.5),
-    utils/metrics.py (features normalised, Euclidean = cosine ranking), no flip: one note, the
-    pipeline's bicubic resize (one interpolation for train and test here), with its --set."""
+    utils/metrics.py (features normalised, Euclidean = cosine ranking), no flip: the pipeline
+    follows it (no note); a setting changed is one note with its --set."""
     from core.config.loading import load_pipeline
     from core.released_weights import transreid
 
     config = load_pipeline(Path(__file__).resolve().parents[1] / "pipelines" / "transreid_market1501.yaml").data
+    assert transreid.check_pipeline({}, config) == []
+    config["data"]["transform"].update(test_interpolation="bicubic")
     notes = transreid.check_pipeline({}, config)
-    assert len(notes) == 1 and "--set data.transform.interpolation=bilinear" in notes[0], notes
-    config["data"]["transform"].update(interpolation="bilinear", norm="imagenet")
+    assert len(notes) == 1 and "--set data.transform.test_interpolation=bilinear" in notes[0], notes
+    config["data"]["transform"].update(test_interpolation="bilinear", norm="imagenet")
     notes = transreid.check_pipeline({}, config)
     assert len(notes) == 1 and "--set data.transform.norm=half" in notes[0], notes

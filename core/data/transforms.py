@@ -47,6 +47,7 @@ def build_transform(
     device_normalise: bool = False,
     erasing_fill: str = "mean",
     colour_jitter: list[float] | None = None,
+    test_interpolation: str | None = None,
 ) -> Callable[..., torch.Tensor]:
     """PIL image -> float tensor (3, H, W). Train: resize, flip, pad + random crop,
     normalise, random erasing (after normalisation, so erased pixels are mean-coloured).
@@ -56,11 +57,16 @@ def build_transform(
     `erasing_fill`: `mean` (0 after normalisation, Zhong et al.) or `random` (one solid colour
     per erased box, each channel uniform in 0..255: `ColourErasing`). `colour_jitter`:
     [brightness, contrast, saturation, hue] of torchvision's ColorJitter, applied to every
-    training image before the resize (null: off).
+    training image before the resize (null: off). `test_interpolation`: the test resize's,
+    where a code base resizes test images otherwise than training ones (TransReID: bicubic
+    for training, bilinear for testing; null: `interpolation`).
     Test: resize and normalise only. `device_normalise` (training only): the transform
     stops at the uint8 image and the trainer converts, normalises and erases on the device
     (core.data.device_normalise; the same batches, a quarter of the bytes to copy)."""
     _check(size, pad, flip, erasing, norm, interpolation)
+    if test_interpolation is not None:
+        _check(size, pad, flip, erasing, norm, test_interpolation)
+        interpolation = interpolation if train else test_interpolation
     if not 0.0 <= autoaugment <= 1.0:
         raise ValueError(f"transform: 'autoaugment' is a probability in [0, 1]; got {autoaugment}")
     if len(erasing_scale) != 2 or not 0.0 < float(erasing_scale[0]) <= float(erasing_scale[1]) <= 1.0:
@@ -149,3 +155,8 @@ def _check(size: list[int], pad: int, flip: float, erasing: float, norm: str, in
     for key, p in (("flip", flip), ("erasing", erasing)):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"transform: '{key}' is a probability in [0, 1]; got {p}")
+
+
+def eval_resize(transform: dict) -> str:
+    """The interpolation a pipeline's `data.transform` mapping resizes test images with."""
+    return transform.get("test_interpolation") or transform.get("interpolation", DEFAULT_INTERPOLATION)

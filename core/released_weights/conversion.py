@@ -95,7 +95,7 @@ def protocol_notes(data: dict, whose: str, *, interpolation: str, norm: str | No
     that differs from the code base's (`whose`: "fast-reid's", "their", ...), with the --set
     that matches it; nothing where they agree (a note is a difference, not a checklist).
     `norm` None: the code base's normalisation is checked elsewhere (e.g. against the file)."""
-    from core.data.transforms import DEFAULT_INTERPOLATION
+    from core.data.transforms import eval_resize
 
     transform = dict((data.get("data") or {}).get("transform") or {})
     evaluator = dict(data.get("evaluator") or {})
@@ -105,8 +105,7 @@ def protocol_notes(data: dict, whose: str, *, interpolation: str, norm: str | No
         ("test image size", None if size is None else f"{size[0]}x{size[1]}", f"{ours_size[0]}x{ours_size[1]}",
          None if size is None else f"data.transform.size=[{size[0]},{size[1]}]"),
         ("normalisation", norm, transform.get("norm", "imagenet"), f"data.transform.norm={norm}"),
-        ("test resize", interpolation, transform.get("interpolation", DEFAULT_INTERPOLATION),
-         f"data.transform.interpolation={interpolation}"),
+        ("test resize", interpolation, eval_resize(transform), f"data.transform.test_interpolation={interpolation}"),
         ("ranking metric", metric, evaluator.get("metric", "cosine"), f"evaluator.metric={metric}"),
         ("re-ranking", rerank, bool(evaluator.get("rerank")), f"evaluator.rerank={str(rerank).lower()}"),
         ("flip averaging at test", flip, bool(trainer.get("eval_flip")), f"trainer.eval_flip={str(flip).lower()}"),

@@ -34,7 +34,7 @@ TITLE = "fast-reid (JDAI-CV/fast-reid)"
 PIPELINES = (("bot_", "agw_", "sbs_"),
              "pipelines/sbs_<set>.yaml (SBS R50-ibn), bot_<set>.yaml (BoT R50) and agw_<set>.yaml (AGW R50), the "
              "last two with --set backbone.stem_relu=true (bot_msmt17 has it) and --set "
-             "data.transform.interpolation=bicubic (as fast-reid resizes)")
+             "data.transform.test_interpolation=bicubic (as fast-reid resizes)")
 
 #: fast-reid's MODEL.PIXEL_MEAN / PIXEL_STD (ImageNet's, on 0..255 pixels), all its configs
 PIXEL_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -223,7 +223,7 @@ def check_pipeline(state: dict[str, Any], data: dict[str, Any]) -> list[str]:
     """The pipeline's test protocol (`data`: its resolved YAML) against fast-reid's: their
     saved pixel_mean / pixel_std must equal the pipeline's normalisation x 255 (else
     WeightsMismatch); the rest are notes."""
-    from core.data.transforms import DEFAULT_INTERPOLATION, NORMS
+    from core.data.transforms import NORMS, eval_resize
 
     transform = dict((data.get("data") or {}).get("transform") or {})
     norm = transform.get("norm", "imagenet")
@@ -242,10 +242,10 @@ def check_pipeline(state: dict[str, Any], data: dict[str, Any]) -> list[str]:
     if not any(k in state for k in PIXELS) and norm != "imagenet":
         notes.append(f"the file holds no pixel_mean / pixel_std; fast-reid's default is ImageNet's, the "
                          f"pipeline's norm is '{norm}': --set data.transform.norm=imagenet")
-    interpolation = transform.get("interpolation", DEFAULT_INTERPOLATION)
+    interpolation = eval_resize(transform)
     if interpolation != "bicubic":
         notes.append(f"fast-reid resizes test images bicubically (T.Resize interpolation=3); the pipeline: "
-                     f"{interpolation}: --set data.transform.interpolation=bicubic")
+                     f"{interpolation}: --set data.transform.test_interpolation=bicubic")
     evaluator = dict(data.get("evaluator") or {})
     metric = evaluator.get("metric", "cosine")
     if metric != "cosine":

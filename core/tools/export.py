@@ -229,13 +229,13 @@ def _export_into(run, wrapper: EmbeddingModel, check: torch.Tensor, example: tor
                  stage: Path, out: Path, formats: Sequence[str], tolerance: float, opset: int | None) -> dict:
     """Write and check each format in `stage`, then the report; files are named as they
     will be in `out`."""
-    from core.data.transforms import DEFAULT_INTERPOLATION, NORMS
+    from core.data.transforms import NORMS, eval_resize
 
     transform = (run.pipeline.config.data.get("data") or {}).get("transform") or {}
     h, w = run.pipeline.ctx.image_size
     mean, std = NORMS[transform.get("norm", "imagenet")]
     report = {"run_dir": str(run.run_dir), "checkpoint": str(run.checkpoint),
-              "input": {"height": h, "width": w, "resize": transform.get("interpolation", DEFAULT_INTERPOLATION),
+              "input": {"height": h, "width": w, "resize": eval_resize(transform),
                         "mean": list(mean), "std": list(std), "layout": "NCHW float32"},
               "embedding_dim": int(reference.shape[1]), "flip": wrapper.flip, "metric": run.metric,
               "tolerance": tolerance, "check_images": int(len(check)), "formats": {}}
