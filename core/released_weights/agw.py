@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.released_weights.conversion import (Converted, WeightsMismatch, check_stem_relu, place_all,
-                                              protocol_notes)
+from core.released_weights.conversion import Converted, WeightsMismatch, check_stem_relu, protocol_notes
+from core.released_weights.strong_baseline import last_stride, place_baseline, place_baseline_tensor
 
 NAME = "agw"
 TITLE = "ReID-Survey's AGW (mangye16/ReID-Survey)"
@@ -138,30 +138,20 @@ def convert(state: dict[str, torch.Tensor], model: nn.Module) -> Converted:
         theirs = {**theirs, "global_pool.p": p.reshape(backbone.pool.p.shape)}
     mapping: dict[str, str] = {}
     left_out: dict[str, str] = {}
-    for name in theirs:
+    for name in theirs:  # their Baseline's names (BoT's code) plus the non-local blocks and GeM's p
         found = _NL.match(name)
-        if name.startswith("base.fc."):
-            left_out[name] = "their ResNet's ImageNet classifier, never called by their ReID model"
-        elif found:
+        if found:
             mapping[name] = f"backbone.non_local.layer{found.group(1)}.{found.group(2)}.{name[found.end():]}"
-        elif re.match(r"^base\.(conv1|bn1|layer[1-4])\.", name):
-            mapping[name] = f"backbone.model.{name[5:]}"
         elif name == "global_pool.p":
             mapping[name] = "backbone.pool.p"
-        elif name.startswith("bottleneck."):
-            mapping[name] = f"head.bn.{name[len('bottleneck.'):]}"
-        elif name.startswith("classifier."):
-            left_out[name] = "the training classifier: evaluation does not read it"
-    own = model.state_dict()
-    kept = {k: "the training classifier: evaluation does not read it" for k in own if k.startswith("head.classifier.")}
-    converted = place_all(theirs, mapping, left_out, own, kept, TITLE)
-    return Converted(state=converted, left_out=left_out, kept=kept, notes=_notes(backbone, head))
+        else:
+            place_baseline_tensor(name, mapping, left_out)
+    return place_baseline(theirs, mapping, left_out, model, TITLE, _notes(backbone, head))
 
 
 def _notes(backbone: nn.Module, head: nn.Module) -> list[str]:
     """Their model's settings that the file does not record, where the pipeline's may differ."""
-    unit = backbone.model.layer4[0]
-    stride = (unit.conv2 if hasattr(unit, "conv3") else unit.conv1).stride[0]
+    stride = last_stride(backbone)
     notes = []
     if stride != 1:
         notes.append(f"the last stride is not in the file (their config: MODEL.LAST_STRIDE 1); the pipeline's is "

@@ -73,24 +73,42 @@ def convert(state: dict[str, torch.Tensor], model: nn.Module) -> Converted:
     mapping: dict[str, str] = {}
     left_out: dict[str, str] = {}
     for name in theirs:
-        if name.startswith("base.fc."):
-            left_out[name] = "their ResNet's ImageNet classifier, never called by their ReID model"
-        elif re.match(r"^base\.(conv1|bn1|layer[1-4])\.", name):
-            mapping[name] = f"backbone.model.{name[5:]}"
-        elif name.startswith("bottleneck."):
-            mapping[name] = f"head.bn.{name[len('bottleneck.'):]}"
-        elif name.startswith("classifier."):
-            left_out[name] = "the training classifier: evaluation does not read it"
+        place_baseline_tensor(name, mapping, left_out)
+    return place_baseline(theirs, mapping, left_out, model, TITLE, _notes(backbone, head))
+
+
+def place_baseline_tensor(name: str, mapping: dict[str, str], left_out: dict[str, str]) -> None:
+    """Their Baseline's own names (modeling/baseline.py), shared by the code copied from it (the
+    AGW authors'): `base.*` ResNet -> backbone.model, `bottleneck` -> the BNNeck, the ImageNet
+    `fc` and the training classifier left out; any other name is left for the caller."""
+    if name.startswith("base.fc."):
+        left_out[name] = "their ResNet's ImageNet classifier, never called by their ReID model"
+    elif re.match(r"^base\.(conv1|bn1|layer[1-4])\.", name):
+        mapping[name] = f"backbone.model.{name[5:]}"
+    elif name.startswith("bottleneck."):
+        mapping[name] = f"head.bn.{name[len('bottleneck.'):]}"
+    elif name.startswith("classifier."):
+        left_out[name] = "the training classifier: evaluation does not read it"
+
+
+def place_baseline(theirs: dict[str, torch.Tensor], mapping: dict[str, str], left_out: dict[str, str],
+                   model: nn.Module, title: str, notes: list[str]) -> Converted:
+    """The mapped tensors placed strictly in `model` (place_all), our classifier kept as built."""
     own = model.state_dict()
     kept = {k: "the training classifier: evaluation does not read it" for k in own if k.startswith("head.classifier.")}
-    converted = place_all(theirs, mapping, left_out, own, kept, TITLE)
-    return Converted(state=converted, left_out=left_out, kept=kept, notes=_notes(backbone, head))
+    return Converted(state=place_all(theirs, mapping, left_out, own, kept, title), left_out=left_out, kept=kept,
+                     notes=notes)
+
+
+def last_stride(backbone: nn.Module) -> int:
+    """The stride of the resnet backbone's last stage (their configs' LAST_STRIDE)."""
+    unit = backbone.model.layer4[0]
+    return (unit.conv2 if hasattr(unit, "conv3") else unit.conv1).stride[0]
 
 
 def _notes(backbone: nn.Module, head: nn.Module) -> list[str]:
     """Their model's settings that the file does not record, where the pipeline's differ."""
-    unit = backbone.model.layer4[0]
-    stride = (unit.conv2 if hasattr(unit, "conv3") else unit.conv1).stride[0]
+    stride = last_stride(backbone)
     notes = []
     if stride != 1:
         notes.append(f"the last stride is not in the file (their BoT configs: LAST_STRIDE 1); the pipeline's is "
